@@ -1,0 +1,36 @@
+#pragma once
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace mxvoip::proto {
+
+namespace json = boost::json;
+
+// Largest integer canonical JSON allows (2^53 - 1).
+inline constexpr std::int64_t kMaxSafeInteger = 9007199254740991;
+
+// Parses a request body. Malformed text (including invalid UTF-8) is M_NOT_JSON; integers
+// outside +-(2^53-1) are M_BAD_JSON. Never throws anything but MatrixError.
+json::value parse_json(std::string_view text);
+
+// As parse_json, and the top level must be an object (M_BAD_JSON otherwise).
+json::object parse_json_object(std::string_view text);
+
+// Field accessors for request bodies. A field of the wrong type is M_BAD_JSON naming the key;
+// a missing required field is M_MISSING_PARAM.
+std::optional<std::string_view> opt_string(const json::object& obj, std::string_view key);
+std::string_view req_string(const json::object& obj, std::string_view key);
+std::optional<bool> opt_bool(const json::object& obj, std::string_view key);
+std::optional<std::int64_t> opt_int(const json::object& obj, std::string_view key);
+const json::object* opt_object(const json::object& obj, std::string_view key);
+const json::array* opt_array(const json::object& obj, std::string_view key);
+
+// Serializes a value compactly.
+inline std::string to_string(const json::value& v) { return json::serialize(v); }
+
+}  // namespace mxvoip::proto

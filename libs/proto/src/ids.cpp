@@ -1,0 +1,46 @@
+#include "mxvoip/proto/ids.hpp"
+
+#include <algorithm>
+
+namespace mxvoip::proto {
+
+std::optional<UserId> parse_user_id(std::string_view id) {
+    if (id.size() < 4 || id.size() > 255 || id.front() != '@') return std::nullopt;
+    auto colon = id.find(':');
+    if (colon == std::string_view::npos || colon == 1 || colon + 1 == id.size()) return std::nullopt;
+    UserId out{id.substr(1, colon - 1), id.substr(colon + 1)};
+    auto printable = [](char c) { return c > 0x20 && c < 0x7f; };
+    if (!std::all_of(out.localpart.begin(), out.localpart.end(), printable)) return std::nullopt;
+    if (!std::all_of(out.server_name.begin(), out.server_name.end(), printable)) return std::nullopt;
+    return out;
+}
+
+bool is_valid_new_localpart(std::string_view localpart) {
+    if (localpart.empty() || localpart.size() > 255 - 3) return false;
+    return std::all_of(localpart.begin(), localpart.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+               c == '=' || c == '-' || c == '/' || c == '+';
+    });
+}
+
+bool is_valid_room_id(std::string_view id) {
+    if (id.size() < 4 || id.size() > 255 || id.front() != '!') return false;
+    auto colon = id.find(':');
+    return colon != std::string_view::npos && colon > 1 && colon + 1 < id.size();
+}
+
+bool is_valid_opaque_id(std::string_view id) {
+    if (id.empty() || id.size() > 255) return false;
+    return std::all_of(id.begin(), id.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+               c == '-' || c == '.' || c == '_' || c == '~';
+    });
+}
+
+bool is_valid_event_type(std::string_view type) {
+    if (type.empty() || type.size() > 255) return false;
+    return std::all_of(type.begin(), type.end(),
+                       [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; });
+}
+
+}  // namespace mxvoip::proto

@@ -1,0 +1,106 @@
+#include "mxvoip/proto/json.hpp"
+
+#include "mxvoip/proto/errors.hpp"
+
+#include <vector>
+
+namespace mxvoip::proto {
+namespace {
+
+// Depth-first check of the integer range; iterative so hostile nesting cannot blow the stack
+// (the parser already bounds depth, this keeps the check itself cheap and flat).
+bool integers_in_range(const json::value& root) {
+    std::vector<const json::value*> todo{&root};
+    while (!todo.empty()) {
+        const json::value* v = todo.back();
+        todo.pop_back();
+        switch (v->kind()) {
+            case json::kind::int64:
+                if (v->get_int64() > kMaxSafeInteger || v->get_int64() < -kMaxSafeInteger)
+                    return false;
+                break;
+            case json::kind::uint64:
+                if (v->get_uint64() > static_cast<std::uint64_t>(kMaxSafeInteger)) return false;
+                break;
+            case json::kind::array:
+                for (const auto& e : v->get_array()) todo.push_back(&e);
+                break;
+            case json::kind::object:
+                for (const auto& kv : v->get_object()) todo.push_back(&kv.value());
+                break;
+            default:
+                break;
+        }
+    }
+    return true;
+}
+
+[[noreturn]] void bad_type(std::string_view key, const char* want) {
+    throw MatrixError(400, errcode::bad_json,
+                      "'" + std::string(key) + "' must be " + want);
+}
+
+}  // namespace
+
+json::value parse_json(std::string_view text) {
+    json::parse_options opts;
+    opts.max_depth = 64;
+    opts.allow_invalid_utf8 = false;
+    std::error_code ec;
+    json::value v = json::parse(text, ec, {}, opts);
+    if (ec) throw MatrixError(400, errcode::not_json, "Content not JSON: " + ec.message());
+    if (!integers_in_range(v))
+        throw MatrixError(400, errcode::bad_json, "Integer out of range (+-(2^53-1))");
+    return v;
+}
+
+json::object parse_json_object(std::string_view text) {
+    json::value v = parse_json(text);
+    if (!v.is_object()) throw MatrixError(400, errcode::bad_json, "Content must be a JSON object");
+    return std::move(v.get_object());
+}
+
+std::optional<std::string_view> opt_string(const json::object& obj, std::string_view key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->value().is_null()) return std::nullopt;
+    if (!it->value().is_string()) bad_type(key, "a string");
+    return std::string_view(it->value().get_string());
+}
+
+std::string_view req_string(const json::object& obj, std::string_view key) {
+    auto v = opt_string(obj, key);
+    if (!v)
+        throw MatrixError(400, errcode::missing_param, "Missing '" + std::string(key) + "'");
+    return *v;
+}
+
+std::optional<bool> opt_bool(const json::object& obj, std::string_view key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->value().is_null()) return std::nullopt;
+    if (!it->value().is_bool()) bad_type(key, "a boolean");
+    return it->value().get_bool();
+}
+
+std::optional<std::int64_t> opt_int(const json::object& obj, std::string_view key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->value().is_null()) return std::nullopt;
+    if (it->value().is_int64()) return it->value().get_int64();
+    if (it->value().is_uint64()) return static_cast<std::int64_t>(it->value().get_uint64());
+    bad_type(key, "an integer");
+}
+
+const json::object* opt_object(const json::object& obj, std::string_view key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->value().is_null()) return nullptr;
+    if (!it->value().is_object()) bad_type(key, "an object");
+    return &it->value().get_object();
+}
+
+const json::array* opt_array(const json::object& obj, std::string_view key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->value().is_null()) return nullptr;
+    if (!it->value().is_array()) bad_type(key, "an array");
+    return &it->value().get_array();
+}
+
+}  // namespace mxvoip::proto

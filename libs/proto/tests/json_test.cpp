@@ -1,0 +1,55 @@
+#include "mxvoip/proto/json.hpp"
+
+#include "mxvoip/proto/errors.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace mxvoip::proto;
+
+namespace {
+std::string errcode_of(std::string_view text) {
+    try {
+        parse_json_object(text);
+    } catch (const MatrixError& e) {
+        return e.errcode;
+    }
+    return "ok";
+}
+}  // namespace
+
+TEST(Json, MalformedIsNotJson) {
+    EXPECT_EQ(errcode_of("{"), "M_NOT_JSON");
+    EXPECT_EQ(errcode_of(""), "M_NOT_JSON");
+    EXPECT_EQ(errcode_of("{\"a\": \"\xff\"}"), "M_NOT_JSON");
+}
+
+TEST(Json, NonObjectIsBadJson) {
+    EXPECT_EQ(errcode_of("[1]"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of("\"x\""), "M_BAD_JSON");
+}
+
+TEST(Json, IntegerRangeIsCanonicalJson) {
+    EXPECT_EQ(errcode_of(R"({"a": 9007199254740991, "b": -9007199254740991})"), "ok");
+    EXPECT_EQ(errcode_of(R"({"a": 9007199254740992})"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of(R"({"a": [{"b": -9007199254740992}]})"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of(R"({"a": 18446744073709551615})"), "M_BAD_JSON");
+}
+
+TEST(Json, FieldAccessorsNameTheKey) {
+    auto obj = parse_json_object(R"({"s": 1, "b": "x"})");
+    try {
+        opt_string(obj, "s");
+        FAIL();
+    } catch (const MatrixError& e) {
+        EXPECT_EQ(e.errcode, "M_BAD_JSON");
+        EXPECT_NE(std::string(e.what()).find("'s'"), std::string::npos);
+    }
+    try {
+        req_string(obj, "missing");
+        FAIL();
+    } catch (const MatrixError& e) {
+        EXPECT_EQ(e.errcode, "M_MISSING_PARAM");
+    }
+    EXPECT_THROW(opt_bool(obj, "b"), MatrixError);
+    EXPECT_FALSE(opt_int(obj, "nope").has_value());
+}

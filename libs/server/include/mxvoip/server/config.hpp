@@ -1,0 +1,62 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mxvoip::server {
+
+// A start-up configuration error; the message names the key and its line.
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct RateLimit {
+    double per_second = 0;
+    double burst_count = 0;
+};
+
+struct ListenAddress {
+    std::string host;
+    std::uint16_t port = 0;
+};
+
+struct DatabaseConfig {
+    std::string backend = "sqlite";
+    std::string path = "mxvoip.db";
+    std::string synchronous = "full";  // "full" or "normal"; see store::SqliteOptions
+};
+
+// Key names follow Synapse's homeserver.yaml where Synapse has the key.
+struct Config {
+    std::string server_name = "localhost";
+    std::vector<ListenAddress> listen{{"127.0.0.1", 8008}};
+    std::string public_baseurl;  // derived from the first listen address when empty
+    DatabaseConfig database;
+    bool enable_registration = true;
+    bool allow_guest_access = false;
+    RateLimit rc_message{10, 50};
+    RateLimit rc_login{0.17, 3};
+    RateLimit rc_registration{0.17, 3};
+    std::size_t max_request_body_size = 1024 * 1024;
+    std::string log_level = "info";
+    // Argon2id cost: "interactive" (libsodium's, ~64 MiB per hash), "moderate", or "min"
+    // (for load tests only).
+    std::string password_hash_cost = "interactive";
+    unsigned worker_threads = 0;  // 0: one per core
+    // True when no file was given and the development defaults above are in force.
+    bool development_defaults = false;
+    // Where the file was read from, for messages.
+    std::string source;
+};
+
+// Reads and validates a YAML file. Unknown keys and bad values throw ConfigError.
+Config load_config(const std::string& path);
+// Same, from text (`source` names it in errors).
+Config parse_config(const std::string& yaml_text, const std::string& source);
+// The development defaults used when no --config is given.
+Config development_config();
+
+}  // namespace mxvoip::server

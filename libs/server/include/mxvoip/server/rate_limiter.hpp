@@ -1,0 +1,35 @@
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "mxvoip/server/config.hpp"
+
+namespace mxvoip::server {
+
+// Token buckets keyed by user or address, Synapse's semantics: `burst_count` actions at
+// once, refilled at `per_second`. Time is passed in so tests control it.
+class RateLimiter {
+public:
+    explicit RateLimiter(RateLimit limit) : limit_(limit) {}
+
+    // Takes one action for `key` at `now_ms`. Returns nullopt when allowed, otherwise how
+    // many milliseconds until the next action would be.
+    std::optional<std::int64_t> take(const std::string& key, std::int64_t now_ms);
+
+private:
+    struct Bucket {
+        double tokens;
+        std::int64_t updated_ms;
+    };
+    void prune(std::int64_t now_ms);
+
+    RateLimit limit_;
+    std::mutex mu_;
+    std::unordered_map<std::string, Bucket> buckets_;
+};
+
+}  // namespace mxvoip::server

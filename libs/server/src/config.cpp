@@ -1,0 +1,224 @@
+#include "mxvoip/server/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace mxvoip::server {
+namespace {
+
+class Reader {
+public:
+    explicit Reader(std::string source) : source_(std::move(source)) {}
+
+    [[noreturn]] void fail(const YAML::Node& node, const std::string& key, const std::string& msg) const {
+        std::ostringstream out;
+        out << source_;
+        if (node.Mark().line >= 0) out << ":" << node.Mark().line + 1;
+        out << ": " << key << ": " << msg;
+        throw ConfigError(out.str());
+    }
+
+    std::string str(const YAML::Node& n, const std::string& key) const {
+        if (!n.IsScalar()) fail(n, key, "must be a string");
+        return n.Scalar();
+    }
+    bool boolean(const YAML::Node& n, const std::string& key) const {
+        bool v;
+        if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) fail(n, key, "must be true or false");
+        return v;
+    }
+    double number(const YAML::Node& n, const std::string& key, double min) const {
+        double v;
+        if (!n.IsScalar() || !YAML::convert<double>::decode(n, v)) fail(n, key, "must be a number");
+        if (!(v >= min)) fail(n, key, "must be at least " + std::to_string(min));
+        return v;
+    }
+    std::uint64_t integer(const YAML::Node& n, const std::string& key, std::uint64_t min, std::uint64_t max) const {
+        if (!n.IsScalar()) fail(n, key, "must be a whole number");
+        const std::string& s = n.Scalar();
+        std::uint64_t v = 0;
+        auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec != std::errc() || p != s.data() + s.size())
+            fail(n, key, "must be a whole number, got '" + s + "'");
+        if (v < min || v > max)
+            fail(n, key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+        return v;
+    }
+    // Sizes as Synapse writes them: 1048576, 512K, 10M.
+    std::size_t size(const YAML::Node& n, const std::string& key) const {
+        if (!n.IsScalar()) fail(n, key, "must be a size such as 1M");
+        std::string s = n.Scalar();
+        std::uint64_t mult = 1;
+        if (!s.empty() && (s.back() == 'K' || s.back() == 'k')) mult = 1024, s.pop_back();
+        else if (!s.empty() && (s.back() == 'M' || s.back() == 'm')) mult = 1024 * 1024, s.pop_back();
+        std::uint64_t v = 0;
+        auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v == 0)
+            fail(n, key, "must be a size such as 65536, 512K or 10M");
+        v *= mult;
+        if (v < 65536 + 1024) fail(n, key, "must be at least 66560 bytes (an event may be 65536)");
+        return v;
+    }
+
+    RateLimit rate(const YAML::Node& n, const std::string& key) const {
+        if (!n.IsMap()) fail(n, key, "must be a map with per_second and burst_count");
+        RateLimit r{-1, -1};
+        for (auto it : n) {
+            auto k = it.first.as<std::string>();
+            if (k == "per_second") r.per_second = number(it.second, key + ".per_second", 0);
+            else if (k == "burst_count") r.burst_count = number(it.second, key + ".burst_count", 1);
+            else fail(it.first, key + "." + k, "unknown key");
+        }
+        if (r.per_second < 0) fail(n, key + ".per_second", "is required");
+        if (r.burst_count < 0) fail(n, key + ".burst_count", "is required");
+        return r;
+    }
+
+    ListenAddress address(const YAML::Node& n, const std::string& key) const {
+        std::string s = str(n, key);
+        ListenAddress a;
+        std::string port;
+        if (!s.empty() && s.front() == '[') {
+            auto close = s.find(']');
+            if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':')
+                fail(n, key, "must be host:port or [v6]:port, got '" + s + "'");
+            a.host = s.substr(1, close - 1);
+            port = s.substr(close + 2);
+        } else {
+            auto colon = s.rfind(':');
+            if (colon == std::string::npos || colon == 0)
+                fail(n, key, "must be host:port, got '" + s + "'");
+            a.host = s.substr(0, colon);
+            port = s.substr(colon + 1);
+        }
+        unsigned v = 0;
+        auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), v);
+        if (port.empty() || ec != std::errc() || p != port.data() + port.size() || v > 65535)
+            fail(n, key, "port must be 0 to 65535, got '" + port + "'");
+        a.port = static_cast<std::uint16_t>(v);
+        return a;
+    }
+
+private:
+    std::string source_;
+};
+
+void finish(Config& c) {
+    if (c.public_baseurl.empty()) {
+        const auto& a = c.listen.front();
+        std::string host = a.host == "0.0.0.0" || a.host == "::" ? "localhost" : a.host;
+        if (host.find(':') != std::string::npos) host = "[" + host + "]";
+        c.public_baseurl = "http://" + host + ":" + std::to_string(a.port) + "/";
+    }
+    if (c.public_baseurl.back() != '/') c.public_baseurl += '/';
+}
+
+}  // namespace
+
+Config development_config() {
+    Config c;
+    c.development_defaults = true;
+    c.source = "(development defaults)";
+    finish(c);
+    return c;
+}
+
+Config parse_config(const std::string& text, const std::string& source) {
+    Reader r(source);
+    YAML::Node root;
+    try {
+        root = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+        throw ConfigError(source + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+    }
+    Config c;
+    c.source = source;
+    if (root.IsNull()) {
+        finish(c);
+        return c;
+    }
+    if (!root.IsMap()) throw ConfigError(source + ": the top level must be a map of keys");
+
+    const std::map<std::string, std::function<void(const YAML::Node&, const std::string&)>> keys{
+        {"server_name", [&](const YAML::Node& n, const std::string& k) {
+             c.server_name = r.str(n, k);
+             if (c.server_name.empty() || c.server_name.find_first_of("/@!#$ ") != std::string::npos)
+                 r.fail(n, k, "must be a host name such as example.org");
+         }},
+        {"listen", [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsSequence() || n.size() == 0) r.fail(n, k, "must be a list of host:port");
+             c.listen.clear();
+             for (auto item : n) c.listen.push_back(r.address(item, k));
+         }},
+        {"public_baseurl", [&](const YAML::Node& n, const std::string& k) {
+             c.public_baseurl = r.str(n, k);
+             if (c.public_baseurl.rfind("http://", 0) != 0 && c.public_baseurl.rfind("https://", 0) != 0)
+                 r.fail(n, k, "must start with http:// or https://");
+         }},
+        {"database", [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsMap()) r.fail(n, k, "must be a map with backend and its settings");
+             for (auto it : n) {
+                 auto sub = it.first.as<std::string>();
+                 auto full = k + "." + sub;
+                 if (sub == "backend") {
+                     c.database.backend = r.str(it.second, full);
+                     if (c.database.backend != "sqlite")
+                         r.fail(it.second, full, "'" + c.database.backend + "' is not available in this build (sqlite)");
+                 } else if (sub == "path") {
+                     c.database.path = r.str(it.second, full);
+                     if (c.database.path.empty()) r.fail(it.second, full, "must not be empty");
+                 } else if (sub == "synchronous") {
+                     c.database.synchronous = r.str(it.second, full);
+                     if (c.database.synchronous != "full" && c.database.synchronous != "normal")
+                         r.fail(it.second, full, "must be full or normal");
+                 } else {
+                     r.fail(it.first, full, "unknown key");
+                 }
+             }
+         }},
+        {"enable_registration", [&](const YAML::Node& n, const std::string& k) { c.enable_registration = r.boolean(n, k); }},
+        {"allow_guest_access", [&](const YAML::Node& n, const std::string& k) { c.allow_guest_access = r.boolean(n, k); }},
+        {"rc_message", [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
+        {"rc_login", [&](const YAML::Node& n, const std::string& k) { c.rc_login = r.rate(n, k); }},
+        {"rc_registration", [&](const YAML::Node& n, const std::string& k) { c.rc_registration = r.rate(n, k); }},
+        {"max_request_body_size", [&](const YAML::Node& n, const std::string& k) { c.max_request_body_size = r.size(n, k); }},
+        {"log_level", [&](const YAML::Node& n, const std::string& k) {
+             c.log_level = r.str(n, k);
+             static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+             if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))
+                 r.fail(n, k, "must be one of trace, debug, info, warn, error, critical, off");
+         }},
+        {"password_hash_cost", [&](const YAML::Node& n, const std::string& k) {
+             c.password_hash_cost = r.str(n, k);
+             if (c.password_hash_cost != "interactive" && c.password_hash_cost != "moderate" &&
+                 c.password_hash_cost != "min")
+                 r.fail(n, k, "must be interactive, moderate or min");
+         }},
+        {"worker_threads", [&](const YAML::Node& n, const std::string& k) {
+             c.worker_threads = static_cast<unsigned>(r.integer(n, k, 0, 256));
+         }},
+    };
+    for (auto it : root) {
+        auto key = it.first.as<std::string>();
+        auto handler = keys.find(key);
+        if (handler == keys.end()) r.fail(it.first, key, "unknown key");
+        handler->second(it.second, key);
+    }
+    finish(c);
+    return c;
+}
+
+Config load_config(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw ConfigError(path + ": cannot read the file");
+    std::stringstream text;
+    text << in.rdbuf();
+    return parse_config(text.str(), path);
+}
+
+}  // namespace mxvoip::server

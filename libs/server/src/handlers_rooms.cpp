@@ -1,0 +1,465 @@
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "homeserver.hpp"
+#include "json_out.hpp"
+#include "mxvoip/proto/base64.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/ids.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+namespace {
+
+Response json_response(const json::value& v) { return Response{200, json::serialize(v), {}}; }
+
+std::string device_key(const Session& s) { return s.user_id + '|' + s.device_id; }
+
+json::object default_power_levels(const std::string& creator) {
+    return json::object{
+        {"users", {{creator, 100}}},
+        {"users_default", 0},
+        {"events",
+         {{"m.room.name", 50},
+          {"m.room.power_levels", 100},
+          {"m.room.history_visibility", 100},
+          {"m.room.canonical_alias", 50},
+          {"m.room.avatar", 50},
+          {"m.room.tombstone", 100},
+          {"m.room.server_acl", 100},
+          {"m.room.encryption", 100}}},
+        {"events_default", 0},
+        {"state_default", 50},
+        {"ban", 50},
+        {"kick", 50},
+        {"redact", 50},
+        {"invite", 0},
+        {"historical", 100},
+    };
+}
+
+// "s<stream>": the position just after event <stream>.
+StreamId parse_token(const std::string& token) {
+    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid pagination token");
+    try {
+        std::size_t used = 0;
+        long long v = std::stoll(token.substr(1), &used);
+        if (used != token.size() - 1 || v < 0) throw std::invalid_argument("token");
+        return v;
+    } catch (const std::exception&) {
+        throw MatrixError(400, errcode::invalid_param, "Invalid pagination token");
+    }
+}
+
+}  // namespace
+
+std::string make_token(StreamId s) { return "s" + std::to_string(s); }
+
+asio::awaitable<Response> Homeserver::create_room(Request& req) {
+    const Session& s = *req.session;
+    if (s.is_guest) throw MatrixError(403, errcode::guest_access_forbidden, "Guests cannot create rooms");
+    check_rate(rc_message_, s.user_id);
+    auto body = proto::parse_json_object(req.body);
+    std::string preset(proto::opt_string(body, "preset").value_or(""));
+    std::string visibility(proto::opt_string(body, "visibility").value_or("private"));
+    if (visibility != "private" && visibility != "public")
+        throw MatrixError(400, errcode::invalid_param, "visibility must be private or public");
+    if (preset.empty()) preset = visibility == "public" ? "public_chat" : "private_chat";
+    if (preset != "private_chat" && preset != "trusted_private_chat" && preset != "public_chat")
+        throw MatrixError(400, errcode::invalid_param, "Unknown preset " + preset);
+    std::string version(proto::opt_string(body, "room_version").value_or("10"));
+    {
+        int v = 0;
+        try {
+            v = std::stoi(version);
+        } catch (...) {
+        }
+        if (std::to_string(v) != version || v < 4 || v > 11)
+            throw MatrixError(400, errcode::unsupported_room_version, "Room version " + version + " is not supported");
+    }
+    if (proto::opt_string(body, "room_alias_name"))
+        throw MatrixError(400, errcode::invalid_param, "Room aliases are not supported by this server");
+    bool is_direct = proto::opt_bool(body, "is_direct").value_or(false);
+    auto name = proto::opt_string(body, "name");
+    auto topic = proto::opt_string(body, "topic");
+    std::vector<std::string> invites;
+    if (const auto* arr = proto::opt_array(body, "invite")) {
+        for (const auto& v : *arr) {
+            if (!v.is_string() || !proto::parse_user_id(v.get_string()))
+                throw MatrixError(400, errcode::invalid_param, "invite must be a list of user ids");
+            invites.emplace_back(v.get_string());
+        }
+    }
+    std::vector<NewEvent> initial_state;
+    if (const auto* arr = proto::opt_array(body, "initial_state")) {
+        for (const auto& v : *arr) {
+            if (!v.is_object()) throw MatrixError(400, errcode::bad_json, "initial_state entries must be objects");
+            const auto& o = v.get_object();
+            const auto* content = proto::opt_object(o, "content");
+            if (!content) throw MatrixError(400, errcode::missing_param, "initial_state entry needs 'content'");
+            initial_state.push_back(
+                NewEvent{std::string(proto::req_string(o, "type")),
+                         std::string(proto::opt_string(o, "state_key").value_or("")), *content});
+        }
+    }
+    json::object power = default_power_levels(s.user_id);
+    if (preset == "trusted_private_chat")
+        for (const auto& u : invites) power["users"].as_object()[u] = 100;
+    if (const auto* override_pl = proto::opt_object(body, "power_level_content_override"))
+        for (const auto& kv : *override_pl) power[kv.key()] = kv.value();
+    if (const auto* creation = proto::opt_object(body, "creation_content"); creation && creation->contains("creator"))
+        throw MatrixError(400, errcode::bad_json, "creation_content may not set 'creator'");
+
+    std::string room_id;
+    std::shared_ptr<CommitTicket> ticket;
+    {
+        std::lock_guard lock(mu_);
+        for (const auto& u : invites)
+            if (!users_.count(u) && proto::parse_user_id(u)->server_name == config_.server_name)
+                throw MatrixError(404, errcode::not_found, "Unknown user " + u);
+        do {
+            room_id = "!" + random_letters(18) + ":" + config_.server_name;
+        } while (rooms_.count(room_id));
+        Room& room = rooms_[room_id];
+        room.id = room_id;
+        room.version = version;
+        PendingWrite w;
+        w.mutations.push_back(store::PutRoom{{room_id, version}});
+        const User& me = users_.at(s.user_id);
+        try {
+            json::object create{{"room_version", version}};
+            if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
+            if (const auto* creation = proto::opt_object(body, "creation_content"))
+                for (const auto& kv : *creation) create[kv.key()] = kv.value();
+            // m.room.create precedes power levels, so its auth is the "room creation" rule.
+            {
+                auto e = std::make_shared<Event>();
+                NewEvent ev{"m.room.create", "", std::move(create)};
+                room.power.users[s.user_id] = 100;
+                std::string content = json::serialize(ev.content);
+                e->stream = next_stream_++;
+                e->event_id = "$" + proto::base64url_encode(random_bytes(32));
+                e->room_id = room_id;
+                e->type = ev.type;
+                e->state_key = "";
+                e->sender = s.user_id;
+                e->ts = now_ms();
+                e->json = "{\"content\":" + content + ",\"event_id\":" + quoted(e->event_id) +
+                          ",\"origin_server_ts\":" + std::to_string(e->ts) + ",\"room_id\":" + quoted(room_id) +
+                          ",\"sender\":" + quoted(s.user_id) + ",\"state_key\":\"\",\"type\":\"m.room.create\"}";
+                e->content_len = content.size();
+                EventPtr ptr = e;
+                apply_event_locked(room, ptr);
+                add_to_timeline_locked(room, ptr);
+                w.mutations.push_back(store::PutEvent{{ptr->stream, ptr->event_id, room_id, ptr->type, ptr->state_key,
+                                                       ptr->sender, ptr->ts, ptr->json},
+                                                      std::nullopt});
+                w.max_stream = ptr->stream;
+            }
+            json::object join{{"membership", "join"}};
+            if (!me.record.displayname.empty()) join["displayname"] = me.record.displayname;
+            if (!me.record.avatar_url.empty()) join["avatar_url"] = me.record.avatar_url;
+            append_event_locked(room, s.user_id, {"m.room.member", s.user_id, std::move(join)}, w);
+            append_event_locked(room, s.user_id, {"m.room.power_levels", "", std::move(power)}, w);
+            std::string join_rule = preset == "public_chat" ? "public" : "invite";
+            append_event_locked(room, s.user_id, {"m.room.join_rules", "", {{"join_rule", join_rule}}}, w);
+            append_event_locked(room, s.user_id, {"m.room.history_visibility", "", {{"history_visibility", "shared"}}},
+                                w);
+            if (preset != "public_chat")
+                append_event_locked(room, s.user_id, {"m.room.guest_access", "", {{"guest_access", "can_join"}}}, w);
+            for (auto& ev : initial_state) append_event_locked(room, s.user_id, std::move(ev), w);
+            if (name) append_event_locked(room, s.user_id, {"m.room.name", "", {{"name", *name}}}, w);
+            if (topic) append_event_locked(room, s.user_id, {"m.room.topic", "", {{"topic", *topic}}}, w);
+            for (const auto& u : invites) {
+                json::object content{{"membership", "invite"}};
+                if (is_direct) content["is_direct"] = true;
+                if (auto it = users_.find(u); it != users_.end() && !it->second.record.displayname.empty())
+                    content["displayname"] = it->second.record.displayname;
+                append_event_locked(room, s.user_id, {"m.room.member", u, std::move(content)}, w);
+            }
+        } catch (...) {
+            // Nothing was submitted: forget the half-built room and the users' view of it.
+            for (const auto& [user, m] : room.membership)
+                if (auto it = users_.find(user); it != users_.end()) it->second.rooms.erase(room_id);
+            rooms_.erase(room_id);
+            throw;
+        }
+        ticket = submit_locked(std::move(w));
+    }
+    co_await commit_wait(ticket);
+    spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset, is_direct ? ", direct" : "");
+    co_return json_response(json::object{{"room_id", room_id}});
+}
+
+asio::awaitable<Response> Homeserver::membership_change(Request& req, const std::string& room_id,
+                                                        const std::string& target, const std::string& membership,
+                                                        json::object& extra) {
+    const Session& s = *req.session;
+    check_rate(rc_message_, s.user_id);
+    std::shared_ptr<CommitTicket> ticket;
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(room_id);
+        // Joining again, or inviting someone already invited, changes nothing: answer as Synapse does.
+        if (room.membership_of(target) == membership && membership != "join") co_return Response{};
+        json::object content = std::move(extra);
+        content["membership"] = membership;
+        if (membership == "join" || membership == "invite") {
+            if (auto it = users_.find(target); it != users_.end()) {
+                if (!it->second.record.displayname.empty()) content["displayname"] = it->second.record.displayname;
+                if (!it->second.record.avatar_url.empty()) content["avatar_url"] = it->second.record.avatar_url;
+            } else if (proto::parse_user_id(target)->server_name == config_.server_name) {
+                throw MatrixError(404, errcode::not_found, "Unknown user " + target);
+            }
+        }
+        if (membership == "join") {
+            // Keep is_direct from the invite, as clients read it from their own member event.
+            if (auto prev = room.state_event("m.room.member", target)) {
+                auto old = json::parse(prev->content());
+                if (old.is_object() && old.as_object().contains("is_direct") &&
+                    room.membership_of(target) == "invite")
+                    content["is_direct"] = old.as_object().at("is_direct");
+            }
+        }
+        PendingWrite w;
+        append_event_locked(room, s.user_id, {"m.room.member", target, std::move(content)}, w);
+        ticket = submit_locked(std::move(w));
+    }
+    co_await commit_wait(ticket);
+    spdlog::info("{}: {} {} in {}", s.user_id, target, membership, room_id);
+    if (membership == "join") co_return json_response(json::object{{"room_id", room_id}});
+    co_return Response{};
+}
+
+asio::awaitable<Response> Homeserver::invite(Request& req) {
+    auto body = proto::parse_json_object(req.body);
+    std::string target(proto::req_string(body, "user_id"));
+    if (!proto::parse_user_id(target)) throw MatrixError(400, errcode::invalid_param, "user_id is not a user id");
+    json::object extra;
+    if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
+    const std::string membership = "invite";
+    co_return co_await membership_change(req, req.params[0], target, membership, extra);
+}
+
+asio::awaitable<Response> Homeserver::join(Request& req) {
+    const std::string& id = req.params[0];
+    if (!id.empty() && id[0] == '#') throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
+    if (!proto::is_valid_room_id(id)) throw MatrixError(400, errcode::invalid_param, id + " is not a room id");
+    json::object extra;
+    if (!req.body.empty()) {
+        auto body = proto::parse_json_object(req.body);
+        if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
+    }
+    const std::string membership = "join";
+    co_return co_await membership_change(req, id, req.session->user_id, membership, extra);
+}
+
+asio::awaitable<Response> Homeserver::leave(Request& req) {
+    json::object extra;
+    if (!req.body.empty()) {
+        auto body = proto::parse_json_object(req.body);
+        if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
+    }
+    const std::string membership = "leave";
+    co_return co_await membership_change(req, req.params[0], req.session->user_id, membership, extra);
+}
+
+asio::awaitable<Response> Homeserver::joined_rooms(Request& req) {
+    json::array rooms;
+    {
+        std::lock_guard lock(mu_);
+        for (const auto& [id, m] : users_.at(req.session->user_id).rooms)
+            if (m.membership == "join") rooms.push_back(json::string(id));
+    }
+    co_return json_response(json::object{{"joined_rooms", rooms}});
+}
+
+asio::awaitable<Response> Homeserver::send_event(Request& req) {
+    const Session& s = *req.session;
+    const std::string& room_id = req.params[0];
+    const std::string& type = req.params[1];
+    const std::string& txn = req.params[2];
+    if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
+    auto content = proto::parse_json_object(req.body);
+    std::string txn_key = device_key(s) + '\n' + room_id + '\n' + txn;
+    for (int attempt = 0;; ++attempt) {
+        {
+            std::lock_guard lock(mu_);
+            auto it = txns_.find(txn_key);
+            if (it == txns_.end()) break;
+            // A retry of a transaction still being committed waits for that commit, so the
+            // event id it returns is durable.
+            if (it->second.stream <= visible_ || attempt > 5000)
+                co_return json_response(json::object{{"event_id", it->second.event_id}});
+        }
+        auto executor = co_await asio::this_coro::executor;
+        asio::steady_timer t(executor, std::chrono::milliseconds(1));
+        co_await t.async_wait(asio::use_awaitable);
+    }
+    check_rate(rc_message_, s.user_id);
+    std::shared_ptr<CommitTicket> ticket;
+    std::string event_id;
+    {
+        std::lock_guard lock(mu_);
+        if (auto it = txns_.find(txn_key); it != txns_.end())
+            co_return json_response(json::object{{"event_id", it->second.event_id}});
+        Room& room = room_or_throw(room_id);
+        PendingWrite w;
+        auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w, device_key(s), txn);
+        event_id = ev->event_id;
+        txns_[txn_key] = TxnEntry{event_id, ev->stream, ev->ts};
+        txn_order_.emplace_back(ev->ts, txn_key);
+        while (!txn_order_.empty() && txn_order_.front().first < ev->ts - 24 * 3600 * 1000) {
+            txns_.erase(txn_order_.front().second);
+            txn_order_.pop_front();
+        }
+        ticket = submit_locked(std::move(w));
+    }
+    co_await commit_wait(ticket);
+    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+}
+
+asio::awaitable<Response> Homeserver::put_state(Request& req) {
+    const Session& s = *req.session;
+    const std::string& room_id = req.params[0];
+    const std::string& type = req.params[1];
+    std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
+    auto content = proto::parse_json_object(req.body);
+    check_rate(rc_message_, s.user_id);
+    std::shared_ptr<CommitTicket> ticket;
+    std::string event_id;
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(room_id);
+        PendingWrite w;
+        auto ev = append_event_locked(room, s.user_id, {type, state_key, std::move(content)}, w);
+        event_id = ev->event_id;
+        ticket = submit_locked(std::move(w));
+    }
+    co_await commit_wait(ticket);
+    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+}
+
+asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
+    const std::string& room_id = req.params[0];
+    std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
+    std::lock_guard lock(mu_);
+    Room& room = room_or_throw(room_id);
+    require_member(room, req.session->user_id);
+    auto ev = room.state_event(req.params[1], state_key);
+    if (!ev || ev->stream > visible_) throw MatrixError(404, errcode::not_found, "Event not found.");
+    co_return Response{200, std::string(ev->content()), {}};
+}
+
+asio::awaitable<Response> Homeserver::get_state(Request& req) {
+    std::string out = "[";
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(req.params[0]);
+        require_member(room, req.session->user_id);
+        for (const auto& [_, ev] : room.state) {
+            if (ev->stream > visible_) continue;
+            if (out.size() > 1) out += ',';
+            render_event(out, *ev, {});
+        }
+    }
+    out += ']';
+    co_return Response{200, std::move(out), {}};
+}
+
+asio::awaitable<Response> Homeserver::get_members(Request& req) {
+    const std::string* only = req.query_param("membership");
+    const std::string* exclude = req.query_param("not_membership");
+    std::string out = "{\"chunk\":[";
+    bool first = true;
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(req.params[0]);
+        const std::string& mine = room.membership_of(req.session->user_id);
+        if (mine != "join" && mine != "leave") throw MatrixError(403, errcode::forbidden, "You are not in this room");
+        if (mine == "leave" && !room.state_event("m.room.member", req.session->user_id))
+            throw MatrixError(403, errcode::forbidden, "You are not in this room");
+        for (const auto& [key, ev] : room.state) {
+            if (key.first != "m.room.member" || ev->stream > visible_) continue;
+            const std::string& m = room.membership_of(key.second);
+            if ((only && m != *only) || (exclude && m == *exclude)) continue;
+            if (!first) out += ',';
+            first = false;
+            render_event(out, *ev, {});
+        }
+    }
+    out += "]}";
+    co_return Response{200, std::move(out), {}};
+}
+
+asio::awaitable<Response> Homeserver::get_messages(Request& req) {
+    const std::string& room_id = req.params[0];
+    std::string dir = req.query_param("dir") ? *req.query_param("dir") : "b";
+    if (dir != "b" && dir != "f") throw MatrixError(400, errcode::invalid_param, "dir must be b or f");
+    int limit = 10;
+    if (const auto* l = req.query_param("limit")) {
+        try {
+            limit = std::clamp(std::stoi(*l), 1, 1000);
+        } catch (...) {
+            throw MatrixError(400, errcode::invalid_param, "limit must be a number");
+        }
+    }
+    std::optional<StreamId> to;
+    if (const auto* t = req.query_param("to")) to = parse_token(*t);
+    StreamId from;
+    StreamId visible;
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(room_id);
+        require_member(room, req.session->user_id);
+        from = req.query_param("from") ? parse_token(*req.query_param("from")) : (dir == "b" ? visible_ : 0);
+        from = std::min(from, visible_);
+        visible = visible_;
+    }
+    std::vector<store::EventRecord> rows;
+    if (dir == "b") {
+        rows = store_.events_before(room_id, from + 1, limit);
+        if (to) std::erase_if(rows, [&](const auto& r) { return r.stream <= *to; });
+    } else {
+        rows = store_.events_after(room_id, from, limit);
+        if (to) std::erase_if(rows, [&](const auto& r) { return r.stream > *to; });
+        std::erase_if(rows, [&](const auto& r) { return r.stream > visible; });
+    }
+    std::string out = "{\"chunk\":[";
+    StreamId end = from;
+    std::int64_t now = now_ms();
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        if (i) out += ',';
+        const auto& r = rows[i];
+        // Events from the store are rendered as stored, plus their age.
+        out.append(r.json, 0, r.json.size() - 1);
+        out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+        end = dir == "b" ? r.stream - 1 : r.stream;
+    }
+    out += "],\"start\":\"" + make_token(from) + "\"";
+    if (!rows.empty() && static_cast<int>(rows.size()) == limit) out += ",\"end\":\"" + make_token(end) + "\"";
+    out += '}';
+    co_return Response{200, std::move(out), {}};
+}
+
+asio::awaitable<Response> Homeserver::get_event(Request& req) {
+    const std::string& room_id = req.params[0];
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(room_id);
+        require_member(room, req.session->user_id);
+    }
+    auto row = store_.event(req.params[1]);
+    if (!row || row->room_id != room_id) throw MatrixError(404, errcode::not_found, "Event not found.");
+    std::string out(row->json, 0, row->json.size() - 1);
+    out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now_ms() - row->origin_server_ts)) + "}}";
+    co_return Response{200, std::move(out), {}};
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,332 @@
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "homeserver.hpp"
+#include "json_out.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+std::string make_token(StreamId s);
+
+namespace {
+
+constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
+
+StreamId parse_since(const std::string& token) {
+    // Tokens are "s<stream>"; anything else is a client bug worth a clear error.
+    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid since token");
+    try {
+        std::size_t used = 0;
+        long long v = std::stoll(token.substr(1), &used);
+        if (used != token.size() - 1 || v < 0) throw std::invalid_argument("since");
+        return v;
+    } catch (const std::exception&) {
+        throw MatrixError(400, errcode::invalid_param, "Invalid since token");
+    }
+}
+
+// Separator helper for hand-built JSON arrays and objects.
+struct Comma {
+    bool first = true;
+    void operator()(std::string& out) {
+        if (!first) out += ',';
+        first = false;
+    }
+};
+
+}  // namespace
+
+void Homeserver::render_event(std::string& out, const Event& ev, const std::string& device_key) const {
+    out.append(ev.json, 0, ev.json.size() - 1);
+    out += ",\"unsigned\":{\"age\":";
+    out += std::to_string(std::max<std::int64_t>(0, now_ms() - ev.ts));
+    if (!device_key.empty() && ev.txn_device_key == device_key) {
+        out += ",\"transaction_id\":";
+        append_quoted(out, ev.txn_id);
+    }
+    out += "}}";
+}
+
+Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user, const Request& req) const {
+    SyncFilter f;
+    const std::string* param = req.query_param("filter");
+    if (!param || param->empty()) return f;
+    json::object filter;
+    if (param->front() == '{') {
+        filter = proto::parse_json_object(*param);
+    } else {
+        std::size_t id = 0;
+        try {
+            std::size_t used = 0;
+            id = std::stoul(*param, &used);
+            if (used != param->size()) throw std::invalid_argument("filter");
+        } catch (...) {
+            throw MatrixError(400, errcode::invalid_param, "filter must be a filter id or a JSON object");
+        }
+        if (id >= user.filters.size() || user.filters[id].empty())
+            throw MatrixError(404, errcode::not_found, "No such filter");
+        filter = json::parse(user.filters[id]).as_object();
+    }
+    // Honoured: room.timeline.limit and room.include_leave. Accepted and not needed here:
+    // lazy_load_members (every member is sent), presence and event type filters.
+    if (const auto* room = proto::opt_object(filter, "room")) {
+        if (auto leave = proto::opt_bool(*room, "include_leave")) f.include_leave = *leave;
+        if (const auto* timeline = proto::opt_object(*room, "timeline")) {
+            if (auto limit = proto::opt_int(*timeline, "limit")) f.timeline_limit = static_cast<int>(std::clamp<std::int64_t>(*limit, 1, 1000));
+        }
+    }
+    return f;
+}
+
+void Homeserver::render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
+                                        const SyncFilter& f, const std::string& device_key, bool& limited,
+                                        StreamId& first_stream) {
+    std::vector<EventPtr> events;
+    for (auto it = room.recent.rbegin(); it != room.recent.rend(); ++it) {
+        const auto& ev = *it;
+        if (ev->stream > upto) continue;
+        if (ev->stream <= since) break;
+        events.push_back(ev);
+        if (static_cast<int>(events.size()) > f.timeline_limit) break;
+    }
+    limited = static_cast<int>(events.size()) > f.timeline_limit;
+    if (limited) events.pop_back();
+    std::reverse(events.begin(), events.end());
+    std::vector<store::EventRecord> older;
+    if (!limited && since < room.evicted_upto) {
+        // The in-memory window does not reach back to `since`: the rest comes from the store.
+        StreamId before = events.empty() ? room.evicted_upto + 1 : events.front()->stream;
+        int want = f.timeline_limit - static_cast<int>(events.size());
+        older = store_.events_before(room.id, before, want + 1);
+        std::erase_if(older, [&](const auto& r) { return r.stream <= since; });
+        if (static_cast<int>(older.size()) > want) {
+            limited = true;
+            older.resize(want);
+        }
+        std::reverse(older.begin(), older.end());
+    }
+    first_stream = !older.empty() ? older.front().stream : !events.empty() ? events.front()->stream : upto + 1;
+    out += "\"timeline\":{\"events\":[";
+    Comma comma;
+    std::int64_t now = now_ms();
+    for (const auto& r : older) {
+        comma(out);
+        out.append(r.json, 0, r.json.size() - 1);
+        out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+    }
+    for (const auto& ev : events) {
+        comma(out);
+        render_event(out, *ev, device_key);
+    }
+    out += "],\"limited\":";
+    out += limited ? "true" : "false";
+    out += ",\"prev_batch\":\"" + make_token(first_stream - 1) + "\"}";
+}
+
+// Current state entries with stream in (after, before): the state at the start of the
+// timeline as far as the timeline does not itself carry it.
+void Homeserver::render_state(std::string& out, const Room& room, StreamId after, StreamId before,
+                              const std::string& device_key) const {
+    out += "\"state\":{\"events\":[";
+    Comma comma;
+    for (const auto& [_, ev] : room.state) {
+        if (ev->stream <= after || ev->stream >= before) continue;
+        comma(out);
+        render_event(out, *ev, device_key);
+    }
+    out += "]}";
+}
+
+bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
+                                   std::string& out) {
+    const StreamId upto = visible_;
+    const bool initial = since == 0;
+    const std::string dkey = s.user_id + '|' + s.device_id;
+    User& user = users_.at(s.user_id);
+    bool has_content = false;
+
+    std::string join, invite, leave;
+    Comma join_comma, invite_comma, leave_comma;
+    for (const auto& [room_id, m] : user.rooms) {
+        if (m.stream > upto) continue;  // its membership change is still being committed
+        auto rit = rooms_.find(room_id);
+        if (rit == rooms_.end()) continue;
+        Room& room = rit->second;
+        if (m.membership == "join") {
+            bool fresh = initial || full_state || m.stream > since;
+            std::string entry;
+            bool limited = false;
+            StreamId first = 0;
+            entry += '{';
+            render_timeline_locked(entry, room, fresh ? 0 : since, upto, f, dkey, limited, first);
+            bool timeline_empty = first > upto;
+            std::string room_data;
+            Comma ad_comma;
+            for (auto it = user.account_data.lower_bound({room_id, ""});
+                 it != user.account_data.end() && it->first.first == room_id; ++it) {
+                if (!fresh && it->second.stream <= since) continue;
+                if (it->second.stream > upto) continue;
+                ad_comma(room_data);
+                room_data += "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
+            }
+            if (!fresh && timeline_empty && room_data.empty()) continue;
+            entry += ',';
+            if (fresh)
+                render_state(entry, room, 0, first, dkey);
+            else if (limited)
+                render_state(entry, room, since, first, dkey);
+            else
+                entry += "\"state\":{\"events\":[]}";
+            std::size_t joined = 0, invited = 0;
+            std::string heroes;
+            Comma hero_comma;
+            int hero_count = 0;
+            for (const auto& [member, mm] : room.membership) {
+                if (mm == "join") ++joined;
+                if (mm == "invite") ++invited;
+                if ((mm == "join" || mm == "invite") && member != s.user_id && hero_count < 5) {
+                    hero_comma(heroes);
+                    append_quoted(heroes, member);
+                    ++hero_count;
+                }
+            }
+            entry += ",\"account_data\":{\"events\":[" + room_data + "]}";
+            entry += ",\"ephemeral\":{\"events\":[]}";
+            entry += ",\"unread_notifications\":{\"highlight_count\":0,\"notification_count\":0}";
+            entry += ",\"summary\":{\"m.heroes\":[" + heroes + "],\"m.joined_member_count\":" + std::to_string(joined) +
+                     ",\"m.invited_member_count\":" + std::to_string(invited) + "}}";
+            join_comma(join);
+            append_quoted(join, room_id);
+            join += ':';
+            join += entry;
+        } else if (m.membership == "invite") {
+            if (!initial && m.stream <= since) continue;
+            invite_comma(invite);
+            append_quoted(invite, room_id);
+            invite += ":{\"invite_state\":{\"events\":[";
+            Comma c;
+            static const char* kStripped[] = {"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                                              "m.room.canonical_alias", "m.room.encryption", "m.room.topic"};
+            for (const char* type : kStripped) {
+                if (auto ev = room.state_event(type, ""); ev && ev->stream <= upto) {
+                    c(invite);
+                    invite += "{\"content\":";
+                    invite += ev->content();
+                    invite += ",\"sender\":" + quoted(ev->sender) + ",\"state_key\":\"\",\"type\":" + quoted(ev->type) + "}";
+                }
+            }
+            auto me = room.state_event("m.room.member", s.user_id);
+            if (me) {
+                if (auto inviter = room.state_event("m.room.member", me->sender); inviter && inviter != me) {
+                    c(invite);
+                    invite += "{\"content\":";
+                    invite += inviter->content();
+                    invite += ",\"sender\":" + quoted(inviter->sender) + ",\"state_key\":" + quoted(me->sender) +
+                              ",\"type\":\"m.room.member\"}";
+                }
+                c(invite);
+                render_event(invite, *me, dkey);
+            }
+            invite += "]}}";
+        } else {
+            // Left, kicked or banned: reported once, in the first sync after it happened.
+            if (initial ? !f.include_leave : m.stream <= since) continue;
+            leave_comma(leave);
+            append_quoted(leave, room_id);
+            leave += ":{";
+            bool limited = false;
+            StreamId first = 0;
+            render_timeline_locked(leave, room, initial ? 0 : since, m.stream, f, dkey, limited, first);
+            leave += ",\"state\":{\"events\":[]},\"account_data\":{\"events\":[]}}";
+        }
+    }
+
+    std::string global;
+    Comma global_comma;
+    for (auto it = user.account_data.lower_bound({"", ""}); it != user.account_data.end() && it->first.first.empty();
+         ++it) {
+        if ((!initial && it->second.stream <= since) || it->second.stream > upto) continue;
+        global_comma(global);
+        global += "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
+    }
+    std::string to_device;
+    if (auto it = user.to_device.find(s.device_id); it != user.to_device.end()) {
+        Comma c;
+        for (const auto& msg : it->second) {
+            if (msg.stream <= since || msg.stream > upto) continue;
+            c(to_device);
+            to_device += msg.message;
+        }
+    }
+    has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() || !to_device.empty();
+
+    out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() + 400);
+    out += "{\"next_batch\":\"" + make_token(upto) + "\"";
+    out += ",\"rooms\":{\"join\":{" + join + "},\"invite\":{" + invite + "},\"leave\":{" + leave + "},\"knock\":{}}";
+    out += ",\"account_data\":{\"events\":[" + global + "]}";
+    out += ",\"to_device\":{\"events\":[" + to_device + "]}";
+    out += ",\"presence\":{\"events\":[]}";
+    out += ",\"device_lists\":{\"changed\":[],\"left\":[]}";
+    out += ",\"device_one_time_keys_count\":{}}";
+    return has_content;
+}
+
+asio::awaitable<Response> Homeserver::sync(Request& req) {
+    const Session s = *req.session;
+    StreamId since = 0;
+    if (const auto* t = req.query_param("since"); t && !t->empty()) since = parse_since(*t);
+    std::int64_t timeout = 0;
+    if (const auto* t = req.query_param("timeout")) {
+        try {
+            timeout = std::clamp<std::int64_t>(std::stoll(*t), 0, kMaxSyncTimeoutMs);
+        } catch (...) {
+            throw MatrixError(400, errcode::invalid_param, "timeout must be a number of milliseconds");
+        }
+    }
+    const auto* fs = req.query_param("full_state");
+    bool full_state = fs && *fs == "true";
+    auto executor = co_await asio::this_coro::executor;
+
+    std::string out;
+    std::shared_ptr<Waiter> waiter;
+    SyncFilter filter;
+    {
+        std::lock_guard lock(mu_);
+        User& user = users_.at(s.user_id);
+        filter = resolve_filter_locked(user, req);
+        since = std::min(since, visible_);
+        // Using a since token acknowledges the to-device messages it covered.
+        if (auto it = user.to_device.find(s.device_id); it != user.to_device.end() && since > 0) {
+            auto& q = it->second;
+            if (!q.empty() && q.front().stream <= since) {
+                while (!q.empty() && q.front().stream <= since) q.pop_front();
+                submit_locked(PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
+            }
+        }
+        bool has = build_sync_locked(s, since, filter, full_state, out);
+        if (has || since == 0 || full_state || timeout == 0 || shutting_down_) co_return Response{200, std::move(out), {}};
+        waiter = std::make_shared<Waiter>(executor);
+        waiters_[s.user_id].push_back(waiter);
+    }
+    waiter->timer.expires_after(std::chrono::milliseconds(timeout));
+    boost::system::error_code ec;
+    co_await waiter->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    out.clear();
+    {
+        std::lock_guard lock(mu_);
+        if (auto it = waiters_.find(s.user_id); it != waiters_.end()) {
+            std::erase(it->second, waiter);
+            if (it->second.empty()) waiters_.erase(it);
+        }
+        build_sync_locked(s, since, filter, full_state, out);
+    }
+    co_return Response{200, std::move(out), {}};
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,271 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "http_types.hpp"
+#include "mxvoip/server/config.hpp"
+#include "mxvoip/server/crypto.hpp"
+#include "mxvoip/server/rate_limiter.hpp"
+#include "mxvoip/store/store.hpp"
+#include "mxvoip/store/writer.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+namespace asio = boost::asio;
+using store::StreamId;
+
+// A room event as held in memory: immutable once created, shared between the room's
+// state map, its recent-timeline window and responses being built.
+struct Event {
+    StreamId stream = 0;
+    std::string event_id;
+    std::string room_id;
+    std::string type;
+    std::optional<std::string> state_key;
+    std::string sender;
+    std::int64_t ts = 0;
+    std::string json;            // client format without "unsigned"; starts with {"content":
+    std::size_t content_len = 0;  // json.substr(11, content_len) is the content
+    std::string txn_device_key;  // who sent it with which transaction, for unsigned.transaction_id
+    std::string txn_id;
+
+    std::string_view content() const { return std::string_view(json).substr(11, content_len); }
+};
+using EventPtr = std::shared_ptr<const Event>;
+
+struct PowerLevels {
+    std::unordered_map<std::string, std::int64_t> users;
+    std::unordered_map<std::string, std::int64_t> events;
+    std::int64_t users_default = 0;
+    std::int64_t events_default = 0;
+    std::int64_t state_default = 50;
+    std::int64_t invite = 0;
+    std::int64_t kick = 50;
+    std::int64_t ban = 50;
+    std::int64_t redact = 50;
+
+    std::int64_t user_level(const std::string& user) const;
+    std::int64_t event_level(const std::string& type, bool is_state) const;
+    static PowerLevels parse(const json::object& content);
+};
+
+struct Room {
+    std::string id;
+    std::string version;
+    std::map<std::pair<std::string, std::string>, EventPtr> state;
+    std::unordered_map<std::string, std::string> membership;  // user id -> membership
+    PowerLevels power;
+    bool has_power_levels = false;
+    std::string creator;
+    std::string join_rule = "invite";
+    std::deque<EventPtr> recent;  // newest events, stream order
+    StreamId evicted_upto = 0;    // newest stream of this room that is no longer in `recent`
+
+    const std::string& membership_of(const std::string& user) const;
+    EventPtr state_event(const std::string& type, const std::string& key) const;
+};
+
+struct RoomMembership {
+    std::string membership;
+    StreamId stream = 0;
+};
+
+struct AccountData {
+    StreamId stream = 0;
+    std::string content;
+};
+
+struct ToDeviceMessage {
+    StreamId stream = 0;
+    std::string message;
+};
+
+struct User {
+    store::UserRecord record;
+    std::unordered_map<std::string, RoomMembership> rooms;
+    std::map<std::pair<std::string, std::string>, AccountData> account_data;  // (room or "", type)
+    std::unordered_map<std::string, std::deque<ToDeviceMessage>> to_device;  // by device
+    std::vector<std::string> filters;
+};
+
+// A /sync parked until something relevant is committed or its timeout passes.
+struct Waiter {
+    explicit Waiter(asio::any_io_executor ex) : timer(ex) {}
+    asio::steady_timer timer;
+};
+
+// One-shot completion of a group commit, awaited by the request that submitted it.
+struct CommitTicket;
+
+// The homeserver: in-memory model (source of truth for reads, rebuilt from the store at
+// start), auth rules and every request handler. One mutex guards the model; writes are
+// decided under it, persisted by the group-commit writer, and become visible to /sync in
+// stream order once committed.
+class Homeserver {
+public:
+    using Clock = std::function<std::int64_t()>;  // unix milliseconds
+
+    Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock);
+    ~Homeserver();
+
+    // Called with the reason when a commit fails: the model can no longer be trusted.
+    void on_fatal(std::function<void(const std::string&)> f) { on_fatal_ = std::move(f); }
+    // Wakes every parked /sync (used on shutdown).
+    void wake_all();
+    void stop_writer();
+
+    std::optional<Session> authenticate(const std::string& token) const;
+    std::int64_t now_ms() const { return clock_(); }
+    const Config& config() const { return config_; }
+
+    // Handlers.
+    asio::awaitable<Response> versions(Request&);
+    asio::awaitable<Response> well_known(Request&);
+    asio::awaitable<Response> capabilities(Request&);
+    asio::awaitable<Response> login_flows(Request&);
+    asio::awaitable<Response> login(Request&);
+    asio::awaitable<Response> logout(Request&);
+    asio::awaitable<Response> logout_all(Request&);
+    asio::awaitable<Response> whoami(Request&);
+    asio::awaitable<Response> register_account(Request&);
+    asio::awaitable<Response> register_available(Request&);
+    asio::awaitable<Response> create_room(Request&);
+    asio::awaitable<Response> invite(Request&);
+    asio::awaitable<Response> join(Request&);
+    asio::awaitable<Response> leave(Request&);
+    asio::awaitable<Response> joined_rooms(Request&);
+    asio::awaitable<Response> send_event(Request&);
+    asio::awaitable<Response> put_state(Request&);
+    asio::awaitable<Response> get_state_event(Request&);
+    asio::awaitable<Response> get_state(Request&);
+    asio::awaitable<Response> get_members(Request&);
+    asio::awaitable<Response> get_messages(Request&);
+    asio::awaitable<Response> get_event(Request&);
+    asio::awaitable<Response> sync(Request&);
+    asio::awaitable<Response> post_filter(Request&);
+    asio::awaitable<Response> get_filter(Request&);
+    asio::awaitable<Response> push_rules(Request&);
+    asio::awaitable<Response> get_account_data(Request&);
+    asio::awaitable<Response> put_account_data(Request&);
+    asio::awaitable<Response> get_profile(Request&);
+    asio::awaitable<Response> get_profile_field(Request&);
+    asio::awaitable<Response> put_profile_field(Request&);
+    asio::awaitable<Response> send_to_device(Request&);
+
+    // Used by `mxvoip-server user add`: creates an account directly in the store.
+    static void add_user_offline(store::Store& store, const Config& config, const std::string& user_id,
+                                 const std::string& password);
+
+private:
+    struct PendingWrite {
+        std::vector<store::Mutation> mutations;
+        StreamId max_stream = 0;
+        std::vector<std::string> wake;  // users whose /sync should wake once committed
+
+        static PendingWrite of(store::Mutation m, StreamId stream = 0, std::vector<std::string> wake = {}) {
+            PendingWrite w;
+            w.mutations.push_back(std::move(m));
+            w.max_stream = stream;
+            w.wake = std::move(wake);
+            return w;
+        }
+    };
+    struct TxnEntry {
+        std::string event_id;
+        StreamId stream = 0;
+        std::int64_t ts = 0;
+    };
+    struct NewEvent {
+        std::string type;
+        std::optional<std::string> state_key;
+        json::object content;
+    };
+
+    void load();
+    std::shared_ptr<CommitTicket> submit_locked(PendingWrite write);
+    // Both return an awaitable without being coroutines themselves. Rule for this code base
+    // (GCC 12 coroutine bugs): a co_await expression holds no non-trivial temporaries; build
+    // arguments as named locals first.
+    asio::awaitable<void> commit_wait(const std::shared_ptr<CommitTicket>& ticket);
+    asio::awaitable<void> commit(PendingWrite&& write);  // takes the lock to submit
+    void publish(StreamId max_stream, const std::vector<std::string>& wake);
+
+    // Checks auth rules, assigns the next stream id and applies the event to the model.
+    // Caller holds mu_ and appends the returned mutation to its PendingWrite.
+    EventPtr append_event_locked(Room& room, const std::string& sender, NewEvent ev, PendingWrite& w,
+                                 const std::string& txn_device_key = {}, const std::string& txn_id = {});
+    void check_auth_locked(const Room& room, const std::string& sender, const NewEvent& ev) const;
+    void apply_event_locked(Room& room, const EventPtr& ev);
+    void add_to_timeline_locked(Room& room, const EventPtr& ev);
+    void wake_room_locked(const Room& room, const EventPtr& ev, std::vector<std::string>& wake) const;
+    void rebuild_room_state_locked(Room& room, const EventPtr& ev);
+
+    Room& room_or_throw(const std::string& room_id);
+    const std::string& require_member(const Room& room, const std::string& user) const;
+    asio::awaitable<Response> membership_change(Request& req, const std::string& room_id,
+                                                const std::string& target, const std::string& membership,
+                                                json::object& extra);
+    asio::awaitable<Response> issue_login(const std::string& user_id, const std::optional<std::string>& device_id,
+                                          const std::string& display_name, bool is_guest);
+    void check_rate(RateLimiter& limiter, const std::string& key);
+    void check_user_path(const Request& req, std::size_t index) const;
+
+    // Sync support.
+    struct SyncFilter {
+        int timeline_limit = 10;
+        bool include_leave = false;
+    };
+    SyncFilter resolve_filter_locked(const User& user, const Request& req) const;
+    bool build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
+                           std::string& out);
+    void render_event(std::string& out, const Event& ev, const std::string& device_key) const;
+    void render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
+                                const SyncFilter& f, const std::string& device_key, bool& limited,
+                                StreamId& first_stream);
+    void render_state(std::string& out, const Room& room, StreamId upto, StreamId before_stream,
+                      const std::string& device_key) const;
+
+    const Config& config_;
+    store::Store& store_;
+    store::GroupCommitWriter writer_;
+    asio::thread_pool& blocking_;
+    Clock clock_;
+    HashCost hash_cost_;
+    std::function<void(const std::string&)> on_fatal_;
+
+    RateLimiter rc_message_;
+    RateLimiter rc_login_;
+    RateLimiter rc_registration_;
+
+    mutable std::mutex mu_;
+    StreamId next_stream_ = 1;
+    StreamId visible_ = 0;
+    std::unordered_map<std::string, Session> tokens_;  // sha256 hex -> session
+    std::unordered_map<std::string, User> users_;
+    std::unordered_map<std::string, Room> rooms_;
+    std::unordered_map<std::string, TxnEntry> txns_;
+    std::deque<std::pair<std::int64_t, std::string>> txn_order_;
+    std::unordered_map<std::string, std::int64_t> to_device_txns_;
+    std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+    std::uint64_t registration_sessions_ = 0;
+    std::uint64_t next_guest_ = 0;
+    bool shutting_down_ = false;
+};
+
+}  // namespace mxvoip::server

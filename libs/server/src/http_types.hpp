@@ -1,0 +1,42 @@
+#pragma once
+
+#include <boost/beast/http/verb.hpp>
+
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace mxvoip::server {
+
+// Who a request is authenticated as.
+struct Session {
+    std::string user_id;
+    std::string device_id;
+    bool is_guest = false;
+};
+
+struct Request {
+    boost::beast::http::verb method{};
+    std::string path;                 // percent-encoded, without the query
+    std::vector<std::string> params;  // decoded path captures, in pattern order
+    std::unordered_map<std::string, std::string> query;
+    std::string body;
+    std::string remote;                // peer address, for per-address rate limits
+    std::string access_token;          // from the header or ?access_token=
+    std::optional<Session> session;    // set when the route requires auth
+
+    const std::string* query_param(const std::string& name) const {
+        auto it = query.find(name);
+        return it == query.end() ? nullptr : &it->second;
+    }
+};
+
+struct Response {
+    unsigned status = 200;
+    std::string body = "{}";
+    std::vector<std::pair<std::string, std::string>> headers;
+};
+
+}  // namespace mxvoip::server

@@ -1,0 +1,37 @@
+#include "mxvoip/server/rate_limiter.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace mxvoip::server {
+
+namespace {
+constexpr std::size_t kPruneAbove = 50000;
+}
+
+std::optional<std::int64_t> RateLimiter::take(const std::string& key, std::int64_t now_ms) {
+    if (limit_.per_second <= 0 && limit_.burst_count <= 0) return std::nullopt;
+    std::lock_guard lock(mu_);
+    if (buckets_.size() > kPruneAbove) prune(now_ms);
+    auto [it, inserted] = buckets_.try_emplace(key, Bucket{limit_.burst_count, now_ms});
+    Bucket& b = it->second;
+    double elapsed = static_cast<double>(std::max<std::int64_t>(0, now_ms - b.updated_ms)) / 1000.0;
+    b.tokens = std::min(limit_.burst_count, b.tokens + elapsed * limit_.per_second);
+    b.updated_ms = now_ms;
+    if (b.tokens >= 1.0) {
+        b.tokens -= 1.0;
+        return std::nullopt;
+    }
+    if (limit_.per_second <= 0) return std::int64_t{60'000};
+    return static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / limit_.per_second * 1000.0));
+}
+
+// Buckets that have refilled completely carry no information: drop them.
+void RateLimiter::prune(std::int64_t now_ms) {
+    std::erase_if(buckets_, [&](const auto& kv) {
+        double elapsed = static_cast<double>(now_ms - kv.second.updated_ms) / 1000.0;
+        return kv.second.tokens + elapsed * limit_.per_second >= limit_.burst_count;
+    });
+}
+
+}  // namespace mxvoip::server

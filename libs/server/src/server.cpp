@@ -1,0 +1,302 @@
+#include "mxvoip/server/server.hpp"
+
+#include <sys/resource.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/url/parse.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <list>
+#include <thread>
+
+#include "homeserver.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "routes.hpp"
+
+namespace mxvoip::server {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using proto::MatrixError;
+
+namespace {
+
+constexpr auto kIdleTimeout = std::chrono::seconds(180);
+constexpr std::size_t kHeaderLimit = 16 * 1024;
+
+std::int64_t system_now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+void raise_open_files_limit() {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+        rlim_t before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &lim) == 0)
+            spdlog::debug("open files limit raised from {} to {}", before, lim.rlim_cur);
+    }
+}
+
+std::string error_body(const std::string& code, const std::string& message, std::optional<std::int64_t> retry) {
+    json::object o{{"errcode", code}, {"error", message}};
+    if (retry) o["retry_after_ms"] = *retry;
+    return json::serialize(o);
+}
+
+// The per-connection state the shutdown path needs to reach.
+struct Connection {
+    explicit Connection(tcp::socket s) : stream(std::move(s)) {}
+    beast::tcp_stream stream;
+    bool busy = false;     // a request is being handled: let it finish
+    bool closing = false;  // the server is draining: close after the current response
+};
+
+}  // namespace
+
+struct Server::Impl {
+    Config config;
+    Clock clock;
+    asio::io_context ioc;
+    asio::thread_pool blocking{1};
+    std::unique_ptr<store::Store> store;
+    std::unique_ptr<Homeserver> hs;
+    std::unique_ptr<Router> router;
+    std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+    std::vector<BoundAddress> addresses;
+    std::optional<asio::signal_set> signals;
+    std::mutex conns_mu;
+    std::list<std::shared_ptr<Connection>> conns;
+    std::atomic<bool> stopping{false};
+
+    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
+    asio::awaitable<void> session(std::shared_ptr<Connection> conn, std::string remote);
+    asio::awaitable<Response> dispatch(http::request<http::string_body>& raw, const std::string& remote);
+    void begin_shutdown();
+};
+
+Server::Server(Config config, Clock clock) : impl_(std::make_unique<Impl>()) {
+    impl_->config = std::move(config);
+    impl_->clock = clock ? std::move(clock) : Clock(system_now_ms);
+}
+
+Server::~Server() {
+    if (impl_->hs) impl_->hs->stop_writer();
+}
+
+const std::vector<BoundAddress>& Server::addresses() const { return impl_->addresses; }
+
+void Server::start() {
+    auto& I = *impl_;
+    raise_open_files_limit();
+    I.store = store::open_sqlite({I.config.database.path, I.config.database.synchronous});
+    I.hs = std::make_unique<Homeserver>(I.config, *I.store, I.blocking, I.clock);
+    I.hs->on_fatal([this](const std::string&) { stop(); });
+    I.router = std::make_unique<Router>(make_routes());
+    for (const auto& addr : I.config.listen) {
+        boost::system::error_code ec;
+        auto ip = asio::ip::make_address(addr.host, ec);
+        if (ec) throw std::runtime_error("listen address '" + addr.host + "' is not an IP address");
+        tcp::endpoint ep(ip, addr.port);
+        auto acc = std::make_unique<tcp::acceptor>(I.ioc);
+        acc->open(ep.protocol());
+        acc->set_option(asio::socket_base::reuse_address(true));
+        acc->bind(ep, ec);
+        if (ec) throw std::runtime_error("cannot listen on " + addr.host + ":" + std::to_string(addr.port) + ": " + ec.message());
+        acc->listen(asio::socket_base::max_listen_connections);
+        auto bound = acc->local_endpoint();
+        I.addresses.push_back({bound.address().to_string(), bound.port()});
+        spdlog::info("listening on http://{}:{}", bound.address().to_string(), bound.port());
+        I.acceptors.push_back(std::move(acc));
+    }
+}
+
+void Server::run(bool handle_signals) {
+    auto& I = *impl_;
+    for (auto& acc : I.acceptors) asio::co_spawn(I.ioc, I.accept_loop(*acc), asio::detached);
+    if (handle_signals) {
+        I.signals.emplace(I.ioc, SIGINT, SIGTERM);
+        I.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
+            if (ec) return;
+            spdlog::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            stop();
+        });
+    }
+    unsigned n = I.config.worker_threads ? I.config.worker_threads : std::max(1u, std::thread::hardware_concurrency());
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < n; ++i) threads.emplace_back([&] { I.ioc.run(); });
+    I.ioc.run();
+    for (auto& t : threads) t.join();
+    I.hs->stop_writer();
+    I.blocking.join();
+    I.hs.reset();
+    I.store.reset();
+    spdlog::info("stopped; database closed");
+}
+
+void Server::stop() {
+    if (impl_->stopping.exchange(true)) return;
+    asio::post(impl_->ioc, [this] { impl_->begin_shutdown(); });
+}
+
+void Server::Impl::begin_shutdown() {
+    for (auto& acc : acceptors) {
+        boost::system::error_code ec;
+        acc->close(ec);
+    }
+    if (signals) signals->cancel();
+    hs->wake_all();
+    std::lock_guard lock(conns_mu);
+    for (auto& c : conns) {
+        asio::post(c->stream.get_executor(), [c] {
+            c->closing = true;
+            if (!c->busy) c->stream.socket().close();
+        });
+    }
+}
+
+asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
+    for (;;) {
+        auto strand = asio::make_strand(ioc);
+        auto [ec, socket] = co_await acceptor.async_accept(strand, asio::as_tuple(asio::use_awaitable));
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        if (ec) {
+            // Out of descriptors and the like: back off instead of spinning.
+            spdlog::warn("accept failed: {}", ec.message());
+            asio::steady_timer t(ioc, std::chrono::milliseconds(50));
+            co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+            continue;
+        }
+        boost::system::error_code ignore;
+        socket.set_option(tcp::no_delay(true), ignore);
+        auto remote_ep = socket.remote_endpoint(ignore);
+        std::string remote = ignore ? std::string("unknown") : remote_ep.address().to_string();
+        auto conn = std::make_shared<Connection>(std::move(socket));
+        {
+            std::lock_guard lock(conns_mu);
+            if (stopping) co_return;
+            conns.push_back(conn);
+        }
+        auto ex = conn->stream.get_executor();
+        asio::co_spawn(ex, session(conn, std::move(remote)), asio::detached);
+    }
+}
+
+asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, std::string remote) {
+    beast::flat_buffer buffer;
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(kHeaderLimit);
+        parser.body_limit(config.max_request_body_size);
+        conn->stream.expires_after(kIdleTimeout);
+        auto [ec, n] = co_await http::async_read(conn->stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+        if (ec == http::error::body_limit) {
+            http::response<http::string_body> res{http::status::payload_too_large, 11};
+            res.set(http::field::content_type, "application/json");
+            res.set(http::field::access_control_allow_origin, "*");
+            res.body() = error_body(proto::errcode::too_large, "Request body is larger than the server accepts", {});
+            res.keep_alive(false);
+            res.prepare_payload();
+            co_await http::async_write(conn->stream, res, asio::as_tuple(asio::use_awaitable));
+            break;
+        }
+        if (ec) break;  // closed, timed out, or a malformed request: nothing to answer
+        conn->busy = true;
+        conn->stream.expires_never();
+        auto& raw = parser.get();
+        auto started = std::chrono::steady_clock::now();
+        Response r = co_await dispatch(raw, remote);
+        http::response<http::string_body> res{static_cast<http::status>(r.status), raw.version()};
+        res.set(http::field::server, "mxvoip");
+        res.set(http::field::content_type, "application/json");
+        res.set(http::field::access_control_allow_origin, "*");
+        res.set(http::field::access_control_allow_methods, "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+        res.set(http::field::access_control_allow_headers, "X-Requested-With, Content-Type, Authorization, Date");
+        res.set(http::field::access_control_expose_headers, "Retry-After");
+        for (auto& [k, v] : r.headers) res.set(k, v);
+        res.body() = std::move(r.body);
+        bool keep = raw.keep_alive() && !conn->closing;
+        res.keep_alive(keep);
+        res.prepare_payload();
+        if (spdlog::should_log(spdlog::level::debug)) {
+            auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+            std::string_view target = raw.target();
+            // The query string can hold an access token: never log it.
+            target = target.substr(0, target.find('?'));
+            spdlog::debug("{} {} {} -> {} in {} us", remote, raw.method_string(), target, r.status, us.count());
+        }
+        conn->stream.expires_after(kIdleTimeout);
+        auto [wec, wn] = co_await http::async_write(conn->stream, res, asio::as_tuple(asio::use_awaitable));
+        conn->busy = false;
+        if (wec || !keep) break;
+    }
+    boost::system::error_code ignore;
+    conn->stream.socket().shutdown(tcp::socket::shutdown_send, ignore);
+    conn->stream.close();
+    std::lock_guard lock(conns_mu);
+    conns.remove(conn);
+}
+
+asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body>& raw, const std::string& remote) {
+    Request req;
+    req.remote = remote;
+    std::string_view target = raw.target();
+    auto parsed = boost::urls::parse_origin_form(target);
+    if (!parsed) co_return Response{400, error_body(proto::errcode::unrecognized, "Malformed request target", {}), {}};
+    req.method = raw.method();
+    std::vector<std::string> segments;
+    for (auto seg : parsed->segments()) segments.push_back(seg);
+    for (auto p : parsed->params()) req.query[p.key] = p.has_value ? p.value : std::string();
+    if (req.method == http::verb::options) co_return Response{200, "{}", {}};
+    try {
+        const Route* route = nullptr;
+        bool path_known = false;
+        router->match(req.method, segments, route, path_known, req.params);
+        if (!route) {
+            if (path_known) throw MatrixError(405, proto::errcode::unrecognized, "Method not allowed");
+            throw MatrixError(404, proto::errcode::unrecognized, "Unrecognized request");
+        }
+        if (route->auth) {
+            auto auth = raw[http::field::authorization];
+            if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "Bearer "))
+                req.access_token = std::string(auth.substr(7));
+            else if (auto* t = req.query_param("access_token"))
+                req.access_token = *t;
+            if (req.access_token.empty())
+                throw MatrixError(401, proto::errcode::missing_token, "Missing access token");
+            req.session = hs->authenticate(req.access_token);
+            if (!req.session) throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
+        }
+        req.body = std::move(raw.body());
+        co_return co_await (hs.get()->*(route->handler))(req);
+    } catch (const MatrixError& e) {
+        Response r{e.status, error_body(e.errcode, e.what(), e.retry_after_ms), {}};
+        if (e.errcode == proto::errcode::unknown_token) r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
+        if (e.retry_after_ms)
+            r.headers.emplace_back("Retry-After", std::to_string((*e.retry_after_ms + 999) / 1000));
+        co_return r;
+    } catch (const std::exception& e) {
+        std::string_view path = target.substr(0, target.find('?'));
+        spdlog::error("500 for {} {}: {}", raw.method_string(), path, e.what());
+        co_return Response{500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
+    }
+}
+
+void add_user(const Config& config, const std::string& user_id, const std::string& password) {
+    auto store = store::open_sqlite({config.database.path, config.database.synchronous});
+    Homeserver::add_user_offline(*store, config, user_id, password);
+}
+
+}  // namespace mxvoip::server

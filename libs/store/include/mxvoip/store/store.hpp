@@ -1,0 +1,145 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace mxvoip::store {
+
+// Position in the server's single global stream. Every persisted change that a /sync can
+// report (events, account data, to-device messages) takes the next one.
+using StreamId = std::int64_t;
+
+struct StoreError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct UserRecord {
+    std::string user_id;
+    std::string password_hash;  // libsodium crypto_pwhash_str output; empty for guests
+    bool is_guest = false;
+    std::int64_t created_ts = 0;
+    std::string displayname;
+    std::string avatar_url;
+};
+
+struct TokenRecord {
+    std::string token_hash;  // hex SHA-256 of the access token; the token itself is never stored
+    std::string user_id;
+    std::string device_id;
+    std::string device_display_name;
+};
+
+// A room event as it is served: `json` is the client-format event without `unsigned`.
+struct EventRecord {
+    StreamId stream = 0;
+    std::string event_id;
+    std::string room_id;
+    std::string type;
+    std::optional<std::string> state_key;
+    std::string sender;
+    std::int64_t origin_server_ts = 0;
+    std::string json;
+};
+
+// Remembers which event a client transaction produced, for idempotent retries.
+struct TxnRecord {
+    std::string device_key;  // user_id + '|' + device_id
+    std::string room_id;
+    std::string txn_id;
+    std::string event_id;
+    std::int64_t ts = 0;
+};
+
+struct RoomRecord {
+    std::string room_id;
+    std::string room_version;
+};
+
+struct AccountDataRecord {
+    StreamId stream = 0;
+    std::string user_id;
+    std::string room_id;  // empty for global account data
+    std::string type;
+    std::string content;  // JSON object text
+};
+
+struct ToDeviceRecord {
+    StreamId stream = 0;
+    std::string user_id;
+    std::string device_id;
+    std::string message;  // {"sender","type","content"} JSON text
+};
+
+struct FilterRecord {
+    std::string user_id;
+    std::int64_t filter_id = 0;
+    std::string json;
+};
+
+// Mutations. A batch of them is applied atomically by Store::apply.
+struct PutUser { UserRecord user; };
+struct PutProfile { std::string user_id; std::string displayname; std::string avatar_url; };
+struct PutToken { TokenRecord token; };
+// Deletes one device's tokens, or all of a user's when device_id is empty.
+struct DeleteTokens { std::string user_id; std::string device_id; };
+struct PutRoom { RoomRecord room; };
+struct PutEvent { EventRecord event; std::optional<TxnRecord> txn; };
+struct PutAccountData { AccountDataRecord data; };
+struct PutToDevice { ToDeviceRecord message; };
+// Removes a device's to-device messages up to and including `up_to`: they were delivered.
+struct DeleteToDevice { std::string user_id; std::string device_id; StreamId up_to = 0; };
+struct PutFilter { FilterRecord filter; };
+
+using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutRoom, PutEvent,
+                              PutAccountData, PutToDevice, DeleteToDevice, PutFilter>;
+
+// Everything the server keeps in memory, read once at start-up.
+struct Snapshot {
+    std::vector<UserRecord> users;
+    std::vector<TokenRecord> tokens;
+    std::vector<RoomRecord> rooms;
+    std::vector<EventRecord> state_events;   // current state, in stream order
+    std::vector<EventRecord> recent_events;  // the newest `recent_per_room` of each room, in stream order
+    std::vector<TxnRecord> txns;             // transactions newer than `txn_since_ts`
+    std::vector<AccountDataRecord> account_data;
+    std::vector<ToDeviceRecord> to_device;
+    std::vector<FilterRecord> filters;
+    StreamId max_stream = 0;
+};
+
+// All persistence goes through this interface. apply() is only ever called from one thread
+// (the group-commit writer); the read methods are safe from any thread.
+class Store {
+public:
+    virtual ~Store() = default;
+
+    virtual Snapshot load(int recent_per_room, std::int64_t txn_since_ts) = 0;
+
+    // Applies the batch in one transaction and makes it durable before returning.
+    virtual void apply(std::span<const Mutation> batch) = 0;
+
+    // Room events with stream < `before`, newest first.
+    virtual std::vector<EventRecord> events_before(const std::string& room_id, StreamId before,
+                                                   int limit) = 0;
+    // Room events with stream > `after`, oldest first.
+    virtual std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
+                                                  int limit) = 0;
+    virtual std::optional<EventRecord> event(const std::string& event_id) = 0;
+};
+
+struct SqliteOptions {
+    std::string path;
+    // "full" fsyncs the WAL on every commit (no acknowledged write lost on power failure);
+    // "normal" survives process crashes but not power loss.
+    std::string synchronous = "full";
+};
+
+std::unique_ptr<Store> open_sqlite(const SqliteOptions& options);
+
+}  // namespace mxvoip::store

@@ -1,0 +1,398 @@
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <unordered_map>
+
+#include "mxvoip/store/store.hpp"
+
+namespace mxvoip::store {
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    is_guest INTEGER NOT NULL,
+    created_ts INTEGER NOT NULL,
+    displayname TEXT NOT NULL DEFAULT '',
+    avatar_url TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    device_display_name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS access_tokens_user ON access_tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT PRIMARY KEY,
+    room_version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    stream_id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_room ON events (room_id, stream_id);
+CREATE TABLE IF NOT EXISTS current_state (
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    stream_id INTEGER NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_txns (
+    device_key TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (device_key, room_id, txn_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_txns_ts ON event_txns (ts);
+CREATE TABLE IF NOT EXISTS account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    stream_id INTEGER NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS to_device (
+    stream_id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS to_device_target ON to_device (user_id, device_id, stream_id);
+CREATE TABLE IF NOT EXISTS filters (
+    user_id TEXT NOT NULL,
+    filter_id INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
+INSERT OR IGNORE INTO stream_position VALUES (1, 0);
+)sql";
+
+class Db {
+public:
+    explicit Db(const std::string& path, bool create) {
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+        if (sqlite3_open_v2(path.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
+            std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+            sqlite3_close(db_);
+            throw StoreError("cannot open SQLite database '" + path + "': " + msg);
+        }
+        sqlite3_busy_timeout(db_, 10000);
+        sqlite3_extended_result_codes(db_, 1);
+    }
+    ~Db() {
+        for (auto& [_, st] : cache_) sqlite3_finalize(st);
+        sqlite3_close(db_);
+    }
+    Db(const Db&) = delete;
+    Db& operator=(const Db&) = delete;
+
+    void exec(const char* sql) {
+        char* err = nullptr;
+        if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+            std::string msg = err ? err : "unknown error";
+            sqlite3_free(err);
+            throw StoreError(std::string("SQLite: ") + msg);
+        }
+    }
+
+    // Cached prepared statement, reset and with bindings cleared.
+    sqlite3_stmt* prepare(const char* sql) {
+        auto [it, inserted] = cache_.try_emplace(sql, nullptr);
+        if (inserted && sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &it->second,
+                                           nullptr) != SQLITE_OK) {
+            cache_.erase(it);
+            throw StoreError(std::string("SQLite prepare: ") + sqlite3_errmsg(db_));
+        }
+        sqlite3_reset(it->second);
+        sqlite3_clear_bindings(it->second);
+        return it->second;
+    }
+
+    [[noreturn]] void fail(const char* what) {
+        throw StoreError(std::string("SQLite ") + what + ": " + sqlite3_errmsg(db_));
+    }
+
+    sqlite3* handle() { return db_; }
+
+private:
+    sqlite3* db_ = nullptr;
+    std::unordered_map<const char*, sqlite3_stmt*> cache_;
+};
+
+// Binds arguments positionally.
+class Stmt {
+public:
+    Stmt(Db& db, const char* sql) : db_(db), st_(db.prepare(sql)) {}
+    ~Stmt() { sqlite3_reset(st_); }
+    Stmt(const Stmt&) = delete;
+    Stmt& operator=(const Stmt&) = delete;
+
+    Stmt& bind(const std::string& v) {
+        sqlite3_bind_text(st_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+        return *this;
+    }
+    Stmt& bind(const std::optional<std::string>& v) {
+        if (v) return bind(*v);
+        sqlite3_bind_null(st_, ++n_);
+        return *this;
+    }
+    Stmt& bind(std::int64_t v) {
+        sqlite3_bind_int64(st_, ++n_, v);
+        return *this;
+    }
+    Stmt& bind(bool v) { return bind(static_cast<std::int64_t>(v)); }
+
+    void run() {
+        if (sqlite3_step(st_) != SQLITE_DONE) db_.fail("write");
+    }
+    bool next() {
+        int rc = sqlite3_step(st_);
+        if (rc == SQLITE_ROW) return true;
+        if (rc != SQLITE_DONE) db_.fail("read");
+        return false;
+    }
+    std::string text(int col) {
+        auto p = reinterpret_cast<const char*>(sqlite3_column_text(st_, col));
+        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, col))) : std::string();
+    }
+    std::optional<std::string> opt_text(int col) {
+        if (sqlite3_column_type(st_, col) == SQLITE_NULL) return std::nullopt;
+        return text(col);
+    }
+    std::int64_t integer(int col) { return sqlite3_column_int64(st_, col); }
+
+private:
+    Db& db_;
+    sqlite3_stmt* st_;
+    int n_ = 0;
+};
+
+EventRecord read_event(Stmt& s) {
+    return EventRecord{s.integer(0), s.text(1), s.text(2), s.text(3), s.opt_text(4),
+                       s.text(5),    s.integer(6), s.text(7)};
+}
+
+class SqliteStore final : public Store {
+public:
+    explicit SqliteStore(const SqliteOptions& opts) : writer_(opts.path, true) {
+        if (opts.synchronous != "full" && opts.synchronous != "normal")
+            throw StoreError("synchronous must be 'full' or 'normal'");
+        writer_.exec("PRAGMA journal_mode=WAL");
+        writer_.exec(opts.synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+        writer_.exec("PRAGMA foreign_keys=OFF");
+        writer_.exec("BEGIN IMMEDIATE");
+        writer_.exec(kSchema);
+        writer_.exec("COMMIT");
+        reader_ = std::make_unique<Db>(opts.path, false);
+        reader_->exec("PRAGMA query_only=ON");
+    }
+
+    ~SqliteStore() override {
+        // Fold the WAL back into the main file so a clean shutdown leaves one file behind.
+        try {
+            reader_.reset();
+            writer_.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+        } catch (...) {
+        }
+    }
+
+    Snapshot load(int recent_per_room, std::int64_t txn_since_ts) override {
+        std::lock_guard lock(read_mu_);
+        Db& db = *reader_;
+        Snapshot snap;
+        {
+            Stmt s(db, "SELECT user_id, password_hash, is_guest, created_ts, displayname, avatar_url FROM users");
+            while (s.next())
+                snap.users.push_back({s.text(0), s.text(1), s.integer(2) != 0, s.integer(3), s.text(4), s.text(5)});
+        }
+        {
+            Stmt s(db, "SELECT token_hash, user_id, device_id, device_display_name FROM access_tokens");
+            while (s.next()) snap.tokens.push_back({s.text(0), s.text(1), s.text(2), s.text(3)});
+        }
+        {
+            Stmt s(db, "SELECT room_id, room_version FROM rooms");
+            while (s.next()) snap.rooms.push_back({s.text(0), s.text(1)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT e.stream_id, e.event_id, e.room_id, e.type, e.state_key, e.sender, "
+                   "e.origin_server_ts, e.json FROM current_state c JOIN events e ON e.stream_id = "
+                   "c.stream_id ORDER BY e.stream_id");
+            while (s.next()) snap.state_events.push_back(read_event(s));
+        }
+        for (const auto& room : snap.rooms) {
+            auto events = events_before_locked(room.room_id, INT64_MAX, recent_per_room);
+            for (auto it = events.rbegin(); it != events.rend(); ++it)
+                snap.recent_events.push_back(std::move(*it));
+        }
+        std::sort(snap.recent_events.begin(), snap.recent_events.end(),
+                  [](const EventRecord& a, const EventRecord& b) { return a.stream < b.stream; });
+        {
+            Stmt s(db, "SELECT device_key, room_id, txn_id, event_id, ts FROM event_txns WHERE ts >= ?");
+            s.bind(txn_since_ts);
+            while (s.next()) snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+        }
+        {
+            Stmt s(db, "SELECT stream_id, user_id, room_id, type, content FROM account_data ORDER BY stream_id");
+            while (s.next())
+                snap.account_data.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+        }
+        {
+            Stmt s(db, "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
+            while (s.next()) snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
+        }
+        {
+            Stmt s(db, "SELECT user_id, filter_id, json FROM filters");
+            while (s.next()) snap.filters.push_back({s.text(0), s.integer(1), s.text(2)});
+        }
+        {
+            Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
+            if (s.next()) snap.max_stream = s.integer(0);
+        }
+        return snap;
+    }
+
+    void apply(std::span<const Mutation> batch) override {
+        Db& db = writer_;
+        db.exec("BEGIN IMMEDIATE");
+        try {
+            StreamId max_stream = 0;
+            for (const auto& m : batch) std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
+            if (max_stream > 0) {
+                Stmt s(db, "UPDATE stream_position SET max_stream = max(max_stream, ?) WHERE id = 1");
+                s.bind(max_stream).run();
+            }
+            db.exec("COMMIT");
+        } catch (...) {
+            sqlite3_exec(db.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
+    }
+
+    std::vector<EventRecord> events_before(const std::string& room_id, StreamId before,
+                                           int limit) override {
+        std::lock_guard lock(read_mu_);
+        return events_before_locked(room_id, before, limit);
+    }
+
+    std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
+                                          int limit) override {
+        std::lock_guard lock(read_mu_);
+        Stmt s(*reader_,
+               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
+               "FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
+        s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
+        std::vector<EventRecord> out;
+        while (s.next()) out.push_back(read_event(s));
+        return out;
+    }
+
+    std::optional<EventRecord> event(const std::string& event_id) override {
+        std::lock_guard lock(read_mu_);
+        Stmt s(*reader_,
+               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
+               "FROM events WHERE event_id = ?");
+        s.bind(event_id);
+        if (!s.next()) return std::nullopt;
+        return read_event(s);
+    }
+
+private:
+    std::vector<EventRecord> events_before_locked(const std::string& room_id, StreamId before, int limit) {
+        Stmt s(*reader_,
+               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
+               "FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
+        s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
+        std::vector<EventRecord> out;
+        while (s.next()) out.push_back(read_event(s));
+        return out;
+    }
+
+    static void write(Db& db, const PutUser& m, StreamId&) {
+        const auto& u = m.user;
+        Stmt(db, "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(u.user_id).bind(u.password_hash).bind(u.is_guest).bind(u.created_ts)
+            .bind(u.displayname).bind(u.avatar_url).run();
+    }
+    static void write(Db& db, const PutProfile& m, StreamId&) {
+        Stmt(db, "UPDATE users SET displayname = ?, avatar_url = ? WHERE user_id = ?")
+            .bind(m.displayname).bind(m.avatar_url).bind(m.user_id).run();
+    }
+    static void write(Db& db, const PutToken& m, StreamId&) {
+        const auto& t = m.token;
+        Stmt(db, "INSERT INTO access_tokens VALUES (?, ?, ?, ?)")
+            .bind(t.token_hash).bind(t.user_id).bind(t.device_id).bind(t.device_display_name).run();
+    }
+    static void write(Db& db, const DeleteTokens& m, StreamId&) {
+        if (m.device_id.empty())
+            Stmt(db, "DELETE FROM access_tokens WHERE user_id = ?").bind(m.user_id).run();
+        else
+            Stmt(db, "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?")
+                .bind(m.user_id).bind(m.device_id).run();
+    }
+    static void write(Db& db, const PutRoom& m, StreamId&) {
+        Stmt(db, "INSERT INTO rooms VALUES (?, ?)").bind(m.room.room_id).bind(m.room.room_version).run();
+    }
+    static void write(Db& db, const PutEvent& m, StreamId& max_stream) {
+        const auto& e = m.event;
+        Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(e.stream).bind(e.event_id).bind(e.room_id).bind(e.type).bind(e.state_key)
+            .bind(e.sender).bind(e.origin_server_ts).bind(e.json).run();
+        if (e.state_key)
+            Stmt(db, "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?)")
+                .bind(e.room_id).bind(e.type).bind(*e.state_key).bind(e.stream).run();
+        if (m.txn)
+            Stmt(db, "INSERT OR REPLACE INTO event_txns VALUES (?, ?, ?, ?, ?)")
+                .bind(m.txn->device_key).bind(m.txn->room_id).bind(m.txn->txn_id)
+                .bind(m.txn->event_id).bind(m.txn->ts).run();
+        max_stream = std::max(max_stream, e.stream);
+    }
+    static void write(Db& db, const PutAccountData& m, StreamId& max_stream) {
+        const auto& a = m.data;
+        Stmt(db, "INSERT OR REPLACE INTO account_data VALUES (?, ?, ?, ?, ?)")
+            .bind(a.user_id).bind(a.room_id).bind(a.type).bind(a.stream).bind(a.content).run();
+        max_stream = std::max(max_stream, a.stream);
+    }
+    static void write(Db& db, const PutToDevice& m, StreamId& max_stream) {
+        const auto& t = m.message;
+        Stmt(db, "INSERT INTO to_device VALUES (?, ?, ?, ?)")
+            .bind(t.stream).bind(t.user_id).bind(t.device_id).bind(t.message).run();
+        max_stream = std::max(max_stream, t.stream);
+    }
+    static void write(Db& db, const DeleteToDevice& m, StreamId&) {
+        Stmt(db, "DELETE FROM to_device WHERE user_id = ? AND device_id = ? AND stream_id <= ?")
+            .bind(m.user_id).bind(m.device_id).bind(m.up_to).run();
+    }
+    static void write(Db& db, const PutFilter& m, StreamId&) {
+        Stmt(db, "INSERT INTO filters VALUES (?, ?, ?)")
+            .bind(m.filter.user_id).bind(m.filter.filter_id).bind(m.filter.json).run();
+    }
+
+    Db writer_;
+    std::mutex read_mu_;
+    std::unique_ptr<Db> reader_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_sqlite(const SqliteOptions& options) {
+    return std::make_unique<SqliteStore>(options);
+}
+
+}  // namespace mxvoip::store

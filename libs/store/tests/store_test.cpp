@@ -1,0 +1,164 @@
+#include "mxvoip/store/store.hpp"
+#include "mxvoip/store/writer.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <future>
+
+using namespace mxvoip::store;
+namespace fs = std::filesystem;
+
+namespace {
+
+// One fixture per backend; PostgreSQL joins this list when its backend lands.
+struct SqliteBackend {
+    fs::path dir;
+    SqliteBackend() {
+        dir = fs::temp_directory_path() / ("mxvoip-store-" + std::to_string(::getpid()) + "-" +
+                                           std::to_string(counter()++));
+        fs::create_directories(dir);
+    }
+    ~SqliteBackend() { fs::remove_all(dir); }
+    std::unique_ptr<Store> open() { return open_sqlite({(dir / "db.sqlite").string(), "full"}); }
+    static std::atomic<int>& counter() {
+        static std::atomic<int> n{0};
+        return n;
+    }
+};
+
+EventRecord event(StreamId stream, const std::string& room, std::optional<std::string> state_key = {}) {
+    return EventRecord{stream, "$e" + std::to_string(stream), room, state_key ? "m.room.member" : "m.room.message",
+                       state_key, "@a:x", 1000 + stream, "{\"n\":" + std::to_string(stream) + "}"};
+}
+
+template <typename Backend>
+class StoreTest : public ::testing::Test {
+protected:
+    Backend backend;
+};
+
+using Backends = ::testing::Types<SqliteBackend>;
+TYPED_TEST_SUITE(StoreTest, Backends);
+
+}  // namespace
+
+TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{
+            PutUser{{"@a:x", "hash", false, 5, "A", ""}},
+            PutToken{{"deadbeef", "@a:x", "DEV", "phone"}},
+            PutRoom{{"!r:x", "10"}},
+            PutEvent{event(1, "!r:x", "@a:x"), std::nullopt},
+            PutEvent{event(2, "!r:x"), TxnRecord{"@a:x|DEV", "!r:x", "t1", "$e2", 1002}},
+            PutAccountData{{3, "@a:x", "", "m.direct", "{}"}},
+            PutToDevice{{4, "@a:x", "DEV", "{\"type\":\"x\"}"}},
+            PutFilter{{"@a:x", 0, "{}"}},
+        };
+        store->apply(batch);
+    }
+    auto store = this->backend.open();
+    Snapshot s = store->load(10, 0);
+    ASSERT_EQ(s.users.size(), 1u);
+    EXPECT_EQ(s.users[0].displayname, "A");
+    ASSERT_EQ(s.tokens.size(), 1u);
+    EXPECT_EQ(s.tokens[0].device_id, "DEV");
+    ASSERT_EQ(s.state_events.size(), 1u);
+    EXPECT_EQ(s.state_events[0].state_key, "@a:x");
+    ASSERT_EQ(s.recent_events.size(), 2u);
+    EXPECT_EQ(s.recent_events[1].json, "{\"n\":2}");
+    ASSERT_EQ(s.txns.size(), 1u);
+    EXPECT_EQ(s.txns[0].event_id, "$e2");
+    EXPECT_EQ(s.account_data.size(), 1u);
+    EXPECT_EQ(s.to_device.size(), 1u);
+    EXPECT_EQ(s.filters.size(), 1u);
+    EXPECT_EQ(s.max_stream, 4);
+}
+
+TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
+    auto store = this->backend.open();
+    std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x"), std::nullopt}};
+    store->apply(ok);
+    // The second event reuses stream 1: the whole batch must roll back.
+    std::vector<Mutation> bad{PutEvent{event(2, "!r:x"), std::nullopt}, PutEvent{event(1, "!r:x"), std::nullopt}};
+    EXPECT_THROW(store->apply(bad), StoreError);
+    EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
+    EXPECT_EQ(store->load(10, 0).max_stream, 1);
+}
+
+TYPED_TEST(StoreTest, PagesEventsBothWays) {
+    auto store = this->backend.open();
+    std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutRoom{{"!s:x", "10"}}};
+    for (StreamId i = 1; i <= 20; ++i) batch.push_back(PutEvent{event(i, i % 2 ? "!r:x" : "!s:x"), std::nullopt});
+    store->apply(batch);
+    auto before = store->events_before("!r:x", 15, 3);
+    ASSERT_EQ(before.size(), 3u);
+    EXPECT_EQ(before[0].stream, 13);
+    EXPECT_EQ(before[2].stream, 9);
+    auto after = store->events_after("!r:x", 15, 100);
+    ASSERT_EQ(after.size(), 2u);
+    EXPECT_EQ(after[0].stream, 17);
+    EXPECT_EQ(store->event("$e4")->room_id, "!s:x");
+    EXPECT_FALSE(store->event("$nope").has_value());
+    // load keeps only the newest N per room.
+    auto snap = store->load(2, 0);
+    ASSERT_EQ(snap.recent_events.size(), 4u);
+    EXPECT_EQ(snap.recent_events[0].stream, 17);
+    EXPECT_EQ(snap.recent_events[3].stream, 20);
+}
+
+TYPED_TEST(StoreTest, DeliveredToDeviceMessagesAreDeleted) {
+    auto store = this->backend.open();
+    std::vector<Mutation> batch;
+    for (StreamId i = 1; i <= 5; ++i) batch.push_back(PutToDevice{{i, "@a:x", "D", "{}"}});
+    store->apply(batch);
+    std::vector<Mutation> ack{DeleteToDevice{"@a:x", "D", 3}};
+    store->apply(ack);
+    auto snap = store->load(1, 0);
+    ASSERT_EQ(snap.to_device.size(), 2u);
+    EXPECT_EQ(snap.to_device[0].stream, 4);
+}
+
+TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
+    auto store = this->backend.open();
+    std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};
+    store->apply(room);
+    GroupCommitWriter writer(*store);
+    constexpr int kN = 500;
+    std::vector<int> order;
+    std::mutex mu;
+    std::promise<void> all_done;
+    std::atomic<int> remaining{kN};
+    for (int i = 1; i <= kN; ++i) {
+        writer.submit({PutEvent{event(i, "!r:x"), std::nullopt}}, [&, i](std::exception_ptr e) {
+            EXPECT_FALSE(e);
+            {
+                std::lock_guard lock(mu);
+                order.push_back(i);
+            }
+            if (--remaining == 0) all_done.set_value();
+        });
+    }
+    all_done.get_future().wait();
+    writer.stop();
+    ASSERT_EQ(order.size(), static_cast<std::size_t>(kN));
+    for (int i = 0; i < kN; ++i) EXPECT_EQ(order[i], i + 1);
+    EXPECT_LT(writer.stats().transactions, static_cast<std::uint64_t>(kN));
+    EXPECT_EQ(store->events_after("!r:x", 0, 1000).size(), static_cast<std::size_t>(kN));
+}
+
+TYPED_TEST(StoreTest, WriterReportsFailureToEverySubmitter) {
+    auto store = this->backend.open();
+    GroupCommitWriter writer(*store);
+    std::promise<std::exception_ptr> result;
+    // An event for stream 1 twice in one submission violates the primary key.
+    writer.submit({PutEvent{event(1, "!r:x"), std::nullopt}, PutEvent{event(1, "!r:x"), std::nullopt}},
+                  [&](std::exception_ptr e) { result.set_value(e); });
+    EXPECT_TRUE(result.get_future().get());
+    writer.stop();
+    std::promise<std::exception_ptr> late;
+    writer.submit({}, [&](std::exception_ptr e) { late.set_value(e); });
+    EXPECT_TRUE(late.get_future().get());
+}
