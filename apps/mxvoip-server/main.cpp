@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
     try {
         mxvoip::server::Server server(config);
         server.start();
-        spdlog::info("mxvoip-server ready: {} on {}", config.server_name, config.public_baseurl);
+        const auto& first = server.addresses().front();
+        spdlog::info("mxvoip-server ready: {} on http://{}:{}/", config.server_name, first.host, first.port);
         server.run(true);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());

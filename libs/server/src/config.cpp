@@ -110,6 +110,7 @@ private:
 
 void finish(Config& c) {
     if (c.public_baseurl.empty()) {
+        c.public_baseurl_derived = true;
         const auto& a = c.listen.front();
         std::string host = a.host == "0.0.0.0" || a.host == "::" ? "localhost" : a.host;
         if (host.find(':') != std::string::npos) host = "[" + host + "]";

@@ -159,12 +159,15 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
         if (rit == rooms_.end()) continue;
         Room& room = rit->second;
         if (m.membership == "join") {
-            bool fresh = initial || full_state || m.stream > since;
+            // Newly joined rooms get their history from the start; full_state re-sends the
+            // state but keeps the timeline incremental.
+            bool joined_since = initial || m.stream > since;
+            bool fresh = joined_since || full_state;
             std::string entry;
             bool limited = false;
             StreamId first = 0;
             entry += '{';
-            render_timeline_locked(entry, room, fresh ? 0 : since, upto, f, dkey, limited, first);
+            render_timeline_locked(entry, room, joined_since ? 0 : since, upto, f, dkey, limited, first);
             bool timeline_empty = first > upto;
             std::string room_data;
             Comma ad_comma;

@@ -121,6 +121,13 @@ void Server::start() {
         spdlog::info("listening on http://{}:{}", bound.address().to_string(), bound.port());
         I.acceptors.push_back(std::move(acc));
     }
+    if (I.config.public_baseurl_derived) {
+        // Port 0 was resolved by bind: advertise the port clients can actually reach.
+        const auto& a = I.addresses.front();
+        std::string host = a.host == "0.0.0.0" || a.host == "::" ? "localhost" : a.host;
+        if (host.find(':') != std::string::npos) host = "[" + host + "]";
+        I.config.public_baseurl = "http://" + host + ":" + std::to_string(a.port) + "/";
+    }
 }
 
 void Server::run(bool handle_signals) {

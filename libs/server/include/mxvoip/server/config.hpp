@@ -33,7 +33,8 @@ struct DatabaseConfig {
 struct Config {
     std::string server_name = "localhost";
     std::vector<ListenAddress> listen{{"127.0.0.1", 8008}};
-    std::string public_baseurl;  // derived from the first listen address when empty
+    std::string public_baseurl;  // derived from the first bound listen address when not set
+    bool public_baseurl_derived = false;
     DatabaseConfig database;
     bool enable_registration = true;
     bool allow_guest_access = false;

@@ -1,0 +1,189 @@
+// Accounts: discovery, registration with interactive auth, login, logout, whoami, profile.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, api, register, CS } from '../lib/harness.mjs';
+
+let server;
+before(async () => {
+  server = await startServer({ config: { allow_guest_access: true } });
+});
+after(async () => server.stop());
+
+test('versions lists v1.1 to v1.11 and r0', async () => {
+  const res = await api(server.url, 'GET', '/_matrix/client/versions');
+  assert.equal(res.status, 200);
+  for (let i = 1; i <= 11; i++) assert.ok(res.body.versions.includes(`v1.${i}`), `v1.${i}`);
+  assert.ok(res.body.versions.includes('r0.6.1'));
+});
+
+test('well-known names the base url, capabilities the room versions', async () => {
+  const wk = await api(server.url, 'GET', '/.well-known/matrix/client');
+  assert.equal(wk.status, 200);
+  assert.equal(wk.body['m.homeserver'].base_url, server.url.replace(/\/?$/, '/'));
+  const alice = await register(server.url, 'capa');
+  const caps = await alice.call('GET', '/capabilities');
+  assert.equal(caps.status, 200);
+  assert.equal(caps.body.capabilities['m.room_versions'].default, '10');
+  assert.equal(caps.body.capabilities['m.room_versions'].available['10'], 'stable');
+});
+
+test('register: first call is 401 with the dummy flow and a session', async () => {
+  const res = await api(server.url, 'POST', `${CS}/register`, { body: { username: 'uia', password: 'pw' } });
+  assert.equal(res.status, 401);
+  assert.deepEqual(res.body.flows, [{ stages: ['m.login.dummy'] }]);
+  assert.equal(typeof res.body.session, 'string');
+  const done = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'uia', password: 'pw', auth: { type: 'm.login.dummy', session: res.body.session } },
+  });
+  assert.equal(done.status, 200);
+  assert.equal(done.body.user_id, '@uia:localhost');
+  assert.match(done.body.access_token, /^mxv_[A-Za-z0-9_-]{43}$/);
+  assert.ok(done.body.device_id);
+});
+
+test('register: taken, invalid and inhibit_login', async () => {
+  await register(server.url, 'taken');
+  const again = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'taken', password: 'x', auth: { type: 'm.login.dummy' } },
+  });
+  assert.equal(again.status, 400);
+  assert.equal(again.body.errcode, 'M_USER_IN_USE');
+  const bad = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'bad name!', password: 'x', auth: { type: 'm.login.dummy' } },
+  });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.errcode, 'M_INVALID_USERNAME');
+  const inhibit = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'quiet', password: 'x', inhibit_login: true, auth: { type: 'm.login.dummy' } },
+  });
+  assert.equal(inhibit.status, 200);
+  assert.equal(inhibit.body.user_id, '@quiet:localhost');
+  assert.equal(inhibit.body.access_token, undefined);
+  const missingPw = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'nopw', auth: { type: 'm.login.dummy' } },
+  });
+  assert.equal(missingPw.body.errcode, 'M_MISSING_PARAM');
+});
+
+test('register/available', async () => {
+  await register(server.url, 'avail1');
+  const taken = await api(server.url, 'GET', `${CS}/register/available`, { query: { username: 'avail1' } });
+  assert.equal(taken.status, 400);
+  assert.equal(taken.body.errcode, 'M_USER_IN_USE');
+  const free = await api(server.url, 'GET', `${CS}/register/available`, { query: { username: 'avail2' } });
+  assert.equal(free.status, 200);
+  assert.equal(free.body.available, true);
+  const invalid = await api(server.url, 'GET', `${CS}/register/available`, { query: { username: 'A B' } });
+  assert.equal(invalid.body.errcode, 'M_INVALID_USERNAME');
+});
+
+test('guest registration and whoami', async () => {
+  const res = await api(server.url, 'POST', `${CS}/register`, { query: { kind: 'guest' }, body: {} });
+  assert.equal(res.status, 200);
+  const who = await api(server.url, 'GET', `${CS}/account/whoami`, { token: res.body.access_token });
+  assert.equal(who.body.user_id, res.body.user_id);
+  assert.equal(who.body.is_guest, true);
+  const room = await api(server.url, 'POST', `${CS}/createRoom`, { token: res.body.access_token, body: {} });
+  assert.equal(room.status, 403);
+  assert.equal(room.body.errcode, 'M_GUEST_ACCESS_FORBIDDEN');
+});
+
+test('closed registration is M_FORBIDDEN; guests off is M_GUEST_ACCESS_FORBIDDEN', async () => {
+  const closed = await startServer({ config: { enable_registration: false } });
+  try {
+    const res = await api(closed.url, 'POST', `${CS}/register`, { body: { username: 'x', password: 'y' } });
+    assert.equal(res.status, 403);
+    assert.equal(res.body.errcode, 'M_FORBIDDEN');
+    const guest = await api(closed.url, 'POST', `${CS}/register`, { query: { kind: 'guest' }, body: {} });
+    assert.equal(guest.status, 403);
+    assert.equal(guest.body.errcode, 'M_GUEST_ACCESS_FORBIDDEN');
+  } finally {
+    await closed.stop();
+  }
+});
+
+test('login: flows, identifier, legacy user field, device_id, wrong password', async () => {
+  await register(server.url, 'logan', { password: 'right' });
+  const flows = await api(server.url, 'GET', `${CS}/login`);
+  assert.deepEqual(flows.body.flows, [{ type: 'm.login.password' }]);
+
+  const byId = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'logan' }, password: 'right', device_id: 'PHONE' },
+  });
+  assert.equal(byId.status, 200);
+  assert.equal(byId.body.user_id, '@logan:localhost');
+  assert.equal(byId.body.device_id, 'PHONE');
+
+  const legacy = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', user: '@logan:localhost', password: 'right' },
+  });
+  assert.equal(legacy.status, 200);
+  assert.notEqual(legacy.body.device_id, 'PHONE');
+
+  // Logging in again on the same device replaces that device's token.
+  const again = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'logan' }, password: 'right', device_id: 'PHONE' },
+  });
+  const old = await api(server.url, 'GET', `${CS}/account/whoami`, { token: byId.body.access_token });
+  assert.equal(old.status, 401);
+  const fresh = await api(server.url, 'GET', `${CS}/account/whoami`, { token: again.body.access_token });
+  assert.equal(fresh.body.device_id, 'PHONE');
+
+  const wrong = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'logan' }, password: 'nope' },
+  });
+  assert.equal(wrong.status, 403);
+  assert.equal(wrong.body.errcode, 'M_FORBIDDEN');
+  const nobody = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'ghost' }, password: 'x' },
+  });
+  assert.equal(nobody.body.errcode, 'M_FORBIDDEN');
+  const unknownType = await api(server.url, 'POST', `${CS}/login`, { body: { type: 'm.login.magic' } });
+  assert.equal(unknownType.status, 400);
+  assert.equal(unknownType.body.errcode, 'M_UNKNOWN');
+});
+
+test('tokens: header, query string, missing, unknown; logout and logout/all', async () => {
+  const u = await register(server.url, 'tokens', { password: 'pw' });
+  const viaQuery = await api(server.url, 'GET', `${CS}/account/whoami`, { query: { access_token: u.token } });
+  assert.equal(viaQuery.body.user_id, '@tokens:localhost');
+  const missing = await api(server.url, 'GET', `${CS}/account/whoami`);
+  assert.equal(missing.status, 401);
+  assert.equal(missing.body.errcode, 'M_MISSING_TOKEN');
+  const unknown = await api(server.url, 'GET', `${CS}/account/whoami`, { token: 'mxv_nope' });
+  assert.equal(unknown.status, 401);
+  assert.equal(unknown.body.errcode, 'M_UNKNOWN_TOKEN');
+
+  const second = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'tokens' }, password: 'pw' },
+  });
+  const third = await api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'tokens' }, password: 'pw' },
+  });
+  assert.equal((await u.call('POST', '/logout', { body: {} })).status, 200);
+  assert.equal((await u.call('GET', '/account/whoami')).status, 401);
+  assert.equal((await api(server.url, 'GET', `${CS}/account/whoami`, { token: second.body.access_token })).status, 200);
+  assert.equal((await api(server.url, 'POST', `${CS}/logout/all`, { token: second.body.access_token, body: {} })).status, 200);
+  assert.equal((await api(server.url, 'GET', `${CS}/account/whoami`, { token: third.body.access_token })).status, 401);
+});
+
+test('r0 paths answer like v3', async () => {
+  const u = await register(server.url, 'rzero');
+  const res = await api(server.url, 'GET', '/_matrix/client/r0/account/whoami', { token: u.token });
+  assert.equal(res.body.user_id, '@rzero:localhost');
+});
+
+test('profile: displayname defaults to the localpart and can be changed', async () => {
+  const u = await register(server.url, 'prof');
+  const p = await api(server.url, 'GET', `${CS}/profile/${encodeURIComponent(u.userId)}`);
+  assert.equal(p.body.displayname, 'prof');
+  assert.equal((await u.call('PUT', `/profile/${encodeURIComponent(u.userId)}/displayname`, { body: { displayname: 'Prof X' } })).status, 200);
+  const dn = await api(server.url, 'GET', `${CS}/profile/${encodeURIComponent(u.userId)}/displayname`);
+  assert.equal(dn.body.displayname, 'Prof X');
+  const noAvatar = await api(server.url, 'GET', `${CS}/profile/${encodeURIComponent(u.userId)}/avatar_url`);
+  assert.equal(noAvatar.status, 404);
+  const other = await register(server.url, 'prof2');
+  const forbidden = await other.call('PUT', `/profile/${encodeURIComponent(u.userId)}/displayname`, { body: { displayname: 'x' } });
+  assert.equal(forbidden.status, 403);
+  assert.equal((await api(server.url, 'GET', `${CS}/profile/${encodeURIComponent('@nobody:localhost')}`)).status, 404);
+});

@@ -1,0 +1,218 @@
+// Rooms: createRoom presets and event order, membership and auth rules, sending, state,
+// members, history paging and single events.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, register } from '../lib/harness.mjs';
+
+let server;
+let n = 0;
+const fresh = (name) => register(server.url, `${name}${n++}`);
+before(async () => {
+  server = await startServer();
+});
+after(async () => server.stop());
+
+const enc = encodeURIComponent;
+
+async function stateTypes(user, roomId) {
+  const res = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'f', from: 's0', limit: '100' } });
+  assert.equal(res.status, 200, res.text);
+  return res.body.chunk.map((e) => (e.state_key !== undefined ? `${e.type}|${e.state_key}` : e.type));
+}
+
+test('trusted_private_chat direct room: Synapse event order, invitee gets power 100 and is_direct', async () => {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const roomId = await alice.createRoom({
+    preset: 'trusted_private_chat', is_direct: true, invite: [bob.userId], name: 'Call', topic: 'calls',
+    initial_state: [{ type: 'm.room.history_visibility', state_key: '', content: { history_visibility: 'invited' } }],
+  });
+  assert.match(roomId, /^![A-Za-z]{18}:localhost$/);
+  assert.deepEqual(await stateTypes(alice, roomId), [
+    'm.room.create|', `m.room.member|${alice.userId}`, 'm.room.power_levels|', 'm.room.join_rules|',
+    'm.room.history_visibility|', 'm.room.guest_access|', 'm.room.history_visibility|', 'm.room.name|',
+    'm.room.topic|', `m.room.member|${bob.userId}`,
+  ]);
+  const pl = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.power_levels/`);
+  assert.equal(pl.body.users[bob.userId], 100);
+  assert.equal(pl.body.users[alice.userId], 100);
+  const invite = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.member/${enc(bob.userId)}`);
+  assert.deepEqual({ m: invite.body.membership, d: invite.body.is_direct }, { m: 'invite', d: true });
+  const jr = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.join_rules`);
+  assert.equal(jr.body.join_rule, 'invite');
+  const create = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.create/`);
+  assert.equal(create.body.room_version, '10');
+});
+
+test('presets: public_chat is joinable by anyone, private_chat needs an invite', async () => {
+  const alice = await fresh('alice');
+  const carol = await fresh('carol');
+  const pub = await alice.createRoom({ preset: 'public_chat' });
+  const priv = await alice.createRoom({ preset: 'private_chat' });
+  assert.equal((await carol.join(pub)).status, 200);
+  const denied = await carol.join(priv);
+  assert.equal(denied.status, 403);
+  assert.equal(denied.body.errcode, 'M_FORBIDDEN');
+  const types = await stateTypes(alice, pub);
+  assert.ok(!types.includes('m.room.guest_access|'), 'public rooms get no guest access event');
+});
+
+test('createRoom: unknown room version, bad preset, bad invite, power_level_content_override', async () => {
+  const alice = await fresh('alice');
+  const v = await alice.call('POST', '/createRoom', { body: { room_version: '99' } });
+  assert.equal(v.status, 400);
+  assert.equal(v.body.errcode, 'M_UNSUPPORTED_ROOM_VERSION');
+  const p = await alice.call('POST', '/createRoom', { body: { preset: 'party' } });
+  assert.equal(p.body.errcode, 'M_INVALID_PARAM');
+  const i = await alice.call('POST', '/createRoom', { body: { invite: ['not-a-user'] } });
+  assert.equal(i.body.errcode, 'M_INVALID_PARAM');
+  const roomId = await alice.createRoom({ room_version: '11', power_level_content_override: { invite: 50, events_default: 10 } });
+  const pl = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.power_levels`);
+  assert.equal(pl.body.invite, 50);
+  assert.equal(pl.body.events_default, 10);
+  const create = await alice.call('GET', `/rooms/${enc(roomId)}/state/m.room.create`);
+  assert.equal(create.body.room_version, '11');
+  assert.equal(create.body.creator, undefined);
+});
+
+test('invite, join, leave, joined_rooms and the auth rules around them', async () => {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const carol = await fresh('carol');
+  const roomId = await alice.createRoom({ preset: 'private_chat', power_level_content_override: { invite: 50 } });
+  // bob is not in the room: he can neither send nor invite.
+  const send = await bob.send(roomId, 'm.room.message', { body: 'hi', msgtype: 'm.text' });
+  assert.equal(send.status, 403);
+  assert.equal(send.body.errcode, 'M_FORBIDDEN');
+  assert.equal((await alice.call('POST', `/rooms/${enc(roomId)}/invite`, { body: { user_id: bob.userId } })).status, 200);
+  assert.equal((await bob.call('POST', `/rooms/${enc(roomId)}/join`, { body: {} })).status, 200);
+  assert.deepEqual((await bob.call('GET', '/joined_rooms')).body.joined_rooms, [roomId]);
+  // bob has power 0 and invites need 50.
+  const inv = await bob.call('POST', `/rooms/${enc(roomId)}/invite`, { body: { user_id: carol.userId } });
+  assert.equal(inv.status, 403);
+  // inviting someone who is already joined is refused.
+  const twice = await alice.call('POST', `/rooms/${enc(roomId)}/invite`, { body: { user_id: bob.userId } });
+  assert.equal(twice.status, 403);
+  // bob cannot change the room name (state_default 50 / m.room.name 50).
+  const name = await bob.call('PUT', `/rooms/${enc(roomId)}/state/m.room.name/`, { body: { name: 'x' } });
+  assert.equal(name.status, 403);
+  // nor claim another user's state key.
+  const claim = await bob.call('PUT', `/rooms/${enc(roomId)}/state/org.example/${enc(alice.userId)}`, { body: {} });
+  assert.equal(claim.status, 403);
+  assert.equal((await bob.call('POST', `/rooms/${enc(roomId)}/leave`, { body: {} })).status, 200);
+  assert.deepEqual((await bob.call('GET', '/joined_rooms')).body.joined_rooms, []);
+  const after = await bob.send(roomId, 'm.room.message', { body: 'gone', msgtype: 'm.text' });
+  assert.equal(after.status, 403);
+  // unknown rooms and aliases
+  const unknown = await bob.join('!nope:localhost');
+  assert.equal(unknown.status, 404);
+  assert.equal(unknown.body.errcode, 'M_NOT_FOUND');
+  assert.equal((await bob.join('#alias:localhost')).status, 404);
+  const unknownUser = await alice.call('POST', `/rooms/${enc(roomId)}/invite`, { body: { user_id: '@ghost:localhost' } });
+  assert.equal(unknownUser.status, 404);
+  const noUser = await alice.call('POST', `/rooms/${enc(roomId)}/invite`, { body: {} });
+  assert.equal(noUser.body.errcode, 'M_MISSING_PARAM');
+});
+
+test('power levels decide who may send which event type', async () => {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const roomId = await alice.createRoom({
+    preset: 'public_chat', power_level_content_override: { events: { 'm.call.invite': 50 } },
+  });
+  await bob.join(roomId);
+  const denied = await bob.send(roomId, 'm.call.invite', { call_id: 'c', party_id: 'p', version: '1', lifetime: 1, offer: { type: 'offer', sdp: 'x' } });
+  assert.equal(denied.status, 403);
+  assert.match(denied.body.error, /m\.call\.invite/);
+  assert.equal((await alice.send(roomId, 'm.call.invite', { call_id: 'c' })).status, 200);
+  assert.equal((await bob.send(roomId, 'm.room.message', { body: 'ok', msgtype: 'm.text' })).status, 200);
+  // bob cannot raise himself.
+  const raise = await bob.call('PUT', `/rooms/${enc(roomId)}/state/m.room.power_levels/`, {
+    body: { users: { [alice.userId]: 100, [bob.userId]: 100 } },
+  });
+  assert.equal(raise.status, 403);
+});
+
+test('send is idempotent per device, room and txnId; another room makes a new event', async () => {
+  const alice = await fresh('alice');
+  const r1 = await alice.createRoom({});
+  const r2 = await alice.createRoom({});
+  const a = await alice.send(r1, 'm.room.message', { body: 'one', msgtype: 'm.text' }, 'txn1');
+  const b = await alice.send(r1, 'm.room.message', { body: 'one', msgtype: 'm.text' }, 'txn1');
+  const c = await alice.send(r2, 'm.room.message', { body: 'one', msgtype: 'm.text' }, 'txn1');
+  assert.equal(a.status, 200);
+  assert.match(a.body.event_id, /^\$[A-Za-z0-9_-]{43}$/);
+  assert.equal(b.body.event_id, a.body.event_id);
+  assert.notEqual(c.body.event_id, a.body.event_id);
+  const history = await alice.call('GET', `/rooms/${enc(r1)}/messages`, { query: { dir: 'b', limit: '50' } });
+  assert.equal(history.body.chunk.filter((e) => e.type === 'm.room.message').length, 1);
+});
+
+test('state: put, get one, get all, members with filters', async () => {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const roomId = await alice.createRoom({ preset: 'public_chat' });
+  await bob.join(roomId);
+  const put = await alice.call('PUT', `/rooms/${enc(roomId)}/state/org.example.thing/key1`, { body: { v: 1 } });
+  assert.equal(put.status, 200);
+  assert.match(put.body.event_id, /^\$/);
+  assert.deepEqual((await bob.call('GET', `/rooms/${enc(roomId)}/state/org.example.thing/key1`)).body, { v: 1 });
+  const missing = await bob.call('GET', `/rooms/${enc(roomId)}/state/org.example.thing/nokey`);
+  assert.equal(missing.status, 404);
+  assert.equal(missing.body.errcode, 'M_NOT_FOUND');
+  const all = await bob.call('GET', `/rooms/${enc(roomId)}/state`);
+  assert.ok(all.body.some((e) => e.type === 'org.example.thing' && e.state_key === 'key1'));
+  assert.ok(all.body.every((e) => typeof e.unsigned?.age === 'number'));
+  const members = await bob.call('GET', `/rooms/${enc(roomId)}/members`);
+  assert.deepEqual(members.body.chunk.map((e) => e.state_key).sort(), [alice.userId, bob.userId].sort());
+  const notJoined = await bob.call('GET', `/rooms/${enc(roomId)}/members`, { query: { not_membership: 'join' } });
+  assert.deepEqual(notJoined.body.chunk, []);
+  const outsider = await fresh('eve');
+  assert.equal((await outsider.call('GET', `/rooms/${enc(roomId)}/state`)).status, 403);
+});
+
+test('messages pages backwards and forwards with tokens; event by id', async () => {
+  const alice = await fresh('alice');
+  const roomId = await alice.createRoom({});
+  const ids = [];
+  for (let i = 0; i < 25; i++) ids.push((await alice.send(roomId, 'm.room.message', { body: `m${i}`, msgtype: 'm.text' })).body.event_id);
+  const page1 = await alice.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '10' } });
+  assert.equal(page1.status, 200);
+  assert.deepEqual(page1.body.chunk.map((e) => e.event_id), ids.slice(15).reverse());
+  const page2 = await alice.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '10', from: page1.body.end } });
+  assert.deepEqual(page2.body.chunk.map((e) => e.event_id), ids.slice(5, 15).reverse());
+  const fwd = await alice.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'f', limit: '3', from: page2.body.end } });
+  assert.deepEqual(fwd.body.chunk.map((e) => e.event_id), ids.slice(5, 8));
+  const bad = await alice.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { from: 'garbage' } });
+  assert.equal(bad.body.errcode, 'M_INVALID_PARAM');
+  const ev = await alice.call('GET', `/rooms/${enc(roomId)}/event/${enc(ids[3])}`);
+  assert.equal(ev.body.content.body, 'm3');
+  assert.equal(typeof ev.body.unsigned.age, 'number');
+  const none = await alice.call('GET', `/rooms/${enc(roomId)}/event/${enc('$missing')}`);
+  assert.equal(none.status, 404);
+});
+
+test('event content: M_NOT_JSON, M_BAD_JSON, M_TOO_LARGE', async () => {
+  const alice = await fresh('alice');
+  const roomId = await alice.createRoom({});
+  const path = `/rooms/${enc(roomId)}/send/m.room.message/`;
+  const notJson = await alice.call('PUT', path + 'a', { raw: '{"body": ' });
+  assert.equal(notJson.status, 400);
+  assert.equal(notJson.body.errcode, 'M_NOT_JSON');
+  const array = await alice.call('PUT', path + 'b', { raw: '[1,2]' });
+  assert.equal(array.body.errcode, 'M_BAD_JSON');
+  const big = await alice.call('PUT', path + 'c', { raw: '{"n": 9007199254740992}' });
+  assert.equal(big.status, 400);
+  assert.equal(big.body.errcode, 'M_BAD_JSON');
+  const negative = await alice.call('PUT', path + 'd', { raw: '{"n": -9007199254740992}' });
+  assert.equal(negative.body.errcode, 'M_BAD_JSON');
+  const edge = await alice.call('PUT', path + 'e', { raw: '{"n": 9007199254740991}' });
+  assert.equal(edge.status, 200);
+  const float = await alice.call('PUT', path + 'f', { raw: '{"n": 1.5}' });
+  assert.equal(float.body.errcode, 'M_BAD_JSON');
+  const large = await alice.call('PUT', path + 'g', { body: { body: 'x'.repeat(66000) } });
+  assert.equal(large.status, 413);
+  assert.equal(large.body.errcode, 'M_TOO_LARGE');
+  const justUnder = await alice.call('PUT', path + 'h', { body: { body: 'x'.repeat(60000) } });
+  assert.equal(justUnder.status, 200);
+});

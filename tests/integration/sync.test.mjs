@@ -1,0 +1,177 @@
+// /sync: initial and incremental, long-polling on the notifier, filters, invites, leaves,
+// account data, to-device, unsigned.age and transaction_id; plus filters and push rules.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, register } from '../lib/harness.mjs';
+
+let server;
+let n = 0;
+const fresh = (name) => register(server.url, `${name}${n++}`);
+const enc = encodeURIComponent;
+before(async () => {
+  server = await startServer();
+});
+after(async () => server.stop());
+
+async function dm() {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const roomId = await alice.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [bob.userId] });
+  return { alice, bob, roomId };
+}
+
+test('an invite shows in rooms.invite with invite_state, then the join in rooms.join', async () => {
+  const { alice, bob, roomId } = await dm();
+  const first = await bob.sync();
+  assert.match(first.next_batch, /^s\d+$/);
+  const inv = first.rooms.invite[roomId];
+  assert.ok(inv, 'invite listed');
+  const types = inv.invite_state.events.map((e) => `${e.type}|${e.state_key}`);
+  assert.ok(types.includes('m.room.create|'));
+  assert.ok(types.includes('m.room.join_rules|'));
+  assert.ok(types.includes(`m.room.member|${alice.userId}`), 'inviter member event');
+  const me = inv.invite_state.events.find((e) => e.state_key === bob.userId);
+  assert.equal(me.content.membership, 'invite');
+  assert.equal(me.content.is_direct, true);
+  assert.equal(me.sender, alice.userId);
+
+  await bob.join(roomId);
+  const next = await bob.sync({ since: first.next_batch });
+  const joined = next.rooms.join[roomId];
+  assert.ok(joined, 'joined room listed');
+  assert.deepEqual(next.rooms.invite, {});
+  assert.equal(joined.summary['m.joined_member_count'], 2);
+  const members = [...joined.state.events, ...joined.timeline.events].filter((e) => e.type === 'm.room.member');
+  const final = Object.fromEntries(members.map((e) => [e.state_key, e.content.membership]));
+  assert.deepEqual(final, { [alice.userId]: 'join', [bob.userId]: 'join' });
+});
+
+test('a parked /sync wakes on the event, in order, once; age and transaction_id', async () => {
+  const { alice, bob, roomId } = await dm();
+  await bob.join(roomId);
+  const base = await bob.sync();
+  const baseAlice = await alice.sync();
+  const parked = bob.sync({ since: base.next_batch, timeout: '20000' });
+  const started = Date.now();
+  await new Promise((r) => setTimeout(r, 100));
+  const sent = await alice.send(roomId, 'm.call.invite', { call_id: 'c1', party_id: 'p', version: '1', lifetime: 60000, offer: { type: 'offer', sdp: 'v=0' } }, 'tx-42');
+  const woke = await parked;
+  assert.ok(Date.now() - started < 5000, 'woke long before the timeout');
+  const events = woke.rooms.join[roomId].timeline.events;
+  assert.deepEqual(events.map((e) => e.event_id), [sent.body.event_id]);
+  assert.equal(typeof events[0].unsigned.age, 'number');
+  assert.equal(events[0].unsigned.transaction_id, undefined, 'only the sending device sees transaction_id');
+  const mine = await alice.sync({ since: baseAlice.next_batch });
+  const echo = mine.rooms.join[roomId].timeline.events.find((e) => e.event_id === sent.body.event_id);
+  assert.equal(echo.unsigned.transaction_id, 'tx-42');
+  // Nothing new: the same since token yields nothing after a short timeout.
+  const quiet = await bob.sync({ since: woke.next_batch, timeout: '300' });
+  assert.deepEqual(quiet.rooms.join, {});
+  assert.equal(quiet.next_batch, woke.next_batch);
+});
+
+test('filters: stored id and inline JSON; timeline limit gives limited and prev_batch', async () => {
+  const { alice, bob, roomId } = await dm();
+  await bob.join(roomId);
+  const base = await bob.sync();
+  for (let i = 0; i < 8; i++) await alice.send(roomId, 'm.room.message', { body: `${i}`, msgtype: 'm.text' });
+  const made = await bob.call('POST', `/user/${enc(bob.userId)}/filter`, { body: { room: { timeline: { limit: 3 }, state: { lazy_load_members: true } } } });
+  assert.equal(made.status, 200);
+  assert.match(made.body.filter_id, /^\d+$/);
+  const fetched = await bob.call('GET', `/user/${enc(bob.userId)}/filter/${made.body.filter_id}`);
+  assert.equal(fetched.body.room.timeline.limit, 3);
+  assert.equal((await bob.call('GET', `/user/${enc(bob.userId)}/filter/999`)).status, 404);
+  assert.equal((await alice.call('POST', `/user/${enc(bob.userId)}/filter`, { body: {} })).status, 403);
+
+  const limited = await bob.sync({ since: base.next_batch, filter: made.body.filter_id });
+  const tl = limited.rooms.join[roomId].timeline;
+  assert.equal(tl.events.length, 3);
+  assert.deepEqual(tl.events.map((e) => e.content.body), ['5', '6', '7']);
+  assert.equal(tl.limited, true);
+  // prev_batch continues exactly where the timeline starts.
+  const back = await bob.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', from: tl.prev_batch, limit: '2' } });
+  assert.deepEqual(back.body.chunk.map((e) => e.content.body), ['4', '3']);
+
+  const inline = await bob.sync({ since: base.next_batch, filter: JSON.stringify({ room: { timeline: { limit: 20 } } }) });
+  assert.equal(inline.rooms.join[roomId].timeline.events.length, 8);
+  assert.equal(inline.rooms.join[roomId].timeline.limited, false);
+  const badFilter = await bob.call('GET', '/sync', { query: { filter: 'nope' } });
+  assert.equal(badFilter.status, 400);
+});
+
+test('full_state returns the room state again; initial sync carries state and timeline', async () => {
+  const { alice, bob, roomId } = await dm();
+  await bob.join(roomId);
+  const first = await bob.sync();
+  const room = first.rooms.join[roomId];
+  const all = [...room.state.events, ...room.timeline.events];
+  assert.ok(all.some((e) => e.type === 'm.room.create'));
+  assert.ok(all.some((e) => e.type === 'm.room.power_levels'));
+  const again = await bob.sync({ since: first.next_batch, full_state: 'true' });
+  assert.ok(again.rooms.join[roomId].state.events.some((e) => e.type === 'm.room.create'));
+  assert.deepEqual(Object.keys(room.unread_notifications).sort(), ['highlight_count', 'notification_count']);
+  assert.ok(Array.isArray(room.ephemeral.events));
+  await alice.send(roomId, 'm.room.message', { body: 'x', msgtype: 'm.text' });
+});
+
+test('leaving shows the room once in rooms.leave', async () => {
+  const { bob, roomId } = await dm();
+  await bob.join(roomId);
+  const base = await bob.sync();
+  await bob.call('POST', `/rooms/${enc(roomId)}/leave`, { body: {} });
+  const next = await bob.sync({ since: base.next_batch });
+  const left = next.rooms.leave[roomId];
+  assert.ok(left);
+  assert.equal(left.timeline.events.at(-1).content.membership, 'leave');
+  const after = await bob.sync({ since: next.next_batch });
+  assert.deepEqual(after.rooms.leave, {});
+});
+
+test('account data: m.direct globally and per room, through GET and /sync', async () => {
+  const { alice, bob, roomId } = await dm();
+  const base = await alice.sync();
+  const direct = { [bob.userId]: [roomId] };
+  assert.equal((await alice.call('PUT', `/user/${enc(alice.userId)}/account_data/m.direct`, { body: direct })).status, 200);
+  assert.deepEqual((await alice.call('GET', `/user/${enc(alice.userId)}/account_data/m.direct`)).body, direct);
+  assert.equal((await alice.call('GET', `/user/${enc(alice.userId)}/account_data/m.nothing`)).status, 404);
+  assert.equal((await alice.call('PUT', `/user/${enc(alice.userId)}/rooms/${enc(roomId)}/account_data/org.example.tag`, { body: { a: 1 } })).status, 200);
+  assert.equal((await bob.call('PUT', `/user/${enc(alice.userId)}/account_data/m.direct`, { body: {} })).status, 403);
+  const next = await alice.sync({ since: base.next_batch });
+  assert.deepEqual(next.account_data.events, [{ type: 'm.direct', content: direct }]);
+  assert.deepEqual(next.rooms.join[roomId].account_data.events, [{ type: 'org.example.tag', content: { a: 1 } }]);
+});
+
+test('sendToDevice reaches the named device once, and * reaches all devices', async () => {
+  const { alice, bob } = await dm();
+  const base = await bob.sync();
+  const put = await alice.call('PUT', '/sendToDevice/m.call.test/txn1', { body: { messages: { [bob.userId]: { [bob.deviceId]: { hello: 1 } } } } });
+  assert.equal(put.status, 200);
+  const dup = await alice.call('PUT', '/sendToDevice/m.call.test/txn1', { body: { messages: { [bob.userId]: { [bob.deviceId]: { hello: 1 } } } } });
+  assert.equal(dup.status, 200);
+  const got = await bob.sync({ since: base.next_batch });
+  assert.deepEqual(got.to_device.events, [{ content: { hello: 1 }, sender: alice.userId, type: 'm.call.test' }]);
+  const again = await bob.sync({ since: got.next_batch });
+  assert.deepEqual(again.to_device.events, []);
+  await alice.call('PUT', '/sendToDevice/m.call.test/txn2', { body: { messages: { [bob.userId]: { '*': { all: true } } } } });
+  const star = await bob.sync({ since: again.next_batch });
+  assert.equal(star.to_device.events.length, 1);
+  const bad = await alice.call('PUT', '/sendToDevice/m.call.test/txn3', { body: {} });
+  assert.equal(bad.body.errcode, 'M_MISSING_PARAM');
+});
+
+test('push rules: the default rule set with the user substituted', async () => {
+  const u = await fresh('pusher');
+  const res = await u.call('GET', '/pushrules/');
+  assert.equal(res.status, 200);
+  const ids = res.body.global.override.map((r) => r.rule_id);
+  assert.ok(ids.includes('.m.rule.master'));
+  assert.ok(res.body.global.underride.some((r) => r.rule_id === '.m.rule.call'));
+  const invite = res.body.global.override.find((r) => r.rule_id === '.m.rule.invite_for_me');
+  assert.equal(invite.conditions.find((c) => c.key === 'state_key').pattern, u.userId);
+});
+
+test('bad since token and bad timeout are M_INVALID_PARAM', async () => {
+  const u = await fresh('tok');
+  assert.equal((await u.call('GET', '/sync', { query: { since: 'x1' } })).body.errcode, 'M_INVALID_PARAM');
+  assert.equal((await u.call('GET', '/sync', { query: { timeout: 'soon' } })).body.errcode, 'M_INVALID_PARAM');
+});

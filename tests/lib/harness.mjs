@@ -1,0 +1,155 @@
+// Test fixture: runs the real mxvoip-server binary on a free loopback port with a
+// temporary database, and a small HTTP helper to talk to it.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const SERVER_BIN = process.env.MXVOIP_SERVER;
+if (!SERVER_BIN || !existsSync(SERVER_BIN)) {
+  throw new Error('MXVOIP_SERVER must name the built mxvoip-server binary (run the tests with scripts/test)');
+}
+
+// Settings every test server gets unless a test overrides them: generous rate limits and
+// the cheapest password hash, so tests measure behaviour rather than Argon2.
+const TEST_DEFAULTS = {
+  server_name: 'localhost',
+  listen: ['127.0.0.1:0'],
+  enable_registration: true,
+  password_hash_cost: 'min',
+  rc_message: { per_second: 10000, burst_count: 10000 },
+  rc_login: { per_second: 10000, burst_count: 10000 },
+  rc_registration: { per_second: 10000, burst_count: 10000 },
+  log_level: 'info',
+};
+
+function yaml(value, indent = '') {
+  if (Array.isArray(value)) return value.map((v) => `\n${indent}- ${JSON.stringify(v)}`).join('');
+  if (value !== null && typeof value === 'object') {
+    return Object.entries(value)
+      .map(([k, v]) => (typeof v === 'object' && v !== null ? `\n${indent}${k}:${yaml(v, indent + '  ')}` : `\n${indent}${k}: ${JSON.stringify(v)}`))
+      .join('');
+  }
+  return ` ${JSON.stringify(value)}`;
+}
+
+export function makeDir(prefix = 'mxvoip-test-') {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function writeConfig(dir, overrides = {}) {
+  const config = { ...TEST_DEFAULTS, database: { backend: 'sqlite', path: join(dir, 'homeserver.db') }, ...overrides };
+  const path = join(dir, 'homeserver.yaml');
+  writeFileSync(path, yaml(config).trimStart() + '\n');
+  return path;
+}
+
+// Starts the server and resolves once it listens. `dir` may be reused to restart on the same database.
+export async function startServer({ dir, config = {}, args = [] } = {}) {
+  const ownDir = !dir;
+  dir = dir ?? makeDir();
+  const configPath = writeConfig(dir, config);
+  const proc = spawn(SERVER_BIN, ['--config', configPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 15000);
+    const onData = (chunk) => {
+      log += chunk;
+      const m = /listening on (http:\/\/[^\s]+)/.exec(log);
+      if (m && /mxvoip-server ready/.test(log)) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    };
+    proc.stderr.on('data', onData);
+    proc.stdout.on('data', (c) => (log += c));
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${log}`));
+    });
+  });
+  const server = {
+    url,
+    dir,
+    proc,
+    exited,
+    get log() {
+      return log;
+    },
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      const result = await exited;
+      if (ownDir) rmSync(dir, { recursive: true, force: true });
+      return result;
+    },
+    async kill() {
+      proc.kill('SIGKILL');
+      return exited;
+    },
+  };
+  proc.stderr.on('data', (c) => (log += c));
+  return server;
+}
+
+// One HTTP request; returns { status, body (parsed JSON or null), text, headers }.
+export async function api(base, method, path, { token, body, raw, headers = {}, query } = {}) {
+  let url = base + path;
+  if (query) url += '?' + new URLSearchParams(query).toString();
+  const h = { ...headers };
+  if (token) h.Authorization = `Bearer ${token}`;
+  let payload;
+  if (raw !== undefined) payload = raw;
+  else if (body !== undefined) payload = JSON.stringify(body);
+  if (payload !== undefined && !h['Content-Type']) h['Content-Type'] = 'application/json';
+  const res = await fetch(url, { method, headers: h, body: payload });
+  const text = await res.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    parsed = null;
+  }
+  return { status: res.status, body: parsed, text, headers: res.headers };
+}
+
+const CS = '/_matrix/client/v3';
+
+// A logged-in user with helpers for the common calls.
+export async function register(base, username, { password = 'secret-' + username, deviceId } = {}) {
+  const res = await api(base, 'POST', `${CS}/register`, {
+    body: { username, password, device_id: deviceId, auth: { type: 'm.login.dummy' } },
+  });
+  if (res.status !== 200) throw new Error(`register ${username}: ${res.status} ${res.text}`);
+  return userHandle(base, res.body);
+}
+
+export function userHandle(base, { user_id, access_token, device_id }) {
+  let txn = 0;
+  const call = (method, path, opts = {}) => api(base, method, CS + path, { token: access_token, ...opts });
+  return {
+    userId: user_id,
+    token: access_token,
+    deviceId: device_id,
+    call,
+    async createRoom(body) {
+      const res = await call('POST', '/createRoom', { body });
+      if (res.status !== 200) throw new Error(`createRoom: ${res.status} ${res.text}`);
+      return res.body.room_id;
+    },
+    async send(roomId, type, content, txnId = `t${Date.now()}-${txn++}`) {
+      return call('PUT', `/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`, { body: content });
+    },
+    async join(roomId) {
+      return call('POST', `/join/${encodeURIComponent(roomId)}`, { body: {} });
+    },
+    async sync(query = {}) {
+      const res = await call('GET', '/sync', { query });
+      if (res.status !== 200) throw new Error(`sync: ${res.status} ${res.text}`);
+      return res.body;
+    },
+  };
+}
+
+// Every server started through this module is stopped when the test process ends.
+export { CS };
