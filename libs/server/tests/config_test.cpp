@@ -1,1 +1,79 @@
+#include "mxvoip/server/config.hpp"
+
 #include <gtest/gtest.h>
+
+using namespace mxvoip::server;
+
+namespace {
+std::string error_of(const std::string& yaml) {
+    try {
+        parse_config(yaml, "test.yaml");
+    } catch (const ConfigError& e) {
+        return e.what();
+    }
+    return "ok";
+}
+}  // namespace
+
+TEST(Config, EmptyFileGivesDefaults) {
+    Config c = parse_config("", "test.yaml");
+    EXPECT_EQ(c.server_name, "localhost");
+    ASSERT_EQ(c.listen.size(), 1u);
+    EXPECT_EQ(c.listen[0].port, 8008);
+    EXPECT_EQ(c.database.backend, "sqlite");
+    EXPECT_EQ(c.public_baseurl, "http://127.0.0.1:8008/");
+    EXPECT_TRUE(c.public_baseurl_derived);
+    EXPECT_FALSE(c.development_defaults);
+    EXPECT_TRUE(development_config().development_defaults);
+}
+
+TEST(Config, ReadsEveryKey) {
+    Config c = parse_config(R"(
+server_name: example.org
+listen: ["0.0.0.0:8448", "[::1]:9000"]
+public_baseurl: https://matrix.example.org
+database:
+  backend: sqlite
+  path: /var/lib/mxvoip/db.sqlite
+  synchronous: normal
+enable_registration: false
+allow_guest_access: true
+rc_message: {per_second: 2.5, burst_count: 20}
+rc_login: {per_second: 0.5, burst_count: 5}
+rc_registration: {per_second: 0.1, burst_count: 2}
+max_request_body_size: 10M
+log_level: debug
+password_hash_cost: moderate
+worker_threads: 4
+)",
+                             "test.yaml");
+    EXPECT_EQ(c.server_name, "example.org");
+    ASSERT_EQ(c.listen.size(), 2u);
+    EXPECT_EQ(c.listen[1].host, "::1");
+    EXPECT_EQ(c.listen[1].port, 9000);
+    EXPECT_EQ(c.public_baseurl, "https://matrix.example.org/");
+    EXPECT_FALSE(c.public_baseurl_derived);
+    EXPECT_EQ(c.database.path, "/var/lib/mxvoip/db.sqlite");
+    EXPECT_EQ(c.database.synchronous, "normal");
+    EXPECT_FALSE(c.enable_registration);
+    EXPECT_TRUE(c.allow_guest_access);
+    EXPECT_DOUBLE_EQ(c.rc_message.per_second, 2.5);
+    EXPECT_DOUBLE_EQ(c.rc_message.burst_count, 20);
+    EXPECT_EQ(c.max_request_body_size, 10u * 1024 * 1024);
+    EXPECT_EQ(c.log_level, "debug");
+    EXPECT_EQ(c.worker_threads, 4u);
+}
+
+TEST(Config, ErrorsNameKeyAndLine) {
+    EXPECT_EQ(error_of("server_name: a\nbogus: 1\n"), "test.yaml:2: bogus: unknown key");
+    EXPECT_EQ(error_of("worker_threads: -1\n"), "test.yaml:1: worker_threads: must be a whole number, got '-1'");
+    EXPECT_EQ(error_of("listen: 8008\n"), "test.yaml:1: listen: must be a list of host:port");
+    EXPECT_EQ(error_of("listen: [\"nohost\"]\n"), "test.yaml:1: listen: must be host:port, got 'nohost'");
+    EXPECT_EQ(error_of("database: {backend: postgres}\n"),
+              "test.yaml:1: database.backend: 'postgres' is not available in this build (sqlite)");
+    EXPECT_EQ(error_of("rc_message: {per_second: 1, burst_count: 0}\n"),
+              "test.yaml:1: rc_message.burst_count: must be at least 1.000000");
+    EXPECT_EQ(error_of("public_baseurl: ftp://x\n"), "test.yaml:1: public_baseurl: must start with http:// or https://");
+    EXPECT_EQ(error_of("- a\n- b\n"), "test.yaml: the top level must be a map of keys");
+    EXPECT_NE(error_of("a: [\n").find("not valid YAML"), std::string::npos);
+}
