@@ -144,7 +144,7 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
                 room.power.users[s.user_id] = 100;
                 std::string content = json::serialize(ev.content);
                 e->stream = next_stream_++;
-                e->event_id = "$" + proto::base64url_encode(random_bytes(32));
+                e->event_id = new_event_id(e->stream);
                 e->room_id = room_id;
                 e->type = ev.type;
                 e->state_key = "";
@@ -158,8 +158,7 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
                 apply_event_locked(room, ptr);
                 add_to_timeline_locked(room, ptr);
                 w.mutations.push_back(store::PutEvent{{ptr->stream, ptr->event_id, room_id, ptr->type, ptr->state_key,
-                                                       ptr->sender, ptr->ts, ptr->json},
-                                                      std::nullopt});
+                                                       ptr->sender, ptr->ts, ptr->json, {}, {}}});
                 w.max_stream = ptr->stream;
             }
             json::object join{{"membership", "join"}};
@@ -455,8 +454,10 @@ asio::awaitable<Response> Homeserver::get_event(Request& req) {
         Room& room = room_or_throw(room_id);
         require_member(room, req.session->user_id);
     }
-    auto row = store_.event(req.params[1]);
-    if (!row || row->room_id != room_id) throw MatrixError(404, errcode::not_found, "Event not found.");
+    auto stream = event_id_stream(req.params[1]);
+    std::optional<store::EventRecord> row;
+    if (stream) row = store_.event_at(*stream);
+    if (!row || row->event_id != req.params[1] || row->room_id != room_id) throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out(row->json, 0, row->json.size() - 1);
     out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now_ms() - row->origin_server_ts)) + "}}";
     co_return Response{200, std::move(out), {}};

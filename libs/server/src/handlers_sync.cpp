@@ -17,6 +17,11 @@ std::string make_token(StreamId s);
 namespace {
 
 constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
+// A parked /sync woken only by the echo of the requesting device's own events waits this much
+// longer for something else before answering. The device already has those events' ids from
+// its PUT responses; answering each echo at once costs a response and a new request per event,
+// which under call load is two of the five HTTP exchanges an event causes.
+constexpr auto kEchoCoalesce = std::chrono::milliseconds(100);
 
 StreamId parse_since(const std::string& token) {
     // Tokens are "s<stream>"; anything else is a client bug worth a clear error.
@@ -141,6 +146,29 @@ void Homeserver::render_state(std::string& out, const Room& room, StreamId after
         render_event(out, *ev, device_key);
     }
     out += "]}";
+}
+
+bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
+    const std::string dkey = s.user_id + '|' + s.device_id;
+    const User& user = users_.at(s.user_id);
+    bool any = false;
+    for (const auto& [room_id, m] : user.rooms) {
+        if (m.stream > since && m.stream <= visible_) return false;  // a membership change
+        if (m.membership != "join") continue;
+        const Room& room = rooms_.at(room_id);
+        for (auto it = room.recent.rbegin(); it != room.recent.rend() && (*it)->stream > since; ++it) {
+            if ((*it)->stream > visible_) continue;
+            if ((*it)->txn_device_key != dkey) return false;
+            any = true;
+        }
+        if (!room.recent.empty() && room.evicted_upto > since) return false;
+    }
+    for (const auto& [_, data] : user.account_data)
+        if (data.stream > since && data.stream <= visible_) return false;
+    if (auto it = user.to_device.find(s.device_id); it != user.to_device.end())
+        for (const auto& msg : it->second)
+            if (msg.stream > since && msg.stream <= visible_) return false;
+    return any;
 }
 
 bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
@@ -317,17 +345,28 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
         waiter = std::make_shared<Waiter>(executor);
         waiters_[s.user_id].push_back(waiter);
     }
-    waiter->timer.expires_after(std::chrono::milliseconds(timeout));
-    boost::system::error_code ec;
-    co_await waiter->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    out.clear();
-    {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout);
+    std::optional<std::chrono::steady_clock::time_point> coalesce_until;
+    for (;;) {
+        auto until = coalesce_until ? std::min(*coalesce_until, deadline) : deadline;
+        waiter->timer.expires_at(until);
+        boost::system::error_code ec;
+        co_await waiter->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         std::lock_guard lock(mu_);
         if (auto it = waiters_.find(s.user_id); it != waiters_.end()) {
             std::erase(it->second, waiter);
             if (it->second.empty()) waiters_.erase(it);
         }
+        auto now = std::chrono::steady_clock::now();
+        if (ec == asio::error::operation_aborted && !shutting_down_ && now < deadline &&
+            (!coalesce_until || now < *coalesce_until) && only_own_echo_locked(s, since)) {
+            if (!coalesce_until) coalesce_until = now + kEchoCoalesce;
+            waiters_[s.user_id].push_back(waiter);
+            continue;
+        }
+        out.clear();
         build_sync_locked(s, since, filter, full_state, out);
+        break;
     }
     co_return Response{200, std::move(out), {}};
 }

@@ -63,6 +63,25 @@ std::string build_event_json(const Event& e, std::string_view content) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+// Event ids
+
+std::string new_event_id(StreamId stream) {
+    std::string raw = random_bytes(32);
+    for (int i = 0; i < 8; ++i) raw[i] = static_cast<char>((static_cast<std::uint64_t>(stream) >> (56 - 8 * i)) & 0xff);
+    return "$" + proto::base64url_encode(raw);
+}
+
+std::optional<StreamId> event_id_stream(std::string_view event_id) {
+    if (event_id.size() != 44 || event_id[0] != '$') return std::nullopt;
+    auto raw = proto::base64_decode(event_id.substr(1));
+    if (!raw || raw->size() != 32) return std::nullopt;
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = v << 8 | static_cast<unsigned char>((*raw)[i]);
+    if (v > static_cast<std::uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<StreamId>(v);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Model helpers
 
 std::int64_t PowerLevels::user_level(const std::string& user) const {
@@ -155,10 +174,6 @@ void Homeserver::load() {
         room.id = r.room_id;
         room.version = r.room_version;
     }
-    std::unordered_map<std::string, const store::TxnRecord*> txn_by_event;
-    for (const auto& t : snap.txns) {
-        txn_by_event[t.event_id] = &t;
-    }
     auto to_event = [&](store::EventRecord&& r) {
         auto e = std::make_shared<Event>();
         e->stream = r.stream;
@@ -172,10 +187,8 @@ void Homeserver::load() {
         std::string content = json::serialize(parsed["content"]);
         e->json = build_event_json(*e, content);
         e->content_len = content.size();
-        if (auto it = txn_by_event.find(e->event_id); it != txn_by_event.end()) {
-            e->txn_device_key = it->second->device_key;
-            e->txn_id = it->second->txn_id;
-        }
+        e->txn_device_key = std::move(r.txn_device_key);
+        e->txn_id = std::move(r.txn_id);
         return EventPtr(std::move(e));
     };
     std::unordered_map<std::string, EventPtr> by_id;
@@ -466,7 +479,7 @@ EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, 
 
     auto e = std::make_shared<Event>();
     e->stream = next_stream_;
-    e->event_id = "$" + proto::base64url_encode(random_bytes(32));
+    e->event_id = new_event_id(e->stream);
     e->room_id = room.id;
     e->type = std::move(ev.type);
     e->state_key = std::move(ev.state_key);
@@ -484,12 +497,9 @@ EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, 
     apply_event_locked(room, ptr);
     add_to_timeline_locked(room, ptr);
     wake_room_locked(room, ptr, w.wake);
-    std::optional<store::TxnRecord> txn;
-    if (!txn_id.empty()) txn = store::TxnRecord{txn_device_key, room.id, txn_id, ptr->event_id, ptr->ts};
-    w.mutations.push_back(store::PutEvent{
-        store::EventRecord{ptr->stream, ptr->event_id, ptr->room_id, ptr->type, ptr->state_key, ptr->sender,
-                           ptr->ts, ptr->json},
-        std::move(txn)});
+    w.mutations.push_back(store::PutEvent{store::EventRecord{ptr->stream, ptr->event_id, ptr->room_id, ptr->type,
+                                                             ptr->state_key, ptr->sender, ptr->ts, ptr->json,
+                                                             txn_device_key, txn_id}});
     w.max_stream = std::max(w.max_stream, ptr->stream);
     return ptr;
 }

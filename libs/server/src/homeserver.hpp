@@ -104,6 +104,12 @@ struct User {
     std::vector<std::string> filters;
 };
 
+// Event ids look like room-v4 ids ("$" + 43 url-safe base64 characters) and are opaque to
+// clients; the first 8 of their 32 bytes are the event's stream position, the rest random.
+// That lets the store find an event by id without an index on ids.
+std::string new_event_id(StreamId stream);
+std::optional<StreamId> event_id_stream(std::string_view event_id);
+
 // A /sync parked until something relevant is committed or its timeout passes.
 struct Waiter {
     explicit Waiter(asio::any_io_executor ex) : timer(ex) {}
@@ -234,6 +240,7 @@ private:
     SyncFilter resolve_filter_locked(const User& user, const Request& req) const;
     bool build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
                            std::string& out);
+    bool only_own_echo_locked(const Session& s, StreamId since) const;
     void render_event(std::string& out, const Event& ev, const std::string& device_key) const;
     void render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
                                 const SyncFilter& f, const std::string& device_key, bool& limited,

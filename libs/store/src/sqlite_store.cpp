@@ -31,15 +31,19 @@ CREATE TABLE IF NOT EXISTS rooms (
     room_id TEXT PRIMARY KEY,
     room_version TEXT NOT NULL
 );
+-- Append-only in stream order. Deliberately no index on event_id or on transactions: every
+-- random-order index costs a dirty page per event at commit (see bench/RESULTS.md).
 CREATE TABLE IF NOT EXISTS events (
     stream_id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     room_id TEXT NOT NULL,
     type TEXT NOT NULL,
     state_key TEXT,
     sender TEXT NOT NULL,
     origin_server_ts INTEGER NOT NULL,
-    json TEXT NOT NULL
+    json TEXT NOT NULL,
+    txn_device_key TEXT,
+    txn_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_room ON events (room_id, stream_id);
 CREATE TABLE IF NOT EXISTS current_state (
@@ -49,15 +53,6 @@ CREATE TABLE IF NOT EXISTS current_state (
     stream_id INTEGER NOT NULL,
     PRIMARY KEY (room_id, type, state_key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_txns (
-    device_key TEXT NOT NULL,
-    room_id TEXT NOT NULL,
-    txn_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    PRIMARY KEY (device_key, room_id, txn_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS event_txns_ts ON event_txns (ts);
 CREATE TABLE IF NOT EXISTS account_data (
     user_id TEXT NOT NULL,
     room_id TEXT NOT NULL,
@@ -183,9 +178,11 @@ private:
     int n_ = 0;
 };
 
+#define EVENT_COLUMNS "stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json, txn_device_key, txn_id"
+
 EventRecord read_event(Stmt& s) {
     return EventRecord{s.integer(0), s.text(1), s.text(2), s.text(3), s.opt_text(4),
-                       s.text(5),    s.integer(6), s.text(7)};
+                       s.text(5),    s.integer(6), s.text(7), s.text(8), s.text(9)};
 }
 
 class SqliteStore final : public Store {
@@ -196,11 +193,15 @@ public:
         writer_.exec("PRAGMA journal_mode=WAL");
         writer_.exec(opts.synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
         writer_.exec("PRAGMA foreign_keys=OFF");
+        // Keep the hot index pages in memory; reads go through mmap.
+        writer_.exec("PRAGMA cache_size=-65536");
         writer_.exec("BEGIN IMMEDIATE");
         writer_.exec(kSchema);
         writer_.exec("COMMIT");
         reader_ = std::make_unique<Db>(opts.path, false);
         reader_->exec("PRAGMA query_only=ON");
+        reader_->exec("PRAGMA cache_size=-16384");
+        reader_->exec("PRAGMA mmap_size=268435456");
     }
 
     ~SqliteStore() override {
@@ -232,8 +233,8 @@ public:
         {
             Stmt s(db,
                    "SELECT e.stream_id, e.event_id, e.room_id, e.type, e.state_key, e.sender, "
-                   "e.origin_server_ts, e.json FROM current_state c JOIN events e ON e.stream_id = "
-                   "c.stream_id ORDER BY e.stream_id");
+                   "e.origin_server_ts, e.json, e.txn_device_key, e.txn_id FROM current_state c JOIN events e "
+                   "ON e.stream_id = c.stream_id ORDER BY e.stream_id");
             while (s.next()) snap.state_events.push_back(read_event(s));
         }
         for (const auto& room : snap.rooms) {
@@ -244,9 +245,14 @@ public:
         std::sort(snap.recent_events.begin(), snap.recent_events.end(),
                   [](const EventRecord& a, const EventRecord& b) { return a.stream < b.stream; });
         {
-            Stmt s(db, "SELECT device_key, room_id, txn_id, event_id, ts FROM event_txns WHERE ts >= ?");
-            s.bind(txn_since_ts);
-            while (s.next()) snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+            // Newest first, stopping at the cut-off: stream order is time order.
+            Stmt s(db,
+                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts, txn_id IS NOT NULL "
+                   "FROM events ORDER BY stream_id DESC");
+            while (s.next()) {
+                if (s.integer(4) < txn_since_ts) break;
+                if (s.integer(5)) snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+            }
         }
         {
             Stmt s(db, "SELECT stream_id, user_id, room_id, type, content FROM account_data ORDER BY stream_id");
@@ -294,30 +300,24 @@ public:
     std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
                                           int limit) override {
         std::lock_guard lock(read_mu_);
-        Stmt s(*reader_,
-               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
-               "FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
+        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
         s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
         std::vector<EventRecord> out;
         while (s.next()) out.push_back(read_event(s));
         return out;
     }
 
-    std::optional<EventRecord> event(const std::string& event_id) override {
+    std::optional<EventRecord> event_at(StreamId stream) override {
         std::lock_guard lock(read_mu_);
-        Stmt s(*reader_,
-               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
-               "FROM events WHERE event_id = ?");
-        s.bind(event_id);
+        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE stream_id = ?");
+        s.bind(stream);
         if (!s.next()) return std::nullopt;
         return read_event(s);
     }
 
 private:
     std::vector<EventRecord> events_before_locked(const std::string& room_id, StreamId before, int limit) {
-        Stmt s(*reader_,
-               "SELECT stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json "
-               "FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
+        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
         s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
         std::vector<EventRecord> out;
         while (s.next()) out.push_back(read_event(s));
@@ -351,16 +351,14 @@ private:
     }
     static void write(Db& db, const PutEvent& m, StreamId& max_stream) {
         const auto& e = m.event;
-        Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        std::optional<std::string> txn_key, txn_id;
+        if (!e.txn_id.empty()) txn_key = e.txn_device_key, txn_id = e.txn_id;
+        Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(e.stream).bind(e.event_id).bind(e.room_id).bind(e.type).bind(e.state_key)
-            .bind(e.sender).bind(e.origin_server_ts).bind(e.json).run();
+            .bind(e.sender).bind(e.origin_server_ts).bind(e.json).bind(txn_key).bind(txn_id).run();
         if (e.state_key)
             Stmt(db, "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?)")
                 .bind(e.room_id).bind(e.type).bind(*e.state_key).bind(e.stream).run();
-        if (m.txn)
-            Stmt(db, "INSERT OR REPLACE INTO event_txns VALUES (?, ?, ?, ?, ?)")
-                .bind(m.txn->device_key).bind(m.txn->room_id).bind(m.txn->txn_id)
-                .bind(m.txn->event_id).bind(m.txn->ts).run();
         max_stream = std::max(max_stream, e.stream);
     }
     static void write(Db& db, const PutAccountData& m, StreamId& max_stream) {

@@ -30,7 +30,14 @@ struct SqliteBackend {
 
 EventRecord event(StreamId stream, const std::string& room, std::optional<std::string> state_key = {}) {
     return EventRecord{stream, "$e" + std::to_string(stream), room, state_key ? "m.room.member" : "m.room.message",
-                       state_key, "@a:x", 1000 + stream, "{\"n\":" + std::to_string(stream) + "}"};
+                       state_key, "@a:x", 1000 + stream, "{\"n\":" + std::to_string(stream) + "}", {}, {}};
+}
+
+EventRecord txn_event(StreamId stream, const std::string& room, const std::string& device_key, const std::string& txn) {
+    auto e = event(stream, room);
+    e.txn_device_key = device_key;
+    e.txn_id = txn;
+    return e;
 }
 
 template <typename Backend>
@@ -51,8 +58,8 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
             PutUser{{"@a:x", "hash", false, 5, "A", ""}},
             PutToken{{"deadbeef", "@a:x", "DEV", "phone"}},
             PutRoom{{"!r:x", "10"}},
-            PutEvent{event(1, "!r:x", "@a:x"), std::nullopt},
-            PutEvent{event(2, "!r:x"), TxnRecord{"@a:x|DEV", "!r:x", "t1", "$e2", 1002}},
+            PutEvent{event(1, "!r:x", "@a:x")},
+            PutEvent{txn_event(2, "!r:x", "@a:x|DEV", "t1")},
             PutAccountData{{3, "@a:x", "", "m.direct", "{}"}},
             PutToDevice{{4, "@a:x", "DEV", "{\"type\":\"x\"}"}},
             PutFilter{{"@a:x", 0, "{}"}},
@@ -71,6 +78,11 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(s.recent_events[1].json, "{\"n\":2}");
     ASSERT_EQ(s.txns.size(), 1u);
     EXPECT_EQ(s.txns[0].event_id, "$e2");
+    EXPECT_EQ(s.txns[0].device_key, "@a:x|DEV");
+    EXPECT_EQ(s.txns[0].txn_id, "t1");
+    EXPECT_EQ(s.recent_events[1].txn_id, "t1");
+    // Transactions older than the cut-off are not returned.
+    EXPECT_TRUE(store->load(10, 1003).txns.empty());
     EXPECT_EQ(s.account_data.size(), 1u);
     EXPECT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(s.filters.size(), 1u);
@@ -79,10 +91,10 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
 
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
-    std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x"), std::nullopt}};
+    std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};
     store->apply(ok);
     // The second event reuses stream 1: the whole batch must roll back.
-    std::vector<Mutation> bad{PutEvent{event(2, "!r:x"), std::nullopt}, PutEvent{event(1, "!r:x"), std::nullopt}};
+    std::vector<Mutation> bad{PutEvent{event(2, "!r:x")}, PutEvent{event(1, "!r:x")}};
     EXPECT_THROW(store->apply(bad), StoreError);
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
     EXPECT_EQ(store->load(10, 0).max_stream, 1);
@@ -91,7 +103,7 @@ TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
     auto store = this->backend.open();
     std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutRoom{{"!s:x", "10"}}};
-    for (StreamId i = 1; i <= 20; ++i) batch.push_back(PutEvent{event(i, i % 2 ? "!r:x" : "!s:x"), std::nullopt});
+    for (StreamId i = 1; i <= 20; ++i) batch.push_back(PutEvent{event(i, i % 2 ? "!r:x" : "!s:x")});
     store->apply(batch);
     auto before = store->events_before("!r:x", 15, 3);
     ASSERT_EQ(before.size(), 3u);
@@ -100,8 +112,8 @@ TYPED_TEST(StoreTest, PagesEventsBothWays) {
     auto after = store->events_after("!r:x", 15, 100);
     ASSERT_EQ(after.size(), 2u);
     EXPECT_EQ(after[0].stream, 17);
-    EXPECT_EQ(store->event("$e4")->room_id, "!s:x");
-    EXPECT_FALSE(store->event("$nope").has_value());
+    EXPECT_EQ(store->event_at(4)->room_id, "!s:x");
+    EXPECT_FALSE(store->event_at(999).has_value());
     // load keeps only the newest N per room.
     auto snap = store->load(2, 0);
     ASSERT_EQ(snap.recent_events.size(), 4u);
@@ -132,7 +144,7 @@ TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
     std::promise<void> all_done;
     std::atomic<int> remaining{kN};
     for (int i = 1; i <= kN; ++i) {
-        writer.submit({PutEvent{event(i, "!r:x"), std::nullopt}}, [&, i](std::exception_ptr e) {
+        writer.submit({PutEvent{event(i, "!r:x")}}, [&, i](std::exception_ptr e) {
             EXPECT_FALSE(e);
             {
                 std::lock_guard lock(mu);
@@ -154,7 +166,7 @@ TYPED_TEST(StoreTest, WriterReportsFailureToEverySubmitter) {
     GroupCommitWriter writer(*store);
     std::promise<std::exception_ptr> result;
     // An event for stream 1 twice in one submission violates the primary key.
-    writer.submit({PutEvent{event(1, "!r:x"), std::nullopt}, PutEvent{event(1, "!r:x"), std::nullopt}},
+    writer.submit({PutEvent{event(1, "!r:x")}, PutEvent{event(1, "!r:x")}},
                   [&](std::exception_ptr e) { result.set_value(e); });
     EXPECT_TRUE(result.get_future().get());
     writer.stop();

@@ -45,9 +45,13 @@ struct EventRecord {
     std::string sender;
     std::int64_t origin_server_ts = 0;
     std::string json;
+    // The client transaction that produced it (PUT /send), for idempotent retries; empty
+    // when the server made the event.
+    std::string txn_device_key;  // user_id + '|' + device_id
+    std::string txn_id;
 };
 
-// Remembers which event a client transaction produced, for idempotent retries.
+// A client transaction remembered across restarts (read from the events that carry one).
 struct TxnRecord {
     std::string device_key;  // user_id + '|' + device_id
     std::string room_id;
@@ -89,7 +93,7 @@ struct PutToken { TokenRecord token; };
 // Deletes one device's tokens, or all of a user's when device_id is empty.
 struct DeleteTokens { std::string user_id; std::string device_id; };
 struct PutRoom { RoomRecord room; };
-struct PutEvent { EventRecord event; std::optional<TxnRecord> txn; };
+struct PutEvent { EventRecord event; };
 struct PutAccountData { AccountDataRecord data; };
 struct PutToDevice { ToDeviceRecord message; };
 // Removes a device's to-device messages up to and including `up_to`: they were delivered.
@@ -130,7 +134,9 @@ public:
     // Room events with stream > `after`, oldest first.
     virtual std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
                                                   int limit) = 0;
-    virtual std::optional<EventRecord> event(const std::string& event_id) = 0;
+    // The event at a stream position. Event ids carry their stream position (see the
+    // server's event id format), so no index on event ids is needed.
+    virtual std::optional<EventRecord> event_at(StreamId stream) = 0;
 };
 
 struct SqliteOptions {

@@ -1,0 +1,482 @@
+// mxvoip-load: simulated 1:1 calls (or idle long-polls) against a running homeserver.
+//
+//   mxvoip-load calls --url http://127.0.0.1:8008 --pairs 1000 --seconds 20 --server-pid PID
+//   mxvoip-load idle  --url http://127.0.0.1:8008 --connections 10000 --seconds 30 --server-pid PID
+//
+// calls: each pair has a DM room; per round the caller sends m.call.invite and two
+// m.call.candidates, the callee (on seeing the invite in its /sync) m.call.answer and two
+// candidates, the caller (on seeing the answer) m.call.select_answer and m.call.hangup; the
+// next round starts when the callee has seen the hangup. Every event goes through PUT /send
+// and is received by the other side's long-polling /sync. Latency is PUT start -> the event
+// returned by the other side's /sync.
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+    std::string host = "127.0.0.1";
+    std::string port = "8008";
+    int pairs = 1;
+    int connections = 0;
+    double seconds = 10;
+    int server_pid = 0;
+    std::string prefix;
+};
+
+// One keep-alive HTTP/1.1 connection.
+class Conn {
+public:
+    explicit Conn(asio::any_io_executor ex) : stream_(ex) {}
+
+    asio::awaitable<void> connect(const Options& o) {
+        tcp::resolver resolver(stream_.get_executor());
+        auto results = co_await resolver.async_resolve(o.host, o.port, asio::use_awaitable);
+        co_await stream_.async_connect(results, asio::use_awaitable);
+        stream_.socket().set_option(tcp::no_delay(true));
+    }
+
+    // Sends one request and returns (status, body). Arguments are named objects of the
+    // caller: GCC 12 mishandles temporaries inside co_await expressions.
+    asio::awaitable<std::pair<unsigned, std::string>> request(http::verb method, const std::string& target,
+                                                              const std::string& body, const std::string& token) {
+        http::request<http::string_body> req{method, target, 11};
+        req.set(http::field::host, "localhost");
+        if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
+        if (method != http::verb::get) {
+            req.set(http::field::content_type, "application/json");
+            req.body() = body;
+        }
+        req.prepare_payload();
+        co_await http::async_write(stream_, req, asio::use_awaitable);
+        http::response_parser<http::string_body> parser;
+        parser.body_limit(64 * 1024 * 1024);
+        co_await http::async_read(stream_, buffer_, parser, asio::use_awaitable);
+        auto res = parser.release();
+        co_return std::pair<unsigned, std::string>{res.result_int(), std::move(res.body())};
+    }
+
+private:
+    beast::tcp_stream stream_;
+    beast::flat_buffer buffer_;
+};
+
+struct Stats {
+    std::vector<double> latency_us;
+    std::uint64_t delivered = 0;
+    std::uint64_t sent = 0;
+    std::uint64_t errors = 0;
+    bool measuring = false;
+    bool stopping = false;
+    struct InFlight {
+        Clock::time_point started;  // PUT start
+        const void* sender;         // the User that sent it
+        std::string type;
+    };
+    std::unordered_map<std::uint64_t, InFlight> in_flight;  // by bench_seq
+    std::uint64_t next_seq = 1;
+};
+
+struct User {
+    std::string user_id;
+    std::string token;
+    std::string since;
+    std::unique_ptr<Conn> send_conn;
+    std::unique_ptr<Conn> sync_conn;
+    int txn = 0;
+};
+
+struct Pair {
+    User caller;
+    User callee;
+    std::string room_id;
+    int round = 0;
+    // Raised by a sync loop when the expected event arrives; the other side's driver waits.
+    std::unique_ptr<asio::steady_timer> caller_wake;
+    std::unique_ptr<asio::steady_timer> callee_wake;
+    std::set<std::string> caller_saw;  // m.call.* types received in the current round
+    std::set<std::string> callee_saw;
+};
+
+std::string enc(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += static_cast<char>(c);
+        else {
+            char buf[4];
+            std::snprintf(buf, sizeof buf, "%%%02X", c);
+            out += buf;
+        }
+    }
+    return out;
+}
+
+asio::awaitable<void> register_user(User& u, const Options& o, const std::string& name) {
+    auto ex = co_await asio::this_coro::executor;
+    u.send_conn = std::make_unique<Conn>(ex);
+    u.sync_conn = std::make_unique<Conn>(ex);
+    co_await u.send_conn->connect(o);
+    co_await u.sync_conn->connect(o);
+    std::string body = json::serialize(json::object{
+        {"username", name}, {"password", "bench-password"}, {"auth", {{"type", "m.login.dummy"}}}});
+    std::string target = "/_matrix/client/v3/register";
+    std::string none;
+    auto [status, text] = co_await u.send_conn->request(http::verb::post, target, body, none);
+    if (status != 200) throw std::runtime_error("register " + name + ": " + std::to_string(status) + " " + text);
+    auto v = json::parse(text).as_object();
+    u.user_id = json::value_to<std::string>(v["user_id"]);
+    u.token = json::value_to<std::string>(v["access_token"]);
+}
+
+asio::awaitable<void> initial_sync(User& u) {
+    std::string target = "/_matrix/client/v3/sync?timeout=0";
+    std::string none;
+    auto [status, text] = co_await u.sync_conn->request(http::verb::get, target, none, u.token);
+    if (status != 200) throw std::runtime_error("sync: " + text);
+    u.since = json::value_to<std::string>(json::parse(text).as_object()["next_batch"]);
+}
+
+asio::awaitable<void> setup_pair(Pair& p, const Options& o, int index) {
+    auto ex = co_await asio::this_coro::executor;
+    std::string caller_name = o.prefix + "caller" + std::to_string(index);
+    std::string callee_name = o.prefix + "callee" + std::to_string(index);
+    co_await register_user(p.caller, o, caller_name);
+    co_await register_user(p.callee, o, callee_name);
+    std::string body = json::serialize(json::object{
+        {"preset", "trusted_private_chat"}, {"is_direct", true}, {"invite", json::array{json::string(p.callee.user_id)}}});
+    std::string target = "/_matrix/client/v3/createRoom";
+    auto [status, text] = co_await p.caller.send_conn->request(http::verb::post, target, body, p.caller.token);
+    if (status != 200) throw std::runtime_error("createRoom: " + text);
+    p.room_id = json::value_to<std::string>(json::parse(text).as_object()["room_id"]);
+    std::string join_target = "/_matrix/client/v3/join/" + enc(p.room_id);
+    std::string empty = "{}";
+    auto [js, jt] = co_await p.callee.send_conn->request(http::verb::post, join_target, empty, p.callee.token);
+    if (js != 200) throw std::runtime_error("join: " + jt);
+    co_await initial_sync(p.caller);
+    co_await initial_sync(p.callee);
+    p.caller_wake = std::make_unique<asio::steady_timer>(ex, Clock::time_point::max());
+    p.callee_wake = std::make_unique<asio::steady_timer>(ex, Clock::time_point::max());
+}
+
+asio::awaitable<void> send_call_event(User& u, const std::string& room, const std::string& type, json::object& content,
+                                      Stats& stats) {
+    std::uint64_t seq = stats.next_seq++;
+    content["bench_seq"] = seq;
+    std::string target = "/_matrix/client/v3/rooms/" + enc(room) + "/send/" + type + "/b" + std::to_string(++u.txn);
+    std::string body = json::serialize(content);
+    stats.in_flight[seq] = Stats::InFlight{Clock::now(), &u, type};
+    auto [status, text] = co_await u.send_conn->request(http::verb::put, target, body, u.token);
+    if (status != 200) {
+        stats.errors++;
+        stats.in_flight.erase(seq);
+        std::cerr << "send " << type << ": " << status << " " << text << "\n";
+    } else {
+        stats.sent++;
+    }
+}
+
+// Pulls a JSON string value that follows `key` (e.g. "\"next_batch\":\"").
+std::string string_after(const std::string& text, std::string_view key) {
+    auto at = text.find(key);
+    if (at == std::string::npos) return {};
+    at += key.size();
+    return text.substr(at, text.find('"', at) - at);
+}
+
+// Long-polls /sync for one user and records every benchmark event from the other side. The
+// response is scanned for "bench_seq" rather than parsed whole: the load generator shares the
+// machine's two cores with the server and must stay cheap. Who sent each sequence number and
+// its type are known locally.
+asio::awaitable<void> sync_loop(User& u, std::set<std::string>& saw, asio::steady_timer& wake, Stats& stats) {
+    static constexpr std::string_view kSeq = "\"bench_seq\":";
+    while (!stats.stopping) {
+        std::string target = "/_matrix/client/v3/sync?timeout=30000&since=" + u.since;
+        std::string none;
+        auto [status, text] = co_await u.sync_conn->request(http::verb::get, target, none, u.token);
+        auto received = Clock::now();
+        if (status != 200) {
+            stats.errors++;
+            continue;
+        }
+        u.since = string_after(text, "\"next_batch\":\"");
+        bool woke = false;
+        for (auto at = text.find(kSeq); at != std::string::npos; at = text.find(kSeq, at + 1)) {
+            std::uint64_t seq = std::strtoull(text.c_str() + at + kSeq.size(), nullptr, 10);
+            auto it = stats.in_flight.find(seq);
+            if (it == stats.in_flight.end() || it->second.sender == &u) continue;  // our own echo
+            if (stats.measuring) {
+                stats.delivered++;
+                stats.latency_us.push_back(std::chrono::duration<double, std::micro>(received - it->second.started).count());
+            }
+            saw.insert(it->second.type);
+            stats.in_flight.erase(it);
+            woke = true;
+        }
+        if (woke) wake.cancel();
+    }
+}
+
+asio::awaitable<void> wait_for(std::set<std::string>& saw, const std::string& type, asio::steady_timer& wake) {
+    while (!saw.count(type)) {
+        wake.expires_at(Clock::time_point::max());
+        boost::system::error_code ec;
+        co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+}
+
+// One pair's call rounds, both sides: each side sends only once it has received what a real
+// client would be reacting to.
+asio::awaitable<void> pair_loop(Pair& p, Stats& stats) {
+    std::string invite_t = "m.call.invite", cand_t = "m.call.candidates", answer_t = "m.call.answer",
+                select_t = "m.call.select_answer", hangup_t = "m.call.hangup";
+    while (!stats.stopping) {
+        std::string call_id = "call" + std::to_string(++p.round);
+        json::object caller_base{{"call_id", call_id}, {"party_id", "CALLER"}, {"version", "1"}};
+        json::object callee_base{{"call_id", call_id}, {"party_id", "CALLEE"}, {"version", "1"}};
+        json::object invite = caller_base;
+        invite["lifetime"] = 60000;
+        invite["offer"] = {{"type", "offer"}, {"sdp", std::string(900, 'o')}};
+        invite["invitee"] = p.callee.user_id;
+        co_await send_call_event(p.caller, p.room_id, invite_t, invite, stats);
+        for (int i = 0; i < 2; ++i) {
+            json::object cand = caller_base;
+            cand["candidates"] = json::array{json::object{{"candidate", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"}, {"sdpMid", "0"}}};
+            co_await send_call_event(p.caller, p.room_id, cand_t, cand, stats);
+        }
+        co_await wait_for(p.callee_saw, invite_t, *p.callee_wake);
+        json::object answer = callee_base;
+        answer["answer"] = {{"type", "answer"}, {"sdp", std::string(900, 'a')}};
+        co_await send_call_event(p.callee, p.room_id, answer_t, answer, stats);
+        for (int i = 0; i < 2; ++i) {
+            json::object cand = callee_base;
+            cand["candidates"] = json::array{json::object{{"candidate", "candidate:2 1 udp 2130706431 127.0.0.1 6000 typ host"}, {"sdpMid", "0"}}};
+            co_await send_call_event(p.callee, p.room_id, cand_t, cand, stats);
+        }
+        co_await wait_for(p.caller_saw, answer_t, *p.caller_wake);
+        json::object select = caller_base;
+        select["selected_party_id"] = "CALLEE";
+        co_await send_call_event(p.caller, p.room_id, select_t, select, stats);
+        json::object hangup = caller_base;
+        hangup["reason"] = "user_hangup";
+        co_await send_call_event(p.caller, p.room_id, hangup_t, hangup, stats);
+        co_await wait_for(p.callee_saw, hangup_t, *p.callee_wake);
+        p.callee_saw.clear();
+        p.caller_saw.clear();
+    }
+}
+
+std::pair<long, long> server_rss_kib(int pid) {
+    if (pid <= 0) return {0, 0};
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    long rss = 0, hwm = 0;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) rss = std::stol(line.substr(6));
+        if (line.rfind("VmHWM:", 0) == 0) hwm = std::stol(line.substr(6));
+    }
+    return {rss, hwm};
+}
+
+double percentile(std::vector<double>& v, double p) {
+    if (v.empty()) return 0;
+    std::size_t k = static_cast<std::size_t>(p / 100.0 * static_cast<double>(v.size() - 1));
+    std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
+    return v[k];
+}
+
+void raise_fd_limit() {
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+}
+
+int run_calls(const Options& o) {
+    asio::io_context ioc(1);
+    Stats stats;
+    std::vector<std::unique_ptr<Pair>> pairs;
+    for (int i = 0; i < o.pairs; ++i) pairs.push_back(std::make_unique<Pair>());
+    std::exception_ptr failure;
+    auto main = [&]() -> asio::awaitable<void> {
+        auto t0 = Clock::now();
+        // Set up in batches of 50 pairs at a time.
+        for (int i = 0; i < o.pairs; i += 50) {
+            int done = 0;
+            int batch = std::min(50, o.pairs - i);
+            auto ex = co_await asio::this_coro::executor;
+            asio::steady_timer all(ex, Clock::time_point::max());
+            for (int j = 0; j < batch; ++j) {
+                asio::co_spawn(ex, setup_pair(*pairs[i + j], o, i + j), [&](std::exception_ptr e) {
+                    if (e) failure = e;
+                    if (++done == batch) all.cancel();
+                });
+            }
+            boost::system::error_code ec;
+            co_await all.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (failure) std::rethrow_exception(failure);
+        }
+        std::cerr << "set up " << o.pairs << " pairs in "
+                  << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
+        auto ex = co_await asio::this_coro::executor;
+        for (auto& p : pairs) {
+            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats), asio::detached);
+            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats), asio::detached);
+            asio::co_spawn(ex, pair_loop(*p, stats), asio::detached);
+        }
+        // One second of warm-up, then the measured window.
+        asio::steady_timer t(ex, std::chrono::seconds(1));
+        co_await t.async_wait(asio::use_awaitable);
+        stats.measuring = true;
+        auto start = Clock::now();
+        long peak_rss = 0;
+        for (double elapsed = 0; elapsed < o.seconds; elapsed = std::chrono::duration<double>(Clock::now() - start).count()) {
+            t.expires_after(std::chrono::milliseconds(250));
+            co_await t.async_wait(asio::use_awaitable);
+            peak_rss = std::max(peak_rss, server_rss_kib(o.server_pid).first);
+        }
+        stats.measuring = false;
+        double secs = std::chrono::duration<double>(Clock::now() - start).count();
+        auto [rss, hwm] = server_rss_kib(o.server_pid);
+        auto& v = stats.latency_us;
+        double p50 = percentile(v, 50), p99 = percentile(v, 99), pmax = v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+        std::printf("pairs=%d seconds=%.1f delivered=%llu events_per_s=%.0f latency_ms_p50=%.3f p99=%.3f max=%.3f "
+                    "errors=%llu server_rss_mib=%.1f server_rss_peak_mib=%.1f\n",
+                    o.pairs, secs, static_cast<unsigned long long>(stats.delivered),
+                    static_cast<double>(stats.delivered) / secs, p50 / 1000, p99 / 1000, pmax / 1000,
+                    static_cast<unsigned long long>(stats.errors), static_cast<double>(rss) / 1024,
+                    static_cast<double>(std::max(peak_rss, hwm)) / 1024);
+        std::fflush(stdout);
+        stats.stopping = true;
+        ioc.stop();
+    };
+    asio::co_spawn(ioc, main(), [&](std::exception_ptr e) {
+        if (e) {
+            failure = e;
+            ioc.stop();
+        }
+    });
+    ioc.run();
+    if (failure) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+            std::cerr << "mxvoip-load: " << e.what() << "\n";
+        }
+        return 1;
+    }
+    return stats.errors ? 1 : 0;
+}
+
+// One connection parked in /sync for as long as the run lasts.
+asio::awaitable<void> idle_connection(User& u, const Options& o, long& connected) {
+    Conn c(co_await asio::this_coro::executor);
+    co_await c.connect(o);
+    ++connected;
+    std::string target = "/_matrix/client/v3/sync?timeout=300000&since=" + u.since;
+    std::string none;
+    for (;;) co_await c.request(http::verb::get, target, none, u.token);
+}
+
+int run_idle(const Options& o) {
+    asio::io_context ioc(1);
+    std::exception_ptr failure;
+    std::vector<std::unique_ptr<User>> users;
+    long connected = 0;
+    auto main = [&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // 100 users share the connections; each connection long-polls as one of them.
+        int nusers = std::max(1, std::min(100, o.connections));
+        for (int i = 0; i < nusers; ++i) {
+            users.push_back(std::make_unique<User>());
+            co_await register_user(*users.back(), o, o.prefix + "idle" + std::to_string(i));
+            co_await initial_sync(*users.back());
+        }
+        auto before = server_rss_kib(o.server_pid).first;
+        for (int i = 0; i < o.connections; ++i) {
+            asio::co_spawn(ex, idle_connection(*users[static_cast<std::size_t>(i % nusers)], o, connected),
+                           [&](std::exception_ptr e) {
+                               if (e && !failure) failure = e;
+                           });
+        }
+        asio::steady_timer t(ex);
+        auto start = Clock::now();
+        while (connected < o.connections && Clock::now() - start < std::chrono::seconds(60)) {
+            t.expires_after(std::chrono::milliseconds(100));
+            co_await t.async_wait(asio::use_awaitable);
+        }
+        t.expires_after(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.seconds)));
+        co_await t.async_wait(asio::use_awaitable);
+        auto [rss, hwm] = server_rss_kib(o.server_pid);
+        std::printf("idle_connections=%ld server_rss_before_mib=%.1f server_rss_mib=%.1f server_rss_peak_mib=%.1f "
+                    "per_connection_kib=%.1f failures=%s\n",
+                    connected, static_cast<double>(before) / 1024, static_cast<double>(rss) / 1024,
+                    static_cast<double>(hwm) / 1024,
+                    connected ? static_cast<double>(rss - before) / static_cast<double>(connected) : 0.0,
+                    failure ? "yes" : "no");
+        std::fflush(stdout);
+        ioc.stop();
+    };
+    asio::co_spawn(ioc, main(), [&](std::exception_ptr e) {
+        if (e) failure = e;
+        ioc.stop();
+    });
+    ioc.run();
+    if (failure) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+            std::cerr << "mxvoip-load: " << e.what() << "\n";
+        }
+        return 1;
+    }
+    return connected == o.connections ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"mxvoip-load: simulated Matrix calls against a running homeserver"};
+    Options o;
+    std::string url = "http://127.0.0.1:8008";
+    app.add_option("--url", url, "Homeserver base URL (http only)");
+    app.add_option("--seconds", o.seconds, "Measured duration");
+    app.add_option("--server-pid", o.server_pid, "Server process id, for its RSS");
+    app.add_option("--prefix", o.prefix, "Prefix for the user names (to reuse a server)");
+    auto* calls = app.add_subcommand("calls", "N concurrent 1:1 calls, repeated");
+    calls->add_option("--pairs", o.pairs, "Concurrent caller/callee pairs");
+    auto* idle = app.add_subcommand("idle", "M idle long-polling /sync connections");
+    idle->add_option("--connections", o.connections, "Connections to hold")->required();
+    app.require_subcommand(1);
+    CLI11_PARSE(app, argc, argv);
+    auto rest = url.substr(url.find("://") + 3);
+    auto colon = rest.rfind(':');
+    o.host = rest.substr(0, colon);
+    o.port = colon == std::string::npos ? "80" : rest.substr(colon + 1);
+    while (!o.port.empty() && o.port.back() == '/') o.port.pop_back();
+    if (o.prefix.empty()) o.prefix = "b" + std::to_string(::getpid()) + "_";
+    raise_fd_limit();
+    return calls->parsed() ? run_calls(o) : run_idle(o);
+}
