@@ -89,6 +89,13 @@ int main(int argc, char** argv) {
                      "database ./mxvoip.db, open registration)");
     else
         spdlog::info("configuration from {}: server_name {}", config.source, config.server_name);
+    for (const auto& w : config.warnings) spdlog::warn("{}", w);
+    if (config.turn.configured())
+        spdlog::info("TURN: {} URI(s), {} credentials, lifetime {} s{}", config.turn.uris.size(),
+                     config.turn.shared_secret.empty() ? "static" : "shared-secret", config.turn.user_lifetime_s,
+                     config.turn.allow_guests ? "" : ", not for guests");
+    else
+        spdlog::info("TURN: not configured; /voip/turnServer answers {{}}");
     try {
         mxvoip::server::Server server(config);
         server.start();

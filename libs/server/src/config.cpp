@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "mxvoip/server/turn.hpp"
+
 #include <charconv>
 #include <fstream>
 #include <functional>
@@ -139,6 +141,9 @@ Config parse_config(const std::string& text, const std::string& source) {
     }
     Config c;
     c.source = source;
+    bool inline_secret = false;
+    YAML::Node secret_path_node;
+    bool secret_path = false;
     if (root.IsNull()) {
         finish(c);
         return c;
@@ -200,6 +205,47 @@ Config parse_config(const std::string& text, const std::string& source) {
                  c.password_hash_cost != "min")
                  r.fail(n, k, "must be interactive, moderate or min");
          }},
+        {"turn_uris", [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsSequence()) r.fail(n, k, "must be a list of turn: or turns: URIs");
+             for (auto item : n) {
+                 std::string uri = r.str(item, k);
+                 if (auto problem = turn_uri_problem(uri)) r.fail(item, k, "'" + uri + "' " + *problem);
+                 c.turn.uris.push_back(uri);
+             }
+         }},
+        {"turn_shared_secret", [&](const YAML::Node& n, const std::string& k) {
+             inline_secret = true;
+             c.turn.shared_secret = r.str(n, k);
+             if (c.turn.shared_secret.empty()) r.fail(n, k, "must not be empty");
+         }},
+        {"turn_shared_secret_path", [&](const YAML::Node& n, const std::string& k) {
+             secret_path_node = n;
+             secret_path = true;
+             std::string path = r.str(n, k);
+             std::ifstream in(path);
+             if (!in) r.fail(n, k, "cannot read '" + path + "'");
+             std::stringstream text;
+             text << in.rdbuf();
+             std::string s = text.str();
+             // A trailing newline would silently become part of the secret: coturn's would not match.
+             auto first = s.find_first_not_of(" \t\r\n");
+             auto last = s.find_last_not_of(" \t\r\n");
+             if (first == std::string::npos) r.fail(n, k, "'" + path + "' is empty");
+             c.turn.shared_secret = s.substr(first, last - first + 1);
+         }},
+        {"turn_username", [&](const YAML::Node& n, const std::string& k) { c.turn.username = r.str(n, k); }},
+        {"turn_password", [&](const YAML::Node& n, const std::string& k) { c.turn.password = r.str(n, k); }},
+        {"turn_user_lifetime", [&](const YAML::Node& n, const std::string& k) {
+             auto d = parse_duration(r.str(n, k));
+             if (!d.error.empty()) r.fail(n, k, d.error);
+             c.turn.user_lifetime_s = d.seconds;
+             if (d.seconds < 600)
+                 c.warnings.push_back(source + ":" + std::to_string(n.Mark().line + 1) + ": turn_user_lifetime " +
+                                      n.Scalar() + " is under 10 minutes: matrix-js-sdk refetches credentials only "
+                                      "when fewer than 10 minutes remain, so calls may start with expired ones");
+         }},
+        {"turn_allow_guests", [&](const YAML::Node& n, const std::string& k) { c.turn.allow_guests = r.boolean(n, k); }},
+        {"rc_turn", [&](const YAML::Node& n, const std::string& k) { c.rc_turn = r.rate(n, k); }},
         {"worker_threads", [&](const YAML::Node& n, const std::string& k) {
              c.worker_threads = static_cast<unsigned>(r.integer(n, k, 0, 256));
          }},
@@ -210,6 +256,19 @@ Config parse_config(const std::string& text, const std::string& source) {
         if (handler == keys.end()) r.fail(it.first, key, "unknown key");
         handler->second(it.second, key);
     }
+    if (inline_secret && secret_path)
+        r.fail(secret_path_node, "turn_shared_secret_path", "set either turn_shared_secret or turn_shared_secret_path, not both");
+    const auto& t = c.turn;
+    bool has_static = !t.username.empty() || !t.password.empty();
+    if (has_static && (t.username.empty() || t.password.empty()))
+        throw ConfigError(source + ": turn_username and turn_password go together");
+    if (has_static && !t.shared_secret.empty())
+        throw ConfigError(source + ": set either turn_shared_secret(_path) or turn_username/turn_password, not both");
+    if (!t.uris.empty() && t.shared_secret.empty() && !has_static)
+        throw ConfigError(source + ": turn_uris is set but there are no credentials: add turn_shared_secret (the "
+                                   "static-auth-secret of coturn's use-auth-secret) or turn_username/turn_password");
+    if (t.uris.empty() && (!t.shared_secret.empty() || has_static))
+        throw ConfigError(source + ": TURN credentials are set but turn_uris is empty: clients would get no servers");
     finish(c);
     return c;
 }

@@ -153,7 +153,11 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       hash_cost_(parse_hash_cost(config.password_hash_cost)),
       rc_message_(config.rc_message),
       rc_login_(config.rc_login),
-      rc_registration_(config.rc_registration) {
+      rc_registration_(config.rc_registration),
+      rc_turn_(config.rc_turn) {
+    json::array uris;
+    for (const auto& u : config.turn.uris) uris.push_back(json::string(u));
+    turn_uris_json_ = json::serialize(uris);
     load();
 }
 

@@ -173,6 +173,7 @@ public:
     asio::awaitable<Response> get_profile_field(Request&);
     asio::awaitable<Response> put_profile_field(Request&);
     asio::awaitable<Response> send_to_device(Request&);
+    asio::awaitable<Response> turn_server(Request&);
 
     // Used by `mxvoip-server user add`: creates an account directly in the store.
     static void add_user_offline(store::Store& store, const Config& config, const std::string& user_id,
@@ -259,6 +260,8 @@ private:
     RateLimiter rc_message_;
     RateLimiter rc_login_;
     RateLimiter rc_registration_;
+    RateLimiter rc_turn_;
+    std::string turn_uris_json_;  // the configured URIs, serialised once
 
     mutable std::mutex mu_;
     StreamId next_stream_ = 1;

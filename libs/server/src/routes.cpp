@@ -96,6 +96,10 @@ std::vector<Route> make_routes() {
     add(verb::get, cs, "/profile/*/*", false, &H::get_profile_field);
     add(verb::put, cs, "/profile/*/*", true, &H::put_profile_field);
     add(verb::put, cs, "/sendToDevice/*/*", true, &H::send_to_device);
+    // Every path clients have used for TURN credentials, back to the first spec (api/v1).
+    add(verb::get, {"/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable", "/_matrix/client/api/v1"},
+        "/voip/turnServer", true, &H::turn_server);
+    add(verb::get, {"/_matrix/client/api/v1"}, "/turnServer", true, &H::turn_server);
     return routes;
 }
 

@@ -29,6 +29,19 @@ struct DatabaseConfig {
     std::string synchronous = "full";  // "full" or "normal"; see store::SqliteOptions
 };
 
+// TURN for /voip/turnServer. Either a shared secret (coturn `use-auth-secret`) or a static
+// username and password; neither means the endpoint answers {} as Synapse does.
+struct TurnConfig {
+    std::vector<std::string> uris;
+    std::string shared_secret;  // never logged
+    std::string username;
+    std::string password;       // never logged
+    std::int64_t user_lifetime_s = 3600;
+    bool allow_guests = true;
+
+    bool configured() const { return !uris.empty(); }
+};
+
 // Key names follow Synapse's homeserver.yaml where Synapse has the key.
 struct Config {
     std::string server_name = "localhost";
@@ -47,6 +60,10 @@ struct Config {
     // (for load tests only).
     std::string password_hash_cost = "interactive";
     unsigned worker_threads = 0;  // 0: one per core
+    TurnConfig turn;
+    RateLimit rc_turn{1, 10};  // per user
+    // Accepted but worth saying at start-up (e.g. a TURN lifetime under 10 minutes).
+    std::vector<std::string> warnings;
     // True when no file was given and the development defaults above are in force.
     bool development_defaults = false;
     // Where the file was read from, for messages.
