@@ -5,7 +5,6 @@
 
 #include "homeserver.hpp"
 #include "json_out.hpp"
-#include "mxvoip/proto/base64.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
@@ -44,22 +43,21 @@ json::object default_power_levels(const std::string& creator) {
     };
 }
 
-// "s<stream>": the position just after event <stream>.
+}  // namespace
+
+std::string make_token(StreamId s) { return "s" + std::to_string(s); }
+
 StreamId parse_token(const std::string& token) {
-    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid pagination token");
+    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
     try {
         std::size_t used = 0;
         long long v = std::stoll(token.substr(1), &used);
         if (used != token.size() - 1 || v < 0) throw std::invalid_argument("token");
         return v;
     } catch (const std::exception&) {
-        throw MatrixError(400, errcode::invalid_param, "Invalid pagination token");
+        throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
     }
 }
-
-}  // namespace
-
-std::string make_token(StreamId s) { return "s" + std::to_string(s); }
 
 asio::awaitable<Response> Homeserver::create_room(Request& req) {
     const Session& s = *req.session;
@@ -137,30 +135,7 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
             if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
             if (const auto* creation = proto::opt_object(body, "creation_content"))
                 for (const auto& kv : *creation) create[kv.key()] = kv.value();
-            // m.room.create precedes power levels, so its auth is the "room creation" rule.
-            {
-                auto e = std::make_shared<Event>();
-                NewEvent ev{"m.room.create", "", std::move(create)};
-                room.power.users[s.user_id] = 100;
-                std::string content = json::serialize(ev.content);
-                e->stream = next_stream_++;
-                e->event_id = new_event_id(e->stream);
-                e->room_id = room_id;
-                e->type = ev.type;
-                e->state_key = "";
-                e->sender = s.user_id;
-                e->ts = now_ms();
-                e->json = "{\"content\":" + content + ",\"event_id\":" + quoted(e->event_id) +
-                          ",\"origin_server_ts\":" + std::to_string(e->ts) + ",\"room_id\":" + quoted(room_id) +
-                          ",\"sender\":" + quoted(s.user_id) + ",\"state_key\":\"\",\"type\":\"m.room.create\"}";
-                e->content_len = content.size();
-                EventPtr ptr = e;
-                apply_event_locked(room, ptr);
-                add_to_timeline_locked(room, ptr);
-                w.mutations.push_back(store::PutEvent{{ptr->stream, ptr->event_id, room_id, ptr->type, ptr->state_key,
-                                                       ptr->sender, ptr->ts, ptr->json, {}, {}}});
-                w.max_stream = ptr->stream;
-            }
+            append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {}, {}, true);
             json::object join{{"membership", "join"}};
             if (!me.record.displayname.empty()) join["displayname"] = me.record.displayname;
             if (!me.record.avatar_url.empty()) join["avatar_url"] = me.record.avatar_url;

@@ -12,8 +12,6 @@ namespace mxvoip::server {
 using proto::MatrixError;
 namespace errcode = proto::errcode;
 
-std::string make_token(StreamId s);
-
 namespace {
 
 constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
@@ -22,19 +20,6 @@ constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
 // its PUT responses; answering each echo at once costs a response and a new request per event,
 // which under call load is two of the five HTTP exchanges an event causes.
 constexpr auto kEchoCoalesce = std::chrono::milliseconds(100);
-
-StreamId parse_since(const std::string& token) {
-    // Tokens are "s<stream>"; anything else is a client bug worth a clear error.
-    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid since token");
-    try {
-        std::size_t used = 0;
-        long long v = std::stoll(token.substr(1), &used);
-        if (used != token.size() - 1 || v < 0) throw std::invalid_argument("since");
-        return v;
-    } catch (const std::exception&) {
-        throw MatrixError(400, errcode::invalid_param, "Invalid since token");
-    }
-}
 
 // Separator helper for hand-built JSON arrays and objects.
 struct Comma {
@@ -311,7 +296,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
 asio::awaitable<Response> Homeserver::sync(Request& req) {
     const Session s = *req.session;
     StreamId since = 0;
-    if (const auto* t = req.query_param("since"); t && !t->empty()) since = parse_since(*t);
+    if (const auto* t = req.query_param("since"); t && !t->empty()) since = parse_token(*t);
     std::int64_t timeout = 0;
     if (const auto* t = req.query_param("timeout")) {
         try {

@@ -110,6 +110,11 @@ struct User {
 std::string new_event_id(StreamId stream);
 std::optional<StreamId> event_id_stream(std::string_view event_id);
 
+// Stream tokens ("s<stream>", the position just after that event) for since, next_batch,
+// prev_batch and /messages. A malformed token is M_INVALID_PARAM.
+std::string make_token(StreamId s);
+StreamId parse_token(const std::string& token);
+
 // A /sync parked until something relevant is committed or its timeout passes.
 struct Waiter {
     explicit Waiter(asio::any_io_executor ex) : timer(ex) {}
@@ -213,10 +218,12 @@ private:
     asio::awaitable<void> commit(PendingWrite&& write);  // takes the lock to submit
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
 
-    // Checks auth rules, assigns the next stream id and applies the event to the model.
-    // Caller holds mu_ and appends the returned mutation to its PendingWrite.
+    // Checks auth rules, assigns the next stream id, applies the event to the model and adds
+    // its mutation to `w`. Caller holds mu_. `creating` is createRoom's m.room.create, the one
+    // event no auth rule admits.
     EventPtr append_event_locked(Room& room, const std::string& sender, NewEvent ev, PendingWrite& w,
-                                 const std::string& txn_device_key = {}, const std::string& txn_id = {});
+                                 const std::string& txn_device_key = {}, const std::string& txn_id = {},
+                                 bool creating = false);
     void check_auth_locked(const Room& room, const std::string& sender, const NewEvent& ev) const;
     void apply_event_locked(Room& room, const EventPtr& ev);
     void add_to_timeline_locked(Room& room, const EventPtr& ev);
