@@ -202,12 +202,8 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
         const auto* auth = proto::opt_object(body, "auth");
         if (!auth) {
             // Interactive auth, first round: tell the client which flow completes it.
-            std::string session;
-            {
-                std::lock_guard lock(mu_);
-                session = random_letters(24);
-                ++registration_sessions_;
-            }
+            // Any m.login.dummy completes the flow, so the session needs no server-side state.
+            std::string session = random_letters(24);
             co_return json_response(json::object{{"flows", json::array{json::object{
                                                               {"stages", json::array{"m.login.dummy"}}}}},
                                                  {"params", json::object{}},
@@ -483,7 +479,13 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
                 w.wake.push_back(user);
             }
         }
-        to_device_txns_[txn_key] = now_ms();
+        std::int64_t now = now_ms();
+        to_device_txns_.insert(txn_key);
+        to_device_txn_order_.emplace_back(now, txn_key);
+        while (to_device_txn_order_.front().first < now - 24 * 3600 * 1000) {
+            to_device_txns_.erase(to_device_txn_order_.front().second);
+            to_device_txn_order_.pop_front();
+        }
         ticket = submit_locked(std::move(w));
     }
     co_await commit_wait(ticket);

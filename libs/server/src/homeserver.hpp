@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "http_types.hpp"
@@ -278,9 +279,10 @@ private:
     std::unordered_map<std::string, Room> rooms_;
     std::unordered_map<std::string, TxnEntry> txns_;
     std::deque<std::pair<std::int64_t, std::string>> txn_order_;
-    std::unordered_map<std::string, std::int64_t> to_device_txns_;
+    // sendToDevice transactions of the last 24 hours, oldest first in the deque.
+    std::unordered_set<std::string> to_device_txns_;
+    std::deque<std::pair<std::int64_t, std::string>> to_device_txn_order_;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
-    std::uint64_t registration_sessions_ = 0;
     std::uint64_t next_guest_ = 0;
     bool shutting_down_ = false;
 };
