@@ -1,0 +1,225 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "mxvoip/proto/call_events.hpp"
+
+namespace mxvoip::call {
+
+namespace json = boost::json;
+
+// Milliseconds on the driver's monotonic clock. Time is an input: nothing here reads a clock.
+using Ms = std::int64_t;
+
+enum class CallState {
+    preparing,    // outgoing: waiting for the local offer
+    invite_sent,  // outgoing: waiting for an answer
+    ringing,      // incoming: waiting for the user
+    answering,    // incoming: the user answered; waiting for the local answer
+    connecting,   // signalling done; waiting for ICE
+    connected,    // media flows
+    ended,
+};
+const char* to_string(CallState s);
+
+enum class Direction { outgoing, incoming };
+enum class IceState { checking, connected, disconnected, failed };
+
+// ---- Inputs ------------------------------------------------------------------------------
+
+// The user places a call. The driver chooses the call id (random, per VOIP-NOTES.md).
+struct PlaceCall {
+    std::string call_id;
+    std::string room_id;
+    std::string invitee;  // the one other member of the room
+};
+struct AnswerCall {
+    std::string call_id;
+};
+struct RejectCall {
+    std::string call_id;
+};
+struct HangUpCall {
+    std::string call_id;
+};
+// One room event from /sync. `age_ms` is unsigned.age as the server reported it.
+struct RoomEvent {
+    std::string room_id;
+    std::string sender;
+    std::string type;
+    json::value content;
+    Ms age_ms = 0;
+};
+// A whole /sync batch: processed together, so that an invite already answered, rejected or
+// hung up in the same batch never rings.
+struct SyncBatch {
+    std::vector<RoomEvent> events;
+};
+// What the driver knows of a room: its join rule and joined members. A call's opponent
+// leaving the room ends the call.
+struct RoomChanged {
+    std::string room_id;
+    bool is_public = false;
+    std::set<std::string> joined;
+};
+// The media layer produced a description (after create_offer / create_answer).
+struct LocalDescription {
+    std::string call_id;
+    std::string type;  // "offer" or "answer"
+    std::string sdp;
+};
+struct LocalCandidate {
+    std::string call_id;
+    proto::Candidate candidate;
+};
+struct GatheringDone {
+    std::string call_id;
+};
+struct IceStateChanged {
+    std::string call_id;
+    IceState state;
+};
+struct TimerFired {
+    std::uint64_t timer_id;
+};
+
+using Input = std::variant<PlaceCall, AnswerCall, RejectCall, HangUpCall, SyncBatch, RoomChanged, LocalDescription,
+                           LocalCandidate, GatheringDone, IceStateChanged, TimerFired>;
+
+// ---- Actions -----------------------------------------------------------------------------
+
+struct SendEvent {
+    std::string room_id;
+    std::string call_id;
+    std::string type;
+    json::object content;
+};
+enum class MediaOp {
+    create_offer,            // start local media and produce an offer (LocalDescription)
+    create_answer,           // set `sdp` as the remote offer, produce an answer
+    set_remote_description,  // the remote answer in `sdp`
+    add_remote_candidate,    // `candidate`
+    transfer_media,          // glare: hand the media of `from_call_id` to this call
+    close,                   // stop media for this call
+};
+struct MediaCommand {
+    std::string call_id;
+    MediaOp op;
+    std::string sdp;
+    proto::Candidate candidate;
+    std::string from_call_id;
+};
+struct StartTimer {
+    std::uint64_t timer_id;
+    Ms at;
+};
+struct CancelTimer {
+    std::uint64_t timer_id;
+};
+// How a call ended, for people: a spec hangup reason, or one of "rejected",
+// "answered_elsewhere", "rejected_elsewhere", "replaced" (glare), "opponent_left".
+struct StateChanged {
+    std::string call_id;
+    CallState state;
+    std::string end_reason;  // set when state == ended
+    bool ended_by_remote = false;
+};
+// An input that does not fit the current state, with the reason: for the driver's log.
+struct Dropped {
+    std::string call_id;
+    std::string why;
+};
+
+using Action = std::variant<SendEvent, MediaCommand, StartTimer, CancelTimer, StateChanged, Dropped>;
+
+// All calls of one client (user id, party id): routes events by call_id and party_id,
+// resolves glare, and never does I/O, sleeps or throws. Feed inputs, carry out the actions.
+class CallManager {
+public:
+    struct Options {
+        std::string user_id;
+        std::string party_id;        // chosen once per client session (the device id)
+        Ms invite_lifetime = 90000;  // VOIP-NOTES.md recommends at least 90 s
+        Ms min_ring_left = 3000;     // an invite with less left than this does not ring
+        Ms first_candidate_batch = 2000;  // after the invite (matrix-js-sdk's timing)
+        Ms candidate_batch = 500;         // after the answer
+    };
+    explicit CallManager(Options options);
+
+    std::vector<Action> handle(const Input& input, Ms now);
+
+    std::optional<CallState> state(const std::string& call_id) const;
+    std::optional<Direction> direction(const std::string& call_id) const;
+    // The party chosen as the other end (after select_answer / on answering).
+    std::optional<std::string> opponent_party(const std::string& call_id) const;
+    const Options& options() const { return opt_; }
+
+private:
+    struct Call {
+        std::string id;
+        std::string room_id;
+        Direction dir = Direction::outgoing;
+        CallState state = CallState::preparing;
+        std::string opponent_user;
+        std::string opponent_party;  // empty until chosen
+        proto::CallVersion remote_version = proto::CallVersion::v1;
+        std::string remote_offer;      // incoming: the invite's SDP
+        std::uint64_t lifetime_timer = 0;
+        std::uint64_t batch_timer = 0;
+        bool signalled = false;        // our invite / answer is out: candidates may follow
+        bool media_started = false;
+        bool media_flowed = false;
+        std::vector<proto::Candidate> pending_local;
+        std::map<std::string, std::vector<proto::Candidate>> remote_by_party;  // before a party is chosen
+    };
+    enum class TimerKind { lifetime, candidates };
+
+    using Out = std::vector<Action>;
+    void place(const PlaceCall& in, Ms now, Out& out);
+    void answer(const std::string& call_id, Ms now, Out& out);
+    void reject(const std::string& call_id, Out& out);
+    void hang_up(const std::string& call_id, Out& out);
+    void batch(const SyncBatch& in, Ms now, Out& out);
+    void room_changed(const RoomChanged& in, Out& out);
+    void local_description(const LocalDescription& in, Ms now, Out& out);
+    void local_candidate(const LocalCandidate& in, Ms now, Out& out);
+    void gathering_done(const GatheringDone& in, Out& out);
+    void ice(const IceStateChanged& in, Out& out);
+    void timer(const TimerFired& in, Out& out);
+
+    void on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out);
+    void on_answer(const RoomEvent& ev, const proto::CallAnswer& answer, Out& out);
+    void on_candidates(const RoomEvent& ev, const proto::CallCandidates& c, Out& out);
+    void on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out);
+    void on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out);
+    void on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out);
+
+    Call* find(const std::string& call_id);
+    const Call* find(const std::string& call_id) const;
+    json::object base_content(const Call& c) const;
+    void send(const Call& c, std::string type, json::object content, Out& out);
+    std::uint64_t start_timer(const Call& c, TimerKind kind, Ms at, Out& out);
+    void cancel_timer(std::uint64_t& id, Out& out);
+    void set_state(Call& c, CallState s, Out& out);
+    void end(Call& c, const std::string& reason, bool by_remote, Out& out);
+    void flush_candidates(Call& c, Out& out);
+    void arm_candidate_batch(Call& c, Ms now, Out& out);
+    void choose_opponent(Call& c, const std::string& party, Out& out);
+    bool is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const;
+
+    Options opt_;
+    std::map<std::string, Call> calls_;
+    std::map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
+    std::uint64_t next_timer_ = 1;
+    std::map<std::string, RoomChanged> rooms_;
+    // Candidates that arrived before the invite of their call, by call then party.
+    std::map<std::string, std::map<std::string, std::vector<proto::Candidate>>> early_candidates_;
+};
+
+}  // namespace mxvoip::call

@@ -1,0 +1,588 @@
+#include "mxvoip/call/call_manager.hpp"
+
+#include <algorithm>
+
+namespace mxvoip::call {
+
+namespace {
+
+constexpr std::size_t kMaxEarlyCalls = 256;  // calls whose candidates wait for their invite
+
+bool active(CallState s) { return s != CallState::ended; }
+
+}  // namespace
+
+const char* to_string(CallState s) {
+    switch (s) {
+        case CallState::preparing: return "preparing";
+        case CallState::invite_sent: return "invite_sent";
+        case CallState::ringing: return "ringing";
+        case CallState::answering: return "answering";
+        case CallState::connecting: return "connecting";
+        case CallState::connected: return "connected";
+        case CallState::ended: return "ended";
+    }
+    return "?";
+}
+
+CallManager::CallManager(Options options) : opt_(std::move(options)) {}
+
+std::vector<Action> CallManager::handle(const Input& input, Ms now) {
+    Out out;
+    std::visit(
+        [&](const auto& in) {
+            using T = std::decay_t<decltype(in)>;
+            if constexpr (std::is_same_v<T, PlaceCall>) place(in, now, out);
+            else if constexpr (std::is_same_v<T, AnswerCall>) answer(in.call_id, now, out);
+            else if constexpr (std::is_same_v<T, RejectCall>) reject(in.call_id, out);
+            else if constexpr (std::is_same_v<T, HangUpCall>) hang_up(in.call_id, out);
+            else if constexpr (std::is_same_v<T, SyncBatch>) batch(in, now, out);
+            else if constexpr (std::is_same_v<T, RoomChanged>) room_changed(in, out);
+            else if constexpr (std::is_same_v<T, LocalDescription>) local_description(in, now, out);
+            else if constexpr (std::is_same_v<T, LocalCandidate>) local_candidate(in, now, out);
+            else if constexpr (std::is_same_v<T, GatheringDone>) gathering_done(in, out);
+            else if constexpr (std::is_same_v<T, IceStateChanged>) ice(in, out);
+            else if constexpr (std::is_same_v<T, TimerFired>) timer(in, out);
+        },
+        input);
+    return out;
+}
+
+std::optional<CallState> CallManager::state(const std::string& call_id) const {
+    const Call* c = find(call_id);
+    return c ? std::optional(c->state) : std::nullopt;
+}
+
+std::optional<Direction> CallManager::direction(const std::string& call_id) const {
+    const Call* c = find(call_id);
+    return c ? std::optional(c->dir) : std::nullopt;
+}
+
+std::optional<std::string> CallManager::opponent_party(const std::string& call_id) const {
+    const Call* c = find(call_id);
+    if (!c || c->opponent_party.empty()) return std::nullopt;
+    return c->opponent_party;
+}
+
+CallManager::Call* CallManager::find(const std::string& call_id) {
+    auto it = calls_.find(call_id);
+    return it == calls_.end() ? nullptr : &it->second;
+}
+
+const CallManager::Call* CallManager::find(const std::string& call_id) const {
+    auto it = calls_.find(call_id);
+    return it == calls_.end() ? nullptr : &it->second;
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+json::object CallManager::base_content(const Call& c) const {
+    return json::object{{"call_id", c.id}, {"party_id", opt_.party_id}, {"version", "1"}};
+}
+
+void CallManager::send(const Call& c, std::string type, json::object content, Out& out) {
+    out.push_back(SendEvent{c.room_id, c.id, std::move(type), std::move(content)});
+}
+
+std::uint64_t CallManager::start_timer(const Call& c, TimerKind kind, Ms at, Out& out) {
+    std::uint64_t id = next_timer_++;
+    timers_[id] = {c.id, kind};
+    out.push_back(StartTimer{id, at});
+    return id;
+}
+
+void CallManager::cancel_timer(std::uint64_t& id, Out& out) {
+    if (!id) return;
+    timers_.erase(id);
+    out.push_back(CancelTimer{id});
+    id = 0;
+}
+
+void CallManager::set_state(Call& c, CallState s, Out& out) {
+    if (c.state == s) return;
+    c.state = s;
+    out.push_back(StateChanged{c.id, s, {}, false});
+}
+
+void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& out) {
+    if (!active(c.state)) return;
+    cancel_timer(c.lifetime_timer, out);
+    cancel_timer(c.batch_timer, out);
+    c.pending_local.clear();
+    c.remote_by_party.clear();
+    if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
+    c.state = CallState::ended;
+    out.push_back(StateChanged{c.id, CallState::ended, reason, by_remote});
+}
+
+void CallManager::flush_candidates(Call& c, Out& out) {
+    cancel_timer(c.batch_timer, out);
+    if (c.pending_local.empty() || !c.signalled || !active(c.state)) return;
+    json::object content = base_content(c);
+    json::array list;
+    for (const auto& cand : c.pending_local) {
+        json::object o{{"candidate", cand.candidate}};
+        if (cand.sdp_mid) o["sdpMid"] = *cand.sdp_mid;
+        if (cand.sdp_mline_index) o["sdpMLineIndex"] = *cand.sdp_mline_index;
+        list.push_back(std::move(o));
+    }
+    content["candidates"] = std::move(list);
+    c.pending_local.clear();
+    send(c, "m.call.candidates", std::move(content), out);
+}
+
+// Candidates go out in batches: the first ~2 s after the invite, then every ~500 ms; the
+// end-of-candidates marker flushes at once.
+void CallManager::arm_candidate_batch(Call& c, Ms now, Out& out) {
+    if (!c.signalled || c.pending_local.empty()) return;
+    if (c.pending_local.back().candidate.empty()) {
+        flush_candidates(c, out);
+        return;
+    }
+    if (c.batch_timer) return;
+    Ms delay = c.dir == Direction::outgoing && c.opponent_party.empty() ? opt_.first_candidate_batch : opt_.candidate_batch;
+    c.batch_timer = start_timer(c, TimerKind::candidates, now + delay, out);
+}
+
+void CallManager::choose_opponent(Call& c, const std::string& party, Out& out) {
+    c.opponent_party = party;
+    auto it = c.remote_by_party.find(party);
+    if (it != c.remote_by_party.end() && c.media_started) {
+        for (auto& cand : it->second) out.push_back(MediaCommand{c.id, MediaOp::add_remote_candidate, {}, cand, {}});
+        c.remote_by_party.erase(it);
+    }
+    // Candidates of the parties not chosen are of no use.
+    std::erase_if(c.remote_by_party, [&](const auto& kv) { return kv.first != party; });
+}
+
+bool CallManager::is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const {
+    return ev.sender == c.opponent_user && party == c.opponent_party;
+}
+
+// ---- user inputs -------------------------------------------------------------------------
+
+void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
+    if (find(in.call_id)) {
+        out.push_back(Dropped{in.call_id, "a call with this id exists already"});
+        return;
+    }
+    // Calling someone who is calling us is answering them.
+    for (auto& [id, c] : calls_) {
+        if (c.room_id == in.room_id && c.dir == Direction::incoming && c.state == CallState::ringing) {
+            out.push_back(Dropped{in.call_id, "answering the ringing call " + id + " in the same room instead"});
+            answer(id, now, out);
+            return;
+        }
+    }
+    Call c;
+    c.id = in.call_id;
+    c.room_id = in.room_id;
+    c.dir = Direction::outgoing;
+    c.opponent_user = in.invitee;
+    c.state = CallState::preparing;
+    c.media_started = true;
+    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
+    out.push_back(StateChanged{call.id, CallState::preparing, {}, false});
+    out.push_back(MediaCommand{call.id, MediaOp::create_offer, {}, {}, {}});
+}
+
+void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
+    Call* c = find(call_id);
+    if (!c || c->state != CallState::ringing) {
+        out.push_back(Dropped{call_id, "answer: the call is not ringing"});
+        return;
+    }
+    cancel_timer(c->lifetime_timer, out);
+    c->media_started = true;
+    set_state(*c, CallState::answering, out);
+    out.push_back(MediaCommand{c->id, MediaOp::create_answer, c->remote_offer, {}, {}});
+    choose_opponent(*c, c->opponent_party, out);
+}
+
+void CallManager::reject(const std::string& call_id, Out& out) {
+    Call* c = find(call_id);
+    if (!c || c->state != CallState::ringing) {
+        out.push_back(Dropped{call_id, "reject: the call is not ringing"});
+        return;
+    }
+    if (c->remote_version == proto::CallVersion::v1) {
+        send(*c, "m.call.reject", base_content(*c), out);
+    } else {
+        // Version 0 has no reject: a hangup declines the call.
+        json::object content = base_content(*c);
+        content["reason"] = "user_hangup";
+        send(*c, "m.call.hangup", std::move(content), out);
+    }
+    end(*c, "rejected", false, out);
+}
+
+void CallManager::hang_up(const std::string& call_id, Out& out) {
+    Call* c = find(call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{call_id, "hang up: no such active call"});
+        return;
+    }
+    if (c->state == CallState::ringing) {
+        reject(call_id, out);
+        return;
+    }
+    if (c->signalled) {
+        json::object content = base_content(*c);
+        content["reason"] = "user_hangup";
+        flush_candidates(*c, out);
+        send(*c, "m.call.hangup", std::move(content), out);
+    }
+    end(*c, "user_hangup", false, out);
+}
+
+// ---- media inputs ------------------------------------------------------------------------
+
+void CallManager::local_description(const LocalDescription& in, Ms now, Out& out) {
+    Call* c = find(in.call_id);
+    if (c && c->dir == Direction::outgoing && c->state == CallState::preparing && in.type == "offer") {
+        json::object content = base_content(*c);
+        content["offer"] = {{"type", "offer"}, {"sdp", in.sdp}};
+        content["lifetime"] = opt_.invite_lifetime;
+        if (!c->opponent_user.empty()) content["invitee"] = c->opponent_user;
+        send(*c, "m.call.invite", std::move(content), out);
+        c->signalled = true;
+        c->lifetime_timer = start_timer(*c, TimerKind::lifetime, now + opt_.invite_lifetime, out);
+        set_state(*c, CallState::invite_sent, out);
+        arm_candidate_batch(*c, now, out);
+        return;
+    }
+    if (c && c->dir == Direction::incoming && c->state == CallState::answering && in.type == "answer") {
+        json::object content = base_content(*c);
+        content["answer"] = {{"type", "answer"}, {"sdp", in.sdp}};
+        send(*c, "m.call.answer", std::move(content), out);
+        c->signalled = true;
+        set_state(*c, CallState::connecting, out);
+        arm_candidate_batch(*c, now, out);
+        return;
+    }
+    out.push_back(Dropped{in.call_id, "local " + in.type + " does not fit the call's state"});
+}
+
+void CallManager::local_candidate(const LocalCandidate& in, Ms now, Out& out) {
+    Call* c = find(in.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{in.call_id, "local candidate for no active call"});
+        return;
+    }
+    c->pending_local.push_back(in.candidate);
+    arm_candidate_batch(*c, now, out);
+}
+
+void CallManager::gathering_done(const GatheringDone& in, Out& out) {
+    Call* c = find(in.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{in.call_id, "gathering done for no active call"});
+        return;
+    }
+    proto::Candidate marker;
+    c->pending_local.push_back(marker);
+    if (c->signalled) flush_candidates(*c, out);
+}
+
+void CallManager::ice(const IceStateChanged& in, Out& out) {
+    Call* c = find(in.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{in.call_id, "ICE state for no active call"});
+        return;
+    }
+    if (in.state == IceState::connected) {
+        c->media_flowed = true;
+        if (c->state == CallState::connecting) set_state(*c, CallState::connected, out);
+    } else if (in.state == IceState::failed && (c->state == CallState::connecting || c->state == CallState::connected)) {
+        // ice_failed if media never flowed, ice_timeout if it flowed and then stopped.
+        std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
+        json::object content = base_content(*c);
+        content["reason"] = reason;
+        send(*c, "m.call.hangup", std::move(content), out);
+        end(*c, reason, false, out);
+    }
+}
+
+void CallManager::timer(const TimerFired& in, Out& out) {
+    auto it = timers_.find(in.timer_id);
+    if (it == timers_.end()) return;  // cancelled, or not ours
+    auto [call_id, kind] = it->second;
+    timers_.erase(it);
+    Call* c = find(call_id);
+    if (!c || !active(c->state)) return;
+    if (kind == TimerKind::candidates) {
+        c->batch_timer = 0;
+        flush_candidates(*c, out);
+        return;
+    }
+    c->lifetime_timer = 0;
+    if (c->state == CallState::invite_sent) {
+        json::object content = base_content(*c);
+        content["reason"] = "invite_timeout";
+        send(*c, "m.call.hangup", std::move(content), out);
+        end(*c, "invite_timeout", false, out);
+    } else if (c->state == CallState::ringing) {
+        end(*c, "invite_timeout", true, out);  // the invite expired unanswered: nothing to send
+    }
+}
+
+void CallManager::room_changed(const RoomChanged& in, Out& out) {
+    rooms_[in.room_id] = in;
+    for (auto& [id, c] : calls_) {
+        if (c.room_id != in.room_id || !active(c.state) || c.opponent_user.empty()) continue;
+        // The other party leaving the room is a hangup.
+        if (!in.joined.count(c.opponent_user) && c.state != CallState::preparing && c.state != CallState::invite_sent)
+            end(c, "user_hangup", true, out);
+    }
+}
+
+// ---- room events -------------------------------------------------------------------------
+
+void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
+    struct Item {
+        const RoomEvent* ev;
+        proto::CallEvent call;
+    };
+    std::vector<Item> items;
+    std::set<std::string> settled;  // calls answered, rejected or hung up within this batch
+    for (const auto& ev : in.events) {
+        if (ev.type.rfind("m.call.", 0) != 0) continue;
+        auto parsed = proto::parse_call_event(ev.type, ev.content);
+        if (!parsed.ok()) {
+            const json::object* o = ev.content.if_object();
+            const json::value* id = o ? o->if_contains("call_id") : nullptr;
+            out.push_back(Dropped{id && id->is_string() ? std::string(id->get_string()) : std::string(),
+                                  "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
+            continue;
+        }
+        const auto& common = std::visit([](const auto& e) -> const proto::CallCommon& { return e; }, parsed.value());
+        // Our own events come back through /sync: recognised by our party id.
+        if (ev.sender == opt_.user_id && common.party_id == opt_.party_id) continue;
+        if (std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
+            std::holds_alternative<proto::CallReject>(parsed.value()) ||
+            std::holds_alternative<proto::CallHangup>(parsed.value()))
+            settled.insert(common.call_id);
+        items.push_back({&ev, std::move(parsed.value())});
+    }
+    for (const auto& item : items) {
+        const RoomEvent& ev = *item.ev;
+        std::visit(
+            [&](const auto& e) {
+                using T = std::decay_t<decltype(e)>;
+                if constexpr (std::is_same_v<T, proto::CallInvite>) {
+                    if (settled.count(e.call_id) && !find(e.call_id))
+                        out.push_back(Dropped{e.call_id, "invite already answered, rejected or hung up in the same batch"});
+                    else
+                        on_invite(ev, e, now, out);
+                } else if constexpr (std::is_same_v<T, proto::CallAnswer>) {
+                    on_answer(ev, e, out);
+                } else if constexpr (std::is_same_v<T, proto::CallCandidates>) {
+                    on_candidates(ev, e, out);
+                } else if constexpr (std::is_same_v<T, proto::CallSelectAnswer>) {
+                    on_select_answer(ev, e, out);
+                } else if constexpr (std::is_same_v<T, proto::CallReject>) {
+                    on_reject(ev, e, out);
+                } else if constexpr (std::is_same_v<T, proto::CallHangup>) {
+                    on_hangup(ev, e, out);
+                } else {
+                    out.push_back(Dropped{e.call_id, ev.type + " is not handled yet"});
+                }
+            },
+            item.call);
+    }
+}
+
+void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out) {
+    if (invite.invitee && *invite.invitee != opt_.user_id) {
+        out.push_back(Dropped{invite.call_id, "invite is for " + *invite.invitee});
+        return;
+    }
+    if (ev.sender == opt_.user_id) {
+        out.push_back(Dropped{invite.call_id, "a call placed by another of our devices"});
+        return;
+    }
+    if (auto room = rooms_.find(ev.room_id); room != rooms_.end() && room->second.is_public) {
+        out.push_back(Dropped{invite.call_id, "invites in public rooms are ignored"});
+        return;
+    }
+    if (find(invite.call_id)) {
+        out.push_back(Dropped{invite.call_id, "duplicate invite"});
+        return;
+    }
+    Ms left = invite.lifetime - ev.age_ms;
+    if (left < opt_.min_ring_left) {
+        out.push_back(Dropped{invite.call_id, "invite expired (" + std::to_string(ev.age_ms) + " ms old, lifetime " +
+                                                  std::to_string(invite.lifetime) + " ms)"});
+        return;
+    }
+    // Glare: our own call to the same room.
+    Call* ours = nullptr;
+    for (auto& [id, c] : calls_)
+        if (c.room_id == ev.room_id && c.dir == Direction::outgoing &&
+            (c.state == CallState::preparing || c.state == CallState::invite_sent))
+            ours = &c;
+    bool auto_answer = false;
+    std::string media_from;
+    if (ours) {
+        if (ours->state == CallState::preparing || invite.call_id < ours->id) {
+            // Theirs lives: drop ours (hanging it up if it is out) and answer theirs with our media.
+            if (ours->signalled) {
+                json::object content = base_content(*ours);
+                content["reason"] = "user_hangup";
+                send(*ours, "m.call.hangup", std::move(content), out);
+            }
+            ours->media_started = false;  // its media moves to the surviving call
+            end(*ours, "replaced", false, out);
+            auto_answer = true;
+            media_from = ours->id;
+        } else {
+            out.push_back(Dropped{invite.call_id, "glare: our call " + ours->id + " has the lesser id and lives"});
+            return;
+        }
+    }
+    Call c;
+    c.id = invite.call_id;
+    c.room_id = ev.room_id;
+    c.dir = Direction::incoming;
+    c.opponent_user = ev.sender;
+    c.opponent_party = invite.party_id;
+    c.remote_version = invite.version;
+    c.remote_offer = invite.offer.sdp;
+    c.state = CallState::ringing;
+    if (auto early = early_candidates_.find(c.id); early != early_candidates_.end()) {
+        c.remote_by_party = std::move(early->second);
+        early_candidates_.erase(early);
+    }
+    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
+    out.push_back(StateChanged{call.id, CallState::ringing, {}, false});
+    call.lifetime_timer = start_timer(call, TimerKind::lifetime, now + left, out);
+    if (auto_answer) {
+        out.push_back(MediaCommand{call.id, MediaOp::transfer_media, {}, {}, media_from});
+        answer(call.id, now, out);
+    }
+}
+
+void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out& out) {
+    Call* c = find(a.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{a.call_id, "answer for no active call"});
+        return;
+    }
+    if (c->dir == Direction::incoming) {
+        // Another of our devices answered the call ringing here.
+        if (ev.sender == opt_.user_id && c->state == CallState::ringing) end(*c, "answered_elsewhere", true, out);
+        else out.push_back(Dropped{a.call_id, "answer seen on the answering side"});
+        return;
+    }
+    if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
+        out.push_back(Dropped{a.call_id, "answer from " + ev.sender + ", the call is for " + c->opponent_user});
+        return;
+    }
+    if (c->state != CallState::invite_sent) {
+        out.push_back(Dropped{a.call_id, "already answered by party " + c->opponent_party});
+        return;
+    }
+    cancel_timer(c->lifetime_timer, out);
+    c->remote_version = a.version;
+    json::object content = base_content(*c);
+    content["selected_party_id"] = a.party_id;
+    send(*c, "m.call.select_answer", std::move(content), out);
+    out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, a.answer.sdp, {}, {}});
+    choose_opponent(*c, a.party_id, out);
+    set_state(*c, CallState::connecting, out);
+}
+
+void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Out& out) {
+    Call* c = find(cands.call_id);
+    if (!c) {
+        // Candidates may overtake their invite: keep them for a while.
+        if (ev.sender != opt_.user_id && (early_candidates_.count(cands.call_id) || early_candidates_.size() < kMaxEarlyCalls)) {
+            auto& list = early_candidates_[cands.call_id][cands.party_id];
+            list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
+        }
+        return;
+    }
+    if (!active(c->state)) return;
+    if (ev.sender != c->opponent_user) {
+        out.push_back(Dropped{cands.call_id, "candidates from " + ev.sender + ", who is not in this call"});
+        return;
+    }
+    if (!c->opponent_party.empty() && cands.party_id != c->opponent_party) {
+        out.push_back(Dropped{cands.call_id, "candidates from party " + cands.party_id + ", which was not chosen"});
+        return;
+    }
+    bool apply_now = !c->opponent_party.empty() && c->media_started &&
+                     (c->dir == Direction::incoming ? c->state != CallState::ringing : c->state != CallState::invite_sent);
+    if (!apply_now) {
+        auto& list = c->remote_by_party[cands.party_id];
+        list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
+        return;
+    }
+    for (const auto& cand : cands.candidates)
+        out.push_back(MediaCommand{c->id, MediaOp::add_remote_candidate, {}, cand, {}});
+}
+
+void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out) {
+    Call* c = find(s.call_id);
+    if (!c || !active(c->state) || c->dir != Direction::incoming) {
+        out.push_back(Dropped{s.call_id, "select_answer for no active incoming call"});
+        return;
+    }
+    if (!is_opponent(*c, ev, s.party_id)) {
+        out.push_back(Dropped{s.call_id, "select_answer from someone other than the caller"});
+        return;
+    }
+    if (s.selected_party_id == opt_.party_id) return;  // we are the chosen one
+    // Another device answered first: stop, and send nothing.
+    end(*c, "answered_elsewhere", true, out);
+}
+
+void CallManager::on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out) {
+    Call* c = find(r.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{r.call_id, "reject for no active call"});
+        return;
+    }
+    if (c->dir == Direction::incoming) {
+        if (ev.sender == opt_.user_id && c->state == CallState::ringing) end(*c, "rejected_elsewhere", true, out);
+        else out.push_back(Dropped{r.call_id, "reject seen on the rejecting side"});
+        return;
+    }
+    if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
+        out.push_back(Dropped{r.call_id, "reject from " + ev.sender + ", the call is for " + c->opponent_user});
+        return;
+    }
+    if (c->state != CallState::invite_sent) {
+        out.push_back(Dropped{r.call_id, "reject after an answer was chosen"});
+        return;
+    }
+    // The caller selects a reject like an answer, so the callee's other devices stop ringing.
+    json::object content = base_content(*c);
+    content["selected_party_id"] = r.party_id;
+    send(*c, "m.call.select_answer", std::move(content), out);
+    end(*c, "rejected", true, out);
+}
+
+void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out) {
+    Call* c = find(h.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{h.call_id, "hangup for no active call"});
+        return;
+    }
+    if (!c->opponent_party.empty()) {
+        if (!is_opponent(*c, ev, h.party_id)) {
+            out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
+            return;
+        }
+        end(*c, h.effective_reason(), true, out);
+        return;
+    }
+    // Outgoing, not answered yet: a version 0 callee declines with a hangup.
+    if (ev.sender == c->opponent_user && h.version == proto::CallVersion::v0) {
+        end(*c, "rejected", true, out);
+        return;
+    }
+    out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
+}
+
+}  // namespace mxvoip::call
