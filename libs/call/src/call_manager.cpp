@@ -421,6 +421,26 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
         if (c.room_id == ev.room_id && c.dir == Direction::outgoing &&
             (c.state == CallState::preparing || c.state == CallState::invite_sent))
             ours = &c;
+    // Already in a call in this room: answer busy instead of ringing.
+    for (auto& [id, c] : calls_) {
+        if (c.room_id == ev.room_id && active(c.state) && c.state != CallState::preparing &&
+            c.state != CallState::invite_sent && c.state != CallState::ringing) {
+            Call busy;
+            busy.id = invite.call_id;
+            busy.room_id = ev.room_id;
+            busy.dir = Direction::incoming;
+            busy.opponent_user = ev.sender;
+            busy.opponent_party = invite.party_id;
+            busy.state = CallState::ringing;
+            Call& b = calls_.emplace(busy.id, std::move(busy)).first->second;
+            json::object content = base_content(b);
+            content["reason"] = "user_busy";
+            send(b, "m.call.hangup", std::move(content), out);
+            b.state = CallState::ended;
+            out.push_back(StateChanged{b.id, CallState::ended, "user_busy", false});
+            return;
+        }
+    }
     bool auto_answer = false;
     std::string media_from;
     if (ours) {
@@ -577,9 +597,14 @@ void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out
         end(*c, h.effective_reason(), true, out);
         return;
     }
-    // Outgoing, not answered yet: a version 0 callee declines with a hangup.
+    // Outgoing, not answered yet: a version 0 callee declines with a hangup, and a busy
+    // callee says so with one.
     if (ev.sender == c->opponent_user && h.version == proto::CallVersion::v0) {
         end(*c, "rejected", true, out);
+        return;
+    }
+    if (ev.sender == c->opponent_user && h.effective_reason() == "user_busy") {
+        end(*c, "user_busy", true, out);
         return;
     }
     out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
