@@ -76,6 +76,19 @@ const CallManager::Call* CallManager::find(const std::string& call_id) const {
 
 // ---- helpers -----------------------------------------------------------------------------
 
+CallManager::Call& CallManager::add_call(Call c) {
+    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
+    if (active(call.state)) active_by_room_[call.room_id].insert(call.id);
+    return call;
+}
+
+std::vector<CallManager::Call*> CallManager::active_in_room(const std::string& room_id) {
+    std::vector<Call*> out;
+    if (auto it = active_by_room_.find(room_id); it != active_by_room_.end())
+        for (const auto& id : it->second) out.push_back(find(id));
+    return out;
+}
+
 json::object CallManager::base_content(const Call& c) const {
     return json::object{{"call_id", c.id}, {"party_id", opt_.party_id}, {"version", "1"}};
 }
@@ -112,6 +125,10 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     c.remote_by_party.clear();
     if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
     c.state = CallState::ended;
+    if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end()) {
+        it->second.erase(c.id);
+        if (it->second.empty()) active_by_room_.erase(it);
+    }
     out.push_back(StateChanged{c.id, CallState::ended, reason, by_remote});
 }
 
@@ -167,10 +184,10 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
         return;
     }
     // Calling someone who is calling us is answering them.
-    for (auto& [id, c] : calls_) {
-        if (c.room_id == in.room_id && c.dir == Direction::incoming && c.state == CallState::ringing) {
-            out.push_back(Dropped{in.call_id, "answering the ringing call " + id + " in the same room instead"});
-            answer(id, now, out);
+    for (Call* c : active_in_room(in.room_id)) {
+        if (c->dir == Direction::incoming && c->state == CallState::ringing) {
+            out.push_back(Dropped{in.call_id, "answering the ringing call " + c->id + " in the same room instead"});
+            answer(c->id, now, out);
             return;
         }
     }
@@ -181,7 +198,7 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
     c.opponent_user = in.invitee;
     c.state = CallState::preparing;
     c.media_started = true;
-    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
+    Call& call = add_call(std::move(c));
     out.push_back(StateChanged{call.id, CallState::preparing, {}, false});
     out.push_back(MediaCommand{call.id, MediaOp::create_offer, {}, {}, {}});
 }
@@ -328,11 +345,11 @@ void CallManager::timer(const TimerFired& in, Out& out) {
 
 void CallManager::room_changed(const RoomChanged& in, Out& out) {
     rooms_[in.room_id] = in;
-    for (auto& [id, c] : calls_) {
-        if (c.room_id != in.room_id || !active(c.state) || c.opponent_user.empty()) continue;
+    for (Call* c : active_in_room(in.room_id)) {
         // The other party leaving the room is a hangup.
-        if (!in.joined.count(c.opponent_user) && c.state != CallState::preparing && c.state != CallState::invite_sent)
-            end(c, "user_hangup", true, out);
+        if (!c->opponent_user.empty() && !in.joined.count(c->opponent_user) && c->state != CallState::preparing &&
+            c->state != CallState::invite_sent)
+            end(*c, "user_hangup", true, out);
     }
 }
 
@@ -417,26 +434,24 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     }
     // Glare: our own call to the same room.
     Call* ours = nullptr;
-    for (auto& [id, c] : calls_)
-        if (c.room_id == ev.room_id && c.dir == Direction::outgoing &&
-            (c.state == CallState::preparing || c.state == CallState::invite_sent))
-            ours = &c;
+    auto in_room = active_in_room(ev.room_id);
+    for (Call* c : in_room)
+        if (c->dir == Direction::outgoing && (c->state == CallState::preparing || c->state == CallState::invite_sent))
+            ours = c;
     // Already in a call in this room: answer busy instead of ringing.
-    for (auto& [id, c] : calls_) {
-        if (c.room_id == ev.room_id && active(c.state) && c.state != CallState::preparing &&
-            c.state != CallState::invite_sent && c.state != CallState::ringing) {
+    for (Call* c : in_room) {
+        if (c->state != CallState::preparing && c->state != CallState::invite_sent && c->state != CallState::ringing) {
             Call busy;
             busy.id = invite.call_id;
             busy.room_id = ev.room_id;
             busy.dir = Direction::incoming;
             busy.opponent_user = ev.sender;
             busy.opponent_party = invite.party_id;
-            busy.state = CallState::ringing;
-            Call& b = calls_.emplace(busy.id, std::move(busy)).first->second;
+            busy.state = CallState::ended;
+            Call& b = add_call(std::move(busy));
             json::object content = base_content(b);
             content["reason"] = "user_busy";
             send(b, "m.call.hangup", std::move(content), out);
-            b.state = CallState::ended;
             out.push_back(StateChanged{b.id, CallState::ended, "user_busy", false});
             return;
         }
@@ -473,7 +488,7 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
         c.remote_by_party = std::move(early->second);
         early_candidates_.erase(early);
     }
-    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
+    Call& call = add_call(std::move(c));
     out.push_back(StateChanged{call.id, CallState::ringing, {}, false});
     call.lifetime_timer = start_timer(call, TimerKind::lifetime, now + left, out);
     if (auto_answer) {

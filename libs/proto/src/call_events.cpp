@@ -1,7 +1,6 @@
 #include "mxvoip/proto/call_events.hpp"
 
 #include <algorithm>
-#include <deque>
 
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
@@ -24,17 +23,17 @@ const json::object& as_object(const json::value& v, const std::string& path) {
     return v.get_object();
 }
 
-// Takes fields out of `rest` as they are read; what remains is the unknown fields.
+// Reads fields of one object, remembering which were read: the rest are the unknown fields.
+// Points into the parsed value, copies nothing until a field is returned.
 class Fields {
 public:
-    Fields(const json::object& o, std::string path) : rest_(o), path_(std::move(path)) {}
+    Fields(const json::object& o, std::string path) : obj_(o), path_(std::move(path)) {}
 
     const json::value* take(std::string_view key) {
-        auto it = rest_.find(key);
-        if (it == rest_.end()) return nullptr;
-        taken_.emplace_back(key, it->value());
-        rest_.erase(it);
-        return &taken_.back().second;
+        auto it = obj_.find(key);
+        if (it == obj_.end()) return nullptr;
+        taken_.push_back(key);
+        return &it->value();
     }
     std::string req_string(std::string_view key) {
         auto v = opt_string(key);
@@ -77,11 +76,16 @@ public:
         return *v;
     }
     const std::string& path() const { return path_; }
-    json::object rest() const { return rest_; }
+    json::object rest() const {
+        json::object out;
+        for (const auto& kv : obj_)
+            if (std::find(taken_.begin(), taken_.end(), kv.key()) == taken_.end()) out[kv.key()] = kv.value();
+        return out;
+    }
 
 private:
-    json::object rest_;
-    std::deque<std::pair<std::string, json::value>> taken_;  // deque: pointers into it stay valid
+    const json::object& obj_;
+    std::vector<std::string_view> taken_;
     std::string path_;
 };
 

@@ -200,6 +200,8 @@ private:
     void on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out);
     void on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out);
 
+    Call& add_call(Call c);
+    std::vector<Call*> active_in_room(const std::string& room_id);
     Call* find(const std::string& call_id);
     const Call* find(const std::string& call_id) const;
     json::object base_content(const Call& c) const;
@@ -214,7 +216,8 @@ private:
     bool is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const;
 
     Options opt_;
-    std::map<std::string, Call> calls_;
+    std::map<std::string, Call> calls_;  // ended ones too, for state()
+    std::map<std::string, std::set<std::string>> active_by_room_;  // room -> ids of calls not ended
     std::map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
     std::map<std::string, RoomChanged> rooms_;

@@ -1,0 +1,111 @@
+// Google Benchmark: a recorded stream of call events (as /sync delivers them, JSON text) is
+// parsed and fed through a CallManager, one sync batch per event.
+//   build/bench/mxvoip-call-bench --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+#include "mxvoip/call/call_manager.hpp"
+
+using namespace mxvoip::call;
+namespace json = boost::json;
+
+namespace {
+
+const std::string kRoom = "!dm:bench";
+
+// A realistic offer/answer size: Chromium's audio+video SDP is ~3-5 KB.
+std::string sdp(char fill) {
+    std::string s = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+    while (s.size() < 3500) s += std::string("a=candidate-like-line ") + fill + "\r\n";
+    return s;
+}
+
+struct Recorded {
+    std::string sender;
+    std::string type;
+    std::string content;  // JSON text
+};
+
+// One call as bob's client sees it from alice (events from bob's own device are echoes and
+// are recorded too: the manager must skip them).
+std::vector<Recorded> one_call(int n) {
+    std::string id = "call" + std::to_string(n);
+    auto common = [&](const char* party) {
+        return json::object{{"call_id", id}, {"party_id", party}, {"version", "1"}};
+    };
+    std::vector<Recorded> out;
+    json::object invite = common("ALICE");
+    invite["lifetime"] = 90000;
+    invite["invitee"] = "@bob:bench";
+    invite["offer"] = {{"type", "offer"}, {"sdp", sdp('o')}};
+    invite["sdp_stream_metadata"] = {{"stream1", {{"purpose", "m.usermedia"}}}};
+    out.push_back({"@alice:bench", "m.call.invite", json::serialize(invite)});
+    for (int i = 0; i < 2; ++i) {
+        json::object c = common("ALICE");
+        c["candidates"] = json::array{json::object{{"candidate", "candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host"}, {"sdpMid", "0"}},
+                                      json::object{{"candidate", "candidate:2 1 udp 1694498815 198.51.100.1 5001 typ srflx"}, {"sdpMid", "0"}}};
+        out.push_back({"@alice:bench", "m.call.candidates", json::serialize(c)});
+    }
+    json::object answer = common("BOB");
+    answer["answer"] = {{"type", "answer"}, {"sdp", sdp('a')}};
+    out.push_back({"@bob:bench", "m.call.answer", json::serialize(answer)});  // our own echo
+    json::object select = common("ALICE");
+    select["selected_party_id"] = "BOB";
+    out.push_back({"@alice:bench", "m.call.select_answer", json::serialize(select)});
+    json::object hangup = common("ALICE");
+    hangup["reason"] = "user_hangup";
+    out.push_back({"@alice:bench", "m.call.hangup", json::serialize(hangup)});
+    return out;
+}
+
+void BM_ParseAndFeedCallEvents(benchmark::State& state) {
+    std::vector<Recorded> stream;
+    for (int n = 0; n < 1000; ++n)
+        for (auto& r : one_call(n)) stream.push_back(std::move(r));
+    std::size_t bytes = 0;
+    for (const auto& r : stream) bytes += r.content.size();
+    std::int64_t events = 0;
+    for (auto _ : state) {
+        CallManager bob(CallManager::Options{"@bob:bench", "BOB"});
+        Ms now = 0;
+        for (const auto& r : stream) {
+            SyncBatch batch;
+            batch.events.push_back(RoomEvent{kRoom, r.sender, r.type, json::parse(r.content), 0});
+            std::string call_id(batch.events[0].content.at("call_id").as_string());
+            auto actions = bob.handle(Input(std::move(batch)), now += 10);
+            benchmark::DoNotOptimize(actions);
+            // Bob answers each call as it rings, as his client would.
+            if (r.type == "m.call.invite") {
+                auto more = bob.handle(AnswerCall{call_id}, now);
+                benchmark::DoNotOptimize(more);
+            }
+        }
+        events += static_cast<std::int64_t>(stream.size());
+    }
+    state.SetItemsProcessed(events);
+    state.SetBytesProcessed(events / static_cast<std::int64_t>(stream.size()) * static_cast<std::int64_t>(bytes));
+}
+BENCHMARK(BM_ParseAndFeedCallEvents)->Unit(benchmark::kMillisecond);
+
+// The JSON parse alone, for the split in bench/RESULTS.md.
+void BM_JsonParseOnly(benchmark::State& state) {
+    std::vector<Recorded> stream;
+    for (int n = 0; n < 1000; ++n)
+        for (auto& r : one_call(n)) stream.push_back(std::move(r));
+    std::int64_t events = 0;
+    for (auto _ : state) {
+        for (const auto& r : stream) {
+            auto v = json::parse(r.content);
+            benchmark::DoNotOptimize(v);
+        }
+        events += static_cast<std::int64_t>(stream.size());
+    }
+    state.SetItemsProcessed(events);
+}
+BENCHMARK(BM_JsonParseOnly)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
