@@ -314,6 +314,23 @@ void raise_fd_limit() {
     setrlimit(RLIMIT_NOFILE, &lim);
 }
 
+// Runs a run's main coroutine to its end; reports a failure (its own, or one a helper
+// coroutine stored in `failure`) and returns false then.
+bool run_main(asio::io_context& ioc, asio::awaitable<void> main, std::exception_ptr& failure) {
+    asio::co_spawn(ioc, std::move(main), [&](std::exception_ptr e) {
+        if (e) failure = e;
+        ioc.stop();
+    });
+    ioc.run();
+    if (!failure) return true;
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+        std::cerr << "mxvoip-load: " << e.what() << "\n";
+    }
+    return false;
+}
+
 int run_calls(const Options& o) {
     asio::io_context ioc(1);
     Stats stats;
@@ -372,21 +389,7 @@ int run_calls(const Options& o) {
         stats.stopping = true;
         ioc.stop();
     };
-    asio::co_spawn(ioc, main(), [&](std::exception_ptr e) {
-        if (e) {
-            failure = e;
-            ioc.stop();
-        }
-    });
-    ioc.run();
-    if (failure) {
-        try {
-            std::rethrow_exception(failure);
-        } catch (const std::exception& e) {
-            std::cerr << "mxvoip-load: " << e.what() << "\n";
-        }
-        return 1;
-    }
+    if (!run_main(ioc, main(), failure)) return 1;
     return stats.errors ? 1 : 0;
 }
 
@@ -439,19 +442,7 @@ int run_idle(const Options& o) {
         std::fflush(stdout);
         ioc.stop();
     };
-    asio::co_spawn(ioc, main(), [&](std::exception_ptr e) {
-        if (e) failure = e;
-        ioc.stop();
-    });
-    ioc.run();
-    if (failure) {
-        try {
-            std::rethrow_exception(failure);
-        } catch (const std::exception& e) {
-            std::cerr << "mxvoip-load: " << e.what() << "\n";
-        }
-        return 1;
-    }
+    if (!run_main(ioc, main(), failure)) return 1;
     return connected == o.connections ? 0 : 1;
 }
 
