@@ -218,7 +218,9 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
 
 void CallManager::reject(const std::string& call_id, Out& out) {
     Call* c = find(call_id);
-    if (!c || c->state != CallState::ringing) {
+    // Ringing, or answered locally but the answer is not out yet: to the caller both are a decline.
+    bool declinable = c && (c->state == CallState::ringing || (c->state == CallState::answering && !c->signalled));
+    if (!declinable) {
         out.push_back(Dropped{call_id, "reject: the call is not ringing"});
         return;
     }
@@ -239,7 +241,7 @@ void CallManager::hang_up(const std::string& call_id, Out& out) {
         out.push_back(Dropped{call_id, "hang up: no such active call"});
         return;
     }
-    if (c->state == CallState::ringing) {
+    if (c->state == CallState::ringing || (c->state == CallState::answering && !c->signalled)) {
         reject(call_id, out);
         return;
     }

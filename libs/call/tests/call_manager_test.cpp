@@ -411,3 +411,14 @@ TEST(Calls, InvalidEventsAreDroppedWithTheRuleTheyBreak) {
     EXPECT_EQ(d[0].call_id, "c1");
     EXPECT_NE(d[0].why.find("content.offer"), std::string::npos) << d[0].why;
 }
+
+TEST(Calls, HangingUpBeforeOurAnswerIsOutDeclinesTheCall) {
+    Client b(kBob, "PHONE");
+    b.sync({invite("c1", kAlice, "ALICE1")});
+    b.in(AnswerCall{"c1"});
+    auto out = b.in(HangUpCall{"c1"});
+    ASSERT_EQ(sent(out, "m.call.reject").size(), 1u) << "the caller must not ring on until the invite expires";
+    EXPECT_EQ(media(out, MediaOp::close).size(), 1u);
+    // A late local answer goes nowhere.
+    EXPECT_TRUE(sent(b.in(LocalDescription{"c1", "answer", "sdp"})).empty());
+}
