@@ -247,10 +247,21 @@ asio::awaitable<void> wait_for(std::set<std::string>& saw, const std::string& ty
     }
 }
 
+asio::awaitable<void> send_two_candidate_batches(User& u, const std::string& room, const json::object& base,
+                                                 Stats& stats) {
+    std::string type = "m.call.candidates";
+    for (int i = 0; i < 2; ++i) {
+        json::object cand = base;
+        cand["candidates"] = json::array{
+            json::object{{"candidate", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"}, {"sdpMid", "0"}}};
+        co_await send_call_event(u, room, type, cand, stats);
+    }
+}
+
 // One pair's call rounds, both sides: each side sends only once it has received what a real
 // client would be reacting to.
 asio::awaitable<void> pair_loop(Pair& p, Stats& stats) {
-    std::string invite_t = "m.call.invite", cand_t = "m.call.candidates", answer_t = "m.call.answer",
+    std::string invite_t = "m.call.invite", answer_t = "m.call.answer",
                 select_t = "m.call.select_answer", hangup_t = "m.call.hangup";
     while (!stats.stopping) {
         std::string call_id = "call" + std::to_string(++p.round);
@@ -261,20 +272,12 @@ asio::awaitable<void> pair_loop(Pair& p, Stats& stats) {
         invite["offer"] = {{"type", "offer"}, {"sdp", std::string(900, 'o')}};
         invite["invitee"] = p.callee.user_id;
         co_await send_call_event(p.caller, p.room_id, invite_t, invite, stats);
-        for (int i = 0; i < 2; ++i) {
-            json::object cand = caller_base;
-            cand["candidates"] = json::array{json::object{{"candidate", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"}, {"sdpMid", "0"}}};
-            co_await send_call_event(p.caller, p.room_id, cand_t, cand, stats);
-        }
+        co_await send_two_candidate_batches(p.caller, p.room_id, caller_base, stats);
         co_await wait_for(p.callee_saw, invite_t, *p.callee_wake);
         json::object answer = callee_base;
         answer["answer"] = {{"type", "answer"}, {"sdp", std::string(900, 'a')}};
         co_await send_call_event(p.callee, p.room_id, answer_t, answer, stats);
-        for (int i = 0; i < 2; ++i) {
-            json::object cand = callee_base;
-            cand["candidates"] = json::array{json::object{{"candidate", "candidate:2 1 udp 2130706431 127.0.0.1 6000 typ host"}, {"sdpMid", "0"}}};
-            co_await send_call_event(p.callee, p.room_id, cand_t, cand, stats);
-        }
+        co_await send_two_candidate_batches(p.callee, p.room_id, callee_base, stats);
         co_await wait_for(p.caller_saw, answer_t, *p.caller_wake);
         json::object select = caller_base;
         select["selected_party_id"] = "CALLEE";
