@@ -41,8 +41,13 @@ std::vector<Action> CallManager::handle(const Input& input, Ms now) {
             else if constexpr (std::is_same_v<T, LocalDescription>) local_description(in, now, out);
             else if constexpr (std::is_same_v<T, LocalCandidate>) local_candidate(in, now, out);
             else if constexpr (std::is_same_v<T, GatheringDone>) gathering_done(in, out);
-            else if constexpr (std::is_same_v<T, IceStateChanged>) ice(in, out);
+            else if constexpr (std::is_same_v<T, IceStateChanged>) ice(in, now, out);
             else if constexpr (std::is_same_v<T, TimerFired>) timer(in, out);
+            else if constexpr (std::is_same_v<T, NegotiationNeeded>) negotiation_needed(in, out);
+            else if constexpr (std::is_same_v<T, LocalStreams>) local_streams(in, out);
+            else if constexpr (std::is_same_v<T, SetHold>) set_hold(in, out);
+            else if constexpr (std::is_same_v<T, SetScreenshare>) set_screenshare(in, out);
+            else if constexpr (std::is_same_v<T, SetMuted>) set_muted(in, out);
         },
         input);
     return out;
@@ -62,6 +67,14 @@ std::optional<std::string> CallManager::opponent_party(const std::string& call_i
     const Call* c = find(call_id);
     if (!c || c->opponent_party.empty()) return std::nullopt;
     return c->opponent_party;
+}
+
+bool CallManager::use_remote_stream(const std::string& call_id, const std::string& stream_id, bool first_stream) const {
+    const Call* c = find(call_id);
+    if (!c) return false;
+    if (!c->peer_sends_metadata) return first_stream;
+    auto it = c->remote_metadata.find(stream_id);
+    return it != c->remote_metadata.end() && it->second.purpose_known();
 }
 
 CallManager::Call* CallManager::find(const std::string& call_id) {
@@ -117,10 +130,35 @@ void CallManager::set_state(Call& c, CallState s, Out& out) {
     out.push_back(StateChanged{c.id, s, {}, false});
 }
 
+void CallManager::put_local_metadata(const Call& c, json::object& content) const {
+    if (c.local_metadata.empty()) return;
+    json::object m = proto::serialize_stream_metadata(c.local_metadata);
+    content[proto::kMetadataKey] = m;
+    content[proto::kMetadataUnstableKey] = std::move(m);
+}
+
+// The first invite or answer decides whether the peer describes its streams at all.
+void CallManager::take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first, Out& out) {
+    if (first) c.peer_sends_metadata = m.has_value();
+    if (!m) return;
+    c.remote_metadata = *m;
+    out.push_back(RemoteStreamsChanged{c.id, c.remote_metadata});
+}
+
+CallManager::Call* CallManager::in_call(const std::string& call_id, const char* what, Out& out) {
+    Call* c = find(call_id);
+    if (!c || (c->state != CallState::connecting && c->state != CallState::connected)) {
+        out.push_back(Dropped{call_id, std::string(what) + ": no call in progress"});
+        return nullptr;
+    }
+    return c;
+}
+
 void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& out) {
     if (!active(c.state)) return;
     cancel_timer(c.lifetime_timer, out);
     cancel_timer(c.batch_timer, out);
+    cancel_timer(c.ice_restart_timer, out);
     c.pending_local.clear();
     c.remote_by_party.clear();
     if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
@@ -263,6 +301,7 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
         content["offer"] = {{"type", "offer"}, {"sdp", in.sdp}};
         content["lifetime"] = opt_.invite_lifetime;
         if (!c->opponent_user.empty()) content["invitee"] = c->opponent_user;
+        put_local_metadata(*c, content);
         send(*c, "m.call.invite", std::move(content), out);
         c->signalled = true;
         c->lifetime_timer = start_timer(*c, TimerKind::lifetime, now + opt_.invite_lifetime, out);
@@ -273,13 +312,89 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
     if (c && c->dir == Direction::incoming && c->state == CallState::answering && in.type == "answer") {
         json::object content = base_content(*c);
         content["answer"] = {{"type", "answer"}, {"sdp", in.sdp}};
+        put_local_metadata(*c, content);
         send(*c, "m.call.answer", std::move(content), out);
         c->signalled = true;
         set_state(*c, CallState::connecting, out);
         arm_candidate_batch(*c, now, out);
         return;
     }
+    bool in_progress = c && (c->state == CallState::connecting || c->state == CallState::connected);
+    if (in_progress && ((in.type == "offer" && c->making_offer) || (in.type == "answer" && c->answering_offer))) {
+        json::object content = base_content(*c);
+        content["description"] = {{"type", in.type}, {"sdp", in.sdp}};
+        content["lifetime"] = opt_.negotiate_lifetime;
+        put_local_metadata(*c, content);
+        if (in.type == "answer") c->answering_offer = false;
+        send(*c, "m.call.negotiate", std::move(content), out);
+        return;
+    }
     out.push_back(Dropped{in.call_id, "local " + in.type + " does not fit the call's state"});
+}
+
+void CallManager::negotiation_needed(const NegotiationNeeded& in, Out& out) {
+    Call* c = in_call(in.call_id, "negotiation", out);
+    if (!c) return;
+    if (c->remote_version != proto::CallVersion::v1) {
+        out.push_back(Dropped{c->id, "the peer speaks version 0: no renegotiation"});
+        return;
+    }
+    if (c->making_offer || c->answering_offer) {
+        out.push_back(Dropped{c->id, "a negotiation is already in progress"});
+        return;
+    }
+    c->making_offer = true;
+    out.push_back(MediaCommand{c->id, MediaOp::create_offer, {}, {}, {}});
+}
+
+void CallManager::local_streams(const LocalStreams& in, Out& out) {
+    Call* c = find(in.call_id);
+    if (!c || !active(c->state)) {
+        out.push_back(Dropped{in.call_id, "local streams for no active call"});
+        return;
+    }
+    c->local_metadata = in.metadata;
+}
+
+void CallManager::set_hold(const SetHold& in, Out& out) {
+    Call* c = in_call(in.call_id, "hold", out);
+    if (!c) return;
+    if (c->remote_version != proto::CallVersion::v1) {
+        out.push_back(Dropped{c->id, "the peer speaks version 0: hold needs renegotiation"});
+        return;
+    }
+    out.push_back(MediaCommand{c->id, in.hold ? MediaOp::hold : MediaOp::resume, {}, {}, {}});
+}
+
+void CallManager::set_screenshare(const SetScreenshare& in, Out& out) {
+    Call* c = in_call(in.call_id, "screen share", out);
+    if (!c) return;
+    if (c->remote_version != proto::CallVersion::v1) {
+        out.push_back(Dropped{c->id, "the peer speaks version 0: screen share needs renegotiation"});
+        return;
+    }
+    MediaCommand m{c->id, in.on ? MediaOp::add_screenshare : MediaOp::remove_screenshare, {}, {}, {}};
+    // A peer that sent no stream metadata takes one stream only: the screen replaces the camera.
+    m.replace_camera = !c->peer_sends_metadata;
+    out.push_back(std::move(m));
+}
+
+void CallManager::set_muted(const SetMuted& in, Out& out) {
+    Call* c = in_call(in.call_id, "mute", out);
+    if (!c) return;
+    bool changed = false;
+    for (auto& [id, s] : c->local_metadata) {
+        if (s.purpose != proto::kPurposeUsermedia) continue;
+        changed |= s.audio_muted != in.audio || s.video_muted != in.video;
+        s.audio_muted = in.audio;
+        s.video_muted = in.video;
+    }
+    if (!changed) return;
+    json::object content = base_content(*c);
+    json::object m = proto::serialize_stream_metadata(c->local_metadata);
+    content[proto::kMetadataKey] = m;
+    content[proto::kMetadataUnstableKey] = std::move(m);
+    send(*c, "m.call.sdp_stream_metadata_changed", std::move(content), out);
 }
 
 void CallManager::local_candidate(const LocalCandidate& in, Ms now, Out& out) {
@@ -303,7 +418,7 @@ void CallManager::gathering_done(const GatheringDone& in, Out& out) {
     if (c->signalled) flush_candidates(*c, out);
 }
 
-void CallManager::ice(const IceStateChanged& in, Out& out) {
+void CallManager::ice(const IceStateChanged& in, Ms now, Out& out) {
     Call* c = find(in.call_id);
     if (!c || !active(c->state)) {
         out.push_back(Dropped{in.call_id, "ICE state for no active call"});
@@ -311,7 +426,14 @@ void CallManager::ice(const IceStateChanged& in, Out& out) {
     }
     if (in.state == IceState::connected) {
         c->media_flowed = true;
+        cancel_timer(c->ice_restart_timer, out);
         if (c->state == CallState::connecting) set_state(*c, CallState::connected, out);
+    } else if (in.state == IceState::failed && (c->state == CallState::connecting || c->state == CallState::connected) &&
+               c->remote_version == proto::CallVersion::v1 && !c->ice_restart_tried) {
+        // First try an ICE restart (a renegotiation); the call ends only if that fails too.
+        c->ice_restart_tried = true;
+        c->ice_restart_timer = start_timer(*c, TimerKind::ice_restart, now + opt_.ice_restart_timeout, out);
+        out.push_back(MediaCommand{c->id, MediaOp::ice_restart, {}, {}, {}});
     } else if (in.state == IceState::failed && (c->state == CallState::connecting || c->state == CallState::connected)) {
         // ice_failed if media never flowed, ice_timeout if it flowed and then stopped.
         std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
@@ -332,6 +454,15 @@ void CallManager::timer(const TimerFired& in, Out& out) {
     if (kind == TimerKind::candidates) {
         c->batch_timer = 0;
         flush_candidates(*c, out);
+        return;
+    }
+    if (kind == TimerKind::ice_restart) {
+        c->ice_restart_timer = 0;
+        std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
+        json::object content = base_content(*c);
+        content["reason"] = reason;
+        send(*c, "m.call.hangup", std::move(content), out);
+        end(*c, reason, false, out);
         return;
     }
     c->lifetime_timer = 0;
@@ -403,8 +534,10 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
                     on_reject(ev, e, out);
                 } else if constexpr (std::is_same_v<T, proto::CallHangup>) {
                     on_hangup(ev, e, out);
-                } else {
-                    out.push_back(Dropped{e.call_id, ev.type + " is not handled yet"});
+                } else if constexpr (std::is_same_v<T, proto::CallNegotiate>) {
+                    on_negotiate(ev, e, out);
+                } else if constexpr (std::is_same_v<T, proto::CallSdpStreamMetadataChanged>) {
+                    on_metadata_changed(ev, e, out);
                 }
             },
             item.call);
@@ -485,6 +618,7 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     c.opponent_party = invite.party_id;
     c.remote_version = invite.version;
     c.remote_offer = invite.offer.sdp;
+    c.polite = true;  // the callee yields in offer collisions
     c.state = CallState::ringing;
     if (auto early = early_candidates_.find(c.id); early != early_candidates_.end()) {
         c.remote_by_party = std::move(early->second);
@@ -492,6 +626,7 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     }
     Call& call = add_call(std::move(c));
     out.push_back(StateChanged{call.id, CallState::ringing, {}, false});
+    take_remote_metadata(call, invite.metadata, true, out);
     call.lifetime_timer = start_timer(call, TimerKind::lifetime, now + left, out);
     if (auto_answer) {
         out.push_back(MediaCommand{call.id, MediaOp::transfer_media, {}, {}, media_from});
@@ -525,6 +660,7 @@ void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out
     content["selected_party_id"] = a.party_id;
     send(*c, "m.call.select_answer", std::move(content), out);
     out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, a.answer.sdp, {}, {}});
+    take_remote_metadata(*c, a.metadata, true, out);
     choose_opponent(*c, a.party_id, out);
     set_state(*c, CallState::connecting, out);
 }
@@ -625,6 +761,53 @@ void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out
         return;
     }
     out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
+}
+
+void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& n, Out& out) {
+    Call* c = find(n.call_id);
+    if (!c || (c->state != CallState::connecting && c->state != CallState::connected)) {
+        out.push_back(Dropped{n.call_id, "negotiate for no call in progress"});
+        return;
+    }
+    if (!is_opponent(*c, ev, n.party_id)) {
+        out.push_back(Dropped{n.call_id, "negotiate from a party that is not the opponent"});
+        return;
+    }
+    if (ev.age_ms > n.lifetime) {
+        out.push_back(Dropped{n.call_id, "negotiate expired (" + std::to_string(ev.age_ms) + " ms old, lifetime " +
+                                             std::to_string(n.lifetime) + " ms)"});
+        return;
+    }
+    if (n.description.type == "offer") {
+        if (c->making_offer) {
+            if (!c->polite) {
+                out.push_back(Dropped{n.call_id, "offer collision: we are the impolite side and keep our offer"});
+                return;
+            }
+            c->making_offer = false;
+            out.push_back(MediaCommand{c->id, MediaOp::rollback, {}, {}, {}});
+        }
+        c->answering_offer = true;
+        take_remote_metadata(*c, n.metadata, false, out);
+        out.push_back(MediaCommand{c->id, MediaOp::create_answer, n.description.sdp, {}, {}});
+        return;
+    }
+    if (!c->making_offer) {
+        out.push_back(Dropped{n.call_id, "negotiate answer without an offer of ours"});
+        return;
+    }
+    c->making_offer = false;
+    take_remote_metadata(*c, n.metadata, false, out);
+    out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, n.description.sdp, {}, {}});
+}
+
+void CallManager::on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m, Out& out) {
+    Call* c = find(m.call_id);
+    if (!c || !active(c->state) || c->opponent_party.empty() || !is_opponent(*c, ev, m.party_id)) {
+        out.push_back(Dropped{m.call_id, "stream metadata from a party that is not the opponent"});
+        return;
+    }
+    take_remote_metadata(*c, m.metadata, false, out);
 }
 
 }  // namespace mxvoip::call

@@ -388,17 +388,194 @@ TEST(Calls, TheOtherPartyLeavingTheRoomEndsTheCall) {
     EXPECT_TRUE(ended(out)->ended_by_remote);
 }
 
-TEST(Calls, IceFailureIsIceFailedBeforeMediaFlowedAndIceTimeoutAfter) {
+TEST(Calls, OnIceFailureAnIceRestartIsTriedFirst) {
     Client a = alice_calling();
     a.sync({answer_ev("c1", kBob, "PHONE")});
-    auto failed = a.in(IceStateChanged{"c1", IceState::failed});
-    EXPECT_EQ(sent(failed, "m.call.hangup").at(0).content.at("reason"), json::value("ice_failed"));
+    auto failed = a.in(IceStateChanged{"c1", IceState::failed}, 1000);
+    EXPECT_TRUE(sent(failed).empty());
+    ASSERT_EQ(media(failed, MediaOp::ice_restart).size(), 1u);
+    auto deadline = all<StartTimer>(failed);
+    ASSERT_EQ(deadline.size(), 1u);
+    EXPECT_EQ(deadline[0].at, 1000 + 10000);
+    // The restart works: the deadline is cancelled and the call goes on.
+    auto back = a.in(IceStateChanged{"c1", IceState::connected}, 3000);
+    EXPECT_EQ(all<CancelTimer>(back).size(), 1u);
+    EXPECT_EQ(a.m.state("c1"), CallState::connected);
+}
+
+TEST(Calls, IceFailureIsIceFailedBeforeMediaFlowedAndIceTimeoutAfter) {
+    // Media never flowed and the restart did not help: ice_failed.
+    Client a = alice_calling();
+    a.sync({answer_ev("c1", kBob, "PHONE")});
+    auto restart = a.in(IceStateChanged{"c1", IceState::failed}, 1000);
+    auto gave_up = a.in(TimerFired{all<StartTimer>(restart).at(0).timer_id}, 11000);
+    EXPECT_EQ(sent(gave_up, "m.call.hangup").at(0).content.at("reason"), json::value("ice_failed"));
+    EXPECT_EQ(ended(gave_up)->end_reason, "ice_failed");
+    // Media flowed, then failed twice: ice_timeout without waiting for a second restart.
     Client b = alice_calling("c2");
     b.sync({answer_ev("c2", kBob, "PHONE")});
     b.in(IceStateChanged{"c2", IceState::connected});
-    auto timeout = b.in(IceStateChanged{"c2", IceState::failed});
-    EXPECT_EQ(sent(timeout, "m.call.hangup").at(0).content.at("reason"), json::value("ice_timeout"));
-    EXPECT_EQ(ended(timeout)->end_reason, "ice_timeout");
+    b.in(IceStateChanged{"c2", IceState::failed});
+    b.in(IceStateChanged{"c2", IceState::connected});
+    auto again = b.in(IceStateChanged{"c2", IceState::failed});
+    EXPECT_EQ(sent(again, "m.call.hangup").at(0).content.at("reason"), json::value("ice_timeout"));
+    EXPECT_EQ(ended(again)->end_reason, "ice_timeout");
+}
+
+TEST(Calls, AVersion0PeerGetsNoRenegotiation) {
+    Client b(kBob, "PHONE");
+    json::object v0{{"call_id", "c1"}, {"version", 0}, {"lifetime", 60000}, {"offer", {{"type", "offer"}, {"sdp", "s"}}}};
+    b.sync({event(kAlice, "m.call.invite", v0)});
+    b.in(AnswerCall{"c1"});
+    b.in(LocalDescription{"c1", "answer", "sdp"});
+    EXPECT_EQ(all<Dropped>(b.in(NegotiationNeeded{"c1"})).size(), 1u);
+    EXPECT_EQ(all<Dropped>(b.in(SetHold{"c1", true})).size(), 1u);
+    // ICE failure ends the call at once: a restart needs renegotiation.
+    auto failed = b.in(IceStateChanged{"c1", IceState::failed});
+    EXPECT_EQ(ended(failed)->end_reason, "ice_failed");
+}
+
+namespace {
+// Alice and bob in a call c1 (alice called, bob's PHONE answered), both with stream metadata.
+std::pair<Client, Client> in_a_call() {
+    Client a(kAlice, "ALICE1");
+    Client b(kBob, "PHONE");
+    proto::SdpStreamMetadata am{{"a-cam", {"m.usermedia", false, false, {}}}};
+    proto::SdpStreamMetadata bm{{"b-cam", {"m.usermedia", false, false, {}}}};
+    a.in(PlaceCall{"c1", kRoom, kBob});
+    a.in(LocalStreams{"c1", am});
+    auto inv = sent(a.in(LocalDescription{"c1", "offer", "o1"}), "m.call.invite").at(0);
+    b.sync({event(kAlice, inv.type, inv.content)});
+    b.in(AnswerCall{"c1"});
+    b.in(LocalStreams{"c1", bm});
+    auto ans = sent(b.in(LocalDescription{"c1", "answer", "a1"}), "m.call.answer").at(0);
+    auto sel = sent(a.sync({event(kBob, ans.type, ans.content)}), "m.call.select_answer").at(0);
+    b.sync({event(kAlice, sel.type, sel.content)});
+    a.in(IceStateChanged{"c1", IceState::connected});
+    b.in(IceStateChanged{"c1", IceState::connected});
+    return {std::move(a), std::move(b)};
+}
+}  // namespace
+
+TEST(Calls, InviteAndAnswerCarryStreamMetadataUnderBothKeys) {
+    Client a(kAlice, "ALICE1");
+    a.in(PlaceCall{"c1", kRoom, kBob});
+    a.in(LocalStreams{"c1", {{"cam", {"m.usermedia", false, false, {}}}}});
+    auto inv = sent(a.in(LocalDescription{"c1", "offer", "o"}), "m.call.invite").at(0);
+    EXPECT_EQ(inv.content.at("sdp_stream_metadata").at("cam").at("purpose"), json::value("m.usermedia"));
+    EXPECT_EQ(inv.content.at("org.matrix.msc3077.sdp_stream_metadata"), inv.content.at("sdp_stream_metadata"));
+}
+
+TEST(Calls, RenegotiationRunsThroughNegotiateOfferAndAnswer) {
+    auto [a, b] = in_a_call();
+    auto need = a.in(NegotiationNeeded{"c1"});
+    ASSERT_EQ(media(need, MediaOp::create_offer).size(), 1u);
+    auto offer = sent(a.in(LocalDescription{"c1", "offer", "o2"}), "m.call.negotiate").at(0);
+    EXPECT_EQ(offer.content.at("description").at("type"), json::value("offer"));
+    EXPECT_EQ(offer.content.at("lifetime"), json::value(10000));
+    auto at_bob = b.sync({event(kAlice, offer.type, offer.content, 100)});
+    auto create = media(at_bob, MediaOp::create_answer);
+    ASSERT_EQ(create.size(), 1u);
+    EXPECT_EQ(create[0].sdp, "o2");
+    auto answer = sent(b.in(LocalDescription{"c1", "answer", "a2"}), "m.call.negotiate").at(0);
+    EXPECT_EQ(answer.content.at("description").at("type"), json::value("answer"));
+    auto at_alice = a.sync({event(kBob, answer.type, answer.content)});
+    auto set = media(at_alice, MediaOp::set_remote_description);
+    ASSERT_EQ(set.size(), 1u);
+    EXPECT_EQ(set[0].sdp, "a2");
+    // A second answer to the same offer finds no offer of ours.
+    EXPECT_EQ(all<Dropped>(a.sync({event(kBob, answer.type, answer.content)})).size(), 1u);
+}
+
+TEST(Calls, InAnOfferCollisionThePoliteCalleeRollsBackAndTheCallerKeepsItsOffer) {
+    auto [a, b] = in_a_call();
+    a.in(NegotiationNeeded{"c1"});
+    auto a_offer = sent(a.in(LocalDescription{"c1", "offer", "alice-o"}), "m.call.negotiate").at(0);
+    b.in(NegotiationNeeded{"c1"});
+    auto b_offer = sent(b.in(LocalDescription{"c1", "offer", "bob-o"}), "m.call.negotiate").at(0);
+    auto at_alice = a.sync({event(kBob, b_offer.type, b_offer.content)});
+    EXPECT_TRUE(media(at_alice, MediaOp::create_answer).empty()) << "the impolite caller ignores it";
+    EXPECT_EQ(all<Dropped>(at_alice).size(), 1u);
+    auto at_bob = b.sync({event(kAlice, a_offer.type, a_offer.content)});
+    auto cmds = all<MediaCommand>(at_bob);
+    ASSERT_EQ(cmds.size(), 2u);
+    EXPECT_EQ(cmds[0].op, MediaOp::rollback);
+    EXPECT_EQ(cmds[1].op, MediaOp::create_answer);
+    EXPECT_EQ(cmds[1].sdp, "alice-o");
+}
+
+TEST(Calls, ANegotiateIsAcceptedOnlyFromTheChosenOpponentAndWithinItsLifetime) {
+    auto [a, b] = in_a_call();
+    json::object offer = common("c1", "ALICE1");
+    offer["description"] = {{"type", "offer"}, {"sdp", "o"}};
+    offer["lifetime"] = 5000;
+    EXPECT_TRUE(media(b.sync({event(kAlice, "m.call.negotiate", offer, 6000)}), MediaOp::create_answer).empty());
+    json::object stranger = offer;
+    stranger["party_id"] = "ALICE2";
+    EXPECT_TRUE(media(b.sync({event(kAlice, "m.call.negotiate", stranger)}), MediaOp::create_answer).empty());
+    EXPECT_EQ(media(b.sync({event(kAlice, "m.call.negotiate", offer, 100)}), MediaOp::create_answer).size(), 1u);
+}
+
+TEST(Calls, HoldAndResumeAreMediaChangesThatRenegotiate) {
+    auto [a, b] = in_a_call();
+    ASSERT_EQ(media(a.in(SetHold{"c1", true}), MediaOp::hold).size(), 1u);
+    ASSERT_EQ(media(a.in(NegotiationNeeded{"c1"}), MediaOp::create_offer).size(), 1u);
+    EXPECT_EQ(sent(a.in(LocalDescription{"c1", "offer", "sendonly"}), "m.call.negotiate").size(), 1u);
+    EXPECT_EQ(media(a.in(SetHold{"c1", false}), MediaOp::resume).size(), 1u);
+}
+
+TEST(Calls, ScreenShareIsASecondStreamWithMetadataOrReplacesTheCameraForOldPeers) {
+    auto [a, b] = in_a_call();
+    auto share = media(a.in(SetScreenshare{"c1", true}), MediaOp::add_screenshare);
+    ASSERT_EQ(share.size(), 1u);
+    EXPECT_FALSE(share[0].replace_camera) << "bob describes his streams";
+    a.in(LocalStreams{"c1", {{"a-cam", {"m.usermedia", false, false, {}}}, {"a-screen", {"m.screenshare", false, false, {}}}}});
+    a.in(NegotiationNeeded{"c1"});
+    auto neg = sent(a.in(LocalDescription{"c1", "offer", "o-screen"}), "m.call.negotiate").at(0);
+    EXPECT_EQ(neg.content.at("sdp_stream_metadata").at("a-screen").at("purpose"), json::value("m.screenshare"));
+    auto at_bob = b.sync({event(kAlice, neg.type, neg.content)});
+    auto streams = all<RemoteStreamsChanged>(at_bob);
+    ASSERT_EQ(streams.size(), 1u);
+    EXPECT_EQ(streams[0].metadata.count("a-screen"), 1u);
+    EXPECT_TRUE(b.m.use_remote_stream("c1", "a-screen", false));
+    EXPECT_FALSE(b.m.use_remote_stream("c1", "unlisted", false));
+    // A peer whose invite had no metadata: the screen replaces the camera.
+    Client old = alice_calling("c9");
+    old.sync({answer_ev("c9", kBob, "PHONE")});
+    auto replace = media(old.in(SetScreenshare{"c9", true}), MediaOp::add_screenshare);
+    ASSERT_EQ(replace.size(), 1u);
+    EXPECT_TRUE(replace[0].replace_camera);
+}
+
+TEST(Calls, WithoutMetadataOnlyTheFirstIncomingStreamIsUsed) {
+    Client a = alice_calling();
+    a.sync({answer_ev("c1", kBob, "PHONE")});  // no sdp_stream_metadata
+    EXPECT_TRUE(a.m.use_remote_stream("c1", "whatever", true));
+    EXPECT_FALSE(a.m.use_remote_stream("c1", "second", false));
+}
+
+TEST(Calls, UnknownPurposesAreIgnored) {
+    Client b(kBob, "PHONE");
+    auto inv = invite("c1", kAlice, "ALICE1");
+    inv.content.as_object()["sdp_stream_metadata"] = {{"s1", {{"purpose", "m.usermedia"}}}, {"s2", {{"purpose", "m.hologram"}}}};
+    b.sync({inv});
+    EXPECT_TRUE(b.m.use_remote_stream("c1", "s1", true));
+    EXPECT_FALSE(b.m.use_remote_stream("c1", "s2", false));
+}
+
+TEST(Calls, MuteChangesGoOutAsStreamMetadataChangedWithoutRenegotiation) {
+    auto [a, b] = in_a_call();
+    auto out = a.in(SetMuted{"c1", false, true});
+    EXPECT_TRUE(all<MediaCommand>(out).empty());
+    auto changed = sent(out, "m.call.sdp_stream_metadata_changed");
+    ASSERT_EQ(changed.size(), 1u);
+    EXPECT_EQ(changed[0].content.at("sdp_stream_metadata").at("a-cam").at("video_muted"), json::value(true));
+    EXPECT_TRUE(a.in(SetMuted{"c1", false, true}).empty()) << "nothing changed, nothing sent";
+    auto at_bob = b.sync({event(kAlice, changed[0].type, changed[0].content)});
+    auto streams = all<RemoteStreamsChanged>(at_bob);
+    ASSERT_EQ(streams.size(), 1u);
+    EXPECT_TRUE(streams[0].metadata.at("a-cam").video_muted);
+    EXPECT_FALSE(streams[0].metadata.at("a-cam").audio_muted);
 }
 
 TEST(Calls, InvalidEventsAreDroppedWithTheRuleTheyBreak) {

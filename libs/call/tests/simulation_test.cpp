@@ -125,6 +125,7 @@ public:
             if (d.end_reason.count(s->call_id) && s->type != "m.call.candidates")
                 fail(d, "sent " + s->type + " for " + s->call_id + " after it ended");
             if (d.end_reason.count(s->call_id)) fail(d, "sent candidates for " + s->call_id + " after it ended");
+            if (s->type == "m.call.negotiate") g_outcomes["sent: m.call.negotiate"]++;
             publish(d, *s);
         } else if (const auto* t = std::get_if<StartTimer>(&a)) {
             at(t->at, [this, &d, id = t->timer_id] {
@@ -188,6 +189,16 @@ public:
                 break;
             case MediaOp::close:
                 d.remote_set.erase(m.call_id);
+                break;
+            case MediaOp::ice_restart:
+            case MediaOp::hold:
+            case MediaOp::resume:
+            case MediaOp::add_screenshare:
+            case MediaOp::remove_screenshare:
+                // The peer connection asks for a new offer.
+                after(rand(0, 50), [this, &d, id = m.call_id] {
+                    if (d.m->state(id) && *d.m->state(id) != CallState::ended) deliver(d, NegotiationNeeded{id});
+                });
                 break;
             default:
                 break;
@@ -326,6 +337,21 @@ std::string run_scenario(std::uint64_t seed) {
         sim.at(when, [&, caller] { sim.deliver(*caller, PlaceCall{b_id, kRoom, "@alice:sim"}); });
     }
     bool let_invites_expire = sim.chance(0.2);
+    // Hold/resume and screen share on/off by either side during the call.
+    for (auto* d : {&alice, &bob1, bob2}) {
+        if (!d || !sim.chance(0.3)) continue;
+        Ms when = sim.rand(500, 6000);
+        bool screen = sim.chance(0.5);
+        for (int step = 0; step < 2; ++step) {
+            sim.at(when + step * sim.rand(200, 2000), [&, d, screen, step] {
+                for (const auto& id : sim.call_ids) {
+                    if (d->m->state(id) != CallState::connected) continue;
+                    if (screen) sim.deliver(*d, SetScreenshare{id, step == 0});
+                    else sim.deliver(*d, SetHold{id, step == 0});
+                }
+            });
+        }
+    }
     // Random hangups by anyone at random moments.
     for (auto* d : {&alice, &bob1, bob2}) {
         if (!d || !sim.chance(0.3)) continue;
@@ -387,6 +413,6 @@ TEST(CallSimulation, RandomScenariosKeepEveryInvariant) {
     // A simulation that stops reaching one of these paths tests nothing there.
     for (const char* path : {"connected", "ended: user_hangup", "ended: answered_elsewhere", "ended: rejected",
                              "ended: rejected_elsewhere", "ended: invite_timeout", "ended: replaced", "ended: ice_failed",
-                             "ended: ice_timeout", "ended: user_busy"})
+                             "ended: ice_timeout", "ended: user_busy", "sent: m.call.negotiate"})
         EXPECT_GT(g_outcomes[path], 0) << "no scenario reached " << path;
 }

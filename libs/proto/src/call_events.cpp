@@ -228,7 +228,9 @@ CallEvent parse(std::string_view type, const json::value& content) {
     fail("type", "'" + std::string(type) + "' is not an m.call.* event type");
 }
 
-json::object serialize_metadata(const SdpStreamMetadata& m) {
+}  // namespace
+
+json::object serialize_stream_metadata(const SdpStreamMetadata& m) {
     json::object out;
     for (const auto& [id, s] : m) {
         json::object entry = s.extra;
@@ -239,6 +241,8 @@ json::object serialize_metadata(const SdpStreamMetadata& m) {
     }
     return out;
 }
+
+namespace {
 
 json::object serialize_description(const SessionDescription& d) {
     json::object out = d.extra;
@@ -257,7 +261,7 @@ json::object common(const CallCommon& c) {
 
 void put_metadata(json::object& out, const std::optional<SdpStreamMetadata>& m) {
     if (!m) return;
-    json::object value = serialize_metadata(*m);
+    json::object value = serialize_stream_metadata(*m);
     out[kMetadataKey] = value;
     out[kMetadataUnstableKey] = std::move(value);
 }

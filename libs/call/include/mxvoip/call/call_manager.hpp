@@ -88,9 +88,35 @@ struct IceStateChanged {
 struct TimerFired {
     std::uint64_t timer_id;
 };
+// The media layer needs a new offer (tracks added or removed, hold, ICE restart): perfect
+// negotiation through m.call.negotiate.
+struct NegotiationNeeded {
+    std::string call_id;
+};
+// The local streams and what they are for; sent with every invite, answer and negotiate.
+struct LocalStreams {
+    std::string call_id;
+    proto::SdpStreamMetadata metadata;
+};
+// User actions during a call. Hold and screen share change the media, which then asks for
+// a negotiation; mute is signalled without one (sdp_stream_metadata_changed).
+struct SetHold {
+    std::string call_id;
+    bool hold = true;
+};
+struct SetScreenshare {
+    std::string call_id;
+    bool on = true;
+};
+struct SetMuted {
+    std::string call_id;
+    bool audio = false;
+    bool video = false;
+};
 
 using Input = std::variant<PlaceCall, AnswerCall, RejectCall, HangUpCall, SyncBatch, RoomChanged, LocalDescription,
-                           LocalCandidate, GatheringDone, IceStateChanged, TimerFired>;
+                           LocalCandidate, GatheringDone, IceStateChanged, TimerFired, NegotiationNeeded, LocalStreams,
+                           SetHold, SetScreenshare, SetMuted>;
 
 // ---- Actions -----------------------------------------------------------------------------
 
@@ -101,11 +127,17 @@ struct SendEvent {
     json::object content;
 };
 enum class MediaOp {
-    create_offer,            // start local media and produce an offer (LocalDescription)
+    create_offer,            // produce an offer (LocalDescription); first one starts local media
     create_answer,           // set `sdp` as the remote offer, produce an answer
     set_remote_description,  // the remote answer in `sdp`
     add_remote_candidate,    // `candidate`
     transfer_media,          // glare: hand the media of `from_call_id` to this call
+    rollback,                // polite side in an offer collision: drop our pending offer
+    hold,                    // transceivers to sendonly/inactive (then NegotiationNeeded)
+    resume,
+    add_screenshare,         // `replace_camera`: the peer takes one stream only (no metadata)
+    remove_screenshare,
+    ice_restart,             // restart ICE (then NegotiationNeeded)
     close,                   // stop media for this call
 };
 struct MediaCommand {
@@ -114,6 +146,12 @@ struct MediaCommand {
     std::string sdp;
     proto::Candidate candidate;
     std::string from_call_id;
+    bool replace_camera = false;
+};
+// The opponent's streams and what they are for, whenever that changes.
+struct RemoteStreamsChanged {
+    std::string call_id;
+    proto::SdpStreamMetadata metadata;
 };
 struct StartTimer {
     std::uint64_t timer_id;
@@ -136,7 +174,8 @@ struct Dropped {
     std::string why;
 };
 
-using Action = std::variant<SendEvent, MediaCommand, StartTimer, CancelTimer, StateChanged, Dropped>;
+using Action = std::variant<SendEvent, MediaCommand, StartTimer, CancelTimer, StateChanged, Dropped,
+                            RemoteStreamsChanged>;
 
 // All calls of one client (user id, party id): routes events by call_id and party_id,
 // resolves glare, and never does I/O, sleeps or throws. Feed inputs, carry out the actions.
@@ -149,6 +188,8 @@ public:
         Ms min_ring_left = 3000;     // an invite with less left than this does not ring
         Ms first_candidate_batch = 2000;  // after the invite (matrix-js-sdk's timing)
         Ms candidate_batch = 500;         // after the answer
+        Ms negotiate_lifetime = 10000;    // lifetime of our m.call.negotiate
+        Ms ice_restart_timeout = 10000;   // an ICE restart that has not connected by then ends the call
     };
     explicit CallManager(Options options);
 
@@ -158,6 +199,9 @@ public:
     std::optional<Direction> direction(const std::string& call_id) const;
     // The party chosen as the other end (after select_answer / on answering).
     std::optional<std::string> opponent_party(const std::string& call_id) const;
+    // Whether to use an incoming stream: if the opponent's first invite or answer carried
+    // stream metadata, only streams it lists with a known purpose; otherwise only the first.
+    bool use_remote_stream(const std::string& call_id, const std::string& stream_id, bool first_stream) const;
     const Options& options() const { return opt_; }
 
 private:
@@ -176,9 +220,17 @@ private:
         bool media_started = false;
         bool media_flowed = false;
         std::vector<proto::Candidate> pending_local;
+        bool polite = false;           // perfect negotiation: the callee (and a glare loser) yields
+        bool making_offer = false;     // our renegotiation offer is out or being made
+        bool answering_offer = false;  // we are making the answer to their renegotiation offer
+        bool ice_restart_tried = false;
+        std::uint64_t ice_restart_timer = 0;
+        proto::SdpStreamMetadata local_metadata;
+        bool peer_sends_metadata = false;  // decided by their first invite / chosen answer
+        proto::SdpStreamMetadata remote_metadata;
         std::map<std::string, std::vector<proto::Candidate>> remote_by_party;  // before a party is chosen
     };
-    enum class TimerKind { lifetime, candidates };
+    enum class TimerKind { lifetime, candidates, ice_restart };
 
     using Out = std::vector<Action>;
     void place(const PlaceCall& in, Ms now, Out& out);
@@ -190,8 +242,18 @@ private:
     void local_description(const LocalDescription& in, Ms now, Out& out);
     void local_candidate(const LocalCandidate& in, Ms now, Out& out);
     void gathering_done(const GatheringDone& in, Out& out);
-    void ice(const IceStateChanged& in, Out& out);
+    void ice(const IceStateChanged& in, Ms now, Out& out);
     void timer(const TimerFired& in, Out& out);
+    void negotiation_needed(const NegotiationNeeded& in, Out& out);
+    void local_streams(const LocalStreams& in, Out& out);
+    void set_hold(const SetHold& in, Out& out);
+    void set_screenshare(const SetScreenshare& in, Out& out);
+    void set_muted(const SetMuted& in, Out& out);
+    void on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& n, Out& out);
+    void on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m, Out& out);
+    void take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first, Out& out);
+    void put_local_metadata(const Call& c, json::object& content) const;
+    Call* in_call(const std::string& call_id, const char* what, Out& out);
 
     void on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out);
     void on_answer(const RoomEvent& ev, const proto::CallAnswer& answer, Out& out);

@@ -146,6 +146,9 @@ std::string_view call_event_type(const CallEvent& event);
 // Content JSON of an event: spec field names, metadata under both keys, unknown fields kept.
 json::object serialize_call_event(const CallEvent& event);
 
+// Stream metadata as it goes into content (under kMetadataKey and kMetadataUnstableKey).
+json::object serialize_stream_metadata(const SdpStreamMetadata& metadata);
+
 // Schema rules the parser deliberately tolerates (unknown stream purposes, unknown hangup
 // reasons, version values other than "1"/0): what a linter reports.
 std::vector<CallEventError> lint_call_event(const CallEvent& event);
