@@ -221,6 +221,12 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
         out.push_back(Dropped{in.call_id, "a call with this id exists already"});
         return;
     }
+    // Calls belong in rooms of exactly two: in a bigger room anyone could answer.
+    if (auto room = rooms_.find(in.room_id); room != rooms_.end() && room->second.joined.size() != 2) {
+        out.push_back(Dropped{in.call_id, "the room has " + std::to_string(room->second.joined.size()) +
+                                              " joined members; calls need exactly two"});
+        return;
+    }
     // Calling someone who is calling us is answering them.
     for (Call* c : active_in_room(in.room_id)) {
         if (c->dir == Direction::incoming && c->state == CallState::ringing) {

@@ -599,3 +599,28 @@ TEST(Calls, HangingUpBeforeOurAnswerIsOutDeclinesTheCall) {
     // A late local answer goes nowhere.
     EXPECT_TRUE(sent(b.in(LocalDescription{"c1", "answer", "sdp"})).empty());
 }
+
+TEST(Calls, AfterTheAnswerCandidatesGoOutEvery500ms) {
+    Client b(kBob, "PHONE");
+    b.sync({invite("c1", kAlice, "ALICE1")});
+    b.in(AnswerCall{"c1"});
+    b.in(LocalCandidate{"c1", cand("before-answer")}, 10);
+    auto out = b.in(LocalDescription{"c1", "answer", "sdp"}, 100);
+    auto timers = all<StartTimer>(out);
+    ASSERT_EQ(timers.size(), 1u);
+    EXPECT_EQ(timers[0].at, 100 + 500);
+    auto flushed = sent(b.in(TimerFired{timers[0].timer_id}, 600), "m.call.candidates");
+    ASSERT_EQ(flushed.size(), 1u);
+    EXPECT_EQ(flushed[0].content.at("candidates").at(0).at("candidate"), json::value("before-answer"));
+}
+
+TEST(Calls, CallsArePlacedOnlyInRoomsOfExactlyTwo) {
+    Client a(kAlice, "ALICE1");
+    a.in(RoomChanged{kRoom, false, {kAlice, kBob, "@carol:example.org"}});
+    auto out = a.in(PlaceCall{"c1", kRoom, kBob});
+    EXPECT_FALSE(a.m.state("c1"));
+    ASSERT_EQ(all<Dropped>(out).size(), 1u);
+    a.in(RoomChanged{kRoom, false, {kAlice, kBob}});
+    a.in(PlaceCall{"c2", kRoom, kBob});
+    EXPECT_EQ(a.m.state("c2"), CallState::preparing);
+}
