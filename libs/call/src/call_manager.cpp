@@ -7,6 +7,7 @@ namespace mxvoip::call {
 namespace {
 
 constexpr std::size_t kMaxEarlyCalls = 256;  // calls whose candidates wait for their invite
+constexpr Ms kForgetEndedAfter = 10 * 60 * 1000;
 
 bool active(CallState s) { return s != CallState::ended; }
 
@@ -29,6 +30,8 @@ CallManager::CallManager(Options options) : opt_(std::move(options)) {}
 
 std::vector<Action> CallManager::handle(const Input& input, Ms now) {
     Out out;
+    now_ = now;
+    forget_old(now);
     std::visit(
         [&](const auto& in) {
             using T = std::decay_t<decltype(in)>;
@@ -67,6 +70,17 @@ std::optional<std::string> CallManager::opponent_party(const std::string& call_i
     const Call* c = find(call_id);
     if (!c || c->opponent_party.empty()) return std::nullopt;
     return c->opponent_party;
+}
+
+void CallManager::forget_old(Ms now) {
+    while (!ended_at_.empty() && ended_at_.begin()->first + kForgetEndedAfter < now) {
+        for (const auto& id : ended_at_.begin()->second) {
+            calls_.erase(id);
+            std::erase_if(timers_, [&](const auto& kv) { return kv.second.first == id; });
+        }
+        ended_at_.erase(ended_at_.begin());
+    }
+    std::erase_if(early_candidates_, [&](const auto& kv) { return kv.second.first_seen + opt_.invite_lifetime < now; });
 }
 
 bool CallManager::use_remote_stream(const std::string& call_id, const std::string& stream_id, bool first_stream) const {
@@ -163,6 +177,8 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     c.remote_by_party.clear();
     if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
     c.state = CallState::ended;
+    c.ended_at = now_;
+    ended_at_[now_].push_back(c.id);
     if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end()) {
         it->second.erase(c.id);
         if (it->second.empty()) active_by_room_.erase(it);
@@ -533,7 +549,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
                 } else if constexpr (std::is_same_v<T, proto::CallAnswer>) {
                     on_answer(ev, e, out);
                 } else if constexpr (std::is_same_v<T, proto::CallCandidates>) {
-                    on_candidates(ev, e, out);
+                    on_candidates(ev, e, now, out);
                 } else if constexpr (std::is_same_v<T, proto::CallSelectAnswer>) {
                     on_select_answer(ev, e, out);
                 } else if constexpr (std::is_same_v<T, proto::CallReject>) {
@@ -551,6 +567,8 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
 }
 
 void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out) {
+    // Candidates that came first belong to this invite, whether it rings or not.
+    auto early = early_candidates_.extract(invite.call_id);
     if (invite.invitee && *invite.invitee != opt_.user_id) {
         out.push_back(Dropped{invite.call_id, "invite is for " + *invite.invitee});
         return;
@@ -626,10 +644,7 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     c.remote_offer = invite.offer.sdp;
     c.polite = true;  // the callee yields in offer collisions
     c.state = CallState::ringing;
-    if (auto early = early_candidates_.find(c.id); early != early_candidates_.end()) {
-        c.remote_by_party = std::move(early->second);
-        early_candidates_.erase(early);
-    }
+    if (!early.empty()) c.remote_by_party = std::move(early.mapped().by_party);
     Call& call = add_call(std::move(c));
     out.push_back(StateChanged{call.id, CallState::ringing, {}, false});
     take_remote_metadata(call, invite.metadata, true, out);
@@ -671,12 +686,14 @@ void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out
     set_state(*c, CallState::connecting, out);
 }
 
-void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Out& out) {
+void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Ms now, Out& out) {
     Call* c = find(cands.call_id);
     if (!c) {
         // Candidates may overtake their invite: keep them for a while.
         if (ev.sender != opt_.user_id && (early_candidates_.count(cands.call_id) || early_candidates_.size() < kMaxEarlyCalls)) {
-            auto& list = early_candidates_[cands.call_id][cands.party_id];
+            auto [it, fresh] = early_candidates_.try_emplace(cands.call_id);
+            if (fresh) it->second.first_seen = now;
+            auto& list = it->second.by_party[cands.party_id];
             list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
         }
         return;

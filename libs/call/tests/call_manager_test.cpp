@@ -624,3 +624,28 @@ TEST(Calls, CallsArePlacedOnlyInRoomsOfExactlyTwo) {
     a.in(PlaceCall{"c2", kRoom, kBob});
     EXPECT_EQ(a.m.state("c2"), CallState::preparing);
 }
+
+TEST(Calls, EarlyCandidatesWaitOneInviteLifetimeAtMost) {
+    Client b(kBob, "PHONE");
+    b.sync({candidates_ev("c1", kAlice, "ALICE1", "stale")}, 0);
+    b.sync({invite("c1", kAlice, "ALICE1")}, 95000);
+    auto out = b.in(AnswerCall{"c1"}, 95100);
+    EXPECT_TRUE(media(out, MediaOp::add_remote_candidate).empty());
+    // Candidates of an invite that does not ring here do not linger either.
+    b.sync({candidates_ev("c2", kAlice, "ALICE1", "x")}, 96000);
+    b.sync({invite("c2", kAlice, "ALICE1", 0, 60000, "@carol:example.org")}, 96100);
+    b.sync({invite("c2", kAlice, "ALICE1", 0, 60000)}, 96200);  // the same id again, now for us
+    ASSERT_EQ(b.m.state("c2"), CallState::ringing);
+    EXPECT_TRUE(media(b.in(AnswerCall{"c2"}, 96300), MediaOp::add_remote_candidate).empty())
+        << "the candidates went with the invite that was not for us";
+}
+
+TEST(Calls, EndedCallsAreForgottenAfterTenMinutes) {
+    Client a = alice_calling();
+    a.in(HangUpCall{"c1"}, 1000);
+    EXPECT_EQ(a.m.state("c1"), CallState::ended);
+    a.in(RoomChanged{kRoom, false, {kAlice, kBob}}, 1000 + 9 * 60 * 1000);
+    EXPECT_EQ(a.m.state("c1"), CallState::ended);
+    a.in(RoomChanged{kRoom, false, {kAlice, kBob}}, 1000 + 11 * 60 * 1000);
+    EXPECT_FALSE(a.m.state("c1"));
+}

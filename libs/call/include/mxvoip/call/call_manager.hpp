@@ -220,6 +220,7 @@ private:
         bool media_started = false;
         bool media_flowed = false;
         std::vector<proto::Candidate> pending_local;
+        Ms ended_at = 0;
         bool polite = false;           // perfect negotiation: the callee (and a glare loser) yields
         bool making_offer = false;     // our renegotiation offer is out or being made
         bool answering_offer = false;  // we are making the answer to their renegotiation offer
@@ -257,7 +258,7 @@ private:
 
     void on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out);
     void on_answer(const RoomEvent& ev, const proto::CallAnswer& answer, Out& out);
-    void on_candidates(const RoomEvent& ev, const proto::CallCandidates& c, Out& out);
+    void on_candidates(const RoomEvent& ev, const proto::CallCandidates& c, Ms now, Out& out);
     void on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out);
     void on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out);
     void on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out);
@@ -282,9 +283,18 @@ private:
     std::map<std::string, std::set<std::string>> active_by_room_;  // room -> ids of calls not ended
     std::map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
+    Ms now_ = 0;  // the time of the input being handled
     std::map<std::string, RoomChanged> rooms_;
-    // Candidates that arrived before the invite of their call, by call then party.
-    std::map<std::string, std::map<std::string, std::vector<proto::Candidate>>> early_candidates_;
+    // Candidates that arrived before the invite of their call, by call then party; kept for
+    // one invite lifetime at most.
+    struct Early {
+        Ms first_seen = 0;
+        std::map<std::string, std::vector<proto::Candidate>> by_party;
+    };
+    std::map<std::string, Early> early_candidates_;
+    // Ended calls are forgotten after a while, so a long-running client does not grow.
+    std::map<Ms, std::vector<std::string>> ended_at_;
+    void forget_old(Ms now);
 };
 
 }  // namespace mxvoip::call
