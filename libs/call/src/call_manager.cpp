@@ -519,6 +519,13 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     std::set<std::string> settled;  // calls answered, rejected or hung up within this batch
     for (const auto& ev : in.events) {
         if (ev.type.rfind("m.call.", 0) != 0) continue;
+        // Our own events come back through /sync, recognised by our party id: skipped before
+        // parsing (they carry our own SDPs).
+        if (ev.sender == opt_.user_id) {
+            const json::object* o = ev.content.if_object();
+            const json::value* party = o ? o->if_contains("party_id") : nullptr;
+            if (party && party->is_string() && party->get_string() == opt_.party_id) continue;
+        }
         auto parsed = proto::parse_call_event(ev.type, ev.content);
         if (!parsed.ok()) {
             const json::object* o = ev.content.if_object();
@@ -528,8 +535,6 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
             continue;
         }
         const auto& common = std::visit([](const auto& e) -> const proto::CallCommon& { return e; }, parsed.value());
-        // Our own events come back through /sync: recognised by our party id.
-        if (ev.sender == opt_.user_id && common.party_id == opt_.party_id) continue;
         if (std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
             std::holds_alternative<proto::CallReject>(parsed.value()) ||
             std::holds_alternative<proto::CallHangup>(parsed.value()))
