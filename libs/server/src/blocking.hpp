@@ -22,8 +22,10 @@ template <typename T>
 auto run_blocking(boost::asio::thread_pool& pool, std::function<T()>&& job) {
     namespace asio = boost::asio;
     auto init = [&pool](auto handler, std::function<T()> work) {
+        // Outstanding work on the caller's executor: its io_context does not stop under us.
+        auto ex = asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        asio::post(pool, [work = std::move(work), shared]() mutable {
+        asio::post(pool, [work = std::move(work), shared, ex]() mutable {
             std::exception_ptr error;
             std::optional<T> value;
             try {
@@ -31,7 +33,6 @@ auto run_blocking(boost::asio::thread_pool& pool, std::function<T()>&& job) {
             } catch (...) {
                 error = std::current_exception();
             }
-            auto ex = asio::get_associated_executor(*shared);
             asio::post(ex, [shared, error, value = std::move(value)]() mutable {
                 (*shared)(error, value ? std::move(*value) : T{});
             });

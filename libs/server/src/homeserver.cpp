@@ -259,9 +259,11 @@ std::shared_ptr<CommitTicket> Homeserver::submit_locked(PendingWrite write) {
 
 asio::awaitable<void> Homeserver::commit_wait(const std::shared_ptr<CommitTicket>& ticket) {
     auto init = [](auto handler, std::shared_ptr<CommitTicket> ticket) {
+        // The executor is held with outstanding work, so a graceful shutdown waits for the
+        // commit and the response instead of letting the I/O threads return under it.
+        auto ex = asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        auto resume = [shared](std::exception_ptr e) {
-            auto ex = asio::get_associated_executor(*shared);
+        auto resume = [shared, ex](std::exception_ptr e) {
             asio::post(ex, [shared, e]() mutable { (*shared)(e); });
         };
         std::unique_lock lock(ticket->mu);
