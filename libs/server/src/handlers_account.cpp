@@ -404,8 +404,6 @@ asio::awaitable<Response> Homeserver::put_account_data(Request& req) {
 asio::awaitable<Response> Homeserver::push_rules(Request& req) {
     // The spec's default rule set (client-server API, "Predefined rules"), with the legacy and
     // unstable ids matrix-js-sdk still expects, in the order it expects them.
-    auto parsed = proto::parse_user_id(req.session->user_id);
-    std::string localpart(parsed ? parsed->localpart : "");
     static constexpr const char* kRules = R"({"global":{"override":[
 {"rule_id":".m.rule.master","default":true,"enabled":false,"conditions":[],"actions":[]},
 {"rule_id":".m.rule.suppress_notices","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}],"actions":[]},
@@ -432,7 +430,6 @@ asio::awaitable<Response> Homeserver::push_rules(Request& req) {
     std::string user_json = json::serialize(json::string_view(req.session->user_id));
     std::string user_plain = user_json.substr(1, user_json.size() - 2);
     for (std::size_t pos; (pos = body.find("@@USER@@")) != std::string::npos;) body.replace(pos, 8, user_plain);
-    (void)localpart;
     co_return Response{200, std::move(body), {}};
 }
 
