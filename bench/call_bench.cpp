@@ -44,8 +44,11 @@ std::vector<Recorded> one_call(int n) {
     out.push_back({"@alice:bench", "m.call.invite", json::serialize(invite)});
     for (int i = 0; i < 2; ++i) {
         json::object c = common("ALICE");
-        c["candidates"] = json::array{json::object{{"candidate", "candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host"}, {"sdpMid", "0"}},
-                                      json::object{{"candidate", "candidate:2 1 udp 1694498815 198.51.100.1 5001 typ srflx"}, {"sdpMid", "0"}}};
+        c["candidates"] = json::array{
+            json::object{{"candidate", "candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host"},
+                         {"sdpMid", "0"}},
+            json::object{{"candidate", "candidate:2 1 udp 1694498815 198.51.100.1 5001 typ srflx"},
+                         {"sdpMid", "0"}}};
         out.push_back({"@alice:bench", "m.call.candidates", json::serialize(c)});
     }
     json::object answer = common("BOB");
@@ -85,7 +88,8 @@ void BM_ParseAndFeedCallEvents(benchmark::State& state) {
         events += static_cast<std::int64_t>(stream.size());
     }
     state.SetItemsProcessed(events);
-    state.SetBytesProcessed(events / static_cast<std::int64_t>(stream.size()) * static_cast<std::int64_t>(bytes));
+    state.SetBytesProcessed(events / static_cast<std::int64_t>(stream.size()) *
+                            static_cast<std::int64_t>(bytes));
 }
 BENCHMARK(BM_ParseAndFeedCallEvents)->Unit(benchmark::kMillisecond);
 

@@ -49,7 +49,7 @@ struct Options {
 
 // One keep-alive HTTP/1.1 connection.
 class Conn {
-public:
+  public:
     explicit Conn(asio::any_io_executor ex) : stream_(ex) {}
 
     asio::awaitable<void> connect(const Options& o) {
@@ -61,8 +61,10 @@ public:
 
     // Sends one request and returns (status, body). Arguments are named objects of the
     // caller: GCC 12 mishandles temporaries inside co_await expressions.
-    asio::awaitable<std::pair<unsigned, std::string>> request(http::verb method, const std::string& target,
-                                                              const std::string& body, const std::string& token) {
+    asio::awaitable<std::pair<unsigned, std::string>> request(http::verb method,
+                                                              const std::string& target,
+                                                              const std::string& body,
+                                                              const std::string& token) {
         http::request<http::string_body> req{method, target, 11};
         req.set(http::field::host, "localhost");
         if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
@@ -79,7 +81,7 @@ public:
         co_return std::pair<unsigned, std::string>{res.result_int(), std::move(res.body())};
     }
 
-private:
+  private:
     beast::tcp_stream stream_;
     beast::flat_buffer buffer_;
 };
@@ -124,7 +126,8 @@ struct Pair {
 std::string enc(const std::string& s) {
     std::string out;
     for (unsigned char c : s) {
-        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += static_cast<char>(c);
+        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+            out += static_cast<char>(c);
         else {
             char buf[4];
             std::snprintf(buf, sizeof buf, "%%%02X", c);
@@ -145,7 +148,8 @@ asio::awaitable<void> register_user(User& u, const Options& o, const std::string
     std::string target = "/_matrix/client/v3/register";
     std::string none;
     auto [status, text] = co_await u.send_conn->request(http::verb::post, target, body, none);
-    if (status != 200) throw std::runtime_error("register " + name + ": " + std::to_string(status) + " " + text);
+    if (status != 200)
+        throw std::runtime_error("register " + name + ": " + std::to_string(status) + " " + text);
     auto v = json::parse(text).as_object();
     u.user_id = json::value_to<std::string>(v["user_id"]);
     u.token = json::value_to<std::string>(v["access_token"]);
@@ -165,15 +169,19 @@ asio::awaitable<void> setup_pair(Pair& p, const Options& o, int index) {
     std::string callee_name = o.prefix + "callee" + std::to_string(index);
     co_await register_user(p.caller, o, caller_name);
     co_await register_user(p.callee, o, callee_name);
-    std::string body = json::serialize(json::object{
-        {"preset", "trusted_private_chat"}, {"is_direct", true}, {"invite", json::array{json::string(p.callee.user_id)}}});
+    std::string body =
+        json::serialize(json::object{{"preset", "trusted_private_chat"},
+                                     {"is_direct", true},
+                                     {"invite", json::array{json::string(p.callee.user_id)}}});
     std::string target = "/_matrix/client/v3/createRoom";
-    auto [status, text] = co_await p.caller.send_conn->request(http::verb::post, target, body, p.caller.token);
+    auto [status, text] =
+        co_await p.caller.send_conn->request(http::verb::post, target, body, p.caller.token);
     if (status != 200) throw std::runtime_error("createRoom: " + text);
     p.room_id = json::value_to<std::string>(json::parse(text).as_object()["room_id"]);
     std::string join_target = "/_matrix/client/v3/join/" + enc(p.room_id);
     std::string empty = "{}";
-    auto [js, jt] = co_await p.callee.send_conn->request(http::verb::post, join_target, empty, p.callee.token);
+    auto [js, jt] =
+        co_await p.callee.send_conn->request(http::verb::post, join_target, empty, p.callee.token);
     if (js != 200) throw std::runtime_error("join: " + jt);
     co_await initial_sync(p.caller);
     co_await initial_sync(p.callee);
@@ -181,11 +189,12 @@ asio::awaitable<void> setup_pair(Pair& p, const Options& o, int index) {
     p.callee_wake = std::make_unique<asio::steady_timer>(ex, Clock::time_point::max());
 }
 
-asio::awaitable<void> send_call_event(User& u, const std::string& room, const std::string& type, json::object& content,
-                                      Stats& stats) {
+asio::awaitable<void> send_call_event(User& u, const std::string& room, const std::string& type,
+                                      json::object& content, Stats& stats) {
     std::uint64_t seq = stats.next_seq++;
     content["bench_seq"] = seq;
-    std::string target = "/_matrix/client/v3/rooms/" + enc(room) + "/send/" + type + "/b" + std::to_string(++u.txn);
+    std::string target =
+        "/_matrix/client/v3/rooms/" + enc(room) + "/send/" + type + "/b" + std::to_string(++u.txn);
     std::string body = json::serialize(content);
     stats.in_flight[seq] = Stats::InFlight{Clock::now(), &u, type};
     auto [status, text] = co_await u.send_conn->request(http::verb::put, target, body, u.token);
@@ -210,7 +219,8 @@ std::string string_after(const std::string& text, std::string_view key) {
 // response is scanned for "bench_seq" rather than parsed whole: the load generator shares the
 // machine's two cores with the server and must stay cheap. Who sent each sequence number and
 // its type are known locally.
-asio::awaitable<void> sync_loop(User& u, std::set<std::string>& saw, asio::steady_timer& wake, Stats& stats) {
+asio::awaitable<void> sync_loop(User& u, std::set<std::string>& saw, asio::steady_timer& wake,
+                                Stats& stats) {
     static constexpr std::string_view kSeq = "\"bench_seq\":";
     while (!stats.stopping) {
         std::string target = "/_matrix/client/v3/sync?timeout=30000&since=" + u.since;
@@ -229,7 +239,9 @@ asio::awaitable<void> sync_loop(User& u, std::set<std::string>& saw, asio::stead
             if (it == stats.in_flight.end() || it->second.sender == &u) continue;  // our own echo
             if (stats.measuring) {
                 stats.delivered++;
-                stats.latency_us.push_back(std::chrono::duration<double, std::micro>(received - it->second.started).count());
+                stats.latency_us.push_back(
+                    std::chrono::duration<double, std::micro>(received - it->second.started)
+                        .count());
             }
             saw.insert(it->second.type);
             stats.in_flight.erase(it);
@@ -239,7 +251,8 @@ asio::awaitable<void> sync_loop(User& u, std::set<std::string>& saw, asio::stead
     }
 }
 
-asio::awaitable<void> wait_for(std::set<std::string>& saw, const std::string& type, asio::steady_timer& wake) {
+asio::awaitable<void> wait_for(std::set<std::string>& saw, const std::string& type,
+                               asio::steady_timer& wake) {
     while (!saw.count(type)) {
         wake.expires_at(Clock::time_point::max());
         boost::system::error_code ec;
@@ -247,13 +260,14 @@ asio::awaitable<void> wait_for(std::set<std::string>& saw, const std::string& ty
     }
 }
 
-asio::awaitable<void> send_two_candidate_batches(User& u, const std::string& room, const json::object& base,
-                                                 Stats& stats) {
+asio::awaitable<void> send_two_candidate_batches(User& u, const std::string& room,
+                                                 const json::object& base, Stats& stats) {
     std::string type = "m.call.candidates";
     for (int i = 0; i < 2; ++i) {
         json::object cand = base;
         cand["candidates"] = json::array{
-            json::object{{"candidate", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"}, {"sdpMid", "0"}}};
+            json::object{{"candidate", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"},
+                         {"sdpMid", "0"}}};
         co_await send_call_event(u, room, type, cand, stats);
     }
 }
@@ -362,8 +376,10 @@ int run_calls(const Options& o) {
                   << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
         auto ex = co_await asio::this_coro::executor;
         for (auto& p : pairs) {
-            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats), asio::detached);
-            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats), asio::detached);
+            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats),
+                           asio::detached);
+            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats),
+                           asio::detached);
             asio::co_spawn(ex, pair_loop(*p, stats), asio::detached);
         }
         // One second of warm-up, then the measured window.
@@ -372,7 +388,8 @@ int run_calls(const Options& o) {
         stats.measuring = true;
         auto start = Clock::now();
         long peak_rss = 0;
-        for (double elapsed = 0; elapsed < o.seconds; elapsed = std::chrono::duration<double>(Clock::now() - start).count()) {
+        for (double elapsed = 0; elapsed < o.seconds;
+             elapsed = std::chrono::duration<double>(Clock::now() - start).count()) {
             t.expires_after(std::chrono::milliseconds(250));
             co_await t.async_wait(asio::use_awaitable);
             peak_rss = std::max(peak_rss, server_rss_kib(o.server_pid).first);
@@ -381,13 +398,16 @@ int run_calls(const Options& o) {
         double secs = std::chrono::duration<double>(Clock::now() - start).count();
         auto [rss, hwm] = server_rss_kib(o.server_pid);
         auto& v = stats.latency_us;
-        double p50 = percentile(v, 50), p99 = percentile(v, 99), pmax = v.empty() ? 0 : *std::max_element(v.begin(), v.end());
-        std::printf("pairs=%d seconds=%.1f delivered=%llu events_per_s=%.0f latency_ms_p50=%.3f p99=%.3f max=%.3f "
-                    "errors=%llu server_rss_mib=%.1f server_rss_peak_mib=%.1f\n",
-                    o.pairs, secs, static_cast<unsigned long long>(stats.delivered),
-                    static_cast<double>(stats.delivered) / secs, p50 / 1000, p99 / 1000, pmax / 1000,
-                    static_cast<unsigned long long>(stats.errors), static_cast<double>(rss) / 1024,
-                    static_cast<double>(std::max(peak_rss, hwm)) / 1024);
+        double p50 = percentile(v, 50), p99 = percentile(v, 99),
+               pmax = v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+        std::printf(
+            "pairs=%d seconds=%.1f delivered=%llu events_per_s=%.0f latency_ms_p50=%.3f p99=%.3f "
+            "max=%.3f "
+            "errors=%llu server_rss_mib=%.1f server_rss_peak_mib=%.1f\n",
+            o.pairs, secs, static_cast<unsigned long long>(stats.delivered),
+            static_cast<double>(stats.delivered) / secs, p50 / 1000, p99 / 1000, pmax / 1000,
+            static_cast<unsigned long long>(stats.errors), static_cast<double>(rss) / 1024,
+            static_cast<double>(std::max(peak_rss, hwm)) / 1024);
         std::fflush(stdout);
         stats.stopping = true;
         ioc.stop();
@@ -422,10 +442,11 @@ int run_idle(const Options& o) {
         }
         auto before = server_rss_kib(o.server_pid).first;
         for (int i = 0; i < o.connections; ++i) {
-            asio::co_spawn(ex, idle_connection(*users[static_cast<std::size_t>(i % nusers)], o, connected),
-                           [&](std::exception_ptr e) {
-                               if (e && !failure) failure = e;
-                           });
+            asio::co_spawn(
+                ex, idle_connection(*users[static_cast<std::size_t>(i % nusers)], o, connected),
+                [&](std::exception_ptr e) {
+                    if (e && !failure) failure = e;
+                });
         }
         asio::steady_timer t(ex);
         auto start = Clock::now();
@@ -433,15 +454,18 @@ int run_idle(const Options& o) {
             t.expires_after(std::chrono::milliseconds(100));
             co_await t.async_wait(asio::use_awaitable);
         }
-        t.expires_after(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.seconds)));
+        t.expires_after(
+            std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.seconds)));
         co_await t.async_wait(asio::use_awaitable);
         auto [rss, hwm] = server_rss_kib(o.server_pid);
-        std::printf("idle_connections=%ld server_rss_before_mib=%.1f server_rss_mib=%.1f server_rss_peak_mib=%.1f "
-                    "per_connection_kib=%.1f failures=%s\n",
-                    connected, static_cast<double>(before) / 1024, static_cast<double>(rss) / 1024,
-                    static_cast<double>(hwm) / 1024,
-                    connected ? static_cast<double>(rss - before) / static_cast<double>(connected) : 0.0,
-                    failure ? "yes" : "no");
+        std::printf(
+            "idle_connections=%ld server_rss_before_mib=%.1f server_rss_mib=%.1f "
+            "server_rss_peak_mib=%.1f "
+            "per_connection_kib=%.1f failures=%s\n",
+            connected, static_cast<double>(before) / 1024, static_cast<double>(rss) / 1024,
+            static_cast<double>(hwm) / 1024,
+            connected ? static_cast<double>(rss - before) / static_cast<double>(connected) : 0.0,
+            failure ? "yes" : "no");
         std::fflush(stdout);
         ioc.stop();
     };

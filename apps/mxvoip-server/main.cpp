@@ -1,9 +1,9 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <fstream>
 #include <iostream>
@@ -48,15 +48,18 @@ int main(int argc, char** argv) {
     std::string config_path;
     app.add_option("-c,--config", config_path,
                    "YAML configuration file (Synapse key names). Without it the server runs with "
-                   "development defaults: server_name localhost, 127.0.0.1:8008, ./mxvoip.db, open registration")
+                   "development defaults: server_name localhost, 127.0.0.1:8008, ./mxvoip.db, open "
+                   "registration")
         ->check(CLI::ExistingFile);
     auto* user_cmd = app.add_subcommand("user", "Manage accounts (while the server is stopped)");
-    auto* add_cmd = user_cmd->add_subcommand("add", "Create an account, e.g. when registration is closed");
+    auto* add_cmd =
+        user_cmd->add_subcommand("add", "Create an account, e.g. when registration is closed");
     std::string new_user;
     std::string password_file;
     add_cmd->add_option("USER_ID", new_user, "Full user id, e.g. @alice:example.org")->required();
-    add_cmd->add_option("--password-file", password_file,
-                        "File whose first line is the password (otherwise MXVOIP_PASSWORD, or a prompt)");
+    add_cmd->add_option(
+        "--password-file", password_file,
+        "File whose first line is the password (otherwise MXVOIP_PASSWORD, or a prompt)");
     user_cmd->require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
 
@@ -66,7 +69,8 @@ int main(int argc, char** argv) {
 
     mxvoip::server::Config config;
     try {
-        config = config_path.empty() ? mxvoip::server::development_config() : mxvoip::server::load_config(config_path);
+        config = config_path.empty() ? mxvoip::server::development_config()
+                                     : mxvoip::server::load_config(config_path);
     } catch (const std::exception& e) {
         std::cerr << "mxvoip-server: configuration error: " << e.what() << "\n";
         return 2;
@@ -85,14 +89,16 @@ int main(int argc, char** argv) {
     }
 
     if (config.development_defaults)
-        spdlog::warn("no --config given: development defaults (server_name localhost, 127.0.0.1:8008, "
-                     "database ./mxvoip.db, open registration)");
+        spdlog::warn(
+            "no --config given: development defaults (server_name localhost, 127.0.0.1:8008, "
+            "database ./mxvoip.db, open registration)");
     else
         spdlog::info("configuration from {}: server_name {}", config.source, config.server_name);
     for (const auto& w : config.warnings) spdlog::warn("{}", w);
     if (config.turn.configured())
         spdlog::info("TURN: {} URI(s), {} credentials, lifetime {} s{}", config.turn.uris.size(),
-                     config.turn.shared_secret.empty() ? "static" : "shared-secret", config.turn.user_lifetime_s,
+                     config.turn.shared_secret.empty() ? "static" : "shared-secret",
+                     config.turn.user_lifetime_s,
                      config.turn.allow_guests ? "" : ", not for guests");
     else
         spdlog::info("TURN: not configured; /voip/turnServer answers {{}}");
@@ -100,7 +106,8 @@ int main(int argc, char** argv) {
         mxvoip::server::Server server(config);
         server.start();
         const auto& first = server.addresses().front();
-        spdlog::info("mxvoip-server ready: {} on http://{}:{}/", config.server_name, first.host, first.port);
+        spdlog::info("mxvoip-server ready: {} on http://{}:{}/", config.server_name, first.host,
+                     first.port);
         server.run(true);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());

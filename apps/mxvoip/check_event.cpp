@@ -13,7 +13,8 @@ namespace json = boost::json;
 namespace {
 
 // Checks one event; prints its verdict under `label`. Returns whether it is valid.
-bool check_one(const json::value& event, const std::string& type_option, const std::string& label, std::ostream& out) {
+bool check_one(const json::value& event, const std::string& type_option, const std::string& label,
+               std::ostream& out) {
     std::string type = type_option;
     const json::value* content = &event;
     if (type.empty()) {
@@ -46,7 +47,8 @@ bool check_one(const json::value& event, const std::string& type_option, const s
 
 }  // namespace
 
-int check_event(const std::vector<std::string>& inputs, const std::string& type, std::ostream& out, std::ostream& err) {
+int check_event(const std::vector<std::string>& inputs, const std::string& type, std::ostream& out,
+                std::ostream& err) {
     bool all_valid = true;
     for (const auto& name : inputs) {
         std::stringstream text;

@@ -9,19 +9,28 @@ namespace {
 constexpr std::size_t kMaxEarlyCalls = 256;  // calls whose candidates wait for their invite
 constexpr Ms kForgetEndedAfter = 10 * 60 * 1000;
 
-bool active(CallState s) { return s != CallState::ended; }
+bool active(CallState s) {
+    return s != CallState::ended;
+}
 
 }  // namespace
 
 const char* to_string(CallState s) {
     switch (s) {
-        case CallState::preparing: return "preparing";
-        case CallState::invite_sent: return "invite_sent";
-        case CallState::ringing: return "ringing";
-        case CallState::answering: return "answering";
-        case CallState::connecting: return "connecting";
-        case CallState::connected: return "connected";
-        case CallState::ended: return "ended";
+        case CallState::preparing:
+            return "preparing";
+        case CallState::invite_sent:
+            return "invite_sent";
+        case CallState::ringing:
+            return "ringing";
+        case CallState::answering:
+            return "answering";
+        case CallState::connecting:
+            return "connecting";
+        case CallState::connected:
+            return "connected";
+        case CallState::ended:
+            return "ended";
     }
     return "?";
 }
@@ -35,22 +44,38 @@ std::vector<Action> CallManager::handle(const Input& input, Ms now) {
     std::visit(
         [&](const auto& in) {
             using T = std::decay_t<decltype(in)>;
-            if constexpr (std::is_same_v<T, PlaceCall>) place(in, now, out);
-            else if constexpr (std::is_same_v<T, AnswerCall>) answer(in.call_id, now, out);
-            else if constexpr (std::is_same_v<T, RejectCall>) reject(in.call_id, out);
-            else if constexpr (std::is_same_v<T, HangUpCall>) hang_up(in.call_id, out);
-            else if constexpr (std::is_same_v<T, SyncBatch>) batch(in, now, out);
-            else if constexpr (std::is_same_v<T, RoomChanged>) room_changed(in, out);
-            else if constexpr (std::is_same_v<T, LocalDescription>) local_description(in, now, out);
-            else if constexpr (std::is_same_v<T, LocalCandidate>) local_candidate(in, now, out);
-            else if constexpr (std::is_same_v<T, GatheringDone>) gathering_done(in, out);
-            else if constexpr (std::is_same_v<T, IceStateChanged>) ice(in, now, out);
-            else if constexpr (std::is_same_v<T, TimerFired>) timer(in, out);
-            else if constexpr (std::is_same_v<T, NegotiationNeeded>) negotiation_needed(in, out);
-            else if constexpr (std::is_same_v<T, LocalStreams>) local_streams(in, out);
-            else if constexpr (std::is_same_v<T, SetHold>) set_hold(in, out);
-            else if constexpr (std::is_same_v<T, SetScreenshare>) set_screenshare(in, out);
-            else if constexpr (std::is_same_v<T, SetMuted>) set_muted(in, out);
+            if constexpr (std::is_same_v<T, PlaceCall>)
+                place(in, now, out);
+            else if constexpr (std::is_same_v<T, AnswerCall>)
+                answer(in.call_id, now, out);
+            else if constexpr (std::is_same_v<T, RejectCall>)
+                reject(in.call_id, out);
+            else if constexpr (std::is_same_v<T, HangUpCall>)
+                hang_up(in.call_id, out);
+            else if constexpr (std::is_same_v<T, SyncBatch>)
+                batch(in, now, out);
+            else if constexpr (std::is_same_v<T, RoomChanged>)
+                room_changed(in, out);
+            else if constexpr (std::is_same_v<T, LocalDescription>)
+                local_description(in, now, out);
+            else if constexpr (std::is_same_v<T, LocalCandidate>)
+                local_candidate(in, now, out);
+            else if constexpr (std::is_same_v<T, GatheringDone>)
+                gathering_done(in, out);
+            else if constexpr (std::is_same_v<T, IceStateChanged>)
+                ice(in, now, out);
+            else if constexpr (std::is_same_v<T, TimerFired>)
+                timer(in, out);
+            else if constexpr (std::is_same_v<T, NegotiationNeeded>)
+                negotiation_needed(in, out);
+            else if constexpr (std::is_same_v<T, LocalStreams>)
+                local_streams(in, out);
+            else if constexpr (std::is_same_v<T, SetHold>)
+                set_hold(in, out);
+            else if constexpr (std::is_same_v<T, SetScreenshare>)
+                set_screenshare(in, out);
+            else if constexpr (std::is_same_v<T, SetMuted>)
+                set_muted(in, out);
         },
         input);
     return out;
@@ -80,10 +105,13 @@ void CallManager::forget_old(Ms now) {
         }
         ended_at_.erase(ended_at_.begin());
     }
-    std::erase_if(early_candidates_, [&](const auto& kv) { return kv.second.first_seen + opt_.invite_lifetime < now; });
+    std::erase_if(early_candidates_, [&](const auto& kv) {
+        return kv.second.first_seen + opt_.invite_lifetime < now;
+    });
 }
 
-bool CallManager::use_remote_stream(const std::string& call_id, const std::string& stream_id, bool first_stream) const {
+bool CallManager::use_remote_stream(const std::string& call_id, const std::string& stream_id,
+                                    bool first_stream) const {
     const Call* c = find(call_id);
     if (!c) return false;
     if (!c->peer_sends_metadata) return first_stream;
@@ -152,7 +180,8 @@ void CallManager::put_local_metadata(const Call& c, json::object& content) const
 }
 
 // The first invite or answer decides whether the peer describes its streams at all.
-void CallManager::take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first, Out& out) {
+void CallManager::take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m,
+                                       bool first, Out& out) {
     if (first) c.peer_sends_metadata = m.has_value();
     if (!m) return;
     c.remote_metadata = *m;
@@ -211,7 +240,8 @@ void CallManager::arm_candidate_batch(Call& c, Ms now, Out& out) {
         return;
     }
     if (c.batch_timer) return;
-    Ms delay = c.dir == Direction::outgoing && c.opponent_party.empty() ? opt_.first_candidate_batch : opt_.candidate_batch;
+    Ms delay = c.dir == Direction::outgoing && c.opponent_party.empty() ? opt_.first_candidate_batch
+                                                                        : opt_.candidate_batch;
     c.batch_timer = start_timer(c, TimerKind::candidates, now + delay, out);
 }
 
@@ -219,7 +249,8 @@ void CallManager::choose_opponent(Call& c, const std::string& party, Out& out) {
     c.opponent_party = party;
     auto it = c.remote_by_party.find(party);
     if (it != c.remote_by_party.end() && c.media_started) {
-        for (auto& cand : it->second) out.push_back(MediaCommand{c.id, MediaOp::add_remote_candidate, {}, cand, {}});
+        for (auto& cand : it->second)
+            out.push_back(MediaCommand{c.id, MediaOp::add_remote_candidate, {}, cand, {}});
         c.remote_by_party.erase(it);
     }
     // Candidates of the parties not chosen are of no use.
@@ -238,15 +269,18 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
         return;
     }
     // Calls belong in rooms of exactly two: in a bigger room anyone could answer.
-    if (auto room = rooms_.find(in.room_id); room != rooms_.end() && room->second.joined.size() != 2) {
-        out.push_back(Dropped{in.call_id, "the room has " + std::to_string(room->second.joined.size()) +
+    if (auto room = rooms_.find(in.room_id);
+        room != rooms_.end() && room->second.joined.size() != 2) {
+        out.push_back(Dropped{in.call_id, "the room has " +
+                                              std::to_string(room->second.joined.size()) +
                                               " joined members; calls need exactly two"});
         return;
     }
     // Calling someone who is calling us is answering them.
     for (Call* c : active_in_room(in.room_id)) {
         if (c->dir == Direction::incoming && c->state == CallState::ringing) {
-            out.push_back(Dropped{in.call_id, "answering the ringing call " + c->id + " in the same room instead"});
+            out.push_back(Dropped{
+                in.call_id, "answering the ringing call " + c->id + " in the same room instead"});
             answer(c->id, now, out);
             return;
         }
@@ -279,7 +313,8 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
 void CallManager::reject(const std::string& call_id, Out& out) {
     Call* c = find(call_id);
     // Ringing, or answered locally but the answer is not out yet: to the caller both are a decline.
-    bool declinable = c && (c->state == CallState::ringing || (c->state == CallState::answering && !c->signalled));
+    bool declinable = c && (c->state == CallState::ringing ||
+                            (c->state == CallState::answering && !c->signalled));
     if (!declinable) {
         out.push_back(Dropped{call_id, "reject: the call is not ringing"});
         return;
@@ -318,7 +353,8 @@ void CallManager::hang_up(const std::string& call_id, Out& out) {
 
 void CallManager::local_description(const LocalDescription& in, Ms now, Out& out) {
     Call* c = find(in.call_id);
-    if (c && c->dir == Direction::outgoing && c->state == CallState::preparing && in.type == "offer") {
+    if (c && c->dir == Direction::outgoing && c->state == CallState::preparing &&
+        in.type == "offer") {
         json::object content = base_content(*c);
         content["offer"] = {{"type", "offer"}, {"sdp", in.sdp}};
         content["lifetime"] = opt_.invite_lifetime;
@@ -331,7 +367,8 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
         arm_candidate_batch(*c, now, out);
         return;
     }
-    if (c && c->dir == Direction::incoming && c->state == CallState::answering && in.type == "answer") {
+    if (c && c->dir == Direction::incoming && c->state == CallState::answering &&
+        in.type == "answer") {
         json::object content = base_content(*c);
         content["answer"] = {{"type", "answer"}, {"sdp", in.sdp}};
         put_local_metadata(*c, content);
@@ -342,7 +379,8 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
         return;
     }
     bool in_progress = c && (c->state == CallState::connecting || c->state == CallState::connected);
-    if (in_progress && ((in.type == "offer" && c->making_offer) || (in.type == "answer" && c->answering_offer))) {
+    if (in_progress &&
+        ((in.type == "offer" && c->making_offer) || (in.type == "answer" && c->answering_offer))) {
         json::object content = base_content(*c);
         content["description"] = {{"type", in.type}, {"sdp", in.sdp}};
         content["lifetime"] = opt_.negotiate_lifetime;
@@ -392,10 +430,12 @@ void CallManager::set_screenshare(const SetScreenshare& in, Out& out) {
     Call* c = in_call(in.call_id, "screen share", out);
     if (!c) return;
     if (c->remote_version != proto::CallVersion::v1) {
-        out.push_back(Dropped{c->id, "the peer speaks version 0: screen share needs renegotiation"});
+        out.push_back(
+            Dropped{c->id, "the peer speaks version 0: screen share needs renegotiation"});
         return;
     }
-    MediaCommand m{c->id, in.on ? MediaOp::add_screenshare : MediaOp::remove_screenshare, {}, {}, {}};
+    MediaCommand m{
+        c->id, in.on ? MediaOp::add_screenshare : MediaOp::remove_screenshare, {}, {}, {}};
     // A peer that sent no stream metadata takes one stream only: the screen replaces the camera.
     m.replace_camera = !c->peer_sends_metadata;
     out.push_back(std::move(m));
@@ -450,13 +490,16 @@ void CallManager::ice(const IceStateChanged& in, Ms now, Out& out) {
         c->media_flowed = true;
         cancel_timer(c->ice_restart_timer, out);
         if (c->state == CallState::connecting) set_state(*c, CallState::connected, out);
-    } else if (in.state == IceState::failed && (c->state == CallState::connecting || c->state == CallState::connected) &&
+    } else if (in.state == IceState::failed &&
+               (c->state == CallState::connecting || c->state == CallState::connected) &&
                c->remote_version == proto::CallVersion::v1 && !c->ice_restart_tried) {
         // First try an ICE restart (a renegotiation); the call ends only if that fails too.
         c->ice_restart_tried = true;
-        c->ice_restart_timer = start_timer(*c, TimerKind::ice_restart, now + opt_.ice_restart_timeout, out);
+        c->ice_restart_timer =
+            start_timer(*c, TimerKind::ice_restart, now + opt_.ice_restart_timeout, out);
         out.push_back(MediaCommand{c->id, MediaOp::ice_restart, {}, {}, {}});
-    } else if (in.state == IceState::failed && (c->state == CallState::connecting || c->state == CallState::connected)) {
+    } else if (in.state == IceState::failed &&
+               (c->state == CallState::connecting || c->state == CallState::connected)) {
         // ice_failed if media never flowed, ice_timeout if it flowed and then stopped.
         std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
         json::object content = base_content(*c);
@@ -502,8 +545,8 @@ void CallManager::room_changed(const RoomChanged& in, Out& out) {
     rooms_[in.room_id] = in;
     for (Call* c : active_in_room(in.room_id)) {
         // The other party leaving the room is a hangup.
-        if (!c->opponent_user.empty() && !in.joined.count(c->opponent_user) && c->state != CallState::preparing &&
-            c->state != CallState::invite_sent)
+        if (!c->opponent_user.empty() && !in.joined.count(c->opponent_user) &&
+            c->state != CallState::preparing && c->state != CallState::invite_sent)
             end(*c, "user_hangup", true, out);
     }
 }
@@ -530,11 +573,13 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
         if (!parsed.ok()) {
             const json::object* o = ev.content.if_object();
             const json::value* id = o ? o->if_contains("call_id") : nullptr;
-            out.push_back(Dropped{id && id->is_string() ? std::string(id->get_string()) : std::string(),
-                                  "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
+            out.push_back(Dropped{
+                id && id->is_string() ? std::string(id->get_string()) : std::string(),
+                "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
             continue;
         }
-        const auto& common = std::visit([](const auto& e) -> const proto::CallCommon& { return e; }, parsed.value());
+        const auto& common =
+            std::visit([](const auto& e) -> const proto::CallCommon& { return e; }, parsed.value());
         if (std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
             std::holds_alternative<proto::CallReject>(parsed.value()) ||
             std::holds_alternative<proto::CallHangup>(parsed.value()))
@@ -548,7 +593,9 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
                 using T = std::decay_t<decltype(e)>;
                 if constexpr (std::is_same_v<T, proto::CallInvite>) {
                     if (settled.count(e.call_id) && !find(e.call_id))
-                        out.push_back(Dropped{e.call_id, "invite already answered, rejected or hung up in the same batch"});
+                        out.push_back(Dropped{
+                            e.call_id,
+                            "invite already answered, rejected or hung up in the same batch"});
                     else
                         on_invite(ev, e, now, out);
                 } else if constexpr (std::is_same_v<T, proto::CallAnswer>) {
@@ -571,7 +618,8 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     }
 }
 
-void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out) {
+void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now,
+                            Out& out) {
     // Candidates that came first belong to this invite, whether it rings or not.
     auto early = early_candidates_.extract(invite.call_id);
     if (invite.invitee && *invite.invitee != opt_.user_id) {
@@ -592,7 +640,8 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     }
     Ms left = invite.lifetime - ev.age_ms;
     if (left < opt_.min_ring_left) {
-        out.push_back(Dropped{invite.call_id, "invite expired (" + std::to_string(ev.age_ms) + " ms old, lifetime " +
+        out.push_back(Dropped{invite.call_id, "invite expired (" + std::to_string(ev.age_ms) +
+                                                  " ms old, lifetime " +
                                                   std::to_string(invite.lifetime) + " ms)"});
         return;
     }
@@ -600,11 +649,13 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     Call* ours = nullptr;
     auto in_room = active_in_room(ev.room_id);
     for (Call* c : in_room)
-        if (c->dir == Direction::outgoing && (c->state == CallState::preparing || c->state == CallState::invite_sent))
+        if (c->dir == Direction::outgoing &&
+            (c->state == CallState::preparing || c->state == CallState::invite_sent))
             ours = c;
     // Already in a call in this room: answer busy instead of ringing.
     for (Call* c : in_room) {
-        if (c->state != CallState::preparing && c->state != CallState::invite_sent && c->state != CallState::ringing) {
+        if (c->state != CallState::preparing && c->state != CallState::invite_sent &&
+            c->state != CallState::ringing) {
             Call busy;
             busy.id = invite.call_id;
             busy.room_id = ev.room_id;
@@ -624,7 +675,8 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     std::string media_from;
     if (ours) {
         if (ours->state == CallState::preparing || invite.call_id < ours->id) {
-            // Theirs lives: drop ours (hanging it up if it is out) and answer theirs with our media.
+            // Theirs lives: drop ours (hanging it up if it is out) and answer theirs with our
+            // media.
             if (ours->signalled) {
                 json::object content = base_content(*ours);
                 content["reason"] = "user_hangup";
@@ -635,7 +687,8 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
             auto_answer = true;
             media_from = ours->id;
         } else {
-            out.push_back(Dropped{invite.call_id, "glare: our call " + ours->id + " has the lesser id and lives"});
+            out.push_back(Dropped{invite.call_id,
+                                  "glare: our call " + ours->id + " has the lesser id and lives"});
             return;
         }
     }
@@ -668,12 +721,15 @@ void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out
     }
     if (c->dir == Direction::incoming) {
         // Another of our devices answered the call ringing here.
-        if (ev.sender == opt_.user_id && c->state == CallState::ringing) end(*c, "answered_elsewhere", true, out);
-        else out.push_back(Dropped{a.call_id, "answer seen on the answering side"});
+        if (ev.sender == opt_.user_id && c->state == CallState::ringing)
+            end(*c, "answered_elsewhere", true, out);
+        else
+            out.push_back(Dropped{a.call_id, "answer seen on the answering side"});
         return;
     }
     if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
-        out.push_back(Dropped{a.call_id, "answer from " + ev.sender + ", the call is for " + c->opponent_user});
+        out.push_back(Dropped{
+            a.call_id, "answer from " + ev.sender + ", the call is for " + c->opponent_user});
         return;
     }
     if (c->state != CallState::invite_sent) {
@@ -691,11 +747,13 @@ void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out
     set_state(*c, CallState::connecting, out);
 }
 
-void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Ms now, Out& out) {
+void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Ms now,
+                                Out& out) {
     Call* c = find(cands.call_id);
     if (!c) {
         // Candidates may overtake their invite: keep them for a while.
-        if (ev.sender != opt_.user_id && (early_candidates_.count(cands.call_id) || early_candidates_.size() < kMaxEarlyCalls)) {
+        if (ev.sender != opt_.user_id &&
+            (early_candidates_.count(cands.call_id) || early_candidates_.size() < kMaxEarlyCalls)) {
             auto [it, fresh] = early_candidates_.try_emplace(cands.call_id);
             if (fresh) it->second.first_seen = now;
             auto& list = it->second.by_party[cands.party_id];
@@ -705,15 +763,18 @@ void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates
     }
     if (!active(c->state)) return;
     if (ev.sender != c->opponent_user) {
-        out.push_back(Dropped{cands.call_id, "candidates from " + ev.sender + ", who is not in this call"});
+        out.push_back(
+            Dropped{cands.call_id, "candidates from " + ev.sender + ", who is not in this call"});
         return;
     }
     if (!c->opponent_party.empty() && cands.party_id != c->opponent_party) {
-        out.push_back(Dropped{cands.call_id, "candidates from party " + cands.party_id + ", which was not chosen"});
+        out.push_back(Dropped{
+            cands.call_id, "candidates from party " + cands.party_id + ", which was not chosen"});
         return;
     }
     bool apply_now = !c->opponent_party.empty() && c->media_started &&
-                     (c->dir == Direction::incoming ? c->state != CallState::ringing : c->state != CallState::invite_sent);
+                     (c->dir == Direction::incoming ? c->state != CallState::ringing
+                                                    : c->state != CallState::invite_sent);
     if (!apply_now) {
         auto& list = c->remote_by_party[cands.party_id];
         list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
@@ -723,7 +784,8 @@ void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates
         out.push_back(MediaCommand{c->id, MediaOp::add_remote_candidate, {}, cand, {}});
 }
 
-void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out) {
+void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s,
+                                   Out& out) {
     Call* c = find(s.call_id);
     if (!c || !active(c->state) || c->dir != Direction::incoming) {
         out.push_back(Dropped{s.call_id, "select_answer for no active incoming call"});
@@ -745,12 +807,15 @@ void CallManager::on_reject(const RoomEvent& ev, const proto::CallReject& r, Out
         return;
     }
     if (c->dir == Direction::incoming) {
-        if (ev.sender == opt_.user_id && c->state == CallState::ringing) end(*c, "rejected_elsewhere", true, out);
-        else out.push_back(Dropped{r.call_id, "reject seen on the rejecting side"});
+        if (ev.sender == opt_.user_id && c->state == CallState::ringing)
+            end(*c, "rejected_elsewhere", true, out);
+        else
+            out.push_back(Dropped{r.call_id, "reject seen on the rejecting side"});
         return;
     }
     if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
-        out.push_back(Dropped{r.call_id, "reject from " + ev.sender + ", the call is for " + c->opponent_user});
+        out.push_back(Dropped{
+            r.call_id, "reject from " + ev.sender + ", the call is for " + c->opponent_user});
         return;
     }
     if (c->state != CallState::invite_sent) {
@@ -802,14 +867,16 @@ void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& 
         return;
     }
     if (ev.age_ms > n.lifetime) {
-        out.push_back(Dropped{n.call_id, "negotiate expired (" + std::to_string(ev.age_ms) + " ms old, lifetime " +
-                                             std::to_string(n.lifetime) + " ms)"});
+        out.push_back(Dropped{n.call_id, "negotiate expired (" + std::to_string(ev.age_ms) +
+                                             " ms old, lifetime " + std::to_string(n.lifetime) +
+                                             " ms)"});
         return;
     }
     if (n.description.type == "offer") {
         if (c->making_offer) {
             if (!c->polite) {
-                out.push_back(Dropped{n.call_id, "offer collision: we are the impolite side and keep our offer"});
+                out.push_back(Dropped{
+                    n.call_id, "offer collision: we are the impolite side and keep our offer"});
                 return;
             }
             c->making_offer = false;
@@ -829,7 +896,8 @@ void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& 
     out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, n.description.sdp, {}, {}});
 }
 
-void CallManager::on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m, Out& out) {
+void CallManager::on_metadata_changed(const RoomEvent& ev,
+                                      const proto::CallSdpStreamMetadataChanged& m, Out& out) {
     Call* c = find(m.call_id);
     if (!c || !active(c->state) || c->opponent_party.empty() || !is_opponent(*c, ev, m.party_id)) {
         out.push_back(Dropped{m.call_id, "stream metadata from a party that is not the opponent"});

@@ -43,12 +43,13 @@ json::object common(const std::string& call_id, const std::string& party) {
     return json::object{{"call_id", call_id}, {"party_id", party}, {"version", "1"}};
 }
 
-RoomEvent event(const std::string& sender, const std::string& type, json::object content, Ms age = 0) {
+RoomEvent event(const std::string& sender, const std::string& type, json::object content,
+                Ms age = 0) {
     return RoomEvent{kRoom, sender, type, std::move(content), age};
 }
 
-RoomEvent invite(const std::string& call_id, const std::string& sender, const std::string& party, Ms age = 0,
-                 Ms lifetime = 60000, std::optional<std::string> invitee = {}) {
+RoomEvent invite(const std::string& call_id, const std::string& sender, const std::string& party,
+                 Ms age = 0, Ms lifetime = 60000, std::optional<std::string> invitee = {}) {
     json::object c = common(call_id, party);
     c["offer"] = {{"type", "offer"}, {"sdp", "offer-sdp-" + call_id}};
     c["lifetime"] = lifetime;
@@ -56,21 +57,22 @@ RoomEvent invite(const std::string& call_id, const std::string& sender, const st
     return event(sender, "m.call.invite", std::move(c), age);
 }
 
-RoomEvent answer_ev(const std::string& call_id, const std::string& sender, const std::string& party) {
+RoomEvent answer_ev(const std::string& call_id, const std::string& sender,
+                    const std::string& party) {
     json::object c = common(call_id, party);
     c["answer"] = {{"type", "answer"}, {"sdp", "answer-sdp-" + party}};
     return event(sender, "m.call.answer", std::move(c));
 }
 
-RoomEvent candidates_ev(const std::string& call_id, const std::string& sender, const std::string& party,
-                        const std::string& candidate) {
+RoomEvent candidates_ev(const std::string& call_id, const std::string& sender,
+                        const std::string& party, const std::string& candidate) {
     json::object c = common(call_id, party);
     c["candidates"] = json::array{json::object{{"candidate", candidate}, {"sdpMid", "0"}}};
     return event(sender, "m.call.candidates", std::move(c));
 }
 
-RoomEvent simple(const std::string& type, const std::string& call_id, const std::string& sender, const std::string& party,
-                 json::object extra = {}) {
+RoomEvent simple(const std::string& type, const std::string& call_id, const std::string& sender,
+                 const std::string& party, json::object extra = {}) {
     json::object c = common(call_id, party);
     for (auto& kv : extra) c[kv.key()] = kv.value();
     return event(sender, type, std::move(c));
@@ -85,9 +87,12 @@ proto::Candidate cand(const std::string& text) {
 
 struct Client {
     CallManager m;
-    Client(const std::string& user, const std::string& party) : m(CallManager::Options{user, party}) {}
+    Client(const std::string& user, const std::string& party)
+        : m(CallManager::Options{user, party}) {}
     std::vector<Action> in(const Input& input, Ms now = 0) { return m.handle(input, now); }
-    std::vector<Action> sync(std::vector<RoomEvent> events, Ms now = 0) { return m.handle(SyncBatch{std::move(events)}, now); }
+    std::vector<Action> sync(std::vector<RoomEvent> events, Ms now = 0) {
+        return m.handle(SyncBatch{std::move(events)}, now);
+    }
 };
 
 // Alice has placed call "c1" to bob and her invite is out.
@@ -135,12 +140,14 @@ TEST(Calls, UnansweredInviteEndsWithInviteTimeoutAfterItsLifetime) {
 TEST(Calls, CandidatesAreBatchedAfterTheInviteAndEndOfCandidatesFlushes) {
     Client a(kAlice, "ALICE1");
     a.in(PlaceCall{"c1", kRoom, kBob});
-    EXPECT_TRUE(sent(a.in(LocalCandidate{"c1", cand("early")}, 10)).empty()) << "never before the invite";
+    EXPECT_TRUE(sent(a.in(LocalCandidate{"c1", cand("early")}, 10)).empty())
+        << "never before the invite";
     auto out = a.in(LocalDescription{"c1", "offer", "sdp"}, 100);
     auto timers = all<StartTimer>(out);
     ASSERT_EQ(timers.size(), 2u);  // lifetime + first candidate batch
     EXPECT_EQ(timers[1].at, 100 + 2000);
-    EXPECT_TRUE(all<StartTimer>(a.in(LocalCandidate{"c1", cand("second")}, 200)).empty()) << "one batch timer";
+    EXPECT_TRUE(all<StartTimer>(a.in(LocalCandidate{"c1", cand("second")}, 200)).empty())
+        << "one batch timer";
     auto flushed = a.in(TimerFired{timers[1].timer_id}, 2100);
     auto batch = sent(flushed, "m.call.candidates");
     ASSERT_EQ(batch.size(), 1u);
@@ -233,7 +240,8 @@ TEST(Calls, AnsweringCreatesTheAnswerSendsItAndAppliesBufferedCandidates) {
     EXPECT_EQ(cmds[0].sdp, "offer-sdp-c1");
     EXPECT_EQ(cmds[1].candidate.candidate, "a-cand-1");
     EXPECT_EQ(cmds[2].candidate.candidate, "a-cand-2");
-    auto sent_answer = sent(b.in(LocalDescription{"c1", "answer", "bob-answer"}, 200), "m.call.answer");
+    auto sent_answer =
+        sent(b.in(LocalDescription{"c1", "answer", "bob-answer"}, 200), "m.call.answer");
     ASSERT_EQ(sent_answer.size(), 1u);
     EXPECT_EQ(sent_answer[0].content.at("answer").at("sdp"), json::value("bob-answer"));
     EXPECT_EQ(b.m.state("c1"), CallState::connecting);
@@ -245,7 +253,8 @@ TEST(Calls, AnsweringCreatesTheAnswerSendsItAndAppliesBufferedCandidates) {
 
 TEST(Calls, CallerAppliesOnlyTheChosenPartysCandidates) {
     Client a = alice_calling();
-    a.sync({candidates_ev("c1", kBob, "PHONE", "phone-cand"), candidates_ev("c1", kBob, "LAPTOP", "laptop-cand")});
+    a.sync({candidates_ev("c1", kBob, "PHONE", "phone-cand"),
+            candidates_ev("c1", kBob, "LAPTOP", "laptop-cand")});
     auto out = a.sync({answer_ev("c1", kBob, "LAPTOP")});
     auto cmds = all<MediaCommand>(out);
     ASSERT_EQ(cmds.size(), 2u);
@@ -260,7 +269,8 @@ TEST(Calls, ADeviceSeeingAnotherSelectedStopsAsAnsweredElsewhereAndSendsNothing)
     b.sync({invite("c1", kAlice, "ALICE1")});
     b.in(AnswerCall{"c1"});
     b.in(LocalDescription{"c1", "answer", "sdp"});
-    auto out = b.sync({simple("m.call.select_answer", "c1", kAlice, "ALICE1", {{"selected_party_id", "LAPTOP"}})});
+    auto out = b.sync({simple("m.call.select_answer", "c1", kAlice, "ALICE1",
+                              {{"selected_party_id", "LAPTOP"}})});
     ASSERT_TRUE(ended(out));
     EXPECT_EQ(ended(out)->end_reason, "answered_elsewhere");
     EXPECT_TRUE(sent(out).empty());
@@ -288,7 +298,10 @@ TEST(Calls, RejectingAVersion1InviteSendsRejectAndAVersion0InviteAHangup) {
     auto out = b.in(RejectCall{"c1"});
     ASSERT_EQ(sent(out, "m.call.reject").size(), 1u);
     EXPECT_EQ(ended(out)->end_reason, "rejected");
-    json::object v0{{"call_id", "c2"}, {"version", 0}, {"lifetime", 60000}, {"offer", {{"type", "offer"}, {"sdp", "s"}}}};
+    json::object v0{{"call_id", "c2"},
+                    {"version", 0},
+                    {"lifetime", 60000},
+                    {"offer", {{"type", "offer"}, {"sdp", "s"}}}};
     b.sync({event(kAlice, "m.call.invite", v0)});
     auto old = b.in(RejectCall{"c2"});
     EXPECT_TRUE(sent(old, "m.call.reject").empty());
@@ -424,7 +437,10 @@ TEST(Calls, IceFailureIsIceFailedBeforeMediaFlowedAndIceTimeoutAfter) {
 
 TEST(Calls, AVersion0PeerGetsNoRenegotiation) {
     Client b(kBob, "PHONE");
-    json::object v0{{"call_id", "c1"}, {"version", 0}, {"lifetime", 60000}, {"offer", {{"type", "offer"}, {"sdp", "s"}}}};
+    json::object v0{{"call_id", "c1"},
+                    {"version", 0},
+                    {"lifetime", 60000},
+                    {"offer", {{"type", "offer"}, {"sdp", "s"}}}};
     b.sync({event(kAlice, "m.call.invite", v0)});
     b.in(AnswerCall{"c1"});
     b.in(LocalDescription{"c1", "answer", "sdp"});
@@ -462,8 +478,10 @@ TEST(Calls, InviteAndAnswerCarryStreamMetadataUnderBothKeys) {
     a.in(PlaceCall{"c1", kRoom, kBob});
     a.in(LocalStreams{"c1", {{"cam", {"m.usermedia", false, false, {}}}}});
     auto inv = sent(a.in(LocalDescription{"c1", "offer", "o"}), "m.call.invite").at(0);
-    EXPECT_EQ(inv.content.at("sdp_stream_metadata").at("cam").at("purpose"), json::value("m.usermedia"));
-    EXPECT_EQ(inv.content.at("org.matrix.msc3077.sdp_stream_metadata"), inv.content.at("sdp_stream_metadata"));
+    EXPECT_EQ(inv.content.at("sdp_stream_metadata").at("cam").at("purpose"),
+              json::value("m.usermedia"));
+    EXPECT_EQ(inv.content.at("org.matrix.msc3077.sdp_stream_metadata"),
+              inv.content.at("sdp_stream_metadata"));
 }
 
 TEST(Calls, RenegotiationRunsThroughNegotiateOfferAndAnswer) {
@@ -494,7 +512,8 @@ TEST(Calls, InAnOfferCollisionThePoliteCalleeRollsBackAndTheCallerKeepsItsOffer)
     b.in(NegotiationNeeded{"c1"});
     auto b_offer = sent(b.in(LocalDescription{"c1", "offer", "bob-o"}), "m.call.negotiate").at(0);
     auto at_alice = a.sync({event(kBob, b_offer.type, b_offer.content)});
-    EXPECT_TRUE(media(at_alice, MediaOp::create_answer).empty()) << "the impolite caller ignores it";
+    EXPECT_TRUE(media(at_alice, MediaOp::create_answer).empty())
+        << "the impolite caller ignores it";
     EXPECT_EQ(all<Dropped>(at_alice).size(), 1u);
     auto at_bob = b.sync({event(kAlice, a_offer.type, a_offer.content)});
     auto cmds = all<MediaCommand>(at_bob);
@@ -509,18 +528,24 @@ TEST(Calls, ANegotiateIsAcceptedOnlyFromTheChosenOpponentAndWithinItsLifetime) {
     json::object offer = common("c1", "ALICE1");
     offer["description"] = {{"type", "offer"}, {"sdp", "o"}};
     offer["lifetime"] = 5000;
-    EXPECT_TRUE(media(b.sync({event(kAlice, "m.call.negotiate", offer, 6000)}), MediaOp::create_answer).empty());
+    EXPECT_TRUE(
+        media(b.sync({event(kAlice, "m.call.negotiate", offer, 6000)}), MediaOp::create_answer)
+            .empty());
     json::object stranger = offer;
     stranger["party_id"] = "ALICE2";
-    EXPECT_TRUE(media(b.sync({event(kAlice, "m.call.negotiate", stranger)}), MediaOp::create_answer).empty());
-    EXPECT_EQ(media(b.sync({event(kAlice, "m.call.negotiate", offer, 100)}), MediaOp::create_answer).size(), 1u);
+    EXPECT_TRUE(media(b.sync({event(kAlice, "m.call.negotiate", stranger)}), MediaOp::create_answer)
+                    .empty());
+    EXPECT_EQ(media(b.sync({event(kAlice, "m.call.negotiate", offer, 100)}), MediaOp::create_answer)
+                  .size(),
+              1u);
 }
 
 TEST(Calls, HoldAndResumeAreMediaChangesThatRenegotiate) {
     auto [a, b] = in_a_call();
     ASSERT_EQ(media(a.in(SetHold{"c1", true}), MediaOp::hold).size(), 1u);
     ASSERT_EQ(media(a.in(NegotiationNeeded{"c1"}), MediaOp::create_offer).size(), 1u);
-    EXPECT_EQ(sent(a.in(LocalDescription{"c1", "offer", "sendonly"}), "m.call.negotiate").size(), 1u);
+    EXPECT_EQ(sent(a.in(LocalDescription{"c1", "offer", "sendonly"}), "m.call.negotiate").size(),
+              1u);
     EXPECT_EQ(media(a.in(SetHold{"c1", false}), MediaOp::resume).size(), 1u);
 }
 
@@ -529,10 +554,13 @@ TEST(Calls, ScreenShareIsASecondStreamWithMetadataOrReplacesTheCameraForOldPeers
     auto share = media(a.in(SetScreenshare{"c1", true}), MediaOp::add_screenshare);
     ASSERT_EQ(share.size(), 1u);
     EXPECT_FALSE(share[0].replace_camera) << "bob describes his streams";
-    a.in(LocalStreams{"c1", {{"a-cam", {"m.usermedia", false, false, {}}}, {"a-screen", {"m.screenshare", false, false, {}}}}});
+    a.in(LocalStreams{"c1",
+                      {{"a-cam", {"m.usermedia", false, false, {}}},
+                       {"a-screen", {"m.screenshare", false, false, {}}}}});
     a.in(NegotiationNeeded{"c1"});
     auto neg = sent(a.in(LocalDescription{"c1", "offer", "o-screen"}), "m.call.negotiate").at(0);
-    EXPECT_EQ(neg.content.at("sdp_stream_metadata").at("a-screen").at("purpose"), json::value("m.screenshare"));
+    EXPECT_EQ(neg.content.at("sdp_stream_metadata").at("a-screen").at("purpose"),
+              json::value("m.screenshare"));
     auto at_bob = b.sync({event(kAlice, neg.type, neg.content)});
     auto streams = all<RemoteStreamsChanged>(at_bob);
     ASSERT_EQ(streams.size(), 1u);
@@ -557,7 +585,8 @@ TEST(Calls, WithoutMetadataOnlyTheFirstIncomingStreamIsUsed) {
 TEST(Calls, UnknownPurposesAreIgnored) {
     Client b(kBob, "PHONE");
     auto inv = invite("c1", kAlice, "ALICE1");
-    inv.content.as_object()["sdp_stream_metadata"] = {{"s1", {{"purpose", "m.usermedia"}}}, {"s2", {{"purpose", "m.hologram"}}}};
+    inv.content.as_object()["sdp_stream_metadata"] = {{"s1", {{"purpose", "m.usermedia"}}},
+                                                      {"s2", {{"purpose", "m.hologram"}}}};
     b.sync({inv});
     EXPECT_TRUE(b.m.use_remote_stream("c1", "s1", true));
     EXPECT_FALSE(b.m.use_remote_stream("c1", "s2", false));
@@ -569,7 +598,8 @@ TEST(Calls, MuteChangesGoOutAsStreamMetadataChangedWithoutRenegotiation) {
     EXPECT_TRUE(all<MediaCommand>(out).empty());
     auto changed = sent(out, "m.call.sdp_stream_metadata_changed");
     ASSERT_EQ(changed.size(), 1u);
-    EXPECT_EQ(changed[0].content.at("sdp_stream_metadata").at("a-cam").at("video_muted"), json::value(true));
+    EXPECT_EQ(changed[0].content.at("sdp_stream_metadata").at("a-cam").at("video_muted"),
+              json::value(true));
     EXPECT_TRUE(a.in(SetMuted{"c1", false, true}).empty()) << "nothing changed, nothing sent";
     auto at_bob = b.sync({event(kAlice, changed[0].type, changed[0].content)});
     auto streams = all<RemoteStreamsChanged>(at_bob);
@@ -594,7 +624,8 @@ TEST(Calls, HangingUpBeforeOurAnswerIsOutDeclinesTheCall) {
     b.sync({invite("c1", kAlice, "ALICE1")});
     b.in(AnswerCall{"c1"});
     auto out = b.in(HangUpCall{"c1"});
-    ASSERT_EQ(sent(out, "m.call.reject").size(), 1u) << "the caller must not ring on until the invite expires";
+    ASSERT_EQ(sent(out, "m.call.reject").size(), 1u)
+        << "the caller must not ring on until the invite expires";
     EXPECT_EQ(media(out, MediaOp::close).size(), 1u);
     // A late local answer goes nowhere.
     EXPECT_TRUE(sent(b.in(LocalDescription{"c1", "answer", "sdp"})).empty());
@@ -611,7 +642,8 @@ TEST(Calls, AfterTheAnswerCandidatesGoOutEvery500ms) {
     EXPECT_EQ(timers[0].at, 100 + 500);
     auto flushed = sent(b.in(TimerFired{timers[0].timer_id}, 600), "m.call.candidates");
     ASSERT_EQ(flushed.size(), 1u);
-    EXPECT_EQ(flushed[0].content.at("candidates").at(0).at("candidate"), json::value("before-answer"));
+    EXPECT_EQ(flushed[0].content.at("candidates").at(0).at("candidate"),
+              json::value("before-answer"));
 }
 
 TEST(Calls, CallsArePlacedOnlyInRoomsOfExactlyTwo) {

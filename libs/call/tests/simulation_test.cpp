@@ -31,11 +31,13 @@ struct Violation : std::runtime_error {
 };
 
 class Sim {
-public:
+  public:
     explicit Sim(std::uint64_t seed) : rng_(seed) {}
 
     // ---- the clock -----------------------------------------------------------------------
-    void at(Ms t, std::function<void()> fn) { queue_.push({std::max(t, now_), seq_++, std::move(fn)}); }
+    void at(Ms t, std::function<void()> fn) {
+        queue_.push({std::max(t, now_), seq_++, std::move(fn)});
+    }
     void after(Ms d, std::function<void()> fn) { at(now_ + d, std::move(fn)); }
     Ms rand(Ms lo, Ms hi) { return std::uniform_int_distribution<Ms>(lo, hi)(rng_); }
     bool chance(double p) { return std::bernoulli_distribution(p)(rng_); }
@@ -57,10 +59,10 @@ public:
         std::size_t cursor = 0;  // next room event to deliver
         bool syncing = false;
         std::set<std::uint64_t> cancelled;
-        std::map<std::string, std::string> end_reason;   // call id -> reason
-        std::set<std::string> answered;                   // calls this device's user answered
-        std::set<std::string> rejected;                   // calls this device's user rejected
-        std::map<std::string, bool> remote_set;           // call id -> remote description applied
+        std::map<std::string, std::string> end_reason;  // call id -> reason
+        std::set<std::string> answered;                 // calls this device's user answered
+        std::set<std::string> rejected;                 // calls this device's user rejected
+        std::map<std::string, bool> remote_set;         // call id -> remote description applied
         double answer_p = 0, reject_p = 0;
         Ms answer_delay = 0;
     };
@@ -124,7 +126,8 @@ public:
         if (const auto* s = std::get_if<SendEvent>(&a)) {
             if (d.end_reason.count(s->call_id) && s->type != "m.call.candidates")
                 fail(d, "sent " + s->type + " for " + s->call_id + " after it ended");
-            if (d.end_reason.count(s->call_id)) fail(d, "sent candidates for " + s->call_id + " after it ended");
+            if (d.end_reason.count(s->call_id))
+                fail(d, "sent candidates for " + s->call_id + " after it ended");
             if (s->type == "m.call.negotiate") g_outcomes["sent: m.call.negotiate"]++;
             publish(d, *s);
         } else if (const auto* t = std::get_if<StartTimer>(&a)) {
@@ -142,10 +145,12 @@ public:
 
     void on_state(Device& d, const StateChanged& s) {
         if (s.state == CallState::ended) {
-            static const std::set<std::string> kReasons{"ice_timeout", "ice_failed", "invite_timeout", "user_hangup",
-                                                        "user_media_failed", "user_busy", "unknown_error", "rejected",
-                                                        "answered_elsewhere", "rejected_elsewhere", "replaced"};
-            if (!kReasons.count(s.end_reason)) fail(d, s.call_id + " ended with '" + s.end_reason + "'");
+            static const std::set<std::string> kReasons{
+                "ice_timeout",        "ice_failed",         "invite_timeout", "user_hangup",
+                "user_media_failed",  "user_busy",          "unknown_error",  "rejected",
+                "answered_elsewhere", "rejected_elsewhere", "replaced"};
+            if (!kReasons.count(s.end_reason))
+                fail(d, s.call_id + " ended with '" + s.end_reason + "'");
             if (d.end_reason.count(s.call_id)) fail(d, s.call_id + " ended twice");
             d.end_reason[s.call_id] = s.end_reason;
             g_outcomes["ended: " + s.end_reason]++;
@@ -197,7 +202,8 @@ public:
             case MediaOp::remove_screenshare:
                 // The peer connection asks for a new offer.
                 after(rand(0, 50), [this, &d, id = m.call_id] {
-                    if (d.m->state(id) && *d.m->state(id) != CallState::ended) deliver(d, NegotiationNeeded{id});
+                    if (d.m->state(id) && *d.m->state(id) != CallState::ended)
+                        deliver(d, NegotiationNeeded{id});
                 });
                 break;
             default:
@@ -215,14 +221,16 @@ public:
             after(t, [this, &d, call_id, i] {
                 if (d.m->state(call_id) && *d.m->state(call_id) != CallState::ended) {
                     mxvoip::proto::Candidate c;
-                    c.candidate = "candidate:" + std::to_string(i) + " 1 udp 1 127.0.0.1 9 typ host";
+                    c.candidate =
+                        "candidate:" + std::to_string(i) + " 1 udp 1 127.0.0.1 9 typ host";
                     c.sdp_mid = "0";
                     deliver(d, LocalCandidate{call_id, c});
                 }
             });
         }
         after(t + rand(5, 300), [this, &d, call_id] {
-            if (d.m->state(call_id) && *d.m->state(call_id) != CallState::ended) deliver(d, GatheringDone{call_id});
+            if (d.m->state(call_id) && *d.m->state(call_id) != CallState::ended)
+                deliver(d, GatheringDone{call_id});
         });
     }
 
@@ -243,7 +251,8 @@ public:
             for (Device* dev : {&d, other.get()}) {
                 after(when + rand(0, 30), [this, dev, call_id, fails] {
                     if (dev->m->state(call_id) && *dev->m->state(call_id) != CallState::ended)
-                        deliver(*dev, IceStateChanged{call_id, fails ? IceState::failed : IceState::connected});
+                        deliver(*dev, IceStateChanged{
+                                          call_id, fails ? IceState::failed : IceState::connected});
                 });
                 if (drops)
                     after(drop_at + rand(0, 30), [this, dev, call_id] {
@@ -278,7 +287,8 @@ public:
             for (const auto& id : call_ids) {
                 auto s = d->m->state(id);
                 if (s && *s != CallState::ended)
-                    fail(*d, id + " is still " + std::string(to_string(*s)) + " after everyone hung up");
+                    fail(*d, id + " is still " + std::string(to_string(*s)) +
+                                 " after everyone hung up");
                 // A device must not ring on until the invite expires once another device of the
                 // same user answered or rejected.
                 auto reason = d->end_reason.find(id);
@@ -286,8 +296,10 @@ public:
                     d->m->direction(id) != Direction::incoming)
                     continue;
                 for (auto& other : devices)
-                    if (other != d && other->user == d->user && (other->answered.count(id) || other->rejected.count(id)))
-                        fail(*d, id + " rang until it expired although " + other->party + " had answered or rejected it");
+                    if (other != d && other->user == d->user &&
+                        (other->answered.count(id) || other->rejected.count(id)))
+                        fail(*d, id + " rang until it expired although " + other->party +
+                                     " had answered or rejected it");
             }
     }
 
@@ -298,7 +310,7 @@ public:
     std::set<std::string> call_ids;
     double ice_failure_p = 0;
 
-private:
+  private:
     struct Item {
         Ms t;
         std::uint64_t seq;
@@ -320,7 +332,8 @@ std::string run_scenario(std::uint64_t seed) {
     sim.ice_failure_p = sim.chance(0.2) ? 0.5 : 0.0;
     for (auto* d : {&alice, &bob1, bob2}) {
         if (!d) continue;
-        double answer = sim.chance(0.8) ? 0.7 : 0.0;  // some scenarios nobody answers: invites expire
+        double answer =
+            sim.chance(0.8) ? 0.7 : 0.0;  // some scenarios nobody answers: invites expire
         d->answer_p = answer;
         d->reject_p = sim.chance(0.3) ? 0.2 : 0.0;
         d->answer_delay = sim.rand(0, 3000);
@@ -346,8 +359,10 @@ std::string run_scenario(std::uint64_t seed) {
             sim.at(when + step * sim.rand(200, 2000), [&, d, screen, step] {
                 for (const auto& id : sim.call_ids) {
                     if (d->m->state(id) != CallState::connected) continue;
-                    if (screen) sim.deliver(*d, SetScreenshare{id, step == 0});
-                    else sim.deliver(*d, SetHold{id, step == 0});
+                    if (screen)
+                        sim.deliver(*d, SetScreenshare{id, step == 0});
+                    else
+                        sim.deliver(*d, SetHold{id, step == 0});
                 }
             });
         }
@@ -359,7 +374,8 @@ std::string run_scenario(std::uint64_t seed) {
         sim.at(when, [&, d] {
             for (const auto& id : sim.call_ids) {
                 auto s = d->m->state(id);
-                if (s && *s != CallState::ended && *s != CallState::ringing) sim.deliver(*d, HangUpCall{id});
+                if (s && *s != CallState::ended && *s != CallState::ringing)
+                    sim.deliver(*d, HangUpCall{id});
             }
         });
     }
@@ -371,13 +387,15 @@ std::string run_scenario(std::uint64_t seed) {
             for (auto& d : sim.devices)
                 for (const auto& id : sim.call_ids) {
                     auto s = d->m->state(id);
-                    if (s && *s != CallState::ended && *s != CallState::ringing) sim.deliver(*d, HangUpCall{id});
+                    if (s && *s != CallState::ended && *s != CallState::ringing)
+                        sim.deliver(*d, HangUpCall{id});
                 }
         sim.run_until(100000);
         for (auto& d : sim.devices)
             for (const auto& id : sim.call_ids) {
                 auto s = d->m->state(id);
-                if (s && *s != CallState::ended && *s != CallState::ringing) sim.deliver(*d, HangUpCall{id});
+                if (s && *s != CallState::ended && *s != CallState::ringing)
+                    sim.deliver(*d, HangUpCall{id});
             }
         sim.run_until(200000);
         sim.check_end();
@@ -408,11 +426,13 @@ TEST(CallSimulation, RandomScenariosKeepEveryInvariant) {
         }
     }
     std::string summary;
-    for (const auto& [what, count] : g_outcomes) summary += "\n  " + what + ": " + std::to_string(count);
+    for (const auto& [what, count] : g_outcomes)
+        summary += "\n  " + what + ": " + std::to_string(count);
     std::printf("%ld scenarios:%s\n", n, summary.c_str());
     // A simulation that stops reaching one of these paths tests nothing there.
-    for (const char* path : {"connected", "ended: user_hangup", "ended: answered_elsewhere", "ended: rejected",
-                             "ended: rejected_elsewhere", "ended: invite_timeout", "ended: replaced", "ended: ice_failed",
-                             "ended: ice_timeout", "ended: user_busy", "sent: m.call.negotiate"})
+    for (const char* path :
+         {"connected", "ended: user_hangup", "ended: answered_elsewhere", "ended: rejected",
+          "ended: rejected_elsewhere", "ended: invite_timeout", "ended: replaced",
+          "ended: ice_failed", "ended: ice_timeout", "ended: user_busy", "sent: m.call.negotiate"})
         EXPECT_GT(g_outcomes[path], 0) << "no scenario reached " << path;
 }

@@ -13,7 +13,9 @@ std::string encode(std::string_view in, const char* alphabet, bool pad) {
     std::string out;
     out.reserve((in.size() + 2) / 3 * 4);
     std::size_t i = 0;
-    auto byte = [&](std::size_t k) { return static_cast<std::uint32_t>(static_cast<unsigned char>(in[k])); };
+    auto byte = [&](std::size_t k) {
+        return static_cast<std::uint32_t>(static_cast<unsigned char>(in[k]));
+    };
     for (; i + 3 <= in.size(); i += 3) {
         std::uint32_t v = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
         out += alphabet[v >> 18 & 63];
@@ -50,8 +52,12 @@ constexpr auto kDecode = make_decode_table();
 
 }  // namespace
 
-std::string base64_encode(std::string_view bytes) { return encode(bytes, kStd, true); }
-std::string base64url_encode(std::string_view bytes) { return encode(bytes, kUrl, false); }
+std::string base64_encode(std::string_view bytes) {
+    return encode(bytes, kStd, true);
+}
+std::string base64url_encode(std::string_view bytes) {
+    return encode(bytes, kUrl, false);
+}
 
 std::optional<std::string> base64_decode(std::string_view text) {
     while (!text.empty() && text.back() == '=') text.remove_suffix(1);

@@ -14,9 +14,13 @@ struct Fail {
     std::string rule;
 };
 
-[[noreturn]] void fail(const std::string& path, std::string rule) { throw Fail{path, std::move(rule)}; }
+[[noreturn]] void fail(const std::string& path, std::string rule) {
+    throw Fail{path, std::move(rule)};
+}
 
-std::string join(const std::string& path, std::string_view key) { return path + "." + std::string(key); }
+std::string join(const std::string& path, std::string_view key) {
+    return path + "." + std::string(key);
+}
 
 const json::object& as_object(const json::value& v, const std::string& path) {
     if (!v.is_object()) fail(path, "must be an object");
@@ -26,7 +30,7 @@ const json::object& as_object(const json::value& v, const std::string& path) {
 // Reads fields of one object, remembering which were read: the rest are the unknown fields.
 // Points into the parsed value, copies nothing until a field is returned.
 class Fields {
-public:
+  public:
     Fields(const json::object& o, std::string path) : obj_(o), path_(std::move(path)) {}
 
     const json::value* take(std::string_view key) {
@@ -72,18 +76,20 @@ public:
             if (required) fail(join(path_, key), "is required");
             return {};
         }
-        if (!is_valid_opaque_id(*v)) fail(join(path_, key), "must be 1-255 characters of [0-9A-Za-z-._~]");
+        if (!is_valid_opaque_id(*v))
+            fail(join(path_, key), "must be 1-255 characters of [0-9A-Za-z-._~]");
         return *v;
     }
     const std::string& path() const { return path_; }
     json::object rest() const {
         json::object out;
         for (const auto& kv : obj_)
-            if (std::find(taken_.begin(), taken_.end(), kv.key()) == taken_.end()) out[kv.key()] = kv.value();
+            if (std::find(taken_.begin(), taken_.end(), kv.key()) == taken_.end())
+                out[kv.key()] = kv.value();
         return out;
     }
 
-private:
+  private:
     const json::object& obj_;
     std::vector<std::string_view> taken_;
     std::string path_;
@@ -135,7 +141,8 @@ void parse_common(Fields& f, CallCommon& c) {
     if (version->is_string()) {
         c.version = version->get_string() == "0" ? CallVersion::v0 : CallVersion::v1;
     } else if (version->is_number()) {
-        c.version = version->is_int64() && version->get_int64() == 0 ? CallVersion::v0 : CallVersion::v1;
+        c.version =
+            version->is_int64() && version->get_int64() == 0 ? CallVersion::v0 : CallVersion::v1;
     } else {
         fail(join(f.path(), "version"), "must be a string (or the integer 0 of version 0)");
     }
@@ -158,7 +165,8 @@ CallEvent parse(std::string_view type, const json::value& content) {
         e.offer = parse_description(f.take("offer"), join(root, "offer"), {"offer"});
         e.lifetime = f.req_int("lifetime", 0);
         e.invitee = f.opt_string("invitee");
-        if (e.invitee && !parse_user_id(*e.invitee)) fail(join(root, "invitee"), "must be a user id");
+        if (e.invitee && !parse_user_id(*e.invitee))
+            fail(join(root, "invitee"), "must be a user id");
         e.metadata = take_metadata(f);
         return finish(f, std::move(e));
     }
@@ -179,7 +187,9 @@ CallEvent parse(std::string_view type, const json::value& content) {
             if (cand.sdp_mline_index && *cand.sdp_mline_index < 0)
                 fail(join(item_path, "sdpMLineIndex"), "must not be negative");
             if (!cand.candidate.empty() && !cand.sdp_mid && !cand.sdp_mline_index)
-                fail(item_path, "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may omit both)");
+                fail(item_path,
+                     "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may omit "
+                     "both)");
             cand.extra = c.rest();
             e.candidates.push_back(std::move(cand));
         }
@@ -206,7 +216,8 @@ CallEvent parse(std::string_view type, const json::value& content) {
     if (type == "m.call.negotiate") {
         CallNegotiate e;
         parse_common(f, e);
-        e.description = parse_description(f.take("description"), join(root, "description"), {"offer", "answer"});
+        e.description = parse_description(f.take("description"), join(root, "description"),
+                                          {"offer", "answer"});
         e.lifetime = f.req_int("lifetime", 0);
         e.metadata = take_metadata(f);
         return finish(f, std::move(e));
@@ -270,7 +281,8 @@ void put_metadata(json::object& out, const std::optional<SdpStreamMetadata>& m) 
 
 bool CallHangup::reason_known() const {
     std::string r = effective_reason();
-    return std::find(std::begin(kHangupReasons), std::end(kHangupReasons), r) != std::end(kHangupReasons);
+    return std::find(std::begin(kHangupReasons), std::end(kHangupReasons), r) !=
+           std::end(kHangupReasons);
 }
 
 Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& content) {
@@ -282,9 +294,11 @@ Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& con
 }
 
 std::string_view call_event_type(const CallEvent& event) {
-    static constexpr std::string_view kTypes[] = {"m.call.invite",     "m.call.candidates", "m.call.answer",
-                                                  "m.call.select_answer", "m.call.reject",  "m.call.negotiate",
-                                                  "m.call.hangup",     "m.call.sdp_stream_metadata_changed"};
+    static constexpr std::string_view kTypes[] = {
+        "m.call.invite", "m.call.candidates",
+        "m.call.answer", "m.call.select_answer",
+        "m.call.reject", "m.call.negotiate",
+        "m.call.hangup", "m.call.sdp_stream_metadata_changed"};
     return kTypes[event.index()];
 }
 
@@ -336,15 +350,18 @@ std::vector<CallEventError> lint_call_event(const CallEvent& event) {
             bool version_ok = (v.is_string() && (v.get_string() == "1" || v.get_string() == "0")) ||
                               (v.is_int64() && v.get_int64() == 0);
             if (!version_ok)
-                out.push_back({"content.version", "should be \"1\" (or the integer 0 of version 0); read as \"1\""});
+                out.push_back({"content.version",
+                               "should be \"1\" (or the integer 0 of version 0); read as \"1\""});
             auto check_metadata = [&](const SdpStreamMetadata& m) {
                 for (const auto& [id, s] : m) {
                     if (!s.purpose_known())
-                        out.push_back({"content.sdp_stream_metadata." + id + ".purpose",
-                                       "must be m.usermedia or m.screenshare; the stream is ignored"});
+                        out.push_back(
+                            {"content.sdp_stream_metadata." + id + ".purpose",
+                             "must be m.usermedia or m.screenshare; the stream is ignored"});
                     for (const auto& kv : s.extra)
-                        out.push_back({"content.sdp_stream_metadata." + id + "." + std::string(kv.key()),
-                                       "is not a stream metadata field (kept, but no client reads it)"});
+                        out.push_back(
+                            {"content.sdp_stream_metadata." + id + "." + std::string(kv.key()),
+                             "is not a stream metadata field (kept, but no client reads it)"});
                 }
             };
             if constexpr (requires { e.metadata; }) {
@@ -355,14 +372,16 @@ std::vector<CallEventError> lint_call_event(const CallEvent& event) {
             }
             if constexpr (std::is_same_v<T, CallHangup>) {
                 if (!e.reason_known())
-                    out.push_back({"content.reason", "'" + e.effective_reason() +
-                                                         "' is not a spec hangup reason (ice_timeout, ice_failed, "
-                                                         "invite_timeout, user_hangup, user_media_failed, user_busy, "
-                                                         "unknown_error)"});
+                    out.push_back({"content.reason",
+                                   "'" + e.effective_reason() +
+                                       "' is not a spec hangup reason (ice_timeout, ice_failed, "
+                                       "invite_timeout, user_hangup, user_media_failed, user_busy, "
+                                       "unknown_error)"});
             }
             if constexpr (std::is_same_v<T, CallReject> || std::is_same_v<T, CallNegotiate>) {
                 if (e.version == CallVersion::v0)
-                    out.push_back({"content.version", std::string(call_event_type(event)) + " exists only in version 1"});
+                    out.push_back({"content.version", std::string(call_event_type(event)) +
+                                                          " exists only in version 1"});
             }
         },
         event);

@@ -7,11 +7,13 @@ namespace mxvoip::proto {
 std::optional<UserId> parse_user_id(std::string_view id) {
     if (id.size() < 4 || id.size() > 255 || id.front() != '@') return std::nullopt;
     auto colon = id.find(':');
-    if (colon == std::string_view::npos || colon == 1 || colon + 1 == id.size()) return std::nullopt;
+    if (colon == std::string_view::npos || colon == 1 || colon + 1 == id.size())
+        return std::nullopt;
     UserId out{id.substr(1, colon - 1), id.substr(colon + 1)};
     auto printable = [](char c) { return c > 0x20 && c < 0x7f; };
     if (!std::all_of(out.localpart.begin(), out.localpart.end(), printable)) return std::nullopt;
-    if (!std::all_of(out.server_name.begin(), out.server_name.end(), printable)) return std::nullopt;
+    if (!std::all_of(out.server_name.begin(), out.server_name.end(), printable))
+        return std::nullopt;
     return out;
 }
 

@@ -36,8 +36,7 @@ bool integers_in_range(const json::value& root) {
 }
 
 [[noreturn]] void bad_type(std::string_view key, const char* want) {
-    throw MatrixError(400, errcode::bad_json,
-                      "'" + std::string(key) + "' must be " + want);
+    throw MatrixError(400, errcode::bad_json, "'" + std::string(key) + "' must be " + want);
 }
 
 }  // namespace
@@ -69,8 +68,7 @@ std::optional<std::string_view> opt_string(const json::object& obj, std::string_
 
 std::string_view req_string(const json::object& obj, std::string_view key) {
     auto v = opt_string(obj, key);
-    if (!v)
-        throw MatrixError(400, errcode::missing_param, "Missing '" + std::string(key) + "'");
+    if (!v) throw MatrixError(400, errcode::missing_param, "Missing '" + std::string(key) + "'");
     return *v;
 }
 

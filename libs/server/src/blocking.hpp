@@ -23,7 +23,8 @@ auto run_blocking(boost::asio::thread_pool& pool, std::function<T()>&& job) {
     namespace asio = boost::asio;
     auto init = [&pool](auto handler, std::function<T()> work) {
         // Outstanding work on the caller's executor: its io_context does not stop under us.
-        auto ex = asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked);
+        auto ex = asio::prefer(asio::get_associated_executor(handler),
+                               asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
         asio::post(pool, [work = std::move(work), shared, ex]() mutable {
             std::exception_ptr error;
@@ -38,8 +39,8 @@ auto run_blocking(boost::asio::thread_pool& pool, std::function<T()>&& job) {
             });
         });
     };
-    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(init, asio::use_awaitable,
-                                                                                        std::move(job));
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
+        init, asio::use_awaitable, std::move(job));
 }
 
 }  // namespace mxvoip::server

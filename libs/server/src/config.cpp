@@ -14,10 +14,11 @@ namespace mxvoip::server {
 namespace {
 
 class Reader {
-public:
+  public:
     explicit Reader(std::string source) : source_(std::move(source)) {}
 
-    [[noreturn]] void fail(const YAML::Node& node, const std::string& key, const std::string& msg) const {
+    [[noreturn]] void fail(const YAML::Node& node, const std::string& key,
+                           const std::string& msg) const {
         std::ostringstream out;
         out << source_;
         if (node.Mark().line >= 0) out << ":" << node.Mark().line + 1;
@@ -31,7 +32,8 @@ public:
     }
     bool boolean(const YAML::Node& n, const std::string& key) const {
         bool v;
-        if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) fail(n, key, "must be true or false");
+        if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v))
+            fail(n, key, "must be true or false");
         return v;
     }
     double number(const YAML::Node& n, const std::string& key, double min) const {
@@ -40,7 +42,8 @@ public:
         if (!(v >= min)) fail(n, key, "must be at least " + std::to_string(min));
         return v;
     }
-    std::uint64_t integer(const YAML::Node& n, const std::string& key, std::uint64_t min, std::uint64_t max) const {
+    std::uint64_t integer(const YAML::Node& n, const std::string& key, std::uint64_t min,
+                          std::uint64_t max) const {
         if (!n.IsScalar()) fail(n, key, "must be a whole number");
         const std::string& s = n.Scalar();
         std::uint64_t v = 0;
@@ -56,8 +59,10 @@ public:
         if (!n.IsScalar()) fail(n, key, "must be a size such as 1M");
         std::string s = n.Scalar();
         std::uint64_t mult = 1;
-        if (!s.empty() && (s.back() == 'K' || s.back() == 'k')) mult = 1024, s.pop_back();
-        else if (!s.empty() && (s.back() == 'M' || s.back() == 'm')) mult = 1024 * 1024, s.pop_back();
+        if (!s.empty() && (s.back() == 'K' || s.back() == 'k'))
+            mult = 1024, s.pop_back();
+        else if (!s.empty() && (s.back() == 'M' || s.back() == 'm'))
+            mult = 1024 * 1024, s.pop_back();
         std::uint64_t v = 0;
         auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
         if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v == 0)
@@ -72,9 +77,12 @@ public:
         RateLimit r{-1, -1};
         for (auto it : n) {
             auto k = it.first.as<std::string>();
-            if (k == "per_second") r.per_second = number(it.second, key + ".per_second", 0);
-            else if (k == "burst_count") r.burst_count = number(it.second, key + ".burst_count", 1);
-            else fail(it.first, key + "." + k, "unknown key");
+            if (k == "per_second")
+                r.per_second = number(it.second, key + ".per_second", 0);
+            else if (k == "burst_count")
+                r.burst_count = number(it.second, key + ".burst_count", 1);
+            else
+                fail(it.first, key + "." + k, "unknown key");
         }
         if (r.per_second < 0) fail(n, key + ".per_second", "is required");
         if (r.burst_count < 0) fail(n, key + ".burst_count", "is required");
@@ -106,7 +114,7 @@ public:
         return a;
     }
 
-private:
+  private:
     std::string source_;
 };
 
@@ -137,7 +145,8 @@ Config parse_config(const std::string& text, const std::string& source) {
     try {
         root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
-        throw ConfigError(source + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+        throw ConfigError(source + ":" + std::to_string(e.mark.line + 1) +
+                          ": not valid YAML: " + e.msg);
     }
     Config c;
     c.source = source;
@@ -151,22 +160,28 @@ Config parse_config(const std::string& text, const std::string& source) {
     if (!root.IsMap()) throw ConfigError(source + ": the top level must be a map of keys");
 
     const std::map<std::string, std::function<void(const YAML::Node&, const std::string&)>> keys{
-        {"server_name", [&](const YAML::Node& n, const std::string& k) {
+        {"server_name",
+         [&](const YAML::Node& n, const std::string& k) {
              c.server_name = r.str(n, k);
-             if (c.server_name.empty() || c.server_name.find_first_of("/@!#$ ") != std::string::npos)
+             if (c.server_name.empty() ||
+                 c.server_name.find_first_of("/@!#$ ") != std::string::npos)
                  r.fail(n, k, "must be a host name such as example.org");
          }},
-        {"listen", [&](const YAML::Node& n, const std::string& k) {
+        {"listen",
+         [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsSequence() || n.size() == 0) r.fail(n, k, "must be a list of host:port");
              c.listen.clear();
              for (auto item : n) c.listen.push_back(r.address(item, k));
          }},
-        {"public_baseurl", [&](const YAML::Node& n, const std::string& k) {
+        {"public_baseurl",
+         [&](const YAML::Node& n, const std::string& k) {
              c.public_baseurl = r.str(n, k);
-             if (c.public_baseurl.rfind("http://", 0) != 0 && c.public_baseurl.rfind("https://", 0) != 0)
+             if (c.public_baseurl.rfind("http://", 0) != 0 &&
+                 c.public_baseurl.rfind("https://", 0) != 0)
                  r.fail(n, k, "must start with http:// or https://");
          }},
-        {"database", [&](const YAML::Node& n, const std::string& k) {
+        {"database",
+         [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsMap()) r.fail(n, k, "must be a map with backend and its settings");
              for (auto it : n) {
                  auto sub = it.first.as<std::string>();
@@ -174,7 +189,9 @@ Config parse_config(const std::string& text, const std::string& source) {
                  if (sub == "backend") {
                      c.database.backend = r.str(it.second, full);
                      if (c.database.backend != "sqlite")
-                         r.fail(it.second, full, "'" + c.database.backend + "' is not available in this build (sqlite)");
+                         r.fail(it.second, full,
+                                "'" + c.database.backend +
+                                    "' is not available in this build (sqlite)");
                  } else if (sub == "path") {
                      c.database.path = r.str(it.second, full);
                      if (c.database.path.empty()) r.fail(it.second, full, "must not be empty");
@@ -187,38 +204,56 @@ Config parse_config(const std::string& text, const std::string& source) {
                  }
              }
          }},
-        {"enable_registration", [&](const YAML::Node& n, const std::string& k) { c.enable_registration = r.boolean(n, k); }},
-        {"allow_guest_access", [&](const YAML::Node& n, const std::string& k) { c.allow_guest_access = r.boolean(n, k); }},
-        {"rc_message", [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
+        {"enable_registration",
+         [&](const YAML::Node& n, const std::string& k) {
+             c.enable_registration = r.boolean(n, k);
+         }},
+        {"allow_guest_access",
+         [&](const YAML::Node& n, const std::string& k) {
+             c.allow_guest_access = r.boolean(n, k);
+         }},
+        {"rc_message",
+         [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
         {"rc_login", [&](const YAML::Node& n, const std::string& k) { c.rc_login = r.rate(n, k); }},
-        {"rc_registration", [&](const YAML::Node& n, const std::string& k) { c.rc_registration = r.rate(n, k); }},
-        {"max_request_body_size", [&](const YAML::Node& n, const std::string& k) { c.max_request_body_size = r.size(n, k); }},
-        {"log_level", [&](const YAML::Node& n, const std::string& k) {
+        {"rc_registration",
+         [&](const YAML::Node& n, const std::string& k) { c.rc_registration = r.rate(n, k); }},
+        {"max_request_body_size",
+         [&](const YAML::Node& n, const std::string& k) {
+             c.max_request_body_size = r.size(n, k);
+         }},
+        {"log_level",
+         [&](const YAML::Node& n, const std::string& k) {
              c.log_level = r.str(n, k);
-             static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+             static const char* levels[] = {"trace", "debug",    "info", "warn",
+                                            "error", "critical", "off"};
              if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels))
                  r.fail(n, k, "must be one of trace, debug, info, warn, error, critical, off");
          }},
-        {"password_hash_cost", [&](const YAML::Node& n, const std::string& k) {
+        {"password_hash_cost",
+         [&](const YAML::Node& n, const std::string& k) {
              c.password_hash_cost = r.str(n, k);
              if (c.password_hash_cost != "interactive" && c.password_hash_cost != "moderate" &&
                  c.password_hash_cost != "min")
                  r.fail(n, k, "must be interactive, moderate or min");
          }},
-        {"turn_uris", [&](const YAML::Node& n, const std::string& k) {
+        {"turn_uris",
+         [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsSequence()) r.fail(n, k, "must be a list of turn: or turns: URIs");
              for (auto item : n) {
                  std::string uri = r.str(item, k);
-                 if (auto problem = turn_uri_problem(uri)) r.fail(item, k, "'" + uri + "' " + *problem);
+                 if (auto problem = turn_uri_problem(uri))
+                     r.fail(item, k, "'" + uri + "' " + *problem);
                  c.turn.uris.push_back(uri);
              }
          }},
-        {"turn_shared_secret", [&](const YAML::Node& n, const std::string& k) {
+        {"turn_shared_secret",
+         [&](const YAML::Node& n, const std::string& k) {
              inline_secret = true;
              c.turn.shared_secret = r.str(n, k);
              if (c.turn.shared_secret.empty()) r.fail(n, k, "must not be empty");
          }},
-        {"turn_shared_secret_path", [&](const YAML::Node& n, const std::string& k) {
+        {"turn_shared_secret_path",
+         [&](const YAML::Node& n, const std::string& k) {
              secret_path_node = n;
              secret_path = true;
              std::string path = r.str(n, k);
@@ -227,26 +262,34 @@ Config parse_config(const std::string& text, const std::string& source) {
              std::stringstream text;
              text << in.rdbuf();
              std::string s = text.str();
-             // A trailing newline would silently become part of the secret: coturn's would not match.
+             // A trailing newline would silently become part of the secret: coturn's would not
+             // match.
              auto first = s.find_first_not_of(" \t\r\n");
              auto last = s.find_last_not_of(" \t\r\n");
              if (first == std::string::npos) r.fail(n, k, "'" + path + "' is empty");
              c.turn.shared_secret = s.substr(first, last - first + 1);
          }},
-        {"turn_username", [&](const YAML::Node& n, const std::string& k) { c.turn.username = r.str(n, k); }},
-        {"turn_password", [&](const YAML::Node& n, const std::string& k) { c.turn.password = r.str(n, k); }},
-        {"turn_user_lifetime", [&](const YAML::Node& n, const std::string& k) {
+        {"turn_username",
+         [&](const YAML::Node& n, const std::string& k) { c.turn.username = r.str(n, k); }},
+        {"turn_password",
+         [&](const YAML::Node& n, const std::string& k) { c.turn.password = r.str(n, k); }},
+        {"turn_user_lifetime",
+         [&](const YAML::Node& n, const std::string& k) {
              auto d = parse_duration(r.str(n, k));
              if (!d.error.empty()) r.fail(n, k, d.error);
              c.turn.user_lifetime_s = d.seconds;
              if (d.seconds < 600)
-                 c.warnings.push_back(source + ":" + std::to_string(n.Mark().line + 1) + ": turn_user_lifetime " +
-                                      n.Scalar() + " is under 10 minutes: matrix-js-sdk refetches credentials only "
-                                      "when fewer than 10 minutes remain, so calls may start with expired ones");
+                 c.warnings.push_back(
+                     source + ":" + std::to_string(n.Mark().line + 1) + ": turn_user_lifetime " +
+                     n.Scalar() +
+                     " is under 10 minutes: matrix-js-sdk refetches credentials only "
+                     "when fewer than 10 minutes remain, so calls may start with expired ones");
          }},
-        {"turn_allow_guests", [&](const YAML::Node& n, const std::string& k) { c.turn.allow_guests = r.boolean(n, k); }},
+        {"turn_allow_guests",
+         [&](const YAML::Node& n, const std::string& k) { c.turn.allow_guests = r.boolean(n, k); }},
         {"rc_turn", [&](const YAML::Node& n, const std::string& k) { c.rc_turn = r.rate(n, k); }},
-        {"worker_threads", [&](const YAML::Node& n, const std::string& k) {
+        {"worker_threads",
+         [&](const YAML::Node& n, const std::string& k) {
              c.worker_threads = static_cast<unsigned>(r.integer(n, k, 0, 256));
          }},
     };
@@ -257,18 +300,25 @@ Config parse_config(const std::string& text, const std::string& source) {
         handler->second(it.second, key);
     }
     if (inline_secret && secret_path)
-        r.fail(secret_path_node, "turn_shared_secret_path", "set either turn_shared_secret or turn_shared_secret_path, not both");
+        r.fail(secret_path_node, "turn_shared_secret_path",
+               "set either turn_shared_secret or turn_shared_secret_path, not both");
     const auto& t = c.turn;
     bool has_static = !t.username.empty() || !t.password.empty();
     if (has_static && (t.username.empty() || t.password.empty()))
         throw ConfigError(source + ": turn_username and turn_password go together");
     if (has_static && !t.shared_secret.empty())
-        throw ConfigError(source + ": set either turn_shared_secret(_path) or turn_username/turn_password, not both");
+        throw ConfigError(
+            source +
+            ": set either turn_shared_secret(_path) or turn_username/turn_password, not both");
     if (!t.uris.empty() && t.shared_secret.empty() && !has_static)
-        throw ConfigError(source + ": turn_uris is set but there are no credentials: add turn_shared_secret (the "
-                                   "static-auth-secret of coturn's use-auth-secret) or turn_username/turn_password");
+        throw ConfigError(
+            source +
+            ": turn_uris is set but there are no credentials: add turn_shared_secret (the "
+            "static-auth-secret of coturn's use-auth-secret) or turn_username/turn_password");
     if (t.uris.empty() && (!t.shared_secret.empty() || has_static))
-        throw ConfigError(source + ": TURN credentials are set but turn_uris is empty: clients would get no servers");
+        throw ConfigError(
+            source +
+            ": TURN credentials are set but turn_uris is empty: clients would get no servers");
     finish(c);
     return c;
 }

@@ -16,7 +16,8 @@ namespace mxvoip::server {
 
 std::string random_bytes(std::size_t n) {
     std::string out(n, '\0');
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1) std::abort();
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1)
+        std::abort();
     return out;
 }
 
@@ -33,7 +34,9 @@ std::string random_letters(std::size_t n) {
     return out;
 }
 
-std::string new_access_token() { return "mxv_" + proto::base64url_encode(random_bytes(32)); }
+std::string new_access_token() {
+    return "mxv_" + proto::base64url_encode(random_bytes(32));
+}
 
 namespace {
 
@@ -59,7 +62,8 @@ struct DigestCtx {
 };
 
 // One digest over the concatenation of `parts`, with a per-thread context.
-unsigned digest(const EVP_MD* md, std::initializer_list<std::string_view> parts, unsigned char* out) {
+unsigned digest(const EVP_MD* md, std::initializer_list<std::string_view> parts,
+                unsigned char* out) {
     thread_local DigestCtx c;
     unsigned len = 0;
     if (!c.ctx || EVP_DigestInit_ex(c.ctx, md, nullptr) != 1) std::abort();
@@ -98,10 +102,12 @@ std::string hmac_sha1(std::string_view key, std::string_view message) {
         opad[i] = k[i] ^ 0x5c;
     }
     unsigned char inner[EVP_MAX_MD_SIZE];
-    unsigned inner_len = digest(sha1_md(), {std::string_view(reinterpret_cast<char*>(ipad), kBlock), message}, inner);
+    unsigned inner_len = digest(
+        sha1_md(), {std::string_view(reinterpret_cast<char*>(ipad), kBlock), message}, inner);
     unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned len = digest(sha1_md(), {std::string_view(reinterpret_cast<char*>(opad), kBlock),
-                                      std::string_view(reinterpret_cast<char*>(inner), inner_len)},
+    unsigned len = digest(sha1_md(),
+                          {std::string_view(reinterpret_cast<char*>(opad), kBlock),
+                           std::string_view(reinterpret_cast<char*>(inner), inner_len)},
                           mac);
     return std::string(reinterpret_cast<char*>(mac), len);
 }

@@ -20,15 +20,19 @@ Response json_response(const json::value& v, unsigned status = 200) {
     return Response{status, json::serialize(v), {}};
 }
 
-std::string device_key(const Session& s) { return s.user_id + '|' + s.device_id; }
+std::string device_key(const Session& s) {
+    return s.user_id + '|' + s.device_id;
+}
 
 }  // namespace
 
 asio::awaitable<Response> Homeserver::versions(Request&) {
     static const std::string body = [] {
-        json::array v{"r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1"};
+        json::array v{"r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0",
+                      "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1"};
         for (int i = 1; i <= 11; ++i) v.push_back(json::string("v1." + std::to_string(i)));
-        return json::serialize(json::object{{"versions", v}, {"unstable_features", json::object{}}});
+        return json::serialize(
+            json::object{{"versions", v}, {"unstable_features", json::object{}}});
     }();
     co_return Response{200, body, {}};
 }
@@ -40,22 +44,23 @@ asio::awaitable<Response> Homeserver::well_known(Request&) {
 asio::awaitable<Response> Homeserver::capabilities(Request&) {
     json::object available;
     for (int v = 4; v <= 11; ++v) available[std::to_string(v)] = "stable";
-    co_return json_response(json::object{
-        {"capabilities",
-         {{"m.room_versions", {{"default", "10"}, {"available", available}}},
-          {"m.change_password", {{"enabled", false}}},
-          {"m.set_displayname", {{"enabled", true}}},
-          {"m.set_avatar_url", {{"enabled", true}}},
-          {"m.3pid_changes", {{"enabled", false}}}}}});
+    co_return json_response(
+        json::object{{"capabilities",
+                      {{"m.room_versions", {{"default", "10"}, {"available", available}}},
+                       {"m.change_password", {{"enabled", false}}},
+                       {"m.set_displayname", {{"enabled", true}}},
+                       {"m.set_avatar_url", {{"enabled", true}}},
+                       {"m.3pid_changes", {{"enabled", false}}}}}});
 }
 
 asio::awaitable<Response> Homeserver::login_flows(Request&) {
-    co_return json_response(json::object{{"flows", json::array{json::object{{"type", "m.login.password"}}}}});
+    co_return json_response(
+        json::object{{"flows", json::array{json::object{{"type", "m.login.password"}}}}});
 }
 
 asio::awaitable<Response> Homeserver::issue_login(const std::string& user_id,
-                                                   const std::optional<std::string>& device_id,
-                                                   const std::string& display_name, bool is_guest) {
+                                                  const std::optional<std::string>& device_id,
+                                                  const std::string& display_name, bool is_guest) {
     std::string device = device_id && !device_id->empty() ? *device_id : random_letters(10);
     std::string token = new_access_token();
     std::string hash = sha256_hex(token);
@@ -82,12 +87,14 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
     check_rate(rc_login_, req.remote);
     auto body = proto::parse_json_object(req.body);
     auto type = proto::req_string(body, "type");
-    if (type != "m.login.password") throw MatrixError(400, errcode::unknown, "Unknown login type " + std::string(type));
+    if (type != "m.login.password")
+        throw MatrixError(400, errcode::unknown, "Unknown login type " + std::string(type));
     std::string user;
     if (const auto* id = proto::opt_object(body, "identifier")) {
         auto id_type = proto::req_string(*id, "type");
         if (id_type != "m.id.user")
-            throw MatrixError(400, errcode::unknown, "Unknown identifier type " + std::string(id_type));
+            throw MatrixError(400, errcode::unknown,
+                              "Unknown identifier type " + std::string(id_type));
         user = proto::req_string(*id, "user");
     } else if (auto legacy = proto::opt_string(body, "user")) {
         user = *legacy;
@@ -99,9 +106,11 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
     auto display = proto::opt_string(body, "initial_device_display_name");
     std::string user_id = user.front() == '@' ? user : "@" + user + ":" + config_.server_name;
     // Normalise the localpart as Synapse does: user ids are case-insensitive on login.
-    if (auto parsed = proto::parse_user_id(user_id); parsed && parsed->server_name == config_.server_name) {
+    if (auto parsed = proto::parse_user_id(user_id);
+        parsed && parsed->server_name == config_.server_name) {
         std::string lower(parsed->localpart);
-        std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char c) { return std::tolower(c); });
         user_id = "@" + lower + ":" + config_.server_name;
     }
     std::string stored;
@@ -111,16 +120,18 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
         if (it != users_.end()) stored = it->second.record.password_hash;
     }
     bool ok = false;
-    if (password.size() <= kMaxPasswordBytes)
-    {
-        std::function<bool()> job = [password, stored] { return verify_password(password, stored); };
+    if (password.size() <= kMaxPasswordBytes) {
+        std::function<bool()> job = [password, stored] {
+            return verify_password(password, stored);
+        };
         ok = co_await run_blocking<bool>(blocking_, std::move(job));
     }
     if (!ok) {
         spdlog::info("login failed for {} from {}", user_id, req.remote);
         throw MatrixError(403, errcode::forbidden, "Invalid username or password");
     }
-    std::optional<std::string> device = device_id ? std::optional<std::string>(*device_id) : std::nullopt;
+    std::optional<std::string> device =
+        device_id ? std::optional<std::string>(*device_id) : std::nullopt;
     std::string display_name = display ? std::string(*display) : std::string();
     co_return co_await issue_login(user_id, device, display_name, false);
 }
@@ -164,12 +175,15 @@ asio::awaitable<Response> Homeserver::whoami(Request& req) {
 asio::awaitable<Response> Homeserver::register_available(Request& req) {
     check_rate(rc_registration_, req.remote);
     const std::string* name = req.query_param("username");
-    if (!name || name->empty()) throw MatrixError(400, errcode::missing_param, "Missing 'username'");
+    if (!name || name->empty())
+        throw MatrixError(400, errcode::missing_param, "Missing 'username'");
     if (!proto::is_valid_new_localpart(*name))
-        throw MatrixError(400, errcode::invalid_username, "User ID can only contain a-z, 0-9, and ._=-/+");
+        throw MatrixError(400, errcode::invalid_username,
+                          "User ID can only contain a-z, 0-9, and ._=-/+");
     std::string user_id = "@" + *name + ":" + config_.server_name;
     std::lock_guard lock(mu_);
-    if (users_.count(user_id)) throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+    if (users_.count(user_id))
+        throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
     co_return json_response(json::object{{"available", true}});
 }
 
@@ -177,9 +191,11 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
     auto body = proto::parse_json_object(req.body);
     const std::string* kind = req.query_param("kind");
     bool guest = kind && *kind == "guest";
-    if (kind && !guest && *kind != "user") throw MatrixError(400, errcode::invalid_param, "kind must be user or guest");
+    if (kind && !guest && *kind != "user")
+        throw MatrixError(400, errcode::invalid_param, "kind must be user or guest");
     if (guest ? !config_.allow_guest_access : !config_.enable_registration) {
-        if (guest) throw MatrixError(403, errcode::guest_access_forbidden, "Guest access is disabled");
+        if (guest)
+            throw MatrixError(403, errcode::guest_access_forbidden, "Guest access is disabled");
         throw MatrixError(403, errcode::forbidden, "Registration has been disabled");
     }
     check_rate(rc_registration_, req.remote);
@@ -192,9 +208,11 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             std::transform(localpart.begin(), localpart.end(), localpart.begin(),
                            [](unsigned char c) { return std::tolower(c); });
             if (!proto::is_valid_new_localpart(localpart))
-                throw MatrixError(400, errcode::invalid_username, "User ID can only contain a-z, 0-9, and ._=-/+");
+                throw MatrixError(400, errcode::invalid_username,
+                                  "User ID can only contain a-z, 0-9, and ._=-/+");
             if (("@" + localpart + ":" + config_.server_name).size() > 255)
-                throw MatrixError(400, errcode::invalid_username, "User ID may not be longer than 255 characters");
+                throw MatrixError(400, errcode::invalid_username,
+                                  "User ID may not be longer than 255 characters");
             std::lock_guard lock(mu_);
             if (users_.count("@" + localpart + ":" + config_.server_name))
                 throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
@@ -204,17 +222,19 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             // Interactive auth, first round: tell the client which flow completes it.
             // Any m.login.dummy completes the flow, so the session needs no server-side state.
             std::string session = random_letters(24);
-            co_return json_response(json::object{{"flows", json::array{json::object{
-                                                              {"stages", json::array{"m.login.dummy"}}}}},
-                                                 {"params", json::object{}},
-                                                 {"session", session}},
-                                    401);
+            co_return json_response(
+                json::object{
+                    {"flows", json::array{json::object{{"stages", json::array{"m.login.dummy"}}}}},
+                    {"params", json::object{}},
+                    {"session", session}},
+                401);
         }
         auto auth_type = proto::opt_string(*auth, "type");
         if (!auth_type || *auth_type != "m.login.dummy")
             throw MatrixError(401, errcode::unknown, "Unsupported auth type; use m.login.dummy");
         auto pw = proto::opt_string(body, "password");
-        if (!pw || pw->empty()) throw MatrixError(400, errcode::missing_param, "Missing 'password'");
+        if (!pw || pw->empty())
+            throw MatrixError(400, errcode::missing_param, "Missing 'password'");
         if (pw->size() > kMaxPasswordBytes)
             throw MatrixError(400, errcode::invalid_param, "Password is longer than 512 bytes");
         password = *pw;
@@ -226,7 +246,9 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
     std::string hash;
     if (!guest) {
         auto cost = hash_cost_;
-        std::function<std::string()> job = [password, cost] { return hash_password(password, cost); };
+        std::function<std::string()> job = [password, cost] {
+            return hash_password(password, cost);
+        };
         hash = co_await run_blocking<std::string>(blocking_, std::move(job));
     }
 
@@ -240,23 +262,28 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             } while (users_.count("@" + localpart + ":" + config_.server_name));
         }
         user_id = "@" + localpart + ":" + config_.server_name;
-        if (users_.count(user_id)) throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+        if (users_.count(user_id))
+            throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
         User& u = users_[user_id];
         u.record = store::UserRecord{user_id, hash, guest, now_ms(), localpart, ""};
     }
     {
-        auto write = PendingWrite::of(store::PutUser{{user_id, hash, guest, now_ms(), localpart, ""}});
+        auto write =
+            PendingWrite::of(store::PutUser{{user_id, hash, guest, now_ms(), localpart, ""}});
         co_await commit(std::move(write));
     }
     spdlog::info("registered {}{}", user_id, guest ? " (guest)" : "");
-    if (inhibit_login) co_return json_response(json::object{{"user_id", user_id}, {"home_server", config_.server_name}});
-    std::optional<std::string> device = device_id ? std::optional<std::string>(*device_id) : std::nullopt;
+    if (inhibit_login)
+        co_return json_response(
+            json::object{{"user_id", user_id}, {"home_server", config_.server_name}});
+    std::optional<std::string> device =
+        device_id ? std::optional<std::string>(*device_id) : std::nullopt;
     std::string display_name = display ? std::string(*display) : std::string();
     co_return co_await issue_login(user_id, device, display_name, guest);
 }
 
-void Homeserver::add_user_offline(store::Store& store, const Config& config, const std::string& user_id,
-                                  const std::string& password) {
+void Homeserver::add_user_offline(store::Store& store, const Config& config,
+                                  const std::string& user_id, const std::string& password) {
     auto parsed = proto::parse_user_id(user_id);
     if (!parsed || parsed->server_name != config.server_name)
         throw std::runtime_error("user id must look like @name:" + config.server_name);
@@ -267,7 +294,8 @@ void Homeserver::add_user_offline(store::Store& store, const Config& config, con
     for (const auto& u : snap.users)
         if (u.user_id == user_id) throw std::runtime_error(user_id + " already exists");
     std::string hash = hash_password(password, parse_hash_cost(config.password_hash_cost));
-    std::vector<store::Mutation> m{store::PutUser{{user_id, hash, false, 0, std::string(parsed->localpart), ""}}};
+    std::vector<store::Mutation> m{
+        store::PutUser{{user_id, hash, false, 0, std::string(parsed->localpart), ""}}};
     store.apply(m);
 }
 
@@ -297,7 +325,8 @@ asio::awaitable<Response> Homeserver::get_profile_field(Request& req) {
     std::lock_guard lock(mu_);
     auto it = users_.find(req.params[0]);
     if (it == users_.end()) throw MatrixError(404, errcode::not_found, "Profile was not found");
-    const std::string& v = field == "displayname" ? it->second.record.displayname : it->second.record.avatar_url;
+    const std::string& v =
+        field == "displayname" ? it->second.record.displayname : it->second.record.avatar_url;
     if (v.empty()) throw MatrixError(404, errcode::not_found, "The user has no " + field);
     co_return json_response(json::object{{field, v}});
 }
@@ -308,7 +337,8 @@ asio::awaitable<Response> Homeserver::put_profile_field(Request& req) {
     check_profile_field(field);
     auto body = proto::parse_json_object(req.body);
     std::string value(proto::opt_string(body, field).value_or(""));
-    if (value.size() > 256) throw MatrixError(400, errcode::bad_json, field + " is longer than 256 bytes");
+    if (value.size() > 256)
+        throw MatrixError(400, errcode::bad_json, field + " is longer than 256 bytes");
     const std::string& user_id = req.session->user_id;
     PendingWrite w;
     std::shared_ptr<CommitTicket> ticket;
@@ -316,7 +346,8 @@ asio::awaitable<Response> Homeserver::put_profile_field(Request& req) {
         std::lock_guard lock(mu_);
         User& u = users_.at(user_id);
         (field == "displayname" ? u.record.displayname : u.record.avatar_url) = value;
-        w.mutations.push_back(store::PutProfile{user_id, u.record.displayname, u.record.avatar_url});
+        w.mutations.push_back(
+            store::PutProfile{user_id, u.record.displayname, u.record.avatar_url});
         // Every joined room learns the new profile through a fresh membership event.
         for (const auto& [room_id, m] : u.rooms) {
             if (m.membership != "join") continue;
@@ -324,7 +355,8 @@ asio::awaitable<Response> Homeserver::put_profile_field(Request& req) {
             json::object content{{"membership", "join"}};
             if (!u.record.displayname.empty()) content["displayname"] = u.record.displayname;
             if (!u.record.avatar_url.empty()) content["avatar_url"] = u.record.avatar_url;
-            append_event_locked(room, user_id, NewEvent{"m.room.member", user_id, std::move(content)}, w);
+            append_event_locked(room, user_id,
+                                NewEvent{"m.room.member", user_id, std::move(content)}, w);
         }
         ticket = submit_locked(std::move(w));
     }
@@ -343,7 +375,8 @@ asio::awaitable<Response> Homeserver::post_filter(Request& req) {
         // Identical filters share an id: clients post the same one at every start.
         auto found = std::find(filters.begin(), filters.end(), text);
         if (found != filters.end())
-            co_return json_response(json::object{{"filter_id", std::to_string(found - filters.begin())}});
+            co_return json_response(
+                json::object{{"filter_id", std::to_string(found - filters.begin())}});
         id = static_cast<std::int64_t>(filters.size());
         filters.push_back(text);
     }
@@ -364,7 +397,8 @@ asio::awaitable<Response> Homeserver::get_filter(Request& req) {
     } catch (...) {
         throw MatrixError(404, errcode::not_found, "No such filter");
     }
-    if (id >= filters.size() || filters[id].empty()) throw MatrixError(404, errcode::not_found, "No such filter");
+    if (id >= filters.size() || filters[id].empty())
+        throw MatrixError(404, errcode::not_found, "No such filter");
     co_return Response{200, filters[id], {}};
 }
 
@@ -385,17 +419,21 @@ asio::awaitable<Response> Homeserver::put_account_data(Request& req) {
     const std::string& type = req.params.back();
     auto body = proto::parse_json_object(req.body);
     if (type == "m.fully_read" || type == "m.push_rules")
-        throw MatrixError(400, errcode::bad_json, "Cannot set " + type + " through the account data API");
+        throw MatrixError(400, errcode::bad_json,
+                          "Cannot set " + type + " through the account data API");
     std::string text = json::serialize(body);
-    if (text.size() > 65536) throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
+    if (text.size() > 65536)
+        throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
     const std::string& user = req.session->user_id;
     std::shared_ptr<CommitTicket> ticket;
     {
         std::lock_guard lock(mu_);
-        if (!room.empty() && !rooms_.count(room)) throw MatrixError(404, errcode::not_found, "Unknown room " + room);
+        if (!room.empty() && !rooms_.count(room))
+            throw MatrixError(404, errcode::not_found, "Unknown room " + room);
         StreamId stream = next_stream_++;
         users_.at(user).account_data[{room, type}] = AccountData{stream, text};
-        ticket = submit_locked(PendingWrite::of(store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
+        ticket = submit_locked(PendingWrite::of(
+            store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
     }
     co_await commit_wait(ticket);
     co_return Response{};
@@ -429,7 +467,8 @@ asio::awaitable<Response> Homeserver::push_rules(Request& req) {
     std::string body = kRules;
     std::string user_json = json::serialize(json::string_view(req.session->user_id));
     std::string user_plain = user_json.substr(1, user_json.size() - 2);
-    for (std::size_t pos; (pos = body.find("@@USER@@")) != std::string::npos;) body.replace(pos, 8, user_plain);
+    for (std::size_t pos; (pos = body.find("@@USER@@")) != std::string::npos;)
+        body.replace(pos, 8, user_plain);
     co_return Response{200, std::move(body), {}};
 }
 
@@ -440,7 +479,8 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
     auto body = proto::parse_json_object(req.body);
     const auto* messages = proto::opt_object(body, "messages");
     if (!messages) throw MatrixError(400, errcode::missing_param, "Missing 'messages'");
-    if (!proto::is_valid_event_type(type)) throw MatrixError(400, errcode::bad_json, "Invalid event type");
+    if (!proto::is_valid_event_type(type))
+        throw MatrixError(400, errcode::bad_json, "Invalid event type");
     check_rate(rc_message_, s.user_id);
     PendingWrite w;
     std::shared_ptr<CommitTicket> ticket;
@@ -450,14 +490,18 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
         if (to_device_txns_.count(txn_key)) co_return Response{};
         for (const auto& [user_key, devices] : *messages) {
             std::string user(user_key);
-            if (!devices.is_object()) throw MatrixError(400, errcode::bad_json, "messages." + user + " must be an object");
+            if (!devices.is_object())
+                throw MatrixError(400, errcode::bad_json,
+                                  "messages." + user + " must be an object");
             auto u = users_.find(user);
             if (u == users_.end()) continue;  // unknown or remote users: nothing to deliver here
             for (const auto& [device_key_sv, content] : devices.get_object()) {
                 if (!content.is_object())
-                    throw MatrixError(400, errcode::bad_json, "each to-device message must be an object");
-                std::string message = "{\"content\":" + json::serialize(content) + ",\"sender\":" +
-                                      quoted(s.user_id) + ",\"type\":" + quoted(type) + "}";
+                    throw MatrixError(400, errcode::bad_json,
+                                      "each to-device message must be an object");
+                std::string message = "{\"content\":" + json::serialize(content) +
+                                      ",\"sender\":" + quoted(s.user_id) +
+                                      ",\"type\":" + quoted(type) + "}";
                 std::vector<std::string> targets;
                 if (device_key_sv == "*") {
                     for (const auto& [_, session] : tokens_)

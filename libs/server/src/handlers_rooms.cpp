@@ -1,7 +1,7 @@
+#include <spdlog/spdlog.h>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
 
 #include "homeserver.hpp"
 #include "json_out.hpp"
@@ -16,9 +16,13 @@ namespace errcode = proto::errcode;
 
 namespace {
 
-Response json_response(const json::value& v) { return Response{200, json::serialize(v), {}}; }
+Response json_response(const json::value& v) {
+    return Response{200, json::serialize(v), {}};
+}
 
-std::string device_key(const Session& s) { return s.user_id + '|' + s.device_id; }
+std::string device_key(const Session& s) {
+    return s.user_id + '|' + s.device_id;
+}
 
 json::object default_power_levels(const std::string& creator) {
     return json::object{
@@ -45,10 +49,13 @@ json::object default_power_levels(const std::string& creator) {
 
 }  // namespace
 
-std::string make_token(StreamId s) { return "s" + std::to_string(s); }
+std::string make_token(StreamId s) {
+    return "s" + std::to_string(s);
+}
 
 StreamId parse_token(const std::string& token) {
-    if (token.size() < 2 || token[0] != 's') throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
+    if (token.size() < 2 || token[0] != 's')
+        throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
     try {
         std::size_t used = 0;
         long long v = std::stoll(token.substr(1), &used);
@@ -61,7 +68,8 @@ StreamId parse_token(const std::string& token) {
 
 asio::awaitable<Response> Homeserver::create_room(Request& req) {
     const Session& s = *req.session;
-    if (s.is_guest) throw MatrixError(403, errcode::guest_access_forbidden, "Guests cannot create rooms");
+    if (s.is_guest)
+        throw MatrixError(403, errcode::guest_access_forbidden, "Guests cannot create rooms");
     check_rate(rc_message_, s.user_id);
     auto body = proto::parse_json_object(req.body);
     std::string preset(proto::opt_string(body, "preset").value_or(""));
@@ -79,10 +87,12 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
         } catch (...) {
         }
         if (std::to_string(v) != version || v < 4 || v > 11)
-            throw MatrixError(400, errcode::unsupported_room_version, "Room version " + version + " is not supported");
+            throw MatrixError(400, errcode::unsupported_room_version,
+                              "Room version " + version + " is not supported");
     }
     if (proto::opt_string(body, "room_alias_name"))
-        throw MatrixError(400, errcode::invalid_param, "Room aliases are not supported by this server");
+        throw MatrixError(400, errcode::invalid_param,
+                          "Room aliases are not supported by this server");
     bool is_direct = proto::opt_bool(body, "is_direct").value_or(false);
     auto name = proto::opt_string(body, "name");
     auto topic = proto::opt_string(body, "topic");
@@ -97,10 +107,13 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
     std::vector<NewEvent> initial_state;
     if (const auto* arr = proto::opt_array(body, "initial_state")) {
         for (const auto& v : *arr) {
-            if (!v.is_object()) throw MatrixError(400, errcode::bad_json, "initial_state entries must be objects");
+            if (!v.is_object())
+                throw MatrixError(400, errcode::bad_json, "initial_state entries must be objects");
             const auto& o = v.get_object();
             const auto* content = proto::opt_object(o, "content");
-            if (!content) throw MatrixError(400, errcode::missing_param, "initial_state entry needs 'content'");
+            if (!content)
+                throw MatrixError(400, errcode::missing_param,
+                                  "initial_state entry needs 'content'");
             initial_state.push_back(
                 NewEvent{std::string(proto::req_string(o, "type")),
                          std::string(proto::opt_string(o, "state_key").value_or("")), *content});
@@ -111,7 +124,8 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
         for (const auto& u : invites) power["users"].as_object()[u] = 100;
     if (const auto* override_pl = proto::opt_object(body, "power_level_content_override"))
         for (const auto& kv : *override_pl) power[kv.key()] = kv.value();
-    if (const auto* creation = proto::opt_object(body, "creation_content"); creation && creation->contains("creator"))
+    if (const auto* creation = proto::opt_object(body, "creation_content");
+        creation && creation->contains("creator"))
         throw MatrixError(400, errcode::bad_json, "creation_content may not set 'creator'");
 
     std::string room_id;
@@ -135,44 +149,54 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
             if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
             if (const auto* creation = proto::opt_object(body, "creation_content"))
                 for (const auto& kv : *creation) create[kv.key()] = kv.value();
-            append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {}, {}, true);
+            append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {},
+                                {}, true);
             json::object join{{"membership", "join"}};
             if (!me.record.displayname.empty()) join["displayname"] = me.record.displayname;
             if (!me.record.avatar_url.empty()) join["avatar_url"] = me.record.avatar_url;
             append_event_locked(room, s.user_id, {"m.room.member", s.user_id, std::move(join)}, w);
             append_event_locked(room, s.user_id, {"m.room.power_levels", "", std::move(power)}, w);
             std::string join_rule = preset == "public_chat" ? "public" : "invite";
-            append_event_locked(room, s.user_id, {"m.room.join_rules", "", {{"join_rule", join_rule}}}, w);
-            append_event_locked(room, s.user_id, {"m.room.history_visibility", "", {{"history_visibility", "shared"}}},
-                                w);
+            append_event_locked(room, s.user_id,
+                                {"m.room.join_rules", "", {{"join_rule", join_rule}}}, w);
+            append_event_locked(
+                room, s.user_id,
+                {"m.room.history_visibility", "", {{"history_visibility", "shared"}}}, w);
             if (preset != "public_chat")
-                append_event_locked(room, s.user_id, {"m.room.guest_access", "", {{"guest_access", "can_join"}}}, w);
+                append_event_locked(room, s.user_id,
+                                    {"m.room.guest_access", "", {{"guest_access", "can_join"}}}, w);
             for (auto& ev : initial_state) append_event_locked(room, s.user_id, std::move(ev), w);
-            if (name) append_event_locked(room, s.user_id, {"m.room.name", "", {{"name", *name}}}, w);
-            if (topic) append_event_locked(room, s.user_id, {"m.room.topic", "", {{"topic", *topic}}}, w);
+            if (name)
+                append_event_locked(room, s.user_id, {"m.room.name", "", {{"name", *name}}}, w);
+            if (topic)
+                append_event_locked(room, s.user_id, {"m.room.topic", "", {{"topic", *topic}}}, w);
             for (const auto& u : invites) {
                 json::object content{{"membership", "invite"}};
                 if (is_direct) content["is_direct"] = true;
-                if (auto it = users_.find(u); it != users_.end() && !it->second.record.displayname.empty())
+                if (auto it = users_.find(u);
+                    it != users_.end() && !it->second.record.displayname.empty())
                     content["displayname"] = it->second.record.displayname;
                 append_event_locked(room, s.user_id, {"m.room.member", u, std::move(content)}, w);
             }
         } catch (...) {
             // Nothing was submitted: forget the half-built room and the users' view of it.
             for (const auto& [user, m] : room.membership)
-                if (auto it = users_.find(user); it != users_.end()) it->second.rooms.erase(room_id);
+                if (auto it = users_.find(user); it != users_.end())
+                    it->second.rooms.erase(room_id);
             rooms_.erase(room_id);
             throw;
         }
         ticket = submit_locked(std::move(w));
     }
     co_await commit_wait(ticket);
-    spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset, is_direct ? ", direct" : "");
+    spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset,
+                 is_direct ? ", direct" : "");
     co_return json_response(json::object{{"room_id", room_id}});
 }
 
 asio::awaitable<Response> Homeserver::membership_change(Request& req, const std::string& room_id,
-                                                        const std::string& target, const std::string& membership,
+                                                        const std::string& target,
+                                                        const std::string& membership,
                                                         json::object& extra) {
     const Session& s = *req.session;
     check_rate(rc_message_, s.user_id);
@@ -180,14 +204,17 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
     {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
-        // Joining again, or inviting someone already invited, changes nothing: answer as Synapse does.
+        // Joining again, or inviting someone already invited, changes nothing: answer as Synapse
+        // does.
         if (room.membership_of(target) == membership && membership != "join") co_return Response{};
         json::object content = std::move(extra);
         content["membership"] = membership;
         if (membership == "join" || membership == "invite") {
             if (auto it = users_.find(target); it != users_.end()) {
-                if (!it->second.record.displayname.empty()) content["displayname"] = it->second.record.displayname;
-                if (!it->second.record.avatar_url.empty()) content["avatar_url"] = it->second.record.avatar_url;
+                if (!it->second.record.displayname.empty())
+                    content["displayname"] = it->second.record.displayname;
+                if (!it->second.record.avatar_url.empty())
+                    content["avatar_url"] = it->second.record.avatar_url;
             } else if (proto::parse_user_id(target)->server_name == config_.server_name) {
                 throw MatrixError(404, errcode::not_found, "Unknown user " + target);
             }
@@ -214,7 +241,8 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
 asio::awaitable<Response> Homeserver::invite(Request& req) {
     auto body = proto::parse_json_object(req.body);
     std::string target(proto::req_string(body, "user_id"));
-    if (!proto::parse_user_id(target)) throw MatrixError(400, errcode::invalid_param, "user_id is not a user id");
+    if (!proto::parse_user_id(target))
+        throw MatrixError(400, errcode::invalid_param, "user_id is not a user id");
     json::object extra;
     if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
     const std::string membership = "invite";
@@ -223,8 +251,10 @@ asio::awaitable<Response> Homeserver::invite(Request& req) {
 
 asio::awaitable<Response> Homeserver::join(Request& req) {
     const std::string& id = req.params[0];
-    if (!id.empty() && id[0] == '#') throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
-    if (!proto::is_valid_room_id(id)) throw MatrixError(400, errcode::invalid_param, id + " is not a room id");
+    if (!id.empty() && id[0] == '#')
+        throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
+    if (!proto::is_valid_room_id(id))
+        throw MatrixError(400, errcode::invalid_param, id + " is not a room id");
     json::object extra;
     if (!req.body.empty()) {
         auto body = proto::parse_json_object(req.body);
@@ -241,7 +271,8 @@ asio::awaitable<Response> Homeserver::leave(Request& req) {
         if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
     }
     const std::string membership = "leave";
-    co_return co_await membership_change(req, req.params[0], req.session->user_id, membership, extra);
+    co_return co_await membership_change(req, req.params[0], req.session->user_id, membership,
+                                         extra);
 }
 
 asio::awaitable<Response> Homeserver::joined_rooms(Request& req) {
@@ -285,7 +316,8 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
             co_return json_response(json::object{{"event_id", it->second.event_id}});
         Room& room = room_or_throw(room_id);
         PendingWrite w;
-        auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w, device_key(s), txn);
+        auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
+                                      device_key(s), txn);
         event_id = ev->event_id;
         txns_[txn_key] = TxnEntry{event_id, ev->stream, ev->ts};
         txn_order_.emplace_back(ev->ts, txn_key);
@@ -327,7 +359,8 @@ asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
     Room& room = room_or_throw(room_id);
     require_member(room, req.session->user_id);
     auto ev = room.state_event(req.params[1], state_key);
-    if (!ev || ev->stream > visible_) throw MatrixError(404, errcode::not_found, "Event not found.");
+    if (!ev || ev->stream > visible_)
+        throw MatrixError(404, errcode::not_found, "Event not found.");
     co_return Response{200, std::string(ev->content()), {}};
 }
 
@@ -356,7 +389,8 @@ asio::awaitable<Response> Homeserver::get_members(Request& req) {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(req.params[0]);
         const std::string& mine = room.membership_of(req.session->user_id);
-        if (mine != "join" && mine != "leave") throw MatrixError(403, errcode::forbidden, "You are not in this room");
+        if (mine != "join" && mine != "leave")
+            throw MatrixError(403, errcode::forbidden, "You are not in this room");
         if (mine == "leave" && !room.state_event("m.room.member", req.session->user_id))
             throw MatrixError(403, errcode::forbidden, "You are not in this room");
         for (const auto& [key, ev] : room.state) {
@@ -375,7 +409,8 @@ asio::awaitable<Response> Homeserver::get_members(Request& req) {
 asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     const std::string& room_id = req.params[0];
     std::string dir = req.query_param("dir") ? *req.query_param("dir") : "b";
-    if (dir != "b" && dir != "f") throw MatrixError(400, errcode::invalid_param, "dir must be b or f");
+    if (dir != "b" && dir != "f")
+        throw MatrixError(400, errcode::invalid_param, "dir must be b or f");
     int limit = 10;
     if (const auto* l = req.query_param("limit")) {
         try {
@@ -392,7 +427,8 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
         require_member(room, req.session->user_id);
-        from = req.query_param("from") ? parse_token(*req.query_param("from")) : (dir == "b" ? visible_ : 0);
+        from = req.query_param("from") ? parse_token(*req.query_param("from"))
+                                       : (dir == "b" ? visible_ : 0);
         from = std::min(from, visible_);
         visible = visible_;
     }
@@ -413,11 +449,13 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
         const auto& r = rows[i];
         // Events from the store are rendered as stored, plus their age.
         out.append(r.json, 0, r.json.size() - 1);
-        out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+        out += ",\"unsigned\":{\"age\":" +
+               std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
         end = dir == "b" ? r.stream - 1 : r.stream;
     }
     out += "],\"start\":\"" + make_token(from) + "\"";
-    if (!rows.empty() && static_cast<int>(rows.size()) == limit) out += ",\"end\":\"" + make_token(end) + "\"";
+    if (!rows.empty() && static_cast<int>(rows.size()) == limit)
+        out += ",\"end\":\"" + make_token(end) + "\"";
     out += '}';
     co_return Response{200, std::move(out), {}};
 }
@@ -432,9 +470,11 @@ asio::awaitable<Response> Homeserver::get_event(Request& req) {
     auto stream = event_id_stream(req.params[1]);
     std::optional<store::EventRecord> row;
     if (stream) row = store_.event_at(*stream);
-    if (!row || row->event_id != req.params[1] || row->room_id != room_id) throw MatrixError(404, errcode::not_found, "Event not found.");
+    if (!row || row->event_id != req.params[1] || row->room_id != room_id)
+        throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out(row->json, 0, row->json.size() - 1);
-    out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now_ms() - row->origin_server_ts)) + "}}";
+    out += ",\"unsigned\":{\"age\":" +
+           std::to_string(std::max<std::int64_t>(0, now_ms() - row->origin_server_ts)) + "}}";
     co_return Response{200, std::move(out), {}};
 }
 

@@ -32,7 +32,8 @@ struct Comma {
 
 }  // namespace
 
-void Homeserver::render_event(std::string& out, const Event& ev, const std::string& device_key) const {
+void Homeserver::render_event(std::string& out, const Event& ev,
+                              const std::string& device_key) const {
     out.append(ev.json, 0, ev.json.size() - 1);
     out += ",\"unsigned\":{\"age\":";
     out += std::to_string(std::max<std::int64_t>(0, now_ms() - ev.ts));
@@ -43,7 +44,8 @@ void Homeserver::render_event(std::string& out, const Event& ev, const std::stri
     out += "}}";
 }
 
-Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user, const Request& req) const {
+Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
+                                                         const Request& req) const {
     SyncFilter f;
     const std::string* param = req.query_param("filter");
     if (!param || param->empty()) return f;
@@ -57,7 +59,8 @@ Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user, const
             id = std::stoul(*param, &used);
             if (used != param->size()) throw std::invalid_argument("filter");
         } catch (...) {
-            throw MatrixError(400, errcode::invalid_param, "filter must be a filter id or a JSON object");
+            throw MatrixError(400, errcode::invalid_param,
+                              "filter must be a filter id or a JSON object");
         }
         if (id >= user.filters.size() || user.filters[id].empty())
             throw MatrixError(404, errcode::not_found, "No such filter");
@@ -68,14 +71,16 @@ Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user, const
     if (const auto* room = proto::opt_object(filter, "room")) {
         if (auto leave = proto::opt_bool(*room, "include_leave")) f.include_leave = *leave;
         if (const auto* timeline = proto::opt_object(*room, "timeline")) {
-            if (auto limit = proto::opt_int(*timeline, "limit")) f.timeline_limit = static_cast<int>(std::clamp<std::int64_t>(*limit, 1, 1000));
+            if (auto limit = proto::opt_int(*timeline, "limit"))
+                f.timeline_limit = static_cast<int>(std::clamp<std::int64_t>(*limit, 1, 1000));
         }
     }
     return f;
 }
 
-void Homeserver::render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
-                                        const SyncFilter& f, const std::string& device_key, bool& limited,
+void Homeserver::render_timeline_locked(std::string& out, const Room& room, StreamId since,
+                                        StreamId upto, const SyncFilter& f,
+                                        const std::string& device_key, bool& limited,
                                         StreamId& first_stream) {
     std::vector<EventPtr> events;
     for (auto it = room.recent.rbegin(); it != room.recent.rend(); ++it) {
@@ -101,14 +106,17 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, Stre
         }
         std::reverse(older.begin(), older.end());
     }
-    first_stream = !older.empty() ? older.front().stream : !events.empty() ? events.front()->stream : upto + 1;
+    first_stream = !older.empty()    ? older.front().stream
+                   : !events.empty() ? events.front()->stream
+                                     : upto + 1;
     out += "\"timeline\":{\"events\":[";
     Comma comma;
     std::int64_t now = now_ms();
     for (const auto& r : older) {
         comma(out);
         out.append(r.json, 0, r.json.size() - 1);
-        out += ",\"unsigned\":{\"age\":" + std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+        out += ",\"unsigned\":{\"age\":" +
+               std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
     }
     for (const auto& ev : events) {
         comma(out);
@@ -141,7 +149,8 @@ bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
         if (m.stream > since && m.stream <= visible_) return false;  // a membership change
         if (m.membership != "join") continue;
         const Room& room = rooms_.at(room_id);
-        for (auto it = room.recent.rbegin(); it != room.recent.rend() && (*it)->stream > since; ++it) {
+        for (auto it = room.recent.rbegin(); it != room.recent.rend() && (*it)->stream > since;
+             ++it) {
             if ((*it)->stream > visible_) continue;
             if ((*it)->txn_device_key != dkey) return false;
             any = true;
@@ -156,8 +165,8 @@ bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
     return any;
 }
 
-bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
-                                   std::string& out) {
+bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncFilter& f,
+                                   bool full_state, std::string& out) {
     const StreamId upto = visible_;
     const bool initial = since == 0;
     const std::string dkey = s.user_id + '|' + s.device_id;
@@ -180,7 +189,8 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
             bool limited = false;
             StreamId first = 0;
             entry += '{';
-            render_timeline_locked(entry, room, joined_since ? 0 : since, upto, f, dkey, limited, first);
+            render_timeline_locked(entry, room, joined_since ? 0 : since, upto, f, dkey, limited,
+                                   first);
             bool timeline_empty = first > upto;
             std::string room_data;
             Comma ad_comma;
@@ -189,7 +199,8 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
                 if (!fresh && it->second.stream <= since) continue;
                 if (it->second.stream > upto) continue;
                 ad_comma(room_data);
-                room_data += "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
+                room_data += "{\"type\":" + quoted(it->first.second) +
+                             ",\"content\":" + it->second.content + "}";
             }
             if (!fresh && timeline_empty && room_data.empty()) continue;
             entry += ',';
@@ -215,7 +226,8 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
             entry += ",\"account_data\":{\"events\":[" + room_data + "]}";
             entry += ",\"ephemeral\":{\"events\":[]}";
             entry += ",\"unread_notifications\":{\"highlight_count\":0,\"notification_count\":0}";
-            entry += ",\"summary\":{\"m.heroes\":[" + heroes + "],\"m.joined_member_count\":" + std::to_string(joined) +
+            entry += ",\"summary\":{\"m.heroes\":[" + heroes +
+                     "],\"m.joined_member_count\":" + std::to_string(joined) +
                      ",\"m.invited_member_count\":" + std::to_string(invited) + "}}";
             join_comma(join);
             append_quoted(join, room_id);
@@ -227,23 +239,27 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
             append_quoted(invite, room_id);
             invite += ":{\"invite_state\":{\"events\":[";
             Comma c;
-            static const char* kStripped[] = {"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
-                                              "m.room.canonical_alias", "m.room.encryption", "m.room.topic"};
+            static const char* kStripped[] = {
+                "m.room.create",          "m.room.join_rules", "m.room.name", "m.room.avatar",
+                "m.room.canonical_alias", "m.room.encryption", "m.room.topic"};
             for (const char* type : kStripped) {
                 if (auto ev = room.state_event(type, ""); ev && ev->stream <= upto) {
                     c(invite);
                     invite += "{\"content\":";
                     invite += ev->content();
-                    invite += ",\"sender\":" + quoted(ev->sender) + ",\"state_key\":\"\",\"type\":" + quoted(ev->type) + "}";
+                    invite += ",\"sender\":" + quoted(ev->sender) +
+                              ",\"state_key\":\"\",\"type\":" + quoted(ev->type) + "}";
                 }
             }
             auto me = room.state_event("m.room.member", s.user_id);
             if (me) {
-                if (auto inviter = room.state_event("m.room.member", me->sender); inviter && inviter != me) {
+                if (auto inviter = room.state_event("m.room.member", me->sender);
+                    inviter && inviter != me) {
                     c(invite);
                     invite += "{\"content\":";
                     invite += inviter->content();
-                    invite += ",\"sender\":" + quoted(inviter->sender) + ",\"state_key\":" + quoted(me->sender) +
+                    invite += ",\"sender\":" + quoted(inviter->sender) +
+                              ",\"state_key\":" + quoted(me->sender) +
                               ",\"type\":\"m.room.member\"}";
                 }
                 c(invite);
@@ -258,18 +274,20 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
             leave += ":{";
             bool limited = false;
             StreamId first = 0;
-            render_timeline_locked(leave, room, initial ? 0 : since, m.stream, f, dkey, limited, first);
+            render_timeline_locked(leave, room, initial ? 0 : since, m.stream, f, dkey, limited,
+                                   first);
             leave += ",\"state\":{\"events\":[]},\"account_data\":{\"events\":[]}}";
         }
     }
 
     std::string global;
     Comma global_comma;
-    for (auto it = user.account_data.lower_bound({"", ""}); it != user.account_data.end() && it->first.first.empty();
-         ++it) {
+    for (auto it = user.account_data.lower_bound({"", ""});
+         it != user.account_data.end() && it->first.first.empty(); ++it) {
         if ((!initial && it->second.stream <= since) || it->second.stream > upto) continue;
         global_comma(global);
-        global += "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
+        global +=
+            "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
     }
     std::string to_device;
     if (auto it = user.to_device.find(s.device_id); it != user.to_device.end()) {
@@ -280,11 +298,14 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
             to_device += msg.message;
         }
     }
-    has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() || !to_device.empty();
+    has_content =
+        !join.empty() || !invite.empty() || !leave.empty() || !global.empty() || !to_device.empty();
 
-    out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() + 400);
+    out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +
+                400);
     out += "{\"next_batch\":\"" + make_token(upto) + "\"";
-    out += ",\"rooms\":{\"join\":{" + join + "},\"invite\":{" + invite + "},\"leave\":{" + leave + "},\"knock\":{}}";
+    out += ",\"rooms\":{\"join\":{" + join + "},\"invite\":{" + invite + "},\"leave\":{" + leave +
+           "},\"knock\":{}}";
     out += ",\"account_data\":{\"events\":[" + global + "]}";
     out += ",\"to_device\":{\"events\":[" + to_device + "]}";
     out += ",\"presence\":{\"events\":[]}";
@@ -302,7 +323,8 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
         try {
             timeout = std::clamp<std::int64_t>(std::stoll(*t), 0, kMaxSyncTimeoutMs);
         } catch (...) {
-            throw MatrixError(400, errcode::invalid_param, "timeout must be a number of milliseconds");
+            throw MatrixError(400, errcode::invalid_param,
+                              "timeout must be a number of milliseconds");
         }
     }
     const auto* fs = req.query_param("full_state");
@@ -322,11 +344,13 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
             auto& q = it->second;
             if (!q.empty() && q.front().stream <= since) {
                 while (!q.empty() && q.front().stream <= since) q.pop_front();
-                submit_locked(PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
+                submit_locked(
+                    PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
             }
         }
         bool has = build_sync_locked(s, since, filter, full_state, out);
-        if (has || since == 0 || full_state || timeout == 0 || shutting_down_) co_return Response{200, std::move(out), {}};
+        if (has || since == 0 || full_state || timeout == 0 || shutting_down_)
+            co_return Response{200, std::move(out), {}};
         waiter = std::make_shared<Waiter>(executor);
         waiters_[s.user_id].push_back(waiter);
     }

@@ -14,12 +14,14 @@ asio::awaitable<Response> Homeserver::turn_server(Request& req) {
     if (!turn.configured()) co_return Response{};
     const Session& s = *req.session;
     if (s.is_guest && !turn.allow_guests)
-        throw MatrixError(403, errcode::guest_access_forbidden, "Guests may not use TURN on this server");
+        throw MatrixError(403, errcode::guest_access_forbidden,
+                          "Guests may not use TURN on this server");
     check_rate(rc_turn_, s.user_id);
     std::string username, password;
     std::int64_t ttl = turn.user_lifetime_s;
     if (!turn.shared_secret.empty()) {
-        auto creds = make_turn_credentials(turn.shared_secret, s.user_id, now_ms() / 1000, turn.user_lifetime_s, {});
+        auto creds = make_turn_credentials(turn.shared_secret, s.user_id, now_ms() / 1000,
+                                           turn.user_lifetime_s, {});
         username = std::move(creds.username);
         password = std::move(creds.password);
     } else {

@@ -1,9 +1,9 @@
 #include "homeserver.hpp"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 
@@ -67,7 +67,8 @@ std::string build_event_json(const Event& e, std::string_view content) {
 
 std::string new_event_id(StreamId stream) {
     std::string raw = random_bytes(32);
-    for (int i = 0; i < 8; ++i) raw[i] = static_cast<char>((static_cast<std::uint64_t>(stream) >> (56 - 8 * i)) & 0xff);
+    for (int i = 0; i < 8; ++i)
+        raw[i] = static_cast<char>((static_cast<std::uint64_t>(stream) >> (56 - 8 * i)) & 0xff);
     return "$" + proto::base64url_encode(raw);
 }
 
@@ -144,7 +145,8 @@ struct CommitTicket {
     }
 };
 
-Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock)
+Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking,
+                       Clock clock)
     : config_(config),
       store_(store),
       writer_(store),
@@ -161,9 +163,13 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     load();
 }
 
-Homeserver::~Homeserver() { writer_.stop(); }
+Homeserver::~Homeserver() {
+    writer_.stop();
+}
 
-void Homeserver::stop_writer() { writer_.stop(); }
+void Homeserver::stop_writer() {
+    writer_.stop();
+}
 
 void Homeserver::load() {
     auto snap = store_.load(static_cast<int>(kTimelineWindow), now_ms() - kTxnLifetimeMs);
@@ -212,7 +218,8 @@ void Homeserver::load() {
     }
     for (auto& [_, room] : rooms_) {
         // The store returned at most kTimelineWindow per room; anything older is "evicted".
-        if (room.recent.size() >= kTimelineWindow) room.evicted_upto = room.recent.front()->stream - 1;
+        if (room.recent.size() >= kTimelineWindow)
+            room.evicted_upto = room.recent.front()->stream - 1;
     }
     for (auto& t : snap.txns) {
         std::string key = t.device_key + '\n' + t.room_id + '\n' + t.txn_id;
@@ -221,24 +228,28 @@ void Homeserver::load() {
     }
     std::sort(txn_order_.begin(), txn_order_.end());
     for (auto& a : snap.account_data)
-        users_[a.user_id].account_data[{a.room_id, a.type}] = AccountData{a.stream, std::move(a.content)};
+        users_[a.user_id].account_data[{a.room_id, a.type}] =
+            AccountData{a.stream, std::move(a.content)};
     for (auto& m : snap.to_device)
         users_[m.user_id].to_device[m.device_id].push_back({m.stream, std::move(m.message)});
     for (auto& f : snap.filters) {
         auto& filters = users_[f.user_id].filters;
-        if (filters.size() <= static_cast<std::size_t>(f.filter_id)) filters.resize(f.filter_id + 1);
+        if (filters.size() <= static_cast<std::size_t>(f.filter_id))
+            filters.resize(f.filter_id + 1);
         filters[f.filter_id] = std::move(f.json);
     }
     std::erase_if(users_, [](const auto& kv) { return kv.second.record.user_id.empty(); });
     next_stream_ = snap.max_stream + 1;
     visible_ = snap.max_stream;
-    spdlog::info("loaded {} users, {} rooms, stream position {}", users_.size(), rooms_.size(), visible_);
+    spdlog::info("loaded {} users, {} rooms, stream position {}", users_.size(), rooms_.size(),
+                 visible_);
 }
 
 std::shared_ptr<CommitTicket> Homeserver::submit_locked(PendingWrite write) {
     auto ticket = std::make_shared<CommitTicket>();
     writer_.submit(std::move(write.mutations),
-                   [this, ticket, max_stream = write.max_stream, wake = std::move(write.wake)](std::exception_ptr e) {
+                   [this, ticket, max_stream = write.max_stream,
+                    wake = std::move(write.wake)](std::exception_ptr e) {
                        if (!e) {
                            publish(max_stream, wake);
                        } else {
@@ -261,7 +272,8 @@ asio::awaitable<void> Homeserver::commit_wait(const std::shared_ptr<CommitTicket
     auto init = [](auto handler, std::shared_ptr<CommitTicket> ticket) {
         // The executor is held with outstanding work, so a graceful shutdown waits for the
         // commit and the response instead of letting the I/O threads return under it.
-        auto ex = asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked);
+        auto ex = asio::prefer(asio::get_associated_executor(handler),
+                               asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
         auto resume = [shared, ex](std::exception_ptr e) {
             asio::post(ex, [shared, e]() mutable { (*shared)(e); });
@@ -275,8 +287,8 @@ asio::awaitable<void> Homeserver::commit_wait(const std::shared_ptr<CommitTicket
             ticket->resume = std::move(resume);
         }
     };
-    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(init, asio::use_awaitable,
-                                                                                     ticket);
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+        init, asio::use_awaitable, ticket);
 }
 
 asio::awaitable<void> Homeserver::commit(PendingWrite&& write) {
@@ -332,11 +344,13 @@ Room& Homeserver::room_or_throw(const std::string& room_id) {
 
 const std::string& Homeserver::require_member(const Room& room, const std::string& user) const {
     const std::string& m = room.membership_of(user);
-    if (m != "join") throw MatrixError(403, errcode::forbidden, "User " + user + " not in room " + room.id);
+    if (m != "join")
+        throw MatrixError(403, errcode::forbidden, "User " + user + " not in room " + room.id);
     return m;
 }
 
-void Homeserver::check_auth_locked(const Room& room, const std::string& sender, const NewEvent& ev) const {
+void Homeserver::check_auth_locked(const Room& room, const std::string& sender,
+                                   const NewEvent& ev) const {
     const bool is_state = ev.state_key.has_value();
     const std::string& sender_m = room.membership_of(sender);
     if (ev.type == "m.room.create")
@@ -344,25 +358,32 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender, 
     if (ev.type == "m.room.member") {
         const std::string& target = *ev.state_key;
         if (!proto::parse_user_id(target))
-            throw MatrixError(400, errcode::bad_json, "state_key of m.room.member must be a user id");
+            throw MatrixError(400, errcode::bad_json,
+                              "state_key of m.room.member must be a user id");
         auto m = proto::opt_string(ev.content, "membership");
         if (!m) throw MatrixError(400, errcode::bad_json, "m.room.member needs a 'membership'");
         const std::string& target_m = room.membership_of(target);
         const auto& pl = room.power;
         if (*m == "join") {
-            if (sender != target) throw MatrixError(403, errcode::forbidden, "Cannot force another user to join");
-            if (target_m == "ban") throw MatrixError(403, errcode::forbidden, "You are banned from this room");
+            if (sender != target)
+                throw MatrixError(403, errcode::forbidden, "Cannot force another user to join");
+            if (target_m == "ban")
+                throw MatrixError(403, errcode::forbidden, "You are banned from this room");
             if (target_m == "join" || target_m == "invite" || room.join_rule == "public") return;
             // The creator's own join directly after m.room.create.
             if (room.membership.empty() && sender == room.creator) return;
             throw MatrixError(403, errcode::forbidden, "You are not invited to this room.");
         }
         if (*m == "invite") {
-            if (sender_m != "join") throw MatrixError(403, errcode::forbidden, "You are not in this room");
-            if (target_m == "join") throw MatrixError(403, errcode::forbidden, target + " is already in the room.");
-            if (target_m == "ban") throw MatrixError(403, errcode::forbidden, target + " is banned from the room");
+            if (sender_m != "join")
+                throw MatrixError(403, errcode::forbidden, "You are not in this room");
+            if (target_m == "join")
+                throw MatrixError(403, errcode::forbidden, target + " is already in the room.");
+            if (target_m == "ban")
+                throw MatrixError(403, errcode::forbidden, target + " is banned from the room");
             if (pl.user_level(sender) < pl.invite)
-                throw MatrixError(403, errcode::forbidden, "You don't have permission to invite users");
+                throw MatrixError(403, errcode::forbidden,
+                                  "You don't have permission to invite users");
             return;
         }
         if (*m == "leave") {
@@ -370,22 +391,29 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender, 
                 if (target_m == "join" || target_m == "invite" || target_m == "knock") return;
                 throw MatrixError(403, errcode::forbidden, "You are not in this room");
             }
-            if (sender_m != "join") throw MatrixError(403, errcode::forbidden, "You are not in this room");
-            if (target_m == "ban" ? pl.user_level(sender) < pl.ban : pl.user_level(sender) < pl.kick)
-                throw MatrixError(403, errcode::forbidden, "You don't have permission to remove " + target);
+            if (sender_m != "join")
+                throw MatrixError(403, errcode::forbidden, "You are not in this room");
+            if (target_m == "ban" ? pl.user_level(sender) < pl.ban
+                                  : pl.user_level(sender) < pl.kick)
+                throw MatrixError(403, errcode::forbidden,
+                                  "You don't have permission to remove " + target);
             if (pl.user_level(sender) <= pl.user_level(target))
-                throw MatrixError(403, errcode::forbidden, "Your power level is not above " + target + "'s");
+                throw MatrixError(403, errcode::forbidden,
+                                  "Your power level is not above " + target + "'s");
             return;
         }
         if (*m == "ban") {
-            if (sender_m != "join") throw MatrixError(403, errcode::forbidden, "You are not in this room");
+            if (sender_m != "join")
+                throw MatrixError(403, errcode::forbidden, "You are not in this room");
             if (pl.user_level(sender) < pl.ban || pl.user_level(sender) <= pl.user_level(target))
-                throw MatrixError(403, errcode::forbidden, "You don't have permission to ban " + target);
+                throw MatrixError(403, errcode::forbidden,
+                                  "You don't have permission to ban " + target);
             return;
         }
         throw MatrixError(400, errcode::bad_json, "Unknown membership '" + std::string(*m) + "'");
     }
-    if (sender_m != "join") throw MatrixError(403, errcode::forbidden, "User " + sender + " not in room " + room.id);
+    if (sender_m != "join")
+        throw MatrixError(403, errcode::forbidden, "User " + sender + " not in room " + room.id);
     const auto& pl = room.power;
     std::int64_t have = pl.user_level(sender);
     std::int64_t need = pl.event_level(ev.type, is_state);
@@ -393,7 +421,8 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender, 
         throw MatrixError(403, errcode::forbidden,
                           "You don't have permission to post " + ev.type + " (needs power " +
                               std::to_string(need) + ", you have " + std::to_string(have) + ")");
-    if (is_state && !ev.state_key->empty() && ev.state_key->front() == '@' && *ev.state_key != sender) {
+    if (is_state && !ev.state_key->empty() && ev.state_key->front() == '@' &&
+        *ev.state_key != sender) {
         // Auth rules: a state key that starts with '@' belongs to that user alone.
         throw MatrixError(403, errcode::forbidden, "That state key belongs to another user");
     }
@@ -402,7 +431,8 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender, 
         for (const auto& [user, level] : next.users) {
             std::int64_t before = pl.user_level(user);
             if (level != before && (level > have || (before >= have && user != sender)))
-                throw MatrixError(403, errcode::forbidden, "You cannot change the power level of " + user);
+                throw MatrixError(403, errcode::forbidden,
+                                  "You cannot change the power level of " + user);
         }
     }
 }
@@ -410,8 +440,8 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender, 
 void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
     if (!ev->state_key) return;
     json::object content;
-    if (ev->type == "m.room.member" || ev->type == "m.room.power_levels" || ev->type == "m.room.join_rules" ||
-        ev->type == "m.room.create") {
+    if (ev->type == "m.room.member" || ev->type == "m.room.power_levels" ||
+        ev->type == "m.room.join_rules" || ev->type == "m.room.create") {
         auto v = json::parse(ev->content());
         if (v.is_object()) content = std::move(v.get_object());
     }
@@ -428,8 +458,9 @@ void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
         room.has_power_levels = true;
     } else if (ev->type == "m.room.join_rules") {
         auto jr = content.find("join_rule");
-        room.join_rule = jr != content.end() && jr->value().is_string() ? std::string(jr->value().get_string())
-                                                                         : std::string("invite");
+        room.join_rule = jr != content.end() && jr->value().is_string()
+                             ? std::string(jr->value().get_string())
+                             : std::string("invite");
     } else if (ev->type == "m.room.create") {
         room.creator = ev->sender;
         if (!room.has_power_levels) {
@@ -454,7 +485,8 @@ void Homeserver::add_to_timeline_locked(Room& room, const EventPtr& ev) {
     }
 }
 
-void Homeserver::wake_room_locked(const Room& room, const EventPtr& ev, std::vector<std::string>& wake) const {
+void Homeserver::wake_room_locked(const Room& room, const EventPtr& ev,
+                                  std::vector<std::string>& wake) const {
     for (const auto& [user, m] : room.membership)
         if (m == "join" || m == "invite") wake.push_back(user);
     if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
@@ -463,24 +495,29 @@ void Homeserver::wake_room_locked(const Room& room, const EventPtr& ev, std::vec
 namespace {
 bool has_float(const json::value& v) {
     switch (v.kind()) {
-        case json::kind::double_: return true;
+        case json::kind::double_:
+            return true;
         case json::kind::array:
             return std::any_of(v.get_array().begin(), v.get_array().end(), has_float);
         case json::kind::object:
             return std::any_of(v.get_object().begin(), v.get_object().end(),
                                [](const auto& kv) { return has_float(kv.value()); });
-        default: return false;
+        default:
+            return false;
     }
 }
 }  // namespace
 
-EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, NewEvent ev, PendingWrite& w,
-                                         const std::string& txn_device_key, const std::string& txn_id, bool creating) {
-    if (!proto::is_valid_event_type(ev.type)) throw MatrixError(400, errcode::bad_json, "Invalid event type");
+EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, NewEvent ev,
+                                         PendingWrite& w, const std::string& txn_device_key,
+                                         const std::string& txn_id, bool creating) {
+    if (!proto::is_valid_event_type(ev.type))
+        throw MatrixError(400, errcode::bad_json, "Invalid event type");
     if (ev.state_key && ev.state_key->size() > 255)
         throw MatrixError(400, errcode::bad_json, "state_key is longer than 255 bytes");
     if (has_float(json::value(ev.content)))
-        throw MatrixError(400, errcode::bad_json, "Event content must not contain floating-point numbers");
+        throw MatrixError(400, errcode::bad_json,
+                          "Event content must not contain floating-point numbers");
     if (!creating) check_auth_locked(room, sender, ev);
 
     auto e = std::make_shared<Event>();
@@ -496,16 +533,17 @@ EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, 
     e->content_len = content.size();
     e->txn_device_key = txn_device_key;
     e->txn_id = txn_id;
-    if (e->json.size() > 65536) throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
+    if (e->json.size() > 65536)
+        throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
     ++next_stream_;
 
     EventPtr ptr = e;
     apply_event_locked(room, ptr);
     add_to_timeline_locked(room, ptr);
     wake_room_locked(room, ptr, w.wake);
-    w.mutations.push_back(store::PutEvent{store::EventRecord{ptr->stream, ptr->event_id, ptr->room_id, ptr->type,
-                                                             ptr->state_key, ptr->sender, ptr->ts, ptr->json,
-                                                             txn_device_key, txn_id}});
+    w.mutations.push_back(store::PutEvent{
+        store::EventRecord{ptr->stream, ptr->event_id, ptr->room_id, ptr->type, ptr->state_key,
+                           ptr->sender, ptr->ts, ptr->json, txn_device_key, txn_id}});
     w.max_stream = std::max(w.max_stream, ptr->stream);
     return ptr;
 }

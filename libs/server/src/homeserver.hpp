@@ -41,9 +41,9 @@ struct Event {
     std::optional<std::string> state_key;
     std::string sender;
     std::int64_t ts = 0;
-    std::string json;            // client format without "unsigned"; starts with {"content":
+    std::string json;             // client format without "unsigned"; starts with {"content":
     std::size_t content_len = 0;  // json.substr(11, content_len) is the content
-    std::string txn_device_key;  // who sent it with which transaction, for unsigned.transaction_id
+    std::string txn_device_key;   // who sent it with which transaction, for unsigned.transaction_id
     std::string txn_id;
 
     std::string_view content() const { return std::string_view(json).substr(11, content_len); }
@@ -101,7 +101,7 @@ struct User {
     store::UserRecord record;
     std::unordered_map<std::string, RoomMembership> rooms;
     std::map<std::pair<std::string, std::string>, AccountData> account_data;  // (room or "", type)
-    std::unordered_map<std::string, std::deque<ToDeviceMessage>> to_device;  // by device
+    std::unordered_map<std::string, std::deque<ToDeviceMessage>> to_device;   // by device
     std::vector<std::string> filters;
 };
 
@@ -130,7 +130,7 @@ struct CommitTicket;
 // decided under it, persisted by the group-commit writer, and become visible to /sync in
 // stream order once committed.
 class Homeserver {
-public:
+  public:
     using Clock = std::function<std::int64_t()>;  // unix milliseconds
 
     Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock);
@@ -182,16 +182,17 @@ public:
     asio::awaitable<Response> turn_server(Request&);
 
     // Used by `mxvoip-server user add`: creates an account directly in the store.
-    static void add_user_offline(store::Store& store, const Config& config, const std::string& user_id,
-                                 const std::string& password);
+    static void add_user_offline(store::Store& store, const Config& config,
+                                 const std::string& user_id, const std::string& password);
 
-private:
+  private:
     struct PendingWrite {
         std::vector<store::Mutation> mutations;
         StreamId max_stream = 0;
         std::vector<std::string> wake;  // users whose /sync should wake once committed
 
-        static PendingWrite of(store::Mutation m, StreamId stream = 0, std::vector<std::string> wake = {}) {
+        static PendingWrite of(store::Mutation m, StreamId stream = 0,
+                               std::vector<std::string> wake = {}) {
             PendingWrite w;
             w.mutations.push_back(std::move(m));
             w.max_stream = stream;
@@ -222,21 +223,23 @@ private:
     // Checks auth rules, assigns the next stream id, applies the event to the model and adds
     // its mutation to `w`. Caller holds mu_. `creating` is createRoom's m.room.create, the one
     // event no auth rule admits.
-    EventPtr append_event_locked(Room& room, const std::string& sender, NewEvent ev, PendingWrite& w,
-                                 const std::string& txn_device_key = {}, const std::string& txn_id = {},
-                                 bool creating = false);
+    EventPtr append_event_locked(Room& room, const std::string& sender, NewEvent ev,
+                                 PendingWrite& w, const std::string& txn_device_key = {},
+                                 const std::string& txn_id = {}, bool creating = false);
     void check_auth_locked(const Room& room, const std::string& sender, const NewEvent& ev) const;
     void apply_event_locked(Room& room, const EventPtr& ev);
     void add_to_timeline_locked(Room& room, const EventPtr& ev);
-    void wake_room_locked(const Room& room, const EventPtr& ev, std::vector<std::string>& wake) const;
+    void wake_room_locked(const Room& room, const EventPtr& ev,
+                          std::vector<std::string>& wake) const;
     void rebuild_room_state_locked(Room& room, const EventPtr& ev);
 
     Room& room_or_throw(const std::string& room_id);
     const std::string& require_member(const Room& room, const std::string& user) const;
     asio::awaitable<Response> membership_change(Request& req, const std::string& room_id,
-                                                const std::string& target, const std::string& membership,
-                                                json::object& extra);
-    asio::awaitable<Response> issue_login(const std::string& user_id, const std::optional<std::string>& device_id,
+                                                const std::string& target,
+                                                const std::string& membership, json::object& extra);
+    asio::awaitable<Response> issue_login(const std::string& user_id,
+                                          const std::optional<std::string>& device_id,
                                           const std::string& display_name, bool is_guest);
     void check_rate(RateLimiter& limiter, const std::string& key);
     void check_user_path(const Request& req, std::size_t index) const;

@@ -23,9 +23,9 @@ struct Request {
     std::vector<std::string> params;  // decoded path captures, in pattern order
     std::unordered_map<std::string, std::string> query;
     std::string body;
-    std::string remote;                // peer address, for per-address rate limits
-    std::string access_token;          // from the header or ?access_token=
-    std::optional<Session> session;    // set when the route requires auth
+    std::string remote;              // peer address, for per-address rate limits
+    std::string access_token;        // from the header or ?access_token=
+    std::optional<Session> session;  // set when the route requires auth
 
     const std::string* query_param(const std::string& name) const {
         auto it = query.find(name);

@@ -13,8 +13,8 @@ Router::Router(std::vector<Route> routes) {
     }
 }
 
-void Router::match(verb method, const std::vector<std::string>& segments, const Route*& route, bool& path_known,
-                   std::vector<std::string>& params) const {
+void Router::match(verb method, const std::vector<std::string>& segments, const Route*& route,
+                   bool& path_known, std::vector<std::string>& params) const {
     route = nullptr;
     path_known = false;
     if (segments.size() >= by_length_.size()) return;
@@ -49,8 +49,10 @@ std::vector<std::string> split(std::string_view pattern) {
 
 std::vector<Route> make_routes() {
     std::vector<Route> routes;
-    auto add = [&](verb m, const std::vector<std::string_view>& prefixes, std::string_view path, bool auth, Handler h) {
-        for (auto prefix : prefixes) routes.push_back(Route{m, split(std::string(prefix) + std::string(path)), auth, h});
+    auto add = [&](verb m, const std::vector<std::string_view>& prefixes, std::string_view path,
+                   bool auth, Handler h) {
+        for (auto prefix : prefixes)
+            routes.push_back(Route{m, split(std::string(prefix) + std::string(path)), auth, h});
     };
     const std::vector<std::string_view> cs{"/_matrix/client/r0", "/_matrix/client/v3"};
     using H = Homeserver;
@@ -97,7 +99,9 @@ std::vector<Route> make_routes() {
     add(verb::put, cs, "/profile/*/*", true, &H::put_profile_field);
     add(verb::put, cs, "/sendToDevice/*/*", true, &H::send_to_device);
     // Every path clients have used for TURN credentials, back to the first spec (api/v1).
-    add(verb::get, {"/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable", "/_matrix/client/api/v1"},
+    add(verb::get,
+        {"/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable",
+         "/_matrix/client/api/v1"},
         "/voip/turnServer", true, &H::turn_server);
     add(verb::get, {"/_matrix/client/api/v1"}, "/turnServer", true, &H::turn_server);
     return routes;

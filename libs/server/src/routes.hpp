@@ -20,13 +20,13 @@ struct Route {
 };
 
 class Router {
-public:
+  public:
     explicit Router(std::vector<Route> routes);
     // Finds the route for (method, path). `path_known` tells a 405 from a 404.
-    void match(boost::beast::http::verb method, const std::vector<std::string>& segments, const Route*& route,
-               bool& path_known, std::vector<std::string>& params) const;
+    void match(boost::beast::http::verb method, const std::vector<std::string>& segments,
+               const Route*& route, bool& path_known, std::vector<std::string>& params) const;
 
-private:
+  private:
     std::vector<std::vector<Route>> by_length_;
 };
 

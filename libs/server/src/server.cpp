@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -13,7 +14,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
-#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <list>
@@ -36,7 +36,8 @@ constexpr auto kIdleTimeout = std::chrono::seconds(180);
 constexpr std::size_t kHeaderLimit = 16 * 1024;
 
 std::int64_t system_now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -50,7 +51,8 @@ void raise_open_files_limit() {
     }
 }
 
-std::string error_body(const std::string& code, const std::string& message, std::optional<std::int64_t> retry) {
+std::string error_body(const std::string& code, const std::string& message,
+                       std::optional<std::int64_t> retry) {
     json::object o{{"errcode", code}, {"error", message}};
     if (retry) o["retry_after_ms"] = *retry;
     return json::serialize(o);
@@ -83,7 +85,8 @@ struct Server::Impl {
 
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
     asio::awaitable<void> session(std::shared_ptr<Connection> conn, std::string remote);
-    asio::awaitable<Response> dispatch(http::request<http::string_body>& raw, const std::string& remote);
+    asio::awaitable<Response> dispatch(http::request<http::string_body>& raw,
+                                       const std::string& remote);
     void begin_shutdown();
 };
 
@@ -96,7 +99,9 @@ Server::~Server() {
     if (impl_->hs) impl_->hs->stop_writer();
 }
 
-const std::vector<BoundAddress>& Server::addresses() const { return impl_->addresses; }
+const std::vector<BoundAddress>& Server::addresses() const {
+    return impl_->addresses;
+}
 
 void Server::start() {
     auto& I = *impl_;
@@ -114,7 +119,9 @@ void Server::start() {
         acc->open(ep.protocol());
         acc->set_option(asio::socket_base::reuse_address(true));
         acc->bind(ep, ec);
-        if (ec) throw std::runtime_error("cannot listen on " + addr.host + ":" + std::to_string(addr.port) + ": " + ec.message());
+        if (ec)
+            throw std::runtime_error("cannot listen on " + addr.host + ":" +
+                                     std::to_string(addr.port) + ": " + ec.message());
         acc->listen(asio::socket_base::max_listen_connections);
         auto bound = acc->local_endpoint();
         I.addresses.push_back({bound.address().to_string(), bound.port()});
@@ -141,7 +148,8 @@ void Server::run(bool handle_signals) {
             stop();
         });
     }
-    unsigned n = I.config.worker_threads ? I.config.worker_threads : std::max(1u, std::thread::hardware_concurrency());
+    unsigned n = I.config.worker_threads ? I.config.worker_threads
+                                         : std::max(1u, std::thread::hardware_concurrency());
     std::vector<std::thread> threads;
     for (unsigned i = 1; i < n; ++i) threads.emplace_back([&] { I.ioc.run(); });
     I.ioc.run();
@@ -177,7 +185,8 @@ void Server::Impl::begin_shutdown() {
 asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
     for (;;) {
         auto strand = asio::make_strand(ioc);
-        auto [ec, socket] = co_await acceptor.async_accept(strand, asio::as_tuple(asio::use_awaitable));
+        auto [ec, socket] =
+            co_await acceptor.async_accept(strand, asio::as_tuple(asio::use_awaitable));
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
         if (ec) {
             // Out of descriptors and the like: back off instead of spinning.
@@ -208,12 +217,14 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
         parser.header_limit(kHeaderLimit);
         parser.body_limit(config.max_request_body_size);
         conn->stream.expires_after(kIdleTimeout);
-        auto [ec, n] = co_await http::async_read(conn->stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await http::async_read(conn->stream, buffer, parser,
+                                                 asio::as_tuple(asio::use_awaitable));
         if (ec == http::error::body_limit) {
             http::response<http::string_body> res{http::status::payload_too_large, 11};
             res.set(http::field::content_type, "application/json");
             res.set(http::field::access_control_allow_origin, "*");
-            res.body() = error_body(proto::errcode::too_large, "Request body is larger than the server accepts", {});
+            res.body() = error_body(proto::errcode::too_large,
+                                    "Request body is larger than the server accepts", {});
             res.keep_alive(false);
             res.prepare_payload();
             co_await http::async_write(conn->stream, res, asio::as_tuple(asio::use_awaitable));
@@ -227,11 +238,13 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
         Response r = co_await dispatch(raw, remote);
         bool keep = raw.keep_alive() && !conn->closing;
         if (spdlog::should_log(spdlog::level::debug)) {
-            auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+            auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::steady_clock::now() - started);
             std::string_view target = raw.target();
             // The query string can hold an access token: never log it.
             target = target.substr(0, target.find('?'));
-            spdlog::debug("{} {} {} -> {} in {} us", remote, raw.method_string(), target, r.status, us.count());
+            spdlog::debug("{} {} {} -> {} in {} us", remote, raw.method_string(), target, r.status,
+                          us.count());
         }
         // The response is serialised by hand into one buffer: every response has the same
         // fixed header block, and Beast's field-by-field serializer was ~6 % of a request.
@@ -241,27 +254,31 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
         out += std::to_string(r.status);
         out += ' ';
         out += http::obsolete_reason(static_cast<http::status>(r.status));
-        out += "\r\n"
-               "Content-Type: application/json\r\n"
-               "Access-Control-Allow-Origin: *\r\n"
-               "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n"
-               "Access-Control-Allow-Headers: X-Requested-With, Content-Type, Authorization, Date\r\n"
-               "Access-Control-Expose-Headers: Retry-After\r\n";
+        out +=
+            "\r\n"
+            "Content-Type: application/json\r\n"
+            "Access-Control-Allow-Origin: *\r\n"
+            "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n"
+            "Access-Control-Allow-Headers: X-Requested-With, Content-Type, Authorization, Date\r\n"
+            "Access-Control-Expose-Headers: Retry-After\r\n";
         for (auto& [k, v] : r.headers) {
             out += k;
             out += ": ";
             out += v;
             out += "\r\n";
         }
-        if (!keep) out += "Connection: close\r\n";
-        else if (raw.version() == 10) out += "Connection: keep-alive\r\n";
+        if (!keep)
+            out += "Connection: close\r\n";
+        else if (raw.version() == 10)
+            out += "Connection: keep-alive\r\n";
         out += "Content-Length: ";
         out += std::to_string(raw.method() == http::verb::head ? 0 : r.body.size());
         out += "\r\n\r\n";
         if (raw.method() != http::verb::head) out += r.body;
         // No timer on the write: responses go into the socket buffer at once, and a timer per
         // operation costs ~7 % of throughput (bench/RESULTS.md). Reads keep the idle timeout.
-        auto [wec, wn] = co_await asio::async_write(conn->stream, asio::buffer(out), asio::as_tuple(asio::use_awaitable));
+        auto [wec, wn] = co_await asio::async_write(conn->stream, asio::buffer(out),
+                                                    asio::as_tuple(asio::use_awaitable));
         conn->busy = false;
         if (wec || !keep) break;
     }
@@ -272,12 +289,15 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
     conns.remove(conn);
 }
 
-asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body>& raw, const std::string& remote) {
+asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body>& raw,
+                                                 const std::string& remote) {
     Request req;
     req.remote = remote;
     std::string_view target = raw.target();
     auto parsed = boost::urls::parse_origin_form(target);
-    if (!parsed) co_return Response{400, error_body(proto::errcode::unrecognized, "Malformed request target", {}), {}};
+    if (!parsed)
+        co_return Response{
+            400, error_body(proto::errcode::unrecognized, "Malformed request target", {}), {}};
     req.method = raw.method();
     std::vector<std::string> segments;
     for (auto seg : parsed->segments()) segments.push_back(seg);
@@ -288,7 +308,8 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
         bool path_known = false;
         router->match(req.method, segments, route, path_known, req.params);
         if (!route) {
-            if (path_known) throw MatrixError(405, proto::errcode::unrecognized, "Method not allowed");
+            if (path_known)
+                throw MatrixError(405, proto::errcode::unrecognized, "Method not allowed");
             throw MatrixError(404, proto::errcode::unrecognized, "Unrecognized request");
         }
         if (route->auth) {
@@ -300,20 +321,23 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
             if (req.access_token.empty())
                 throw MatrixError(401, proto::errcode::missing_token, "Missing access token");
             req.session = hs->authenticate(req.access_token);
-            if (!req.session) throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
+            if (!req.session)
+                throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
         }
         req.body = std::move(raw.body());
         co_return co_await (hs.get()->*(route->handler))(req);
     } catch (const MatrixError& e) {
         Response r{e.status, error_body(e.errcode, e.what(), e.retry_after_ms), {}};
-        if (e.errcode == proto::errcode::unknown_token) r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
+        if (e.errcode == proto::errcode::unknown_token)
+            r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
         if (e.retry_after_ms)
             r.headers.emplace_back("Retry-After", std::to_string((*e.retry_after_ms + 999) / 1000));
         co_return r;
     } catch (const std::exception& e) {
         std::string_view path = target.substr(0, target.find('?'));
         spdlog::error("500 for {} {}: {}", raw.method_string(), path, e.what());
-        co_return Response{500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
+        co_return Response{
+            500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
     }
 }
 

@@ -8,8 +8,9 @@
 
 namespace mxvoip::server {
 
-TurnCredentials make_turn_credentials(std::string_view shared_secret, std::string_view user_id, std::int64_t now_s,
-                                      std::int64_t lifetime_s, const std::vector<std::string>& uris) {
+TurnCredentials make_turn_credentials(std::string_view shared_secret, std::string_view user_id,
+                                      std::int64_t now_s, std::int64_t lifetime_s,
+                                      const std::vector<std::string>& uris) {
     TurnCredentials c;
     c.username = std::to_string(now_s + lifetime_s);
     c.username += ':';
@@ -32,8 +33,8 @@ bool valid_hostname(std::string_view host) {
             label = 0;
             continue;
         }
-        bool ok = std::isalnum(static_cast<unsigned char>(c)) || (c == '-' && label > 0 && i + 1 < host.size() &&
-                                                                  host[i + 1] != '.');
+        bool ok = std::isalnum(static_cast<unsigned char>(c)) ||
+                  (c == '-' && label > 0 && i + 1 < host.size() && host[i + 1] != '.');
         if (!ok || ++label > 63) return false;
     }
     return label > 0;
@@ -43,8 +44,10 @@ bool valid_ipv6(std::string_view host) {
     if (host.size() < 2) return false;
     int colons = 0;
     for (char c : host) {
-        if (c == ':') ++colons;
-        else if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '.') return false;
+        if (c == ':')
+            ++colons;
+        else if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '.')
+            return false;
     }
     return colons >= 2;
 }
@@ -53,10 +56,14 @@ bool valid_ipv6(std::string_view host) {
 
 std::optional<std::string> turn_uri_problem(std::string_view uri) {
     std::string_view rest;
-    if (uri.rfind("turn:", 0) == 0) rest = uri.substr(5);
-    else if (uri.rfind("turns:", 0) == 0) rest = uri.substr(6);
-    else return "must start with turn: or turns:";
-    if (rest.rfind("//", 0) == 0) return "must not have '//' after the scheme (turn:host:port, RFC 7065)";
+    if (uri.rfind("turn:", 0) == 0)
+        rest = uri.substr(5);
+    else if (uri.rfind("turns:", 0) == 0)
+        rest = uri.substr(6);
+    else
+        return "must start with turn: or turns:";
+    if (rest.rfind("//", 0) == 0)
+        return "must not have '//' after the scheme (turn:host:port, RFC 7065)";
     std::string_view query;
     if (auto q = rest.find('?'); q != std::string_view::npos) {
         query = rest.substr(q + 1);
@@ -101,17 +108,31 @@ DurationResult parse_duration(std::string_view text) {
     }
     std::int64_t unit = 0;
     switch (text.back()) {
-        case 's': unit = 1; break;
-        case 'm': unit = 60; break;
-        case 'h': unit = 3600; break;
-        case 'd': unit = 86400; break;
-        case 'w': unit = 7 * 86400; break;
-        case 'y': unit = 365 * 86400; break;
-        default: break;
+        case 's':
+            unit = 1;
+            break;
+        case 'm':
+            unit = 60;
+            break;
+        case 'h':
+            unit = 3600;
+            break;
+        case 'd':
+            unit = 86400;
+            break;
+        case 'w':
+            unit = 7 * 86400;
+            break;
+        case 'y':
+            unit = 365 * 86400;
+            break;
+        default:
+            break;
     }
     if (unit == 0) {
         bool numeric = text.find_first_not_of("0123456789") == std::string_view::npos;
-        r.error = numeric ? "needs a unit such as 1h or 90m: Synapse reads a bare number as milliseconds, so '" +
+        r.error = numeric ? "needs a unit such as 1h or 90m: Synapse reads a bare number as "
+                            "milliseconds, so '" +
                                 std::string(text) + "' would not mean what it seems"
                           : "must be a duration such as 1h, 90m or 1d";
         return r;
@@ -119,7 +140,8 @@ DurationResult parse_duration(std::string_view text) {
     std::string_view digits = text.substr(0, text.size() - 1);
     std::int64_t v = 0;
     auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
-    if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() || v <= 0 || v > std::int64_t{100} * 365 * 86400 / unit) {
+    if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() || v <= 0 ||
+        v > std::int64_t{100} * 365 * 86400 / unit) {
         r.error = "must be a positive duration such as 1h, 90m or 1d";
         return r;
     }

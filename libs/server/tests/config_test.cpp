@@ -46,7 +46,7 @@ log_level: debug
 password_hash_cost: moderate
 worker_threads: 4
 )",
-                             "test.yaml");
+                            "test.yaml");
     EXPECT_EQ(c.server_name, "example.org");
     ASSERT_EQ(c.listen.size(), 2u);
     EXPECT_EQ(c.listen[1].host, "::1");
@@ -66,14 +66,17 @@ worker_threads: 4
 
 TEST(Config, ErrorsNameKeyAndLine) {
     EXPECT_EQ(error_of("server_name: a\nbogus: 1\n"), "test.yaml:2: bogus: unknown key");
-    EXPECT_EQ(error_of("worker_threads: -1\n"), "test.yaml:1: worker_threads: must be a whole number, got '-1'");
+    EXPECT_EQ(error_of("worker_threads: -1\n"),
+              "test.yaml:1: worker_threads: must be a whole number, got '-1'");
     EXPECT_EQ(error_of("listen: 8008\n"), "test.yaml:1: listen: must be a list of host:port");
-    EXPECT_EQ(error_of("listen: [\"nohost\"]\n"), "test.yaml:1: listen: must be host:port, got 'nohost'");
+    EXPECT_EQ(error_of("listen: [\"nohost\"]\n"),
+              "test.yaml:1: listen: must be host:port, got 'nohost'");
     EXPECT_EQ(error_of("database: {backend: postgres}\n"),
               "test.yaml:1: database.backend: 'postgres' is not available in this build (sqlite)");
     EXPECT_EQ(error_of("rc_message: {per_second: 1, burst_count: 0}\n"),
               "test.yaml:1: rc_message.burst_count: must be at least 1.000000");
-    EXPECT_EQ(error_of("public_baseurl: ftp://x\n"), "test.yaml:1: public_baseurl: must start with http:// or https://");
+    EXPECT_EQ(error_of("public_baseurl: ftp://x\n"),
+              "test.yaml:1: public_baseurl: must start with http:// or https://");
     EXPECT_EQ(error_of("- a\n- b\n"), "test.yaml: the top level must be a map of keys");
     EXPECT_NE(error_of("a: [\n").find("not valid YAML"), std::string::npos);
 }

@@ -9,13 +9,17 @@
 using namespace mxvoip::server;
 
 TEST(Crypto, Sha256KnownAnswer) {
-    EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(sha256_hex("abc"),
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(Crypto, HmacSha1Rfc2202) {
     // RFC 2202 test case 2.
-    EXPECT_EQ(mxvoip::proto::base64_encode(hmac_sha1("Jefe", "what do ya want for nothing?")),
-              mxvoip::proto::base64_encode(std::string("\xef\xfc\xdf\x6a\xe5\xeb\x2f\xa2\xd2\x74\x16\xd5\xf1\x84\xdf\x9c\x25\x9a\x7c\x79", 20)));
+    EXPECT_EQ(
+        mxvoip::proto::base64_encode(hmac_sha1("Jefe", "what do ya want for nothing?")),
+        mxvoip::proto::base64_encode(std::string(
+            "\xef\xfc\xdf\x6a\xe5\xeb\x2f\xa2\xd2\x74\x16\xd5\xf1\x84\xdf\x9c\x25\x9a\x7c\x79",
+            20)));
 }
 
 TEST(Crypto, TokensAreRandomAndUrlSafe) {
@@ -23,13 +27,15 @@ TEST(Crypto, TokensAreRandomAndUrlSafe) {
     for (int i = 0; i < 100; ++i) {
         auto t = new_access_token();
         EXPECT_EQ(t.size(), 4u + 43u);
-        EXPECT_EQ(t.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 4),
+        EXPECT_EQ(t.find_first_not_of(
+                      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 4),
                   std::string::npos);
         seen.insert(t);
     }
     EXPECT_EQ(seen.size(), 100u);
     auto letters = random_letters(1000);
-    EXPECT_EQ(letters.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"), std::string::npos);
+    EXPECT_EQ(letters.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+              std::string::npos);
 }
 
 TEST(Crypto, SecureEquals) {

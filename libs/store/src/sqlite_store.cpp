@@ -79,7 +79,7 @@ INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
 
 class Db {
-public:
+  public:
     explicit Db(const std::string& path, bool create) {
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
         if (sqlite3_open_v2(path.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
@@ -125,14 +125,14 @@ public:
 
     sqlite3* handle() { return db_; }
 
-private:
+  private:
     sqlite3* db_ = nullptr;
     std::unordered_map<const char*, sqlite3_stmt*> cache_;
 };
 
 // Binds arguments positionally.
 class Stmt {
-public:
+  public:
     Stmt(Db& db, const char* sql) : db_(db), st_(db.prepare(sql)) {}
     ~Stmt() { sqlite3_reset(st_); }
     Stmt(const Stmt&) = delete;
@@ -164,7 +164,8 @@ public:
     }
     std::string text(int col) {
         auto p = reinterpret_cast<const char*>(sqlite3_column_text(st_, col));
-        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, col))) : std::string();
+        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, col)))
+                 : std::string();
     }
     std::optional<std::string> opt_text(int col) {
         if (sqlite3_column_type(st_, col) == SQLITE_NULL) return std::nullopt;
@@ -172,26 +173,29 @@ public:
     }
     std::int64_t integer(int col) { return sqlite3_column_int64(st_, col); }
 
-private:
+  private:
     Db& db_;
     sqlite3_stmt* st_;
     int n_ = 0;
 };
 
-#define EVENT_COLUMNS "stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json, txn_device_key, txn_id"
+#define EVENT_COLUMNS                                                                 \
+    "stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json, " \
+    "txn_device_key, txn_id"
 
 EventRecord read_event(Stmt& s) {
-    return EventRecord{s.integer(0), s.text(1), s.text(2), s.text(3), s.opt_text(4),
+    return EventRecord{s.integer(0), s.text(1),    s.text(2), s.text(3), s.opt_text(4),
                        s.text(5),    s.integer(6), s.text(7), s.text(8), s.text(9)};
 }
 
 class SqliteStore final : public Store {
-public:
+  public:
     explicit SqliteStore(const SqliteOptions& opts) : writer_(opts.path, true) {
         if (opts.synchronous != "full" && opts.synchronous != "normal")
             throw StoreError("synchronous must be 'full' or 'normal'");
         writer_.exec("PRAGMA journal_mode=WAL");
-        writer_.exec(opts.synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+        writer_.exec(opts.synchronous == "full" ? "PRAGMA synchronous=FULL"
+                                                : "PRAGMA synchronous=NORMAL");
         writer_.exec("PRAGMA foreign_keys=OFF");
         // Keep the hot index pages in memory; reads go through mmap.
         writer_.exec("PRAGMA cache_size=-65536");
@@ -218,12 +222,16 @@ public:
         Db& db = *reader_;
         Snapshot snap;
         {
-            Stmt s(db, "SELECT user_id, password_hash, is_guest, created_ts, displayname, avatar_url FROM users");
+            Stmt s(db,
+                   "SELECT user_id, password_hash, is_guest, created_ts, displayname, avatar_url "
+                   "FROM users");
             while (s.next())
-                snap.users.push_back({s.text(0), s.text(1), s.integer(2) != 0, s.integer(3), s.text(4), s.text(5)});
+                snap.users.push_back(
+                    {s.text(0), s.text(1), s.integer(2) != 0, s.integer(3), s.text(4), s.text(5)});
         }
         {
-            Stmt s(db, "SELECT token_hash, user_id, device_id, device_display_name FROM access_tokens");
+            Stmt s(db,
+                   "SELECT token_hash, user_id, device_id, device_display_name FROM access_tokens");
             while (s.next()) snap.tokens.push_back({s.text(0), s.text(1), s.text(2), s.text(3)});
         }
         {
@@ -233,7 +241,8 @@ public:
         {
             Stmt s(db,
                    "SELECT e.stream_id, e.event_id, e.room_id, e.type, e.state_key, e.sender, "
-                   "e.origin_server_ts, e.json, e.txn_device_key, e.txn_id FROM current_state c JOIN events e "
+                   "e.origin_server_ts, e.json, e.txn_device_key, e.txn_id FROM current_state c "
+                   "JOIN events e "
                    "ON e.stream_id = c.stream_id ORDER BY e.stream_id");
             while (s.next()) snap.state_events.push_back(read_event(s));
         }
@@ -247,21 +256,29 @@ public:
         {
             // Newest first, stopping at the cut-off: stream order is time order.
             Stmt s(db,
-                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts, txn_id IS NOT NULL "
+                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts, txn_id IS "
+                   "NOT NULL "
                    "FROM events ORDER BY stream_id DESC");
             while (s.next()) {
                 if (s.integer(4) < txn_since_ts) break;
-                if (s.integer(5)) snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+                if (s.integer(5))
+                    snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
             }
         }
         {
-            Stmt s(db, "SELECT stream_id, user_id, room_id, type, content FROM account_data ORDER BY stream_id");
+            Stmt s(db,
+                   "SELECT stream_id, user_id, room_id, type, content FROM account_data ORDER BY "
+                   "stream_id");
             while (s.next())
-                snap.account_data.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+                snap.account_data.push_back(
+                    {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
         }
         {
-            Stmt s(db, "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
-            while (s.next()) snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
+            Stmt s(
+                db,
+                "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
+            while (s.next())
+                snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
         }
         {
             Stmt s(db, "SELECT user_id, filter_id, json FROM filters");
@@ -279,9 +296,11 @@ public:
         db.exec("BEGIN IMMEDIATE");
         try {
             StreamId max_stream = 0;
-            for (const auto& m : batch) std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
+            for (const auto& m : batch)
+                std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
             if (max_stream > 0) {
-                Stmt s(db, "UPDATE stream_position SET max_stream = max(max_stream, ?) WHERE id = 1");
+                Stmt s(db,
+                       "UPDATE stream_position SET max_stream = max(max_stream, ?) WHERE id = 1");
                 s.bind(max_stream).run();
             }
             db.exec("COMMIT");
@@ -300,7 +319,9 @@ public:
     std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
                                           int limit) override {
         std::lock_guard lock(read_mu_);
-        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
+        Stmt s(*reader_,
+               "SELECT " EVENT_COLUMNS
+               " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
         s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
         std::vector<EventRecord> out;
         while (s.next()) out.push_back(read_event(s));
@@ -315,9 +336,12 @@ public:
         return read_event(s);
     }
 
-private:
-    std::vector<EventRecord> events_before_locked(const std::string& room_id, StreamId before, int limit) {
-        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
+  private:
+    std::vector<EventRecord> events_before_locked(const std::string& room_id, StreamId before,
+                                                  int limit) {
+        Stmt s(*reader_,
+               "SELECT " EVENT_COLUMNS
+               " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
         s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
         std::vector<EventRecord> out;
         while (s.next()) out.push_back(read_event(s));
@@ -327,59 +351,104 @@ private:
     static void write(Db& db, const PutUser& m, StreamId&) {
         const auto& u = m.user;
         Stmt(db, "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(u.user_id).bind(u.password_hash).bind(u.is_guest).bind(u.created_ts)
-            .bind(u.displayname).bind(u.avatar_url).run();
+            .bind(u.user_id)
+            .bind(u.password_hash)
+            .bind(u.is_guest)
+            .bind(u.created_ts)
+            .bind(u.displayname)
+            .bind(u.avatar_url)
+            .run();
     }
     static void write(Db& db, const PutProfile& m, StreamId&) {
         Stmt(db, "UPDATE users SET displayname = ?, avatar_url = ? WHERE user_id = ?")
-            .bind(m.displayname).bind(m.avatar_url).bind(m.user_id).run();
+            .bind(m.displayname)
+            .bind(m.avatar_url)
+            .bind(m.user_id)
+            .run();
     }
     static void write(Db& db, const PutToken& m, StreamId&) {
         const auto& t = m.token;
         Stmt(db, "INSERT INTO access_tokens VALUES (?, ?, ?, ?)")
-            .bind(t.token_hash).bind(t.user_id).bind(t.device_id).bind(t.device_display_name).run();
+            .bind(t.token_hash)
+            .bind(t.user_id)
+            .bind(t.device_id)
+            .bind(t.device_display_name)
+            .run();
     }
     static void write(Db& db, const DeleteTokens& m, StreamId&) {
         if (m.device_id.empty())
             Stmt(db, "DELETE FROM access_tokens WHERE user_id = ?").bind(m.user_id).run();
         else
             Stmt(db, "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?")
-                .bind(m.user_id).bind(m.device_id).run();
+                .bind(m.user_id)
+                .bind(m.device_id)
+                .run();
     }
     static void write(Db& db, const PutRoom& m, StreamId&) {
-        Stmt(db, "INSERT INTO rooms VALUES (?, ?)").bind(m.room.room_id).bind(m.room.room_version).run();
+        Stmt(db, "INSERT INTO rooms VALUES (?, ?)")
+            .bind(m.room.room_id)
+            .bind(m.room.room_version)
+            .run();
     }
     static void write(Db& db, const PutEvent& m, StreamId& max_stream) {
         const auto& e = m.event;
         std::optional<std::string> txn_key, txn_id;
         if (!e.txn_id.empty()) txn_key = e.txn_device_key, txn_id = e.txn_id;
         Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(e.stream).bind(e.event_id).bind(e.room_id).bind(e.type).bind(e.state_key)
-            .bind(e.sender).bind(e.origin_server_ts).bind(e.json).bind(txn_key).bind(txn_id).run();
+            .bind(e.stream)
+            .bind(e.event_id)
+            .bind(e.room_id)
+            .bind(e.type)
+            .bind(e.state_key)
+            .bind(e.sender)
+            .bind(e.origin_server_ts)
+            .bind(e.json)
+            .bind(txn_key)
+            .bind(txn_id)
+            .run();
         if (e.state_key)
             Stmt(db, "INSERT OR REPLACE INTO current_state VALUES (?, ?, ?, ?)")
-                .bind(e.room_id).bind(e.type).bind(*e.state_key).bind(e.stream).run();
+                .bind(e.room_id)
+                .bind(e.type)
+                .bind(*e.state_key)
+                .bind(e.stream)
+                .run();
         max_stream = std::max(max_stream, e.stream);
     }
     static void write(Db& db, const PutAccountData& m, StreamId& max_stream) {
         const auto& a = m.data;
         Stmt(db, "INSERT OR REPLACE INTO account_data VALUES (?, ?, ?, ?, ?)")
-            .bind(a.user_id).bind(a.room_id).bind(a.type).bind(a.stream).bind(a.content).run();
+            .bind(a.user_id)
+            .bind(a.room_id)
+            .bind(a.type)
+            .bind(a.stream)
+            .bind(a.content)
+            .run();
         max_stream = std::max(max_stream, a.stream);
     }
     static void write(Db& db, const PutToDevice& m, StreamId& max_stream) {
         const auto& t = m.message;
         Stmt(db, "INSERT INTO to_device VALUES (?, ?, ?, ?)")
-            .bind(t.stream).bind(t.user_id).bind(t.device_id).bind(t.message).run();
+            .bind(t.stream)
+            .bind(t.user_id)
+            .bind(t.device_id)
+            .bind(t.message)
+            .run();
         max_stream = std::max(max_stream, t.stream);
     }
     static void write(Db& db, const DeleteToDevice& m, StreamId&) {
         Stmt(db, "DELETE FROM to_device WHERE user_id = ? AND device_id = ? AND stream_id <= ?")
-            .bind(m.user_id).bind(m.device_id).bind(m.up_to).run();
+            .bind(m.user_id)
+            .bind(m.device_id)
+            .bind(m.up_to)
+            .run();
     }
     static void write(Db& db, const PutFilter& m, StreamId&) {
         Stmt(db, "INSERT INTO filters VALUES (?, ?, ?)")
-            .bind(m.filter.user_id).bind(m.filter.filter_id).bind(m.filter.json).run();
+            .bind(m.filter.user_id)
+            .bind(m.filter.filter_id)
+            .bind(m.filter.json)
+            .run();
     }
 
     Db writer_;

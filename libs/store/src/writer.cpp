@@ -8,7 +8,9 @@ constexpr std::size_t kMaxBatch = 4096;
 
 GroupCommitWriter::GroupCommitWriter(Store& store) : store_(store), thread_([this] { run(); }) {}
 
-GroupCommitWriter::~GroupCommitWriter() { stop(); }
+GroupCommitWriter::~GroupCommitWriter() {
+    stop();
+}
 
 void GroupCommitWriter::submit(std::vector<Mutation> mutations, Done done) {
     bool refused = false;

@@ -16,8 +16,8 @@ namespace {
 struct SqliteBackend {
     fs::path dir;
     SqliteBackend() {
-        dir = fs::temp_directory_path() / ("mxvoip-store-" + std::to_string(::getpid()) + "-" +
-                                           std::to_string(counter()++));
+        dir = fs::temp_directory_path() /
+              ("mxvoip-store-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
         fs::create_directories(dir);
     }
     ~SqliteBackend() { fs::remove_all(dir); }
@@ -28,12 +28,22 @@ struct SqliteBackend {
     }
 };
 
-EventRecord event(StreamId stream, const std::string& room, std::optional<std::string> state_key = {}) {
-    return EventRecord{stream, "$e" + std::to_string(stream), room, state_key ? "m.room.member" : "m.room.message",
-                       state_key, "@a:x", 1000 + stream, "{\"n\":" + std::to_string(stream) + "}", {}, {}};
+EventRecord event(StreamId stream, const std::string& room,
+                  std::optional<std::string> state_key = {}) {
+    return EventRecord{stream,
+                       "$e" + std::to_string(stream),
+                       room,
+                       state_key ? "m.room.member" : "m.room.message",
+                       state_key,
+                       "@a:x",
+                       1000 + stream,
+                       "{\"n\":" + std::to_string(stream) + "}",
+                       {},
+                       {}};
 }
 
-EventRecord txn_event(StreamId stream, const std::string& room, const std::string& device_key, const std::string& txn) {
+EventRecord txn_event(StreamId stream, const std::string& room, const std::string& device_key,
+                      const std::string& txn) {
     auto e = event(stream, room);
     e.txn_device_key = device_key;
     e.txn_id = txn;
@@ -42,7 +52,7 @@ EventRecord txn_event(StreamId stream, const std::string& room, const std::strin
 
 template <typename Backend>
 class StoreTest : public ::testing::Test {
-protected:
+  protected:
     Backend backend;
 };
 

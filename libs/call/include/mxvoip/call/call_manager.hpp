@@ -114,9 +114,10 @@ struct SetMuted {
     bool video = false;
 };
 
-using Input = std::variant<PlaceCall, AnswerCall, RejectCall, HangUpCall, SyncBatch, RoomChanged, LocalDescription,
-                           LocalCandidate, GatheringDone, IceStateChanged, TimerFired, NegotiationNeeded, LocalStreams,
-                           SetHold, SetScreenshare, SetMuted>;
+using Input =
+    std::variant<PlaceCall, AnswerCall, RejectCall, HangUpCall, SyncBatch, RoomChanged,
+                 LocalDescription, LocalCandidate, GatheringDone, IceStateChanged, TimerFired,
+                 NegotiationNeeded, LocalStreams, SetHold, SetScreenshare, SetMuted>;
 
 // ---- Actions -----------------------------------------------------------------------------
 
@@ -135,10 +136,10 @@ enum class MediaOp {
     rollback,                // polite side in an offer collision: drop our pending offer
     hold,                    // transceivers to sendonly/inactive (then NegotiationNeeded)
     resume,
-    add_screenshare,         // `replace_camera`: the peer takes one stream only (no metadata)
+    add_screenshare,  // `replace_camera`: the peer takes one stream only (no metadata)
     remove_screenshare,
-    ice_restart,             // restart ICE (then NegotiationNeeded)
-    close,                   // stop media for this call
+    ice_restart,  // restart ICE (then NegotiationNeeded)
+    close,        // stop media for this call
 };
 struct MediaCommand {
     std::string call_id;
@@ -180,16 +181,17 @@ using Action = std::variant<SendEvent, MediaCommand, StartTimer, CancelTimer, St
 // All calls of one client (user id, party id): routes events by call_id and party_id,
 // resolves glare, and never does I/O, sleeps or throws. Feed inputs, carry out the actions.
 class CallManager {
-public:
+  public:
     struct Options {
         std::string user_id;
-        std::string party_id;        // chosen once per client session (the device id)
-        Ms invite_lifetime = 90000;  // VOIP-NOTES.md recommends at least 90 s
-        Ms min_ring_left = 3000;     // an invite with less left than this does not ring
+        std::string party_id;             // chosen once per client session (the device id)
+        Ms invite_lifetime = 90000;       // VOIP-NOTES.md recommends at least 90 s
+        Ms min_ring_left = 3000;          // an invite with less left than this does not ring
         Ms first_candidate_batch = 2000;  // after the invite (matrix-js-sdk's timing)
         Ms candidate_batch = 500;         // after the answer
         Ms negotiate_lifetime = 10000;    // lifetime of our m.call.negotiate
-        Ms ice_restart_timeout = 10000;   // an ICE restart that has not connected by then ends the call
+        Ms ice_restart_timeout =
+            10000;  // an ICE restart that has not connected by then ends the call
     };
     explicit CallManager(Options options);
 
@@ -201,10 +203,11 @@ public:
     std::optional<std::string> opponent_party(const std::string& call_id) const;
     // Whether to use an incoming stream: if the opponent's first invite or answer carried
     // stream metadata, only streams it lists with a known purpose; otherwise only the first.
-    bool use_remote_stream(const std::string& call_id, const std::string& stream_id, bool first_stream) const;
+    bool use_remote_stream(const std::string& call_id, const std::string& stream_id,
+                           bool first_stream) const;
     const Options& options() const { return opt_; }
 
-private:
+  private:
     struct Call {
         std::string id;
         std::string room_id;
@@ -213,10 +216,10 @@ private:
         std::string opponent_user;
         std::string opponent_party;  // empty until chosen
         proto::CallVersion remote_version = proto::CallVersion::v1;
-        std::string remote_offer;      // incoming: the invite's SDP
+        std::string remote_offer;  // incoming: the invite's SDP
         std::uint64_t lifetime_timer = 0;
         std::uint64_t batch_timer = 0;
-        bool signalled = false;        // our invite / answer is out: candidates may follow
+        bool signalled = false;  // our invite / answer is out: candidates may follow
         bool media_started = false;
         bool media_flowed = false;
         std::vector<proto::Candidate> pending_local;
@@ -229,7 +232,8 @@ private:
         proto::SdpStreamMetadata local_metadata;
         bool peer_sends_metadata = false;  // decided by their first invite / chosen answer
         proto::SdpStreamMetadata remote_metadata;
-        std::map<std::string, std::vector<proto::Candidate>> remote_by_party;  // before a party is chosen
+        std::map<std::string, std::vector<proto::Candidate>>
+            remote_by_party;  // before a party is chosen
     };
     enum class TimerKind { lifetime, candidates, ice_restart };
 
@@ -251,8 +255,10 @@ private:
     void set_screenshare(const SetScreenshare& in, Out& out);
     void set_muted(const SetMuted& in, Out& out);
     void on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& n, Out& out);
-    void on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m, Out& out);
-    void take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first, Out& out);
+    void on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m,
+                             Out& out);
+    void take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first,
+                              Out& out);
     void put_local_metadata(const Call& c, json::object& content) const;
     Call* in_call(const std::string& call_id, const char* what, Out& out);
 
@@ -279,7 +285,7 @@ private:
     bool is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const;
 
     Options opt_;
-    std::map<std::string, Call> calls_;  // ended ones too, for state()
+    std::map<std::string, Call> calls_;                            // ended ones too, for state()
     std::map<std::string, std::set<std::string>> active_by_room_;  // room -> ids of calls not ended
     std::map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;

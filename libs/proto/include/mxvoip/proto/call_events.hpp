@@ -23,7 +23,7 @@ struct CallEventError {
 
 template <typename T>
 class Parsed {
-public:
+  public:
     Parsed(T value) : v_(std::move(value)) {}
     Parsed(CallEventError error) : v_(std::move(error)) {}
     bool ok() const { return v_.index() == 0; }
@@ -32,7 +32,7 @@ public:
     T& value() { return std::get<0>(v_); }
     const CallEventError& error() const { return std::get<1>(v_); }
 
-private:
+  private:
     std::variant<T, CallEventError> v_;
 };
 
@@ -51,7 +51,9 @@ struct StreamMetadata {
     bool video_muted = false;
     json::object extra;  // unknown fields, kept
 
-    bool purpose_known() const { return purpose == kPurposeUsermedia || purpose == kPurposeScreenshare; }
+    bool purpose_known() const {
+        return purpose == kPurposeUsermedia || purpose == kPurposeScreenshare;
+    }
     bool operator==(const StreamMetadata&) const = default;
 };
 // Stream id (the SDP msid stream id) -> metadata.
@@ -119,9 +121,9 @@ struct CallNegotiate : CallCommon {
 
 // Hangup reasons the spec defines. Others (matrix-js-sdk sends "replaced" after glare) are
 // kept as text so the hangup itself still counts.
-inline constexpr std::string_view kHangupReasons[] = {"ice_timeout",       "ice_failed", "invite_timeout",
-                                                      "user_hangup",       "user_media_failed",
-                                                      "user_busy",         "unknown_error"};
+inline constexpr std::string_view kHangupReasons[] = {
+    "ice_timeout",       "ice_failed", "invite_timeout", "user_hangup",
+    "user_media_failed", "user_busy",  "unknown_error"};
 struct CallHangup : CallCommon {
     std::optional<std::string> reason;  // missing means user_hangup
     std::string effective_reason() const { return reason.value_or("user_hangup"); }
@@ -133,8 +135,8 @@ struct CallSdpStreamMetadataChanged : CallCommon {
     bool operator==(const CallSdpStreamMetadataChanged&) const = default;
 };
 
-using CallEvent = std::variant<CallInvite, CallCandidates, CallAnswer, CallSelectAnswer, CallReject, CallNegotiate,
-                               CallHangup, CallSdpStreamMetadataChanged>;
+using CallEvent = std::variant<CallInvite, CallCandidates, CallAnswer, CallSelectAnswer, CallReject,
+                               CallNegotiate, CallHangup, CallSdpStreamMetadataChanged>;
 
 // Parses the content of an m.call.* event of `type`. Required fields, types, the opaque-id
 // grammar, description types and the candidates rule are enforced; unknown fields survive.

@@ -31,6 +31,8 @@ const json::object* opt_object(const json::object& obj, std::string_view key);
 const json::array* opt_array(const json::object& obj, std::string_view key);
 
 // Serializes a value compactly.
-inline std::string to_string(const json::value& v) { return json::serialize(v); }
+inline std::string to_string(const json::value& v) {
+    return json::serialize(v);
+}
 
 }  // namespace mxvoip::proto

@@ -35,7 +35,7 @@ struct TurnConfig {
     std::vector<std::string> uris;
     std::string shared_secret;  // never logged
     std::string username;
-    std::string password;       // never logged
+    std::string password;  // never logged
     std::int64_t user_lifetime_s = 3600;
     bool allow_guests = true;
 

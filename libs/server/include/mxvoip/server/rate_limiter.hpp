@@ -13,14 +13,14 @@ namespace mxvoip::server {
 // Token buckets keyed by user or address, Synapse's semantics: `burst_count` actions at
 // once, refilled at `per_second`. Time is passed in so tests control it.
 class RateLimiter {
-public:
+  public:
     explicit RateLimiter(RateLimit limit) : limit_(limit) {}
 
     // Takes one action for `key` at `now_ms`. Returns nullopt when allowed, otherwise how
     // many milliseconds until the next action would be.
     std::optional<std::int64_t> take(const std::string& key, std::int64_t now_ms);
 
-private:
+  private:
     struct Bucket {
         double tokens;
         std::int64_t updated_ms;

@@ -17,7 +17,7 @@ struct BoundAddress {
 
 // The homeserver process: listeners, I/O threads, the store and the request handlers.
 class Server {
-public:
+  public:
     using Clock = std::function<std::int64_t()>;  // unix milliseconds; the system clock by default
 
     explicit Server(Config config, Clock clock = {});
@@ -35,7 +35,7 @@ public:
     // Thread-safe; returns at once.
     void stop();
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -19,8 +19,9 @@ struct TurnCredentials {
 // coturn's `use-auth-secret` scheme (the "TURN REST API"), as Synapse issues it:
 // username = "<unix expiry seconds>:<user id>", password = base64(HMAC-SHA1(secret, username))
 // with '=' padding, ttl = lifetime. A pure function of its inputs.
-TurnCredentials make_turn_credentials(std::string_view shared_secret, std::string_view user_id, std::int64_t now_s,
-                                      std::int64_t lifetime_s, const std::vector<std::string>& uris);
+TurnCredentials make_turn_credentials(std::string_view shared_secret, std::string_view user_id,
+                                      std::int64_t now_s, std::int64_t lifetime_s,
+                                      const std::vector<std::string>& uris);
 
 // Checks a turn:/turns: URI (RFC 7065): scheme, a host (name, IPv4 or [IPv6]), an optional
 // port, and an optional ?transport=udp|tcp. Returns what is wrong, or nullopt when valid.

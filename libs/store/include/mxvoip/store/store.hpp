@@ -87,18 +87,43 @@ struct FilterRecord {
 };
 
 // Mutations. A batch of them is applied atomically by Store::apply.
-struct PutUser { UserRecord user; };
-struct PutProfile { std::string user_id; std::string displayname; std::string avatar_url; };
-struct PutToken { TokenRecord token; };
+struct PutUser {
+    UserRecord user;
+};
+struct PutProfile {
+    std::string user_id;
+    std::string displayname;
+    std::string avatar_url;
+};
+struct PutToken {
+    TokenRecord token;
+};
 // Deletes one device's tokens, or all of a user's when device_id is empty.
-struct DeleteTokens { std::string user_id; std::string device_id; };
-struct PutRoom { RoomRecord room; };
-struct PutEvent { EventRecord event; };
-struct PutAccountData { AccountDataRecord data; };
-struct PutToDevice { ToDeviceRecord message; };
+struct DeleteTokens {
+    std::string user_id;
+    std::string device_id;
+};
+struct PutRoom {
+    RoomRecord room;
+};
+struct PutEvent {
+    EventRecord event;
+};
+struct PutAccountData {
+    AccountDataRecord data;
+};
+struct PutToDevice {
+    ToDeviceRecord message;
+};
 // Removes a device's to-device messages up to and including `up_to`: they were delivered.
-struct DeleteToDevice { std::string user_id; std::string device_id; StreamId up_to = 0; };
-struct PutFilter { FilterRecord filter; };
+struct DeleteToDevice {
+    std::string user_id;
+    std::string device_id;
+    StreamId up_to = 0;
+};
+struct PutFilter {
+    FilterRecord filter;
+};
 
 using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutRoom, PutEvent,
                               PutAccountData, PutToDevice, DeleteToDevice, PutFilter>;
@@ -108,9 +133,10 @@ struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
-    std::vector<EventRecord> state_events;   // current state, in stream order
-    std::vector<EventRecord> recent_events;  // the newest `recent_per_room` of each room, in stream order
-    std::vector<TxnRecord> txns;             // transactions newer than `txn_since_ts`
+    std::vector<EventRecord> state_events;  // current state, in stream order
+    std::vector<EventRecord>
+        recent_events;            // the newest `recent_per_room` of each room, in stream order
+    std::vector<TxnRecord> txns;  // transactions newer than `txn_since_ts`
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
@@ -120,7 +146,7 @@ struct Snapshot {
 // All persistence goes through this interface. apply() is only ever called from one thread
 // (the group-commit writer); the read methods are safe from any thread.
 class Store {
-public:
+  public:
     virtual ~Store() = default;
 
     virtual Snapshot load(int recent_per_room, std::int64_t txn_since_ts) = 0;

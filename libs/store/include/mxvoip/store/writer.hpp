@@ -16,7 +16,7 @@ namespace mxvoip::store {
 // transaction, so concurrent requests share one fsync. Completions run on the writer thread,
 // in submission order, after the transaction is durable (or failed: then each gets the error).
 class GroupCommitWriter {
-public:
+  public:
     using Done = std::function<void(std::exception_ptr)>;
 
     explicit GroupCommitWriter(Store& store);
@@ -35,7 +35,7 @@ public:
     };
     Stats stats() const;
 
-private:
+  private:
     struct Pending {
         std::vector<Mutation> mutations;
         Done done;
