@@ -713,29 +713,39 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     }
 }
 
-void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out& out) {
-    Call* c = find(a.call_id);
+// An answer or a reject: on a ringing device, another of our devices took the call
+// (`elsewhere`); on the caller, it counts only while the invite waits for its first response.
+// Returns the caller's call when the response is to be acted on.
+CallManager::Call* CallManager::invite_response(const RoomEvent& ev, const std::string& call_id,
+                                                const std::string& what, const char* elsewhere,
+                                                Out& out) {
+    Call* c = find(call_id);
     if (!c || !active(c->state)) {
-        out.push_back(Dropped{a.call_id, "answer for no active call"});
-        return;
+        out.push_back(Dropped{call_id, what + " for no active call"});
+        return nullptr;
     }
     if (c->dir == Direction::incoming) {
-        // Another of our devices answered the call ringing here.
         if (ev.sender == opt_.user_id && c->state == CallState::ringing)
-            end(*c, "answered_elsewhere", true, out);
+            end(*c, elsewhere, true, out);
         else
-            out.push_back(Dropped{a.call_id, "answer seen on the answering side"});
-        return;
+            out.push_back(Dropped{call_id, what + " seen on the responding side"});
+        return nullptr;
     }
     if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
         out.push_back(Dropped{
-            a.call_id, "answer from " + ev.sender + ", the call is for " + c->opponent_user});
-        return;
+            call_id, what + " from " + ev.sender + ", the call is for " + c->opponent_user});
+        return nullptr;
     }
     if (c->state != CallState::invite_sent) {
-        out.push_back(Dropped{a.call_id, "already answered by party " + c->opponent_party});
-        return;
+        out.push_back(Dropped{call_id, what + " after party " + c->opponent_party + " answered"});
+        return nullptr;
     }
+    return c;
+}
+
+void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out& out) {
+    Call* c = invite_response(ev, a.call_id, "answer", "answered_elsewhere", out);
+    if (!c) return;
     cancel_timer(c->lifetime_timer, out);
     c->remote_version = a.version;
     json::object content = base_content(*c);
@@ -801,27 +811,8 @@ void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectA
 }
 
 void CallManager::on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out) {
-    Call* c = find(r.call_id);
-    if (!c || !active(c->state)) {
-        out.push_back(Dropped{r.call_id, "reject for no active call"});
-        return;
-    }
-    if (c->dir == Direction::incoming) {
-        if (ev.sender == opt_.user_id && c->state == CallState::ringing)
-            end(*c, "rejected_elsewhere", true, out);
-        else
-            out.push_back(Dropped{r.call_id, "reject seen on the rejecting side"});
-        return;
-    }
-    if (!c->opponent_user.empty() && ev.sender != c->opponent_user) {
-        out.push_back(Dropped{
-            r.call_id, "reject from " + ev.sender + ", the call is for " + c->opponent_user});
-        return;
-    }
-    if (c->state != CallState::invite_sent) {
-        out.push_back(Dropped{r.call_id, "reject after an answer was chosen"});
-        return;
-    }
+    Call* c = invite_response(ev, r.call_id, "reject", "rejected_elsewhere", out);
+    if (!c) return;
     // The caller selects a reject like an answer, so the callee's other devices stop ringing.
     json::object content = base_content(*c);
     content["selected_party_id"] = r.party_id;

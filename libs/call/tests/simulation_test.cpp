@@ -263,6 +263,14 @@ class Sim {
         }
     }
 
+    // The user hangs up every call of this device that is set up or being set up.
+    void hang_up_all(Device& d) {
+        for (const auto& id : call_ids) {
+            auto s = d.m->state(id);
+            if (s && *s != CallState::ended && *s != CallState::ringing) deliver(d, HangUpCall{id});
+        }
+    }
+
     // ---- invariants -----------------------------------------------------------------------
     void check_connected() {
         std::map<std::string, std::set<std::string>> connected_by_user;
@@ -371,32 +379,16 @@ std::string run_scenario(std::uint64_t seed) {
     for (auto* d : {&alice, &bob1, bob2}) {
         if (!d || !sim.chance(0.3)) continue;
         Ms when = sim.rand(0, 8000);
-        sim.at(when, [&, d] {
-            for (const auto& id : sim.call_ids) {
-                auto s = d->m->state(id);
-                if (s && *s != CallState::ended && *s != CallState::ringing)
-                    sim.deliver(*d, HangUpCall{id});
-            }
-        });
+        sim.at(when, [&, d] { sim.hang_up_all(*d); });
     }
     try {
         sim.run_until(20000);
         // Everyone hangs up what is left (or, in some scenarios, the callers just wait), then
         // the invite lifetimes (90 s) run out.
         if (!let_invites_expire)
-            for (auto& d : sim.devices)
-                for (const auto& id : sim.call_ids) {
-                    auto s = d->m->state(id);
-                    if (s && *s != CallState::ended && *s != CallState::ringing)
-                        sim.deliver(*d, HangUpCall{id});
-                }
+            for (auto& d : sim.devices) sim.hang_up_all(*d);
         sim.run_until(100000);
-        for (auto& d : sim.devices)
-            for (const auto& id : sim.call_ids) {
-                auto s = d->m->state(id);
-                if (s && *s != CallState::ended && *s != CallState::ringing)
-                    sim.deliver(*d, HangUpCall{id});
-            }
+        for (auto& d : sim.devices) sim.hang_up_all(*d);
         sim.run_until(200000);
         sim.check_end();
     } catch (const Violation& v) {

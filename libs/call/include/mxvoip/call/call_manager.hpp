@@ -263,6 +263,8 @@ class CallManager {
     Call* in_call(const std::string& call_id, const char* what, Out& out);
 
     void on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out);
+    Call* invite_response(const RoomEvent& ev, const std::string& call_id, const std::string& what,
+                          const char* elsewhere, Out& out);
     void on_answer(const RoomEvent& ev, const proto::CallAnswer& answer, Out& out);
     void on_candidates(const RoomEvent& ev, const proto::CallCandidates& c, Ms now, Out& out);
     void on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out);
