@@ -443,14 +443,10 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     }
     std::string out = "{\"chunk\":[";
     StreamId end = from;
-    std::int64_t now = now_ms();
     for (std::size_t i = 0; i < rows.size(); ++i) {
         if (i) out += ',';
         const auto& r = rows[i];
-        // Events from the store are rendered as stored, plus their age.
-        out.append(r.json, 0, r.json.size() - 1);
-        out += ",\"unsigned\":{\"age\":" +
-               std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+        render_record(out, r);
         end = dir == "b" ? r.stream - 1 : r.stream;
     }
     out += "],\"start\":\"" + make_token(from) + "\"";
@@ -472,9 +468,8 @@ asio::awaitable<Response> Homeserver::get_event(Request& req) {
     if (stream) row = store_.event_at(*stream);
     if (!row || row->event_id != req.params[1] || row->room_id != room_id)
         throw MatrixError(404, errcode::not_found, "Event not found.");
-    std::string out(row->json, 0, row->json.size() - 1);
-    out += ",\"unsigned\":{\"age\":" +
-           std::to_string(std::max<std::int64_t>(0, now_ms() - row->origin_server_ts)) + "}}";
+    std::string out;
+    render_record(out, *row);
     co_return Response{200, std::move(out), {}};
 }
 

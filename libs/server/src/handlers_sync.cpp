@@ -44,6 +44,13 @@ void Homeserver::render_event(std::string& out, const Event& ev,
     out += "}}";
 }
 
+void Homeserver::render_record(std::string& out, const store::EventRecord& r) const {
+    out.append(r.json, 0, r.json.size() - 1);
+    out += ",\"unsigned\":{\"age\":";
+    out += std::to_string(std::max<std::int64_t>(0, now_ms() - r.origin_server_ts));
+    out += "}}";
+}
+
 Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
                                                          const Request& req) const {
     SyncFilter f;
@@ -111,12 +118,9 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, Stre
                                      : upto + 1;
     out += "\"timeline\":{\"events\":[";
     Comma comma;
-    std::int64_t now = now_ms();
     for (const auto& r : older) {
         comma(out);
-        out.append(r.json, 0, r.json.size() - 1);
-        out += ",\"unsigned\":{\"age\":" +
-               std::to_string(std::max<std::int64_t>(0, now - r.origin_server_ts)) + "}}";
+        render_record(out, r);
     }
     for (const auto& ev : events) {
         comma(out);

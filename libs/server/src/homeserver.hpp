@@ -254,6 +254,8 @@ class Homeserver {
                            std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since) const;
     void render_event(std::string& out, const Event& ev, const std::string& device_key) const;
+    // An event read from the store, rendered as stored plus its age.
+    void render_record(std::string& out, const store::EventRecord& r) const;
     void render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
                                 const SyncFilter& f, const std::string& device_key, bool& limited,
                                 StreamId& first_stream);
