@@ -11,8 +11,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -272,11 +270,6 @@ class GstSession final : public MediaSession {
         g_signal_emit_by_name(webrtc_, "get-stats", nullptr, p);
         if (gst_promise_wait(p) == GST_PROMISE_RESULT_REPLIED) {
             const GstStructure* reply = gst_promise_get_reply(p);
-            if (reply && std::getenv("MXVOIP_DEBUG_STATS")) {
-                gchar* text = gst_structure_to_string(reply);
-                std::fprintf(stderr, "STATS %s\n", text);
-                g_free(text);
-            }
             if (reply) read_stats(reply, s);
         }
         gst_promise_unref(p);

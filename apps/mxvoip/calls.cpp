@@ -1,0 +1,659 @@
+#include "calls.hpp"
+
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "mxvoip/client/call_driver.hpp"
+#include "mxvoip/client/matrix_client.hpp"
+#include "mxvoip/media/media_session.hpp"
+
+namespace mxvoip::cli {
+namespace {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+using asio::use_awaitable;
+using client::CallInfo;
+using client::Clock;
+using client::Session;
+
+// ---- credentials -------------------------------------------------------------------------
+
+std::string state_dir(const Account& a) {
+    if (!a.state_dir.empty()) return a.state_dir;
+    if (const char* d = std::getenv("MXVOIP_STATE_DIR"); d && *d) return d;
+    if (const char* d = std::getenv("XDG_STATE_HOME"); d && *d) return std::string(d) + "/mxvoip";
+    if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/mxvoip";
+    return ".mxvoip";
+}
+
+fs::path session_file(const Account& a) {
+    std::string name;
+    for (char c : a.user) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+    return fs::path(state_dir(a)) / ("session-" + name + ".json");
+}
+
+std::optional<Session> load_session(const Account& a) {
+    std::ifstream in(session_file(a));
+    if (!in) return std::nullopt;
+    std::stringstream text;
+    text << in.rdbuf();
+    boost::system::error_code ec;
+    json::value v = json::parse(text.str(), ec);
+    if (ec || !v.is_object()) return std::nullopt;
+    auto get = [&](const char* k) {
+        const json::value* x = v.as_object().if_contains(k);
+        return x && x->is_string() ? std::string(x->as_string()) : std::string();
+    };
+    Session s{get("homeserver"), get("user_id"), get("device_id"), get("access_token")};
+    if (s.access_token.empty() || (!a.homeserver.empty() && s.homeserver != a.homeserver))
+        return std::nullopt;
+    return s;
+}
+
+void save_session(const Account& a, const Session& s) {
+    fs::path file = session_file(a);
+    fs::create_directories(file.parent_path());
+    json::object o{{"homeserver", s.homeserver},
+                   {"user_id", s.user_id},
+                   {"device_id", s.device_id},
+                   {"access_token", s.access_token}};
+    // The access token is a secret: readable by its owner only, written before it is filled.
+    fs::path tmp = file;
+    tmp += ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        ::chmod(tmp.c_str(), 0600);
+        out << json::serialize(o) << "\n";
+        if (!out) throw std::runtime_error("cannot write " + tmp.string());
+    }
+    fs::rename(tmp, file);
+}
+
+// From --password-file, MXVOIP_PASSWORD, or a prompt on the terminal.
+std::optional<std::string> password(const Account& a) {
+    if (!a.password_file.empty()) {
+        std::ifstream in(a.password_file);
+        if (!in) throw std::runtime_error("cannot read the password file " + a.password_file);
+        std::string p;
+        std::getline(in, p);
+        return p;
+    }
+    if (const char* p = std::getenv("MXVOIP_PASSWORD"); p && *p) return std::string(p);
+    if (!::isatty(STDIN_FILENO)) return std::nullopt;
+    std::cerr << "Password for " << a.user << ": " << std::flush;
+    termios old{};
+    ::tcgetattr(STDIN_FILENO, &old);
+    termios quiet = old;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+    std::string p;
+    std::getline(std::cin, p);
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
+    std::cerr << "\n";
+    return p;
+}
+
+// ---- output ------------------------------------------------------------------------------
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// JSON lines (--json) or a status line and plain messages for people.
+class Console : public client::CallObserver {
+  public:
+    explicit Console(const Account& a) : json_(a.json), verbose_(a.verbose) {
+        live_ = !json_ && ::isatty(STDERR_FILENO);
+    }
+
+    void line(json::object o) {
+        if (!json_) return;
+        std::cout << json::serialize(o) << std::endl;
+    }
+    void say(const std::string& text) {
+        clear_status();
+        std::cerr << "mxvoip: " << text << std::endl;
+    }
+
+    void on_state(const CallInfo& c) override {
+        json::object o{{"event", "state"},
+                       {"call_id", c.call_id},
+                       {"state", call::to_string(c.state)},
+                       {"direction", c.direction == call::Direction::outgoing ? "outgoing"
+                                                                                : "incoming"}};
+        if (c.state == call::CallState::ended) {
+            o["end_reason"] = c.end_reason;
+            o["ended_by_remote"] = c.ended_by_remote;
+        }
+        line(std::move(o));
+        if (!json_) {
+            std::string text = "call " + c.call_id + ": " + call::to_string(c.state);
+            if (c.state == call::CallState::ended) text += " (" + c.end_reason + ")";
+            say(text);
+        }
+    }
+    void on_stream_added(const CallInfo& c, const client::RemoteStream& s,
+                         media::Kind kind) override {
+        line({{"event", "stream_added"},
+              {"call_id", c.call_id},
+              {"stream_id", s.stream_id},
+              {"purpose", s.purpose},
+              {"kind", media::to_string(kind)}});
+        if (!json_) say("remote " + s.purpose + " " + media::to_string(kind) + " stream");
+    }
+    void on_stream_removed(const CallInfo& c, const client::RemoteStream& s) override {
+        for (media::Kind k : s.kinds)
+            line({{"event", "stream_removed"},
+                  {"call_id", c.call_id},
+                  {"stream_id", s.stream_id},
+                  {"purpose", s.purpose},
+                  {"kind", media::to_string(k)}});
+        if (!json_) say("remote " + s.purpose + " stream removed");
+    }
+    void on_log(const std::string& text) override {
+        if (verbose_) say(text);
+    }
+    void on_fatal(const std::string& text) override {
+        fatal_ = text;
+        say(text);
+    }
+
+    json::array streams(const CallInfo& c) {
+        // Frames and tones per remote stream and kind, with the purpose the peer gave it.
+        std::map<std::pair<std::string, media::Kind>, media::TrackStats> sum;
+        for (const auto& t : c.last_stats.tracks) {
+            auto& s = sum[{t.stream_id, t.kind}];
+            s.stream_id = t.stream_id;
+            s.kind = t.kind;
+            s.frames += t.frames;
+            if (t.tone_hz > 0 && s.tone_hz == 0) s.tone_hz = t.tone_hz;
+        }
+        json::array out;
+        for (const auto& [key, t] : sum) {
+            auto it = c.streams.find(t.stream_id);
+            if (it == c.streams.end()) continue;  // ignored by the stream rules
+            json::object o{{"stream_id", t.stream_id},
+                           {"purpose", it->second.purpose},
+                           {"kind", media::to_string(t.kind)},
+                           {"frames", t.frames}};
+            if (t.kind == media::Kind::audio) o["tone_hz"] = std::round(t.tone_hz * 10) / 10;
+            if (it->second.removed) o["removed"] = true;
+            out.push_back(std::move(o));
+        }
+        return out;
+    }
+
+    void stats(const CallInfo& c) {
+        const media::Stats& s = c.last_stats;
+        double t = c.connected_at ? ms_between(*c.connected_at, Clock::now()) : 0;
+        line({{"event", "stats"},
+              {"call_id", c.call_id},
+              {"t_ms", std::round(t)},
+              {"rtt_ms", s.rtt_ms},
+              {"jitter_ms", s.jitter_ms},
+              {"packets_lost", s.packets_lost},
+              {"packets_received", s.packets_received},
+              {"bytes_sent", s.bytes_sent},
+              {"bytes_received", s.bytes_received},
+              {"relay", s.relay},
+              {"streams", streams(c)}});
+        if (!live_) return;
+        char buf[160];
+        int secs = static_cast<int>(t / 1000);
+        std::snprintf(buf, sizeof buf, "%s %02d:%02d | rtt %s | lost %lld | %s",
+                      call::to_string(c.state), secs / 60, secs % 60,
+                      s.rtt_ms < 0 ? "-" : (std::to_string(static_cast<int>(s.rtt_ms)) + " ms").c_str(),
+                      static_cast<long long>(s.packets_lost), s.relay ? "relayed" : "direct");
+        std::string status = buf;
+        for (const auto& [id, rs] : c.streams) {
+            if (rs.removed) continue;
+            status += " | " + rs.purpose;
+            for (media::Kind k : rs.kinds) status += std::string(" ") + media::to_string(k);
+        }
+        std::cerr << "\r\033[K" << status << std::flush;
+        status_shown_ = true;
+    }
+
+    void summary(const CallInfo& c) {
+        json::object o{{"event", "summary"},
+                       {"call_id", c.call_id},
+                       {"end_reason", c.end_reason},
+                       {"ended_by_remote", c.ended_by_remote},
+                       {"relay", c.relay},
+                       {"streams", streams(c)}};
+        if (c.signalled_at && c.first_remote_media_at)
+            o["setup_ms"] = std::round(ms_between(*c.signalled_at, *c.first_remote_media_at));
+        else
+            o["setup_ms"] = nullptr;
+        if (!c.media_error.empty()) o["media_error"] = c.media_error;
+        if (!json_) {
+            std::string text = "call " + c.call_id + " ended: " + c.end_reason;
+            if (o["setup_ms"].is_number())
+                text += ", set up in " + json::serialize(o["setup_ms"]) + " ms";
+            text += c.relay ? ", relayed" : "";
+            say(text);
+            for (const auto& s : o["streams"].as_array()) say("  " + json::serialize(s));
+        }
+        line(std::move(o));
+    }
+
+    const std::string& fatal() const { return fatal_; }
+
+  private:
+    void clear_status() {
+        if (status_shown_) std::cerr << "\r\033[K" << std::flush;
+        status_shown_ = false;
+    }
+    bool json_;
+    bool verbose_;
+    bool live_ = false;
+    bool status_shown_ = false;
+    std::string fatal_;
+};
+
+int exit_code(const CallInfo& c) {
+    if (!c.media_error.empty()) return exit_media_failed;
+    const std::string& r = c.end_reason;
+    if (r == "user_hangup" || r == "answered_elsewhere" || r == "rejected_elsewhere" ||
+        r == "opponent_left")
+        return exit_ok;
+    if (r == "rejected") return c.ended_by_remote ? exit_rejected : exit_ok;
+    if (r == "user_busy") return exit_rejected;
+    if (r == "invite_timeout") return exit_no_answer;
+    if (r == "ice_failed" || r == "ice_timeout" || r == "user_media_failed") return exit_media_failed;
+    return exit_signalling_failed;
+}
+
+// A tone per user, so that two clients can tell each other's audio apart.
+double default_tone(const std::string& user) {
+    std::uint32_t h = 2166136261u;
+    for (char c : user) h = (h ^ static_cast<unsigned char>(c)) * 16777619u;
+    return 300 + (h % 36) * 20;
+}
+
+// ---- running a client --------------------------------------------------------------------
+
+struct Context {
+    asio::io_context& io;
+    client::MatrixClient& matrix;
+    client::CallDriver& driver;
+    Console& console;
+    const Account& account;
+};
+
+asio::awaitable<void> sleep_for(Clock::duration d) {
+    asio::steady_timer t(co_await asio::this_coro::executor, d);
+    co_await t.async_wait(use_awaitable);
+}
+
+// Logs in (password) or reuses the stored session.
+asio::awaitable<void> sign_in(client::MatrixClient& matrix, const Account& a) {
+    std::optional<std::string> pw = password(a);
+    if (!pw) {
+        if (auto s = load_session(a)) {
+            matrix.use_session(*s);
+            co_return;
+        }
+        throw std::runtime_error("no password and no stored session for " + a.user +
+                                 ": run `mxvoip login` or give --password-file / MXVOIP_PASSWORD");
+    }
+    std::string device = "mxvoip";
+    co_await matrix.login(a.user, *pw, device);
+}
+
+using Body = std::function<asio::awaitable<int>(Context&)>;
+
+int run_client(const Account& a, const MediaFlags& m, bool join_invites, const Body& body) {
+    if (a.homeserver.empty() || a.user.empty()) {
+        std::cerr << "mxvoip: --homeserver and --user are required\n";
+        return exit_usage;
+    }
+    Console console(a);
+    std::unique_ptr<media::MediaEngine> engine;
+    try {
+        engine = media::make_gstreamer_engine();
+    } catch (const std::exception& e) {
+        console.say(e.what());
+        return exit_media_failed;
+    }
+    asio::io_context io;
+    std::unique_ptr<client::MatrixClient> matrix;
+    try {
+        matrix = std::make_unique<client::MatrixClient>(io.get_executor(), a.homeserver);
+    } catch (const std::exception& e) {
+        console.say(e.what());
+        return exit_usage;
+    }
+    int code = exit_signalling_failed;
+    std::unique_ptr<client::CallDriver> driver;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await sign_in(*matrix, a);
+            } catch (const std::exception& e) {
+                console.say(std::string("cannot sign in: ") + e.what());
+                io.stop();
+                co_return;
+            }
+            client::DriverOptions o;
+            o.media.video = m.video;
+            o.media.relay_only = m.relay_only;
+            o.media.tone_hz = m.tone_hz > 0 ? m.tone_hz : default_tone(matrix->session().user_id);
+            o.invite_lifetime = m.invite_lifetime_ms;
+            o.join_direct_invites = join_invites;
+            driver = std::make_unique<client::CallDriver>(io.get_executor(), *matrix, *engine, o,
+                                                          console);
+            asio::co_spawn(io, driver->run(), asio::detached);
+            Context ctx{io, *matrix, *driver, console, a};
+            try {
+                code = co_await body(ctx);
+            } catch (const std::exception& e) {
+                console.say(e.what());
+                code = exit_signalling_failed;
+            }
+            // The last events (a hangup) leave before the program does.
+            for (int i = 0; i < 100 && driver->sending(); ++i)
+                co_await sleep_for(std::chrono::milliseconds(50));
+            driver->stop();
+            io.stop();
+        },
+        asio::detached);
+    io.run();
+    driver.reset();
+    return code;
+}
+
+// Waits until `done` or the timeout; false on timeout or a fatal signalling error.
+asio::awaitable<bool> wait_for(Context& ctx, const std::function<bool()>& done,
+                               Clock::duration timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (!done()) {
+        if (!ctx.console.fatal().empty() || Clock::now() > deadline) co_return false;
+        co_await sleep_for(std::chrono::milliseconds(20));
+    }
+    co_return true;
+}
+
+// Keeps one call going until it ends: stats each second, the scheduled steps (seconds after
+// connecting), a hangup on SIGINT/SIGTERM. In glare the call may be replaced by the peer's:
+// the surviving call is followed instead. Returns the call that ended.
+struct Step {
+    double at;
+    std::function<void(const std::string&)> run;
+    bool done = false;
+};
+
+asio::awaitable<std::string> follow_call(Context& ctx, std::string call_id, std::vector<Step> steps) {
+    asio::signal_set signals(ctx.io, SIGINT, SIGTERM);
+    bool interrupted = false;
+    signals.async_wait([&](boost::system::error_code ec, int) {
+        if (!ec) interrupted = true;
+    });
+    auto next_stats = Clock::now();
+    for (;;) {
+        const CallInfo* c = ctx.driver.info(call_id);
+        if (c && c->state == call::CallState::ended && c->end_reason == "replaced") {
+            // Glare: the peer's call survives; follow it.
+            for (const auto& [id, other] : ctx.driver.calls())
+                if (id != call_id && other.state != call::CallState::ended &&
+                    other.room_id == c->room_id)
+                    call_id = id;
+            for (const auto& [id, other] : ctx.driver.calls())
+                if (id != call_id && other.state != call::CallState::ended) call_id = id;
+            c = ctx.driver.info(call_id);
+        }
+        if (c && c->state == call::CallState::ended) break;
+        if (!ctx.console.fatal().empty()) {
+            ctx.driver.hang_up(call_id);
+            break;
+        }
+        if (interrupted) {
+            ctx.console.say("interrupted: hanging up");
+            ctx.driver.hang_up(call_id);
+            interrupted = false;
+        }
+        if (c && c->connected_at) {
+            double t = std::chrono::duration<double>(Clock::now() - *c->connected_at).count();
+            for (auto& s : steps) {
+                if (s.done || s.at < 0 || t < s.at) continue;
+                s.done = true;
+                s.run(call_id);
+            }
+            if (Clock::now() >= next_stats) {
+                ctx.driver.refresh_stats(call_id);
+                ctx.console.stats(*ctx.driver.info(call_id));
+                next_stats = Clock::now() + std::chrono::seconds(1);
+            }
+        }
+        co_await sleep_for(std::chrono::milliseconds(20));
+    }
+    signals.cancel();
+    co_return call_id;
+}
+
+std::vector<Step> common_steps(Context& ctx, const MediaFlags& m) {
+    std::vector<Step> steps;
+    steps.push_back({m.hangup_after, [&ctx](const std::string& id) { ctx.driver.hang_up(id); }});
+    return steps;
+}
+
+// The direct chat with `user`: one from m.direct that we both joined, or a new one.
+asio::awaitable<std::string> direct_room(Context& ctx, const std::string& user) {
+    std::string me = ctx.matrix.session().user_id;
+    std::string type = "m.direct";
+    std::optional<json::object> direct = co_await ctx.matrix.account_data(type);
+    if (direct) {
+        if (const json::value* rooms = direct->if_contains(user); rooms && rooms->is_array()) {
+            for (const auto& r : rooms->as_array()) {
+                if (!r.is_string()) continue;
+                std::string room(r.as_string());
+                auto joined = ctx.driver.joined(room);
+                if (joined.size() == 2 && joined.count(me) && joined.count(user)) co_return room;
+            }
+        }
+    }
+    std::string room = co_await ctx.matrix.create_direct_room(user);
+    json::object updated = direct.value_or(json::object{});
+    json::array list;
+    if (const json::value* rooms = updated.if_contains(user); rooms && rooms->is_array())
+        list = rooms->as_array();
+    list.push_back(json::value(room));
+    updated[user] = std::move(list);
+    co_await ctx.matrix.put_account_data(type, std::move(updated));
+    ctx.console.say("created the direct chat " + room + "; waiting for " + user + " to join");
+    bool joined = co_await wait_for(
+        ctx, [&] { return ctx.driver.joined(room).count(user) > 0; }, std::chrono::seconds(120));
+    if (!joined) throw std::runtime_error(user + " did not join " + room);
+    co_return room;
+}
+
+}  // namespace
+
+int login_command(const Account& a) {
+    Console console(a);
+    asio::io_context io;
+    int code = exit_signalling_failed;
+    try {
+        client::MatrixClient matrix(io.get_executor(), a.homeserver);
+        std::optional<std::string> pw = password(a);
+        if (!pw) {
+            console.say("a password is needed: --password-file, MXVOIP_PASSWORD or a terminal");
+            return exit_usage;
+        }
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                try {
+                    std::string device = "mxvoip";
+                    Session s = co_await matrix.login(a.user, *pw, device);
+                    save_session(a, s);
+                    console.line({{"event", "login"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
+                    console.say("logged in as " + s.user_id + " (device " + s.device_id +
+                                "); session stored in " + session_file(a).string());
+                    code = exit_ok;
+                } catch (const std::exception& e) {
+                    console.say(std::string("login failed: ") + e.what());
+                }
+            },
+            asio::detached);
+        io.run();
+    } catch (const std::exception& e) {
+        console.say(e.what());
+        return exit_usage;
+    }
+    return code;
+}
+
+int register_command(const Account& a) {
+    Console console(a);
+    asio::io_context io;
+    int code = exit_signalling_failed;
+    try {
+        client::MatrixClient matrix(io.get_executor(), a.homeserver);
+        std::optional<std::string> pw = password(a);
+        if (!pw) {
+            console.say("a password is needed: --password-file, MXVOIP_PASSWORD or a terminal");
+            return exit_usage;
+        }
+        std::string localpart = a.user;
+        if (!localpart.empty() && localpart[0] == '@')
+            localpart = localpart.substr(1, localpart.find(':') - 1);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                try {
+                    std::string device = "mxvoip";
+                    Session s = co_await matrix.register_user(localpart, *pw, device);
+                    save_session(a, s);
+                    console.line({{"event", "registered"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
+                    console.say("registered " + s.user_id + "; session stored in " +
+                                session_file(a).string());
+                    code = exit_ok;
+                } catch (const std::exception& e) {
+                    console.say(std::string("registration failed: ") + e.what());
+                }
+            },
+            asio::detached);
+        io.run();
+    } catch (const std::exception& e) {
+        console.say(e.what());
+        return exit_usage;
+    }
+    return code;
+}
+
+int call_command(const Account& a, const CallFlags& f) {
+    return run_client(a, f.media, false, [&f](Context& ctx) -> asio::awaitable<int> {
+        bool ready = co_await wait_for(ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
+        if (!ready) throw std::runtime_error("the first /sync did not complete");
+        std::string me = ctx.matrix.session().user_id;
+        std::string room, invitee;
+        if (!f.target.empty() && f.target[0] == '!') {
+            room = f.target;
+            for (const auto& u : ctx.driver.joined(room))
+                if (u != me) invitee = u;
+            if (invitee.empty()) throw std::runtime_error("nobody else has joined " + room);
+        } else {
+            invitee = f.target;
+            room = co_await direct_room(ctx, invitee);
+        }
+        std::string id = ctx.driver.place_call(room, invitee);
+        ctx.console.say("calling " + invitee + " in " + room + " (call " + id + ")");
+        std::vector<Step> steps = common_steps(ctx, f.media);
+        steps.push_back({f.screenshare_at, [&ctx](const std::string& c) { ctx.driver.set_screenshare(c, true); }});
+        steps.push_back({f.screenshare_stop_at, [&ctx](const std::string& c) { ctx.driver.set_screenshare(c, false); }});
+        steps.push_back({f.hold_at, [&ctx](const std::string& c) { ctx.driver.set_hold(c, true); }});
+        steps.push_back({f.resume_at, [&ctx](const std::string& c) { ctx.driver.set_hold(c, false); }});
+        std::string ended = co_await follow_call(ctx, id, std::move(steps));
+        const CallInfo* info = ctx.driver.info(ended);
+        if (!info) co_return exit_signalling_failed;
+        ctx.console.summary(*info);
+        co_return ctx.console.fatal().empty() ? exit_code(*info) : exit_signalling_failed;
+    });
+}
+
+int answer_command(const Account& a, const AnswerFlags& f) {
+    return run_client(a, f.media, true, [&f](Context& ctx) -> asio::awaitable<int> {
+        bool ready = co_await wait_for(ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
+        if (!ready) throw std::runtime_error("the first /sync did not complete");
+        ctx.console.say("waiting for calls as " + ctx.matrix.session().user_id + " (device " +
+                        ctx.matrix.session().device_id + ")");
+        int code = exit_ok;
+        std::set<std::string> handled;
+        for (int n = 0; n < f.calls; ++n) {
+            std::string ringing;
+            co_await wait_for(
+                ctx,
+                [&] {
+                    for (const auto& [id, c] : ctx.driver.calls())
+                        if (!handled.count(id) && c.state == call::CallState::ringing) {
+                            ringing = id;
+                            return true;
+                        }
+                    return false;
+                },
+                std::chrono::hours(24 * 365));
+            if (ringing.empty()) co_return exit_signalling_failed;
+            handled.insert(ringing);
+            bool accept = !f.reject;
+            if (!f.auto_answer && !f.reject) {
+                std::cerr << "Incoming call " << ringing << ". Answer? [y/N] " << std::flush;
+                // The terminal is read on its own thread: the call keeps being driven meanwhile.
+                struct Reply {
+                    std::string text;
+                    std::atomic<bool> got{false};
+                };
+                auto reply = std::make_shared<Reply>();
+                std::thread([reply] {
+                    std::getline(std::cin, reply->text);
+                    reply->got = true;
+                }).detach();
+                co_await wait_for(
+                    ctx,
+                    [&] {
+                        const CallInfo* c = ctx.driver.info(ringing);
+                        return reply->got.load() || !c || c->state != call::CallState::ringing;
+                    },
+                    std::chrono::hours(1));
+                std::string text = reply->got ? reply->text : std::string();
+                accept = !text.empty() && (text[0] == 'y' || text[0] == 'Y');
+            }
+            const CallInfo* c = ctx.driver.info(ringing);
+            if (c && c->state == call::CallState::ringing) {
+                if (accept)
+                    ctx.driver.answer(ringing);
+                else
+                    ctx.driver.reject(ringing);
+            }
+            std::string ended = co_await follow_call(ctx, ringing, common_steps(ctx, f.media));
+            if (const CallInfo* info = ctx.driver.info(ended)) {
+                ctx.console.summary(*info);
+                code = exit_code(*info);
+            }
+            if (!ctx.console.fatal().empty()) co_return exit_signalling_failed;
+        }
+        co_return code;
+    });
+}
+
+}  // namespace mxvoip::cli

@@ -1,0 +1,138 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "mxvoip/call/call_manager.hpp"
+#include "mxvoip/client/matrix_client.hpp"
+#include "mxvoip/media/media_session.hpp"
+
+namespace mxvoip::client {
+
+using Clock = std::chrono::steady_clock;
+
+struct DriverOptions {
+    media::SessionOptions media;  // its `turn` is filled from /voip/turnServer
+    call::Ms invite_lifetime = 90000;
+    bool join_direct_invites = false;  // join rooms we are invited to as a direct chat
+    int sync_timeout_ms = 30000;
+};
+
+// A remote stream as the user sees it: its purpose from sdp_stream_metadata, its kinds.
+struct RemoteStream {
+    std::string stream_id;
+    std::string purpose;
+    std::set<media::Kind> kinds;
+    bool removed = false;
+};
+
+// What the driver knows of one call, for status lines and the summary.
+struct CallInfo {
+    std::string call_id;
+    std::string room_id;
+    call::Direction direction = call::Direction::outgoing;
+    call::CallState state = call::CallState::preparing;
+    std::string end_reason;
+    bool ended_by_remote = false;
+    std::optional<Clock::time_point> signalled_at;  // invite sent (acknowledged) or received
+    std::optional<Clock::time_point> connected_at;
+    std::optional<Clock::time_point> first_remote_media_at;  // video, or audio for voice calls
+    std::map<std::string, RemoteStream> streams;
+    media::Stats last_stats;
+    bool relay = false;  // some stats snapshot saw a relay candidate on our side
+    std::string media_error;
+};
+
+// What happens, for the program around the driver. Called on the driver's executor.
+class CallObserver {
+  public:
+    virtual ~CallObserver() = default;
+    virtual void on_state(const CallInfo&) {}
+    virtual void on_stream_added(const CallInfo&, const RemoteStream&, media::Kind) {}
+    virtual void on_stream_removed(const CallInfo&, const RemoteStream&) {}
+    virtual void on_log(const std::string&) {}
+    // Signalling broke down (an event could not be sent, /sync keeps failing, token revoked).
+    virtual void on_fatal(const std::string&) {}
+};
+
+// Carries a CallManager's actions out: events over HTTP (in order), media through the media
+// engine, timers on the executor; feeds it /sync batches, room changes and media events.
+// Single-threaded: every method runs on the executor; media callbacks are posted to it.
+class CallDriver {
+  public:
+    CallDriver(asio::any_io_executor ex, MatrixClient& client, media::MediaEngine& engine,
+               DriverOptions options, CallObserver& observer);
+    ~CallDriver();
+
+    // Fetches TURN credentials, then syncs until stop(). Returns once stopped.
+    asio::awaitable<void> run();
+    void stop();
+    // Whether the first /sync has been processed (rooms known).
+    bool ready() const { return synced_; }
+
+    std::string place_call(const std::string& room_id, const std::string& invitee);
+    void answer(const std::string& call_id);
+    void reject(const std::string& call_id);
+    void hang_up(const std::string& call_id);
+    void set_hold(const std::string& call_id, bool hold);
+    void set_screenshare(const std::string& call_id, bool on);
+    // Takes fresh media stats (also remembered for the summary).
+    void refresh_stats(const std::string& call_id);
+
+    const CallInfo* info(const std::string& call_id) const;
+    const std::map<std::string, CallInfo>& calls() const { return calls_; }
+    // Joined members of a room we are in (empty if unknown).
+    std::set<std::string> joined(const std::string& room_id) const;
+    bool invited_to(const std::string& room_id) const;
+    // Events still to be sent (a hangup must leave before the program exits).
+    bool sending() const { return !outbox_.empty() || send_busy_; }
+
+  private:
+    struct Room {
+        std::set<std::string> joined;
+        bool is_public = false;
+    };
+    void feed(const call::Input& in);
+    void execute(call::Action& a);
+    void media_command(call::MediaCommand& m);
+    void on_media(const std::string& call_id, media::Event ev);
+    media::MediaSession* session_for(const std::string& call_id, bool create);
+    void close_session(const std::string& call_id);
+    void report_local_streams(const std::string& call_id);
+    void stream_seen(const std::string& call_id, const std::string& stream_id, media::Kind kind);
+    void streams_changed(const std::string& call_id, const proto::SdpStreamMetadata& m);
+    void process_sync(const json::object& sync);
+    asio::awaitable<void> send_loop();
+    asio::awaitable<void> refresh_turn();
+    call::Ms now() const;
+
+    asio::any_io_executor ex_;
+    MatrixClient& client_;
+    media::MediaEngine& engine_;
+    DriverOptions opt_;
+    CallObserver& observer_;
+    call::CallManager manager_;
+    Clock::time_point epoch_ = Clock::now();
+    std::map<std::string, std::unique_ptr<media::MediaSession>> sessions_;
+    std::map<std::string, CallInfo> calls_;
+    std::map<std::string, proto::SdpStreamMetadata> remote_metadata_;
+    std::map<std::uint64_t, std::unique_ptr<asio::steady_timer>> timers_;
+    std::map<std::string, Room> rooms_;
+    std::set<std::string> invites_;
+    std::deque<call::SendEvent> outbox_;
+    bool send_busy_ = false;
+    std::unique_ptr<asio::steady_timer> outbox_signal_;
+    std::optional<TurnCredentials> turn_;
+    bool stopping_ = false;
+    bool synced_ = false;
+    std::string since_;
+};
+
+}  // namespace mxvoip::client

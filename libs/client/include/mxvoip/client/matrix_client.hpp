@@ -1,0 +1,88 @@
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mxvoip::client {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+// A request the homeserver refused (a Matrix error), or one that could not be made at all
+// (status 0: connection refused, timeout, a response that is not JSON).
+struct ClientError : std::runtime_error {
+    ClientError(unsigned status, std::string errcode, const std::string& message,
+                std::int64_t retry_after_ms = 0);
+    unsigned status;
+    std::string errcode;
+    std::int64_t retry_after_ms;
+    bool retryable() const { return status == 0 || status == 429 || status >= 500; }
+};
+
+struct Session {
+    std::string homeserver;  // base URL, e.g. http://127.0.0.1:8008
+    std::string user_id;
+    std::string device_id;
+    std::string access_token;
+};
+
+struct TurnCredentials {
+    std::vector<std::string> uris;
+    std::string username;
+    std::string password;
+    std::chrono::seconds ttl{0};
+    std::chrono::steady_clock::time_point fetched_at{};
+};
+
+// An async Matrix client-server API client over Asio/Beast: keep-alive connections (one per
+// concurrent request, reused), JSON in and out, Matrix errors as ClientError. All methods run
+// on the client's executor. Only http:// homeservers are supported.
+class MatrixClient {
+  public:
+    MatrixClient(asio::any_io_executor ex, std::string homeserver);
+    ~MatrixClient();
+    MatrixClient(const MatrixClient&) = delete;
+    MatrixClient& operator=(const MatrixClient&) = delete;
+
+    const std::string& homeserver() const;
+    void use_session(Session s);
+    const Session& session() const;
+
+    asio::awaitable<Session> login(std::string user, std::string password,
+                                   std::string device_name);
+    asio::awaitable<Session> register_user(std::string localpart, std::string password,
+                                           std::string device_name);
+    // GET /sync. `timeout_ms` is the server-side long-poll.
+    asio::awaitable<json::object> sync(std::string since, int timeout_ms);
+    // PUT /rooms/{room}/send/{type}/{txn}: a fresh transaction id per event, kept across
+    // retries (network errors, 5xx, 429 after retry_after_ms) so nothing is sent twice.
+    asio::awaitable<std::string> send_event(std::string room_id, std::string type,
+                                            json::object content);
+    // GET /voip/turnServer; empty URIs when the homeserver has no TURN configured.
+    asio::awaitable<TurnCredentials> turn_server();
+    asio::awaitable<std::string> create_direct_room(std::string user_id);
+    asio::awaitable<void> join(std::string room_id);
+    asio::awaitable<std::optional<json::object>> account_data(std::string type);
+    asio::awaitable<void> put_account_data(std::string type, json::object content);
+    asio::awaitable<std::vector<std::string>> joined_members(std::string room_id);
+
+    // Any request: `body` empty for none. Throws ClientError for a non-2xx answer.
+    asio::awaitable<json::value> call(std::string method, std::string target, std::string body);
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// Percent-encodes one path segment (room ids, event types, user ids).
+std::string path_segment(const std::string& s);
+
+}  // namespace mxvoip::client

@@ -1,0 +1,492 @@
+#include "mxvoip/client/call_driver.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <random>
+
+namespace mxvoip::client {
+
+using asio::use_awaitable;
+
+namespace {
+
+std::string random_id(std::size_t n) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    std::string s;
+    for (std::size_t i = 0; i < n; ++i) s += alphabet[rng() % 62];
+    return s;
+}
+
+const json::object* object_at(const json::object& o, const char* key) {
+    const json::value* v = o.if_contains(key);
+    return v && v->is_object() ? &v->as_object() : nullptr;
+}
+
+const json::array* array_at(const json::object& o, const char* key) {
+    const json::value* v = o.if_contains(key);
+    return v && v->is_array() ? &v->as_array() : nullptr;
+}
+
+std::string string_at(const json::object& o, const char* key) {
+    const json::value* v = o.if_contains(key);
+    return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+
+}  // namespace
+
+CallDriver::CallDriver(asio::any_io_executor ex, MatrixClient& client, media::MediaEngine& engine,
+                       DriverOptions options, CallObserver& observer)
+    : ex_(ex), client_(client), engine_(engine), opt_(std::move(options)), observer_(observer),
+      manager_([&] {
+          call::CallManager::Options o{client.session().user_id, client.session().device_id};
+          o.invite_lifetime = opt_.invite_lifetime;
+          return o;
+      }()),
+      outbox_signal_(std::make_unique<asio::steady_timer>(ex)) {}
+
+CallDriver::~CallDriver() {
+    for (auto& [id, s] : sessions_) s->close();
+}
+
+call::Ms CallDriver::now() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - epoch_).count();
+}
+
+const CallInfo* CallDriver::info(const std::string& call_id) const {
+    auto it = calls_.find(call_id);
+    return it == calls_.end() ? nullptr : &it->second;
+}
+
+std::set<std::string> CallDriver::joined(const std::string& room_id) const {
+    auto it = rooms_.find(room_id);
+    return it == rooms_.end() ? std::set<std::string>{} : it->second.joined;
+}
+
+bool CallDriver::invited_to(const std::string& room_id) const { return invites_.count(room_id); }
+
+void CallDriver::stop() {
+    stopping_ = true;
+    outbox_signal_->cancel();
+}
+
+// ---- user actions ------------------------------------------------------------------------
+
+std::string CallDriver::place_call(const std::string& room_id, const std::string& invitee) {
+    // Call ids: random, opaque, and compared in glare (VOIP-NOTES.md).
+    std::string id = "mxv" + random_id(21);
+    feed(call::PlaceCall{id, room_id, invitee});
+    return id;
+}
+void CallDriver::answer(const std::string& call_id) { feed(call::AnswerCall{call_id}); }
+void CallDriver::reject(const std::string& call_id) { feed(call::RejectCall{call_id}); }
+void CallDriver::hang_up(const std::string& call_id) { feed(call::HangUpCall{call_id}); }
+void CallDriver::set_hold(const std::string& call_id, bool hold) {
+    feed(call::SetHold{call_id, hold});
+}
+void CallDriver::set_screenshare(const std::string& call_id, bool on) {
+    feed(call::SetScreenshare{call_id, on});
+}
+
+void CallDriver::refresh_stats(const std::string& call_id) {
+    auto s = sessions_.find(call_id);
+    auto c = calls_.find(call_id);
+    if (s == sessions_.end() || c == calls_.end()) return;
+    c->second.last_stats = s->second->stats();
+    c->second.relay = c->second.relay || c->second.last_stats.relay;
+}
+
+// ---- the state machine -------------------------------------------------------------------
+
+void CallDriver::feed(const call::Input& in) {
+    std::vector<call::Action> actions = manager_.handle(in, now());
+    for (auto& a : actions) execute(a);
+}
+
+void CallDriver::execute(call::Action& a) {
+    if (auto* send = std::get_if<call::SendEvent>(&a)) {
+        outbox_.push_back(std::move(*send));
+        outbox_signal_->cancel();
+    } else if (auto* m = std::get_if<call::MediaCommand>(&a)) {
+        media_command(*m);
+    } else if (auto* t = std::get_if<call::StartTimer>(&a)) {
+        auto timer = std::make_unique<asio::steady_timer>(ex_, epoch_ + std::chrono::milliseconds(t->at));
+        std::uint64_t id = t->timer_id;
+        timer->async_wait([this, id](boost::system::error_code ec) {
+            if (ec) return;
+            timers_.erase(id);
+            feed(call::TimerFired{id});
+        });
+        timers_[id] = std::move(timer);
+    } else if (auto* c = std::get_if<call::CancelTimer>(&a)) {
+        timers_.erase(c->timer_id);  // destroying the timer cancels its wait
+    } else if (auto* s = std::get_if<call::StateChanged>(&a)) {
+        CallInfo& info = calls_[s->call_id];
+        info.call_id = s->call_id;
+        info.state = s->state;
+        if (auto d = manager_.direction(s->call_id)) info.direction = *d;
+        if (s->state == call::CallState::ringing) info.signalled_at = Clock::now();
+        if (s->state == call::CallState::connected && !info.connected_at)
+            info.connected_at = Clock::now();
+        if (s->state == call::CallState::ended) {
+            info.end_reason = s->end_reason;
+            info.ended_by_remote = s->ended_by_remote;
+        }
+        observer_.on_state(info);
+    } else if (auto* d = std::get_if<call::Dropped>(&a)) {
+        observer_.on_log("call " + d->call_id + ": " + d->why);
+    } else if (auto* r = std::get_if<call::RemoteStreamsChanged>(&a)) {
+        streams_changed(r->call_id, r->metadata);
+    }
+}
+
+// ---- media -------------------------------------------------------------------------------
+
+media::MediaSession* CallDriver::session_for(const std::string& call_id, bool create) {
+    auto it = sessions_.find(call_id);
+    if (it != sessions_.end()) return it->second.get();
+    if (!create) return nullptr;
+    media::SessionOptions o = opt_.media;
+    if (turn_ && !turn_->uris.empty()) o.turn = {{turn_->uris, turn_->username, turn_->password}};
+    auto sink = [this, call_id](media::Event ev) {
+        asio::post(ex_, [this, call_id, ev = std::move(ev)]() mutable {
+            on_media(call_id, std::move(ev));
+        });
+    };
+    try {
+        auto s = engine_.create_session(o, sink);
+        media::MediaSession* raw = s.get();
+        sessions_[call_id] = std::move(s);
+        return raw;
+    } catch (const std::exception& e) {
+        calls_[call_id].media_error = e.what();
+        observer_.on_log("call " + call_id + ": media: " + e.what());
+        return nullptr;
+    }
+}
+
+void CallDriver::close_session(const std::string& call_id) {
+    auto it = sessions_.find(call_id);
+    if (it == sessions_.end()) return;
+    refresh_stats(call_id);
+    it->second->close();
+    sessions_.erase(it);
+}
+
+void CallDriver::report_local_streams(const std::string& call_id) {
+    media::MediaSession* s = session_for(call_id, false);
+    if (!s) return;
+    media::LocalStreamIds ids = s->local_streams();
+    proto::SdpStreamMetadata meta;
+    meta[ids.usermedia].purpose = std::string(proto::kPurposeUsermedia);
+    if (!ids.screenshare.empty())
+        meta[ids.screenshare].purpose = std::string(proto::kPurposeScreenshare);
+    feed(call::LocalStreams{call_id, meta});
+}
+
+void CallDriver::media_command(call::MediaCommand& m) {
+    using Op = call::MediaOp;
+    const std::string& id = m.call_id;
+    bool creates = m.op == Op::create_offer || m.op == Op::create_answer;
+    media::MediaSession* s = session_for(id, creates);
+    if (!s) {
+        if (m.op == Op::close || m.op == Op::transfer_media) {
+            if (m.op == Op::transfer_media) close_session(m.from_call_id);
+            return;
+        }
+        observer_.on_log("call " + id + ": no media session for this step");
+        if (creates) {
+            // Without media the call cannot go on.
+            asio::post(ex_, [this, id] { feed(call::HangUpCall{id}); });
+        }
+        return;
+    }
+    switch (m.op) {
+        case Op::create_offer:
+            report_local_streams(id);
+            s->create_offer();
+            break;
+        case Op::create_answer:
+            report_local_streams(id);
+            s->create_answer(m.sdp);
+            break;
+        case Op::set_remote_description:
+            s->set_remote_answer(m.sdp);
+            break;
+        case Op::add_remote_candidate:
+            s->add_remote_candidate(
+                static_cast<unsigned>(m.candidate.sdp_mline_index.value_or(0)),
+                m.candidate.candidate);
+            break;
+        case Op::transfer_media:
+            // Test sources cost nothing to recreate: the old session goes, the surviving call
+            // makes its own when it answers.
+            close_session(m.from_call_id);
+            break;
+        case Op::rollback:
+            s->rollback();
+            break;
+        case Op::hold:
+        case Op::resume:
+            s->set_hold(m.op == Op::hold);
+            asio::post(ex_, [this, id] { feed(call::NegotiationNeeded{id}); });
+            break;
+        case Op::add_screenshare:
+        case Op::remove_screenshare:
+            s->set_screenshare(m.op == Op::add_screenshare, m.replace_camera);
+            report_local_streams(id);
+            if (!m.replace_camera)
+                asio::post(ex_, [this, id] { feed(call::NegotiationNeeded{id}); });
+            break;
+        case Op::ice_restart:
+            if (!s->can_restart_ice()) {
+                observer_.on_log("call " + id + ": this media engine cannot restart ICE");
+                asio::post(ex_, [this, id] {
+                    feed(call::IceStateChanged{id, call::IceState::failed});
+                });
+            }
+            break;
+        case Op::close:
+            close_session(id);
+            break;
+    }
+}
+
+void CallDriver::on_media(const std::string& call_id, media::Event ev) {
+    if (!sessions_.count(call_id)) return;  // closed meanwhile
+    if (auto* d = std::get_if<media::DescriptionReady>(&ev)) {
+        feed(call::LocalDescription{call_id, d->type, std::move(d->sdp)});
+    } else if (auto* c = std::get_if<media::CandidateReady>(&ev)) {
+        proto::Candidate cand;
+        cand.candidate = std::move(c->candidate);
+        cand.sdp_mid = c->mid;
+        cand.sdp_mline_index = c->mline;
+        feed(call::LocalCandidate{call_id, std::move(cand)});
+    } else if (std::get_if<media::GatheringComplete>(&ev)) {
+        feed(call::GatheringDone{call_id});
+    } else if (auto* i = std::get_if<media::IceChanged>(&ev)) {
+        call::IceState s = call::IceState::checking;
+        switch (i->state) {
+            case media::IceState::checking: s = call::IceState::checking; break;
+            case media::IceState::connected: s = call::IceState::connected; break;
+            case media::IceState::disconnected: s = call::IceState::disconnected; break;
+            case media::IceState::failed: s = call::IceState::failed; break;
+        }
+        feed(call::IceStateChanged{call_id, s});
+    } else if (auto* t = std::get_if<media::RemoteTrackAdded>(&ev)) {
+        stream_seen(call_id, t->stream_id, t->kind);
+    } else if (auto* f = std::get_if<media::FirstFrame>(&ev)) {
+        CallInfo& info = calls_[call_id];
+        media::Kind wanted = opt_.media.video ? media::Kind::video : media::Kind::audio;
+        if (f->kind == wanted && !info.first_remote_media_at)
+            info.first_remote_media_at = Clock::now();
+    } else if (auto* e = std::get_if<media::MediaFailed>(&ev)) {
+        CallInfo& info = calls_[call_id];
+        observer_.on_log("call " + call_id + ": media failed: " + e->what);
+        if (info.media_error.empty()) info.media_error = e->what;
+        feed(call::HangUpCall{call_id});
+    }
+}
+
+void CallDriver::stream_seen(const std::string& call_id, const std::string& stream_id,
+                             media::Kind kind) {
+    CallInfo& info = calls_[call_id];
+    bool first = info.streams.empty() || info.streams.count(stream_id) == info.streams.size();
+    if (!manager_.use_remote_stream(call_id, stream_id, first)) {
+        observer_.on_log("call " + call_id + ": ignoring remote stream '" + stream_id +
+                         "' (not in the peer's stream metadata)");
+        return;
+    }
+    RemoteStream& rs = info.streams[stream_id];
+    rs.stream_id = stream_id;
+    const auto& meta = remote_metadata_[call_id];
+    auto it = meta.find(stream_id);
+    rs.purpose = it != meta.end() ? it->second.purpose : std::string(proto::kPurposeUsermedia);
+    if (!rs.kinds.insert(kind).second) return;
+    if (!rs.removed) observer_.on_stream_added(info, rs, kind);
+}
+
+void CallDriver::streams_changed(const std::string& call_id, const proto::SdpStreamMetadata& m) {
+    remote_metadata_[call_id] = m;
+    CallInfo& info = calls_[call_id];
+    for (auto& [id, rs] : info.streams) {
+        auto it = m.find(id);
+        if (it == m.end() && !rs.removed && !m.empty()) {
+            rs.removed = true;
+            observer_.on_stream_removed(info, rs);
+        } else if (it != m.end()) {
+            rs.purpose = it->second.purpose;
+            if (rs.removed) {
+                rs.removed = false;
+                for (media::Kind k : rs.kinds) observer_.on_stream_added(info, rs, k);
+            }
+        }
+    }
+}
+
+// ---- signalling --------------------------------------------------------------------------
+
+asio::awaitable<void> CallDriver::send_loop() {
+    while (!stopping_) {
+        if (outbox_.empty()) {
+            outbox_signal_->expires_at(Clock::time_point::max());
+            auto [ec] = co_await outbox_signal_->async_wait(asio::as_tuple(use_awaitable));
+            (void)ec;
+            continue;
+        }
+        call::SendEvent ev = std::move(outbox_.front());
+        outbox_.pop_front();
+        send_busy_ = true;
+        try {
+            co_await client_.send_event(ev.room_id, ev.type, std::move(ev.content));
+            if (ev.type == "m.call.invite") calls_[ev.call_id].signalled_at = Clock::now();
+        } catch (const ClientError& e) {
+            send_busy_ = false;
+            observer_.on_fatal("sending " + ev.type + " for call " + ev.call_id +
+                               " failed: " + e.what());
+            continue;
+        }
+        send_busy_ = false;
+    }
+}
+
+asio::awaitable<void> CallDriver::refresh_turn() {
+    while (!stopping_) {
+        std::chrono::seconds next{30};
+        try {
+            TurnCredentials t = co_await client_.turn_server();
+            if (t.uris.empty()) observer_.on_log("the homeserver offers no TURN server");
+            // Refresh at 80 % of the lifetime so a call never starts with stale credentials.
+            if (t.ttl.count() > 0) next = std::max(std::chrono::seconds(10), t.ttl * 4 / 5);
+            turn_ = std::move(t);
+        } catch (const ClientError& e) {
+            observer_.on_log(std::string("cannot fetch TURN credentials: ") + e.what());
+        }
+        asio::steady_timer timer(ex_, next);
+        co_await timer.async_wait(use_awaitable);
+    }
+}
+
+void CallDriver::process_sync(const json::object& sync) {
+    const std::string& me = client_.session().user_id;
+    call::SyncBatch batch;
+    const json::object* rooms = object_at(sync, "rooms");
+    if (const json::object* join = rooms ? object_at(*rooms, "join") : nullptr) {
+        for (const auto& [room_key, room_value] : *join) {
+            if (!room_value.is_object()) continue;
+            std::string room_id(room_key);
+            Room before = rooms_[room_id];
+            Room& room = rooms_[room_id];
+            invites_.erase(room_id);
+            for (const char* section : {"state", "timeline"}) {
+                const json::object* sec = object_at(room_value.as_object(), section);
+                const json::array* events = sec ? array_at(*sec, "events") : nullptr;
+                if (!events) continue;
+                for (const auto& v : *events) {
+                    if (!v.is_object()) continue;
+                    const json::object& ev = v.as_object();
+                    std::string type = string_at(ev, "type");
+                    const json::object* content = object_at(ev, "content");
+                    if (!content) continue;
+                    if (type == "m.room.member" && ev.contains("state_key")) {
+                        std::string who = string_at(ev, "state_key");
+                        if (string_at(*content, "membership") == "join")
+                            room.joined.insert(who);
+                        else
+                            room.joined.erase(who);
+                    } else if (type == "m.room.join_rules" && ev.contains("state_key")) {
+                        room.is_public = string_at(*content, "join_rule") == "public";
+                    } else if (type.rfind("m.call.", 0) == 0 &&
+                               std::string_view(section) == "timeline") {
+                        call::Ms age = 0;
+                        if (const json::object* u = object_at(ev, "unsigned"))
+                            if (const json::value* a = u->if_contains("age"); a && a->is_int64())
+                                age = a->as_int64();
+                        batch.events.push_back(call::RoomEvent{room_id, string_at(ev, "sender"),
+                                                               type, *content, age});
+                    }
+                }
+            }
+            if (room.joined != before.joined || room.is_public != before.is_public)
+                feed(call::RoomChanged{room_id, room.is_public, room.joined});
+        }
+    }
+    if (const json::object* invite = rooms ? object_at(*rooms, "invite") : nullptr) {
+        for (const auto& [room_key, room_value] : *invite) {
+            std::string room_id(room_key);
+            if (invites_.count(room_id) || !room_value.is_object()) continue;
+            invites_.insert(room_id);
+            bool direct = false;
+            const json::object* st = object_at(room_value.as_object(), "invite_state");
+            if (const json::array* events = st ? array_at(*st, "events") : nullptr) {
+                for (const auto& v : *events) {
+                    if (!v.is_object()) continue;
+                    const json::object& ev = v.as_object();
+                    const json::object* content = object_at(ev, "content");
+                    if (string_at(ev, "type") == "m.room.member" &&
+                        string_at(ev, "state_key") == me && content) {
+                        const json::value* d = content->if_contains("is_direct");
+                        direct = d && d->is_bool() && d->as_bool();
+                    }
+                }
+            }
+            if (!direct || !opt_.join_direct_invites) continue;
+            observer_.on_log("joining the direct chat " + room_id);
+            asio::co_spawn(
+                ex_,
+                [this, room_id]() -> asio::awaitable<void> {
+                    try {
+                        co_await client_.join(room_id);
+                    } catch (const ClientError& e) {
+                        observer_.on_log("cannot join " + room_id + ": " + e.what());
+                    }
+                },
+                asio::detached);
+        }
+    }
+    if (!batch.events.empty()) feed(call::SyncBatch{std::move(batch)});
+}
+
+asio::awaitable<void> CallDriver::run() {
+    asio::co_spawn(ex_, send_loop(), asio::detached);
+    // The first TURN fetch happens before any call can be placed or answered.
+    try {
+        TurnCredentials t = co_await client_.turn_server();
+        turn_ = std::move(t);
+    } catch (const ClientError& e) {
+        observer_.on_log(std::string("cannot fetch TURN credentials: ") + e.what());
+    }
+    asio::co_spawn(ex_, refresh_turn(), asio::detached);
+    auto backoff = std::chrono::milliseconds(500);
+    while (!stopping_) {
+        std::optional<ClientError> failure;
+        try {
+            int timeout = synced_ ? opt_.sync_timeout_ms : 0;
+            json::object sync = co_await client_.sync(since_, timeout);
+            since_ = string_at(sync, "next_batch");
+            process_sync(sync);
+            synced_ = true;
+            backoff = std::chrono::milliseconds(500);
+            continue;
+        } catch (const ClientError& e) {
+            failure = e;
+        }
+        if (failure->status == 401 || failure->status == 403) {
+            observer_.on_fatal(std::string("/sync refused: ") + failure->what());
+            co_return;
+        }
+        auto wait = failure->retry_after_ms > 0
+                        ? std::chrono::milliseconds(failure->retry_after_ms)
+                        : backoff;
+        observer_.on_log(std::string("/sync failed (") + failure->what() + "), retrying in " +
+                         std::to_string(wait.count()) + " ms");
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
+        asio::steady_timer timer(ex_, wait);
+        co_await timer.async_wait(use_awaitable);
+    }
+}
+
+}  // namespace mxvoip::client

@@ -1,0 +1,106 @@
+// Test fixture for real calls: coturn (use-auth-secret, loopback), an mxvoip-server that
+// hands out its credentials, and `mxvoip` client processes whose --json lines are collected.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer, register } from './harness.mjs';
+import { startCoturn } from './coturn.mjs';
+
+export const CLI_BIN = process.env.MXVOIP_CLI;
+if (!CLI_BIN || !existsSync(CLI_BIN)) {
+  throw new Error('MXVOIP_CLI must name the built mxvoip binary (run the tests with scripts/test)');
+}
+
+// coturn + mxvoip-server configured for it. TURN over TCP as well as UDP: libnice (inside
+// webrtcbin) cannot reach a loopback TURN server over UDP on these machines.
+export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
+  const secret = randomBytes(24).toString('hex');
+  const coturn = await startCoturn({ secret });
+  const server = await startServer({
+    config: {
+      turn_uris: [`turn:127.0.0.1:${coturn.port}?transport=udp`, `turn:127.0.0.1:${coturn.port}?transport=tcp`],
+      turn_shared_secret: secret,
+      turn_user_lifetime: '1h',
+      rc_turn: { per_second: 1000, burst_count: 1000 },
+    },
+  });
+  const accounts = {};
+  for (const name of users) {
+    const password = `pw-${name}-${randomBytes(4).toString('hex')}`;
+    const session = await register(server.url, name, { password });
+    accounts[name] = { user_id: session.userId, password };
+  }
+  const stateDir = mkdtempSync(join(tmpdir(), 'mxvoip-cli-'));
+  const running = new Set();
+  return {
+    coturn,
+    server,
+    accounts,
+    // Starts `mxvoip --json ... <args>` as `name` (a fresh login: a new device each time).
+    client(name, args) {
+      const { user_id, password } = accounts[name];
+      const proc = spawn(CLI_BIN, ['--homeserver', server.url, '--user', user_id, '--state-dir', stateDir, '--json', '-v', ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, MXVOIP_PASSWORD: password },
+      });
+      running.add(proc);
+      const events = [];
+      let stdout = '';
+      let stderr = '';
+      proc.stdout.on('data', (chunk) => {
+        stdout += chunk;
+        let nl;
+        while ((nl = stdout.indexOf('\n')) >= 0) {
+          const line = stdout.slice(0, nl);
+          stdout = stdout.slice(nl + 1);
+          if (line.trim()) events.push(JSON.parse(line));
+        }
+      });
+      proc.stderr.on('data', (chunk) => (stderr += chunk));
+      const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
+        running.delete(proc);
+        resolve({ code, signal });
+      }));
+      return {
+        name,
+        proc,
+        events,
+        exited,
+        get stderr() {
+          return stderr;
+        },
+        summary: () => events.find((e) => e.event === 'summary'),
+        summaries: () => events.filter((e) => e.event === 'summary'),
+        // Resolves when an event matching `pred` has been printed.
+        async waitFor(pred, timeoutMs = 30000) {
+          const start = Date.now();
+          for (;;) {
+            const found = events.find(pred);
+            if (found) return found;
+            if (Date.now() - start > timeoutMs) throw new Error(`${name}: timed out waiting; stderr:\n${stderr}`);
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        },
+        describe() {
+          return `${name} events:\n${events.map((e) => JSON.stringify(e)).join('\n')}\n${name} stderr:\n${stderr}`;
+        },
+      };
+    },
+    async stop() {
+      for (const proc of running) proc.kill('SIGKILL');
+      await server.stop();
+      await coturn.stop();
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+// Waits for a client to exit, killing it after `timeoutMs`.
+export async function exitOf(client, timeoutMs = 60000) {
+  const timer = setTimeout(() => client.proc.kill('SIGKILL'), timeoutMs);
+  const res = await client.exited;
+  clearTimeout(timer);
+  return res;
+}
