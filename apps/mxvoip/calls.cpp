@@ -364,6 +364,9 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
             driver = std::make_unique<client::CallDriver>(io.get_executor(), *matrix, *engine, o,
                                                           console);
             asio::co_spawn(io, driver->run(), asio::detached);
+            console.line({{"event", "ready"},
+                          {"user_id", matrix->session().user_id},
+                          {"device_id", matrix->session().device_id}});
             Context ctx{io, *matrix, *driver, console, a};
             try {
                 code = co_await body(ctx);
@@ -418,8 +421,6 @@ asio::awaitable<std::string> follow_call(Context& ctx, std::string call_id, std:
                 if (id != call_id && other.state != call::CallState::ended &&
                     other.room_id == c->room_id)
                     call_id = id;
-            for (const auto& [id, other] : ctx.driver.calls())
-                if (id != call_id && other.state != call::CallState::ended) call_id = id;
             c = ctx.driver.info(call_id);
         }
         if (c && c->state == call::CallState::ended) break;
@@ -577,13 +578,28 @@ int call_command(const Account& a, const CallFlags& f) {
             invitee = f.target;
             room = co_await direct_room(ctx, invitee);
         }
+        if (f.start_at_unix_ms > 0) {
+            auto at = std::chrono::system_clock::time_point(std::chrono::milliseconds(f.start_at_unix_ms));
+            auto wait = at - std::chrono::system_clock::now();
+            if (wait > std::chrono::system_clock::duration::zero())
+                co_await sleep_for(std::chrono::duration_cast<Clock::duration>(wait));
+        }
         std::string id = ctx.driver.place_call(room, invitee);
         ctx.console.say("calling " + invitee + " in " + room + " (call " + id + ")");
         std::vector<Step> steps = common_steps(ctx, f.media);
-        steps.push_back({f.screenshare_at, [&ctx](const std::string& c) { ctx.driver.set_screenshare(c, true); }});
-        steps.push_back({f.screenshare_stop_at, [&ctx](const std::string& c) { ctx.driver.set_screenshare(c, false); }});
-        steps.push_back({f.hold_at, [&ctx](const std::string& c) { ctx.driver.set_hold(c, true); }});
-        steps.push_back({f.resume_at, [&ctx](const std::string& c) { ctx.driver.set_hold(c, false); }});
+        auto toggle = [&ctx](const char* what, bool on) {
+            return [&ctx, what, on](const std::string& c) {
+                ctx.console.line({{"event", what}, {"call_id", c}, {"on", on}});
+                if (std::string_view(what) == "screenshare")
+                    ctx.driver.set_screenshare(c, on);
+                else
+                    ctx.driver.set_hold(c, on);
+            };
+        };
+        steps.push_back({f.screenshare_at, toggle("screenshare", true)});
+        steps.push_back({f.screenshare_stop_at, toggle("screenshare", false)});
+        steps.push_back({f.hold_at, toggle("hold", true)});
+        steps.push_back({f.resume_at, toggle("hold", false)});
         std::string ended = co_await follow_call(ctx, id, std::move(steps));
         const CallInfo* info = ctx.driver.info(ended);
         if (!info) co_return exit_signalling_failed;
@@ -605,8 +621,11 @@ int answer_command(const Account& a, const AnswerFlags& f) {
             co_await wait_for(
                 ctx,
                 [&] {
+                    // Rang at some point: a call can ring and be taken elsewhere between
+                    // two looks.
                     for (const auto& [id, c] : ctx.driver.calls())
-                        if (!handled.count(id) && c.state == call::CallState::ringing) {
+                        if (!handled.count(id) && c.direction == call::Direction::incoming &&
+                            c.signalled_at) {
                             ringing = id;
                             return true;
                         }
@@ -625,8 +644,8 @@ int answer_command(const Account& a, const AnswerFlags& f) {
                 };
                 auto reply = std::make_shared<Reply>();
                 std::thread([reply] {
-                    std::getline(std::cin, reply->text);
-                    reply->got = true;
+                    // End of input decides nothing: the call rings on until it stops.
+                    if (std::getline(std::cin, reply->text)) reply->got = true;
                 }).detach();
                 co_await wait_for(
                     ctx,

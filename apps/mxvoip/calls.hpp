@@ -39,6 +39,7 @@ struct CallFlags {
     double screenshare_stop_at = -1;
     double hold_at = -1;
     double resume_at = -1;
+    std::int64_t start_at_unix_ms = 0;  // place the call at this wall-clock time
 };
 
 struct AnswerFlags {

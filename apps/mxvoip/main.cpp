@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
                      "Stop sharing the screen S seconds after connecting");
     call->add_option("--hold-at", call_flags.hold_at, "Put the call on hold S seconds after connecting");
     call->add_option("--resume-at", call_flags.resume_at, "Resume the call S seconds after connecting");
+    call->add_option("--start-at", call_flags.start_at_unix_ms,
+                     "Place the call at this time (Unix ms), e.g. for two clients calling each "
+                     "other at once");
 
     AnswerFlags answer_flags;
     auto* answer = app.add_subcommand(

@@ -30,7 +30,7 @@ export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
   for (const name of users) {
     const password = `pw-${name}-${randomBytes(4).toString('hex')}`;
     const session = await register(server.url, name, { password });
-    accounts[name] = { user_id: session.userId, password };
+    accounts[name] = { user_id: session.userId, password, handle: session };
   }
   const stateDir = mkdtempSync(join(tmpdir(), 'mxvoip-cli-'));
   const running = new Set();
@@ -38,6 +38,25 @@ export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
     coturn,
     server,
     accounts,
+    // A direct chat between two users, both joined, in both users' m.direct.
+    async directRoom(a, b) {
+      const A = accounts[a].handle;
+      const B = accounts[b].handle;
+      const room = await A.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [B.userId] });
+      const joined = await B.join(room);
+      if (joined.status !== 200) throw new Error(`join: ${joined.status} ${joined.text}`);
+      for (const [me, other] of [[A, B], [B, A]]) {
+        const res = await me.call('PUT', `/user/${encodeURIComponent(me.userId)}/account_data/m.direct`, { body: { [other.userId]: [room] } });
+        if (res.status !== 200) throw new Error(`m.direct: ${res.status} ${res.text}`);
+      }
+      return room;
+    },
+    // The room's events, oldest first, as `name` reads them.
+    async timeline(name, room) {
+      const res = await accounts[name].handle.call('GET', `/rooms/${encodeURIComponent(room)}/messages`, { query: { dir: 'f', limit: '1000' } });
+      if (res.status !== 200) throw new Error(`messages: ${res.status} ${res.text}`);
+      return res.body.chunk;
+    },
     // Starts `mxvoip --json ... <args>` as `name` (a fresh login: a new device each time).
     client(name, args) {
       const { user_id, password } = accounts[name];

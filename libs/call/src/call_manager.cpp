@@ -97,6 +97,12 @@ std::optional<std::string> CallManager::opponent_party(const std::string& call_i
     return c->opponent_party;
 }
 
+std::optional<std::string> CallManager::room(const std::string& call_id) const {
+    const Call* c = find(call_id);
+    if (!c) return std::nullopt;
+    return c->room_id;
+}
+
 void CallManager::forget_old(Ms now) {
     while (!ended_at_.empty() && ended_at_.begin()->first + kForgetEndedAfter < now) {
         for (const auto& id : ended_at_.begin()->second) {

@@ -79,6 +79,10 @@ std::string CallDriver::place_call(const std::string& room_id, const std::string
     // Call ids: random, opaque, and compared in glare (VOIP-NOTES.md).
     std::string id = "mxv" + random_id(21);
     feed(call::PlaceCall{id, room_id, invitee});
+    if (manager_.state(id)) return id;
+    // The other side's call was ringing in this room: placing a call answered it instead.
+    for (const auto& [other, c] : calls_)
+        if (c.room_id == room_id && c.state != call::CallState::ended) return other;
     return id;
 }
 void CallDriver::answer(const std::string& call_id) { feed(call::AnswerCall{call_id}); }
@@ -126,6 +130,7 @@ void CallDriver::execute(call::Action& a) {
     } else if (auto* s = std::get_if<call::StateChanged>(&a)) {
         CallInfo& info = calls_[s->call_id];
         info.call_id = s->call_id;
+        if (info.room_id.empty()) info.room_id = manager_.room(s->call_id).value_or("");
         info.state = s->state;
         if (auto d = manager_.direction(s->call_id)) info.direction = *d;
         if (s->state == call::CallState::ringing) info.signalled_at = Clock::now();
@@ -134,6 +139,12 @@ void CallDriver::execute(call::Action& a) {
         if (s->state == call::CallState::ended) {
             info.end_reason = s->end_reason;
             info.ended_by_remote = s->ended_by_remote;
+            // Another of our devices took the call: what this one still has queued for it
+            // (an answer, candidates) must not go out.
+            if (s->end_reason == "answered_elsewhere" || s->end_reason == "rejected_elsewhere")
+                std::erase_if(outbox_, [&](const call::SendEvent& e) {
+                    return e.call_id == s->call_id;
+                });
         }
         observer_.on_state(info);
     } else if (auto* d = std::get_if<call::Dropped>(&a)) {

@@ -199,6 +199,7 @@ class CallManager {
 
     std::optional<CallState> state(const std::string& call_id) const;
     std::optional<Direction> direction(const std::string& call_id) const;
+    std::optional<std::string> room(const std::string& call_id) const;
     // The party chosen as the other end (after select_answer / on answering).
     std::optional<std::string> opponent_party(const std::string& call_id) const;
     // Whether to use an incoming stream: if the opponent's first invite or answer carried

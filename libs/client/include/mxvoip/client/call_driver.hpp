@@ -77,6 +77,8 @@ class CallDriver {
     // Whether the first /sync has been processed (rooms known).
     bool ready() const { return synced_; }
 
+    // Returns the call id to follow: a new call, or the peer's call ringing in the same room,
+    // which placing a call answers instead.
     std::string place_call(const std::string& room_id, const std::string& invitee);
     void answer(const std::string& call_id);
     void reject(const std::string& call_id);
