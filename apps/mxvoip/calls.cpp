@@ -45,14 +45,16 @@ std::string state_dir(const Account& a) {
     return ".mxvoip";
 }
 
-fs::path session_file(const Account& a) {
+// One file per user id: `--user` must name the user the way the session was stored (the full
+// @user:server, which `login` and `register` store under).
+fs::path session_file(const Account& a, const std::string& user) {
     std::string name;
-    for (char c : a.user) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+    for (char c : user) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
     return fs::path(state_dir(a)) / ("session-" + name + ".json");
 }
 
 std::optional<Session> load_session(const Account& a) {
-    std::ifstream in(session_file(a));
+    std::ifstream in(session_file(a, a.user));
     if (!in) return std::nullopt;
     std::stringstream text;
     text << in.rdbuf();
@@ -70,7 +72,7 @@ std::optional<Session> load_session(const Account& a) {
 }
 
 void save_session(const Account& a, const Session& s) {
-    fs::path file = session_file(a);
+    fs::path file = session_file(a, s.user_id);
     fs::create_directories(file.parent_path());
     json::object o{{"homeserver", s.homeserver},
                    {"user_id", s.user_id},
@@ -207,7 +209,7 @@ class Console : public client::CallObserver {
         double t = c.connected_at ? ms_between(*c.connected_at, Clock::now()) : 0;
         line({{"event", "stats"},
               {"call_id", c.call_id},
-              {"t_ms", std::round(t)},
+              {"t_ms", std::llround(t)},
               {"rtt_ms", s.rtt_ms},
               {"jitter_ms", s.jitter_ms},
               {"packets_lost", s.packets_lost},
@@ -241,13 +243,13 @@ class Console : public client::CallObserver {
                        {"relay", c.relay},
                        {"streams", streams(c)}};
         if (c.signalled_at && c.first_remote_media_at)
-            o["setup_ms"] = std::round(ms_between(*c.signalled_at, *c.first_remote_media_at));
+            o["setup_ms"] = std::llround(ms_between(*c.signalled_at, *c.first_remote_media_at));
         else
             o["setup_ms"] = nullptr;
         if (!c.media_error.empty()) o["media_error"] = c.media_error;
         if (!json_) {
             std::string text = "call " + c.call_id + " ended: " + c.end_reason;
-            if (o["setup_ms"].is_number())
+            if (o["setup_ms"].is_int64())
                 text += ", set up in " + json::serialize(o["setup_ms"]) + " ms";
             text += c.relay ? ", relayed" : "";
             say(text);
@@ -510,7 +512,7 @@ int login_command(const Account& a) {
                     save_session(a, s);
                     console.line({{"event", "login"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
                     console.say("logged in as " + s.user_id + " (device " + s.device_id +
-                                "); session stored in " + session_file(a).string());
+                                "); session stored in " + session_file(a, s.user_id).string());
                     code = exit_ok;
                 } catch (const std::exception& e) {
                     console.say(std::string("login failed: ") + e.what());
@@ -548,7 +550,7 @@ int register_command(const Account& a) {
                     save_session(a, s);
                     console.line({{"event", "registered"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
                     console.say("registered " + s.user_id + "; session stored in " +
-                                session_file(a).string());
+                                session_file(a, s.user_id).string());
                     code = exit_ok;
                 } catch (const std::exception& e) {
                     console.say(std::string("registration failed: ") + e.what());
