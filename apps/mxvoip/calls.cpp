@@ -4,13 +4,13 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -41,7 +41,8 @@ std::string state_dir(const Account& a) {
     if (!a.state_dir.empty()) return a.state_dir;
     if (const char* d = std::getenv("MXVOIP_STATE_DIR"); d && *d) return d;
     if (const char* d = std::getenv("XDG_STATE_HOME"); d && *d) return std::string(d) + "/mxvoip";
-    if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/mxvoip";
+    if (const char* h = std::getenv("HOME"); h && *h)
+        return std::string(h) + "/.local/state/mxvoip";
     return ".mxvoip";
 }
 
@@ -137,11 +138,11 @@ class Console : public client::CallObserver {
     }
 
     void on_state(const CallInfo& c) override {
-        json::object o{{"event", "state"},
-                       {"call_id", c.call_id},
-                       {"state", call::to_string(c.state)},
-                       {"direction", c.direction == call::Direction::outgoing ? "outgoing"
-                                                                                : "incoming"}};
+        json::object o{
+            {"event", "state"},
+            {"call_id", c.call_id},
+            {"state", call::to_string(c.state)},
+            {"direction", c.direction == call::Direction::outgoing ? "outgoing" : "incoming"}};
         if (c.state == call::CallState::ended) {
             o["end_reason"] = c.end_reason;
             o["ended_by_remote"] = c.ended_by_remote;
@@ -221,10 +222,11 @@ class Console : public client::CallObserver {
         if (!live_) return;
         char buf[160];
         int secs = static_cast<int>(t / 1000);
-        std::snprintf(buf, sizeof buf, "%s %02d:%02d | rtt %s | lost %lld | %s",
-                      call::to_string(c.state), secs / 60, secs % 60,
-                      s.rtt_ms < 0 ? "-" : (std::to_string(static_cast<int>(s.rtt_ms)) + " ms").c_str(),
-                      static_cast<long long>(s.packets_lost), s.relay ? "relayed" : "direct");
+        std::snprintf(
+            buf, sizeof buf, "%s %02d:%02d | rtt %s | lost %lld | %s", call::to_string(c.state),
+            secs / 60, secs % 60,
+            s.rtt_ms < 0 ? "-" : (std::to_string(static_cast<int>(s.rtt_ms)) + " ms").c_str(),
+            static_cast<long long>(s.packets_lost), s.relay ? "relayed" : "direct");
         std::string status = buf;
         for (const auto& [id, rs] : c.streams) {
             if (rs.removed) continue;
@@ -236,12 +238,9 @@ class Console : public client::CallObserver {
     }
 
     void summary(const CallInfo& c) {
-        json::object o{{"event", "summary"},
-                       {"call_id", c.call_id},
-                       {"end_reason", c.end_reason},
-                       {"ended_by_remote", c.ended_by_remote},
-                       {"relay", c.relay},
-                       {"streams", streams(c)}};
+        json::object o{{"event", "summary"},         {"call_id", c.call_id},
+                       {"end_reason", c.end_reason}, {"ended_by_remote", c.ended_by_remote},
+                       {"relay", c.relay},           {"streams", streams(c)}};
         if (c.signalled_at && c.first_remote_media_at)
             o["setup_ms"] = std::llround(ms_between(*c.signalled_at, *c.first_remote_media_at));
         else
@@ -281,7 +280,8 @@ int exit_code(const CallInfo& c) {
     if (r == "rejected") return c.ended_by_remote ? exit_rejected : exit_ok;
     if (r == "user_busy") return exit_rejected;
     if (r == "invite_timeout") return exit_no_answer;
-    if (r == "ice_failed" || r == "ice_timeout" || r == "user_media_failed") return exit_media_failed;
+    if (r == "ice_failed" || r == "ice_timeout" || r == "user_media_failed")
+        return exit_media_failed;
     return exit_signalling_failed;
 }
 
@@ -408,7 +408,8 @@ struct Step {
     bool done = false;
 };
 
-asio::awaitable<std::string> follow_call(Context& ctx, std::string call_id, std::vector<Step> steps) {
+asio::awaitable<std::string> follow_call(Context& ctx, std::string call_id,
+                                         std::vector<Step> steps) {
     asio::signal_set signals(ctx.io, SIGINT, SIGTERM);
     bool interrupted = false;
     signals.async_wait([&](boost::system::error_code ec, int) {
@@ -510,7 +511,8 @@ int login_command(const Account& a) {
                     std::string device = "mxvoip";
                     Session s = co_await matrix.login(a.user, *pw, device);
                     save_session(a, s);
-                    console.line({{"event", "login"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
+                    console.line(
+                        {{"event", "login"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
                     console.say("logged in as " + s.user_id + " (device " + s.device_id +
                                 "); session stored in " + session_file(a, s.user_id).string());
                     code = exit_ok;
@@ -548,7 +550,9 @@ int register_command(const Account& a) {
                     std::string device = "mxvoip";
                     Session s = co_await matrix.register_user(localpart, *pw, device);
                     save_session(a, s);
-                    console.line({{"event", "registered"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
+                    console.line({{"event", "registered"},
+                                  {"user_id", s.user_id},
+                                  {"device_id", s.device_id}});
                     console.say("registered " + s.user_id + "; session stored in " +
                                 session_file(a, s.user_id).string());
                     code = exit_ok;
@@ -567,7 +571,8 @@ int register_command(const Account& a) {
 
 int call_command(const Account& a, const CallFlags& f) {
     return run_client(a, f.media, false, [&f](Context& ctx) -> asio::awaitable<int> {
-        bool ready = co_await wait_for(ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
+        bool ready = co_await wait_for(
+            ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
         if (!ready) throw std::runtime_error("the first /sync did not complete");
         std::string me = ctx.matrix.session().user_id;
         std::string room, invitee;
@@ -581,7 +586,8 @@ int call_command(const Account& a, const CallFlags& f) {
             room = co_await direct_room(ctx, invitee);
         }
         if (f.start_at_unix_ms > 0) {
-            auto at = std::chrono::system_clock::time_point(std::chrono::milliseconds(f.start_at_unix_ms));
+            auto at = std::chrono::system_clock::time_point(
+                std::chrono::milliseconds(f.start_at_unix_ms));
             auto wait = at - std::chrono::system_clock::now();
             if (wait > std::chrono::system_clock::duration::zero())
                 co_await sleep_for(std::chrono::duration_cast<Clock::duration>(wait));
@@ -612,7 +618,8 @@ int call_command(const Account& a, const CallFlags& f) {
 
 int answer_command(const Account& a, const AnswerFlags& f) {
     return run_client(a, f.media, true, [&f](Context& ctx) -> asio::awaitable<int> {
-        bool ready = co_await wait_for(ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
+        bool ready = co_await wait_for(
+            ctx, [&] { return ctx.driver.ready(); }, std::chrono::seconds(60));
         if (!ready) throw std::runtime_error("the first /sync did not complete");
         ctx.console.say("waiting for calls as " + ctx.matrix.session().user_id + " (device " +
                         ctx.matrix.session().device_id + ")");

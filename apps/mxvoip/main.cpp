@@ -13,8 +13,9 @@ void media_options(CLI::App* cmd, MediaFlags& m) {
     cmd->add_flag("--video", m.video, "Send and receive video (a test pattern) as well as audio");
     cmd->add_flag("--relay-only", m.relay_only,
                   "Use only relay candidates on our side (all media through TURN)");
-    cmd->add_option("--tone", m.tone_hz, "Frequency of the test tone we send, in Hz (default: "
-                                         "chosen from the user id, 300-1000)")
+    cmd->add_option("--tone", m.tone_hz,
+                    "Frequency of the test tone we send, in Hz (default: "
+                    "chosen from the user id, 300-1000)")
         ->check(CLI::Range(20.0, 20000.0));
     cmd->add_option("--hangup-after", m.hangup_after, "Hang up S seconds after connecting")
         ->check(CLI::NonNegativeNumber);
@@ -77,16 +78,18 @@ int main(int argc, char** argv) {
                      "Start sharing the screen S seconds after connecting");
     call->add_option("--screenshare-stop-at", call_flags.screenshare_stop_at,
                      "Stop sharing the screen S seconds after connecting");
-    call->add_option("--hold-at", call_flags.hold_at, "Put the call on hold S seconds after connecting");
-    call->add_option("--resume-at", call_flags.resume_at, "Resume the call S seconds after connecting");
+    call->add_option("--hold-at", call_flags.hold_at,
+                     "Put the call on hold S seconds after connecting");
+    call->add_option("--resume-at", call_flags.resume_at,
+                     "Resume the call S seconds after connecting");
     call->add_option("--start-at", call_flags.start_at_unix_ms,
                      "Place the call at this time (Unix ms), e.g. for two clients calling each "
                      "other at once");
 
     AnswerFlags answer_flags;
     auto* answer = app.add_subcommand(
-        "answer", std::string("Join direct-chat invites and answer (or reject) incoming calls. ") +
-                      exits);
+        "answer",
+        std::string("Join direct-chat invites and answer (or reject) incoming calls. ") + exits);
     media_options(answer, answer_flags.media);
     answer->add_flag("--auto", answer_flags.auto_answer, "Answer without asking");
     answer->add_flag("--reject", answer_flags.reject, "Reject incoming calls instead");
@@ -96,8 +99,8 @@ int main(int argc, char** argv) {
 
     CLI11_PARSE(app, argc, argv);
     if (check->parsed())
-        return check_event(inputs.empty() ? std::vector<std::string>{"-"} : inputs, type,
-                           std::cout, std::cerr);
+        return check_event(inputs.empty() ? std::vector<std::string>{"-"} : inputs, type, std::cout,
+                           std::cerr);
     if (login->parsed()) return login_command(account);
     if (reg->parsed()) return register_command(account);
     if (call->parsed()) return call_command(account, call_flags);

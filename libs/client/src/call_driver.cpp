@@ -40,7 +40,11 @@ std::string string_at(const json::object& o, const char* key) {
 
 CallDriver::CallDriver(asio::any_io_executor ex, MatrixClient& client, media::MediaEngine& engine,
                        DriverOptions options, CallObserver& observer)
-    : ex_(ex), client_(client), engine_(engine), opt_(std::move(options)), observer_(observer),
+    : ex_(ex),
+      client_(client),
+      engine_(engine),
+      opt_(std::move(options)),
+      observer_(observer),
       manager_([&] {
           call::CallManager::Options o{client.session().user_id, client.session().device_id};
           o.invite_lifetime = opt_.invite_lifetime;
@@ -66,7 +70,9 @@ std::set<std::string> CallDriver::joined(const std::string& room_id) const {
     return it == rooms_.end() ? std::set<std::string>{} : it->second.joined;
 }
 
-bool CallDriver::invited_to(const std::string& room_id) const { return invites_.count(room_id); }
+bool CallDriver::invited_to(const std::string& room_id) const {
+    return invites_.count(room_id);
+}
 
 void CallDriver::stop() {
     stopping_ = true;
@@ -85,9 +91,15 @@ std::string CallDriver::place_call(const std::string& room_id, const std::string
         if (c.room_id == room_id && c.state != call::CallState::ended) return other;
     return id;
 }
-void CallDriver::answer(const std::string& call_id) { feed(call::AnswerCall{call_id}); }
-void CallDriver::reject(const std::string& call_id) { feed(call::RejectCall{call_id}); }
-void CallDriver::hang_up(const std::string& call_id) { feed(call::HangUpCall{call_id}); }
+void CallDriver::answer(const std::string& call_id) {
+    feed(call::AnswerCall{call_id});
+}
+void CallDriver::reject(const std::string& call_id) {
+    feed(call::RejectCall{call_id});
+}
+void CallDriver::hang_up(const std::string& call_id) {
+    feed(call::HangUpCall{call_id});
+}
 void CallDriver::set_hold(const std::string& call_id, bool hold) {
     feed(call::SetHold{call_id, hold});
 }
@@ -117,7 +129,8 @@ void CallDriver::execute(call::Action& a) {
     } else if (auto* m = std::get_if<call::MediaCommand>(&a)) {
         media_command(*m);
     } else if (auto* t = std::get_if<call::StartTimer>(&a)) {
-        auto timer = std::make_unique<asio::steady_timer>(ex_, epoch_ + std::chrono::milliseconds(t->at));
+        auto timer =
+            std::make_unique<asio::steady_timer>(ex_, epoch_ + std::chrono::milliseconds(t->at));
         std::uint64_t id = t->timer_id;
         timer->async_wait([this, id](boost::system::error_code ec) {
             if (ec) return;
@@ -142,9 +155,8 @@ void CallDriver::execute(call::Action& a) {
             // Another of our devices took the call: what this one still has queued for it
             // (an answer, candidates) must not go out.
             if (s->end_reason == "answered_elsewhere" || s->end_reason == "rejected_elsewhere")
-                std::erase_if(outbox_, [&](const call::SendEvent& e) {
-                    return e.call_id == s->call_id;
-                });
+                std::erase_if(outbox_,
+                              [&](const call::SendEvent& e) { return e.call_id == s->call_id; });
         }
         observer_.on_state(info);
     } else if (auto* d = std::get_if<call::Dropped>(&a)) {
@@ -228,9 +240,8 @@ void CallDriver::media_command(call::MediaCommand& m) {
             s->set_remote_answer(m.sdp);
             break;
         case Op::add_remote_candidate:
-            s->add_remote_candidate(
-                static_cast<unsigned>(m.candidate.sdp_mline_index.value_or(0)),
-                m.candidate.candidate);
+            s->add_remote_candidate(static_cast<unsigned>(m.candidate.sdp_mline_index.value_or(0)),
+                                    m.candidate.candidate);
             break;
         case Op::transfer_media:
             // Test sources cost nothing to recreate: the old session goes, the surviving call
@@ -281,10 +292,18 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
     } else if (auto* i = std::get_if<media::IceChanged>(&ev)) {
         call::IceState s = call::IceState::checking;
         switch (i->state) {
-            case media::IceState::checking: s = call::IceState::checking; break;
-            case media::IceState::connected: s = call::IceState::connected; break;
-            case media::IceState::disconnected: s = call::IceState::disconnected; break;
-            case media::IceState::failed: s = call::IceState::failed; break;
+            case media::IceState::checking:
+                s = call::IceState::checking;
+                break;
+            case media::IceState::connected:
+                s = call::IceState::connected;
+                break;
+            case media::IceState::disconnected:
+                s = call::IceState::disconnected;
+                break;
+            case media::IceState::failed:
+                s = call::IceState::failed;
+                break;
         }
         feed(call::IceStateChanged{call_id, s});
     } else if (auto* t = std::get_if<media::RemoteTrackAdded>(&ev)) {
@@ -416,8 +435,8 @@ void CallDriver::process_sync(const json::object& sync) {
                         if (const json::object* u = object_at(ev, "unsigned"))
                             if (const json::value* a = u->if_contains("age"); a && a->is_int64())
                                 age = a->as_int64();
-                        batch.events.push_back(call::RoomEvent{room_id, string_at(ev, "sender"),
-                                                               type, *content, age});
+                        batch.events.push_back(
+                            call::RoomEvent{room_id, string_at(ev, "sender"), type, *content, age});
                     }
                 }
             }
@@ -489,9 +508,8 @@ asio::awaitable<void> CallDriver::run() {
             observer_.on_fatal(std::string("/sync refused: ") + failure->what());
             co_return;
         }
-        auto wait = failure->retry_after_ms > 0
-                        ? std::chrono::milliseconds(failure->retry_after_ms)
-                        : backoff;
+        auto wait = failure->retry_after_ms > 0 ? std::chrono::milliseconds(failure->retry_after_ms)
+                                                : backoff;
         observer_.on_log(std::string("/sync failed (") + failure->what() + "), retrying in " +
                          std::to_string(wait.count()) + " ms");
         backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));

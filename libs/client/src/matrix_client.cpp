@@ -22,7 +22,9 @@ using asio::use_awaitable;
 
 ClientError::ClientError(unsigned s, std::string code, const std::string& message,
                          std::int64_t retry_after)
-    : std::runtime_error(message), status(s), errcode(std::move(code)),
+    : std::runtime_error(message),
+      status(s),
+      errcode(std::move(code)),
       retry_after_ms(retry_after) {}
 
 std::string path_segment(const std::string& s) {
@@ -66,7 +68,8 @@ struct MatrixClient::Impl {
             co_return s;
         }
         tcp::resolver resolver(ex);
-        auto [rerr, endpoints] = co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
+        auto [rerr, endpoints] =
+            co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
         if (rerr) throw ClientError(0, "", "cannot resolve " + host + ": " + rerr.message());
         beast::tcp_stream stream(ex);
         stream.expires_after(std::chrono::seconds(10));
@@ -77,8 +80,7 @@ struct MatrixClient::Impl {
     }
 
     asio::awaitable<json::value> request(http::verb verb, const std::string& target,
-                                         const std::string& body,
-                                         std::chrono::seconds timeout) {
+                                         const std::string& body, std::chrono::seconds timeout) {
         http::request<http::string_body> req{verb, target, 11};
         req.set(http::field::host, host);
         req.set(http::field::user_agent, "mxvoip");
@@ -96,18 +98,21 @@ struct MatrixClient::Impl {
             bool reused = !idle.empty();
             beast::tcp_stream stream = co_await connection();
             stream.expires_after(timeout);
-            auto [werr, wn] = co_await http::async_write(stream, req, asio::as_tuple(use_awaitable));
+            auto [werr, wn] =
+                co_await http::async_write(stream, req, asio::as_tuple(use_awaitable));
             beast::flat_buffer buf;
             http::response<http::string_body> res;
             beast::error_code rerr = werr;
             if (!werr) {
-                auto [e, rn] = co_await http::async_read(stream, buf, res, asio::as_tuple(use_awaitable));
+                auto [e, rn] =
+                    co_await http::async_read(stream, buf, res, asio::as_tuple(use_awaitable));
                 rerr = e;
             }
             if (rerr) {
                 if (reused && attempt == 0) continue;
-                throw ClientError(0, "", std::string(http::to_string(verb)) + " " + target + ": " +
-                                             rerr.message());
+                throw ClientError(
+                    0, "",
+                    std::string(http::to_string(verb)) + " " + target + ": " + rerr.message());
             }
             if (res.keep_alive()) idle.push_back(std::move(stream));
             json::value v;
@@ -115,8 +120,8 @@ struct MatrixClient::Impl {
                 boost::system::error_code jerr;
                 v = json::parse(res.body(), jerr);
                 if (jerr)
-                    throw ClientError(res.result_int(), "", "the homeserver's answer to " + target +
-                                                                " is not JSON");
+                    throw ClientError(res.result_int(), "",
+                                      "the homeserver's answer to " + target + " is not JSON");
             }
             if (res.result_int() >= 300) {
                 json::object o = v.is_object() ? v.as_object() : json::object{};
@@ -151,12 +156,16 @@ MatrixClient::MatrixClient(asio::any_io_executor ex, std::string homeserver)
 
 MatrixClient::~MatrixClient() = default;
 
-const std::string& MatrixClient::homeserver() const { return impl_->base; }
+const std::string& MatrixClient::homeserver() const {
+    return impl_->base;
+}
 void MatrixClient::use_session(Session s) {
     s.homeserver = impl_->base;
     impl_->session = std::move(s);
 }
-const Session& MatrixClient::session() const { return impl_->session; }
+const Session& MatrixClient::session() const {
+    return impl_->session;
+}
 
 asio::awaitable<json::value> MatrixClient::call(std::string method, std::string target,
                                                 std::string body) {
@@ -218,8 +227,7 @@ asio::awaitable<std::string> MatrixClient::send_event(std::string room_id, std::
     for (int attempt = 1;; ++attempt) {
         std::optional<ClientError> failure;
         try {
-            json::value v =
-                co_await impl_->request(http::verb::put, target, body, kRequestTimeout);
+            json::value v = co_await impl_->request(http::verb::put, target, body, kRequestTimeout);
             co_return v.is_object() ? str(v.as_object(), "event_id") : std::string();
         } catch (const ClientError& e) {
             if (!e.retryable() || attempt == kSendAttempts) throw;

@@ -6,7 +6,9 @@
 
 namespace mxvoip::media {
 
-const char* to_string(Kind k) { return k == Kind::audio ? "audio" : "video"; }
+const char* to_string(Kind k) {
+    return k == Kind::audio ? "audio" : "video";
+}
 
 namespace {
 

@@ -5,9 +5,10 @@
 using mxvoip::media::webrtcbin_turn_uri;
 
 TEST(TurnUri, UsernameAndPasswordArePercentEncoded) {
-    EXPECT_EQ(webrtcbin_turn_uri("turn:127.0.0.1:3478?transport=tcp", "1700000000:@alice:example.org",
-                                 "ab/c+d="),
-              "turn://1700000000%3A%40alice%3Aexample.org:ab%2Fc%2Bd%3D@127.0.0.1:3478?transport=tcp");
+    EXPECT_EQ(
+        webrtcbin_turn_uri("turn:127.0.0.1:3478?transport=tcp", "1700000000:@alice:example.org",
+                           "ab/c+d="),
+        "turn://1700000000%3A%40alice%3Aexample.org:ab%2Fc%2Bd%3D@127.0.0.1:3478?transport=tcp");
 }
 
 TEST(TurnUri, TurnsKeepsItsScheme) {

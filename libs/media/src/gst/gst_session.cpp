@@ -107,8 +107,12 @@ std::string rewrite_directions(const std::string& sdp, F f) {
     return out;
 }
 
-bool sends(const std::string& dir) { return dir == "sendrecv" || dir == "sendonly"; }
-bool receives(const std::string& dir) { return dir == "sendrecv" || dir == "recvonly"; }
+bool sends(const std::string& dir) {
+    return dir == "sendrecv" || dir == "sendonly";
+}
+bool receives(const std::string& dir) {
+    return dir == "sendrecv" || dir == "recvonly";
+}
 std::string direction(bool send, bool recv) {
     return send && recv ? "sendrecv" : send ? "sendonly" : recv ? "recvonly" : "inactive";
 }
@@ -188,8 +192,8 @@ class GstSession final : public MediaSession {
 
     void create_offer() override {
         wait_for_caps();
-        GstPromise* p = gst_promise_new_with_change_func(&GstSession::on_offer_created, this,
-                                                         nullptr);
+        GstPromise* p =
+            gst_promise_new_with_change_func(&GstSession::on_offer_created, this, nullptr);
         g_signal_emit_by_name(webrtc_, "create-offer", nullptr, p);
     }
 
@@ -222,8 +226,8 @@ class GstSession final : public MediaSession {
     }
 
     void rollback() override {
-        GstWebRTCSessionDescription* desc = gst_webrtc_session_description_new(
-            GST_WEBRTC_SDP_TYPE_ROLLBACK, nullptr);
+        GstWebRTCSessionDescription* desc =
+            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ROLLBACK, nullptr);
         GstPromise* p = gst_promise_new();
         g_signal_emit_by_name(webrtc_, "set-local-description", desc, p);
         gst_promise_unref(p);
@@ -404,8 +408,8 @@ class GstSession final : public MediaSession {
             if (was && !drop && b.kind == Kind::video) {
                 // The receiver's decoder needs a key frame before it shows anything again.
                 if (GstElement* enc = gst_bin_get_by_name(GST_BIN(b.bin), "encoder")) {
-                    GstEvent* ev = gst_video_event_new_upstream_force_key_unit(GST_CLOCK_TIME_NONE,
-                                                                              TRUE, 0);
+                    GstEvent* ev =
+                        gst_video_event_new_upstream_force_key_unit(GST_CLOCK_TIME_NONE, TRUE, 0);
                     GstPad* pad = gst_element_get_static_pad(enc, "src");
                     gst_pad_send_event(pad, ev);
                     gst_object_unref(pad);
@@ -427,18 +431,18 @@ class GstSession final : public MediaSession {
         remote_sdp_ = sdp;
         bool first = first_remote_dir_.empty();
         bool any = false, held = true;
-        std::string munged = rewrite_directions(sdp, [&](const std::string& mid,
-                                                         const std::string& dir) {
-            remote_dir_[mid] = dir;
-            if (first) first_remote_dir_[mid] = dir;
-            auto it = first_remote_dir_.find(mid);
-            if (it == first_remote_dir_.end()) return dir;  // a new stream: nothing to restore
-            // The sections of the first description carry the usermedia stream: the peer
-            // holds us when none of them receives.
-            any = true;
-            held = held && !receives(dir);
-            return it->second;
-        });
+        std::string munged =
+            rewrite_directions(sdp, [&](const std::string& mid, const std::string& dir) {
+                remote_dir_[mid] = dir;
+                if (first) first_remote_dir_[mid] = dir;
+                auto it = first_remote_dir_.find(mid);
+                if (it == first_remote_dir_.end()) return dir;  // a new stream: nothing to restore
+                // The sections of the first description carry the usermedia stream: the peer
+                // holds us when none of them receives.
+                any = true;
+                held = held && !receives(dir);
+                return it->second;
+            });
         remote_holds_ = any && held;
         return munged;
     }
@@ -754,8 +758,7 @@ class GstSession final : public MediaSession {
         gst_bin_add(GST_BIN(self->pipe_), bin);
         GstElement* fakesink = gst_bin_get_by_name(GST_BIN(bin), "sink");
         GstPad* sinkpad = gst_element_get_static_pad(fakesink, "sink");
-        gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_BUFFER, &GstSession::on_decoded, t,
-                          nullptr);
+        gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_BUFFER, &GstSession::on_decoded, t, nullptr);
         gst_object_unref(sinkpad);
         gst_object_unref(fakesink);
         gst_element_sync_state_with_parent(bin);
@@ -888,8 +891,9 @@ class GstEngine final : public MediaEngine {
   public:
     GstEngine() {
         gst_init(nullptr, nullptr);
-        for (const char* f : {"webrtcbin", "nicesrc", "opusenc", "opusdec", "vp8enc", "vp8dec",
-                              "rtpopuspay", "rtpvp8pay", "audiotestsrc", "videotestsrc", "dtlsdec"}) {
+        for (const char* f :
+             {"webrtcbin", "nicesrc", "opusenc", "opusdec", "vp8enc", "vp8dec", "rtpopuspay",
+              "rtpvp8pay", "audiotestsrc", "videotestsrc", "dtlsdec"}) {
             GstElementFactory* factory = gst_element_factory_find(f);
             if (!factory)
                 throw std::runtime_error(std::string("GStreamer element '") + f +
@@ -913,6 +917,8 @@ class GstEngine final : public MediaEngine {
 
 }  // namespace
 
-std::unique_ptr<MediaEngine> make_gstreamer_engine() { return std::make_unique<GstEngine>(); }
+std::unique_ptr<MediaEngine> make_gstreamer_engine() {
+    return std::make_unique<GstEngine>();
+}
 
 }  // namespace mxvoip::media

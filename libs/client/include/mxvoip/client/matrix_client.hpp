@@ -56,8 +56,7 @@ class MatrixClient {
     void use_session(Session s);
     const Session& session() const;
 
-    asio::awaitable<Session> login(std::string user, std::string password,
-                                   std::string device_name);
+    asio::awaitable<Session> login(std::string user, std::string password, std::string device_name);
     asio::awaitable<Session> register_user(std::string localpart, std::string password,
                                            std::string device_name);
     // GET /sync. `timeout_ms` is the server-side long-poll.
