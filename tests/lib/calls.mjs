@@ -51,6 +51,17 @@ export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
       }
       return room;
     },
+    // A new device of `name` (a fresh login), as { userId, token, deviceId }.
+    async login(name) {
+      const res = await fetch(`${server.url}/_matrix/client/v3/login`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ type: 'm.login.password', identifier: { type: 'm.id.user', user: accounts[name].user_id }, password: accounts[name].password }),
+      });
+      const body = await res.json();
+      if (res.status !== 200) throw new Error(`login ${name}: ${res.status} ${JSON.stringify(body)}`);
+      return { userId: body.user_id, token: body.access_token, deviceId: body.device_id };
+    },
     // The room's events, oldest first, as `name` reads them.
     async timeline(name, room) {
       const res = await accounts[name].handle.call('GET', `/rooms/${encodeURIComponent(room)}/messages`, { query: { dir: 'f', limit: '1000' } });
