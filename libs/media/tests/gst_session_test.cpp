@@ -162,6 +162,8 @@ TEST_F(MediaPair, RelayOnlyCallCarriesToneVideoScreenShareAndHold) {
     s_[0]->create_offer();
     EXPECT_TRUE(flowing(0, cam1, Kind::video)) << "no video 1 -> 0 after resume";
     EXPECT_TRUE(flowing(1, cam0, Kind::video)) << "no video 0 -> 1 after resume";
+    EXPECT_TRUE(flowing(0, cam1, Kind::audio, 20)) << "no audio 1 -> 0 after resume";
+    EXPECT_TRUE(flowing(1, cam0, Kind::audio, 20)) << "no audio 0 -> 1 after resume";
 }
 
 }  // namespace

@@ -17,10 +17,17 @@ function note(kind, data = {}) {
 // Counts decoded frames of a remote feed by playing it in a muted <video>.
 function watchFeed(call, feed) {
   const id = feed.stream.id;
-  if (feeds.has(id)) return;
+  if (feeds.has(id)) {
+    // Back after a hold: play its tracks again.
+    const known = feeds.get(id);
+    known.el.srcObject = feed.stream;
+    known.el.play().catch(() => {});
+    return;
+  }
   const rec = { callId: call.callId, purpose: feed.purpose, streamId: id, frames: 0, firstFrameAt: null, audioTracks: feed.stream.getAudioTracks().length, videoTracks: feed.stream.getVideoTracks().length };
-  feeds.set(id, rec);
   const el = document.createElement('video');
+  Object.defineProperty(rec, 'el', { value: el, enumerable: false });
+  feeds.set(id, rec);
   el.muted = true;
   el.autoplay = true;
   el.playsInline = true;
@@ -106,24 +113,28 @@ window.mx = {
   calls() {
     return [...calls.keys()];
   },
-  // Audio samples received and frames decoded per remote track, from the peer connection.
+  // Audio samples decoded and packets received, video frames decoded, from the peer connection.
   async media(callId) {
     const call = calls.get(callId);
     if (!call?.peerConn) return { audioSamples: 0, videoFrames: 0 };
     const stats = await call.peerConn.getStats();
     let audioSamples = 0;
+    let audioPackets = 0;
     let videoFrames = 0;
     let relay = false;
     const byId = new Map();
     stats.forEach((s) => byId.set(s.id, s));
     stats.forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') audioSamples += s.totalSamplesReceived ?? 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        audioSamples += s.totalSamplesReceived ?? 0;
+        audioPackets += s.packetsReceived ?? 0;
+      }
       if (s.type === 'inbound-rtp' && s.kind === 'video') videoFrames += s.framesDecoded ?? 0;
       if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
         relay = relay || byId.get(s.localCandidateId)?.candidateType === 'relay';
       }
     });
-    return { audioSamples, videoFrames, relay };
+    return { audioSamples, audioPackets, videoFrames, relay };
   },
   async stop() {
     client?.stopClient();

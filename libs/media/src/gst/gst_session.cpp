@@ -83,9 +83,12 @@ std::string rewrite_directions(const std::string& sdp, F f) {
     std::string out;
     std::size_t pos = 0;
     while (pos < sdp.size()) {
-        std::size_t start = pos == 0 && sdp.compare(0, 2, "m=") == 0 ? 0 : sdp.find("\nm=", pos);
-        if (start == std::string::npos) break;
-        if (start != 0) ++start;
+        std::size_t start = pos;
+        if (sdp.compare(pos, 2, "m=") != 0 || (pos != 0 && sdp[pos - 1] != '\n')) {
+            start = sdp.find("\nm=", pos);
+            if (start == std::string::npos) break;
+            ++start;
+        }
         out += sdp.substr(pos, start - pos);
         std::size_t end = sdp.find("\nm=", start);
         end = end == std::string::npos ? sdp.size() : end + 1;
@@ -332,7 +335,7 @@ class GstSession final : public MediaSession {
             desc = "audiotestsrc name=source is-live=true wave=sine volume=0.4 freq=" +
                    std::to_string(opt_.tone_hz) +
                    " ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1"
-                   " ! valve name=valve drop=false ! opusenc bitrate=32000"
+                   " ! volume name=gate mute=false ! opusenc bitrate=32000"
                    " ! rtpopuspay pt=111 ! queue";
         } else {
             // The screen is a visibly different picture: colour bars, larger, fewer frames.
@@ -399,6 +402,16 @@ class GstSession final : public MediaSession {
         }
         for (auto& b : branches_) {
             bool drop = hold || held || (b.screen && !sharing);
+            if (b.kind == Kind::audio) {
+                // Audio goes silent rather than stopping: receivers (Chrome's NetEq among them)
+                // do not always pick a stream up again after a jump in RTP time.
+                GstElement* gate = gst_bin_get_by_name(GST_BIN(b.bin), "gate");
+                if (gate) {
+                    g_object_set(gate, "mute", drop ? TRUE : FALSE, nullptr);
+                    gst_object_unref(gate);
+                }
+                continue;
+            }
             GstElement* valve = gst_bin_get_by_name(GST_BIN(b.bin), "valve");
             if (!valve) continue;
             gboolean was = FALSE;
