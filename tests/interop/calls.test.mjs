@@ -254,7 +254,9 @@ test('rejects and no answer: each side ends with the right reason', async () => 
   assert.equal(res.code, 3, caller.describe());
   assert.equal(caller.summary().end_reason, 'invite_timeout');
   const stopped = await jsEnded(bob, incoming.callId);
-  assert.equal(stopped.reason, 'invite_timeout');
+  // Our hangup says invite_timeout; matrix-js-sdk's own ringing timer (the same lifetime)
+  // often fires first and ends the call with no reason at all (README, interoperability).
+  assert.ok([undefined, 'invite_timeout'].includes(stopped.reason), await bob.describe());
   await done(bob);
 
   // js calls, mxvoip lets it ring: js gives up after its own 60 s invite lifetime.
