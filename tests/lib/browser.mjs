@@ -52,7 +52,7 @@ export async function startBrowser() {
   const contexts = [];
   return {
     // A matrix-js-sdk client logged in as `session` ({ userId, token, deviceId }).
-    async client(name, session, { baseUrl, forceTURN = false } = {}) {
+    async client(name, session, { baseUrl, forceTURN = false, autoAnswer = null } = {}) {
       const context = await browser.newContext();
       contexts.push(context);
       const page = await context.newPage();
@@ -60,7 +60,7 @@ export async function startBrowser() {
       page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
       page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
       await page.goto(pageUrl);
-      await page.evaluate((a) => window.mx.start(a), { baseUrl, userId: session.userId, accessToken: session.token, deviceId: session.deviceId, forceTURN });
+      await page.evaluate((a) => window.mx.start(a), { baseUrl, userId: session.userId, accessToken: session.token, deviceId: session.deviceId, forceTURN, autoAnswer });
       const js = {
         name,
         page,

@@ -69,11 +69,13 @@ function find(callId) {
 }
 
 window.mx = {
-  async start({ baseUrl, userId, accessToken, deviceId, forceTURN }) {
+  // autoAnswer: answer every incoming call at once ({ video }), as a benchmark peer does.
+  async start({ baseUrl, userId, accessToken, deviceId, forceTURN, autoAnswer }) {
     client = sdk.createClient({ baseUrl, userId, accessToken, deviceId, forceTURN, useAuthorizationHeader: true });
     client.on(CallEventHandlerEvent.Incoming, (call) => {
       watch(call);
       note('incoming', { callId: call.callId, from: call.getOpponentMember?.()?.userId });
+      if (autoAnswer) call.answer(true, !!autoAnswer.video);
     });
     await client.startClient({ initialSyncLimit: 20 });
     await new Promise((resolve) => {

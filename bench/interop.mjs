@@ -1,0 +1,88 @@
+// Call setup time by pairing: matrix-js-sdk (headless Chromium) and mxvoip, 10 relay-only
+// video calls each, all signalled through one mxvoip-server with coturn on loopback. Setup
+// time on each side: invite sent (caller) or received (callee) -> first decoded remote video
+// frame. js answers inside the page the moment the call rings; mxvoip with `answer --auto`.
+//   bench/interop            (after scripts/setup and scripts/build)
+//   bench/interop --calls 10
+import { startCallRig, exitOf } from '../tests/lib/calls.mjs';
+import { startBrowser } from '../tests/lib/browser.mjs';
+
+const args = process.argv.slice(2);
+const CALLS = args.includes('--calls') ? Number(args[args.indexOf('--calls') + 1]) : 10;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const p50 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length / 2) - 1];
+const p95 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length * 0.95) - 1];
+
+const rig = await startCallRig();
+const browser = await startBrowser();
+const room = await rig.directRoom('alice', 'bob');
+const js = async (name, autoAnswer = null) => browser.client(name, await rig.login(name), { baseUrl: rig.server.url, forceTURN: true, autoAnswer });
+
+// Setup time of a js side for `callId`, from its log.
+async function jsSetup(client, callId, caller) {
+  const first = await client.waitFor((e) => e.kind === 'first_frame' && e.callId === callId && e.purpose === 'm.usermedia', 30000, 'the first frame');
+  const log = await client.log();
+  const start = caller
+    ? log.find((e) => e.kind === 'state' && e.state === 'invite_sent' && e.callId === callId)
+    : log.find((e) => e.kind === 'incoming' && e.callId === callId);
+  return first.t - start.t;
+}
+
+const results = {};
+async function pairing(label, run) {
+  const caller = [];
+  const callee = [];
+  for (let i = 0; i < CALLS; i++) {
+    const [a, b] = await run(i);
+    caller.push(a);
+    callee.push(b);
+  }
+  results[label] = { caller, callee };
+  console.log(`${label}: caller p50 ${p50(caller)} ms p95 ${p95(caller)} ms | callee p50 ${p50(callee)} ms p95 ${p95(callee)} ms`);
+}
+
+try {
+  await pairing('js -> js', async () => {
+    const bob = await js('bob', { video: true });
+    const alice = await js('alice');
+    const callId = await alice.call('place', room, { video: true, invitee: rig.accounts.bob.user_id });
+    const r = [await jsSetup(alice, callId, true), await jsSetup(bob, callId, false)];
+    await alice.call('hangup', callId);
+    await sleep(300);
+    await alice.close();
+    await bob.close();
+    return r;
+  });
+  await pairing('mxvoip -> js', async () => {
+    const bob = await js('bob', { video: true });
+    const alice = rig.client('alice', ['call', room, '--video', '--relay-only', '--hangup-after', '1']);
+    const incoming = await bob.waitFor((e) => e.kind === 'incoming', 30000, 'the invite');
+    const b = await jsSetup(bob, incoming.callId, false);
+    await exitOf(alice, 30000);
+    await bob.close();
+    return [alice.summary().setup_ms, b];
+  });
+  await pairing('js -> mxvoip', async () => {
+    const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only', '--hangup-after', '1']);
+    await bob.waitFor((e) => e.event === 'ready');
+    await sleep(300);
+    const alice = await js('alice');
+    const callId = await alice.call('place', room, { video: true, invitee: rig.accounts.bob.user_id });
+    const a = await jsSetup(alice, callId, true);
+    await exitOf(bob, 30000);
+    await alice.close();
+    return [a, bob.summary().setup_ms];
+  });
+  await pairing('mxvoip -> mxvoip', async () => {
+    const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only']);
+    await bob.waitFor((e) => e.event === 'ready');
+    await sleep(300);
+    const alice = rig.client('alice', ['call', room, '--video', '--relay-only', '--hangup-after', '1']);
+    await exitOf(alice, 30000);
+    await exitOf(bob, 30000);
+    return [alice.summary().setup_ms, bob.summary().setup_ms];
+  });
+} finally {
+  await browser.stop();
+  await rig.stop();
+}
