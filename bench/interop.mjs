@@ -1,14 +1,17 @@
 // Call setup time by pairing: matrix-js-sdk (headless Chromium) and mxvoip, 10 relay-only
 // video calls each, all signalled through one mxvoip-server with coturn on loopback. Setup
-// time on each side: invite sent (caller) or received (callee) -> first decoded remote video
-// frame. js answers inside the page the moment the call rings; mxvoip with `answer --auto`.
+// time on each side: the invite (its origin_server_ts: the moment the server took it, which
+// the caller learns and the callee can first learn of within a millisecond on loopback) ->
+// that side's first decoded remote video frame, on the same machine clock for every client.
+// js answers inside the page the moment the call rings; mxvoip with `answer --auto`.
 //   bench/interop            (after scripts/setup and scripts/build)
-//   bench/interop --calls 10
+//   bench/interop --calls 10 --only 'js -> mxvoip'
 import { startCallRig, exitOf } from '../tests/lib/calls.mjs';
 import { startBrowser } from '../tests/lib/browser.mjs';
 
 const args = process.argv.slice(2);
 const CALLS = args.includes('--calls') ? Number(args[args.indexOf('--calls') + 1]) : 10;
+const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : null; // e.g. "js -> mxvoip"
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const p50 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length / 2) - 1];
 const p95 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length * 0.95) - 1];
@@ -18,18 +21,25 @@ const browser = await startBrowser();
 const room = await rig.directRoom('alice', 'bob');
 const js = async (name, autoAnswer = null) => browser.client(name, await rig.login(name), { baseUrl: rig.server.url, forceTURN: true, autoAnswer });
 
+async function inviteTs(callId) {
+  const events = await rig.timeline('alice', room);
+  return events.find((e) => e.type === 'm.call.invite' && e.content.call_id === callId).origin_server_ts;
+}
+
 // Setup time of a js side for `callId`, from its log.
-async function jsSetup(client, callId, caller) {
+async function jsSetup(client, callId) {
   const first = await client.waitFor((e) => e.kind === 'first_frame' && e.callId === callId && e.purpose === 'm.usermedia', 30000, 'the first frame');
-  const log = await client.log();
-  const start = caller
-    ? log.find((e) => e.kind === 'state' && e.state === 'invite_sent' && e.callId === callId)
-    : log.find((e) => e.kind === 'incoming' && e.callId === callId);
-  return first.t - start.t;
+  return first.t - (await inviteTs(callId));
+}
+
+async function mxvoipSetup(client) {
+  const s = client.summary();
+  return s.first_media_unix_ms - (await inviteTs(s.call_id));
 }
 
 const results = {};
 async function pairing(label, run) {
+  if (ONLY && ONLY !== label) return;
   const caller = [];
   const callee = [];
   for (let i = 0; i < CALLS; i++) {
@@ -46,7 +56,7 @@ try {
     const bob = await js('bob', { video: true });
     const alice = await js('alice');
     const callId = await alice.call('place', room, { video: true, invitee: rig.accounts.bob.user_id });
-    const r = [await jsSetup(alice, callId, true), await jsSetup(bob, callId, false)];
+    const r = [await jsSetup(alice, callId), await jsSetup(bob, callId)];
     await alice.call('hangup', callId);
     await sleep(300);
     await alice.close();
@@ -57,10 +67,10 @@ try {
     const bob = await js('bob', { video: true });
     const alice = rig.client('alice', ['call', room, '--video', '--relay-only', '--hangup-after', '1']);
     const incoming = await bob.waitFor((e) => e.kind === 'incoming', 30000, 'the invite');
-    const b = await jsSetup(bob, incoming.callId, false);
+    const b = await jsSetup(bob, incoming.callId);
     await exitOf(alice, 30000);
     await bob.close();
-    return [alice.summary().setup_ms, b];
+    return [await mxvoipSetup(alice), b];
   });
   await pairing('js -> mxvoip', async () => {
     const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only', '--hangup-after', '1']);
@@ -68,10 +78,10 @@ try {
     await sleep(300);
     const alice = await js('alice');
     const callId = await alice.call('place', room, { video: true, invitee: rig.accounts.bob.user_id });
-    const a = await jsSetup(alice, callId, true);
+    const a = await jsSetup(alice, callId);
     await exitOf(bob, 30000);
     await alice.close();
-    return [a, bob.summary().setup_ms];
+    return [a, await mxvoipSetup(bob)];
   });
   await pairing('mxvoip -> mxvoip', async () => {
     const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only']);
@@ -80,7 +90,7 @@ try {
     const alice = rig.client('alice', ['call', room, '--video', '--relay-only', '--hangup-after', '1']);
     await exitOf(alice, 30000);
     await exitOf(bob, 30000);
-    return [alice.summary().setup_ms, bob.summary().setup_ms];
+    return [await mxvoipSetup(alice), await mxvoipSetup(bob)];
   });
 } finally {
   await browser.stop();

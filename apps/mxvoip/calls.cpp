@@ -245,6 +245,7 @@ class Console : public client::CallObserver {
             o["setup_ms"] = std::llround(ms_between(*c.signalled_at, *c.first_remote_media_at));
         else
             o["setup_ms"] = nullptr;
+        if (c.first_remote_media_unix_ms) o["first_media_unix_ms"] = c.first_remote_media_unix_ms;
         if (!c.media_error.empty()) o["media_error"] = c.media_error;
         if (!json_) {
             std::string text = "call " + c.call_id + " ended: " + c.end_reason;

@@ -312,7 +312,13 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
         CallInfo& info = calls_[call_id];
         media::Kind wanted = opt_.media.video ? media::Kind::video : media::Kind::audio;
         if (f->kind == wanted && !info.first_remote_media_at)
+        {
             info.first_remote_media_at = Clock::now();
+            info.first_remote_media_unix_ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+        }
     } else if (auto* e = std::get_if<media::MediaFailed>(&ev)) {
         CallInfo& info = calls_[call_id];
         observer_.on_log("call " + call_id + ": media failed: " + e->what);

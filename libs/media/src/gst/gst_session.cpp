@@ -79,7 +79,9 @@ class GstSession final : public MediaSession {
         pipe_ = gst_pipeline_new(nullptr);
         webrtc_ = gst_element_factory_make("webrtcbin", nullptr);
         if (!pipe_ || !webrtc_) throw std::runtime_error("GStreamer: cannot create webrtcbin");
-        g_object_set(webrtc_, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, "latency", 100,
+        // Jitter buffer: 30 ms (webrtcbin's default is 200) keeps setup and delay near a
+        // browser's on good paths and still absorbs some reordering and retransmission.
+        g_object_set(webrtc_, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, "latency", 30,
                      nullptr);
         if (opt_.relay_only)
             g_object_set(webrtc_, "ice-transport-policy", GST_WEBRTC_ICE_TRANSPORT_POLICY_RELAY,
