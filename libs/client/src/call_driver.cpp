@@ -311,8 +311,7 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
     } else if (auto* f = std::get_if<media::FirstFrame>(&ev)) {
         CallInfo& info = calls_[call_id];
         media::Kind wanted = opt_.media.video ? media::Kind::video : media::Kind::audio;
-        if (f->kind == wanted && !info.first_remote_media_at)
-        {
+        if (f->kind == wanted && !info.first_remote_media_at) {
             info.first_remote_media_at = Clock::now();
             info.first_remote_media_unix_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(

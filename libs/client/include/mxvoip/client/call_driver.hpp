@@ -44,7 +44,7 @@ struct CallInfo {
     std::optional<Clock::time_point> signalled_at;  // invite sent (acknowledged) or received
     std::optional<Clock::time_point> connected_at;
     std::optional<Clock::time_point> first_remote_media_at;  // video, or audio for voice calls
-    std::int64_t first_remote_media_unix_ms = 0;  // the same, on the wall clock
+    std::int64_t first_remote_media_unix_ms = 0;             // the same, on the wall clock
     std::map<std::string, RemoteStream> streams;
     media::Stats last_stats;
     bool relay = false;  // some stats snapshot saw a relay candidate on our side
