@@ -128,8 +128,13 @@ class Console : public client::CallObserver {
         live_ = !json_ && ::isatty(STDERR_FILENO);
     }
 
+    // Every line carries `ts`, the wall-clock time in Unix milliseconds, so a run can be laid
+    // beside the homeserver's and the peer's timestamps.
     void line(json::object o) {
         if (!json_) return;
+        o["ts"] = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
         std::cout << json::serialize(o) << std::endl;
     }
     void say(const std::string& text) {
