@@ -31,6 +31,12 @@ using Clock = std::chrono::steady_clock;
 // How long a new local description waits for candidates to put in it (VOIP-NOTES.md).
 constexpr auto kCandidateWait = std::chrono::milliseconds(200);
 
+// Jitter buffer (webrtcbin's default is 200 ms): small until the first frame is decoded so the
+// call starts as soon as a browser's would, then large enough to absorb the reordering and
+// retransmissions of real paths (raising it delays playout once, by the difference).
+constexpr guint kStartLatencyMs = 10;
+constexpr guint kSteadyLatencyMs = 50;
+
 std::string random_stream_id() {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
     static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -79,10 +85,8 @@ class GstSession final : public MediaSession {
         pipe_ = gst_pipeline_new(nullptr);
         webrtc_ = gst_element_factory_make("webrtcbin", nullptr);
         if (!pipe_ || !webrtc_) throw std::runtime_error("GStreamer: cannot create webrtcbin");
-        // Jitter buffer: 30 ms (webrtcbin's default is 200) keeps setup and delay near a
-        // browser's on good paths and still absorbs some reordering and retransmission.
-        g_object_set(webrtc_, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, "latency", 30,
-                     nullptr);
+        g_object_set(webrtc_, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, "latency",
+                     kStartLatencyMs, nullptr);
         if (opt_.relay_only)
             g_object_set(webrtc_, "ice-transport-policy", GST_WEBRTC_ICE_TRANSPORT_POLICY_RELAY,
                          nullptr);
@@ -95,6 +99,7 @@ class GstSession final : public MediaSession {
             }
         }
         gst_bin_add(GST_BIN(pipe_), webrtc_);
+        accept_sources_at_once();
         g_signal_connect(webrtc_, "on-ice-candidate", G_CALLBACK(&GstSession::on_ice_candidate),
                          this);
         g_signal_connect(webrtc_, "pad-added", G_CALLBACK(&GstSession::on_pad_added), this);
@@ -299,6 +304,30 @@ class GstSession final : public MediaSession {
         gst_object_unref(src);
         gst_element_sync_state_with_parent(bin);
         branches_.push_back(b);
+    }
+
+    // rtpbin waits for two consecutive packets (`probation`) before it takes a new source and
+    // starts its jitter buffer: ~20-30 ms of every call's setup. Media arrives through SRTP,
+    // which already authenticates every packet, so the first one is enough.
+    void accept_sources_at_once() {
+        GstIterator* it = gst_bin_iterate_recurse(GST_BIN(webrtc_));
+        GValue item = G_VALUE_INIT;
+        while (gst_iterator_next(it, &item) == GST_ITERATOR_OK) {
+            auto* element = GST_ELEMENT(g_value_get_object(&item));
+            GstElementFactory* f = gst_element_get_factory(element);
+            if (f && std::strcmp(GST_OBJECT_NAME(f), "rtpbin") == 0)
+                g_signal_connect(element, "element-added",
+                                 G_CALLBACK(&GstSession::on_rtpbin_element), nullptr);
+            g_value_reset(&item);
+        }
+        g_value_unset(&item);
+        gst_iterator_free(it);
+    }
+
+    static void on_rtpbin_element(GstBin*, GstElement* element, gpointer) {
+        GstElementFactory* f = gst_element_get_factory(element);
+        if (f && std::strcmp(GST_OBJECT_NAME(f), "rtpsession") == 0)
+            g_object_set(element, "probation", 0u, nullptr);
     }
 
     // webrtcbin writes a track's msid (and ssrc) into the SDP only once its pad has caps, which
@@ -513,12 +542,21 @@ class GstSession final : public MediaSession {
 
     // Waits until the local description is set and either ~200 ms have passed or gathering is
     // complete, then signals it with the candidates webrtcbin has put into it; candidates
-    // held back meanwhile follow unless the description already carries them.
+    // held back meanwhile follow unless the description already carries them. Also raises the
+    // jitter buffer once the first frame is in.
     void describe_loop() {
         std::unique_lock lock(mu_);
         for (;;) {
-            cv_.wait(lock, [&] { return closed_ || describing_; });
+            cv_.wait(lock, [&] { return closed_ || describing_ || raise_latency_; });
             if (closed_) return;
+            if (raise_latency_) {
+                raise_latency_ = false;
+                latency_raised_ = true;
+                lock.unlock();
+                g_object_set(webrtc_, "latency", kSteadyLatencyMs, nullptr);
+                lock.lock();
+                continue;
+            }
             cv_.wait_until(lock, pending_since_ + kCandidateWait,
                            [&] { return closed_ || gathered_; });
             if (closed_) return;
@@ -687,7 +725,18 @@ class GstSession final : public MediaSession {
         track->stream_id = self->remote_stream_id(pad);
         track->kind = kind;
         Track* t = track.get();
-        t->on_first_frame = [self, t] { self->emit(FirstFrame{t->stream_id, t->kind}); };
+        t->on_first_frame = [self, t] {
+            self->emit(FirstFrame{t->stream_id, t->kind});
+            // Once the media the call waits for (video in a video call) is in; not on this
+            // streaming thread: the worker raises the jitter buffer.
+            if (t->kind == (self->opt_.video ? Kind::video : Kind::audio)) {
+                {
+                    std::lock_guard lock(self->mu_);
+                    self->raise_latency_ = !self->latency_raised_;
+                }
+                self->cv_.notify_all();
+            }
+        };
         {
             std::lock_guard lock(self->tracks_mu_);
             self->tracks_.push_back(std::move(track));
@@ -819,6 +868,8 @@ class GstSession final : public MediaSession {
     bool describing_ = false;  // a local description is set and waits to be signalled
     bool described_ = false;   // one has been signalled: candidates go out as they come
     bool gathered_ = false;
+    bool raise_latency_ = false;
+    bool latency_raised_ = false;
     bool gathering_reported_ = false;
     std::vector<CandidateReady> held_candidates_;
     std::thread worker_;
