@@ -227,53 +227,64 @@ void CallDriver::media_command(call::MediaCommand& m) {
         }
         return;
     }
-    switch (m.op) {
-        case Op::create_offer:
-            report_local_streams(id);
-            s->create_offer();
-            break;
-        case Op::create_answer:
-            report_local_streams(id);
-            s->create_answer(m.sdp);
-            break;
-        case Op::set_remote_description:
-            s->set_remote_answer(m.sdp);
-            break;
-        case Op::add_remote_candidate:
-            s->add_remote_candidate(static_cast<unsigned>(m.candidate.sdp_mline_index.value_or(0)),
-                                    m.candidate.candidate);
-            break;
-        case Op::transfer_media:
-            // Test sources cost nothing to recreate: the old session goes, the surviving call
-            // makes its own when it answers.
-            close_session(m.from_call_id);
-            break;
-        case Op::rollback:
-            s->rollback();
-            break;
-        case Op::hold:
-        case Op::resume:
-            s->set_hold(m.op == Op::hold);
-            asio::post(ex_, [this, id] { feed(call::NegotiationNeeded{id}); });
-            break;
-        case Op::add_screenshare:
-        case Op::remove_screenshare:
-            s->set_screenshare(m.op == Op::add_screenshare, m.replace_camera);
-            report_local_streams(id);
-            if (!m.replace_camera)
+    try {
+        switch (m.op) {
+            case Op::create_offer:
+                report_local_streams(id);
+                s->create_offer();
+                break;
+            case Op::create_answer:
+                report_local_streams(id);
+                s->create_answer(m.sdp);
+                break;
+            case Op::set_remote_description:
+                s->set_remote_answer(m.sdp);
+                break;
+            case Op::add_remote_candidate:
+                s->add_remote_candidate(
+                    static_cast<unsigned>(m.candidate.sdp_mline_index.value_or(0)),
+                    m.candidate.candidate);
+                break;
+            case Op::transfer_media:
+                // Test sources cost nothing to recreate: the old session goes, the surviving call
+                // makes its own when it answers.
+                close_session(m.from_call_id);
+                break;
+            case Op::rollback:
+                s->rollback();
+                break;
+            case Op::hold:
+            case Op::resume:
+                s->set_hold(m.op == Op::hold);
                 asio::post(ex_, [this, id] { feed(call::NegotiationNeeded{id}); });
-            break;
-        case Op::ice_restart:
-            if (!s->can_restart_ice()) {
-                observer_.on_log("call " + id + ": this media engine cannot restart ICE");
-                asio::post(ex_, [this, id] {
-                    feed(call::IceStateChanged{id, call::IceState::failed});
-                });
-            }
-            break;
-        case Op::close:
-            close_session(id);
-            break;
+                break;
+            case Op::add_screenshare:
+            case Op::remove_screenshare:
+                s->set_screenshare(m.op == Op::add_screenshare, m.replace_camera);
+                report_local_streams(id);
+                if (!m.replace_camera)
+                    asio::post(ex_, [this, id] { feed(call::NegotiationNeeded{id}); });
+                break;
+            case Op::ice_restart:
+                if (!s->can_restart_ice()) {
+                    observer_.on_log("call " + id + ": this media engine cannot restart ICE");
+                    asio::post(ex_, [this, id] {
+                        feed(call::IceStateChanged{id, call::IceState::failed});
+                    });
+                }
+                break;
+            case Op::close:
+                close_session(id);
+                break;
+        }
+    } catch (const std::exception& e) {
+        // The engine failed mid-call (say, a pipeline that cannot be built): the call ends as
+        // a media failure, not the program.
+        CallInfo& info = calls_[id];
+        if (info.media_error.empty()) info.media_error = e.what();
+        observer_.on_log("call " + id + ": media failed: " + e.what());
+        std::string call_id = id;
+        asio::post(ex_, [this, call_id] { feed(call::HangUpCall{call_id}); });
     }
 }
 
