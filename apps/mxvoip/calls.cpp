@@ -499,7 +499,13 @@ asio::awaitable<std::string> direct_room(Context& ctx, const std::string& user) 
 
 }  // namespace
 
-int login_command(const Account& a) {
+namespace {
+
+// `login` and `register`: one password-authenticated request whose session is stored.
+using Authenticate = std::function<asio::awaitable<Session>(client::MatrixClient&, std::string)>;
+
+int store_session(const Account& a, const char* what, const char* event, const char* done,
+                  const Authenticate& authenticate) {
     Console console(a);
     asio::io_context io;
     int code = exit_signalling_failed;
@@ -514,16 +520,15 @@ int login_command(const Account& a) {
             io,
             [&]() -> asio::awaitable<void> {
                 try {
-                    std::string device = "mxvoip";
-                    Session s = co_await matrix.login(a.user, *pw, device);
+                    Session s = co_await authenticate(matrix, *pw);
                     save_session(a, s);
                     console.line(
-                        {{"event", "login"}, {"user_id", s.user_id}, {"device_id", s.device_id}});
-                    console.say("logged in as " + s.user_id + " (device " + s.device_id +
+                        {{"event", event}, {"user_id", s.user_id}, {"device_id", s.device_id}});
+                    console.say(std::string(done) + " " + s.user_id + " (device " + s.device_id +
                                 "); session stored in " + session_file(a, s.user_id).string());
                     code = exit_ok;
                 } catch (const std::exception& e) {
-                    console.say(std::string("login failed: ") + e.what());
+                    console.say(std::string(what) + " failed: " + e.what());
                 }
             },
             asio::detached);
@@ -535,44 +540,26 @@ int login_command(const Account& a) {
     return code;
 }
 
+}  // namespace
+
+int login_command(const Account& a) {
+    return store_session(a, "login", "login", "logged in as",
+                         [&a](client::MatrixClient& m, std::string pw) -> asio::awaitable<Session> {
+                             std::string device = "mxvoip";
+                             co_return co_await m.login(a.user, pw, device);
+                         });
+}
+
 int register_command(const Account& a) {
-    Console console(a);
-    asio::io_context io;
-    int code = exit_signalling_failed;
-    try {
-        client::MatrixClient matrix(io.get_executor(), a.homeserver);
-        std::optional<std::string> pw = password(a);
-        if (!pw) {
-            console.say("a password is needed: --password-file, MXVOIP_PASSWORD or a terminal");
-            return exit_usage;
-        }
-        std::string localpart = a.user;
-        if (!localpart.empty() && localpart[0] == '@')
-            localpart = localpart.substr(1, localpart.find(':') - 1);
-        asio::co_spawn(
-            io,
-            [&]() -> asio::awaitable<void> {
-                try {
-                    std::string device = "mxvoip";
-                    Session s = co_await matrix.register_user(localpart, *pw, device);
-                    save_session(a, s);
-                    console.line({{"event", "registered"},
-                                  {"user_id", s.user_id},
-                                  {"device_id", s.device_id}});
-                    console.say("registered " + s.user_id + "; session stored in " +
-                                session_file(a, s.user_id).string());
-                    code = exit_ok;
-                } catch (const std::exception& e) {
-                    console.say(std::string("registration failed: ") + e.what());
-                }
-            },
-            asio::detached);
-        io.run();
-    } catch (const std::exception& e) {
-        console.say(e.what());
-        return exit_usage;
-    }
-    return code;
+    std::string localpart = a.user;
+    if (!localpart.empty() && localpart[0] == '@')
+        localpart = localpart.substr(1, localpart.find(':') - 1);
+    return store_session(
+        a, "registration", "registered", "registered",
+        [localpart](client::MatrixClient& m, std::string pw) -> asio::awaitable<Session> {
+            std::string device = "mxvoip";
+            co_return co_await m.register_user(localpart, pw, device);
+        });
 }
 
 int call_command(const Account& a, const CallFlags& f) {
