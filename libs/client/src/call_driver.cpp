@@ -5,21 +5,12 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <random>
 
 namespace mxvoip::client {
 
 using asio::use_awaitable;
 
 namespace {
-
-std::string random_id(std::size_t n) {
-    static thread_local std::mt19937_64 rng{std::random_device{}()};
-    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    std::string s;
-    for (std::size_t i = 0; i < n; ++i) s += alphabet[rng() % 62];
-    return s;
-}
 
 const json::object* object_at(const json::object& o, const char* key) {
     const json::value* v = o.if_contains(key);
@@ -83,7 +74,7 @@ void CallDriver::stop() {
 
 std::string CallDriver::place_call(const std::string& room_id, const std::string& invitee) {
     // Call ids: random, opaque, and compared in glare (VOIP-NOTES.md).
-    std::string id = "mxv" + random_id(21);
+    std::string id = "mxv" + random_token(21);
     feed(call::PlaceCall{id, room_id, invitee});
     if (manager_.state(id)) return id;
     // The other side's call was ringing in this room: placing a call answered it instead.

@@ -27,6 +27,14 @@ ClientError::ClientError(unsigned s, std::string code, const std::string& messag
       errcode(std::move(code)),
       retry_after_ms(retry_after) {}
 
+std::string random_token(std::size_t n) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    std::string s;
+    for (std::size_t i = 0; i < n; ++i) s += alphabet[rng() % 62];
+    return s;
+}
+
 std::string path_segment(const std::string& s) {
     return boost::urls::encode(s, boost::urls::unreserved_chars);
 }
@@ -35,14 +43,6 @@ namespace {
 
 constexpr auto kRequestTimeout = std::chrono::seconds(30);
 constexpr int kSendAttempts = 8;
-
-std::string random_token(std::size_t n) {
-    static thread_local std::mt19937_64 rng{std::random_device{}()};
-    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    std::string s;
-    for (std::size_t i = 0; i < n; ++i) s += alphabet[rng() % 62];
-    return s;
-}
 
 std::string str(const json::object& o, const char* key) {
     const json::value* v = o.if_contains(key);
@@ -60,6 +60,16 @@ struct MatrixClient::Impl {
     std::deque<beast::tcp_stream> idle;  // keep-alive connections not in use
     std::uint64_t txn = 0;
     std::string txn_prefix = random_token(8);
+
+    // The session a login or registration answer carries; it becomes ours.
+    Session take_session(const json::value& v, const char* what) {
+        json::object o = v.is_object() ? v.as_object() : json::object{};
+        Session s{base, str(o, "user_id"), str(o, "device_id"), str(o, "access_token")};
+        if (s.access_token.empty())
+            throw ClientError(0, "", std::string("the ") + what + " answer has no access_token");
+        session = s;
+        return s;
+    }
 
     asio::awaitable<beast::tcp_stream> connection() {
         if (!idle.empty()) {
@@ -183,11 +193,7 @@ asio::awaitable<Session> MatrixClient::login(std::string user, std::string passw
     std::string text = json::serialize(body);
     std::string target = "/_matrix/client/v3/login";
     json::value v = co_await impl_->request(http::verb::post, target, text, kRequestTimeout);
-    const json::object& o = v.as_object();
-    Session s{impl_->base, str(o, "user_id"), str(o, "device_id"), str(o, "access_token")};
-    if (s.access_token.empty()) throw ClientError(0, "", "the login answer has no access_token");
-    impl_->session = s;
-    co_return s;
+    co_return impl_->take_session(v, "login");
 }
 
 asio::awaitable<Session> MatrixClient::register_user(std::string localpart, std::string password,
@@ -199,12 +205,7 @@ asio::awaitable<Session> MatrixClient::register_user(std::string localpart, std:
     std::string text = json::serialize(body);
     std::string target = "/_matrix/client/v3/register";
     json::value v = co_await impl_->request(http::verb::post, target, text, kRequestTimeout);
-    const json::object& o = v.as_object();
-    Session s{impl_->base, str(o, "user_id"), str(o, "device_id"), str(o, "access_token")};
-    if (s.access_token.empty())
-        throw ClientError(0, "", "the registration answer has no access_token");
-    impl_->session = s;
-    co_return s;
+    co_return impl_->take_session(v, "registration");
 }
 
 asio::awaitable<json::object> MatrixClient::sync(std::string since, int timeout_ms) {

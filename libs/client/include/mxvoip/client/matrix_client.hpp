@@ -81,6 +81,9 @@ class MatrixClient {
     std::unique_ptr<Impl> impl_;
 };
 
+// n random characters from [A-Za-z0-9]: transaction ids, call ids.
+std::string random_token(std::size_t n);
+
 // Percent-encodes one path segment (room ids, event types, user ids).
 std::string path_segment(const std::string& s);
 
