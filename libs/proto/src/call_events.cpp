@@ -2,11 +2,29 @@
 
 #include <algorithm>
 
+#include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
 
 namespace mxvoip::proto {
 namespace {
+
+// Where a value sits ("content.offer.sdp"), built only when an error names it: parsing a
+// valid event allocates no path strings.
+struct Path {
+    const Path* parent = nullptr;
+    std::string_view key;  // a member name, or empty for an array element
+    std::size_t index = 0;
+
+    Path member(std::string_view k) const { return Path{this, k}; }
+    Path element(std::size_t i) const { return Path{this, {}, i}; }
+    std::string str() const {
+        if (!parent) return std::string(key);
+        std::string s = parent->str();
+        if (key.empty()) return s + "[" + std::to_string(index) + "]";
+        return s + "." + std::string(key);
+    }
+};
 
 // Thrown inside this file only; parse_call_event turns it into a CallEventError.
 struct Fail {
@@ -14,191 +32,234 @@ struct Fail {
     std::string rule;
 };
 
-[[noreturn]] void fail(const std::string& path, std::string rule) {
-    throw Fail{path, std::move(rule)};
+[[noreturn]] void fail(const Path& path, std::string rule) {
+    throw Fail{path.str(), std::move(rule)};
 }
 
-std::string join(const std::string& path, std::string_view key) {
-    return path + "." + std::string(key);
-}
+// A DOM value seen through the interface of JsonIndex::Node, so that the rules below are
+// written once for both ways in.
+class DomNode {
+  public:
+    explicit DomNode(const json::value& v) : v_(&v) {}
+    bool is_object() const { return v_->is_object(); }
+    bool is_array() const { return v_->is_array(); }
+    bool is_string() const { return v_->is_string(); }
+    bool is_bool() const { return v_->is_bool(); }
+    bool is_number() const { return v_->is_number(); }
+    std::optional<std::int64_t> as_integer() const {
+        if (v_->is_int64()) return v_->get_int64();
+        if (v_->is_uint64() && v_->get_uint64() <= static_cast<std::uint64_t>(kMaxSafeInteger))
+            return static_cast<std::int64_t>(v_->get_uint64());
+        return std::nullopt;
+    }
+    std::optional<DomNode> find(std::string_view key) const {
+        const json::value* v = v_->get_object().if_contains(key);
+        return v ? std::optional(DomNode(*v)) : std::nullopt;
+    }
+    template <typename F>
+    void for_each_member(F&& f) const {
+        for (const auto& kv : v_->get_object()) f(std::string_view(kv.key()), DomNode(kv.value()));
+    }
+    std::size_t size() const { return v_->get_array().size(); }
+    template <typename F>
+    void for_each_element(F&& f) const {
+        for (const auto& v : v_->get_array()) f(DomNode(v));
+    }
+    std::string string() const { return std::string(v_->get_string()); }
+    bool string_equals(std::string_view s) const { return v_->get_string() == s; }
+    bool boolean() const { return v_->get_bool(); }
+    json::value to_value() const { return *v_; }
 
-const json::object& as_object(const json::value& v, const std::string& path) {
+  private:
+    const json::value* v_;
+};
+
+template <typename Node>
+const Node& as_object(const Node& v, const Path& path) {
     if (!v.is_object()) fail(path, "must be an object");
-    return v.get_object();
+    return v;
 }
 
 // Reads fields of one object, remembering which were read: the rest are the unknown fields.
 // Points into the parsed value, copies nothing until a field is returned.
+template <typename Node>
 class Fields {
   public:
-    Fields(const json::object& o, std::string path) : obj_(o), path_(std::move(path)) {}
+    Fields(const Node& o, const Path& path) : obj_(as_object(o, path)), path_(path) {}
 
-    const json::value* take(std::string_view key) {
-        auto it = obj_.find(key);
-        if (it == obj_.end()) return nullptr;
-        taken_.push_back(key);
-        return &it->value();
+    std::optional<Node> take(std::string_view key) {
+        auto v = obj_.find(key);
+        if (v) taken_.push_back(key);
+        return v;
     }
     std::string req_string(std::string_view key) {
         auto v = opt_string(key);
-        if (!v) fail(join(path_, key), "is required");
-        return *v;
+        if (!v) fail(path_.member(key), "is required");
+        return std::move(*v);
     }
     std::optional<std::string> opt_string(std::string_view key) {
-        const json::value* v = take(key);
+        auto v = take(key);
         if (!v) return std::nullopt;
-        if (!v->is_string()) fail(join(path_, key), "must be a string");
-        return std::string(v->get_string());
+        if (!v->is_string()) fail(path_.member(key), "must be a string");
+        return v->string();
     }
     std::int64_t req_int(std::string_view key, std::int64_t min) {
         auto v = opt_int(key);
-        if (!v) fail(join(path_, key), "is required");
-        if (*v < min) fail(join(path_, key), "must be at least " + std::to_string(min));
+        if (!v) fail(path_.member(key), "is required");
+        if (*v < min) fail(path_.member(key), "must be at least " + std::to_string(min));
         return *v;
     }
     std::optional<std::int64_t> opt_int(std::string_view key) {
-        const json::value* v = take(key);
+        auto v = take(key);
         if (!v) return std::nullopt;
-        if (v->is_int64()) return v->get_int64();
-        if (v->is_uint64() && v->get_uint64() <= static_cast<std::uint64_t>(kMaxSafeInteger))
-            return static_cast<std::int64_t>(v->get_uint64());
-        fail(join(path_, key), "must be an integer");
+        if (auto i = v->as_integer()) return i;
+        fail(path_.member(key), "must be an integer");
     }
     std::optional<bool> opt_bool(std::string_view key) {
-        const json::value* v = take(key);
+        auto v = take(key);
         if (!v) return std::nullopt;
-        if (!v->is_bool()) fail(join(path_, key), "must be true or false");
-        return v->get_bool();
+        if (!v->is_bool()) fail(path_.member(key), "must be true or false");
+        return v->boolean();
     }
     std::string opaque_id(std::string_view key, bool required) {
         auto v = opt_string(key);
         if (!v) {
-            if (required) fail(join(path_, key), "is required");
+            if (required) fail(path_.member(key), "is required");
             return {};
         }
         if (!is_valid_opaque_id(*v))
-            fail(join(path_, key), "must be 1-255 characters of [0-9A-Za-z-._~]");
-        return *v;
+            fail(path_.member(key), "must be 1-255 characters of [0-9A-Za-z-._~]");
+        return std::move(*v);
     }
-    const std::string& path() const { return path_; }
+    const Path& path() const { return path_; }
     json::object rest() const {
         json::object out;
-        for (const auto& kv : obj_)
-            if (std::find(taken_.begin(), taken_.end(), kv.key()) == taken_.end())
-                out[kv.key()] = kv.value();
+        if (taken_.size() == obj_.size()) return out;
+        obj_.for_each_member([&](std::string_view key, const Node& value) {
+            if (std::find(taken_.begin(), taken_.end(), key) == taken_.end())
+                out[key] = value.to_value();
+        });
         return out;
     }
 
   private:
-    const json::object& obj_;
-    std::vector<std::string_view> taken_;
-    std::string path_;
+    const Node& obj_;
+    const Path& path_;
+    boost::container::small_vector<std::string_view, 8> taken_;
 };
 
-SessionDescription parse_description(const json::value* v, const std::string& path,
+template <typename Node>
+SessionDescription parse_description(const std::optional<Node>& v, const Path& path,
                                      std::initializer_list<std::string_view> types) {
     if (!v) fail(path, "is required");
-    Fields f(as_object(*v, path), path);
+    Fields<Node> f(*v, path);
     SessionDescription d;
     d.type = f.req_string("type");
     if (std::find(types.begin(), types.end(), d.type) == types.end()) {
         std::string allowed;
         for (auto t : types) allowed += (allowed.empty() ? "\"" : " or \"") + std::string(t) + "\"";
-        fail(join(path, "type"), "must be " + allowed);
+        fail(path.member("type"), "must be " + allowed);
     }
     d.sdp = f.req_string("sdp");
     d.extra = f.rest();
     return d;
 }
 
-SdpStreamMetadata parse_metadata(const json::value& v, const std::string& path) {
+template <typename Node>
+SdpStreamMetadata parse_metadata(const Node& v, const Path& path) {
     SdpStreamMetadata out;
-    for (const auto& [id, entry] : as_object(v, path)) {
-        std::string entry_path = join(path, id);
-        Fields f(as_object(entry, entry_path), entry_path);
+    as_object(v, path).for_each_member([&](std::string_view id, const Node& entry) {
+        Path entry_path = path.member(id);
+        Fields<Node> f(entry, entry_path);
         StreamMetadata m;
         m.purpose = f.req_string("purpose");
         m.audio_muted = f.opt_bool("audio_muted").value_or(false);
         m.video_muted = f.opt_bool("video_muted").value_or(false);
         m.extra = f.rest();
         out.emplace(std::string(id), std::move(m));
-    }
+    });
     return out;
 }
 
-std::optional<SdpStreamMetadata> take_metadata(Fields& f) {
-    const json::value* stable = f.take(kMetadataKey);
-    const json::value* unstable = f.take(kMetadataUnstableKey);
-    if (stable) return parse_metadata(*stable, join(f.path(), kMetadataKey));
-    if (unstable) return parse_metadata(*unstable, join(f.path(), kMetadataUnstableKey));
+template <typename Node>
+std::optional<SdpStreamMetadata> take_metadata(Fields<Node>& f) {
+    auto stable = f.take(kMetadataKey);
+    auto unstable = f.take(kMetadataUnstableKey);
+    if (stable) return parse_metadata(*stable, f.path().member(kMetadataKey));
+    if (unstable) return parse_metadata(*unstable, f.path().member(kMetadataUnstableKey));
     return std::nullopt;
 }
 
-void parse_common(Fields& f, CallCommon& c) {
+template <typename Node>
+void parse_common(Fields<Node>& f, CallCommon& c) {
     c.call_id = f.opaque_id("call_id", true);
-    const json::value* version = f.take("version");
-    if (!version) fail(join(f.path(), "version"), "is required");
+    auto version = f.take("version");
+    Path version_path = f.path().member("version");
+    if (!version) fail(version_path, "is required");
     if (version->is_string()) {
-        c.version = version->get_string() == "0" ? CallVersion::v0 : CallVersion::v1;
+        c.version = version->string_equals("0") ? CallVersion::v0 : CallVersion::v1;
+        if (!version->string_equals("1")) c.version_sent = version->to_value();
     } else if (version->is_number()) {
-        c.version =
-            version->is_int64() && version->get_int64() == 0 ? CallVersion::v0 : CallVersion::v1;
+        c.version = version->as_integer() == 0 ? CallVersion::v0 : CallVersion::v1;
+        c.version_sent = version->to_value();
     } else {
-        fail(join(f.path(), "version"), "must be a string (or the integer 0 of version 0)");
+        fail(version_path, "must be a string (or the integer 0 of version 0)");
     }
-    c.version_sent = *version;
     c.party_id = f.opaque_id("party_id", c.version == CallVersion::v1);
 }
 
-template <typename T>
-T finish(Fields& f, T event) {
+template <typename Node, typename T>
+T finish(Fields<Node>& f, T event) {
     event.extra = f.rest();
     return event;
 }
 
-CallEvent parse(std::string_view type, const json::value& content) {
-    const std::string root = "content";
-    Fields f(as_object(content, root), root);
+template <typename Node>
+CallEvent parse(std::string_view type, const Node& content) {
+    const Path root{nullptr, "content"};
+    Fields<Node> f(content, root);
     if (type == "m.call.invite") {
         CallInvite e;
         parse_common(f, e);
-        e.offer = parse_description(f.take("offer"), join(root, "offer"), {"offer"});
+        e.offer = parse_description(f.take("offer"), root.member("offer"), {"offer"});
         e.lifetime = f.req_int("lifetime", 0);
         e.invitee = f.opt_string("invitee");
         if (e.invitee && !parse_user_id(*e.invitee))
-            fail(join(root, "invitee"), "must be a user id");
+            fail(root.member("invitee"), "must be a user id");
         e.metadata = take_metadata(f);
         return finish(f, std::move(e));
     }
     if (type == "m.call.candidates") {
         CallCandidates e;
         parse_common(f, e);
-        const json::value* list = f.take("candidates");
-        std::string path = join(root, "candidates");
+        auto list = f.take("candidates");
+        Path path = root.member("candidates");
         if (!list) fail(path, "is required");
         if (!list->is_array()) fail(path, "must be an array");
-        for (std::size_t i = 0; i < list->get_array().size(); ++i) {
-            std::string item_path = path + "[" + std::to_string(i) + "]";
-            Fields c(as_object(list->get_array()[i], item_path), item_path);
+        e.candidates.reserve(list->size());
+        std::size_t i = 0;
+        list->for_each_element([&](const Node& item) {
+            Path item_path = path.element(i++);
+            Fields<Node> c(item, item_path);
             Candidate cand;
             cand.candidate = c.req_string("candidate");
             cand.sdp_mid = c.opt_string("sdpMid");
             cand.sdp_mline_index = c.opt_int("sdpMLineIndex");
             if (cand.sdp_mline_index && *cand.sdp_mline_index < 0)
-                fail(join(item_path, "sdpMLineIndex"), "must not be negative");
+                fail(item_path.member("sdpMLineIndex"), "must not be negative");
             if (!cand.candidate.empty() && !cand.sdp_mid && !cand.sdp_mline_index)
                 fail(item_path,
                      "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may omit "
                      "both)");
             cand.extra = c.rest();
             e.candidates.push_back(std::move(cand));
-        }
+        });
         return finish(f, std::move(e));
     }
     if (type == "m.call.answer") {
         CallAnswer e;
         parse_common(f, e);
-        e.answer = parse_description(f.take("answer"), join(root, "answer"), {"answer"});
+        e.answer = parse_description(f.take("answer"), root.member("answer"), {"answer"});
         e.metadata = take_metadata(f);
         return finish(f, std::move(e));
     }
@@ -216,7 +277,7 @@ CallEvent parse(std::string_view type, const json::value& content) {
     if (type == "m.call.negotiate") {
         CallNegotiate e;
         parse_common(f, e);
-        e.description = parse_description(f.take("description"), join(root, "description"),
+        e.description = parse_description(f.take("description"), root.member("description"),
                                           {"offer", "answer"});
         e.lifetime = f.req_int("lifetime", 0);
         e.metadata = take_metadata(f);
@@ -232,11 +293,11 @@ CallEvent parse(std::string_view type, const json::value& content) {
         CallSdpStreamMetadataChanged e;
         parse_common(f, e);
         auto m = take_metadata(f);
-        if (!m) fail(join(root, kMetadataKey), "is required");
+        if (!m) fail(root.member(kMetadataKey), "is required");
         e.metadata = std::move(*m);
         return finish(f, std::move(e));
     }
-    fail("type", "'" + std::string(type) + "' is not an m.call.* event type");
+    fail(Path{nullptr, "type"}, "'" + std::string(type) + "' is not an m.call.* event type");
 }
 
 }  // namespace
@@ -287,7 +348,22 @@ bool CallHangup::reason_known() const {
 
 Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& content) {
     try {
-        return parse(type, content);
+        return parse(type, DomNode(content));
+    } catch (const Fail& f) {
+        return CallEventError{f.path, f.rule};
+    }
+}
+
+Parsed<CallEvent> parse_call_event(std::string_view type, const JsonIndex& content) {
+    if (!content.ok()) {
+        try {
+            return parse_call_event(type, parse_json(content.text()));
+        } catch (const MatrixError& e) {
+            return CallEventError{"content", e.what()};
+        }
+    }
+    try {
+        return parse(type, content.root());
     } catch (const Fail& f) {
         return CallEventError{f.path, f.rule};
     }

@@ -10,6 +10,8 @@
 #include <variant>
 #include <vector>
 
+#include "mxvoip/proto/json_index.hpp"
+
 namespace mxvoip::proto {
 
 namespace json = boost::json;
@@ -141,6 +143,12 @@ using CallEvent = std::variant<CallInvite, CallCandidates, CallAnswer, CallSelec
 // Parses the content of an m.call.* event of `type`. Required fields, types, the opaque-id
 // grammar, description types and the candidates rule are enforced; unknown fields survive.
 Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& content);
+
+// The same from the content's JSON text, indexed without a DOM (the fast way in for text
+// straight off the wire): the SDPs are unescaped once, straight into the event. Text the
+// index does not take is parsed with parse_json and the DOM, so the result is always that of
+// parse_call_event(type, parse_json(text)); text that is not JSON is an error at "content".
+Parsed<CallEvent> parse_call_event(std::string_view type, const JsonIndex& content);
 
 // The event type of a parsed event ("m.call.invite", ...).
 std::string_view call_event_type(const CallEvent& event);
