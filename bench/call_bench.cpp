@@ -25,7 +25,8 @@ std::string sdp(char fill) {
 struct Recorded {
     std::string sender;
     std::string type;
-    std::string content;  // JSON text
+    std::string content;            // JSON text
+    bool from_this_device = false;  // unsigned.transaction_id was set: our own echo
 };
 
 // One call as bob's client sees it from alice (events from bob's own device are echoes and
@@ -53,7 +54,7 @@ std::vector<Recorded> one_call(int n) {
     }
     json::object answer = common("BOB");
     answer["answer"] = {{"type", "answer"}, {"sdp", sdp('a')}};
-    out.push_back({"@bob:bench", "m.call.answer", json::serialize(answer)});  // our own echo
+    out.push_back({"@bob:bench", "m.call.answer", json::serialize(answer), true});  // our echo
     json::object select = common("ALICE");
     select["selected_party_id"] = "BOB";
     out.push_back({"@alice:bench", "m.call.select_answer", json::serialize(select)});
@@ -63,25 +64,32 @@ std::vector<Recorded> one_call(int n) {
     return out;
 }
 
-void BM_ParseAndFeedCallEvents(benchmark::State& state) {
+std::vector<Recorded> recorded_stream() {
     std::vector<Recorded> stream;
     for (int n = 0; n < 1000; ++n)
         for (auto& r : one_call(n)) stream.push_back(std::move(r));
+    return stream;
+}
+
+// Feeds the stream to a fresh CallManager, each event as one sync batch made by `make`.
+template <typename MakeEvent>
+void feed_stream(benchmark::State& state, MakeEvent make) {
+    std::vector<Recorded> stream = recorded_stream();
     std::size_t bytes = 0;
     for (const auto& r : stream) bytes += r.content.size();
     std::int64_t events = 0;
     for (auto _ : state) {
         CallManager bob(CallManager::Options{"@bob:bench", "BOB"});
         Ms now = 0;
-        for (const auto& r : stream) {
+        for (std::size_t i = 0; i < stream.size(); ++i) {
+            const Recorded& r = stream[i];
             SyncBatch batch;
-            batch.events.push_back(RoomEvent{kRoom, r.sender, r.type, json::parse(r.content), 0});
-            std::string call_id(batch.events[0].content.at("call_id").as_string());
+            batch.events.push_back(make(r));
             auto actions = bob.handle(Input(std::move(batch)), now += 10);
             benchmark::DoNotOptimize(actions);
             // Bob answers each call as it rings, as his client would.
             if (r.type == "m.call.invite") {
-                auto more = bob.handle(AnswerCall{call_id}, now);
+                auto more = bob.handle(AnswerCall{"call" + std::to_string(i / 6)}, now);
                 benchmark::DoNotOptimize(more);
             }
         }
@@ -91,13 +99,27 @@ void BM_ParseAndFeedCallEvents(benchmark::State& state) {
     state.SetBytesProcessed(events / static_cast<std::int64_t>(stream.size()) *
                             static_cast<std::int64_t>(bytes));
 }
+
+// The target: content as JSON text, indexed in place (RoomEvent::content_json).
+void BM_ParseAndFeedCallEvents(benchmark::State& state) {
+    feed_stream(state, [](const Recorded& r) {
+        return RoomEvent{kRoom, r.sender, r.type, nullptr, 0, r.content, r.from_this_device};
+    });
+}
 BENCHMARK(BM_ParseAndFeedCallEvents)->Unit(benchmark::kMillisecond);
+
+// The same stream parsed into a Boost.JSON DOM first (the way a caller holding a DOM feeds it).
+void BM_DomParseAndFeedCallEvents(benchmark::State& state) {
+    feed_stream(state, [](const Recorded& r) {
+        return RoomEvent{kRoom, r.sender,          r.type, json::parse(r.content), 0,
+                         {},    r.from_this_device};
+    });
+}
+BENCHMARK(BM_DomParseAndFeedCallEvents)->Unit(benchmark::kMillisecond);
 
 // The JSON parse alone, for the split in bench/RESULTS.md.
 void BM_JsonParseOnly(benchmark::State& state) {
-    std::vector<Recorded> stream;
-    for (int n = 0; n < 1000; ++n)
-        for (auto& r : one_call(n)) stream.push_back(std::move(r));
+    std::vector<Recorded> stream = recorded_stream();
     std::int64_t events = 0;
     for (auto _ : state) {
         for (const auto& r : stream) {
@@ -109,6 +131,21 @@ void BM_JsonParseOnly(benchmark::State& state) {
     state.SetItemsProcessed(events);
 }
 BENCHMARK(BM_JsonParseOnly)->Unit(benchmark::kMillisecond);
+
+// Indexing the text alone (mxvoip::proto::JsonIndex), for the same split.
+void BM_JsonIndexOnly(benchmark::State& state) {
+    std::vector<Recorded> stream = recorded_stream();
+    std::int64_t events = 0;
+    for (auto _ : state) {
+        for (const auto& r : stream) {
+            mxvoip::proto::JsonIndex ix(r.content);
+            benchmark::DoNotOptimize(ix);
+        }
+        events += static_cast<std::int64_t>(stream.size());
+    }
+    state.SetItemsProcessed(events);
+}
+BENCHMARK(BM_JsonIndexOnly)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
 namespace mxvoip::call {
 
 namespace {
@@ -39,6 +42,7 @@ CallManager::CallManager(Options options) : opt_(std::move(options)) {}
 
 std::vector<Action> CallManager::handle(const Input& input, Ms now) {
     Out out;
+    out.reserve(4);
     now_ = now;
     forget_old(now);
     std::visit(
@@ -104,12 +108,11 @@ std::optional<std::string> CallManager::room(const std::string& call_id) const {
 }
 
 void CallManager::forget_old(Ms now) {
-    while (!ended_at_.empty() && ended_at_.begin()->first + kForgetEndedAfter < now) {
-        for (const auto& id : ended_at_.begin()->second) {
-            calls_.erase(id);
-            std::erase_if(timers_, [&](const auto& kv) { return kv.second.first == id; });
-        }
-        ended_at_.erase(ended_at_.begin());
+    while (!ended_at_.empty() && ended_at_.front().first + kForgetEndedAfter < now) {
+        const std::string& id = ended_at_.front().second;
+        // An ended call's timers were cancelled when it ended.
+        calls_.erase(id);
+        ended_at_.pop_front();
     }
     std::erase_if(early_candidates_, [&](const auto& kv) {
         return kv.second.first_seen + opt_.invite_lifetime < now;
@@ -213,7 +216,7 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
     c.state = CallState::ended;
     c.ended_at = now_;
-    ended_at_[now_].push_back(c.id);
+    ended_at_.emplace_back(now_, c.id);
     if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end()) {
         it->second.erase(c.id);
         if (it->second.empty()) active_by_room_.erase(it);
@@ -312,7 +315,7 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
     cancel_timer(c->lifetime_timer, out);
     c->media_started = true;
     set_state(*c, CallState::answering, out);
-    out.push_back(MediaCommand{c->id, MediaOp::create_answer, c->remote_offer, {}, {}});
+    out.push_back(MediaCommand{c->id, MediaOp::create_answer, std::move(c->remote_offer), {}, {}});
     choose_opponent(*c, c->opponent_party, out);
 }
 
@@ -565,40 +568,71 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
         proto::CallEvent call;
     };
     std::vector<Item> items;
-    std::set<std::string> settled;  // calls answered, rejected or hung up within this batch
+    items.reserve(in.events.size());  // never moves: `settled` points into it
+    // Calls answered, rejected or hung up within this batch (a batch holds a few events).
+    boost::container::small_vector<std::string_view, 8> settled;
     for (const auto& ev : in.events) {
-        if (ev.type.rfind("m.call.", 0) != 0) continue;
+        if (ev.type.rfind("m.call.", 0) != 0 || ev.from_this_device) continue;
+        // Text content is indexed in place; text outside the index's plain shape is parsed
+        // into a DOM instead (and text that is not JSON is dropped here).
+        std::optional<proto::JsonIndex> text;
+        json::value parsed_text;
+        const json::value* dom = &ev.content;
+        if (!ev.content_json.empty()) {
+            text.emplace(ev.content_json);
+            if (!text->ok()) {
+                text.reset();
+                try {
+                    parsed_text = proto::parse_json(ev.content_json);
+                } catch (const proto::MatrixError& e) {
+                    out.push_back(Dropped{{}, "invalid " + ev.type + ": content " + e.what()});
+                    continue;
+                }
+                dom = &parsed_text;
+            }
+        }
+        // A top-level string field, read without parsing the event.
+        auto peek = [&](std::string_view key) -> std::optional<std::string> {
+            if (text) {
+                auto root = text->root();
+                auto v = root.is_object() ? root.find(key) : std::nullopt;
+                if (v && v->is_string()) return v->string();
+            } else if (const json::object* o = dom->if_object()) {
+                const json::value* v = o->if_contains(key);
+                if (v && v->is_string()) return std::string(v->get_string());
+            }
+            return std::nullopt;
+        };
         // Our own events come back through /sync, recognised by our party id: skipped before
         // parsing (they carry our own SDPs).
-        if (ev.sender == opt_.user_id) {
-            const json::object* o = ev.content.if_object();
-            const json::value* party = o ? o->if_contains("party_id") : nullptr;
-            if (party && party->is_string() && party->get_string() == opt_.party_id) continue;
-        }
-        auto parsed = proto::parse_call_event(ev.type, ev.content);
+        if (ev.sender == opt_.user_id && peek("party_id") == opt_.party_id) continue;
+        auto parsed =
+            text ? proto::parse_call_event(ev.type, *text) : proto::parse_call_event(ev.type, *dom);
         if (!parsed.ok()) {
-            const json::object* o = ev.content.if_object();
-            const json::value* id = o ? o->if_contains("call_id") : nullptr;
             out.push_back(Dropped{
-                id && id->is_string() ? std::string(id->get_string()) : std::string(),
+                peek("call_id").value_or(std::string()),
                 "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
             continue;
         }
-        const auto& common =
-            std::visit([](const auto& e) -> const proto::CallCommon& { return e; }, parsed.value());
-        if (std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
-            std::holds_alternative<proto::CallReject>(parsed.value()) ||
-            std::holds_alternative<proto::CallHangup>(parsed.value()))
-            settled.insert(common.call_id);
-        items.push_back({&ev, std::move(parsed.value())});
+        bool settles = std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
+                       std::holds_alternative<proto::CallReject>(parsed.value()) ||
+                       std::holds_alternative<proto::CallHangup>(parsed.value());
+        const proto::CallEvent& event =
+            items.emplace_back(Item{&ev, std::move(parsed.value())}).call;
+        // (The handlers below move SDPs and candidates out of the items, never call ids.)
+        if (settles)
+            settled.push_back(
+                std::visit([](const auto& e) -> std::string_view { return e.call_id; }, event));
     }
-    for (const auto& item : items) {
+    // The handlers take the events' strings (SDPs, candidates) rather than copying them.
+    for (auto& item : items) {
         const RoomEvent& ev = *item.ev;
         std::visit(
-            [&](const auto& e) {
+            [&](auto& e) {
                 using T = std::decay_t<decltype(e)>;
                 if constexpr (std::is_same_v<T, proto::CallInvite>) {
-                    if (settled.count(e.call_id) && !find(e.call_id))
+                    if (std::find(settled.begin(), settled.end(), e.call_id) != settled.end() &&
+                        !find(e.call_id))
                         out.push_back(Dropped{
                             e.call_id,
                             "invite already answered, rejected or hung up in the same batch"});
@@ -624,8 +658,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     }
 }
 
-void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now,
-                            Out& out) {
+void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms now, Out& out) {
     // Candidates that came first belong to this invite, whether it rings or not.
     auto early = early_candidates_.extract(invite.call_id);
     if (invite.invitee && *invite.invitee != opt_.user_id) {
@@ -705,7 +738,7 @@ void CallManager::on_invite(const RoomEvent& ev, const proto::CallInvite& invite
     c.opponent_user = ev.sender;
     c.opponent_party = invite.party_id;
     c.remote_version = invite.version;
-    c.remote_offer = invite.offer.sdp;
+    c.remote_offer = std::move(invite.offer.sdp);
     c.polite = true;  // the callee yields in offer collisions
     c.state = CallState::ringing;
     if (!early.empty()) c.remote_by_party = std::move(early.mapped().by_party);
@@ -749,7 +782,7 @@ CallManager::Call* CallManager::invite_response(const RoomEvent& ev, const std::
     return c;
 }
 
-void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out& out) {
+void CallManager::on_answer(const RoomEvent& ev, proto::CallAnswer& a, Out& out) {
     Call* c = invite_response(ev, a.call_id, "answer", "answered_elsewhere", out);
     if (!c) return;
     cancel_timer(c->lifetime_timer, out);
@@ -757,13 +790,14 @@ void CallManager::on_answer(const RoomEvent& ev, const proto::CallAnswer& a, Out
     json::object content = base_content(*c);
     content["selected_party_id"] = a.party_id;
     send(*c, "m.call.select_answer", std::move(content), out);
-    out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, a.answer.sdp, {}, {}});
+    out.push_back(
+        MediaCommand{c->id, MediaOp::set_remote_description, std::move(a.answer.sdp), {}, {}});
     take_remote_metadata(*c, a.metadata, true, out);
     choose_opponent(*c, a.party_id, out);
     set_state(*c, CallState::connecting, out);
 }
 
-void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates& cands, Ms now,
+void CallManager::on_candidates(const RoomEvent& ev, proto::CallCandidates& cands, Ms now,
                                 Out& out) {
     Call* c = find(cands.call_id);
     if (!c) {
@@ -773,7 +807,8 @@ void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates
             auto [it, fresh] = early_candidates_.try_emplace(cands.call_id);
             if (fresh) it->second.first_seen = now;
             auto& list = it->second.by_party[cands.party_id];
-            list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
+            list.insert(list.end(), std::make_move_iterator(cands.candidates.begin()),
+                        std::make_move_iterator(cands.candidates.end()));
         }
         return;
     }
@@ -793,11 +828,12 @@ void CallManager::on_candidates(const RoomEvent& ev, const proto::CallCandidates
                                                     : c->state != CallState::invite_sent);
     if (!apply_now) {
         auto& list = c->remote_by_party[cands.party_id];
-        list.insert(list.end(), cands.candidates.begin(), cands.candidates.end());
+        list.insert(list.end(), std::make_move_iterator(cands.candidates.begin()),
+                    std::make_move_iterator(cands.candidates.end()));
         return;
     }
-    for (const auto& cand : cands.candidates)
-        out.push_back(MediaCommand{c->id, MediaOp::add_remote_candidate, {}, cand, {}});
+    for (auto& cand : cands.candidates)
+        out.push_back(MediaCommand{c->id, MediaOp::add_remote_candidate, {}, std::move(cand), {}});
 }
 
 void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s,
@@ -853,7 +889,7 @@ void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out
     out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
 }
 
-void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& n, Out& out) {
+void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out& out) {
     Call* c = find(n.call_id);
     if (!c || (c->state != CallState::connecting && c->state != CallState::connected)) {
         out.push_back(Dropped{n.call_id, "negotiate for no call in progress"});
@@ -881,7 +917,8 @@ void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& 
         }
         c->answering_offer = true;
         take_remote_metadata(*c, n.metadata, false, out);
-        out.push_back(MediaCommand{c->id, MediaOp::create_answer, n.description.sdp, {}, {}});
+        out.push_back(
+            MediaCommand{c->id, MediaOp::create_answer, std::move(n.description.sdp), {}, {}});
         return;
     }
     if (!c->making_offer) {
@@ -890,7 +927,8 @@ void CallManager::on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& 
     }
     c->making_offer = false;
     take_remote_metadata(*c, n.metadata, false, out);
-    out.push_back(MediaCommand{c->id, MediaOp::set_remote_description, n.description.sdp, {}, {}});
+    out.push_back(
+        MediaCommand{c->id, MediaOp::set_remote_description, std::move(n.description.sdp), {}, {}});
 }
 
 void CallManager::on_metadata_changed(const RoomEvent& ev,

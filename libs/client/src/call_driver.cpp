@@ -438,12 +438,13 @@ void CallDriver::process_sync(const json::object& sync) {
                         room.is_public = string_at(*content, "join_rule") == "public";
                     } else if (type.rfind("m.call.", 0) == 0 &&
                                std::string_view(section) == "timeline") {
-                        call::Ms age = 0;
-                        if (const json::object* u = object_at(ev, "unsigned"))
+                        call::RoomEvent event{room_id, string_at(ev, "sender"), type, *content};
+                        if (const json::object* u = object_at(ev, "unsigned")) {
                             if (const json::value* a = u->if_contains("age"); a && a->is_int64())
-                                age = a->as_int64();
-                        batch.events.push_back(
-                            call::RoomEvent{room_id, string_at(ev, "sender"), type, *content, age});
+                                event.age_ms = a->as_int64();
+                            event.from_this_device = u->contains("transaction_id");
+                        }
+                        batch.events.push_back(std::move(event));
                     }
                 }
             }

@@ -1,10 +1,12 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -48,13 +50,20 @@ struct RejectCall {
 struct HangUpCall {
     std::string call_id;
 };
-// One room event from /sync. `age_ms` is unsigned.age as the server reported it.
+// One room event from /sync. `age_ms` is unsigned.age as the server reported it. The content
+// comes as a JSON value, or as JSON text in `content_json` (then `content` is unused): text is
+// indexed in place rather than built into a DOM, the fast way for a caller that has the text.
+// The text must stay alive while the input is handled. `from_this_device`: the server marked
+// the event as sent by this very client (unsigned.transaction_id) — our own echo, skipped
+// without reading it. Echoes without the mark are recognised by our party id.
 struct RoomEvent {
     std::string room_id;
     std::string sender;
     std::string type;
     json::value content;
     Ms age_ms = 0;
+    std::string_view content_json;
+    bool from_this_device = false;
 };
 // A whole /sync batch: processed together, so that an invite already answered, rejected or
 // hung up in the same batch never rings.
@@ -255,7 +264,7 @@ class CallManager {
     void set_hold(const SetHold& in, Out& out);
     void set_screenshare(const SetScreenshare& in, Out& out);
     void set_muted(const SetMuted& in, Out& out);
-    void on_negotiate(const RoomEvent& ev, const proto::CallNegotiate& n, Out& out);
+    void on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out& out);
     void on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m,
                              Out& out);
     void take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first,
@@ -263,11 +272,11 @@ class CallManager {
     void put_local_metadata(const Call& c, json::object& content) const;
     Call* in_call(const std::string& call_id, const char* what, Out& out);
 
-    void on_invite(const RoomEvent& ev, const proto::CallInvite& invite, Ms now, Out& out);
+    void on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms now, Out& out);
     Call* invite_response(const RoomEvent& ev, const std::string& call_id, const std::string& what,
                           const char* elsewhere, Out& out);
-    void on_answer(const RoomEvent& ev, const proto::CallAnswer& answer, Out& out);
-    void on_candidates(const RoomEvent& ev, const proto::CallCandidates& c, Ms now, Out& out);
+    void on_answer(const RoomEvent& ev, proto::CallAnswer& answer, Out& out);
+    void on_candidates(const RoomEvent& ev, proto::CallCandidates& c, Ms now, Out& out);
     void on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s, Out& out);
     void on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out);
     void on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out);
@@ -288,9 +297,9 @@ class CallManager {
     bool is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const;
 
     Options opt_;
-    std::map<std::string, Call> calls_;                            // ended ones too, for state()
+    std::unordered_map<std::string, Call> calls_;                  // ended ones too, for state()
     std::map<std::string, std::set<std::string>> active_by_room_;  // room -> ids of calls not ended
-    std::map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
+    std::unordered_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
     Ms now_ = 0;  // the time of the input being handled
     std::map<std::string, RoomChanged> rooms_;
@@ -302,7 +311,7 @@ class CallManager {
     };
     std::map<std::string, Early> early_candidates_;
     // Ended calls are forgotten after a while, so a long-running client does not grow.
-    std::map<Ms, std::vector<std::string>> ended_at_;
+    std::deque<std::pair<Ms, std::string>> ended_at_;  // in the order they ended
     void forget_old(Ms now);
 };
 
