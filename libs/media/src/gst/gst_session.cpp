@@ -36,6 +36,7 @@ constexpr auto kCandidateWait = std::chrono::milliseconds(200);
 // retransmissions of real paths (raising it delays playout once, by the difference).
 constexpr guint kStartLatencyMs = 10;
 constexpr guint kSteadyLatencyMs = 50;
+constexpr guint kIcePacingMs = 5;
 
 std::string random_stream_id() {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -100,6 +101,7 @@ class GstSession final : public MediaSession {
         }
         gst_bin_add(GST_BIN(pipe_), webrtc_);
         accept_sources_at_once();
+        pace_checks_quickly();
         g_signal_connect(webrtc_, "on-ice-candidate", G_CALLBACK(&GstSession::on_ice_candidate),
                          this);
         g_signal_connect(webrtc_, "pad-added", G_CALLBACK(&GstSession::on_pad_added), this);
@@ -304,6 +306,24 @@ class GstSession final : public MediaSession {
         gst_object_unref(src);
         gst_element_sync_state_with_parent(bin);
         branches_.push_back(b);
+    }
+
+    // libnice sends connectivity checks, and the first one for new remote candidates, on a
+    // timer of Ta = 20 ms: a quarter of a relayed call's ICE time on loopback. RFC 8445 lets an
+    // agent go down to 5 ms; a call has a handful of candidate pairs, so the burst is small.
+    void pace_checks_quickly() {
+        GObject* ice = nullptr;
+        g_object_get(webrtc_, "ice-agent", &ice, nullptr);
+        if (!ice) return;
+        if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent")) {
+            GObject* agent = nullptr;
+            g_object_get(ice, "agent", &agent, nullptr);
+            if (agent) {
+                g_object_set(agent, "stun-pacing-timer", kIcePacingMs, nullptr);
+                g_object_unref(agent);
+            }
+        }
+        g_object_unref(ice);
     }
 
     // rtpbin waits for two consecutive packets (`probation`) before it takes a new source and
@@ -693,6 +713,47 @@ class GstSession final : public MediaSession {
         return id;
     }
 
+    // A remote track's decoding branch, element by element: this runs on the streaming thread
+    // that holds the track's first packets, where gst_parse (one global lock, shared by the
+    // audio and video tracks arriving together, and a caps string to parse) cost 15-30 ms of
+    // every call's setup. `sink` is the fakesink whose buffers are the decoded frames.
+    // Returns the bin (not yet in the pipeline), or nullptr and what is missing in `error`.
+    static GstElement* make_decoder(Kind kind, GstElement*& sink, std::string& error) {
+        const std::vector<const char*> names =
+            kind == Kind::audio
+                ? std::vector<const char*>{"queue",        "rtpopusdepay",  "opusdec",
+                                           "audioconvert", "audioresample", "capsfilter",
+                                           "fakesink"}
+                : std::vector<const char*>{"queue", "rtpvp8depay", "vp8dec", "fakesink"};
+        GstElement* bin = gst_bin_new(nullptr);
+        GstElement* previous = nullptr;
+        GstElement* first = nullptr;
+        for (const char* name : names) {
+            GstElement* e = gst_element_factory_make(name, nullptr);
+            if (!e || !gst_bin_add(GST_BIN(bin), e) ||
+                (previous && !gst_element_link(previous, e))) {
+                error = std::string("cannot make or link ") + name;
+                gst_object_unref(bin);
+                return nullptr;
+            }
+            if (std::strcmp(name, "capsfilter") == 0) {
+                GstCaps* caps =
+                    gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "S16LE", "channels",
+                                        G_TYPE_INT, 1, "rate", G_TYPE_INT, 48000, nullptr);
+                g_object_set(e, "caps", caps, nullptr);
+                gst_caps_unref(caps);
+            }
+            if (!first) first = e;
+            previous = e;
+        }
+        sink = previous;
+        g_object_set(sink, "sync", FALSE, "async", FALSE, nullptr);
+        GstPad* target = gst_element_get_static_pad(first, "sink");
+        gst_element_add_pad(bin, gst_ghost_pad_new("sink", target));
+        gst_object_unref(target);
+        return bin;
+    }
+
     static void on_pad_added(GstElement*, GstPad* pad, gpointer self_ptr) {
         auto* self = static_cast<GstSession*>(self_ptr);
         if (GST_PAD_DIRECTION(pad) != GST_PAD_SRC) return;
@@ -708,19 +769,12 @@ class GstSession final : public MediaSession {
         if (caps) gst_caps_unref(caps);
         // Classify by caps, not by pad order (webrtcbin 1.22 can attach pads to the wrong mid).
         Kind kind;
-        std::string desc;
-        if (media == "audio" || encoding == "OPUS") {
+        if (media == "audio" || encoding == "OPUS")
             kind = Kind::audio;
-            desc =
-                "queue ! rtpopusdepay ! opusdec ! audioconvert ! audioresample"
-                " ! audio/x-raw,format=S16LE,channels=1,rate=48000"
-                " ! fakesink name=sink sync=false async=false";
-        } else if (media == "video" || encoding == "VP8") {
+        else if (media == "video" || encoding == "VP8")
             kind = Kind::video;
-            desc = "queue ! rtpvp8depay ! vp8dec ! fakesink name=sink sync=false async=false";
-        } else {
+        else
             return;
-        }
         auto track = std::make_unique<Track>();
         track->stream_id = self->remote_stream_id(pad);
         track->kind = kind;
@@ -741,15 +795,14 @@ class GstSession final : public MediaSession {
             std::lock_guard lock(self->tracks_mu_);
             self->tracks_.push_back(std::move(track));
         }
-        GError* err = nullptr;
-        GstElement* bin = gst_parse_bin_from_description(desc.c_str(), TRUE, &err);
-        if (!bin) return self->emit(MediaFailed{"decoder: " + gerror_text(err)});
+        GstElement* fakesink = nullptr;
+        std::string error;
+        GstElement* bin = make_decoder(kind, fakesink, error);
+        if (!bin) return self->emit(MediaFailed{"decoder: " + error});
         gst_bin_add(GST_BIN(self->pipe_), bin);
-        GstElement* fakesink = gst_bin_get_by_name(GST_BIN(bin), "sink");
         GstPad* sinkpad = gst_element_get_static_pad(fakesink, "sink");
         gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_BUFFER, &GstSession::on_decoded, t, nullptr);
         gst_object_unref(sinkpad);
-        gst_object_unref(fakesink);
         gst_element_sync_state_with_parent(bin);
         GstPad* binpad = gst_element_get_static_pad(bin, "sink");
         gst_pad_link(pad, binpad);
