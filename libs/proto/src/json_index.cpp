@@ -45,6 +45,13 @@ const char* find_special(const char* p, const char* end) {
     return p;
 }
 
+// The first 8 bytes of a string, zero-padded: compares keys of up to 8 bytes in one step.
+std::uint64_t prefix_of(std::string_view s) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, s.data(), std::min<std::size_t>(s.size(), 8));
+    return v;
+}
+
 bool is_continuation(const char* p, const char* end) {
     return p < end && (static_cast<unsigned char>(*p) & 0xC0) == 0x80;
 }
@@ -207,6 +214,8 @@ class JsonIndex::Builder {
         e.begin = offset(begin);
         e.end = offset(p_);
         e.escaped = escaped;
+        e.integer =
+            static_cast<std::int64_t>(prefix_of({begin, static_cast<std::size_t>(p_ - begin)}));
         ++p_;  // the closing quote
         close(at);
         return true;
@@ -257,8 +266,9 @@ class JsonIndex::Builder {
     // `first`). Objects here have a handful of keys, so a linear walk is the quick way.
     bool duplicate(std::uint32_t first, std::uint32_t key) const {
         std::string_view name = raw(key);
+        const std::int64_t prefix = ix_.tape_[key].integer;
         for (std::uint32_t k = first; k < key; k = ix_.tape_[k + 1].next)
-            if (raw(k) == name) return true;
+            if (ix_.tape_[k].integer == prefix && raw(k) == name) return true;
         return false;
     }
     std::string_view raw(std::uint32_t i) const {
@@ -312,11 +322,16 @@ JsonIndex::JsonIndex(std::string_view text) : text_(text) {
 }
 
 std::optional<JsonIndex::Node> JsonIndex::Node::find(std::string_view key) const {
+    // Keys are unique and unescaped (checked when indexing). Most are at most 8 bytes, which
+    // the prefix settles on its own.
+    const auto prefix = static_cast<std::int64_t>(prefix_of(key));
     std::uint32_t i = index_ + 1;
     for (std::uint32_t n = 0; n < e().count; ++n) {
-        Node k(*ix_, i);
+        const Entry& k = ix_->tape_[i];
         Node v(*ix_, i + 1);
-        if (k.raw() == key) return v;  // keys are unique and unescaped (checked when indexing)
+        if (k.integer == prefix && k.end - k.begin == key.size() &&
+            (key.size() <= 8 || Node(*ix_, i).raw() == key))
+            return v;
         i = v.e().next;
     }
     return std::nullopt;

@@ -16,7 +16,8 @@ enum class Kernels { scalar, sse2, avx512 };
 
 Kernels best_kernels() {
 #if defined(MXVOIP_X86_KERNELS)
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2"))
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") &&
+        __builtin_cpu_supports("avx512vbmi2"))
         return Kernels::avx512;
     return Kernels::sse2;
 #else
@@ -174,7 +175,7 @@ char* unescape_sse2(const char* p, const char* end, char* o) {
 
 // ---- AVX-512: one compare per mask; VBMI2 compresses the backslashes out ------------------
 
-#define MXVOIP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi2")))
+#define MXVOIP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vbmi2")))
 
 MXVOIP_AVX512 StringScan scan_avx512(const char* p, const char* end) {
     const __m512i quote = _mm512_set1_epi8('"');
@@ -199,8 +200,9 @@ MXVOIP_AVX512 StringScan scan_avx512(const char* p, const char* end) {
 
 MXVOIP_AVX512 char* unescape_avx512(const char* p, const char* end, char* o) {
     const __m512i backslash = _mm512_set1_epi8('\\');
-    const std::pair<char, char> kLetters[] = {
-        {'n', '\n'}, {'r', '\r'}, {'t', '\t'}, {'b', '\b'}, {'f', '\f'}};
+    // What each escaped ASCII byte stands for, as one 128-byte table for a two-register permute.
+    const __m512i low = _mm512_loadu_si512(kUnescaped.data());
+    const __m512i high = _mm512_loadu_si512(kUnescaped.data() + 64);
     while (end - p >= 64) {
         __m512i c = _mm512_loadu_si512(p);
         std::uint64_t back = _mm512_cmpeq_epi8_mask(c, backslash);
@@ -226,11 +228,8 @@ MXVOIP_AVX512 char* unescape_avx512(const char* p, const char* end, char* o) {
         // A backslash in the last byte starts the next block instead.
         int take = 64 - static_cast<int>(back >> 63);
         std::uint64_t keep = ~back & (~0ull >> (64 - take));
-        std::uint64_t escaped = back << 1;
-        for (auto [letter, value] : kLetters)
-            c = _mm512_mask_mov_epi8(c,
-                                     escaped & _mm512_cmpeq_epi8_mask(c, _mm512_set1_epi8(letter)),
-                                     _mm512_set1_epi8(value));
+        // Escaped bytes are ASCII (checked when indexing): each is its own 7-bit table index.
+        c = _mm512_mask_mov_epi8(c, back << 1, _mm512_permutex2var_epi8(low, c, high));
         _mm512_storeu_si512(o, _mm512_maskz_compress_epi8(keep, c));
         p += take;
         o += __builtin_popcountll(keep);

@@ -29,7 +29,7 @@ StringScan scan_string_blocks(const char* p, const char* end);
 // which has room for end - p bytes. Returns the end of the output.
 char* unescape_short(const char* p, const char* end, char* out);
 
-// The kernels in use: "avx512" (AVX-512 BW and VBMI2), "sse2" (every x86-64) or "scalar".
+// The kernels in use: "avx512" (AVX-512 BW, VBMI and VBMI2), "sse2" (every x86-64) or "scalar".
 // Tests switch to each one the CPU has, to check them all; returns false for one it lacks.
 std::string_view string_kernels();
 bool use_string_kernels(std::string_view name);

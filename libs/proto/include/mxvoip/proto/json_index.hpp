@@ -35,7 +35,7 @@ class JsonIndex {
         std::uint32_t end = 0;     // strings: at the closing quote; others: after the last one
         std::uint32_t next = 0;    // the entry after this value and everything inside it
         std::uint32_t count = 0;   // members of an object, elements of an array
-        std::int64_t integer = 0;  // integers; booleans as 0/1
+        std::int64_t integer = 0;  // integers; booleans as 0/1; strings: their first 8 bytes
     };
 
   public:
