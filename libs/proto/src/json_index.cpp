@@ -232,27 +232,21 @@ class JsonIndex::Builder {
         return true;
     }
 
-    bool object(int depth) {
+    // An object or an array, up to `close_char`; `item(at)` reads one member or element (`at`
+    // is the container's own entry).
+    template <typename Item>
+    bool container(Kind kind, char close_char, int depth, Item item) {
         if (depth >= kMaxDepth) return false;
-        std::uint32_t at = push(Kind::object);
+        std::uint32_t at = push(kind);
         ix_.tape_[at].begin = offset(p_);
         ++p_;
         skip_space();
         std::uint32_t count = 0;
-        if (p_ < end_ && *p_ == '}') {
+        if (p_ < end_ && *p_ == close_char) {
             ++p_;
         } else {
-            std::uint32_t first_key = static_cast<std::uint32_t>(ix_.tape_.size());
             for (;;) {
-                if (p_ == end_ || *p_ != '"') return false;
-                std::uint32_t key = static_cast<std::uint32_t>(ix_.tape_.size());
-                if (!string()) return false;
-                if (ix_.tape_[key].escaped || duplicate(first_key, key)) return false;
-                skip_space();
-                if (p_ == end_ || *p_ != ':') return false;
-                ++p_;
-                skip_space();
-                if (!value(depth + 1)) return false;
+                if (!item(at)) return false;
                 ++count;
                 skip_space();
                 if (p_ == end_) return false;
@@ -261,7 +255,7 @@ class JsonIndex::Builder {
                     skip_space();
                     continue;
                 }
-                if (*p_ != '}') return false;
+                if (*p_ != close_char) return false;
                 ++p_;
                 break;
             }
@@ -271,6 +265,24 @@ class JsonIndex::Builder {
         e.count = count;
         close(at);
         return true;
+    }
+
+    bool object(int depth) {
+        return container(Kind::object, '}', depth, [&](std::uint32_t at) {
+            if (p_ == end_ || *p_ != '"') return false;
+            std::uint32_t key = static_cast<std::uint32_t>(ix_.tape_.size());
+            if (!string()) return false;
+            if (ix_.tape_[key].escaped || duplicate(at + 1, key)) return false;
+            skip_space();
+            if (p_ == end_ || *p_ != ':') return false;
+            ++p_;
+            skip_space();
+            return value(depth + 1);
+        });
+    }
+
+    bool array(int depth) {
+        return container(Kind::array, ']', depth, [&](std::uint32_t) { return value(depth + 1); });
     }
 
     // Whether the key at `key` repeats one of the earlier keys of its object (walked from
@@ -285,38 +297,6 @@ class JsonIndex::Builder {
     std::string_view raw(std::uint32_t i) const {
         const Entry& e = ix_.tape_[i];
         return ix_.text_.substr(e.begin, e.end - e.begin);
-    }
-
-    bool array(int depth) {
-        if (depth >= kMaxDepth) return false;
-        std::uint32_t at = push(Kind::array);
-        ix_.tape_[at].begin = offset(p_);
-        ++p_;
-        skip_space();
-        std::uint32_t count = 0;
-        if (p_ < end_ && *p_ == ']') {
-            ++p_;
-        } else {
-            for (;;) {
-                if (!value(depth + 1)) return false;
-                ++count;
-                skip_space();
-                if (p_ == end_) return false;
-                if (*p_ == ',') {
-                    ++p_;
-                    skip_space();
-                    continue;
-                }
-                if (*p_ != ']') return false;
-                ++p_;
-                break;
-            }
-        }
-        Entry& e = ix_.tape_[at];
-        e.end = offset(p_);
-        e.count = count;
-        close(at);
-        return true;
     }
 
     JsonIndex& ix_;
