@@ -31,10 +31,11 @@ using Clock = std::chrono::steady_clock;
 // How long a new local description waits for candidates to put in it (VOIP-NOTES.md).
 constexpr auto kCandidateWait = std::chrono::milliseconds(200);
 
-// Jitter buffer (webrtcbin's default is 200 ms): small until the first frame is decoded so the
-// call starts as soon as a browser's would, then large enough to absorb the reordering and
-// retransmissions of real paths (raising it delays playout once, by the difference).
-constexpr guint kStartLatencyMs = 10;
+// Jitter buffer (webrtcbin's default is 200 ms): none until the first frame is decoded, so
+// the first packets are played the moment they are in order, as a browser does, then large
+// enough to absorb the reordering and retransmissions of real paths (raising it delays
+// playout once, by the difference).
+constexpr guint kStartLatencyMs = 0;
 constexpr guint kSteadyLatencyMs = 50;
 constexpr guint kIcePacingMs = 5;
 
@@ -736,6 +737,11 @@ class GstSession final : public MediaSession {
                 gst_object_unref(bin);
                 return nullptr;
             }
+            // With no jitter buffer at the start (kStartLatencyMs), a packet reordered inside
+            // the first keyframe counts as lost: ask for a new keyframe and show nothing
+            // broken meanwhile, rather than decode a damaged picture.
+            if (std::strcmp(name, "rtpvp8depay") == 0)
+                g_object_set(e, "request-keyframe", TRUE, "wait-for-keyframe", TRUE, nullptr);
             if (std::strcmp(name, "capsfilter") == 0) {
                 GstCaps* caps =
                     gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "S16LE", "channels",
