@@ -5,13 +5,13 @@
 // that side's first decoded remote video frame, on the same machine clock for every client.
 // js answers inside the page the moment the call rings; mxvoip with `answer --auto`.
 //   bench/interop            (after scripts/setup and scripts/build)
-//   bench/interop --calls 10 --only 'js -> mxvoip'
+//   bench/interop --calls 20 --only 'js -> js, js -> mxvoip'
 import { startCallRig, exitOf } from '../tests/lib/calls.mjs';
 import { startBrowser } from '../tests/lib/browser.mjs';
 
 const args = process.argv.slice(2);
 const CALLS = args.includes('--calls') ? Number(args[args.indexOf('--calls') + 1]) : 10;
-const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : null; // e.g. "js -> mxvoip"
+const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : null; // e.g. "js -> js, js -> mxvoip"
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const p50 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length / 2) - 1];
 const p95 = (v) => v.slice().sort((a, b) => a - b)[Math.ceil(v.length * 0.95) - 1];
@@ -37,22 +37,28 @@ async function mxvoipSetup(client) {
   return s.first_media_unix_ms - (await inviteTs(s.call_id));
 }
 
-const results = {};
-async function pairing(label, run) {
-  if (ONLY && ONLY !== label) return;
-  const caller = [];
-  const callee = [];
+// Pairings are registered first and then run round by round, one call of each per round, so
+// that the slow drift of a shared machine falls on every pairing alike.
+const pairings = [];
+function pairing(label, run) {
+  if (ONLY && !ONLY.split(',').map((s) => s.trim()).includes(label)) return;
+  pairings.push({ label, run, caller: [], callee: [] });
+}
+
+async function runRounds() {
   for (let i = 0; i < CALLS; i++) {
-    const [a, b] = await run(i);
-    caller.push(a);
-    callee.push(b);
+    for (const p of pairings) {
+      const [a, b] = await p.run(i);
+      p.caller.push(a);
+      p.callee.push(b);
+    }
   }
-  results[label] = { caller, callee };
-  console.log(`${label}: caller p50 ${p50(caller)} ms p95 ${p95(caller)} ms | callee p50 ${p50(callee)} ms p95 ${p95(callee)} ms`);
+  for (const { label, caller, callee } of pairings)
+    console.log(`${label}: caller p50 ${p50(caller)} ms p95 ${p95(caller)} ms | callee p50 ${p50(callee)} ms p95 ${p95(callee)} ms`);
 }
 
 try {
-  await pairing('js -> js', async () => {
+  pairing('js -> js', async () => {
     const bob = await js('bob', { video: true });
     const alice = await js('alice');
     const callId = await alice.call('place', room, { video: true, invitee: rig.accounts.bob.user_id });
@@ -63,7 +69,7 @@ try {
     await bob.close();
     return r;
   });
-  await pairing('mxvoip -> js', async () => {
+  pairing('mxvoip -> js', async () => {
     const bob = await js('bob', { video: true });
     const alice = rig.client('alice', ['call', room, '--video', '--relay-only', '--hangup-after', '1']);
     const incoming = await bob.waitFor((e) => e.kind === 'incoming', 30000, 'the invite');
@@ -72,7 +78,7 @@ try {
     await bob.close();
     return [await mxvoipSetup(alice), b];
   });
-  await pairing('js -> mxvoip', async () => {
+  pairing('js -> mxvoip', async () => {
     const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only', '--hangup-after', '1']);
     await bob.waitFor((e) => e.event === 'ready');
     await sleep(300);
@@ -83,7 +89,7 @@ try {
     await alice.close();
     return [a, await mxvoipSetup(bob)];
   });
-  await pairing('mxvoip -> mxvoip', async () => {
+  pairing('mxvoip -> mxvoip', async () => {
     const bob = rig.client('bob', ['answer', '--auto', '--video', '--relay-only']);
     await bob.waitFor((e) => e.event === 'ready');
     await sleep(300);
@@ -92,6 +98,7 @@ try {
     await exitOf(bob, 30000);
     return [await mxvoipSetup(alice), await mxvoipSetup(bob)];
   });
+  await runRounds();
 } finally {
   await browser.stop();
   await rig.stop();
