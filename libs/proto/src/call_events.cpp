@@ -132,14 +132,13 @@ class Fields {
         return std::move(*v);
     }
     const Path& path() const { return path_; }
-    json::object rest() const {
-        json::object out;
-        if (taken_.size() == obj_.size()) return out;
+    // Puts the fields not read into `out` (left untouched when every field was read).
+    void rest(json::object& out) const {
+        if (taken_.size() == obj_.size()) return;
         obj_.for_each_member([&](std::string_view key, const Node& value) {
             if (std::find(taken_.begin(), taken_.end(), key) == taken_.end())
                 out[key] = value.to_value();
         });
-        return out;
     }
 
   private:
@@ -161,7 +160,7 @@ SessionDescription parse_description(const std::optional<Node>& v, const Path& p
         fail(path.member("type"), "must be " + allowed);
     }
     d.sdp = f.req_string("sdp");
-    d.extra = f.rest();
+    f.rest(d.extra);
     return d;
 }
 
@@ -175,7 +174,7 @@ SdpStreamMetadata parse_metadata(const Node& v, const Path& path) {
         m.purpose = f.req_string("purpose");
         m.audio_muted = f.opt_bool("audio_muted").value_or(false);
         m.video_muted = f.opt_bool("video_muted").value_or(false);
-        m.extra = f.rest();
+        f.rest(m.extra);
         out.emplace(std::string(id), std::move(m));
     });
     return out;
@@ -208,10 +207,16 @@ void parse_common(Fields<Node>& f, CallCommon& c) {
     c.party_id = f.opaque_id("party_id", c.version == CallVersion::v1);
 }
 
-template <typename Node, typename T>
-T finish(Fields<Node>& f, T event) {
-    event.extra = f.rest();
-    return event;
+// An event of type T built in place in the variant (these events are moved only once more,
+// into Parsed): `fill` reads the fields particular to T, the unread rest goes to `extra`.
+template <typename T, typename Node, typename Fill>
+CallEvent build(Fields<Node>& f, Fill&& fill) {
+    CallEvent out(std::in_place_type<T>);
+    T& e = *std::get_if<T>(&out);
+    parse_common(f, e);
+    fill(e);
+    f.rest(e.extra);
+    return out;
 }
 
 template <typename Node>
@@ -219,83 +224,69 @@ CallEvent parse(std::string_view type, const Node& content) {
     const Path root{nullptr, "content"};
     Fields<Node> f(content, root);
     if (type == "m.call.invite") {
-        CallInvite e;
-        parse_common(f, e);
-        e.offer = parse_description(f.take("offer"), root.member("offer"), {"offer"});
-        e.lifetime = f.req_int("lifetime", 0);
-        e.invitee = f.opt_string("invitee");
-        if (e.invitee && !parse_user_id(*e.invitee))
-            fail(root.member("invitee"), "must be a user id");
-        e.metadata = take_metadata(f);
-        return finish(f, std::move(e));
+        return build<CallInvite>(f, [&](CallInvite& e) {
+            e.offer = parse_description(f.take("offer"), root.member("offer"), {"offer"});
+            e.lifetime = f.req_int("lifetime", 0);
+            e.invitee = f.opt_string("invitee");
+            if (e.invitee && !parse_user_id(*e.invitee))
+                fail(root.member("invitee"), "must be a user id");
+            e.metadata = take_metadata(f);
+        });
     }
     if (type == "m.call.candidates") {
-        CallCandidates e;
-        parse_common(f, e);
-        auto list = f.take("candidates");
-        Path path = root.member("candidates");
-        if (!list) fail(path, "is required");
-        if (!list->is_array()) fail(path, "must be an array");
-        e.candidates.reserve(list->size());
-        std::size_t i = 0;
-        list->for_each_element([&](const Node& item) {
-            Path item_path = path.element(i++);
-            Fields<Node> c(item, item_path);
-            Candidate cand;
-            cand.candidate = c.req_string("candidate");
-            cand.sdp_mid = c.opt_string("sdpMid");
-            cand.sdp_mline_index = c.opt_int("sdpMLineIndex");
-            if (cand.sdp_mline_index && *cand.sdp_mline_index < 0)
-                fail(item_path.member("sdpMLineIndex"), "must not be negative");
-            if (!cand.candidate.empty() && !cand.sdp_mid && !cand.sdp_mline_index)
-                fail(item_path,
-                     "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may omit "
-                     "both)");
-            cand.extra = c.rest();
-            e.candidates.push_back(std::move(cand));
+        return build<CallCandidates>(f, [&](CallCandidates& e) {
+            auto list = f.take("candidates");
+            Path path = root.member("candidates");
+            if (!list) fail(path, "is required");
+            if (!list->is_array()) fail(path, "must be an array");
+            e.candidates.reserve(list->size());
+            std::size_t i = 0;
+            list->for_each_element([&](const Node& item) {
+                Path item_path = path.element(i++);
+                Fields<Node> c(item, item_path);
+                Candidate& cand = e.candidates.emplace_back();
+                cand.candidate = c.req_string("candidate");
+                cand.sdp_mid = c.opt_string("sdpMid");
+                cand.sdp_mline_index = c.opt_int("sdpMLineIndex");
+                if (cand.sdp_mline_index && *cand.sdp_mline_index < 0)
+                    fail(item_path.member("sdpMLineIndex"), "must not be negative");
+                if (!cand.candidate.empty() && !cand.sdp_mid && !cand.sdp_mline_index)
+                    fail(item_path,
+                         "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may "
+                         "omit both)");
+                c.rest(cand.extra);
+            });
         });
-        return finish(f, std::move(e));
     }
     if (type == "m.call.answer") {
-        CallAnswer e;
-        parse_common(f, e);
-        e.answer = parse_description(f.take("answer"), root.member("answer"), {"answer"});
-        e.metadata = take_metadata(f);
-        return finish(f, std::move(e));
+        return build<CallAnswer>(f, [&](CallAnswer& e) {
+            e.answer = parse_description(f.take("answer"), root.member("answer"), {"answer"});
+            e.metadata = take_metadata(f);
+        });
     }
     if (type == "m.call.select_answer") {
-        CallSelectAnswer e;
-        parse_common(f, e);
-        e.selected_party_id = f.opaque_id("selected_party_id", true);
-        return finish(f, std::move(e));
+        return build<CallSelectAnswer>(f, [&](CallSelectAnswer& e) {
+            e.selected_party_id = f.opaque_id("selected_party_id", true);
+        });
     }
-    if (type == "m.call.reject") {
-        CallReject e;
-        parse_common(f, e);
-        return finish(f, std::move(e));
-    }
+    if (type == "m.call.reject") return build<CallReject>(f, [](CallReject&) {});
     if (type == "m.call.negotiate") {
-        CallNegotiate e;
-        parse_common(f, e);
-        e.description = parse_description(f.take("description"), root.member("description"),
-                                          {"offer", "answer"});
-        e.lifetime = f.req_int("lifetime", 0);
-        e.metadata = take_metadata(f);
-        return finish(f, std::move(e));
+        return build<CallNegotiate>(f, [&](CallNegotiate& e) {
+            e.description = parse_description(f.take("description"), root.member("description"),
+                                              {"offer", "answer"});
+            e.lifetime = f.req_int("lifetime", 0);
+            e.metadata = take_metadata(f);
+        });
     }
     if (type == "m.call.hangup") {
-        CallHangup e;
-        parse_common(f, e);
-        e.reason = f.opt_string("reason");
-        return finish(f, std::move(e));
+        return build<CallHangup>(f, [&](CallHangup& e) { e.reason = f.opt_string("reason"); });
     }
     if (type == "m.call.sdp_stream_metadata_changed") {
-        CallSdpStreamMetadataChanged e;
-        parse_common(f, e);
-        auto m = take_metadata(f);
-        if (!m) fail(root.member(kMetadataKey), "is required");
-        e.metadata = std::move(*m);
-        return finish(f, std::move(e));
+        return build<CallSdpStreamMetadataChanged>(f, [&](CallSdpStreamMetadataChanged& e) {
+            auto m = take_metadata(f);
+            if (!m) fail(root.member(kMetadataKey), "is required");
+            e.metadata = std::move(*m);
+        });
     }
     fail(Path{nullptr, "type"}, "'" + std::string(type) + "' is not an m.call.* event type");
 }
