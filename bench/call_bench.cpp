@@ -100,7 +100,7 @@ void feed_stream(benchmark::State& state, MakeEvent make) {
                             static_cast<std::int64_t>(bytes));
 }
 
-// The target: content as JSON text, indexed in place (RoomEvent::content_json).
+// The target: content as JSON text, read straight into the events (RoomEvent::content_json).
 void BM_ParseAndFeedCallEvents(benchmark::State& state) {
     feed_stream(state, [](const Recorded& r) {
         return RoomEvent{kRoom, r.sender, r.type, nullptr, 0, r.content, r.from_this_device};
@@ -139,26 +139,16 @@ void BM_JsonParseOnly(benchmark::State& state) {
 }
 BENCHMARK(BM_JsonParseOnly)->Unit(benchmark::kMillisecond);
 
-// Indexing the text alone (mxvoip::proto::JsonIndex), for the same split.
-void BM_JsonIndexOnly(benchmark::State& state) {
-    each_event(state, [](const Recorded& r) {
-        mxvoip::proto::JsonIndex ix(r.content);
-        benchmark::DoNotOptimize(ix);
-    });
-}
-BENCHMARK(BM_JsonIndexOnly)->Unit(benchmark::kMillisecond);
-
-// Indexing plus building the typed events, without CallManager, for the events the manager
+// Reading the typed events from the text, without CallManager, for the events the manager
 // reads (own echoes are skipped unread): what the manager's share is measured against.
-void BM_IndexAndParseOnly(benchmark::State& state) {
+void BM_TextParseOnly(benchmark::State& state) {
     each_event(state, [](const Recorded& r) {
         if (r.from_this_device) return;
-        mxvoip::proto::JsonIndex ix(r.content);
-        auto parsed = mxvoip::proto::parse_call_event(r.type, ix);
+        auto parsed = mxvoip::proto::parse_call_event_json(r.type, r.content);
         benchmark::DoNotOptimize(parsed);
     });
 }
-BENCHMARK(BM_IndexAndParseOnly)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TextParseOnly)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

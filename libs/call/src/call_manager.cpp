@@ -1,5 +1,7 @@
 #include "mxvoip/call/call_manager.hpp"
 
+#include <boost/container/small_vector.hpp>
+
 #include <algorithm>
 
 #include "mxvoip/proto/errors.hpp"
@@ -14,6 +16,15 @@ constexpr Ms kForgetEndedAfter = 10 * 60 * 1000;
 
 bool active(CallState s) {
     return s != CallState::ended;
+}
+
+// A media command for `call_id`, built where it goes: commands are large, and building one
+// aside to move it in costs more than filling it in place.
+MediaCommand& command(std::vector<Action>& out, const std::string& call_id, MediaOp op) {
+    auto& m = *std::get_if<MediaCommand>(&out.emplace_back(std::in_place_type<MediaCommand>));
+    m.call_id = call_id;
+    m.op = op;
+    return m;
 }
 
 }  // namespace
@@ -213,7 +224,7 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     cancel_timer(c.ice_restart_timer, out);
     c.pending_local.clear();
     c.remote_by_party.clear();
-    if (c.media_started) out.push_back(MediaCommand{c.id, MediaOp::close, {}, {}, {}});
+    if (c.media_started) command(out, c.id, MediaOp::close);
     c.state = CallState::ended;
     c.ended_at = now_;
     ended_at_.emplace_back(now_, c.id);
@@ -259,7 +270,7 @@ void CallManager::choose_opponent(Call& c, const std::string& party, Out& out) {
     auto it = c.remote_by_party.find(party);
     if (it != c.remote_by_party.end() && c.media_started) {
         for (auto& cand : it->second)
-            out.push_back(MediaCommand{c.id, MediaOp::add_remote_candidate, {}, cand, {}});
+            command(out, c.id, MediaOp::add_remote_candidate).candidate = cand;
         c.remote_by_party.erase(it);
     }
     // Candidates of the parties not chosen are of no use.
@@ -303,7 +314,7 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
     c.media_started = true;
     Call& call = add_call(std::move(c));
     out.push_back(StateChanged{call.id, CallState::preparing, {}, false});
-    out.push_back(MediaCommand{call.id, MediaOp::create_offer, {}, {}, {}});
+    command(out, call.id, MediaOp::create_offer);
 }
 
 void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
@@ -315,7 +326,7 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
     cancel_timer(c->lifetime_timer, out);
     c->media_started = true;
     set_state(*c, CallState::answering, out);
-    out.push_back(MediaCommand{c->id, MediaOp::create_answer, std::move(c->remote_offer), {}, {}});
+    command(out, c->id, MediaOp::create_answer).sdp = std::move(c->remote_offer);
     choose_opponent(*c, c->opponent_party, out);
 }
 
@@ -413,7 +424,7 @@ void CallManager::negotiation_needed(const NegotiationNeeded& in, Out& out) {
         return;
     }
     c->making_offer = true;
-    out.push_back(MediaCommand{c->id, MediaOp::create_offer, {}, {}, {}});
+    command(out, c->id, MediaOp::create_offer);
 }
 
 void CallManager::local_streams(const LocalStreams& in, Out& out) {
@@ -432,7 +443,7 @@ void CallManager::set_hold(const SetHold& in, Out& out) {
         out.push_back(Dropped{c->id, "the peer speaks version 0: hold needs renegotiation"});
         return;
     }
-    out.push_back(MediaCommand{c->id, in.hold ? MediaOp::hold : MediaOp::resume, {}, {}, {}});
+    command(out, c->id, in.hold ? MediaOp::hold : MediaOp::resume);
 }
 
 void CallManager::set_screenshare(const SetScreenshare& in, Out& out) {
@@ -506,7 +517,7 @@ void CallManager::ice(const IceStateChanged& in, Ms now, Out& out) {
         c->ice_restart_tried = true;
         c->ice_restart_timer =
             start_timer(*c, TimerKind::ice_restart, now + opt_.ice_restart_timeout, out);
-        out.push_back(MediaCommand{c->id, MediaOp::ice_restart, {}, {}, {}});
+        command(out, c->id, MediaOp::ice_restart);
     } else if (in.state == IceState::failed &&
                (c->state == CallState::connecting || c->state == CallState::connected)) {
         // ice_failed if media never flowed, ice_timeout if it flowed and then stopped.
@@ -567,47 +578,30 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
         const RoomEvent* ev;
         proto::CallEvent call;
     };
-    std::vector<Item> items;
-    items.reserve(in.events.size());  // never moves: `settled` points into it
+    // Never moves once reserved: `settled` points into it. A quiet /sync brings one call event
+    // at a time: kept inline.
+    boost::container::small_vector<Item, 1> items;
+    items.reserve(in.events.size());
     // Calls answered, rejected or hung up within this batch (a batch holds a few events).
     boost::container::small_vector<std::string_view, 8> settled;
     for (const auto& ev : in.events) {
         if (ev.type.rfind("m.call.", 0) != 0 || ev.from_this_device) continue;
-        // Text content is indexed in place; text outside the index's plain shape is parsed
-        // into a DOM instead (and text that is not JSON is dropped here).
-        std::optional<proto::JsonIndex> text;
-        json::value parsed_text;
-        const json::value* dom = &ev.content;
-        if (!ev.content_json.empty()) {
-            text.emplace(ev.content_json);
-            if (!text->ok()) {
-                text.reset();
-                try {
-                    parsed_text = proto::parse_json(ev.content_json);
-                } catch (const proto::MatrixError& e) {
-                    out.push_back(Dropped{{}, "invalid " + ev.type + ": content " + e.what()});
-                    continue;
-                }
-                dom = &parsed_text;
-            }
-        }
         // A top-level string field, read without parsing the event.
         auto peek = [&](std::string_view key) -> std::optional<std::string> {
-            if (text) {
-                auto root = text->root();
-                auto v = root.is_object() ? root.find(key) : std::nullopt;
-                if (v && v->is_string()) return v->string();
-            } else if (const json::object* o = dom->if_object()) {
-                const json::value* v = o->if_contains(key);
-                if (v && v->is_string()) return std::string(v->get_string());
-            }
+            if (!ev.content_json.empty()) return proto::json_string_member(ev.content_json, key);
+            const json::object* o = ev.content.if_object();
+            const json::value* v = o ? o->if_contains(key) : nullptr;
+            if (v && v->is_string()) return std::string(v->get_string());
             return std::nullopt;
         };
         // Our own events come back through /sync, recognised by our party id: skipped before
         // parsing (they carry our own SDPs).
         if (ev.sender == opt_.user_id && peek("party_id") == opt_.party_id) continue;
-        auto parsed =
-            text ? proto::parse_call_event(ev.type, *text) : proto::parse_call_event(ev.type, *dom);
+        // Text content is read straight into the event (text that is not JSON is an error at
+        // "content").
+        auto parsed = ev.content_json.empty()
+                          ? proto::parse_call_event(ev.type, ev.content)
+                          : proto::parse_call_event_json(ev.type, ev.content_json);
         if (!parsed.ok()) {
             out.push_back(Dropped{
                 peek("call_id").value_or(std::string()),
@@ -617,8 +611,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
         bool settles = std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
                        std::holds_alternative<proto::CallReject>(parsed.value()) ||
                        std::holds_alternative<proto::CallHangup>(parsed.value());
-        const proto::CallEvent& event =
-            items.emplace_back(Item{&ev, std::move(parsed.value())}).call;
+        const proto::CallEvent& event = items.emplace_back(&ev, std::move(parsed.value())).call;
         // (The handlers below move SDPs and candidates out of the items, never call ids.)
         if (settles)
             settled.push_back(
@@ -747,7 +740,7 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
     take_remote_metadata(call, invite.metadata, true, out);
     call.lifetime_timer = start_timer(call, TimerKind::lifetime, now + left, out);
     if (auto_answer) {
-        out.push_back(MediaCommand{call.id, MediaOp::transfer_media, {}, {}, media_from});
+        command(out, call.id, MediaOp::transfer_media).from_call_id = media_from;
         answer(call.id, now, out);
     }
 }
@@ -790,8 +783,7 @@ void CallManager::on_answer(const RoomEvent& ev, proto::CallAnswer& a, Out& out)
     json::object content = base_content(*c);
     content["selected_party_id"] = a.party_id;
     send(*c, "m.call.select_answer", std::move(content), out);
-    out.push_back(
-        MediaCommand{c->id, MediaOp::set_remote_description, std::move(a.answer.sdp), {}, {}});
+    command(out, c->id, MediaOp::set_remote_description).sdp = std::move(a.answer.sdp);
     take_remote_metadata(*c, a.metadata, true, out);
     choose_opponent(*c, a.party_id, out);
     set_state(*c, CallState::connecting, out);
@@ -833,7 +825,7 @@ void CallManager::on_candidates(const RoomEvent& ev, proto::CallCandidates& cand
         return;
     }
     for (auto& cand : cands.candidates)
-        out.push_back(MediaCommand{c->id, MediaOp::add_remote_candidate, {}, std::move(cand), {}});
+        command(out, c->id, MediaOp::add_remote_candidate).candidate = std::move(cand);
 }
 
 void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s,
@@ -913,12 +905,11 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
                 return;
             }
             c->making_offer = false;
-            out.push_back(MediaCommand{c->id, MediaOp::rollback, {}, {}, {}});
+            command(out, c->id, MediaOp::rollback);
         }
         c->answering_offer = true;
         take_remote_metadata(*c, n.metadata, false, out);
-        out.push_back(
-            MediaCommand{c->id, MediaOp::create_answer, std::move(n.description.sdp), {}, {}});
+        command(out, c->id, MediaOp::create_answer).sdp = std::move(n.description.sdp);
         return;
     }
     if (!c->making_offer) {
@@ -927,8 +918,7 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
     }
     c->making_offer = false;
     take_remote_metadata(*c, n.metadata, false, out);
-    out.push_back(
-        MediaCommand{c->id, MediaOp::set_remote_description, std::move(n.description.sdp), {}, {}});
+    command(out, c->id, MediaOp::set_remote_description).sdp = std::move(n.description.sdp);
 }
 
 void CallManager::on_metadata_changed(const RoomEvent& ev,

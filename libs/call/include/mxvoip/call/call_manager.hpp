@@ -52,7 +52,8 @@ struct HangUpCall {
 };
 // One room event from /sync. `age_ms` is unsigned.age as the server reported it. The content
 // comes as a JSON value, or as JSON text in `content_json` (then `content` is unused): text is
-// indexed in place rather than built into a DOM, the fast way for a caller that has the text.
+// read straight into the typed event rather than built into a DOM, the fast way for a caller
+// that has the text.
 // The text must stay alive while the input is handled. `from_this_device`: the server marked
 // the event as sent by this very client (unsigned.transaction_id) — our own echo, skipped
 // without reading it. Echoes without the mark are recognised by our party id.
