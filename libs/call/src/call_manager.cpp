@@ -54,6 +54,11 @@ CallManager::CallManager(Options options) : opt_(std::move(options)) {}
 std::vector<Action> CallManager::handle(const Input& input, Ms now) {
     Out out;
     out.reserve(4);
+    handle(input, now, out);
+    return out;
+}
+
+void CallManager::handle(const Input& input, Ms now, Out& out) {
     now_ = now;
     forget_old(now);
     std::visit(
@@ -93,7 +98,6 @@ std::vector<Action> CallManager::handle(const Input& input, Ms now) {
                 set_muted(in, out);
         },
         input);
-    return out;
 }
 
 std::optional<CallState> CallManager::state(const std::string& call_id) const {
@@ -151,10 +155,18 @@ const CallManager::Call* CallManager::find(const std::string& call_id) const {
 
 // ---- helpers -----------------------------------------------------------------------------
 
-CallManager::Call& CallManager::add_call(Call c) {
-    Call& call = calls_.emplace(c.id, std::move(c)).first->second;
-    if (active(call.state)) active_by_room_[call.room_id].insert(call.id);
-    return call;
+CallManager::Call& CallManager::add_call(const std::string& id, const std::string& room_id,
+                                         Direction dir, CallState state) {
+    Call& c = calls_.try_emplace(id).first->second;
+    c.id = id;
+    c.room_id = room_id;
+    c.dir = dir;
+    c.state = state;
+    if (active(state)) {
+        auto& ids = active_by_room_[room_id];
+        ids.insert(std::lower_bound(ids.begin(), ids.end(), id), id);
+    }
+    return c;
 }
 
 std::vector<CallManager::Call*> CallManager::active_in_room(const std::string& room_id) {
@@ -200,11 +212,11 @@ void CallManager::put_local_metadata(const Call& c, json::object& content) const
 }
 
 // The first invite or answer decides whether the peer describes its streams at all.
-void CallManager::take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m,
+void CallManager::take_remote_metadata(Call& c, std::optional<proto::SdpStreamMetadata> m,
                                        bool first, Out& out) {
     if (first) c.peer_sends_metadata = m.has_value();
     if (!m) return;
-    c.remote_metadata = *m;
+    c.remote_metadata = std::move(*m);
     out.push_back(RemoteStreamsChanged{c.id, c.remote_metadata});
 }
 
@@ -228,10 +240,8 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     c.state = CallState::ended;
     c.ended_at = now_;
     ended_at_.emplace_back(now_, c.id);
-    if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end()) {
-        it->second.erase(c.id);
-        if (it->second.empty()) active_by_room_.erase(it);
-    }
+    if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end())
+        it->second.erase(std::remove(it->second.begin(), it->second.end(), c.id), it->second.end());
     out.push_back(StateChanged{c.id, CallState::ended, reason, by_remote});
 }
 
@@ -305,14 +315,9 @@ void CallManager::place(const PlaceCall& in, Ms now, Out& out) {
             return;
         }
     }
-    Call c;
-    c.id = in.call_id;
-    c.room_id = in.room_id;
-    c.dir = Direction::outgoing;
-    c.opponent_user = in.invitee;
-    c.state = CallState::preparing;
-    c.media_started = true;
-    Call& call = add_call(std::move(c));
+    Call& call = add_call(in.call_id, in.room_id, Direction::outgoing, CallState::preparing);
+    call.opponent_user = in.invitee;
+    call.media_started = true;
     out.push_back(StateChanged{call.id, CallState::preparing, {}, false});
     command(out, call.id, MediaOp::create_offer);
 }
@@ -688,14 +693,9 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
     for (Call* c : in_room) {
         if (c->state != CallState::preparing && c->state != CallState::invite_sent &&
             c->state != CallState::ringing) {
-            Call busy;
-            busy.id = invite.call_id;
-            busy.room_id = ev.room_id;
-            busy.dir = Direction::incoming;
-            busy.opponent_user = ev.sender;
-            busy.opponent_party = invite.party_id;
-            busy.state = CallState::ended;
-            Call& b = add_call(std::move(busy));
+            Call& b = add_call(invite.call_id, ev.room_id, Direction::incoming, CallState::ended);
+            b.opponent_user = ev.sender;
+            b.opponent_party = invite.party_id;
             json::object content = base_content(b);
             content["reason"] = "user_busy";
             send(b, "m.call.hangup", std::move(content), out);
@@ -724,20 +724,15 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
             return;
         }
     }
-    Call c;
-    c.id = invite.call_id;
-    c.room_id = ev.room_id;
-    c.dir = Direction::incoming;
-    c.opponent_user = ev.sender;
-    c.opponent_party = invite.party_id;
-    c.remote_version = invite.version;
-    c.remote_offer = std::move(invite.offer.sdp);
-    c.polite = true;  // the callee yields in offer collisions
-    c.state = CallState::ringing;
-    if (!early.empty()) c.remote_by_party = std::move(early.mapped().by_party);
-    Call& call = add_call(std::move(c));
+    Call& call = add_call(invite.call_id, ev.room_id, Direction::incoming, CallState::ringing);
+    call.opponent_user = ev.sender;
+    call.opponent_party = invite.party_id;
+    call.remote_version = invite.version;
+    call.remote_offer = std::move(invite.offer.sdp);
+    call.polite = true;  // the callee yields in offer collisions
+    if (!early.empty()) call.remote_by_party = std::move(early.mapped().by_party);
     out.push_back(StateChanged{call.id, CallState::ringing, {}, false});
-    take_remote_metadata(call, invite.metadata, true, out);
+    take_remote_metadata(call, std::move(invite.metadata), true, out);
     call.lifetime_timer = start_timer(call, TimerKind::lifetime, now + left, out);
     if (auto_answer) {
         command(out, call.id, MediaOp::transfer_media).from_call_id = media_from;
@@ -784,7 +779,7 @@ void CallManager::on_answer(const RoomEvent& ev, proto::CallAnswer& a, Out& out)
     content["selected_party_id"] = a.party_id;
     send(*c, "m.call.select_answer", std::move(content), out);
     command(out, c->id, MediaOp::set_remote_description).sdp = std::move(a.answer.sdp);
-    take_remote_metadata(*c, a.metadata, true, out);
+    take_remote_metadata(*c, std::move(a.metadata), true, out);
     choose_opponent(*c, a.party_id, out);
     set_state(*c, CallState::connecting, out);
 }
@@ -908,7 +903,7 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
             command(out, c->id, MediaOp::rollback);
         }
         c->answering_offer = true;
-        take_remote_metadata(*c, n.metadata, false, out);
+        take_remote_metadata(*c, std::move(n.metadata), false, out);
         command(out, c->id, MediaOp::create_answer).sdp = std::move(n.description.sdp);
         return;
     }
@@ -917,18 +912,18 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
         return;
     }
     c->making_offer = false;
-    take_remote_metadata(*c, n.metadata, false, out);
+    take_remote_metadata(*c, std::move(n.metadata), false, out);
     command(out, c->id, MediaOp::set_remote_description).sdp = std::move(n.description.sdp);
 }
 
-void CallManager::on_metadata_changed(const RoomEvent& ev,
-                                      const proto::CallSdpStreamMetadataChanged& m, Out& out) {
+void CallManager::on_metadata_changed(const RoomEvent& ev, proto::CallSdpStreamMetadataChanged& m,
+                                      Out& out) {
     Call* c = find(m.call_id);
     if (!c || !active(c->state) || c->opponent_party.empty() || !is_opponent(*c, ev, m.party_id)) {
         out.push_back(Dropped{m.call_id, "stream metadata from a party that is not the opponent"});
         return;
     }
-    take_remote_metadata(*c, m.metadata, false, out);
+    take_remote_metadata(*c, std::move(m.metadata), false, out);
 }
 
 }  // namespace mxvoip::call

@@ -129,9 +129,9 @@ class Reader {
     // into `out`.
     void string(std::string& out) {
         expect('"');
-        // Ids, keys and the like end within a few bytes, without escapes: one look at the next
-        // 16 first.
-        const char* q = find_special(p_, std::min(end_, p_ + 16));
+        // Ids, candidates and the like end within 64 bytes, without escapes: a look at those
+        // first.
+        const char* q = find_special(p_, std::min(end_, p_ + 64));
         if (q < end_ && *q == '"') {
             out.assign(p_, static_cast<std::size_t>(q - p_));
             p_ = q + 1;
@@ -228,8 +228,12 @@ class Reader {
     }
 
   private:
+    // Whitespace. Text from clients mostly has none: one compare settles that.
     void ws() {
-        while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+        while (p_ < end_ && static_cast<unsigned char>(*p_) <= ' ') {
+            if (*p_ != ' ' && *p_ != '\n' && *p_ != '\r' && *p_ != '\t') return;
+            ++p_;
+        }
     }
     bool take(char c) {
         if (p_ < end_ && *p_ == c) {

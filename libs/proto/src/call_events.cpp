@@ -321,7 +321,10 @@ json::object common(const CallCommon& c) {
     json::object out = c.extra;
     out["call_id"] = c.call_id;
     if (!c.party_id.empty()) out["party_id"] = c.party_id;
-    out["version"] = c.version_sent;
+    if (c.version_sent)
+        out["version"] = *c.version_sent;
+    else
+        out["version"] = "1";
     return out;
 }
 
@@ -402,8 +405,9 @@ std::vector<CallEventError> lint_call_event(const CallEvent& event) {
         [&](const auto& e) {
             using T = std::decay_t<decltype(e)>;
             const auto& v = e.version_sent;
-            bool version_ok = (v.is_string() && (v.get_string() == "1" || v.get_string() == "0")) ||
-                              (v.is_int64() && v.get_int64() == 0);
+            bool version_ok =
+                !v || (v->is_string() && (v->get_string() == "1" || v->get_string() == "0")) ||
+                (v->is_int64() && v->get_int64() == 0);
             if (!version_ok)
                 out.push_back({"content.version",
                                "should be \"1\" (or the integer 0 of version 0); read as \"1\""});

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <boost/container/small_vector.hpp>
+
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -206,6 +208,9 @@ class CallManager {
     explicit CallManager(Options options);
 
     std::vector<Action> handle(const Input& input, Ms now);
+    // The same, appending the actions to `out`: a caller that handles many inputs reuses one
+    // vector instead of allocating one per input.
+    void handle(const Input& input, Ms now, std::vector<Action>& out);
 
     std::optional<CallState> state(const std::string& call_id) const;
     std::optional<Direction> direction(const std::string& call_id) const;
@@ -266,9 +271,8 @@ class CallManager {
     void set_screenshare(const SetScreenshare& in, Out& out);
     void set_muted(const SetMuted& in, Out& out);
     void on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out& out);
-    void on_metadata_changed(const RoomEvent& ev, const proto::CallSdpStreamMetadataChanged& m,
-                             Out& out);
-    void take_remote_metadata(Call& c, const std::optional<proto::SdpStreamMetadata>& m, bool first,
+    void on_metadata_changed(const RoomEvent& ev, proto::CallSdpStreamMetadataChanged& m, Out& out);
+    void take_remote_metadata(Call& c, std::optional<proto::SdpStreamMetadata> m, bool first,
                               Out& out);
     void put_local_metadata(const Call& c, json::object& content) const;
     Call* in_call(const std::string& call_id, const char* what, Out& out);
@@ -282,7 +286,10 @@ class CallManager {
     void on_reject(const RoomEvent& ev, const proto::CallReject& r, Out& out);
     void on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out& out);
 
-    Call& add_call(Call c);
+    // A new call (callers check the id is not in use), built in its place and listed in its
+    // room while it is active.
+    Call& add_call(const std::string& id, const std::string& room_id, Direction dir,
+                   CallState state);
     std::vector<Call*> active_in_room(const std::string& room_id);
     Call* find(const std::string& call_id);
     const Call* find(const std::string& call_id) const;
@@ -298,8 +305,10 @@ class CallManager {
     bool is_opponent(const Call& c, const RoomEvent& ev, const std::string& party) const;
 
     Options opt_;
-    std::unordered_map<std::string, Call> calls_;                  // ended ones too, for state()
-    std::map<std::string, std::set<std::string>> active_by_room_;  // room -> ids of calls not ended
+    std::unordered_map<std::string, Call> calls_;  // ended ones too, for state()
+    // Room -> ids of its calls not ended, sorted. A room stays listed once it had a call: its
+    // entry is reused by the next one.
+    std::unordered_map<std::string, boost::container::small_vector<std::string, 2>> active_by_room_;
     std::unordered_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
     Ms now_ = 0;  // the time of the input being handled

@@ -88,8 +88,8 @@ struct CallCommon {
     std::string call_id;
     std::string party_id;  // absent in version 0 events
     CallVersion version = CallVersion::v1;
-    json::value version_sent = "1";
-    json::object extra;  // unknown content fields, kept
+    std::optional<json::value> version_sent;  // as sent, when that was not "1"
+    json::object extra;                       // unknown content fields, kept
     bool operator==(const CallCommon&) const = default;
 };
 
