@@ -18,6 +18,15 @@ bool active(CallState s) {
     return s != CallState::ended;
 }
 
+// Converts to what `make` returns, by calling it: a value built by a function straight into
+// its place in a container (emplace_back(BuiltBy{...})), where passing the function's result
+// would move it in.
+template <typename Make>
+struct BuiltBy {
+    Make make;
+    operator std::invoke_result_t<Make&>() { return make(); }
+};
+
 // A media command for `call_id`, built where it goes: commands are large, and building one
 // aside to move it in costs more than filling it in place.
 MediaCommand& command(std::vector<Action>& out, const std::string& call_id, MediaOp op) {
@@ -581,7 +590,8 @@ void CallManager::room_changed(const RoomChanged& in, Out& out) {
 void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     struct Item {
         const RoomEvent* ev;
-        proto::CallEvent call;
+        proto::Parsed<proto::CallEvent> parsed;
+        proto::CallEvent& call() { return parsed.value(); }
     };
     // Never moves once reserved: `settled` points into it. A quiet /sync brings one call event
     // at a time: kept inline.
@@ -604,19 +614,22 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
         if (ev.sender == opt_.user_id && peek("party_id") == opt_.party_id) continue;
         // Text content is read straight into the event (text that is not JSON is an error at
         // "content").
-        auto parsed = ev.content_json.empty()
-                          ? proto::parse_call_event(ev.type, ev.content)
-                          : proto::parse_call_event_json(ev.type, ev.content_json);
-        if (!parsed.ok()) {
-            out.push_back(Dropped{
-                peek("call_id").value_or(std::string()),
-                "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
+        // Parsed where it is kept: an event is not moved on its way to its handler.
+        Item& item = items.emplace_back(&ev, BuiltBy{[&] {
+            return ev.content_json.empty() ? proto::parse_call_event(ev.type, ev.content)
+                                           : proto::parse_call_event_json(ev.type, ev.content_json);
+        }});
+        if (!item.parsed.ok()) {
+            out.push_back(Dropped{peek("call_id").value_or(std::string()),
+                                  "invalid " + ev.type + ": " + item.parsed.error().path + " " +
+                                      item.parsed.error().rule});
+            items.pop_back();
             continue;
         }
-        bool settles = std::holds_alternative<proto::CallAnswer>(parsed.value()) ||
-                       std::holds_alternative<proto::CallReject>(parsed.value()) ||
-                       std::holds_alternative<proto::CallHangup>(parsed.value());
-        const proto::CallEvent& event = items.emplace_back(&ev, std::move(parsed.value())).call;
+        const proto::CallEvent& event = item.call();
+        bool settles = std::holds_alternative<proto::CallAnswer>(event) ||
+                       std::holds_alternative<proto::CallReject>(event) ||
+                       std::holds_alternative<proto::CallHangup>(event);
         // (The handlers below move SDPs and candidates out of the items, never call ids.)
         if (settles)
             settled.push_back(
@@ -652,7 +665,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
                     on_metadata_changed(ev, e, out);
                 }
             },
-            item.call);
+            item.call());
     }
 }
 

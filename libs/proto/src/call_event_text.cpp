@@ -183,8 +183,8 @@ class Reader {
     }
 
     bool boolean() {
-        if (word("true")) return true;
-        if (word("false")) return false;
+        if (take_word("true")) return true;
+        if (take_word("false")) return false;
         give_up();
     }
 
@@ -227,6 +227,15 @@ class Reader {
         return {begin, static_cast<std::size_t>(p_ - begin)};
     }
 
+    // The exact text `w` is next: stepped over.
+    bool take_word(std::string_view w) {
+        if (static_cast<std::size_t>(end_ - p_) < w.size() ||
+            std::memcmp(p_, w.data(), w.size()) != 0)
+            return false;
+        p_ += w.size();
+        return true;
+    }
+
   private:
     // Whitespace. Text from clients mostly has none: one compare settles that.
     void ws() {
@@ -244,13 +253,6 @@ class Reader {
     }
     void expect(char c) {
         if (!take(c)) give_up();
-    }
-    bool word(std::string_view w) {
-        if (static_cast<std::size_t>(end_ - p_) < w.size() ||
-            std::memcmp(p_, w.data(), w.size()) != 0)
-            return false;
-        p_ += w.size();
-        return true;
     }
     // A key: printable ASCII, no escapes.
     std::string_view key() {
@@ -301,7 +303,9 @@ bool common_field(Reader& r, std::string_view key, CallCommon& c, unsigned& seen
         opaque_id(r, c.party_id);
     } else if (key == "version") {
         mark(seen, kVersion);
-        if (r.next_is('"')) {
+        if (r.take_word("\"1\"")) {
+            c.version = CallVersion::v1;  // what nearly every client sends
+        } else if (r.next_is('"')) {
             std::string v;
             r.string(v);
             c.version = v == "0" ? CallVersion::v0 : CallVersion::v1;

@@ -1,6 +1,7 @@
 #include "mxvoip/proto/ids.hpp"
 
 #include <algorithm>
+#include <array>
 
 namespace mxvoip::proto {
 
@@ -32,11 +33,17 @@ bool is_valid_room_id(std::string_view id) {
 }
 
 bool is_valid_opaque_id(std::string_view id) {
+    // One table look per character: every call event carries two or three of these ids.
+    static constexpr auto kAllowed = [] {
+        std::array<bool, 256> t{};
+        for (int c = 0; c < 256; ++c)
+            t[c] = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                   c == '-' || c == '.' || c == '_' || c == '~';
+        return t;
+    }();
     if (id.empty() || id.size() > 255) return false;
-    return std::all_of(id.begin(), id.end(), [](char c) {
-        return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-               c == '-' || c == '.' || c == '_' || c == '~';
-    });
+    return std::all_of(id.begin(), id.end(),
+                       [](char c) { return kAllowed[static_cast<unsigned char>(c)]; });
 }
 
 bool is_valid_event_type(std::string_view type) {
