@@ -135,6 +135,7 @@ void CallManager::forget_old(Ms now) {
     while (!ended_at_.empty() && ended_at_.front().first + kForgetEndedAfter < now) {
         const std::string& id = ended_at_.front().second;
         // An ended call's timers were cancelled when it ended.
+        if (last_.call && last_.call->id == id) last_.call = nullptr;
         calls_.erase(id);
         ended_at_.pop_front();
     }
@@ -153,11 +154,14 @@ bool CallManager::use_remote_stream(const std::string& call_id, const std::strin
 }
 
 CallManager::Call* CallManager::find(const std::string& call_id) {
+    if (last_.call && last_.call->id == call_id) return last_.call;
     auto it = calls_.find(call_id);
-    return it == calls_.end() ? nullptr : &it->second;
+    if (it == calls_.end()) return nullptr;
+    return last_.call = &it->second;
 }
 
 const CallManager::Call* CallManager::find(const std::string& call_id) const {
+    if (last_.call && last_.call->id == call_id) return last_.call;
     auto it = calls_.find(call_id);
     return it == calls_.end() ? nullptr : &it->second;
 }
@@ -166,7 +170,7 @@ const CallManager::Call* CallManager::find(const std::string& call_id) const {
 
 CallManager::Call& CallManager::add_call(const std::string& id, const std::string& room_id,
                                          Direction dir, CallState state) {
-    Call& c = calls_.try_emplace(id).first->second;
+    Call& c = *(last_.call = &calls_.try_emplace(id).first->second);
     c.id = id;
     c.room_id = room_id;
     c.dir = dir;

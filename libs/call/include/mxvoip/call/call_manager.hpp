@@ -306,6 +306,17 @@ class CallManager {
 
     Options opt_;
     std::unordered_map<std::string, Call> calls_;  // ended ones too, for state()
+    // The call found last: most inputs are about the same call as the one before. Not carried
+    // over when the manager is copied (it would point into the other manager's table).
+    struct LastCall {
+        Call* call = nullptr;
+        LastCall() = default;
+        LastCall(const LastCall&) {}
+        LastCall& operator=(const LastCall&) {
+            call = nullptr;
+            return *this;
+        }
+    } last_;
     // Room -> ids of its calls not ended, sorted. A room stays listed once it had a call: its
     // entry is reused by the next one.
     std::unordered_map<std::string, boost::container::small_vector<std::string, 2>> active_by_room_;
