@@ -27,13 +27,17 @@ struct BuiltBy {
     operator std::invoke_result_t<Make&>() { return make(); }
 };
 
-// A media command for `call_id`, built where it goes: commands are large, and building one
-// aside to move it in costs more than filling it in place.
-MediaCommand& command(std::vector<Action>& out, const std::string& call_id, MediaOp op) {
-    auto& m = *std::get_if<MediaCommand>(&out.emplace_back(std::in_place_type<MediaCommand>));
-    m.call_id = call_id;
-    m.op = op;
-    return m;
+// A media command for `call_id`, built in its place in the action list, from its parts:
+// commands are large, and building one aside (or empty, then filling it) costs more.
+MediaCommand& command(std::vector<Action>& out, const std::string& call_id, MediaOp op,
+                      std::string&& sdp = {}) {
+    return *std::get_if<MediaCommand>(
+        &out.emplace_back(std::in_place_type<MediaCommand>, call_id, op, std::move(sdp)));
+}
+void candidate_command(std::vector<Action>& out, const std::string& call_id,
+                       proto::Candidate&& candidate) {
+    out.emplace_back(std::in_place_type<MediaCommand>, call_id, MediaOp::add_remote_candidate,
+                     std::string(), std::move(candidate));
 }
 
 }  // namespace
@@ -292,8 +296,7 @@ void CallManager::choose_opponent(Call& c, const std::string& party, Out& out) {
     c.opponent_party = party;
     auto it = c.remote_by_party.find(party);
     if (it != c.remote_by_party.end() && c.media_started) {
-        for (auto& cand : it->second)
-            command(out, c.id, MediaOp::add_remote_candidate).candidate = cand;
+        for (auto& cand : it->second) candidate_command(out, c.id, proto::Candidate(cand));
         c.remote_by_party.erase(it);
     }
     // Candidates of the parties not chosen are of no use.
@@ -344,7 +347,7 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
     cancel_timer(c->lifetime_timer, out);
     c->media_started = true;
     set_state(*c, CallState::answering, out);
-    command(out, c->id, MediaOp::create_answer).sdp = std::move(c->remote_offer);
+    command(out, c->id, MediaOp::create_answer, std::move(c->remote_offer));
     choose_opponent(*c, c->opponent_party, out);
 }
 
@@ -795,7 +798,7 @@ void CallManager::on_answer(const RoomEvent& ev, proto::CallAnswer& a, Out& out)
     json::object content = base_content(*c);
     content["selected_party_id"] = a.party_id;
     send(*c, "m.call.select_answer", std::move(content), out);
-    command(out, c->id, MediaOp::set_remote_description).sdp = std::move(a.answer.sdp);
+    command(out, c->id, MediaOp::set_remote_description, std::move(a.answer.sdp));
     take_remote_metadata(*c, std::move(a.metadata), true, out);
     choose_opponent(*c, a.party_id, out);
     set_state(*c, CallState::connecting, out);
@@ -836,8 +839,7 @@ void CallManager::on_candidates(const RoomEvent& ev, proto::CallCandidates& cand
                     std::make_move_iterator(cands.candidates.end()));
         return;
     }
-    for (auto& cand : cands.candidates)
-        command(out, c->id, MediaOp::add_remote_candidate).candidate = std::move(cand);
+    for (auto& cand : cands.candidates) candidate_command(out, c->id, std::move(cand));
 }
 
 void CallManager::on_select_answer(const RoomEvent& ev, const proto::CallSelectAnswer& s,
@@ -921,7 +923,7 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
         }
         c->answering_offer = true;
         take_remote_metadata(*c, std::move(n.metadata), false, out);
-        command(out, c->id, MediaOp::create_answer).sdp = std::move(n.description.sdp);
+        command(out, c->id, MediaOp::create_answer, std::move(n.description.sdp));
         return;
     }
     if (!c->making_offer) {
@@ -930,7 +932,7 @@ void CallManager::on_negotiate(const RoomEvent& ev, proto::CallNegotiate& n, Out
     }
     c->making_offer = false;
     take_remote_metadata(*c, std::move(n.metadata), false, out);
-    command(out, c->id, MediaOp::set_remote_description).sdp = std::move(n.description.sdp);
+    command(out, c->id, MediaOp::set_remote_description, std::move(n.description.sdp));
 }
 
 void CallManager::on_metadata_changed(const RoomEvent& ev, proto::CallSdpStreamMetadataChanged& m,
