@@ -195,9 +195,22 @@ MXVOIP_AVX512 StringRead read_avx512(const char* p, const char* end, char* o) {
     while (end - p >= 64) {
         std::uint64_t carry_in = carry;
         __m512i c = _mm512_loadu_si512(p);
-        Block b = settle(_mm512_cmpeq_epi8_mask(c, quote), _mm512_cmpeq_epi8_mask(c, backslash),
-                         _mm512_cmplt_epi8_mask(c, space),
-                         _mm512_cmpeq_epi8_mask(c, n) | _mm512_cmpeq_epi8_mask(c, r), p, carry);
+        std::uint64_t bs = _mm512_cmpeq_epi8_mask(c, backslash);
+        std::uint64_t q = _mm512_cmpeq_epi8_mask(c, quote);
+        std::uint64_t special = _mm512_cmplt_epi8_mask(c, space);
+        std::uint64_t line_end = _mm512_cmpeq_epi8_mask(c, n) | _mm512_cmpeq_epi8_mask(c, r);
+        std::uint64_t escaped = (bs << 1) | carry;
+        // An SDP's block: the string goes on, nothing to check one by one, only \r and \n
+        // escaped. One test settles it.
+        if (((bs & escaped) | (q & ~escaped) | special | (escaped & ~line_end)) == 0) {
+            __m512i t = _mm512_mask_mov_epi8(c, escaped, _mm512_permutex2var_epi8(low, c, high));
+            _mm512_storeu_si512(o, _mm512_maskz_compress_epi8(~bs, t));
+            o += 64 - __builtin_popcountll(bs);
+            carry = bs >> 63;
+            p += 64;
+            continue;
+        }
+        Block b = settle(q, bs, special, line_end, p, carry);
         if (!b.hard) {
             // Escaped bytes are ASCII (checked above): each is its own 7-bit table index.
             __m512i t = _mm512_mask_mov_epi8(c, b.escaped, _mm512_permutex2var_epi8(low, c, high));
