@@ -127,16 +127,23 @@ class Reader {
 
     // A string of printable ASCII and the short escapes (\" \\ \/ \b \f \n \r \t), unescaped
     // into `out`.
-    void string(std::string& out) {
+    [[gnu::always_inline]] void string(std::string& out) {
         expect('"');
         // Ids, candidates and the like end within 64 bytes, without escapes: a look at those
         // first.
         const char* q = find_special(p_, std::min(end_, p_ + 64));
         if (q < end_ && *q == '"') {
-            out.assign(p_, static_cast<std::size_t>(q - p_));
+            out.clear();  // (append, not assign: the string is all but always empty)
+            out.append(p_, static_cast<std::size_t>(q - p_));
             p_ = q + 1;
             return;
         }
+        long_string(out);
+    }
+
+  private:
+    // A string that did not end within its first 64 bytes, or has escapes.
+    [[gnu::noinline]] void long_string(std::string& out) {
         // Longer ones are unescaped while they are read, into a buffer kept for the next one.
         char* const buf = scratch(static_cast<std::size_t>(end_ - p_) + 64);
         char* o = buf;
@@ -148,7 +155,7 @@ class Reader {
                 if (read.closed) break;
             }
             // The tail, or a block the quick check cannot settle: up to the next special.
-            q = find_special(p_, end_);
+            const char* q = find_special(p_, end_);
             std::memcpy(o, p_, static_cast<std::size_t>(q - p_));
             o += q - p_;
             p_ = q;
@@ -162,6 +169,7 @@ class Reader {
         ++p_;  // the closing quote
     }
 
+  public:
     // -?(0|[1-9][0-9]*) within +-(2^53-1); fractions, exponents and -0 are the DOM's.
     std::int64_t integer() {
         bool negative = take('-');
