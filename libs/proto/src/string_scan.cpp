@@ -194,6 +194,8 @@ MXVOIP_AVX512 StringRead read_avx512(const char* p, const char* end, char* o) {
     std::uint64_t carry = 0;
     while (end - p >= 64) {
         std::uint64_t carry_in = carry;
+        // Text off the wire is often not in cache yet: ask for the block 512 bytes on now.
+        _mm_prefetch(p + 512, _MM_HINT_T0);
         __m512i c = _mm512_loadu_si512(p);
         std::uint64_t bs = _mm512_cmpeq_epi8_mask(c, backslash);
         std::uint64_t q = _mm512_cmpeq_epi8_mask(c, quote);
