@@ -141,35 +141,6 @@ class Reader {
         long_string(out);
     }
 
-  private:
-    // A string that did not end within its first 64 bytes, or has escapes.
-    [[gnu::noinline]] void long_string(std::string& out) {
-        // Longer ones are unescaped while they are read, into a buffer kept for the next one.
-        char* const buf = scratch(static_cast<std::size_t>(end_ - p_) + 64);
-        char* o = buf;
-        for (;;) {
-            if (end_ - p_ >= 64) {
-                detail::StringRead read = detail::read_string_blocks(p_, end_, o);
-                p_ = read.at;
-                o = read.out;
-                if (read.closed) break;
-            }
-            // The tail, or a block the quick check cannot settle: up to the next special.
-            const char* q = find_special(p_, end_);
-            std::memcpy(o, p_, static_cast<std::size_t>(q - p_));
-            o += q - p_;
-            p_ = q;
-            if (p_ == end_) give_up();
-            if (*p_ == '"') break;
-            if (*p_ != '\\' || end_ - p_ < 2 || !detail::is_short_escape(p_[1])) give_up();
-            *o++ = detail::unescaped(p_[1]);
-            p_ += 2;
-        }
-        out.assign(buf, static_cast<std::size_t>(o - buf));
-        ++p_;  // the closing quote
-    }
-
-  public:
     // -?(0|[1-9][0-9]*) within +-(2^53-1); fractions, exponents and -0 are the DOM's.
     std::int64_t integer() {
         bool negative = take('-');
@@ -245,6 +216,33 @@ class Reader {
     }
 
   private:
+    // A string that did not end within its first 64 bytes, or has escapes.
+    [[gnu::noinline]] void long_string(std::string& out) {
+        // Longer ones are unescaped while they are read, into a buffer kept for the next one.
+        char* const buf = scratch(static_cast<std::size_t>(end_ - p_) + 64);
+        char* o = buf;
+        for (;;) {
+            if (end_ - p_ >= 64) {
+                detail::StringRead read = detail::read_string_blocks(p_, end_, o);
+                p_ = read.at;
+                o = read.out;
+                if (read.closed) break;
+            }
+            // The tail, or a block the quick check cannot settle: up to the next special.
+            const char* q = find_special(p_, end_);
+            std::memcpy(o, p_, static_cast<std::size_t>(q - p_));
+            o += q - p_;
+            p_ = q;
+            if (p_ == end_) give_up();
+            if (*p_ == '"') break;
+            if (*p_ != '\\' || end_ - p_ < 2 || !detail::is_short_escape(p_[1])) give_up();
+            *o++ = detail::unescaped(p_[1]);
+            p_ += 2;
+        }
+        out.assign(buf, static_cast<std::size_t>(o - buf));
+        ++p_;  // the closing quote
+    }
+
     // Whitespace. Text from clients mostly has none: one compare settles that.
     void ws() {
         while (p_ < end_ && static_cast<unsigned char>(*p_) <= ' ') {

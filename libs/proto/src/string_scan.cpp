@@ -63,6 +63,12 @@ struct Block {
 inline Block settle(std::uint64_t quote, std::uint64_t backslash, std::uint64_t special,
                     std::uint64_t line_end, const char* p, std::uint64_t& carry) {
     std::uint64_t escaped = (backslash << 1) | carry;
+    // An SDP's block: the string goes on, nothing to check one by one, only \r and \n
+    // escaped. One test settles it.
+    if (((backslash & escaped) | (quote & ~escaped) | special | (escaped & ~line_end)) == 0) {
+        carry = backslash >> 63;
+        return {false, 64, escaped, backslash};
+    }
     if (backslash & escaped) return {true};  // "\\\\": escaped backslashes
     std::uint64_t real_quote = quote & ~escaped;
     std::uint64_t inside = real_quote ? (real_quote & (0 - real_quote)) - 1 : ~0ull;
@@ -201,17 +207,6 @@ MXVOIP_AVX512 StringRead read_avx512(const char* p, const char* end, char* o) {
         std::uint64_t q = _mm512_cmpeq_epi8_mask(c, quote);
         std::uint64_t special = _mm512_cmplt_epi8_mask(c, space);
         std::uint64_t line_end = _mm512_cmpeq_epi8_mask(c, n) | _mm512_cmpeq_epi8_mask(c, r);
-        std::uint64_t escaped = (bs << 1) | carry;
-        // An SDP's block: the string goes on, nothing to check one by one, only \r and \n
-        // escaped. One test settles it.
-        if (((bs & escaped) | (q & ~escaped) | special | (escaped & ~line_end)) == 0) {
-            __m512i t = _mm512_mask_mov_epi8(c, escaped, _mm512_permutex2var_epi8(low, c, high));
-            _mm512_storeu_si512(o, _mm512_maskz_compress_epi8(~bs, t));
-            o += 64 - __builtin_popcountll(bs);
-            carry = bs >> 63;
-            p += 64;
-            continue;
-        }
         Block b = settle(q, bs, special, line_end, p, carry);
         if (!b.hard) {
             // Escaped bytes are ASCII (checked above): each is its own 7-bit table index.
