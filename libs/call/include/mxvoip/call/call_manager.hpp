@@ -1,6 +1,7 @@
 #pragma once
 
 #include <boost/container/small_vector.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
 
 #include <cstdint>
 #include <deque>
@@ -320,7 +321,9 @@ class CallManager {
     // Room -> ids of its calls not ended, sorted. A room stays listed once it had a call: its
     // entry is reused by the next one.
     std::unordered_map<std::string, boost::container::small_vector<std::string, 2>> active_by_room_;
-    std::unordered_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
+    // Timer id -> its call and kind. Open addressing: starting and cancelling a timer (one or
+    // two per call) allocates nothing once the table has grown.
+    boost::unordered_flat_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
     Ms now_ = 0;  // the time of the input being handled
     std::map<std::string, RoomChanged> rooms_;
