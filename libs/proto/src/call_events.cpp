@@ -291,7 +291,8 @@ CallEvent parse(std::string_view type, const Node& content) {
             e.metadata = std::move(*m);
         });
     }
-    fail(Path{nullptr, "type"}, "'" + std::string(type) + "' is not an m.call.* event type");
+    fail(Path{nullptr, "type"},
+         std::string("'").append(type).append("' is not an m.call.* event type"));
 }
 
 }  // namespace
@@ -439,8 +440,9 @@ std::vector<CallEventError> lint_call_event(const CallEvent& event) {
             }
             if constexpr (std::is_same_v<T, CallReject> || std::is_same_v<T, CallNegotiate>) {
                 if (e.version == CallVersion::v0)
-                    out.push_back({"content.version", std::string(call_event_type(event)) +
-                                                          " exists only in version 1"});
+                    out.push_back(
+                        {"content.version",
+                         std::string(call_event_type(event)).append(" exists only in version 1")});
             }
         },
         event);
