@@ -1,11 +1,6 @@
 #include "mxvoip/call/call_manager.hpp"
 
-#include <boost/container/small_vector.hpp>
-
 #include <algorithm>
-
-#include "mxvoip/proto/errors.hpp"
-#include "mxvoip/proto/json.hpp"
 
 namespace mxvoip::call {
 
@@ -18,26 +13,13 @@ bool active(CallState s) {
     return s != CallState::ended;
 }
 
-// Converts to what `make` returns, by calling it: a value built by a function straight into
-// its place in a container (emplace_back(BuiltBy{...})), where passing the function's result
-// would move it in.
-template <typename Make>
-struct BuiltBy {
-    Make make;
-    operator std::invoke_result_t<Make&>() { return make(); }
-};
-
-// A media command for `call_id`, built in its place in the action list, from its parts:
-// commands are large, and building one aside (or empty, then filling it) costs more.
 MediaCommand& command(std::vector<Action>& out, const std::string& call_id, MediaOp op,
-                      std::string&& sdp = {}) {
-    return *std::get_if<MediaCommand>(
-        &out.emplace_back(std::in_place_type<MediaCommand>, call_id, op, std::move(sdp)));
+                      std::string sdp = {}) {
+    return std::get<MediaCommand>(out.emplace_back(MediaCommand{call_id, op, std::move(sdp)}));
 }
 void candidate_command(std::vector<Action>& out, const std::string& call_id,
-                       proto::Candidate&& candidate) {
-    out.emplace_back(std::in_place_type<MediaCommand>, call_id, MediaOp::add_remote_candidate,
-                     std::string(), std::move(candidate));
+                       proto::Candidate candidate) {
+    out.push_back(MediaCommand{call_id, MediaOp::add_remote_candidate, {}, std::move(candidate)});
 }
 
 }  // namespace
@@ -66,7 +48,6 @@ CallManager::CallManager(Options options) : opt_(std::move(options)) {}
 
 std::vector<Action> CallManager::handle(const Input& input, Ms now) {
     Out out;
-    out.reserve(4);
     handle(input, now, out);
     return out;
 }
@@ -139,7 +120,6 @@ void CallManager::forget_old(Ms now) {
     while (!ended_at_.empty() && ended_at_.front().first + kForgetEndedAfter < now) {
         const std::string& id = ended_at_.front().second;
         // An ended call's timers were cancelled when it ended.
-        if (last_.call && last_.call->id == id) last_.call = nullptr;
         calls_.erase(id);
         ended_at_.pop_front();
     }
@@ -158,14 +138,11 @@ bool CallManager::use_remote_stream(const std::string& call_id, const std::strin
 }
 
 CallManager::Call* CallManager::find(const std::string& call_id) {
-    if (last_.call && last_.call->id == call_id) return last_.call;
     auto it = calls_.find(call_id);
-    if (it == calls_.end()) return nullptr;
-    return last_.call = &it->second;
+    return it == calls_.end() ? nullptr : &it->second;
 }
 
 const CallManager::Call* CallManager::find(const std::string& call_id) const {
-    if (last_.call && last_.call->id == call_id) return last_.call;
     auto it = calls_.find(call_id);
     return it == calls_.end() ? nullptr : &it->second;
 }
@@ -174,15 +151,12 @@ const CallManager::Call* CallManager::find(const std::string& call_id) const {
 
 CallManager::Call& CallManager::add_call(const std::string& id, const std::string& room_id,
                                          Direction dir, CallState state) {
-    Call& c = *(last_.call = &calls_.try_emplace(id).first->second);
+    Call& c = calls_[id];
     c.id = id;
     c.room_id = room_id;
     c.dir = dir;
     c.state = state;
-    if (active(state)) {
-        auto& ids = active_by_room_[room_id];
-        ids.insert(std::lower_bound(ids.begin(), ids.end(), id), id);
-    }
+    if (active(state)) active_by_room_[room_id].insert(id);
     return c;
 }
 
@@ -193,12 +167,34 @@ std::vector<CallManager::Call*> CallManager::active_in_room(const std::string& r
     return out;
 }
 
-json::object CallManager::base_content(const Call& c) const {
-    return json::object{{"call_id", c.id}, {"party_id", opt_.party_id}, {"version", "1"}};
+template <typename Event>
+Event CallManager::event(const Call& c) const {
+    Event e;
+    e.call_id = c.id;
+    e.party_id = opt_.party_id;
+    return e;
 }
 
-void CallManager::send(const Call& c, std::string type, json::object content, Out& out) {
-    out.push_back(SendEvent{c.room_id, c.id, std::move(type), std::move(content)});
+std::optional<proto::SdpStreamMetadata> CallManager::local_metadata(const Call& c) const {
+    if (c.local_metadata.empty()) return std::nullopt;
+    return c.local_metadata;
+}
+
+void CallManager::send(const Call& c, const proto::CallEvent& e, Out& out) {
+    out.push_back(SendEvent{c.room_id, c.id, std::string(proto::call_event_type(e)),
+                            proto::serialize_call_event(e)});
+}
+
+void CallManager::send_hangup(const Call& c, std::string reason, Out& out) {
+    auto hangup = event<proto::CallHangup>(c);
+    hangup.reason = std::move(reason);
+    send(c, hangup, out);
+}
+
+void CallManager::ice_failed(Call& c, Out& out) {
+    std::string reason = c.media_flowed ? "ice_timeout" : "ice_failed";
+    send_hangup(c, reason, out);
+    end(c, reason, false, out);
 }
 
 std::uint64_t CallManager::start_timer(const Call& c, TimerKind kind, Ms at, Out& out) {
@@ -219,13 +215,6 @@ void CallManager::set_state(Call& c, CallState s, Out& out) {
     if (c.state == s) return;
     c.state = s;
     out.push_back(StateChanged{c.id, s, {}, false});
-}
-
-void CallManager::put_local_metadata(const Call& c, json::object& content) const {
-    if (c.local_metadata.empty()) return;
-    json::object m = proto::serialize_stream_metadata(c.local_metadata);
-    content[proto::kMetadataKey] = m;
-    content[proto::kMetadataUnstableKey] = std::move(m);
 }
 
 // The first invite or answer decides whether the peer describes its streams at all.
@@ -257,25 +246,20 @@ void CallManager::end(Call& c, const std::string& reason, bool by_remote, Out& o
     c.state = CallState::ended;
     c.ended_at = now_;
     ended_at_.emplace_back(now_, c.id);
-    if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end())
-        it->second.erase(std::remove(it->second.begin(), it->second.end(), c.id), it->second.end());
+    if (auto it = active_by_room_.find(c.room_id); it != active_by_room_.end()) {
+        it->second.erase(c.id);
+        if (it->second.empty()) active_by_room_.erase(it);
+    }
     out.push_back(StateChanged{c.id, CallState::ended, reason, by_remote});
 }
 
 void CallManager::flush_candidates(Call& c, Out& out) {
     cancel_timer(c.batch_timer, out);
     if (c.pending_local.empty() || !c.signalled || !active(c.state)) return;
-    json::object content = base_content(c);
-    json::array list;
-    for (const auto& cand : c.pending_local) {
-        json::object o{{"candidate", cand.candidate}};
-        if (cand.sdp_mid) o["sdpMid"] = *cand.sdp_mid;
-        if (cand.sdp_mline_index) o["sdpMLineIndex"] = *cand.sdp_mline_index;
-        list.push_back(std::move(o));
-    }
-    content["candidates"] = std::move(list);
+    auto candidates = event<proto::CallCandidates>(c);
+    candidates.candidates = std::move(c.pending_local);
     c.pending_local.clear();
-    send(c, "m.call.candidates", std::move(content), out);
+    send(c, candidates, out);
 }
 
 // Candidates go out in batches: the first ~2 s after the invite, then every ~500 ms; the
@@ -296,7 +280,7 @@ void CallManager::choose_opponent(Call& c, const std::string& party, Out& out) {
     c.opponent_party = party;
     auto it = c.remote_by_party.find(party);
     if (it != c.remote_by_party.end() && c.media_started) {
-        for (auto& cand : it->second) candidate_command(out, c.id, proto::Candidate(cand));
+        for (auto& cand : it->second) candidate_command(out, c.id, std::move(cand));
         c.remote_by_party.erase(it);
     }
     // Candidates of the parties not chosen are of no use.
@@ -360,14 +344,10 @@ void CallManager::reject(const std::string& call_id, Out& out) {
         out.push_back(Dropped{call_id, "reject: the call is not ringing"});
         return;
     }
-    if (c->remote_version == proto::CallVersion::v1) {
-        send(*c, "m.call.reject", base_content(*c), out);
-    } else {
-        // Version 0 has no reject: a hangup declines the call.
-        json::object content = base_content(*c);
-        content["reason"] = "user_hangup";
-        send(*c, "m.call.hangup", std::move(content), out);
-    }
+    if (c->remote_version == proto::CallVersion::v1)
+        send(*c, event<proto::CallReject>(*c), out);
+    else
+        send_hangup(*c, "user_hangup", out);  // version 0 has no reject: a hangup declines
     end(*c, "rejected", false, out);
 }
 
@@ -382,10 +362,8 @@ void CallManager::hang_up(const std::string& call_id, Out& out) {
         return;
     }
     if (c->signalled) {
-        json::object content = base_content(*c);
-        content["reason"] = "user_hangup";
         flush_candidates(*c, out);
-        send(*c, "m.call.hangup", std::move(content), out);
+        send_hangup(*c, "user_hangup", out);
     }
     end(*c, "user_hangup", false, out);
 }
@@ -396,12 +374,12 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
     Call* c = find(in.call_id);
     if (c && c->dir == Direction::outgoing && c->state == CallState::preparing &&
         in.type == "offer") {
-        json::object content = base_content(*c);
-        content["offer"] = {{"type", "offer"}, {"sdp", in.sdp}};
-        content["lifetime"] = opt_.invite_lifetime;
-        if (!c->opponent_user.empty()) content["invitee"] = c->opponent_user;
-        put_local_metadata(*c, content);
-        send(*c, "m.call.invite", std::move(content), out);
+        auto invite = event<proto::CallInvite>(*c);
+        invite.offer = {"offer", in.sdp};
+        invite.lifetime = opt_.invite_lifetime;
+        if (!c->opponent_user.empty()) invite.invitee = c->opponent_user;
+        invite.metadata = local_metadata(*c);
+        send(*c, invite, out);
         c->signalled = true;
         c->lifetime_timer = start_timer(*c, TimerKind::lifetime, now + opt_.invite_lifetime, out);
         set_state(*c, CallState::invite_sent, out);
@@ -410,10 +388,10 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
     }
     if (c && c->dir == Direction::incoming && c->state == CallState::answering &&
         in.type == "answer") {
-        json::object content = base_content(*c);
-        content["answer"] = {{"type", "answer"}, {"sdp", in.sdp}};
-        put_local_metadata(*c, content);
-        send(*c, "m.call.answer", std::move(content), out);
+        auto answer = event<proto::CallAnswer>(*c);
+        answer.answer = {"answer", in.sdp};
+        answer.metadata = local_metadata(*c);
+        send(*c, answer, out);
         c->signalled = true;
         set_state(*c, CallState::connecting, out);
         arm_candidate_batch(*c, now, out);
@@ -422,12 +400,12 @@ void CallManager::local_description(const LocalDescription& in, Ms now, Out& out
     bool in_progress = c && (c->state == CallState::connecting || c->state == CallState::connected);
     if (in_progress &&
         ((in.type == "offer" && c->making_offer) || (in.type == "answer" && c->answering_offer))) {
-        json::object content = base_content(*c);
-        content["description"] = {{"type", in.type}, {"sdp", in.sdp}};
-        content["lifetime"] = opt_.negotiate_lifetime;
-        put_local_metadata(*c, content);
+        auto negotiate = event<proto::CallNegotiate>(*c);
+        negotiate.description = {in.type, in.sdp};
+        negotiate.lifetime = opt_.negotiate_lifetime;
+        negotiate.metadata = local_metadata(*c);
         if (in.type == "answer") c->answering_offer = false;
-        send(*c, "m.call.negotiate", std::move(content), out);
+        send(*c, negotiate, out);
         return;
     }
     out.push_back(Dropped{in.call_id, "local " + in.type + " does not fit the call's state"});
@@ -493,11 +471,9 @@ void CallManager::set_muted(const SetMuted& in, Out& out) {
         s.video_muted = in.video;
     }
     if (!changed) return;
-    json::object content = base_content(*c);
-    json::object m = proto::serialize_stream_metadata(c->local_metadata);
-    content[proto::kMetadataKey] = m;
-    content[proto::kMetadataUnstableKey] = std::move(m);
-    send(*c, "m.call.sdp_stream_metadata_changed", std::move(content), out);
+    auto changed_event = event<proto::CallSdpStreamMetadataChanged>(*c);
+    changed_event.metadata = c->local_metadata;
+    send(*c, changed_event, out);
 }
 
 void CallManager::local_candidate(const LocalCandidate& in, Ms now, Out& out) {
@@ -541,12 +517,7 @@ void CallManager::ice(const IceStateChanged& in, Ms now, Out& out) {
         command(out, c->id, MediaOp::ice_restart);
     } else if (in.state == IceState::failed &&
                (c->state == CallState::connecting || c->state == CallState::connected)) {
-        // ice_failed if media never flowed, ice_timeout if it flowed and then stopped.
-        std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
-        json::object content = base_content(*c);
-        content["reason"] = reason;
-        send(*c, "m.call.hangup", std::move(content), out);
-        end(*c, reason, false, out);
+        ice_failed(*c, out);
     }
 }
 
@@ -564,18 +535,12 @@ void CallManager::timer(const TimerFired& in, Out& out) {
     }
     if (kind == TimerKind::ice_restart) {
         c->ice_restart_timer = 0;
-        std::string reason = c->media_flowed ? "ice_timeout" : "ice_failed";
-        json::object content = base_content(*c);
-        content["reason"] = reason;
-        send(*c, "m.call.hangup", std::move(content), out);
-        end(*c, reason, false, out);
+        ice_failed(*c, out);
         return;
     }
     c->lifetime_timer = 0;
     if (c->state == CallState::invite_sent) {
-        json::object content = base_content(*c);
-        content["reason"] = "invite_timeout";
-        send(*c, "m.call.hangup", std::move(content), out);
+        send_hangup(*c, "invite_timeout", out);
         end(*c, "invite_timeout", false, out);
     } else if (c->state == CallState::ringing) {
         end(*c, "invite_timeout", true, out);  // the invite expired unanswered: nothing to send
@@ -597,50 +562,33 @@ void CallManager::room_changed(const RoomChanged& in, Out& out) {
 void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     struct Item {
         const RoomEvent* ev;
-        proto::Parsed<proto::CallEvent> parsed;
-        proto::CallEvent& call() { return parsed.value(); }
+        proto::CallEvent event;
     };
-    // Never moves once reserved: `settled` points into it. A quiet /sync brings one call event
-    // at a time: kept inline.
-    boost::container::small_vector<Item, 1> items;
-    items.reserve(in.events.size());
-    // Calls answered, rejected or hung up within this batch (a batch holds a few events).
-    boost::container::small_vector<std::string_view, 8> settled;
+    std::vector<Item> items;
+    // Calls answered, rejected or hung up within this batch.
+    std::set<std::string> settled;
     for (const auto& ev : in.events) {
-        if (ev.type.rfind("m.call.", 0) != 0 || ev.from_this_device) continue;
-        // A top-level string field, read without parsing the event.
-        auto peek = [&](std::string_view key) -> std::optional<std::string> {
-            if (!ev.content_json.empty()) return proto::json_string_member(ev.content_json, key);
-            const json::object* o = ev.content.if_object();
-            const json::value* v = o ? o->if_contains(key) : nullptr;
-            if (v && v->is_string()) return std::string(v->get_string());
-            return std::nullopt;
+        if (!ev.type.starts_with("m.call.") || ev.from_this_device) continue;
+        const json::object* content = ev.content.if_object();
+        auto string_field = [&](std::string_view key) {
+            const json::value* v = content ? content->if_contains(key) : nullptr;
+            return v && v->is_string() ? std::string(v->get_string()) : std::string();
         };
         // Our own events come back through /sync, recognised by our party id: skipped before
         // parsing (they carry our own SDPs).
-        if (ev.sender == opt_.user_id && peek("party_id") == opt_.party_id) continue;
-        // Text content is read straight into the event (text that is not JSON is an error at
-        // "content").
-        // Parsed where it is kept: an event is not moved on its way to its handler.
-        Item& item = items.emplace_back(&ev, BuiltBy{[&] {
-            return ev.content_json.empty() ? proto::parse_call_event(ev.type, ev.content)
-                                           : proto::parse_call_event_json(ev.type, ev.content_json);
-        }});
-        if (!item.parsed.ok()) {
-            out.push_back(Dropped{peek("call_id").value_or(std::string()),
-                                  "invalid " + ev.type + ": " + item.parsed.error().path + " " +
-                                      item.parsed.error().rule});
-            items.pop_back();
+        if (ev.sender == opt_.user_id && string_field("party_id") == opt_.party_id) continue;
+        auto parsed = proto::parse_call_event(ev.type, ev.content);
+        if (!parsed.ok()) {
+            out.push_back(Dropped{
+                string_field("call_id"),
+                "invalid " + ev.type + ": " + parsed.error().path + " " + parsed.error().rule});
             continue;
         }
-        const proto::CallEvent& event = item.call();
-        bool settles = std::holds_alternative<proto::CallAnswer>(event) ||
-                       std::holds_alternative<proto::CallReject>(event) ||
-                       std::holds_alternative<proto::CallHangup>(event);
-        // (The handlers below move SDPs and candidates out of the items, never call ids.)
-        if (settles)
-            settled.push_back(
-                std::visit([](const auto& e) -> std::string_view { return e.call_id; }, event));
+        const proto::CallEvent& event = items.emplace_back(&ev, std::move(parsed.value())).event;
+        if (std::holds_alternative<proto::CallAnswer>(event) ||
+            std::holds_alternative<proto::CallReject>(event) ||
+            std::holds_alternative<proto::CallHangup>(event))
+            settled.insert(std::visit([](const auto& e) { return e.call_id; }, event));
     }
     // The handlers take the events' strings (SDPs, candidates) rather than copying them.
     for (auto& item : items) {
@@ -649,8 +597,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
             [&](auto& e) {
                 using T = std::decay_t<decltype(e)>;
                 if constexpr (std::is_same_v<T, proto::CallInvite>) {
-                    if (std::find(settled.begin(), settled.end(), e.call_id) != settled.end() &&
-                        !find(e.call_id))
+                    if (settled.count(e.call_id) && !find(e.call_id))
                         out.push_back(Dropped{
                             e.call_id,
                             "invite already answered, rejected or hung up in the same batch"});
@@ -672,7 +619,7 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
                     on_metadata_changed(ev, e, out);
                 }
             },
-            item.call());
+            item.event);
     }
 }
 
@@ -716,9 +663,7 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
             Call& b = add_call(invite.call_id, ev.room_id, Direction::incoming, CallState::ended);
             b.opponent_user = ev.sender;
             b.opponent_party = invite.party_id;
-            json::object content = base_content(b);
-            content["reason"] = "user_busy";
-            send(b, "m.call.hangup", std::move(content), out);
+            send_hangup(b, "user_busy", out);
             out.push_back(StateChanged{b.id, CallState::ended, "user_busy", false});
             return;
         }
@@ -729,11 +674,7 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
         if (ours->state == CallState::preparing || invite.call_id < ours->id) {
             // Theirs lives: drop ours (hanging it up if it is out) and answer theirs with our
             // media.
-            if (ours->signalled) {
-                json::object content = base_content(*ours);
-                content["reason"] = "user_hangup";
-                send(*ours, "m.call.hangup", std::move(content), out);
-            }
+            if (ours->signalled) send_hangup(*ours, "user_hangup", out);
             ours->media_started = false;  // its media moves to the surviving call
             end(*ours, "replaced", false, out);
             auto_answer = true;
@@ -795,9 +736,9 @@ void CallManager::on_answer(const RoomEvent& ev, proto::CallAnswer& a, Out& out)
     if (!c) return;
     cancel_timer(c->lifetime_timer, out);
     c->remote_version = a.version;
-    json::object content = base_content(*c);
-    content["selected_party_id"] = a.party_id;
-    send(*c, "m.call.select_answer", std::move(content), out);
+    auto select = event<proto::CallSelectAnswer>(*c);
+    select.selected_party_id = a.party_id;
+    send(*c, select, out);
     command(out, c->id, MediaOp::set_remote_description, std::move(a.answer.sdp));
     take_remote_metadata(*c, std::move(a.metadata), true, out);
     choose_opponent(*c, a.party_id, out);
@@ -862,9 +803,9 @@ void CallManager::on_reject(const RoomEvent& ev, const proto::CallReject& r, Out
     Call* c = invite_response(ev, r.call_id, "reject", "rejected_elsewhere", out);
     if (!c) return;
     // The caller selects a reject like an answer, so the callee's other devices stop ringing.
-    json::object content = base_content(*c);
-    content["selected_party_id"] = r.party_id;
-    send(*c, "m.call.select_answer", std::move(content), out);
+    auto select = event<proto::CallSelectAnswer>(*c);
+    select.selected_party_id = r.party_id;
+    send(*c, select, out);
     end(*c, "rejected", true, out);
 }
 

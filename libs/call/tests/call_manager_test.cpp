@@ -238,46 +238,6 @@ TEST(Calls, OurOwnEchoMarkedByTheServerIsSkippedUnread) {
     EXPECT_EQ(a.m.state("c1"), CallState::invite_sent);
 }
 
-// Content given as JSON text takes the same rules as content given as a value: the same
-// invite rings with the same SDP, its candidates and hangup apply, text that is not JSON is
-// dropped with the reason.
-TEST(Calls, EventsGivenAsJsonTextFollowTheSameRules) {
-    auto as_text = [](RoomEvent ev, std::string& storage) {
-        storage = json::serialize(ev.content);
-        ev.content = nullptr;
-        ev.content_json = storage;
-        return ev;
-    };
-    std::string t1, t2, t3, t4;
-    Client b(kBob, "PHONE");
-    RoomEvent inv = invite("c1", kAlice, "ALICE1");
-    inv.content.as_object()["offer"].as_object()["sdp"] =
-        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
-    auto out = b.sync({as_text(inv, t1)});
-    ASSERT_EQ(b.m.state("c1"), CallState::ringing);
-    out = b.sync({as_text(
-        candidates_ev("c1", kAlice, "ALICE1", "candidate:1 1 udp 1 10.0.0.1 1 typ host"), t2)});
-    out = b.in(AnswerCall{"c1"});
-    auto answer = media(out, MediaOp::create_answer);
-    ASSERT_EQ(answer.size(), 1u);
-    EXPECT_EQ(answer[0].sdp, "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n");
-    auto cands = media(out, MediaOp::add_remote_candidate);
-    ASSERT_EQ(cands.size(), 1u);
-    EXPECT_EQ(cands[0].candidate.candidate, "candidate:1 1 udp 1 10.0.0.1 1 typ host");
-    out = b.sync({as_text(simple("m.call.hangup", "c1", kAlice, "ALICE1"), t3)});
-    ASSERT_TRUE(ended(out));
-    EXPECT_EQ(ended(out)->end_reason, "user_hangup");
-
-    RoomEvent broken = invite("c2", kAlice, "ALICE1");
-    broken.content = nullptr;
-    t4 = R"({"call_id":"c2","offer":)";
-    broken.content_json = t4;
-    auto d = all<Dropped>(b.sync({broken}));
-    ASSERT_EQ(d.size(), 1u);
-    EXPECT_NE(d[0].why.find("not JSON"), std::string::npos) << d[0].why;
-    EXPECT_FALSE(b.m.state("c2"));
-}
-
 TEST(Calls, AnsweringCreatesTheAnswerSendsItAndAppliesBufferedCandidates) {
     Client b(kBob, "PHONE");
     // Candidates may arrive before the invite they belong to.

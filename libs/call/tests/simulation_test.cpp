@@ -82,27 +82,19 @@ class Sim {
     }
 
     // ---- the homeserver: one room, events visible after a commit delay ---------------------
-    // Half the events reach the managers as JSON text (RoomEvent::content_json) and half as a
-    // DOM; half of a device's own events carry the server's this-device mark.
+    // Half of a device's own events carry the server's this-device mark.
     struct Stored {
         RoomEvent ev;
         Ms visible_at;
         const Device* from;
         bool marked_own;
-        std::shared_ptr<const std::string> text;  // what ev.content_json points into
     };
     std::vector<Stored> room;
 
     void publish(const Device& from, const SendEvent& s) {
         Ms visible = now_ + rand(1, 40);
-        Stored st{RoomEvent{kRoom, from.user, s.type, s.content, 0}, visible, &from,
-                  rand(0, 1) == 1, nullptr};
-        if (rand(0, 1) == 1) {
-            st.text = std::make_shared<const std::string>(json::serialize(s.content));
-            st.ev.content = nullptr;
-            st.ev.content_json = *st.text;
-        }
-        room.push_back(std::move(st));
+        room.push_back(
+            {RoomEvent{kRoom, from.user, s.type, s.content, 0}, visible, &from, rand(0, 1) == 1});
         for (auto& d : devices) at(visible + rand(0, 5), [this, dev = d.get()] { sync(*dev); });
     }
 

@@ -1,10 +1,7 @@
 #include "mxvoip/proto/call_events.hpp"
 
-#include <boost/container/small_vector.hpp>
-
 #include <algorithm>
 
-#include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
 
@@ -38,60 +35,18 @@ struct Fail {
     throw Fail{path.str(), std::move(rule)};
 }
 
-// A DOM value behind the small interface the rules below read through. (The fast way in,
-// call_event_text.cpp, reads text directly and leaves to these rules whatever it does not
-// take.)
-class DomNode {
-  public:
-    explicit DomNode(const json::value& v) : v_(&v) {}
-    bool is_object() const { return v_->is_object(); }
-    bool is_array() const { return v_->is_array(); }
-    bool is_string() const { return v_->is_string(); }
-    bool is_bool() const { return v_->is_bool(); }
-    bool is_number() const { return v_->is_number(); }
-    std::optional<std::int64_t> as_integer() const {
-        if (v_->is_int64()) return v_->get_int64();
-        if (v_->is_uint64() && v_->get_uint64() <= static_cast<std::uint64_t>(kMaxSafeInteger))
-            return static_cast<std::int64_t>(v_->get_uint64());
-        return std::nullopt;
-    }
-    std::optional<DomNode> find(std::string_view key) const {
-        const json::value* v = v_->get_object().if_contains(key);
-        return v ? std::optional(DomNode(*v)) : std::nullopt;
-    }
-    template <typename F>
-    void for_each_member(F&& f) const {
-        for (const auto& kv : v_->get_object()) f(std::string_view(kv.key()), DomNode(kv.value()));
-    }
-    std::size_t size() const { return v_->get_array().size(); }
-    template <typename F>
-    void for_each_element(F&& f) const {
-        for (const auto& v : v_->get_array()) f(DomNode(v));
-    }
-    std::string string() const { return std::string(v_->get_string()); }
-    bool string_equals(std::string_view s) const { return v_->get_string() == s; }
-    bool boolean() const { return v_->get_bool(); }
-    json::value to_value() const { return *v_; }
-
-  private:
-    const json::value* v_;
-};
-
-template <typename Node>
-const Node& as_object(const Node& v, const Path& path) {
+const json::object& as_object(const json::value& v, const Path& path) {
     if (!v.is_object()) fail(path, "must be an object");
-    return v;
+    return v.get_object();
 }
 
 // Reads fields of one object, remembering which were read: the rest are the unknown fields.
-// Points into the parsed value, copies nothing until a field is returned.
-template <typename Node>
 class Fields {
   public:
-    Fields(const Node& o, const Path& path) : obj_(as_object(o, path)), path_(path) {}
+    Fields(const json::value& o, const Path& path) : obj_(as_object(o, path)), path_(path) {}
 
-    std::optional<Node> take(std::string_view key) {
-        auto v = obj_.find(key);
+    const json::value* take(std::string_view key) {
+        const json::value* v = obj_.if_contains(key);
         if (v) taken_.push_back(key);
         return v;
     }
@@ -101,10 +56,10 @@ class Fields {
         return std::move(*v);
     }
     std::optional<std::string> opt_string(std::string_view key) {
-        auto v = take(key);
+        const json::value* v = take(key);
         if (!v) return std::nullopt;
         if (!v->is_string()) fail(path_.member(key), "must be a string");
-        return v->string();
+        return std::string(v->get_string());
     }
     std::int64_t req_int(std::string_view key, std::int64_t min) {
         auto v = opt_int(key);
@@ -113,16 +68,18 @@ class Fields {
         return *v;
     }
     std::optional<std::int64_t> opt_int(std::string_view key) {
-        auto v = take(key);
+        const json::value* v = take(key);
         if (!v) return std::nullopt;
-        if (auto i = v->as_integer()) return i;
+        if (v->is_int64()) return v->get_int64();
+        if (v->is_uint64() && v->get_uint64() <= static_cast<std::uint64_t>(kMaxSafeInteger))
+            return static_cast<std::int64_t>(v->get_uint64());
         fail(path_.member(key), "must be an integer");
     }
     std::optional<bool> opt_bool(std::string_view key) {
-        auto v = take(key);
+        const json::value* v = take(key);
         if (!v) return std::nullopt;
         if (!v->is_bool()) fail(path_.member(key), "must be true or false");
-        return v->boolean();
+        return v->get_bool();
     }
     std::string opaque_id(std::string_view key, bool required) {
         auto v = opt_string(key);
@@ -135,26 +92,23 @@ class Fields {
         return std::move(*v);
     }
     const Path& path() const { return path_; }
-    // Puts the fields not read into `out` (left untouched when every field was read).
+    // The fields not read, into `out`.
     void rest(json::object& out) const {
-        if (taken_.size() == obj_.size()) return;
-        obj_.for_each_member([&](std::string_view key, const Node& value) {
-            if (std::find(taken_.begin(), taken_.end(), key) == taken_.end())
-                out[key] = value.to_value();
-        });
+        for (const auto& kv : obj_)
+            if (std::find(taken_.begin(), taken_.end(), kv.key()) == taken_.end())
+                out[kv.key()] = kv.value();
     }
 
   private:
-    const Node& obj_;
+    const json::object& obj_;
     const Path& path_;
-    boost::container::small_vector<std::string_view, 8> taken_;
+    std::vector<std::string_view> taken_;
 };
 
-template <typename Node>
-SessionDescription parse_description(const std::optional<Node>& v, const Path& path,
+SessionDescription parse_description(const json::value* v, const Path& path,
                                      std::initializer_list<std::string_view> types) {
     if (!v) fail(path, "is required");
-    Fields<Node> f(*v, path);
+    Fields f(*v, path);
     SessionDescription d;
     d.type = f.req_string("type");
     if (std::find(types.begin(), types.end(), d.type) == types.end()) {
@@ -167,65 +121,61 @@ SessionDescription parse_description(const std::optional<Node>& v, const Path& p
     return d;
 }
 
-template <typename Node>
-SdpStreamMetadata parse_metadata(const Node& v, const Path& path) {
+SdpStreamMetadata parse_metadata(const json::value& v, const Path& path) {
     SdpStreamMetadata out;
-    as_object(v, path).for_each_member([&](std::string_view id, const Node& entry) {
+    for (const auto& [id, entry] : as_object(v, path)) {
         Path entry_path = path.member(id);
-        Fields<Node> f(entry, entry_path);
+        Fields f(entry, entry_path);
         StreamMetadata m;
         m.purpose = f.req_string("purpose");
         m.audio_muted = f.opt_bool("audio_muted").value_or(false);
         m.video_muted = f.opt_bool("video_muted").value_or(false);
         f.rest(m.extra);
         out.emplace(std::string(id), std::move(m));
-    });
+    }
     return out;
 }
 
-template <typename Node>
-std::optional<SdpStreamMetadata> take_metadata(Fields<Node>& f) {
-    auto stable = f.take(kMetadataKey);
-    auto unstable = f.take(kMetadataUnstableKey);
+std::optional<SdpStreamMetadata> take_metadata(Fields& f) {
+    const json::value* stable = f.take(kMetadataKey);
+    const json::value* unstable = f.take(kMetadataUnstableKey);
     if (stable) return parse_metadata(*stable, f.path().member(kMetadataKey));
     if (unstable) return parse_metadata(*unstable, f.path().member(kMetadataUnstableKey));
     return std::nullopt;
 }
 
-template <typename Node>
-void parse_common(Fields<Node>& f, CallCommon& c) {
+void parse_common(Fields& f, CallCommon& c) {
     c.call_id = f.opaque_id("call_id", true);
-    auto version = f.take("version");
+    const json::value* version = f.take("version");
     Path version_path = f.path().member("version");
     if (!version) fail(version_path, "is required");
-    if (version->is_string()) {
-        c.version = version->string_equals("0") ? CallVersion::v0 : CallVersion::v1;
-        if (!version->string_equals("1")) c.version_sent = version->to_value();
+    if (const json::string* s = version->if_string()) {
+        c.version = *s == "0" ? CallVersion::v0 : CallVersion::v1;
+        if (*s != "1") c.version_sent = *version;
     } else if (version->is_number()) {
-        c.version = version->as_integer() == 0 ? CallVersion::v0 : CallVersion::v1;
-        c.version_sent = version->to_value();
+        bool zero = (version->is_int64() && version->get_int64() == 0) ||
+                    (version->is_uint64() && version->get_uint64() == 0);
+        c.version = zero ? CallVersion::v0 : CallVersion::v1;
+        c.version_sent = *version;
     } else {
         fail(version_path, "must be a string (or the integer 0 of version 0)");
     }
     c.party_id = f.opaque_id("party_id", c.version == CallVersion::v1);
 }
 
-// An event of type T built in place in the variant (these events are moved only once more,
-// into Parsed): `fill` reads the fields particular to T, the unread rest goes to `extra`.
-template <typename T, typename Node, typename Fill>
-CallEvent build(Fields<Node>& f, Fill&& fill) {
-    CallEvent out(std::in_place_type<T>);
-    T& e = *std::get_if<T>(&out);
+// An event of type T: `fill` reads the fields particular to T, the unread rest goes to `extra`.
+template <typename T, typename Fill>
+CallEvent build(Fields& f, Fill&& fill) {
+    T e;
     parse_common(f, e);
     fill(e);
     f.rest(e.extra);
-    return out;
+    return e;
 }
 
-template <typename Node>
-CallEvent parse(std::string_view type, const Node& content) {
+CallEvent parse(std::string_view type, const json::value& content) {
     const Path root{nullptr, "content"};
-    Fields<Node> f(content, root);
+    Fields f(content, root);
     if (type == "m.call.invite") {
         return build<CallInvite>(f, [&](CallInvite& e) {
             e.offer = parse_description(f.take("offer"), root.member("offer"), {"offer"});
@@ -238,15 +188,14 @@ CallEvent parse(std::string_view type, const Node& content) {
     }
     if (type == "m.call.candidates") {
         return build<CallCandidates>(f, [&](CallCandidates& e) {
-            auto list = f.take("candidates");
+            const json::value* list = f.take("candidates");
             Path path = root.member("candidates");
             if (!list) fail(path, "is required");
             if (!list->is_array()) fail(path, "must be an array");
-            e.candidates.reserve(list->size());
             std::size_t i = 0;
-            list->for_each_element([&](const Node& item) {
+            for (const json::value& item : list->get_array()) {
                 Path item_path = path.element(i++);
-                Fields<Node> c(item, item_path);
+                Fields c(item, item_path);
                 Candidate& cand = e.candidates.emplace_back();
                 cand.candidate = c.req_string("candidate");
                 cand.sdp_mid = c.opt_string("sdpMid");
@@ -258,7 +207,7 @@ CallEvent parse(std::string_view type, const Node& content) {
                          "needs sdpMid or sdpMLineIndex (only the end-of-candidates marker may "
                          "omit both)");
                 c.rest(cand.extra);
-            });
+            }
         });
     }
     if (type == "m.call.answer") {
@@ -295,27 +244,20 @@ CallEvent parse(std::string_view type, const Node& content) {
          std::string("'").append(type).append("' is not an m.call.* event type"));
 }
 
-}  // namespace
-
-json::object serialize_stream_metadata(const SdpStreamMetadata& m) {
-    json::object out;
-    for (const auto& [id, s] : m) {
-        json::object entry = s.extra;
-        entry["purpose"] = s.purpose;
-        if (s.audio_muted) entry["audio_muted"] = true;
-        if (s.video_muted) entry["video_muted"] = true;
-        out[id] = std::move(entry);
-    }
-    return out;
-}
-
-namespace {
-
 json::object serialize_description(const SessionDescription& d) {
     json::object out = d.extra;
     out["type"] = d.type;
     out["sdp"] = d.sdp;
     return out;
+}
+
+// The metadata of an event that may carry it.
+const SdpStreamMetadata* metadata_of(const CallSdpStreamMetadataChanged& e) {
+    return &e.metadata;
+}
+template <typename T>
+const SdpStreamMetadata* metadata_of(const T& e) {
+    return e.metadata ? &*e.metadata : nullptr;
 }
 
 json::object common(const CallCommon& c) {
@@ -329,9 +271,16 @@ json::object common(const CallCommon& c) {
     return out;
 }
 
-void put_metadata(json::object& out, const std::optional<SdpStreamMetadata>& m) {
-    if (!m) return;
-    json::object value = serialize_stream_metadata(*m);
+// Under both keys (see kMetadataUnstableKey).
+void put_metadata(json::object& out, const SdpStreamMetadata& m) {
+    json::object value;
+    for (const auto& [id, s] : m) {
+        json::object entry = s.extra;
+        entry["purpose"] = s.purpose;
+        if (s.audio_muted) entry["audio_muted"] = true;
+        if (s.video_muted) entry["video_muted"] = true;
+        value[id] = std::move(entry);
+    }
     out[kMetadataKey] = value;
     out[kMetadataUnstableKey] = std::move(value);
 }
@@ -346,7 +295,7 @@ bool CallHangup::reason_known() const {
 
 Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& content) {
     try {
-        return parse(type, DomNode(content));
+        return parse(type, content);
     } catch (const Fail& f) {
         return CallEventError{f.path, f.rule};
     }
@@ -370,7 +319,6 @@ json::object serialize_call_event(const CallEvent& event) {
                 out["offer"] = serialize_description(e.offer);
                 out["lifetime"] = e.lifetime;
                 if (e.invitee) out["invitee"] = *e.invitee;
-                put_metadata(out, e.metadata);
             } else if constexpr (std::is_same_v<T, CallCandidates>) {
                 json::array list;
                 for (const auto& c : e.candidates) {
@@ -383,66 +331,67 @@ json::object serialize_call_event(const CallEvent& event) {
                 out["candidates"] = std::move(list);
             } else if constexpr (std::is_same_v<T, CallAnswer>) {
                 out["answer"] = serialize_description(e.answer);
-                put_metadata(out, e.metadata);
             } else if constexpr (std::is_same_v<T, CallSelectAnswer>) {
                 out["selected_party_id"] = e.selected_party_id;
             } else if constexpr (std::is_same_v<T, CallNegotiate>) {
                 out["description"] = serialize_description(e.description);
                 out["lifetime"] = e.lifetime;
-                put_metadata(out, e.metadata);
             } else if constexpr (std::is_same_v<T, CallHangup>) {
                 if (e.reason) out["reason"] = *e.reason;
-            } else if constexpr (std::is_same_v<T, CallSdpStreamMetadataChanged>) {
-                put_metadata(out, e.metadata);
+            }
+            if constexpr (requires { e.metadata; }) {
+                if (const SdpStreamMetadata* m = metadata_of(e)) put_metadata(out, *m);
             }
             return out;
         },
         event);
 }
 
-std::vector<CallEventError> lint_call_event(const CallEvent& event) {
-    std::vector<CallEventError> out;
+std::vector<LintFinding> lint_call_event(const CallEvent& event) {
+    std::vector<LintFinding> out;
+    auto violation = [&](std::string path, std::string rule) {
+        out.push_back({LintFinding::Severity::violation, std::move(path), std::move(rule)});
+    };
     std::visit(
         [&](const auto& e) {
             using T = std::decay_t<decltype(e)>;
-            const auto& v = e.version_sent;
-            bool version_ok =
-                !v || (v->is_string() && (v->get_string() == "1" || v->get_string() == "0")) ||
-                (v->is_int64() && v->get_int64() == 0);
-            if (!version_ok)
-                out.push_back({"content.version",
-                               "should be \"1\" (or the integer 0 of version 0); read as \"1\""});
-            auto check_metadata = [&](const SdpStreamMetadata& m) {
-                for (const auto& [id, s] : m) {
-                    if (!s.purpose_known())
-                        out.push_back(
-                            {"content.sdp_stream_metadata." + id + ".purpose",
-                             "must be m.usermedia or m.screenshare; the stream is ignored"});
-                    for (const auto& kv : s.extra)
-                        out.push_back(
-                            {"content.sdp_stream_metadata." + id + "." + std::string(kv.key()),
-                             "is not a stream metadata field (kept, but no client reads it)"});
-                }
-            };
+            if (const auto& v = e.version_sent; v && v->is_string()) {
+                // "0" is version 0; other strings are experimental versions the schema allows.
+                if (v->get_string() != "0")
+                    out.push_back({LintFinding::Severity::note, "content.version",
+                                   "experimental version \"" + std::string(v->get_string()) +
+                                       "\": read as version \"1\""});
+            } else if (v && !(v->is_int64() && v->get_int64() == 0)) {
+                violation("content.version",
+                          "should be \"1\" (or the integer 0 of version 0); read as \"1\"");
+            }
             if constexpr (requires { e.metadata; }) {
-                if constexpr (std::is_same_v<std::decay_t<decltype(e.metadata)>, SdpStreamMetadata>)
-                    check_metadata(e.metadata);
-                else if (e.metadata)
-                    check_metadata(*e.metadata);
+                if (const SdpStreamMetadata* m = metadata_of(e)) {
+                    for (const auto& [id, s] : *m) {
+                        if (!s.purpose_known())
+                            violation(
+                                "content.sdp_stream_metadata." + id + ".purpose",
+                                "must be m.usermedia or m.screenshare; the stream is ignored");
+                        for (const auto& kv : s.extra)
+                            violation(
+                                "content.sdp_stream_metadata." + id + "." + std::string(kv.key()),
+                                "is not a stream metadata field (kept, but no client reads it)");
+                    }
+                }
             }
             if constexpr (std::is_same_v<T, CallHangup>) {
                 if (!e.reason_known())
-                    out.push_back({"content.reason",
-                                   "'" + e.effective_reason() +
-                                       "' is not a spec hangup reason (ice_timeout, ice_failed, "
-                                       "invite_timeout, user_hangup, user_media_failed, user_busy, "
-                                       "unknown_error)"});
+                    violation("content.reason",
+                              "'" + e.effective_reason() +
+                                  "' is not a spec hangup reason (ice_timeout, ice_failed, "
+                                  "invite_timeout, user_hangup, user_media_failed, user_busy, "
+                                  "unknown_error)");
             }
             if constexpr (std::is_same_v<T, CallReject> || std::is_same_v<T, CallNegotiate>) {
                 if (e.version == CallVersion::v0)
-                    out.push_back(
-                        {"content.version",
-                         std::string(call_event_type(event)).append(" exists only in version 1")});
+                    violation(
+                        "content.version",
+                        std::string(call_event_type(event)).append(" exists only in version 1"));
             }
         },
         event);

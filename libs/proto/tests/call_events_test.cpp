@@ -315,6 +315,31 @@ TEST(CallEvents, LintFlagsWhatParsingTolerates) {
             .empty());
 }
 
+TEST(CallEvents, LintNotesExperimentalStringVersions) {
+    auto lint_of = [](std::string_view version) {
+        auto p = parse_call_event("m.call.hangup",
+                                  json::parse(R"({"call_id":"c","party_id":"p","version":)" +
+                                              std::string(version) + "}"));
+        EXPECT_TRUE(p.ok()) << version;
+        return lint_call_event(p.value());
+    };
+    // The schema's version is a string, and "experimental implementations can use non-integer
+    // versions": a note, not a violation.
+    auto experimental = lint_of(R"("2.5-experimental")");
+    ASSERT_EQ(experimental.size(), 1u);
+    EXPECT_EQ(experimental[0].severity, LintFinding::Severity::note);
+    EXPECT_EQ(experimental[0].path, "content.version");
+    EXPECT_TRUE(lint_of(R"("1")").empty());
+    EXPECT_TRUE(lint_of(R"("0")").empty());
+    EXPECT_TRUE(lint_of("0").empty());
+    // Integers other than 0 are not what any version sends.
+    for (const char* v : {"1", "2", "1.5"}) {
+        auto lint = lint_of(v);
+        ASSERT_EQ(lint.size(), 1u) << v;
+        EXPECT_EQ(lint[0].severity, LintFinding::Severity::violation) << v;
+    }
+}
+
 TEST(CallEvents, UnknownTypeIsAnError) {
     EXPECT_EQ(error_of("m.call.ring", "{}").path, "type");
 }

@@ -1,8 +1,5 @@
 #pragma once
 
-#include <boost/container/small_vector.hpp>
-#include <boost/unordered/unordered_flat_map.hpp>
-
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -13,6 +10,7 @@
 #include <variant>
 #include <vector>
 
+#include "mxvoip/call/ice_state.hpp"
 #include "mxvoip/proto/call_events.hpp"
 
 namespace mxvoip::call {
@@ -34,7 +32,6 @@ enum class CallState {
 const char* to_string(CallState s);
 
 enum class Direction { outgoing, incoming };
-enum class IceState { checking, connected, disconnected, failed };
 
 // ---- Inputs ------------------------------------------------------------------------------
 
@@ -53,20 +50,16 @@ struct RejectCall {
 struct HangUpCall {
     std::string call_id;
 };
-// One room event from /sync. `age_ms` is unsigned.age as the server reported it. The content
-// comes as a JSON value, or as JSON text in `content_json` (then `content` is unused): text is
-// read straight into the typed event rather than built into a DOM, the fast way for a caller
-// that has the text.
-// The text must stay alive while the input is handled. `from_this_device`: the server marked
-// the event as sent by this very client (unsigned.transaction_id) — our own echo, skipped
-// without reading it. Echoes without the mark are recognised by our party id.
+// One room event from /sync. `age_ms` is unsigned.age as the server reported it.
+// `from_this_device`: the server marked the event as sent by this very client
+// (unsigned.transaction_id) — our own echo, skipped without reading it. Echoes without the
+// mark are recognised by our party id.
 struct RoomEvent {
     std::string room_id;
     std::string sender;
     std::string type;
     json::value content;
     Ms age_ms = 0;
-    std::string_view content_json;
     bool from_this_device = false;
 };
 // A whole /sync batch: processed together, so that an invite already answered, rejected or
@@ -275,7 +268,6 @@ class CallManager {
     void on_metadata_changed(const RoomEvent& ev, proto::CallSdpStreamMetadataChanged& m, Out& out);
     void take_remote_metadata(Call& c, std::optional<proto::SdpStreamMetadata> m, bool first,
                               Out& out);
-    void put_local_metadata(const Call& c, json::object& content) const;
     Call* in_call(const std::string& call_id, const char* what, Out& out);
 
     void on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms now, Out& out);
@@ -294,8 +286,15 @@ class CallManager {
     std::vector<Call*> active_in_room(const std::string& room_id);
     Call* find(const std::string& call_id);
     const Call* find(const std::string& call_id) const;
-    json::object base_content(const Call& c) const;
-    void send(const Call& c, std::string type, json::object content, Out& out);
+    // An event of ours in call `c`, its common fields filled in.
+    template <typename Event>
+    Event event(const Call& c) const;
+    // The local stream metadata, for the events that carry it (none while it is empty).
+    std::optional<proto::SdpStreamMetadata> local_metadata(const Call& c) const;
+    void send(const Call& c, const proto::CallEvent& event, Out& out);
+    void send_hangup(const Call& c, std::string reason, Out& out);
+    // ICE failed for good: hang up with ice_failed, or ice_timeout if media had flowed.
+    void ice_failed(Call& c, Out& out);
     std::uint64_t start_timer(const Call& c, TimerKind kind, Ms at, Out& out);
     void cancel_timer(std::uint64_t& id, Out& out);
     void set_state(Call& c, CallState s, Out& out);
@@ -307,23 +306,10 @@ class CallManager {
 
     Options opt_;
     std::unordered_map<std::string, Call> calls_;  // ended ones too, for state()
-    // The call found last: most inputs are about the same call as the one before. Not carried
-    // over when the manager is copied (it would point into the other manager's table).
-    struct LastCall {
-        Call* call = nullptr;
-        LastCall() = default;
-        LastCall(const LastCall&) {}
-        LastCall& operator=(const LastCall&) {
-            call = nullptr;
-            return *this;
-        }
-    } last_;
-    // Room -> ids of its calls not ended, sorted. A room stays listed once it had a call: its
-    // entry is reused by the next one.
-    std::unordered_map<std::string, boost::container::small_vector<std::string, 2>> active_by_room_;
-    // Timer id -> its call and kind. Open addressing: starting and cancelling a timer (one or
-    // two per call) allocates nothing once the table has grown.
-    boost::unordered_flat_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
+    // Room -> ids of its calls not ended.
+    std::unordered_map<std::string, std::set<std::string>> active_by_room_;
+    // Timer id -> its call and kind.
+    std::unordered_map<std::uint64_t, std::pair<std::string, TimerKind>> timers_;
     std::uint64_t next_timer_ = 1;
     Ms now_ = 0;  // the time of the input being handled
     std::map<std::string, RoomChanged> rooms_;

@@ -26,10 +26,6 @@ class Parsed {
   public:
     Parsed(T value) : v_(std::move(value)) {}
     Parsed(CallEventError error) : v_(std::move(error)) {}
-    // The value built in place, from `args`.
-    template <typename... Args>
-    explicit Parsed(std::in_place_t, Args&&... args)
-        : v_(std::in_place_index<0>, std::forward<Args>(args)...) {}
     bool ok() const { return v_.index() == 0; }
     explicit operator bool() const { return ok(); }
     const T& value() const { return std::get<0>(v_); }
@@ -146,29 +142,23 @@ using CallEvent = std::variant<CallInvite, CallCandidates, CallAnswer, CallSelec
 // grammar, description types and the candidates rule are enforced; unknown fields survive.
 Parsed<CallEvent> parse_call_event(std::string_view type, const json::value& content);
 
-// The same from the content's JSON text, the fast way in for text straight off the wire: read
-// in one pass straight into the event, SDPs unescaped once. Text outside the shape clients
-// send (see call_event_text.cpp) is parsed with parse_json and read from the DOM instead, so
-// the result is always that of parse_call_event(type, parse_json(text)); text that is not
-// JSON is an error at "content".
-Parsed<CallEvent> parse_call_event_json(std::string_view type, std::string_view text);
-
-// A top-level string member of a JSON object's text (a call event's "party_id", say), without
-// reading the rest into anything; nullopt when it is absent or not a string, or when the text
-// is not a JSON object.
-std::optional<std::string> json_string_member(std::string_view text, std::string_view key);
-
 // The event type of a parsed event ("m.call.invite", ...).
 std::string_view call_event_type(const CallEvent& event);
 
-// Content JSON of an event: spec field names, metadata under both keys, unknown fields kept.
+// Content JSON of an event: spec field names, stream metadata under both keys, unknown fields
+// kept.
 json::object serialize_call_event(const CallEvent& event);
 
-// Stream metadata as it goes into content (under kMetadataKey and kMetadataUnstableKey).
-json::object serialize_stream_metadata(const SdpStreamMetadata& metadata);
-
-// Schema rules the parser deliberately tolerates (unknown stream purposes, unknown hangup
-// reasons, version values other than "1"/0): what a linter reports.
-std::vector<CallEventError> lint_call_event(const CallEvent& event);
+// What a linter says of an event the parser accepted: a rule of the schema or the spec that
+// the parser deliberately tolerates (an unknown stream purpose or hangup reason, a version
+// that is a number other than 0) is a violation; what the schema allows but a peer may not
+// understand (an experimental string version) is a note.
+struct LintFinding {
+    enum class Severity { violation, note };
+    Severity severity;
+    std::string path;
+    std::string rule;
+};
+std::vector<LintFinding> lint_call_event(const CallEvent& event);
 
 }  // namespace mxvoip::proto
