@@ -292,22 +292,7 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
     } else if (std::get_if<media::GatheringComplete>(&ev)) {
         feed(call::GatheringDone{call_id});
     } else if (auto* i = std::get_if<media::IceChanged>(&ev)) {
-        call::IceState s = call::IceState::checking;
-        switch (i->state) {
-            case media::IceState::checking:
-                s = call::IceState::checking;
-                break;
-            case media::IceState::connected:
-                s = call::IceState::connected;
-                break;
-            case media::IceState::disconnected:
-                s = call::IceState::disconnected;
-                break;
-            case media::IceState::failed:
-                s = call::IceState::failed;
-                break;
-        }
-        feed(call::IceStateChanged{call_id, s});
+        feed(call::IceStateChanged{call_id, i->state});
     } else if (auto* t = std::get_if<media::RemoteTrackAdded>(&ev)) {
         stream_seen(call_id, t->stream_id, t->kind);
     } else if (auto* f = std::get_if<media::FirstFrame>(&ev)) {

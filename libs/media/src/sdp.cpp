@@ -1,71 +1,97 @@
-#include "sdp_text.hpp"
+#include "sdp.hpp"
 
 #include <algorithm>
-#include <cstring>
+#include <iterator>
+#include <string_view>
 
 namespace mxvoip::media {
 
 namespace {
-const char* const kDirections[] = {"sendrecv", "sendonly", "recvonly", "inactive"};
+
+constexpr std::string_view kDirections[] = {"sendrecv", "sendonly", "recvonly", "inactive"};
+
+const GstSDPMedia* media_of(const GstSDPMessage& sdp, const std::string& mid) {
+    for (guint m = 0; m < gst_sdp_message_medias_len(&sdp); ++m) {
+        const GstSDPMedia* media = gst_sdp_message_get_media(&sdp, m);
+        const gchar* id = gst_sdp_media_get_attribute_val(media, "mid");
+        if (id && mid == id) return media;
+    }
+    return nullptr;
+}
+
 }  // namespace
 
-std::string media_section(const std::string& sdp, const std::string& mid) {
-    std::size_t pos = 0;
-    while ((pos = sdp.find("m=", pos)) != std::string::npos) {
-        if (pos != 0 && sdp[pos - 1] != '\n') {
-            pos += 2;
-            continue;
-        }
-        std::size_t end = sdp.find("\nm=", pos);
-        std::string section = sdp.substr(pos, end == std::string::npos ? end : end + 1 - pos);
-        if (section.find("a=mid:" + mid + "\r") != std::string::npos ||
-            section.find("a=mid:" + mid + "\n") != std::string::npos)
-            return section;
-        pos += 2;
+SdpMessage parse_sdp(const std::string& text) {
+    GstSDPMessage* sdp = nullptr;
+    if (gst_sdp_message_new_from_text(text.c_str(), &sdp) != GST_SDP_OK) return nullptr;
+    SdpMessage out(sdp);
+    // The parser skips what it does not understand: a text without a version line is not SDP.
+    if (!gst_sdp_message_get_version(sdp)) return nullptr;
+    return out;
+}
+
+SdpMessage copy_sdp(const GstSDPMessage& sdp) {
+    GstSDPMessage* copy = nullptr;
+    gst_sdp_message_copy(&sdp, &copy);
+    return SdpMessage(copy);
+}
+
+std::string sdp_text(const GstSDPMessage& sdp) {
+    gchar* text = gst_sdp_message_as_text(&sdp);
+    std::string out = text ? text : "";
+    g_free(text);
+    return out;
+}
+
+std::string stream_id(const GstSDPMessage& sdp, const std::string& mid) {
+    const GstSDPMedia* media = media_of(sdp, mid);
+    if (!media) return {};
+    // "a=msid:<stream id> <track id>", or "a=ssrc:<ssrc> msid:<stream id> <track id>".
+    if (const gchar* msid = gst_sdp_media_get_attribute_val(media, "msid")) {
+        std::string_view v = msid;
+        return std::string(v.substr(0, v.find(' ')));
+    }
+    for (guint i = 0; const gchar* ssrc = gst_sdp_media_get_attribute_val_n(media, "ssrc", i);
+         ++i) {
+        std::string_view v = ssrc;
+        std::size_t at = v.find(" msid:");
+        if (at == std::string_view::npos) continue;
+        v.remove_prefix(at + 6);
+        return std::string(v.substr(0, v.find(' ')));
     }
     return {};
 }
 
-std::string msid_of(const std::string& section) {
-    for (const char* key : {"a=msid:", " msid:"}) {
-        std::size_t p = section.find(key);
-        if (p == std::string::npos) continue;
-        p += std::strlen(key);
-        std::size_t e = section.find_first_of(" \r\n", p);
-        return section.substr(p, e == std::string::npos ? e : e - p);
-    }
-    return {};
-}
-
-std::string rewrite_directions(const std::string& sdp, const DirectionMap& f) {
-    std::string out;
-    std::size_t pos = 0;
-    while (pos < sdp.size()) {
-        std::size_t start = pos;
-        if (sdp.compare(pos, 2, "m=") != 0 || (pos != 0 && sdp[pos - 1] != '\n')) {
-            start = sdp.find("\nm=", pos);
-            if (start == std::string::npos) break;
-            ++start;
-        }
-        out += sdp.substr(pos, start - pos);
-        std::size_t end = sdp.find("\nm=", start);
-        end = end == std::string::npos ? sdp.size() : end + 1;
-        std::string section = sdp.substr(start, end - start);
-        std::string mid;
-        if (std::size_t m = section.find("a=mid:"); m != std::string::npos)
-            mid = section.substr(m + 6, section.find_first_of("\r\n", m) - m - 6);
-        for (const char* d : kDirections) {
-            std::string attr = std::string("a=") + d + "\r";
-            std::size_t at = section.find(attr);
-            if (at == std::string::npos) continue;
-            section.replace(at + 2, std::strlen(d), f(mid, std::string(d)));
+void rewrite_directions(GstSDPMessage& sdp, const DirectionMap& f) {
+    for (guint m = 0; m < gst_sdp_message_medias_len(&sdp); ++m) {
+        // The message is ours to change; GStreamer hands out its sections as const only.
+        auto* media = const_cast<GstSDPMedia*>(gst_sdp_message_get_media(&sdp, m));
+        const gchar* mid = gst_sdp_media_get_attribute_val(media, "mid");
+        for (guint a = 0; a < gst_sdp_media_attributes_len(media); ++a) {
+            std::string_view key = gst_sdp_media_get_attribute(media, a)->key;
+            if (std::find(std::begin(kDirections), std::end(kDirections), key) ==
+                std::end(kDirections))
+                continue;
+            std::string dir = f(mid ? mid : "", std::string(key));
+            GstSDPAttribute attr;
+            gst_sdp_attribute_set(&attr, dir.c_str(), nullptr);
+            gst_sdp_media_replace_attribute(media, a, &attr);
             break;
         }
-        out += section;
-        pos = end;
     }
-    out += sdp.substr(std::min(pos, sdp.size()));
-    return out;
+}
+
+bool has_candidate(const GstSDPMessage& sdp, const std::string& candidate) {
+    std::string_view wanted = candidate;
+    if (!wanted.starts_with("candidate:")) return false;
+    wanted.remove_prefix(10);
+    for (guint m = 0; m < gst_sdp_message_medias_len(&sdp); ++m) {
+        const GstSDPMedia* media = gst_sdp_message_get_media(&sdp, m);
+        for (guint i = 0; const gchar* v = gst_sdp_media_get_attribute_val_n(media, "candidate", i);
+             ++i)
+            if (wanted == v) return true;
+    }
+    return false;
 }
 
 bool sends(const std::string& dir) {

@@ -1,22 +1,39 @@
 #pragma once
 
-// SDP text helpers of the webrtcbin session: finding a media section and its stream id, and
-// rewriting media directions at the boundary (see gst_session.cpp for why).
+// Session descriptions of the webrtcbin session, read and edited as GstSDPMessage: a media
+// section's stream id, and media directions rewritten at the boundary (gst_session.cpp says
+// why).
+#include <gst/sdp/sdp.h>
+
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace mxvoip::media {
 
-// The whole "m=" section of `sdp` that declares `mid`, or the empty string.
-std::string media_section(const std::string& sdp, const std::string& mid);
-// The stream id of the first "a=msid:" (or "a=ssrc:N msid:") line in a media section.
-std::string msid_of(const std::string& section);
+struct SdpMessageFree {
+    void operator()(GstSDPMessage* m) const { gst_sdp_message_free(m); }
+};
+using SdpMessage = std::unique_ptr<GstSDPMessage, SdpMessageFree>;
+
+// Parses a description whose lines end in "\r\n" or "\n"; null when it is not one.
+SdpMessage parse_sdp(const std::string& text);
+SdpMessage copy_sdp(const GstSDPMessage& sdp);
+// The description as text, every line ending in "\r\n".
+std::string sdp_text(const GstSDPMessage& sdp);
+
+// The stream id of the media section `mid`: from its "a=msid:" attribute, else from an
+// "a=ssrc:N msid:" one; empty when the section or the id is missing.
+std::string stream_id(const GstSDPMessage& sdp, const std::string& mid);
 
 // (mid, direction) -> the direction to write instead.
 using DirectionMap = std::function<std::string(const std::string& mid, const std::string& dir)>;
-// Calls `f` for every media section of `sdp` that has a direction attribute and puts the
-// direction it returns in its place; everything else is left byte for byte.
-std::string rewrite_directions(const std::string& sdp, const DirectionMap& f);
+// Calls `f` for every media section that has a direction attribute and puts the direction it
+// returns in its place.
+void rewrite_directions(GstSDPMessage& sdp, const DirectionMap& f);
+
+// Whether `candidate` ("candidate:...", as webrtcbin reports it) is in some media section.
+bool has_candidate(const GstSDPMessage& sdp, const std::string& candidate);
 
 bool sends(const std::string& dir);
 bool receives(const std::string& dir);

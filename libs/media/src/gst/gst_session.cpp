@@ -20,7 +20,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "../sdp_text.hpp"
+#include "../sdp.hpp"
 #include "mxvoip/media/media_session.hpp"
 
 namespace mxvoip::media {
@@ -136,22 +136,24 @@ class GstSession final : public MediaSession {
     }
 
     void create_answer(const std::string& offer_sdp) override {
-        std::string sdp = take_remote(offer_sdp);
+        SdpMessage sdp = take_remote(offer_sdp);
         apply_valves();
         wait_for_caps();
-        GstWebRTCSessionDescription* desc = description(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
-        if (!desc) return;
+        if (!sdp) return;
+        GstWebRTCSessionDescription* desc =
+            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp.release());
         GstPromise* p =
             gst_promise_new_with_change_func(&GstSession::on_remote_offer_set, this, nullptr);
         g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
         gst_webrtc_session_description_free(desc);
     }
 
-    void set_remote_answer(const std::string& sdp) override {
-        std::string munged = take_remote(sdp);
+    void set_remote_answer(const std::string& answer_sdp) override {
+        SdpMessage sdp = take_remote(answer_sdp);
         apply_valves();
-        GstWebRTCSessionDescription* desc = description(GST_WEBRTC_SDP_TYPE_ANSWER, munged);
-        if (!desc) return;
+        if (!sdp) return;
+        GstWebRTCSessionDescription* desc =
+            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ANSWER, sdp.release());
         GstPromise* p =
             gst_promise_new_with_change_func(&GstSession::on_remote_answer_set, this, nullptr);
         g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
@@ -256,12 +258,6 @@ class GstSession final : public MediaSession {
     void emit(Event ev) {
         std::lock_guard lock(mu_);
         if (!closed_) sink_(std::move(ev));
-    }
-
-    static GstWebRTCSessionDescription* description(GstWebRTCSDPType type, const std::string& sdp) {
-        GstSDPMessage* msg = nullptr;
-        if (gst_sdp_message_new_from_text(sdp.c_str(), &msg) != GST_SDP_OK) return nullptr;
-        return gst_webrtc_session_description_new(type, msg);
     }
 
     void add_branch(Kind kind, const std::string& stream_id, bool screen) {
@@ -416,29 +412,31 @@ class GstSession final : public MediaSession {
     // answers that match its offer; webrtcbin sees the directions it first agreed to.
 
     // A remote description: remembers what it asks for, gives webrtcbin its first directions.
-    std::string take_remote(const std::string& sdp) {
+    // Null when the text is not SDP.
+    SdpMessage take_remote(const std::string& text) {
+        SdpMessage sdp = parse_sdp(text);
+        if (!sdp) return nullptr;
         std::lock_guard lock(mu_);
-        remote_sdp_ = sdp;
+        remote_sdp_ = copy_sdp(*sdp);
         bool first = first_remote_dir_.empty();
         bool any = false, held = true;
-        std::string munged =
-            rewrite_directions(sdp, [&](const std::string& mid, const std::string& dir) {
-                remote_dir_[mid] = dir;
-                if (first) first_remote_dir_[mid] = dir;
-                auto it = first_remote_dir_.find(mid);
-                if (it == first_remote_dir_.end()) return dir;  // a new stream: nothing to restore
-                // The sections of the first description carry the usermedia stream: the peer
-                // holds us when none of them receives.
-                any = true;
-                held = held && !receives(dir);
-                return it->second;
-            });
+        rewrite_directions(*sdp, [&](const std::string& mid, const std::string& dir) {
+            remote_dir_[mid] = dir;
+            if (first) first_remote_dir_[mid] = dir;
+            auto it = first_remote_dir_.find(mid);
+            if (it == first_remote_dir_.end()) return dir;  // a new stream: nothing to restore
+            // The sections of the first description carry the usermedia stream: the peer
+            // holds us when none of them receives.
+            any = true;
+            held = held && !receives(dir);
+            return it->second;
+        });
         remote_holds_ = any && held;
-        return munged;
+        return sdp;
     }
 
     // Our description as the peer should see it.
-    std::string outgoing(const std::string& sdp, const std::string& type) {
+    void outgoing(GstSDPMessage& sdp, const std::string& type) {
         std::string screen_mid;
         for (auto& b : branches_) {
             if (!b.screen || !b.transceiver) continue;
@@ -448,7 +446,7 @@ class GstSession final : public MediaSession {
             g_free(mid);
         }
         std::lock_guard lock(mu_);
-        return rewrite_directions(sdp, [&](const std::string& mid, const std::string& dir) {
+        rewrite_directions(sdp, [&](const std::string& mid, const std::string& dir) {
             bool send = sends(dir), recv = receives(dir);
             if (mid == screen_mid && !sharing_) send = false;
             if (holding_) recv = false;
@@ -584,21 +582,19 @@ class GstSession final : public MediaSession {
             std::string type = pending_type_;
             describing_ = false;
             lock.unlock();
-            std::string sdp;
+            SdpMessage sdp;
             GstWebRTCSessionDescription* desc = nullptr;
             g_object_get(webrtc_, "local-description", &desc, nullptr);
             if (desc) {
-                gchar* text = gst_sdp_message_as_text(desc->sdp);
-                sdp = text;
-                g_free(text);
+                sdp = copy_sdp(*desc->sdp);
                 gst_webrtc_session_description_free(desc);
+                outgoing(*sdp, type);
             }
-            sdp = outgoing(sdp, type);
             lock.lock();
             if (closed_) return;
-            sink_(DescriptionReady{type, sdp});
+            sink_(DescriptionReady{type, sdp ? sdp_text(*sdp) : std::string()});
             for (auto& c : held_candidates_)
-                if (sdp.find(strip_prefix(c.candidate)) == std::string::npos) sink_(std::move(c));
+                if (!sdp || !has_candidate(*sdp, c.candidate)) sink_(std::move(c));
             held_candidates_.clear();
             described_ = true;
             if (gathered_ && !gathering_reported_) {
@@ -703,7 +699,7 @@ class GstSession final : public MediaSession {
             std::string m = mid ? mid : "";
             g_free(mid);
             std::lock_guard lock(mu_);
-            if (!m.empty()) id = msid_of(media_section(remote_sdp_, m));
+            if (!m.empty() && remote_sdp_) id = stream_id(*remote_sdp_, m);
         }
         if (!id.empty()) return id;
         gchar* msid = nullptr;
@@ -921,7 +917,7 @@ class GstSession final : public MediaSession {
     std::map<std::string, std::string> remote_dir_;        // mid -> as the peer last said
     std::map<std::string, std::string> first_remote_dir_;  // mid -> what webrtcbin agreed to
     bool sharing_ = false;
-    std::string remote_sdp_;
+    SdpMessage remote_sdp_;
     std::string pending_type_;
     Clock::time_point pending_since_{};
     bool describing_ = false;  // a local description is set and waits to be signalled

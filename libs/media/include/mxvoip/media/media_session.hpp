@@ -7,12 +7,14 @@
 #include <variant>
 #include <vector>
 
+#include "mxvoip/call/ice_state.hpp"
+
 namespace mxvoip::media {
 
 enum class Kind { audio, video };
 const char* to_string(Kind k);
 
-enum class IceState { checking, connected, disconnected, failed };
+using call::IceState;
 
 // One entry of /voip/turnServer: every URI shares the username and password.
 struct TurnServer {
