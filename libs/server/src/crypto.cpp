@@ -2,12 +2,11 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <sodium.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <initializer_list>
 #include <stdexcept>
 
 #include "mxvoip/proto/base64.hpp"
@@ -47,36 +46,14 @@ const EVP_MD* fetched(const char* name) {
     if (!md) std::abort();
     return md;
 }
-const EVP_MD* sha256_md() {
-    static const EVP_MD* md = fetched("SHA256");
-    return md;
-}
-const EVP_MD* sha1_md() {
-    static const EVP_MD* md = fetched("SHA1");
-    return md;
-}
-
-struct DigestCtx {
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    ~DigestCtx() { EVP_MD_CTX_free(ctx); }
-};
-
-// One digest over the concatenation of `parts`, with a per-thread context.
-unsigned digest(const EVP_MD* md, std::initializer_list<std::string_view> parts,
-                unsigned char* out) {
-    thread_local DigestCtx c;
-    unsigned len = 0;
-    if (!c.ctx || EVP_DigestInit_ex(c.ctx, md, nullptr) != 1) std::abort();
-    for (auto p : parts) EVP_DigestUpdate(c.ctx, p.data(), p.size());
-    EVP_DigestFinal_ex(c.ctx, out, &len);
-    return len;
-}
 
 }  // namespace
 
 std::string sha256_hex(std::string_view data) {
+    static const EVP_MD* md = fetched("SHA256");
     unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned len = digest(sha256_md(), {data}, d);
+    unsigned len = 0;
+    if (EVP_Digest(data.data(), data.size(), d, &len, md, nullptr) != 1) std::abort();
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out;
     out.reserve(len * 2);
@@ -87,28 +64,13 @@ std::string sha256_hex(std::string_view data) {
     return out;
 }
 
-// RFC 2104 over the pre-fetched SHA-1.
 std::string hmac_sha1(std::string_view key, std::string_view message) {
-    constexpr std::size_t kBlock = 64;
-    unsigned char k[kBlock] = {};
-    if (key.size() > kBlock) {
-        digest(sha1_md(), {key}, k);
-    } else {
-        std::memcpy(k, key.data(), key.size());
-    }
-    unsigned char ipad[kBlock], opad[kBlock];
-    for (std::size_t i = 0; i < kBlock; ++i) {
-        ipad[i] = k[i] ^ 0x36;
-        opad[i] = k[i] ^ 0x5c;
-    }
-    unsigned char inner[EVP_MAX_MD_SIZE];
-    unsigned inner_len = digest(
-        sha1_md(), {std::string_view(reinterpret_cast<char*>(ipad), kBlock), message}, inner);
+    static const EVP_MD* md = fetched("SHA1");
     unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned len = digest(sha1_md(),
-                          {std::string_view(reinterpret_cast<char*>(opad), kBlock),
-                           std::string_view(reinterpret_cast<char*>(inner), inner_len)},
-                          mac);
+    unsigned len = 0;
+    if (!HMAC(md, key.data(), static_cast<int>(key.size()),
+              reinterpret_cast<const unsigned char*>(message.data()), message.size(), mac, &len))
+        std::abort();
     return std::string(reinterpret_cast<char*>(mac), len);
 }
 

@@ -16,14 +16,6 @@ namespace {
 
 constexpr std::size_t kMaxPasswordBytes = 512;
 
-Response json_response(const json::value& v, unsigned status = 200) {
-    return Response{status, json::serialize(v), {}};
-}
-
-std::string device_key(const Session& s) {
-    return s.user_id + '|' + s.device_id;
-}
-
 }  // namespace
 
 asio::awaitable<Response> Homeserver::versions(Request&) {
@@ -486,7 +478,7 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
     std::shared_ptr<CommitTicket> ticket;
     {
         std::lock_guard lock(mu_);
-        std::string txn_key = device_key(s) + '\n' + txn;
+        std::string txn_key = s.device_key() + '\n' + txn;
         if (to_device_txns_.count(txn_key)) co_return Response{};
         for (const auto& [user_key, devices] : *messages) {
             std::string user(user_key);

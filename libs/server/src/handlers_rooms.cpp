@@ -16,14 +16,6 @@ namespace errcode = proto::errcode;
 
 namespace {
 
-Response json_response(const json::value& v) {
-    return Response{200, json::serialize(v), {}};
-}
-
-std::string device_key(const Session& s) {
-    return s.user_id + '|' + s.device_id;
-}
-
 json::object default_power_levels(const std::string& creator) {
     return json::object{
         {"users", {{creator, 100}}},
@@ -292,7 +284,7 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
     const std::string& txn = req.params[2];
     if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
     auto content = proto::parse_json_object(req.body);
-    std::string txn_key = device_key(s) + '\n' + room_id + '\n' + txn;
+    std::string txn_key = s.device_key() + '\n' + room_id + '\n' + txn;
     for (int attempt = 0;; ++attempt) {
         {
             std::lock_guard lock(mu_);
@@ -317,11 +309,12 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
         Room& room = room_or_throw(room_id);
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
-                                      device_key(s), txn);
+                                      s.device_key(), txn);
         event_id = ev->event_id;
-        txns_[txn_key] = TxnEntry{event_id, ev->stream, ev->ts};
-        txn_order_.emplace_back(ev->ts, txn_key);
-        while (!txn_order_.empty() && txn_order_.front().first < ev->ts - 24 * 3600 * 1000) {
+        txns_[txn_key] = TxnEntry{event_id, ev->stream, ev->origin_server_ts};
+        txn_order_.emplace_back(ev->origin_server_ts, txn_key);
+        while (!txn_order_.empty() &&
+               txn_order_.front().first < ev->origin_server_ts - 24 * 3600 * 1000) {
             txns_.erase(txn_order_.front().second);
             txn_order_.pop_front();
         }

@@ -36,7 +36,7 @@ void Homeserver::render_event(std::string& out, const Event& ev,
                               const std::string& device_key) const {
     out.append(ev.json, 0, ev.json.size() - 1);
     out += ",\"unsigned\":{\"age\":";
-    out += std::to_string(std::max<std::int64_t>(0, now_ms() - ev.ts));
+    out += std::to_string(std::max<std::int64_t>(0, now_ms() - ev.origin_server_ts));
     if (!device_key.empty() && ev.txn_device_key == device_key) {
         out += ",\"transaction_id\":";
         append_quoted(out, ev.txn_id);
@@ -146,7 +146,7 @@ void Homeserver::render_state(std::string& out, const Room& room, StreamId after
 }
 
 bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
-    const std::string dkey = s.user_id + '|' + s.device_id;
+    const std::string dkey = s.device_key();
     const User& user = users_.at(s.user_id);
     bool any = false;
     for (const auto& [room_id, m] : user.rooms) {
@@ -173,7 +173,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
                                    bool full_state, std::string& out) {
     const StreamId upto = visible_;
     const bool initial = since == 0;
-    const std::string dkey = s.user_id + '|' + s.device_id;
+    const std::string dkey = s.device_key();
     User& user = users_.at(s.user_id);
     bool has_content = false;
 

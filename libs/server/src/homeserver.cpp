@@ -45,7 +45,7 @@ std::string build_event_json(const Event& e, std::string_view content) {
     j += ",\"event_id\":";
     append_quoted(j, e.event_id);
     j += ",\"origin_server_ts\":";
-    j += std::to_string(e.ts);
+    j += std::to_string(e.origin_server_ts);
     j += ",\"room_id\":";
     append_quoted(j, e.room_id);
     j += ",\"sender\":";
@@ -185,20 +185,10 @@ void Homeserver::load() {
         room.version = r.room_version;
     }
     auto to_event = [&](store::EventRecord&& r) {
-        auto e = std::make_shared<Event>();
-        e->stream = r.stream;
-        e->event_id = std::move(r.event_id);
-        e->room_id = std::move(r.room_id);
-        e->type = std::move(r.type);
-        e->state_key = std::move(r.state_key);
-        e->sender = std::move(r.sender);
-        e->ts = r.origin_server_ts;
-        auto parsed = json::parse(r.json).as_object();
-        std::string content = json::serialize(parsed["content"]);
+        auto e = std::make_shared<Event>(Event{std::move(r)});
+        std::string content = json::serialize(json::parse(e->json).as_object()["content"]);
         e->json = build_event_json(*e, content);
         e->content_len = content.size();
-        e->txn_device_key = std::move(r.txn_device_key);
-        e->txn_id = std::move(r.txn_id);
         return EventPtr(std::move(e));
     };
     std::unordered_map<std::string, EventPtr> by_id;
@@ -527,7 +517,7 @@ EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, 
     e->type = std::move(ev.type);
     e->state_key = std::move(ev.state_key);
     e->sender = sender;
-    e->ts = now_ms();
+    e->origin_server_ts = now_ms();
     std::string content = json::serialize(ev.content);
     e->json = build_event_json(*e, content);
     e->content_len = content.size();
@@ -541,9 +531,7 @@ EventPtr Homeserver::append_event_locked(Room& room, const std::string& sender, 
     apply_event_locked(room, ptr);
     add_to_timeline_locked(room, ptr);
     wake_room_locked(room, ptr, w.wake);
-    w.mutations.push_back(store::PutEvent{
-        store::EventRecord{ptr->stream, ptr->event_id, ptr->room_id, ptr->type, ptr->state_key,
-                           ptr->sender, ptr->ts, ptr->json, txn_device_key, txn_id}});
+    w.mutations.push_back(store::PutEvent{*ptr});
     w.max_stream = std::max(w.max_stream, ptr->stream);
     return ptr;
 }

@@ -31,20 +31,11 @@ namespace json = boost::json;
 namespace asio = boost::asio;
 using store::StreamId;
 
-// A room event as held in memory: immutable once created, shared between the room's
-// state map, its recent-timeline window and responses being built.
-struct Event {
-    StreamId stream = 0;
-    std::string event_id;
-    std::string room_id;
-    std::string type;
-    std::optional<std::string> state_key;
-    std::string sender;
-    std::int64_t ts = 0;
-    std::string json;             // client format without "unsigned"; starts with {"content":
+// A room event as held in memory: the stored record, immutable once created, shared between
+// the room's state map, its recent-timeline window and responses being built. Its `json` is the
+// client format without "unsigned" and starts with {"content":.
+struct Event : store::EventRecord {
     std::size_t content_len = 0;  // json.substr(11, content_len) is the content
-    std::string txn_device_key;   // who sent it with which transaction, for unsigned.transaction_id
-    std::string txn_id;
 
     std::string_view content() const { return std::string_view(json).substr(11, content_len); }
 };

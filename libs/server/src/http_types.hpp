@@ -1,6 +1,7 @@
 #pragma once
 
 #include <boost/beast/http/verb.hpp>
+#include <boost/json.hpp>
 
 #include <optional>
 #include <string>
@@ -15,6 +16,9 @@ struct Session {
     std::string user_id;
     std::string device_id;
     bool is_guest = false;
+
+    // The device, as transaction ids and to-device queues are keyed.
+    std::string device_key() const { return user_id + '|' + device_id; }
 };
 
 struct Request {
@@ -38,5 +42,9 @@ struct Response {
     std::string body = "{}";
     std::vector<std::pair<std::string, std::string>> headers;
 };
+
+inline Response json_response(const boost::json::value& v, unsigned status = 200) {
+    return Response{status, boost::json::serialize(v), {}};
+}
 
 }  // namespace mxvoip::server

@@ -20,6 +20,13 @@ TEST(Crypto, HmacSha1Rfc2202) {
         mxvoip::proto::base64_encode(std::string(
             "\xef\xfc\xdf\x6a\xe5\xeb\x2f\xa2\xd2\x74\x16\xd5\xf1\x84\xdf\x9c\x25\x9a\x7c\x79",
             20)));
+    // Test case 6: a key longer than the block is hashed first.
+    EXPECT_EQ(
+        mxvoip::proto::base64_encode(hmac_sha1(
+            std::string(80, '\xaa'), "Test Using Larger Than Block-Size Key - Hash Key First")),
+        mxvoip::proto::base64_encode(std::string(
+            "\xaa\x4a\xe5\xe1\x52\x72\xd0\x0e\x95\x70\x56\x37\xce\x8a\x3b\x55\xed\x40\x21\x12",
+            20)));
 }
 
 TEST(Crypto, TokensAreRandomAndUrlSafe) {
