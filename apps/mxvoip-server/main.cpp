@@ -1,6 +1,3 @@
-#include <termios.h>
-#include <unistd.h>
-
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -11,37 +8,7 @@
 
 #include "mxvoip/server/config.hpp"
 #include "mxvoip/server/server.hpp"
-
-namespace {
-
-std::string read_password(const std::string& file) {
-    if (!file.empty()) {
-        std::ifstream in(file);
-        if (!in) throw std::runtime_error("cannot read password file " + file);
-        std::string pw;
-        std::getline(in, pw);
-        return pw;
-    }
-    if (const char* env = std::getenv("MXVOIP_PASSWORD")) return env;
-    if (!isatty(STDIN_FILENO)) {
-        std::string pw;
-        std::getline(std::cin, pw);
-        return pw;
-    }
-    std::cerr << "Password: " << std::flush;
-    termios old{};
-    tcgetattr(STDIN_FILENO, &old);
-    termios quiet = old;
-    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    std::string pw;
-    std::getline(std::cin, pw);
-    tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    std::cerr << "\n";
-    return pw;
-}
-
-}  // namespace
+#include "password.hpp"
 
 int main(int argc, char** argv) {
     CLI::App app{"mxvoip-server: a Matrix homeserver for voice and video calls"};
@@ -79,7 +46,8 @@ int main(int argc, char** argv) {
 
     if (add_cmd->parsed()) {
         try {
-            mxvoip::server::add_user(config, new_user, read_password(password_file));
+            mxvoip::server::add_user(
+                config, new_user, *mxvoip::cli::read_password(password_file, "Password: ", true));
         } catch (const std::exception& e) {
             std::cerr << "mxvoip-server: " << e.what() << "\n";
             return 1;

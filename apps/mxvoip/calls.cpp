@@ -1,7 +1,6 @@
 #include "calls.hpp"
 
 #include <sys/stat.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -23,6 +22,7 @@
 #include "mxvoip/client/call_driver.hpp"
 #include "mxvoip/client/matrix_client.hpp"
 #include "mxvoip/media/media_session.hpp"
+#include "password.hpp"
 
 namespace mxvoip::cli {
 namespace {
@@ -91,28 +91,8 @@ void save_session(const Account& a, const Session& s) {
     fs::rename(tmp, file);
 }
 
-// From --password-file, MXVOIP_PASSWORD, or a prompt on the terminal.
 std::optional<std::string> password(const Account& a) {
-    if (!a.password_file.empty()) {
-        std::ifstream in(a.password_file);
-        if (!in) throw std::runtime_error("cannot read the password file " + a.password_file);
-        std::string p;
-        std::getline(in, p);
-        return p;
-    }
-    if (const char* p = std::getenv("MXVOIP_PASSWORD"); p && *p) return std::string(p);
-    if (!::isatty(STDIN_FILENO)) return std::nullopt;
-    std::cerr << "Password for " << a.user << ": " << std::flush;
-    termios old{};
-    ::tcgetattr(STDIN_FILENO, &old);
-    termios quiet = old;
-    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-    ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    std::string p;
-    std::getline(std::cin, p);
-    ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    std::cerr << "\n";
-    return p;
+    return read_password(a.password_file, "Password for " + a.user + ": ", false);
 }
 
 // ---- output ------------------------------------------------------------------------------

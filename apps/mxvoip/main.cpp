@@ -97,7 +97,12 @@ int main(int argc, char** argv) {
         ->default_val(1)
         ->check(CLI::PositiveNumber);
 
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        // --help and --version end here too (status 0); every usage error is status 1.
+        return app.exit(e) == 0 ? 0 : 1;
+    }
     if (check->parsed())
         return check_event(inputs.empty() ? std::vector<std::string>{"-"} : inputs, type, std::cout,
                            std::cerr);
