@@ -1,4 +1,5 @@
-// `mxvoip check-event`: the linter for call events, on the spec's examples and broken events.
+// The `mxvoip` command line without a server: `check-event`, the linter for call events, on
+// the spec's examples and broken events; the exit status of usage errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -54,4 +55,26 @@ test('unreadable input is exit status 2, malformed JSON a violation', () => {
   const res = run(['-'], '{"type":');
   assert.equal(res.status, 1);
   assert.match(res.stdout, /^stdin: not JSON/);
+});
+
+test('a string version other than "1" is a note and valid; an integer other than 0 is a violation', () => {
+  const hangup = (version) => JSON.stringify({ call_id: 'c', party_id: 'p', version });
+  const experimental = run(['--type', 'm.call.hangup', '-'], hangup('2.5-experimental'));
+  assert.equal(experimental.status, 0, experimental.stdout);
+  assert.equal(experimental.stdout, 'stdin: content.version: note: experimental version "2.5-experimental": read as version "1"\nstdin: ok\n');
+  const integer = run(['--type', 'm.call.hangup', '-'], hangup(2));
+  assert.equal(integer.status, 1);
+  assert.match(integer.stdout, /^stdin: content\.version: should be "1"/);
+});
+
+test('usage errors exit with status 1, as --help says; --help itself exits 0', () => {
+  const mxvoip = (args) => spawnSync(CLI, args, { encoding: 'utf8' });
+  for (const args of [['--no-such-option', 'check-event'], ['call'], ['answer', '--calls', '0'], []]) {
+    const res = mxvoip(args);
+    assert.equal(res.status, 1, `${args.join(' ')}: ${res.stderr}`);
+    assert.notEqual(res.stderr, '', args.join(' '));
+  }
+  const help = mxvoip(['--help']);
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /1 usage/);
 });

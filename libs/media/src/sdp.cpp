@@ -74,7 +74,7 @@ void rewrite_directions(GstSDPMessage& sdp, const DirectionMap& f) {
                 continue;
             std::string dir = f(mid ? mid : "", std::string(key));
             GstSDPAttribute attr;
-            gst_sdp_attribute_set(&attr, dir.c_str(), nullptr);
+            gst_sdp_attribute_set(&attr, dir.c_str(), "");  // as the parser leaves a flag
             gst_sdp_media_replace_attribute(media, a, &attr);
             break;
         }

@@ -48,6 +48,14 @@ TEST_P(Sdp, EveryMediaSectionIsRewritten) {
         return std::string("inactive");
     });
     EXPECT_EQ(seen, "0=sendrecv;1=sendonly;2=recvonly;");
+    // The edited message is one webrtcbin can read as it is (it turns each section's
+    // attributes into caps, and needs every attribute to have a value, if only "").
+    for (guint m = 0; m < gst_sdp_message_medias_len(sdp.get()); ++m) {
+        GstCaps* caps = gst_caps_new_empty_simple("application/x-unknown");
+        EXPECT_EQ(gst_sdp_media_attributes_to_caps(gst_sdp_message_get_media(sdp.get(), m), caps),
+                  GST_SDP_OK);
+        gst_caps_unref(caps);
+    }
     std::string out = sdp_text(*sdp);
     for (const char* d : {"a=sendrecv", "a=sendonly", "a=recvonly"})
         EXPECT_EQ(out.find(d), std::string::npos) << out;
