@@ -22,12 +22,16 @@ const GstSDPMedia* media_of(const GstSDPMessage& sdp, const std::string& mid) {
 }  // namespace
 
 SdpMessage parse_sdp(const std::string& text) {
-    GstSDPMessage* sdp = nullptr;
-    if (gst_sdp_message_new_from_text(text.c_str(), &sdp) != GST_SDP_OK) return nullptr;
-    SdpMessage out(sdp);
+    if (text.empty()) return nullptr;
+    GstSDPMessage* raw = nullptr;
+    gst_sdp_message_new(&raw);
+    SdpMessage sdp(raw);
+    if (gst_sdp_message_parse_buffer(reinterpret_cast<const guint8*>(text.data()),
+                                     static_cast<guint>(text.size()), raw) != GST_SDP_OK)
+        return nullptr;
     // The parser skips what it does not understand: a text without a version line is not SDP.
-    if (!gst_sdp_message_get_version(sdp)) return nullptr;
-    return out;
+    if (!gst_sdp_message_get_version(raw)) return nullptr;
+    return sdp;
 }
 
 SdpMessage copy_sdp(const GstSDPMessage& sdp) {
