@@ -53,3 +53,23 @@ TEST(Json, FieldAccessorsNameTheKey) {
     EXPECT_THROW(opt_bool(obj, "b"), MatrixError);
     EXPECT_FALSE(opt_int(obj, "nope").has_value());
 }
+
+TEST(Json, Utf8Validation) {
+    for (std::string_view ok :
+         {"", "plain ascii", "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x93\x9e", "\xed\x9f\xbf",
+          "\xee\x80\x80", "\xf4\x8f\xbf\xbf"})
+        EXPECT_TRUE(is_valid_utf8(ok)) << ok;
+    for (std::string_view bad : {
+             "\xff",              // never in UTF-8
+             "\x80",              // a continuation byte alone
+             "\xc3",              // truncated
+             "\xc0\xaf",          // overlong '/'
+             "\xe0\x80\xaf",      // overlong, three bytes
+             "\xed\xa0\x80",      // a surrogate (U+D800)
+             "\xf4\x90\x80\x80",  // past U+10FFFF
+             "\xf5\x80\x80\x80",  // past U+10FFFF
+             "\xe2\x82",          // truncated
+             "ok\xe2\x28\xa1",    // a bad continuation byte
+         })
+        EXPECT_FALSE(is_valid_utf8(bad)) << testing::PrintToString(std::string(bad));
+}

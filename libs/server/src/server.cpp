@@ -15,12 +15,14 @@
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <list>
 #include <thread>
 
 #include "homeserver.hpp"
 #include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
 #include "routes.hpp"
 
 namespace mxvoip::server {
@@ -302,6 +304,17 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
     std::vector<std::string> segments;
     for (auto seg : parsed->segments()) segments.push_back(seg);
     for (auto p : parsed->params()) req.query[p.key] = p.has_value ? p.value : std::string();
+    // Identifiers, event types, state keys and transaction ids come from the path: text that
+    // is not UTF-8 would be stored and make every later response that carries it invalid JSON.
+    bool utf8 = std::all_of(segments.begin(), segments.end(), proto::is_valid_utf8) &&
+                std::all_of(req.query.begin(), req.query.end(), [](const auto& kv) {
+                    return proto::is_valid_utf8(kv.first) && proto::is_valid_utf8(kv.second);
+                });
+    if (!utf8)
+        co_return Response{
+            400,
+            error_body(proto::errcode::invalid_param, "The request path or query is not UTF-8", {}),
+            {}};
     if (req.method == http::verb::options) co_return Response{200, "{}", {}};
     try {
         const Route* route = nullptr;

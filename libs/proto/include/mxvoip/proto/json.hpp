@@ -30,6 +30,11 @@ std::optional<std::int64_t> opt_int(const json::object& obj, std::string_view ke
 const json::object* opt_object(const json::object& obj, std::string_view key);
 const json::array* opt_array(const json::object& obj, std::string_view key);
 
+// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
+// U+10FFFF). JSON bodies are checked by parse_json; paths and query strings, which reach
+// identifiers and stored events too, are checked with this.
+bool is_valid_utf8(std::string_view text);
+
 // Serializes a value compactly.
 inline std::string to_string(const json::value& v) {
     return json::serialize(v);
