@@ -8,6 +8,7 @@ namespace {
 
 constexpr std::size_t kMaxEarlyCalls = 256;  // calls whose candidates wait for their invite
 constexpr Ms kForgetEndedAfter = 10 * 60 * 1000;
+constexpr Ms kMaxLifetime = 24 * 60 * 60 * 1000;
 
 bool active(CallState s) {
     return s != CallState::ended;
@@ -642,7 +643,9 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
         out.push_back(Dropped{invite.call_id, "duplicate invite"});
         return;
     }
-    Ms left = invite.lifetime - ev.age_ms;
+    // Lifetimes and ages come from other clients and servers: a day at most (and no negative
+    // age), so that the ring timer stays within any clock's range.
+    Ms left = std::min(invite.lifetime, kMaxLifetime) - std::clamp<Ms>(ev.age_ms, 0, kMaxLifetime);
     if (left < opt_.min_ring_left) {
         out.push_back(Dropped{invite.call_id, "invite expired (" + std::to_string(ev.age_ms) +
                                                   " ms old, lifetime " +

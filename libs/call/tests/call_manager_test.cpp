@@ -125,6 +125,24 @@ TEST(Calls, PlacingACallCreatesAnOfferThenSendsAnInviteWithInviteeAndLifetime) {
     EXPECT_EQ(a.m.state("c1"), CallState::invite_sent);
 }
 
+// A lifetime or an age of up to 2^53 ms is valid JSON: the ring timer stays within a day, and
+// a negative age does not lengthen the ring.
+TEST(Calls, HugeLifetimesAndAgesAreBoundedToADay) {
+    constexpr Ms kMax = 9007199254740991;
+    constexpr Ms kDay = 24 * 60 * 60 * 1000;
+    auto ring_timer = [](Ms age, Ms lifetime) -> std::optional<Ms> {
+        Client b(kBob, "PHONE");
+        auto timers =
+            all<StartTimer>(b.sync({invite("c1", kAlice, "ALICE1", age, lifetime)}, 5000));
+        if (timers.empty()) return std::nullopt;
+        EXPECT_EQ(b.m.state("c1"), CallState::ringing);
+        return timers[0].at;
+    };
+    EXPECT_EQ(ring_timer(0, kMax), 5000 + kDay);
+    EXPECT_EQ(ring_timer(-kMax, 60000), 5000 + 60000);
+    EXPECT_EQ(ring_timer(kMax, kMax), std::nullopt) << "an invite older than a day has expired";
+}
+
 TEST(Calls, UnansweredInviteEndsWithInviteTimeoutAfterItsLifetime) {
     Client a = alice_calling();
     // The only timer armed so far is the invite lifetime.
