@@ -93,6 +93,7 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
     } else {
         throw MatrixError(400, errcode::missing_param, "Missing 'identifier'");
     }
+    if (user.empty()) throw MatrixError(400, errcode::invalid_param, "The user must not be empty");
     std::string password(proto::req_string(body, "password"));
     auto device_id = proto::opt_string(body, "device_id");
     auto display = proto::opt_string(body, "initial_device_display_name");
@@ -113,7 +114,13 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
     }
     bool ok = false;
     if (password.size() <= kMaxPasswordBytes) {
-        std::function<bool()> job = [password, stored] {
+        // A user who does not exist (or has no password) costs the same hash as one who
+        // does: the response time must not tell which accounts exist.
+        std::function<bool()> job = [this, password, stored] {
+            if (stored.empty()) {
+                verify_password(password, unknown_user_hash());
+                return false;
+            }
             return verify_password(password, stored);
         };
         ok = co_await run_blocking<bool>(blocking_, std::move(job));
@@ -165,7 +172,9 @@ asio::awaitable<Response> Homeserver::whoami(Request& req) {
 }
 
 asio::awaitable<Response> Homeserver::register_available(Request& req) {
-    check_rate(rc_registration_, req.remote);
+    // Clients ask while the user types a name: refused only once registering would be.
+    if (auto wait = rc_registration_.check(req.remote, now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
     const std::string* name = req.query_param("username");
     if (!name || name->empty())
         throw MatrixError(400, errcode::missing_param, "Missing 'username'");
@@ -190,7 +199,10 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             throw MatrixError(403, errcode::guest_access_forbidden, "Guest access is disabled");
         throw MatrixError(403, errcode::forbidden, "Registration has been disabled");
     }
-    check_rate(rc_registration_, req.remote);
+    // rc_registration counts completed registrations, as Synapse does: the rounds of the
+    // interactive auth before one cost nothing.
+    if (auto wait = rc_registration_.check(req.remote, now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
 
     std::string localpart;
     std::string password;
@@ -264,6 +276,7 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             PendingWrite::of(store::PutUser{{user_id, hash, guest, now_ms(), localpart, ""}});
         co_await commit(std::move(write));
     }
+    rc_registration_.record(req.remote, now_ms());
     spdlog::info("registered {}{}", user_id, guest ? " (guest)" : "");
     if (inhibit_login)
         co_return json_response(

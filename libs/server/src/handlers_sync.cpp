@@ -1,3 +1,4 @@
+#include <spdlog/spdlog.h>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -169,10 +170,9 @@ bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
     return any;
 }
 
-bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncFilter& f,
-                                   bool full_state, std::string& out) {
+bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initial,
+                                   const SyncFilter& f, bool full_state, std::string& out) {
     const StreamId upto = visible_;
-    const bool initial = since == 0;
     const std::string dkey = s.device_key();
     User& user = users_.at(s.user_id);
     bool has_content = false;
@@ -320,8 +320,14 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, const SyncF
 
 asio::awaitable<Response> Homeserver::sync(Request& req) {
     const Session s = *req.session;
+    // Without a since token the sync is an initial one; "s0" (a server with nothing in its
+    // stream yet) is an incremental sync like any other and waits for something new.
     StreamId since = 0;
-    if (const auto* t = req.query_param("since"); t && !t->empty()) since = parse_token(*t);
+    bool initial = true;
+    if (const auto* t = req.query_param("since"); t && !t->empty()) {
+        since = parse_token(*t);
+        initial = false;
+    }
     std::int64_t timeout = 0;
     if (const auto* t = req.query_param("timeout")) {
         try {
@@ -352,11 +358,13 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
                     PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
             }
         }
-        bool has = build_sync_locked(s, since, filter, full_state, out);
-        if (has || since == 0 || full_state || timeout == 0 || shutting_down_)
+        bool has = build_sync_locked(s, since, initial, filter, full_state, out);
+        if (has || initial || full_state || timeout == 0 || shutting_down_)
             co_return Response{200, std::move(out), {}};
         waiter = std::make_shared<Waiter>(executor);
         waiters_[s.user_id].push_back(waiter);
+        spdlog::debug("/sync of {} waits up to {} ms for something after s{}", s.user_id, timeout,
+                      since);
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout);
     std::optional<std::chrono::steady_clock::time_point> coalesce_until;
@@ -378,7 +386,7 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
             continue;
         }
         out.clear();
-        build_sync_locked(s, since, filter, full_state, out);
+        build_sync_locked(s, since, initial, filter, full_state, out);
         break;
     }
     co_return Response{200, std::move(out), {}};

@@ -321,6 +321,12 @@ std::optional<Session> Homeserver::authenticate(const std::string& token) const 
     return it->second;
 }
 
+const std::string& Homeserver::unknown_user_hash() {
+    std::call_once(unknown_user_hash_once_,
+                   [this] { unknown_user_hash_ = hash_password(random_letters(32), hash_cost_); });
+    return unknown_user_hash_;
+}
+
 void Homeserver::check_rate(RateLimiter& limiter, const std::string& key) {
     if (auto wait = limiter.take(key, now_ms()))
         throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
@@ -346,6 +352,9 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender,
     if (ev.type == "m.room.create")
         throw MatrixError(403, errcode::forbidden, "m.room.create can only be sent by createRoom");
     if (ev.type == "m.room.member") {
+        if (!is_state)
+            throw MatrixError(400, errcode::bad_json,
+                              "m.room.member is a state event: send it with a state_key");
         const std::string& target = *ev.state_key;
         if (!proto::parse_user_id(target))
             throw MatrixError(400, errcode::bad_json,

@@ -233,6 +233,9 @@ class Homeserver {
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name, bool is_guest);
     void check_rate(RateLimiter& limiter, const std::string& key);
+    // The hash a login for an unknown user is checked against (made on first use, at the
+    // configured cost). On the blocking pool only.
+    const std::string& unknown_user_hash();
     void check_user_path(const Request& req, std::size_t index) const;
 
     // Sync support.
@@ -241,8 +244,8 @@ class Homeserver {
         bool include_leave = false;
     };
     SyncFilter resolve_filter_locked(const User& user, const Request& req) const;
-    bool build_sync_locked(const Session& s, StreamId since, const SyncFilter& f, bool full_state,
-                           std::string& out);
+    bool build_sync_locked(const Session& s, StreamId since, bool initial, const SyncFilter& f,
+                           bool full_state, std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since) const;
     void render_event(std::string& out, const Event& ev, const std::string& device_key) const;
     // An event read from the store, rendered as stored plus its age.
@@ -259,6 +262,8 @@ class Homeserver {
     asio::thread_pool& blocking_;
     Clock clock_;
     HashCost hash_cost_;
+    std::once_flag unknown_user_hash_once_;
+    std::string unknown_user_hash_;
     std::function<void(const std::string&)> on_fatal_;
 
     RateLimiter rc_message_;

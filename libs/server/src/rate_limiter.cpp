@@ -9,21 +9,41 @@ namespace {
 constexpr std::size_t kPruneAbove = 50000;
 }
 
-std::optional<std::int64_t> RateLimiter::take(const std::string& key, std::int64_t now_ms) {
-    if (limit_.per_second <= 0 && limit_.burst_count <= 0) return std::nullopt;
-    std::lock_guard lock(mu_);
+RateLimiter::Bucket& RateLimiter::refilled(const std::string& key, std::int64_t now_ms) {
     if (buckets_.size() > kPruneAbove) prune(now_ms);
     auto [it, inserted] = buckets_.try_emplace(key, Bucket{limit_.burst_count, now_ms});
     Bucket& b = it->second;
     double elapsed = static_cast<double>(std::max<std::int64_t>(0, now_ms - b.updated_ms)) / 1000.0;
     b.tokens = std::min(limit_.burst_count, b.tokens + elapsed * limit_.per_second);
     b.updated_ms = now_ms;
-    if (b.tokens >= 1.0) {
-        b.tokens -= 1.0;
-        return std::nullopt;
-    }
+    return b;
+}
+
+std::optional<std::int64_t> RateLimiter::wait_for(const Bucket& b) const {
+    if (b.tokens >= 1.0) return std::nullopt;
     if (limit_.per_second <= 0) return std::int64_t{60'000};
     return static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / limit_.per_second * 1000.0));
+}
+
+std::optional<std::int64_t> RateLimiter::take(const std::string& key, std::int64_t now_ms) {
+    if (unlimited()) return std::nullopt;
+    std::lock_guard lock(mu_);
+    Bucket& b = refilled(key, now_ms);
+    auto wait = wait_for(b);
+    if (!wait) b.tokens -= 1.0;
+    return wait;
+}
+
+std::optional<std::int64_t> RateLimiter::check(const std::string& key, std::int64_t now_ms) {
+    if (unlimited()) return std::nullopt;
+    std::lock_guard lock(mu_);
+    return wait_for(refilled(key, now_ms));
+}
+
+void RateLimiter::record(const std::string& key, std::int64_t now_ms) {
+    if (unlimited()) return;
+    std::lock_guard lock(mu_);
+    refilled(key, now_ms).tokens -= 1.0;
 }
 
 // Buckets that have refilled completely carry no information: drop them.

@@ -29,3 +29,15 @@ TEST(RateLimiter, NeverMoreThanBurstAfterIdle) {
     EXPECT_FALSE(rl.take("a", 1'000'000));
     EXPECT_TRUE(rl.take("a", 1'000'000));
 }
+
+TEST(RateLimiter, CheckTakesNothingAndRecordCountsPastTheLimit) {
+    RateLimiter rl({1.0, 2.0});  // 2 at once, then one a second
+    for (int i = 0; i < 5; ++i) EXPECT_FALSE(rl.check("a", 0)) << "check takes nothing";
+    rl.record("a", 0);
+    rl.record("a", 0);
+    EXPECT_EQ(rl.check("a", 0), 1000);
+    rl.record("a", 0);  // a third that was allowed before the others finished
+    EXPECT_EQ(rl.check("a", 0), 2000) << "the bucket refills from below zero";
+    EXPECT_FALSE(rl.check("a", 2000));
+    EXPECT_FALSE(rl.check("b", 0));
+}

@@ -19,12 +19,22 @@ class RateLimiter {
     // Takes one action for `key` at `now_ms`. Returns nullopt when allowed, otherwise how
     // many milliseconds until the next action would be.
     std::optional<std::int64_t> take(const std::string& key, std::int64_t now_ms);
+    // For actions counted only once they are done (a completed registration, not each round
+    // of its interactive auth): check() says whether one would be allowed now without taking
+    // it, record() takes it when it is done, even past the limit (the bucket then refills
+    // from below zero).
+    std::optional<std::int64_t> check(const std::string& key, std::int64_t now_ms);
+    void record(const std::string& key, std::int64_t now_ms);
 
   private:
     struct Bucket {
         double tokens;
         std::int64_t updated_ms;
     };
+    bool unlimited() const { return limit_.per_second <= 0 && limit_.burst_count <= 0; }
+    // The bucket of `key`, refilled up to `now_ms`. Under mu_.
+    Bucket& refilled(const std::string& key, std::int64_t now_ms);
+    std::optional<std::int64_t> wait_for(const Bucket& b) const;
     void prune(std::int64_t now_ms);
 
     RateLimit limit_;

@@ -1,0 +1,188 @@
+// What a hostile or careless client must not be able to do to the server: store text that is
+// not UTF-8 (which once made every later /sync invalid JSON and the next start fail), spin on
+// a fresh server's first sync token, or reach undefined behaviour with a state event sent as a
+// message.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { startServer, register, api, makeDir, CS } from '../lib/harness.mjs';
+
+// The body of a response as raw bytes, decoded strictly: a byte that is not UTF-8 throws.
+async function strictJson(base, method, path, token) {
+  const res = await fetch(base + path, { method, headers: { Authorization: `Bearer ${token}` } });
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  return { status: res.status, body: JSON.parse(text) };
+}
+
+test('identifiers that are not UTF-8 are refused, and the server still restarts', async () => {
+  const dir = makeDir();
+  try {
+    let server = await startServer({ dir });
+    const alice = await register(server.url, 'alice');
+    const room = await alice.createRoom({ preset: 'private_chat' });
+    const r = encodeURIComponent(room);
+    const u = encodeURIComponent(alice.userId);
+    const attempts = [
+      ['PUT', `/rooms/${r}/send/%FF/t1`], // event type
+      ['PUT', `/rooms/${r}/send/m.room.message/%C0%AF`], // txn id (an overlong '/')
+      ['PUT', `/rooms/${r}/state/m.room.topic/%ED%A0%80`], // state key (a surrogate)
+      ['PUT', `/rooms/${r}/state/%F5%80%80%80`], // state event type
+      ['PUT', `/user/${u}/account_data/%FF`], // account data type
+      ['PUT', `/user/${u}/rooms/${r}/account_data/x%E2%82`], // room account data type
+      ['GET', `/sync?since=%FF`], // a query value
+    ];
+    for (const [method, path] of attempts) {
+      const body = method === 'PUT' ? { body: 'x', topic: 'x' } : undefined;
+      const res = await api(server.url, method, CS + path, { token: alice.token, body });
+      assert.equal(res.status, 400, `${method} ${path}: ${res.text}`);
+      assert.equal(res.body.errcode, 'M_INVALID_PARAM', `${method} ${path}`);
+    }
+    // Valid UTF-8 outside ASCII is fine everywhere.
+    const ok = await alice.send(room, 'org.example.café', { body: 'ünïcode ☎' }, 'txn-☎');
+    assert.equal(ok.status, 200, ok.text);
+    const sync = await strictJson(server.url, 'GET', `${CS}/sync`, alice.token);
+    assert.equal(sync.status, 200);
+    const types = sync.body.rooms.join[room].timeline.events.map((e) => e.type);
+    assert.ok(types.includes('org.example.café'), types.join(', '));
+
+    await server.stop();
+    server = await startServer({ dir });
+    const again = await strictJson(server.url, 'GET', `${CS}/sync`, alice.token);
+    assert.equal(again.status, 200);
+    assert.ok(again.body.rooms.join[room].timeline.events.some((e) => e.type === 'org.example.café'));
+    const messages = await strictJson(server.url, 'GET', `${CS}/rooms/${r}/messages?dir=b`, alice.token);
+    assert.equal(messages.status, 200);
+    await server.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Resolves once the server's log matches `pattern`.
+function logLine(server, pattern) {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (!pattern.test(server.log)) return false;
+      server.proc.stderr.off('data', onData);
+      resolve();
+      return true;
+    };
+    const onData = () => setImmediate(check);
+    server.proc.stderr.on('data', onData);
+    check();
+  });
+}
+
+test('on a fresh server, /sync?since=s0 waits for something new instead of answering at once', async () => {
+  const server = await startServer({ config: { log_level: 'debug' } });
+  try {
+    const alice = await register(server.url, 'alice');
+    const first = await alice.sync();
+    assert.equal(first.next_batch, 's0', 'registering puts nothing in the stream');
+    const parked = alice.sync({ since: first.next_batch, timeout: '30000' });
+    // Once the server says the sync waits, make something for it to wait for. (Before the
+    // fix the sync answered at once, empty, and this line never came.)
+    await Promise.race([
+      logLine(server, /\/sync of @alice:localhost waits up to 30000 ms for something after s0/),
+      parked.then((b) => assert.fail(`the sync answered without waiting: ${JSON.stringify(b)}`)),
+    ]);
+    const room = await alice.createRoom({ preset: 'private_chat' });
+    const body = await parked;
+    assert.ok(body.rooms?.join?.[room], `the woken sync lacks the new room: ${JSON.stringify(body)}`);
+    assert.notEqual(body.next_batch, 's0');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('m.room.member sent as a message event is refused, not applied', async () => {
+  const server = await startServer();
+  try {
+    const alice = await register(server.url, 'alice');
+    const room = await alice.createRoom({ preset: 'private_chat' });
+    const res = await alice.send(room, 'm.room.member', { membership: 'join' });
+    assert.equal(res.status, 400, res.text);
+    assert.equal(res.body.errcode, 'M_BAD_JSON');
+    assert.match(res.body.error, /is a state event/);
+    const members = await alice.call('GET', `/rooms/${encodeURIComponent(room)}/members`);
+    assert.equal(members.status, 200, members.text);
+    assert.deepEqual(members.body.chunk.map((e) => [e.state_key, e.content.membership]), [[alice.userId, 'join']]);
+    // The server still answers the room's members and syncs after it.
+    assert.equal((await alice.sync()).rooms.join[room].timeline.events.some((e) => e.type === 'm.room.member' && !('state_key' in e)), false);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('under the default limits, two people register from one address through the two-step flow', async () => {
+  // The defaults: rc_registration {per_second: 0.17, burst_count: 3}.
+  const server = await startServer({ config: { rc_registration: { per_second: 0.17, burst_count: 3 } } });
+  try {
+    const twoSteps = async (username) => {
+      const first = await api(server.url, 'POST', `${CS}/register`, { body: { username, password: 'pw-' + username } });
+      if (first.status !== 401) return first;
+      assert.ok(first.body.session, first.text);
+      return api(server.url, 'POST', `${CS}/register`, {
+        body: { username, password: 'pw-' + username, auth: { type: 'm.login.dummy', session: first.body.session } },
+      });
+    };
+    for (const name of ['anna', 'bert', 'carl']) {
+      const res = await twoSteps(name);
+      assert.equal(res.status, 200, `${name}: ${res.text}`);
+    }
+    // Each completed registration counts: the fourth is over the burst, at its first step.
+    const fourth = await api(server.url, 'POST', `${CS}/register`, { body: { username: 'dora', password: 'pw' } });
+    assert.equal(fourth.status, 429, fourth.text);
+    assert.equal(fourth.body.errcode, 'M_LIMIT_EXCEEDED');
+    assert.ok(fourth.body.retry_after_ms > 0);
+    // Asking whether a name is free counts nothing either.
+    const available = await api(server.url, 'GET', `${CS}/register/available`, { query: { username: 'erin' } });
+    assert.equal(available.status, 429, 'the address has no registration left, so neither check nor name');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('a login for a user that does not exist costs a password hash like one that does', async () => {
+  // The real cost (Argon2id "interactive", tens of milliseconds), so the hash dominates.
+  const server = await startServer({ config: { password_hash_cost: 'interactive' } });
+  try {
+    await register(server.url, 'alice', { password: 'right' });
+    const login = async (user) => {
+      const started = process.hrtime.bigint();
+      const res = await api(server.url, 'POST', `${CS}/login`, {
+        body: { type: 'm.login.password', identifier: { type: 'm.id.user', user }, password: 'wrong' },
+      });
+      assert.equal(res.status, 403, res.text);
+      return Number(process.hrtime.bigint() - started) / 1e6;
+    };
+    const median = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const known = [];
+    const unknown = [];
+    for (let i = 0; i < 5; i++) {
+      known.push(await login('alice'));
+      unknown.push(await login('nobody' + i));
+    }
+    // Before, an unknown user was answered without hashing: ~1 ms against ~50 ms.
+    assert.ok(median(unknown) * 10 > median(known), `unknown ${median(unknown)} ms, known ${median(known)} ms`);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('a login with an empty user is a clear error', async () => {
+  const server = await startServer();
+  try {
+    for (const body of [
+      { type: 'm.login.password', identifier: { type: 'm.id.user', user: '' }, password: 'x' },
+      { type: 'm.login.password', user: '', password: 'x' },
+    ]) {
+      const res = await api(server.url, 'POST', `${CS}/login`, { body });
+      assert.equal(res.status, 400, res.text);
+      assert.equal(res.body.errcode, 'M_INVALID_PARAM');
+    }
+  } finally {
+    await server.stop();
+  }
+});
