@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
+import net from 'node:net';
 import { startServer, register, api, makeDir, CS } from '../lib/harness.mjs';
 
 // The body of a response as raw bytes, decoded strictly: a byte that is not UTF-8 throws.
@@ -182,6 +183,48 @@ test('a login with an empty user is a clear error', async () => {
       assert.equal(res.status, 400, res.text);
       assert.equal(res.body.errcode, 'M_INVALID_PARAM');
     }
+  } finally {
+    await server.stop();
+  }
+});
+
+// Writes `bytes` on a fresh connection and resolves with everything the server sent back
+// before closing it.
+function rawExchange(url, bytes) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: hostname, port: Number(port) }, () => socket.end(bytes));
+    let got = '';
+    socket.on('data', (d) => (got += d.toString('latin1')));
+    socket.on('close', () => resolve(got));
+    socket.on('error', reject);
+  });
+}
+
+test('malformed HTTP gets a 4xx or 505 before the connection closes', async () => {
+  const server = await startServer();
+  try {
+    const cases = [
+      ['a bad Content-Length', 'POST /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n', 400],
+      ['two different Content-Lengths', 'POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400],
+      ['a 16 KB target', `GET /${'a'.repeat(16 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`, 414],
+      ['a 16 KB header', `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(16 * 1024)}\r\n\r\n`, 431],
+      ['10,000 headers', `GET / HTTP/1.1\r\nHost: x\r\n${'X-A: b\r\n'.repeat(10000)}\r\n`, 431],
+      ['an HTTP/0.9 request', 'GET /\r\n\r\n', 400],
+      ['an HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 505],
+      ['a bad header line', 'GET / HTTP/1.1\r\nHost x\r\n\r\n', 400],
+    ];
+    for (const [what, bytes, status] of cases) {
+      const reply = await rawExchange(server.url, bytes);
+      const m = /^HTTP\/1\.1 (\d+)/.exec(reply);
+      assert.ok(m, `${what}: no HTTP response, got ${JSON.stringify(reply.slice(0, 80))}`);
+      assert.equal(Number(m[1]), status, `${what}: ${reply.slice(0, 200)}`);
+      const body = JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4));
+      assert.ok(body.errcode && body.error, `${what}: ${reply}`);
+    }
+    // The server is still there for well-formed requests.
+    const ok = await api(server.url, 'GET', '/_matrix/client/versions');
+    assert.equal(ok.status, 200);
   } finally {
     await server.stop();
   }

@@ -60,6 +60,41 @@ std::string error_body(const std::string& code, const std::string& message,
     return json::serialize(o);
 }
 
+// The status for a request that failed to parse, or nothing when there is no one to answer
+// (the connection closed or timed out, or the request ended half-way).
+std::optional<http::status> unreadable_request_status(const boost::system::error_code& ec,
+                                                      const beast::flat_buffer& buffer) {
+    if (ec.category() != http::make_error_code(http::error::body_limit).category() ||
+        ec == http::error::end_of_stream || ec == http::error::partial_message)
+        return std::nullopt;
+    if (ec == http::error::body_limit) return http::status::payload_too_large;
+    if (ec == http::error::header_limit) {
+        // The request line alone did not fit: the target is what is too long.
+        auto data = buffer.cdata();
+        std::string_view head(static_cast<const char*>(data.data()), data.size());
+        return head.find('\n') == std::string_view::npos
+                   ? http::status::uri_too_long
+                   : http::status::request_header_fields_too_large;
+    }
+    if (ec == http::error::bad_version) return http::status::http_version_not_supported;
+    return http::status::bad_request;
+}
+
+std::string unreadable_request_message(http::status status) {
+    switch (status) {
+        case http::status::payload_too_large:
+            return "Request body is larger than the server accepts";
+        case http::status::uri_too_long:
+            return "Request target is longer than the server accepts";
+        case http::status::request_header_fields_too_large:
+            return "Request headers are larger than the server accepts";
+        case http::status::http_version_not_supported:
+            return "Only HTTP/1.0 and HTTP/1.1 are served";
+        default:
+            return "Malformed HTTP request";
+    }
+}
+
 // The per-connection state the shutdown path needs to reach.
 struct Connection {
     explicit Connection(tcp::socket s) : stream(std::move(s)) {}
@@ -221,18 +256,23 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
         conn->stream.expires_after(kIdleTimeout);
         auto [ec, n] = co_await http::async_read(conn->stream, buffer, parser,
                                                  asio::as_tuple(asio::use_awaitable));
-        if (ec == http::error::body_limit) {
-            http::response<http::string_body> res{http::status::payload_too_large, 11};
-            res.set(http::field::content_type, "application/json");
-            res.set(http::field::access_control_allow_origin, "*");
-            res.body() = error_body(proto::errcode::too_large,
-                                    "Request body is larger than the server accepts", {});
-            res.keep_alive(false);
-            res.prepare_payload();
-            co_await http::async_write(conn->stream, res, asio::as_tuple(asio::use_awaitable));
+        if (ec) {
+            // A request that cannot be read is answered (then the connection closed) when
+            // the client is still there to read why; closed and timed-out ones are not.
+            if (auto status = unreadable_request_status(ec, buffer)) {
+                http::response<http::string_body> res{*status, 11};
+                res.set(http::field::content_type, "application/json");
+                res.set(http::field::access_control_allow_origin, "*");
+                res.body() = error_body(*status == http::status::payload_too_large
+                                            ? proto::errcode::too_large
+                                            : proto::errcode::unrecognized,
+                                        unreadable_request_message(*status), {});
+                res.keep_alive(false);
+                res.prepare_payload();
+                co_await http::async_write(conn->stream, res, asio::as_tuple(asio::use_awaitable));
+            }
             break;
         }
-        if (ec) break;  // closed, timed out, or a malformed request: nothing to answer
         conn->busy = true;
         conn->stream.expires_never();
         auto& raw = parser.get();
