@@ -229,3 +229,29 @@ test('malformed HTTP gets a 4xx or 505 before the connection closes', async () =
     await server.stop();
   }
 });
+
+test('in a direct chat neither member can demote the other through m.room.power_levels', async () => {
+  const server = await startServer();
+  try {
+    const alice = await register(server.url, 'alice');
+    const bob = await register(server.url, 'bob');
+    const room = await alice.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [bob.userId] });
+    assert.equal((await bob.join(room)).status, 200);
+    const path = `/rooms/${encodeURIComponent(room)}/state/m.room.power_levels`;
+    const current = (await alice.call('GET', path)).body;
+    assert.equal(current.users[alice.userId], 100);
+    assert.equal(current.users[bob.userId], 100);
+    const without = { ...current, users: { [alice.userId]: 100 } };
+    const removed = await alice.call('PUT', path, { body: without });
+    assert.equal(removed.status, 403, removed.text);
+    assert.equal(removed.body.errcode, 'M_FORBIDDEN');
+    const lowered = await alice.call('PUT', path, { body: { ...current, users: { [alice.userId]: 100, [bob.userId]: 0 } } });
+    assert.equal(lowered.status, 403, lowered.text);
+    // A change within the sender's reach still works, and bob is still at 100.
+    const ok = await alice.call('PUT', path, { body: { ...current, kick: 60 } });
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal((await bob.call('GET', path)).body.users[bob.userId], 100);
+  } finally {
+    await server.stop();
+  }
+});

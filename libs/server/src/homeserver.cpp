@@ -6,7 +6,9 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <charconv>
 
+#include "auth_rules.hpp"
 #include "json_out.hpp"
 #include "mxvoip/proto/base64.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -22,6 +24,13 @@ namespace {
 constexpr std::size_t kTimelineWindow = 50;
 constexpr std::int64_t kTxnLifetimeMs = 24 * 3600 * 1000;
 const std::string kNoMembership = "leave";
+
+// Room versions before 10 allow power levels written as strings of an integer.
+bool integer_levels_only(const Room& room) {
+    int version = 0;
+    std::from_chars(room.version.data(), room.version.data() + room.version.size(), version);
+    return version >= 10;
+}
 
 std::int64_t int_or(const json::object& obj, std::string_view key, std::int64_t fallback) {
     auto it = obj.find(key);
@@ -425,14 +434,13 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender,
         // Auth rules: a state key that starts with '@' belongs to that user alone.
         throw MatrixError(403, errcode::forbidden, "That state key belongs to another user");
     }
-    if (ev.type == "m.room.power_levels" && room.has_power_levels) {
-        PowerLevels next = PowerLevels::parse(ev.content);
-        for (const auto& [user, level] : next.users) {
-            std::int64_t before = pl.user_level(user);
-            if (level != before && (level > have || (before >= have && user != sender)))
-                throw MatrixError(403, errcode::forbidden,
-                                  "You cannot change the power level of " + user);
-        }
+    if (ev.type == "m.room.power_levels") {
+        std::optional<json::object> current;
+        if (EventPtr pl_event = room.state_event("m.room.power_levels", ""))
+            current = json::parse(pl_event->content()).as_object();
+        if (auto refusal = power_levels_change_refusal(current ? &*current : nullptr, ev.content,
+                                                       sender, have, integer_levels_only(room)))
+            throw MatrixError(403, errcode::forbidden, *refusal);
     }
 }
 
