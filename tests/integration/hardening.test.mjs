@@ -255,3 +255,85 @@ test('in a direct chat neither member can demote the other through m.room.power_
     await server.stop();
   }
 });
+
+test('to-device messages go only to devices that exist, and a device that logs out leaves none behind', async () => {
+  const server = await startServer();
+  try {
+    const alice = await register(server.url, 'alice');
+    const bob = await register(server.url, 'bob', { deviceId: 'PHONE', password: 'pw' });
+    const send = (txn, device) =>
+      alice.call('PUT', `/sendToDevice/org.example.ping/${txn}`, { body: { messages: { [bob.userId]: { [device]: { n: txn } } } } });
+    assert.equal((await send('t1', 'LATER')).status, 200, 'a message to a device that does not exist is accepted');
+    assert.equal((await send('t2', 'PHONE')).status, 200);
+    assert.equal((await bob.call('POST', '/logout', { body: {} })).status, 200);
+    // Both device ids now sign in: neither may find a message sent before it existed or
+    // while it was signed out.
+    for (const deviceId of ['LATER', 'PHONE']) {
+      const login = await api(server.url, 'POST', `${CS}/login`, {
+        body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'bob' }, password: 'pw', device_id: deviceId },
+      });
+      assert.equal(login.status, 200, login.text);
+      const sync = await api(server.url, 'GET', `${CS}/sync`, { token: login.body.access_token });
+      assert.deepEqual(sync.body.to_device?.events ?? [], [], `${deviceId}: ${JSON.stringify(sync.body.to_device)}`);
+    }
+  } finally {
+    await server.stop();
+  }
+});
+
+test('each limit a client can reach is a clear Matrix error', async () => {
+  const limits = { to_device_per_device: 3, filters_per_user: 2, account_data_per_user: 2, create_room_invites: 2, create_room_initial_state: 2, syncs_per_user: 1 };
+  const server = await startServer({ config: { limits, log_level: 'debug' } });
+  try {
+    const alice = await register(server.url, 'alice');
+    const bob = await register(server.url, 'bob');
+
+    // to-device: at most 3 waiting for one device; the device fetching them makes room.
+    const ping = (txn) => alice.call('PUT', `/sendToDevice/org.example.ping/${txn}`, { body: { messages: { [bob.userId]: { [bob.deviceId]: {} } } } });
+    for (const txn of ['a', 'b', 'c']) assert.equal((await ping(txn)).status, 200);
+    const full = await ping('d');
+    assert.equal(full.status, 429, full.text);
+    assert.equal(full.body.errcode, 'M_LIMIT_EXCEEDED');
+    assert.match(full.body.error, /limits\.to_device_per_device/);
+    const first = await bob.sync();
+    assert.equal(first.to_device.events.length, 3);
+    await bob.sync({ since: first.next_batch, timeout: '0' }); // acknowledges them
+    assert.equal((await ping('e')).status, 200);
+
+    // Filters and account data.
+    const filter = (n) => alice.call('POST', `/user/${encodeURIComponent(alice.userId)}/filter`, { body: { room: { timeline: { limit: n } } } });
+    assert.equal((await filter(1)).status, 200);
+    assert.equal((await filter(2)).status, 200);
+    assert.equal((await filter(1)).status, 200, 'a filter already kept costs nothing');
+    const third = await filter(3);
+    assert.equal(third.status, 403, third.text);
+    assert.match(third.body.error, /limits\.filters_per_user/);
+    const data = (type) => alice.call('PUT', `/user/${encodeURIComponent(alice.userId)}/account_data/${type}`, { body: { v: 1 } });
+    assert.equal((await data('org.example.a')).status, 200);
+    assert.equal((await data('org.example.b')).status, 200);
+    assert.equal((await data('org.example.a')).status, 200, 'replacing an entry costs nothing');
+    const newType = await data('org.example.c');
+    assert.equal(newType.status, 403, newType.text);
+    assert.match(newType.body.error, /limits\.account_data_per_user/);
+
+    // createRoom's lists.
+    const tooMany = await alice.call('POST', '/createRoom', { body: { invite: ['@a:localhost', '@b:localhost', '@c:localhost'] } });
+    assert.equal(tooMany.status, 400, tooMany.text);
+    assert.equal(tooMany.body.errcode, 'M_INVALID_PARAM');
+    const state = (n) => Array.from({ length: n }, (_, i) => ({ type: 'org.example.s', state_key: String(i), content: {} }));
+    assert.equal((await alice.call('POST', '/createRoom', { body: { initial_state: state(3) } })).status, 400);
+    assert.equal((await alice.call('POST', '/createRoom', { body: { initial_state: state(2) } })).status, 200);
+
+    // One parked /sync per user: a second one waiting at the same time is refused.
+    const base = await alice.sync();
+    const parked = alice.sync({ since: base.next_batch, timeout: '30000' });
+    await logLine(server, /\/sync of @alice:localhost waits up to 30000 ms/);
+    const second = await alice.call('GET', '/sync', { query: { since: base.next_batch, timeout: '30000' } });
+    assert.equal(second.status, 429, second.text);
+    assert.match(second.body.error, /limits\.syncs_per_user/);
+    await alice.createRoom({}); // wakes the first
+    await parked;
+  } finally {
+    await server.stop();
+  }
+});

@@ -292,6 +292,26 @@ Config parse_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              c.worker_threads = static_cast<unsigned>(r.integer(n, k, 0, 256));
          }},
+        {"limits",
+         [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsMap()) r.fail(n, k, "must be a map of limits");
+             const std::map<std::string, std::size_t*> limits{
+                 {"to_device_per_device", &c.limits.to_device_per_device},
+                 {"filters_per_user", &c.limits.filters_per_user},
+                 {"account_data_per_user", &c.limits.account_data_per_user},
+                 {"create_room_invites", &c.limits.create_room_invites},
+                 {"create_room_initial_state", &c.limits.create_room_initial_state},
+                 {"syncs_per_user", &c.limits.syncs_per_user},
+             };
+             for (auto it : n) {
+                 auto sub = it.first.as<std::string>();
+                 auto full = k + "." + sub;
+                 auto limit = limits.find(sub);
+                 if (limit == limits.end()) r.fail(it.first, full, "unknown key");
+                 *limit->second =
+                     static_cast<std::size_t>(r.integer(it.second, full, 1, 1'000'000));
+             }
+         }},
     };
     for (auto it : root) {
         auto key = it.first.as<std::string>();

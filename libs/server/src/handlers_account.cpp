@@ -1,5 +1,7 @@
 #include <spdlog/spdlog.h>
 
+#include <limits>
+
 #include "blocking.hpp"
 #include "homeserver.hpp"
 #include "json_out.hpp"
@@ -15,6 +17,7 @@ namespace errcode = proto::errcode;
 namespace {
 
 constexpr std::size_t kMaxPasswordBytes = 512;
+constexpr StreamId kEveryStream = std::numeric_limits<StreamId>::max();
 
 }  // namespace
 
@@ -137,30 +140,35 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
 
 asio::awaitable<Response> Homeserver::logout(Request& req) {
     const Session& s = *req.session;
+    PendingWrite w;
+    w.mutations.push_back(store::DeleteTokens{s.user_id, s.device_id});
+    // The device is gone: what waited for it never will be fetched.
+    w.mutations.push_back(store::DeleteToDevice{s.user_id, s.device_id, kEveryStream});
     {
         std::lock_guard lock(mu_);
         std::erase_if(tokens_, [&](const auto& kv) {
             return kv.second.user_id == s.user_id && kv.second.device_id == s.device_id;
         });
+        users_.at(s.user_id).to_device.erase(s.device_id);
     }
-    {
-        auto write = PendingWrite::of(store::DeleteTokens{s.user_id, s.device_id});
-        co_await commit(std::move(write));
-    }
+    co_await commit(std::move(w));
     spdlog::info("logout: {} device {}", s.user_id, s.device_id);
     co_return Response{};
 }
 
 asio::awaitable<Response> Homeserver::logout_all(Request& req) {
     const Session& s = *req.session;
+    PendingWrite w;
+    w.mutations.push_back(store::DeleteTokens{s.user_id, ""});
     {
         std::lock_guard lock(mu_);
         std::erase_if(tokens_, [&](const auto& kv) { return kv.second.user_id == s.user_id; });
+        auto& queues = users_.at(s.user_id).to_device;
+        for (const auto& [device, _] : queues)
+            w.mutations.push_back(store::DeleteToDevice{s.user_id, device, kEveryStream});
+        queues.clear();
     }
-    {
-        auto write = PendingWrite::of(store::DeleteTokens{s.user_id, ""});
-        co_await commit(std::move(write));
-    }
+    co_await commit(std::move(w));
     spdlog::info("logout: {} on all devices", s.user_id);
     co_return Response{};
 }
@@ -382,6 +390,10 @@ asio::awaitable<Response> Homeserver::post_filter(Request& req) {
         if (found != filters.end())
             co_return json_response(
                 json::object{{"filter_id", std::to_string(found - filters.begin())}});
+        if (filters.size() >= config_.limits.filters_per_user)
+            throw MatrixError(403, errcode::forbidden,
+                              "This user has " + std::to_string(filters.size()) +
+                                  " filters, the most the server keeps (limits.filters_per_user)");
         id = static_cast<std::int64_t>(filters.size());
         filters.push_back(text);
     }
@@ -435,8 +447,15 @@ asio::awaitable<Response> Homeserver::put_account_data(Request& req) {
         std::lock_guard lock(mu_);
         if (!room.empty() && !rooms_.count(room))
             throw MatrixError(404, errcode::not_found, "Unknown room " + room);
+        auto& account_data = users_.at(user).account_data;
+        if (!account_data.count({room, type}) &&
+            account_data.size() >= config_.limits.account_data_per_user)
+            throw MatrixError(403, errcode::forbidden,
+                              "This user has " + std::to_string(account_data.size()) +
+                                  " account data entries, the most the server keeps "
+                                  "(limits.account_data_per_user)");
         StreamId stream = next_stream_++;
-        users_.at(user).account_data[{room, type}] = AccountData{stream, text};
+        account_data[{room, type}] = AccountData{stream, text};
         ticket = submit_locked(PendingWrite::of(
             store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
     }
@@ -493,6 +512,15 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
         std::lock_guard lock(mu_);
         std::string txn_key = s.device_key() + '\n' + txn;
         if (to_device_txns_.count(txn_key)) co_return Response{};
+        // Every message is checked before any is queued: a request is refused whole.
+        struct Delivery {
+            User* user;
+            std::string user_id;
+            std::string device;
+            std::string message;
+        };
+        std::vector<Delivery> deliveries;
+        std::map<std::pair<std::string, std::string>, std::size_t> adding;
         for (const auto& [user_key, devices] : *messages) {
             std::string user(user_key);
             if (!devices.is_object())
@@ -500,6 +528,13 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
                                   "messages." + user + " must be an object");
             auto u = users_.find(user);
             if (u == users_.end()) continue;  // unknown or remote users: nothing to deliver here
+            // Only to devices that exist (are signed in): a message for any other id would
+            // wait for ever.
+            std::vector<std::string> existing;
+            for (const auto& [_, session] : tokens_)
+                if (session.user_id == user) existing.push_back(session.device_id);
+            std::sort(existing.begin(), existing.end());
+            existing.erase(std::unique(existing.begin(), existing.end()), existing.end());
             for (const auto& [device_key_sv, content] : devices.get_object()) {
                 if (!content.is_object())
                     throw MatrixError(400, errcode::bad_json,
@@ -508,22 +543,30 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
                                       ",\"sender\":" + quoted(s.user_id) +
                                       ",\"type\":" + quoted(type) + "}";
                 std::vector<std::string> targets;
-                if (device_key_sv == "*") {
-                    for (const auto& [_, session] : tokens_)
-                        if (session.user_id == user) targets.push_back(session.device_id);
-                    std::sort(targets.begin(), targets.end());
-                    targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-                } else {
+                if (device_key_sv == "*")
+                    targets = existing;
+                else if (std::binary_search(existing.begin(), existing.end(), device_key_sv))
                     targets.emplace_back(device_key_sv);
+                for (auto& device : targets) {
+                    auto queue = u->second.to_device.find(device);
+                    std::size_t waiting =
+                        queue == u->second.to_device.end() ? 0 : queue->second.size();
+                    if (waiting + ++adding[{user, device}] > config_.limits.to_device_per_device)
+                        throw MatrixError(
+                            429, errcode::limit_exceeded,
+                            "Device " + device + " of " + user + " has " + std::to_string(waiting) +
+                                " messages it has not fetched (limits.to_device_per_device)",
+                            10000);
+                    deliveries.push_back({&u->second, user, std::move(device), message});
                 }
-                for (const auto& device : targets) {
-                    StreamId stream = next_stream_++;
-                    u->second.to_device[device].push_back({stream, message});
-                    w.mutations.push_back(store::PutToDevice{{stream, user, device, message}});
-                    w.max_stream = stream;
-                }
-                w.wake.push_back(user);
             }
+        }
+        for (auto& d : deliveries) {
+            StreamId stream = next_stream_++;
+            d.user->to_device[d.device].push_back({stream, d.message});
+            w.mutations.push_back(store::PutToDevice{{stream, d.user_id, d.device, d.message}});
+            w.max_stream = stream;
+            w.wake.push_back(d.user_id);
         }
         std::int64_t now = now_ms();
         to_device_txns_.insert(txn_key);

@@ -89,6 +89,15 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
     auto name = proto::opt_string(body, "name");
     auto topic = proto::opt_string(body, "topic");
     std::vector<std::string> invites;
+    auto check_length = [&](const json::array* arr, const char* key, std::size_t limit) {
+        if (arr && arr->size() > limit)
+            throw MatrixError(
+                400, errcode::invalid_param,
+                std::string(key) + " has more than " + std::to_string(limit) + " entries");
+    };
+    check_length(proto::opt_array(body, "invite"), "invite", config_.limits.create_room_invites);
+    check_length(proto::opt_array(body, "initial_state"), "initial_state",
+                 config_.limits.create_room_initial_state);
     if (const auto* arr = proto::opt_array(body, "invite")) {
         for (const auto& v : *arr) {
             if (!v.is_string() || !proto::parse_user_id(v.get_string()))

@@ -361,8 +361,15 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
         bool has = build_sync_locked(s, since, initial, filter, full_state, out);
         if (has || initial || full_state || timeout == 0 || shutting_down_)
             co_return Response{200, std::move(out), {}};
+        auto& parked = waiters_[s.user_id];
+        if (parked.size() >= config_.limits.syncs_per_user)
+            throw MatrixError(429, errcode::limit_exceeded,
+                              "Too many /sync requests of this user are waiting (limits." +
+                                  std::string("syncs_per_user: ") +
+                                  std::to_string(config_.limits.syncs_per_user) + ")",
+                              1000);
         waiter = std::make_shared<Waiter>(executor);
-        waiters_[s.user_id].push_back(waiter);
+        parked.push_back(waiter);
         spdlog::debug("/sync of {} waits up to {} ms for something after s{}", s.user_id, timeout,
                       since);
     }

@@ -80,3 +80,19 @@ TEST(Config, ErrorsNameKeyAndLine) {
     EXPECT_EQ(error_of("- a\n- b\n"), "test.yaml: the top level must be a map of keys");
     EXPECT_NE(error_of("a: [\n").find("not valid YAML"), std::string::npos);
 }
+
+TEST(Config, Limits) {
+    Config defaults = parse_config("", "test.yaml");
+    EXPECT_EQ(defaults.limits.to_device_per_device, 1000u);
+    EXPECT_EQ(defaults.limits.syncs_per_user, 20u);
+    Config c =
+        parse_config("limits:\n  to_device_per_device: 5\n  syncs_per_user: 2\n", "test.yaml");
+    EXPECT_EQ(c.limits.to_device_per_device, 5u);
+    EXPECT_EQ(c.limits.syncs_per_user, 2u);
+    EXPECT_EQ(c.limits.filters_per_user, defaults.limits.filters_per_user);
+    EXPECT_NE(error_of("limits:\n  to_device: 5\n").find("limits.to_device: unknown key"),
+              std::string::npos);
+    EXPECT_NE(error_of("limits:\n  syncs_per_user: 0\n").find("limits.syncs_per_user"),
+              std::string::npos);
+    EXPECT_NE(error_of("limits: 5\n").find("limits: must be a map"), std::string::npos);
+}

@@ -42,6 +42,17 @@ struct TurnConfig {
     bool configured() const { return !uris.empty(); }
 };
 
+// What one client may make the server hold (`limits:` in homeserver.yaml). Each limit hit is
+// a Matrix error naming it.
+struct Limits {
+    std::size_t to_device_per_device = 1000;  // messages waiting for one device
+    std::size_t filters_per_user = 100;
+    std::size_t account_data_per_user = 1000;  // entries, global and per room together
+    std::size_t create_room_invites = 100;     // createRoom's `invite`
+    std::size_t create_room_initial_state = 100;
+    std::size_t syncs_per_user = 20;  // /syncs of one user waiting at once
+};
+
 // Key names follow Synapse's homeserver.yaml where Synapse has the key.
 struct Config {
     std::string server_name = "localhost";
@@ -60,6 +71,7 @@ struct Config {
     // (for load tests only).
     std::string password_hash_cost = "interactive";
     unsigned worker_threads = 0;  // 0: one per core
+    Limits limits;
     TurnConfig turn;
     RateLimit rc_turn{1, 10};  // per user
     // Accepted but worth saying at start-up (e.g. a TURN lifetime under 10 minutes).
