@@ -337,3 +337,105 @@ test('each limit a client can reach is a clear Matrix error', async () => {
     await server.stop();
   }
 });
+
+// Resolves when the server closes `socket` (which sends nothing more).
+const closedByServer = (socket) => new Promise((resolve) => socket.on('close', resolve));
+
+function connect(url) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: hostname, port: Number(port) }, () => resolve(socket));
+    socket.on('error', reject);
+  });
+}
+
+test('a connection that sends nothing, or a request slowly, or stays idle, is closed', async () => {
+  const server = await startServer({ config: { timeouts: { header_read: '1s', keep_alive: '2s' } } });
+  try {
+    const silent = await connect(server.url);
+    let got = '';
+    silent.on('data', (d) => (got += d));
+    const slow = await connect(server.url);
+    slow.write('GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n'); // and never the end
+    await Promise.all([closedByServer(silent), closedByServer(slow)]);
+    assert.equal(got, '', 'nothing to answer');
+    // A kept-alive connection: one request, then silence.
+    const kept = await connect(server.url);
+    let reply = '';
+    kept.on('data', (d) => (reply += d));
+    kept.write('GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n');
+    await closedByServer(kept);
+    assert.match(reply, /^HTTP\/1\.1 200/);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('connections per address are limited, with a Matrix error before the close', async () => {
+  const server = await startServer({ config: { limits: { connections_per_address: 2 } } });
+  try {
+    const held = [await connect(server.url), await connect(server.url)];
+    const third = await connect(server.url);
+    let reply = '';
+    third.on('data', (d) => (reply += d));
+    await closedByServer(third);
+    assert.match(reply, /^HTTP\/1\.1 503/);
+    const body = JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4));
+    assert.equal(body.errcode, 'M_LIMIT_EXCEEDED');
+    assert.match(body.error, /limits\.connections_per_address/);
+    // Once one is closed, a new one is served.
+    held[0].destroy();
+    await closedByServer(held[0]);
+    let ok = await api(server.url, 'GET', '/_matrix/client/versions');
+    for (let i = 0; ok.status !== 200 && i < 50; i++) ok = await api(server.url, 'GET', '/_matrix/client/versions');
+    assert.equal(ok.status, 200);
+    held[1].destroy();
+  } finally {
+    await server.stop();
+  }
+});
+
+// A room whose /sync is ~24 MB: far more than the socket buffers between a client that does
+// not read and the server.
+async function bigRoom(server) {
+  const alice = await register(server.url, 'alice');
+  const room = await alice.createRoom({ preset: 'private_chat' });
+  const body = 'x'.repeat(62000);
+  for (let i = 0; i < 400; i += 16) {
+    const batch = [];
+    for (let j = i; j < i + 16; j++) batch.push(alice.send(room, 'm.room.message', { msgtype: 'm.text', body }, `big${j}`));
+    for (const res of await Promise.all(batch)) assert.equal(res.status, 200, res.text);
+  }
+  const filter = encodeURIComponent(JSON.stringify({ room: { timeline: { limit: 400 } } }));
+  return { alice, request: `GET ${CS}/sync?filter=${filter} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${alice.token}\r\n\r\n` };
+}
+
+test('a client that does not read its response is cut off after the write timeout', async () => {
+  const server = await startServer({ config: { timeouts: { write: '1s' } } });
+  try {
+    const { request } = await bigRoom(server);
+    const reader = await connect(server.url);
+    reader.pause(); // reads nothing
+    reader.write(request);
+    await logLine(server, /did not read its response for 1 s: connection closed/);
+    reader.destroy();
+    const ok = await api(server.url, 'GET', '/_matrix/client/versions');
+    assert.equal(ok.status, 200);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('SIGTERM ends the process by the shutdown deadline even with a response nobody reads', async () => {
+  const server = await startServer({ config: { timeouts: { write: '1h', shutdown: '1s' }, log_level: 'debug' } });
+  const { request } = await bigRoom(server);
+  const reader = await connect(server.url);
+  reader.pause();
+  reader.write(request);
+  // The response is being written once the server has logged the request it answers.
+  await logLine(server, /GET \/_matrix\/client\/v3\/sync -> 200/);
+  const { code } = await server.stop();
+  assert.equal(code, 0);
+  assert.match(server.log, /closing 1 connections still open 1 s after the shutdown began/);
+  reader.destroy();
+});

@@ -292,6 +292,27 @@ Config parse_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              c.worker_threads = static_cast<unsigned>(r.integer(n, k, 0, 256));
          }},
+        {"timeouts",
+         [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsMap()) r.fail(n, k, "must be a map of durations");
+             const std::map<std::string, std::int64_t*> timeouts{
+                 {"header_read", &c.timeouts.header_read_s},
+                 {"keep_alive", &c.timeouts.keep_alive_s},
+                 {"write", &c.timeouts.write_s},
+                 {"shutdown", &c.timeouts.shutdown_s},
+             };
+             for (auto it : n) {
+                 auto sub = it.first.as<std::string>();
+                 auto full = k + "." + sub;
+                 auto timeout = timeouts.find(sub);
+                 if (timeout == timeouts.end()) r.fail(it.first, full, "unknown key");
+                 auto d = parse_duration(r.str(it.second, full));
+                 if (!d.error.empty()) r.fail(it.second, full, d.error);
+                 if (d.seconds < 1 || d.seconds > 3600)
+                     r.fail(it.second, full, "must be between 1s and 1h");
+                 *timeout->second = d.seconds;
+             }
+         }},
         {"limits",
          [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsMap()) r.fail(n, k, "must be a map of limits");
@@ -302,6 +323,8 @@ Config parse_config(const std::string& text, const std::string& source) {
                  {"create_room_invites", &c.limits.create_room_invites},
                  {"create_room_initial_state", &c.limits.create_room_initial_state},
                  {"syncs_per_user", &c.limits.syncs_per_user},
+                 {"connections", &c.limits.connections},
+                 {"connections_per_address", &c.limits.connections_per_address},
              };
              for (auto it : n) {
                  auto sub = it.first.as<std::string>();

@@ -18,7 +18,9 @@
 #include <algorithm>
 #include <chrono>
 #include <list>
+#include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include "homeserver.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -34,7 +36,6 @@ using proto::MatrixError;
 
 namespace {
 
-constexpr auto kIdleTimeout = std::chrono::seconds(180);
 constexpr std::size_t kHeaderLimit = 16 * 1024;
 
 std::int64_t system_now_ms() {
@@ -97,8 +98,9 @@ std::string unreadable_request_message(http::status status) {
 
 // The per-connection state the shutdown path needs to reach.
 struct Connection {
-    explicit Connection(tcp::socket s) : stream(std::move(s)) {}
+    Connection(tcp::socket s, std::string r) : stream(std::move(s)), remote(std::move(r)) {}
     beast::tcp_stream stream;
+    std::string remote;
     bool busy = false;     // a request is being handled: let it finish
     bool closing = false;  // the server is draining: close after the current response
 };
@@ -118,10 +120,16 @@ struct Server::Impl {
     std::optional<asio::signal_set> signals;
     std::mutex conns_mu;
     std::list<std::shared_ptr<Connection>> conns;
+    std::unordered_map<std::string, std::size_t> conns_by_address;
     std::atomic<bool> stopping{false};
+    // Closes what is still open once the shutdown deadline passes.
+    std::optional<asio::steady_timer> shutdown_deadline;
 
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
-    asio::awaitable<void> session(std::shared_ptr<Connection> conn, std::string remote);
+    // Whether a new connection from `remote` is within the connection limits; counts it.
+    std::optional<std::string> admit(const std::shared_ptr<Connection>& conn);
+    void forget(const std::shared_ptr<Connection>& conn);
+    asio::awaitable<void> session(std::shared_ptr<Connection> conn);
     asio::awaitable<Response> dispatch(http::request<http::string_body>& raw,
                                        const std::string& remote);
     void begin_shutdown();
@@ -217,6 +225,44 @@ void Server::Impl::begin_shutdown() {
             if (!c->busy) c->stream.socket().close();
         });
     }
+    if (conns.empty()) return;
+    // A response the client does not read, or a request that never ends, must not hold the
+    // process: past the deadline every connection still open is closed.
+    shutdown_deadline.emplace(asio::make_strand(ioc),
+                              std::chrono::seconds(config.timeouts.shutdown_s));
+    shutdown_deadline->async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        std::lock_guard lock(conns_mu);
+        if (!conns.empty())
+            spdlog::warn("closing {} connections still open {} s after the shutdown began",
+                         conns.size(), config.timeouts.shutdown_s);
+        for (auto& c : conns)
+            asio::post(c->stream.get_executor(), [c] { c->stream.socket().close(); });
+    });
+}
+
+std::optional<std::string> Server::Impl::admit(const std::shared_ptr<Connection>& conn) {
+    std::lock_guard lock(conns_mu);
+    if (stopping) return "The server is shutting down";
+    if (conns.size() >= config.limits.connections)
+        return "The server has as many connections as it takes (limits.connections)";
+    std::size_t& from_here = conns_by_address[conn->remote];
+    if (from_here >= config.limits.connections_per_address)
+        return "Too many connections from your address (limits.connections_per_address)";
+    ++from_here;
+    conns.push_back(conn);
+    return std::nullopt;
+}
+
+void Server::Impl::forget(const std::shared_ptr<Connection>& conn) {
+    std::lock_guard lock(conns_mu);
+    conns.remove(conn);
+    if (auto it = conns_by_address.find(conn->remote);
+        it != conns_by_address.end() && !--it->second)
+        conns_by_address.erase(it);
+    // The last connection is gone: the deadline has nothing left to close.
+    if (conns.empty() && shutdown_deadline)
+        asio::post(shutdown_deadline->get_executor(), [this] { shutdown_deadline->cancel(); });
 }
 
 asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
@@ -236,24 +282,42 @@ asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
         socket.set_option(tcp::no_delay(true), ignore);
         auto remote_ep = socket.remote_endpoint(ignore);
         std::string remote = ignore ? std::string("unknown") : remote_ep.address().to_string();
-        auto conn = std::make_shared<Connection>(std::move(socket));
-        {
-            std::lock_guard lock(conns_mu);
+        auto conn = std::make_shared<Connection>(std::move(socket), std::move(remote));
+        if (auto refusal = admit(conn)) {
             if (stopping) co_return;
-            conns.push_back(conn);
+            // Said without waiting for a request, then closed: the client learns why.
+            spdlog::debug("refused a connection from {}: {}", conn->remote, *refusal);
+            std::string body = error_body(proto::errcode::limit_exceeded, *refusal, {});
+            std::string res =
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                "application/json\r\nConnection: close\r\nRetry-After: "
+                "10\r\nContent-Length: " +
+                std::to_string(body.size()) + "\r\n\r\n" + body;
+            auto& sock = conn->stream.socket();
+            sock.non_blocking(true, ignore);
+            sock.write_some(asio::buffer(res), ignore);
+            sock.shutdown(tcp::socket::shutdown_both, ignore);
+            sock.close(ignore);
+            continue;
         }
         auto ex = conn->stream.get_executor();
-        asio::co_spawn(ex, session(conn, std::move(remote)), asio::detached);
+        asio::co_spawn(ex, session(conn), asio::detached);
     }
 }
 
-asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, std::string remote) {
+asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
+    const std::string& remote = conn->remote;
     beast::flat_buffer buffer;
-    for (;;) {
+    boost::system::error_code ignore;
+    conn->stream.socket().non_blocking(true, ignore);
+    for (bool first = true;; first = false) {
         http::request_parser<http::string_body> parser;
         parser.header_limit(kHeaderLimit);
         parser.body_limit(config.max_request_body_size);
-        conn->stream.expires_after(kIdleTimeout);
+        // A connection that sends nothing, or a request slowly, is closed: a new one after
+        // header_read, one kept alive after keep_alive.
+        conn->stream.expires_after(std::chrono::seconds(first ? config.timeouts.header_read_s
+                                                              : config.timeouts.keep_alive_s));
         auto [ec, n] = co_await http::async_read(conn->stream, buffer, parser,
                                                  asio::as_tuple(asio::use_awaitable));
         if (ec) {
@@ -317,18 +381,27 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn, st
         out += std::to_string(raw.method() == http::verb::head ? 0 : r.body.size());
         out += "\r\n\r\n";
         if (raw.method() != http::verb::head) out += r.body;
-        // No timer on the write: responses go into the socket buffer at once, and a timer per
-        // operation costs ~7 % of throughput (bench/RESULTS.md). Reads keep the idle timeout.
-        auto [wec, wn] = co_await asio::async_write(conn->stream, asio::buffer(out),
-                                                    asio::as_tuple(asio::use_awaitable));
+        // Most responses fit in the socket's buffer and go at once, with no timer (a timer per
+        // operation costs ~7 % of throughput, bench/RESULTS.md); the rest of a larger one must
+        // be read by the client within the write timeout.
+        boost::system::error_code wec;
+        std::size_t sent = conn->stream.socket().write_some(asio::buffer(out), wec);
+        if (wec == asio::error::would_block || wec == asio::error::try_again) wec = {};
+        if (!wec && sent < out.size()) {
+            conn->stream.expires_after(std::chrono::seconds(config.timeouts.write_s));
+            auto [rest_ec, rest] = co_await asio::async_write(
+                conn->stream, asio::buffer(out) + sent, asio::as_tuple(asio::use_awaitable));
+            wec = rest_ec;
+            if (wec == beast::error::timeout)
+                spdlog::info("{} did not read its response for {} s: connection closed", remote,
+                             config.timeouts.write_s);
+        }
         conn->busy = false;
         if (wec || !keep) break;
     }
-    boost::system::error_code ignore;
     conn->stream.socket().shutdown(tcp::socket::shutdown_send, ignore);
     conn->stream.close();
-    std::lock_guard lock(conns_mu);
-    conns.remove(conn);
+    forget(conn);
 }
 
 asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body>& raw,

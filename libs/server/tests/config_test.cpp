@@ -96,3 +96,17 @@ TEST(Config, Limits) {
               std::string::npos);
     EXPECT_NE(error_of("limits: 5\n").find("limits: must be a map"), std::string::npos);
 }
+
+TEST(Config, Timeouts) {
+    Config defaults = parse_config("", "test.yaml");
+    EXPECT_EQ(defaults.timeouts.header_read_s, 30);
+    EXPECT_EQ(defaults.timeouts.shutdown_s, 10);
+    Config c = parse_config("timeouts:\n  keep_alive: 2m\n  write: 5s\n", "test.yaml");
+    EXPECT_EQ(c.timeouts.keep_alive_s, 120);
+    EXPECT_EQ(c.timeouts.write_s, 5);
+    EXPECT_NE(error_of("timeouts:\n  write: 5\n").find("timeouts.write"), std::string::npos)
+        << "a bare number is refused";
+    EXPECT_NE(error_of("timeouts:\n  write: 2h\n").find("between 1s and 1h"), std::string::npos);
+    EXPECT_NE(error_of("timeouts:\n  idle: 5s\n").find("timeouts.idle: unknown key"),
+              std::string::npos);
+}

@@ -51,6 +51,16 @@ struct Limits {
     std::size_t create_room_invites = 100;     // createRoom's `invite`
     std::size_t create_room_initial_state = 100;
     std::size_t syncs_per_user = 20;  // /syncs of one user waiting at once
+    std::size_t connections = 10000;  // open connections in all
+    std::size_t connections_per_address = 200;
+};
+
+// How long the server waits for a client (`timeouts:`), in seconds.
+struct Timeouts {
+    std::int64_t header_read_s = 30;  // a new connection: until its first request has arrived
+    std::int64_t keep_alive_s = 60;   // between requests: until the next one has arrived
+    std::int64_t write_s = 30;        // a response the client does not read
+    std::int64_t shutdown_s = 10;     // after SIGTERM: connections still open are closed
 };
 
 // Key names follow Synapse's homeserver.yaml where Synapse has the key.
@@ -72,6 +82,7 @@ struct Config {
     std::string password_hash_cost = "interactive";
     unsigned worker_threads = 0;  // 0: one per core
     Limits limits;
+    Timeouts timeouts;
     TurnConfig turn;
     RateLimit rc_turn{1, 10};  // per user
     // Accepted but worth saying at start-up (e.g. a TURN lifetime under 10 minutes).
