@@ -439,3 +439,43 @@ test('SIGTERM ends the process by the shutdown deadline even with a response nob
   assert.match(server.log, /closing 1 connections still open 1 s after the shutdown began/);
   reader.destroy();
 });
+
+test('room semantics: a new displayname is not a new join; identical state and repeated joins make no event; the room version is the chosen one', async () => {
+  const server = await startServer();
+  try {
+    const alice = await register(server.url, 'alice');
+    const bob = await register(server.url, 'bob');
+    const room = await alice.createRoom({ preset: 'public_chat', creation_content: { room_version: 'test', 'org.example.x': 1 } });
+    const r = encodeURIComponent(room);
+    const create = (await alice.call('GET', `/rooms/${r}/state/m.room.create`)).body;
+    assert.equal(create.room_version, '10', JSON.stringify(create));
+    assert.equal(create['org.example.x'], 1, 'the rest of creation_content is kept');
+
+    assert.equal((await bob.join(room)).status, 200);
+    for (let i = 0; i < 3; i++) assert.equal((await bob.send(room, 'm.room.message', { msgtype: 'm.text', body: `m${i}` })).status, 200);
+    const before = await alice.sync();
+
+    // A displayname change: the next incremental sync has the member event, not the room
+    // again as if alice had just joined.
+    const name = await alice.call('PUT', `/profile/${encodeURIComponent(alice.userId)}/displayname`, { body: { displayname: 'Alice A.' } });
+    assert.equal(name.status, 200, name.text);
+    const after = await alice.sync({ since: before.next_batch, timeout: '0' });
+    const events = after.rooms.join[room].timeline.events;
+    assert.deepEqual(events.map((e) => [e.type, e.content.displayname]), [['m.room.member', 'Alice A.']]);
+    assert.equal((after.rooms.join[room].state?.events ?? []).length, 0, JSON.stringify(after.rooms.join[room].state));
+
+    // The same topic twice is one event; joining again is no event at all.
+    const topic = (text) => alice.call('PUT', `/rooms/${r}/state/m.room.topic`, { body: { topic: text } });
+    const first = await topic('calls');
+    const again = await topic('calls');
+    assert.equal(again.status, 200);
+    assert.equal(again.body.event_id, first.body.event_id);
+    assert.notEqual((await topic('more calls')).body.event_id, first.body.event_id);
+    const mark = await bob.sync();
+    assert.equal((await bob.join(room)).status, 200);
+    const quiet = await bob.sync({ since: mark.next_batch, timeout: '0' });
+    assert.equal(quiet.rooms?.join?.[room], undefined, JSON.stringify(quiet.rooms));
+  } finally {
+    await server.stop();
+  }
+});

@@ -146,10 +146,12 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
         w.mutations.push_back(store::PutRoom{{room_id, version}});
         const User& me = users_.at(s.user_id);
         try {
-            json::object create{{"room_version", version}};
-            if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
+            json::object create;
             if (const auto* creation = proto::opt_object(body, "creation_content"))
                 for (const auto& kv : *creation) create[kv.key()] = kv.value();
+            // The room version is the one chosen above, whatever creation_content says.
+            create["room_version"] = version;
+            if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
             append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {},
                                 {}, true);
             json::object join{{"membership", "join"}};
@@ -229,6 +231,13 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
                     content["is_direct"] = old.as_object().at("is_direct");
             }
         }
+        // Joining again with nothing changed is answered with the join there is (Synapse does
+        // the same); a new displayname or avatar makes a new member event.
+        if (membership == "join" && room.membership_of(target) == "join")
+            if (auto prev = room.state_event("m.room.member", target);
+                prev && prev->stream <= visible_ &&
+                json::parse(prev->content()) == json::value(content))
+                co_return json_response(json::object{{"room_id", room_id}});
         PendingWrite w;
         append_event_locked(room, s.user_id, {"m.room.member", target, std::move(content)}, w);
         ticket = submit_locked(std::move(w));
@@ -345,6 +354,13 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
     {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
+        // The same state from the same member again changes nothing: the event there is
+        // answers (as Synapse does), rather than a copy of it.
+        if (auto prev = room.state_event(type, state_key);
+            prev && prev->sender == s.user_id && prev->stream <= visible_ &&
+            room.membership_of(s.user_id) == "join" &&
+            json::parse(prev->content()) == json::value(content))
+            co_return Response{200, "{\"event_id\":" + quoted(prev->event_id) + "}", {}};
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, state_key, std::move(content)}, w);
         event_id = ev->event_id;

@@ -458,8 +458,13 @@ void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
                                      ? std::string(m->value().get_string())
                                      : std::string("leave");
         room.membership[*ev->state_key] = membership;
-        auto u = users_.find(*ev->state_key);
-        if (u != users_.end()) u->second.rooms[room.id] = RoomMembership{membership, ev->stream};
+        // A user's membership of a room dates from the event that changed it: a new
+        // displayname (join to join) is a state change for the sync, not a new join.
+        if (auto u = users_.find(*ev->state_key); u != users_.end()) {
+            auto [it, fresh] = u->second.rooms.try_emplace(room.id);
+            if (fresh || it->second.membership != membership)
+                it->second = RoomMembership{membership, ev->stream};
+        }
     } else if (ev->type == "m.room.power_levels") {
         room.power = PowerLevels::parse(content);
         room.has_power_levels = true;
