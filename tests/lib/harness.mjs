@@ -44,6 +44,14 @@ export function writeConfig(dir, overrides = {}) {
   return path;
 }
 
+// In a sanitizer build (scripts/test runs the suite under ASan+UBSan and TSan), a report in
+// the server's output fails the test that ran it, whatever the exit status.
+const SANITIZER_REPORT = /(ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:)/;
+export function sanitizerCheck(log) {
+  const m = SANITIZER_REPORT.exec(log);
+  if (m) throw new Error(`the server reported a sanitizer finding:\n${log.slice(Math.max(0, m.index - 200), m.index + 4000)}`);
+}
+
 // Starts the server and resolves once it listens. `dir` may be reused to restart on the same database.
 export async function startServer({ dir, config = {}, args = [] } = {}) {
   const ownDir = !dir;
@@ -52,18 +60,19 @@ export async function startServer({ dir, config = {}, args = [] } = {}) {
   const proc = spawn(SERVER_BIN, ['--config', configPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  proc.stderr.on('data', (c) => (log += c));
+  proc.stdout.on('data', (c) => (log += c));
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 15000);
-    const onData = (chunk) => {
-      log += chunk;
+    const onData = () => {
       const m = /listening on (http:\/\/[^\s]+)/.exec(log);
       if (m && /mxvoip-server ready/.test(log)) {
         clearTimeout(timer);
+        proc.stderr.off('data', onData);
         resolve(m[1]);
       }
     };
     proc.stderr.on('data', onData);
-    proc.stdout.on('data', (c) => (log += c));
     proc.on('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`server exited with ${code} before listening:\n${log}`));
@@ -81,6 +90,7 @@ export async function startServer({ dir, config = {}, args = [] } = {}) {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const result = await exited;
       if (ownDir) rmSync(dir, { recursive: true, force: true });
+      sanitizerCheck(log);
       return result;
     },
     async kill() {
@@ -88,7 +98,6 @@ export async function startServer({ dir, config = {}, args = [] } = {}) {
       return exited;
     },
   };
-  proc.stderr.on('data', (c) => (log += c));
   return server;
 }
 

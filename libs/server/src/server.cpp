@@ -118,6 +118,10 @@ struct Server::Impl {
     std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
     std::vector<BoundAddress> addresses;
     std::optional<asio::signal_set> signals;
+    // The acceptors, the signal set and the start of the shutdown run here: Asio's objects
+    // are not safe to use from two threads at once (closing an acceptor while another
+    // thread starts an accept on it was a data race).
+    asio::strand<asio::io_context::executor_type> control{asio::make_strand(ioc)};
     std::mutex conns_mu;
     std::list<std::shared_ptr<Connection>> conns;
     std::unordered_map<std::string, std::size_t> conns_by_address;
@@ -184,9 +188,9 @@ void Server::start() {
 
 void Server::run(bool handle_signals) {
     auto& I = *impl_;
-    for (auto& acc : I.acceptors) asio::co_spawn(I.ioc, I.accept_loop(*acc), asio::detached);
+    for (auto& acc : I.acceptors) asio::co_spawn(I.control, I.accept_loop(*acc), asio::detached);
     if (handle_signals) {
-        I.signals.emplace(I.ioc, SIGINT, SIGTERM);
+        I.signals.emplace(I.control, SIGINT, SIGTERM);
         I.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
             if (ec) return;
             spdlog::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -208,7 +212,7 @@ void Server::run(bool handle_signals) {
 
 void Server::stop() {
     if (impl_->stopping.exchange(true)) return;
-    asio::post(impl_->ioc, [this] { impl_->begin_shutdown(); });
+    asio::post(impl_->control, [this] { impl_->begin_shutdown(); });
 }
 
 void Server::Impl::begin_shutdown() {
