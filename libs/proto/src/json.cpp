@@ -2,13 +2,16 @@
 
 #include "mxvoip/proto/errors.hpp"
 
+#include <cmath>
 #include <vector>
 
 namespace mxvoip::proto {
 namespace {
 
-// Depth-first check of the integer range; iterative so hostile nesting cannot blow the stack
-// (the parser already bounds depth, this keeps the check itself cheap and flat).
+// Depth-first check of the number range; iterative so hostile nesting cannot blow the stack
+// (the parser already bounds depth, this keeps the check itself cheap and flat). An integer
+// literal too large for 64 bits comes out of the parser as a double: doubles past the range
+// are refused too, so no integer escapes the check by being larger still.
 bool integers_in_range(const json::value& root) {
     std::vector<const json::value*> todo{&root};
     while (!todo.empty()) {
@@ -21,6 +24,10 @@ bool integers_in_range(const json::value& root) {
                 break;
             case json::kind::uint64:
                 if (v->get_uint64() > static_cast<std::uint64_t>(kMaxSafeInteger)) return false;
+                break;
+            case json::kind::double_:
+                if (!(std::fabs(v->get_double()) <= static_cast<double>(kMaxSafeInteger)))
+                    return false;
                 break;
             case json::kind::array:
                 for (const auto& e : v->get_array()) todo.push_back(&e);
@@ -82,7 +89,7 @@ json::value parse_json(std::string_view text) {
     json::value v = json::parse(text, ec, {}, opts);
     if (ec) throw MatrixError(400, errcode::not_json, "Content not JSON: " + ec.message());
     if (!integers_in_range(v))
-        throw MatrixError(400, errcode::bad_json, "Integer out of range (+-(2^53-1))");
+        throw MatrixError(400, errcode::bad_json, "Number out of range (+-(2^53-1))");
     return v;
 }
 

@@ -73,3 +73,14 @@ TEST(Json, Utf8Validation) {
          })
         EXPECT_FALSE(is_valid_utf8(bad)) << testing::PrintToString(std::string(bad));
 }
+
+TEST(Json, NumbersPastTheSafeRangeAreBadJsonWhateverTheParserMadeOfThem) {
+    EXPECT_EQ(errcode_of(R"({"n":-9007199254740991})"), "ok");
+    EXPECT_EQ(errcode_of(R"({"n":9007199254740992})"), "M_BAD_JSON");
+    // Too large for 64 bits: Boost.JSON reads these as doubles.
+    EXPECT_EQ(errcode_of(R"({"n":-90201999252374704959254740991})"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of(R"({"n":184467440737095516160})"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of(R"({"n":1e300})"), "M_BAD_JSON");
+    EXPECT_EQ(errcode_of(R"({"n":1.5})"), "ok");
+    EXPECT_EQ(errcode_of(R"({"n":-1e15})"), "ok");
+}
