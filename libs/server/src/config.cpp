@@ -5,6 +5,7 @@
 #include "mxvoip/server/turn.hpp"
 
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -257,6 +258,14 @@ Config parse_config(const std::string& text, const std::string& source) {
              secret_path_node = n;
              secret_path = true;
              std::string path = r.str(n, k);
+             // A secret is a short file: not a device or a pipe that never ends.
+             std::error_code ec;
+             auto status = std::filesystem::status(path, ec);
+             if (ec || !std::filesystem::exists(status)) r.fail(n, k, "cannot read '" + path + "'");
+             if (!std::filesystem::is_regular_file(status))
+                 r.fail(n, k, "'" + path + "' is not a regular file");
+             if (std::filesystem::file_size(path, ec) > 4096 || ec)
+                 r.fail(n, k, "'" + path + "' is larger than a secret (4 KiB)");
              std::ifstream in(path);
              if (!in) r.fail(n, k, "cannot read '" + path + "'");
              std::stringstream text;

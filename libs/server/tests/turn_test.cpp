@@ -121,6 +121,8 @@ TEST(TurnConfig, EveryError) {
               "t.yaml:2: turn_shared_secret: must not be empty");
     EXPECT_EQ(config_error("turn_uris: ['turn:a']\nturn_shared_secret_path: /nonexistent/secret\n"),
               "t.yaml:2: turn_shared_secret_path: cannot read '/nonexistent/secret'");
+    EXPECT_EQ(config_error("turn_uris: ['turn:a']\nturn_shared_secret_path: /dev/zero\n"),
+              "t.yaml:2: turn_shared_secret_path: '/dev/zero' is not a regular file");
     EXPECT_EQ(config_error("rc_turn: {per_second: 1}\n"),
               "t.yaml:1: rc_turn.burst_count: is required");
     EXPECT_EQ(config_error("turn_allow_guests: perhaps\n"),
