@@ -27,6 +27,21 @@ class Reader {
         throw ConfigError(out.str());
     }
 
+    // A map of named settings (`timeouts:`, `limits:`): each key must be one of `targets`,
+    // and `read(node, full key)` gives its value.
+    template <typename T, typename Read>
+    void settings(const YAML::Node& n, const std::string& key, const char* what,
+                  const std::map<std::string, T*>& targets, Read read) const {
+        if (!n.IsMap()) fail(n, key, std::string("must be a map of ") + what);
+        for (auto it : n) {
+            auto sub = it.first.as<std::string>();
+            auto full = key + "." + sub;
+            auto target = targets.find(sub);
+            if (target == targets.end()) fail(it.first, full, "unknown key");
+            *target->second = read(it.second, full);
+        }
+    }
+
     std::string str(const YAML::Node& n, const std::string& key) const {
         if (!n.IsScalar()) fail(n, key, "must be a string");
         return n.Scalar();
@@ -303,46 +318,34 @@ Config parse_config(const std::string& text, const std::string& source) {
          }},
         {"timeouts",
          [&](const YAML::Node& n, const std::string& k) {
-             if (!n.IsMap()) r.fail(n, k, "must be a map of durations");
-             const std::map<std::string, std::int64_t*> timeouts{
-                 {"header_read", &c.timeouts.header_read_s},
-                 {"keep_alive", &c.timeouts.keep_alive_s},
-                 {"write", &c.timeouts.write_s},
-                 {"shutdown", &c.timeouts.shutdown_s},
-             };
-             for (auto it : n) {
-                 auto sub = it.first.as<std::string>();
-                 auto full = k + "." + sub;
-                 auto timeout = timeouts.find(sub);
-                 if (timeout == timeouts.end()) r.fail(it.first, full, "unknown key");
-                 auto d = parse_duration(r.str(it.second, full));
-                 if (!d.error.empty()) r.fail(it.second, full, d.error);
-                 if (d.seconds < 1 || d.seconds > 3600)
-                     r.fail(it.second, full, "must be between 1s and 1h");
-                 *timeout->second = d.seconds;
-             }
+             r.settings<std::int64_t>(n, k, "durations",
+                                      {{"header_read", &c.timeouts.header_read_s},
+                                       {"keep_alive", &c.timeouts.keep_alive_s},
+                                       {"write", &c.timeouts.write_s},
+                                       {"shutdown", &c.timeouts.shutdown_s}},
+                                      [&](const YAML::Node& v, const std::string& full) {
+                                          auto d = parse_duration(r.str(v, full));
+                                          if (!d.error.empty()) r.fail(v, full, d.error);
+                                          if (d.seconds < 1 || d.seconds > 3600)
+                                              r.fail(v, full, "must be between 1s and 1h");
+                                          return d.seconds;
+                                      });
          }},
         {"limits",
          [&](const YAML::Node& n, const std::string& k) {
-             if (!n.IsMap()) r.fail(n, k, "must be a map of limits");
-             const std::map<std::string, std::size_t*> limits{
-                 {"to_device_per_device", &c.limits.to_device_per_device},
-                 {"filters_per_user", &c.limits.filters_per_user},
-                 {"account_data_per_user", &c.limits.account_data_per_user},
-                 {"create_room_invites", &c.limits.create_room_invites},
-                 {"create_room_initial_state", &c.limits.create_room_initial_state},
-                 {"syncs_per_user", &c.limits.syncs_per_user},
-                 {"connections", &c.limits.connections},
-                 {"connections_per_address", &c.limits.connections_per_address},
-             };
-             for (auto it : n) {
-                 auto sub = it.first.as<std::string>();
-                 auto full = k + "." + sub;
-                 auto limit = limits.find(sub);
-                 if (limit == limits.end()) r.fail(it.first, full, "unknown key");
-                 *limit->second =
-                     static_cast<std::size_t>(r.integer(it.second, full, 1, 1'000'000));
-             }
+             r.settings<std::size_t>(
+                 n, k, "limits",
+                 {{"to_device_per_device", &c.limits.to_device_per_device},
+                  {"filters_per_user", &c.limits.filters_per_user},
+                  {"account_data_per_user", &c.limits.account_data_per_user},
+                  {"create_room_invites", &c.limits.create_room_invites},
+                  {"create_room_initial_state", &c.limits.create_room_initial_state},
+                  {"syncs_per_user", &c.limits.syncs_per_user},
+                  {"connections", &c.limits.connections},
+                  {"connections_per_address", &c.limits.connections_per_address}},
+                 [&](const YAML::Node& v, const std::string& full) {
+                     return static_cast<std::size_t>(r.integer(v, full, 1, 1'000'000));
+                 });
          }},
     };
     for (auto it : root) {
