@@ -155,7 +155,9 @@ Config development_config() {
     return c;
 }
 
-Config parse_config(const std::string& text, const std::string& source) {
+namespace {
+
+Config read_config(const std::string& text, const std::string& source) {
     Reader r(source);
     YAML::Node root;
     try {
@@ -376,6 +378,18 @@ Config parse_config(const std::string& text, const std::string& source) {
             ": TURN credentials are set but turn_uris is empty: clients would get no servers");
     finish(c);
     return c;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& text, const std::string& source) {
+    try {
+        return read_config(text, source);
+    } catch (const YAML::Exception& e) {
+        // What the checks above do not name: a key that is not text, a value yaml-cpp
+        // cannot convert.
+        throw ConfigError(source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    }
 }
 
 Config load_config(const std::string& path) {

@@ -110,3 +110,10 @@ TEST(Config, Timeouts) {
     EXPECT_NE(error_of("timeouts:\n  idle: 5s\n").find("timeouts.idle: unknown key"),
               std::string::npos);
 }
+
+TEST(Config, KeysThatAreNotTextAreAConfigError) {
+    EXPECT_NE(error_of("{a: 1}: 2\n").find("test.yaml:1: "), std::string::npos);
+    EXPECT_NE(error_of("limits:\n  [x]: 1\n").find("test.yaml:"), std::string::npos);
+    EXPECT_NE(error_of("server_name: [a, b]\n").find("test.yaml:1: server_name"),
+              std::string::npos);
+}
