@@ -52,12 +52,14 @@ export function sanitizerCheck(log) {
   if (m) throw new Error(`the server reported a sanitizer finding:\n${log.slice(Math.max(0, m.index - 200), m.index + 4000)}`);
 }
 
-// Starts the server and resolves once it listens. `dir` may be reused to restart on the same database.
-export async function startServer({ dir, config = {}, args = [] } = {}) {
+// Starts the server and resolves once it listens. `dir` may be reused to restart on the same
+// database; `wrap` is a command the server runs under (nsenter into a mount namespace, say).
+export async function startServer({ dir, config = {}, args = [], wrap = [] } = {}) {
   const ownDir = !dir;
   dir = dir ?? makeDir();
   const configPath = writeConfig(dir, config);
-  const proc = spawn(SERVER_BIN, ['--config', configPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...wrap, SERVER_BIN, '--config', configPath, ...args];
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
   proc.stderr.on('data', (c) => (log += c));

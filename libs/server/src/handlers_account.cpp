@@ -354,7 +354,7 @@ asio::awaitable<Response> Homeserver::put_profile_field(Request& req) {
         throw MatrixError(400, errcode::bad_json, field + " is longer than 256 bytes");
     const std::string& user_id = req.session->user_id;
     PendingWrite w;
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
         User& u = users_.at(user_id);
@@ -373,7 +373,7 @@ asio::awaitable<Response> Homeserver::put_profile_field(Request& req) {
         }
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     co_return Response{};
 }
 
@@ -442,7 +442,7 @@ asio::awaitable<Response> Homeserver::put_account_data(Request& req) {
     if (text.size() > 65536)
         throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
     const std::string& user = req.session->user_id;
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
         if (!room.empty() && !rooms_.count(room))
@@ -459,7 +459,7 @@ asio::awaitable<Response> Homeserver::put_account_data(Request& req) {
         ticket = submit_locked(PendingWrite::of(
             store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     co_return Response{};
 }
 
@@ -507,7 +507,7 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
         throw MatrixError(400, errcode::bad_json, "Invalid event type");
     check_rate(rc_message_, s.user_id);
     PendingWrite w;
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
         std::string txn_key = s.device_key() + '\n' + txn;
@@ -577,7 +577,7 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
         }
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     co_return Response{};
 }
 

@@ -130,7 +130,7 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
         throw MatrixError(400, errcode::bad_json, "creation_content may not set 'creator'");
 
     std::string room_id;
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
         for (const auto& u : invites)
@@ -191,7 +191,7 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
         }
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset,
                  is_direct ? ", direct" : "");
     co_return json_response(json::object{{"room_id", room_id}});
@@ -203,7 +203,7 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
                                                         json::object& extra) {
     const Session& s = *req.session;
     check_rate(rc_message_, s.user_id);
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
@@ -235,14 +235,13 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
         // the same); a new displayname or avatar makes a new member event.
         if (membership == "join" && room.membership_of(target) == "join")
             if (auto prev = room.state_event("m.room.member", target);
-                prev && prev->stream <= visible_ &&
-                json::parse(prev->content()) == json::value(content))
+                prev && json::parse(prev->content()) == json::value(content))
                 co_return json_response(json::object{{"room_id", room_id}});
         PendingWrite w;
         append_event_locked(room, s.user_id, {"m.room.member", target, std::move(content)}, w);
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     spdlog::info("{}: {} {} in {}", s.user_id, target, membership, room_id);
     if (membership == "join") co_return json_response(json::object{{"room_id", room_id}});
     co_return Response{};
@@ -303,22 +302,15 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
     if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
     auto content = proto::parse_json_object(req.body);
     std::string txn_key = s.device_key() + '\n' + room_id + '\n' + txn;
-    for (int attempt = 0;; ++attempt) {
-        {
-            std::lock_guard lock(mu_);
-            auto it = txns_.find(txn_key);
-            if (it == txns_.end()) break;
-            // A retry of a transaction still being committed waits for that commit, so the
-            // event id it returns is durable.
-            if (it->second.stream <= visible_ || attempt > 5000)
-                co_return json_response(json::object{{"event_id", it->second.event_id}});
-        }
-        auto executor = co_await asio::this_coro::executor;
-        asio::steady_timer t(executor, std::chrono::milliseconds(1));
-        co_await t.async_wait(asio::use_awaitable);
+    // A retry answers the first attempt's event id (its response waits, as every response
+    // does, until that event is durable).
+    {
+        std::lock_guard lock(mu_);
+        if (auto it = txns_.find(txn_key); it != txns_.end())
+            co_return json_response(json::object{{"event_id", it->second.event_id}});
     }
     check_rate(rc_message_, s.user_id);
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     std::string event_id;
     {
         std::lock_guard lock(mu_);
@@ -338,7 +330,7 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
         }
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
 }
 
@@ -349,7 +341,7 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     auto content = proto::parse_json_object(req.body);
     check_rate(rc_message_, s.user_id);
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t ticket = 0;
     std::string event_id;
     {
         std::lock_guard lock(mu_);
@@ -357,8 +349,7 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
         // The same state from the same member again changes nothing: the event there is
         // answers (as Synapse does), rather than a copy of it.
         if (auto prev = room.state_event(type, state_key);
-            prev && prev->sender == s.user_id && prev->stream <= visible_ &&
-            room.membership_of(s.user_id) == "join" &&
+            prev && prev->sender == s.user_id && room.membership_of(s.user_id) == "join" &&
             json::parse(prev->content()) == json::value(content))
             co_return Response{200, "{\"event_id\":" + quoted(prev->event_id) + "}", {}};
         PendingWrite w;
@@ -366,7 +357,7 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
         event_id = ev->event_id;
         ticket = submit_locked(std::move(w));
     }
-    co_await commit_wait(ticket);
+    co_await durable(ticket);
     co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
 }
 
@@ -377,8 +368,7 @@ asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
     Room& room = room_or_throw(room_id);
     require_member(room, req.session->user_id);
     auto ev = room.state_event(req.params[1], state_key);
-    if (!ev || ev->stream > visible_)
-        throw MatrixError(404, errcode::not_found, "Event not found.");
+    if (!ev) throw MatrixError(404, errcode::not_found, "Event not found.");
     co_return Response{200, std::string(ev->content()), {}};
 }
 
@@ -389,7 +379,6 @@ asio::awaitable<Response> Homeserver::get_state(Request& req) {
         Room& room = room_or_throw(req.params[0]);
         require_member(room, req.session->user_id);
         for (const auto& [_, ev] : room.state) {
-            if (ev->stream > visible_) continue;
             if (out.size() > 1) out += ',';
             render_event(out, *ev, {});
         }
@@ -412,7 +401,7 @@ asio::awaitable<Response> Homeserver::get_members(Request& req) {
         if (mine == "leave" && !room.state_event("m.room.member", req.session->user_id))
             throw MatrixError(403, errcode::forbidden, "You are not in this room");
         for (const auto& [key, ev] : room.state) {
-            if (key.first != "m.room.member" || ev->stream > visible_) continue;
+            if (key.first != "m.room.member") continue;
             const std::string& m = room.membership_of(key.second);
             if ((only && m != *only) || (exclude && m == *exclude)) continue;
             if (!first) out += ',';

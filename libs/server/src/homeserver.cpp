@@ -136,24 +136,6 @@ EventPtr Room::state_event(const std::string& type, const std::string& key) cons
 // ---------------------------------------------------------------------------------------------
 // Commit pipeline
 
-struct CommitTicket {
-    std::mutex mu;
-    bool done = false;
-    std::exception_ptr error;
-    std::function<void(std::exception_ptr)> resume;
-
-    void complete(std::exception_ptr e) {
-        std::function<void(std::exception_ptr)> r;
-        {
-            std::lock_guard lock(mu);
-            done = true;
-            error = e;
-            r = std::move(resume);
-        }
-        if (r) r(e);
-    }
-};
-
 Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking,
                        Clock clock)
     : config_(config),
@@ -244,59 +226,59 @@ void Homeserver::load() {
                  visible_);
 }
 
-std::shared_ptr<CommitTicket> Homeserver::submit_locked(PendingWrite write) {
-    auto ticket = std::make_shared<CommitTicket>();
-    writer_.submit(std::move(write.mutations),
-                   [this, ticket, max_stream = write.max_stream,
-                    wake = std::move(write.wake)](std::exception_ptr e) {
-                       if (!e) {
-                           publish(max_stream, wake);
-                       } else {
-                           std::string why = "unknown error";
-                           try {
-                               std::rethrow_exception(e);
-                           } catch (const std::exception& ex) {
-                               why = ex.what();
-                           } catch (...) {
-                           }
-                           spdlog::critical("database write failed: {}; the server stops", why);
-                           if (on_fatal_) on_fatal_(why);
-                       }
-                       ticket->complete(e);
-                   });
-    return ticket;
+std::uint64_t Homeserver::submit_locked(PendingWrite write) {
+    return writer_.submit(
+        std::move(write.mutations),
+        [this, max_stream = write.max_stream, wake = std::move(write.wake)](std::exception_ptr e) {
+            if (!e) return publish(max_stream, wake);
+            std::string why = "unknown error";
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                why = ex.what();
+            } catch (...) {
+            }
+            // Only the first failure is the cause; the writer fails everything after it.
+            std::call_once(fatal_once_, [&] {
+                spdlog::critical("database write failed: {}; the server stops", why);
+                if (on_fatal_) on_fatal_(why);
+            });
+        });
 }
 
-asio::awaitable<void> Homeserver::commit_wait(const std::shared_ptr<CommitTicket>& ticket) {
-    auto init = [](auto handler, std::shared_ptr<CommitTicket> ticket) {
+asio::awaitable<void> Homeserver::durable(std::uint64_t seq) {
+    auto init = [this](auto handler, std::uint64_t seq) {
         // The executor is held with outstanding work, so a graceful shutdown waits for the
         // commit and the response instead of letting the I/O threads return under it.
         auto ex = asio::prefer(asio::get_associated_executor(handler),
                                asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        auto resume = [shared, ex](std::exception_ptr e) {
+        writer_.when_durable(seq, [shared, ex](std::exception_ptr e) {
+            // What could not be stored is never confirmed: the client may retry once the
+            // server is back.
+            if (e)
+                e = std::make_exception_ptr(MatrixError(
+                    503, errcode::unknown, "The server could not store this request; try again"));
             asio::post(ex, [shared, e]() mutable { (*shared)(e); });
-        };
-        std::unique_lock lock(ticket->mu);
-        if (ticket->done) {
-            auto e = ticket->error;
-            lock.unlock();
-            resume(e);
-        } else {
-            ticket->resume = std::move(resume);
-        }
+        });
     };
     return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-        init, asio::use_awaitable, ticket);
+        init, asio::use_awaitable, seq);
 }
 
 asio::awaitable<void> Homeserver::commit(PendingWrite&& write) {
-    std::shared_ptr<CommitTicket> ticket;
+    std::uint64_t seq = 0;
     {
         std::lock_guard lock(mu_);
-        ticket = submit_locked(std::move(write));
+        seq = submit_locked(std::move(write));
     }
-    return commit_wait(ticket);
+    return durable(seq);
+}
+
+std::optional<std::uint64_t> Homeserver::unsettled() const {
+    std::uint64_t seq = writer_.submitted();
+    if (writer_.durable() >= seq) return std::nullopt;
+    return seq;
 }
 
 void Homeserver::publish(StreamId max_stream, const std::vector<std::string>& wake) {

@@ -113,9 +113,6 @@ struct Waiter {
     asio::steady_timer timer;
 };
 
-// One-shot completion of a group commit, awaited by the request that submitted it.
-struct CommitTicket;
-
 // The homeserver: in-memory model (source of truth for reads, rebuilt from the store at
 // start), auth rules and every request handler. One mutex guards the model; writes are
 // decided under it, persisted by the group-commit writer, and become visible to /sync in
@@ -127,8 +124,15 @@ class Homeserver {
     Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock);
     ~Homeserver();
 
-    // Called with the reason when a commit fails: the model can no longer be trusted.
+    // Called once, with the reason, when a commit fails: the model can no longer be trusted.
     void on_fatal(std::function<void(const std::string&)> f) { on_fatal_ = std::move(f); }
+    // A response leaves only once every write it may reflect is durable: the sequence number
+    // of the newest write not yet durable, to wait for with durable() before answering.
+    std::optional<std::uint64_t> unsettled() const;
+    // Completes once write `seq` and all before it are durable; throws 503 M_UNKNOWN when
+    // they never will be. Returns an awaitable without being a coroutine itself (GCC 12
+    // coroutine bugs): a co_await expression holds no non-trivial temporaries.
+    asio::awaitable<void> durable(std::uint64_t seq);
     // Wakes every parked /sync (used on shutdown).
     void wake_all();
     void stop_writer();
@@ -203,12 +207,10 @@ class Homeserver {
     };
 
     void load();
-    std::shared_ptr<CommitTicket> submit_locked(PendingWrite write);
-    // Both return an awaitable without being coroutines themselves. Rule for this code base
-    // (GCC 12 coroutine bugs): a co_await expression holds no non-trivial temporaries; build
-    // arguments as named locals first.
-    asio::awaitable<void> commit_wait(const std::shared_ptr<CommitTicket>& ticket);
-    asio::awaitable<void> commit(PendingWrite&& write);  // takes the lock to submit
+    // Queues the write for the group commit; returns its sequence number for durable().
+    std::uint64_t submit_locked(PendingWrite write);
+    // Takes the lock to submit, then waits as durable() does.
+    asio::awaitable<void> commit(PendingWrite&& write);
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
 
     // Checks auth rules, assigns the next stream id, applies the event to the model and adds
@@ -265,6 +267,7 @@ class Homeserver {
     std::once_flag unknown_user_hash_once_;
     std::string unknown_user_hash_;
     std::function<void(const std::string&)> on_fatal_;
+    std::once_flag fatal_once_;
 
     RateLimiter rc_message_;
     RateLimiter rc_login_;

@@ -61,6 +61,15 @@ std::string error_body(const std::string& code, const std::string& message,
     return json::serialize(o);
 }
 
+Response error_response(const MatrixError& e) {
+    Response r{e.status, error_body(e.errcode, e.what(), e.retry_after_ms), {}};
+    if (e.errcode == proto::errcode::unknown_token)
+        r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
+    if (e.retry_after_ms)
+        r.headers.emplace_back("Retry-After", std::to_string((*e.retry_after_ms + 999) / 1000));
+    return r;
+}
+
 // The status for a request that failed to parse, or nothing when there is no one to answer
 // (the connection closed or timed out, or the request ended half-way).
 std::optional<http::status> unreadable_request_status(const boost::system::error_code& ec,
@@ -126,6 +135,7 @@ struct Server::Impl {
     std::list<std::shared_ptr<Connection>> conns;
     std::unordered_map<std::string, std::size_t> conns_by_address;
     std::atomic<bool> stopping{false};
+    std::string failure;  // why the server stops on its own (guarded by conns_mu)
     // Closes what is still open once the shutdown deadline passes.
     std::optional<asio::steady_timer> shutdown_deadline;
 
@@ -157,7 +167,13 @@ void Server::start() {
     raise_open_files_limit();
     I.store = store::open_sqlite({I.config.database.path, I.config.database.synchronous});
     I.hs = std::make_unique<Homeserver>(I.config, *I.store, I.blocking, I.clock);
-    I.hs->on_fatal([this](const std::string&) { stop(); });
+    I.hs->on_fatal([this](const std::string& why) {
+        {
+            std::lock_guard lock(impl_->conns_mu);
+            impl_->failure = why;
+        }
+        stop();
+    });
     I.router = std::make_unique<Router>(make_routes());
     for (const auto& addr : I.config.listen) {
         boost::system::error_code ec;
@@ -208,6 +224,10 @@ void Server::run(bool handle_signals) {
     I.hs.reset();
     I.store.reset();
     spdlog::info("stopped; database closed");
+    // Exit non-zero, so a supervisor (systemd's Restart=on-failure) starts the server again
+    // from what the database holds.
+    if (!I.failure.empty())
+        throw std::runtime_error("stopped after a database write failed: " + I.failure);
 }
 
 void Server::stop() {
@@ -433,6 +453,7 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
             error_body(proto::errcode::invalid_param, "The request path or query is not UTF-8", {}),
             {}};
     if (req.method == http::verb::options) co_return Response{200, "{}", {}};
+    Response response;
     try {
         const Route* route = nullptr;
         bool path_known = false;
@@ -455,20 +476,26 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
                 throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
         }
         req.body = std::move(raw.body());
-        co_return co_await (hs.get()->*(route->handler))(req);
+        response = co_await (hs.get()->*(route->handler))(req);
     } catch (const MatrixError& e) {
-        Response r{e.status, error_body(e.errcode, e.what(), e.retry_after_ms), {}};
-        if (e.errcode == proto::errcode::unknown_token)
-            r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
-        if (e.retry_after_ms)
-            r.headers.emplace_back("Retry-After", std::to_string((*e.retry_after_ms + 999) / 1000));
-        co_return r;
+        response = error_response(e);
     } catch (const std::exception& e) {
         std::string_view path = target.substr(0, target.find('?'));
         spdlog::error("500 for {} {}: {}", raw.method_string(), path, e.what());
-        co_return Response{
-            500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
+        response =
+            Response{500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
     }
+    // Whatever the response says (an event, a state, even a refusal) may rest on writes
+    // other requests made a moment ago: it leaves once they are durable, so no client learns
+    // of something a failed commit then loses.
+    if (auto seq = hs->unsettled()) {
+        try {
+            co_await hs->durable(*seq);
+        } catch (const MatrixError& e) {
+            response = error_response(e);
+        }
+    }
+    co_return response;
 }
 
 void add_user(const Config& config, const std::string& user_id, const std::string& password) {

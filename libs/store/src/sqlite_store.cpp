@@ -1,7 +1,12 @@
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 
@@ -188,9 +193,40 @@ EventRecord read_event(Stmt& s) {
                        s.text(5),    s.integer(6), s.text(7), s.text(8), s.text(9)};
 }
 
+// One process at a time owns a database: the server keeps its model in memory, so rows
+// written beside it (by a second server, or `mxvoip-server user add`) would be unknown to it
+// and could collide with what it writes next. The lock is an flock on "<path>.lock", held for
+// the store's lifetime and released by the kernel when the process ends, however it ends.
+class ProcessLock {
+  public:
+    explicit ProcessLock(const std::string& db_path) {
+        if (db_path.empty() || db_path == ":memory:") return;
+        std::string path = db_path + ".lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd_ < 0) throw StoreError("cannot open " + path + ": " + std::strerror(errno));
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            int err = errno;
+            ::close(fd_);
+            if (err == EWOULDBLOCK)
+                throw StoreError("the database " + db_path +
+                                 " is in use by another process (a running mxvoip-server?); stop "
+                                 "it first");
+            throw StoreError("cannot lock " + path + ": " + std::strerror(err));
+        }
+    }
+    ~ProcessLock() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    ProcessLock(const ProcessLock&) = delete;
+    ProcessLock& operator=(const ProcessLock&) = delete;
+
+  private:
+    int fd_ = -1;
+};
+
 class SqliteStore final : public Store {
   public:
-    explicit SqliteStore(const SqliteOptions& opts) : writer_(opts.path, true) {
+    explicit SqliteStore(const SqliteOptions& opts) : lock_(opts.path), writer_(opts.path, true) {
         if (opts.synchronous != "full" && opts.synchronous != "normal")
             throw StoreError("synchronous must be 'full' or 'normal'");
         writer_.exec("PRAGMA journal_mode=WAL");
@@ -451,6 +487,7 @@ class SqliteStore final : public Store {
             .run();
     }
 
+    ProcessLock lock_;  // first in, last out: held while any connection is open
     Db writer_;
     std::mutex read_mu_;
     std::unique_ptr<Db> reader_;

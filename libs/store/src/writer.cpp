@@ -12,20 +12,47 @@ GroupCommitWriter::~GroupCommitWriter() {
     stop();
 }
 
-void GroupCommitWriter::submit(std::vector<Mutation> mutations, Done done) {
-    bool refused = false;
+std::uint64_t GroupCommitWriter::submit(std::vector<Mutation> mutations, Done done) {
+    std::exception_ptr refused;
+    std::uint64_t seq = 0;
     {
         std::lock_guard lock(mu_);
-        if (stopping_)
-            refused = true;
+        seq = ++submitted_;
+        if (failure_)
+            refused = failure_;
+        else if (stopping_)
+            refused = std::make_exception_ptr(StoreError("the store is shutting down"));
         else
-            queue_.push_back({std::move(mutations), std::move(done)});
+            queue_.push_back({seq, std::move(mutations), std::move(done)});
     }
-    if (refused) {
-        done(std::make_exception_ptr(StoreError("store is shutting down")));
-        return;
+    if (refused)
+        done(refused);
+    else
+        cv_.notify_one();
+    return seq;
+}
+
+std::uint64_t GroupCommitWriter::submitted() const {
+    std::lock_guard lock(mu_);
+    return submitted_;
+}
+
+std::uint64_t GroupCommitWriter::durable() const {
+    std::lock_guard lock(mu_);
+    return durable_;
+}
+
+void GroupCommitWriter::when_durable(std::uint64_t seq, Done done) {
+    std::exception_ptr error;
+    {
+        std::lock_guard lock(mu_);
+        if (seq > durable_ && !failure_) {
+            waiting_.emplace(seq, std::move(done));
+            return;
+        }
+        if (seq > durable_) error = failure_;
     }
-    cv_.notify_one();
+    done(error);
 }
 
 void GroupCommitWriter::stop() {
@@ -45,11 +72,14 @@ GroupCommitWriter::Stats GroupCommitWriter::stats() const {
 void GroupCommitWriter::run() {
     std::vector<Pending> batch;
     std::vector<Mutation> flat;
+    std::vector<Done> ready;
     for (;;) {
+        std::uint64_t last = 0;  // the sequence number of the batch's last submission
+        std::exception_ptr failed_before;
         {
             std::unique_lock lock(mu_);
             cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-            if (queue_.empty()) return;  // stopping and drained
+            if (queue_.empty()) break;  // stopping and drained
             if (queue_.size() <= kMaxBatch) {
                 batch.swap(queue_);
             } else {
@@ -57,21 +87,51 @@ void GroupCommitWriter::run() {
                              std::make_move_iterator(queue_.begin() + kMaxBatch));
                 queue_.erase(queue_.begin(), queue_.begin() + kMaxBatch);
             }
+            last = batch.back().seq;
+            failed_before = failure_;
             stats_.transactions++;
             stats_.submissions += batch.size();
         }
-        flat.clear();
-        for (auto& p : batch)
-            for (auto& m : p.mutations) flat.push_back(std::move(m));
-        std::exception_ptr error;
-        try {
-            store_.apply(flat);
-        } catch (...) {
-            error = std::current_exception();
+        std::exception_ptr error = failed_before;
+        if (!error) {
+            flat.clear();
+            for (auto& p : batch)
+                for (auto& m : p.mutations) flat.push_back(std::move(m));
+            try {
+                store_.apply(flat);
+            } catch (...) {
+                error = std::current_exception();
+            }
         }
         for (auto& p : batch) p.done(error);
         batch.clear();
+        {
+            std::lock_guard lock(mu_);
+            if (error) {
+                failure_ = error;
+                for (auto& [_, d] : waiting_) ready.push_back(std::move(d));
+                waiting_.clear();
+            } else {
+                durable_ = last;
+                auto end = waiting_.upper_bound(last);
+                for (auto it = waiting_.begin(); it != end; ++it)
+                    ready.push_back(std::move(it->second));
+                waiting_.erase(waiting_.begin(), end);
+            }
+        }
+        for (auto& d : ready) d(error);
+        ready.clear();
     }
+    // Whoever still waits for a submission that was never made durable learns it now.
+    std::multimap<std::uint64_t, Done> left;
+    std::exception_ptr error;
+    {
+        std::lock_guard lock(mu_);
+        if (!failure_) failure_ = std::make_exception_ptr(StoreError("the store is shutting down"));
+        error = failure_;
+        left.swap(waiting_);
+    }
+    for (auto& [_, d] : left) d(error);
 }
 
 }  // namespace mxvoip::store

@@ -171,6 +171,75 @@ TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
     EXPECT_EQ(store->events_after("!r:x", 0, 1000).size(), static_cast<std::size_t>(kN));
 }
 
+TYPED_TEST(StoreTest, WriterFailureIsFinalAndNothingAfterItIsApplied) {
+    auto store = this->backend.open();
+    std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};
+    store->apply(room);
+    GroupCommitWriter writer(*store);
+    std::promise<std::exception_ptr> first, bad, after;
+    auto s1 = writer.submit({PutEvent{event(1, "!r:x")}},
+                            [&](std::exception_ptr e) { first.set_value(e); });
+    EXPECT_FALSE(first.get_future().get());
+    // A submission that cannot commit (an event for stream 1 again violates the primary key).
+    auto s2 = writer.submit({PutEvent{event(1, "!r:x")}},
+                            [&](std::exception_ptr e) { bad.set_value(e); });
+    EXPECT_TRUE(bad.get_future().get());
+    // A valid one after it may rest on what the failed one would have written: refused.
+    auto s3 = writer.submit({PutEvent{event(3, "!r:x")}},
+                            [&](std::exception_ptr e) { after.set_value(e); });
+    EXPECT_TRUE(after.get_future().get());
+    EXPECT_LT(s1, s2);
+    EXPECT_LT(s2, s3);
+    EXPECT_EQ(writer.durable(), s1);
+
+    std::promise<std::exception_ptr> durable1, durable3;
+    writer.when_durable(s1, [&](std::exception_ptr e) { durable1.set_value(e); });
+    writer.when_durable(s3, [&](std::exception_ptr e) { durable3.set_value(e); });
+    EXPECT_FALSE(durable1.get_future().get());
+    EXPECT_TRUE(durable3.get_future().get());
+    writer.stop();
+    auto events = store->events_after("!r:x", 0, 10);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].stream, 1);
+}
+
+TYPED_TEST(StoreTest, WhenDurableWaitsForEverySubmissionUpToItsNumber) {
+    auto store = this->backend.open();
+    std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};
+    store->apply(room);
+    GroupCommitWriter writer(*store);
+    constexpr int kN = 200;
+    std::atomic<int> committed{0};
+    std::uint64_t last = 0;
+    for (int i = 1; i <= kN; ++i)
+        last = writer.submit({PutEvent{event(i, "!r:x")}}, [&](std::exception_ptr e) {
+            EXPECT_FALSE(e);
+            ++committed;
+        });
+    std::promise<int> seen;
+    writer.when_durable(last, [&](std::exception_ptr e) {
+        EXPECT_FALSE(e);
+        seen.set_value(committed.load());
+    });
+    // Every submission's own completion ran before the wait on the last one ended.
+    EXPECT_EQ(seen.get_future().get(), kN);
+    EXPECT_EQ(writer.durable(), last);
+    writer.stop();
+}
+
+TYPED_TEST(StoreTest, ADatabaseHasOneOwningProcessAtATime) {
+    auto store = this->backend.open();
+    try {
+        auto second = this->backend.open();
+        FAIL() << "a second open of a database in use succeeded";
+    } catch (const StoreError& e) {
+        EXPECT_NE(std::string(e.what()).find("in use by another process"), std::string::npos)
+            << e.what();
+    }
+    store.reset();
+    EXPECT_NO_THROW(this->backend.open());
+}
+
 TYPED_TEST(StoreTest, WriterReportsFailureToEverySubmitter) {
     auto store = this->backend.open();
     GroupCommitWriter writer(*store);
