@@ -479,3 +479,96 @@ test('room semantics: a new displayname is not a new join; identical state and r
     await server.stop();
   }
 });
+
+test('every write counts against rc_message in the dispatch layer; reads do not', async () => {
+  const server = await startServer({ config: { rc_message: { per_second: 0.001, burst_count: 4 } } });
+  try {
+    const alice = await register(server.url, 'alice');
+    const u = encodeURIComponent(alice.userId);
+    const writes = [
+      ['PUT', `/user/${u}/account_data/org.example.a`, { a: 1 }],
+      ['PUT', `/profile/${u}/displayname`, { displayname: 'Alice' }],
+      ['POST', `/user/${u}/filter`, { room: { timeline: { limit: 5 } } }],
+      ['PUT', `/sendToDevice/m.test/t1`, { messages: { [alice.userId]: { [alice.deviceId]: { x: 1 } } } }],
+    ];
+    for (const [method, path, body] of writes) {
+      const res = await alice.call(method, path, { body });
+      assert.equal(res.status, 200, `${method} ${path}: ${res.text}`);
+    }
+    const limited = await alice.call('PUT', `/user/${u}/account_data/org.example.b`, { body: { b: 1 } });
+    assert.equal(limited.status, 429, limited.text);
+    assert.equal(limited.body.errcode, 'M_LIMIT_EXCEEDED');
+    assert.ok(limited.body.retry_after_ms > 0);
+    assert.ok(Number(limited.headers.get('retry-after')) > 0);
+    const read = await alice.call('GET', `/user/${u}/account_data/org.example.a`);
+    assert.equal(read.status, 200, 'reads are not limited');
+    const bob = await register(server.url, 'bob');
+    const other = await bob.call('PUT', `/user/${encodeURIComponent(bob.userId)}/account_data/x`, { body: {} });
+    assert.equal(other.status, 200, 'the limit is per user');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('failed logins are limited per account, whether it exists or not', async () => {
+  const server = await startServer({
+    config: {
+      rc_login: {
+        address: { per_second: 1000, burst_count: 1000 },
+        account: { per_second: 1000, burst_count: 1000 },
+        failed_attempts: { per_second: 0.001, burst_count: 3 },
+      },
+    },
+  });
+  try {
+    await register(server.url, 'alice', { password: 'right-password' });
+    await register(server.url, 'bob', { password: 'bobs-password' });
+    const login = (user, password) => api(server.url, 'POST', `${CS}/login`, { body: { type: 'm.login.password', identifier: { type: 'm.id.user', user }, password } });
+    for (const user of ['alice', 'nobody']) {
+      for (let i = 0; i < 3; i++) assert.equal((await login(user, 'guess' + i)).status, 403, user);
+      const blocked = await login(user, user === 'alice' ? 'right-password' : 'guess');
+      assert.equal(blocked.status, 429, `${user}: ${blocked.text}`);
+      assert.equal(blocked.body.errcode, 'M_LIMIT_EXCEEDED');
+    }
+    assert.equal((await login('bob', 'bobs-password')).status, 200, 'other accounts are not affected');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('behind a trusted proxy, limits count the client X-Forwarded-For names', async () => {
+  const rc_login = { address: { per_second: 0.001, burst_count: 1 }, account: { per_second: 1000, burst_count: 1000 }, failed_attempts: { per_second: 1000, burst_count: 1000 } };
+  const proxied = await startServer({ config: { rc_login, listen: [{ address: '127.0.0.1:0', x_forwarded: true }], limits: { connections_per_address: 2 } } });
+  const direct = await startServer({ config: { rc_login } });
+  try {
+    const login = (server, forwardedFor) => api(server.url, 'POST', `${CS}/login`, {
+      headers: { 'X-Forwarded-For': forwardedFor },
+      body: { type: 'm.login.password', user: 'nobody', password: 'x' },
+    });
+    assert.equal((await login(proxied, '203.0.113.5')).status, 403);
+    assert.equal((await login(proxied, '198.51.100.1, 203.0.113.5')).status, 429, 'the same client, whatever it claims before');
+    assert.equal((await login(proxied, '203.0.113.6')).status, 403, 'another client has its own budget');
+    const nonsense = await login(proxied, '203.0.113.7, not-an-address');
+    assert.equal(nonsense.status, 400, nonsense.text);
+    // Without x_forwarded the header is the client's word, and ignored.
+    assert.equal((await login(direct, '203.0.113.5')).status, 403);
+    assert.equal((await login(direct, '203.0.113.6')).status, 429);
+
+    // The proxy's connections are not limited per address: it carries many clients.
+    const sockets = [];
+    for (let i = 0; i < 4; i++) sockets.push(await connect(proxied.url));
+    const replies = await Promise.all(sockets.map((s) => new Promise((resolve) => {
+      let got = '';
+      s.on('data', (d) => {
+        got += d;
+        if (got.includes('\r\n\r\n')) resolve(got);
+      });
+      s.write('GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n');
+    })));
+    for (const r of replies) assert.match(r, /^HTTP\/1\.1 200/);
+    for (const s of sockets) s.destroy();
+  } finally {
+    await proxied.stop();
+    await direct.stop();
+  }
+});

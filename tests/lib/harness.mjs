@@ -18,7 +18,11 @@ const TEST_DEFAULTS = {
   enable_registration: true,
   password_hash_cost: 'min',
   rc_message: { per_second: 10000, burst_count: 10000 },
-  rc_login: { per_second: 10000, burst_count: 10000 },
+  rc_login: {
+    address: { per_second: 10000, burst_count: 10000 },
+    account: { per_second: 10000, burst_count: 10000 },
+    failed_attempts: { per_second: 10000, burst_count: 10000 },
+  },
   rc_registration: { per_second: 10000, burst_count: 10000 },
   log_level: 'info',
 };
@@ -52,6 +56,13 @@ export function sanitizerCheck(log) {
   if (m) throw new Error(`the server reported a sanitizer finding:\n${log.slice(Math.max(0, m.index - 200), m.index + 4000)}`);
 }
 
+// Every server started through this module is killed when the test process ends, also when a
+// failed assertion skipped its stop().
+const running = new Set();
+process.on('exit', () => {
+  for (const proc of running) proc.kill('SIGKILL');
+});
+
 // Starts the server and resolves once it listens. `dir` may be reused to restart on the same
 // database; `wrap` is a command the server runs under (nsenter into a mount namespace, say).
 export async function startServer({ dir, config = {}, args = [], wrap = [] } = {}) {
@@ -60,6 +71,8 @@ export async function startServer({ dir, config = {}, args = [], wrap = [] } = {
   const configPath = writeConfig(dir, config);
   const argv = [...wrap, SERVER_BIN, '--config', configPath, ...args];
   const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(proc);
+  proc.on('exit', () => running.delete(proc));
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
   proc.stderr.on('data', (c) => (log += c));
@@ -162,5 +175,5 @@ export function userHandle(base, { user_id, access_token, device_id }) {
   };
 }
 
-// Every server started through this module is stopped when the test process ends.
 export { CS };
+

@@ -1,5 +1,7 @@
 #include "mxvoip/server/config.hpp"
 
+#include "proxy.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include "mxvoip/server/turn.hpp"
@@ -189,7 +191,34 @@ Config read_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsSequence() || n.size() == 0) r.fail(n, k, "must be a list of host:port");
              c.listen.clear();
-             for (auto item : n) c.listen.push_back(r.address(item, k));
+             for (auto item : n) {
+                 // "host:port", or {address: "host:port", x_forwarded: true}.
+                 if (!item.IsMap()) {
+                     c.listen.push_back(r.address(item, k));
+                     continue;
+                 }
+                 if (!item["address"]) r.fail(item, k + ".address", "is required");
+                 ListenAddress a = r.address(item["address"], k + ".address");
+                 for (auto field : item) {
+                     auto name = field.first.as<std::string>();
+                     if (name == "x_forwarded")
+                         a.x_forwarded = r.boolean(field.second, k + ".x_forwarded");
+                     else if (name != "address")
+                         r.fail(field.first, k + "." + name, "unknown key");
+                 }
+                 c.listen.push_back(a);
+             }
+         }},
+        {"trusted_proxies",
+         [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsSequence()) r.fail(n, k, "must be a list of addresses or networks");
+             c.trusted_proxies.clear();
+             for (auto item : n) c.trusted_proxies.push_back(r.str(item, k));
+             try {
+                 TrustedProxies check(c.trusted_proxies);
+             } catch (const std::invalid_argument& e) {
+                 r.fail(n, k, e.what());
+             }
          }},
         {"public_baseurl",
          [&](const YAML::Node& n, const std::string& k) {
@@ -232,7 +261,21 @@ Config read_config(const std::string& text, const std::string& source) {
          }},
         {"rc_message",
          [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
-        {"rc_login", [&](const YAML::Node& n, const std::string& k) { c.rc_login = r.rate(n, k); }},
+        {"rc_login",
+         [&](const YAML::Node& n, const std::string& k) {
+             // Synapse's shape (address, account, failed_attempts), or one limit that is the
+             // per-address one.
+             if (!n.IsMap() || n["per_second"] || n["burst_count"]) {
+                 c.rc_login = r.rate(n, k);
+                 return;
+             }
+             r.settings(
+                 n, k, "rate limits (address, account, failed_attempts)",
+                 std::map<std::string, RateLimit*>{{"address", &c.rc_login},
+                                                   {"account", &c.rc_login_account},
+                                                   {"failed_attempts", &c.rc_login_failed}},
+                 [&](const YAML::Node& v, const std::string& key) { return r.rate(v, key); });
+         }},
         {"rc_registration",
          [&](const YAML::Node& n, const std::string& k) { c.rc_registration = r.rate(n, k); }},
         {"max_request_body_size",

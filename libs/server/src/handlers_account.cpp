@@ -79,7 +79,6 @@ asio::awaitable<Response> Homeserver::issue_login(const std::string& user_id,
 }
 
 asio::awaitable<Response> Homeserver::login(Request& req) {
-    check_rate(rc_login_, req.remote);
     auto body = proto::parse_json_object(req.body);
     auto type = proto::req_string(body, "type");
     if (type != "m.login.password")
@@ -109,6 +108,14 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
                        [](unsigned char c) { return std::tolower(c); });
         user_id = "@" + lower + ":" + config_.server_name;
     }
+    // Per account, whether it exists or not (so a refusal tells nothing): every attempt
+    // (rc_login.account), and failed ones (rc_login.failed_attempts), which stop a password
+    // being guessed from many addresses.
+    if (auto wait = rc_login_account_.take(user_id, now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many logins for this account", *wait);
+    if (auto wait = rc_login_failed_.check(user_id, now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
+                          *wait);
     std::string stored;
     {
         std::lock_guard lock(mu_);
@@ -129,6 +136,7 @@ asio::awaitable<Response> Homeserver::login(Request& req) {
         ok = co_await run_blocking<bool>(blocking_, std::move(job));
     }
     if (!ok) {
+        rc_login_failed_.record(user_id, now_ms());
         spdlog::info("login failed for {} from {}", user_id, req.remote);
         throw MatrixError(403, errcode::forbidden, "Invalid username or password");
     }
@@ -180,9 +188,6 @@ asio::awaitable<Response> Homeserver::whoami(Request& req) {
 }
 
 asio::awaitable<Response> Homeserver::register_available(Request& req) {
-    // Clients ask while the user types a name: refused only once registering would be.
-    if (auto wait = rc_registration_.check(req.remote, now_ms()))
-        throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
     const std::string* name = req.query_param("username");
     if (!name || name->empty())
         throw MatrixError(400, errcode::missing_param, "Missing 'username'");
@@ -207,10 +212,6 @@ asio::awaitable<Response> Homeserver::register_account(Request& req) {
             throw MatrixError(403, errcode::guest_access_forbidden, "Guest access is disabled");
         throw MatrixError(403, errcode::forbidden, "Registration has been disabled");
     }
-    // rc_registration counts completed registrations, as Synapse does: the rounds of the
-    // interactive auth before one cost nothing.
-    if (auto wait = rc_registration_.check(req.remote, now_ms()))
-        throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
 
     std::string localpart;
     std::string password;
@@ -505,7 +506,6 @@ asio::awaitable<Response> Homeserver::send_to_device(Request& req) {
     if (!messages) throw MatrixError(400, errcode::missing_param, "Missing 'messages'");
     if (!proto::is_valid_event_type(type))
         throw MatrixError(400, errcode::bad_json, "Invalid event type");
-    check_rate(rc_message_, s.user_id);
     PendingWrite w;
     std::uint64_t ticket = 0;
     {

@@ -62,7 +62,6 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
     const Session& s = *req.session;
     if (s.is_guest)
         throw MatrixError(403, errcode::guest_access_forbidden, "Guests cannot create rooms");
-    check_rate(rc_message_, s.user_id);
     auto body = proto::parse_json_object(req.body);
     std::string preset(proto::opt_string(body, "preset").value_or(""));
     std::string visibility(proto::opt_string(body, "visibility").value_or("private"));
@@ -202,7 +201,6 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
                                                         const std::string& membership,
                                                         json::object& extra) {
     const Session& s = *req.session;
-    check_rate(rc_message_, s.user_id);
     std::uint64_t ticket = 0;
     {
         std::lock_guard lock(mu_);
@@ -309,7 +307,6 @@ asio::awaitable<Response> Homeserver::send_event(Request& req) {
         if (auto it = txns_.find(txn_key); it != txns_.end())
             co_return json_response(json::object{{"event_id", it->second.event_id}});
     }
-    check_rate(rc_message_, s.user_id);
     std::uint64_t ticket = 0;
     std::string event_id;
     {
@@ -340,7 +337,6 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     auto content = proto::parse_json_object(req.body);
-    check_rate(rc_message_, s.user_id);
     std::uint64_t ticket = 0;
     std::string event_id;
     {
@@ -363,52 +359,83 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
 
 asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
     const std::string& room_id = req.params[0];
+    const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
-    std::lock_guard lock(mu_);
-    Room& room = room_or_throw(room_id);
-    require_member(room, req.session->user_id);
-    auto ev = room.state_event(req.params[1], state_key);
-    if (!ev) throw MatrixError(404, errcode::not_found, "Event not found.");
-    co_return Response{200, std::string(ev->content()), {}};
+    std::optional<StreamId> horizon;
+    {
+        std::lock_guard lock(mu_);
+        Room& room = room_or_throw(room_id);
+        horizon = state_horizon_locked(room, req.session->user_id);
+        if (!horizon) {
+            auto ev = room.state_event(type, state_key);
+            if (!ev) throw MatrixError(404, errcode::not_found, "Event not found.");
+            co_return Response{200, std::string(ev->content()), {}};
+        }
+    }
+    // A former member reads the state as it was when they left.
+    for (const auto& r : store_.state_at(room_id, *horizon))
+        if (r.type == type && r.state_key == state_key)
+            co_return Response{200, json::serialize(json::parse(r.json).at("content")), {}};
+    throw MatrixError(404, errcode::not_found, "Event not found.");
 }
 
 asio::awaitable<Response> Homeserver::get_state(Request& req) {
+    const std::string& room_id = req.params[0];
     std::string out = "[";
+    std::optional<StreamId> horizon;
     {
         std::lock_guard lock(mu_);
-        Room& room = room_or_throw(req.params[0]);
-        require_member(room, req.session->user_id);
-        for (const auto& [_, ev] : room.state) {
-            if (out.size() > 1) out += ',';
-            render_event(out, *ev, {});
-        }
+        Room& room = room_or_throw(room_id);
+        horizon = state_horizon_locked(room, req.session->user_id);
+        if (!horizon)
+            for (const auto& [_, ev] : room.state) {
+                if (out.size() > 1) out += ',';
+                render_event(out, *ev, {});
+            }
     }
+    if (horizon)
+        for (const auto& r : store_.state_at(room_id, *horizon)) {
+            if (out.size() > 1) out += ',';
+            render_record(out, r);
+        }
     out += ']';
     co_return Response{200, std::move(out), {}};
 }
 
 asio::awaitable<Response> Homeserver::get_members(Request& req) {
+    const std::string& room_id = req.params[0];
     const std::string* only = req.query_param("membership");
     const std::string* exclude = req.query_param("not_membership");
+    auto wanted = [&](std::string_view m) {
+        return !(only && m != *only) && !(exclude && m == *exclude);
+    };
     std::string out = "{\"chunk\":[";
     bool first = true;
+    std::optional<StreamId> horizon;
     {
         std::lock_guard lock(mu_);
-        Room& room = room_or_throw(req.params[0]);
-        const std::string& mine = room.membership_of(req.session->user_id);
-        if (mine != "join" && mine != "leave")
-            throw MatrixError(403, errcode::forbidden, "You are not in this room");
-        if (mine == "leave" && !room.state_event("m.room.member", req.session->user_id))
-            throw MatrixError(403, errcode::forbidden, "You are not in this room");
-        for (const auto& [key, ev] : room.state) {
-            if (key.first != "m.room.member") continue;
-            const std::string& m = room.membership_of(key.second);
-            if ((only && m != *only) || (exclude && m == *exclude)) continue;
+        Room& room = room_or_throw(room_id);
+        horizon = state_horizon_locked(room, req.session->user_id);
+        if (!horizon)
+            for (const auto& [key, ev] : room.state) {
+                if (key.first != "m.room.member" || !wanted(room.membership_of(key.second)))
+                    continue;
+                if (!first) out += ',';
+                first = false;
+                render_event(out, *ev, {});
+            }
+    }
+    // A former member gets the member list as it was when they left.
+    if (horizon)
+        for (const auto& r : store_.state_at(room_id, *horizon)) {
+            if (r.type != "m.room.member") continue;
+            auto content = json::parse(r.json).at("content");
+            auto m = proto::opt_string(content.as_object(), "membership");
+            if (!wanted(m ? *m : "leave")) continue;
             if (!first) out += ',';
             first = false;
-            render_event(out, *ev, {});
+            render_record(out, r);
         }
-    }
     out += "]}";
     co_return Response{200, std::move(out), {}};
 }
@@ -433,7 +460,7 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
-        require_member(room, req.session->user_id);
+        require_reader_locked(room, req.session->user_id);
         from = req.query_param("from") ? parse_token(*req.query_param("from"))
                                        : (dir == "b" ? visible_ : 0);
         from = std::min(from, visible_);
@@ -450,11 +477,18 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     }
     std::string out = "{\"chunk\":[";
     StreamId end = from;
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-        if (i) out += ',';
-        const auto& r = rows[i];
-        render_record(out, r);
-        end = dir == "b" ? r.stream - 1 : r.stream;
+    {
+        // What the user may not see is left out; the page still moves past it.
+        std::lock_guard lock(mu_);
+        const RoomHistory& history = room_or_throw(room_id).history;
+        bool first = true;
+        for (const auto& r : rows) {
+            end = dir == "b" ? r.stream - 1 : r.stream;
+            if (!history.may_see(req.session->user_id, r.stream, r.type, r.state_key)) continue;
+            if (!first) out += ',';
+            first = false;
+            render_record(out, r);
+        }
     }
     out += "],\"start\":\"" + make_token(from) + "\"";
     if (!rows.empty() && static_cast<int>(rows.size()) == limit)
@@ -468,13 +502,18 @@ asio::awaitable<Response> Homeserver::get_event(Request& req) {
     {
         std::lock_guard lock(mu_);
         Room& room = room_or_throw(room_id);
-        require_member(room, req.session->user_id);
+        require_reader_locked(room, req.session->user_id);
     }
     auto stream = event_id_stream(req.params[1]);
     std::optional<store::EventRecord> row;
     if (stream) row = store_.event_at(*stream);
-    if (!row || row->event_id != req.params[1] || row->room_id != room_id)
-        throw MatrixError(404, errcode::not_found, "Event not found.");
+    bool visible = row && row->event_id == req.params[1] && row->room_id == room_id;
+    if (visible) {
+        std::lock_guard lock(mu_);
+        visible = room_or_throw(room_id).history.may_see(req.session->user_id, row->stream,
+                                                         row->type, row->state_key);
+    }
+    if (!visible) throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out;
     render_record(out, *row);
     co_return Response{200, std::move(out), {}};

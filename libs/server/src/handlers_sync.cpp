@@ -86,15 +86,20 @@ Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
     return f;
 }
 
-void Homeserver::render_timeline_locked(std::string& out, const Room& room, StreamId since,
-                                        StreamId upto, const SyncFilter& f,
-                                        const std::string& device_key, bool& limited,
-                                        StreamId& first_stream) {
+void Homeserver::render_timeline_locked(std::string& out, const Room& room, const Session& s,
+                                        StreamId since, StreamId upto, const SyncFilter& f,
+                                        bool& limited, StreamId& first_stream) {
+    const std::string device_key = s.device_key();
+    auto may_see = [&](StreamId stream, const std::string& type,
+                       const std::optional<std::string>& state_key) {
+        return room.history.may_see(s.user_id, stream, type, state_key);
+    };
     std::vector<EventPtr> events;
     for (auto it = room.recent.rbegin(); it != room.recent.rend(); ++it) {
         const auto& ev = *it;
         if (ev->stream > upto) continue;
         if (ev->stream <= since) break;
+        if (!may_see(ev->stream, ev->type, ev->state_key)) continue;
         events.push_back(ev);
         if (static_cast<int>(events.size()) > f.timeline_limit) break;
     }
@@ -107,7 +112,9 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, Stre
         StreamId before = events.empty() ? room.evicted_upto + 1 : events.front()->stream;
         int want = f.timeline_limit - static_cast<int>(events.size());
         older = store_.events_before(room.id, before, want + 1);
-        std::erase_if(older, [&](const auto& r) { return r.stream <= since; });
+        std::erase_if(older, [&](const auto& r) {
+            return r.stream <= since || !may_see(r.stream, r.type, r.state_key);
+        });
         if (static_cast<int>(older.size()) > want) {
             limited = true;
             older.resize(want);
@@ -193,7 +200,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
             bool limited = false;
             StreamId first = 0;
             entry += '{';
-            render_timeline_locked(entry, room, joined_since ? 0 : since, upto, f, dkey, limited,
+            render_timeline_locked(entry, room, s, joined_since ? 0 : since, upto, f, limited,
                                    first);
             bool timeline_empty = first > upto;
             std::string room_data;
@@ -278,7 +285,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
             leave += ":{";
             bool limited = false;
             StreamId first = 0;
-            render_timeline_locked(leave, room, initial ? 0 : since, m.stream, f, dkey, limited,
+            render_timeline_locked(leave, room, s, initial ? 0 : since, m.stream, f, limited,
                                    first);
             leave += ",\"state\":{\"events\":[]},\"account_data\":{\"events\":[]}}";
         }

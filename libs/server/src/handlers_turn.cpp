@@ -16,7 +16,6 @@ asio::awaitable<Response> Homeserver::turn_server(Request& req) {
     if (s.is_guest && !turn.allow_guests)
         throw MatrixError(403, errcode::guest_access_forbidden,
                           "Guests may not use TURN on this server");
-    check_rate(rc_turn_, s.user_id);
     std::string username, password;
     std::int64_t ttl = turn.user_lifetime_s;
     if (!turn.shared_secret.empty()) {

@@ -146,6 +146,8 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       hash_cost_(parse_hash_cost(config.password_hash_cost)),
       rc_message_(config.rc_message),
       rc_login_(config.rc_login),
+      rc_login_account_(config.rc_login_account),
+      rc_login_failed_(config.rc_login_failed),
       rc_registration_(config.rc_registration),
       rc_turn_(config.rc_turn) {
     json::array uris;
@@ -182,6 +184,15 @@ void Homeserver::load() {
         e->content_len = content.size();
         return EventPtr(std::move(e));
     };
+    // The history first: the current state replays its last entries, which are then ignored.
+    for (auto& h : snap.history) {
+        auto it = rooms_.find(h.room_id);
+        if (it == rooms_.end()) continue;
+        if (h.type == "m.room.member")
+            it->second.history.record_membership(h.state_key, h.stream, std::move(h.value));
+        else if (h.state_key.empty())
+            it->second.history.record_visibility(h.stream, std::move(h.value));
+    }
     std::unordered_map<std::string, EventPtr> by_id;
     for (auto& r : snap.state_events) {
         auto ev = to_event(std::move(r));
@@ -318,9 +329,25 @@ const std::string& Homeserver::unknown_user_hash() {
     return unknown_user_hash_;
 }
 
-void Homeserver::check_rate(RateLimiter& limiter, const std::string& key) {
-    if (auto wait = limiter.take(key, now_ms()))
-        throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
+void Homeserver::rate_limit(RateClass rate, const Request& req) {
+    std::optional<std::int64_t> wait;
+    switch (rate) {
+        case RateClass::none:
+            return;
+        case RateClass::message:
+            wait = rc_message_.take(req.session->user_id, now_ms());
+            break;
+        case RateClass::login:
+            wait = rc_login_.take(req.remote, now_ms());
+            break;
+        case RateClass::registration:
+            wait = rc_registration_.check(req.remote, now_ms());
+            break;
+        case RateClass::turn:
+            wait = rc_turn_.take(req.session->user_id, now_ms());
+            break;
+    }
+    if (wait) throw MatrixError(429, errcode::limit_exceeded, "Too many requests", *wait);
 }
 
 Room& Homeserver::room_or_throw(const std::string& room_id) {
@@ -329,11 +356,20 @@ Room& Homeserver::room_or_throw(const std::string& room_id) {
     return it->second;
 }
 
-const std::string& Homeserver::require_member(const Room& room, const std::string& user) const {
+void Homeserver::require_reader_locked(const Room& room, const std::string& user) const {
+    if (room.history.knows(user) || room.history.current_visibility() == "world_readable") return;
+    throw MatrixError(403, errcode::forbidden, "You are not in this room");
+}
+
+std::optional<StreamId> Homeserver::state_horizon_locked(const Room& room,
+                                                         const std::string& user) const {
     const std::string& m = room.membership_of(user);
-    if (m != "join")
-        throw MatrixError(403, errcode::forbidden, "User " + user + " not in room " + room.id);
-    return m;
+    if (m == "join" || room.history.current_visibility() == "world_readable") return std::nullopt;
+    if (m == "leave" || m == "ban")
+        if (auto u = users_.find(user); u != users_.end())
+            if (auto r = u->second.rooms.find(room.id); r != u->second.rooms.end())
+                return r->second.stream;
+    throw MatrixError(403, errcode::forbidden, "You are not in this room");
 }
 
 void Homeserver::check_auth_locked(const Room& room, const std::string& sender,
@@ -359,6 +395,11 @@ void Homeserver::check_auth_locked(const Room& room, const std::string& sender,
                 throw MatrixError(403, errcode::forbidden, "Cannot force another user to join");
             if (target_m == "ban")
                 throw MatrixError(403, errcode::forbidden, "You are banned from this room");
+            if (auto u = users_.find(sender); target_m != "join" && u != users_.end() &&
+                                              u->second.record.is_guest &&
+                                              room.guest_access != "can_join")
+                throw MatrixError(403, errcode::guest_access_forbidden,
+                                  "Guests cannot join this room (m.room.guest_access)");
             if (target_m == "join" || target_m == "invite" || room.join_rule == "public") return;
             // The creator's own join directly after m.room.create.
             if (room.membership.empty() && sender == room.creator) return;
@@ -430,7 +471,8 @@ void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
     if (!ev->state_key) return;
     json::object content;
     if (ev->type == "m.room.member" || ev->type == "m.room.power_levels" ||
-        ev->type == "m.room.join_rules" || ev->type == "m.room.create") {
+        ev->type == "m.room.join_rules" || ev->type == "m.room.create" ||
+        ev->type == "m.room.history_visibility" || ev->type == "m.room.guest_access") {
         auto v = json::parse(ev->content());
         if (v.is_object()) content = std::move(v.get_object());
     }
@@ -440,6 +482,7 @@ void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
                                      ? std::string(m->value().get_string())
                                      : std::string("leave");
         room.membership[*ev->state_key] = membership;
+        room.history.record_membership(*ev->state_key, ev->stream, membership);
         // A user's membership of a room dates from the event that changed it: a new
         // displayname (join to join) is a state change for the sync, not a new join.
         if (auto u = users_.find(*ev->state_key); u != users_.end()) {
@@ -455,6 +498,16 @@ void Homeserver::rebuild_room_state_locked(Room& room, const EventPtr& ev) {
         room.join_rule = jr != content.end() && jr->value().is_string()
                              ? std::string(jr->value().get_string())
                              : std::string("invite");
+    } else if (ev->type == "m.room.history_visibility" && ev->state_key->empty()) {
+        auto v = content.find("history_visibility");
+        room.history.record_visibility(ev->stream, v != content.end() && v->value().is_string()
+                                                       ? std::string(v->value().get_string())
+                                                       : std::string());
+    } else if (ev->type == "m.room.guest_access" && ev->state_key->empty()) {
+        auto g = content.find("guest_access");
+        room.guest_access = g != content.end() && g->value().is_string()
+                                ? std::string(g->value().get_string())
+                                : std::string("forbidden");
     } else if (ev->type == "m.room.create") {
         room.creator = ev->sender;
         if (!room.has_power_levels) {

@@ -24,6 +24,7 @@
 #include "mxvoip/server/rate_limiter.hpp"
 #include "mxvoip/store/store.hpp"
 #include "mxvoip/store/writer.hpp"
+#include "visibility.hpp"
 
 namespace mxvoip::server {
 
@@ -66,6 +67,8 @@ struct Room {
     bool has_power_levels = false;
     std::string creator;
     std::string join_rule = "invite";
+    std::string guest_access = "forbidden";
+    RoomHistory history;          // what the history visibility rules read
     std::deque<EventPtr> recent;  // newest events, stream order
     StreamId evicted_upto = 0;    // newest stream of this room that is no longer in `recent`
 
@@ -113,6 +116,15 @@ struct Waiter {
     asio::steady_timer timer;
 };
 
+// Which rate limit a route's requests count against (the configuration's rc_*).
+enum class RateClass {
+    none,
+    message,       // rc_message, per user: every write
+    login,         // rc_login, per address
+    registration,  // rc_registration, per address: checked here, counted once one completes
+    turn,          // rc_turn, per user
+};
+
 // The homeserver: in-memory model (source of truth for reads, rebuilt from the store at
 // start), auth rules and every request handler. One mutex guards the model; writes are
 // decided under it, persisted by the group-commit writer, and become visible to /sync in
@@ -138,6 +150,9 @@ class Homeserver {
     void stop_writer();
 
     std::optional<Session> authenticate(const std::string& token) const;
+    // Takes one action of `rate` for the request's user or address; 429 M_LIMIT_EXCEEDED with
+    // retry_after_ms when the limit is reached.
+    void rate_limit(RateClass rate, const Request& req);
     std::int64_t now_ms() const { return clock_(); }
     const Config& config() const { return config_; }
 
@@ -227,14 +242,19 @@ class Homeserver {
     void rebuild_room_state_locked(Room& room, const EventPtr& ev);
 
     Room& room_or_throw(const std::string& room_id);
-    const std::string& require_member(const Room& room, const std::string& user) const;
+    // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
+    // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
+    void require_reader_locked(const Room& room, const std::string& user) const;
+    // Up to where `user` reads the room's state: nothing for the current state (members, and
+    // anyone in a world-readable room), the position of their leave or ban for former
+    // members; 403 for anyone else.
+    std::optional<StreamId> state_horizon_locked(const Room& room, const std::string& user) const;
     asio::awaitable<Response> membership_change(Request& req, const std::string& room_id,
                                                 const std::string& target,
                                                 const std::string& membership, json::object& extra);
     asio::awaitable<Response> issue_login(const std::string& user_id,
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name, bool is_guest);
-    void check_rate(RateLimiter& limiter, const std::string& key);
     // The hash a login for an unknown user is checked against (made on first use, at the
     // configured cost). On the blocking pool only.
     const std::string& unknown_user_hash();
@@ -252,8 +272,9 @@ class Homeserver {
     void render_event(std::string& out, const Event& ev, const std::string& device_key) const;
     // An event read from the store, rendered as stored plus its age.
     void render_record(std::string& out, const store::EventRecord& r) const;
-    void render_timeline_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
-                                const SyncFilter& f, const std::string& device_key, bool& limited,
+    // The room's events in (since, upto] that `s` may see, at most the filter's limit.
+    void render_timeline_locked(std::string& out, const Room& room, const Session& s,
+                                StreamId since, StreamId upto, const SyncFilter& f, bool& limited,
                                 StreamId& first_stream);
     void render_state(std::string& out, const Room& room, StreamId upto, StreamId before_stream,
                       const std::string& device_key) const;
@@ -271,6 +292,8 @@ class Homeserver {
 
     RateLimiter rc_message_;
     RateLimiter rc_login_;
+    RateLimiter rc_login_account_;
+    RateLimiter rc_login_failed_;
     RateLimiter rc_registration_;
     RateLimiter rc_turn_;
     std::string turn_uris_json_;  // the configured URIs, serialised once

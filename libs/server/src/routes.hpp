@@ -17,6 +17,7 @@ struct Route {
     std::vector<std::string> segments;  // "*" captures one segment
     bool auth;
     Handler handler;
+    RateClass rate = RateClass::none;  // taken by the dispatch layer before the handler runs
 };
 
 class Router {

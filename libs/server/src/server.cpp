@@ -25,6 +25,7 @@
 #include "homeserver.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
+#include "proxy.hpp"
 #include "routes.hpp"
 
 namespace mxvoip::server {
@@ -109,9 +110,10 @@ std::string unreadable_request_message(http::status status) {
 struct Connection {
     Connection(tcp::socket s, std::string r) : stream(std::move(s)), remote(std::move(r)) {}
     beast::tcp_stream stream;
-    std::string remote;
-    bool busy = false;     // a request is being handled: let it finish
-    bool closing = false;  // the server is draining: close after the current response
+    std::string remote;      // the peer's address
+    bool via_proxy = false;  // the peer is a trusted proxy on an x_forwarded listener
+    bool busy = false;       // a request is being handled: let it finish
+    bool closing = false;    // the server is draining: close after the current response
 };
 
 }  // namespace
@@ -139,7 +141,9 @@ struct Server::Impl {
     // Closes what is still open once the shutdown deadline passes.
     std::optional<asio::steady_timer> shutdown_deadline;
 
-    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
+    std::optional<TrustedProxies> proxies;
+
+    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, bool x_forwarded);
     // Whether a new connection from `remote` is within the connection limits; counts it.
     std::optional<std::string> admit(const std::shared_ptr<Connection>& conn);
     void forget(const std::shared_ptr<Connection>& conn);
@@ -175,6 +179,7 @@ void Server::start() {
         stop();
     });
     I.router = std::make_unique<Router>(make_routes());
+    I.proxies.emplace(I.config.trusted_proxies);
     for (const auto& addr : I.config.listen) {
         boost::system::error_code ec;
         auto ip = asio::ip::make_address(addr.host, ec);
@@ -190,7 +195,8 @@ void Server::start() {
         acc->listen(asio::socket_base::max_listen_connections);
         auto bound = acc->local_endpoint();
         I.addresses.push_back({bound.address().to_string(), bound.port()});
-        spdlog::info("listening on http://{}:{}", bound.address().to_string(), bound.port());
+        spdlog::info("listening on http://{}:{}{}", bound.address().to_string(), bound.port(),
+                     addr.x_forwarded ? " (behind a proxy: X-Forwarded-For trusted)" : "");
         I.acceptors.push_back(std::move(acc));
     }
     if (I.config.public_baseurl_derived) {
@@ -204,7 +210,9 @@ void Server::start() {
 
 void Server::run(bool handle_signals) {
     auto& I = *impl_;
-    for (auto& acc : I.acceptors) asio::co_spawn(I.control, I.accept_loop(*acc), asio::detached);
+    for (std::size_t i = 0; i < I.acceptors.size(); ++i)
+        asio::co_spawn(I.control, I.accept_loop(*I.acceptors[i], I.config.listen[i].x_forwarded),
+                       asio::detached);
     if (handle_signals) {
         I.signals.emplace(I.control, SIGINT, SIGTERM);
         I.signals->async_wait([this](const boost::system::error_code& ec, int sig) {
@@ -270,10 +278,13 @@ std::optional<std::string> Server::Impl::admit(const std::shared_ptr<Connection>
     if (stopping) return "The server is shutting down";
     if (conns.size() >= config.limits.connections)
         return "The server has as many connections as it takes (limits.connections)";
-    std::size_t& from_here = conns_by_address[conn->remote];
-    if (from_here >= config.limits.connections_per_address)
-        return "Too many connections from your address (limits.connections_per_address)";
-    ++from_here;
+    // A proxy's connections carry many clients: only the total limits them.
+    if (!conn->via_proxy) {
+        std::size_t& from_here = conns_by_address[conn->remote];
+        if (from_here >= config.limits.connections_per_address)
+            return "Too many connections from your address (limits.connections_per_address)";
+        ++from_here;
+    }
     conns.push_back(conn);
     return std::nullopt;
 }
@@ -282,14 +293,14 @@ void Server::Impl::forget(const std::shared_ptr<Connection>& conn) {
     std::lock_guard lock(conns_mu);
     conns.remove(conn);
     if (auto it = conns_by_address.find(conn->remote);
-        it != conns_by_address.end() && !--it->second)
+        !conn->via_proxy && it != conns_by_address.end() && !--it->second)
         conns_by_address.erase(it);
     // The last connection is gone: the deadline has nothing left to close.
     if (conns.empty() && shutdown_deadline)
         asio::post(shutdown_deadline->get_executor(), [this] { shutdown_deadline->cancel(); });
 }
 
-asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
+asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor, bool x_forwarded) {
     for (;;) {
         auto strand = asio::make_strand(ioc);
         auto [ec, socket] =
@@ -307,6 +318,7 @@ asio::awaitable<void> Server::Impl::accept_loop(tcp::acceptor& acceptor) {
         auto remote_ep = socket.remote_endpoint(ignore);
         std::string remote = ignore ? std::string("unknown") : remote_ep.address().to_string();
         auto conn = std::make_shared<Connection>(std::move(socket), std::move(remote));
+        conn->via_proxy = x_forwarded && proxies->contains(conn->remote);
         if (auto refusal = admit(conn)) {
             if (stopping) co_return;
             // Said without waiting for a request, then closed: the client learns why.
@@ -365,7 +377,19 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
         conn->stream.expires_never();
         auto& raw = parser.get();
         auto started = std::chrono::steady_clock::now();
-        Response r = co_await dispatch(raw, remote);
+        // Behind a trusted proxy the client is whom X-Forwarded-For names: that address is
+        // what rate limits count and the log shows.
+        std::optional<std::string> client = remote;
+        if (conn->via_proxy) client = proxies->client(raw["X-Forwarded-For"], remote);
+        Response r;
+        if (client)
+            r = co_await dispatch(raw, *client);
+        else
+            r = Response{400,
+                         error_body(proto::errcode::unknown,
+                                    "X-Forwarded-For does not end in an IP address", {}),
+                         {}};
+        const std::string& who = client ? *client : remote;
         bool keep = raw.keep_alive() && !conn->closing;
         if (spdlog::should_log(spdlog::level::debug)) {
             auto us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -373,7 +397,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
             std::string_view target = raw.target();
             // The query string can hold an access token: never log it.
             target = target.substr(0, target.find('?'));
-            spdlog::debug("{} {} {} -> {} in {} us", remote, raw.method_string(), target, r.status,
+            spdlog::debug("{} {} {} -> {} in {} us", who, raw.method_string(), target, r.status,
                           us.count());
         }
         // The response is serialised by hand into one buffer: every response has the same
@@ -417,7 +441,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
                 conn->stream, asio::buffer(out) + sent, asio::as_tuple(asio::use_awaitable));
             wec = rest_ec;
             if (wec == beast::error::timeout)
-                spdlog::info("{} did not read its response for {} s: connection closed", remote,
+                spdlog::info("{} did not read its response for {} s: connection closed", who,
                              config.timeouts.write_s);
         }
         conn->busy = false;
@@ -475,6 +499,7 @@ asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body
             if (!req.session)
                 throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
         }
+        hs->rate_limit(route->rate, req);
         req.body = std::move(raw.body());
         response = co_await (hs.get()->*(route->handler))(req);
     } catch (const MatrixError& e) {

@@ -64,6 +64,42 @@ worker_threads: 4
     EXPECT_EQ(c.worker_threads, 4u);
 }
 
+TEST(Config, LoginLimitsInSynapsesShapeAndListenersBehindAProxy) {
+    Config c = parse_config(R"(
+rc_login:
+  address: {per_second: 1, burst_count: 10}
+  account: {per_second: 0.5, burst_count: 4}
+  failed_attempts: {per_second: 0.1, burst_count: 2}
+listen:
+  - "127.0.0.1:8008"
+  - {address: "[::1]:8009", x_forwarded: true}
+trusted_proxies: ["10.0.0.0/8", "::1"]
+)",
+                            "test.yaml");
+    EXPECT_DOUBLE_EQ(c.rc_login.burst_count, 10);
+    EXPECT_DOUBLE_EQ(c.rc_login_account.burst_count, 4);
+    EXPECT_DOUBLE_EQ(c.rc_login_failed.per_second, 0.1);
+    ASSERT_EQ(c.listen.size(), 2u);
+    EXPECT_FALSE(c.listen[0].x_forwarded);
+    EXPECT_TRUE(c.listen[1].x_forwarded);
+    EXPECT_EQ(c.listen[1].port, 8009);
+    EXPECT_EQ(c.trusted_proxies, (std::vector<std::string>{"10.0.0.0/8", "::1"}));
+    // The flat form is the per-address limit; the others keep their defaults.
+    Config flat = parse_config("rc_login: {per_second: 2, burst_count: 7}\n", "test.yaml");
+    EXPECT_DOUBLE_EQ(flat.rc_login.burst_count, 7);
+    EXPECT_DOUBLE_EQ(flat.rc_login_failed.burst_count, Config{}.rc_login_failed.burst_count);
+
+    EXPECT_EQ(error_of("rc_login: {adress: {per_second: 1, burst_count: 1}}\n"),
+              "test.yaml:1: rc_login.adress: unknown key");
+    EXPECT_EQ(error_of("listen: [{x_forwarded: true}]\n"),
+              "test.yaml:1: listen.address: is required");
+    EXPECT_EQ(error_of("listen: [{address: \"1.2.3.4:1\", proxy: true}]\n"),
+              "test.yaml:1: listen.proxy: unknown key");
+    EXPECT_EQ(error_of("trusted_proxies: [\"proxy.local\"]\n"),
+              "test.yaml:1: trusted_proxies: 'proxy.local' is not an IP address or a network such "
+              "as 10.0.0.0/8");
+}
+
 TEST(Config, ErrorsNameKeyAndLine) {
     EXPECT_EQ(error_of("server_name: a\nbogus: 1\n"), "test.yaml:2: bogus: unknown key");
     EXPECT_EQ(error_of("worker_threads: -1\n"),

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS events (
     txn_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_room ON events (room_id, stream_id);
+-- The membership and visibility history read at start (in stream order: appended, cheap).
+CREATE INDEX IF NOT EXISTS events_history ON events (stream_id)
+    WHERE type IN ('m.room.member', 'm.room.history_visibility');
 CREATE TABLE IF NOT EXISTS current_state (
     room_id TEXT NOT NULL,
     type TEXT NOT NULL,
@@ -282,6 +285,17 @@ class SqliteStore final : public Store {
                    "ON e.stream_id = c.stream_id ORDER BY e.stream_id");
             while (s.next()) snap.state_events.push_back(read_event(s));
         }
+        {
+            Stmt s(db,
+                   "SELECT stream_id, room_id, type, state_key, json_extract(json, CASE type WHEN "
+                   "'m.room.member' THEN '$.content.membership' ELSE "
+                   "'$.content.history_visibility' END) FROM events WHERE type IN "
+                   "('m.room.member', 'm.room.history_visibility') AND state_key IS NOT NULL "
+                   "ORDER BY stream_id");
+            while (s.next())
+                snap.history.push_back(
+                    {s.integer(0), s.text(1), s.text(2), s.text(3), s.opt_text(4).value_or("")});
+        }
         for (const auto& room : snap.rooms) {
             auto events = events_before_locked(room.room_id, INT64_MAX, recent_per_room);
             for (auto it = events.rbegin(); it != events.rend(); ++it)
@@ -370,6 +384,19 @@ class SqliteStore final : public Store {
         s.bind(stream);
         if (!s.next()) return std::nullopt;
         return read_event(s);
+    }
+
+    std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) override {
+        std::lock_guard lock(read_mu_);
+        Stmt s(*reader_,
+               "SELECT " EVENT_COLUMNS
+               " FROM events WHERE stream_id IN (SELECT MAX(stream_id) FROM events WHERE room_id "
+               "= ? AND stream_id <= ? AND state_key IS NOT NULL GROUP BY type, state_key) ORDER "
+               "BY stream_id");
+        s.bind(room_id).bind(at);
+        std::vector<EventRecord> out;
+        while (s.next()) out.push_back(read_event(s));
+        return out;
     }
 
   private:

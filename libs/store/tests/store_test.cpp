@@ -143,6 +143,44 @@ TYPED_TEST(StoreTest, DeliveredToDeviceMessagesAreDeleted) {
     EXPECT_EQ(snap.to_device[0].stream, 4);
 }
 
+TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
+    auto store = this->backend.open();
+    auto member = [](StreamId stream, const std::string& user, const std::string& membership) {
+        EventRecord e = event(stream, "!r:x", user);
+        e.json = R"({"content":{"membership":")" + membership + R"("},"type":"m.room.member"})";
+        return e;
+    };
+    EventRecord visibility = event(3, "!r:x", "");
+    visibility.type = "m.room.history_visibility";
+    visibility.json = R"({"content":{"history_visibility":"joined"}})";
+    std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}},
+                                PutEvent{member(1, "@a:x", "join")},
+                                PutEvent{member(2, "@b:x", "join")},
+                                PutEvent{visibility},
+                                PutEvent{event(4, "!r:x")},
+                                PutEvent{member(5, "@b:x", "leave")},
+                                PutEvent{member(6, "@c:x", "join")}};
+    store->apply(batch);
+    // After the event at 4, @b was still joined and @c not yet there.
+    auto state = store->state_at("!r:x", 4);
+    ASSERT_EQ(state.size(), 3u);
+    EXPECT_EQ(state[0].stream, 1);
+    EXPECT_EQ(state[1].stream, 2);
+    EXPECT_EQ(state[2].stream, 3);
+    EXPECT_EQ(store->state_at("!r:x", 6).size(), 4u);
+    EXPECT_TRUE(store->state_at("!r:other", 6).empty());
+
+    store.reset();
+    store = this->backend.open();
+    auto snap = store->load(10, 0);
+    ASSERT_EQ(snap.history.size(), 5u);
+    EXPECT_EQ(snap.history[2].type, "m.room.history_visibility");
+    EXPECT_EQ(snap.history[2].value, "joined");
+    EXPECT_EQ(snap.history[3].state_key, "@b:x");
+    EXPECT_EQ(snap.history[3].value, "leave");
+    EXPECT_EQ(snap.history[3].stream, 5);
+}
+
 TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
     auto store = this->backend.open();
     std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};

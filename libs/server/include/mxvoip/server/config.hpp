@@ -21,6 +21,9 @@ struct RateLimit {
 struct ListenAddress {
     std::string host;
     std::uint16_t port = 0;
+    // Behind a reverse proxy: requests from `trusted_proxies` name their client in
+    // X-Forwarded-For, and that client is what rate limits and logs see.
+    bool x_forwarded = false;
 };
 
 struct DatabaseConfig {
@@ -67,14 +70,18 @@ struct Timeouts {
 struct Config {
     std::string server_name = "localhost";
     std::vector<ListenAddress> listen{{"127.0.0.1", 8008}};
+    // Peers whose X-Forwarded-For an x_forwarded listener believes (addresses or networks).
+    std::vector<std::string> trusted_proxies{"127.0.0.1", "::1"};
     std::string public_baseurl;  // derived from the first bound listen address when not set
     bool public_baseurl_derived = false;
     DatabaseConfig database;
     bool enable_registration = true;
     bool allow_guest_access = false;
-    RateLimit rc_message{10, 50};
-    RateLimit rc_login{0.17, 3};
-    RateLimit rc_registration{0.17, 3};
+    RateLimit rc_message{10, 50};         // per user, every write
+    RateLimit rc_login{0.17, 3};          // per address (rc_login.address, or rc_login itself)
+    RateLimit rc_login_account{0.17, 3};  // per account, every attempt (rc_login.account)
+    RateLimit rc_login_failed{0.17, 3};   // per account, failed ones (rc_login.failed_attempts)
+    RateLimit rc_registration{0.17, 3};   // per address, completed registrations
     std::size_t max_request_body_size = 1024 * 1024;
     std::string log_level = "info";
     // Argon2id cost: "interactive" (libsodium's, ~64 MiB per hash), "moderate", or "min"

@@ -80,6 +80,15 @@ struct ToDeviceRecord {
     std::string message;  // {"sender","type","content"} JSON text
 };
 
+// A membership or history_visibility change, as far as the history visibility rules need it.
+struct HistoryRecord {
+    StreamId stream = 0;
+    std::string room_id;
+    std::string type;       // m.room.member or m.room.history_visibility
+    std::string state_key;  // the member's user id; empty for history_visibility
+    std::string value;      // content.membership or content.history_visibility
+};
+
 struct FilterRecord {
     std::string user_id;
     std::int64_t filter_id = 0;
@@ -140,6 +149,7 @@ struct Snapshot {
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
+    std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     StreamId max_stream = 0;
 };
 
@@ -163,6 +173,8 @@ class Store {
     // The event at a stream position. Event ids carry their stream position (see the
     // server's event id format), so no index on event ids is needed.
     virtual std::optional<EventRecord> event_at(StreamId stream) = 0;
+    // The room's state as it was after the event at `at`, in stream order.
+    virtual std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) = 0;
 };
 
 struct SqliteOptions {
