@@ -222,17 +222,23 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
             else
                 entry += "\"state\":{\"events\":[]}";
             std::size_t joined = 0, invited = 0;
-            std::string heroes;
-            Comma hero_comma;
-            int hero_count = 0;
+            // Heroes: the first five other members joined or invited, in the stream order of
+            // their member events (the spec's order, and the same after a restart).
+            std::vector<std::pair<StreamId, const std::string*>> others;
             for (const auto& [member, mm] : room.membership) {
                 if (mm == "join") ++joined;
                 if (mm == "invite") ++invited;
-                if ((mm == "join" || mm == "invite") && member != s.user_id && hero_count < 5) {
-                    hero_comma(heroes);
-                    append_quoted(heroes, member);
-                    ++hero_count;
-                }
+                if ((mm == "join" || mm == "invite") && member != s.user_id)
+                    if (auto ev = room.state_event("m.room.member", member))
+                        others.emplace_back(ev->stream, &member);
+            }
+            auto five = others.begin() + std::min<std::size_t>(others.size(), 5);
+            std::partial_sort(others.begin(), five, others.end());
+            std::string heroes;
+            Comma hero_comma;
+            for (auto it = others.begin(); it != five; ++it) {
+                hero_comma(heroes);
+                append_quoted(heroes, *it->second);
             }
             entry += ",\"account_data\":{\"events\":[" + room_data + "]}";
             entry += ",\"ephemeral\":{\"events\":[]}";

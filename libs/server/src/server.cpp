@@ -13,7 +13,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/url/parse.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -22,11 +21,11 @@
 #include <thread>
 #include <unordered_map>
 
+#include "dispatch.hpp"
 #include "homeserver.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
 #include "proxy.hpp"
-#include "routes.hpp"
 
 namespace mxvoip::server {
 
@@ -53,22 +52,6 @@ void raise_open_files_limit() {
         if (setrlimit(RLIMIT_NOFILE, &lim) == 0)
             spdlog::debug("open files limit raised from {} to {}", before, lim.rlim_cur);
     }
-}
-
-std::string error_body(const std::string& code, const std::string& message,
-                       std::optional<std::int64_t> retry) {
-    json::object o{{"errcode", code}, {"error", message}};
-    if (retry) o["retry_after_ms"] = *retry;
-    return json::serialize(o);
-}
-
-Response error_response(const MatrixError& e) {
-    Response r{e.status, error_body(e.errcode, e.what(), e.retry_after_ms), {}};
-    if (e.errcode == proto::errcode::unknown_token)
-        r.body.insert(r.body.size() - 1, ",\"soft_logout\":false");
-    if (e.retry_after_ms)
-        r.headers.emplace_back("Retry-After", std::to_string((*e.retry_after_ms + 999) / 1000));
-    return r;
 }
 
 // The status for a request that failed to parse, or nothing when there is no one to answer
@@ -125,7 +108,7 @@ struct Server::Impl {
     asio::thread_pool blocking{1};
     std::unique_ptr<store::Store> store;
     std::unique_ptr<Homeserver> hs;
-    std::unique_ptr<Router> router;
+    std::unique_ptr<Dispatcher> dispatch;
     std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
     std::vector<BoundAddress> addresses;
     std::optional<asio::signal_set> signals;
@@ -148,8 +131,6 @@ struct Server::Impl {
     std::optional<std::string> admit(const std::shared_ptr<Connection>& conn);
     void forget(const std::shared_ptr<Connection>& conn);
     asio::awaitable<void> session(std::shared_ptr<Connection> conn);
-    asio::awaitable<Response> dispatch(http::request<http::string_body>& raw,
-                                       const std::string& remote);
     void begin_shutdown();
 };
 
@@ -178,7 +159,7 @@ void Server::start() {
         }
         stop();
     });
-    I.router = std::make_unique<Router>(make_routes());
+    I.dispatch = std::make_unique<Dispatcher>(*I.hs);
     I.proxies.emplace(I.config.trusted_proxies);
     for (const auto& addr : I.config.listen) {
         boost::system::error_code ec;
@@ -383,7 +364,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
         if (conn->via_proxy) client = proxies->client(raw["X-Forwarded-For"], remote);
         Response r;
         if (client)
-            r = co_await dispatch(raw, *client);
+            r = co_await (*dispatch)(raw, *client);
         else
             r = Response{400,
                          error_body(proto::errcode::unknown,
@@ -450,77 +431,6 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
     conn->stream.socket().shutdown(tcp::socket::shutdown_send, ignore);
     conn->stream.close();
     forget(conn);
-}
-
-asio::awaitable<Response> Server::Impl::dispatch(http::request<http::string_body>& raw,
-                                                 const std::string& remote) {
-    Request req;
-    req.remote = remote;
-    std::string_view target = raw.target();
-    auto parsed = boost::urls::parse_origin_form(target);
-    if (!parsed)
-        co_return Response{
-            400, error_body(proto::errcode::unrecognized, "Malformed request target", {}), {}};
-    req.method = raw.method();
-    std::vector<std::string> segments;
-    for (auto seg : parsed->segments()) segments.push_back(seg);
-    for (auto p : parsed->params()) req.query[p.key] = p.has_value ? p.value : std::string();
-    // Identifiers, event types, state keys and transaction ids come from the path: text that
-    // is not UTF-8 would be stored and make every later response that carries it invalid JSON.
-    bool utf8 = std::all_of(segments.begin(), segments.end(), proto::is_valid_utf8) &&
-                std::all_of(req.query.begin(), req.query.end(), [](const auto& kv) {
-                    return proto::is_valid_utf8(kv.first) && proto::is_valid_utf8(kv.second);
-                });
-    if (!utf8)
-        co_return Response{
-            400,
-            error_body(proto::errcode::invalid_param, "The request path or query is not UTF-8", {}),
-            {}};
-    if (req.method == http::verb::options) co_return Response{200, "{}", {}};
-    Response response;
-    try {
-        const Route* route = nullptr;
-        bool path_known = false;
-        router->match(req.method, segments, route, path_known, req.params);
-        if (!route) {
-            if (path_known)
-                throw MatrixError(405, proto::errcode::unrecognized, "Method not allowed");
-            throw MatrixError(404, proto::errcode::unrecognized, "Unrecognized request");
-        }
-        if (route->auth) {
-            auto auth = raw[http::field::authorization];
-            if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "Bearer "))
-                req.access_token = std::string(auth.substr(7));
-            else if (auto* t = req.query_param("access_token"))
-                req.access_token = *t;
-            if (req.access_token.empty())
-                throw MatrixError(401, proto::errcode::missing_token, "Missing access token");
-            req.session = hs->authenticate(req.access_token);
-            if (!req.session)
-                throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
-        }
-        hs->rate_limit(route->rate, req);
-        req.body = std::move(raw.body());
-        response = co_await (hs.get()->*(route->handler))(req);
-    } catch (const MatrixError& e) {
-        response = error_response(e);
-    } catch (const std::exception& e) {
-        std::string_view path = target.substr(0, target.find('?'));
-        spdlog::error("500 for {} {}: {}", raw.method_string(), path, e.what());
-        response =
-            Response{500, error_body(proto::errcode::unknown, "Internal server error", {}), {}};
-    }
-    // Whatever the response says (an event, a state, even a refusal) may rest on writes
-    // other requests made a moment ago: it leaves once they are durable, so no client learns
-    // of something a failed commit then loses.
-    if (auto seq = hs->unsettled()) {
-        try {
-            co_await hs->durable(*seq);
-        } catch (const MatrixError& e) {
-            response = error_response(e);
-        }
-    }
-    co_return response;
 }
 
 void add_user(const Config& config, const std::string& user_id, const std::string& password) {

@@ -1,0 +1,36 @@
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "homeserver.hpp"
+#include "routes.hpp"
+
+namespace mxvoip::server {
+
+// {"errcode","error"[,"retry_after_ms"]} as every error response carries it.
+std::string error_body(const std::string& code, const std::string& message,
+                       std::optional<std::int64_t> retry);
+
+// The one place every request passes through, whichever way it arrived: the target parsed
+// and checked as UTF-8, the route found, the access token authenticated, the route's rate
+// limit taken, the handler run, a MatrixError rendered, and the response held until every
+// write it may reflect is durable. `client` is the address the request counts against.
+class Dispatcher {
+  public:
+    explicit Dispatcher(Homeserver& hs) : hs_(hs), router_(make_routes()) {}
+
+    asio::awaitable<Response> operator()(
+        boost::beast::http::request<boost::beast::http::string_body>& raw,
+        const std::string& client);
+
+  private:
+    Homeserver& hs_;
+    Router router_;
+};
+
+}  // namespace mxvoip::server
