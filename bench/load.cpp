@@ -2,6 +2,7 @@
 //
 //   mxvoip-load calls --url http://127.0.0.1:8008 --pairs 1000 --seconds 20 --server-pid PID
 //   mxvoip-load idle  --url http://127.0.0.1:8008 --connections 10000 --seconds 30 --server-pid PID
+//   mxvoip-load --seconds 3600 --server-pid PID soak --pairs 100 --churn 4
 //
 // calls: each pair has a DM room; per round the caller sends m.call.invite and two
 // m.call.candidates, the callee (on seeing the invite in its /sync) m.call.answer and two
@@ -9,6 +10,12 @@
 // next round starts when the callee has seen the hangup. Every event goes through PUT /send
 // and is received by the other side's long-polling /sync. Latency is PUT start -> the event
 // returned by the other side's /sync.
+//
+// soak: `--pairs` pairs make such calls with a pause between them, while `--churn` workers
+// each loop through an account's life (register, a second device logs in, a room created, a
+// message, a to-device message to the other device, the room left, both devices logged out).
+// Every `--sample` seconds a line gives the server's RSS and open descriptors and the
+// requests and 5xx answers so far; any 5xx makes the exit status 1.
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -20,6 +27,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -45,7 +53,18 @@ struct Options {
     double seconds = 10;
     int server_pid = 0;
     std::string prefix;
+    int call_gap_ms = 0;  // pause between one pair's calls
+    int churn = 0;        // soak: account-life workers
+    int life_gap_ms = 0;  // soak: pause between one worker's account lives
+    double sample_s = 60;
 };
+
+// Every request any connection made, and the answers of 500 and above (one thread).
+struct RequestCounts {
+    std::uint64_t requests = 0;
+    std::uint64_t server_errors = 0;
+};
+RequestCounts counts;
 
 // One keep-alive HTTP/1.1 connection.
 class Conn {
@@ -78,6 +97,12 @@ class Conn {
         parser.body_limit(64 * 1024 * 1024);
         co_await http::async_read(stream_, buffer_, parser, asio::use_awaitable);
         auto res = parser.release();
+        counts.requests++;
+        if (res.result_int() >= 500) {
+            counts.server_errors++;
+            std::cerr << method << " " << target.substr(0, target.find('?')) << ": "
+                      << res.result_int() << " " << res.body() << "\n";
+        }
         co_return std::pair<unsigned, std::string>{res.result_int(), std::move(res.body())};
     }
 
@@ -274,7 +299,7 @@ asio::awaitable<void> send_two_candidate_batches(User& u, const std::string& roo
 
 // One pair's call rounds, both sides: each side sends only once it has received what a real
 // client would be reacting to.
-asio::awaitable<void> pair_loop(Pair& p, Stats& stats) {
+asio::awaitable<void> pair_loop(Pair& p, Stats& stats, int gap_ms = 0) {
     std::string invite_t = "m.call.invite", answer_t = "m.call.answer",
                 select_t = "m.call.select_answer", hangup_t = "m.call.hangup";
     while (!stats.stopping) {
@@ -302,6 +327,11 @@ asio::awaitable<void> pair_loop(Pair& p, Stats& stats) {
         co_await wait_for(p.callee_saw, hangup_t, *p.callee_wake);
         p.callee_saw.clear();
         p.caller_saw.clear();
+        if (gap_ms > 0) {
+            asio::steady_timer gap(co_await asio::this_coro::executor,
+                                   std::chrono::milliseconds(gap_ms));
+            co_await gap.async_wait(asio::use_awaitable);
+        }
     }
 }
 
@@ -473,6 +503,123 @@ int run_idle(const Options& o) {
     return connected == o.connections ? 0 : 1;
 }
 
+int open_fds(int pid) {
+    std::error_code ec;
+    int n = 0;
+    for (std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+         !ec && it != end; it.increment(ec))
+        ++n;
+    return n;
+}
+
+// One request of the account-life loop; a refusal is a failure of the run.
+asio::awaitable<json::object> must(Conn& c, http::verb method, const std::string& target,
+                                   const json::object& body, const std::string& token) {
+    std::string text = json::serialize(body);
+    auto [status, answer] = co_await c.request(method, target, text, token);
+    if (status != 200)
+        throw std::runtime_error(target + ": " + std::to_string(status) + " " + answer);
+    co_return json::parse(answer).as_object();
+}
+
+asio::awaitable<void> churn_loop(const Options& o, int worker, const Stats& stats,
+                                 std::uint64_t& lives) {
+    // Targets are named locals: GCC 12 mishandles temporaries inside co_await expressions.
+    const std::string cs = "/_matrix/client/v3";
+    const std::string register_t = cs + "/register", login_t = cs + "/login",
+                      create_t = cs + "/createRoom", to_device_t = cs + "/sendToDevice/x.soak/d1",
+                      logout_t = cs + "/logout", sync_t = cs + "/sync?timeout=0";
+    Conn c(co_await asio::this_coro::executor);
+    co_await c.connect(o);
+    std::string none;
+    json::object empty;
+    for (int i = 0; !stats.stopping; ++i) {
+        std::string name = o.prefix + "life" + std::to_string(worker) + "_" + std::to_string(i);
+        json::object reg{{"username", name},
+                         {"password", "bench-password"},
+                         {"auth", {{"type", "m.login.dummy"}}}};
+        auto first = co_await must(c, http::verb::post, register_t, reg, none);
+        std::string user = json::value_to<std::string>(first["user_id"]);
+        std::string token1 = json::value_to<std::string>(first["access_token"]);
+        json::object login{{"type", "m.login.password"},
+                           {"identifier", {{"type", "m.id.user"}, {"user", name}}},
+                           {"password", "bench-password"}};
+        auto second = co_await must(c, http::verb::post, login_t, login, none);
+        std::string token2 = json::value_to<std::string>(second["access_token"]);
+        std::string device2 = json::value_to<std::string>(second["device_id"]);
+        json::object create{{"preset", "private_chat"}, {"name", "room " + name}};
+        auto room = co_await must(c, http::verb::post, create_t, create, token1);
+        std::string room_id = json::value_to<std::string>(room["room_id"]);
+        std::string send_t = cs + "/rooms/" + enc(room_id) + "/send/m.room.message/m1";
+        std::string leave_t = cs + "/rooms/" + enc(room_id) + "/leave";
+        json::object message{{"msgtype", "m.text"}, {"body", "hello"}};
+        co_await must(c, http::verb::put, send_t, message, token1);
+        json::object to_device{{"messages", {{user, {{device2, {{"n", i}}}}}}}};
+        co_await must(c, http::verb::put, to_device_t, to_device, token1);
+        // The second device fetches it, then acknowledges it with its next since.
+        auto [st, first_sync] = co_await c.request(http::verb::get, sync_t, none, token2);
+        if (st != 200) throw std::runtime_error("sync: " + first_sync);
+        std::string ack = sync_t + "&since=" +
+                          json::value_to<std::string>(json::parse(first_sync).at("next_batch"));
+        auto [st2, again] = co_await c.request(http::verb::get, ack, none, token2);
+        if (st2 != 200) throw std::runtime_error("sync: " + again);
+        co_await must(c, http::verb::post, leave_t, empty, token1);
+        co_await must(c, http::verb::post, logout_t, empty, token1);
+        co_await must(c, http::verb::post, logout_t, empty, token2);
+        ++lives;
+        asio::steady_timer gap(co_await asio::this_coro::executor,
+                               std::chrono::milliseconds(o.life_gap_ms));
+        co_await gap.async_wait(asio::use_awaitable);
+    }
+}
+
+int run_soak(const Options& o) {
+    asio::io_context ioc(1);
+    Stats stats;
+    std::vector<std::unique_ptr<Pair>> pairs;
+    for (int i = 0; i < o.pairs; ++i) pairs.push_back(std::make_unique<Pair>());
+    std::exception_ptr failure;
+    std::uint64_t lives = 0;
+    auto main = [&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        for (int i = 0; i < o.pairs; ++i) co_await setup_pair(*pairs[i], o, i);
+        for (auto& p : pairs) {
+            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats),
+                           asio::detached);
+            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats),
+                           asio::detached);
+            asio::co_spawn(ex, pair_loop(*p, stats, o.call_gap_ms), asio::detached);
+        }
+        for (int w = 0; w < o.churn; ++w)
+            asio::co_spawn(ex, churn_loop(o, w, stats, lives), [&](std::exception_ptr e) {
+                if (e && !failure) failure = e;
+            });
+        auto start = Clock::now();
+        asio::steady_timer t(ex);
+        std::uint64_t calls = 0;
+        for (double elapsed = 0; elapsed < o.seconds && !failure;) {
+            t.expires_after(std::chrono::duration_cast<Clock::duration>(
+                std::chrono::duration<double>(o.sample_s)));
+            co_await t.async_wait(asio::use_awaitable);
+            elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+            calls = 0;
+            for (auto& p : pairs) calls += static_cast<std::uint64_t>(p->round);
+            std::printf(
+                "t_s=%.0f server_rss_mib=%.1f server_fds=%d requests=%llu http_5xx=%llu "
+                "call_errors=%llu calls=%llu account_lives=%llu\n",
+                elapsed, static_cast<double>(server_rss_kib(o.server_pid).first) / 1024,
+                open_fds(o.server_pid), static_cast<unsigned long long>(counts.requests),
+                static_cast<unsigned long long>(counts.server_errors),
+                static_cast<unsigned long long>(stats.errors),
+                static_cast<unsigned long long>(calls), static_cast<unsigned long long>(lives));
+            std::fflush(stdout);
+        }
+        stats.stopping = true;
+        ioc.stop();
+    };
+    if (!run_main(ioc, main(), failure)) return 1;
+    return counts.server_errors || stats.errors ? 1 : 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -487,6 +634,14 @@ int main(int argc, char** argv) {
     calls->add_option("--pairs", o.pairs, "Concurrent caller/callee pairs");
     auto* idle = app.add_subcommand("idle", "M idle long-polling /sync connections");
     idle->add_option("--connections", o.connections, "Connections to hold")->required();
+    auto* soak = app.add_subcommand("soak", "calls with pauses, plus accounts living and going");
+    soak->add_option("--pairs", o.pairs, "Caller/callee pairs")->default_val(100);
+    soak->add_option("--call-gap-ms", o.call_gap_ms, "Pause between one pair's calls")
+        ->default_val(5000);
+    soak->add_option("--churn", o.churn, "Account-life workers")->default_val(4);
+    soak->add_option("--life-gap-ms", o.life_gap_ms, "Pause between one worker's account lives")
+        ->default_val(2000);
+    soak->add_option("--sample", o.sample_s, "Seconds between samples")->default_val(60);
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
     auto rest = url.substr(url.find("://") + 3);
@@ -496,5 +651,6 @@ int main(int argc, char** argv) {
     while (!o.port.empty() && o.port.back() == '/') o.port.pop_back();
     if (o.prefix.empty()) o.prefix = "b" + std::to_string(::getpid()) + "_";
     raise_fd_limit();
+    if (soak->parsed()) return run_soak(o);
     return calls->parsed() ? run_calls(o) : run_idle(o);
 }
