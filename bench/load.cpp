@@ -299,7 +299,7 @@ asio::awaitable<void> send_two_candidate_batches(User& u, const std::string& roo
 
 // One pair's call rounds, both sides: each side sends only once it has received what a real
 // client would be reacting to.
-asio::awaitable<void> pair_loop(Pair& p, Stats& stats, int gap_ms = 0) {
+asio::awaitable<void> pair_loop(Pair& p, Stats& stats, int gap_ms) {
     std::string invite_t = "m.call.invite", answer_t = "m.call.answer",
                 select_t = "m.call.select_answer", hangup_t = "m.call.hangup";
     while (!stats.stopping) {
@@ -332,6 +332,18 @@ asio::awaitable<void> pair_loop(Pair& p, Stats& stats, int gap_ms = 0) {
                                    std::chrono::milliseconds(gap_ms));
             co_await gap.async_wait(asio::use_awaitable);
         }
+    }
+}
+
+// Starts both sides' /sync loops and the call rounds of every pair.
+void start_calls(const asio::any_io_executor& ex, std::vector<std::unique_ptr<Pair>>& pairs,
+                 Stats& stats, int gap_ms) {
+    for (auto& p : pairs) {
+        asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats),
+                       asio::detached);
+        asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats),
+                       asio::detached);
+        asio::co_spawn(ex, pair_loop(*p, stats, gap_ms), asio::detached);
     }
 }
 
@@ -405,13 +417,7 @@ int run_calls(const Options& o) {
         std::cerr << "set up " << o.pairs << " pairs in "
                   << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
         auto ex = co_await asio::this_coro::executor;
-        for (auto& p : pairs) {
-            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats),
-                           asio::detached);
-            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats),
-                           asio::detached);
-            asio::co_spawn(ex, pair_loop(*p, stats), asio::detached);
-        }
+        start_calls(ex, pairs, stats, 0);
         // One second of warm-up, then the measured window.
         asio::steady_timer t(ex, std::chrono::seconds(1));
         co_await t.async_wait(asio::use_awaitable);
@@ -583,13 +589,7 @@ int run_soak(const Options& o) {
     auto main = [&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         for (int i = 0; i < o.pairs; ++i) co_await setup_pair(*pairs[i], o, i);
-        for (auto& p : pairs) {
-            asio::co_spawn(ex, sync_loop(p->caller, p->caller_saw, *p->caller_wake, stats),
-                           asio::detached);
-            asio::co_spawn(ex, sync_loop(p->callee, p->callee_saw, *p->callee_wake, stats),
-                           asio::detached);
-            asio::co_spawn(ex, pair_loop(*p, stats, o.call_gap_ms), asio::detached);
-        }
+        start_calls(ex, pairs, stats, o.call_gap_ms);
         for (int w = 0; w < o.churn; ++w)
             asio::co_spawn(ex, churn_loop(o, w, stats, lives), [&](std::exception_ptr e) {
                 if (e && !failure) failure = e;
