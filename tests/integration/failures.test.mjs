@@ -37,11 +37,19 @@ async function smallDisk(dir, size) {
     holder.on('exit', (code) => reject(new Error(`cannot mount a tmpfs in a new mount namespace (exit ${code}): ${out}`)));
   });
   const enter = ['nsenter', '-t', String(holder.pid), '--mount', ...(asRoot ? [] : ['--user', '--preserve-credentials'])];
+  const inside = (script) => {
+    const r = spawnSync(enter[0], [...enter.slice(1), '--', 'sh', '-c', script, 'sh', dir], { encoding: 'utf8' });
+    assert.equal(r.status, 0, `${script}: ${r.stderr}`);
+  };
   return {
     wrap: [...enter, '--'],
-    grow(newSize) {
-      const r = spawnSync(enter[0], [...enter.slice(1), '--', 'mount', '-o', `remount,size=${newSize}`, dir], { encoding: 'utf8' });
-      assert.equal(r.status, 0, `remount: ${r.stderr}`);
+    // Takes space away with a file of its own, and gives it back (no remount: that needs
+    // more privilege than a user namespace has).
+    take(kib) {
+      inside(`head -c ${kib * 1024} /dev/zero > "$1/filler"`);
+    },
+    giveBack() {
+      inside('rm "$1/filler"');
     },
     close() {
       holder.kill('SIGKILL');
@@ -53,7 +61,8 @@ test('a full disk: nothing acknowledged or served is lost, and the server exits 
   const dir = makeDir();
   const db = join(dir, 'db');
   mkdirSync(db);
-  const disk = await smallDisk(db, '2m');
+  const disk = await smallDisk(db, '4m');
+  disk.take(2048);  // 2 MB left for the load to fill
   try {
     const config = { database: { backend: 'sqlite', path: join(db, 'homeserver.db') } };
     let server = await startServer({ dir, config, wrap: disk.wrap });
@@ -106,7 +115,7 @@ test('a full disk: nothing acknowledged or served is lost, and the server exits 
     assert.ok((statuses.get(503) ?? 0) >= 1, `the request whose commit failed was answered 503: ${[...statuses]}`);
 
     // Space comes back; the restarted server has every event it acknowledged or served.
-    disk.grow('64m');
+    disk.giveBack();
     server = await startServer({ dir, config, wrap: disk.wrap });
     const reader = userHandle(server.url, { user_id: writers[0].userId, access_token: writers[0].token, device_id: writers[0].deviceId });
     const stored = new Set((await allEvents(reader, roomId)).map((e) => e.event_id));
