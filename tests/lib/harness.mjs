@@ -3,9 +3,10 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
-export const SERVER_BIN = process.env.MXVOIP_SERVER;
+// Absolute: a server started inside another mount namespace (nsenter) starts from its root.
+export const SERVER_BIN = process.env.MXVOIP_SERVER && resolve(process.env.MXVOIP_SERVER);
 if (!SERVER_BIN || !existsSync(SERVER_BIN)) {
   throw new Error('MXVOIP_SERVER must name the built mxvoip-server binary (run the tests with scripts/test)');
 }
