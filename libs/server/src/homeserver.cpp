@@ -287,9 +287,7 @@ asio::awaitable<void> Homeserver::commit(PendingWrite&& write) {
 }
 
 std::optional<std::uint64_t> Homeserver::unsettled() const {
-    std::uint64_t seq = writer_.submitted();
-    if (writer_.durable() >= seq) return std::nullopt;
-    return seq;
+    return writer_.pending();
 }
 
 void Homeserver::publish(StreamId max_stream, const std::vector<std::string>& wake) {

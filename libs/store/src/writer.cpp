@@ -42,6 +42,12 @@ std::uint64_t GroupCommitWriter::durable() const {
     return durable_;
 }
 
+std::optional<std::uint64_t> GroupCommitWriter::pending() const {
+    std::lock_guard lock(mu_);
+    if (durable_ >= submitted_) return std::nullopt;
+    return submitted_;
+}
+
 void GroupCommitWriter::when_durable(std::uint64_t seq, Done done) {
     std::exception_ptr error;
     {

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -36,6 +37,8 @@ class GroupCommitWriter {
     // The sequence number of the latest submission, and of the latest durable one.
     std::uint64_t submitted() const;
     std::uint64_t durable() const;
+    // The latest submission when it is not durable yet (one look, under one lock).
+    std::optional<std::uint64_t> pending() const;
 
     // Calls `done` once every submission up to `seq` is durable (at once if that is already
     // so), or with the error that stopped the writer. Runs on the caller's or the writer's
