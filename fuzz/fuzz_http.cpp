@@ -70,7 +70,7 @@ class Target {
         store_ = mxvoip::store::open_sqlite({config_.database.path, "normal"});
         hs_ = std::make_unique<Homeserver>(config_, *store_, blocking_, now_ms);
         // Every /sync answers at once instead of waiting for its timeout.
-        hs_->wake_all();
+        hs_->core.wake_all();
         dispatch_ = std::make_unique<Dispatcher>(*hs_);
         token_ = setup("/register",
                        R"({"username":"fuzz","password":"fuzz-password",)"
@@ -80,7 +80,7 @@ class Target {
     }
 
     ~Target() {
-        hs_->stop_writer();
+        hs_->core.stop_writer();
         blocking_.join();
         dispatch_.reset();
         hs_.reset();
@@ -104,7 +104,7 @@ class Target {
             std::fprintf(stderr, "not UTF-8 JSON: %s\n", r->body.c_str());
             std::abort();
         }
-        if (token_.empty() || !hs_->authenticate(token_)) login();
+        if (token_.empty() || !hs_->accounts.authenticate(token_)) login();
     }
 
   private:

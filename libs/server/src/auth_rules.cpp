@@ -116,4 +116,104 @@ std::optional<std::string> power_levels_change_refusal(const json::object* curre
     return std::nullopt;
 }
 
+namespace {
+
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+std::optional<MatrixError> refuse(unsigned status, const char* code, std::string message) {
+    return MatrixError(status, code, message);
+}
+
+std::optional<MatrixError> member_refusal(const Room& room, const std::string& sender,
+                                          bool sender_is_guest, const NewEvent& ev) {
+    if (!ev.state_key)
+        return refuse(400, errcode::bad_json,
+                      "m.room.member is a state event: send it with a state_key");
+    const std::string& target = *ev.state_key;
+    if (!proto::parse_user_id(target))
+        return refuse(400, errcode::bad_json, "state_key of m.room.member must be a user id");
+    auto it = ev.content.find("membership");
+    if (it == ev.content.end() || !it->value().is_string())
+        return refuse(400, errcode::bad_json, "m.room.member needs a 'membership'");
+    const std::string m(it->value().get_string());
+    const std::string& sender_m = room.membership_of(sender);
+    const std::string& target_m = room.membership_of(target);
+    const auto& pl = room.power;
+    if (m == "join") {
+        if (sender != target)
+            return refuse(403, errcode::forbidden, "Cannot force another user to join");
+        if (target_m == "ban")
+            return refuse(403, errcode::forbidden, "You are banned from this room");
+        if (target_m != "join" && sender_is_guest && room.guest_access != "can_join")
+            return refuse(403, errcode::guest_access_forbidden,
+                          "Guests cannot join this room (m.room.guest_access)");
+        if (target_m == "join" || target_m == "invite" || room.join_rule == "public") return {};
+        // The creator's own join directly after m.room.create.
+        if (room.membership.empty() && sender == room.creator) return {};
+        return refuse(403, errcode::forbidden, "You are not invited to this room.");
+    }
+    if (m == "invite") {
+        if (sender_m != "join") return refuse(403, errcode::forbidden, "You are not in this room");
+        if (target_m == "join")
+            return refuse(403, errcode::forbidden, target + " is already in the room.");
+        if (target_m == "ban")
+            return refuse(403, errcode::forbidden, target + " is banned from the room");
+        if (pl.user_level(sender) < pl.invite)
+            return refuse(403, errcode::forbidden, "You don't have permission to invite users");
+        return {};
+    }
+    if (m == "leave") {
+        if (sender == target) {
+            if (target_m == "join" || target_m == "invite" || target_m == "knock") return {};
+            return refuse(403, errcode::forbidden, "You are not in this room");
+        }
+        if (sender_m != "join") return refuse(403, errcode::forbidden, "You are not in this room");
+        if (target_m == "ban" ? pl.user_level(sender) < pl.ban : pl.user_level(sender) < pl.kick)
+            return refuse(403, errcode::forbidden, "You don't have permission to remove " + target);
+        if (pl.user_level(sender) <= pl.user_level(target))
+            return refuse(403, errcode::forbidden,
+                          "Your power level is not above " + target + "'s");
+        return {};
+    }
+    if (m == "ban") {
+        if (sender_m != "join") return refuse(403, errcode::forbidden, "You are not in this room");
+        if (pl.user_level(sender) < pl.ban || pl.user_level(sender) <= pl.user_level(target))
+            return refuse(403, errcode::forbidden, "You don't have permission to ban " + target);
+        return {};
+    }
+    return refuse(400, errcode::bad_json, "Unknown membership '" + m + "'");
+}
+
+}  // namespace
+
+std::optional<MatrixError> event_auth_refusal(const Room& room, const std::string& sender,
+                                              bool sender_is_guest, const NewEvent& ev) {
+    if (ev.type == "m.room.create")
+        return refuse(403, errcode::forbidden, "m.room.create can only be sent by createRoom");
+    if (ev.type == "m.room.member") return member_refusal(room, sender, sender_is_guest, ev);
+    const bool is_state = ev.state_key.has_value();
+    if (room.membership_of(sender) != "join")
+        return refuse(403, errcode::forbidden, "User " + sender + " not in room " + room.id);
+    const std::int64_t have = room.power.user_level(sender);
+    const std::int64_t need = room.power.event_level(ev.type, is_state);
+    if (have < need)
+        return refuse(403, errcode::forbidden,
+                      "You don't have permission to post " + ev.type + " (needs power " +
+                          std::to_string(need) + ", you have " + std::to_string(have) + ")");
+    // A state key that starts with '@' belongs to that user alone.
+    if (is_state && !ev.state_key->empty() && ev.state_key->front() == '@' &&
+        *ev.state_key != sender)
+        return refuse(403, errcode::forbidden, "That state key belongs to another user");
+    if (ev.type == "m.room.power_levels") {
+        std::optional<json::object> current;
+        if (EventPtr pl_event = room.state_event("m.room.power_levels", ""))
+            current = json::parse(pl_event->content()).as_object();
+        if (auto why = power_levels_change_refusal(current ? &*current : nullptr, ev.content,
+                                                   sender, have, room.integer_levels_only()))
+            return refuse(403, errcode::forbidden, *why);
+    }
+    return {};
+}
+
 }  // namespace mxvoip::server

@@ -8,7 +8,17 @@
 #include <optional>
 #include <string>
 
+#include "mxvoip/proto/errors.hpp"
+#include "room.hpp"
+
 namespace mxvoip::server {
+
+// The auth rules for a client's event in `room` as it is now (the spec's rules for
+// m.room.member, the sender's membership, the event's required power level, state keys that
+// name a user, and m.room.power_levels below). m.room.create is never admitted: only
+// createRoom makes it. Returns the error to answer with, or nothing when the event is allowed.
+std::optional<proto::MatrixError> event_auth_refusal(const Room& room, const std::string& sender,
+                                                     bool sender_is_guest, const NewEvent& ev);
 
 // The spec's auth rule for m.room.power_levels (rules 10.a to 10.h of room versions 10 and
 // 11; versions before 10 also allow levels written as strings of an integer, which

@@ -13,6 +13,7 @@ namespace mxvoip::server {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace json = boost::json;
 using proto::MatrixError;
 
 namespace {
@@ -33,6 +34,36 @@ std::string error_body(const std::string& code, const std::string& message,
     json::object o{{"errcode", code}, {"error", message}};
     if (retry) o["retry_after_ms"] = *retry;
     return json::serialize(o);
+}
+
+Dispatcher::Dispatcher(Homeserver& hs)
+    : hs_(hs),
+      router_(make_routes(hs)),
+      rc_message_(hs.core.config().rc_message),
+      rc_login_(hs.core.config().rc_login),
+      rc_registration_(hs.core.config().rc_registration),
+      rc_turn_(hs.core.config().rc_turn) {}
+
+void Dispatcher::rate_limit(RateClass rate, const Request& req) {
+    const std::int64_t now = hs_.core.now_ms();
+    std::optional<std::int64_t> wait;
+    switch (rate) {
+        case RateClass::none:
+            return;
+        case RateClass::message:
+            wait = rc_message_.take(req.session->user_id, now);
+            break;
+        case RateClass::login:
+            wait = rc_login_.take(req.remote, now);
+            break;
+        case RateClass::registration:
+            wait = rc_registration_.check(req.remote, now);
+            break;
+        case RateClass::turn:
+            wait = rc_turn_.take(req.session->user_id, now);
+            break;
+    }
+    if (wait) throw MatrixError(429, proto::errcode::limit_exceeded, "Too many requests", *wait);
 }
 
 asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body>& raw,
@@ -78,13 +109,20 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
                 req.access_token = *t;
             if (req.access_token.empty())
                 throw MatrixError(401, proto::errcode::missing_token, "Missing access token");
-            req.session = hs_.authenticate(req.access_token);
+            req.session = hs_.accounts.authenticate(req.access_token);
             if (!req.session)
                 throw MatrixError(401, proto::errcode::unknown_token, "Unknown access token");
         }
-        hs_.rate_limit(route->rate, req);
+        rate_limit(route->rate, req);
         req.body = std::move(raw.body());
-        response = co_await (hs_.*(route->handler))(req);
+        if (route->body == Body::object || (route->body == Body::optional && !req.body.empty()))
+            req.json = proto::parse_json_object(req.body);
+        response = co_await route->handler(req);
+        // Registration is limited by what completes: the rounds of interactive auth before it
+        // do not count.
+        if (route->rate == RateClass::registration && req.method == http::verb::post &&
+            response.status == 200)
+            rc_registration_.record(req.remote, hs_.core.now_ms());
     } catch (const MatrixError& e) {
         response = error_response(e);
     } catch (const std::exception& e) {
@@ -96,9 +134,9 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
     // Whatever the response says (an event, a state, even a refusal) may rest on writes
     // other requests made a moment ago: it leaves once they are durable, so no client learns
     // of something a failed commit then loses.
-    if (auto seq = hs_.unsettled()) {
+    if (auto seq = hs_.core.unsettled()) {
         try {
-            co_await hs_.durable(*seq);
+            co_await hs_.core.durable(*seq);
         } catch (const MatrixError& e) {
             response = error_response(e);
         }

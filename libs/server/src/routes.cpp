@@ -47,68 +47,91 @@ std::vector<std::string> split(std::string_view pattern) {
 
 }  // namespace
 
-std::vector<Route> make_routes() {
+std::vector<Route> make_routes(Homeserver& hs) {
     std::vector<Route> routes;
+    struct Options {
+        RateClass rate = RateClass::none;
+        Body body = Body::none;
+    };
     auto add = [&](verb m, const std::vector<std::string_view>& prefixes, std::string_view path,
-                   bool auth, Handler h, RateClass rate = RateClass::none) {
+                   bool auth, const Handler& h, Options o = {}) {
         for (auto prefix : prefixes)
             routes.push_back(
-                Route{m, split(std::string(prefix) + std::string(path)), auth, h, rate});
+                Route{m, split(std::string(prefix) + std::string(path)), auth, h, o.rate, o.body});
+    };
+    // A module's member function as a handler: the call returns the coroutine's awaitable.
+    auto on = [](auto& module, auto member) -> Handler {
+        return [&module, member](Request& r) { return (module.*member)(r); };
     };
     // Every write a user makes counts against rc_message; reads are not limited.
-    constexpr auto write = RateClass::message;
+    constexpr Options write{RateClass::message, Body::object};
+    constexpr Options write_optional_body{RateClass::message, Body::optional};
     const std::vector<std::string_view> cs{"/_matrix/client/r0", "/_matrix/client/v3"};
-    using H = Homeserver;
 
-    add(verb::get, {"/_matrix/client"}, "/versions", false, &H::versions);
-    add(verb::get, {"/.well-known/matrix"}, "/client", false, &H::well_known);
-    add(verb::get, cs, "/capabilities", true, &H::capabilities);
+    auto& info = hs.info;
+    add(verb::get, {"/_matrix/client"}, "/versions", false, on(info, &ServerInfo::versions));
+    add(verb::get, {"/.well-known/matrix"}, "/client", false, on(info, &ServerInfo::well_known));
+    add(verb::get, cs, "/capabilities", true, on(info, &ServerInfo::capabilities));
 
-    add(verb::get, cs, "/login", false, &H::login_flows);
-    add(verb::post, cs, "/login", false, &H::login, RateClass::login);
-    add(verb::post, cs, "/logout", true, &H::logout);
-    add(verb::post, cs, "/logout/all", true, &H::logout_all);
-    add(verb::get, cs, "/account/whoami", true, &H::whoami);
-    add(verb::post, cs, "/register", false, &H::register_account, RateClass::registration);
-    add(verb::get, cs, "/register/available", false, &H::register_available,
-        RateClass::registration);
+    using A = Accounts;
+    auto& accounts = hs.accounts;
+    add(verb::get, cs, "/login", false, on(accounts, &A::login_flows));
+    add(verb::post, cs, "/login", false, on(accounts, &A::login), {RateClass::login, Body::object});
+    add(verb::post, cs, "/logout", true, on(accounts, &A::logout));
+    add(verb::post, cs, "/logout/all", true, on(accounts, &A::logout_all));
+    add(verb::get, cs, "/account/whoami", true, on(accounts, &A::whoami));
+    add(verb::post, cs, "/register", false, on(accounts, &A::register_account),
+        {RateClass::registration, Body::object});
+    add(verb::get, cs, "/register/available", false, on(accounts, &A::register_available),
+        {RateClass::registration});
 
-    add(verb::post, cs, "/createRoom", true, &H::create_room, write);
-    add(verb::post, cs, "/rooms/*/invite", true, &H::invite, write);
-    add(verb::post, cs, "/join/*", true, &H::join, write);
-    add(verb::post, cs, "/rooms/*/join", true, &H::join, write);
-    add(verb::post, cs, "/rooms/*/leave", true, &H::leave, write);
-    add(verb::get, cs, "/joined_rooms", true, &H::joined_rooms);
-    add(verb::put, cs, "/rooms/*/send/*/*", true, &H::send_event, write);
-    add(verb::put, cs, "/rooms/*/state/*", true, &H::put_state, write);
-    add(verb::put, cs, "/rooms/*/state/*/*", true, &H::put_state, write);
-    add(verb::get, cs, "/rooms/*/state/*", true, &H::get_state_event);
-    add(verb::get, cs, "/rooms/*/state/*/*", true, &H::get_state_event);
-    add(verb::get, cs, "/rooms/*/state", true, &H::get_state);
-    add(verb::get, cs, "/rooms/*/members", true, &H::get_members);
-    add(verb::get, cs, "/rooms/*/messages", true, &H::get_messages);
-    add(verb::get, cs, "/rooms/*/event/*", true, &H::get_event);
+    using R = Rooms;
+    auto& rooms = hs.rooms;
+    add(verb::post, cs, "/createRoom", true, on(rooms, &R::create_room), write);
+    add(verb::post, cs, "/rooms/*/invite", true, on(rooms, &R::invite), write);
+    add(verb::post, cs, "/join/*", true, on(rooms, &R::join), write_optional_body);
+    add(verb::post, cs, "/rooms/*/join", true, on(rooms, &R::join), write_optional_body);
+    add(verb::post, cs, "/rooms/*/leave", true, on(rooms, &R::leave), write_optional_body);
+    add(verb::get, cs, "/joined_rooms", true, on(rooms, &R::joined_rooms));
+    add(verb::put, cs, "/rooms/*/send/*/*", true, on(rooms, &R::send_event), write);
+    add(verb::put, cs, "/rooms/*/state/*", true, on(rooms, &R::put_state), write);
+    add(verb::put, cs, "/rooms/*/state/*/*", true, on(rooms, &R::put_state), write);
+    add(verb::get, cs, "/rooms/*/state/*", true, on(rooms, &R::get_state_event));
+    add(verb::get, cs, "/rooms/*/state/*/*", true, on(rooms, &R::get_state_event));
+    add(verb::get, cs, "/rooms/*/state", true, on(rooms, &R::get_state));
+    add(verb::get, cs, "/rooms/*/members", true, on(rooms, &R::get_members));
+    add(verb::get, cs, "/rooms/*/messages", true, on(rooms, &R::get_messages));
+    add(verb::get, cs, "/rooms/*/event/*", true, on(rooms, &R::get_event));
 
-    add(verb::get, cs, "/sync", true, &H::sync);
-    add(verb::post, cs, "/user/*/filter", true, &H::post_filter, write);
-    add(verb::get, cs, "/user/*/filter/*", true, &H::get_filter);
-    add(verb::get, cs, "/pushrules/", true, &H::push_rules);
-    add(verb::get, cs, "/pushrules", true, &H::push_rules);
-    add(verb::get, cs, "/user/*/account_data/*", true, &H::get_account_data);
-    add(verb::put, cs, "/user/*/account_data/*", true, &H::put_account_data, write);
-    add(verb::get, cs, "/user/*/rooms/*/account_data/*", true, &H::get_account_data);
-    add(verb::put, cs, "/user/*/rooms/*/account_data/*", true, &H::put_account_data, write);
-    add(verb::get, cs, "/profile/*", false, &H::get_profile);
-    add(verb::get, cs, "/profile/*/*", false, &H::get_profile_field);
-    add(verb::put, cs, "/profile/*/*", true, &H::put_profile_field, write);
-    add(verb::put, cs, "/sendToDevice/*/*", true, &H::send_to_device, write);
+    add(verb::get, cs, "/sync", true, on(hs.sync, &Sync::sync));
+
+    using D = AccountData;
+    auto& data = hs.account_data;
+    add(verb::post, cs, "/user/*/filter", true, on(data, &D::post_filter), write);
+    add(verb::get, cs, "/user/*/filter/*", true, on(data, &D::get_filter));
+    add(verb::get, cs, "/pushrules/", true, on(data, &D::push_rules));
+    add(verb::get, cs, "/pushrules", true, on(data, &D::push_rules));
+    add(verb::get, cs, "/user/*/account_data/*", true, on(data, &D::get_account_data));
+    add(verb::put, cs, "/user/*/account_data/*", true, on(data, &D::put_account_data), write);
+    add(verb::get, cs, "/user/*/rooms/*/account_data/*", true, on(data, &D::get_account_data));
+    add(verb::put, cs, "/user/*/rooms/*/account_data/*", true, on(data, &D::put_account_data),
+        write);
+
+    auto& profile = hs.profile;
+    add(verb::get, cs, "/profile/*", false, on(profile, &Profile::get_profile));
+    add(verb::get, cs, "/profile/*/*", false, on(profile, &Profile::get_profile_field));
+    add(verb::put, cs, "/profile/*/*", true, on(profile, &Profile::put_profile_field), write);
+
+    add(verb::put, cs, "/sendToDevice/*/*", true, on(hs.to_device, &ToDevice::send_to_device),
+        write);
+
     // Every path clients have used for TURN credentials, back to the first spec (api/v1).
+    auto turn = on(hs.voip, &Voip::turn_server);
     add(verb::get,
         {"/_matrix/client/r0", "/_matrix/client/v3", "/_matrix/client/unstable",
          "/_matrix/client/api/v1"},
-        "/voip/turnServer", true, &H::turn_server, RateClass::turn);
-    add(verb::get, {"/_matrix/client/api/v1"}, "/turnServer", true, &H::turn_server,
-        RateClass::turn);
+        "/voip/turnServer", true, turn, {RateClass::turn});
+    add(verb::get, {"/_matrix/client/api/v1"}, "/turnServer", true, turn, {RateClass::turn});
     return routes;
 }
 

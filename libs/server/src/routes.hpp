@@ -2,6 +2,7 @@
 
 #include <boost/beast/http/verb.hpp>
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,14 +11,32 @@
 
 namespace mxvoip::server {
 
-using Handler = asio::awaitable<Response> (Homeserver::*)(Request&);
+// A module's handler for one route.
+using Handler = std::function<asio::awaitable<Response>(Request&)>;
+
+// Which rate limit a route's requests count against (the configuration's rc_*).
+enum class RateClass {
+    none,
+    message,       // rc_message, per user: every write
+    login,         // rc_login, per address
+    registration,  // rc_registration, per address: checked first, counted once one completes
+    turn,          // rc_turn, per user
+};
+
+// What the dispatch layer makes of the request body before the handler runs (Request::json).
+enum class Body {
+    none,      // ignored
+    object,    // a JSON object: M_NOT_JSON or M_BAD_JSON otherwise
+    optional,  // a JSON object when there is a body at all
+};
 
 struct Route {
     boost::beast::http::verb method;
     std::vector<std::string> segments;  // "*" captures one segment
     bool auth;
     Handler handler;
-    RateClass rate = RateClass::none;  // taken by the dispatch layer before the handler runs
+    RateClass rate = RateClass::none;
+    Body body = Body::none;
 };
 
 class Router {
@@ -31,6 +50,6 @@ class Router {
     std::vector<std::vector<Route>> by_length_;
 };
 
-std::vector<Route> make_routes();
+std::vector<Route> make_routes(Homeserver& hs);
 
 }  // namespace mxvoip::server

@@ -140,7 +140,7 @@ Server::Server(Config config, Clock clock) : impl_(std::make_unique<Impl>()) {
 }
 
 Server::~Server() {
-    if (impl_->hs) impl_->hs->stop_writer();
+    if (impl_->hs) impl_->hs->core.stop_writer();
 }
 
 const std::vector<BoundAddress>& Server::addresses() const {
@@ -152,7 +152,7 @@ void Server::start() {
     raise_open_files_limit();
     I.store = store::open_sqlite({I.config.database.path, I.config.database.synchronous});
     I.hs = std::make_unique<Homeserver>(I.config, *I.store, I.blocking, I.clock);
-    I.hs->on_fatal([this](const std::string& why) {
+    I.hs->core.on_fatal([this](const std::string& why) {
         {
             std::lock_guard lock(impl_->conns_mu);
             impl_->failure = why;
@@ -208,7 +208,7 @@ void Server::run(bool handle_signals) {
     for (unsigned i = 1; i < n; ++i) threads.emplace_back([&] { I.ioc.run(); });
     I.ioc.run();
     for (auto& t : threads) t.join();
-    I.hs->stop_writer();
+    I.hs->core.stop_writer();
     I.blocking.join();
     I.hs.reset();
     I.store.reset();
@@ -230,7 +230,7 @@ void Server::Impl::begin_shutdown() {
         acc->close(ec);
     }
     if (signals) signals->cancel();
-    hs->wake_all();
+    hs->core.wake_all();
     std::lock_guard lock(conns_mu);
     for (auto& c : conns) {
         asio::post(c->stream.get_executor(), [c] {
@@ -435,7 +435,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
 
 void add_user(const Config& config, const std::string& user_id, const std::string& password) {
     auto store = store::open_sqlite({config.database.path, config.database.synchronous});
-    Homeserver::add_user_offline(*store, config, user_id, password);
+    Accounts::add_user_offline(*store, config, user_id, password);
 }
 
 }  // namespace mxvoip::server

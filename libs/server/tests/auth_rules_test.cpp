@@ -144,4 +144,155 @@ INSTANTIATE_TEST_SUITE_P(
              false}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// ---------------------------------------------------------------------------------------------
+// The whole check for a client's event, against a room built from state events.
+
+struct EventCase {
+    const char* name;
+    const char* sender;
+    const char* type;
+    const char* state_key;  // null: a message event
+    const char* content;
+    const char* refusal;  // null: allowed; else the errcode
+    bool sender_is_guest = false;
+};
+
+// An invite-only room: @a created it (100), @m is a moderator (50), @u a user, @i invited,
+// @b banned, @l left; kick and ban need 50, invite 0; m.room.name needs 50.
+Room test_room(const char* join_rule = "invite", const char* guest_access = "forbidden") {
+    Room room;
+    room.id = "!r:x";
+    room.version = "10";
+    StreamId stream = 0;
+    auto state = [&](const char* type, const std::string& key, const std::string& sender,
+                     const std::string& content) {
+        auto e = std::make_shared<Event>();
+        e->stream = ++stream;
+        e->room_id = room.id;
+        e->type = type;
+        e->state_key = key;
+        e->sender = sender;
+        e->json = "{\"content\":" + content + "}";
+        e->content_len = content.size();
+        room.apply_state(e);
+    };
+    state("m.room.create", "", "@a:x", R"({"room_version":"10"})");
+    state("m.room.member", "@a:x", "@a:x", R"({"membership":"join"})");
+    state("m.room.power_levels", "", "@a:x",
+          R"({"users":{"@a:x":100,"@m:x":50},"events":{"m.room.name":50},"invite":0,)"
+          R"("kick":50,"ban":50,"state_default":50,"events_default":0})");
+    state("m.room.join_rules", "", "@a:x", std::string(R"({"join_rule":")") + join_rule + "\"}");
+    state("m.room.guest_access", "", "@a:x",
+          std::string(R"({"guest_access":")") + guest_access + "\"}");
+    for (const char* u : {"@m:x", "@u:x", "@b:x", "@l:x"})
+        state("m.room.member", u, u, R"({"membership":"join"})");
+    state("m.room.member", "@i:x", "@a:x", R"({"membership":"invite"})");
+    state("m.room.member", "@b:x", "@a:x", R"({"membership":"ban"})");
+    state("m.room.member", "@l:x", "@l:x", R"({"membership":"leave"})");
+    return room;
+}
+
+class EventAuth : public ::testing::TestWithParam<EventCase> {};
+
+TEST_P(EventAuth, Decides) {
+    const EventCase& c = GetParam();
+    const Room room = test_room();
+    NewEvent ev{c.type, c.state_key ? std::optional<std::string>(c.state_key) : std::nullopt,
+                json::parse(c.content).as_object()};
+    auto refusal = event_auth_refusal(room, c.sender, c.sender_is_guest, ev);
+    if (!c.refusal)
+        EXPECT_FALSE(refusal) << refusal->what();
+    else
+        EXPECT_TRUE(refusal && refusal->errcode == c.refusal)
+            << (refusal ? refusal->errcode + ": " + refusal->what() : std::string("allowed"));
+}
+
+constexpr const char* kForbidden = "M_FORBIDDEN";
+constexpr const char* kBadJson = "M_BAD_JSON";
+constexpr const char* kJoin = R"({"membership":"join"})";
+constexpr const char* kInvite = R"({"membership":"invite"})";
+constexpr const char* kLeave = R"({"membership":"leave"})";
+constexpr const char* kBan = R"({"membership":"ban"})";
+
+INSTANTIATE_TEST_SUITE_P(
+    Spec, EventAuth,
+    ::testing::Values(
+        EventCase{"create_is_only_made_by_createRoom", "@a:x", "m.room.create", "", "{}",
+                  kForbidden},
+        // Joins.
+        EventCase{"invitee_joins", "@i:x", "m.room.member", "@i:x", kJoin, nullptr},
+        EventCase{"stranger_joins_invite_only_room", "@s:x", "m.room.member", "@s:x", kJoin,
+                  kForbidden},
+        EventCase{"former_member_rejoins_invite_only_room", "@l:x", "m.room.member", "@l:x", kJoin,
+                  kForbidden},
+        EventCase{"banned_user_joins", "@b:x", "m.room.member", "@b:x", kJoin, kForbidden},
+        EventCase{"member_joins_someone_else", "@a:x", "m.room.member", "@i:x", kJoin, kForbidden},
+        EventCase{"guest_invitee_joins_without_guest_access", "@i:x", "m.room.member", "@i:x",
+                  kJoin, "M_GUEST_ACCESS_FORBIDDEN", true},
+        EventCase{"member_changes_own_profile", "@u:x", "m.room.member", "@u:x",
+                  R"({"membership":"join","displayname":"U"})", nullptr},
+        // Invites.
+        EventCase{"member_invites_stranger", "@u:x", "m.room.member", "@s:x", kInvite, nullptr},
+        EventCase{"non_member_invites", "@l:x", "m.room.member", "@s:x", kInvite, kForbidden},
+        EventCase{"invite_of_a_member", "@a:x", "m.room.member", "@u:x", kInvite, kForbidden},
+        EventCase{"invite_of_a_banned_user", "@a:x", "m.room.member", "@b:x", kInvite, kForbidden},
+        // Leaves and kicks.
+        EventCase{"member_leaves", "@u:x", "m.room.member", "@u:x", kLeave, nullptr},
+        EventCase{"invitee_declines", "@i:x", "m.room.member", "@i:x", kLeave, nullptr},
+        EventCase{"former_member_leaves_again", "@l:x", "m.room.member", "@l:x", kLeave,
+                  kForbidden},
+        EventCase{"moderator_kicks_user", "@m:x", "m.room.member", "@u:x", kLeave, nullptr},
+        EventCase{"user_kicks_moderator", "@u:x", "m.room.member", "@m:x", kLeave, kForbidden},
+        EventCase{"moderator_kicks_admin", "@m:x", "m.room.member", "@a:x", kLeave, kForbidden},
+        EventCase{"moderator_unbans", "@m:x", "m.room.member", "@b:x", kLeave, nullptr},
+        EventCase{"user_unbans", "@u:x", "m.room.member", "@b:x", kLeave, kForbidden},
+        // Bans.
+        EventCase{"moderator_bans_user", "@m:x", "m.room.member", "@u:x", kBan, nullptr},
+        EventCase{"moderator_bans_peer_level_or_above", "@m:x", "m.room.member", "@a:x", kBan,
+                  kForbidden},
+        EventCase{"user_bans", "@u:x", "m.room.member", "@s:x", kBan, kForbidden},
+        // Malformed member events.
+        EventCase{"member_event_without_state_key", "@u:x", "m.room.member", nullptr, kJoin,
+                  kBadJson},
+        EventCase{"member_state_key_not_a_user", "@u:x", "m.room.member", "u", kJoin, kBadJson},
+        EventCase{"unknown_membership", "@u:x", "m.room.member", "@u:x",
+                  R"({"membership":"dance"})", kBadJson},
+        EventCase{"membership_missing", "@u:x", "m.room.member", "@u:x", "{}", kBadJson},
+        // Other events: membership and power.
+        EventCase{"member_sends_message", "@u:x", "m.room.message", nullptr, "{}", nullptr},
+        EventCase{"former_member_sends_message", "@l:x", "m.room.message", nullptr, "{}",
+                  kForbidden},
+        EventCase{"invitee_sends_message", "@i:x", "m.room.message", nullptr, "{}", kForbidden},
+        EventCase{"user_sets_name_below_its_level", "@u:x", "m.room.name", "", "{}", kForbidden},
+        EventCase{"moderator_sets_name", "@m:x", "m.room.name", "", "{}", nullptr},
+        EventCase{"user_sets_state_at_state_default", "@u:x", "m.room.topic", "", "{}", kForbidden},
+        EventCase{"state_key_of_another_user", "@m:x", "org.example.status", "@u:x", "{}",
+                  kForbidden},
+        EventCase{"state_key_of_the_sender", "@m:x", "org.example.status", "@m:x", "{}", nullptr},
+        // m.room.power_levels goes through the rule tested above.
+        EventCase{"moderator_demotes_admin", "@m:x", "m.room.power_levels", "",
+                  R"({"users":{"@a:x":0,"@m:x":50}})", kForbidden},
+        EventCase{"admin_promotes_user", "@a:x", "m.room.power_levels", "",
+                  R"({"users":{"@a:x":100,"@m:x":50,"@u:x":50},"events":{"m.room.name":50},)"
+                  R"("invite":0,"kick":50,"ban":50,"state_default":50,"events_default":0})",
+                  nullptr}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(EventAuth, PublicRoomsAdmitAnyoneButTheBanned) {
+    const Room room = test_room("public");
+    auto join = [&](const char* user) {
+        NewEvent ev{"m.room.member", std::string(user), json::parse(kJoin).as_object()};
+        return event_auth_refusal(room, user, false, ev);
+    };
+    EXPECT_FALSE(join("@s:x"));
+    EXPECT_FALSE(join("@l:x"));
+    EXPECT_TRUE(join("@b:x"));
+}
+
+TEST(EventAuth, GuestsJoinWhereGuestAccessIsCanJoin) {
+    const Room room = test_room("public", "can_join");
+    NewEvent ev{"m.room.member", std::string("@g:x"), json::parse(kJoin).as_object()};
+    EXPECT_FALSE(event_auth_refusal(room, "@g:x", true, ev));
+}
+
 }  // namespace

@@ -1,16 +1,19 @@
-#include <spdlog/spdlog.h>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
+#include "rooms.hpp"
 
-#include "homeserver.hpp"
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "auth_rules.hpp"
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
+#include "mxvoip/server/crypto.hpp"
 
 namespace mxvoip::server {
 
+namespace json = boost::json;
 using proto::MatrixError;
 namespace errcode = proto::errcode;
 
@@ -41,28 +44,11 @@ json::object default_power_levels(const std::string& creator) {
 
 }  // namespace
 
-std::string make_token(StreamId s) {
-    return "s" + std::to_string(s);
-}
-
-StreamId parse_token(const std::string& token) {
-    if (token.size() < 2 || token[0] != 's')
-        throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
-    try {
-        std::size_t used = 0;
-        long long v = std::stoll(token.substr(1), &used);
-        if (used != token.size() - 1 || v < 0) throw std::invalid_argument("token");
-        return v;
-    } catch (const std::exception&) {
-        throw MatrixError(400, errcode::invalid_param, "Invalid token '" + token + "'");
-    }
-}
-
-asio::awaitable<Response> Homeserver::create_room(Request& req) {
+asio::awaitable<Response> Rooms::create_room(Request& req) {
     const Session& s = *req.session;
     if (s.is_guest)
         throw MatrixError(403, errcode::guest_access_forbidden, "Guests cannot create rooms");
-    auto body = proto::parse_json_object(req.body);
+    const auto& body = req.json;
     std::string preset(proto::opt_string(body, "preset").value_or(""));
     std::string visibility(proto::opt_string(body, "visibility").value_or("private"));
     if (visibility != "private" && visibility != "public")
@@ -94,9 +80,10 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
                 400, errcode::invalid_param,
                 std::string(key) + " has more than " + std::to_string(limit) + " entries");
     };
-    check_length(proto::opt_array(body, "invite"), "invite", config_.limits.create_room_invites);
+    check_length(proto::opt_array(body, "invite"), "invite",
+                 core_.config().limits.create_room_invites);
     check_length(proto::opt_array(body, "initial_state"), "initial_state",
-                 config_.limits.create_room_initial_state);
+                 core_.config().limits.create_room_initial_state);
     if (const auto* arr = proto::opt_array(body, "invite")) {
         for (const auto& v : *arr) {
             if (!v.is_string() || !proto::parse_user_id(v.get_string()))
@@ -131,19 +118,20 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
     std::string room_id;
     std::uint64_t ticket = 0;
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(core_.mu);
         for (const auto& u : invites)
-            if (!users_.count(u) && proto::parse_user_id(u)->server_name == config_.server_name)
+            if (!accounts_.exists_locked(u) &&
+                proto::parse_user_id(u)->server_name == core_.config().server_name)
                 throw MatrixError(404, errcode::not_found, "Unknown user " + u);
         do {
-            room_id = "!" + random_letters(18) + ":" + config_.server_name;
+            room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
         } while (rooms_.count(room_id));
         Room& room = rooms_[room_id];
         room.id = room_id;
         room.version = version;
         PendingWrite w;
         w.mutations.push_back(store::PutRoom{{room_id, version}});
-        const User& me = users_.at(s.user_id);
+        const store::UserRecord& me = *accounts_.find_locked(s.user_id);
         try {
             json::object create;
             if (const auto* creation = proto::opt_object(body, "creation_content"))
@@ -154,8 +142,8 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
             append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {},
                                 {}, true);
             json::object join{{"membership", "join"}};
-            if (!me.record.displayname.empty()) join["displayname"] = me.record.displayname;
-            if (!me.record.avatar_url.empty()) join["avatar_url"] = me.record.avatar_url;
+            if (!me.displayname.empty()) join["displayname"] = me.displayname;
+            if (!me.avatar_url.empty()) join["avatar_url"] = me.avatar_url;
             append_event_locked(room, s.user_id, {"m.room.member", s.user_id, std::move(join)}, w);
             append_event_locked(room, s.user_id, {"m.room.power_levels", "", std::move(power)}, w);
             std::string join_rule = preset == "public_chat" ? "public" : "invite";
@@ -175,48 +163,46 @@ asio::awaitable<Response> Homeserver::create_room(Request& req) {
             for (const auto& u : invites) {
                 json::object content{{"membership", "invite"}};
                 if (is_direct) content["is_direct"] = true;
-                if (auto it = users_.find(u);
-                    it != users_.end() && !it->second.record.displayname.empty())
-                    content["displayname"] = it->second.record.displayname;
+                if (const auto* invitee = accounts_.find_locked(u);
+                    invitee && !invitee->displayname.empty())
+                    content["displayname"] = invitee->displayname;
                 append_event_locked(room, s.user_id, {"m.room.member", u, std::move(content)}, w);
             }
         } catch (...) {
             // Nothing was submitted: forget the half-built room and the users' view of it.
             for (const auto& [user, m] : room.membership)
-                if (auto it = users_.find(user); it != users_.end())
-                    it->second.rooms.erase(room_id);
+                if (auto it = memberships_.find(user); it != memberships_.end())
+                    it->second.erase(room_id);
             rooms_.erase(room_id);
             throw;
         }
-        ticket = submit_locked(std::move(w));
+        ticket = core_.submit_locked(std::move(w));
     }
-    co_await durable(ticket);
+    co_await core_.durable(ticket);
     spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset,
                  is_direct ? ", direct" : "");
     co_return json_response(json::object{{"room_id", room_id}});
 }
 
-asio::awaitable<Response> Homeserver::membership_change(Request& req, const std::string& room_id,
-                                                        const std::string& target,
-                                                        const std::string& membership,
-                                                        json::object& extra) {
+asio::awaitable<Response> Rooms::membership_change(Request& req, const std::string& room_id,
+                                                   const std::string& target,
+                                                   const std::string& membership,
+                                                   json::object& extra) {
     const Session& s = *req.session;
     std::uint64_t ticket = 0;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         // Joining again, or inviting someone already invited, changes nothing: answer as Synapse
         // does.
         if (room.membership_of(target) == membership && membership != "join") co_return Response{};
         json::object content = std::move(extra);
         content["membership"] = membership;
         if (membership == "join" || membership == "invite") {
-            if (auto it = users_.find(target); it != users_.end()) {
-                if (!it->second.record.displayname.empty())
-                    content["displayname"] = it->second.record.displayname;
-                if (!it->second.record.avatar_url.empty())
-                    content["avatar_url"] = it->second.record.avatar_url;
-            } else if (proto::parse_user_id(target)->server_name == config_.server_name) {
+            if (const auto* u = accounts_.find_locked(target)) {
+                if (!u->displayname.empty()) content["displayname"] = u->displayname;
+                if (!u->avatar_url.empty()) content["avatar_url"] = u->avatar_url;
+            } else if (proto::parse_user_id(target)->server_name == core_.config().server_name) {
                 throw MatrixError(404, errcode::not_found, "Unknown user " + target);
             }
         }
@@ -237,16 +223,16 @@ asio::awaitable<Response> Homeserver::membership_change(Request& req, const std:
                 co_return json_response(json::object{{"room_id", room_id}});
         PendingWrite w;
         append_event_locked(room, s.user_id, {"m.room.member", target, std::move(content)}, w);
-        ticket = submit_locked(std::move(w));
+        ticket = core_.submit_locked(std::move(w));
     }
-    co_await durable(ticket);
+    co_await core_.durable(ticket);
     spdlog::info("{}: {} {} in {}", s.user_id, target, membership, room_id);
     if (membership == "join") co_return json_response(json::object{{"room_id", room_id}});
     co_return Response{};
 }
 
-asio::awaitable<Response> Homeserver::invite(Request& req) {
-    auto body = proto::parse_json_object(req.body);
+asio::awaitable<Response> Rooms::invite(Request& req) {
+    const auto& body = req.json;
     std::string target(proto::req_string(body, "user_id"));
     if (!proto::parse_user_id(target))
         throw MatrixError(400, errcode::invalid_param, "user_id is not a user id");
@@ -256,92 +242,86 @@ asio::awaitable<Response> Homeserver::invite(Request& req) {
     co_return co_await membership_change(req, req.params[0], target, membership, extra);
 }
 
-asio::awaitable<Response> Homeserver::join(Request& req) {
+asio::awaitable<Response> Rooms::join(Request& req) {
     const std::string& id = req.params[0];
     if (!id.empty() && id[0] == '#')
         throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
     if (!proto::is_valid_room_id(id))
         throw MatrixError(400, errcode::invalid_param, id + " is not a room id");
     json::object extra;
-    if (!req.body.empty()) {
-        auto body = proto::parse_json_object(req.body);
-        if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
-    }
+    if (auto reason = proto::opt_string(req.json, "reason")) extra["reason"] = *reason;
     const std::string membership = "join";
     co_return co_await membership_change(req, id, req.session->user_id, membership, extra);
 }
 
-asio::awaitable<Response> Homeserver::leave(Request& req) {
+asio::awaitable<Response> Rooms::leave(Request& req) {
     json::object extra;
-    if (!req.body.empty()) {
-        auto body = proto::parse_json_object(req.body);
-        if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
-    }
+    if (auto reason = proto::opt_string(req.json, "reason")) extra["reason"] = *reason;
     const std::string membership = "leave";
     co_return co_await membership_change(req, req.params[0], req.session->user_id, membership,
                                          extra);
 }
 
-asio::awaitable<Response> Homeserver::joined_rooms(Request& req) {
+asio::awaitable<Response> Rooms::joined_rooms(Request& req) {
     json::array rooms;
     {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, m] : users_.at(req.session->user_id).rooms)
+        std::lock_guard lock(core_.mu);
+        for (const auto& [id, m] : memberships_locked(req.session->user_id))
             if (m.membership == "join") rooms.push_back(json::string(id));
     }
     co_return json_response(json::object{{"joined_rooms", rooms}});
 }
 
-asio::awaitable<Response> Homeserver::send_event(Request& req) {
+asio::awaitable<Response> Rooms::send_event(Request& req) {
     const Session& s = *req.session;
     const std::string& room_id = req.params[0];
     const std::string& type = req.params[1];
     const std::string& txn = req.params[2];
     if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
-    auto content = proto::parse_json_object(req.body);
+    json::object content = req.json;
     std::string txn_key = s.device_key() + '\n' + room_id + '\n' + txn;
     // A retry answers the first attempt's event id (its response waits, as every response
     // does, until that event is durable).
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(core_.mu);
         if (auto it = txns_.find(txn_key); it != txns_.end())
             co_return json_response(json::object{{"event_id", it->second.event_id}});
     }
     std::uint64_t ticket = 0;
     std::string event_id;
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(core_.mu);
         if (auto it = txns_.find(txn_key); it != txns_.end())
             co_return json_response(json::object{{"event_id", it->second.event_id}});
-        Room& room = room_or_throw(room_id);
+        Room& room = room_or_throw_locked(room_id);
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
                                       s.device_key(), txn);
         event_id = ev->event_id;
-        txns_[txn_key] = TxnEntry{event_id, ev->stream, ev->origin_server_ts};
+        txns_[txn_key] = TxnEntry{event_id, ev->origin_server_ts};
         txn_order_.emplace_back(ev->origin_server_ts, txn_key);
         while (!txn_order_.empty() &&
-               txn_order_.front().first < ev->origin_server_ts - 24 * 3600 * 1000) {
+               txn_order_.front().first < ev->origin_server_ts - kTxnLifetimeMs) {
             txns_.erase(txn_order_.front().second);
             txn_order_.pop_front();
         }
-        ticket = submit_locked(std::move(w));
+        ticket = core_.submit_locked(std::move(w));
     }
-    co_await durable(ticket);
+    co_await core_.durable(ticket);
     co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
 }
 
-asio::awaitable<Response> Homeserver::put_state(Request& req) {
+asio::awaitable<Response> Rooms::put_state(Request& req) {
     const Session& s = *req.session;
     const std::string& room_id = req.params[0];
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
-    auto content = proto::parse_json_object(req.body);
+    json::object content = req.json;
     std::uint64_t ticket = 0;
     std::string event_id;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         // The same state from the same member again changes nothing: the event there is
         // answers (as Synapse does), rather than a copy of it.
         if (auto prev = room.state_event(type, state_key);
@@ -351,20 +331,20 @@ asio::awaitable<Response> Homeserver::put_state(Request& req) {
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, state_key, std::move(content)}, w);
         event_id = ev->event_id;
-        ticket = submit_locked(std::move(w));
+        ticket = core_.submit_locked(std::move(w));
     }
-    co_await durable(ticket);
+    co_await core_.durable(ticket);
     co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
 }
 
-asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
+asio::awaitable<Response> Rooms::get_state_event(Request& req) {
     const std::string& room_id = req.params[0];
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     std::optional<StreamId> horizon;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         horizon = state_horizon_locked(room, req.session->user_id);
         if (!horizon) {
             auto ev = room.state_event(type, state_key);
@@ -373,36 +353,38 @@ asio::awaitable<Response> Homeserver::get_state_event(Request& req) {
         }
     }
     // A former member reads the state as it was when they left.
-    for (const auto& r : store_.state_at(room_id, *horizon))
+    for (const auto& r : core_.store().state_at(room_id, *horizon))
         if (r.type == type && r.state_key == state_key)
             co_return Response{200, json::serialize(json::parse(r.json).at("content")), {}};
     throw MatrixError(404, errcode::not_found, "Event not found.");
 }
 
-asio::awaitable<Response> Homeserver::get_state(Request& req) {
+asio::awaitable<Response> Rooms::get_state(Request& req) {
+    const std::int64_t now = core_.now_ms();
     const std::string& room_id = req.params[0];
     std::string out = "[";
     std::optional<StreamId> horizon;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         horizon = state_horizon_locked(room, req.session->user_id);
         if (!horizon)
             for (const auto& [_, ev] : room.state) {
                 if (out.size() > 1) out += ',';
-                render_event(out, *ev, {});
+                render_event(out, *ev, {}, now);
             }
     }
     if (horizon)
-        for (const auto& r : store_.state_at(room_id, *horizon)) {
+        for (const auto& r : core_.store().state_at(room_id, *horizon)) {
             if (out.size() > 1) out += ',';
-            render_record(out, r);
+            render_record(out, r, now);
         }
     out += ']';
     co_return Response{200, std::move(out), {}};
 }
 
-asio::awaitable<Response> Homeserver::get_members(Request& req) {
+asio::awaitable<Response> Rooms::get_members(Request& req) {
+    const std::int64_t now = core_.now_ms();
     const std::string& room_id = req.params[0];
     const std::string* only = req.query_param("membership");
     const std::string* exclude = req.query_param("not_membership");
@@ -413,8 +395,8 @@ asio::awaitable<Response> Homeserver::get_members(Request& req) {
     bool first = true;
     std::optional<StreamId> horizon;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         horizon = state_horizon_locked(room, req.session->user_id);
         if (!horizon)
             for (const auto& [key, ev] : room.state) {
@@ -422,25 +404,26 @@ asio::awaitable<Response> Homeserver::get_members(Request& req) {
                     continue;
                 if (!first) out += ',';
                 first = false;
-                render_event(out, *ev, {});
+                render_event(out, *ev, {}, now);
             }
     }
     // A former member gets the member list as it was when they left.
     if (horizon)
-        for (const auto& r : store_.state_at(room_id, *horizon)) {
+        for (const auto& r : core_.store().state_at(room_id, *horizon)) {
             if (r.type != "m.room.member") continue;
             auto content = json::parse(r.json).at("content");
             auto m = proto::opt_string(content.as_object(), "membership");
             if (!wanted(m ? *m : "leave")) continue;
             if (!first) out += ',';
             first = false;
-            render_record(out, r);
+            render_record(out, r, now);
         }
     out += "]}";
     co_return Response{200, std::move(out), {}};
 }
 
-asio::awaitable<Response> Homeserver::get_messages(Request& req) {
+asio::awaitable<Response> Rooms::get_messages(Request& req) {
+    const std::int64_t now = core_.now_ms();
     const std::string& room_id = req.params[0];
     std::string dir = req.query_param("dir") ? *req.query_param("dir") : "b";
     if (dir != "b" && dir != "f")
@@ -458,20 +441,20 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     StreamId from;
     StreamId visible;
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         require_reader_locked(room, req.session->user_id);
         from = req.query_param("from") ? parse_token(*req.query_param("from"))
-                                       : (dir == "b" ? visible_ : 0);
-        from = std::min(from, visible_);
-        visible = visible_;
+                                       : (dir == "b" ? core_.visible_locked() : 0);
+        from = std::min(from, core_.visible_locked());
+        visible = core_.visible_locked();
     }
     std::vector<store::EventRecord> rows;
     if (dir == "b") {
-        rows = store_.events_before(room_id, from + 1, limit);
+        rows = core_.store().events_before(room_id, from + 1, limit);
         if (to) std::erase_if(rows, [&](const auto& r) { return r.stream <= *to; });
     } else {
-        rows = store_.events_after(room_id, from, limit);
+        rows = core_.store().events_after(room_id, from, limit);
         if (to) std::erase_if(rows, [&](const auto& r) { return r.stream > *to; });
         std::erase_if(rows, [&](const auto& r) { return r.stream > visible; });
     }
@@ -479,15 +462,15 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     StreamId end = from;
     {
         // What the user may not see is left out; the page still moves past it.
-        std::lock_guard lock(mu_);
-        const RoomHistory& history = room_or_throw(room_id).history;
+        std::lock_guard lock(core_.mu);
+        const RoomHistory& history = room_or_throw_locked(room_id).history;
         bool first = true;
         for (const auto& r : rows) {
             end = dir == "b" ? r.stream - 1 : r.stream;
             if (!history.may_see(req.session->user_id, r.stream, r.type, r.state_key)) continue;
             if (!first) out += ',';
             first = false;
-            render_record(out, r);
+            render_record(out, r, now);
         }
     }
     out += "],\"start\":\"" + make_token(from) + "\"";
@@ -497,26 +480,184 @@ asio::awaitable<Response> Homeserver::get_messages(Request& req) {
     co_return Response{200, std::move(out), {}};
 }
 
-asio::awaitable<Response> Homeserver::get_event(Request& req) {
+asio::awaitable<Response> Rooms::get_event(Request& req) {
     const std::string& room_id = req.params[0];
     {
-        std::lock_guard lock(mu_);
-        Room& room = room_or_throw(room_id);
+        std::lock_guard lock(core_.mu);
+        Room& room = room_or_throw_locked(room_id);
         require_reader_locked(room, req.session->user_id);
     }
     auto stream = event_id_stream(req.params[1]);
     std::optional<store::EventRecord> row;
-    if (stream) row = store_.event_at(*stream);
+    if (stream) row = core_.store().event_at(*stream);
     bool visible = row && row->event_id == req.params[1] && row->room_id == room_id;
     if (visible) {
-        std::lock_guard lock(mu_);
-        visible = room_or_throw(room_id).history.may_see(req.session->user_id, row->stream,
-                                                         row->type, row->state_key);
+        std::lock_guard lock(core_.mu);
+        visible = room_or_throw_locked(room_id).history.may_see(req.session->user_id, row->stream,
+                                                                row->type, row->state_key);
     }
     if (!visible) throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out;
-    render_record(out, *row);
+    render_record(out, *row, core_.now_ms());
     co_return Response{200, std::move(out), {}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+namespace {
+
+bool has_float(const json::value& v) {
+    switch (v.kind()) {
+        case json::kind::double_:
+            return true;
+        case json::kind::array:
+            return std::any_of(v.get_array().begin(), v.get_array().end(), has_float);
+        case json::kind::object:
+            return std::any_of(v.get_object().begin(), v.get_object().end(),
+                               [](const auto& kv) { return has_float(kv.value()); });
+        default:
+            return false;
+    }
+}
+
+}  // namespace
+
+Rooms::Rooms(Core& core, Accounts& accounts) : core_(core), accounts_(accounts) {}
+
+void Rooms::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    for (auto& r : snap.rooms) {
+        Room& room = rooms_[r.room_id];
+        room.id = r.room_id;
+        room.version = r.room_version;
+    }
+    // The history first: the current state replays its last entries, which are then ignored.
+    for (auto& h : snap.history) {
+        auto it = rooms_.find(h.room_id);
+        if (it == rooms_.end()) continue;
+        if (h.type == "m.room.member")
+            it->second.history.record_membership(h.state_key, h.stream, std::move(h.value));
+        else if (h.state_key.empty())
+            it->second.history.record_visibility(h.stream, std::move(h.value));
+    }
+    std::unordered_map<std::string, EventPtr> by_id;
+    for (auto& r : snap.state_events) {
+        auto ev = to_event(std::move(r));
+        auto it = rooms_.find(ev->room_id);
+        if (it == rooms_.end()) continue;
+        apply_locked(it->second, ev);
+        by_id[ev->event_id] = ev;
+    }
+    for (auto& r : snap.recent_events) {
+        auto it = rooms_.find(r.room_id);
+        if (it == rooms_.end()) continue;
+        auto known = by_id.find(r.event_id);
+        EventPtr ev = known != by_id.end() ? known->second : to_event(std::move(r));
+        it->second.recent.push_back(ev);
+    }
+    for (auto& [_, room] : rooms_) {
+        // The store returned at most kTimelineWindow per room; anything older is "evicted".
+        if (room.recent.size() >= Room::kTimelineWindow)
+            room.evicted_upto = room.recent.front()->stream - 1;
+    }
+    for (auto& t : snap.txns) {
+        std::string key = t.device_key + '\n' + t.room_id + '\n' + t.txn_id;
+        txns_[key] = TxnEntry{t.event_id, t.ts};
+        txn_order_.emplace_back(t.ts, key);
+    }
+    std::sort(txn_order_.begin(), txn_order_.end());
+}
+
+const Room* Rooms::find_locked(const std::string& room_id) const {
+    auto it = rooms_.find(room_id);
+    return it == rooms_.end() ? nullptr : &it->second;
+}
+
+const Memberships& Rooms::memberships_locked(const std::string& user_id) const {
+    static const Memberships kNone;
+    auto it = memberships_.find(user_id);
+    return it == memberships_.end() ? kNone : it->second;
+}
+
+Room& Rooms::room_or_throw_locked(const std::string& room_id) {
+    auto it = rooms_.find(room_id);
+    if (it == rooms_.end()) throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
+    return it->second;
+}
+
+void Rooms::require_reader_locked(const Room& room, const std::string& user) const {
+    if (room.history.knows(user) || room.history.current_visibility() == "world_readable") return;
+    throw MatrixError(403, errcode::forbidden, "You are not in this room");
+}
+
+std::optional<StreamId> Rooms::state_horizon_locked(const Room& room,
+                                                    const std::string& user) const {
+    const std::string& m = room.membership_of(user);
+    if (m == "join" || room.history.current_visibility() == "world_readable") return std::nullopt;
+    if (m == "leave" || m == "ban") {
+        const auto& mine = memberships_locked(user);
+        if (auto r = mine.find(room.id); r != mine.end()) return r->second.stream;
+    }
+    throw MatrixError(403, errcode::forbidden, "You are not in this room");
+}
+
+void Rooms::apply_locked(Room& room, const EventPtr& ev) {
+    room.apply_state(ev);
+    if (ev->type != "m.room.member" || !ev->state_key) return;
+    const std::string& user = *ev->state_key;
+    if (!accounts_.exists_locked(user)) return;  // remote users have no memberships here
+    // A user's membership of a room dates from the event that changed it: a new displayname
+    // (join to join) is a state change for the sync, not a new join.
+    const std::string& membership = room.membership_of(user);
+    auto [it, fresh] = memberships_[user].try_emplace(room.id);
+    if (fresh || it->second.membership != membership)
+        it->second = RoomMembership{membership, ev->stream};
+}
+
+EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEvent ev,
+                                    PendingWrite& w, const std::string& txn_device_key,
+                                    const std::string& txn_id, bool creating) {
+    if (!proto::is_valid_event_type(ev.type))
+        throw MatrixError(400, errcode::bad_json, "Invalid event type");
+    if (ev.state_key && ev.state_key->size() > 255)
+        throw MatrixError(400, errcode::bad_json, "state_key is longer than 255 bytes");
+    if (has_float(json::value(ev.content)))
+        throw MatrixError(400, errcode::bad_json,
+                          "Event content must not contain floating-point numbers");
+    if (!creating) {
+        const auto* account = accounts_.find_locked(sender);
+        if (auto refusal = event_auth_refusal(room, sender, account && account->is_guest, ev))
+            throw *refusal;
+    }
+
+    auto e = std::make_shared<Event>();
+    e->stream = core_.next_stream_locked();
+    e->event_id = new_event_id(e->stream);
+    e->room_id = room.id;
+    e->type = std::move(ev.type);
+    e->state_key = std::move(ev.state_key);
+    e->sender = sender;
+    e->origin_server_ts = core_.now_ms();
+    std::string content = json::serialize(ev.content);
+    e->json = build_event_json(*e, content);
+    e->content_len = content.size();
+    e->txn_device_key = txn_device_key;
+    e->txn_id = txn_id;
+    if (e->json.size() > 65536)
+        throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
+    core_.allocate_stream_locked();
+
+    EventPtr ptr = e;
+    apply_locked(room, ptr);
+    room.add_to_timeline(ptr);
+    // Whose /sync learns of it: the room's members and invitees, and the member event's target.
+    for (const auto& [user, m] : room.membership)
+        if (m == "join" || m == "invite") w.wake.push_back(user);
+    if (ptr->type == "m.room.member" && ptr->state_key) w.wake.push_back(*ptr->state_key);
+    w.mutations.push_back(store::PutEvent{*ptr});
+    w.max_stream = std::max(w.max_stream, ptr->stream);
+    return ptr;
 }
 
 }  // namespace mxvoip::server

@@ -3,13 +3,17 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "homeserver.hpp"
+#include "sync.hpp"
+
+#include <algorithm>
+
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
 
 namespace mxvoip::server {
 
+namespace json = boost::json;
 using proto::MatrixError;
 namespace errcode = proto::errcode;
 
@@ -22,39 +26,10 @@ constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
 // which under call load is two of the five HTTP exchanges an event causes.
 constexpr auto kEchoCoalesce = std::chrono::milliseconds(100);
 
-// Separator helper for hand-built JSON arrays and objects.
-struct Comma {
-    bool first = true;
-    void operator()(std::string& out) {
-        if (!first) out += ',';
-        first = false;
-    }
-};
-
 }  // namespace
 
-void Homeserver::render_event(std::string& out, const Event& ev,
-                              const std::string& device_key) const {
-    out.append(ev.json, 0, ev.json.size() - 1);
-    out += ",\"unsigned\":{\"age\":";
-    out += std::to_string(std::max<std::int64_t>(0, now_ms() - ev.origin_server_ts));
-    if (!device_key.empty() && ev.txn_device_key == device_key) {
-        out += ",\"transaction_id\":";
-        append_quoted(out, ev.txn_id);
-    }
-    out += "}}";
-}
-
-void Homeserver::render_record(std::string& out, const store::EventRecord& r) const {
-    out.append(r.json, 0, r.json.size() - 1);
-    out += ",\"unsigned\":{\"age\":";
-    out += std::to_string(std::max<std::int64_t>(0, now_ms() - r.origin_server_ts));
-    out += "}}";
-}
-
-Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
-                                                         const Request& req) const {
-    SyncFilter f;
+Sync::Filter Sync::resolve_filter_locked(const Session& s, const Request& req) const {
+    Filter f;
     const std::string* param = req.query_param("filter");
     if (!param || param->empty()) return f;
     json::object filter;
@@ -70,9 +45,9 @@ Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
             throw MatrixError(400, errcode::invalid_param,
                               "filter must be a filter id or a JSON object");
         }
-        if (id >= user.filters.size() || user.filters[id].empty())
-            throw MatrixError(404, errcode::not_found, "No such filter");
-        filter = json::parse(user.filters[id]).as_object();
+        const std::string* text = account_data_.filter_locked(s.user_id, id);
+        if (!text) throw MatrixError(404, errcode::not_found, "No such filter");
+        filter = json::parse(*text).as_object();
     }
     // Honoured: room.timeline.limit and room.include_leave. Accepted and not needed here:
     // lazy_load_members (every member is sent), presence and event type filters.
@@ -86,10 +61,11 @@ Homeserver::SyncFilter Homeserver::resolve_filter_locked(const User& user,
     return f;
 }
 
-void Homeserver::render_timeline_locked(std::string& out, const Room& room, const Session& s,
-                                        StreamId since, StreamId upto, const SyncFilter& f,
-                                        bool& limited, StreamId& first_stream) {
+void Sync::render_timeline_locked(std::string& out, const Room& room, const Session& s,
+                                  StreamId since, StreamId upto, const Filter& f, bool& limited,
+                                  StreamId& first_stream) {
     const std::string device_key = s.device_key();
+    const std::int64_t now = core_.now_ms();
     auto may_see = [&](StreamId stream, const std::string& type,
                        const std::optional<std::string>& state_key) {
         return room.history.may_see(s.user_id, stream, type, state_key);
@@ -111,7 +87,7 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, cons
         // The in-memory window does not reach back to `since`: the rest comes from the store.
         StreamId before = events.empty() ? room.evicted_upto + 1 : events.front()->stream;
         int want = f.timeline_limit - static_cast<int>(events.size());
-        older = store_.events_before(room.id, before, want + 1);
+        older = core_.store().events_before(room.id, before, want + 1);
         std::erase_if(older, [&](const auto& r) {
             return r.stream <= since || !may_see(r.stream, r.type, r.state_key);
         });
@@ -128,11 +104,11 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, cons
     Comma comma;
     for (const auto& r : older) {
         comma(out);
-        render_record(out, r);
+        render_record(out, r, now);
     }
     for (const auto& ev : events) {
         comma(out);
-        render_event(out, *ev, device_key);
+        render_event(out, *ev, device_key, now);
     }
     out += "],\"limited\":";
     out += limited ? "true" : "false";
@@ -141,56 +117,55 @@ void Homeserver::render_timeline_locked(std::string& out, const Room& room, cons
 
 // Current state entries with stream in (after, before): the state at the start of the
 // timeline as far as the timeline does not itself carry it.
-void Homeserver::render_state(std::string& out, const Room& room, StreamId after, StreamId before,
-                              const std::string& device_key) const {
+void Sync::render_state(std::string& out, const Room& room, StreamId after, StreamId before,
+                        const std::string& device_key) const {
     out += "\"state\":{\"events\":[";
+    const std::int64_t now = core_.now_ms();
     Comma comma;
     for (const auto& [_, ev] : room.state) {
         if (ev->stream <= after || ev->stream >= before) continue;
         comma(out);
-        render_event(out, *ev, device_key);
+        render_event(out, *ev, device_key, now);
     }
     out += "]}";
 }
 
-bool Homeserver::only_own_echo_locked(const Session& s, StreamId since) const {
+bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
     const std::string dkey = s.device_key();
-    const User& user = users_.at(s.user_id);
+    const StreamId visible = core_.visible_locked();
     bool any = false;
-    for (const auto& [room_id, m] : user.rooms) {
-        if (m.stream > since && m.stream <= visible_) return false;  // a membership change
+    for (const auto& [room_id, m] : rooms_.memberships_locked(s.user_id)) {
+        if (m.stream > since && m.stream <= visible) return false;  // a membership change
         if (m.membership != "join") continue;
-        const Room& room = rooms_.at(room_id);
+        const Room& room = *rooms_.find_locked(room_id);
         for (auto it = room.recent.rbegin(); it != room.recent.rend() && (*it)->stream > since;
              ++it) {
-            if ((*it)->stream > visible_) continue;
+            if ((*it)->stream > visible) continue;
             if ((*it)->txn_device_key != dkey) return false;
             any = true;
         }
         if (!room.recent.empty() && room.evicted_upto > since) return false;
     }
-    for (const auto& [_, data] : user.account_data)
-        if (data.stream > since && data.stream <= visible_) return false;
-    if (auto it = user.to_device.find(s.device_id); it != user.to_device.end())
-        for (const auto& msg : it->second)
-            if (msg.stream > since && msg.stream <= visible_) return false;
+    for (const auto& [_, data] : account_data_.entries_locked(s.user_id))
+        if (data.stream > since && data.stream <= visible) return false;
+    if (to_device_.has_new_locked(s, since, visible)) return false;
     return any;
 }
 
-bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initial,
-                                   const SyncFilter& f, bool full_state, std::string& out) {
-    const StreamId upto = visible_;
+bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
+                        bool full_state, std::string& out) {
+    const StreamId upto = core_.visible_locked();
     const std::string dkey = s.device_key();
-    User& user = users_.at(s.user_id);
+    const AccountDataEntries& account_data = account_data_.entries_locked(s.user_id);
     bool has_content = false;
 
     std::string join, invite, leave;
     Comma join_comma, invite_comma, leave_comma;
-    for (const auto& [room_id, m] : user.rooms) {
+    for (const auto& [room_id, m] : rooms_.memberships_locked(s.user_id)) {
         if (m.stream > upto) continue;  // its membership change is still being committed
-        auto rit = rooms_.find(room_id);
-        if (rit == rooms_.end()) continue;
-        Room& room = rit->second;
+        const Room* found = rooms_.find_locked(room_id);
+        if (!found) continue;
+        const Room& room = *found;
         if (m.membership == "join") {
             // Newly joined rooms get their history from the start; full_state re-sends the
             // state but keeps the timeline incremental.
@@ -205,8 +180,8 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
             bool timeline_empty = first > upto;
             std::string room_data;
             Comma ad_comma;
-            for (auto it = user.account_data.lower_bound({room_id, ""});
-                 it != user.account_data.end() && it->first.first == room_id; ++it) {
+            for (auto it = account_data.lower_bound({room_id, ""});
+                 it != account_data.end() && it->first.first == room_id; ++it) {
                 if (!fresh && it->second.stream <= since) continue;
                 if (it->second.stream > upto) continue;
                 ad_comma(room_data);
@@ -280,7 +255,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
                               ",\"type\":\"m.room.member\"}";
                 }
                 c(invite);
-                render_event(invite, *me, dkey);
+                render_event(invite, *me, dkey, core_.now_ms());
             }
             invite += "]}}";
         } else {
@@ -299,22 +274,15 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
 
     std::string global;
     Comma global_comma;
-    for (auto it = user.account_data.lower_bound({"", ""});
-         it != user.account_data.end() && it->first.first.empty(); ++it) {
+    for (auto it = account_data.lower_bound({"", ""});
+         it != account_data.end() && it->first.first.empty(); ++it) {
         if ((!initial && it->second.stream <= since) || it->second.stream > upto) continue;
         global_comma(global);
         global +=
             "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
     }
     std::string to_device;
-    if (auto it = user.to_device.find(s.device_id); it != user.to_device.end()) {
-        Comma c;
-        for (const auto& msg : it->second) {
-            if (msg.stream <= since || msg.stream > upto) continue;
-            c(to_device);
-            to_device += msg.message;
-        }
-    }
+    to_device_.render_locked(to_device, s, since, upto);
     has_content =
         !join.empty() || !invite.empty() || !leave.empty() || !global.empty() || !to_device.empty();
 
@@ -331,7 +299,7 @@ bool Homeserver::build_sync_locked(const Session& s, StreamId since, bool initia
     return has_content;
 }
 
-asio::awaitable<Response> Homeserver::sync(Request& req) {
+asio::awaitable<Response> Sync::sync(Request& req) {
     const Session s = *req.session;
     // Without a since token the sync is an initial one; "s0" (a server with nothing in its
     // stream yet) is an incremental sync like any other and waits for something new.
@@ -356,33 +324,18 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
 
     std::string out;
     std::shared_ptr<Waiter> waiter;
-    SyncFilter filter;
+    Filter filter;
     {
-        std::lock_guard lock(mu_);
-        User& user = users_.at(s.user_id);
-        filter = resolve_filter_locked(user, req);
-        since = std::min(since, visible_);
+        std::lock_guard lock(core_.mu);
+        filter = resolve_filter_locked(s, req);
+        since = std::min(since, core_.visible_locked());
         // Using a since token acknowledges the to-device messages it covered.
-        if (auto it = user.to_device.find(s.device_id); it != user.to_device.end() && since > 0) {
-            auto& q = it->second;
-            if (!q.empty() && q.front().stream <= since) {
-                while (!q.empty() && q.front().stream <= since) q.pop_front();
-                submit_locked(
-                    PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
-            }
-        }
-        bool has = build_sync_locked(s, since, initial, filter, full_state, out);
-        if (has || initial || full_state || timeout == 0 || shutting_down_)
+        to_device_.acknowledge_locked(s, since);
+        bool has = build_locked(s, since, initial, filter, full_state, out);
+        if (has || initial || full_state || timeout == 0 || core_.shutting_down_locked())
             co_return Response{200, std::move(out), {}};
-        auto& parked = waiters_[s.user_id];
-        if (parked.size() >= config_.limits.syncs_per_user)
-            throw MatrixError(429, errcode::limit_exceeded,
-                              "Too many /sync requests of this user are waiting (limits." +
-                                  std::string("syncs_per_user: ") +
-                                  std::to_string(config_.limits.syncs_per_user) + ")",
-                              1000);
-        waiter = std::make_shared<Waiter>(executor);
-        parked.push_back(waiter);
+        waiter = core_.park_locked(s.user_id, executor);
+        if (!waiter) co_return Response{200, std::move(out), {}};
         spdlog::debug("/sync of {} waits up to {} ms for something after s{}", s.user_id, timeout,
                       since);
     }
@@ -393,20 +346,18 @@ asio::awaitable<Response> Homeserver::sync(Request& req) {
         waiter->timer.expires_at(until);
         boost::system::error_code ec;
         co_await waiter->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        std::lock_guard lock(mu_);
-        if (auto it = waiters_.find(s.user_id); it != waiters_.end()) {
-            std::erase(it->second, waiter);
-            if (it->second.empty()) waiters_.erase(it);
-        }
+        std::lock_guard lock(core_.mu);
+        core_.unpark_locked(s.user_id, waiter);
         auto now = std::chrono::steady_clock::now();
-        if (ec == asio::error::operation_aborted && !shutting_down_ && now < deadline &&
-            (!coalesce_until || now < *coalesce_until) && only_own_echo_locked(s, since)) {
+        if (ec == asio::error::operation_aborted && !core_.shutting_down_locked() &&
+            now < deadline && (!coalesce_until || now < *coalesce_until) &&
+            only_own_echo_locked(s, since)) {
             if (!coalesce_until) coalesce_until = now + kEchoCoalesce;
-            waiters_[s.user_id].push_back(waiter);
+            core_.repark_locked(s.user_id, waiter);
             continue;
         }
         out.clear();
-        build_sync_locked(s, since, initial, filter, full_state, out);
+        build_locked(s, since, initial, filter, full_state, out);
         break;
     }
     co_return Response{200, std::move(out), {}};

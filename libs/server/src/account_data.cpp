@@ -1,0 +1,158 @@
+#include "account_data.hpp"
+
+#include <algorithm>
+
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+AccountData::AccountData(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {}
+
+void AccountData::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    for (auto& a : snap.account_data)
+        entries_[a.user_id][{a.room_id, a.type}] = AccountDataEntry{a.stream, std::move(a.content)};
+    for (auto& f : snap.filters) {
+        auto& filters = filters_[f.user_id];
+        if (filters.size() <= static_cast<std::size_t>(f.filter_id))
+            filters.resize(f.filter_id + 1);
+        filters[f.filter_id] = std::move(f.json);
+    }
+}
+
+const AccountDataEntries& AccountData::entries_locked(const std::string& user_id) const {
+    static const AccountDataEntries kNone;
+    auto it = entries_.find(user_id);
+    return it == entries_.end() ? kNone : it->second;
+}
+
+const std::string* AccountData::filter_locked(const std::string& user_id, std::size_t id) const {
+    auto it = filters_.find(user_id);
+    if (it == filters_.end() || id >= it->second.size() || it->second[id].empty()) return nullptr;
+    return &it->second[id];
+}
+
+asio::awaitable<Response> AccountData::post_filter(Request& req) {
+    require_own_path(req, 0);
+    const auto& body = req.json;
+    std::string text = json::serialize(body);
+    std::int64_t id;
+    {
+        std::lock_guard lock(core_.mu);
+        auto& filters = filters_[req.session->user_id];
+        // Identical filters share an id: clients post the same one at every start.
+        auto found = std::find(filters.begin(), filters.end(), text);
+        if (found != filters.end())
+            co_return json_response(
+                json::object{{"filter_id", std::to_string(found - filters.begin())}});
+        if (filters.size() >= core_.config().limits.filters_per_user)
+            throw MatrixError(403, errcode::forbidden,
+                              "This user has " + std::to_string(filters.size()) +
+                                  " filters, the most the server keeps (limits.filters_per_user)");
+        id = static_cast<std::int64_t>(filters.size());
+        filters.push_back(text);
+    }
+    {
+        auto write = PendingWrite::of(store::PutFilter{{req.session->user_id, id, text}});
+        co_await core_.commit(std::move(write));
+    }
+    co_return json_response(json::object{{"filter_id", std::to_string(id)}});
+}
+
+asio::awaitable<Response> AccountData::get_filter(Request& req) {
+    require_own_path(req, 0);
+    std::lock_guard lock(core_.mu);
+    std::size_t id = 0;
+    try {
+        id = std::stoul(req.params[1]);
+    } catch (...) {
+        throw MatrixError(404, errcode::not_found, "No such filter");
+    }
+    const std::string* filter = filter_locked(req.session->user_id, id);
+    if (!filter) throw MatrixError(404, errcode::not_found, "No such filter");
+    co_return Response{200, *filter, {}};
+}
+
+asio::awaitable<Response> AccountData::get_account_data(Request& req) {
+    require_own_path(req, 0);
+    std::string room = req.params.size() == 3 ? req.params[1] : std::string();
+    const std::string& type = req.params.back();
+    std::lock_guard lock(core_.mu);
+    const auto& data = entries_locked(req.session->user_id);
+    auto it = data.find({room, type});
+    if (it == data.end()) throw MatrixError(404, errcode::not_found, "Account data not found");
+    co_return Response{200, it->second.content, {}};
+}
+
+asio::awaitable<Response> AccountData::put_account_data(Request& req) {
+    require_own_path(req, 0);
+    std::string room = req.params.size() == 3 ? req.params[1] : std::string();
+    const std::string& type = req.params.back();
+    const auto& body = req.json;
+    if (type == "m.fully_read" || type == "m.push_rules")
+        throw MatrixError(400, errcode::bad_json,
+                          "Cannot set " + type + " through the account data API");
+    std::string text = json::serialize(body);
+    if (text.size() > 65536)
+        throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
+    const std::string& user = req.session->user_id;
+    std::uint64_t ticket = 0;
+    {
+        std::lock_guard lock(core_.mu);
+        if (!room.empty() && !rooms_.find_locked(room))
+            throw MatrixError(404, errcode::not_found, "Unknown room " + room);
+        auto& account_data = entries_[user];
+        if (!account_data.count({room, type}) &&
+            account_data.size() >= core_.config().limits.account_data_per_user)
+            throw MatrixError(403, errcode::forbidden,
+                              "This user has " + std::to_string(account_data.size()) +
+                                  " account data entries, the most the server keeps "
+                                  "(limits.account_data_per_user)");
+        StreamId stream = core_.allocate_stream_locked();
+        account_data[{room, type}] = AccountDataEntry{stream, text};
+        ticket = core_.submit_locked(PendingWrite::of(
+            store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
+    }
+    co_await core_.durable(ticket);
+    co_return Response{};
+}
+
+asio::awaitable<Response> AccountData::push_rules(Request& req) {
+    // The spec's default rule set (client-server API, "Predefined rules"), with the legacy and
+    // unstable ids matrix-js-sdk still expects, in the order it expects them.
+    static constexpr const char* kRules = R"({"global":{"override":[
+{"rule_id":".m.rule.master","default":true,"enabled":false,"conditions":[],"actions":[]},
+{"rule_id":".m.rule.suppress_notices","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}],"actions":[]},
+{"rule_id":".m.rule.invite_for_me","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.member"},{"kind":"event_match","key":"content.membership","pattern":"invite"},{"kind":"event_match","key":"state_key","pattern":"@@USER@@"}],"actions":["notify",{"set_tweak":"sound","value":"default"}]},
+{"rule_id":".m.rule.member_event","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.member"}],"actions":[]},
+{"rule_id":".m.rule.is_user_mention","default":true,"enabled":true,"conditions":[{"kind":"event_property_contains","key":"content.m\\.mentions.user_ids","value":"@@USER@@"}],"actions":["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]},
+{"rule_id":".m.rule.contains_display_name","default":true,"enabled":true,"conditions":[{"kind":"contains_display_name"}],"actions":["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]},
+{"rule_id":".m.rule.is_room_mention","default":true,"enabled":true,"conditions":[{"kind":"event_property_is","key":"content.m\\.mentions.room","value":true},{"kind":"sender_notification_permission","key":"room"}],"actions":["notify",{"set_tweak":"highlight"}]},
+{"rule_id":".m.rule.roomnotif","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"content.body","pattern":"@room"},{"kind":"sender_notification_permission","key":"room"}],"actions":["notify",{"set_tweak":"highlight"}]},
+{"rule_id":".m.rule.tombstone","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.tombstone"},{"kind":"event_match","key":"state_key","pattern":""}],"actions":["notify",{"set_tweak":"highlight"}]},
+{"rule_id":".m.rule.reaction","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.reaction"}],"actions":[]},
+{"rule_id":".m.rule.room.server_acl","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.server_acl"},{"kind":"event_match","key":"state_key","pattern":""}],"actions":[]},
+{"rule_id":".org.matrix.msc3786.rule.room.server_acl","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.server_acl"},{"kind":"event_match","key":"state_key","pattern":""}],"actions":[]},
+{"rule_id":".m.rule.suppress_edits","default":true,"enabled":true,"conditions":[{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}],"actions":[]}
+],"content":[],"room":[],"sender":[],"underride":[
+{"rule_id":".m.rule.call","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.call.invite"}],"actions":["notify",{"set_tweak":"sound","value":"ring"}]},
+{"rule_id":".org.matrix.msc3914.rule.room.call","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"org.matrix.msc3401.call"},{"kind":"call_started"}],"actions":["notify",{"set_tweak":"sound","value":"default"}]},
+{"rule_id":".m.rule.encrypted_room_one_to_one","default":true,"enabled":true,"conditions":[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}],"actions":["notify",{"set_tweak":"sound","value":"default"}]},
+{"rule_id":".m.rule.room_one_to_one","default":true,"enabled":true,"conditions":[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.message"}],"actions":["notify",{"set_tweak":"sound","value":"default"}]},
+{"rule_id":".m.rule.message","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.message"}],"actions":["notify"]},
+{"rule_id":".m.rule.encrypted","default":true,"enabled":true,"conditions":[{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}],"actions":["notify"]}
+]}})";
+    std::string body = kRules;
+    std::string user_json = json::serialize(json::string_view(req.session->user_id));
+    std::string user_plain = user_json.substr(1, user_json.size() - 2);
+    for (std::size_t pos; (pos = body.find("@@USER@@")) != std::string::npos;)
+        body.replace(pos, 8, user_plain);
+    co_return Response{200, std::move(body), {}};
+}
+
+}  // namespace mxvoip::server

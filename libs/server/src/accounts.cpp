@@ -1,0 +1,348 @@
+#include "accounts.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "blocking.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/ids.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+namespace {
+constexpr std::size_t kMaxPasswordBytes = 512;
+}  // namespace
+
+Accounts::Accounts(Core& core)
+    : core_(core),
+      hash_cost_(parse_hash_cost(core.config().password_hash_cost)),
+      rc_login_account_(core.config().rc_login_account),
+      rc_login_failed_(core.config().rc_login_failed) {}
+
+void Accounts::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    for (auto& u : snap.users) {
+        std::string id = u.user_id;
+        users_[id].record = std::move(u);
+    }
+    for (auto& t : snap.tokens) {
+        auto u = users_.find(t.user_id);
+        if (u == users_.end()) continue;
+        tokens_[t.token_hash] = Session{t.user_id, t.device_id, u->second.record.is_guest};
+        u->second.devices[t.device_id].push_back(t.token_hash);
+    }
+}
+
+std::optional<Session> Accounts::authenticate(const std::string& token) const {
+    // The map is keyed by the token's SHA-256: a lookup reveals nothing about stored tokens.
+    std::string hash = sha256_hex(token);
+    std::lock_guard lock(core_.mu);
+    auto it = tokens_.find(hash);
+    if (it == tokens_.end()) return std::nullopt;
+    return it->second;
+}
+
+const store::UserRecord* Accounts::find_locked(const std::string& user_id) const {
+    auto it = users_.find(user_id);
+    return it == users_.end() ? nullptr : &it->second.record;
+}
+
+std::vector<std::string> Accounts::devices_locked(const std::string& user_id) const {
+    std::vector<std::string> out;
+    if (auto it = users_.find(user_id); it != users_.end())
+        for (const auto& [device, _] : it->second.devices) out.push_back(device);
+    return out;
+}
+
+bool Accounts::has_device_locked(const std::string& user_id, const std::string& device) const {
+    auto it = users_.find(user_id);
+    return it != users_.end() && it->second.devices.count(device);
+}
+
+void Accounts::set_profile_locked(const std::string& user_id, std::string displayname,
+                                  std::string avatar_url, PendingWrite& w) {
+    auto& record = users_.at(user_id).record;
+    record.displayname = std::move(displayname);
+    record.avatar_url = std::move(avatar_url);
+    w.mutations.push_back(store::PutProfile{user_id, record.displayname, record.avatar_url});
+}
+
+void Accounts::remove_device_locked(Account& account, const std::string& device, PendingWrite& w) {
+    auto it = account.devices.find(device);
+    if (it == account.devices.end()) return;
+    for (const auto& hash : it->second) tokens_.erase(hash);
+    account.devices.erase(it);
+    w.mutations.push_back(store::DeleteTokens{account.record.user_id, device});
+    for (const auto& f : device_removed_) f(account.record.user_id, device, w);
+}
+
+const std::string& Accounts::unknown_user_hash() {
+    std::call_once(unknown_user_hash_once_,
+                   [this] { unknown_user_hash_ = hash_password(random_letters(32), hash_cost_); });
+    return unknown_user_hash_;
+}
+
+asio::awaitable<Response> Accounts::login_flows(Request&) {
+    co_return json_response(
+        json::object{{"flows", json::array{json::object{{"type", "m.login.password"}}}}});
+}
+
+asio::awaitable<Response> Accounts::issue_login(const std::string& user_id,
+                                                const std::optional<std::string>& device_id,
+                                                const std::string& display_name, bool is_guest) {
+    std::string device = device_id && !device_id->empty() ? *device_id : random_letters(10);
+    std::string token = new_access_token();
+    std::string hash = sha256_hex(token);
+    PendingWrite w;
+    // A client that logs in again with the same device id replaces that device's old token;
+    // the device itself (its queued messages) stays.
+    w.mutations.push_back(store::DeleteTokens{user_id, device});
+    w.mutations.push_back(store::PutToken{{hash, user_id, device, display_name}});
+    {
+        std::lock_guard lock(core_.mu);
+        auto& hashes = users_.at(user_id).devices[device];
+        for (const auto& old : hashes) tokens_.erase(old);
+        hashes.assign(1, hash);
+        tokens_[hash] = Session{user_id, device, is_guest};
+    }
+    co_await core_.commit(std::move(w));
+    spdlog::info("login: {} on device {}", user_id, device);
+    co_return json_response(json::object{{"user_id", user_id},
+                                         {"access_token", token},
+                                         {"device_id", device},
+                                         {"home_server", core_.config().server_name}});
+}
+
+asio::awaitable<Response> Accounts::login(Request& req) {
+    const auto& body = req.json;
+    const std::string& server_name = core_.config().server_name;
+    auto type = proto::req_string(body, "type");
+    if (type != "m.login.password")
+        throw MatrixError(400, errcode::unknown, "Unknown login type " + std::string(type));
+    std::string user;
+    if (const auto* id = proto::opt_object(body, "identifier")) {
+        auto id_type = proto::req_string(*id, "type");
+        if (id_type != "m.id.user")
+            throw MatrixError(400, errcode::unknown,
+                              "Unknown identifier type " + std::string(id_type));
+        user = proto::req_string(*id, "user");
+    } else if (auto legacy = proto::opt_string(body, "user")) {
+        user = *legacy;
+    } else {
+        throw MatrixError(400, errcode::missing_param, "Missing 'identifier'");
+    }
+    if (user.empty()) throw MatrixError(400, errcode::invalid_param, "The user must not be empty");
+    std::string password(proto::req_string(body, "password"));
+    auto device_id = proto::opt_string(body, "device_id");
+    auto display = proto::opt_string(body, "initial_device_display_name");
+    std::string user_id = user.front() == '@' ? user : "@" + user + ":" + server_name;
+    // Normalise the localpart as Synapse does: user ids are case-insensitive on login.
+    if (auto parsed = proto::parse_user_id(user_id); parsed && parsed->server_name == server_name) {
+        std::string lower(parsed->localpart);
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char c) { return std::tolower(c); });
+        user_id = "@" + lower + ":" + server_name;
+    }
+    // Per account, whether it exists or not (so a refusal tells nothing): every attempt
+    // (rc_login.account), and failed ones (rc_login.failed_attempts), which stop a password
+    // being guessed from many addresses.
+    if (auto wait = rc_login_account_.take(user_id, core_.now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many logins for this account", *wait);
+    if (auto wait = rc_login_failed_.check(user_id, core_.now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
+                          *wait);
+    std::string stored;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* u = find_locked(user_id)) stored = u->password_hash;
+    }
+    bool ok = false;
+    if (password.size() <= kMaxPasswordBytes) {
+        // A user who does not exist (or has no password) costs the same hash as one who
+        // does: the response time must not tell which accounts exist.
+        std::function<bool()> job = [this, password, stored] {
+            if (stored.empty()) {
+                verify_password(password, unknown_user_hash());
+                return false;
+            }
+            return verify_password(password, stored);
+        };
+        ok = co_await run_blocking<bool>(core_.blocking(), std::move(job));
+    }
+    if (!ok) {
+        rc_login_failed_.record(user_id, core_.now_ms());
+        spdlog::info("login failed for {} from {}", user_id, req.remote);
+        throw MatrixError(403, errcode::forbidden, "Invalid username or password");
+    }
+    std::optional<std::string> device =
+        device_id ? std::optional<std::string>(*device_id) : std::nullopt;
+    std::string display_name = display ? std::string(*display) : std::string();
+    co_return co_await issue_login(user_id, device, display_name, false);
+}
+
+asio::awaitable<Response> Accounts::logout(Request& req) {
+    const Session& s = *req.session;
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        remove_device_locked(users_.at(s.user_id), s.device_id, w);
+    }
+    co_await core_.commit(std::move(w));
+    spdlog::info("logout: {} device {}", s.user_id, s.device_id);
+    co_return Response{};
+}
+
+asio::awaitable<Response> Accounts::logout_all(Request& req) {
+    const Session& s = *req.session;
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        auto& account = users_.at(s.user_id);
+        std::vector<std::string> devices;
+        for (const auto& [device, _] : account.devices) devices.push_back(device);
+        for (const auto& device : devices) remove_device_locked(account, device, w);
+    }
+    co_await core_.commit(std::move(w));
+    spdlog::info("logout: {} on all devices", s.user_id);
+    co_return Response{};
+}
+
+asio::awaitable<Response> Accounts::whoami(Request& req) {
+    const Session& s = *req.session;
+    co_return json_response(
+        json::object{{"user_id", s.user_id}, {"device_id", s.device_id}, {"is_guest", s.is_guest}});
+}
+
+asio::awaitable<Response> Accounts::register_available(Request& req) {
+    const std::string* name = req.query_param("username");
+    if (!name || name->empty())
+        throw MatrixError(400, errcode::missing_param, "Missing 'username'");
+    if (!proto::is_valid_new_localpart(*name))
+        throw MatrixError(400, errcode::invalid_username,
+                          "User ID can only contain a-z, 0-9, and ._=-/+");
+    std::string user_id = "@" + *name + ":" + core_.config().server_name;
+    std::lock_guard lock(core_.mu);
+    if (exists_locked(user_id))
+        throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+    co_return json_response(json::object{{"available", true}});
+}
+
+asio::awaitable<Response> Accounts::register_account(Request& req) {
+    const auto& body = req.json;
+    const Config& config = core_.config();
+    const std::string* kind = req.query_param("kind");
+    bool guest = kind && *kind == "guest";
+    if (kind && !guest && *kind != "user")
+        throw MatrixError(400, errcode::invalid_param, "kind must be user or guest");
+    if (guest ? !config.allow_guest_access : !config.enable_registration) {
+        if (guest)
+            throw MatrixError(403, errcode::guest_access_forbidden, "Guest access is disabled");
+        throw MatrixError(403, errcode::forbidden, "Registration has been disabled");
+    }
+
+    std::string localpart;
+    std::string password;
+    if (!guest) {
+        if (auto name = proto::opt_string(body, "username")) {
+            localpart = *name;
+            std::transform(localpart.begin(), localpart.end(), localpart.begin(),
+                           [](unsigned char c) { return std::tolower(c); });
+            if (!proto::is_valid_new_localpart(localpart))
+                throw MatrixError(400, errcode::invalid_username,
+                                  "User ID can only contain a-z, 0-9, and ._=-/+");
+            if (("@" + localpart + ":" + config.server_name).size() > 255)
+                throw MatrixError(400, errcode::invalid_username,
+                                  "User ID may not be longer than 255 characters");
+            std::lock_guard lock(core_.mu);
+            if (exists_locked("@" + localpart + ":" + config.server_name))
+                throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+        }
+        const auto* auth = proto::opt_object(body, "auth");
+        if (!auth) {
+            // Interactive auth, first round: tell the client which flow completes it.
+            // Any m.login.dummy completes the flow, so the session needs no server-side state.
+            std::string session = random_letters(24);
+            co_return json_response(
+                json::object{
+                    {"flows", json::array{json::object{{"stages", json::array{"m.login.dummy"}}}}},
+                    {"params", json::object{}},
+                    {"session", session}},
+                401);
+        }
+        auto auth_type = proto::opt_string(*auth, "type");
+        if (!auth_type || *auth_type != "m.login.dummy")
+            throw MatrixError(401, errcode::unknown, "Unsupported auth type; use m.login.dummy");
+        auto pw = proto::opt_string(body, "password");
+        if (!pw || pw->empty())
+            throw MatrixError(400, errcode::missing_param, "Missing 'password'");
+        if (pw->size() > kMaxPasswordBytes)
+            throw MatrixError(400, errcode::invalid_param, "Password is longer than 512 bytes");
+        password = *pw;
+    }
+    auto device_id = proto::opt_string(body, "device_id");
+    auto display = proto::opt_string(body, "initial_device_display_name");
+    bool inhibit_login = proto::opt_bool(body, "inhibit_login").value_or(false);
+
+    std::string hash;
+    if (!guest) {
+        auto cost = hash_cost_;
+        std::function<std::string()> job = [password, cost] {
+            return hash_password(password, cost);
+        };
+        hash = co_await run_blocking<std::string>(core_.blocking(), std::move(job));
+    }
+
+    std::string user_id;
+    store::UserRecord record;
+    {
+        std::lock_guard lock(core_.mu);
+        if (localpart.empty()) {
+            // Generated ids are numeric, as Synapse does for guests and nameless accounts.
+            do {
+                localpart = std::to_string(++next_guest_ + users_.size());
+            } while (exists_locked("@" + localpart + ":" + config.server_name));
+        }
+        user_id = "@" + localpart + ":" + config.server_name;
+        if (exists_locked(user_id))
+            throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+        record = store::UserRecord{user_id, hash, guest, core_.now_ms(), localpart, ""};
+        users_[user_id].record = record;
+    }
+    {
+        auto write = PendingWrite::of(store::PutUser{std::move(record)});
+        co_await core_.commit(std::move(write));
+    }
+    spdlog::info("registered {}{}", user_id, guest ? " (guest)" : "");
+    if (inhibit_login)
+        co_return json_response(
+            json::object{{"user_id", user_id}, {"home_server", config.server_name}});
+    std::optional<std::string> device =
+        device_id ? std::optional<std::string>(*device_id) : std::nullopt;
+    std::string display_name = display ? std::string(*display) : std::string();
+    co_return co_await issue_login(user_id, device, display_name, guest);
+}
+
+void Accounts::add_user_offline(store::Store& store, const Config& config,
+                                const std::string& user_id, const std::string& password) {
+    auto parsed = proto::parse_user_id(user_id);
+    if (!parsed || parsed->server_name != config.server_name)
+        throw std::runtime_error("user id must look like @name:" + config.server_name);
+    if (!proto::is_valid_new_localpart(parsed->localpart))
+        throw std::runtime_error("the localpart may only contain a-z, 0-9 and ._=-/+");
+    if (password.empty()) throw std::runtime_error("the password is empty");
+    auto snap = store.load(0, 0);
+    for (const auto& u : snap.users)
+        if (u.user_id == user_id) throw std::runtime_error(user_id + " already exists");
+    std::string hash = hash_password(password, parse_hash_cost(config.password_hash_cost));
+    std::vector<store::Mutation> m{
+        store::PutUser{{user_id, hash, false, 0, std::string(parsed->localpart), ""}}};
+    store.apply(m);
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,84 @@
+#pragma once
+
+// Accounts and devices: registration, login and logout, access tokens (kept hashed), and the
+// user records (password hash, guest flag, profile). A device exists while it has a token.
+#include <boost/asio/awaitable.hpp>
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core.hpp"
+#include "http_types.hpp"
+#include "mxvoip/server/crypto.hpp"
+#include "mxvoip/server/rate_limiter.hpp"
+
+namespace mxvoip::server {
+
+class Accounts {
+  public:
+    explicit Accounts(Core& core);
+
+    void load(store::Snapshot& snap);
+
+    // The session a token belongs to (looked up by its SHA-256).
+    std::optional<Session> authenticate(const std::string& token) const;
+
+    const store::UserRecord* find_locked(const std::string& user_id) const;
+    bool exists_locked(const std::string& user_id) const { return find_locked(user_id); }
+    // The user's signed-in devices, sorted.
+    std::vector<std::string> devices_locked(const std::string& user_id) const;
+    bool has_device_locked(const std::string& user_id, const std::string& device) const;
+    void set_profile_locked(const std::string& user_id, std::string displayname,
+                            std::string avatar_url, PendingWrite& w);
+    // Called, under the lock, for each device that signs out, with the write that removes it:
+    // what other modules keep for the device goes in the same commit.
+    using DeviceRemoved =
+        std::function<void(const std::string& user, const std::string& device, PendingWrite& w)>;
+    void on_device_removed(DeviceRemoved f) { device_removed_.push_back(std::move(f)); }
+    std::size_t size_locked() const { return users_.size(); }
+
+    asio::awaitable<Response> login_flows(Request&);
+    asio::awaitable<Response> login(Request&);
+    asio::awaitable<Response> logout(Request&);
+    asio::awaitable<Response> logout_all(Request&);
+    asio::awaitable<Response> whoami(Request&);
+    asio::awaitable<Response> register_account(Request&);
+    asio::awaitable<Response> register_available(Request&);
+
+    // Used by `mxvoip-server user add`: creates an account directly in the store.
+    static void add_user_offline(store::Store& store, const Config& config,
+                                 const std::string& user_id, const std::string& password);
+
+  private:
+    struct Account {
+        store::UserRecord record;
+        std::map<std::string, std::vector<std::string>> devices;  // device id -> token hashes
+    };
+
+    asio::awaitable<Response> issue_login(const std::string& user_id,
+                                          const std::optional<std::string>& device_id,
+                                          const std::string& display_name, bool is_guest);
+    void remove_device_locked(Account& account, const std::string& device, PendingWrite& w);
+    // The hash a login for an unknown user is checked against (made on first use, at the
+    // configured cost). On the blocking pool only.
+    const std::string& unknown_user_hash();
+
+    Core& core_;
+    HashCost hash_cost_;
+    RateLimiter rc_login_account_;
+    RateLimiter rc_login_failed_;
+    std::once_flag unknown_user_hash_once_;
+    std::string unknown_user_hash_;
+    std::vector<DeviceRemoved> device_removed_;
+
+    std::unordered_map<std::string, Account> users_;
+    std::unordered_map<std::string, Session> tokens_;  // sha256 hex -> session
+    std::uint64_t next_guest_ = 0;
+};
+
+}  // namespace mxvoip::server

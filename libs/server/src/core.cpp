@@ -1,0 +1,125 @@
+#include "core.hpp"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "mxvoip/proto/errors.hpp"
+
+namespace mxvoip::server {
+
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+Core::Core(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock)
+    : config_(config),
+      store_(store),
+      writer_(store),
+      blocking_(blocking),
+      clock_(std::move(clock)) {}
+
+Core::~Core() {
+    writer_.stop();
+}
+
+void Core::start_at(StreamId max_stream) {
+    std::lock_guard lock(mu);
+    next_stream_ = max_stream + 1;
+    visible_ = max_stream;
+}
+
+std::uint64_t Core::submit_locked(PendingWrite write) {
+    return writer_.submit(
+        std::move(write.mutations),
+        [this, max_stream = write.max_stream, wake = std::move(write.wake)](std::exception_ptr e) {
+            if (!e) return publish(max_stream, wake);
+            std::string why = "unknown error";
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                why = ex.what();
+            } catch (...) {
+            }
+            // Only the first failure is the cause; the writer fails everything after it.
+            std::call_once(fatal_once_, [&] {
+                spdlog::critical("database write failed: {}; the server stops", why);
+                if (on_fatal_) on_fatal_(why);
+            });
+        });
+}
+
+asio::awaitable<void> Core::durable(std::uint64_t seq) {
+    auto init = [this](auto handler, std::uint64_t seq) {
+        // The executor is held with outstanding work, so a graceful shutdown waits for the
+        // commit and the response instead of letting the I/O threads return under it.
+        auto ex = asio::prefer(asio::get_associated_executor(handler),
+                               asio::execution::outstanding_work.tracked);
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        writer_.when_durable(seq, [shared, ex](std::exception_ptr e) {
+            // What could not be stored is never confirmed: the client may retry once the
+            // server is back.
+            if (e)
+                e = std::make_exception_ptr(MatrixError(
+                    503, errcode::unknown, "The server could not store this request; try again"));
+            asio::post(ex, [shared, e]() mutable { (*shared)(e); });
+        });
+    };
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+        init, asio::use_awaitable, seq);
+}
+
+asio::awaitable<void> Core::commit(PendingWrite&& write) {
+    std::uint64_t seq = 0;
+    {
+        std::lock_guard lock(mu);
+        seq = submit_locked(std::move(write));
+    }
+    return durable(seq);
+}
+
+void Core::publish(StreamId max_stream, const std::vector<std::string>& wake) {
+    std::lock_guard lock(mu);
+    if (max_stream > visible_) visible_ = max_stream;
+    for (const auto& user : wake) {
+        auto it = waiters_.find(user);
+        if (it == waiters_.end()) continue;
+        for (auto& w : it->second) asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+        waiters_.erase(it);
+    }
+}
+
+std::shared_ptr<Waiter> Core::park_locked(const std::string& user, asio::any_io_executor ex) {
+    if (shutting_down_) return nullptr;
+    auto& parked = waiters_[user];
+    if (parked.size() >= config_.limits.syncs_per_user)
+        throw MatrixError(429, errcode::limit_exceeded,
+                          "Too many /sync requests of this user are waiting "
+                          "(limits.syncs_per_user: " +
+                              std::to_string(config_.limits.syncs_per_user) + ")",
+                          1000);
+    auto waiter = std::make_shared<Waiter>(std::move(ex));
+    parked.push_back(waiter);
+    return waiter;
+}
+
+void Core::unpark_locked(const std::string& user, const std::shared_ptr<Waiter>& w) {
+    if (auto it = waiters_.find(user); it != waiters_.end()) {
+        std::erase(it->second, w);
+        if (it->second.empty()) waiters_.erase(it);
+    }
+}
+
+void Core::repark_locked(const std::string& user, std::shared_ptr<Waiter> w) {
+    waiters_[user].push_back(std::move(w));
+}
+
+void Core::wake_all() {
+    std::lock_guard lock(mu);
+    shutting_down_ = true;
+    for (auto& [_, list] : waiters_)
+        for (auto& w : list) asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+    waiters_.clear();
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,124 @@
+#pragma once
+
+// What every module of the homeserver shares: the configuration, the store and its
+// group-commit writer, the lock over the in-memory model, stream positions, and the parked
+// /syncs that commits wake.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "events.hpp"
+#include "mxvoip/server/config.hpp"
+#include "mxvoip/store/store.hpp"
+#include "mxvoip/store/writer.hpp"
+
+namespace mxvoip::server {
+
+namespace asio = boost::asio;
+
+// Transaction ids (of sent events and of to-device messages) are honoured for a day, as
+// Synapse does.
+inline constexpr std::int64_t kTxnLifetimeMs = 24 * 3600 * 1000;
+
+// What one request writes: the mutations of one group-commit submission, the newest stream
+// position they make visible, and whose parked /syncs to wake once they are durable.
+struct PendingWrite {
+    std::vector<store::Mutation> mutations;
+    StreamId max_stream = 0;
+    std::vector<std::string> wake;
+
+    static PendingWrite of(store::Mutation m, StreamId stream = 0,
+                           std::vector<std::string> wake = {}) {
+        PendingWrite w;
+        w.mutations.push_back(std::move(m));
+        w.max_stream = stream;
+        w.wake = std::move(wake);
+        return w;
+    }
+};
+
+// A /sync parked until something relevant is committed or its timeout passes.
+struct Waiter {
+    explicit Waiter(asio::any_io_executor ex) : timer(ex) {}
+    asio::steady_timer timer;
+};
+
+// One lock, `mu`, guards the whole in-memory model: every module's state, stream allocation
+// and the parked /syncs. The modules are boundaries of ownership, not of locking: a request
+// that reads or changes several of them (a profile change appends member events, a /sync reads
+// rooms, account data and to-device queues) sees one consistent model. Functions named
+// *_locked expect the caller to hold it.
+class Core {
+  public:
+    using Clock = std::function<std::int64_t()>;  // unix milliseconds
+
+    Core(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock);
+    ~Core();
+
+    const Config& config() const { return config_; }
+    store::Store& store() { return store_; }
+    asio::thread_pool& blocking() { return blocking_; }
+    std::int64_t now_ms() const { return clock_(); }
+
+    mutable std::mutex mu;
+
+    // The next stream position; every event, account-data change and to-device message takes
+    // one.
+    StreamId allocate_stream_locked() { return next_stream_++; }
+    StreamId next_stream_locked() const { return next_stream_; }
+    // Everything up to here is committed and may be served.
+    StreamId visible_locked() const { return visible_; }
+    void start_at(StreamId max_stream);
+
+    // Queues the write for the group commit; returns its sequence number for durable().
+    std::uint64_t submit_locked(PendingWrite write);
+    // Completes once write `seq` and all before it are durable; throws 503 M_UNKNOWN when
+    // they never will be. Returns an awaitable without being a coroutine itself (GCC 12
+    // coroutine bugs): a co_await expression holds no non-trivial temporaries.
+    asio::awaitable<void> durable(std::uint64_t seq);
+    // Takes the lock to submit, then waits as durable() does.
+    asio::awaitable<void> commit(PendingWrite&& write);
+    // The newest write not yet durable, if any.
+    std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
+    void stop_writer() { writer_.stop(); }
+    // Called once, with the reason, when a commit fails: the model can no longer be trusted.
+    void on_fatal(std::function<void(const std::string&)> f) { on_fatal_ = std::move(f); }
+
+    // Parks a /sync of `user`; nullptr when the server is shutting down. 429 when the user
+    // already has limits.syncs_per_user waiting.
+    std::shared_ptr<Waiter> park_locked(const std::string& user, asio::any_io_executor ex);
+    void unpark_locked(const std::string& user, const std::shared_ptr<Waiter>& w);
+    // Parks `w` again after a wake-up it ignores (counted against the limit when first parked).
+    void repark_locked(const std::string& user, std::shared_ptr<Waiter> w);
+    bool shutting_down_locked() const { return shutting_down_; }
+    // Wakes every parked /sync (used on shutdown).
+    void wake_all();
+
+  private:
+    void publish(StreamId max_stream, const std::vector<std::string>& wake);
+
+    const Config& config_;
+    store::Store& store_;
+    store::GroupCommitWriter writer_;
+    asio::thread_pool& blocking_;
+    Clock clock_;
+    std::function<void(const std::string&)> on_fatal_;
+    std::once_flag fatal_once_;
+
+    StreamId next_stream_ = 1;
+    StreamId visible_ = 0;
+    std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+    bool shutting_down_ = false;
+};
+
+}  // namespace mxvoip::server

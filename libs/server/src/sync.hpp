@@ -1,0 +1,46 @@
+#pragma once
+
+// /sync: renders what changed for a device since its last position from the rooms, account
+// data and to-device modules, and parks the request until a relevant commit when nothing did.
+#include <boost/asio/awaitable.hpp>
+
+#include <string>
+
+#include "account_data.hpp"
+#include "core.hpp"
+#include "http_types.hpp"
+#include "rooms.hpp"
+#include "to_device.hpp"
+
+namespace mxvoip::server {
+
+class Sync {
+  public:
+    Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device)
+        : core_(core), rooms_(rooms), account_data_(account_data), to_device_(to_device) {}
+
+    asio::awaitable<Response> sync(Request&);
+
+  private:
+    struct Filter {
+        int timeline_limit = 10;
+        bool include_leave = false;
+    };
+    Filter resolve_filter_locked(const Session& s, const Request& req) const;
+    bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
+                      bool full_state, std::string& out);
+    bool only_own_echo_locked(const Session& s, StreamId since) const;
+    // The room's events in (since, upto] that `s` may see, at most the filter's limit.
+    void render_timeline_locked(std::string& out, const Room& room, const Session& s,
+                                StreamId since, StreamId upto, const Filter& f, bool& limited,
+                                StreamId& first_stream);
+    void render_state(std::string& out, const Room& room, StreamId after, StreamId before,
+                      const std::string& device_key) const;
+
+    Core& core_;
+    Rooms& rooms_;
+    AccountData& account_data_;
+    ToDevice& to_device_;
+};
+
+}  // namespace mxvoip::server

@@ -1,0 +1,56 @@
+#pragma once
+
+// Send-to-device messaging: a queue per signed-in device, filled by /sendToDevice, delivered
+// in stream order by /sync and removed once the device's next `since` acknowledges it.
+#include <boost/asio/awaitable.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "accounts.hpp"
+#include "core.hpp"
+#include "http_types.hpp"
+
+namespace mxvoip::server {
+
+class ToDevice {
+  public:
+    // Registers with `accounts` to drop a device's queue when it signs out.
+    ToDevice(Core& core, Accounts& accounts);
+
+    void load(store::Snapshot& snap);
+
+    asio::awaitable<Response> send_to_device(Request&);
+
+    // Removes what `since` acknowledged from the device's queue (and from the store).
+    void acknowledge_locked(const Session& s, StreamId since);
+    // Appends the device's messages in (since, upto] to `out`, comma-separated.
+    void render_locked(std::string& out, const Session& s, StreamId since, StreamId upto) const;
+    bool has_new_locked(const Session& s, StreamId since, StreamId upto) const;
+
+  private:
+    struct Message {
+        StreamId stream = 0;
+        std::string message;
+    };
+    using DeviceKey = std::pair<std::string, std::string>;  // (user, device)
+    struct DeviceKeyHash {
+        std::size_t operator()(const DeviceKey& k) const {
+            return std::hash<std::string>()(k.first) * 31 + std::hash<std::string>()(k.second);
+        }
+    };
+    const std::deque<Message>* queue_locked(const Session& s) const;
+
+    Core& core_;
+    Accounts& accounts_;
+    std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
+    // sendToDevice transactions of the last 24 hours, oldest first in the deque.
+    std::unordered_set<std::string> txns_;
+    std::deque<std::pair<std::int64_t, std::string>> txn_order_;
+};
+
+}  // namespace mxvoip::server
