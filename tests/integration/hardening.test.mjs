@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import net from 'node:net';
-import { startServer, register, api, makeDir, CS } from '../lib/harness.mjs';
+import { startServer, register, api, makeDir, userHandle, CS } from '../lib/harness.mjs';
 
 // The body of a response as raw bytes, decoded strictly: a byte that is not UTF-8 throws.
 async function strictJson(base, method, path, token) {
@@ -335,6 +335,51 @@ test('each limit a client can reach is a clear Matrix error', async () => {
     await parked;
   } finally {
     await server.stop();
+  }
+});
+
+test('a retry gets the first answer for the newest limits.txn_ids_per_device of a device (sent events also after a restart); a logged-out device leaves none', async () => {
+  const dir = makeDir();
+  const config = { limits: { txn_ids_per_device: 2 } };
+  try {
+    let server = await startServer({ dir, config });
+    const first = await register(server.url, 'alice', { deviceId: 'PHONE' });
+    const room = await first.createRoom({});
+    const sent = {};
+    for (const txn of ['a', 'b', 'c']) {
+      const res = await first.send(room, 'm.room.message', { body: txn, msgtype: 'm.text' }, txn);
+      assert.equal(res.status, 200, res.text);
+      sent[txn] = res.body.event_id;
+    }
+    const ping = (user, txn) => user.call('PUT', `/sendToDevice/org.example.ping/${txn}`, { body: { messages: { [user.userId]: { PHONE: { txn } } } } });
+    for (const txn of ['x', 'y', 'z']) assert.equal((await ping(first, txn)).status, 200);
+    // To-device: a retry of a remembered id queues nothing; a forgotten one queues again.
+    assert.equal((await ping(first, 'z')).status, 200);
+    assert.equal((await ping(first, 'x')).status, 200);
+    const pings = (await first.sync()).to_device.events.map((e) => e.content.txn);
+    assert.deepEqual(pings, ['x', 'y', 'z', 'x']);
+    await server.stop();
+    server = await startServer({ dir, config });
+    const alice = userHandle(server.url, { user_id: first.userId, access_token: first.token, device_id: 'PHONE' });
+    const retry = async (user, txn) => (await user.send(room, 'm.room.message', { body: txn, msgtype: 'm.text' }, txn)).body.event_id;
+    assert.equal(await retry(alice, 'c'), sent.c);
+    assert.equal(await retry(alice, 'b'), sent.b);
+    assert.notEqual(await retry(alice, 'a'), sent.a, 'only the newest two are remembered');
+
+    // Signed out and in again with the same device id: a new device, with no memory of the
+    // old one's ids.
+    assert.equal((await alice.call('POST', '/logout', { body: {} })).status, 200);
+    const login = await api(server.url, 'POST', `${CS}/login`, {
+      body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'alice' }, password: 'secret-alice', device_id: 'PHONE' },
+    });
+    assert.equal(login.status, 200, login.text);
+    const again = userHandle(server.url, login.body);
+    const c2 = await retry(again, 'c');
+    assert.notEqual(c2, sent.c);
+    assert.equal(await retry(again, 'c'), c2);
+    await server.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

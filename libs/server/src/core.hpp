@@ -26,10 +26,6 @@ namespace mxvoip::server {
 
 namespace asio = boost::asio;
 
-// Transaction ids (of sent events and of to-device messages) are honoured for a day, as
-// Synapse does.
-inline constexpr std::int64_t kTxnLifetimeMs = 24 * 3600 * 1000;
-
 // What one request writes: the mutations of one group-commit submission, the newest stream
 // position they make visible, and whose parked /syncs to wake once they are durable.
 struct PendingWrite {

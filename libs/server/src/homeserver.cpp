@@ -15,7 +15,8 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       profile(core, accounts, rooms),
       sync(core, rooms, account_data, to_device),
       voip(core) {
-    auto snap = store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - kTxnLifetimeMs);
+    auto snap =
+        store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - TxnIds::kLifetimeMs);
     // Accounts first: the others keep only what belongs to an existing user or device.
     accounts.load(snap);
     to_device.load(snap);

@@ -279,32 +279,22 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     const std::string& txn = req.params[2];
     if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
     json::object content = req.json;
-    std::string txn_key = s.device_key() + '\n' + room_id + '\n' + txn;
-    // A retry answers the first attempt's event id (its response waits, as every response
-    // does, until that event is durable).
-    {
-        std::lock_guard lock(core_.mu);
-        if (auto it = txns_.find(txn_key); it != txns_.end())
-            co_return json_response(json::object{{"event_id", it->second.event_id}});
-    }
+    const std::string device = s.device_key();
+    const std::string txn_key = room_id + '\n' + txn;
     std::uint64_t ticket = 0;
     std::string event_id;
     {
         std::lock_guard lock(core_.mu);
-        if (auto it = txns_.find(txn_key); it != txns_.end())
-            co_return json_response(json::object{{"event_id", it->second.event_id}});
+        // A retry answers the first attempt's event id (its response waits, as every response
+        // does, until that event is durable).
+        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
+            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
         Room& room = room_or_throw_locked(room_id);
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
-                                      s.device_key(), txn);
+                                      device, txn);
         event_id = ev->event_id;
-        txns_[txn_key] = TxnEntry{event_id, ev->origin_server_ts};
-        txn_order_.emplace_back(ev->origin_server_ts, txn_key);
-        while (!txn_order_.empty() &&
-               txn_order_.front().first < ev->origin_server_ts - kTxnLifetimeMs) {
-            txns_.erase(txn_order_.front().second);
-            txn_order_.pop_front();
-        }
+        txns_.remember(device, txn_key, event_id, ev->origin_server_ts);
         ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);
@@ -523,7 +513,14 @@ bool has_float(const json::value& v) {
 
 }  // namespace
 
-Rooms::Rooms(Core& core, Accounts& accounts) : core_(core), accounts_(accounts) {}
+Rooms::Rooms(Core& core, Accounts& accounts)
+    : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
+    // A device that signed out sends nothing more: its transaction ids go with it.
+    accounts_.on_device_removed(
+        [this](const std::string& user, const std::string& device, PendingWrite&) {
+            txns_.forget_device(Session{user, device}.device_key());
+        });
+}
 
 void Rooms::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
@@ -561,12 +558,16 @@ void Rooms::load(store::Snapshot& snap) {
         if (room.recent.size() >= Room::kTimelineWindow)
             room.evicted_upto = room.recent.front()->stream - 1;
     }
+    // Oldest first, as they were sent (the store lists them newest first); only those of
+    // devices still signed in.
+    std::reverse(snap.txns.begin(), snap.txns.end());
     for (auto& t : snap.txns) {
-        std::string key = t.device_key + '\n' + t.room_id + '\n' + t.txn_id;
-        txns_[key] = TxnEntry{t.event_id, t.ts};
-        txn_order_.emplace_back(t.ts, key);
+        auto bar = t.device_key.find('|');
+        if (bar == std::string::npos ||
+            !accounts_.has_device_locked(t.device_key.substr(0, bar), t.device_key.substr(bar + 1)))
+            continue;
+        txns_.remember(t.device_key, t.room_id + '\n' + t.txn_id, std::move(t.event_id), t.ts);
     }
-    std::sort(txn_order_.begin(), txn_order_.end());
 }
 
 const Room* Rooms::find_locked(const std::string& room_id) const {

@@ -16,6 +16,7 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "room.hpp"
+#include "txn_ids.hpp"
 
 namespace mxvoip::server {
 
@@ -57,11 +58,6 @@ class Rooms {
     Room& room_or_throw_locked(const std::string& room_id);
 
   private:
-    struct TxnEntry {
-        std::string event_id;
-        std::int64_t ts = 0;
-    };
-
     void apply_locked(Room& room, const EventPtr& ev);
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
     // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
@@ -79,8 +75,7 @@ class Rooms {
     Accounts& accounts_;
     std::unordered_map<std::string, Room> rooms_;
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
-    std::unordered_map<std::string, TxnEntry> txns_;
-    std::deque<std::pair<std::int64_t, std::string>> txn_order_;  // oldest first
+    TxnIds txns_;  // event ids by device, room id + '\n' + txn id
 };
 
 }  // namespace mxvoip::server

@@ -19,12 +19,14 @@ namespace {
 constexpr StreamId kEveryStream = std::numeric_limits<StreamId>::max();
 }  // namespace
 
-ToDevice::ToDevice(Core& core, Accounts& accounts) : core_(core), accounts_(accounts) {
-    // The device is gone: what waited for it never will be fetched.
+ToDevice::ToDevice(Core& core, Accounts& accounts)
+    : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
+    // The device is gone: what waited for it never will be fetched, and it sends no retries.
     accounts_.on_device_removed(
         [this](const std::string& user, const std::string& device, PendingWrite& w) {
             queues_.erase({user, device});
             w.mutations.push_back(store::DeleteToDevice{user, device, kEveryStream});
+            txns_.forget_device(Session{user, device}.device_key());
         });
 }
 
@@ -83,8 +85,9 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     std::uint64_t ticket = 0;
     {
         std::lock_guard lock(core_.mu);
-        std::string txn_key = s.device_key() + '\n' + txn;
-        if (txns_.count(txn_key)) co_return Response{};
+        const std::string device = s.device_key();
+        const std::int64_t now = core_.now_ms();
+        if (txns_.find(device, txn, now)) co_return Response{};
         // Every message is checked before any is queued: a request is refused whole.
         struct Delivery {
             std::string user_id;
@@ -134,13 +137,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
             w.max_stream = stream;
             w.wake.push_back(d.user_id);
         }
-        std::int64_t now = core_.now_ms();
-        txns_.insert(txn_key);
-        txn_order_.emplace_back(now, txn_key);
-        while (txn_order_.front().first < now - kTxnLifetimeMs) {
-            txns_.erase(txn_order_.front().second);
-            txn_order_.pop_front();
-        }
+        txns_.remember(device, txn, {}, now);
         ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);

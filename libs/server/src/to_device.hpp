@@ -8,12 +8,12 @@
 #include <deque>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 
 #include "accounts.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "txn_ids.hpp"
 
 namespace mxvoip::server {
 
@@ -48,9 +48,7 @@ class ToDevice {
     Core& core_;
     Accounts& accounts_;
     std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
-    // sendToDevice transactions of the last 24 hours, oldest first in the deque.
-    std::unordered_set<std::string> txns_;
-    std::deque<std::pair<std::int64_t, std::string>> txn_order_;
+    TxnIds txns_;  // by sending device
 };
 
 }  // namespace mxvoip::server

@@ -121,9 +121,12 @@ TEST(Config, Limits) {
     Config defaults = parse_config("", "test.yaml");
     EXPECT_EQ(defaults.limits.to_device_per_device, 1000u);
     EXPECT_EQ(defaults.limits.syncs_per_user, 20u);
-    Config c =
-        parse_config("limits:\n  to_device_per_device: 5\n  syncs_per_user: 2\n", "test.yaml");
+    EXPECT_EQ(defaults.limits.txn_ids_per_device, 1000u);
+    Config c = parse_config(
+        "limits:\n  to_device_per_device: 5\n  syncs_per_user: 2\n  txn_ids_per_device: 3\n",
+        "test.yaml");
     EXPECT_EQ(c.limits.to_device_per_device, 5u);
+    EXPECT_EQ(c.limits.txn_ids_per_device, 3u);
     EXPECT_EQ(c.limits.syncs_per_user, 2u);
     EXPECT_EQ(c.limits.filters_per_user, defaults.limits.filters_per_user);
     EXPECT_NE(error_of("limits:\n  to_device: 5\n").find("limits.to_device: unknown key"),

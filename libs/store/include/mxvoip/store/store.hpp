@@ -145,7 +145,7 @@ struct Snapshot {
     std::vector<EventRecord> state_events;  // current state, in stream order
     std::vector<EventRecord>
         recent_events;            // the newest `recent_per_room` of each room, in stream order
-    std::vector<TxnRecord> txns;  // transactions newer than `txn_since_ts`
+    std::vector<TxnRecord> txns;  // transactions newer than `txn_since_ts`, newest first
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
