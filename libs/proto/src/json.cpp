@@ -2,6 +2,7 @@
 
 #include "mxvoip/proto/errors.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -139,6 +140,52 @@ const json::array* opt_array(const json::object& obj, std::string_view key) {
     if (it == obj.end() || it->value().is_null()) return nullptr;
     if (!it->value().is_array()) bad_type(key, "an array");
     return &it->value().get_array();
+}
+
+namespace {
+
+void append_canonical(std::string& out, const json::value& v) {
+    switch (v.kind()) {
+        case json::kind::object: {
+            const auto& obj = v.get_object();
+            std::vector<const json::key_value_pair*> members;
+            members.reserve(obj.size());
+            for (const auto& kv : obj) members.push_back(&kv);
+            // Byte order of UTF-8 is code point order.
+            std::sort(members.begin(), members.end(),
+                      [](const auto* a, const auto* b) { return a->key() < b->key(); });
+            out += '{';
+            for (std::size_t i = 0; i < members.size(); ++i) {
+                if (i) out += ',';
+                out += json::serialize(json::string_view(members[i]->key()));
+                out += ':';
+                append_canonical(out, members[i]->value());
+            }
+            out += '}';
+            return;
+        }
+        case json::kind::array: {
+            out += '[';
+            bool first = true;
+            for (const auto& item : v.get_array()) {
+                if (!first) out += ',';
+                first = false;
+                append_canonical(out, item);
+            }
+            out += ']';
+            return;
+        }
+        default:
+            out += json::serialize(v);
+    }
+}
+
+}  // namespace
+
+std::string canonical_json(const json::value& v) {
+    std::string out;
+    append_canonical(out, v);
+    return out;
 }
 
 }  // namespace mxvoip::proto

@@ -84,3 +84,21 @@ TEST(Json, NumbersPastTheSafeRangeAreBadJsonWhateverTheParserMadeOfThem) {
     EXPECT_EQ(errcode_of(R"({"n":1.5})"), "ok");
     EXPECT_EQ(errcode_of(R"({"n":-1e15})"), "ok");
 }
+
+// The examples of the spec's appendix on canonical JSON.
+TEST(Json, CanonicalJsonMatchesTheSpecExamples) {
+    auto canonical = [](const char* text) { return canonical_json(json::parse(text)); };
+    EXPECT_EQ(canonical("{}"), "{}");
+    EXPECT_EQ(canonical(R"({"one": 1, "two": "Two"})"), R"({"one":1,"two":"Two"})");
+    EXPECT_EQ(canonical(R"({"b": "2", "a": "1"})"), R"({"a":"1","b":"2"})");
+    EXPECT_EQ(canonical(R"({"auth": {"success": true, "mxid": "@john.doe:example.com",
+        "profile": {"display_name": "John Doe", "three_pids": [{"medium": "email",
+        "address": "john.doe@example.org"}, {"medium": "msisdn", "address": "123456789"}]}}})"),
+              R"({"auth":{"mxid":"@john.doe:example.com","profile":{"display_name":"John Doe",)"
+              R"("three_pids":[{"address":"john.doe@example.org","medium":"email"},)"
+              R"({"address":"123456789","medium":"msisdn"}]},"success":true}})");
+    EXPECT_EQ(canonical(R"({"a": "日本語"})"), "{\"a\":\"日本語\"}");
+    EXPECT_EQ(canonical(R"({"本": 2, "日": 1})"), "{\"日\":1,\"本\":2}");
+    EXPECT_EQ(canonical(R"({"a": "\u65E5"})"), "{\"a\":\"日\"}");
+    EXPECT_EQ(canonical(R"({"a": null})"), R"({"a":null})");
+}

@@ -35,7 +35,9 @@ void Accounts::load(store::Snapshot& snap) {
         auto u = users_.find(t.user_id);
         if (u == users_.end()) continue;
         tokens_[t.token_hash] = Session{t.user_id, t.device_id, u->second.record.is_guest};
-        u->second.devices[t.device_id].push_back(t.token_hash);
+        auto& device = u->second.devices[t.device_id];
+        device.tokens.push_back(t.token_hash);
+        if (!t.device_display_name.empty()) device.display_name = t.device_display_name;
     }
 }
 
@@ -65,6 +67,14 @@ bool Accounts::has_device_locked(const std::string& user_id, const std::string& 
     return it != users_.end() && it->second.devices.count(device);
 }
 
+std::string Accounts::device_display_name_locked(const std::string& user_id,
+                                                 const std::string& device) const {
+    auto it = users_.find(user_id);
+    if (it == users_.end()) return {};
+    auto d = it->second.devices.find(device);
+    return d == it->second.devices.end() ? std::string() : d->second.display_name;
+}
+
 void Accounts::set_profile_locked(const std::string& user_id, std::string displayname,
                                   std::string avatar_url, PendingWrite& w) {
     auto& record = users_.at(user_id).record;
@@ -76,7 +86,7 @@ void Accounts::set_profile_locked(const std::string& user_id, std::string displa
 void Accounts::remove_device_locked(Account& account, const std::string& device, PendingWrite& w) {
     auto it = account.devices.find(device);
     if (it == account.devices.end()) return;
-    for (const auto& hash : it->second) tokens_.erase(hash);
+    for (const auto& hash : it->second.tokens) tokens_.erase(hash);
     account.devices.erase(it);
     w.mutations.push_back(store::DeleteTokens{account.record.user_id, device});
     for (const auto& f : device_removed_) f(account.record.user_id, device, w);
@@ -100,16 +110,17 @@ asio::awaitable<Response> Accounts::issue_login(const std::string& user_id,
     std::string token = new_access_token();
     std::string hash = sha256_hex(token);
     PendingWrite w;
-    // A client that logs in again with the same device id replaces that device's old token;
-    // the device itself (its queued messages) stays.
-    w.mutations.push_back(store::DeleteTokens{user_id, device});
-    w.mutations.push_back(store::PutToken{{hash, user_id, device, display_name}});
     {
         std::lock_guard lock(core_.mu);
-        auto& hashes = users_.at(user_id).devices[device];
-        for (const auto& old : hashes) tokens_.erase(old);
-        hashes.assign(1, hash);
+        // A client that logs in again with the same device id replaces that device's old
+        // token; the device itself (its keys, its queued messages) stays.
+        auto& d = users_.at(user_id).devices[device];
+        for (const auto& old : d.tokens) tokens_.erase(old);
+        d.tokens.assign(1, hash);
+        if (!display_name.empty()) d.display_name = display_name;
         tokens_[hash] = Session{user_id, device, is_guest};
+        w.mutations.push_back(store::DeleteTokens{user_id, device});
+        w.mutations.push_back(store::PutToken{{hash, user_id, device, d.display_name}});
     }
     co_await core_.commit(std::move(w));
     spdlog::info("login: {} on device {}", user_id, device);

@@ -33,6 +33,8 @@ class Accounts {
     // The user's signed-in devices, sorted.
     std::vector<std::string> devices_locked(const std::string& user_id) const;
     bool has_device_locked(const std::string& user_id, const std::string& device) const;
+    std::string device_display_name_locked(const std::string& user_id,
+                                           const std::string& device) const;
     void set_profile_locked(const std::string& user_id, std::string displayname,
                             std::string avatar_url, PendingWrite& w);
     // Called, under the lock, for each device that signs out, with the write that removes it:
@@ -55,9 +57,13 @@ class Accounts {
                                  const std::string& user_id, const std::string& password);
 
   private:
+    struct Device {
+        std::vector<std::string> tokens;  // hashes
+        std::string display_name;
+    };
     struct Account {
         store::UserRecord record;
-        std::map<std::string, std::vector<std::string>> devices;  // device id -> token hashes
+        std::map<std::string, Device> devices;  // by device id
     };
 
     asio::awaitable<Response> issue_login(const std::string& user_id,

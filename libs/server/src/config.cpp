@@ -382,6 +382,7 @@ Config read_config(const std::string& text, const std::string& source) {
                  n, k, "limits",
                  {{"to_device_per_device", &c.limits.to_device_per_device},
                   {"txn_ids_per_device", &c.limits.txn_ids_per_device},
+                  {"one_time_keys_per_device", &c.limits.one_time_keys_per_device},
                   {"filters_per_user", &c.limits.filters_per_user},
                   {"account_data_per_user", &c.limits.account_data_per_user},
                   {"create_room_invites", &c.limits.create_room_invites},

@@ -108,4 +108,19 @@ bool verify_password(std::string_view password, const std::string& stored_hash) 
     return crypto_pwhash_str_verify(stored_hash.c_str(), password.data(), password.size()) == 0;
 }
 
+bool verify_ed25519(std::string_view public_key, std::string_view message,
+                    std::string_view signature) {
+    static const bool ready = sodium_init() >= 0;
+    if (!ready) throw std::runtime_error("libsodium failed to initialise");
+    auto key = proto::base64_decode(public_key);
+    auto sig = proto::base64_decode(signature);
+    if (!key || key->size() != crypto_sign_PUBLICKEYBYTES || !sig ||
+        sig->size() != crypto_sign_BYTES)
+        return false;
+    return crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(sig->data()),
+                                       reinterpret_cast<const unsigned char*>(message.data()),
+                                       message.size(),
+                                       reinterpret_cast<const unsigned char*>(key->data())) == 0;
+}
+
 }  // namespace mxvoip::server

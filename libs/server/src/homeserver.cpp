@@ -13,7 +13,8 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       rooms(core, accounts),
       account_data(core, rooms),
       profile(core, accounts, rooms),
-      sync(core, rooms, account_data, to_device),
+      keys(core, accounts, rooms),
+      sync(core, rooms, account_data, to_device, keys),
       voip(core) {
     auto snap =
         store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - TxnIds::kLifetimeMs);
@@ -22,6 +23,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     to_device.load(snap);
     rooms.load(snap);
     account_data.load(snap);
+    keys.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

@@ -9,7 +9,8 @@
 //   Rooms           -> Accounts     who exists, who is a guest, profiles for member events
 //   AccountData     -> Rooms        a room's account data needs the room
 //   Profile         -> Accounts, Rooms   a change is a member event in every joined room
-//   Sync            -> Rooms, AccountData, ToDevice
+//   Keys            -> Accounts, Rooms   device lists follow who shares a room
+//   Sync            -> Rooms, AccountData, ToDevice, Keys
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
 #include <boost/asio/awaitable.hpp>
@@ -23,6 +24,7 @@
 #include "account_data.hpp"
 #include "accounts.hpp"
 #include "core.hpp"
+#include "keys.hpp"
 #include "profile.hpp"
 #include "rooms.hpp"
 #include "server_info.hpp"
@@ -45,6 +47,7 @@ class Homeserver {
     Rooms rooms;
     AccountData account_data;
     Profile profile;
+    Keys keys;
     Sync sync;
     Voip voip;
 };

@@ -125,6 +125,13 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::put, cs, "/sendToDevice/*/*", true, on(hs.to_device, &ToDevice::send_to_device),
         write);
 
+    auto& keys = hs.keys;
+    add(verb::post, cs, "/keys/upload", true, on(keys, &Keys::upload), write);
+    add(verb::post, cs, "/keys/query", true, on(keys, &Keys::query),
+        {RateClass::none, Body::object});
+    add(verb::post, cs, "/keys/claim", true, on(keys, &Keys::claim), write);
+    add(verb::get, cs, "/keys/changes", true, on(keys, &Keys::changes));
+
     // Every path clients have used for TURN credentials, back to the first spec (api/v1).
     auto turn = on(hs.voip, &Voip::turn_server);
     add(verb::get,

@@ -149,6 +149,8 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
     for (const auto& [_, data] : account_data_.entries_locked(s.user_id))
         if (data.stream > since && data.stream <= visible) return false;
     if (to_device_.has_new_locked(s, since, visible)) return false;
+    auto devices = keys_.device_list_delta_locked(s.user_id, since, visible);
+    if (!devices.changed.empty() || !devices.left.empty()) return false;
     return any;
 }
 
@@ -283,8 +285,28 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     }
     std::string to_device;
     to_device_.render_locked(to_device, s, since, upto);
-    has_content =
-        !join.empty() || !invite.empty() || !leave.empty() || !global.empty() || !to_device.empty();
+    // Whose devices to look up again (an initial sync looks up everyone it meets anyway).
+    std::string device_lists = ",\"device_lists\":{\"changed\":[";
+    bool devices_changed = false;
+    {
+        Keys::DeviceListDelta delta;
+        if (!initial) delta = keys_.device_list_delta_locked(s.user_id, since, upto);
+        devices_changed = !delta.changed.empty() || !delta.left.empty();
+        Comma c;
+        for (const auto& u : delta.changed) {
+            c(device_lists);
+            append_quoted(device_lists, u);
+        }
+        device_lists += "],\"left\":[";
+        Comma l;
+        for (const auto& u : delta.left) {
+            l(device_lists);
+            append_quoted(device_lists, u);
+        }
+        device_lists += "]}";
+    }
+    has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() ||
+                  !to_device.empty() || devices_changed;
 
     out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +
                 400);
@@ -294,8 +316,9 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     out += ",\"account_data\":{\"events\":[" + global + "]}";
     out += ",\"to_device\":{\"events\":[" + to_device + "]}";
     out += ",\"presence\":{\"events\":[]}";
-    out += ",\"device_lists\":{\"changed\":[],\"left\":[]}";
-    out += ",\"device_one_time_keys_count\":{}}";
+    out += device_lists;
+    keys_.render_key_counts_locked(out, s);
+    out += '}';
     return has_content;
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 
 // /sync: renders what changed for a device since its last position from the rooms, account
-// data and to-device modules, and parks the request until a relevant commit when nothing did.
+// data, to-device and keys modules, and parks the request until a relevant commit when nothing did.
 #include <boost/asio/awaitable.hpp>
 
 #include <string>
@@ -9,6 +9,7 @@
 #include "account_data.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "keys.hpp"
 #include "rooms.hpp"
 #include "to_device.hpp"
 
@@ -16,8 +17,12 @@ namespace mxvoip::server {
 
 class Sync {
   public:
-    Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device)
-        : core_(core), rooms_(rooms), account_data_(account_data), to_device_(to_device) {}
+    Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device, Keys& keys)
+        : core_(core),
+          rooms_(rooms),
+          account_data_(account_data),
+          to_device_(to_device),
+          keys_(keys) {}
 
     asio::awaitable<Response> sync(Request&);
 
@@ -41,6 +46,7 @@ class Sync {
     Rooms& rooms_;
     AccountData& account_data_;
     ToDevice& to_device_;
+    Keys& keys_;
 };
 
 }  // namespace mxvoip::server

@@ -30,8 +30,7 @@ class TxnIds {
         return &it->second.value;
     }
 
-    void remember(const std::string& device, std::string txn, std::string value,
-                  std::int64_t ts) {
+    void remember(const std::string& device, std::string txn, std::string value, std::int64_t ts) {
         auto& d = devices_[device];
         auto [it, fresh] = d.by_txn.try_emplace(std::move(txn), Entry{std::move(value), ts});
         if (!fresh) return;

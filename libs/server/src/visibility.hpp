@@ -41,6 +41,14 @@ class RoomHistory {
     bool may_see(const std::string& user, std::int64_t stream, std::string_view type,
                  const std::optional<std::string>& state_key) const;
 
+    // Calls f(user, membership) for each membership change with a stream in (after, upto].
+    template <typename F>
+    void for_each_change(std::int64_t after, std::int64_t upto, F&& f) const {
+        for (const auto& [user, changes] : members_)
+            for (auto it = changes.rbegin(); it != changes.rend() && it->first > after; ++it)
+                if (it->first <= upto) f(user, it->second);
+    }
+
   private:
     Changes visibility_;
     std::unordered_map<std::string, Changes> members_;

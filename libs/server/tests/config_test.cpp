@@ -122,6 +122,7 @@ TEST(Config, Limits) {
     EXPECT_EQ(defaults.limits.to_device_per_device, 1000u);
     EXPECT_EQ(defaults.limits.syncs_per_user, 20u);
     EXPECT_EQ(defaults.limits.txn_ids_per_device, 1000u);
+    EXPECT_EQ(defaults.limits.one_time_keys_per_device, 1000u);
     Config c = parse_config(
         "limits:\n  to_device_per_device: 5\n  syncs_per_user: 2\n  txn_ids_per_device: 3\n",
         "test.yaml");

@@ -60,3 +60,31 @@ TEST(Crypto, PasswordHashIsArgon2idAndVerifies) {
     EXPECT_FALSE(verify_password("anything", ""));
     EXPECT_NE(hash_password("correct horse", HashCost::min), h) << "salted";
 }
+
+namespace {
+std::string unhex(std::string_view hex) {
+    std::string out;
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+        out += static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16));
+    return out;
+}
+}  // namespace
+
+// RFC 8032 section 7.1, test 2 (one-byte message), in Matrix's unpadded base64.
+TEST(Crypto, Ed25519Rfc8032) {
+    auto b64 = [](std::string_view hex) {
+        std::string s = mxvoip::proto::base64_encode(unhex(hex));
+        return s.substr(0, s.find('='));
+    };
+    const std::string key = b64("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c");
+    const std::string sig =
+        b64("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f36"
+            "13d0f1"
+            "1d8c387b2eaeb4302aeeb00d291612bb0c00");
+    const std::string message = unhex("72");
+    EXPECT_TRUE(verify_ed25519(key, message, sig));
+    EXPECT_FALSE(verify_ed25519(key, "s", sig));
+    EXPECT_FALSE(verify_ed25519(key, message, sig.substr(1)));
+    EXPECT_FALSE(verify_ed25519("not base64!", message, sig));
+    EXPECT_FALSE(verify_ed25519(key.substr(4), message, sig));
+}

@@ -82,6 +82,34 @@ CREATE TABLE IF NOT EXISTS filters (
     json TEXT NOT NULL,
     PRIMARY KEY (user_id, filter_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+-- Rowid order is upload order: one-time keys are claimed oldest first.
+CREATE TABLE IF NOT EXISTS one_time_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    UNIQUE (user_id, device_id, algorithm, key_id)
+);
+CREATE TABLE IF NOT EXISTS fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_list_changes (
+    user_id TEXT PRIMARY KEY,
+    stream_id INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
@@ -335,6 +363,29 @@ class SqliteStore final : public Store {
             while (s.next()) snap.filters.push_back({s.text(0), s.integer(1), s.text(2)});
         }
         {
+            Stmt s(db, "SELECT user_id, device_id, json FROM device_keys");
+            while (s.next()) snap.device_keys.push_back({s.text(0), s.text(1), s.text(2)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY "
+                   "rowid");
+            while (s.next())
+                snap.one_time_keys.push_back(
+                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT user_id, device_id, algorithm, key_id, json, used FROM fallback_keys");
+            while (s.next())
+                snap.fallback_keys.push_back(
+                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5) != 0});
+        }
+        {
+            Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");
+            while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
+        }
+        {
             Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
             if (s.next()) snap.max_stream = s.integer(0);
         }
@@ -512,6 +563,58 @@ class SqliteStore final : public Store {
             .bind(m.filter.filter_id)
             .bind(m.filter.json)
             .run();
+    }
+
+    static void write(Db& db, const PutDeviceKeys& m, StreamId&) {
+        Stmt(db, "INSERT OR REPLACE INTO device_keys VALUES (?, ?, ?)")
+            .bind(m.keys.user_id)
+            .bind(m.keys.device_id)
+            .bind(m.keys.json)
+            .run();
+    }
+    static void write(Db& db, const PutOneTimeKeys& m, StreamId&) {
+        for (const auto& k : m.keys)
+            Stmt(db, "INSERT OR IGNORE INTO one_time_keys VALUES (?, ?, ?, ?, ?)")
+                .bind(k.user_id)
+                .bind(k.device_id)
+                .bind(k.algorithm)
+                .bind(k.key_id)
+                .bind(k.json)
+                .run();
+    }
+    static void write(Db& db, const DeleteOneTimeKey& m, StreamId&) {
+        Stmt(db,
+             "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ? AND "
+             "key_id = ?")
+            .bind(m.user_id)
+            .bind(m.device_id)
+            .bind(m.algorithm)
+            .bind(m.key_id)
+            .run();
+    }
+    static void write(Db& db, const PutFallbackKey& m, StreamId&) {
+        const auto& k = m.key;
+        Stmt(db, "INSERT OR REPLACE INTO fallback_keys VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(k.user_id)
+            .bind(k.device_id)
+            .bind(k.algorithm)
+            .bind(k.key_id)
+            .bind(k.json)
+            .bind(k.used)
+            .run();
+    }
+    static void write(Db& db, const DeleteDeviceKeys& m, StreamId&) {
+        for (const char* sql : {"DELETE FROM device_keys WHERE user_id = ? AND device_id = ?",
+                                "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?",
+                                "DELETE FROM fallback_keys WHERE user_id = ? AND device_id = ?"})
+            Stmt(db, sql).bind(m.user_id).bind(m.device_id).run();
+    }
+    static void write(Db& db, const PutDeviceListChange& m, StreamId& max_stream) {
+        Stmt(db, "INSERT OR REPLACE INTO device_list_changes VALUES (?, ?)")
+            .bind(m.change.user_id)
+            .bind(m.change.stream)
+            .run();
+        max_stream = std::max(max_stream, m.change.stream);
     }
 
     ProcessLock lock_;  // first in, last out: held while any connection is open

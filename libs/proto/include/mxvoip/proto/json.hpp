@@ -35,6 +35,11 @@ const json::array* opt_array(const json::object& obj, std::string_view key);
 // identifiers and stored events too, are checked with this.
 bool is_valid_utf8(std::string_view text);
 
+// The spec's canonical JSON (appendices, "Canonical JSON"): object keys sorted by code point,
+// no insignificant whitespace, UTF-8 as is, only the escapes JSON requires. What signatures
+// of keys and events are computed over.
+std::string canonical_json(const json::value& v);
+
 // Serializes a value compactly.
 inline std::string to_string(const json::value& v) {
     return json::serialize(v);

@@ -48,8 +48,9 @@ struct TurnConfig {
 // What one client may make the server hold (`limits:` in homeserver.yaml). Each limit hit is
 // a Matrix error naming it.
 struct Limits {
-    std::size_t to_device_per_device = 1000;  // messages waiting for one device
-    std::size_t txn_ids_per_device = 1000;    // newest transaction ids a retry is matched to
+    std::size_t to_device_per_device = 1000;      // messages waiting for one device
+    std::size_t txn_ids_per_device = 1000;        // newest transaction ids a retry is matched to
+    std::size_t one_time_keys_per_device = 1000;  // unclaimed, per algorithm
     std::size_t filters_per_user = 100;
     std::size_t account_data_per_user = 1000;  // entries, global and per room together
     std::size_t create_room_invites = 100;     // createRoom's `invite`

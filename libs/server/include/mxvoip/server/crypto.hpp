@@ -25,4 +25,9 @@ HashCost parse_hash_cost(std::string_view name);
 std::string hash_password(std::string_view password, HashCost cost);
 bool verify_password(std::string_view password, const std::string& stored_hash);
 
+// Whether `signature` is the Ed25519 signature of `message` by `public_key` (both unpadded
+// base64, as Matrix writes them).
+bool verify_ed25519(std::string_view public_key, std::string_view message,
+                    std::string_view signature);
+
 }  // namespace mxvoip::server

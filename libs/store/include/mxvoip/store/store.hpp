@@ -95,6 +95,34 @@ struct FilterRecord {
     std::string json;
 };
 
+// End-to-end encryption: public keys only, as the devices uploaded them (JSON object text).
+struct DeviceKeysRecord {
+    std::string user_id;
+    std::string device_id;
+    std::string json;
+};
+struct OneTimeKeyRecord {
+    std::string user_id;
+    std::string device_id;
+    std::string algorithm;
+    std::string key_id;
+    std::string json;
+};
+struct FallbackKeyRecord {
+    std::string user_id;
+    std::string device_id;
+    std::string algorithm;
+    std::string key_id;
+    std::string json;
+    bool used = false;
+};
+// The stream position of a user's latest device list change (a device's keys arrived or a
+// device with keys went away).
+struct DeviceListChangeRecord {
+    std::string user_id;
+    StreamId stream = 0;
+};
+
 // Mutations. A batch of them is applied atomically by Store::apply.
 struct PutUser {
     UserRecord user;
@@ -134,8 +162,36 @@ struct PutFilter {
     FilterRecord filter;
 };
 
-using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutRoom, PutEvent,
-                              PutAccountData, PutToDevice, DeleteToDevice, PutFilter>;
+struct PutDeviceKeys {
+    DeviceKeysRecord keys;
+};
+struct PutOneTimeKeys {
+    std::vector<OneTimeKeyRecord> keys;  // claimed in the order they were put
+};
+// A claimed one-time key: it is never handed out again.
+struct DeleteOneTimeKey {
+    std::string user_id;
+    std::string device_id;
+    std::string algorithm;
+    std::string key_id;
+};
+// Replaces the device's fallback key of that algorithm.
+struct PutFallbackKey {
+    FallbackKeyRecord key;
+};
+// A device that went away: its device keys, one-time keys and fallback keys.
+struct DeleteDeviceKeys {
+    std::string user_id;
+    std::string device_id;
+};
+struct PutDeviceListChange {
+    DeviceListChangeRecord change;
+};
+
+using Mutation =
+    std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutRoom, PutEvent, PutAccountData,
+                 PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys, PutOneTimeKeys,
+                 DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys, PutDeviceListChange>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -150,6 +206,10 @@ struct Snapshot {
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
+    std::vector<DeviceKeysRecord> device_keys;
+    std::vector<OneTimeKeyRecord> one_time_keys;  // in the order they were put
+    std::vector<FallbackKeyRecord> fallback_keys;
+    std::vector<DeviceListChangeRecord> device_list_changes;
     StreamId max_stream = 0;
 };
 

@@ -1,0 +1,229 @@
+// End-to-end encryption keys over HTTP: device keys (signature checked), one-time and
+// fallback keys (each one-time key handed out once), key queries, device lists in /sync and
+// /keys/changes, and what logout and a restart do to them. Keys are made and signed here with
+// Node's Ed25519, as a client's crypto would.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign, randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { startServer, register, api, makeDir, userHandle, CS } from '../lib/harness.mjs';
+
+const b64 = (buf) => Buffer.from(buf).toString('base64').replace(/=+$/, '');
+
+// The spec's canonical JSON: keys sorted, no whitespace.
+function canonical(v) {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+// A device's Ed25519 identity: signs objects as the spec's "Signing JSON" says.
+function identity(userId, deviceId) {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const pub = b64(publicKey.export({ format: 'der', type: 'spki' }).subarray(-32));
+  const keyId = `ed25519:${deviceId}`;
+  const signObject = (obj) => {
+    const { signatures, unsigned, ...rest } = obj;
+    const sig = b64(sign(null, Buffer.from(canonical(rest)), privateKey));
+    return { ...obj, signatures: { ...(signatures ?? {}), [userId]: { ...(signatures?.[userId] ?? {}), [keyId]: sig } } };
+  };
+  const deviceKeys = () =>
+    signObject({
+      user_id: userId,
+      device_id: deviceId,
+      algorithms: ['m.olm.v1.curve25519-aes-sha2', 'm.megolm.v1.aes-sha2'],
+      keys: { [`curve25519:${deviceId}`]: b64(randomBytes(32)), [keyId]: pub },
+    });
+  const oneTimeKey = (fallback = false) => signObject({ key: b64(randomBytes(32)), ...(fallback ? { fallback: true } : {}) });
+  return { pub, signObject, deviceKeys, oneTimeKey };
+}
+
+const upload = (user, body) => user.call('POST', '/keys/upload', { body });
+const query = (user, deviceKeys) => user.call('POST', '/keys/query', { body: { device_keys: deviceKeys } });
+const claim = (user, oneTimeKeys) => user.call('POST', '/keys/claim', { body: { one_time_keys: oneTimeKeys } });
+
+async function signIn(server, name) {
+  const res = await api(server.url, 'POST', `${CS}/register`, {
+    body: { username: name, password: `secret-${name}`, device_id: `${name.toUpperCase()}DEV`, initial_device_display_name: `${name}'s laptop`, auth: { type: 'm.login.dummy' } },
+  });
+  assert.equal(res.status, 200, res.text);
+  const user = userHandle(server.url, res.body);
+  return { ...user, id: identity(user.userId, user.deviceId) };
+}
+
+test('device keys: only the device itself uploads them, signed by its own key; anyone can query them', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const keys = alice.id.deviceKeys();
+
+    const other = bob.id.deviceKeys();
+    const forBob = await upload(alice, { device_keys: other });
+    assert.equal(forBob.status, 400, forBob.text);
+    assert.equal(forBob.body.errcode, 'M_INVALID_PARAM');
+    const otherDevice = await upload(alice, { device_keys: { ...keys, device_id: 'ELSEWHERE' } });
+    assert.equal(otherDevice.status, 400);
+    const tampered = await upload(alice, { device_keys: { ...keys, algorithms: ['m.megolm.v1.aes-sha2'] } });
+    assert.equal(tampered.status, 400, tampered.text);
+    assert.equal(tampered.body.errcode, 'M_INVALID_SIGNATURE');
+    const signedByBob = await upload(alice, { device_keys: { ...keys, signatures: { [alice.userId]: { [`ed25519:${alice.deviceId}`]: other.signatures[bob.userId][`ed25519:${bob.deviceId}`] } } } });
+    assert.equal(signedByBob.body.errcode, 'M_INVALID_SIGNATURE');
+    const { signatures, ...unsignedKeys } = keys;
+    assert.equal((await upload(alice, { device_keys: unsignedKeys })).body.errcode, 'M_INVALID_SIGNATURE');
+    assert.equal((await query(bob, { [alice.userId]: [] })).body.device_keys[alice.userId][alice.deviceId], undefined, 'nothing was kept');
+
+    const ok = await upload(alice, { device_keys: keys });
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual(ok.body, { one_time_key_counts: { signed_curve25519: 0 } });
+
+    const found = await query(bob, { [alice.userId]: [], '@nobody:localhost': [], '@carol:elsewhere.example': [] });
+    assert.equal(found.status, 200, found.text);
+    assert.deepEqual(found.body.device_keys[alice.userId], { [alice.deviceId]: { ...keys, unsigned: { device_display_name: "alice's laptop" } } });
+    assert.deepEqual(found.body.device_keys['@nobody:localhost'], {});
+    assert.ok(found.body.failures['elsewhere.example'], 'a server this one cannot ask is a failure');
+    assert.deepEqual((await query(bob, { [alice.userId]: ['OTHER'] })).body.device_keys[alice.userId], {});
+    const bad = await bob.call('POST', '/keys/query', { body: {} });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.errcode, 'M_MISSING_PARAM');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('one-time keys are claimed once each, oldest first, then the fallback key; counts reach /sync', async () => {
+  const server = await startServer({ config: { limits: { one_time_keys_per_device: 3 } } });
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const otk = { 'signed_curve25519:AAAAAQ': alice.id.oneTimeKey(), 'signed_curve25519:AAAAAg': alice.id.oneTimeKey() };
+    const fallback = { 'signed_curve25519:AAAAAw': alice.id.oneTimeKey(true) };
+    const up = await upload(alice, { device_keys: alice.id.deviceKeys(), one_time_keys: otk, fallback_keys: fallback });
+    assert.deepEqual(up.body, { one_time_key_counts: { signed_curve25519: 2 } });
+    // The same key again (a retried upload) is fine; a different key under its id is not.
+    assert.equal((await upload(alice, { one_time_keys: { 'signed_curve25519:AAAAAQ': otk['signed_curve25519:AAAAAQ'] } })).status, 200);
+    const clash = await upload(alice, { one_time_keys: { 'signed_curve25519:AAAAAQ': alice.id.oneTimeKey() } });
+    assert.equal(clash.status, 400, clash.text);
+    const tooMany = await upload(alice, { one_time_keys: { 'signed_curve25519:B1': alice.id.oneTimeKey(), 'signed_curve25519:B2': alice.id.oneTimeKey() } });
+    assert.equal(tooMany.status, 400, tooMany.text);
+    assert.match(tooMany.body.error, /limits\.one_time_keys_per_device/);
+    const badName = await upload(alice, { one_time_keys: { nocolon: alice.id.oneTimeKey() } });
+    assert.equal(badName.status, 400);
+
+    const sync = await alice.sync();
+    assert.deepEqual(sync.device_one_time_keys_count, { signed_curve25519: 2 });
+    assert.deepEqual(sync.device_unused_fallback_key_types, ['signed_curve25519']);
+
+    const want = { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } };
+    const first = await claim(bob, want);
+    assert.equal(first.status, 200, first.text);
+    assert.deepEqual(first.body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:AAAAAQ': otk['signed_curve25519:AAAAAQ'] });
+    const second = await claim(bob, want);
+    assert.deepEqual(second.body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:AAAAAg': otk['signed_curve25519:AAAAAg'] });
+    // Exhausted: the fallback key, as often as asked, until the device replaces it.
+    for (let i = 0; i < 2; i++) {
+      const fb = await claim(bob, want);
+      assert.deepEqual(fb.body.one_time_keys[alice.userId][alice.deviceId], fallback);
+    }
+    const after = await alice.sync({ since: sync.next_batch, timeout: '0' });
+    assert.deepEqual(after.device_one_time_keys_count, { signed_curve25519: 0 });
+    assert.deepEqual(after.device_unused_fallback_key_types, [], 'the fallback key was used');
+
+    // Unknown users, devices and algorithms are left out; other servers are failures.
+    const unknown = await claim(bob, {
+      '@nobody:localhost': { DEV: 'signed_curve25519' },
+      [alice.userId]: { NODEVICE: 'signed_curve25519', [alice.deviceId]: 'org.example.none' },
+      '@carol:elsewhere.example': { DEV: 'signed_curve25519' },
+    });
+    assert.equal(unknown.status, 200, unknown.text);
+    assert.deepEqual(unknown.body.one_time_keys['@nobody:localhost'] ?? {}, {});
+    assert.deepEqual(unknown.body.one_time_keys[alice.userId], {});
+    assert.ok(unknown.body.failures['elsewhere.example']);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('device lists: who shares a room learns of new and removed devices in /sync and /keys/changes', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const carol = await signIn(server, 'carol');
+    const room = await alice.createRoom({ preset: 'public_chat' });
+    assert.equal((await bob.join(room)).status, 200);
+    const start = await bob.sync();
+    const carolStart = await carol.sync();
+
+    // A parked /sync of bob wakes for alice's new device keys; carol shares no room.
+    const parked = bob.sync({ since: start.next_batch, timeout: '30000' });
+    assert.equal((await upload(alice, { device_keys: alice.id.deviceKeys() })).status, 200);
+    const woke = await parked;
+    assert.ok(woke.device_lists.changed.includes(alice.userId), JSON.stringify(woke.device_lists));
+    const carolNext = await carol.sync({ since: carolStart.next_batch, timeout: '0' });
+    assert.ok(!carolNext.device_lists.changed.includes(alice.userId));
+    const changes = await bob.call('GET', '/keys/changes', { query: { from: start.next_batch, to: woke.next_batch } });
+    assert.equal(changes.status, 200, changes.text);
+    assert.ok(changes.body.changed.includes(alice.userId));
+    assert.equal((await bob.call('GET', '/keys/changes', { query: { from: woke.next_batch } })).body.changed.length, 0);
+    assert.equal((await bob.call('GET', '/keys/changes')).status, 400);
+
+    // carol joins: bob and alice learn of her (her devices to fetch), and she of them.
+    const beforeJoin = await bob.sync();
+    assert.equal((await carol.join(room)).status, 200);
+    const joined = await bob.sync({ since: beforeJoin.next_batch, timeout: '0' });
+    assert.ok(joined.device_lists.changed.includes(carol.userId), JSON.stringify(joined.device_lists));
+    const carolJoined = await carol.sync({ since: carolNext.next_batch, timeout: '0' });
+    assert.ok(carolJoined.device_lists.changed.includes(alice.userId));
+    assert.ok(carolJoined.device_lists.changed.includes(bob.userId));
+
+    // carol leaves: she shares no room with bob any more.
+    assert.equal((await carol.call('POST', `/rooms/${encodeURIComponent(room)}/leave`, { body: {} })).status, 200);
+    const left = await bob.sync({ since: joined.next_batch, timeout: '0' });
+    assert.deepEqual(left.device_lists.left, [carol.userId]);
+
+    // alice signs out: her device and its keys are gone, and bob is told.
+    const beforeLogout = await bob.sync();
+    assert.equal((await alice.call('POST', '/logout', { body: {} })).status, 200);
+    const gone = await bob.sync({ since: beforeLogout.next_batch, timeout: '0' });
+    assert.ok(gone.device_lists.changed.includes(alice.userId));
+    assert.deepEqual((await query(bob, { [alice.userId]: [] })).body.device_keys[alice.userId], {});
+  } finally {
+    await server.stop();
+  }
+});
+
+test('keys, claims and device list positions survive a restart', async () => {
+  const dir = makeDir();
+  try {
+    let server = await startServer({ dir });
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const room = await alice.createRoom({ preset: 'public_chat' });
+    await bob.join(room);
+    const otk = { 'signed_curve25519:K1': alice.id.oneTimeKey(), 'signed_curve25519:K2': alice.id.oneTimeKey() };
+    const fallback = { 'signed_curve25519:F1': alice.id.oneTimeKey(true) };
+    const keys = alice.id.deviceKeys();
+    const start = await bob.sync();
+    await upload(alice, { device_keys: keys, one_time_keys: otk, fallback_keys: fallback });
+    const want = { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } };
+    assert.deepEqual((await claim(bob, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K1': otk['signed_curve25519:K1'] });
+    await server.stop();
+
+    server = await startServer({ dir });
+    const bob2 = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
+    const alice2 = userHandle(server.url, { user_id: alice.userId, access_token: alice.token, device_id: alice.deviceId });
+    assert.deepEqual((await query(bob2, { [alice.userId]: [] })).body.device_keys[alice.userId][alice.deviceId], { ...keys, unsigned: { device_display_name: "alice's laptop" } });
+    assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K2': otk['signed_curve25519:K2'] }, 'K1 was claimed before the restart');
+    assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], fallback);
+    const later = await bob2.sync({ since: start.next_batch, timeout: '0' });
+    assert.ok(later.device_lists.changed.includes(alice.userId));
+    const aliceSync = await alice2.sync();
+    assert.deepEqual(aliceSync.device_unused_fallback_key_types, []);
+    await server.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
