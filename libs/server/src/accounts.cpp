@@ -356,4 +356,141 @@ void Accounts::add_user_offline(store::Store& store, const Config& config,
     store.apply(m);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Devices and user-interactive auth
+
+namespace {
+
+json::object device_json(const std::string& id, const std::string& display_name) {
+    json::object d{{"device_id", id}};
+    if (!display_name.empty()) d["display_name"] = display_name;
+    return d;
+}
+
+}  // namespace
+
+asio::awaitable<std::optional<Response>> Accounts::password_auth(const Request& req) {
+    const std::string& user_id = req.session->user_id;
+    const auto* auth = proto::opt_object(req.json, "auth");
+    std::string session(auth ? proto::opt_string(*auth, "session").value_or("") : "");
+    if (session.empty()) session = random_letters(24);
+    auto challenge = [&](const char* code, const std::string& error) {
+        json::object body{
+            {"flows", json::array{json::object{{"stages", json::array{"m.login.password"}}}}},
+            {"params", json::object{}},
+            {"session", session}};
+        if (code) {
+            body["errcode"] = code;
+            body["error"] = error;
+        }
+        return std::optional<Response>(json_response(body, 401));
+    };
+    if (!auth) co_return challenge(nullptr, {});
+    if (proto::opt_string(*auth, "type").value_or("") != "m.login.password")
+        co_return challenge(errcode::unknown, "Only m.login.password is offered here");
+    std::string who;
+    if (const auto* id = proto::opt_object(*auth, "identifier"))
+        who = proto::opt_string(*id, "user").value_or("");
+    else
+        who = proto::opt_string(*auth, "user").value_or("");
+    if (!who.empty() && who.front() != '@') who = "@" + who + ":" + core_.config().server_name;
+    std::string password(proto::opt_string(*auth, "password").value_or(""));
+    if (who != user_id)
+        co_return challenge(errcode::forbidden, "Authenticate as the user whose account this is");
+    if (auto wait = rc_login_failed_.check(user_id, core_.now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
+                          *wait);
+    std::string stored;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* u = find_locked(user_id)) stored = u->password_hash;
+    }
+    bool ok = false;
+    if (password.size() <= kMaxPasswordBytes && !stored.empty()) {
+        std::function<bool()> job = [password, stored] {
+            return verify_password(password, stored);
+        };
+        ok = co_await run_blocking<bool>(core_.blocking(), std::move(job));
+    }
+    if (!ok) {
+        rc_login_failed_.record(user_id, core_.now_ms());
+        co_return challenge(errcode::forbidden, "Invalid password");
+    }
+    co_return std::nullopt;
+}
+
+asio::awaitable<Response> Accounts::get_devices(Request& req) {
+    json::array devices;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& [id, d] : users_.at(req.session->user_id).devices)
+            devices.push_back(device_json(id, d.display_name));
+    }
+    co_return json_response(json::object{{"devices", devices}});
+}
+
+asio::awaitable<Response> Accounts::get_device(Request& req) {
+    std::lock_guard lock(core_.mu);
+    const auto& devices = users_.at(req.session->user_id).devices;
+    auto it = devices.find(req.params[0]);
+    if (it == devices.end()) throw MatrixError(404, errcode::not_found, "No such device");
+    co_return json_response(device_json(it->first, it->second.display_name));
+}
+
+asio::awaitable<Response> Accounts::put_device(Request& req) {
+    const Session& s = *req.session;
+    auto name = proto::opt_string(req.json, "display_name");
+    if (name && name->size() > 256)
+        throw MatrixError(400, errcode::bad_json, "display_name is longer than 256 bytes");
+    std::uint64_t ticket = 0;
+    {
+        std::lock_guard lock(core_.mu);
+        auto& devices = users_.at(s.user_id).devices;
+        auto it = devices.find(req.params[0]);
+        if (it == devices.end()) throw MatrixError(404, errcode::not_found, "No such device");
+        if (!name) co_return Response{};
+        it->second.display_name = *name;
+        ticket = core_.submit_locked(
+            PendingWrite::of(store::PutDeviceName{s.user_id, it->first, std::string(*name)}));
+    }
+    co_await core_.durable(ticket);
+    co_return Response{};
+}
+
+asio::awaitable<Response> Accounts::delete_device(Request& req) {
+    std::vector<std::string> devices{req.params[0]};
+    {
+        std::lock_guard lock(core_.mu);
+        if (!users_.at(req.session->user_id).devices.count(devices[0]))
+            throw MatrixError(404, errcode::not_found, "No such device");
+    }
+    co_return co_await remove_devices(req, std::move(devices));
+}
+
+asio::awaitable<Response> Accounts::delete_devices(Request& req) {
+    const auto* list = proto::opt_array(req.json, "devices");
+    if (!list) throw MatrixError(400, errcode::missing_param, "Missing 'devices'");
+    std::vector<std::string> devices;
+    for (const auto& d : *list) {
+        if (!d.is_string()) throw MatrixError(400, errcode::bad_json, "devices lists device ids");
+        devices.emplace_back(d.get_string());
+    }
+    co_return co_await remove_devices(req, std::move(devices));
+}
+
+asio::awaitable<Response> Accounts::remove_devices(Request& req, std::vector<std::string> devices) {
+    if (auto challenge = co_await password_auth(req)) co_return std::move(*challenge);
+    const Session& s = *req.session;
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        auto& account = users_.at(s.user_id);
+        // Devices that do not exist (any more) are already what the client asks for.
+        for (const auto& device : devices) remove_device_locked(account, device, w);
+    }
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    spdlog::info("{} deleted {} device(s)", s.user_id, devices.size());
+    co_return Response{};
+}
+
 }  // namespace mxvoip::server

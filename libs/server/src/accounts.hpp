@@ -51,6 +51,16 @@ class Accounts {
     asio::awaitable<Response> whoami(Request&);
     asio::awaitable<Response> register_account(Request&);
     asio::awaitable<Response> register_available(Request&);
+    asio::awaitable<Response> get_devices(Request&);
+    asio::awaitable<Response> get_device(Request&);
+    asio::awaitable<Response> put_device(Request&);
+    asio::awaitable<Response> delete_device(Request&);
+    asio::awaitable<Response> delete_devices(Request&);
+
+    // User-interactive auth with m.login.password, for what changes the account's security
+    // (deleting devices, replacing cross-signing keys): the 401 that asks for it (or says the
+    // password was wrong), or nothing once the request's `auth` carries the user's password.
+    asio::awaitable<std::optional<Response>> password_auth(const Request& req);
 
     // Used by `mxvoip-server user add`: creates an account directly in the store.
     static void add_user_offline(store::Store& store, const Config& config,
@@ -70,6 +80,7 @@ class Accounts {
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name, bool is_guest);
     void remove_device_locked(Account& account, const std::string& device, PendingWrite& w);
+    asio::awaitable<Response> remove_devices(Request& req, std::vector<std::string> devices);
     // The hash a login for an unknown user is checked against (made on first use, at the
     // configured cost). On the blocking pool only.
     const std::string& unknown_user_hash();

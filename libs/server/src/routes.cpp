@@ -85,6 +85,13 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::get, cs, "/register/available", false, on(accounts, &A::register_available),
         {RateClass::registration});
 
+    add(verb::get, cs, "/devices", true, on(accounts, &A::get_devices));
+    add(verb::get, cs, "/devices/*", true, on(accounts, &A::get_device));
+    add(verb::put, cs, "/devices/*", true, on(accounts, &A::put_device), write);
+    add(verb::delete_, cs, "/devices/*", true, on(accounts, &A::delete_device),
+        write_optional_body);
+    add(verb::post, cs, "/delete_devices", true, on(accounts, &A::delete_devices), write);
+
     using R = Rooms;
     auto& rooms = hs.rooms;
     add(verb::post, cs, "/createRoom", true, on(rooms, &R::create_room), write);

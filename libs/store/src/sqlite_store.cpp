@@ -498,6 +498,14 @@ class SqliteStore final : public Store {
                 .bind(m.device_id)
                 .run();
     }
+    static void write(Db& db, const PutDeviceName& m, StreamId&) {
+        Stmt(db,
+             "UPDATE access_tokens SET device_display_name = ? WHERE user_id = ? AND device_id = ?")
+            .bind(m.display_name)
+            .bind(m.user_id)
+            .bind(m.device_id)
+            .run();
+    }
     static void write(Db& db, const PutRoom& m, StreamId&) {
         Stmt(db, "INSERT INTO rooms VALUES (?, ?)")
             .bind(m.room.room_id)

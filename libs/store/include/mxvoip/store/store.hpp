@@ -140,6 +140,11 @@ struct DeleteTokens {
     std::string user_id;
     std::string device_id;
 };
+struct PutDeviceName {
+    std::string user_id;
+    std::string device_id;
+    std::string display_name;
+};
 struct PutRoom {
     RoomRecord room;
 };
@@ -188,10 +193,10 @@ struct PutDeviceListChange {
     DeviceListChangeRecord change;
 };
 
-using Mutation =
-    std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutRoom, PutEvent, PutAccountData,
-                 PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys, PutOneTimeKeys,
-                 DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys, PutDeviceListChange>;
+using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom,
+                              PutEvent, PutAccountData, PutToDevice, DeleteToDevice, PutFilter,
+                              PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey,
+                              DeleteDeviceKeys, PutDeviceListChange>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
