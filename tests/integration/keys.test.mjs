@@ -197,8 +197,8 @@ test('device lists: who shares a room learns of new and removed devices in /sync
 
 test('keys, claims and device list positions survive a restart', async () => {
   const dir = makeDir();
+  let server = await startServer({ dir });
   try {
-    let server = await startServer({ dir });
     const alice = await signIn(server, 'alice');
     const bob = await signIn(server, 'bob');
     const room = await alice.createRoom({ preset: 'public_chat' });
@@ -222,8 +222,152 @@ test('keys, claims and device list positions survive a restart', async () => {
     assert.ok(later.device_lists.changed.includes(alice.userId));
     const aliceSync = await alice2.sync();
     assert.deepEqual(aliceSync.device_unused_fallback_key_types, []);
-    await server.stop();
   } finally {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// An Ed25519 key pair that signs as `userId` with key id "ed25519:<name>" (the public key
+// itself when no name is given, as cross-signing keys are named).
+function keyPair(userId, name) {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const pub = b64(publicKey.export({ format: 'der', type: 'spki' }).subarray(-32));
+  const keyId = `ed25519:${name ?? pub}`;
+  const signObject = (obj) => {
+    const { signatures, unsigned, ...rest } = obj;
+    const sig = b64(sign(null, Buffer.from(canonical(rest)), privateKey));
+    return { ...obj, signatures: { ...(signatures ?? {}), [userId]: { ...(signatures?.[userId] ?? {}), [keyId]: sig } } };
+  };
+  return { pub, keyId, signObject };
+}
+
+function crossSigning(userId) {
+  const master = keyPair(userId);
+  const selfSigning = keyPair(userId);
+  const userSigning = keyPair(userId);
+  const key = (pair, usage) => ({ user_id: userId, usage: [usage], keys: { [pair.keyId]: pair.pub } });
+  return {
+    master,
+    selfSigning,
+    userSigning,
+    masterKey: key(master, 'master'),
+    selfSigningKey: master.signObject(key(selfSigning, 'self_signing')),
+    userSigningKey: master.signObject(key(userSigning, 'user_signing')),
+  };
+}
+
+const signingUpload = (user, body) => user.call('POST', '/keys/device_signing/upload', { body });
+const signaturesUpload = (user, body) => user.call('POST', '/keys/signatures/upload', { body });
+const auth = (name) => ({ type: 'm.login.password', identifier: { type: 'm.id.user', user: name }, password: `secret-${name}` });
+
+test('cross-signing keys: the first upload is free, replacing them needs the password; each key signed by the master key', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const cs = crossSigning(alice.userId);
+
+    const lonely = await signingUpload(bob, { self_signing_key: crossSigning(bob.userId).selfSigningKey });
+    assert.equal(lonely.status, 400, lonely.text);
+    assert.equal(lonely.body.errcode, 'M_MISSING_PARAM');
+    const unsignedSsk = await signingUpload(alice, { master_key: cs.masterKey, self_signing_key: { ...cs.selfSigningKey, signatures: {} } });
+    assert.equal(unsignedSsk.body.errcode, 'M_INVALID_SIGNATURE');
+    const forBob = await signingUpload(alice, { master_key: { ...cs.masterKey, user_id: bob.userId } });
+    assert.equal(forBob.status, 400);
+
+    const body = { master_key: cs.masterKey, self_signing_key: cs.selfSigningKey, user_signing_key: cs.userSigningKey };
+    const first = await signingUpload(alice, body);
+    assert.equal(first.status, 200, first.text);
+    assert.equal((await signingUpload(alice, body)).status, 200, 'the same keys again need no password');
+
+    const seenByBob = await query(bob, { [alice.userId]: [] });
+    assert.deepEqual(seenByBob.body.master_keys[alice.userId], cs.masterKey);
+    assert.deepEqual(seenByBob.body.self_signing_keys[alice.userId], cs.selfSigningKey);
+    assert.equal(seenByBob.body.user_signing_keys[alice.userId], undefined, 'only its owner reads a user-signing key');
+    assert.deepEqual((await query(alice, { [alice.userId]: [] })).body.user_signing_keys[alice.userId], cs.userSigningKey);
+
+    // New keys replace the old only with the password.
+    const next = crossSigning(alice.userId);
+    const replace = { master_key: next.masterKey, self_signing_key: next.selfSigningKey };
+    const challenge = await signingUpload(alice, replace);
+    assert.equal(challenge.status, 401, challenge.text);
+    assert.deepEqual(challenge.body.flows, [{ stages: ['m.login.password'] }]);
+    const wrong = await signingUpload(alice, { ...replace, auth: { ...auth('alice'), password: 'guess', session: challenge.body.session } });
+    assert.equal(wrong.status, 401);
+    assert.equal(wrong.body.errcode, 'M_FORBIDDEN');
+    assert.deepEqual((await query(bob, { [alice.userId]: [] })).body.master_keys[alice.userId], cs.masterKey);
+    const replaced = await signingUpload(alice, { ...replace, auth: { ...auth('alice'), session: challenge.body.session } });
+    assert.equal(replaced.status, 200, replaced.text);
+    assert.deepEqual((await query(bob, { [alice.userId]: [] })).body.master_keys[alice.userId], next.masterKey);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('signatures: a device by its self-signing key, the master key by a device, another user by the user-signing key; failures per key', async () => {
+  const dir = makeDir();
+  let server = await startServer({ dir });
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const carol = await signIn(server, 'carol');
+    const aliceDevice = alice.id.deviceKeys();
+    await upload(alice, { device_keys: aliceDevice });
+    await upload(bob, { device_keys: bob.id.deviceKeys() });
+    const acs = crossSigning(alice.userId);
+    const bcs = crossSigning(bob.userId);
+    await signingUpload(alice, { master_key: acs.masterKey, self_signing_key: acs.selfSigningKey, user_signing_key: acs.userSigningKey });
+    await signingUpload(bob, { master_key: bcs.masterKey, self_signing_key: bcs.selfSigningKey, user_signing_key: bcs.userSigningKey });
+
+    const room = await alice.createRoom({ preset: 'public_chat' });
+    await bob.join(room);
+    const bobStart = await bob.sync();
+    const deviceSigned = acs.selfSigning.signObject(aliceDevice);
+    const masterSigned = alice.id.signObject(acs.masterKey);
+    const res = await signaturesUpload(alice, { [alice.userId]: { [alice.deviceId]: deviceSigned, [acs.master.pub]: masterSigned } });
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual(res.body.failures, {});
+    const seen = await query(bob, { [alice.userId]: [] });
+    assert.equal(seen.body.device_keys[alice.userId][alice.deviceId].signatures[alice.userId][acs.selfSigning.keyId], deviceSigned.signatures[alice.userId][acs.selfSigning.keyId]);
+    assert.equal(seen.body.master_keys[alice.userId].signatures[alice.userId][`ed25519:${alice.deviceId}`], masterSigned.signatures[alice.userId][`ed25519:${alice.deviceId}`]);
+    const woke = await bob.sync({ since: bobStart.next_batch, timeout: '0' });
+    assert.ok(woke.device_lists.changed.includes(alice.userId), 'who sees the keys fetches the new signatures');
+
+    // bob verifies alice: his signature on her master key is his to see, not carol's.
+    const verified = bcs.userSigning.signObject(acs.masterKey);
+    const byBob = await signaturesUpload(bob, { [alice.userId]: { [acs.master.pub]: verified } });
+    assert.deepEqual(byBob.body.failures, {});
+    const bobView = (await query(bob, { [alice.userId]: [] })).body.master_keys[alice.userId];
+    assert.equal(bobView.signatures[bob.userId][bcs.userSigning.keyId], verified.signatures[bob.userId][bcs.userSigning.keyId]);
+    const carolView = (await query(carol, { [alice.userId]: [] })).body.master_keys[alice.userId];
+    assert.equal(carolView.signatures?.[bob.userId], undefined);
+
+    // Failures, each for its own key.
+    const bad = await signaturesUpload(alice, {
+      [bob.userId]: { [bob.deviceId]: acs.selfSigning.signObject(bob.id.deviceKeys()) },
+      [alice.userId]: {
+        NOSUCH: acs.selfSigning.signObject({ ...aliceDevice, device_id: 'NOSUCH' }),
+        [alice.deviceId]: bcs.selfSigning.signObject({ ...aliceDevice, signatures: {} }),
+      },
+    });
+    assert.equal(bad.status, 200, bad.text);
+    assert.equal(bad.body.failures[bob.userId][bob.deviceId].errcode, 'M_NOT_FOUND', 'another user\'s device is not alice\'s to sign');
+    assert.equal(bad.body.failures[alice.userId].NOSUCH.errcode, 'M_NOT_FOUND');
+    assert.equal(bad.body.failures[alice.userId][alice.deviceId].errcode, 'M_INVALID_SIGNATURE');
+    const mismatch = await signaturesUpload(alice, { [alice.userId]: { [alice.deviceId]: acs.selfSigning.signObject({ ...aliceDevice, algorithms: [] }) } });
+    assert.equal(mismatch.body.failures[alice.userId][alice.deviceId].errcode, 'M_INVALID_PARAM');
+
+    // All of it after a restart.
+    await server.stop();
+    server = await startServer({ dir });
+    const bob2 = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
+    const after = await query(bob2, { [alice.userId]: [] });
+    assert.deepEqual(after.body.self_signing_keys[alice.userId], acs.selfSigningKey);
+    assert.equal(after.body.device_keys[alice.userId][alice.deviceId].signatures[alice.userId][acs.selfSigning.keyId], deviceSigned.signatures[alice.userId][acs.selfSigning.keyId]);
+    assert.equal(after.body.master_keys[alice.userId].signatures[bob.userId][bcs.userSigning.keyId], verified.signatures[bob.userId][bcs.userSigning.keyId]);
+  } finally {
+    await server.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -42,6 +42,27 @@ bool signed_by(const json::object& object, const std::string& user, const std::s
     return verify_ed25519(public_key, proto::canonical_json(unsigned_copy), *signature);
 }
 
+// The public key of a cross-signing key: its one "ed25519:<key>" entry; empty if it has none.
+std::string public_key_of(const json::object& key) {
+    const auto* keys = proto::opt_object(key, "keys");
+    if (!keys || keys->size() != 1) return {};
+    const auto& [name, value] = *keys->begin();
+    if (!name.starts_with("ed25519:") || !value.is_string() || name.substr(8) != value.get_string())
+        return {};
+    return std::string(value.get_string());
+}
+
+std::string public_key_of(const std::string& stored) {
+    return public_key_of(json::parse(stored).as_object());
+}
+
+// The object without its signatures and "unsigned": what a signature covers.
+json::object signed_part(json::object o) {
+    o.erase("signatures");
+    o.erase("unsigned");
+    return o;
+}
+
 }  // namespace
 
 Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
@@ -52,6 +73,7 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
             if (it == devices_.end()) return;
             const bool had_keys = !it->second.keys.empty();
             devices_.erase(it);
+            signatures_.erase({user, device});
             w.mutations.push_back(store::DeleteDeviceKeys{user, device});
             if (had_keys) record_change_locked(user, w);
         });
@@ -73,6 +95,33 @@ void Keys::load(store::Snapshot& snap) {
         if (Device* d = device(k.user_id, k.device_id))
             d->fallback[k.algorithm] = Fallback{std::move(k.key_id), std::move(k.json), k.used};
     for (auto& c : snap.device_list_changes) changed_[c.user_id] = c.stream;
+    for (auto& k : snap.cross_signing_keys) cross_signing_[k.user_id][k.usage] = std::move(k.json);
+    for (auto& g : snap.key_signatures)
+        signatures_[{g.target_user, g.target_key}][{g.signer_user, g.signer_key}] =
+            std::move(g.signature);
+}
+
+const std::string* Keys::signing_key_locked(const std::string& user,
+                                            const std::string& usage) const {
+    auto u = cross_signing_.find(user);
+    if (u == cross_signing_.end()) return nullptr;
+    auto k = u->second.find(usage);
+    return k == u->second.end() ? nullptr : &k->second;
+}
+
+std::string Keys::with_signatures_locked(const std::string& stored, const std::string& owner,
+                                         const std::string& key, const std::string& reader) const {
+    auto it = signatures_.find({owner, key});
+    if (it == signatures_.end()) return stored;
+    json::object obj = json::parse(stored).as_object();
+    if (!obj["signatures"].is_object()) obj["signatures"] = json::object{};
+    auto& signatures = obj["signatures"].as_object();
+    for (const auto& [signer, signature] : it->second) {
+        if (signer.first != owner && signer.first != reader) continue;
+        if (!signatures[signer.first].is_object()) signatures[signer.first] = json::object{};
+        signatures[signer.first].as_object()[signer.second] = signature;
+    }
+    return json::serialize(obj);
 }
 
 std::set<std::string> Keys::audience_locked(const std::string& user) const {
@@ -236,6 +285,9 @@ asio::awaitable<Response> Keys::upload(Request& req) {
             fresh.push_back(std::move(k));
         }
         if (device_keys && *device_keys != d.keys) {
+            // Signatures of the old keys say nothing about the new ones.
+            if (signatures_.erase({s.user_id, s.device_id}))
+                w.mutations.push_back(store::DeleteKeySignatures{s.user_id, s.device_id});
             d.keys = *device_keys;
             w.mutations.push_back(store::PutDeviceKeys{{s.user_id, s.device_id, *device_keys}});
             record_change_locked(s.user_id, w);
@@ -260,6 +312,9 @@ asio::awaitable<Response> Keys::query(Request& req) {
     std::string failures;
     Comma user_comma, failure_comma;
     std::set<std::string> unreachable;
+    std::string master, self_signing, user_signing;
+    Comma master_comma, self_comma, user_signing_comma;
+    const std::string& reader = req.session->user_id;
     {
         std::lock_guard lock(core_.mu);
         for (const auto& [user_sv, devices] : *wanted) {
@@ -274,6 +329,22 @@ asio::awaitable<Response> Keys::query(Request& req) {
                 unreachable.insert(std::string(parsed->server_name));
                 continue;
             }
+            // Cross-signing keys: everyone's master and self-signing keys, the reader's own
+            // user-signing key.
+            auto add_signing_key = [&](std::string& to, Comma& comma, const char* usage) {
+                const std::string* key = signing_key_locked(user, usage);
+                if (!key) return;
+                comma(to);
+                append_quoted(to, user);
+                to += ':';
+                if (std::string_view(usage) == "master")
+                    to += with_signatures_locked(*key, user, public_key_of(*key), reader);
+                else
+                    to += *key;
+            };
+            add_signing_key(master, master_comma, "master");
+            add_signing_key(self_signing, self_comma, "self_signing");
+            if (user == reader) add_signing_key(user_signing, user_signing_comma, "user_signing");
             std::set<std::string> only;
             for (const auto& d : devices.get_array())
                 if (d.is_string()) only.insert(std::string(d.get_string()));
@@ -288,8 +359,10 @@ asio::awaitable<Response> Keys::query(Request& req) {
                 device_comma(out);
                 append_quoted(out, device);
                 out += ':';
-                // The keys as uploaded, with the device's display name in "unsigned".
-                const std::string& keys = it->second.keys;
+                // The keys as uploaded and signed since, with the device's display name in
+                // "unsigned".
+                const std::string keys =
+                    with_signatures_locked(it->second.keys, user, device, req.session->user_id);
                 out.append(keys, 0, keys.size() - 1);
                 out += ",\"unsigned\":{";
                 const std::string name = accounts_.device_display_name_locked(user, device);
@@ -304,8 +377,9 @@ asio::awaitable<Response> Keys::query(Request& req) {
         append_quoted(failures, server);
         failures += ":{\"errcode\":\"M_UNKNOWN\",\"error\":\"This server does not federate\"}";
     }
-    out += "},\"failures\":{" + failures +
-           "},\"master_keys\":{},\"self_signing_keys\":{},\"user_signing_keys\":{}}";
+    out += "},\"failures\":{" + failures + "},\"master_keys\":{" + master +
+           "},\"self_signing_keys\":{" + self_signing + "},\"user_signing_keys\":{" + user_signing +
+           "}}";
     co_return Response{200, std::move(out), {}};
 }
 
@@ -397,6 +471,177 @@ asio::awaitable<Response> Keys::changes(Request& req) {
     for (const auto& u : delta.changed) changed.push_back(json::string(u));
     for (const auto& u : delta.left) left.push_back(json::string(u));
     co_return json_response(json::object{{"changed", changed}, {"left", left}});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-signing
+
+asio::awaitable<Response> Keys::upload_signing_keys(Request& req) {
+    const std::string& me = req.session->user_id;
+    struct Upload {
+        const char* usage;
+        const json::object* key;
+        std::string public_key;
+    };
+    std::vector<Upload> uploads;
+    for (const char* usage : {"master", "self_signing", "user_signing"}) {
+        const std::string field = std::string(usage) + "_key";
+        const auto* key = proto::opt_object(req.json, field);
+        if (!key) continue;
+        if (proto::req_string(*key, "user_id") != me)
+            throw MatrixError(400, errcode::invalid_param, field + " must be the user's own");
+        const auto* usages = proto::opt_array(*key, "usage");
+        if (!usages || std::none_of(usages->begin(), usages->end(), [&](const json::value& u) {
+                return u.is_string() && u.get_string() == usage;
+            }))
+            throw MatrixError(400, errcode::invalid_param,
+                              field + ".usage must contain '" + usage + "'");
+        std::string public_key = public_key_of(*key);
+        if (public_key.empty())
+            throw MatrixError(400, errcode::invalid_param,
+                              field + ".keys must hold one key, as \"ed25519:<key>\": \"<key>\"");
+        uploads.push_back({usage, key, std::move(public_key)});
+    }
+    if (uploads.empty())
+        throw MatrixError(400, errcode::missing_param, "No cross-signing key to upload");
+
+    // Without anything new (a retried upload), or for the first master key, no password.
+    bool replaces = false;
+    std::string master_public;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const std::string* master = signing_key_locked(me, "master")) {
+            master_public = public_key_of(*master);
+            for (const auto& u : uploads) {
+                const std::string* existing = signing_key_locked(me, u.usage);
+                if (!existing || json::parse(*existing) != json::value(*u.key)) replaces = true;
+            }
+        }
+    }
+    for (const auto& u : uploads)
+        if (std::string_view(u.usage) == "master") master_public = u.public_key;
+    if (master_public.empty())
+        throw MatrixError(400, errcode::missing_param, "No master signing key is available");
+    // The other keys are signed by the master key, new or current.
+    for (const auto& u : uploads)
+        if (std::string_view(u.usage) != "master" &&
+            !signed_by(*u.key, me, "ed25519:" + master_public, master_public))
+            throw MatrixError(400, kInvalidSignature,
+                              std::string(u.usage) + "_key is not signed by the master key");
+    if (replaces)
+        if (auto challenge = co_await accounts_.password_auth(req)) co_return std::move(*challenge);
+
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        auto& mine = cross_signing_[me];
+        for (const auto& u : uploads) {
+            std::string text = json::serialize(*u.key);
+            mine[u.usage] = text;
+            w.mutations.push_back(store::PutCrossSigningKey{{me, u.usage, std::move(text)}});
+        }
+        record_change_locked(me, w);
+    }
+    co_await core_.commit(std::move(w));
+    spdlog::info("{} uploaded cross-signing keys", me);
+    co_return Response{};
+}
+
+asio::awaitable<Response> Keys::upload_signatures(Request& req) {
+    const std::string& me = req.session->user_id;
+    json::object failures;
+    auto fail = [&](const std::string& user, const std::string& key, const char* code,
+                    const std::string& error) {
+        if (!failures[user].is_object()) failures[user] = json::object{};
+        failures[user].as_object()[key] = json::object{{"errcode", code}, {"error", error}};
+    };
+    PendingWrite w;
+    std::uint64_t ticket = 0;
+    {
+        std::lock_guard lock(core_.mu);
+        const std::string* self_signing = signing_key_locked(me, "self_signing");
+        const std::string* user_signing = signing_key_locked(me, "user_signing");
+        bool changed = false;
+        for (const auto& [user_sv, keys] : req.json) {
+            const std::string user(user_sv);
+            if (!keys.is_object())
+                throw MatrixError(400, errcode::bad_json, user + " must map key ids to keys");
+            for (const auto& [key_sv, signed_value] : keys.get_object()) {
+                const std::string key_id(key_sv);
+                if (!signed_value.is_object()) {
+                    fail(user, key_id, errcode::bad_json, "Not a key object");
+                    continue;
+                }
+                const json::object& object = signed_value.get_object();
+                const auto* by = proto::opt_object(object, "signatures");
+                const json::object* mine = by ? proto::opt_object(*by, me) : nullptr;
+                // What is signed must be the key the server holds, signatures aside.
+                const std::string* stored = nullptr;
+                std::string signer_public;  // the key that must have made the signature
+                std::string signer_key_id;
+                if (user == me) {
+                    if (auto d = devices_.find(device_key(me, key_id));
+                        d != devices_.end() && !d->second.keys.empty()) {
+                        // One of my devices, signed by my self-signing key.
+                        stored = &d->second.keys;
+                        if (self_signing) signer_public = public_key_of(*self_signing);
+                        signer_key_id = "ed25519:" + signer_public;
+                    } else if (const std::string* master = signing_key_locked(me, "master");
+                               master && public_key_of(*master) == key_id) {
+                        // My master key, signed by one of my devices.
+                        stored = master;
+                        if (mine)
+                            for (const auto& [name, _] : *mine) {
+                                std::string_view n = name;
+                                if (!n.starts_with("ed25519:")) continue;
+                                auto d = devices_.find(device_key(me, std::string(n.substr(8))));
+                                if (d == devices_.end() || d->second.keys.empty()) continue;
+                                auto dk = json::parse(d->second.keys).as_object();
+                                const auto* idk = proto::opt_object(dk, "keys");
+                                auto pk = idk ? proto::opt_string(*idk, name) : std::nullopt;
+                                if (pk) {
+                                    signer_public = *pk;
+                                    signer_key_id = std::string(name);
+                                    break;
+                                }
+                            }
+                    }
+                } else if (const std::string* master = signing_key_locked(user, "master");
+                           master && public_key_of(*master) == key_id) {
+                    // Someone else's master key, signed by my user-signing key.
+                    stored = master;
+                    if (user_signing) signer_public = public_key_of(*user_signing);
+                    signer_key_id = "ed25519:" + signer_public;
+                }
+                if (!stored) {
+                    fail(user, key_id, errcode::not_found, "No such key to sign");
+                    continue;
+                }
+                if (signed_part(json::parse(*stored).as_object()) != signed_part(object)) {
+                    fail(user, key_id, errcode::invalid_param,
+                         "The key does not match the one held");
+                    continue;
+                }
+                if (signer_public.empty() || !signed_by(object, me, signer_key_id, signer_public)) {
+                    fail(user, key_id, kInvalidSignature,
+                         "Not signed by a key of yours that may sign it");
+                    continue;
+                }
+                const std::string signature(mine->at(signer_key_id).as_string());
+                signatures_[{user, key_id}][{me, signer_key_id}] = signature;
+                w.mutations.push_back(
+                    store::PutKeySignature{{user, key_id, me, signer_key_id, signature}});
+                changed = true;
+            }
+        }
+        // Those who see my keys fetch them again: the new signatures come with them.
+        if (changed) {
+            record_change_locked(me, w);
+            ticket = core_.submit_locked(std::move(w));
+        }
+    }
+    if (ticket) co_await core_.durable(ticket);
+    co_return json_response(json::object{{"failures", failures}});
 }
 
 }  // namespace mxvoip::server

@@ -21,7 +21,8 @@ namespace mxvoip::server {
 
 class Keys {
   public:
-    // Registers with `accounts` to drop a device's keys when it goes away.
+    // Registers with `accounts` to drop a device's keys when it goes away; asks it for the
+    // password when cross-signing keys are replaced.
     Keys(Core& core, Accounts& accounts, Rooms& rooms);
 
     void load(store::Snapshot& snap);
@@ -30,6 +31,8 @@ class Keys {
     asio::awaitable<Response> query(Request&);
     asio::awaitable<Response> claim(Request&);
     asio::awaitable<Response> changes(Request&);
+    asio::awaitable<Response> upload_signing_keys(Request&);
+    asio::awaitable<Response> upload_signatures(Request&);
 
     // The users whose device lists `user` should refresh, and those it no longer shares a room
     // with, for changes in (since, upto].
@@ -63,12 +66,25 @@ class Keys {
     // syncs of everyone who shares a room with the user wake for it.
     void record_change_locked(const std::string& user, PendingWrite& w);
     std::string counts_json_locked(const Device* d) const;
+    // The stored key (device keys or cross-signing key) with the added signatures `reader`
+    // may see: those of the key's owner and the reader's own.
+    std::string with_signatures_locked(const std::string& stored, const std::string& owner,
+                                       const std::string& key, const std::string& reader) const;
+    // (public key, its JSON) of the user's cross-signing key of `usage`, if any.
+    const std::string* signing_key_locked(const std::string& user, const std::string& usage) const;
 
     Core& core_;
     Accounts& accounts_;
     Rooms& rooms_;
     std::unordered_map<std::string, Device> devices_;    // by user + '|' + device
     std::unordered_map<std::string, StreamId> changed_;  // by user: the latest change
+    // By user, by usage (master, self_signing, user_signing): the key as uploaded.
+    std::unordered_map<std::string, std::map<std::string, std::string>> cross_signing_;
+    // Signatures added later, by (owner, device id or master public key), by (signer user,
+    // signer key id).
+    std::map<std::pair<std::string, std::string>,
+             std::map<std::pair<std::string, std::string>, std::string>>
+        signatures_;
 };
 
 }  // namespace mxvoip::server

@@ -138,6 +138,9 @@ std::vector<Route> make_routes(Homeserver& hs) {
         {RateClass::none, Body::object});
     add(verb::post, cs, "/keys/claim", true, on(keys, &Keys::claim), write);
     add(verb::get, cs, "/keys/changes", true, on(keys, &Keys::changes));
+    add(verb::post, cs, "/keys/device_signing/upload", true, on(keys, &Keys::upload_signing_keys),
+        write);
+    add(verb::post, cs, "/keys/signatures/upload", true, on(keys, &Keys::upload_signatures), write);
 
     // Every path clients have used for TURN credentials, back to the first spec (api/v1).
     auto turn = on(hs.voip, &Voip::turn_server);

@@ -106,6 +106,20 @@ CREATE TABLE IF NOT EXISTS fallback_keys (
     used INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id, algorithm)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cross_signing_keys (
+    user_id TEXT NOT NULL,
+    usage TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, usage)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_signatures (
+    target_user TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    signer_user TEXT NOT NULL,
+    signer_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (target_user, target_key, signer_user, signer_key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device_list_changes (
     user_id TEXT PRIMARY KEY,
     stream_id INTEGER NOT NULL
@@ -386,6 +400,18 @@ class SqliteStore final : public Store {
             while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
         }
         {
+            Stmt s(db, "SELECT user_id, usage, json FROM cross_signing_keys");
+            while (s.next()) snap.cross_signing_keys.push_back({s.text(0), s.text(1), s.text(2)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT target_user, target_key, signer_user, signer_key, signature FROM "
+                   "key_signatures");
+            while (s.next())
+                snap.key_signatures.push_back(
+                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+        }
+        {
             Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
             if (s.next()) snap.max_stream = s.integer(0);
         }
@@ -612,10 +638,35 @@ class SqliteStore final : public Store {
             .run();
     }
     static void write(Db& db, const DeleteDeviceKeys& m, StreamId&) {
-        for (const char* sql : {"DELETE FROM device_keys WHERE user_id = ? AND device_id = ?",
-                                "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?",
-                                "DELETE FROM fallback_keys WHERE user_id = ? AND device_id = ?"})
+        for (const char* sql :
+             {"DELETE FROM device_keys WHERE user_id = ? AND device_id = ?",
+              "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?",
+              "DELETE FROM fallback_keys WHERE user_id = ? AND device_id = ?",
+              "DELETE FROM key_signatures WHERE target_user = ? AND target_key = ?"})
             Stmt(db, sql).bind(m.user_id).bind(m.device_id).run();
+    }
+    static void write(Db& db, const PutCrossSigningKey& m, StreamId&) {
+        Stmt(db, "INSERT OR REPLACE INTO cross_signing_keys VALUES (?, ?, ?)")
+            .bind(m.key.user_id)
+            .bind(m.key.usage)
+            .bind(m.key.json)
+            .run();
+    }
+    static void write(Db& db, const PutKeySignature& m, StreamId&) {
+        const auto& k = m.signature;
+        Stmt(db, "INSERT OR REPLACE INTO key_signatures VALUES (?, ?, ?, ?, ?)")
+            .bind(k.target_user)
+            .bind(k.target_key)
+            .bind(k.signer_user)
+            .bind(k.signer_key)
+            .bind(k.signature)
+            .run();
+    }
+    static void write(Db& db, const DeleteKeySignatures& m, StreamId&) {
+        Stmt(db, "DELETE FROM key_signatures WHERE target_user = ? AND target_key = ?")
+            .bind(m.target_user)
+            .bind(m.target_key)
+            .run();
     }
     static void write(Db& db, const PutDeviceListChange& m, StreamId& max_stream) {
         Stmt(db, "INSERT OR REPLACE INTO device_list_changes VALUES (?, ?)")

@@ -116,6 +116,20 @@ struct FallbackKeyRecord {
     std::string json;
     bool used = false;
 };
+// A user's cross-signing key of one usage (master, self_signing, user_signing), as uploaded.
+struct CrossSigningKeyRecord {
+    std::string user_id;
+    std::string usage;
+    std::string json;
+};
+// A signature added later (POST /keys/signatures/upload) to a device's keys or a master key.
+struct KeySignatureRecord {
+    std::string target_user;
+    std::string target_key;  // a device id, or the master key's public key
+    std::string signer_user;
+    std::string signer_key;  // "ed25519:<key or device id>"
+    std::string signature;
+};
 // The stream position of a user's latest device list change (a device's keys arrived or a
 // device with keys went away).
 struct DeviceListChangeRecord {
@@ -189,14 +203,25 @@ struct DeleteDeviceKeys {
     std::string user_id;
     std::string device_id;
 };
+struct PutCrossSigningKey {
+    CrossSigningKeyRecord key;
+};
+struct PutKeySignature {
+    KeySignatureRecord signature;
+};
+struct DeleteKeySignatures {
+    std::string target_user;
+    std::string target_key;
+};
 struct PutDeviceListChange {
     DeviceListChangeRecord change;
 };
 
-using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom,
-                              PutEvent, PutAccountData, PutToDevice, DeleteToDevice, PutFilter,
-                              PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey,
-                              DeleteDeviceKeys, PutDeviceListChange>;
+using Mutation =
+    std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
+                 PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
+                 PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
+                 PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -215,6 +240,8 @@ struct Snapshot {
     std::vector<OneTimeKeyRecord> one_time_keys;  // in the order they were put
     std::vector<FallbackKeyRecord> fallback_keys;
     std::vector<DeviceListChangeRecord> device_list_changes;
+    std::vector<CrossSigningKeyRecord> cross_signing_keys;
+    std::vector<KeySignatureRecord> key_signatures;
     StreamId max_stream = 0;
 };
 
