@@ -3,9 +3,10 @@
 // SQLite database in a temporary directory. Whatever the request, the answer is never a 500
 // and its body is valid UTF-8 JSON; the process neither crashes nor leaks.
 //
-// Inputs may say $TOKEN, $USER and $ROOM: they become the access token of a signed-in user,
-// that user's id and a public room the user created, so that requests reach past
-// authentication. A request that logs that user out is followed by a new login.
+// Inputs may say $TOKEN, $USER, $DEVICE and $ROOM: they become the access token of a
+// signed-in user, that user's id and device id, and a public room the user created, so that
+// requests reach past authentication. A request that logs that user out is followed by a new
+// login.
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -73,7 +74,7 @@ class Target {
         hs_->core.wake_all();
         dispatch_ = std::make_unique<Dispatcher>(*hs_);
         token_ = setup("/register",
-                       R"({"username":"fuzz","password":"fuzz-password",)"
+                       R"({"username":"fuzz","password":"fuzz-password","device_id":"FUZZDEV",)"
                        R"("auth":{"type":"m.login.dummy"}})",
                        "access_token");
         room_ = setup("/createRoom", R"({"preset":"public_chat"})", "room_id");
@@ -92,6 +93,7 @@ class Target {
     void run(std::string text) {
         replace_all(text, "$TOKEN", token_);
         replace_all(text, "$USER", "@fuzz:localhost");
+        replace_all(text, "$DEVICE", "FUZZDEV");
         replace_all(text, "$ROOM", room_);
         auto r = call(text);
         if (!r) return;
@@ -148,8 +150,9 @@ class Target {
 
     void login() {
         token_.clear();
-        auto r = post("/login",
-                      R"({"type":"m.login.password","user":"fuzz","password":"fuzz-password"})");
+        auto r =
+            post("/login", R"({"type":"m.login.password","user":"fuzz","password":"fuzz-password",)"
+                           R"("device_id":"FUZZDEV"})");
         // When the fuzzer changed the password there is nobody to sign in as: stay signed out.
         if (r && r->status == 200)
             token_ = json::value_to<std::string>(json::parse(r->body).at("access_token"));

@@ -246,7 +246,10 @@ asio::awaitable<Response> Keys::upload(Request& req) {
     std::vector<store::FallbackKeyRecord> fallback;
     if (const auto* keys = proto::opt_object(body, "fallback_keys"))
         for (const auto& [name, key] : *keys) {
-            auto [algorithm, key_id] = split_key_name(name);
+            // Named, not a structured binding: the lambda below captures it.
+            const auto parts = split_key_name(name);
+            const std::string& algorithm = parts.first;
+            const std::string& key_id = parts.second;
             if (!key.is_object() && !key.is_string())
                 throw MatrixError(400, errcode::bad_json, "A fallback key is a string or object");
             if (std::any_of(fallback.begin(), fallback.end(),
