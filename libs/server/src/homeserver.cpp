@@ -14,6 +14,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       account_data(core, rooms),
       profile(core, accounts, rooms),
       keys(core, accounts, rooms),
+      key_backup(core),
       sync(core, rooms, account_data, to_device, keys),
       voip(core) {
     auto snap =
@@ -24,6 +25,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     rooms.load(snap);
     account_data.load(snap);
     keys.load(snap);
+    key_backup.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

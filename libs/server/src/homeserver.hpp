@@ -10,6 +10,7 @@
 //   AccountData     -> Rooms        a room's account data needs the room
 //   Profile         -> Accounts, Rooms   a change is a member event in every joined room
 //   Keys            -> Accounts, Rooms   device lists follow who shares a room
+//   KeyBackup          -
 //   Sync            -> Rooms, AccountData, ToDevice, Keys
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
@@ -24,6 +25,7 @@
 #include "account_data.hpp"
 #include "accounts.hpp"
 #include "core.hpp"
+#include "key_backup.hpp"
 #include "keys.hpp"
 #include "profile.hpp"
 #include "rooms.hpp"
@@ -48,6 +50,7 @@ class Homeserver {
     AccountData account_data;
     Profile profile;
     Keys keys;
+    KeyBackup key_backup;
     Sync sync;
     Voip voip;
 };

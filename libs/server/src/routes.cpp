@@ -142,6 +142,20 @@ std::vector<Route> make_routes(Homeserver& hs) {
         write);
     add(verb::post, cs, "/keys/signatures/upload", true, on(keys, &Keys::upload_signatures), write);
 
+    using B = KeyBackup;
+    auto& backup = hs.key_backup;
+    add(verb::post, cs, "/room_keys/version", true, on(backup, &B::create_version), write);
+    add(verb::get, cs, "/room_keys/version", true, on(backup, &B::get_version));
+    add(verb::get, cs, "/room_keys/version/*", true, on(backup, &B::get_version));
+    add(verb::put, cs, "/room_keys/version/*", true, on(backup, &B::put_version), write);
+    add(verb::delete_, cs, "/room_keys/version/*", true, on(backup, &B::delete_version),
+        {RateClass::message});
+    for (const char* path : {"/room_keys/keys", "/room_keys/keys/*", "/room_keys/keys/*/*"}) {
+        add(verb::put, cs, path, true, on(backup, &B::put_keys), write);
+        add(verb::get, cs, path, true, on(backup, &B::get_keys));
+        add(verb::delete_, cs, path, true, on(backup, &B::delete_keys), {RateClass::message});
+    }
+
     // Every path clients have used for TURN credentials, back to the first spec (api/v1).
     auto turn = on(hs.voip, &Voip::turn_server);
     add(verb::get,

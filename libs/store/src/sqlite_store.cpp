@@ -120,6 +120,26 @@ CREATE TABLE IF NOT EXISTS key_signatures (
     signature TEXT NOT NULL,
     PRIMARY KEY (target_user, target_key, signer_user, signer_key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS backup_versions (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    auth_data TEXT NOT NULL,
+    etag INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (user_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS backup_keys (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    is_verified INTEGER NOT NULL,
+    first_message_index INTEGER NOT NULL,
+    forwarded_count INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device_list_changes (
     user_id TEXT PRIMARY KEY,
     stream_id INTEGER NOT NULL
@@ -400,6 +420,23 @@ class SqliteStore final : public Store {
             while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
         }
         {
+            Stmt s(db,
+                   "SELECT user_id, version, algorithm, auth_data, etag, deleted FROM "
+                   "backup_versions");
+            while (s.next())
+                snap.backup_versions.push_back({s.text(0), s.integer(1), s.text(2), s.text(3),
+                                                s.integer(4), s.integer(5) != 0});
+        }
+        {
+            // Live versions only: a deleted version's keys are deleted with it.
+            Stmt s(db,
+                   "SELECT user_id, version, room_id, session_id, is_verified, "
+                   "first_message_index, forwarded_count FROM backup_keys");
+            while (s.next())
+                snap.backup_keys.push_back({s.text(0), s.integer(1), s.text(2), s.text(3),
+                                            s.integer(4) != 0, s.integer(5), s.integer(6), ""});
+        }
+        {
             Stmt s(db, "SELECT user_id, usage, json FROM cross_signing_keys");
             while (s.next()) snap.cross_signing_keys.push_back({s.text(0), s.text(1), s.text(2)});
         }
@@ -473,6 +510,22 @@ class SqliteStore final : public Store {
         s.bind(room_id).bind(at);
         std::vector<EventRecord> out;
         while (s.next()) out.push_back(read_event(s));
+        return out;
+    }
+
+    std::vector<BackupKeyRecord> backup_keys(const std::string& user_id, std::int64_t version,
+                                             const std::string& room_id,
+                                             const std::string& session_id) override {
+        std::lock_guard lock(read_mu_);
+        Stmt s(*reader_,
+               "SELECT room_id, session_id, is_verified, first_message_index, forwarded_count, "
+               "json FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR room_id = "
+               "?) AND (? = '' OR session_id = ?) ORDER BY room_id, session_id");
+        s.bind(user_id).bind(version).bind(room_id).bind(room_id).bind(session_id).bind(session_id);
+        std::vector<BackupKeyRecord> out;
+        while (s.next())
+            out.push_back({user_id, version, s.text(0), s.text(1), s.integer(2) != 0, s.integer(3),
+                           s.integer(4), s.text(5)});
         return out;
     }
 
@@ -666,6 +719,42 @@ class SqliteStore final : public Store {
         Stmt(db, "DELETE FROM key_signatures WHERE target_user = ? AND target_key = ?")
             .bind(m.target_user)
             .bind(m.target_key)
+            .run();
+    }
+    static void write(Db& db, const PutBackupVersion& m, StreamId&) {
+        const auto& v = m.version;
+        Stmt(db, "INSERT OR REPLACE INTO backup_versions VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(v.user_id)
+            .bind(v.version)
+            .bind(v.algorithm)
+            .bind(v.auth_data)
+            .bind(v.etag)
+            .bind(v.deleted)
+            .run();
+    }
+    static void write(Db& db, const PutBackupKey& m, StreamId&) {
+        const auto& k = m.key;
+        Stmt(db, "INSERT OR REPLACE INTO backup_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(k.user_id)
+            .bind(k.version)
+            .bind(k.room_id)
+            .bind(k.session_id)
+            .bind(k.is_verified)
+            .bind(k.first_message_index)
+            .bind(k.forwarded_count)
+            .bind(k.json)
+            .run();
+    }
+    static void write(Db& db, const DeleteBackupKeys& m, StreamId&) {
+        Stmt(db,
+             "DELETE FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR room_id = "
+             "?) AND (? = '' OR session_id = ?)")
+            .bind(m.user_id)
+            .bind(m.version)
+            .bind(m.room_id)
+            .bind(m.room_id)
+            .bind(m.session_id)
+            .bind(m.session_id)
             .run();
     }
     static void write(Db& db, const PutDeviceListChange& m, StreamId& max_stream) {

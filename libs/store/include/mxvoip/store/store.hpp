@@ -130,6 +130,26 @@ struct KeySignatureRecord {
     std::string signer_key;  // "ed25519:<key or device id>"
     std::string signature;
 };
+// A version of a user's server-side key backup.
+struct BackupVersionRecord {
+    std::string user_id;
+    std::int64_t version = 0;
+    std::string algorithm;
+    std::string auth_data;  // JSON object text
+    std::int64_t etag = 0;  // changes whenever the backup's keys change
+    bool deleted = false;
+};
+// One backed-up room key: what decides whether a new upload replaces it, and the data.
+struct BackupKeyRecord {
+    std::string user_id;
+    std::int64_t version = 0;
+    std::string room_id;
+    std::string session_id;
+    bool is_verified = false;
+    std::int64_t first_message_index = 0;
+    std::int64_t forwarded_count = 0;
+    std::string json;  // the KeyBackupData object as uploaded
+};
 // The stream position of a user's latest device list change (a device's keys arrived or a
 // device with keys went away).
 struct DeviceListChangeRecord {
@@ -213,6 +233,20 @@ struct DeleteKeySignatures {
     std::string target_user;
     std::string target_key;
 };
+// Creates or updates a backup version (a deleted one keeps its number, never reused).
+struct PutBackupVersion {
+    BackupVersionRecord version;
+};
+struct PutBackupKey {
+    BackupKeyRecord key;
+};
+// Deletes a version's keys: all of them, a room's (session_id empty) or one session's.
+struct DeleteBackupKeys {
+    std::string user_id;
+    std::int64_t version = 0;
+    std::string room_id;  // empty: every room
+    std::string session_id;
+};
 struct PutDeviceListChange {
     DeviceListChangeRecord change;
 };
@@ -221,7 +255,8 @@ using Mutation =
     std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
                  PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
                  PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
-                 PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures>;
+                 PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
+                 PutBackupVersion, PutBackupKey, DeleteBackupKeys>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -242,6 +277,8 @@ struct Snapshot {
     std::vector<DeviceListChangeRecord> device_list_changes;
     std::vector<CrossSigningKeyRecord> cross_signing_keys;
     std::vector<KeySignatureRecord> key_signatures;
+    std::vector<BackupVersionRecord> backup_versions;
+    std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
     StreamId max_stream = 0;
 };
 
@@ -267,6 +304,11 @@ class Store {
     virtual std::optional<EventRecord> event_at(StreamId stream) = 0;
     // The room's state as it was after the event at `at`, in stream order.
     virtual std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) = 0;
+    // The keys of a backup version, of one room, or one session (empty: no restriction).
+    virtual std::vector<BackupKeyRecord> backup_keys(const std::string& user_id,
+                                                     std::int64_t version,
+                                                     const std::string& room_id,
+                                                     const std::string& session_id) = 0;
 };
 
 struct SqliteOptions {
