@@ -558,6 +558,12 @@ int call_command(const Account& a, const CallFlags& f) {
             invitee = f.target;
             room = co_await direct_room(ctx, invitee);
         }
+        // Calls in an encrypted room travel as m.room.encrypted: the other side would see an
+        // event it cannot trust and this side could not read the answer.
+        if (ctx.driver.encrypted(room))
+            throw std::runtime_error(room +
+                                     " is end-to-end encrypted, and mxvoip cannot encrypt calls "
+                                     "yet: call in a room without encryption");
         if (f.start_at_unix_ms > 0) {
             auto at = std::chrono::system_clock::time_point(
                 std::chrono::milliseconds(f.start_at_unix_ms));

@@ -177,3 +177,33 @@ test('no answer: the caller gives up with invite_timeout after the invite lifeti
   const hangup = events.find((e) => e.type === 'm.call.hangup' && e.content.call_id === alice.summary().call_id);
   assert.equal(hangup?.content.reason, 'invite_timeout');
 });
+
+test('an encrypted room: mxvoip refuses to call in it with a clear error, and says why its events do not ring', async () => {
+  const A = rig.accounts.alice.handle;
+  const B = rig.accounts.carol.handle;
+  const room = await A.createRoom({
+    preset: 'trusted_private_chat',
+    is_direct: true,
+    invite: [B.userId],
+    initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }],
+  });
+  assert.equal((await B.join(room)).status, 200);
+  const alice = rig.client('alice', ['call', room]);
+  const res = await exitOf(alice, 60000);
+  assert.equal(res.code, 6, alice.describe());
+  assert.match(alice.stderr, /end-to-end encrypted.*cannot encrypt calls yet/, alice.describe());
+  assert.equal((await rig.timeline('alice', room)).filter((e) => e.type.startsWith('m.call.')).length, 0, 'nothing was sent');
+
+  // An encrypted event (as Element's call invite would be) makes the answering side say why.
+  const carol = rig.client('carol', ['answer', '--auto']);
+  await carol.waitFor((e) => e.event === 'ready');
+  const said = new Promise((resolve) => {
+    const check = () => /encrypted events in .* cannot be read/.test(carol.stderr) && resolve();
+    carol.proc.stderr.on('data', check);
+    check();
+  });
+  await A.send(room, 'm.room.encrypted', { algorithm: 'm.megolm.v1.aes-sha2', ciphertext: 'AwgA', session_id: 's', sender_key: 'k', device_id: 'D' });
+  await said;
+  carol.proc.kill('SIGTERM');
+  await exitOf(carol, 10000);
+});

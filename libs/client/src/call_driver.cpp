@@ -61,6 +61,11 @@ std::set<std::string> CallDriver::joined(const std::string& room_id) const {
     return it == rooms_.end() ? std::set<std::string>{} : it->second.joined;
 }
 
+bool CallDriver::encrypted(const std::string& room_id) const {
+    auto it = rooms_.find(room_id);
+    return it != rooms_.end() && it->second.encrypted;
+}
+
 bool CallDriver::invited_to(const std::string& room_id) const {
     return invites_.count(room_id);
 }
@@ -421,6 +426,16 @@ void CallDriver::process_sync(const json::object& sync) {
                             room.joined.erase(who);
                     } else if (type == "m.room.join_rules" && ev.contains("state_key")) {
                         room.is_public = string_at(*content, "join_rule") == "public";
+                    } else if (type == "m.room.encryption" && ev.contains("state_key")) {
+                        room.encrypted = true;
+                    } else if (type == "m.room.encrypted" && !room.told_encrypted &&
+                               string_at(ev, "sender") != me) {
+                        // Possibly a call invite: say why it will not ring, once per room.
+                        room.told_encrypted = true;
+                        observer_.on_log("encrypted events in " + room_id + " from " +
+                                         string_at(ev, "sender") +
+                                         " cannot be read: mxvoip does not support end-to-end "
+                                         "encryption yet, so calls in that room do not reach it");
                     } else if (type.rfind("m.call.", 0) == 0 &&
                                std::string_view(section) == "timeline") {
                         call::RoomEvent event{room_id, string_at(ev, "sender"), type, *content};

@@ -94,6 +94,9 @@ class CallDriver {
     // Joined members of a room we are in (empty if unknown).
     std::set<std::string> joined(const std::string& room_id) const;
     bool invited_to(const std::string& room_id) const;
+    // Whether the room has m.room.encryption: its events travel as m.room.encrypted, which
+    // this client can neither read nor write yet.
+    bool encrypted(const std::string& room_id) const;
     // Events still to be sent (a hangup must leave before the program exits).
     bool sending() const { return !outbox_.empty() || send_busy_; }
 
@@ -101,6 +104,8 @@ class CallDriver {
     struct Room {
         std::set<std::string> joined;
         bool is_public = false;
+        bool encrypted = false;
+        bool told_encrypted = false;  // the log already said its events cannot be read
     };
     void feed(const call::Input& in);
     void execute(call::Action& a);
