@@ -92,6 +92,32 @@ void Accounts::remove_device_locked(Account& account, const std::string& device,
     for (const auto& f : device_removed_) f(account.record.user_id, device, w);
 }
 
+asio::awaitable<bool> Accounts::check_password(const std::string& user_id,
+                                               const std::string& password) {
+    if (auto wait = rc_login_failed_.check(user_id, core_.now_ms()))
+        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
+                          *wait);
+    std::string stored;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* u = find_locked(user_id)) stored = u->password_hash;
+    }
+    bool ok = false;
+    if (password.size() <= kMaxPasswordBytes) {
+        // A user who does not exist (or has no password) costs the same hash as one who does.
+        std::function<bool()> job = [this, password, stored] {
+            if (stored.empty()) {
+                verify_password(password, unknown_user_hash());
+                return false;
+            }
+            return verify_password(password, stored);
+        };
+        ok = co_await run_blocking<bool>(core_.blocking(), std::move(job));
+    }
+    if (!ok) rc_login_failed_.record(user_id, core_.now_ms());
+    co_return ok;
+}
+
 const std::string& Accounts::unknown_user_hash() {
     std::call_once(unknown_user_hash_once_,
                    [this] { unknown_user_hash_ = hash_password(random_letters(32), hash_cost_); });
@@ -165,29 +191,8 @@ asio::awaitable<Response> Accounts::login(Request& req) {
     // being guessed from many addresses.
     if (auto wait = rc_login_account_.take(user_id, core_.now_ms()))
         throw MatrixError(429, errcode::limit_exceeded, "Too many logins for this account", *wait);
-    if (auto wait = rc_login_failed_.check(user_id, core_.now_ms()))
-        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
-                          *wait);
-    std::string stored;
-    {
-        std::lock_guard lock(core_.mu);
-        if (const auto* u = find_locked(user_id)) stored = u->password_hash;
-    }
-    bool ok = false;
-    if (password.size() <= kMaxPasswordBytes) {
-        // A user who does not exist (or has no password) costs the same hash as one who
-        // does: the response time must not tell which accounts exist.
-        std::function<bool()> job = [this, password, stored] {
-            if (stored.empty()) {
-                verify_password(password, unknown_user_hash());
-                return false;
-            }
-            return verify_password(password, stored);
-        };
-        ok = co_await run_blocking<bool>(core_.blocking(), std::move(job));
-    }
+    bool ok = co_await check_password(user_id, password);
     if (!ok) {
-        rc_login_failed_.record(user_id, core_.now_ms());
         spdlog::info("login failed for {} from {}", user_id, req.remote);
         throw MatrixError(403, errcode::forbidden, "Invalid username or password");
     }
@@ -397,25 +402,8 @@ asio::awaitable<std::optional<Response>> Accounts::password_auth(const Request& 
     std::string password(proto::opt_string(*auth, "password").value_or(""));
     if (who != user_id)
         co_return challenge(errcode::forbidden, "Authenticate as the user whose account this is");
-    if (auto wait = rc_login_failed_.check(user_id, core_.now_ms()))
-        throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
-                          *wait);
-    std::string stored;
-    {
-        std::lock_guard lock(core_.mu);
-        if (const auto* u = find_locked(user_id)) stored = u->password_hash;
-    }
-    bool ok = false;
-    if (password.size() <= kMaxPasswordBytes && !stored.empty()) {
-        std::function<bool()> job = [password, stored] {
-            return verify_password(password, stored);
-        };
-        ok = co_await run_blocking<bool>(core_.blocking(), std::move(job));
-    }
-    if (!ok) {
-        rc_login_failed_.record(user_id, core_.now_ms());
-        co_return challenge(errcode::forbidden, "Invalid password");
-    }
+    bool ok = co_await check_password(user_id, password);
+    if (!ok) co_return challenge(errcode::forbidden, "Invalid password");
     co_return std::nullopt;
 }
 

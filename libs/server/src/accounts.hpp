@@ -80,6 +80,10 @@ class Accounts {
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name, bool is_guest);
     void remove_device_locked(Account& account, const std::string& device, PendingWrite& w);
+    // Whether `password` is the account's, at the same cost whether or not the account exists
+    // (the time must not tell); a failure counts against rc_login.failed_attempts, and once
+    // that limit is reached the answer is 429.
+    asio::awaitable<bool> check_password(const std::string& user_id, const std::string& password);
     asio::awaitable<Response> remove_devices(Request& req, std::vector<std::string> devices);
     // The hash a login for an unknown user is checked against (made on first use, at the
     // configured cost). On the blocking pool only.

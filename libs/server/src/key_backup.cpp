@@ -18,9 +18,18 @@ namespace {
 
 constexpr std::size_t kMaxAuthData = 65536;
 
-// The path captures after /room_keys/keys: (room, session), either possibly absent.
-std::pair<std::string, std::string> key_path(const Request& req) {
-    return {req.params.size() > 0 ? req.params[0] : std::string(),
+// What a /room_keys/keys request is about: ?version= (required), and the path captures
+// after /room_keys/keys, the room and the session, either possibly absent.
+struct Target {
+    std::string version;
+    std::string room;
+    std::string session;
+};
+
+Target target_of(const Request& req) {
+    const std::string* version = req.query_param("version");
+    if (!version) throw MatrixError(400, errcode::missing_param, "Missing 'version'");
+    return {*version, req.params.size() > 0 ? req.params[0] : std::string(),
             req.params.size() > 1 ? req.params[1] : std::string()};
 }
 
@@ -201,12 +210,9 @@ asio::awaitable<Response> KeyBackup::delete_version(Request& req) {
 
 asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
     const std::string& user = req.session->user_id;
-    const std::string* version_param = req.query_param("version");
-    if (!version_param) throw MatrixError(400, errcode::missing_param, "Missing 'version'");
-    // Named, not a structured binding: lambdas capture them (clang 14 cannot).
-    const auto path = key_path(req);
-    const std::string& room = path.first;
-    const std::string& session = path.second;
+    const Target t = target_of(req);
+    const std::string& room = t.room;
+    const std::string& session = t.session;
     // Everything is checked before anything is kept: a request is taken whole.
     std::vector<Upload> uploads;
     if (!session.empty()) {
@@ -235,7 +241,7 @@ asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
     {
         std::lock_guard lock(core_.mu);
         std::int64_t number = 0;
-        Version& v = version_locked(user, *version_param, number);
+        Version& v = version_locked(user, t.version, number);
         if (std::int64_t latest = latest_locked(user); latest != number) {
             // Only the current backup takes keys: a client on an old one must find the new.
             json::object body{{"errcode", "M_WRONG_ROOM_KEYS_VERSION"},
@@ -267,16 +273,13 @@ asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
 
 asio::awaitable<Response> KeyBackup::get_keys(Request& req) {
     const std::string& user = req.session->user_id;
-    const std::string* version_param = req.query_param("version");
-    if (!version_param) throw MatrixError(400, errcode::missing_param, "Missing 'version'");
-    // Named, not a structured binding: lambdas capture them (clang 14 cannot).
-    const auto path = key_path(req);
-    const std::string& room = path.first;
-    const std::string& session = path.second;
+    const Target t = target_of(req);
+    const std::string& room = t.room;
+    const std::string& session = t.session;
     std::int64_t number = 0;
     {
         std::lock_guard lock(core_.mu);
-        version_locked(user, *version_param, number);
+        version_locked(user, t.version, number);
     }
     auto keys = core_.store().backup_keys(user, number, room, session);
     if (!session.empty()) {
@@ -311,18 +314,15 @@ asio::awaitable<Response> KeyBackup::get_keys(Request& req) {
 
 asio::awaitable<Response> KeyBackup::delete_keys(Request& req) {
     const std::string& user = req.session->user_id;
-    const std::string* version_param = req.query_param("version");
-    if (!version_param) throw MatrixError(400, errcode::missing_param, "Missing 'version'");
-    // Named, not a structured binding: lambdas capture them (clang 14 cannot).
-    const auto path = key_path(req);
-    const std::string& room = path.first;
-    const std::string& session = path.second;
+    const Target t = target_of(req);
+    const std::string& room = t.room;
+    const std::string& session = t.session;
     std::string out;
     std::uint64_t ticket = 0;
     {
         std::lock_guard lock(core_.mu);
         std::int64_t number = 0;
-        Version& v = version_locked(user, *version_param, number);
+        Version& v = version_locked(user, t.version, number);
         const std::size_t before = v.keys.size();
         std::erase_if(v.keys, [&](const auto& kv) {
             return (room.empty() || kv.first.first == room) &&
