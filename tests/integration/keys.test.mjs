@@ -21,14 +21,7 @@ function canonical(v) {
 
 // A device's Ed25519 identity: signs objects as the spec's "Signing JSON" says.
 function identity(userId, deviceId) {
-  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
-  const pub = b64(publicKey.export({ format: 'der', type: 'spki' }).subarray(-32));
-  const keyId = `ed25519:${deviceId}`;
-  const signObject = (obj) => {
-    const { signatures, unsigned, ...rest } = obj;
-    const sig = b64(sign(null, Buffer.from(canonical(rest)), privateKey));
-    return { ...obj, signatures: { ...(signatures ?? {}), [userId]: { ...(signatures?.[userId] ?? {}), [keyId]: sig } } };
-  };
+  const { pub, keyId, signObject } = keyPair(userId, deviceId);
   const deviceKeys = () =>
     signObject({
       user_id: userId,

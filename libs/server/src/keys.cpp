@@ -63,6 +63,19 @@ json::object signed_part(json::object o) {
     return o;
 }
 
+// The "failures" of a query or claim: the servers this one could not ask, as it does not
+// federate.
+std::string failures_json(const std::set<std::string>& servers) {
+    std::string out;
+    Comma comma;
+    for (const auto& server : servers) {
+        comma(out);
+        append_quoted(out, server);
+        out += ":{\"errcode\":\"M_UNKNOWN\",\"error\":\"This server does not federate\"}";
+    }
+    return out;
+}
+
 }  // namespace
 
 Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
@@ -313,7 +326,7 @@ asio::awaitable<Response> Keys::query(Request& req) {
     const std::string& server_name = core_.config().server_name;
     std::string out = "{\"device_keys\":{";
     std::string failures;
-    Comma user_comma, failure_comma;
+    Comma user_comma;
     std::set<std::string> unreachable;
     std::string master, self_signing, user_signing;
     Comma master_comma, self_comma, user_signing_comma;
@@ -375,11 +388,7 @@ asio::awaitable<Response> Keys::query(Request& req) {
             out += '}';
         }
     }
-    for (const auto& server : unreachable) {
-        failure_comma(failures);
-        append_quoted(failures, server);
-        failures += ":{\"errcode\":\"M_UNKNOWN\",\"error\":\"This server does not federate\"}";
-    }
+    failures = failures_json(unreachable);
     out += "},\"failures\":{" + failures + "},\"master_keys\":{" + master +
            "},\"self_signing_keys\":{" + self_signing + "},\"user_signing_keys\":{" + user_signing +
            "}}";
@@ -392,7 +401,7 @@ asio::awaitable<Response> Keys::claim(Request& req) {
     const std::string& server_name = core_.config().server_name;
     std::string out = "{\"one_time_keys\":{";
     std::string failures;
-    Comma user_comma, failure_comma;
+    Comma user_comma;
     std::set<std::string> unreachable;
     PendingWrite w;
     std::uint64_t ticket = 0;
@@ -449,11 +458,7 @@ asio::awaitable<Response> Keys::claim(Request& req) {
         if (!w.mutations.empty()) ticket = core_.submit_locked(std::move(w));
     }
     if (ticket) co_await core_.durable(ticket);
-    for (const auto& server : unreachable) {
-        failure_comma(failures);
-        append_quoted(failures, server);
-        failures += ":{\"errcode\":\"M_UNKNOWN\",\"error\":\"This server does not federate\"}";
-    }
+    failures = failures_json(unreachable);
     out += "},\"failures\":{" + failures + "}}";
     co_return Response{200, std::move(out), {}};
 }
