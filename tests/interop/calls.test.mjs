@@ -50,17 +50,6 @@ async function ready(client) {
   await sleep(300); // its first long-poll is parked
 }
 
-// js receives media on `callId`: audio samples (and video frames) keep arriving.
-async function jsReceives(client, callId, { video }) {
-  const a = await client.call('media', callId);
-  await sleep(1500);
-  const b = await client.call('media', callId);
-  const why = `${JSON.stringify(a)} -> ${JSON.stringify(b)}\n${await client.describe()}`;
-  assert.ok(b.audioPackets > a.audioPackets, `${client.name} receives no audio: ${why}`);
-  if (video) assert.ok(b.videoFrames > a.videoFrames, `${client.name} receives no video: ${why}`);
-  return b;
-}
-
 function mxvoipReceived(client, { video, purpose = 'm.usermedia' }) {
   const s = client.summary();
   assert.ok(s, client.describe());
@@ -95,7 +84,7 @@ for (const video of [false, true]) {
       await ready(bob);
       const callId = await alice.call('place', room, { video, invitee: rig.accounts.bob.user_id });
       await alice.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
-      await jsReceives(alice, callId, { video });
+      await alice.receives(callId, { video });
       if (hangupBy === 'js') await alice.call('hangup', callId);
       const res = await exitOf(bob, 30000);
       assert.equal(res.code, 0, bob.describe());
@@ -119,7 +108,7 @@ for (const video of [false, true]) {
       const incoming = await bob.waitFor((e) => e.kind === 'incoming', 30000, 'the invite');
       await bob.call('answer', incoming.callId, { video });
       await bob.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
-      await jsReceives(bob, incoming.callId, { video });
+      await bob.receives(incoming.callId, { video });
       if (hangupBy === 'js') await bob.call('hangup', incoming.callId);
       const res = await exitOf(alice, 30000);
       assert.equal(res.code, 0, alice.describe());
@@ -193,7 +182,7 @@ for (const relayBoth of [false, true]) {
       const tHold = (Date.now() - connectedAt) / 1000;
       await alice.call('hold', callId, false);
       await sleep(2500);
-      await jsReceives(alice, callId, { video: true });
+      await alice.receives(callId, { video: true });
       assert.equal((await exitOf(bob, 30000)).code, 0, bob.describe());
       // matrix-js-sdk holds with sendonly: it keeps sending while mxvoip, held, sends nothing.
       const heldEnd = framesAt(bob, 'm.usermedia', 'video', tHold);
@@ -215,7 +204,7 @@ for (const relayBoth of [false, true]) {
       assert.ok(h2.videoFrames - h1.videoFrames <= 2, `js received video while held: ${JSON.stringify([h1, h2])}`);
       await alice2.waitFor((e) => e.event === 'hold' && e.on === false, 15000);
       await sleep(1500);
-      await jsReceives(bob2, incoming.callId, { video: true });
+      await bob2.receives(incoming.callId, { video: true });
       assert.equal((await exitOf(alice2, 30000)).code, 0, alice2.describe());
       assert.ok(framesAt(alice2, 'm.usermedia', 'video', 8.5) - framesAt(alice2, 'm.usermedia', 'video', 4.5) >= 10, `mxvoip video did not resume\n${alice2.describe()}`);
     });
@@ -326,7 +315,7 @@ test('js calls bob, who has mxvoip on one device and js on another: one answers,
       assert.equal(res.code, 0, bobCli.describe());
       assert.equal(bobCli.summary().end_reason, 'answered_elsewhere');
       await alice.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
-      await jsReceives(alice, callId, { video: false });
+      await alice.receives(callId, { video: false });
       await alice.call('hangup', callId);
     } else {
       const end = await jsEnded(bobJs, callId);
@@ -348,8 +337,8 @@ test('baseline: js calls js through mxvoip-server (video, relay)', async () => {
   const incoming = await bob.waitFor((e) => e.kind === 'incoming', 30000, 'the invite');
   await bob.call('answer', incoming.callId, { video: true });
   await alice.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
-  await jsReceives(alice, callId, { video: true });
-  await jsReceives(bob, callId, { video: true });
+  await alice.receives(callId, { video: true });
+  await bob.receives(callId, { video: true });
   assert.equal((await alice.call('media', callId)).relay, true);
   await alice.call('hangup', callId);
   const end = await jsEnded(bob, callId);

@@ -31,20 +31,28 @@ export async function startBrowser() {
     throw new Error(`esbuild or playwright-core is missing: run scripts/setup (npm ci): ${e.message}`);
   }
   const dir = mkdtempSync(join(tmpdir(), 'mxvoip-page-'));
+  // An ES module, so that matrix-js-sdk's Rust crypto finds its WebAssembly beside the bundle
+  // (import.meta.url), served from the package as it is.
   await esbuild.build({
     entryPoints: [join(here, '../interop/page/page.js')],
     bundle: true,
-    format: 'iife',
+    format: 'esm',
     platform: 'browser',
     outfile: join(dir, 'bundle.js'),
     logLevel: 'warning',
     define: { 'process.env.NODE_ENV': '"production"', global: 'globalThis' },
   });
-  const files = { '/': readFileSync(join(here, '../interop/page/index.html')), '/bundle.js': readFileSync(join(dir, 'bundle.js')) };
+  const sdkRequire = createRequire(require.resolve('matrix-js-sdk-browser'));
+  const wasm = join(dirname(sdkRequire.resolve('@matrix-org/matrix-sdk-crypto-wasm')), 'pkg/matrix_sdk_crypto_wasm_bg.wasm');
+  const files = {
+    '/': [readFileSync(join(here, '../interop/page/index.html')), 'text/html'],
+    '/bundle.js': [readFileSync(join(dir, 'bundle.js')), 'text/javascript'],
+    '/pkg/matrix_sdk_crypto_wasm_bg.wasm': [readFileSync(wasm), 'application/wasm'],
+  };
   const http = createServer((req, res) => {
-    const body = files[new URL(req.url, 'http://x').pathname];
-    if (!body) return res.writeHead(404).end();
-    res.writeHead(200, { 'content-type': req.url.endsWith('.js') ? 'text/javascript' : 'text/html' }).end(body);
+    const file = files[new URL(req.url, 'http://x').pathname];
+    if (!file) return res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': file[1] }).end(file[0]);
   });
   await new Promise((resolve) => http.listen(0, '127.0.0.1', resolve));
   const pageUrl = `http://127.0.0.1:${http.address().port}/`;
@@ -52,7 +60,9 @@ export async function startBrowser() {
   const contexts = [];
   return {
     // A matrix-js-sdk client logged in as `session` ({ userId, token, deviceId }).
-    async client(name, session, { baseUrl, forceTURN = false, autoAnswer = null } = {}) {
+    // With `encryption` ({ password, recoveryKey? }) it runs the SDK's Rust crypto, as Element
+    // does: the password answers user-interactive auth, the recovery key opens secret storage.
+    async client(name, session, { baseUrl, forceTURN = false, autoAnswer = null, encryption = null } = {}) {
       const context = await browser.newContext();
       contexts.push(context);
       const page = await context.newPage();
@@ -60,7 +70,7 @@ export async function startBrowser() {
       page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
       page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
       await page.goto(pageUrl);
-      await page.evaluate((a) => window.mx.start(a), { baseUrl, userId: session.userId, accessToken: session.token, deviceId: session.deviceId, forceTURN, autoAnswer });
+      await page.evaluate((a) => window.mx.start(a), { baseUrl, userId: session.userId, accessToken: session.token, deviceId: session.deviceId, forceTURN, autoAnswer, encryption });
       const js = {
         name,
         page,
@@ -74,6 +84,22 @@ export async function startBrowser() {
             if (found) return found;
             if (Date.now() - start > timeoutMs) throw new Error(`${name}: timed out waiting for ${what}\n${await js.describe()}`);
             await new Promise((r) => setTimeout(r, 50));
+          }
+        },
+        // Resolves once about a second of media has arrived on `callId` since the call: 50
+        // audio packets (20 ms each) and, with `video`, 10 video frames. Media is flowing
+        // now, not only at some time before, and has flowed long enough to be counted on
+        // the other side too.
+        async receives(callId, { video }, timeoutMs = 15000) {
+          const before = await js.call('media', callId);
+          const start = Date.now();
+          for (;;) {
+            const now = await js.call('media', callId);
+            if (now.audioPackets >= before.audioPackets + 50 && (!video || now.videoFrames >= before.videoFrames + 10)) return now;
+            if (Date.now() - start > timeoutMs) {
+              throw new Error(`${name} receives no ${video ? 'audio and video' : 'audio'} on ${callId}: ${JSON.stringify(before)} -> ${JSON.stringify(now)}\n${await js.describe()}`);
+            }
+            await new Promise((r) => setTimeout(r, 100));
           }
         },
         async close() {

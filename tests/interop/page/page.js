@@ -3,12 +3,14 @@
 import * as sdk from 'matrix-js-sdk-browser';
 import { CallEvent, createNewMatrixCall } from 'matrix-js-sdk-browser/lib/webrtc/call.js';
 import { CallEventHandlerEvent } from 'matrix-js-sdk-browser/lib/webrtc/callEventHandler.js';
+import { decodeRecoveryKey } from 'matrix-js-sdk-browser/lib/crypto-api/index.js';
 
 const log = [];
 window.mxLog = log;
 const calls = new Map();
 const feeds = new Map();  // stream id -> { purpose, video: {frames, first}, el }
 let client;
+let password = null; // the account's, for user-interactive auth, when encryption is on
 
 function note(kind, data = {}) {
   log.push({ t: Date.now(), kind, ...data });
@@ -70,8 +72,28 @@ function find(callId) {
 
 window.mx = {
   // autoAnswer: answer every incoming call at once ({ video }), as a benchmark peer does.
-  async start({ baseUrl, userId, accessToken, deviceId, forceTURN, autoAnswer }) {
-    client = sdk.createClient({ baseUrl, userId, accessToken, deviceId, forceTURN, useAuthorizationHeader: true });
+  async start({ baseUrl, userId, accessToken, deviceId, forceTURN, autoAnswer, encryption }) {
+    // Secret storage keys this device knows: the one it made, or the recovery key it was given.
+    const secretKeys = new Map();
+    const cryptoCallbacks = {
+      async getSecretStorageKey({ keys }) {
+        for (const id of Object.keys(keys)) if (secretKeys.has(id)) return [id, secretKeys.get(id)];
+        if (!encryption?.recoveryKey) return null;
+        const id = Object.keys(keys)[0];
+        return [id, decodeRecoveryKey(encryption.recoveryKey)];
+      },
+      cacheSecretStorageKey(keyId, _info, key) {
+        secretKeys.set(keyId, key);
+      },
+    };
+    client = sdk.createClient({ baseUrl, userId, accessToken, deviceId, forceTURN, useAuthorizationHeader: true, cryptoCallbacks });
+    if (encryption) {
+      password = encryption.password;
+      await client.initRustCrypto({ useIndexedDB: false });
+      client.on(sdk.MatrixEventEvent.Decrypted, (ev) => {
+        note('decrypted', { sender: ev.getSender(), type: ev.getType(), wireType: ev.getWireType(), eventId: ev.getId(), callId: ev.getContent()?.call_id ?? null, failed: ev.isDecryptionFailure() });
+      });
+    }
     client.on(CallEventHandlerEvent.Incoming, (call) => {
       watch(call);
       note('incoming', { callId: call.callId, from: call.getOpponentMember?.()?.userId });
@@ -137,6 +159,85 @@ window.mx = {
       }
     });
     return { audioSamples, audioPackets, videoFrames, relay };
+  },
+  // Element's first-run set-up: cross-signing keys (answering user-interactive auth with the
+  // password if the server asks), then secret storage with a new recovery key and a new key
+  // backup. Returns the recovery key and what the SDK then reports.
+  async bootstrapEncryption() {
+    const crypto = client.getCrypto();
+    const auth = [];
+    await crypto.bootstrapCrossSigning({
+      async authUploadDeviceSigningKeys(makeRequest) {
+        try {
+          await makeRequest(null);
+          auth.push('none');
+        } catch (e) {
+          if (e.httpStatus !== 401 || !e.data?.flows) throw e;
+          await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: client.getUserId() }, password, session: e.data.session });
+          auth.push('password');
+        }
+      },
+    });
+    let recovery;
+    await crypto.bootstrapSecretStorage({
+      createSecretStorageKey: async () => (recovery = await crypto.createRecoveryKeyFromPassphrase()),
+      setupNewKeyBackup: true,
+    });
+    return {
+      auth,
+      recoveryKey: recovery.encodedPrivateKey,
+      crossSigningReady: await crypto.isCrossSigningReady(),
+      secretStorageReady: await crypto.isSecretStorageReady(),
+      backupVersion: await crypto.getActiveSessionBackupVersion(),
+    };
+  },
+  async createEncryptedDirectRoom(invitee) {
+    const { room_id: roomId } = await client.createRoom({
+      preset: 'trusted_private_chat',
+      is_direct: true,
+      invite: [invitee],
+      initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }],
+    });
+    return roomId;
+  },
+  async join(roomId) {
+    await client.joinRoom(roomId);
+    // Joined, and the room's encryption known to the crypto, before any call is placed.
+    for (;;) {
+      if (client.getRoom(roomId)?.getMyMembership() === 'join' && (await client.getCrypto().isEncryptionEnabledInRoom(roomId))) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  },
+  membership(roomId, userId) {
+    return client.getRoom(roomId)?.getMember(userId)?.membership ?? null;
+  },
+  // The devices of `userId` this device's crypto knows of.
+  async deviceIds(userId) {
+    const devices = await client.getCrypto().getUserDeviceInfo([userId]);
+    return [...(devices.get(userId)?.keys() ?? [])];
+  },
+  async isEncrypted(roomId) {
+    return client.getCrypto().isEncryptionEnabledInRoom(roomId);
+  },
+  // Restores the room keys from the key backup, with the backup key from secret storage.
+  async restoreKeyBackup() {
+    const crypto = client.getCrypto();
+    await crypto.loadSessionBackupPrivateKeyFromSecretStorage();
+    const { total, imported } = await crypto.restoreKeyBackup();
+    return { total, imported };
+  },
+  // Every event of the room from its start, fetched from the server and decrypted where this
+  // device can: [{ wireType, type, callId, failed }].
+  async history(roomId) {
+    const res = await client.createMessagesRequest(roomId, null, 1000, 'f');
+    const mapper = client.getEventMapper();
+    const out = [];
+    for (const raw of res.chunk) {
+      const ev = mapper(raw);
+      await client.decryptEventIfNeeded(ev);
+      out.push({ eventId: ev.getId(), wireType: ev.getWireType(), type: ev.getType(), callId: ev.getContent()?.call_id ?? null, failed: ev.isDecryptionFailure() });
+    }
+    return out;
   },
   async stop() {
     client?.stopClient();
