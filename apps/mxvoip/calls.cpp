@@ -308,11 +308,32 @@ asio::awaitable<void> sign_in(client::MatrixClient& matrix, const Account& a) {
     co_await matrix.login(a.user, *pw, device);
 }
 
+// The client of `a`'s homeserver: --homeserver, else the stored session's, else the one the
+// user id's server name names. Throws std::invalid_argument for a usage error, ClientError
+// when discovery fails.
+asio::awaitable<std::unique_ptr<client::MatrixClient>> open_client(asio::any_io_executor ex,
+                                                                   const Account& a) {
+    client::ConnectionOptions options{a.ca_file, a.allow_insecure_http};
+    std::string homeserver = a.homeserver;
+    if (homeserver.empty())
+        if (auto s = load_session(a)) homeserver = s->homeserver;
+    if (homeserver.empty()) {
+        auto colon = a.user.find(':');
+        if (a.user.empty() || a.user[0] != '@' || colon == std::string::npos)
+            throw std::invalid_argument(
+                "give --homeserver, or --user as a full user id (@name:server) whose server "
+                "name leads to the homeserver");
+        std::string server_name = a.user.substr(colon + 1);
+        homeserver = co_await client::discover_homeserver(ex, server_name, options);
+    }
+    co_return std::make_unique<client::MatrixClient>(ex, homeserver, options);
+}
+
 using Body = std::function<asio::awaitable<int>(Context&)>;
 
 int run_client(const Account& a, const MediaFlags& m, bool join_invites, const Body& body) {
-    if (a.homeserver.empty() || a.user.empty()) {
-        std::cerr << "mxvoip: --homeserver and --user are required\n";
+    if (a.user.empty()) {
+        std::cerr << "mxvoip: --user is required\n";
         return exit_usage;
     }
     Console console(a);
@@ -325,17 +346,23 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
     }
     asio::io_context io;
     std::unique_ptr<client::MatrixClient> matrix;
-    try {
-        matrix = std::make_unique<client::MatrixClient>(io.get_executor(), a.homeserver);
-    } catch (const std::exception& e) {
-        console.say(e.what());
-        return exit_usage;
-    }
     int code = exit_signalling_failed;
     std::unique_ptr<client::CallDriver> driver;
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
+            try {
+                matrix = co_await open_client(io.get_executor(), a);
+            } catch (const std::invalid_argument& e) {
+                console.say(e.what());
+                code = exit_usage;
+                io.stop();
+                co_return;
+            } catch (const std::exception& e) {
+                console.say(std::string("cannot find the homeserver: ") + e.what());
+                io.stop();
+                co_return;
+            }
             try {
                 co_await sign_in(*matrix, a);
             } catch (const std::exception& e) {
@@ -490,7 +517,6 @@ int store_session(const Account& a, const char* what, const char* event, const c
     asio::io_context io;
     int code = exit_signalling_failed;
     try {
-        client::MatrixClient matrix(io.get_executor(), a.homeserver);
         std::optional<std::string> pw = password(a);
         if (!pw) {
             console.say("a password is needed: --password-file, MXVOIP_PASSWORD or a terminal");
@@ -499,8 +525,19 @@ int store_session(const Account& a, const char* what, const char* event, const c
         asio::co_spawn(
             io,
             [&]() -> asio::awaitable<void> {
+                std::unique_ptr<client::MatrixClient> matrix;
                 try {
-                    Session s = co_await authenticate(matrix, *pw);
+                    matrix = co_await open_client(io.get_executor(), a);
+                } catch (const std::invalid_argument& e) {
+                    console.say(e.what());
+                    code = exit_usage;
+                    co_return;
+                } catch (const std::exception& e) {
+                    console.say(std::string("cannot find the homeserver: ") + e.what());
+                    co_return;
+                }
+                try {
+                    Session s = co_await authenticate(*matrix, *pw);
                     save_session(a, s);
                     console.line(
                         {{"event", event}, {"user_id", s.user_id}, {"device_id", s.device_id}});

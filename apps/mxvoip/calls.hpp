@@ -16,8 +16,10 @@ enum Exit : int {
 };
 
 struct Account {
-    std::string homeserver;
+    std::string homeserver;  // empty: the stored session's, else found from the user id
     std::string user;
+    std::string ca_file;  // trust these CAs instead of the system's
+    bool allow_insecure_http = false;
     std::string password_file;
     std::string state_dir;  // where `login` keeps the session; see README
     bool json = false;

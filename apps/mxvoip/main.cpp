@@ -33,8 +33,17 @@ int main(int argc, char** argv) {
     app.fallthrough();
 
     Account account;
-    app.add_option("--homeserver", account.homeserver, "Homeserver base URL (http://host:port)")
+    app.add_option("--homeserver", account.homeserver,
+                   "Homeserver base URL (https://host[:port]); default: the stored session's, "
+                   "else found from the user id's server name (.well-known/matrix/client)")
         ->envname("MXVOIP_HOMESERVER");
+    app.add_option("--ca-file", account.ca_file,
+                   "Trust the certificate authorities in this PEM file instead of the system's "
+                   "(a private CA)")
+        ->check(CLI::ExistingFile);
+    app.add_flag("--allow-insecure-http", account.allow_insecure_http,
+                 "Allow plain http:// to a homeserver that is not on this machine (the password "
+                 "and access token then cross the network in clear)");
     app.add_option("--user", account.user, "Our user id (@name:server) or localpart")
         ->envname("MXVOIP_USER");
     app.add_option("--password-file", account.password_file,

@@ -15,7 +15,8 @@ if (!CLI_BIN || !existsSync(CLI_BIN)) {
 
 // coturn + mxvoip-server configured for it. TURN over TCP as well as UDP: libnice (inside
 // webrtcbin) cannot reach a loopback TURN server over UDP on these machines.
-export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
+// `serverConfig` adds to (or overrides) the homeserver's configuration.
+export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {} } = {}) {
   const secret = randomBytes(24).toString('hex');
   const coturn = await startCoturn({ secret });
   const server = await startServer({
@@ -24,6 +25,7 @@ export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
       turn_shared_secret: secret,
       turn_user_lifetime: '1h',
       rc_turn: { per_second: 1000, burst_count: 1000 },
+      ...serverConfig,
     },
   });
   const accounts = {};
@@ -71,10 +73,11 @@ export async function startCallRig({ users = ['alice', 'bob'] } = {}) {
     // Starts `mxvoip --json ... <args>` as `name` (a fresh login: a new device each time).
     client(name, args) {
       const { user_id, password } = accounts[name];
-      const proc = spawn(CLI_BIN, ['--homeserver', server.url, '--user', user_id, '--state-dir', stateDir, '--json', '-v', ...args], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env: { ...process.env, MXVOIP_PASSWORD: password },
-      });
+      return this.cli(name, ['--homeserver', server.url, '--user', user_id, '--state-dir', stateDir, '--json', '-v', ...args], { MXVOIP_PASSWORD: password });
+    },
+    // Starts `mxvoip` with exactly `argv`, `env` added to the environment.
+    cli(name, argv, env = {}) {
+      const proc = spawn(CLI_BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
       running.add(proc);
       const events = [];
       let stdout = '';

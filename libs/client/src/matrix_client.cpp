@@ -1,24 +1,33 @@
 #include "mxvoip/client/matrix_client.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/url/encode.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 #include <deque>
 #include <random>
+#include <variant>
 
 namespace mxvoip::client {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 using asio::use_awaitable;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 ClientError::ClientError(unsigned s, std::string code, const std::string& message,
                          std::int64_t retry_after)
@@ -49,15 +58,54 @@ std::string str(const json::object& o, const char* key) {
     return v && v->is_string() ? std::string(v->as_string()) : std::string();
 }
 
+std::optional<asio::ip::address> ip_address(const std::string& host) {
+    std::string h = host.size() > 2 && host.front() == '[' ? host.substr(1, host.size() - 2) : host;
+    boost::system::error_code ec;
+    asio::ip::address a = asio::ip::make_address(h, ec);
+    if (ec) return std::nullopt;
+    return a;
+}
+
+bool is_loopback(const std::string& host) {
+    if (host == "localhost") return true;
+    auto a = ip_address(host);
+    return a && a->is_loopback();
+}
+
+// Why OpenSSL refused the certificate, in the words a user can act on.
+std::string certificate_problem(long verify_result, const std::string& host) {
+    switch (verify_result) {
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+        case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+        case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+            return "it is issued by an unknown certificate authority (for a private one, give "
+                   "--ca-file)";
+        case X509_V_ERR_HOSTNAME_MISMATCH:
+        case X509_V_ERR_IP_ADDRESS_MISMATCH:
+            return "it is not valid for the host name " + host;
+        case X509_V_ERR_CERT_HAS_EXPIRED:
+            return "it has expired";
+        case X509_V_ERR_CERT_NOT_YET_VALID:
+            return "it is not valid yet";
+        default:
+            return X509_verify_cert_error_string(verify_result);
+    }
+}
+
 }  // namespace
 
 struct MatrixClient::Impl {
+    using Connection = std::variant<beast::tcp_stream, TlsStream>;
+
     asio::any_io_executor ex;
     std::string base;
-    std::string host;  // for the Host header
+    std::string host;  // as in the URL: the Host header, SNI, the certificate's name
     std::string port;
+    std::string prefix;                 // the base URL's path, if the homeserver lives below one
+    std::unique_ptr<ssl::context> tls;  // null for http://
     Session session;
-    std::deque<beast::tcp_stream> idle;  // keep-alive connections not in use
+    std::deque<Connection> idle;  // keep-alive connections not in use
     std::uint64_t txn = 0;
     std::string txn_prefix = random_token(8);
 
@@ -71,27 +119,64 @@ struct MatrixClient::Impl {
         return s;
     }
 
-    asio::awaitable<beast::tcp_stream> connection() {
+    asio::awaitable<Connection> connection() {
         if (!idle.empty()) {
-            beast::tcp_stream s = std::move(idle.front());
+            Connection c = std::move(idle.front());
             idle.pop_front();
-            co_return s;
+            co_return c;
         }
         tcp::resolver resolver(ex);
+        std::string name = ip_address(host) ? ip_address(host)->to_string() : host;
         auto [rerr, endpoints] =
-            co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
+            co_await resolver.async_resolve(name, port, asio::as_tuple(use_awaitable));
         if (rerr) throw ClientError(0, "", "cannot resolve " + host + ": " + rerr.message());
         beast::tcp_stream stream(ex);
         stream.expires_after(std::chrono::seconds(10));
         auto [cerr, ep] = co_await stream.async_connect(endpoints, asio::as_tuple(use_awaitable));
         if (cerr) throw ClientError(0, "", "cannot connect to " + base + ": " + cerr.message());
         stream.socket().set_option(tcp::no_delay(true));
-        co_return stream;
+        if (!tls) co_return Connection(std::move(stream));
+
+        TlsStream secure(std::move(stream), *tls);
+        SSL* ssl = secure.native_handle();
+        // OpenSSL checks the name during the handshake, so a mismatch is reported as such.
+        if (auto ip = ip_address(host)) {
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip->to_string().c_str());
+        } else {
+            SSL_set_tlsext_host_name(ssl, host.c_str());
+            SSL_set1_host(ssl, host.c_str());
+        }
+        auto [herr] = co_await secure.async_handshake(ssl::stream_base::client,
+                                                      asio::as_tuple(use_awaitable));
+        if (herr) {
+            long verified = SSL_get_verify_result(ssl);
+            if (verified != X509_V_OK)
+                throw ClientError(0, "",
+                                  "the certificate of " + host +
+                                      " is refused: " + certificate_problem(verified, host));
+            throw ClientError(0, "", "TLS with " + base + " failed: " + herr.message());
+        }
+        co_return Connection(std::move(secure));
+    }
+
+    // Writes `req` and reads the answer on one connection, within `timeout`.
+    template <class Stream>
+    static asio::awaitable<beast::error_code> exchange(Stream& stream,
+                                                       http::request<http::string_body>& req,
+                                                       http::response<http::string_body>& res,
+                                                       std::chrono::seconds timeout) {
+        beast::get_lowest_layer(stream).expires_after(timeout);
+        auto [werr, wn] = co_await http::async_write(stream, req, asio::as_tuple(use_awaitable));
+        if (werr) co_return werr;
+        beast::flat_buffer buf;
+        auto [rerr, rn] =
+            co_await http::async_read(stream, buf, res, asio::as_tuple(use_awaitable));
+        co_return rerr;
     }
 
     asio::awaitable<json::value> request(http::verb verb, const std::string& target,
                                          const std::string& body, std::chrono::seconds timeout) {
-        http::request<http::string_body> req{verb, target, 11};
+        http::request<http::string_body> req{verb, prefix + target, 11};
         req.set(http::field::host, host);
         req.set(http::field::user_agent, "mxvoip");
         req.keep_alive(true);
@@ -106,18 +191,13 @@ struct MatrixClient::Impl {
         // on a fresh connection.
         for (int attempt = 0;; ++attempt) {
             bool reused = !idle.empty();
-            beast::tcp_stream stream = co_await connection();
-            stream.expires_after(timeout);
-            auto [werr, wn] =
-                co_await http::async_write(stream, req, asio::as_tuple(use_awaitable));
-            beast::flat_buffer buf;
+            Connection stream = co_await connection();
             http::response<http::string_body> res;
-            beast::error_code rerr = werr;
-            if (!werr) {
-                auto [e, rn] =
-                    co_await http::async_read(stream, buf, res, asio::as_tuple(use_awaitable));
-                rerr = e;
-            }
+            beast::error_code rerr;
+            if (auto* plain = std::get_if<beast::tcp_stream>(&stream))
+                rerr = co_await exchange(*plain, req, res, timeout);
+            else
+                rerr = co_await exchange(std::get<TlsStream>(stream), req, res, timeout);
             if (rerr) {
                 if (reused && attempt == 0) continue;
                 throw ClientError(
@@ -150,18 +230,44 @@ struct MatrixClient::Impl {
     }
 };
 
-MatrixClient::MatrixClient(asio::any_io_executor ex, std::string homeserver)
+MatrixClient::MatrixClient(asio::any_io_executor ex, std::string homeserver,
+                           ConnectionOptions options)
     : impl_(std::make_unique<Impl>()) {
     impl_->ex = ex;
     while (!homeserver.empty() && homeserver.back() == '/') homeserver.pop_back();
     auto url = boost::urls::parse_absolute_uri(homeserver);
-    if (!url || url->scheme() != "http" || url->host().empty())
-        throw std::invalid_argument("the homeserver must be an http:// URL, got '" + homeserver +
-                                    "' (https is not supported yet)");
+    bool https = url && url->scheme() == "https";
+    if (!url || (!https && url->scheme() != "http") || url->host().empty() || url->has_query() ||
+        url->has_fragment() || url->has_userinfo())
+        throw std::invalid_argument("the homeserver must be an https:// URL, got '" + homeserver +
+                                    "'");
     impl_->base = homeserver;
+    impl_->prefix = url->encoded_path();
     impl_->host = url->host();
-    impl_->port = url->has_port() ? std::string(url->port()) : "80";
+    impl_->port = url->has_port() ? std::string(url->port()) : https ? "443" : "80";
     impl_->session.homeserver = homeserver;
+    if (!https) {
+        if (!is_loopback(impl_->host) && !options.allow_insecure_http)
+            throw std::invalid_argument("refusing plain HTTP to " + homeserver +
+                                        ": passwords and access tokens would cross the network "
+                                        "in clear (use https://, or --allow-insecure-http)");
+        return;
+    }
+    impl_->tls = std::make_unique<ssl::context>(ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(impl_->tls->native_handle(), TLS1_2_VERSION);
+    impl_->tls->set_verify_mode(ssl::verify_peer);
+    boost::system::error_code ec;
+    if (options.ca_file.empty()) {
+        impl_->tls->set_default_verify_paths(ec);
+        if (ec)
+            throw std::invalid_argument("cannot load the system's CA certificates: " +
+                                        ec.message());
+    } else {
+        impl_->tls->load_verify_file(options.ca_file, ec);
+        if (ec)
+            throw std::invalid_argument("cannot read the CA certificates in " + options.ca_file +
+                                        ": " + ec.message());
+    }
 }
 
 MatrixClient::~MatrixClient() = default;
@@ -175,6 +281,56 @@ void MatrixClient::use_session(Session s) {
 }
 const Session& MatrixClient::session() const {
     return impl_->session;
+}
+
+asio::awaitable<std::string> discover_homeserver(asio::any_io_executor ex, std::string server_name,
+                                                 ConnectionOptions options) {
+    std::string base = "https://" + server_name;
+    std::string where = base + "/.well-known/matrix/client";
+    json::value wk;
+    bool found = true;
+    try {
+        MatrixClient origin(ex, base, options);
+        std::string get = "GET", target = "/.well-known/matrix/client", none;
+        wk = co_await origin.call(get, target, none);
+    } catch (const std::invalid_argument& e) {
+        throw ClientError(0, "", "'" + server_name + "' is not a server name: " + e.what());
+    } catch (const ClientError& e) {
+        if (e.status != 404) throw ClientError(e.status, e.errcode, where + ": " + e.what());
+        found = false;  // no delegation: the server name is the homeserver
+    }
+    if (found) {
+        const json::value* hs =
+            wk.is_object() ? wk.as_object().if_contains("m.homeserver") : nullptr;
+        const json::value* url =
+            hs && hs->is_object() ? hs->as_object().if_contains("base_url") : nullptr;
+        if (!url || !url->is_string() || url->as_string().empty())
+            throw ClientError(0, "", where + " names no m.homeserver.base_url");
+        base = std::string(url->as_string());
+        while (!base.empty() && base.back() == '/') base.pop_back();
+    }
+    std::unique_ptr<MatrixClient> hs;
+    try {
+        hs = std::make_unique<MatrixClient>(ex, base, options);
+    } catch (const std::invalid_argument& e) {
+        throw ClientError(0, "", where + " points to an unusable homeserver: " + e.what());
+    }
+    json::value versions;
+    try {
+        std::string get = "GET", target = "/_matrix/client/versions", none;
+        versions = co_await hs->call(get, target, none);
+    } catch (const ClientError& e) {
+        throw ClientError(e.status, e.errcode,
+                          base + " (the homeserver of " + server_name + ") does not answer " +
+                              "/_matrix/client/versions: " + e.what());
+    }
+    const json::value* list =
+        versions.is_object() ? versions.as_object().if_contains("versions") : nullptr;
+    if (!list || !list->is_array())
+        throw ClientError(0, "",
+                          base + " (the homeserver of " + server_name +
+                              ") is not a Matrix homeserver: its /versions has no versions");
+    co_return base;
 }
 
 asio::awaitable<json::value> MatrixClient::call(std::string method, std::string target,

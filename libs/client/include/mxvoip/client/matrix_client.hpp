@@ -42,12 +42,24 @@ struct TurnCredentials {
     std::chrono::steady_clock::time_point fetched_at{};
 };
 
+// How the client reaches a homeserver.
+struct ConnectionOptions {
+    // PEM file of the certificate authorities to trust instead of the system's (a private CA).
+    std::string ca_file;
+    // Plain http:// to a host that is not loopback (127.0.0.0/8, ::1, localhost): refused
+    // unless set, since a password or access token would cross the network in clear.
+    bool allow_insecure_http = false;
+};
+
 // An async Matrix client-server API client over Asio/Beast: keep-alive connections (one per
 // concurrent request, reused), JSON in and out, Matrix errors as ClientError. All methods run
-// on the client's executor. Only http:// homeservers are supported.
+// on the client's executor. https:// is TLS 1.2 or newer with the certificate verified against
+// the system's CAs (or ConnectionOptions::ca_file) and the host name, SNI sent; a certificate
+// that is refused ends the request with a ClientError naming why (unknown CA, wrong host,
+// expired). The constructor throws std::invalid_argument for a URL it will not use.
 class MatrixClient {
   public:
-    MatrixClient(asio::any_io_executor ex, std::string homeserver);
+    MatrixClient(asio::any_io_executor ex, std::string homeserver, ConnectionOptions options = {});
     ~MatrixClient();
     MatrixClient(const MatrixClient&) = delete;
     MatrixClient& operator=(const MatrixClient&) = delete;
@@ -80,6 +92,14 @@ class MatrixClient {
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// The homeserver base URL of `server_name` (a user id's part after the colon), found the way
+// clients do: https://<server_name>/.well-known/matrix/client (its absence means the server
+// name itself), then checked to be a homeserver with /_matrix/client/versions. Throws
+// ClientError saying which step failed. (No default for `options`: a default argument of a
+// coroutine is a temporary in the caller's co_await, which GCC 12 destroys twice.)
+asio::awaitable<std::string> discover_homeserver(asio::any_io_executor ex, std::string server_name,
+                                                 ConnectionOptions options);
 
 // n random characters from [A-Za-z0-9]: transaction ids, call ids.
 std::string random_token(std::size_t n);
