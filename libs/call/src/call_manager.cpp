@@ -836,6 +836,20 @@ void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out
         end(*c, "user_busy", true, out);
         return;
     }
+    // A version 1 callee should decline with m.call.reject, but some (nheko) send a hangup
+    // instead, e.g. when their media cannot start. It is a decline all the same: selected
+    // like a reject so the callee's other devices stop ringing, or we would ring on for the
+    // whole lifetime of the invite.
+    if (ev.sender == c->opponent_user && c->state == CallState::invite_sent) {
+        out.push_back(Nonconforming{
+            h.call_id, "the callee declined with m.call.hangup (" + h.effective_reason() +
+                           ") instead of m.call.reject: taken as a reject"});
+        auto select = event<proto::CallSelectAnswer>(*c);
+        select.selected_party_id = h.party_id;
+        send(*c, select, out);
+        end(*c, "rejected", true, out);
+        return;
+    }
     out.push_back(Dropped{h.call_id, "hangup from a party that is not the opponent"});
 }
 

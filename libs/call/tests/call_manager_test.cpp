@@ -347,6 +347,25 @@ TEST(Calls, TheCallerSelectsARejectLikeAnAnswer) {
     EXPECT_TRUE(ended(out)->ended_by_remote);
 }
 
+TEST(Calls, AVersion1HangupFromTheCalleeBeforeAnyAnswerIsTakenAsAReject) {
+    // As nheko declines when its media cannot start.
+    Client a = alice_calling();
+    auto out =
+        a.sync({simple("m.call.hangup", "c1", kBob, "NHEKO", {{"reason", "user_media_failed"}})});
+    ASSERT_EQ(all<Nonconforming>(out).size(), 1u);
+    auto select = sent(out, "m.call.select_answer");
+    ASSERT_EQ(select.size(), 1u);
+    EXPECT_EQ(select[0].content.at("selected_party_id"), json::value("NHEKO"));
+    ASSERT_TRUE(ended(out));
+    EXPECT_EQ(ended(out)->end_reason, "rejected");
+    EXPECT_TRUE(ended(out)->ended_by_remote);
+    // A hangup from someone who is not the callee still ends nothing.
+    Client b = alice_calling();
+    auto stranger = b.sync({simple("m.call.hangup", "c1", "@mallory:x", "M")});
+    EXPECT_FALSE(ended(stranger));
+    EXPECT_EQ(all<Dropped>(stranger).size(), 1u);
+}
+
 TEST(Calls, ACallerThatSawAnAnswerIgnoresAReject) {
     Client a = alice_calling();
     a.sync({answer_ev("c1", kBob, "PHONE")});

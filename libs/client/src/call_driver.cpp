@@ -157,6 +157,8 @@ void CallDriver::execute(call::Action& a) {
         observer_.on_state(info);
     } else if (auto* d = std::get_if<call::Dropped>(&a)) {
         observer_.on_log("call " + d->call_id + ": " + d->why);
+    } else if (auto* n = std::get_if<call::Nonconforming>(&a)) {
+        observer_.on_log("call " + n->call_id + ": non-conforming peer: " + n->what);
     } else if (auto* r = std::get_if<call::RemoteStreamsChanged>(&a)) {
         streams_changed(r->call_id, r->metadata);
     }

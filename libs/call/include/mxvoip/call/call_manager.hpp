@@ -181,8 +181,15 @@ struct Dropped {
     std::string why;
 };
 
+// An input that breaks the spec but is acted on, as a client in the wild sends it: for the
+// driver's log.
+struct Nonconforming {
+    std::string call_id;
+    std::string what;
+};
+
 using Action = std::variant<SendEvent, MediaCommand, StartTimer, CancelTimer, StateChanged, Dropped,
-                            RemoteStreamsChanged>;
+                            Nonconforming, RemoteStreamsChanged>;
 
 // All calls of one client (user id, party id): routes events by call_id and party_id,
 // resolves glare, and never does I/O, sleeps or throws. Feed inputs, carry out the actions.
