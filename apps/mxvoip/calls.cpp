@@ -226,11 +226,11 @@ class Console : public client::CallObserver {
         json::object o{{"event", "summary"},         {"call_id", c.call_id},
                        {"end_reason", c.end_reason}, {"ended_by_remote", c.ended_by_remote},
                        {"relay", c.relay},           {"streams", streams(c)}};
-        if (c.signalled_at && c.first_remote_media_at)
-            o["setup_ms"] = std::llround(ms_between(*c.signalled_at, *c.first_remote_media_at));
+        if (auto media = c.first_remote_media_at(); c.signalled_at && media)
+            o["setup_ms"] = std::llround(ms_between(*c.signalled_at, *media));
         else
             o["setup_ms"] = nullptr;
-        if (c.first_remote_media_unix_ms) o["first_media_unix_ms"] = c.first_remote_media_unix_ms;
+        if (auto ms = c.first_remote_media_unix_ms()) o["first_media_unix_ms"] = ms;
         if (!c.media_error.empty()) o["media_error"] = c.media_error;
         if (!json_) {
             std::string text = "call " + c.call_id + " ended: " + c.end_reason;

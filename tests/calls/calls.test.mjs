@@ -164,6 +164,23 @@ test('bob on two devices, one rejects: the call ends everywhere as rejected', as
   assert.equal(ringing.summary().end_reason, 'rejected_elsewhere', why);
 });
 
+test('video asked, only audio agreed: the set-up time ends at the first audio frame', async () => {
+  const room = await rig.directRoom('alice', 'dave');
+  const dave = rig.client('dave', ['answer', '--auto']);
+  await dave.waitFor((e) => e.event === 'ready');
+  const alice = rig.client('alice', ['call', room, '--video', '--hangup-after', '2']);
+  const [a, d] = await Promise.all([exitOf(alice, 60000), exitOf(dave, 60000)]);
+  const why = `${alice.describe()}\n${dave.describe()}`;
+  assert.equal(a.code, 0, why);
+  assert.equal(d.code, 0, why);
+  assert.equal(stream(alice.summary(), 'm.usermedia', 'video'), undefined, why);
+  for (const s of [alice.summary(), dave.summary()]) {
+    assert.ok(stream(s, 'm.usermedia', 'audio')?.frames > 0, why);
+    assert.equal(typeof s.setup_ms, 'number', why);
+    assert.ok(s.setup_ms > 0 && s.setup_ms < 30000, why);
+  }
+});
+
 test('no answer: the caller gives up with invite_timeout after the invite lifetime', async () => {
   const room = await rig.directRoom('alice', 'carol');
   const started = Date.now();

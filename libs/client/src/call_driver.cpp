@@ -304,20 +304,34 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
         stream_seen(call_id, t->stream_id, t->kind);
     } else if (auto* f = std::get_if<media::FirstFrame>(&ev)) {
         CallInfo& info = calls_[call_id];
-        media::Kind wanted = opt_.media.video ? media::Kind::video : media::Kind::audio;
-        if (f->kind == wanted && !info.first_remote_media_at) {
-            info.first_remote_media_at = Clock::now();
-            info.first_remote_media_unix_ms =
+        if (info.first_frame_at.emplace(f->kind, Clock::now()).second)
+            info.first_frame_unix_ms[f->kind] =
                 std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
-        }
     } else if (auto* e = std::get_if<media::MediaFailed>(&ev)) {
         CallInfo& info = calls_[call_id];
         observer_.on_log("call " + call_id + ": media failed: " + e->what);
         if (info.media_error.empty()) info.media_error = e->what;
         feed(call::HangUpCall{call_id});
     }
+}
+
+media::Kind CallInfo::setup_kind() const {
+    for (const auto& [id, rs] : streams)
+        if (rs.kinds.count(media::Kind::video)) return media::Kind::video;
+    return media::Kind::audio;
+}
+
+std::optional<Clock::time_point> CallInfo::first_remote_media_at() const {
+    auto it = first_frame_at.find(setup_kind());
+    if (it == first_frame_at.end()) return std::nullopt;
+    return it->second;
+}
+
+std::int64_t CallInfo::first_remote_media_unix_ms() const {
+    auto it = first_frame_unix_ms.find(setup_kind());
+    return it == first_frame_unix_ms.end() ? 0 : it->second;
 }
 
 void CallDriver::stream_seen(const std::string& call_id, const std::string& stream_id,

@@ -43,12 +43,18 @@ struct CallInfo {
     bool ended_by_remote = false;
     std::optional<Clock::time_point> signalled_at;  // invite sent (acknowledged) or received
     std::optional<Clock::time_point> connected_at;
-    std::optional<Clock::time_point> first_remote_media_at;  // video, or audio for voice calls
-    std::int64_t first_remote_media_unix_ms = 0;             // the same, on the wall clock
+    std::map<media::Kind, Clock::time_point> first_frame_at;  // the first decoded remote frame
+    std::map<media::Kind, std::int64_t> first_frame_unix_ms;  // the same, on the wall clock
     std::map<std::string, RemoteStream> streams;
     media::Stats last_stats;
     bool relay = false;  // some stats snapshot saw a relay candidate on our side
     std::string media_error;
+
+    // What the call's set-up time ends with: the first remote video frame when the peer sends
+    // video, else the first audio frame (a voice call, or video asked and only audio agreed).
+    media::Kind setup_kind() const;
+    std::optional<Clock::time_point> first_remote_media_at() const;
+    std::int64_t first_remote_media_unix_ms() const;  // 0 when there is none yet
 };
 
 // What happens, for the program around the driver. Called on the driver's executor.
