@@ -54,7 +54,12 @@ fs::path session_file(const Account& a, const std::string& user) {
     return fs::path(state_dir(a)) / ("session-" + name + ".json");
 }
 
-std::optional<Session> load_session(const Account& a) {
+struct StoredSession {
+    Session session;
+    std::string next_batch;  // where the last run's /sync stopped
+};
+
+std::optional<StoredSession> load_session(const Account& a) {
     std::ifstream in(session_file(a, a.user));
     if (!in) return std::nullopt;
     std::stringstream text;
@@ -69,16 +74,18 @@ std::optional<Session> load_session(const Account& a) {
     Session s{get("homeserver"), get("user_id"), get("device_id"), get("access_token")};
     if (s.access_token.empty() || (!a.homeserver.empty() && s.homeserver != a.homeserver))
         return std::nullopt;
-    return s;
+    return StoredSession{s, get("next_batch")};
 }
 
-void save_session(const Account& a, const Session& s) {
+// The session, and where its last /sync stopped (empty: not synced yet).
+void save_session(const Account& a, const Session& s, const std::string& next_batch = {}) {
     fs::path file = session_file(a, s.user_id);
     fs::create_directories(file.parent_path());
     json::object o{{"homeserver", s.homeserver},
                    {"user_id", s.user_id},
                    {"device_id", s.device_id},
                    {"access_token", s.access_token}};
+    if (!next_batch.empty()) o["next_batch"] = next_batch;
     // The access token is a secret: readable by its owner only, written before it is filled.
     fs::path tmp = file;
     tmp += ".tmp";
@@ -159,6 +166,10 @@ class Console : public client::CallObserver {
     }
     void on_log(const std::string& text) override {
         if (verbose_) say(text);
+    }
+    void on_position(std::function<void(const std::string&)> f) { position_ = std::move(f); }
+    void on_sync_position(const std::string& next_batch) override {
+        if (position_) position_(next_batch);
     }
     void on_fatal(const std::string& text) override {
         fatal_ = text;
@@ -255,6 +266,7 @@ class Console : public client::CallObserver {
     bool live_ = false;
     bool status_shown_ = false;
     std::string fatal_;
+    std::function<void(const std::string&)> position_;  // keeps where /sync stopped
 };
 
 int exit_code(const CallInfo& c) {
@@ -293,19 +305,22 @@ asio::awaitable<void> sleep_for(Clock::duration d) {
     co_await t.async_wait(use_awaitable);
 }
 
-// Logs in (password) or reuses the stored session.
-asio::awaitable<void> sign_in(client::MatrixClient& matrix, const Account& a) {
+// Logs in (password: a new device) or reuses the stored session, whose last /sync position
+// is returned.
+asio::awaitable<std::optional<StoredSession>> sign_in(client::MatrixClient& matrix,
+                                                      const Account& a) {
     std::optional<std::string> pw = password(a);
     if (!pw) {
         if (auto s = load_session(a)) {
-            matrix.use_session(*s);
-            co_return;
+            matrix.use_session(s->session);
+            co_return s;
         }
         throw std::runtime_error("no password and no stored session for " + a.user +
                                  ": run `mxvoip login` or give --password-file / MXVOIP_PASSWORD");
     }
     std::string device = "mxvoip";
     co_await matrix.login(a.user, *pw, device);
+    co_return std::nullopt;
 }
 
 // The client of `a`'s homeserver: --homeserver, else the stored session's, else the one the
@@ -316,7 +331,7 @@ asio::awaitable<std::unique_ptr<client::MatrixClient>> open_client(asio::any_io_
     client::ConnectionOptions options{a.ca_file, a.allow_insecure_http};
     std::string homeserver = a.homeserver;
     if (homeserver.empty())
-        if (auto s = load_session(a)) homeserver = s->homeserver;
+        if (auto s = load_session(a)) homeserver = s->session.homeserver;
     if (homeserver.empty()) {
         auto colon = a.user.find(':');
         if (a.user.empty() || a.user[0] != '@' || colon == std::string::npos)
@@ -363,14 +378,29 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
                 io.stop();
                 co_return;
             }
+            std::optional<StoredSession> stored;
             try {
-                co_await sign_in(*matrix, a);
+                stored = co_await sign_in(*matrix, a);
             } catch (const std::exception& e) {
                 console.say(std::string("cannot sign in: ") + e.what());
                 io.stop();
                 co_return;
             }
             client::DriverOptions o;
+            if (stored) {
+                // A stored session goes on where its last run stopped, so calls that run
+                // answered or ended are not read again.
+                o.resume_from = stored->next_batch;
+                console.on_position([&a, &console, s = stored->session,
+                                     failed = false](const std::string& next_batch) mutable {
+                    try {
+                        save_session(a, s, next_batch);
+                    } catch (const std::exception& e) {
+                        if (!std::exchange(failed, true))
+                            console.say(std::string("cannot keep the sync position: ") + e.what());
+                    }
+                });
+            }
             o.media.video = m.video;
             o.media.relay_only = m.relay_only;
             o.media.tone_hz = m.tone_hz > 0 ? m.tone_hz : default_tone(matrix->session().user_id);

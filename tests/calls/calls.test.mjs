@@ -2,6 +2,9 @@
 // relayed by a real coturn that mxvoip-server hands out credentials for.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startCallRig, exitOf } from '../lib/calls.mjs';
 
 let rig;
@@ -178,6 +181,52 @@ test('video asked, only audio agreed: the set-up time ends at the first audio fr
     assert.ok(stream(s, 'm.usermedia', 'audio')?.frames > 0, why);
     assert.equal(typeof s.setup_ms, 'number', why);
     assert.ok(s.setup_ms > 0 && s.setup_ms < 30000, why);
+  }
+});
+
+test('restarted on its stored session, mxvoip does not ring again for a call it already answered and hung up', async () => {
+  const room = await rig.directRoom('alice', 'carol');
+  const dir = mkdtempSync(join(tmpdir(), 'mxvoip-restart-'));
+  const carol = (args, env = {}) => rig.cli('carol', ['--homeserver', rig.server.url, '--user', rig.accounts.carol.user_id, '--state-dir', dir, '--json', ...args], env);
+  try {
+    const login = carol(['login'], { MXVOIP_PASSWORD: rig.accounts.carol.password });
+    assert.equal((await exitOf(login, 30000)).code, 0, login.describe());
+    // The first run answers alice's call and hangs up itself.
+    const first = carol(['answer', '--auto', '--hangup-after', '1']);
+    await first.waitFor((e) => e.event === 'ready');
+    const alice = rig.client('alice', ['call', room, '--invite-lifetime', '60000']);
+    const [a, c] = await Promise.all([exitOf(alice, 60000), exitOf(first, 60000)]);
+    assert.equal(a.code, 0, alice.describe());
+    assert.equal(c.code, 0, first.describe());
+    const old = first.summary().call_id;
+    assert.equal(first.summary().ended_by_remote, false, first.describe());
+    // Started again on the same session while that invite is still within its lifetime: it
+    // must not ring (nor answer) the old call, and it answers the next one.
+    const second = carol(['answer', '--auto', '--calls', '1']);
+    await second.waitFor((e) => e.event === 'ready');
+    const again = rig.client('alice', ['call', room, '--hangup-after', '1']);
+    const [a2, c2] = await Promise.all([exitOf(again, 60000), exitOf(second, 60000)]);
+    const why = `${again.describe()}\n${second.describe()}`;
+    assert.equal(a2.code, 0, why);
+    assert.equal(c2.code, 0, why);
+    assert.equal(second.summary().call_id, again.summary().call_id, why);
+    assert.ok(!second.events.some((e) => e.call_id === old), `the old call ${old} came back\n${why}`);
+    // No stray answer or hangup of ours for the old call after the first run ended.
+    const ours = (await rig.timeline('carol', room)).filter((e) => e.sender === rig.accounts.carol.user_id && e.content.call_id === old);
+    assert.equal(ours.filter((e) => e.type === 'm.call.answer').length, 1, why);
+    assert.equal(ours.filter((e) => e.type === 'm.call.hangup').length, 1, why);
+    // The session file keeps where /sync stopped; a run resuming there still knows the
+    // room's members (full state), so it can call in the room by its id.
+    const session = JSON.parse(readFileSync(join(dir, readdirSync(dir).find((f) => f.startsWith('session-'))), 'utf8'));
+    assert.ok(session.next_batch, JSON.stringify(Object.keys(session)));
+    const answer = rig.client('alice', ['answer', '--auto']);
+    await answer.waitFor((e) => e.event === 'ready');
+    const third = carol(['call', room, '--hangup-after', '1']);
+    const [c3, a3] = await Promise.all([exitOf(third, 60000), exitOf(answer, 60000)]);
+    assert.equal(c3.code, 0, `${third.describe()}\n${answer.describe()}`);
+    assert.equal(a3.code, 0, answer.describe());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -569,15 +569,23 @@ void CallManager::batch(const SyncBatch& in, Ms now, Out& out) {
     // Calls answered, rejected or hung up within this batch.
     std::set<std::string> settled;
     for (const auto& ev : in.events) {
-        if (!ev.type.starts_with("m.call.") || ev.from_this_device) continue;
+        if (!ev.type.starts_with("m.call.")) continue;
         const json::object* content = ev.content.if_object();
         auto string_field = [&](std::string_view key) {
             const json::value* v = content ? content->if_contains(key) : nullptr;
             return v && v->is_string() ? std::string(v->get_string()) : std::string();
         };
-        // Our own events come back through /sync, recognised by our party id: skipped before
-        // parsing (they carry our own SDPs).
-        if (ev.sender == opt_.user_id && string_field("party_id") == opt_.party_id) continue;
+        // Our own events come back through /sync, marked by the server as this device's or
+        // recognised by our party id: skipped before parsing (they carry our own SDPs). Our
+        // answer, reject or hangup still settles its call for the batch: after a restart, an
+        // invite this device already dealt with must not ring again.
+        if (ev.from_this_device ||
+            (ev.sender == opt_.user_id && string_field("party_id") == opt_.party_id)) {
+            if (ev.type == "m.call.answer" || ev.type == "m.call.reject" ||
+                ev.type == "m.call.hangup")
+                settled.insert(string_field("call_id"));
+            continue;
+        }
         auto parsed = proto::parse_call_event(ev.type, ev.content);
         if (!parsed.ok()) {
             out.push_back(Dropped{

@@ -239,6 +239,22 @@ TEST(Calls, AnInviteAnsweredRejectedOrHungUpInTheSameBatchNeverRings) {
     EXPECT_FALSE(b.m.state("c3"));
 }
 
+TEST(Calls, AnInviteThisDeviceAlreadyAnsweredOrHungUpNeverRingsAgain) {
+    // A restarted client reading the room again: our own answer and hangup are skipped as
+    // echoes, yet they settle the call, whether marked by the server or by our party id.
+    Client b(kBob, "PHONE");
+    RoomEvent answer = answer_ev("c1", kBob, "PHONE");
+    answer.from_this_device = true;
+    auto out = b.sync(
+        {invite("c1", kAlice, "ALICE1"), answer,
+         simple("m.call.select_answer", "c1", kAlice, "ALICE1", {{"selected_party_id", "PHONE"}}),
+         simple("m.call.hangup", "c1", kBob, "PHONE")});
+    EXPECT_FALSE(b.m.state("c1"));
+    EXPECT_TRUE(sent(out).empty());
+    b.sync({invite("c2", kAlice, "ALICE1"), simple("m.call.reject", "c2", kBob, "PHONE")});
+    EXPECT_FALSE(b.m.state("c2"));
+}
+
 TEST(Calls, OurOwnEchoIsIgnoredByPartyId) {
     Client a = alice_calling();
     auto out = a.sync({invite("c1", kAlice, "ALICE1")});

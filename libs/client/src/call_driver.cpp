@@ -515,14 +515,19 @@ asio::awaitable<void> CallDriver::run() {
     }
     asio::co_spawn(ex_, refresh_turn(), asio::detached);
     auto backoff = std::chrono::milliseconds(500);
+    bool resuming = !opt_.resume_from.empty();
+    if (resuming) since_ = opt_.resume_from;
     while (!stopping_) {
         std::optional<ClientError> failure;
         try {
             int timeout = synced_ ? opt_.sync_timeout_ms : 0;
-            json::object sync = co_await client_.sync(since_, timeout);
-            since_ = string_at(sync, "next_batch");
+            json::object sync = co_await client_.sync(since_, timeout, resuming);
+            std::string next = string_at(sync, "next_batch");
             process_sync(sync);
+            since_ = next;
             synced_ = true;
+            resuming = false;
+            observer_.on_sync_position(since_);
             backoff = std::chrono::milliseconds(500);
             continue;
         } catch (const ClientError& e) {
@@ -531,6 +536,14 @@ asio::awaitable<void> CallDriver::run() {
         if (failure->status == 401 || failure->status == 403) {
             observer_.on_fatal(std::string("/sync refused: ") + failure->what());
             co_return;
+        }
+        if (resuming && !failure->retryable()) {
+            // A position this homeserver no longer knows (its database was reset): start over.
+            observer_.on_log(std::string("cannot resume /sync where the last run stopped (") +
+                             failure->what() + "): starting afresh");
+            resuming = false;
+            since_.clear();
+            continue;
         }
         auto wait = failure->retry_after_ms > 0 ? std::chrono::milliseconds(failure->retry_after_ms)
                                                 : backoff;

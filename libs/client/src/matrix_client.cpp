@@ -364,9 +364,11 @@ asio::awaitable<Session> MatrixClient::register_user(std::string localpart, std:
     co_return impl_->take_session(v, "registration");
 }
 
-asio::awaitable<json::object> MatrixClient::sync(std::string since, int timeout_ms) {
+asio::awaitable<json::object> MatrixClient::sync(std::string since, int timeout_ms,
+                                                 bool full_state) {
     std::string target = "/_matrix/client/v3/sync?timeout=" + std::to_string(timeout_ms);
     if (!since.empty()) target += "&since=" + path_segment(since);
+    if (full_state) target += "&full_state=true";
     std::string body;
     auto timeout = std::chrono::seconds(timeout_ms / 1000) + kRequestTimeout;
     json::value v = co_await impl_->request(http::verb::get, target, body, timeout);

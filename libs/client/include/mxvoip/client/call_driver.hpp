@@ -23,6 +23,10 @@ struct DriverOptions {
     call::Ms invite_lifetime = 90000;
     bool join_direct_invites = false;  // join rooms we are invited to as a direct chat
     int sync_timeout_ms = 30000;
+    // Where an earlier run with the same session stopped (its last next_batch): the first
+    // /sync resumes there with the rooms' full state, so calls that run already dealt with
+    // are not seen again. Empty: start afresh.
+    std::string resume_from;
 };
 
 // A remote stream as the user sees it: its purpose from sdp_stream_metadata, its kinds.
@@ -65,6 +69,8 @@ class CallObserver {
     virtual void on_stream_added(const CallInfo&, const RemoteStream&, media::Kind) {}
     virtual void on_stream_removed(const CallInfo&, const RemoteStream&) {}
     virtual void on_log(const std::string&) {}
+    // A /sync batch has been handled: a later run may resume from `next_batch`.
+    virtual void on_sync_position(const std::string& /*next_batch*/) {}
     // Signalling broke down (an event could not be sent, /sync keeps failing, token revoked).
     virtual void on_fatal(const std::string&) {}
 };

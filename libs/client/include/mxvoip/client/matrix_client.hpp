@@ -71,8 +71,9 @@ class MatrixClient {
     asio::awaitable<Session> login(std::string user, std::string password, std::string device_name);
     asio::awaitable<Session> register_user(std::string localpart, std::string password,
                                            std::string device_name);
-    // GET /sync. `timeout_ms` is the server-side long-poll.
-    asio::awaitable<json::object> sync(std::string since, int timeout_ms);
+    // GET /sync. `timeout_ms` is the server-side long-poll; `full_state` asks for every
+    // room's whole state with a `since` (resuming where an earlier run stopped).
+    asio::awaitable<json::object> sync(std::string since, int timeout_ms, bool full_state);
     // PUT /rooms/{room}/send/{type}/{txn}: a fresh transaction id per event, kept across
     // retries (network errors, 5xx, 429 after retry_after_ms) so nothing is sent twice.
     asio::awaitable<std::string> send_event(std::string room_id, std::string type,
