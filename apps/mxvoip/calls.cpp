@@ -506,31 +506,12 @@ std::vector<Step> common_steps(Context& ctx, const MediaFlags& m) {
 
 // The direct chat with `user`: one from m.direct that we both joined, or a new one.
 asio::awaitable<std::string> direct_room(Context& ctx, const std::string& user) {
-    std::string me = ctx.matrix.session().user_id;
-    std::string type = "m.direct";
-    std::optional<json::object> direct = co_await ctx.matrix.account_data(type);
-    if (direct) {
-        if (const json::value* rooms = direct->if_contains(user); rooms && rooms->is_array()) {
-            for (const auto& r : rooms->as_array()) {
-                if (!r.is_string()) continue;
-                std::string room(r.as_string());
-                auto joined = ctx.driver.joined(room);
-                if (joined.size() == 2 && joined.count(me) && joined.count(user)) co_return room;
-            }
-        }
-    }
-    std::string room = co_await ctx.matrix.create_direct_room(user);
-    json::object updated = direct.value_or(json::object{});
-    json::array list;
-    if (const json::value* rooms = updated.if_contains(user); rooms && rooms->is_array())
-        list = rooms->as_array();
-    list.push_back(json::value(room));
-    updated[user] = std::move(list);
-    co_await ctx.matrix.put_account_data(type, std::move(updated));
+    if (std::optional<std::string> room = co_await ctx.driver.direct_chat_with(user))
+        co_return *room;
+    std::string room = co_await ctx.driver.create_direct_chat(user);
     ctx.console.say("created the direct chat " + room + "; waiting for " + user + " to join");
-    bool joined = co_await wait_for(
-        ctx, [&] { return ctx.driver.joined(room).count(user) > 0; }, std::chrono::seconds(120));
-    if (!joined) throw std::runtime_error(user + " did not join " + room);
+    if (!co_await ctx.driver.wait_for_join(room, user, std::chrono::seconds(120)))
+        throw std::runtime_error(user + " did not join " + room);
     co_return room;
 }
 

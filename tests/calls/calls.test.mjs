@@ -230,6 +230,36 @@ test('restarted on its stored session, mxvoip does not ring again for a call it 
   }
 });
 
+test('joining a direct-chat invite records it in m.direct, so calling back uses the same room', async () => {
+  const A = rig.accounts.alice.handle;
+  const D = rig.accounts.dave.handle;
+  const daveDirect = async () => (await D.call('GET', `/user/${encodeURIComponent(D.userId)}/account_data/m.direct`)).body ?? {};
+  const before = (await daveDirect())[A.userId] ?? [];
+  // alice's client makes the DM (as Element does) and dave's mxvoip joins it.
+  const room = await A.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [D.userId] });
+  const dave = rig.client('dave', ['answer', '--auto', '--calls', '1']);
+  const joined = async () => (await D.call('GET', `/rooms/${encodeURIComponent(room)}/state/m.room.member/${encodeURIComponent(D.userId)}`)).body?.membership === 'join';
+  for (const start = Date.now(); !(await joined()); await new Promise((r) => setTimeout(r, 50))) {
+    assert.ok(Date.now() - start < 30000, `dave never joined\n${dave.describe()}`);
+  }
+  const alice = rig.client('alice', ['call', room, '--hangup-after', '1']);
+  const [a, d] = await Promise.all([exitOf(alice, 60000), exitOf(dave, 60000)]);
+  assert.equal(a.code, 0, alice.describe());
+  assert.equal(d.code, 0, dave.describe());
+  assert.deepEqual((await daveDirect())[A.userId], [...before, room]);
+  // dave calls alice back by user id: the same room, no new DM.
+  const answer = rig.client('alice', ['answer', '--auto']);
+  await answer.waitFor((e) => e.event === 'ready');
+  const back = rig.client('dave', ['call', A.userId, '--hangup-after', '1']);
+  const [b, c] = await Promise.all([exitOf(back, 60000), exitOf(answer, 60000)]);
+  const why = `${back.describe()}\n${answer.describe()}`;
+  assert.equal(b.code, 0, why);
+  assert.equal(c.code, 0, why);
+  const invite = (await rig.timeline('dave', room)).find((e) => e.type === 'm.call.invite' && e.content.call_id === back.summary().call_id);
+  assert.ok(invite, `dave's call was not placed in ${room}\n${why}`);
+  assert.deepEqual((await daveDirect())[A.userId], [...before, room]);
+});
+
 test('no answer: the caller gives up with invite_timeout after the invite lifetime', async () => {
   const room = await rig.directRoom('alice', 'carol');
   const started = Date.now();

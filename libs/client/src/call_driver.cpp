@@ -6,6 +6,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "mxvoip/client/direct_chats.hpp"
+
 namespace mxvoip::client {
 
 using asio::use_awaitable;
@@ -474,6 +476,7 @@ void CallDriver::process_sync(const json::object& sync) {
             if (invites_.count(room_id) || !room_value.is_object()) continue;
             invites_.insert(room_id);
             bool direct = false;
+            std::string inviter;
             const json::object* st = object_at(room_value.as_object(), "invite_state");
             if (const json::array* events = st ? array_at(*st, "events") : nullptr) {
                 for (const auto& v : *events) {
@@ -484,16 +487,21 @@ void CallDriver::process_sync(const json::object& sync) {
                         string_at(ev, "state_key") == me && content) {
                         const json::value* d = content->if_contains("is_direct");
                         direct = d && d->is_bool() && d->as_bool();
+                        inviter = string_at(ev, "sender");
                     }
                 }
             }
             if (!direct || !opt_.join_direct_invites) continue;
-            observer_.on_log("joining the direct chat " + room_id);
+            observer_.on_log("joining the direct chat " + room_id + " with " + inviter);
+            // Joined, and recorded in m.direct as the inviter's client did, so that calling
+            // them later finds this room rather than making another.
             asio::co_spawn(
                 ex_,
-                [this, room_id]() -> asio::awaitable<void> {
+                [this, room_id, inviter]() -> asio::awaitable<void> {
                     try {
                         co_await client_.join(room_id);
+                        if (!inviter.empty())
+                            co_await remember_direct_chat(client_, inviter, room_id);
                     } catch (const ClientError& e) {
                         observer_.on_log("cannot join " + room_id + ": " + e.what());
                     }

@@ -109,6 +109,15 @@ class CallDriver {
     // Whether the room has m.room.encryption: its events travel as m.room.encrypted, which
     // this client can neither read nor write yet.
     bool encrypted(const std::string& room_id) const;
+    // Direct chats (m.direct; in direct_chats.cpp). The direct chat with `user` that both
+    // of us have joined, the newest if several.
+    asio::awaitable<std::optional<std::string>> direct_chat_with(std::string user);
+    // A new direct chat with `user` invited, recorded in m.direct.
+    asio::awaitable<std::string> create_direct_chat(std::string user);
+    // Whether `user` has joined `room_id` (as /sync tells) within `timeout`.
+    asio::awaitable<bool> wait_for_join(std::string room_id, std::string user,
+                                        Clock::duration timeout);
+
     // Events still to be sent (a hangup must leave before the program exits).
     bool sending() const { return !outbox_.empty() || send_busy_; }
 
