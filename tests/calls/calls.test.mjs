@@ -260,6 +260,25 @@ test('joining a direct-chat invite records it in m.direct, so calling back uses 
   assert.deepEqual((await daveDirect())[A.userId], [...before, room]);
 });
 
+test('an offer GStreamer cannot parse ends the call as a media failure, and the caller hears it', async () => {
+  const room = await rig.directRoom('alice', 'dave');
+  const dave = rig.client('dave', ['answer', '--auto']);
+  await dave.waitFor((e) => e.event === 'ready');
+  const A = rig.accounts.alice.handle;
+  const callId = `bad-sdp-${Date.now()}`;
+  const invite = { call_id: callId, party_id: 'ALICEDEV', version: '1', lifetime: 60000, invitee: rig.accounts.dave.user_id, offer: { type: 'offer', sdp: 'this is not an SDP' } };
+  const sent = await A.call('PUT', `/rooms/${encodeURIComponent(room)}/send/m.call.invite/${callId}`, { body: invite });
+  assert.equal(sent.status, 200, sent.text);
+  const res = await exitOf(dave, 30000);
+  assert.equal(res.code, 5, dave.describe());
+  assert.equal(dave.summary().call_id, callId, dave.describe());
+  assert.equal(dave.summary().end_reason, 'user_media_failed', dave.describe());
+  assert.match(dave.summary().media_error, /cannot parse the remote offer/, dave.describe());
+  // The caller was told at once (a version 1 callee declines with m.call.reject).
+  const events = await rig.timeline('alice', room);
+  assert.ok(events.some((e) => e.type === 'm.call.reject' && e.content.call_id === callId && e.sender === rig.accounts.dave.user_id), dave.describe());
+});
+
 test('no answer: the caller gives up with invite_timeout after the invite lifetime', async () => {
   const room = await rig.directRoom('alice', 'carol');
   const started = Date.now();

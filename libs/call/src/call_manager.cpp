@@ -66,7 +66,7 @@ void CallManager::handle(const Input& input, Ms now, Out& out) {
             else if constexpr (std::is_same_v<T, RejectCall>)
                 reject(in.call_id, out);
             else if constexpr (std::is_same_v<T, HangUpCall>)
-                hang_up(in.call_id, out);
+                hang_up(in.call_id, in.reason, out);
             else if constexpr (std::is_same_v<T, SyncBatch>)
                 batch(in, now, out);
             else if constexpr (std::is_same_v<T, RoomChanged>)
@@ -338,35 +338,45 @@ void CallManager::answer(const std::string& call_id, Ms /*now*/, Out& out) {
 
 void CallManager::reject(const std::string& call_id, Out& out) {
     Call* c = find(call_id);
-    // Ringing, or answered locally but the answer is not out yet: to the caller both are a decline.
-    bool declinable = c && (c->state == CallState::ringing ||
-                            (c->state == CallState::answering && !c->signalled));
-    if (!declinable) {
+    if (!c || !declinable(*c)) {
         out.push_back(Dropped{call_id, "reject: the call is not ringing"});
         return;
     }
-    if (c->remote_version == proto::CallVersion::v1)
-        send(*c, event<proto::CallReject>(*c), out);
-    else
-        send_hangup(*c, "user_hangup", out);  // version 0 has no reject: a hangup declines
-    end(*c, "rejected", false, out);
+    decline(*c, "rejected", out);
 }
 
-void CallManager::hang_up(const std::string& call_id, Out& out) {
+// Ringing, or answered locally but the answer is not out yet: to the caller, ending it is a
+// decline.
+bool CallManager::declinable(const Call& c) const {
+    return c.state == CallState::ringing || (c.state == CallState::answering && !c.signalled);
+}
+
+void CallManager::decline(Call& c, const std::string& end_reason, Out& out) {
+    if (c.remote_version == proto::CallVersion::v1)
+        send(c, event<proto::CallReject>(c), out);
+    else  // version 0 has no reject: a hangup declines
+        send_hangup(c, end_reason == "rejected" ? "user_hangup" : end_reason, out);
+    end(c, end_reason, false, out);
+}
+
+void CallManager::hang_up(const std::string& call_id, const std::string& reason, Out& out) {
     Call* c = find(call_id);
     if (!c || !active(c->state)) {
         out.push_back(Dropped{call_id, "hang up: no such active call"});
         return;
     }
-    if (c->state == CallState::ringing || (c->state == CallState::answering && !c->signalled)) {
-        reject(call_id, out);
+    if (declinable(*c)) {
+        // Before our answer is out the caller hears a decline (a version 1 callee sends
+        // only m.call.reject), also when our media failed: it stops ringing at once rather
+        // than at the end of the invite's lifetime. Here the call ends as what it was.
+        decline(*c, reason == "user_hangup" ? "rejected" : reason, out);
         return;
     }
     if (c->signalled) {
         flush_candidates(*c, out);
-        send_hangup(*c, "user_hangup", out);
+        send_hangup(*c, reason, out);
     }
-    end(*c, "user_hangup", false, out);
+    end(*c, reason, false, out);
 }
 
 // ---- media inputs ------------------------------------------------------------------------

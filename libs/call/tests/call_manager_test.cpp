@@ -352,6 +352,26 @@ TEST(Calls, RejectingAVersion1InviteSendsRejectAndAVersion0InviteAHangup) {
     ASSERT_EQ(sent(old, "m.call.hangup").size(), 1u);
 }
 
+TEST(Calls, MediaFailingBeforeOurAnswerIsOutDeclinesAndEndsAsAMediaFailure) {
+    Client b(kBob, "PHONE");
+    b.sync({invite("c1", kAlice, "ALICE1")});
+    b.in(AnswerCall{"c1"});
+    auto out = b.in(HangUpCall{"c1", "user_media_failed"});
+    EXPECT_EQ(sent(out, "m.call.reject").size(), 1u);
+    ASSERT_TRUE(ended(out));
+    EXPECT_EQ(ended(out)->end_reason, "user_media_failed");
+    // After the answer is out it is a hangup with that reason.
+    Client c(kBob, "PHONE");
+    c.sync({invite("c2", kAlice, "ALICE1")});
+    c.in(AnswerCall{"c2"});
+    c.in(LocalDescription{"c2", "answer", "sdp"});
+    auto later = c.in(HangUpCall{"c2", "user_media_failed"});
+    ASSERT_EQ(sent(later, "m.call.hangup").size(), 1u);
+    EXPECT_EQ(sent(later, "m.call.hangup")[0].content.at("reason"),
+              json::value("user_media_failed"));
+    EXPECT_EQ(ended(later)->end_reason, "user_media_failed");
+}
+
 TEST(Calls, TheCallerSelectsARejectLikeAnAnswer) {
     Client a = alice_calling();
     auto out = a.sync({simple("m.call.reject", "c1", kBob, "PHONE")});

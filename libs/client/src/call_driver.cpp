@@ -223,7 +223,7 @@ void CallDriver::media_command(call::MediaCommand& m) {
         observer_.on_log("call " + id + ": no media session for this step");
         if (creates) {
             // Without media the call cannot go on.
-            asio::post(ex_, [this, id] { feed(call::HangUpCall{id}); });
+            asio::post(ex_, [this, id] { feed(call::HangUpCall{id, "user_media_failed"}); });
         }
         return;
     }
@@ -284,7 +284,7 @@ void CallDriver::media_command(call::MediaCommand& m) {
         if (info.media_error.empty()) info.media_error = e.what();
         observer_.on_log("call " + id + ": media failed: " + e.what());
         std::string call_id = id;
-        asio::post(ex_, [this, call_id] { feed(call::HangUpCall{call_id}); });
+        asio::post(ex_, [this, call_id] { feed(call::HangUpCall{call_id, "user_media_failed"}); });
     }
 }
 
@@ -315,7 +315,7 @@ void CallDriver::on_media(const std::string& call_id, media::Event ev) {
         CallInfo& info = calls_[call_id];
         observer_.on_log("call " + call_id + ": media failed: " + e->what);
         if (info.media_error.empty()) info.media_error = e->what;
-        feed(call::HangUpCall{call_id});
+        feed(call::HangUpCall{call_id, "user_media_failed"});
     }
 }
 

@@ -137,9 +137,9 @@ class GstSession final : public MediaSession {
 
     void create_answer(const std::string& offer_sdp) override {
         SdpMessage sdp = take_remote(offer_sdp);
+        if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote offer's SDP"});
         apply_valves();
         wait_for_caps();
-        if (!sdp) return;
         GstWebRTCSessionDescription* desc =
             gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp.release());
         GstPromise* p =
@@ -150,8 +150,8 @@ class GstSession final : public MediaSession {
 
     void set_remote_answer(const std::string& answer_sdp) override {
         SdpMessage sdp = take_remote(answer_sdp);
+        if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote answer's SDP"});
         apply_valves();
-        if (!sdp) return;
         GstWebRTCSessionDescription* desc =
             gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ANSWER, sdp.release());
         GstPromise* p =

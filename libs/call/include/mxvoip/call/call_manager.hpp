@@ -47,8 +47,10 @@ struct AnswerCall {
 struct RejectCall {
     std::string call_id;
 };
+// The user hangs up, or (`reason` user_media_failed) our media cannot go on.
 struct HangUpCall {
     std::string call_id;
+    std::string reason = "user_hangup";
 };
 // One room event from /sync. `age_ms` is unsigned.age as the server reported it.
 // `from_this_device`: the server marked the event as sent by this very client
@@ -258,7 +260,9 @@ class CallManager {
     void place(const PlaceCall& in, Ms now, Out& out);
     void answer(const std::string& call_id, Ms now, Out& out);
     void reject(const std::string& call_id, Out& out);
-    void hang_up(const std::string& call_id, Out& out);
+    void hang_up(const std::string& call_id, const std::string& reason, Out& out);
+    bool declinable(const Call& c) const;
+    void decline(Call& c, const std::string& end_reason, Out& out);
     void batch(const SyncBatch& in, Ms now, Out& out);
     void room_changed(const RoomChanged& in, Out& out);
     void local_description(const LocalDescription& in, Ms now, Out& out);
