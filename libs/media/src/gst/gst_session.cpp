@@ -208,15 +208,22 @@ class GstSession final : public MediaSession {
 
     bool can_restart_ice() const override { return false; }
 
+    // Never waits on GStreamer: the network figures are those of webrtcbin's last get-stats
+    // reply (a second old at most when called each second), and the next one is asked for
+    // here; the track counters are our own.
     Stats stats() override {
         Stats s;
-        GstPromise* p = gst_promise_new();
-        g_signal_emit_by_name(webrtc_, "get-stats", nullptr, p);
-        if (gst_promise_wait(p) == GST_PROMISE_RESULT_REPLIED) {
-            const GstStructure* reply = gst_promise_get_reply(p);
-            if (reply) read_stats(reply, s);
+        bool ask = false;
+        {
+            std::lock_guard lock(stats_mu_);
+            s = network_stats_;
+            ask = !closing_ && !stats_asked_;
+            stats_asked_ = stats_asked_ || ask;
         }
-        gst_promise_unref(p);
+        if (ask) {
+            GstPromise* p = gst_promise_new_with_change_func(&GstSession::on_stats, this, nullptr);
+            g_signal_emit_by_name(webrtc_, "get-stats", nullptr, p);
+        }
         std::lock_guard lock(tracks_mu_);
         for (const auto& t : tracks_) {
             TrackStats ts{t->stream_id, t->kind, t->frames.load(), 0};
@@ -232,6 +239,10 @@ class GstSession final : public MediaSession {
     }
 
     void close() override {
+        {
+            std::lock_guard lock(stats_mu_);
+            closing_ = true;
+        }
         {
             std::lock_guard lock(mu_);
             if (closed_) return;
@@ -362,6 +373,17 @@ class GstSession final : public MediaSession {
                 std::this_thread::sleep_for(std::chrono::milliseconds(5));
             }
         }
+    }
+
+    static void on_stats(GstPromise* p, gpointer self_ptr) {
+        auto* self = static_cast<GstSession*>(self_ptr);
+        Stats s;
+        if (gst_promise_wait(p) == GST_PROMISE_RESULT_REPLIED)
+            if (const GstStructure* reply = gst_promise_get_reply(p)) self->read_stats(reply, s);
+        gst_promise_unref(p);
+        std::lock_guard lock(self->stats_mu_);
+        self->network_stats_ = std::move(s);
+        self->stats_asked_ = false;
     }
 
     // A branch sends unless we hold, the peer holds us, or it is a screen share that is off.
@@ -927,6 +949,10 @@ class GstSession final : public MediaSession {
     bool latency_raised_ = false;
     bool gathering_reported_ = false;
     std::vector<CandidateReady> held_candidates_;
+    std::mutex stats_mu_;       // not mu_: stats() may be called from anywhere, even a sink
+    Stats network_stats_;       // webrtcbin's last get-stats reply
+    bool stats_asked_ = false;  // a get-stats is on its way
+    bool closing_ = false;      // no more get-stats: webrtcbin is going away
     std::thread worker_;
 
     std::mutex tracks_mu_;
