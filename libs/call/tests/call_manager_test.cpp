@@ -372,15 +372,22 @@ TEST(Calls, MediaFailingBeforeOurAnswerIsOutDeclinesAndEndsAsAMediaFailure) {
     EXPECT_EQ(ended(later)->end_reason, "user_media_failed");
 }
 
-TEST(Calls, TheCallerSelectsARejectLikeAnAnswer) {
-    Client a = alice_calling();
-    auto out = a.sync({simple("m.call.reject", "c1", kBob, "PHONE")});
+namespace {
+// The caller selected `party`'s decline, so the callee's other devices stop, and the call
+// ended as rejected by the other side.
+void expect_declined_by(const std::vector<Action>& out, const std::string& party) {
     auto select = sent(out, "m.call.select_answer");
     ASSERT_EQ(select.size(), 1u);
-    EXPECT_EQ(select[0].content.at("selected_party_id"), json::value("PHONE"));
+    EXPECT_EQ(select[0].content.at("selected_party_id"), json::value(party));
     ASSERT_TRUE(ended(out));
     EXPECT_EQ(ended(out)->end_reason, "rejected");
     EXPECT_TRUE(ended(out)->ended_by_remote);
+}
+}  // namespace
+
+TEST(Calls, TheCallerSelectsARejectLikeAnAnswer) {
+    Client a = alice_calling();
+    expect_declined_by(a.sync({simple("m.call.reject", "c1", kBob, "PHONE")}), "PHONE");
 }
 
 TEST(Calls, AVersion1HangupFromTheCalleeBeforeAnyAnswerIsTakenAsAReject) {
@@ -388,13 +395,8 @@ TEST(Calls, AVersion1HangupFromTheCalleeBeforeAnyAnswerIsTakenAsAReject) {
     Client a = alice_calling();
     auto out =
         a.sync({simple("m.call.hangup", "c1", kBob, "NHEKO", {{"reason", "user_media_failed"}})});
-    ASSERT_EQ(all<Nonconforming>(out).size(), 1u);
-    auto select = sent(out, "m.call.select_answer");
-    ASSERT_EQ(select.size(), 1u);
-    EXPECT_EQ(select[0].content.at("selected_party_id"), json::value("NHEKO"));
-    ASSERT_TRUE(ended(out));
-    EXPECT_EQ(ended(out)->end_reason, "rejected");
-    EXPECT_TRUE(ended(out)->ended_by_remote);
+    EXPECT_EQ(all<Nonconforming>(out).size(), 1u);
+    expect_declined_by(out, "NHEKO");
     // A hangup from someone who is not the callee still ends nothing.
     Client b = alice_calling();
     auto stranger = b.sync({simple("m.call.hangup", "c1", "@mallory:x", "M")});
