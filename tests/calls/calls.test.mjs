@@ -1,6 +1,6 @@
 // Real calls: two (or three) `mxvoip` processes signalling through mxvoip-server, media
 // relayed by a real coturn that mxvoip-server hands out credentials for.
-import { test, before, after } from 'node:test';
+import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,10 @@ before(async () => {
 });
 after(async () => {
   await rig?.stop();
+});
+// A failed test leaves no client behind to answer the next one's calls.
+afterEach(async () => {
+  await rig.killClients();
 });
 
 // Frames of a remote stream (by purpose and kind) in the stats line nearest to `t` seconds

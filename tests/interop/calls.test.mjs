@@ -27,6 +27,7 @@ let open = [];
 afterEach(async () => {
   for (const c of open) await c.close();
   open = [];
+  await rig.killClients();
 });
 
 async function js(name) {
@@ -48,6 +49,13 @@ function mxvoip(name, args) {
 async function ready(client) {
   await client.waitFor((e) => e.event === 'ready');
   await sleep(300); // its first long-poll is parked
+}
+
+// Resolves once an mxvoip stats line counts decoded frames of the js side's audio (and video):
+// before then a hangup from js would leave mxvoip nothing to count.
+function mxvoipGets(client, { video }) {
+  const has = (e, kind) => e.streams?.some((x) => x.kind === kind && x.frames > 0);
+  return client.waitFor((e) => e.event === 'stats' && has(e, 'audio') && (!video || has(e, 'video')), 15000);
 }
 
 function mxvoipReceived(client, { video, purpose = 'm.usermedia' }) {
@@ -85,7 +93,10 @@ for (const video of [false, true]) {
       const callId = await alice.call('place', room, { video, invitee: rig.accounts.bob.user_id });
       await alice.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
       await alice.receives(callId, { video });
-      if (hangupBy === 'js') await alice.call('hangup', callId);
+      if (hangupBy === 'js') {
+        await mxvoipGets(bob, { video });
+        await alice.call('hangup', callId);
+      }
       const res = await exitOf(bob, 30000);
       assert.equal(res.code, 0, bob.describe());
       const s = bob.summary();
@@ -109,7 +120,10 @@ for (const video of [false, true]) {
       await bob.call('answer', incoming.callId, { video });
       await bob.waitFor((e) => e.kind === 'state' && e.state === 'connected', 30000, 'connected');
       await bob.receives(incoming.callId, { video });
-      if (hangupBy === 'js') await bob.call('hangup', incoming.callId);
+      if (hangupBy === 'js') {
+        await mxvoipGets(alice, { video });
+        await bob.call('hangup', incoming.callId);
+      }
       const res = await exitOf(alice, 30000);
       assert.equal(res.code, 0, alice.describe());
       assert.equal(alice.summary().call_id, incoming.callId);

@@ -121,6 +121,15 @@ export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {}
         },
       };
     },
+    // Kills the `mxvoip` processes still running: a failed test must not leave one behind
+    // to answer (or refuse as busy) the next test's calls.
+    async killClients() {
+      const exits = [...running].map((proc) => new Promise((resolve) => {
+        proc.once('exit', resolve);
+        proc.kill('SIGKILL');
+      }));
+      await Promise.all(exits);
+    },
     async stop() {
       for (const proc of running) proc.kill('SIGKILL');
       await server.stop();
