@@ -305,15 +305,15 @@ asio::awaitable<void> sleep_for(Clock::duration d) {
     co_await t.async_wait(use_awaitable);
 }
 
-// Logs in (password: a new device) or reuses the stored session, whose last /sync position
-// is returned.
+// Logs in (password: a new device) or reuses `stored`, which is then returned.
 asio::awaitable<std::optional<StoredSession>> sign_in(client::MatrixClient& matrix,
-                                                      const Account& a) {
+                                                      const Account& a,
+                                                      std::optional<StoredSession> stored) {
     std::optional<std::string> pw = password(a);
     if (!pw) {
-        if (auto s = load_session(a)) {
-            matrix.use_session(s->session);
-            co_return s;
+        if (stored) {
+            matrix.use_session(stored->session);
+            co_return stored;
         }
         throw std::runtime_error("no password and no stored session for " + a.user +
                                  ": run `mxvoip login` or give --password-file / MXVOIP_PASSWORD");
@@ -323,15 +323,14 @@ asio::awaitable<std::optional<StoredSession>> sign_in(client::MatrixClient& matr
     co_return std::nullopt;
 }
 
-// The client of `a`'s homeserver: --homeserver, else the stored session's, else the one the
-// user id's server name names. Throws std::invalid_argument for a usage error, ClientError
-// when discovery fails.
-asio::awaitable<std::unique_ptr<client::MatrixClient>> open_client(asio::any_io_executor ex,
-                                                                   const Account& a) {
+// The client of `a`'s homeserver: --homeserver, else the `stored` session's, else the one
+// the user id's server name names. Throws std::invalid_argument for a usage error,
+// ClientError when discovery fails.
+asio::awaitable<std::unique_ptr<client::MatrixClient>> open_client(
+    asio::any_io_executor ex, const Account& a, const std::optional<StoredSession>& stored) {
     client::ConnectionOptions options{a.ca_file, a.allow_insecure_http};
     std::string homeserver = a.homeserver;
-    if (homeserver.empty())
-        if (auto s = load_session(a)) homeserver = s->session.homeserver;
+    if (homeserver.empty() && stored) homeserver = stored->session.homeserver;
     if (homeserver.empty()) {
         auto colon = a.user.find(':');
         if (a.user.empty() || a.user[0] != '@' || colon == std::string::npos)
@@ -366,8 +365,9 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
+            std::optional<StoredSession> saved = load_session(a);
             try {
-                matrix = co_await open_client(io.get_executor(), a);
+                matrix = co_await open_client(io.get_executor(), a, saved);
             } catch (const std::invalid_argument& e) {
                 console.say(e.what());
                 code = exit_usage;
@@ -380,7 +380,7 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
             }
             std::optional<StoredSession> stored;
             try {
-                stored = co_await sign_in(*matrix, a);
+                stored = co_await sign_in(*matrix, a, saved);
             } catch (const std::exception& e) {
                 console.say(std::string("cannot sign in: ") + e.what());
                 io.stop();
@@ -538,7 +538,8 @@ int store_session(const Account& a, const char* what, const char* event, const c
             [&]() -> asio::awaitable<void> {
                 std::unique_ptr<client::MatrixClient> matrix;
                 try {
-                    matrix = co_await open_client(io.get_executor(), a);
+                    std::optional<StoredSession> saved = load_session(a);
+                    matrix = co_await open_client(io.get_executor(), a, saved);
                 } catch (const std::invalid_argument& e) {
                     console.say(e.what());
                     code = exit_usage;

@@ -102,8 +102,9 @@ struct MatrixClient::Impl {
     std::string base;
     std::string host;  // as in the URL: the Host header, SNI, the certificate's name
     std::string port;
-    std::string prefix;                 // the base URL's path, if the homeserver lives below one
-    std::unique_ptr<ssl::context> tls;  // null for http://
+    std::optional<asio::ip::address> ip;  // the host, when it is an address
+    std::string prefix;                   // the base URL's path, if the homeserver lives below one
+    std::unique_ptr<ssl::context> tls;    // null for http://
     Session session;
     std::deque<Connection> idle;  // keep-alive connections not in use
     std::uint64_t txn = 0;
@@ -126,7 +127,7 @@ struct MatrixClient::Impl {
             co_return c;
         }
         tcp::resolver resolver(ex);
-        std::string name = ip_address(host) ? ip_address(host)->to_string() : host;
+        std::string name = ip ? ip->to_string() : host;
         auto [rerr, endpoints] =
             co_await resolver.async_resolve(name, port, asio::as_tuple(use_awaitable));
         if (rerr) throw ClientError(0, "", "cannot resolve " + host + ": " + rerr.message());
@@ -140,7 +141,7 @@ struct MatrixClient::Impl {
         TlsStream secure(std::move(stream), *tls);
         SSL* ssl = secure.native_handle();
         // OpenSSL checks the name during the handshake, so a mismatch is reported as such.
-        if (auto ip = ip_address(host)) {
+        if (ip) {
             X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip->to_string().c_str());
         } else {
             SSL_set_tlsext_host_name(ssl, host.c_str());
@@ -244,6 +245,7 @@ MatrixClient::MatrixClient(asio::any_io_executor ex, std::string homeserver,
     impl_->base = homeserver;
     impl_->prefix = url->encoded_path();
     impl_->host = url->host();
+    impl_->ip = ip_address(impl_->host);
     impl_->port = url->has_port() ? std::string(url->port()) : https ? "443" : "80";
     impl_->session.homeserver = homeserver;
     if (!https) {
