@@ -550,7 +550,16 @@ void CallManager::timer(const TimerFired& in, Out& out) {
         return;
     }
     c->lifetime_timer = 0;
-    if (c->state == CallState::invite_sent) {
+    if (c->state == CallState::invite_sent && !c->replaced_by_party.empty()) {
+        // The callee said it was calling us instead, and no call of theirs came: a decline.
+        out.push_back(Nonconforming{c->id,
+                                    "the callee hung up as replaced, but no call of "
+                                    "theirs came: taken as a reject"});
+        auto select = event<proto::CallSelectAnswer>(*c);
+        select.selected_party_id = c->replaced_by_party;
+        send(*c, select, out);
+        end(*c, "rejected", true, out);
+    } else if (c->state == CallState::invite_sent) {
         send_hangup(*c, "invite_timeout", out);
         end(*c, "invite_timeout", false, out);
     } else if (c->state == CallState::ringing) {
@@ -692,7 +701,8 @@ void CallManager::on_invite(const RoomEvent& ev, proto::CallInvite& invite, Ms n
     bool auto_answer = false;
     std::string media_from;
     if (ours) {
-        if (ours->state == CallState::preparing || invite.call_id < ours->id) {
+        bool replacement = !ours->replaced_by_party.empty() && ev.sender == ours->opponent_user;
+        if (ours->state == CallState::preparing || replacement || invite.call_id < ours->id) {
             // Theirs lives: drop ours (hanging it up if it is out) and answer theirs with our
             // media.
             if (ours->signalled) send_hangup(*ours, "user_hangup", out);
@@ -852,6 +862,18 @@ void CallManager::on_hangup(const RoomEvent& ev, const proto::CallHangup& h, Out
     }
     if (ev.sender == c->opponent_user && h.effective_reason() == "user_busy") {
         end(*c, "user_busy", true, out);
+        return;
+    }
+    // Glare seen first by the callee: it hangs up ours as `replaced` and calls us instead. The
+    // two events may reach us in either order; theirs is answered when it comes (on_invite).
+    if (ev.sender == c->opponent_user && c->state == CallState::invite_sent &&
+        h.effective_reason() == "replaced") {
+        if (c->replaced_by_party.empty()) {
+            c->replaced_by_party = h.party_id;
+            cancel_timer(c->lifetime_timer, out);
+            c->lifetime_timer =
+                start_timer(*c, TimerKind::lifetime, now_ + opt_.replacement_wait, out);
+        }
         return;
     }
     // A version 1 callee should decline with m.call.reject, but some (nheko) send a hangup

@@ -469,6 +469,53 @@ TEST(Calls, GlareAfterSendingKeepsTheLesserCallId) {
     EXPECT_TRUE(sent(kept).empty());
 }
 
+TEST(Calls, GlareResolvedByTheCalleeFirstAnswersItsCallInWhicheverOrderItsEventsCome) {
+    // matrix-js-sdk resolves glare by hanging up our invite as `replaced` right after sending
+    // its own; the server may order the two either way. Its call is answered even when its id
+    // is the greater: it has already given ours up.
+    for (std::string theirs : {"a-lesser", "z-greater"}) {
+        SCOPED_TRACE(theirs);
+        Client same = alice_calling("m");
+        auto out = same.sync({simple("m.call.hangup", "m", kBob, "PHONE", {{"reason", "replaced"}}),
+                              invite(theirs, kBob, "PHONE")});
+        EXPECT_EQ(same.m.state("m"), CallState::ended);
+        EXPECT_EQ(ended(out)->end_reason, "replaced");
+        EXPECT_EQ(same.m.state(theirs), CallState::answering);
+        ASSERT_EQ(media(out, MediaOp::transfer_media).size(), 1u);
+        EXPECT_EQ(media(out, MediaOp::transfer_media)[0].from_call_id, "m");
+
+        // The invite comes in a later batch: ours waits for it, still ringing out.
+        Client later = alice_calling("m");
+        auto hung = later.sync(
+            {simple("m.call.hangup", "m", kBob, "PHONE", {{"reason", "replaced"}})}, 1000);
+        EXPECT_EQ(later.m.state("m"), CallState::invite_sent);
+        EXPECT_TRUE(sent(hung).empty());
+        ASSERT_EQ(all<StartTimer>(hung).size(), 1u);
+        EXPECT_EQ(all<StartTimer>(hung)[0].at, 1000 + 10000);
+        later.sync({invite(theirs, kBob, "PHONE")}, 1500);
+        EXPECT_EQ(later.m.state("m"), CallState::ended);
+        EXPECT_EQ(later.m.state(theirs), CallState::answering);
+    }
+}
+
+TEST(Calls, ACalleeThatHangsUpAsReplacedButNeverCallsHasDeclined) {
+    Client a = alice_calling("m");
+    auto hung =
+        a.sync({simple("m.call.hangup", "m", kBob, "PHONE", {{"reason", "replaced"}})}, 1000);
+    auto out = a.in(TimerFired{all<StartTimer>(hung).at(0).timer_id}, 11000);
+    EXPECT_EQ(ended(out)->end_reason, "rejected");
+    EXPECT_TRUE(ended(out)->ended_by_remote);
+    EXPECT_EQ(all<Nonconforming>(out).size(), 1u);
+    auto select = sent(out, "m.call.select_answer");
+    ASSERT_EQ(select.size(), 1u) << "the callee's other devices stop ringing";
+    EXPECT_EQ(select[0].content.at("selected_party_id"), json::value("PHONE"));
+    // A hangup as `replaced` from someone else in the room changes nothing.
+    Client b = alice_calling("m");
+    b.sync({simple("m.call.hangup", "m", "@mallory:example.org", "X", {{"reason", "replaced"}})});
+    b.sync({invite("z", kBob, "PHONE")});
+    EXPECT_FALSE(b.m.state("z")) << "glare by call id: ours is the lesser and lives";
+}
+
 TEST(Calls, PlacingACallToSomeoneWhoIsCallingUsAnswersThem) {
     Client b(kBob, "PHONE");
     b.sync({invite("c1", kAlice, "ALICE1")});

@@ -207,6 +207,9 @@ class CallManager {
         Ms negotiate_lifetime = 10000;    // lifetime of our m.call.negotiate
         Ms ice_restart_timeout =
             10000;  // an ICE restart that has not connected by then ends the call
+        // A callee that hangs up our unanswered call as `replaced` (glare) calls us instead:
+        // its invite may reach us after the hangup, and is waited for this long.
+        Ms replacement_wait = 10000;
     };
     explicit CallManager(Options options);
 
@@ -247,6 +250,7 @@ class CallManager {
         bool making_offer = false;     // our renegotiation offer is out or being made
         bool answering_offer = false;  // we are making the answer to their renegotiation offer
         bool ice_restart_tried = false;
+        std::string replaced_by_party;  // the callee hung up as `replaced`: its call will come
         std::uint64_t ice_restart_timer = 0;
         proto::SdpStreamMetadata local_metadata;
         bool peer_sends_metadata = false;  // decided by their first invite / chosen answer
