@@ -239,7 +239,15 @@ window.mx = {
     }
     return out;
   },
+  // A test's client goes away with its calls: those it placed or answered are hung up, the
+  // hangup sent, before it stops, so no live invite is left in the room for the next test.
   async stop() {
+    for (const call of calls.values()) {
+      if (call.state === 'ended' || (call.direction === 'inbound' && call.state === 'ringing')) continue;
+      const hangup = { call_id: call.callId, party_id: client.getDeviceId(), version: '1', reason: 'user_hangup' };
+      await client.sendEvent(call.roomId, 'm.call.hangup', hangup).catch(() => {});
+      call.hangup('user_hangup', true);
+    }
     client?.stopClient();
   },
 };
