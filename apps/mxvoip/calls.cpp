@@ -21,6 +21,7 @@
 
 #include "mxvoip/client/call_driver.hpp"
 #include "mxvoip/client/matrix_client.hpp"
+#include "mxvoip/crypto/olm_machine.hpp"
 #include "mxvoip/media/media_session.hpp"
 #include "password.hpp"
 
@@ -48,10 +49,25 @@ std::string state_dir(const Account& a) {
 
 // One file per user id: `--user` must name the user the way the session was stored (the full
 // @user:server, which `login` and `register` store under).
-fs::path session_file(const Account& a, const std::string& user) {
+std::string file_safe(const std::string& id) {
     std::string name;
-    for (char c : user) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-    return fs::path(state_dir(a)) / ("session-" + name + ".json");
+    for (char c : id) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+    return name;
+}
+
+fs::path session_file(const Account& a, const std::string& user) {
+    return fs::path(state_dir(a)) / ("session-" + file_safe(user) + ".json");
+}
+
+// The device's end-to-end encryption state (every key and session, encrypted with the user's
+// state key, both mode 0600): one file per device, since a new login is a new device.
+std::unique_ptr<crypto::Machine> open_crypto(const Account& a, const Session& s) {
+    fs::path dir(state_dir(a));
+    crypto::StateKey key =
+        crypto::load_or_create_state_key(dir / ("crypto-" + file_safe(s.user_id) + ".key"));
+    return crypto::open_olm_machine(
+        {s.user_id, s.device_id,
+         dir / ("crypto-" + file_safe(s.user_id) + "-" + file_safe(s.device_id) + ".state"), key});
 }
 
 struct StoredSession {
@@ -361,6 +377,7 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
     asio::io_context io;
     std::unique_ptr<client::MatrixClient> matrix;
     int code = exit_signalling_failed;
+    std::unique_ptr<crypto::Machine> machine;  // outlives the driver
     std::unique_ptr<client::CallDriver> driver;
     asio::co_spawn(
         io,
@@ -387,6 +404,16 @@ int run_client(const Account& a, const MediaFlags& m, bool join_invites, const B
                 co_return;
             }
             client::DriverOptions o;
+            if (a.encryption) {
+                try {
+                    machine = open_crypto(a, matrix->session());
+                } catch (const std::exception& e) {
+                    console.say(std::string("cannot open the encryption state: ") + e.what());
+                    io.stop();
+                    co_return;
+                }
+                o.crypto = machine.get();
+            }
             if (stored) {
                 // A stored session goes on where its last run stopped, so calls that run
                 // answered or ended are not read again.
@@ -607,12 +634,10 @@ int call_command(const Account& a, const CallFlags& f) {
             invitee = f.target;
             room = co_await direct_room(ctx, invitee);
         }
-        // Calls in an encrypted room travel as m.room.encrypted: the other side would see an
-        // event it cannot trust and this side could not read the answer.
-        if (ctx.driver.encrypted(room))
+        if (!ctx.driver.can_call_in(room))
             throw std::runtime_error(room +
-                                     " is end-to-end encrypted, and mxvoip cannot encrypt calls "
-                                     "yet: call in a room without encryption");
+                                     " is end-to-end encrypted and encryption is off "
+                                     "(--no-encryption)");
         if (f.start_at_unix_ms > 0) {
             auto at = std::chrono::system_clock::time_point(
                 std::chrono::milliseconds(f.start_at_unix_ms));

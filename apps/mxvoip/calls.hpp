@@ -21,7 +21,8 @@ struct Account {
     std::string ca_file;  // trust these CAs instead of the system's
     bool allow_insecure_http = false;
     std::string password_file;
-    std::string state_dir;  // where `login` keeps the session; see README
+    std::string state_dir;   // where `login` keeps the session; see README
+    bool encryption = true;  // end-to-end encryption in rooms with m.room.encryption
     bool json = false;
     bool verbose = false;
 };

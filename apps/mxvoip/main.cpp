@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
     app.add_option("--state-dir", account.state_dir,
                    "Where `login` stores the session (default: $MXVOIP_STATE_DIR, "
                    "$XDG_STATE_HOME/mxvoip, ~/.local/state/mxvoip)");
+    app.add_flag("!--no-encryption", account.encryption,
+                 "Turn end-to-end encryption off: no crypto state is kept, new direct chats are "
+                 "created unencrypted, and calls in encrypted rooms are refused");
     app.add_flag("--json", account.json,
                  "Print one JSON object per line: states, streams, stats, a final summary");
     app.add_flag("-v,--verbose", account.verbose, "Log what the call machinery does");

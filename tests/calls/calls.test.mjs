@@ -2,7 +2,7 @@
 // relayed by a real coturn that mxvoip-server hands out credentials for.
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCallRig, exitOf } from '../lib/calls.mjs';
@@ -28,6 +28,24 @@ function framesAt(client, purpose, kind, t) {
   assert.ok(best, `${client.name}: no stats lines\n${client.describe()}`);
   const s = best.streams.find((x) => x.purpose === purpose && x.kind === kind);
   return s ? s.frames : 0;
+}
+
+// The direct chat `a` has with `b`, from a's m.direct.
+async function dmOf(a, b) {
+  const A = rig.accounts[a].handle;
+  const direct = (await A.call('GET', `/user/${encodeURIComponent(A.userId)}/account_data/m.direct`)).body ?? {};
+  const rooms = direct[rig.accounts[b].user_id] ?? [];
+  assert.ok(rooms.length > 0, `${a} has no direct chat with ${b}`);
+  return rooms[rooms.length - 1];
+}
+
+// Resolves once the client's log says `pattern`.
+function said(client, pattern) {
+  return new Promise((resolve) => {
+    const check = () => pattern.test(client.stderr) && resolve();
+    client.proc.stderr.on('data', check);
+    check();
+  });
 }
 
 function stream(summary, purpose, kind) {
@@ -79,6 +97,12 @@ test('relay-only video call: tones, video, screen share, hold and resume, hang u
     const resumed = framesAt(c, 'm.usermedia', 'video', 9.5);
     assert.ok(resumed - heldTo >= 10, `${c.name}: video did not resume: ${heldTo} -> ${resumed}`);
   }
+
+  // The direct chat alice's mxvoip made is encrypted, and the call went through it encrypted.
+  const events = await rig.timeline('alice', await dmOf('alice', 'bob'));
+  assert.ok(events.some((e) => e.type === 'm.room.encryption'), 'the new direct chat is not encrypted');
+  assert.deepEqual(events.filter((e) => e.type.startsWith('m.call.')), [], 'call events went out in clear');
+  assert.ok(events.filter((e) => e.type === 'm.room.encrypted').length >= 4, why);
 
   // The media went through coturn.
   const log = rig.coturn.log();
@@ -297,32 +321,60 @@ test('no answer: the caller gives up with invite_timeout after the invite lifeti
   assert.equal(hangup?.content.reason, 'invite_timeout');
 });
 
-test('an encrypted room: mxvoip refuses to call in it with a clear error, and says why its events do not ring', async () => {
-  const A = rig.accounts.alice.handle;
-  const B = rig.accounts.carol.handle;
-  const room = await A.createRoom({
-    preset: 'trusted_private_chat',
-    is_direct: true,
-    invite: [B.userId],
-    initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }],
-  });
-  assert.equal((await B.join(room)).status, 200);
-  const alice = rig.client('alice', ['call', room]);
+test('encryption off: mxvoip refuses to call in an encrypted room with a clear error, and says why its events do not ring', async () => {
+  const room = await rig.directRoom('alice', 'carol', { encrypted: true });
+  const alice = rig.client('alice', ['--no-encryption', 'call', room]);
   const res = await exitOf(alice, 60000);
   assert.equal(res.code, 6, alice.describe());
-  assert.match(alice.stderr, /end-to-end encrypted.*cannot encrypt calls yet/, alice.describe());
+  assert.match(alice.stderr, /end-to-end encrypted and encryption is off/, alice.describe());
   assert.equal((await rig.timeline('alice', room)).filter((e) => e.type.startsWith('m.call.')).length, 0, 'nothing was sent');
 
   // An encrypted event (as Element's call invite would be) makes the answering side say why.
-  const carol = rig.client('carol', ['answer', '--auto']);
+  const carol = rig.client('carol', ['--no-encryption', 'answer', '--auto']);
   await carol.waitFor((e) => e.event === 'ready');
-  const said = new Promise((resolve) => {
-    const check = () => /encrypted events in .* cannot be read/.test(carol.stderr) && resolve();
-    carol.proc.stderr.on('data', check);
-    check();
-  });
-  await A.send(room, 'm.room.encrypted', { algorithm: 'm.megolm.v1.aes-sha2', ciphertext: 'AwgA', session_id: 's', sender_key: 'k', device_id: 'D' });
-  await said;
+  await rig.accounts.alice.handle.send(room, 'm.room.encrypted', { algorithm: 'm.megolm.v1.aes-sha2', ciphertext: 'AwgA', session_id: 's', sender_key: 'k', device_id: 'D' });
+  await said(carol, /encrypted events in .* cannot be read: end-to-end encryption is off/);
   carol.proc.kill('SIGTERM');
   await exitOf(carol, 10000);
+});
+
+test('an encrypted DM: calls both ways, nothing in clear, an unreadable event reported once; a restarted mxvoip keeps its keys', async () => {
+  const room = await rig.directRoom('bob', 'dave', { encrypted: true });
+  const dir = mkdtempSync(join(tmpdir(), 'mxvoip-e2ee-'));
+  const dave = (args, env = {}) => rig.cli('dave', ['--homeserver', rig.server.url, '--user', rig.accounts.dave.user_id, '--state-dir', dir, '--json', '-v', ...args], env);
+  try {
+    const login = dave(['login'], { MXVOIP_PASSWORD: rig.accounts.dave.password });
+    assert.equal((await exitOf(login, 30000)).code, 0, login.describe());
+    const first = dave(['answer', '--auto', '--calls', '1']);
+    await first.waitFor((e) => e.event === 'ready');
+    // An event no key was shared for: said once, and the call right after still rings.
+    await rig.accounts.bob.handle.send(room, 'm.room.encrypted', { algorithm: 'm.megolm.v1.aes-sha2', ciphertext: 'AwgA', session_id: 'nokey', sender_key: 'k', device_id: 'D' });
+    await said(first, /cannot decrypt .* from @bob.*no room key for session nokey/);
+    const bob = rig.client('bob', ['call', room, '--hangup-after', '1']);
+    const [b, d] = await Promise.all([exitOf(bob, 60000), exitOf(first, 60000)]);
+    let why = `${bob.describe()}\n${first.describe()}`;
+    assert.equal(b.code, 0, why);
+    assert.equal(d.code, 0, why);
+    assert.equal(first.stderr.match(/nokey/g).length, 1, why);
+
+    // dave again, on the same device and state directory: he calls bob.
+    const answer = rig.client('bob', ['answer', '--auto']);
+    await answer.waitFor((e) => e.event === 'ready');
+    const second = dave(['call', room, '--hangup-after', '1']);
+    const [d2, b2] = await Promise.all([exitOf(second, 60000), exitOf(answer, 60000)]);
+    why = `${second.describe()}\n${answer.describe()}`;
+    assert.equal(d2.code, 0, why);
+    assert.equal(b2.code, 0, why);
+    assert.doesNotMatch(second.stderr + answer.stderr, /cannot decrypt|cannot share/, why);
+
+    const files = readdirSync(dir).filter((f) => f.startsWith('crypto-'));
+    assert.equal(files.filter((f) => f.endsWith('.state')).length, 1, `one device, one state: ${files}`);
+    for (const f of files) assert.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f);
+    const events = await rig.timeline('dave', room);
+    assert.deepEqual(events.filter((e) => e.type.startsWith('m.call.')), [], 'call events went out in clear');
+    const senders = new Set(events.filter((e) => e.type === 'm.room.encrypted').map((e) => e.sender));
+    assert.deepEqual([...senders].sort(), [rig.accounts.bob.user_id, rig.accounts.dave.user_id].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

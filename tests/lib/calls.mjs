@@ -40,11 +40,13 @@ export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {}
     coturn,
     server,
     accounts,
-    // A direct chat between two users, both joined, in both users' m.direct.
-    async directRoom(a, b) {
+    // A direct chat between two users, both joined, in both users' m.direct; with
+    // `encrypted`, m.room.encryption (Megolm) in its initial state, as Element makes them.
+    async directRoom(a, b, { encrypted = false } = {}) {
       const A = accounts[a].handle;
       const B = accounts[b].handle;
-      const room = await A.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [B.userId] });
+      const initial_state = encrypted ? [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }] : [];
+      const room = await A.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [B.userId], initial_state });
       const joined = await B.join(room);
       if (joined.status !== 200) throw new Error(`join: ${joined.status} ${joined.text}`);
       for (const [me, other] of [[A, B], [B, A]]) {

@@ -29,6 +29,37 @@ std::string string_at(const json::object& o, const char* key) {
     return v && v->is_string() ? std::string(v->as_string()) : std::string();
 }
 
+// Crypto state ages by the wall clock: room keys rotate by age across restarts.
+crypto::Ms unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::vector<std::string> strings_at(const json::object& o, const char* key) {
+    std::vector<std::string> out;
+    if (const json::array* a = array_at(o, key))
+        for (const auto& v : *a)
+            if (v.is_string()) out.emplace_back(v.get_string());
+    return out;
+}
+
+// A call event for the call manager: `content` is the event's, or its decryption's.
+call::RoomEvent room_event(const std::string& room_id, const json::object& ev, std::string type,
+                           json::object content) {
+    call::RoomEvent event{room_id, string_at(ev, "sender"), std::move(type), std::move(content)};
+    if (const json::object* u = object_at(ev, "unsigned")) {
+        if (const json::value* a = u->if_contains("age"); a && a->is_int64())
+            event.age_ms = a->as_int64();
+        event.from_this_device = u->contains("transaction_id");
+    }
+    return event;
+}
+
+// Undecryptable events kept for their room key, and for how long.
+constexpr std::size_t kMaxUndecrypted = 256;
+constexpr call::Ms kUndecryptedWait = 60000;
+
 }  // namespace
 
 CallDriver::CallDriver(asio::any_io_executor ex, MatrixClient& client, media::MediaEngine& engine,
@@ -376,6 +407,10 @@ void CallDriver::streams_changed(const std::string& call_id, const proto::SdpStr
 
 asio::awaitable<void> CallDriver::send_loop() {
     while (!stopping_) {
+        if (std::exchange(crypto_due_, false)) {
+            co_await send_crypto_requests();
+            continue;
+        }
         if (outbox_.empty()) {
             outbox_signal_->expires_at(Clock::time_point::max());
             auto [ec] = co_await outbox_signal_->async_wait(asio::as_tuple(use_awaitable));
@@ -386,9 +421,17 @@ asio::awaitable<void> CallDriver::send_loop() {
         outbox_.pop_front();
         send_busy_ = true;
         try {
-            co_await client_.send_event(ev.room_id, ev.type, std::move(ev.content));
+            if (opt_.crypto && encrypted(ev.room_id)) {
+                co_await share_room_key(ev.room_id);
+                json::object content =
+                    opt_.crypto->encrypt(ev.room_id, ev.type, ev.content, unix_ms());
+                std::string type = "m.room.encrypted";
+                co_await client_.send_event(ev.room_id, type, std::move(content));
+            } else {
+                co_await client_.send_event(ev.room_id, ev.type, std::move(ev.content));
+            }
             if (ev.type == "m.call.invite") calls_[ev.call_id].signalled_at = Clock::now();
-        } catch (const ClientError& e) {
+        } catch (const std::exception& e) {
             send_busy_ = false;
             observer_.on_fatal("sending " + ev.type + " for call " + ev.call_id +
                                " failed: " + e.what());
@@ -396,6 +439,56 @@ asio::awaitable<void> CallDriver::send_loop() {
         }
         send_busy_ = false;
     }
+}
+
+asio::awaitable<bool> CallDriver::send_crypto_request(crypto::Request r) {
+    static constexpr const char* kPaths[] = {"/_matrix/client/v3/keys/upload",
+                                             "/_matrix/client/v3/keys/query",
+                                             "/_matrix/client/v3/keys/claim"};
+    json::object response;
+    try {
+        if (r.kind == crypto::RequestKind::to_device) {
+            co_await client_.send_to_device(r.event_type, r.id, std::move(r.body));
+        } else {
+            std::string method = "POST";
+            std::string target = kPaths[static_cast<int>(r.kind)];
+            std::string body = json::serialize(r.body);
+            json::value v = co_await client_.call(method, target, std::move(body));
+            if (v.is_object()) response = std::move(v.as_object());
+        }
+    } catch (const ClientError& e) {
+        opt_.crypto->mark_failed(r.id);
+        observer_.on_log(std::string("encryption: a key request failed: ") + e.what());
+        co_return false;
+    }
+    for (const auto& problem : opt_.crypto->mark_sent(r.id, response))
+        observer_.on_log("encryption: " + problem);
+    co_return true;
+}
+
+asio::awaitable<void> CallDriver::send_crypto_requests() {
+    for (crypto::Request& r : opt_.crypto->outgoing_requests())
+        co_await send_crypto_request(std::move(r));
+}
+
+// Before an event goes into an encrypted room: the members' devices known, an Olm session
+// with each, the room's Megolm key with each.
+asio::awaitable<void> CallDriver::share_room_key(std::string room_id) {
+    const Room& room = rooms_[room_id];
+    std::vector<std::string> members(room.joined.begin(), room.joined.end());
+    crypto::RoomSettings settings = room.encryption;
+    opt_.crypto->track_users(members);
+    co_await send_crypto_requests();
+    if (std::optional<crypto::Request> claim =
+            opt_.crypto->claim_missing_sessions(members, unix_ms()))
+        co_await send_crypto_request(std::move(*claim));
+    crypto::Sharing sharing = opt_.crypto->share_room_key(room_id, members, settings, unix_ms());
+    for (const auto& why : sharing.skipped)
+        if (told_skipped_.insert(why).second)
+            observer_.on_log("encryption: cannot share the key of " + room_id + " with " + why);
+    for (crypto::Request& r : sharing.requests)
+        if (!co_await send_crypto_request(std::move(r)))
+            throw ClientError(0, "", "the room key of " + room_id + " could not be sent");
 }
 
 asio::awaitable<void> CallDriver::refresh_turn() {
@@ -415,9 +508,56 @@ asio::awaitable<void> CallDriver::refresh_turn() {
     }
 }
 
+// Room keys and device changes first, so that this batch's events can be decrypted; then the
+// events still waiting for a key, before this batch's own.
+void CallDriver::receive_crypto(const json::object& sync, call::SyncBatch& batch) {
+    crypto::SyncChanges c;
+    if (const json::object* td = object_at(sync, "to_device"))
+        if (const json::array* events = array_at(*td, "events")) c.to_device = *events;
+    if (const json::object* lists = object_at(sync, "device_lists")) {
+        c.changed = strings_at(*lists, "changed");
+        c.left = strings_at(*lists, "left");
+    }
+    if (const json::object* counts = object_at(sync, "device_one_time_keys_count"))
+        for (const auto& [alg, n] : *counts)
+            if (n.is_int64()) c.one_time_key_counts[std::string(alg)] = n.as_int64();
+    if (array_at(sync, "device_unused_fallback_key_types"))
+        c.unused_fallback_key_types = strings_at(sync, "device_unused_fallback_key_types");
+    for (const auto& problem : opt_.crypto->receive_sync(c, unix_ms()))
+        observer_.on_log("encryption: " + problem);
+    // Said once, when first seen (decrypt_into); dropped quietly when no key came.
+    for (auto it = undecrypted_.begin(); it != undecrypted_.end();) {
+        if (decrypt_into(it->room_id, it->event, batch, false) ||
+            now() - it->first_seen > kUndecryptedWait)
+            it = undecrypted_.erase(it);
+        else
+            ++it;
+    }
+}
+
+bool CallDriver::decrypt_into(const std::string& room_id, const json::object& ev,
+                              call::SyncBatch& batch, bool first_try) {
+    crypto::Decryption d = opt_.crypto->decrypt(room_id, ev);
+    if (d.event) {
+        if (d.event->type.starts_with("m.call."))
+            batch.events.push_back(
+                room_event(room_id, ev, std::move(d.event->type), std::move(d.event->content)));
+        return true;
+    }
+    if (first_try)
+        observer_.on_log("encryption: cannot decrypt " + string_at(ev, "event_id") + " from " +
+                         string_at(ev, "sender") + ": " + d.error +
+                         (d.key_missing ? "; kept for a minute in case its key arrives" : ""));
+    return !d.key_missing;
+}
+
 void CallDriver::process_sync(const json::object& sync) {
     const std::string& me = client_.session().user_id;
     call::SyncBatch batch;
+    if (opt_.crypto) receive_crypto(sync, batch);
+    // The first /sync of a new session: its timelines are history.
+    const bool history = !synced_ && since_.empty();
+    std::size_t unreadable_history = 0;
     const json::object* rooms = object_at(sync, "rooms");
     if (const json::object* join = rooms ? object_at(*rooms, "join") : nullptr) {
         for (const auto& [room_key, room_value] : *join) {
@@ -446,23 +586,33 @@ void CallDriver::process_sync(const json::object& sync) {
                         room.is_public = string_at(*content, "join_rule") == "public";
                     } else if (type == "m.room.encryption" && ev.contains("state_key")) {
                         room.encrypted = true;
-                    } else if (type == "m.room.encrypted" && !room.told_encrypted &&
+                        room.encryption.algorithm = string_at(*content, "algorithm");
+                        const json::value* ms = content->if_contains("rotation_period_ms");
+                        if (ms && ms->is_int64() && ms->as_int64() > 0)
+                            room.encryption.rotation_period_ms = ms->as_int64();
+                        const json::value* msgs = content->if_contains("rotation_period_msgs");
+                        if (msgs && msgs->is_int64() && msgs->as_int64() > 0)
+                            room.encryption.rotation_period_msgs = msgs->as_int64();
+                    } else if (type == "m.room.encrypted" && opt_.crypto &&
+                               std::string_view(section) == "timeline") {
+                        if (history) {
+                            // Sent before this device existed: its keys are not ours to have.
+                            if (!decrypt_into(room_id, ev, batch, false)) ++unreadable_history;
+                        } else if (!decrypt_into(room_id, ev, batch, true)) {
+                            if (undecrypted_.size() == kMaxUndecrypted) undecrypted_.pop_front();
+                            undecrypted_.push_back({room_id, ev, now()});
+                        }
+                    } else if (type == "m.room.encrypted" && !opt_.crypto && !room.told_encrypted &&
                                string_at(ev, "sender") != me) {
                         // Possibly a call invite: say why it will not ring, once per room.
                         room.told_encrypted = true;
                         observer_.on_log("encrypted events in " + room_id + " from " +
                                          string_at(ev, "sender") +
-                                         " cannot be read: mxvoip does not support end-to-end "
-                                         "encryption yet, so calls in that room do not reach it");
+                                         " cannot be read: end-to-end encryption is off, so "
+                                         "calls in that room do not reach this client");
                     } else if (type.rfind("m.call.", 0) == 0 &&
                                std::string_view(section) == "timeline") {
-                        call::RoomEvent event{room_id, string_at(ev, "sender"), type, *content};
-                        if (const json::object* u = object_at(ev, "unsigned")) {
-                            if (const json::value* a = u->if_contains("age"); a && a->is_int64())
-                                event.age_ms = a->as_int64();
-                            event.from_this_device = u->contains("transaction_id");
-                        }
-                        batch.events.push_back(std::move(event));
+                        batch.events.push_back(room_event(room_id, ev, type, *content));
                     }
                 }
             }
@@ -509,10 +659,24 @@ void CallDriver::process_sync(const json::object& sync) {
                 asio::detached);
         }
     }
+    if (unreadable_history)
+        observer_.on_log("encryption: " + std::to_string(unreadable_history) +
+                         " earlier encrypted events were not shared with this new device");
+    if (opt_.crypto) {
+        // The members of encrypted rooms are the devices room keys go to: keep them known.
+        std::vector<std::string> members;
+        for (const auto& [id, room] : rooms_)
+            if (room.encrypted)
+                members.insert(members.end(), room.joined.begin(), room.joined.end());
+        opt_.crypto->track_users(members);
+        crypto_due_ = true;
+        outbox_signal_->cancel();
+    }
     if (!batch.events.empty()) feed(call::SyncBatch{std::move(batch)});
 }
 
 asio::awaitable<void> CallDriver::run() {
+    crypto_due_ = opt_.crypto != nullptr;  // device and one-time keys go up first
     asio::co_spawn(ex_, send_loop(), asio::detached);
     // The first TURN fetch happens before any call can be placed or answered.
     try {

@@ -48,7 +48,7 @@ asio::awaitable<std::optional<std::string>> CallDriver::direct_chat_with(std::st
 }
 
 asio::awaitable<std::string> CallDriver::create_direct_chat(std::string user) {
-    std::string room = co_await client_.create_direct_room(user);
+    std::string room = co_await client_.create_direct_room(user, opt_.crypto != nullptr);
     co_await remember_direct_chat(client_, user, room);
     co_return room;
 }

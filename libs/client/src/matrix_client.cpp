@@ -378,18 +378,12 @@ asio::awaitable<json::object> MatrixClient::sync(std::string since, int timeout_
     co_return std::move(v.as_object());
 }
 
-asio::awaitable<std::string> MatrixClient::send_event(std::string room_id, std::string type,
-                                                      json::object content) {
-    std::string target = "/_matrix/client/v3/rooms/" + path_segment(room_id) + "/send/" +
-                         path_segment(type) + "/" + impl_->txn_prefix + "." +
-                         std::to_string(++impl_->txn);
-    std::string body = json::serialize(content);
+asio::awaitable<json::value> MatrixClient::put_idempotent(std::string target, std::string body) {
     auto delay = std::chrono::milliseconds(250);
     for (int attempt = 1;; ++attempt) {
         std::optional<ClientError> failure;
         try {
-            json::value v = co_await impl_->request(http::verb::put, target, body, kRequestTimeout);
-            co_return v.is_object() ? str(v.as_object(), "event_id") : std::string();
+            co_return co_await impl_->request(http::verb::put, target, body, kRequestTimeout);
         } catch (const ClientError& e) {
             if (!e.retryable() || attempt == kSendAttempts) throw;
             failure = e;
@@ -400,6 +394,22 @@ asio::awaitable<std::string> MatrixClient::send_event(std::string room_id, std::
         asio::steady_timer timer(impl_->ex, wait);
         co_await timer.async_wait(use_awaitable);
     }
+}
+
+asio::awaitable<std::string> MatrixClient::send_event(std::string room_id, std::string type,
+                                                      json::object content) {
+    std::string target = "/_matrix/client/v3/rooms/" + path_segment(room_id) + "/send/" +
+                         path_segment(type) + "/" + impl_->txn_prefix + "." +
+                         std::to_string(++impl_->txn);
+    json::value v = co_await put_idempotent(target, json::serialize(content));
+    co_return v.is_object() ? str(v.as_object(), "event_id") : std::string();
+}
+
+asio::awaitable<void> MatrixClient::send_to_device(std::string type, std::string txn_id,
+                                                   json::object messages) {
+    std::string target =
+        "/_matrix/client/v3/sendToDevice/" + path_segment(type) + "/" + path_segment(txn_id);
+    co_await put_idempotent(target, json::serialize(messages));
 }
 
 asio::awaitable<TurnCredentials> MatrixClient::turn_server() {
@@ -420,10 +430,15 @@ asio::awaitable<TurnCredentials> MatrixClient::turn_server() {
     co_return t;
 }
 
-asio::awaitable<std::string> MatrixClient::create_direct_room(std::string user_id) {
+asio::awaitable<std::string> MatrixClient::create_direct_room(std::string user_id, bool encrypted) {
     json::object body{{"preset", "trusted_private_chat"},
                       {"is_direct", true},
                       {"invite", json::array{json::value(user_id)}}};
+    if (encrypted)
+        body["initial_state"] = json::array{
+            json::object{{"type", "m.room.encryption"},
+                         {"state_key", ""},
+                         {"content", json::object{{"algorithm", "m.megolm.v1.aes-sha2"}}}}};
     std::string text = json::serialize(body);
     std::string target = "/_matrix/client/v3/createRoom";
     json::value v = co_await impl_->request(http::verb::post, target, text, kRequestTimeout);

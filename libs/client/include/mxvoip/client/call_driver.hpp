@@ -12,6 +12,7 @@
 
 #include "mxvoip/call/call_manager.hpp"
 #include "mxvoip/client/matrix_client.hpp"
+#include "mxvoip/crypto/machine.hpp"
 #include "mxvoip/media/media_session.hpp"
 
 namespace mxvoip::client {
@@ -27,6 +28,10 @@ struct DriverOptions {
     // /sync resumes there with the rooms' full state, so calls that run already dealt with
     // are not seen again. Empty: start afresh.
     std::string resume_from;
+    // End-to-end encryption (not owned; outlives the driver). With it, call events in rooms
+    // with m.room.encryption are sent encrypted and decrypted before the call manager sees
+    // them, and new direct chats are created encrypted. Without it such rooms cannot call.
+    crypto::Machine* crypto = nullptr;
 };
 
 // A remote stream as the user sees it: its purpose from sdp_stream_metadata, its kinds.
@@ -106,9 +111,12 @@ class CallDriver {
     // Joined members of a room we are in (empty if unknown).
     std::set<std::string> joined(const std::string& room_id) const;
     bool invited_to(const std::string& room_id) const;
-    // Whether the room has m.room.encryption: its events travel as m.room.encrypted, which
-    // this client can neither read nor write yet.
+    // Whether the room has m.room.encryption: its events travel as m.room.encrypted.
     bool encrypted(const std::string& room_id) const;
+    // Whether calls can be made in it: unencrypted, or encrypted and this driver can encrypt.
+    bool can_call_in(const std::string& room_id) const {
+        return !encrypted(room_id) || opt_.crypto;
+    }
     // Direct chats (m.direct; in direct_chats.cpp). The direct chat with `user` that both
     // of us have joined, the newest if several.
     asio::awaitable<std::optional<std::string>> direct_chat_with(std::string user);
@@ -127,6 +135,13 @@ class CallDriver {
         bool is_public = false;
         bool encrypted = false;
         bool told_encrypted = false;  // the log already said its events cannot be read
+        crypto::RoomSettings encryption;
+    };
+    // An encrypted event whose room key has not arrived (yet): tried again after each /sync.
+    struct Undecrypted {
+        std::string room_id;
+        json::object event;
+        call::Ms first_seen = 0;
     };
     void feed(const call::Input& in);
     void execute(call::Action& a);
@@ -138,7 +153,17 @@ class CallDriver {
     void stream_seen(const std::string& call_id, const std::string& stream_id, media::Kind kind);
     void streams_changed(const std::string& call_id, const proto::SdpStreamMetadata& m);
     void process_sync(const json::object& sync);
+    // Decrypts an m.room.encrypted event into `batch` if it is a call event; false when its
+    // room key has not arrived (another try after the next /sync). The first try logs why
+    // an event cannot be decrypted.
+    bool decrypt_into(const std::string& room_id, const json::object& ev, call::SyncBatch& batch,
+                      bool first_try);
+    void receive_crypto(const json::object& sync, call::SyncBatch& batch);
     asio::awaitable<void> send_loop();
+    // One request of the crypto machine, its response handed back; false if it failed.
+    asio::awaitable<bool> send_crypto_request(crypto::Request r);
+    asio::awaitable<void> send_crypto_requests();
+    asio::awaitable<void> share_room_key(std::string room_id);
     asio::awaitable<void> refresh_turn();
     call::Ms now() const;
 
@@ -157,6 +182,9 @@ class CallDriver {
     std::set<std::string> invites_;
     std::deque<call::SendEvent> outbox_;
     bool send_busy_ = false;
+    bool crypto_due_ = false;  // the machine may have uploads or queries to send
+    std::deque<Undecrypted> undecrypted_;
+    std::set<std::string> told_skipped_;  // devices the log said cannot have a room key
     std::unique_ptr<asio::steady_timer> outbox_signal_;
     std::optional<TurnCredentials> turn_;
     bool stopping_ = false;

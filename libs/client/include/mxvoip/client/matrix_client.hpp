@@ -78,9 +78,14 @@ class MatrixClient {
     // retries (network errors, 5xx, 429 after retry_after_ms) so nothing is sent twice.
     asio::awaitable<std::string> send_event(std::string room_id, std::string type,
                                             json::object content);
+    // PUT /sendToDevice/{type}/{txn}: `body` is {"messages": ...}; retried like send_event,
+    // with the caller's transaction id.
+    asio::awaitable<void> send_to_device(std::string type, std::string txn_id, json::object body);
     // GET /voip/turnServer; empty URIs when the homeserver has no TURN configured.
     asio::awaitable<TurnCredentials> turn_server();
-    asio::awaitable<std::string> create_direct_room(std::string user_id);
+    // A private chat with `user_id` invited and marked direct; `encrypted` adds
+    // m.room.encryption (Megolm) to its initial state, as Element does.
+    asio::awaitable<std::string> create_direct_room(std::string user_id, bool encrypted);
     asio::awaitable<void> join(std::string room_id);
     asio::awaitable<std::optional<json::object>> account_data(std::string type);
     asio::awaitable<void> put_account_data(std::string type, json::object content);
@@ -90,6 +95,8 @@ class MatrixClient {
     asio::awaitable<json::value> call(std::string method, std::string target, std::string body);
 
   private:
+    // A PUT with a transaction id in `target`: retried on network errors, 5xx and 429.
+    asio::awaitable<json::value> put_idempotent(std::string target, std::string body);
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
