@@ -1,11 +1,15 @@
 // Encrypted direct chats as Element makes them: matrix-js-sdk with its Rust crypto in headless
 // Chromium, every device its own browser context, against mxvoip-server, media through
-// coturn. Each user sets up cross-signing, secret storage and a key backup; alice makes an
-// encrypted DM; every call event travels as m.room.encrypted; a second device of bob rings
-// after the device-list change; a third device of alice reads the first call from the backup.
-import { test, before, after } from 'node:test';
+// coturn. First js with js: each user sets up cross-signing, secret storage and a key backup;
+// alice makes an encrypted DM; every call event travels as m.room.encrypted; a second device
+// of bob rings after the device-list change; a third device of alice reads the first call
+// from the backup. Then js with the mxvoip client and its libolm crypto, both ways.
+import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startCallRig } from '../lib/calls.mjs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startCallRig, exitOf } from '../lib/calls.mjs';
 import { startBrowser } from '../lib/browser.mjs';
 
 let rig;
@@ -17,6 +21,9 @@ before(async () => {
 after(async () => {
   await browser?.stop();
   await rig?.stop();
+});
+afterEach(async () => {
+  await rig.killClients();
 });
 
 // A new device of `name`: a fresh login, with the Rust crypto.
@@ -147,4 +154,81 @@ test('Element-style encrypted DM: cross-signing, secret storage, backup; encrypt
   }
 
   for (const c of [alice, bob, bob2, alice3]) await c.close();
+});
+
+// `mxvoip --json <args>` as bob on the device stored in `dir`: restarts keep its keys.
+function mxvoipBob(dir, args) {
+  return rig.cli('bob', ['--homeserver', rig.server.url, '--user', rig.accounts.bob.user_id, '--state-dir', dir, '--json', '-v', ...args]);
+}
+
+test('mxvoip and js (Rust crypto) in an encrypted DM: calls both ways with video and screen share, hold and resume; mxvoip restarted on its keys; a second js device rings', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mxvoip-e2ee-interop-'));
+  const clients = [];
+  try {
+    const login = rig.cli('bob', ['--homeserver', rig.server.url, '--user', rig.accounts.bob.user_id, '--state-dir', dir, 'login'], { MXVOIP_PASSWORD: rig.accounts.bob.password });
+    assert.equal((await exitOf(login, 30000)).code, 0, login.describe());
+    const bobId = rig.accounts.bob.user_id;
+
+    // js calls: alice (js) makes the encrypted DM, bob's mxvoip joins it and answers.
+    const alice = await device('alice', 'browser');
+    clients.push(alice);
+    const bob = mxvoipBob(dir, ['answer', '--auto', '--video']);
+    await bob.waitFor((e) => e.event === 'ready');
+    const room = await alice.call('createEncryptedDirectRoom', bobId);
+    await until('bob (mxvoip) to join', async () => (await alice.call('membership', room, bobId)) === 'join');
+    const call1 = await alice.call('place', room, { video: true, invitee: bobId });
+    await alice.waitFor((e) => e.kind === 'state' && e.callId === call1 && e.state === 'connected', 30000, 'connected');
+    await alice.receives(call1, { video: true });
+    assert.equal(await alice.call('screenshare', call1, true), true, 'js could not share its screen');
+    const shared = await bob.waitFor((e) => e.event === 'stream_added' && e.purpose === 'm.screenshare', 15000);
+    const sees = (e, id) => e.event === 'stats' && e.streams?.some((x) => x.stream_id === id && x.frames > 0);
+    await bob.waitFor((e) => sees(e, shared.stream_id), 15000);
+    await bob.waitFor((e) => e.event === 'stats' && e.streams?.some((x) => x.purpose === 'm.usermedia' && x.kind === 'video' && x.frames > 0), 15000);
+    await alice.call('hangup', call1);
+    let res = await exitOf(bob, 30000);
+    assert.equal(res.code, 0, bob.describe());
+    assert.equal(bob.summary().call_id, call1, bob.describe());
+    assert.ok(bob.summary().streams.find((x) => x.stream_id === shared.stream_id)?.frames > 0, bob.describe());
+    let saw = decrypted(alice, await alice.log(), call1, bobId);
+    assert.ok(types(saw).has('m.call.answer'), `js decrypted no answer from mxvoip\n${await alice.describe()}`);
+
+    // mxvoip calls, restarted on the same device: video, a screen share, hold and resume.
+    const caller = mxvoipBob(dir, ['call', room, '--video', '--screenshare-at', '1', '--hold-at', '4', '--resume-at', '6', '--hangup-after', '9']);
+    const incoming = await alice.waitFor((e) => e.kind === 'incoming' && e.callId !== call1, 30000, 'the encrypted invite from mxvoip');
+    await alice.call('answer', incoming.callId, { video: true });
+    await alice.waitFor((e) => e.kind === 'first_frame' && e.callId === incoming.callId && e.purpose === 'm.screenshare', 20000, 'screen share frames');
+    await alice.waitFor((e) => e.kind === 'held_by_remote' && e.callId === incoming.callId && e.held === true, 20000, 'the hold');
+    await alice.waitFor((e) => e.kind === 'held_by_remote' && e.callId === incoming.callId && e.held === false, 20000, 'the resume');
+    await alice.receives(incoming.callId, { video: true });
+    res = await exitOf(caller, 30000);
+    assert.equal(res.code, 0, caller.describe());
+    assert.equal(caller.summary().call_id, incoming.callId);
+    assert.ok(caller.summary().streams.some((x) => x.kind === 'video' && x.frames > 0), caller.describe());
+    saw = decrypted(alice, await alice.log(), incoming.callId, bobId);
+    for (const type of ['m.call.invite', 'm.call.select_answer', 'm.call.negotiate', 'm.call.hangup']) {
+      assert.ok(types(saw).has(type), `js decrypted no ${type} from mxvoip: ${[...types(saw)]}\n${await alice.describe()}`);
+    }
+
+    // alice signs in on a second device: mxvoip's next call rings on both; the second answers.
+    const phone = await device('alice', 'phone');
+    clients.push(phone);
+    const third = mxvoipBob(dir, ['call', room, '--hangup-after', '3']);
+    const onLaptop = await alice.waitFor((e) => e.kind === 'incoming' && ![call1, incoming.callId].includes(e.callId), 30000, 'the third invite');
+    await phone.waitFor((e) => e.kind === 'incoming' && e.callId === onLaptop.callId, 30000, 'the third invite on the new device');
+    await phone.call('answer', onLaptop.callId, { video: false });
+    const elsewhere = await alice.waitFor((e) => e.kind === 'hangup' && e.callId === onLaptop.callId, 15000, 'the end of ringing');
+    assert.equal(elsewhere.reason, 'answered_elsewhere');
+    res = await exitOf(third, 30000);
+    assert.equal(res.code, 0, third.describe());
+    assert.ok(third.summary().streams.some((x) => x.kind === 'audio' && x.frames > 0), third.describe());
+
+    // Nothing in clear, one crypto state for the one mxvoip device, no decryption failure.
+    const timeline = await rig.timeline('alice', room);
+    assert.ok(!timeline.some((e) => e.type.startsWith('m.call.')), 'call events in clear');
+    assert.equal(readdirSync(dir).filter((f) => f.endsWith('.state')).length, 1);
+    for (const c of [bob, caller, third]) assert.doesNotMatch(c.stderr, /cannot decrypt|cannot share/, c.describe());
+  } finally {
+    for (const c of clients) await c.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -57,6 +57,8 @@ function watch(call) {
   });
   call.on(CallEvent.Error, (err) => note('error', { callId: call.callId, code: err.code, message: String(err.message ?? err) }));
   call.on(CallEvent.RemoteHoldUnhold, (held) => note('remote_hold', { callId: call.callId, held }));
+  // The other side holds us (their transceivers go sendonly or inactive).
+  call.on(CallEvent.LocalHoldUnhold, (held) => note('held_by_remote', { callId: call.callId, held }));
   call.on(CallEvent.FeedsChanged, (list) => {
     const remote = list.filter((f) => !f.isLocal());
     note('feeds', { callId: call.callId, feeds: remote.map((f) => ({ purpose: f.purpose, streamId: f.stream.id, video: f.stream.getVideoTracks().length })) });
