@@ -119,6 +119,7 @@ class GstSession final : public MediaSession {
         if (gst_element_set_state(pipe_, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
             throw std::runtime_error("GStreamer: the pipeline does not start");
         worker_ = std::thread([this] { describe_loop(); });
+        ops_thread_ = std::thread([this] { ops_loop(); });
     }
 
     ~GstSession() override { close(); }
@@ -128,50 +129,63 @@ class GstSession final : public MediaSession {
         return {usermedia_id_, sharing_ ? screenshare_id_ : std::string()};
     }
 
+    // Negotiation runs on the session's own thread, in the order it was asked for: an offer
+    // may wait for its tracks' caps, and what follows it (a rollback in an offer collision, a
+    // remote description, candidates) must not overtake it. The caller never waits.
     void create_offer() override {
-        wait_for_caps();
-        GstPromise* p =
-            gst_promise_new_with_change_func(&GstSession::on_offer_created, this, nullptr);
-        g_signal_emit_by_name(webrtc_, "create-offer", nullptr, p);
+        post([this] {
+            wait_for_caps();
+            GstPromise* p =
+                gst_promise_new_with_change_func(&GstSession::on_offer_created, this, nullptr);
+            g_signal_emit_by_name(webrtc_, "create-offer", nullptr, p);
+        });
     }
 
     void create_answer(const std::string& offer_sdp) override {
-        SdpMessage sdp = take_remote(offer_sdp);
-        if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote offer's SDP"});
-        apply_valves();
-        wait_for_caps();
-        GstWebRTCSessionDescription* desc =
-            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp.release());
-        GstPromise* p =
-            gst_promise_new_with_change_func(&GstSession::on_remote_offer_set, this, nullptr);
-        g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
-        gst_webrtc_session_description_free(desc);
+        post([this, offer_sdp] {
+            SdpMessage sdp = take_remote(offer_sdp);
+            if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote offer's SDP"});
+            apply_valves();
+            wait_for_caps();
+            GstWebRTCSessionDescription* desc =
+                gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp.release());
+            GstPromise* p =
+                gst_promise_new_with_change_func(&GstSession::on_remote_offer_set, this, nullptr);
+            g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
+            gst_webrtc_session_description_free(desc);
+        });
     }
 
     void set_remote_answer(const std::string& answer_sdp) override {
-        SdpMessage sdp = take_remote(answer_sdp);
-        if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote answer's SDP"});
-        apply_valves();
-        GstWebRTCSessionDescription* desc =
-            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ANSWER, sdp.release());
-        GstPromise* p =
-            gst_promise_new_with_change_func(&GstSession::on_remote_answer_set, this, nullptr);
-        g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
-        gst_webrtc_session_description_free(desc);
+        post([this, answer_sdp] {
+            SdpMessage sdp = take_remote(answer_sdp);
+            if (!sdp) return emit(MediaFailed{"GStreamer cannot parse the remote answer's SDP"});
+            apply_valves();
+            GstWebRTCSessionDescription* desc =
+                gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ANSWER, sdp.release());
+            GstPromise* p =
+                gst_promise_new_with_change_func(&GstSession::on_remote_answer_set, this, nullptr);
+            g_signal_emit_by_name(webrtc_, "set-remote-description", desc, p);
+            gst_webrtc_session_description_free(desc);
+        });
     }
 
     void add_remote_candidate(unsigned mline, const std::string& candidate) override {
         if (candidate.empty()) return;  // end of candidates: libnice needs no marker
-        g_signal_emit_by_name(webrtc_, "add-ice-candidate", mline, candidate.c_str());
+        post([this, mline, candidate] {
+            g_signal_emit_by_name(webrtc_, "add-ice-candidate", mline, candidate.c_str());
+        });
     }
 
     void rollback() override {
-        GstWebRTCSessionDescription* desc =
-            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ROLLBACK, nullptr);
-        GstPromise* p = gst_promise_new();
-        g_signal_emit_by_name(webrtc_, "set-local-description", desc, p);
-        gst_promise_unref(p);
-        gst_webrtc_session_description_free(desc);
+        post([this] {
+            GstWebRTCSessionDescription* desc =
+                gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ROLLBACK, nullptr);
+            GstPromise* p = gst_promise_new();
+            g_signal_emit_by_name(webrtc_, "set-local-description", desc, p);
+            gst_promise_unref(p);
+            gst_webrtc_session_description_free(desc);
+        });
     }
 
     void set_hold(bool hold) override {
@@ -185,7 +199,7 @@ class GstSession final : public MediaSession {
     void set_screenshare(bool on, bool replace_camera) override {
         if (replace_camera) {
             // A peer that takes one stream: the camera's source shows the screen instead.
-            for (auto& b : branches_) {
+            for (auto& b : branches()) {
                 if (b.kind != Kind::video || b.screen) continue;
                 if (GstElement* src = gst_bin_get_by_name(GST_BIN(b.bin), "source")) {
                     gst_util_set_object_arg(G_OBJECT(src), "pattern", on ? "smpte" : "ball");
@@ -200,8 +214,8 @@ class GstSession final : public MediaSession {
             sharing_ = on;
             if (screenshare_id_.empty()) screenshare_id_ = random_stream_id();
         }
-        bool exists = std::any_of(branches_.begin(), branches_.end(),
-                                  [](const Branch& b) { return b.screen; });
+        auto all = branches();
+        bool exists = std::any_of(all.begin(), all.end(), [](const Branch& b) { return b.screen; });
         if (on && !exists) add_branch(Kind::video, screenshare_id_, true);
         apply_valves();
     }
@@ -249,6 +263,13 @@ class GstSession final : public MediaSession {
             closed_ = true;
         }
         cv_.notify_all();
+        {
+            std::lock_guard lock(ops_mu_);
+            ops_closed_ = true;
+            ops_.clear();
+        }
+        ops_cv_.notify_all();
+        if (ops_thread_.joinable()) ops_thread_.join();
         if (worker_.joinable()) worker_.join();
         if (pipe_) {
             gst_element_set_state(pipe_, GST_STATE_NULL);
@@ -313,7 +334,37 @@ class GstSession final : public MediaSession {
             throw std::runtime_error("GStreamer: cannot link a source to webrtcbin");
         gst_object_unref(src);
         gst_element_sync_state_with_parent(bin);
+        std::lock_guard lock(branches_mu_);
         branches_.push_back(b);
+    }
+
+    // The branches as they are now. Branches are only added until close(), which first stops
+    // every thread but GStreamer's: the copies' elements and pads stay valid.
+    std::vector<Branch> branches() const {
+        std::lock_guard lock(branches_mu_);
+        return branches_;
+    }
+
+    void post(std::function<void()> op) {
+        {
+            std::lock_guard lock(ops_mu_);
+            if (ops_closed_) return;
+            ops_.push_back(std::move(op));
+        }
+        ops_cv_.notify_one();
+    }
+
+    void ops_loop() {
+        std::unique_lock lock(ops_mu_);
+        for (;;) {
+            ops_cv_.wait(lock, [&] { return ops_closed_ || !ops_.empty(); });
+            if (ops_closed_) return;
+            std::function<void()> op = std::move(ops_.front());
+            ops_.pop_front();
+            lock.unlock();
+            op();
+            lock.lock();
+        }
     }
 
     // libnice sends connectivity checks, and the first one for new remote candidates, on a
@@ -360,17 +411,21 @@ class GstSession final : public MediaSession {
 
     // webrtcbin writes a track's msid (and ssrc) into the SDP only once its pad has caps, which
     // a new source reaches after its first encoded buffer: wait for that, briefly.
+    // On the negotiation thread only; close() ends the wait.
     void wait_for_caps() {
         auto deadline = Clock::now() + std::chrono::seconds(2);
-        for (auto& b : branches_) {
+        for (const auto& b : branches()) {
             for (;;) {
                 GstCaps* caps = gst_pad_get_current_caps(b.webrtc_pad);
                 if (caps) {
                     gst_caps_unref(caps);
                     break;
                 }
-                if (Clock::now() > deadline) break;
-                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                std::unique_lock lock(ops_mu_);
+                if (ops_cv_.wait_for(lock, std::chrono::milliseconds(5),
+                                     [&] { return ops_closed_; }) ||
+                    Clock::now() > deadline)
+                    return;
             }
         }
     }
@@ -395,7 +450,7 @@ class GstSession final : public MediaSession {
             held = remote_holds_;
             sharing = sharing_;
         }
-        for (auto& b : branches_) {
+        for (auto& b : branches()) {
             bool drop = hold || held || (b.screen && !sharing);
             if (b.kind == Kind::audio) {
                 // Audio goes silent rather than stopping: receivers (Chrome's NetEq among them)
@@ -460,7 +515,7 @@ class GstSession final : public MediaSession {
     // Our description as the peer should see it.
     void outgoing(GstSDPMessage& sdp, const std::string& type) {
         std::string screen_mid;
-        for (auto& b : branches_) {
+        for (auto& b : branches()) {
             if (!b.screen || !b.transceiver) continue;
             gchar* mid = nullptr;
             g_object_get(b.transceiver, "mid", &mid, nullptr);
@@ -929,7 +984,8 @@ class GstSession final : public MediaSession {
     std::string screenshare_id_;
     GstElement* pipe_ = nullptr;
     GstElement* webrtc_ = nullptr;
-    std::vector<Branch> branches_;  // touched on the driver's thread only
+    mutable std::mutex branches_mu_;
+    std::vector<Branch> branches_;
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
@@ -954,6 +1010,12 @@ class GstSession final : public MediaSession {
     bool stats_asked_ = false;  // a get-stats is on its way
     bool closing_ = false;      // no more get-stats: webrtcbin is going away
     std::thread worker_;
+    // Negotiation, in order (see create_offer).
+    std::mutex ops_mu_;
+    std::condition_variable ops_cv_;
+    std::deque<std::function<void()>> ops_;
+    bool ops_closed_ = false;
+    std::thread ops_thread_;
 
     std::mutex tracks_mu_;
     std::deque<std::unique_ptr<Track>> tracks_;
