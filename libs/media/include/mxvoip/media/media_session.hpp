@@ -92,7 +92,9 @@ struct LocalStreamIds {
 };
 
 // One peer connection: what the call driver asks of the media layer. Methods are called from
-// the driver's thread; results come back as events.
+// the driver's thread and never wait on the media engine; results come back as events.
+// Negotiation steps (offer, answer, remote answer, candidates, rollback) take effect in the
+// order they were asked for.
 class MediaSession {
   public:
     virtual ~MediaSession() = default;
