@@ -62,7 +62,10 @@ test('register, call and answer given only the user id and --ca-file', async () 
   }
   // Every request went through nginx: TLS all the way.
   assert.match(tls.accessLog(), /GET \/\.well-known\/matrix\/client/);
-  assert.match(tls.accessLog(), /PUT \/_matrix\/client\/v3\/rooms\/[^ ]+\/send\/m\.call\.invite/);
+  // The direct chat mxvoip made is encrypted: call events go out as m.room.encrypted, after
+  // the room key went to-device.
+  assert.match(tls.accessLog(), /PUT \/_matrix\/client\/v3\/sendToDevice\/m\.room\.encrypted\//);
+  assert.match(tls.accessLog(), /PUT \/_matrix\/client\/v3\/rooms\/[^ ]+\/send\/m\.room\.encrypted\//);
 });
 
 test('certificates that must not be trusted are refused, each with its reason', async () => {
