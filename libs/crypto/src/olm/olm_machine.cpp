@@ -17,6 +17,8 @@ namespace {
 constexpr std::size_t kMaxInboundSessions = 10000;
 constexpr std::size_t kMaxSeenIndicesPerSession = 10000;
 constexpr std::size_t kMaxOlmSessionsPerDevice = 16;
+constexpr std::size_t kMaxOlmPeers = 10000;  // devices we keep Olm sessions with
+constexpr std::size_t kMaxTrackedUsers = 10000;
 constexpr std::size_t kMaxDevicesPerUser = 1000;
 constexpr std::size_t kMaxDevicesPerToDevice = 100;
 constexpr Ms kClaimRetryAfter = 60000;  // a device that had no one-time key left
@@ -181,7 +183,9 @@ class OlmMachine final : public Machine {
 
     void track_users(const std::vector<std::string>& users) override {
         bool added = false;
-        for (const auto& u : users) added |= users_.try_emplace(u).second;
+        for (const auto& u : users)
+            if (users_.size() < kMaxTrackedUsers || users_.count(u))
+                added |= users_.try_emplace(u).second;
         if (added) save();
     }
 
@@ -523,6 +527,8 @@ class OlmMachine final : public Machine {
 
     void claim_response(const InFlight& f, const json::object& response,
                         std::vector<std::string>& problems) {
+        std::erase_if(claim_failed_,
+                      [&](const auto& e) { return f.sent_at - e.second >= kClaimRetryAfter; });
         const json::object* all = obj(&response, "one_time_keys");
         for (const auto& [u, devices] : f.devices) {
             auto t = users_.find(u);
@@ -545,12 +551,33 @@ class OlmMachine final : public Machine {
                         }
                         sessions_[curve].push_back(OlmSessionEntry{
                             olm::Session::outbound(account_, curve, *key), f.sent_at, f.sent_at});
+                        forget_idle_peers(curve);
                         made = true;
                         break;
                     }
                 }
                 if (!made) claim_failed_[curve] = f.sent_at;
             }
+        }
+    }
+
+    // Past kMaxOlmPeers devices, the one whose sessions were used longest ago is forgotten
+    // (it can start a new session with a pre-key message, or we claim a key again).
+    void forget_idle_peers(const std::string& keep) {
+        while (sessions_.size() > kMaxOlmPeers) {
+            auto idle = sessions_.end();
+            Ms idle_at = 0;
+            for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+                if (it->first == keep) continue;
+                Ms last = 0;
+                for (const auto& e : it->second) last = std::max(last, e.last_used);
+                if (idle == sessions_.end() || last < idle_at) {
+                    idle = it;
+                    idle_at = last;
+                }
+            }
+            if (idle == sessions_.end()) return;
+            sessions_.erase(idle);
         }
     }
 
@@ -649,6 +676,7 @@ class OlmMachine final : public Machine {
             olm::Session s = olm::Session::inbound(account_, *sender_key, *body);
             plaintext = s.decrypt(0, *body);
             list.push_back(OlmSessionEntry{std::move(s), now, now});
+            forget_idle_peers(*sender_key);
             if (list.size() > kMaxOlmSessionsPerDevice)
                 list.erase(std::min_element(
                     list.begin(), list.end(),
