@@ -72,6 +72,12 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::get, {"/_matrix/client"}, "/versions", false, on(info, &ServerInfo::versions));
     add(verb::get, {"/.well-known/matrix"}, "/client", false, on(info, &ServerInfo::well_known));
     add(verb::get, cs, "/capabilities", true, on(info, &ServerInfo::capabilities));
+    add(verb::get, cs, "/thirdparty/protocols", true, on(info, &ServerInfo::thirdparty_protocols));
+    for (const char* path :
+         {"/thirdparty/protocol/*", "/thirdparty/location/*", "/thirdparty/user/*"})
+        add(verb::get, cs, path, true, on(info, &ServerInfo::thirdparty_protocol));
+    add(verb::get, cs, "/thirdparty/location", true, on(info, &ServerInfo::thirdparty_location));
+    add(verb::get, cs, "/thirdparty/user", true, on(info, &ServerInfo::thirdparty_user));
 
     using A = Accounts;
     auto& accounts = hs.accounts;

@@ -1,8 +1,12 @@
 #include "server_info.hpp"
 
+#include "mxvoip/proto/errors.hpp"
+
 namespace mxvoip::server {
 
 namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
 
 asio::awaitable<Response> ServerInfo::versions(Request&) {
     static const std::string body = [] {
@@ -29,6 +33,36 @@ asio::awaitable<Response> ServerInfo::capabilities(Request&) {
                        {"m.set_displayname", {{"enabled", true}}},
                        {"m.set_avatar_url", {{"enabled", true}}},
                        {"m.3pid_changes", {{"enabled", false}}}}}});
+}
+
+asio::awaitable<Response> ServerInfo::thirdparty_protocols(Request&) {
+    co_return json_response(json::object{});
+}
+
+// /thirdparty/protocol/{p}, /thirdparty/location/{p}, /thirdparty/user/{p}: every protocol
+// is unknown, so there is neither metadata nor a portal room nor a user to find.
+asio::awaitable<Response> ServerInfo::thirdparty_protocol(Request& req) {
+    throw MatrixError(
+        404, errcode::not_found,
+        "Unknown third-party protocol " + req.params.back() + ": this server bridges to none");
+    co_return Response{};
+}
+
+// /thirdparty/location?alias= and /thirdparty/user?userid=: nothing bridged, nothing found.
+namespace {
+Response nothing_bridged(const Request& req, const char* param) {
+    if (!req.query_param(param))
+        throw MatrixError(400, errcode::missing_param, std::string("Missing ") + param);
+    return json_response(json::array{});
+}
+}  // namespace
+
+asio::awaitable<Response> ServerInfo::thirdparty_location(Request& req) {
+    co_return nothing_bridged(req, "alias");
+}
+
+asio::awaitable<Response> ServerInfo::thirdparty_user(Request& req) {
+    co_return nothing_bridged(req, "userid");
 }
 
 }  // namespace mxvoip::server

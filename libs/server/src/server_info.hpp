@@ -1,7 +1,7 @@
 #pragma once
 
-// What a client asks before it signs in: the spec versions, the server's base URL
-// (.well-known) and its capabilities.
+// What a client asks about the server itself: the spec versions, its base URL (.well-known),
+// its capabilities and the third-party networks it bridges to.
 #include <boost/asio/awaitable.hpp>
 
 #include "core.hpp"
@@ -16,6 +16,13 @@ class ServerInfo {
     asio::awaitable<Response> versions(Request&);
     asio::awaitable<Response> well_known(Request&);
     asio::awaitable<Response> capabilities(Request&);
+
+    // Third-party networks (bridges): this server has none. Element asks for the protocols at
+    // every start, and from them decides whether to offer a dial pad.
+    asio::awaitable<Response> thirdparty_protocols(Request&);
+    asio::awaitable<Response> thirdparty_protocol(Request&);  // one protocol, or a lookup in it
+    asio::awaitable<Response> thirdparty_location(Request&);  // by room alias
+    asio::awaitable<Response> thirdparty_user(Request&);      // by user id
 
   private:
     const Config& config_;
