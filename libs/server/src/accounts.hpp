@@ -43,6 +43,10 @@ class Accounts {
         std::function<void(const std::string& user, const std::string& device, PendingWrite& w)>;
     void on_device_removed(DeviceRemoved f) { device_removed_.push_back(std::move(f)); }
     std::size_t size_locked() const { return users_.size(); }
+    template <typename F>
+    void for_each_user_locked(F&& f) const {
+        for (const auto& [id, account] : users_) f(account.record);
+    }
 
     asio::awaitable<Response> login_flows(Request&);
     asio::awaitable<Response> login(Request&);

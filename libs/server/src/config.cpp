@@ -259,6 +259,13 @@ Config read_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              c.allow_guest_access = r.boolean(n, k);
          }},
+        {"user_directory",
+         [&](const YAML::Node& n, const std::string& k) {
+             r.settings<bool>(
+                 n, k, "user directory settings",
+                 {{"search_all_users", &c.user_directory_search_all_users}},
+                 [&](const YAML::Node& v, const std::string& full) { return r.boolean(v, full); });
+         }},
         {"rc_message",
          [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
         {"rc_login",

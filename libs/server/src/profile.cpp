@@ -3,6 +3,10 @@
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
 
+#include <algorithm>
+#include <set>
+#include <tuple>
+
 namespace mxvoip::server {
 
 namespace json = boost::json;
@@ -67,6 +71,82 @@ asio::awaitable<Response> Profile::put_profile_field(Request& req) {
     }
     co_await core_.durable(ticket);
     co_return Response{};
+}
+
+namespace {
+
+// What a search may ask for: a term a person types, and a page of results.
+constexpr std::size_t kMaxSearchTerm = 256;
+constexpr std::int64_t kMaxSearchResults = 50;
+
+std::string ascii_lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
+}  // namespace
+
+asio::awaitable<Response> Profile::search_user_directory(Request& req) {
+    std::string term = ascii_lower(proto::req_string(req.json, "search_term"));
+    if (term.size() > kMaxSearchTerm)
+        throw MatrixError(
+            400, errcode::invalid_param,
+            "search_term is longer than " + std::to_string(kMaxSearchTerm) + " bytes");
+    std::int64_t limit = proto::opt_int(req.json, "limit").value_or(10);
+    if (limit < 1) throw MatrixError(400, errcode::invalid_param, "limit must be at least 1");
+    limit = std::min(limit, kMaxSearchResults);
+
+    const std::string& me = req.session->user_id;
+    std::lock_guard lock(core_.mu);
+    std::set<std::string> visible;
+    auto add_joined = [&](const Room& room) {
+        for (const auto& [user, membership] : room.membership)
+            if (membership == "join") visible.insert(user);
+    };
+    for (const auto& [room_id, m] : rooms_.memberships_locked(me))
+        if (m.membership == "join")
+            if (const Room* room = rooms_.find_locked(room_id)) add_joined(*room);
+    rooms_.for_each_room_locked([&](const Room& room) {
+        if (room.join_rule == "public" || room.history.current_visibility() == "world_readable")
+            add_joined(room);
+    });
+    if (core_.config().user_directory_search_all_users)
+        accounts_.for_each_user_locked([&](const store::UserRecord& u) {
+            if (!u.is_guest) visible.insert(u.user_id);
+        });
+
+    // Ranked: a name or user id that starts with the term before one that only contains it,
+    // then users with a profile, then by user id.
+    using Hit = std::tuple<int, int, std::string, const store::UserRecord*>;
+    std::vector<Hit> hits;
+    for (const auto& user : visible) {
+        const store::UserRecord* rec = accounts_.find_locked(user);
+        std::string localpart = ascii_lower(user.substr(1, user.find(':') - 1));
+        std::string id = ascii_lower(user);
+        std::string name = rec ? ascii_lower(rec->displayname) : std::string();
+        bool prefix = localpart.starts_with(term) || (!name.empty() && name.starts_with(term));
+        // Any word of the display name may start with it too.
+        for (std::size_t at = name.find(' '); !prefix && at != std::string::npos;
+             at = name.find(' ', at + 1))
+            prefix = std::string_view(name).substr(at + 1).starts_with(term);
+        bool contains = id.find(term) != std::string::npos || name.find(term) != std::string::npos;
+        if (!prefix && !contains) continue;
+        bool has_profile = rec && (!rec->displayname.empty() || !rec->avatar_url.empty());
+        hits.emplace_back(prefix ? 0 : 1, has_profile ? 0 : 1, user, rec);
+    }
+    std::sort(hits.begin(), hits.end());
+    json::array results;
+    for (const auto& [rank, profile, user, rec] : hits) {
+        if (static_cast<std::int64_t>(results.size()) == limit) break;
+        json::object r{{"user_id", user}};
+        if (rec && !rec->displayname.empty()) r["display_name"] = rec->displayname;
+        if (rec && !rec->avatar_url.empty()) r["avatar_url"] = rec->avatar_url;
+        results.push_back(std::move(r));
+    }
+    bool limited = static_cast<std::int64_t>(hits.size()) > limit;
+    co_return json_response(json::object{{"results", std::move(results)}, {"limited", limited}});
 }
 
 }  // namespace mxvoip::server

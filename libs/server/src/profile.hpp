@@ -1,7 +1,8 @@
 #pragma once
 
-// Profiles: display names and avatars. The values live in the account records (Accounts); a
-// change is also announced in every joined room with a new member event (Rooms).
+// Profiles: display names and avatars, and the user directory that searches them. The values
+// live in the account records (Accounts); a change is also announced in every joined room
+// with a new member event (Rooms).
 #include <boost/asio/awaitable.hpp>
 
 #include "accounts.hpp"
@@ -19,6 +20,10 @@ class Profile {
     asio::awaitable<Response> get_profile(Request&);
     asio::awaitable<Response> get_profile_field(Request&);
     asio::awaitable<Response> put_profile_field(Request&);
+    // POST /user_directory/search: users who share a room with the searcher or are joined to
+    // a public or world-readable room (every local user with search_all_users), matched
+    // case-insensitively on user id and display name.
+    asio::awaitable<Response> search_user_directory(Request&);
 
   private:
     Core& core_;

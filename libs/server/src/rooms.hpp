@@ -47,6 +47,10 @@ class Rooms {
     asio::awaitable<Response> get_event(Request&);
 
     const Room* find_locked(const std::string& room_id) const;
+    template <typename F>
+    void for_each_room_locked(F&& f) const {
+        for (const auto& [id, room] : rooms_) f(room);
+    }
     // The user's rooms (an empty map for a user with none).
     const Memberships& memberships_locked(const std::string& user_id) const;
     // Checks the auth rules, assigns the next stream position, applies the event to the model

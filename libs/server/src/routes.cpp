@@ -134,6 +134,8 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::get, cs, "/profile/*", false, on(profile, &Profile::get_profile));
     add(verb::get, cs, "/profile/*/*", false, on(profile, &Profile::get_profile_field));
     add(verb::put, cs, "/profile/*/*", true, on(profile, &Profile::put_profile_field), write);
+    add(verb::post, cs, "/user_directory/search", true,
+        on(profile, &Profile::search_user_directory), write);
 
     add(verb::put, cs, "/sendToDevice/*/*", true, on(hs.to_device, &ToDevice::send_to_device),
         write);

@@ -38,6 +38,7 @@ database:
   synchronous: normal
 enable_registration: false
 allow_guest_access: true
+user_directory: {search_all_users: true}
 rc_message: {per_second: 2.5, burst_count: 20}
 rc_login: {per_second: 0.5, burst_count: 5}
 rc_registration: {per_second: 0.1, burst_count: 2}
@@ -57,6 +58,8 @@ worker_threads: 4
     EXPECT_EQ(c.database.synchronous, "normal");
     EXPECT_FALSE(c.enable_registration);
     EXPECT_TRUE(c.allow_guest_access);
+    EXPECT_TRUE(c.user_directory_search_all_users);
+    EXPECT_FALSE(development_config().user_directory_search_all_users);
     EXPECT_DOUBLE_EQ(c.rc_message.per_second, 2.5);
     EXPECT_DOUBLE_EQ(c.rc_message.burst_count, 20);
     EXPECT_EQ(c.max_request_body_size, 10u * 1024 * 1024);
@@ -130,6 +133,9 @@ TEST(Config, Limits) {
     EXPECT_EQ(c.limits.txn_ids_per_device, 3u);
     EXPECT_EQ(c.limits.syncs_per_user, 2u);
     EXPECT_EQ(c.limits.filters_per_user, defaults.limits.filters_per_user);
+    EXPECT_NE(error_of("user_directory:\n  search_everyone: true\n")
+                  .find("user_directory.search_everyone: unknown key"),
+              std::string::npos);
     EXPECT_NE(error_of("limits:\n  to_device: 5\n").find("limits.to_device: unknown key"),
               std::string::npos);
     EXPECT_NE(error_of("limits:\n  syncs_per_user: 0\n").find("limits.syncs_per_user"),

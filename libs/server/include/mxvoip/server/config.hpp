@@ -79,6 +79,9 @@ struct Config {
     DatabaseConfig database;
     bool enable_registration = true;
     bool allow_guest_access = false;
+    // user_directory.search_all_users: the user directory finds every local user, not only
+    // those who share a room with the searcher or sit in a public room (Synapse's key).
+    bool user_directory_search_all_users = false;
     RateLimit rc_message{10, 50};         // per user, every write
     RateLimit rc_login{0.17, 3};          // per address (rc_login.address, or rc_login itself)
     RateLimit rc_login_account{0.17, 3};  // per account, every attempt (rc_login.account)
