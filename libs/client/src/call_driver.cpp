@@ -474,9 +474,10 @@ asio::awaitable<void> CallDriver::send_crypto_requests() {
 // Before an event goes into an encrypted room: the members' devices known, an Olm session
 // with each, the room's Megolm key with each.
 asio::awaitable<void> CallDriver::share_room_key(std::string room_id) {
-    const Room& room = rooms_[room_id];
-    std::vector<std::string> members(room.joined.begin(), room.joined.end());
-    crypto::RoomSettings settings = room.encryption;
+    auto room = rooms_.find(room_id);
+    if (room == rooms_.end()) throw ClientError(0, "", "not in " + room_id);
+    std::vector<std::string> members(room->second.joined.begin(), room->second.joined.end());
+    crypto::RoomSettings settings = room->second.encryption;
     opt_.crypto->track_users(members);
     co_await send_crypto_requests();
     if (std::optional<crypto::Request> claim =
@@ -618,6 +619,10 @@ void CallDriver::process_sync(const json::object& sync) {
             }
             if (room.joined != before.joined || room.is_public != before.is_public)
                 feed(call::RoomChanged{room_id, room.is_public, room.joined});
+            // The members of encrypted rooms are the devices room keys go to: keep them known.
+            if (opt_.crypto && room.encrypted &&
+                (room.joined != before.joined || !before.encrypted))
+                opt_.crypto->track_users({room.joined.begin(), room.joined.end()});
         }
     }
     if (const json::object* invite = rooms ? object_at(*rooms, "invite") : nullptr) {
@@ -663,12 +668,7 @@ void CallDriver::process_sync(const json::object& sync) {
         observer_.on_log("encryption: " + std::to_string(unreadable_history) +
                          " earlier encrypted events were not shared with this new device");
     if (opt_.crypto) {
-        // The members of encrypted rooms are the devices room keys go to: keep them known.
-        std::vector<std::string> members;
-        for (const auto& [id, room] : rooms_)
-            if (room.encrypted)
-                members.insert(members.end(), room.joined.begin(), room.joined.end());
-        opt_.crypto->track_users(members);
+        // Key uploads and device queries this batch made due go out from the send loop.
         crypto_due_ = true;
         outbox_signal_->cancel();
     }
