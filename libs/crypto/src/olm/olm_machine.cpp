@@ -90,8 +90,7 @@ struct TrackedUser {
 
 struct OlmSessionEntry {
     olm::Session session;
-    Ms created = 0;
-    Ms last_used = 0;
+    Ms last_used = 0;  // made, or last encrypted or decrypted with
 };
 
 using DeviceSet = std::map<std::string, std::map<std::string, std::string>>;  // user, device: key
@@ -550,7 +549,7 @@ class OlmMachine final : public Machine {
                             continue;
                         }
                         sessions_[curve].push_back(OlmSessionEntry{
-                            olm::Session::outbound(account_, curve, *key), f.sent_at, f.sent_at});
+                            olm::Session::outbound(account_, curve, *key), f.sent_at});
                         forget_idle_peers(curve);
                         made = true;
                         break;
@@ -675,7 +674,7 @@ class OlmMachine final : public Machine {
             }
             olm::Session s = olm::Session::inbound(account_, *sender_key, *body);
             plaintext = s.decrypt(0, *body);
-            list.push_back(OlmSessionEntry{std::move(s), now, now});
+            list.push_back(OlmSessionEntry{std::move(s), now});
             forget_idle_peers(*sender_key);
             if (list.size() > kMaxOlmSessionsPerDevice)
                 list.erase(std::min_element(
@@ -775,9 +774,8 @@ class OlmMachine final : public Machine {
         for (const auto& [key, list] : sessions_) {
             json::array a;
             for (const auto& e : list)
-                a.push_back(json::object{{"pickle", e.session.pickle(k)},
-                                         {"created", e.created},
-                                         {"last_used", e.last_used}});
+                a.push_back(
+                    json::object{{"pickle", e.session.pickle(k)}, {"last_used", e.last_used}});
             if (!a.empty()) olm[key] = std::move(a);
         }
         s["olm_sessions"] = std::move(olm);
@@ -848,7 +846,7 @@ class OlmMachine final : public Machine {
                             const json::object* o = e.if_object();
                             sessions_[key].push_back(OlmSessionEntry{
                                 olm::Session::unpickle(k, str(o, "pickle").value_or("")),
-                                i64(o, "created"), i64(o, "last_used")});
+                                i64(o, "last_used")});
                         }
             if (const json::object* out = obj(&s, "outbound"))
                 for (const auto& [room, v] : *out) {
