@@ -38,18 +38,53 @@ std::string build_event_json(const Event& e, std::string_view content) {
     return j;
 }
 
+void add_replaced_state(Event& e, const Event& prev) {
+    e.json.pop_back();
+    e.json += ",\"unsigned\":{\"prev_content\":";
+    e.json += prev.content();
+    e.json += ",\"prev_sender\":";
+    append_quoted(e.json, prev.sender);
+    e.json += ",\"replaces_state\":";
+    append_quoted(e.json, prev.event_id);
+    e.json += "}}";
+}
+
 EventPtr to_event(store::EventRecord&& r) {
     auto e = std::make_shared<Event>(Event{std::move(r)});
-    std::string content = json::serialize(json::parse(e->json).as_object()["content"]);
+    json::object stored = json::parse(e->json).as_object();
+    std::string content = json::serialize(stored["content"]);
     e->json = build_event_json(*e, content);
     e->content_len = content.size();
+    if (const auto* u = stored.if_contains("unsigned");
+        u && u->is_object() && !u->get_object().empty()) {
+        e->json.pop_back();
+        e->json += ",\"unsigned\":";
+        e->json += json::serialize(*u);
+        e->json += '}';
+    }
     return e;
 }
 
+namespace {
+
+// Opens the event's "unsigned" object for more members: its stored part (a JSON ending in
+// "}}", see Event) or a new one.
+void open_unsigned(std::string& out, const std::string& json) {
+    if (json.ends_with("}}")) {
+        out.append(json, 0, json.size() - 2);
+        out += ',';
+    } else {
+        out.append(json, 0, json.size() - 1);
+        out += ",\"unsigned\":{";
+    }
+}
+
+}  // namespace
+
 void render_event(std::string& out, const Event& ev, const std::string& device_key,
                   std::int64_t now_ms) {
-    out.append(ev.json, 0, ev.json.size() - 1);
-    out += ",\"unsigned\":{\"age\":";
+    open_unsigned(out, ev.json);
+    out += "\"age\":";
     out += std::to_string(std::max<std::int64_t>(0, now_ms - ev.origin_server_ts));
     if (!device_key.empty() && ev.txn_device_key == device_key) {
         out += ",\"transaction_id\":";
@@ -59,8 +94,8 @@ void render_event(std::string& out, const Event& ev, const std::string& device_k
 }
 
 void render_record(std::string& out, const store::EventRecord& r, std::int64_t now_ms) {
-    out.append(r.json, 0, r.json.size() - 1);
-    out += ",\"unsigned\":{\"age\":";
+    open_unsigned(out, r.json);
+    out += "\"age\":";
     out += std::to_string(std::max<std::int64_t>(0, now_ms - r.origin_server_ts));
     out += "}}";
 }

@@ -15,7 +15,10 @@ using store::StreamId;
 
 // A room event as held in memory: the stored record, immutable once created, shared between
 // the room's state map, its recent-timeline window and responses being built. Its `json` is the
-// client format without "unsigned" and starts with {"content":.
+// client format and starts with {"content":. A state event that replaced earlier state ends
+// with the fixed part of its "unsigned" (prev_content, prev_sender, replaces_state, in that
+// order, so the JSON ends in "}}); the parts that change per response are added when it is
+// rendered.
 struct Event : store::EventRecord {
     std::size_t content_len = 0;  // json.substr(11, content_len) is the content
 
@@ -25,6 +28,8 @@ using EventPtr = std::shared_ptr<const Event>;
 
 // The client-format JSON of `e` (without "unsigned") around `content`, already serialised.
 std::string build_event_json(const Event& e, std::string_view content);
+// Adds to a state event's JSON what it replaced: `prev`'s content, sender and id.
+void add_replaced_state(Event& e, const Event& prev);
 // An event read from the store, as held in memory.
 EventPtr to_event(store::EventRecord&& r);
 

@@ -647,6 +647,8 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
     e->txn_id = txn_id;
     if (e->json.size() > 65536)
         throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
+    if (e->state_key)
+        if (auto prev = room.state_event(e->type, *e->state_key)) add_replaced_state(*e, *prev);
     core_.allocate_stream_locked();
 
     EventPtr ptr = e;

@@ -35,7 +35,8 @@ struct TokenRecord {
     std::string device_display_name;
 };
 
-// A room event as it is served: `json` is the client-format event without `unsigned`.
+// A room event as it is served: `json` is the client-format event; its `unsigned` holds only
+// what never changes (what a state event replaced), the rest is added per response.
 struct EventRecord {
     StreamId stream = 0;
     std::string event_id;
