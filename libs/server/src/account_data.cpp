@@ -106,20 +106,28 @@ asio::awaitable<Response> AccountData::put_account_data(Request& req) {
         std::lock_guard lock(core_.mu);
         if (!room.empty() && !rooms_.find_locked(room))
             throw MatrixError(404, errcode::not_found, "Unknown room " + room);
-        auto& account_data = entries_[user];
-        if (!account_data.count({room, type}) &&
-            account_data.size() >= core_.config().limits.account_data_per_user)
-            throw MatrixError(403, errcode::forbidden,
-                              "This user has " + std::to_string(account_data.size()) +
-                                  " account data entries, the most the server keeps "
-                                  "(limits.account_data_per_user)");
-        StreamId stream = core_.allocate_stream_locked();
-        account_data[{room, type}] = AccountDataEntry{stream, text};
-        ticket = core_.submit_locked(PendingWrite::of(
-            store::PutAccountData{{stream, user, room, type, text}}, stream, {user}));
+        PendingWrite w;
+        put_locked(user, room, type, std::move(text), w);
+        ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);
     co_return Response{};
+}
+
+void AccountData::put_locked(const std::string& user, const std::string& room,
+                             const std::string& type, std::string content, PendingWrite& w) {
+    auto& account_data = entries_[user];
+    if (!account_data.count({room, type}) &&
+        account_data.size() >= core_.config().limits.account_data_per_user)
+        throw MatrixError(403, errcode::forbidden,
+                          "This user has " + std::to_string(account_data.size()) +
+                              " account data entries, the most the server keeps "
+                              "(limits.account_data_per_user)");
+    StreamId stream = core_.allocate_stream_locked();
+    account_data[{room, type}] = AccountDataEntry{stream, content};
+    w.mutations.push_back(store::PutAccountData{{stream, user, room, type, std::move(content)}});
+    w.max_stream = std::max(w.max_stream, stream);
+    w.wake.push_back(user);
 }
 
 asio::awaitable<Response> AccountData::push_rules(Request& req) {

@@ -36,6 +36,10 @@ class AccountData {
     asio::awaitable<Response> push_rules(Request&);
 
     const AccountDataEntries& entries_locked(const std::string& user_id) const;
+    // Sets one entry (`room` empty: global) as part of `w`; 403 past
+    // limits.account_data_per_user.
+    void put_locked(const std::string& user, const std::string& room, const std::string& type,
+                    std::string content, PendingWrite& w);
     // The filter's JSON, or nullptr when the user has no such filter.
     const std::string* filter_locked(const std::string& user_id, std::size_t id) const;
 

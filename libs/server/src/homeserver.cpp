@@ -15,7 +15,9 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       profile(core, accounts, rooms),
       keys(core, accounts, rooms),
       key_backup(core),
-      sync(core, rooms, account_data, to_device, keys),
+      receipts(core, rooms, account_data),
+      typing(core, rooms),
+      sync(core, rooms, account_data, to_device, keys, receipts, typing),
       voip(core) {
     auto snap =
         store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - TxnIds::kLifetimeMs);
@@ -26,6 +28,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     account_data.load(snap);
     keys.load(snap);
     key_backup.load(snap);
+    receipts.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

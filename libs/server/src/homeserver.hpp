@@ -11,7 +11,10 @@
 //   Profile         -> Accounts, Rooms   a change is a member event in every joined room
 //   Keys            -> Accounts, Rooms   device lists follow who shares a room
 //   KeyBackup          -
-//   Sync            -> Rooms, AccountData, ToDevice, Keys
+//   Receipts        -> Rooms, AccountData   receipts point into rooms; m.fully_read is
+//                                            account data
+//   Typing          -> Rooms        who is joined
+//   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
 #include <boost/asio/awaitable.hpp>
@@ -28,10 +31,12 @@
 #include "key_backup.hpp"
 #include "keys.hpp"
 #include "profile.hpp"
+#include "receipts.hpp"
 #include "rooms.hpp"
 #include "server_info.hpp"
 #include "sync.hpp"
 #include "to_device.hpp"
+#include "typing.hpp"
 #include "voip.hpp"
 
 namespace mxvoip::server {
@@ -51,6 +56,8 @@ class Homeserver {
     Profile profile;
     Keys keys;
     KeyBackup key_backup;
+    Receipts receipts;
+    Typing typing;
     Sync sync;
     Voip voip;
 };

@@ -117,6 +117,11 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::get, cs, "/rooms/*/event/*", true, on(rooms, &R::get_event));
 
     add(verb::get, cs, "/sync", true, on(hs.sync, &Sync::sync));
+    add(verb::post, cs, "/rooms/*/receipt/*/*", true, on(hs.receipts, &Receipts::post_receipt),
+        write_optional_body);
+    add(verb::post, cs, "/rooms/*/read_markers", true, on(hs.receipts, &Receipts::read_markers),
+        write);
+    add(verb::put, cs, "/rooms/*/typing/*", true, on(hs.typing, &Typing::put_typing), write);
 
     using D = AccountData;
     auto& data = hs.account_data;

@@ -159,6 +159,7 @@ void Server::start() {
         }
         stop();
     });
+    I.hs->typing.start(I.ioc.get_executor());
     I.dispatch = std::make_unique<Dispatcher>(*I.hs);
     I.proxies.emplace(I.config.trusted_proxies);
     for (const auto& addr : I.config.listen) {
@@ -230,6 +231,7 @@ void Server::Impl::begin_shutdown() {
         acc->close(ec);
     }
     if (signals) signals->cancel();
+    hs->typing.stop();
     hs->core.wake_all();
     std::lock_guard lock(conns_mu);
     for (auto& c : conns) {

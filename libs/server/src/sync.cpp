@@ -145,6 +145,10 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
             any = true;
         }
         if (!room.recent.empty() && room.evicted_upto > since) return false;
+        std::string ephemeral;
+        if (receipts_.render_locked(ephemeral, room_id, s.user_id, since, visible, false) ||
+            typing_.render_locked(ephemeral, room, since, visible, false))
+            return false;
     }
     for (const auto& [_, data] : account_data_.entries_locked(s.user_id))
         if (data.stream > since && data.stream <= visible) return false;
@@ -190,7 +194,12 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
                 room_data += "{\"type\":" + quoted(it->first.second) +
                              ",\"content\":" + it->second.content + "}";
             }
-            if (!fresh && timeline_empty && room_data.empty()) continue;
+            std::string ephemeral;
+            receipts_.render_locked(ephemeral, room_id, s.user_id, since, upto, fresh);
+            std::string typing;
+            if (typing_.render_locked(typing, room, since, upto, fresh))
+                ephemeral += (ephemeral.empty() ? "" : ",") + typing;
+            if (!fresh && timeline_empty && room_data.empty() && ephemeral.empty()) continue;
             entry += ',';
             if (fresh)
                 render_state(entry, room, 0, first, dkey);
@@ -218,7 +227,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
                 append_quoted(heroes, *it->second);
             }
             entry += ",\"account_data\":{\"events\":[" + room_data + "]}";
-            entry += ",\"ephemeral\":{\"events\":[]}";
+            entry += ",\"ephemeral\":{\"events\":[" + ephemeral + "]}";
             entry += ",\"unread_notifications\":{\"highlight_count\":0,\"notification_count\":0}";
             entry += ",\"summary\":{\"m.heroes\":[" + heroes +
                      "],\"m.joined_member_count\":" + std::to_string(joined) +

@@ -1,7 +1,8 @@
 #pragma once
 
 // /sync: renders what changed for a device since its last position from the rooms, account
-// data, to-device and keys modules, and parks the request until a relevant commit when nothing did.
+// data, to-device, keys, receipts and typing modules, and parks the request until a relevant commit
+// when nothing did.
 #include <boost/asio/awaitable.hpp>
 
 #include <string>
@@ -10,19 +11,24 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "keys.hpp"
+#include "receipts.hpp"
 #include "rooms.hpp"
 #include "to_device.hpp"
+#include "typing.hpp"
 
 namespace mxvoip::server {
 
 class Sync {
   public:
-    Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device, Keys& keys)
+    Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device, Keys& keys,
+         Receipts& receipts, Typing& typing)
         : core_(core),
           rooms_(rooms),
           account_data_(account_data),
           to_device_(to_device),
-          keys_(keys) {}
+          keys_(keys),
+          receipts_(receipts),
+          typing_(typing) {}
 
     asio::awaitable<Response> sync(Request&);
 
@@ -47,6 +53,8 @@ class Sync {
     AccountData& account_data_;
     ToDevice& to_device_;
     Keys& keys_;
+    Receipts& receipts_;
+    Typing& typing_;
 };
 
 }  // namespace mxvoip::server

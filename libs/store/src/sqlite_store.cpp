@@ -144,6 +144,16 @@ CREATE TABLE IF NOT EXISTS device_list_changes (
     user_id TEXT PRIMARY KEY,
     stream_id INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    receipt_type TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    stream_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
@@ -386,6 +396,14 @@ class SqliteStore final : public Store {
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
         }
         {
+            Stmt s(db,
+                   "SELECT stream_id, room_id, user_id, receipt_type, thread_id, event_id, ts FROM "
+                   "receipts ORDER BY stream_id");
+            while (s.next())
+                snap.receipts.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4),
+                                         s.text(5), s.integer(6)});
+        }
+        {
             Stmt s(
                 db,
                 "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
@@ -626,6 +644,22 @@ class SqliteStore final : public Store {
             .bind(a.content)
             .run();
         max_stream = std::max(max_stream, a.stream);
+    }
+    static void write(Db& db, const PutReceipt& m, StreamId& max_stream) {
+        const auto& r = m.receipt;
+        Stmt(db, "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(r.room_id)
+            .bind(r.user_id)
+            .bind(r.receipt_type)
+            .bind(r.thread_id)
+            .bind(r.stream)
+            .bind(r.event_id)
+            .bind(r.ts)
+            .run();
+        max_stream = std::max(max_stream, r.stream);
+    }
+    static void write(Db&, const AdvanceStream& m, StreamId& max_stream) {
+        max_stream = std::max(max_stream, m.stream);
     }
     static void write(Db& db, const PutToDevice& m, StreamId& max_stream) {
         const auto& t = m.message;

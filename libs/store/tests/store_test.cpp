@@ -99,6 +99,31 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(s.max_stream, 4);
 }
 
+TYPED_TEST(StoreTest, AReceiptReplacesTheSameTypeAndThreadAndAdvancesTheStream) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> first{
+            PutReceipt{{5, "!r:x", "@a:x", "m.read", "", "$e1", 100}},
+            PutReceipt{{6, "!r:x", "@a:x", "m.read", "main", "$e1", 101}},
+            PutReceipt{{7, "!r:x", "@a:x", "m.read.private", "", "$e1", 102}},
+        };
+        store->apply(first);
+        std::vector<Mutation> second{PutReceipt{{8, "!r:x", "@a:x", "m.read", "", "$e2", 103}},
+                                     AdvanceStream{9}};
+        store->apply(second);
+    }
+    auto store = this->backend.open();
+    Snapshot s = store->load(10, 0);
+    ASSERT_EQ(s.receipts.size(), 3u);
+    // In stream order; the unthreaded m.read was replaced.
+    EXPECT_EQ(s.receipts[0].thread_id, "main");
+    EXPECT_EQ(s.receipts[1].receipt_type, "m.read.private");
+    EXPECT_EQ(s.receipts[2].event_id, "$e2");
+    EXPECT_EQ(s.receipts[2].ts, 103);
+    EXPECT_EQ(s.receipts[2].stream, 8);
+    EXPECT_EQ(s.max_stream, 9);
+}
+
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};

@@ -131,6 +131,16 @@ struct KeySignatureRecord {
     std::string signer_key;  // "ed25519:<key or device id>"
     std::string signature;
 };
+// A user's newest receipt of one type in one room and thread (thread_id empty: unthreaded).
+struct ReceiptRecord {
+    StreamId stream = 0;
+    std::string room_id;
+    std::string user_id;
+    std::string receipt_type;  // m.read or m.read.private
+    std::string thread_id;
+    std::string event_id;
+    std::int64_t ts = 0;
+};
 // A version of a user's server-side key backup.
 struct BackupVersionRecord {
     std::string user_id;
@@ -251,13 +261,22 @@ struct DeleteBackupKeys {
 struct PutDeviceListChange {
     DeviceListChangeRecord change;
 };
+// Replaces the receipt of the same room, user, type and thread.
+struct PutReceipt {
+    ReceiptRecord receipt;
+};
+// Records a stream position taken by something that is not stored (a typing notification), so
+// no position a client has seen is handed out again after a restart.
+struct AdvanceStream {
+    StreamId stream = 0;
+};
 
 using Mutation =
     std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
                  PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
                  PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
-                 PutBackupVersion, PutBackupKey, DeleteBackupKeys>;
+                 PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -280,6 +299,7 @@ struct Snapshot {
     std::vector<KeySignatureRecord> key_signatures;
     std::vector<BackupVersionRecord> backup_versions;
     std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
+    std::vector<ReceiptRecord> receipts;       // in stream order
     StreamId max_stream = 0;
 };
 

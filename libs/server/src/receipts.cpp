@@ -1,0 +1,221 @@
+#include "receipts.hpp"
+
+#include <algorithm>
+
+#include "json_out.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+namespace {
+
+// The thread an event belongs to by its content: the root's id, or empty for the main timeline.
+std::string thread_of(std::string_view content) {
+    json::error_code ec;
+    auto v = json::parse(content, ec);
+    if (ec || !v.is_object()) return {};
+    const auto* rel = v.get_object().if_contains("m.relates_to");
+    if (!rel || !rel->is_object()) return {};
+    const auto& r = rel->get_object();
+    const auto* type = r.if_contains("rel_type");
+    const auto* id = r.if_contains("event_id");
+    if (!type || !id || !type->is_string() || !id->is_string() || type->get_string() != "m.thread")
+        return {};
+    return std::string(id->get_string());
+}
+
+}  // namespace
+
+Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
+    : core_(core), rooms_(rooms), account_data_(account_data) {}
+
+void Receipts::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    for (auto& r : snap.receipts) {
+        if (!rooms_.find_locked(r.room_id)) continue;
+        auto& room = rooms_receipts_[r.room_id];
+        Key key{r.user_id, r.receipt_type, r.thread_id};
+        auto event_stream = event_id_stream(r.event_id).value_or(0);
+        room.by_stream[r.stream] = key;
+        room.by_key[key] = Receipt{std::move(r.event_id), event_stream, r.ts, r.stream};
+    }
+}
+
+asio::awaitable<Receipts::Target> Receipts::check_target(const std::string& room_id,
+                                                         const std::string& user,
+                                                         const std::string& event_id,
+                                                         const std::string& thread) {
+    auto stream = event_id_stream(event_id);
+    std::optional<std::string> content;  // the event's, when it is in the room
+    std::string type;
+    std::optional<std::string> state_key;
+    StreamId visible_upto = 0;
+    {
+        std::lock_guard lock(core_.mu);
+        const Room& room = rooms_.room_or_throw_locked(room_id);
+        if (room.membership_of(user) != "join")
+            throw MatrixError(403, errcode::forbidden, "You are not joined to this room");
+        visible_upto = core_.visible_locked();
+        if (stream)
+            for (const auto& ev : room.recent)
+                if (ev->stream == *stream && ev->event_id == event_id) {
+                    content = std::string(ev->content());
+                    type = ev->type;
+                    state_key = ev->state_key;
+                }
+    }
+    if (!content && stream && *stream <= visible_upto)
+        if (auto row = core_.store().event_at(*stream);
+            row && row->event_id == event_id && row->room_id == room_id) {
+            content = json::serialize(json::parse(row->json).at("content"));
+            type = row->type;
+            state_key = row->state_key;
+        }
+    bool visible = false;
+    if (content && *stream <= visible_upto) {
+        std::lock_guard lock(core_.mu);
+        visible =
+            rooms_.room_or_throw_locked(room_id).history.may_see(user, *stream, type, state_key);
+    }
+    if (!visible) throw MatrixError(404, errcode::not_found, "Event not found.");
+    if (!thread.empty()) {
+        std::string in = thread_of(*content);
+        bool related = thread == "main" ? in.empty() : (event_id == thread || in == thread);
+        if (!related)
+            throw MatrixError(400, errcode::invalid_param, "The event is not in thread " + thread);
+    }
+    co_return Target{event_id, *stream};
+}
+
+void Receipts::put_locked(const std::string& room_id, const std::string& user,
+                          const std::string& type, const std::string& thread, const Target& target,
+                          PendingWrite& w) {
+    auto& room = rooms_receipts_[room_id];
+    Key key{user, type, thread};
+    auto it = room.by_key.find(key);
+    if (it != room.by_key.end() && it->second.event_stream >= target.event_stream) return;
+    if (it == room.by_key.end() && !thread.empty()) {
+        std::size_t threads = 0;
+        for (auto t = room.by_key.lower_bound({user, type, ""});
+             t != room.by_key.end() && std::get<0>(t->first) == user &&
+             std::get<1>(t->first) == type;
+             ++t)
+            threads += !std::get<2>(t->first).empty();
+        if (threads >= kThreadsPerUser)
+            throw MatrixError(403, errcode::forbidden,
+                              "You have receipts in " + std::to_string(threads) +
+                                  " threads of this room, the most the server keeps");
+    }
+    StreamId stream = core_.allocate_stream_locked();
+    Receipt r{target.event_id, target.event_stream, core_.now_ms(), stream};
+    if (it != room.by_key.end()) room.by_stream.erase(it->second.stream);
+    room.by_stream[stream] = key;
+    room.by_key[key] = r;
+    w.mutations.push_back(
+        store::PutReceipt{{stream, room_id, user, type, thread, target.event_id, r.ts}});
+    w.max_stream = std::max(w.max_stream, stream);
+    // A private receipt is for its owner's devices only.
+    if (type == "m.read.private") {
+        w.wake.push_back(user);
+        return;
+    }
+    if (const Room* joined = rooms_.find_locked(room_id))
+        for (const auto& [member, m] : joined->membership)
+            if (m == "join") w.wake.push_back(member);
+}
+
+asio::awaitable<Response> Receipts::post_receipt(Request& req) {
+    const std::string& room_id = req.params[0];
+    const std::string& type = req.params[1];
+    const std::string& event_id = req.params[2];
+    const std::string& user = req.session->user_id;
+    if (type != "m.read" && type != "m.read.private" && type != "m.fully_read")
+        throw MatrixError(400, errcode::invalid_param,
+                          "Receipt type must be m.read, m.read.private or m.fully_read");
+    std::string thread;
+    if (const auto* t = req.json.if_contains("thread_id")) {
+        if (!t->is_string() || t->get_string().empty())
+            throw MatrixError(400, errcode::invalid_param, "thread_id must be a non-empty string");
+        if (type == "m.fully_read")
+            throw MatrixError(400, errcode::invalid_param,
+                              "m.fully_read is not threaded: it takes no thread_id");
+        thread = t->get_string();
+    }
+    Target target = co_await check_target(room_id, user, event_id, thread);
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        if (type == "m.fully_read") {
+            json::object marker{{"event_id", event_id}};
+            account_data_.put_locked(user, room_id, "m.fully_read", json::serialize(marker), w);
+        } else {
+            put_locked(room_id, user, type, thread, target, w);
+        }
+    }
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    co_return Response{};
+}
+
+asio::awaitable<Response> Receipts::read_markers(Request& req) {
+    const std::string& room_id = req.params[0];
+    const std::string& user = req.session->user_id;
+    static const char* kFields[] = {"m.fully_read", "m.read", "m.read.private"};
+    std::vector<std::pair<std::string, Target>> marks;
+    for (const char* field : kFields) {
+        const auto* v = req.json.if_contains(field);
+        if (!v) continue;
+        if (!v->is_string())
+            throw MatrixError(400, errcode::bad_json, std::string(field) + " must be an event id");
+        std::string event_id(v->get_string());
+        Target target = co_await check_target(room_id, user, event_id, {});
+        marks.emplace_back(field, std::move(target));
+    }
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& [field, target] : marks) {
+            if (field == "m.fully_read") {
+                json::object marker{{"event_id", target.event_id}};
+                account_data_.put_locked(user, room_id, field, json::serialize(marker), w);
+            } else {
+                put_locked(room_id, user, field, {}, target, w);
+            }
+        }
+    }
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    co_return Response{};
+}
+
+bool Receipts::render_locked(std::string& out, const std::string& room_id, const std::string& user,
+                             StreamId since, StreamId upto, bool fresh) const {
+    auto found = rooms_receipts_.find(room_id);
+    if (found == rooms_receipts_.end()) return false;
+    const RoomReceipts& room = found->second;
+    // event id -> receipt type -> user -> {ts, thread_id}
+    json::object content;
+    auto begin = fresh ? room.by_stream.begin() : room.by_stream.upper_bound(since);
+    for (auto it = begin; it != room.by_stream.end() && it->first <= upto; ++it) {
+        const auto& [who, type, thread] = it->second;
+        if (type == "m.read.private" && who != user) continue;
+        const Receipt& r = room.by_key.at(it->second);
+        json::object data{{"ts", r.ts}};
+        if (!thread.empty()) data["thread_id"] = thread;
+        json::value& by_type = content[r.event_id];
+        if (!by_type.is_object()) by_type.emplace_object();
+        json::value& by_user = by_type.as_object()[type];
+        if (!by_user.is_object()) by_user.emplace_object();
+        by_user.as_object()[who] = std::move(data);
+    }
+    if (content.empty()) return false;
+    out += "{\"type\":\"m.receipt\",\"content\":";
+    out += json::serialize(content);
+    out += '}';
+    return true;
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,71 @@
+#pragma once
+
+// Read receipts (m.read, m.read.private, threaded or not) and read markers: what each member
+// has read of a room, served in /sync as the room's m.receipt ephemeral event. The fully-read
+// marker is the room's m.fully_read account data.
+#include <boost/asio/awaitable.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "account_data.hpp"
+#include "core.hpp"
+#include "http_types.hpp"
+#include "rooms.hpp"
+
+namespace mxvoip::server {
+
+class Receipts {
+  public:
+    // A user's distinct threads with a receipt of one type in one room.
+    static constexpr std::size_t kThreadsPerUser = 100;
+
+    Receipts(Core& core, Rooms& rooms, AccountData& account_data);
+
+    void load(store::Snapshot& snap);
+
+    asio::awaitable<Response> post_receipt(Request&);
+    asio::awaitable<Response> read_markers(Request&);
+
+    // Appends the room's m.receipt event for `user` (receipts changed in (since, upto], or all
+    // up to `upto` when `fresh`); false when there is none.
+    bool render_locked(std::string& out, const std::string& room_id, const std::string& user,
+                       StreamId since, StreamId upto, bool fresh) const;
+
+  private:
+    struct Receipt {
+        std::string event_id;
+        StreamId event_stream = 0;  // the position of the event it points at
+        std::int64_t ts = 0;
+        StreamId stream = 0;  // the position of the receipt itself
+    };
+    using Key = std::tuple<std::string, std::string, std::string>;  // user, type, thread
+    struct RoomReceipts {
+        std::map<Key, Receipt> by_key;
+        std::map<StreamId, Key> by_stream;
+    };
+    // What a receipt request names, checked against the room.
+    struct Target {
+        std::string event_id;
+        StreamId event_stream = 0;
+    };
+
+    // Checks that `user` is joined and may see `event_id` of the room, and that the event
+    // belongs to `thread` (empty: unthreaded, "main": the main timeline); 4xx otherwise.
+    asio::awaitable<Target> check_target(const std::string& room_id, const std::string& user,
+                                         const std::string& event_id, const std::string& thread);
+    // Records a receipt as part of `w`, unless the user's receipt of that type and thread
+    // already points at a later event.
+    void put_locked(const std::string& room_id, const std::string& user, const std::string& type,
+                    const std::string& thread, const Target& target, PendingWrite& w);
+
+    Core& core_;
+    Rooms& rooms_;
+    AccountData& account_data_;
+    std::unordered_map<std::string, RoomReceipts> rooms_receipts_;  // by room id
+};
+
+}  // namespace mxvoip::server

@@ -1,0 +1,122 @@
+#include "typing.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "json_out.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+Typing::Typing(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {}
+
+void Typing::start(asio::any_io_executor ex) {
+    std::lock_guard lock(core_.mu);
+    timer_.emplace(std::move(ex));
+    arm_locked();
+}
+
+void Typing::stop() {
+    std::lock_guard lock(core_.mu);
+    stopped_ = true;
+    if (timer_) timer_->cancel();
+}
+
+asio::awaitable<Response> Typing::put_typing(Request& req) {
+    require_own_path(req, 1);
+    const std::string& room_id = req.params[0];
+    const std::string& user = req.session->user_id;
+    auto typing_field = proto::opt_bool(req.json, "typing");
+    if (!typing_field) throw MatrixError(400, errcode::bad_json, "typing (a boolean) is required");
+    bool typing = *typing_field;
+    std::int64_t timeout = kDefaultTimeoutMs;
+    if (typing)
+        if (auto t = proto::opt_int(req.json, "timeout"))
+            timeout = std::clamp<std::int64_t>(*t, 0, kMaxTimeoutMs);
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        const Room& room = rooms_.room_or_throw_locked(room_id);
+        if (room.membership_of(user) != "join")
+            throw MatrixError(403, errcode::forbidden, "You are not joined to this room");
+        auto& state = rooms_typing_[room_id];
+        if (typing) {
+            bool was = state.until.count(user) > 0;
+            state.until[user] = core_.now_ms() + timeout;
+            // Renewing a typing notification changes nothing anyone sees.
+            if (!was) changed_locked(room, state, w);
+            arm_locked();
+        } else if (state.until.erase(user)) {
+            changed_locked(room, state, w);
+        }
+    }
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    co_return Response{};
+}
+
+void Typing::changed_locked(const Room& room, RoomTyping& typing, PendingWrite& w) {
+    typing.stream = core_.allocate_stream_locked();
+    w.mutations.push_back(store::AdvanceStream{typing.stream});
+    w.max_stream = std::max(w.max_stream, typing.stream);
+    for (const auto& [member, m] : room.membership)
+        if (m == "join") w.wake.push_back(member);
+}
+
+void Typing::arm_locked() {
+    if (!timer_ || stopped_) return;
+    std::int64_t next = std::numeric_limits<std::int64_t>::max();
+    for (const auto& [_, state] : rooms_typing_)
+        for (const auto& [__, until] : state.until) next = std::min(next, until);
+    if (next == std::numeric_limits<std::int64_t>::max() || (armed_for_ && armed_for_ <= next))
+        return;
+    armed_for_ = next;
+    timer_->expires_after(
+        std::chrono::milliseconds(std::max<std::int64_t>(0, next - core_.now_ms())));
+    timer_->async_wait([this](boost::system::error_code ec) {
+        if (!ec) expire();
+    });
+}
+
+void Typing::expire() {
+    std::lock_guard lock(core_.mu);
+    armed_for_ = 0;
+    if (stopped_) return;
+    const std::int64_t now = core_.now_ms();
+    // A room's entry stays when nobody types any more: its last change is what a /sync that
+    // has not seen it yet still has to report.
+    for (auto& [room_id, state] : rooms_typing_) {
+        if (!std::erase_if(state.until, [&](const auto& kv) { return kv.second <= now; })) continue;
+        if (const Room* room = rooms_.find_locked(room_id)) {
+            PendingWrite w;
+            changed_locked(*room, state, w);
+            core_.submit_locked(std::move(w));
+        }
+    }
+    arm_locked();
+}
+
+bool Typing::render_locked(std::string& out, const Room& room, StreamId since, StreamId upto,
+                           bool fresh) const {
+    auto it = rooms_typing_.find(room.id);
+    if (it == rooms_typing_.end() || it->second.stream > upto) return false;
+    const RoomTyping& state = it->second;
+    if (fresh ? state.until.empty() : state.stream <= since) return false;
+    out += "{\"type\":\"m.typing\",\"content\":{\"user_ids\":[";
+    Comma comma;
+    for (const auto& [user, _] : state.until) {
+        if (room.membership_of(user) != "join") continue;
+        comma(out);
+        append_quoted(out, user);
+    }
+    out += "]}}";
+    return true;
+}
+
+}  // namespace mxvoip::server
