@@ -553,6 +553,11 @@ void Rooms::load(store::Snapshot& snap) {
         EventPtr ev = known != by_id.end() ? known->second : to_event(std::move(r));
         it->second.recent.push_back(ev);
     }
+    // A membership dates from the event that changed it, as while running (the current state
+    // holds the newest member event, which may only have changed a display name).
+    for (auto& [user, mine] : memberships_)
+        for (auto& [room_id, m] : mine)
+            if (auto since = rooms_.at(room_id).history.membership_since(user)) m.stream = since;
     for (auto& [_, room] : rooms_) {
         // The store returned at most kTimelineWindow per room; anything older is "evicted".
         if (room.recent.size() >= Room::kTimelineWindow)

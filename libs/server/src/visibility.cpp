@@ -39,6 +39,15 @@ void RoomHistory::record_visibility(std::int64_t stream, std::string visibility)
     record(visibility_, stream, std::move(visibility));
 }
 
+std::int64_t RoomHistory::membership_since(const std::string& user) const {
+    auto it = members_.find(user);
+    if (it == members_.end() || it->second.empty()) return 0;
+    const auto& changes = it->second;
+    auto run = changes.rbegin();
+    while (std::next(run) != changes.rend() && std::next(run)->second == run->second) ++run;
+    return run->first;
+}
+
 std::string_view RoomHistory::current_visibility() const {
     return visibility_.empty() ? std::string_view("shared")
                                : std::string_view(visibility_.back().second);

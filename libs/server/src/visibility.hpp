@@ -41,6 +41,11 @@ class RoomHistory {
     bool may_see(const std::string& user, std::int64_t stream, std::string_view type,
                  const std::optional<std::string>& state_key) const;
 
+    // Where the user's current membership began: the first of their newest run of member
+    // events with the same membership (a new display name does not start a new join); 0 when
+    // the user never had one.
+    std::int64_t membership_since(const std::string& user) const;
+
     // Calls f(user, membership) for each membership change with a stream in (after, upto].
     template <typename F>
     void for_each_change(std::int64_t after, std::int64_t upto, F&& f) const {

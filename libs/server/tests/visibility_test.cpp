@@ -117,3 +117,16 @@ TEST(Visibility, ReplayingKnownChangesIsHarmless) {
 }
 
 }  // namespace
+
+TEST(RoomHistoryMembership, SinceIsTheStartOfTheNewestRunOfTheSameMembership) {
+    RoomHistory h;
+    EXPECT_EQ(h.membership_since("@b:x"), 0);
+    h.record_membership("@b:x", 10, "invite");
+    EXPECT_EQ(h.membership_since("@b:x"), 10);
+    h.record_membership("@b:x", 20, "join");
+    h.record_membership("@b:x", 25, "join");  // a new display name
+    EXPECT_EQ(h.membership_since("@b:x"), 20);
+    h.record_membership("@b:x", 30, "leave");
+    h.record_membership("@b:x", 40, "join");
+    EXPECT_EQ(h.membership_since("@b:x"), 40);
+}
