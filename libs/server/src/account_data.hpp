@@ -1,7 +1,6 @@
 #pragma once
 
-// What a user stores about themselves: account data (global and per room), sync filters, and
-// push rules (the spec's defaults, read-only for now).
+// What a user stores about themselves: account data (global and per room) and sync filters.
 #include <boost/asio/awaitable.hpp>
 
 #include <map>
@@ -33,7 +32,6 @@ class AccountData {
     asio::awaitable<Response> put_account_data(Request&);
     asio::awaitable<Response> post_filter(Request&);
     asio::awaitable<Response> get_filter(Request&);
-    asio::awaitable<Response> push_rules(Request&);
 
     const AccountDataEntries& entries_locked(const std::string& user_id) const;
     // Sets one entry (`room` empty: global) as part of `w`; 403 past

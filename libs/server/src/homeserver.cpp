@@ -17,7 +17,8 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       key_backup(core),
       receipts(core, rooms, account_data),
       typing(core, rooms),
-      sync(core, rooms, account_data, to_device, keys, receipts, typing),
+      notifications(core, rooms, account_data, receipts),
+      sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications),
       voip(core) {
     auto snap =
         store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - TxnIds::kLifetimeMs);
@@ -29,6 +30,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     keys.load(snap);
     key_backup.load(snap);
     receipts.load(snap);
+    notifications.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

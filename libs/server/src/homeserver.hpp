@@ -14,7 +14,9 @@
 //   Receipts        -> Rooms, AccountData   receipts point into rooms; m.fully_read is
 //                                            account data
 //   Typing          -> Rooms        who is joined
-//   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing
+//   Notifications   -> Rooms, AccountData, Receipts   told of every event and every read
+//                                            receipt; a user's push rules are account data
+//   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing, Notifications
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
 #include <boost/asio/awaitable.hpp>
@@ -30,6 +32,7 @@
 #include "core.hpp"
 #include "key_backup.hpp"
 #include "keys.hpp"
+#include "notifications.hpp"
 #include "profile.hpp"
 #include "receipts.hpp"
 #include "rooms.hpp"
@@ -58,6 +61,7 @@ class Homeserver {
     KeyBackup key_backup;
     Receipts receipts;
     Typing typing;
+    Notifications notifications;
     Sync sync;
     Voip voip;
 };

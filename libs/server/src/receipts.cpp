@@ -118,6 +118,8 @@ void Receipts::put_locked(const std::string& room_id, const std::string& user,
     room.by_key[key] = r;
     w.mutations.push_back(
         store::PutReceipt{{stream, room_id, user, type, thread, target.event_id, r.ts}});
+    if (thread.empty() || thread == "main")
+        for (const auto& f : read_listeners_) f(room_id, user, read_upto_locked(room_id, user));
     w.max_stream = std::max(w.max_stream, stream);
     // A private receipt is for its owner's devices only.
     if (type == "m.read.private") {
@@ -189,6 +191,18 @@ asio::awaitable<Response> Receipts::read_markers(Request& req) {
     }
     if (!w.mutations.empty()) co_await core_.commit(std::move(w));
     co_return Response{};
+}
+
+StreamId Receipts::read_upto_locked(const std::string& room_id, const std::string& user) const {
+    auto found = rooms_receipts_.find(room_id);
+    if (found == rooms_receipts_.end()) return 0;
+    StreamId upto = 0;
+    for (const char* type : {"m.read", "m.read.private"})
+        for (const char* thread : {"", "main"})
+            if (auto it = found->second.by_key.find({user, type, thread});
+                it != found->second.by_key.end())
+                upto = std::max(upto, it->second.event_stream);
+    return upto;
 }
 
 bool Receipts::render_locked(std::string& out, const std::string& room_id, const std::string& user,

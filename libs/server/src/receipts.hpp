@@ -6,10 +6,12 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "account_data.hpp"
 #include "core.hpp"
@@ -29,6 +31,14 @@ class Receipts {
 
     asio::awaitable<Response> post_receipt(Request&);
     asio::awaitable<Response> read_markers(Request&);
+
+    // The position of the newest event `user` has read in the room's main timeline (their
+    // unthreaded or "main" m.read or m.read.private receipt); 0 when none.
+    StreamId read_upto_locked(const std::string& room_id, const std::string& user) const;
+    // Called when that position moves forward.
+    using ReadListener =
+        std::function<void(const std::string& room_id, const std::string& user, StreamId upto)>;
+    void on_read(ReadListener f) { read_listeners_.push_back(std::move(f)); }
 
     // Appends the room's m.receipt event for `user` (receipts changed in (since, upto], or all
     // up to `upto` when `fresh`); false when there is none.
@@ -66,6 +76,7 @@ class Receipts {
     Rooms& rooms_;
     AccountData& account_data_;
     std::unordered_map<std::string, RoomReceipts> rooms_receipts_;  // by room id
+    std::vector<ReadListener> read_listeners_;
 };
 
 }  // namespace mxvoip::server

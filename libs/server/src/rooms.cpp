@@ -665,6 +665,7 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
     if (ptr->type == "m.room.member" && ptr->state_key) w.wake.push_back(*ptr->state_key);
     w.mutations.push_back(store::PutEvent{*ptr});
     w.max_stream = std::max(w.max_stream, ptr->stream);
+    for (const auto& f : appended_) f(room, ptr, w);
     return ptr;
 }
 

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "accounts.hpp"
 #include "core.hpp"
@@ -60,6 +62,10 @@ class Rooms {
                                  PendingWrite& w, const std::string& txn_device_key = {},
                                  const std::string& txn_id = {}, bool creating = false);
     Room& room_or_throw_locked(const std::string& room_id);
+    // Called under the lock for every event appended, after the room applied it, with the
+    // write it is part of.
+    using Appended = std::function<void(const Room&, const EventPtr&, PendingWrite&)>;
+    void on_appended(Appended f) { appended_.push_back(std::move(f)); }
 
   private:
     void apply_locked(Room& room, const EventPtr& ev);
@@ -80,6 +86,7 @@ class Rooms {
     std::unordered_map<std::string, Room> rooms_;
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
     TxnIds txns_;  // event ids by device, room id + '\n' + txn id
+    std::vector<Appended> appended_;
 };
 
 }  // namespace mxvoip::server

@@ -127,13 +127,30 @@ std::vector<Route> make_routes(Homeserver& hs) {
     auto& data = hs.account_data;
     add(verb::post, cs, "/user/*/filter", true, on(data, &D::post_filter), write);
     add(verb::get, cs, "/user/*/filter/*", true, on(data, &D::get_filter));
-    add(verb::get, cs, "/pushrules/", true, on(data, &D::push_rules));
-    add(verb::get, cs, "/pushrules", true, on(data, &D::push_rules));
     add(verb::get, cs, "/user/*/account_data/*", true, on(data, &D::get_account_data));
     add(verb::put, cs, "/user/*/account_data/*", true, on(data, &D::put_account_data), write);
     add(verb::get, cs, "/user/*/rooms/*/account_data/*", true, on(data, &D::get_account_data));
     add(verb::put, cs, "/user/*/rooms/*/account_data/*", true, on(data, &D::put_account_data),
         write);
+
+    using N = Notifications;
+    auto& notifications = hs.notifications;
+    add(verb::get, cs, "/pushrules/", true, on(notifications, &N::get_rules));
+    add(verb::get, cs, "/pushrules", true, on(notifications, &N::get_rules));
+    add(verb::get, cs, "/pushrules/global/", true, on(notifications, &N::get_global_rules));
+    add(verb::get, cs, "/pushrules/global/*/*", true, on(notifications, &N::get_rule));
+    add(verb::put, cs, "/pushrules/global/*/*", true, on(notifications, &N::put_rule), write);
+    add(verb::delete_, cs, "/pushrules/global/*/*", true, on(notifications, &N::delete_rule),
+        {RateClass::message});
+    add(verb::get, cs, "/pushrules/global/*/*/enabled", true,
+        on(notifications, &N::get_rule_enabled));
+    add(verb::get, cs, "/pushrules/global/*/*/actions", true,
+        on(notifications, &N::get_rule_actions));
+    add(verb::put, cs, "/pushrules/global/*/*/enabled", true,
+        on(notifications, &N::put_rule_enabled), write);
+    add(verb::put, cs, "/pushrules/global/*/*/actions", true,
+        on(notifications, &N::put_rule_actions), write);
+    add(verb::get, cs, "/notifications", true, on(notifications, &N::get_notifications));
 
     auto& profile = hs.profile;
     add(verb::get, cs, "/profile/*", false, on(profile, &Profile::get_profile));

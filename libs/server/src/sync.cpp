@@ -228,7 +228,8 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             }
             entry += ",\"account_data\":{\"events\":[" + room_data + "]}";
             entry += ",\"ephemeral\":{\"events\":[" + ephemeral + "]}";
-            entry += ",\"unread_notifications\":{\"highlight_count\":0,\"notification_count\":0}";
+            entry += ',';
+            notifications_.render_counts_locked(entry, room, s.user_id);
             entry += ",\"summary\":{\"m.heroes\":[" + heroes +
                      "],\"m.joined_member_count\":" + std::to_string(joined) +
                      ",\"m.invited_member_count\":" + std::to_string(invited) + "}}";

@@ -11,6 +11,7 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "keys.hpp"
+#include "notifications.hpp"
 #include "receipts.hpp"
 #include "rooms.hpp"
 #include "to_device.hpp"
@@ -21,14 +22,15 @@ namespace mxvoip::server {
 class Sync {
   public:
     Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device, Keys& keys,
-         Receipts& receipts, Typing& typing)
+         Receipts& receipts, Typing& typing, Notifications& notifications)
         : core_(core),
           rooms_(rooms),
           account_data_(account_data),
           to_device_(to_device),
           keys_(keys),
           receipts_(receipts),
-          typing_(typing) {}
+          typing_(typing),
+          notifications_(notifications) {}
 
     asio::awaitable<Response> sync(Request&);
 
@@ -55,6 +57,7 @@ class Sync {
     Keys& keys_;
     Receipts& receipts_;
     Typing& typing_;
+    Notifications& notifications_;
 };
 
 }  // namespace mxvoip::server
