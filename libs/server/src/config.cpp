@@ -266,6 +266,30 @@ Config read_config(const std::string& text, const std::string& source) {
                  {{"search_all_users", &c.user_directory_search_all_users}},
                  [&](const YAML::Node& v, const std::string& full) { return r.boolean(v, full); });
          }},
+        {"push",
+         [&](const YAML::Node& n, const std::string& k) {
+             if (!n.IsMap()) r.fail(n, k, "must be a map of push settings");
+             for (auto it : n) {
+                 auto sub = it.first.as<std::string>();
+                 auto full = k + "." + sub;
+                 const auto& v = it.second;
+                 if (sub == "allow_private_addresses")
+                     c.push.allow_private_addresses = r.boolean(v, full);
+                 else if (sub == "queue_per_pusher")
+                     c.push.queue_per_pusher =
+                         static_cast<std::size_t>(r.integer(v, full, 1, 100'000));
+                 else if (sub == "retry_initial_ms")
+                     c.push.retry_initial_ms =
+                         static_cast<std::int64_t>(r.integer(v, full, 10, 3'600'000));
+                 else if (sub == "retry_max_ms")
+                     c.push.retry_max_ms =
+                         static_cast<std::int64_t>(r.integer(v, full, 10, 86'400'000));
+                 else
+                     r.fail(it.first, full, "unknown key");
+             }
+             if (c.push.retry_max_ms < c.push.retry_initial_ms)
+                 r.fail(n, k, "retry_max_ms must be at least retry_initial_ms");
+         }},
         {"rc_message",
          [&](const YAML::Node& n, const std::string& k) { c.rc_message = r.rate(n, k); }},
         {"rc_login",
@@ -396,7 +420,8 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"create_room_initial_state", &c.limits.create_room_initial_state},
                   {"syncs_per_user", &c.limits.syncs_per_user},
                   {"connections", &c.limits.connections},
-                  {"connections_per_address", &c.limits.connections_per_address}},
+                  {"connections_per_address", &c.limits.connections_per_address},
+                  {"pushers_per_user", &c.limits.pushers_per_user}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 1'000'000));
                  });

@@ -80,7 +80,10 @@ asio::awaitable<void> Core::commit(PendingWrite&& write) {
 
 void Core::publish(StreamId max_stream, const std::vector<std::string>& wake) {
     std::lock_guard lock(mu);
-    if (max_stream > visible_) visible_ = max_stream;
+    if (max_stream > visible_) {
+        visible_ = max_stream;
+        for (const auto& f : visible_listeners_) f(visible_);
+    }
     for (const auto& user : wake) {
         auto it = waiters_.find(user);
         if (it == waiters_.end()) continue;

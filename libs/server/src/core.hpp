@@ -97,6 +97,9 @@ class Core {
     // Parks `w` again after a wake-up it ignores (counted against the limit when first parked).
     void repark_locked(const std::string& user, std::shared_ptr<Waiter> w);
     bool shutting_down_locked() const { return shutting_down_; }
+    // Called under the lock whenever the visible position moves forward (what was committed
+    // may now be acted on outside the server: push notifications).
+    void on_visible(std::function<void(StreamId)> f) { visible_listeners_.push_back(std::move(f)); }
     // Wakes every parked /sync (used on shutdown).
     void wake_all();
 
@@ -114,6 +117,7 @@ class Core {
     StreamId next_stream_ = 1;
     StreamId visible_ = 0;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+    std::vector<std::function<void(StreamId)>> visible_listeners_;
     bool shutting_down_ = false;
 };
 

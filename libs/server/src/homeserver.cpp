@@ -18,6 +18,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       receipts(core, rooms, account_data),
       typing(core, rooms),
       notifications(core, rooms, account_data, receipts),
+      pushers(core, accounts, notifications),
       sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications),
       voip(core) {
     auto snap =
@@ -31,6 +32,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     key_backup.load(snap);
     receipts.load(snap);
     notifications.load(snap);
+    pushers.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

@@ -16,6 +16,8 @@
 //   Typing          -> Rooms        who is joined
 //   Notifications   -> Rooms, AccountData, Receipts   told of every event and every read
 //                                            receipt; a user's push rules are account data
+//   Pushers         -> Accounts, Notifications   told of every notification; a pusher goes
+//                                            with its device
 //   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing, Notifications
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
@@ -34,6 +36,7 @@
 #include "keys.hpp"
 #include "notifications.hpp"
 #include "profile.hpp"
+#include "pushers.hpp"
 #include "receipts.hpp"
 #include "rooms.hpp"
 #include "server_info.hpp"
@@ -62,6 +65,7 @@ class Homeserver {
     Receipts receipts;
     Typing typing;
     Notifications notifications;
+    Pushers pushers;
     Sync sync;
     Voip voip;
 };

@@ -151,6 +151,8 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::put, cs, "/pushrules/global/*/*/actions", true,
         on(notifications, &N::put_rule_actions), write);
     add(verb::get, cs, "/notifications", true, on(notifications, &N::get_notifications));
+    add(verb::get, cs, "/pushers", true, on(hs.pushers, &Pushers::get_pushers));
+    add(verb::post, cs, "/pushers/set", true, on(hs.pushers, &Pushers::set_pusher), write);
 
     auto& profile = hs.profile;
     add(verb::get, cs, "/profile/*", false, on(profile, &Profile::get_profile));

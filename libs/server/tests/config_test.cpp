@@ -143,6 +143,32 @@ TEST(Config, Limits) {
     EXPECT_NE(error_of("limits: 5\n").find("limits: must be a map"), std::string::npos);
 }
 
+TEST(Config, Push) {
+    Config defaults = parse_config("", "test.yaml");
+    EXPECT_FALSE(defaults.push.allow_private_addresses);
+    EXPECT_EQ(defaults.push.queue_per_pusher, 100u);
+    EXPECT_EQ(defaults.push.retry_initial_ms, 1000);
+    EXPECT_EQ(defaults.push.retry_max_ms, 600'000);
+    EXPECT_EQ(defaults.limits.pushers_per_user, 20u);
+    Config c = parse_config(
+        "push:\n  allow_private_addresses: true\n  queue_per_pusher: 7\n  retry_initial_ms: "
+        "50\n  retry_max_ms: 500\nlimits: {pushers_per_user: 3}\n",
+        "test.yaml");
+    EXPECT_TRUE(c.push.allow_private_addresses);
+    EXPECT_EQ(c.push.queue_per_pusher, 7u);
+    EXPECT_EQ(c.push.retry_initial_ms, 50);
+    EXPECT_EQ(c.push.retry_max_ms, 500);
+    EXPECT_EQ(c.limits.pushers_per_user, 3u);
+    EXPECT_NE(error_of("push:\n  retries: 3\n").find("push.retries: unknown key"),
+              std::string::npos);
+    EXPECT_NE(error_of("push:\n  retry_initial_ms: 5000\n  retry_max_ms: 1000\n")
+                  .find("retry_max_ms must be at least retry_initial_ms"),
+              std::string::npos);
+    EXPECT_NE(error_of("push:\n  queue_per_pusher: 0\n").find("push.queue_per_pusher"),
+              std::string::npos);
+    EXPECT_NE(error_of("push: yes\n").find("push: must be a map"), std::string::npos);
+}
+
 TEST(Config, Timeouts) {
     Config defaults = parse_config("", "test.yaml");
     EXPECT_EQ(defaults.timeouts.header_read_s, 30);

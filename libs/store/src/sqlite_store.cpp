@@ -154,6 +154,15 @@ CREATE TABLE IF NOT EXISTS receipts (
     ts INTEGER NOT NULL,
     PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pushers (
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    pushkey TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (user_id, app_id, pushkey)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
@@ -394,6 +403,14 @@ class SqliteStore final : public Store {
             while (s.next())
                 snap.account_data.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT user_id, app_id, pushkey, device_id, json, created_ts FROM pushers "
+                   "ORDER BY created_ts");
+            while (s.next())
+                snap.pushers.push_back(
+                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5)});
         }
         {
             Stmt s(db,
@@ -657,6 +674,25 @@ class SqliteStore final : public Store {
             .bind(r.ts)
             .run();
         max_stream = std::max(max_stream, r.stream);
+    }
+    static void write(Db& db, const PutPusher& m, StreamId&) {
+        const auto& p = m.pusher;
+        Stmt(db, "INSERT OR REPLACE INTO pushers VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(p.user_id)
+            .bind(p.app_id)
+            .bind(p.pushkey)
+            .bind(p.device_id)
+            .bind(p.json)
+            .bind(p.created_ts)
+            .run();
+    }
+    static void write(Db& db, const DeletePusher& m, StreamId&) {
+        Stmt(db, "DELETE FROM pushers WHERE (? = '' OR user_id = ?) AND app_id = ? AND pushkey = ?")
+            .bind(m.user_id)
+            .bind(m.user_id)
+            .bind(m.app_id)
+            .bind(m.pushkey)
+            .run();
     }
     static void write(Db&, const AdvanceStream& m, StreamId& max_stream) {
         max_stream = std::max(max_stream, m.stream);

@@ -124,6 +124,29 @@ TYPED_TEST(StoreTest, AReceiptReplacesTheSameTypeAndThreadAndAdvancesTheStream) 
     EXPECT_EQ(s.max_stream, 9);
 }
 
+TYPED_TEST(StoreTest, PushersArePutReplacedAndDeletedForOneUserOrAll) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{
+            PutPusher{{"@a:x", "app", "key1", "DEV", "{\"v\":1}", 1}},
+            PutPusher{{"@a:x", "app", "key1", "DEV", "{\"v\":2}", 2}},
+            PutPusher{{"@b:x", "app", "key1", "DEV", "{}", 3}},
+            PutPusher{{"@b:x", "app", "key2", "DEV", "{}", 4}},
+            PutPusher{{"@c:x", "app", "key3", "DEV", "{}", 5}},
+        };
+        store->apply(batch);
+        std::vector<Mutation> deletes{DeletePusher{"", "app", "key1"},
+                                      DeletePusher{"@c:x", "app", "key3"},
+                                      DeletePusher{"@a:x", "app", "key2"}};
+        store->apply(deletes);
+    }
+    auto store = this->backend.open();
+    Snapshot s = store->load(10, 0);
+    ASSERT_EQ(s.pushers.size(), 1u);
+    EXPECT_EQ(s.pushers[0].user_id, "@b:x");
+    EXPECT_EQ(s.pushers[0].pushkey, "key2");
+}
+
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};

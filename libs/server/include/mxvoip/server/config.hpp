@@ -58,6 +58,18 @@ struct Limits {
     std::size_t syncs_per_user = 20;  // /syncs of one user waiting at once
     std::size_t connections = 10000;  // open connections in all
     std::size_t connections_per_address = 200;
+    std::size_t pushers_per_user = 20;
+};
+
+// Push notifications to push gateways (`push:`).
+struct PushSettings {
+    // Gateways whose addresses are loopback, private, link-local or unique-local are refused
+    // unless this is set: a user names the URL, and the server must not be made to post into
+    // the network it sits in.
+    bool allow_private_addresses = false;
+    std::size_t queue_per_pusher = 100;    // notifications waiting for a gateway; oldest dropped
+    std::int64_t retry_initial_ms = 1000;  // back-off after a failed delivery, doubling
+    std::int64_t retry_max_ms = 600'000;
 };
 
 // How long the server waits for a client (`timeouts:`), in seconds.
@@ -82,6 +94,7 @@ struct Config {
     // user_directory.search_all_users: the user directory finds every local user, not only
     // those who share a room with the searcher or sit in a public room (Synapse's key).
     bool user_directory_search_all_users = false;
+    PushSettings push;
     RateLimit rc_message{10, 50};         // per user, every write
     RateLimit rc_login{0.17, 3};          // per address (rc_login.address, or rc_login itself)
     RateLimit rc_login_account{0.17, 3};  // per account, every attempt (rc_login.account)

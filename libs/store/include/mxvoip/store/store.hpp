@@ -141,6 +141,15 @@ struct ReceiptRecord {
     std::string event_id;
     std::int64_t ts = 0;
 };
+// A pusher (POST /pushers/set): where a user's notifications go, set by one of their devices.
+struct PusherRecord {
+    std::string user_id;
+    std::string app_id;
+    std::string pushkey;
+    std::string device_id;  // the device that set it; it goes when the device signs out
+    std::string json;       // the pusher as GET /pushers shows it
+    std::int64_t created_ts = 0;
+};
 // A version of a user's server-side key backup.
 struct BackupVersionRecord {
     std::string user_id;
@@ -265,18 +274,28 @@ struct PutDeviceListChange {
 struct PutReceipt {
     ReceiptRecord receipt;
 };
+struct PutPusher {
+    PusherRecord pusher;
+};
+// Deletes pushers with this app id and pushkey: the user's, or every user's when user_id is
+// empty.
+struct DeletePusher {
+    std::string user_id;
+    std::string app_id;
+    std::string pushkey;
+};
 // Records a stream position taken by something that is not stored (a typing notification), so
 // no position a client has seen is handed out again after a restart.
 struct AdvanceStream {
     StreamId stream = 0;
 };
 
-using Mutation =
-    std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
-                 PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
-                 PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
-                 PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
-                 PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream>;
+using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom,
+                              PutEvent, PutAccountData, PutToDevice, DeleteToDevice, PutFilter,
+                              PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey,
+                              DeleteDeviceKeys, PutDeviceListChange, PutCrossSigningKey,
+                              PutKeySignature, DeleteKeySignatures, PutBackupVersion, PutBackupKey,
+                              DeleteBackupKeys, PutReceipt, AdvanceStream, PutPusher, DeletePusher>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -300,6 +319,7 @@ struct Snapshot {
     std::vector<BackupVersionRecord> backup_versions;
     std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
     std::vector<ReceiptRecord> receipts;       // in stream order
+    std::vector<PusherRecord> pushers;
     StreamId max_stream = 0;
 };
 

@@ -1,0 +1,476 @@
+#include "pushers.hpp"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/url/parse.hpp>
+
+#include <algorithm>
+#include <chrono>
+
+#include "json_out.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using asio::use_awaitable;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+namespace {
+
+constexpr std::size_t kMaxPushkeyBytes = 512;
+constexpr std::size_t kMaxAppIdChars = 64;
+constexpr auto kRequestTimeout = std::chrono::seconds(10);
+
+// Addresses a push gateway may not have unless push.allow_private_addresses: this host, its
+// networks, and nothing routable.
+bool is_private(const asio::ip::address& a) {
+    if (a.is_unspecified() || a.is_loopback() || a.is_multicast()) return true;
+    if (a.is_v6()) {
+        auto v6 = a.to_v6();
+        if (v6.is_v4_mapped())
+            return is_private(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
+        auto b = v6.to_bytes();
+        return v6.is_link_local() || (b[0] & 0xfe) == 0xfc;  // fe80::/10, fc00::/7
+    }
+    auto v = a.to_v4().to_uint();
+    auto in = [v](std::uint32_t net, int bits) {
+        return (v >> (32 - bits)) == (net >> (32 - bits));
+    };
+    return in(0x0a000000, 8) || in(0xac100000, 12) || in(0xc0a80000, 16) ||  // RFC 1918
+           in(0xa9fe0000, 16) || in(0x64400000, 10) || in(0x00000000, 8);    // link-local, CGNAT
+}
+
+template <class Stream>
+asio::awaitable<beast::error_code> exchange(Stream& stream, http::request<http::string_body>& req,
+                                            http::response<http::string_body>& res) {
+    auto [werr, wn] = co_await http::async_write(stream, req, asio::as_tuple(use_awaitable));
+    if (werr) co_return werr;
+    beast::flat_buffer buf;
+    auto [rerr, rn] = co_await http::async_read(stream, buf, res, asio::as_tuple(use_awaitable));
+    co_return rerr;
+}
+
+std::string str_or_empty(const json::object& o, std::string_view key) {
+    const auto* v = o.if_contains(key);
+    return v && v->is_string() ? std::string(v->get_string()) : std::string();
+}
+
+}  // namespace
+
+Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
+    : core_(core), accounts_(accounts), notifications_(notifications) {
+    notifications_.on_notify(
+        [this](const std::string& user, const Room& room, const EventPtr& ev,
+               const push::Outcome& outcome) { notify_locked(user, room, ev, outcome); });
+    core_.on_visible([this](StreamId visible) { visible_locked(visible); });
+    // A pusher belongs to the device that set it.
+    accounts_.on_device_removed(
+        [this](const std::string& user, const std::string& device, PendingWrite& w) {
+            std::vector<Key> gone;
+            for (auto it = pushers_.lower_bound({user, "", ""});
+                 it != pushers_.end() && std::get<0>(it->first) == user; ++it)
+                if (it->second.device_id == device) gone.push_back(it->first);
+            for (const auto& key : gone) remove_locked(key, w);
+        });
+}
+
+Pushers::~Pushers() = default;
+
+void Pushers::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    for (auto& p : snap.pushers) {
+        if (!accounts_.has_device_locked(p.user_id, p.device_id)) continue;
+        json::error_code ec;
+        auto shown = json::parse(p.json, ec);
+        if (ec || !shown.is_object()) continue;
+        Pusher pusher;
+        pusher.device_id = p.device_id;
+        pusher.shown = shown.get_object();
+        const auto& data = pusher.shown["data"].as_object();
+        pusher.url = str_or_empty(data, "url");
+        pusher.event_id_only = str_or_empty(data, "format") == "event_id_only";
+        pusher.created_ts = p.created_ts;
+        pushers_[{p.user_id, p.app_id, p.pushkey}] = std::move(pusher);
+    }
+}
+
+void Pushers::start(asio::any_io_executor ex) {
+    tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(tls_->native_handle(), TLS1_2_VERSION);
+    tls_->set_verify_mode(ssl::verify_peer);
+    boost::system::error_code ec;
+    tls_->set_default_verify_paths(ec);
+    if (ec) spdlog::warn("push: cannot load the system's CA certificates: {}", ec.message());
+    std::lock_guard lock(core_.mu);
+    strand_.emplace(asio::make_strand(std::move(ex)));
+    for (auto& [key, queue] : queues_)
+        if (!queue.bodies.empty() && !queue.running) {
+            queue.running = true;
+            asio::co_spawn(*strand_, deliver(key), asio::detached);
+        }
+}
+
+void Pushers::stop() {
+    std::lock_guard lock(core_.mu);
+    stopped_ = true;
+    if (!strand_) return;
+    asio::post(*strand_, [this] {
+        std::lock_guard lock(core_.mu);
+        for (auto& [_, queue] : queues_) {
+            if (queue.timer) queue.timer->cancel();
+            if (queue.cancel) queue.cancel();
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+
+asio::awaitable<Response> Pushers::get_pushers(Request& req) {
+    const std::string& user = req.session->user_id;
+    json::array list;
+    {
+        std::lock_guard lock(core_.mu);
+        for (auto it = pushers_.lower_bound({user, "", ""});
+             it != pushers_.end() && std::get<0>(it->first) == user; ++it)
+            list.push_back(it->second.shown);
+    }
+    co_return json_response(json::object{{"pushers", std::move(list)}});
+}
+
+asio::awaitable<Response> Pushers::set_pusher(Request& req) {
+    const auto& body = req.json;
+    const std::string& user = req.session->user_id;
+    std::string pushkey(proto::req_string(body, "pushkey"));
+    std::string app_id(proto::req_string(body, "app_id"));
+    if (pushkey.empty() || pushkey.size() > kMaxPushkeyBytes)
+        throw MatrixError(400, errcode::invalid_param, "pushkey must be 1 to 512 bytes");
+    if (app_id.empty() || app_id.size() > kMaxAppIdChars)
+        throw MatrixError(400, errcode::invalid_param, "app_id must be 1 to 64 characters");
+    const auto* kind = body.if_contains("kind");
+    if (!kind) throw MatrixError(400, errcode::missing_param, "Missing parameters: kind");
+    PendingWrite w;
+    if (kind->is_null()) {
+        std::lock_guard lock(core_.mu);
+        Key key{user, app_id, pushkey};
+        if (pushers_.count(key)) remove_locked(key, w);
+    } else {
+        if (!kind->is_string())
+            throw MatrixError(400, errcode::bad_json, "kind must be a string or null");
+        if (kind->get_string() != "http")
+            throw MatrixError(400, errcode::invalid_param,
+                              "Only http pushers are supported (kind: http)");
+        std::vector<std::string> missing;
+        for (const char* field : {"app_display_name", "device_display_name", "lang", "data"})
+            if (!body.contains(field)) missing.emplace_back(field);
+        if (!missing.empty()) {
+            std::string list;
+            for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+            throw MatrixError(400, errcode::missing_param, "Missing parameters: " + list);
+        }
+        const auto* data = proto::opt_object(body, "data");
+        std::string url(proto::req_string(*data, "url"));
+        auto parsed = boost::urls::parse_uri(url);
+        if (!parsed || (parsed->scheme() != "https" && parsed->scheme() != "http") ||
+            parsed->host().empty() || parsed->path() != "/_matrix/push/v1/notify" ||
+            parsed->has_userinfo() || parsed->has_fragment())
+            throw MatrixError(400, errcode::invalid_param,
+                              "data.url must be an http(s) URL with the path "
+                              "/_matrix/push/v1/notify");
+        std::string format;
+        if (const auto* f = data->if_contains("format")) {
+            if (!f->is_string() || f->get_string() != "event_id_only")
+                throw MatrixError(400, errcode::invalid_param,
+                                  "data.format must be event_id_only when given");
+            format = "event_id_only";
+        }
+        json::object shown{{"pushkey", pushkey},
+                           {"kind", "http"},
+                           {"app_id", app_id},
+                           {"app_display_name", proto::req_string(body, "app_display_name")},
+                           {"device_display_name", proto::req_string(body, "device_display_name")},
+                           {"lang", proto::req_string(body, "lang")},
+                           {"data", *data}};
+        if (auto tag = proto::opt_string(body, "profile_tag")) shown["profile_tag"] = *tag;
+        bool append = proto::opt_bool(body, "append").value_or(false);
+        std::lock_guard lock(core_.mu);
+        Key key{user, app_id, pushkey};
+        std::size_t mine = 0;
+        for (auto it = pushers_.lower_bound({user, "", ""});
+             it != pushers_.end() && std::get<0>(it->first) == user; ++it)
+            ++mine;
+        const std::size_t limit = core_.config().limits.pushers_per_user;
+        if (!pushers_.count(key) && mine >= limit)
+            throw MatrixError(403, errcode::forbidden,
+                              "You have " + std::to_string(mine) +
+                                  " pushers, the most the server keeps (limits.pushers_per_user)");
+        // Without append, the pushkey moves to this user: the same app and pushkey of anyone
+        // else is removed (a phone signed in to another account).
+        if (!append) {
+            std::vector<Key> others;
+            for (const auto& [k, _] : pushers_)
+                if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey && std::get<0>(k) != user)
+                    others.push_back(k);
+            for (const auto& k : others) remove_locked(k, w);
+        }
+        Pusher pusher;
+        pusher.device_id = req.session->device_id;
+        pusher.shown = shown;
+        pusher.url = url;
+        pusher.event_id_only = format == "event_id_only";
+        pusher.created_ts = core_.now_ms();
+        w.mutations.push_back(store::PutPusher{
+            {user, app_id, pushkey, pusher.device_id, json::serialize(shown), pusher.created_ts}});
+        pushers_[key] = std::move(pusher);
+        spdlog::info("push: {} set a pusher for app {} on device {}", user, app_id,
+                     req.session->device_id);
+    }
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    co_return Response{};
+}
+
+void Pushers::remove_locked(const Key& key, PendingWrite& w) {
+    pushers_.erase(key);
+    w.mutations.push_back(
+        store::DeletePusher{std::get<0>(key), std::get<1>(key), std::get<2>(key)});
+    // A delivery loop that owns the queue removes it when it sees the pusher gone.
+    if (auto q = queues_.find(key); q != queues_.end()) {
+        if (q->second.running)
+            q->second.bodies.clear();
+        else
+            queues_.erase(q);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery
+
+void Pushers::notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
+                            const push::Outcome& outcome) {
+    auto first = pushers_.lower_bound({user, "", ""});
+    if (first == pushers_.end() || std::get<0>(first->first) != user) return;
+    json::object n{{"event_id", ev->event_id}, {"room_id", ev->room_id}};
+    bool high = outcome.highlight || outcome.sound || ev->type == "m.room.encrypted";
+    n["prio"] = high ? "high" : "low";
+    n["counts"] = json::object{{"unread", notifications_.unread_total_locked(user)}};
+    json::object full = n;
+    full["type"] = ev->type;
+    full["sender"] = ev->sender;
+    full["content"] = json::parse(ev->content());
+    if (auto member = room.state_event("m.room.member", ev->sender)) {
+        auto content = json::parse(member->content());
+        if (auto name = str_or_empty(content.as_object(), "displayname"); !name.empty())
+            full["sender_display_name"] = name;
+    }
+    if (auto name_ev = room.state_event("m.room.name", "")) {
+        auto content = json::parse(name_ev->content());
+        if (auto name = str_or_empty(content.as_object(), "name"); !name.empty())
+            full["room_name"] = name;
+    }
+    if (ev->type == "m.room.member" && ev->state_key) {
+        full["user_is_target"] = *ev->state_key == user;
+        full["membership"] = room.membership_of(*ev->state_key);
+    }
+    json::object tweaks;
+    if (outcome.sound) tweaks["sound"] = *outcome.sound;
+    if (outcome.highlight) tweaks["highlight"] = true;
+    for (auto it = first; it != pushers_.end() && std::get<0>(it->first) == user; ++it) {
+        const Pusher& p = it->second;
+        json::object data = p.shown.at("data").as_object();
+        data.erase("url");
+        json::object device{{"app_id", std::get<1>(it->first)},
+                            {"pushkey", std::get<2>(it->first)},
+                            {"pushkey_ts", p.created_ts / 1000},
+                            {"data", std::move(data)},
+                            {"tweaks", tweaks}};
+        json::object notification = p.event_id_only ? n : full;
+        notification["devices"] = json::array{std::move(device)};
+        pending_.emplace_back(ev->stream, it->first,
+                              json::serialize(json::object{{"notification", notification}}));
+    }
+}
+
+void Pushers::visible_locked(StreamId visible) {
+    while (!pending_.empty() && std::get<0>(pending_.front()) <= visible) {
+        auto [_, key, body] = std::move(pending_.front());
+        pending_.pop_front();
+        if (!pushers_.count(key)) continue;
+        Queue& queue = queues_[key];
+        // Full: the oldest waiting goes, never the one being delivered.
+        if (queue.bodies.size() >= core_.config().push.queue_per_pusher) {
+            queue.bodies.erase(queue.bodies.begin() + (queue.running ? 1 : 0));
+            if (queue.dropped++ == 0)
+                spdlog::warn(
+                    "push: the queue for a pusher of {} is full ({}); dropping the "
+                    "oldest notifications",
+                    std::get<0>(key), core_.config().push.queue_per_pusher);
+        }
+        queue.bodies.push_back(std::move(body));
+        if (!queue.running && strand_ && !stopped_) {
+            queue.running = true;
+            asio::co_spawn(*strand_, deliver(key), asio::detached);
+        }
+    }
+}
+
+asio::awaitable<void> Pushers::deliver(Key key) {
+    const std::string& user = std::get<0>(key);
+    std::int64_t backoff = 0;
+    for (;;) {
+        std::string body, url;
+        Queue* queue = nullptr;
+        {
+            std::lock_guard lock(core_.mu);
+            auto q = queues_.find(key);
+            auto p = pushers_.find(key);
+            if (q == queues_.end()) co_return;
+            if (stopped_ || p == pushers_.end() || q->second.bodies.empty()) {
+                if (p == pushers_.end() || q->second.bodies.empty())
+                    queues_.erase(q);
+                else
+                    q->second.running = false;
+                co_return;
+            }
+            queue = &q->second;
+            body = queue->bodies.front();
+            url = p->second.url;
+        }
+        Outcome out = co_await post(url, body, std::get<2>(key), *queue);
+        bool wait = false;
+        {
+            std::lock_guard lock(core_.mu);
+            if (out.rejected) {
+                spdlog::info(
+                    "push: the gateway rejected the pushkey of a pusher of {} (app {}); "
+                    "the pusher is removed",
+                    user, std::get<1>(key));
+                if (pushers_.count(key)) {
+                    PendingWrite w;
+                    remove_locked(key, w);
+                    core_.submit_locked(std::move(w));
+                }
+                continue;
+            }
+            if (out.delivered || !out.retry) {
+                if (!out.delivered)
+                    spdlog::warn("push: a notification for {} is dropped: {}", user, out.error);
+                if (!queue->bodies.empty()) queue->bodies.pop_front();
+                if (backoff)
+                    spdlog::info("push: the gateway of a pusher of {} takes notifications again",
+                                 user);
+                if (queue->dropped)
+                    spdlog::warn(
+                        "push: {} notifications for {} were dropped while the gateway "
+                        "was unreachable",
+                        queue->dropped, user);
+                queue->dropped = 0;
+                backoff = 0;
+            } else {
+                const auto& cfg = core_.config().push;
+                backoff = backoff ? std::min(backoff * 2, cfg.retry_max_ms) : cfg.retry_initial_ms;
+                spdlog::warn(
+                    "push: delivery to the gateway of a pusher of {} failed ({}); "
+                    "retrying in {} ms",
+                    user, out.error, backoff);
+                wait = true;
+                queue->timer = std::make_shared<asio::steady_timer>(*strand_);
+                queue->timer->expires_after(std::chrono::milliseconds(backoff));
+            }
+        }
+        if (wait) {
+            auto timer = queue->timer;
+            auto [ec] = co_await timer->async_wait(asio::as_tuple(use_awaitable));
+            (void)ec;  // cancelled at shutdown: the loop sees stopped_
+        }
+    }
+}
+
+asio::awaitable<Pushers::Outcome> Pushers::post(const std::string& url_text,
+                                                const std::string& body, const std::string& pushkey,
+                                                Queue& queue) {
+    auto url = boost::urls::parse_uri(url_text);
+    const bool https = url->scheme() == "https";
+    std::string host = url->host_address();  // an IPv6 literal without its brackets
+    std::string port = url->has_port() ? std::string(url->port()) : (https ? "443" : "80");
+    std::string target(url->encoded_path().data(), url->encoded_path().size());
+    if (url->has_query())
+        target += "?" + std::string(url->encoded_query().data(), url->encoded_query().size());
+
+    tcp::resolver resolver(*strand_);
+    auto [rerr, results] =
+        co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
+    if (rerr)
+        co_return Outcome{false, true, false, "cannot resolve " + host + ": " + rerr.message()};
+    std::vector<tcp::endpoint> endpoints;
+    for (const auto& r : results)
+        if (core_.config().push.allow_private_addresses || !is_private(r.endpoint().address()))
+            endpoints.push_back(r.endpoint());
+    if (endpoints.empty())
+        co_return Outcome{false, false, false,
+                          host + " has only private addresses (push.allow_private_addresses)"};
+
+    beast::tcp_stream stream(*strand_);
+    stream.expires_after(kRequestTimeout);
+    queue.cancel = [&stream] { stream.cancel(); };
+    auto [cerr, ep] = co_await stream.async_connect(endpoints, asio::as_tuple(use_awaitable));
+    if (cerr) {
+        queue.cancel = nullptr;
+        co_return Outcome{false, true, false, "cannot connect to " + host + ": " + cerr.message()};
+    }
+    http::request<http::string_body> req{http::verb::post, target, 11};
+    std::string authority(url->encoded_host_and_port().data(), url->encoded_host_and_port().size());
+    req.set(http::field::host, authority);
+    req.set(http::field::user_agent, "mxvoip-server");
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    http::response<http::string_body> res;
+    beast::error_code err;
+    if (https) {
+        beast::ssl_stream<beast::tcp_stream> secure(std::move(stream), *tls_);
+        queue.cancel = [&secure] { beast::get_lowest_layer(secure).cancel(); };
+        SSL* ssl = secure.native_handle();
+        SSL_set_tlsext_host_name(ssl, host.c_str());
+        SSL_set1_host(ssl, host.c_str());
+        auto [herr] = co_await secure.async_handshake(ssl::stream_base::client,
+                                                      asio::as_tuple(use_awaitable));
+        err = herr;
+        if (!err) err = co_await exchange(secure, req, res);
+    } else {
+        err = co_await exchange(stream, req, res);
+    }
+    queue.cancel = nullptr;
+    if (err) co_return Outcome{false, true, false, err.message()};
+    unsigned status = res.result_int();
+    if (status == 429 || status >= 500)
+        co_return Outcome{false, true, false, "the gateway answered " + std::to_string(status)};
+    if (status < 200 || status >= 300)
+        co_return Outcome{false, false, false, "the gateway answered " + std::to_string(status)};
+    json::error_code ec;
+    auto answer = json::parse(res.body(), ec);
+    if (!ec && answer.is_object())
+        if (const auto* rejected = answer.get_object().if_contains("rejected");
+            rejected && rejected->is_array())
+            for (const auto& k : rejected->get_array())
+                if (k.is_string() && k.get_string() == pushkey)
+                    co_return Outcome{false, false, true, {}};
+    co_return Outcome{true, false, false, {}};
+}
+
+}  // namespace mxvoip::server

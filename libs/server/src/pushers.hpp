@@ -1,0 +1,95 @@
+#pragma once
+
+// Pushers and push delivery: where a user's devices want notifications (GET /pushers,
+// POST /pushers/set), and the delivery of every notifying event (Notifications decides which)
+// to each pusher's HTTP push gateway as POST /_matrix/push/v1/notify, the payload Sygnal
+// takes.
+//
+// A notification is queued once its event is committed (Core::on_visible), one queue per
+// pusher, delivered in order, one request at a time; a failed delivery is retried with
+// exponential back-off (push.retry_initial_ms doubling to push.retry_max_ms); a queue holds at
+// most push.queue_per_pusher, dropping the oldest; a gateway that answers `rejected` for the
+// pushkey removes the pusher. Queues are in memory: what waits at shutdown is not sent.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "accounts.hpp"
+#include "core.hpp"
+#include "http_types.hpp"
+#include "notifications.hpp"
+#include "rooms.hpp"
+
+namespace mxvoip::server {
+
+class Pushers {
+  public:
+    Pushers(Core& core, Accounts& accounts, Notifications& notifications);
+    ~Pushers();
+
+    void load(store::Snapshot& snap);
+    // Deliveries run on `ex`; until start() they only queue. stop() ends them for good.
+    void start(asio::any_io_executor ex);
+    void stop();
+
+    asio::awaitable<Response> get_pushers(Request&);
+    asio::awaitable<Response> set_pusher(Request&);
+
+  private:
+    using Key = std::tuple<std::string, std::string, std::string>;  // user, app id, pushkey
+    struct Pusher {
+        std::string device_id;
+        boost::json::object shown;  // as GET /pushers shows it
+        std::string url;
+        bool event_id_only = false;
+        std::int64_t created_ts = 0;
+    };
+    struct Queue {
+        std::deque<std::string> bodies;             // notify request bodies, oldest first
+        bool running = false;                       // a delivery loop owns it
+        std::size_t dropped = 0;                    // since the last delivery
+        std::shared_ptr<asio::steady_timer> timer;  // the back-off wait, on the strand
+        std::function<void()> cancel;               // aborts the request in flight (strand)
+    };
+    struct Outcome {
+        bool delivered = false;
+        bool retry = false;  // worth trying again later
+        bool rejected = false;
+        std::string error;
+    };
+
+    void notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
+                       const push::Outcome& outcome);
+    void visible_locked(StreamId visible);
+    void remove_locked(const Key& key, PendingWrite& w);
+    asio::awaitable<void> deliver(Key key);
+    asio::awaitable<Outcome> post(const std::string& url, const std::string& body,
+                                  const std::string& pushkey, Queue& queue);
+
+    Core& core_;
+    Accounts& accounts_;
+    Notifications& notifications_;
+    std::map<Key, Pusher> pushers_;
+    std::map<Key, Queue> queues_;
+    // Notifications whose event is not committed yet, in stream order.
+    std::deque<std::tuple<StreamId, Key, std::string>> pending_;
+    std::optional<asio::strand<asio::any_io_executor>> strand_;
+    std::unique_ptr<asio::ssl::context> tls_;
+    bool stopped_ = false;
+};
+
+}  // namespace mxvoip::server
