@@ -35,6 +35,9 @@ test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async
     const acked = new Map();  // txnId -> event_id
     const attempted = [];
     let stop = false;
+    // The kill comes once enough writes were acknowledged, with more still in flight.
+    let enough;
+    const enoughAcked = new Promise((resolve) => (enough = resolve));
     const writers = clients.map(async (c, ci) => {
       for (let i = 0; !stop; i++) {
         const txn = `c${ci}-${i}`;
@@ -42,12 +45,13 @@ test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async
         try {
           const res = await c.send(roomId, 'm.call.candidates', { call_id: `call${ci}`, party_id: `p${ci}`, version: '1', candidates: [{ candidate: `cand ${i}`, sdpMid: '0' }] }, txn);
           if (res.status === 200) acked.set(txn, res.body.event_id);
+          if (acked.size >= 60) enough();
         } catch {
           return;  // the connection died with the server
         }
       }
     });
-    await new Promise((r) => setTimeout(r, 700));
+    await enoughAcked;
     const { signal } = await server.kill();
     stop = true;
     await Promise.all(writers);
@@ -94,8 +98,9 @@ test('SIGTERM answers a parked /sync, finishes, and the database reopens cleanly
   try {
     let server = await startServer({ dir });
     const u = await register(server.url, 'sleeper');
-    const base = await u.sync();
-    const parked = u.sync({ since: base.next_batch, timeout: '60000' });
+    // set_presence=offline: the sync itself changes nothing (no presence), so it parks.
+    const base = await u.sync({ set_presence: 'offline' });
+    const parked = u.sync({ since: base.next_batch, timeout: '60000', set_presence: 'offline' });
     await new Promise((r) => setTimeout(r, 200));
     const started = Date.now();
     const { code } = await server.stop();

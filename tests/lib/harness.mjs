@@ -168,8 +168,10 @@ export function userHandle(base, { user_id, access_token, device_id }) {
     async join(roomId) {
       return call('POST', `/join/${encodeURIComponent(roomId)}`, { body: {} });
     },
+    // set_presence=offline unless asked: a test's own /syncs do not make presence changes
+    // that wake everyone's parked /syncs (tests/integration/presence.test.mjs asks).
     async sync(query = {}) {
-      const res = await call('GET', '/sync', { query });
+      const res = await call('GET', '/sync', { query: { set_presence: 'offline', ...query } });
       if (res.status !== 200) throw new Error(`sync: ${res.status} ${res.text}`);
       return res.body;
     },

@@ -266,6 +266,12 @@ Config read_config(const std::string& text, const std::string& source) {
                  {{"search_all_users", &c.user_directory_search_all_users}},
                  [&](const YAML::Node& v, const std::string& full) { return r.boolean(v, full); });
          }},
+        {"presence",
+         [&](const YAML::Node& n, const std::string& k) {
+             r.settings<bool>(
+                 n, k, "presence settings", {{"enabled", &c.presence_enabled}},
+                 [&](const YAML::Node& v, const std::string& full) { return r.boolean(v, full); });
+         }},
         {"push",
          [&](const YAML::Node& n, const std::string& k) {
              if (!n.IsMap()) r.fail(n, k, "must be a map of push settings");

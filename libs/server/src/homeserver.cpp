@@ -17,9 +17,10 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       key_backup(core),
       receipts(core, rooms, account_data),
       typing(core, rooms),
+      presence(core, accounts, rooms),
       notifications(core, rooms, account_data, receipts),
       pushers(core, accounts, notifications),
-      sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications),
+      sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications, presence),
       voip(core) {
     auto snap =
         store.load(static_cast<int>(Room::kTimelineWindow), core.now_ms() - TxnIds::kLifetimeMs);
@@ -33,6 +34,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     receipts.load(snap);
     notifications.load(snap);
     pushers.load(snap);
+    presence.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),

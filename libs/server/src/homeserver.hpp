@@ -14,11 +14,13 @@
 //   Receipts        -> Rooms, AccountData   receipts point into rooms; m.fully_read is
 //                                            account data
 //   Typing          -> Rooms        who is joined
+//   Presence        -> Accounts, Rooms   who shares a room sees it; sending is activity
 //   Notifications   -> Rooms, AccountData, Receipts   told of every event and every read
 //                                            receipt; a user's push rules are account data
 //   Pushers         -> Accounts, Notifications   told of every notification; a pusher goes
 //                                            with its device
-//   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing, Notifications
+//   Sync            -> Rooms, AccountData, ToDevice, Keys, Receipts, Typing, Notifications,
+//                      Presence
 //
 // The dispatch layer (dispatch.hpp) routes each request to one module's handler (routes.cpp).
 #include <boost/asio/awaitable.hpp>
@@ -35,6 +37,7 @@
 #include "key_backup.hpp"
 #include "keys.hpp"
 #include "notifications.hpp"
+#include "presence.hpp"
 #include "profile.hpp"
 #include "pushers.hpp"
 #include "receipts.hpp"
@@ -64,6 +67,7 @@ class Homeserver {
     KeyBackup key_backup;
     Receipts receipts;
     Typing typing;
+    Presence presence;
     Notifications notifications;
     Pushers pushers;
     Sync sync;

@@ -122,6 +122,8 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::post, cs, "/rooms/*/read_markers", true, on(hs.receipts, &Receipts::read_markers),
         write);
     add(verb::put, cs, "/rooms/*/typing/*", true, on(hs.typing, &Typing::put_typing), write);
+    add(verb::put, cs, "/presence/*/status", true, on(hs.presence, &Presence::put_status), write);
+    add(verb::get, cs, "/presence/*/status", true, on(hs.presence, &Presence::get_status));
 
     using D = AccountData;
     auto& data = hs.account_data;

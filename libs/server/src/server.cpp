@@ -161,6 +161,7 @@ void Server::start() {
     });
     I.hs->typing.start(I.ioc.get_executor());
     I.hs->pushers.start(I.ioc.get_executor());
+    I.hs->presence.start(I.ioc.get_executor());
     I.dispatch = std::make_unique<Dispatcher>(*I.hs);
     I.proxies.emplace(I.config.trusted_proxies);
     for (const auto& addr : I.config.listen) {
@@ -234,6 +235,7 @@ void Server::Impl::begin_shutdown() {
     if (signals) signals->cancel();
     hs->typing.stop();
     hs->pushers.stop();
+    hs->presence.stop();
     hs->core.wake_all();
     std::lock_guard lock(conns_mu);
     for (auto& c : conns) {

@@ -153,6 +153,8 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
     for (const auto& [_, data] : account_data_.entries_locked(s.user_id))
         if (data.stream > since && data.stream <= visible) return false;
     if (to_device_.has_new_locked(s, since, visible)) return false;
+    if (std::string scratch; presence_.render_locked(scratch, s.user_id, since, visible, false))
+        return false;
     auto devices = keys_.device_list_delta_locked(s.user_id, since, visible);
     if (!devices.changed.empty() || !devices.left.empty()) return false;
     return any;
@@ -317,6 +319,11 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     }
     has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() ||
                   !to_device.empty() || devices_changed;
+    {
+        std::string scratch;
+        has_content =
+            has_content || presence_.render_locked(scratch, s.user_id, since, upto, false);
+    }
 
     out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +
                 400);
@@ -325,7 +332,9 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
            "},\"knock\":{}}";
     out += ",\"account_data\":{\"events\":[" + global + "]}";
     out += ",\"to_device\":{\"events\":[" + to_device + "]}";
-    out += ",\"presence\":{\"events\":[]}";
+    std::string presence;
+    presence_.render_locked(presence, s.user_id, since, upto, initial);
+    out += ",\"presence\":{\"events\":[" + presence + "]}";
     out += device_lists;
     keys_.render_key_counts_locked(out, s);
     out += '}';
@@ -351,6 +360,13 @@ asio::awaitable<Response> Sync::sync(Request& req) {
                               "timeout must be a number of milliseconds");
         }
     }
+    std::string set_presence = "online";
+    if (const auto* p = req.query_param("set_presence")) {
+        if (*p != "online" && *p != "unavailable" && *p != "offline")
+            throw MatrixError(400, errcode::invalid_param,
+                              "set_presence must be online, unavailable or offline");
+        set_presence = *p;
+    }
     const auto* fs = req.query_param("full_state");
     bool full_state = fs && *fs == "true";
     auto executor = co_await asio::this_coro::executor;
@@ -358,6 +374,23 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     std::string out;
     std::shared_ptr<Waiter> waiter;
     Filter filter;
+    // While the /sync runs its user is syncing, which presence counts as being there.
+    struct Syncing {
+        Core& core;
+        Presence& presence;
+        const std::string& user;
+        ~Syncing() {
+            std::lock_guard lock(core.mu);
+            presence.sync_ended_locked(user);
+        }
+    };
+    {
+        std::lock_guard lock(core_.mu);
+        PendingWrite w;
+        presence_.sync_started_locked(s.user_id, set_presence, w);
+        if (!w.mutations.empty()) core_.submit_locked(std::move(w));
+    }
+    Syncing syncing{core_, presence_, s.user_id};
     {
         std::lock_guard lock(core_.mu);
         filter = resolve_filter_locked(s, req);

@@ -12,6 +12,7 @@
 #include "http_types.hpp"
 #include "keys.hpp"
 #include "notifications.hpp"
+#include "presence.hpp"
 #include "receipts.hpp"
 #include "rooms.hpp"
 #include "to_device.hpp"
@@ -22,7 +23,7 @@ namespace mxvoip::server {
 class Sync {
   public:
     Sync(Core& core, Rooms& rooms, AccountData& account_data, ToDevice& to_device, Keys& keys,
-         Receipts& receipts, Typing& typing, Notifications& notifications)
+         Receipts& receipts, Typing& typing, Notifications& notifications, Presence& presence)
         : core_(core),
           rooms_(rooms),
           account_data_(account_data),
@@ -30,7 +31,8 @@ class Sync {
           keys_(keys),
           receipts_(receipts),
           typing_(typing),
-          notifications_(notifications) {}
+          notifications_(notifications),
+          presence_(presence) {}
 
     asio::awaitable<Response> sync(Request&);
 
@@ -58,6 +60,7 @@ class Sync {
     Receipts& receipts_;
     Typing& typing_;
     Notifications& notifications_;
+    Presence& presence_;
 };
 
 }  // namespace mxvoip::server

@@ -169,6 +169,12 @@ TEST(Config, Push) {
     EXPECT_NE(error_of("push: yes\n").find("push: must be a map"), std::string::npos);
 }
 
+TEST(Config, Presence) {
+    EXPECT_TRUE(parse_config("", "test.yaml").presence_enabled);
+    EXPECT_FALSE(parse_config("presence: {enabled: false}\n", "test.yaml").presence_enabled);
+    EXPECT_NE(error_of("presence: {enabled: maybe}\n").find("presence.enabled"), std::string::npos);
+}
+
 TEST(Config, Timeouts) {
     Config defaults = parse_config("", "test.yaml");
     EXPECT_EQ(defaults.timeouts.header_read_s, 30);

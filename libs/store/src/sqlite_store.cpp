@@ -163,6 +163,13 @@ CREATE TABLE IF NOT EXISTS pushers (
     created_ts INTEGER NOT NULL,
     PRIMARY KEY (user_id, app_id, pushkey)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence (
+    user_id TEXT PRIMARY KEY,
+    stream_id INTEGER NOT NULL,
+    presence TEXT NOT NULL,
+    status_msg TEXT NOT NULL,
+    last_active_ts INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
@@ -403,6 +410,14 @@ class SqliteStore final : public Store {
             while (s.next())
                 snap.account_data.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+        }
+        {
+            Stmt s(db,
+                   "SELECT stream_id, user_id, presence, status_msg, last_active_ts FROM presence "
+                   "ORDER BY stream_id");
+            while (s.next())
+                snap.presence.push_back(
+                    {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
         }
         {
             Stmt s(db,
@@ -674,6 +689,17 @@ class SqliteStore final : public Store {
             .bind(r.ts)
             .run();
         max_stream = std::max(max_stream, r.stream);
+    }
+    static void write(Db& db, const PutPresence& m, StreamId& max_stream) {
+        const auto& p = m.presence;
+        Stmt(db, "INSERT OR REPLACE INTO presence VALUES (?, ?, ?, ?, ?)")
+            .bind(p.user_id)
+            .bind(p.stream)
+            .bind(p.presence)
+            .bind(p.status_msg)
+            .bind(p.last_active_ts)
+            .run();
+        max_stream = std::max(max_stream, p.stream);
     }
     static void write(Db& db, const PutPusher& m, StreamId&) {
         const auto& p = m.pusher;

@@ -147,6 +147,24 @@ TYPED_TEST(StoreTest, PushersArePutReplacedAndDeletedForOneUserOrAll) {
     EXPECT_EQ(s.pushers[0].pushkey, "key2");
 }
 
+TYPED_TEST(StoreTest, PresenceKeepsTheNewestPerUser) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{PutPresence{{3, "@a:x", "online", "", 100}},
+                                    PutPresence{{4, "@b:x", "unavailable", "away", 90}},
+                                    PutPresence{{5, "@a:x", "offline", "lunch", 110}}};
+        store->apply(batch);
+    }
+    auto store = this->backend.open();
+    Snapshot s = store->load(10, 0);
+    ASSERT_EQ(s.presence.size(), 2u);
+    EXPECT_EQ(s.presence[0].user_id, "@b:x");
+    EXPECT_EQ(s.presence[1].presence, "offline");
+    EXPECT_EQ(s.presence[1].status_msg, "lunch");
+    EXPECT_EQ(s.presence[1].last_active_ts, 110);
+    EXPECT_EQ(s.max_stream, 5);
+}
+
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};

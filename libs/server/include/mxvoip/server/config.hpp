@@ -95,6 +95,9 @@ struct Config {
     // those who share a room with the searcher or sit in a public room (Synapse's key).
     bool user_directory_search_all_users = false;
     PushSettings push;
+    // presence.enabled: false turns presence off (as in Synapse): nothing is tracked or sent,
+    // PUT is accepted and ignored, and everyone reads as offline.
+    bool presence_enabled = true;
     RateLimit rc_message{10, 50};         // per user, every write
     RateLimit rc_login{0.17, 3};          // per address (rc_login.address, or rc_login itself)
     RateLimit rc_login_account{0.17, 3};  // per account, every attempt (rc_login.account)

@@ -150,6 +150,14 @@ struct PusherRecord {
     std::string json;       // the pusher as GET /pushers shows it
     std::int64_t created_ts = 0;
 };
+// A user's presence as last changed: what they chose and what others last saw.
+struct PresenceRecord {
+    StreamId stream = 0;
+    std::string user_id;
+    std::string presence;  // online, unavailable or offline
+    std::string status_msg;
+    std::int64_t last_active_ts = 0;
+};
 // A version of a user's server-side key backup.
 struct BackupVersionRecord {
     std::string user_id;
@@ -274,6 +282,9 @@ struct PutDeviceListChange {
 struct PutReceipt {
     ReceiptRecord receipt;
 };
+struct PutPresence {
+    PresenceRecord presence;
+};
 struct PutPusher {
     PusherRecord pusher;
 };
@@ -290,12 +301,13 @@ struct AdvanceStream {
     StreamId stream = 0;
 };
 
-using Mutation = std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom,
-                              PutEvent, PutAccountData, PutToDevice, DeleteToDevice, PutFilter,
-                              PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey,
-                              DeleteDeviceKeys, PutDeviceListChange, PutCrossSigningKey,
-                              PutKeySignature, DeleteKeySignatures, PutBackupVersion, PutBackupKey,
-                              DeleteBackupKeys, PutReceipt, AdvanceStream, PutPusher, DeletePusher>;
+using Mutation =
+    std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
+                 PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
+                 PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
+                 PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
+                 PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream,
+                 PutPusher, DeletePusher, PutPresence>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -320,6 +332,7 @@ struct Snapshot {
     std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
     std::vector<ReceiptRecord> receipts;       // in stream order
     std::vector<PusherRecord> pushers;
+    std::vector<PresenceRecord> presence;
     StreamId max_stream = 0;
 };
 

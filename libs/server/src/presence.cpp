@@ -1,0 +1,249 @@
+#include "presence.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "json_out.hpp"
+#include "mxvoip/proto/errors.hpp"
+#include "mxvoip/proto/json.hpp"
+
+namespace mxvoip::server {
+
+namespace json = boost::json;
+using proto::MatrixError;
+namespace errcode = proto::errcode;
+
+namespace {
+
+constexpr auto kTick = std::chrono::seconds(5);
+
+bool is_presence(std::string_view p) {
+    return p == "online" || p == "unavailable" || p == "offline";
+}
+
+}  // namespace
+
+Presence::Presence(Core& core, Accounts& accounts, Rooms& rooms)
+    : core_(core), accounts_(accounts), rooms_(rooms) {
+    rooms_.on_appended(
+        [this](const Room&, const EventPtr& ev, PendingWrite& w) { appended_locked(ev, w); });
+}
+
+void Presence::load(store::Snapshot& snap) {
+    std::lock_guard lock(core_.mu);
+    if (!core_.config().presence_enabled) return;
+    const std::int64_t now = core_.now_ms();
+    for (auto& p : snap.presence) {
+        if (!accounts_.exists_locked(p.user_id)) continue;
+        State& st = users_[p.user_id];
+        st.presence = p.presence;
+        st.chosen = p.presence == "unavailable" ? "unavailable" : "online";
+        st.status_msg = std::move(p.status_msg);
+        st.last_active = p.last_active_ts;
+        st.stream = p.stream;
+        // Nobody syncs across a restart: who was present goes offline unless they come back.
+        st.last_sync = now;
+        if (st.presence != "offline") present_.insert(p.user_id);
+    }
+}
+
+void Presence::start(asio::any_io_executor ex) {
+    std::lock_guard lock(core_.mu);
+    timer_.emplace(std::move(ex));
+    arm_locked();
+}
+
+void Presence::stop() {
+    std::lock_guard lock(core_.mu);
+    stopped_ = true;
+    if (timer_) timer_->cancel();
+}
+
+void Presence::arm_locked() {
+    if (!timer_ || stopped_ || armed_ || present_.empty()) return;
+    armed_ = true;
+    timer_->expires_after(kTick);
+    timer_->async_wait([this](boost::system::error_code ec) {
+        if (!ec) tick();
+    });
+}
+
+void Presence::tick() {
+    std::lock_guard lock(core_.mu);
+    armed_ = false;
+    if (stopped_) return;
+    const std::int64_t now = core_.now_ms();
+    std::vector<std::pair<std::string, std::string>> changes;
+    for (const auto& user : present_) {
+        const State& st = users_[user];
+        if (st.syncing == 0 && now - st.last_sync > kSyncGoneMs)
+            changes.emplace_back(user, "offline");
+        else if (st.presence == "online" && st.last_active && now - st.last_active > kIdleMs)
+            changes.emplace_back(user, "unavailable");
+    }
+    for (const auto& [user, presence] : changes) {
+        PendingWrite w;
+        change_locked(user, users_[user], presence, w);
+        core_.submit_locked(std::move(w));
+    }
+    arm_locked();
+}
+
+void Presence::change_locked(const std::string& user, State& st, const std::string& presence,
+                             PendingWrite& w, bool force) {
+    if (!force && st.presence == presence) return;
+    st.presence = presence;
+    st.stream = core_.allocate_stream_locked();
+    w.mutations.push_back(
+        store::PutPresence{{st.stream, user, presence, st.status_msg, st.last_active}});
+    w.max_stream = std::max(w.max_stream, st.stream);
+    // Whoever shares a joined room with the user sees it, and the user's own devices.
+    w.wake.push_back(user);
+    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+        if (m.membership != "join") continue;
+        if (const Room* room = rooms_.find_locked(room_id))
+            for (const auto& [member, mm] : room->membership)
+                if (mm == "join" && member != user) w.wake.push_back(member);
+    }
+    if (presence == "offline") {
+        present_.erase(user);
+    } else {
+        present_.insert(user);
+        arm_locked();
+    }
+}
+
+void Presence::appended_locked(const EventPtr& ev, PendingWrite& w) {
+    if (!core_.config().presence_enabled) return;
+    auto it = users_.find(ev->sender);
+    if (it == users_.end()) return;
+    State& st = it->second;
+    st.last_active = core_.now_ms();
+    // An idle user who acts is back; one who chose to be unavailable stays so.
+    if (st.presence == "unavailable" && st.chosen != "unavailable")
+        change_locked(ev->sender, st, "online", w);
+}
+
+void Presence::sync_started_locked(const std::string& user, const std::string& set_presence,
+                                   PendingWrite& w) {
+    if (!core_.config().presence_enabled) return;
+    State& st = users_[user];
+    st.syncing++;
+    st.last_sync = core_.now_ms();
+    if (set_presence == "offline" || st.presence != "offline") return;
+    st.last_active = core_.now_ms();
+    bool away = set_presence == "unavailable" || st.chosen == "unavailable";
+    change_locked(user, st, away ? "unavailable" : "online", w);
+}
+
+void Presence::sync_ended_locked(const std::string& user) {
+    if (!core_.config().presence_enabled) return;
+    auto it = users_.find(user);
+    if (it == users_.end()) return;
+    it->second.syncing = std::max(0, it->second.syncing - 1);
+    it->second.last_sync = core_.now_ms();
+}
+
+void Presence::append_event(std::string& out, const std::string& user, const State& st,
+                            std::int64_t now) const {
+    out += "{\"type\":\"m.presence\",\"sender\":";
+    append_quoted(out, user);
+    out += ",\"content\":{\"presence\":\"" + st.presence + "\"";
+    if (st.last_active) {
+        std::int64_t ago = std::max<std::int64_t>(0, now - st.last_active);
+        out += ",\"last_active_ago\":" + std::to_string(ago);
+        out += ",\"currently_active\":";
+        out += st.presence == "online" && ago < kCurrentlyActiveMs ? "true" : "false";
+    }
+    if (!st.status_msg.empty()) {
+        out += ",\"status_msg\":";
+        append_quoted(out, st.status_msg);
+    }
+    out += "}}";
+}
+
+bool Presence::render_locked(std::string& out, const std::string& user, StreamId since,
+                             StreamId upto, bool initial) const {
+    if (!core_.config().presence_enabled) return false;
+    std::unordered_set<std::string> seen;
+    const std::int64_t now = core_.now_ms();
+    bool any = false;
+    auto consider = [&](const std::string& who) {
+        if (!seen.insert(who).second) return;
+        auto it = users_.find(who);
+        if (it == users_.end() || it->second.stream > upto || it->second.stream == 0) return;
+        if (initial ? it->second.presence == "offline" && it->second.status_msg.empty()
+                    : it->second.stream <= since)
+            return;
+        if (any) out += ',';
+        any = true;
+        append_event(out, who, it->second, now);
+    };
+    consider(user);
+    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+        if (m.membership != "join") continue;
+        if (const Room* room = rooms_.find_locked(room_id))
+            for (const auto& [member, mm] : room->membership)
+                if (mm == "join") consider(member);
+    }
+    return any;
+}
+
+asio::awaitable<Response> Presence::put_status(Request& req) {
+    require_own_path(req, 0);
+    const std::string& user = req.session->user_id;
+    std::string presence(proto::req_string(req.json, "presence"));
+    if (!is_presence(presence))
+        throw MatrixError(400, errcode::invalid_param,
+                          "presence must be online, unavailable or offline");
+    std::string status(proto::opt_string(req.json, "status_msg").value_or(""));
+    if (status.size() > kMaxStatusBytes)
+        throw MatrixError(400, errcode::invalid_param, "status_msg is longer than 1024 bytes");
+    if (!core_.config().presence_enabled) co_return Response{};
+    PendingWrite w;
+    {
+        std::lock_guard lock(core_.mu);
+        State& st = users_[user];
+        st.chosen = presence;
+        st.status_msg = std::move(status);
+        if (presence == "online") st.last_active = core_.now_ms();
+        // A user who sets presence without syncing counts as present until the sync timeout.
+        st.last_sync = std::max(st.last_sync, core_.now_ms());
+        change_locked(user, st, presence, w, true);
+    }
+    co_await core_.commit(std::move(w));
+    co_return Response{};
+}
+
+asio::awaitable<Response> Presence::get_status(Request& req) {
+    const std::string& target = req.params[0];
+    const std::string& me = req.session->user_id;
+    std::string out;
+    {
+        std::lock_guard lock(core_.mu);
+        if (!accounts_.exists_locked(target))
+            throw MatrixError(404, errcode::not_found, "Unknown user " + target);
+        bool shares = target == me;
+        for (const auto& [room_id, m] : rooms_.memberships_locked(me)) {
+            if (shares) break;
+            if (m.membership != "join") continue;
+            if (const Room* room = rooms_.find_locked(room_id))
+                shares = room->membership_of(target) == "join";
+        }
+        if (!shares)
+            throw MatrixError(403, errcode::forbidden,
+                              "You are not allowed to see the presence of " + target);
+        auto it = users_.find(target);
+        if (!core_.config().presence_enabled || it == users_.end())
+            co_return Response{200, "{\"presence\":\"offline\"}", {}};
+        append_event(out, target, it->second, core_.now_ms());
+    }
+    // The event's content is the answer.
+    auto doc = json::parse(out);
+    co_return json_response(doc.at("content"));
+}
+
+}  // namespace mxvoip::server

@@ -1,0 +1,85 @@
+#pragma once
+
+// Presence: whether each user is online, unavailable (idle) or offline, with their status
+// message, as PUT/GET /presence/{userId}/status and /sync's `presence` show it to the users
+// who share a room with them.
+//
+// What a user chose (PUT, or /sync's set_presence) meets what they do: a user whose /syncs
+// stopped more than kSyncGoneMs ago is offline, one who sent nothing for kIdleMs is
+// unavailable, and sending an event makes an idle user online again. A change takes a stream
+// position and is stored with the status message (PutPresence); one timer, running while
+// anyone is not offline, applies the timeouts.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "accounts.hpp"
+#include "core.hpp"
+#include "http_types.hpp"
+#include "rooms.hpp"
+
+namespace mxvoip::server {
+
+class Presence {
+  public:
+    static constexpr std::int64_t kSyncGoneMs = 30'000;
+    static constexpr std::int64_t kIdleMs = 5 * 60'000;
+    static constexpr std::int64_t kCurrentlyActiveMs = 60'000;
+    static constexpr std::size_t kMaxStatusBytes = 1024;
+
+    Presence(Core& core, Accounts& accounts, Rooms& rooms);
+
+    void load(store::Snapshot& snap);
+    void start(asio::any_io_executor ex);
+    void stop();
+
+    asio::awaitable<Response> put_status(Request&);
+    asio::awaitable<Response> get_status(Request&);
+
+    // A /sync of `user` begins, asking to be `set_presence` (online, unavailable or offline:
+    // the last leaves presence as it is); its change, if any, goes into `w`.
+    void sync_started_locked(const std::string& user, const std::string& set_presence,
+                             PendingWrite& w);
+    void sync_ended_locked(const std::string& user);
+    // Appends the m.presence events `user` is to see: of the users sharing a joined room with
+    // them and their own, changed in (since, upto], or all known when `initial`.
+    bool render_locked(std::string& out, const std::string& user, StreamId since, StreamId upto,
+                       bool initial) const;
+
+  private:
+    struct State {
+        std::string presence = "offline";  // what others see
+        std::string chosen = "online";     // what the user asked for last
+        std::string status_msg;
+        std::int64_t last_active = 0;  // unix ms of their last action; 0: none known
+        std::int64_t last_sync = 0;    // when their last /sync began or ended
+        int syncing = 0;               // /syncs running now
+        StreamId stream = 0;           // the last change
+    };
+
+    // Makes `presence` what others see (and stores it), when it differs or `force`.
+    void change_locked(const std::string& user, State& st, const std::string& presence,
+                       PendingWrite& w, bool force = false);
+    void appended_locked(const EventPtr& ev, PendingWrite& w);
+    void arm_locked();
+    void tick();
+    void append_event(std::string& out, const std::string& user, const State& st,
+                      std::int64_t now) const;
+
+    Core& core_;
+    Accounts& accounts_;
+    Rooms& rooms_;
+    std::unordered_map<std::string, State> users_;
+    std::unordered_set<std::string> present_;  // not offline: what the timer looks at
+    std::optional<asio::steady_timer> timer_;
+    bool armed_ = false;
+    bool stopped_ = false;
+};
+
+}  // namespace mxvoip::server
