@@ -118,6 +118,11 @@ json::object Notifications::with_current_defaults(const std::string& user,
     return out;
 }
 
+json::object Notifications::user_rules_locked(const std::string& user) const {
+    auto it = changed_.find(user);
+    return it != changed_.end() ? it->second : push::default_rules(user);
+}
+
 const json::object& Notifications::rules_locked(const std::string& user) const {
     auto it = changed_.find(user);
     return it == changed_.end() ? template_ : it->second;
@@ -258,8 +263,7 @@ asio::awaitable<Response> Notifications::get_rules(Request& req) {
     json::object rules;
     {
         std::lock_guard lock(core_.mu);
-        auto it = changed_.find(req.session->user_id);
-        rules = it != changed_.end() ? it->second : push::default_rules(req.session->user_id);
+        rules = user_rules_locked(req.session->user_id);
     }
     co_return json_response(rules);
 }
@@ -268,8 +272,7 @@ asio::awaitable<Response> Notifications::get_global_rules(Request& req) {
     json::object rules;
     {
         std::lock_guard lock(core_.mu);
-        auto it = changed_.find(req.session->user_id);
-        rules = it != changed_.end() ? it->second : push::default_rules(req.session->user_id);
+        rules = user_rules_locked(req.session->user_id);
     }
     co_return json_response(rules["global"]);
 }
@@ -281,9 +284,7 @@ asio::awaitable<Response> Notifications::get_rule(Request& req) {
     json::value rule;
     {
         std::lock_guard lock(core_.mu);
-        auto it = changed_.find(req.session->user_id);
-        json::object rules =
-            it != changed_.end() ? it->second : push::default_rules(req.session->user_id);
+        json::object rules = user_rules_locked(req.session->user_id);
         const json::array* list = kind_list(rules, kind);
         auto at = list ? find_rule(*list, id) : -1;
         if (at < 0) throw MatrixError(404, errcode::not_found, "The push rule was not found.");
@@ -307,9 +308,7 @@ Response Notifications::rule_attribute(const Request& req, const char* attribute
     json::object out;
     {
         std::lock_guard lock(core_.mu);
-        auto it = changed_.find(req.session->user_id);
-        json::object rules =
-            it != changed_.end() ? it->second : push::default_rules(req.session->user_id);
+        json::object rules = user_rules_locked(req.session->user_id);
         const json::array* list = kind_list(rules, kind);
         auto at = list ? find_rule(*list, id) : -1;
         if (at < 0) throw MatrixError(404, errcode::not_found, "The push rule was not found.");
@@ -325,8 +324,7 @@ asio::awaitable<void> Notifications::change(const std::string& user,
     {
         // Read, changed and replaced under one lock: two changes at once both count.
         std::lock_guard lock(core_.mu);
-        auto it = changed_.find(user);
-        json::object rules = it != changed_.end() ? it->second : push::default_rules(user);
+        json::object rules = user_rules_locked(user);
         edit(rules);
         std::string text = json::serialize(rules);
         if (text.size() > kMaxRuleSetBytes)

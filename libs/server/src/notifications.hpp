@@ -75,6 +75,8 @@ class Notifications {
     };
 
     const boost::json::object& rules_locked(const std::string& user) const;
+    // A copy of the user's rule set as GET /pushrules/ shows it.
+    boost::json::object user_rules_locked(const std::string& user) const;
     // {attribute: value} of the rule the path names.
     Response rule_attribute(const Request& req, const char* attribute);
     push::Outcome evaluate_locked(const Room& room, const boost::json::object& event,
