@@ -319,11 +319,9 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     }
     has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() ||
                   !to_device.empty() || devices_changed;
-    {
-        std::string scratch;
-        has_content =
-            has_content || presence_.render_locked(scratch, s.user_id, since, upto, false);
-    }
+    std::string presence;
+    presence_.render_locked(presence, s.user_id, since, upto, initial);
+    has_content = has_content || !presence.empty();
 
     out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +
                 400);
@@ -332,8 +330,6 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
            "},\"knock\":{}}";
     out += ",\"account_data\":{\"events\":[" + global + "]}";
     out += ",\"to_device\":{\"events\":[" + to_device + "]}";
-    std::string presence;
-    presence_.render_locked(presence, s.user_id, since, upto, initial);
     out += ",\"presence\":{\"events\":[" + presence + "]}";
     out += device_lists;
     keys_.render_key_counts_locked(out, s);
