@@ -6,6 +6,13 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer } from '../lib/harness.mjs';
 
+// Debian 12's Node 18 lacks Promise.withResolvers, which the SDK's setAccountData uses.
+Promise.withResolvers ??= function withResolvers() {
+  let resolve, reject;
+  const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+  return { promise, resolve, reject };
+};
+
 let sdk;
 try {
   sdk = await import('matrix-js-sdk');
@@ -141,5 +148,98 @@ test('matrix-js-sdk: register, direct room, join from invite, call events both w
   } finally {
     alice.stopClient();
     bob.stopClient();
+  }
+});
+
+// What Element reads through the SDK beyond calls: the callee's client recognises the new
+// room as a direct chat from the invite's is_direct, and after joining from the join's
+// prev_content and prev_sender (RoomMember.getDMInviter), which is how Element decides to
+// record it in m.direct; receipts (public and private), typing and presence travel between
+// the two clients through the SDK's own sync loop and land where the SDK's API reports them.
+test('matrix-js-sdk: DM detection, receipts, typing and presence between two clients', async () => {
+  const alice = await registerAndLogin('carol', 'carol-password');
+  const bob = await registerAndLogin('dave', 'dave-password');
+  let bobAgain;
+  try {
+    await start(alice);
+    await start(bob);
+    const bobInvited = new Promise((resolve) => {
+      bob.on(sdk.RoomEvent.MyMembership, (room, membership) => {
+        if (membership === 'invite') resolve(room.roomId);
+      });
+    });
+    const { room_id: roomId } = await alice.createRoom({
+      preset: 'trusted_private_chat', is_direct: true, invite: [bob.getUserId()],
+    });
+    // Element records the DM in m.direct on both sides: the inviter when creating it, the
+    // invitee once it knows who invited it to a direct chat.
+    await alice.setAccountData('m.direct', { [bob.getUserId()]: [roomId] });
+    assert.equal(await bobInvited, roomId);
+    const invited = await waitFor(() => bob.getRoom(roomId), 'bob to store the invited room');
+    assert.equal(invited.getDMInviter(), alice.getUserId());
+    await bob.joinRoom(roomId);
+    const joinedMember = await waitFor(() => {
+      const me = bob.getRoom(roomId)?.getMember(bob.getUserId());
+      return me?.membership === 'join' ? me : null;
+    }, 'bob to see his own join');
+    // Only the join's unsigned prev_content/prev_sender tell that it came from a DM invite.
+    assert.equal(joinedMember.getDMInviter(), alice.getUserId());
+    await bob.setAccountData('m.direct', { [joinedMember.getDMInviter()]: [roomId] });
+
+    // A fresh session of bob (a second device, or Element after a reload) sees the same from
+    // its initial sync: the m.direct it recorded and a join that still names the inviter.
+    const login = await bob.loginRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: 'dave' }, password: 'dave-password' });
+    bobAgain = sdk.createClient({ baseUrl: server.url, accessToken: login.access_token, userId: login.user_id, deviceId: login.device_id });
+    await start(bobAgain);
+    assert.deepEqual(bobAgain.getAccountData('m.direct')?.getContent(), { [alice.getUserId()]: [roomId] });
+    assert.equal(bobAgain.getRoom(roomId).getMember(bob.getUserId()).getDMInviter(), alice.getUserId());
+    await waitFor(() => alice.getRoom(roomId)?.getJoinedMemberCount() === 2, 'alice to see bob join');
+
+    // Receipts: a public one reaches alice; a private one only bob's own sessions.
+    const { event_id: first } = await alice.sendTextMessage(roomId, 'first');
+    const { event_id: second } = await alice.sendTextMessage(roomId, 'second');
+    const bobRoom = bob.getRoom(roomId);
+    const firstEvent = await waitFor(() => bobRoom.findEventById(first), 'bob to receive the first message');
+    const secondEvent = await waitFor(() => bobRoom.findEventById(second), 'bob to receive the second message');
+    await bob.sendReadReceipt(firstEvent, sdk.ReceiptType.Read);
+    const aliceRoom = alice.getRoom(roomId);
+    await waitFor(() => aliceRoom.getEventReadUpTo(bob.getUserId()) === first, "alice to see bob's read receipt");
+    assert.ok(aliceRoom.getUsersReadUpTo(aliceRoom.findEventById(first)).includes(bob.getUserId()));
+    await bob.sendReadReceipt(secondEvent, sdk.ReceiptType.ReadPrivate);
+    await waitFor(() => bobAgain.getRoom(roomId)?.getReadReceiptForUserId(bob.getUserId(), true, sdk.ReceiptType.ReadPrivate)?.eventId === second,
+      "bob's other session to see his private receipt");
+    // Alice goes on seeing only the public receipt: her next message is the event that
+    // proves she has synced past the private one.
+    const { event_id: third } = await alice.sendTextMessage(roomId, 'third');
+    await waitFor(() => bobRoom.findEventById(third), 'bob to receive the third message');
+    await waitFor(() => aliceRoom.findEventById(third), 'alice to receive her own message');
+    assert.equal(aliceRoom.getReadReceiptForUserId(bob.getUserId(), true, sdk.ReceiptType.ReadPrivate), null);
+    assert.equal(aliceRoom.getEventReadUpTo(bob.getUserId(), true), first);
+
+    // Typing starts and stops.
+    const typing = [];
+    alice.on(sdk.RoomMemberEvent.Typing, (event, member) => {
+      if (member.userId === bob.getUserId()) typing.push(member.typing);
+    });
+    await bob.sendTyping(roomId, true, 30000);
+    await waitFor(() => typing.at(-1) === true, 'alice to see bob typing');
+    await bob.sendTyping(roomId, false);
+    await waitFor(() => typing.at(-1) === false, 'alice to see bob stop typing');
+
+    // Presence: alice says she is away, with a status; bob's client reports it.
+    await alice.setPresence({ presence: 'unavailable', status_msg: 'in a call' });
+    const seenByBob = await waitFor(() => {
+      const user = bob.getUser(alice.getUserId());
+      return user?.presence === 'unavailable' && user.presenceStatusMsg === 'in a call' ? user : null;
+    }, "bob to see alice's presence");
+    assert.equal(seenByBob.currentlyActive, false);
+    await alice.setPresence({ presence: 'online', status_msg: 'back' });
+    await waitFor(() => bob.getUser(alice.getUserId())?.presence === 'online' && bob.getUser(alice.getUserId()).presenceStatusMsg === 'back',
+      "bob to see alice back online");
+    assert.deepEqual(complaints, [], 'matrix-js-sdk logged errors or warnings');
+  } finally {
+    alice.stopClient();
+    bob.stopClient();
+    bobAgain?.stopClient();
   }
 });
