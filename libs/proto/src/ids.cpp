@@ -32,6 +32,20 @@ bool is_valid_room_id(std::string_view id) {
     return colon != std::string_view::npos && colon > 1 && colon + 1 < id.size();
 }
 
+bool is_valid_room_alias(std::string_view alias) {
+    if (alias.size() < 4 || alias.size() > 255 || alias.front() != '#') return false;
+    auto colon = alias.find(':');
+    if (colon == std::string_view::npos || colon < 2 || colon + 1 == alias.size()) return false;
+    auto local = alias.substr(1, colon - 1);
+    auto server = alias.substr(colon + 1);
+    auto blank = [](char c) {
+        return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+    };
+    auto printable = [](char c) { return c > 0x20 && c < 0x7f; };
+    return std::none_of(local.begin(), local.end(), blank) &&
+           std::all_of(server.begin(), server.end(), printable);
+}
+
 bool is_valid_opaque_id(std::string_view id) {
     // One table look per character: every call event carries two or three of these ids.
     static constexpr auto kAllowed = [] {

@@ -41,3 +41,17 @@ TEST(Ids, RoomIds) {
     EXPECT_FALSE(is_valid_room_id("#abc:localhost"));
     EXPECT_FALSE(is_valid_room_id("!abc"));
 }
+
+TEST(Ids, RoomAliases) {
+    EXPECT_TRUE(is_valid_room_alias("#abc:localhost"));
+    EXPECT_TRUE(is_valid_room_alias("#caf\xc3\xa9-\xe2\x98\x8e:example.org:8448"));
+    EXPECT_FALSE(is_valid_room_alias("!abc:localhost"));
+    EXPECT_FALSE(is_valid_room_alias("#abc"));
+    EXPECT_FALSE(is_valid_room_alias("#:localhost"));
+    EXPECT_FALSE(is_valid_room_alias("#abc:"));
+    EXPECT_FALSE(is_valid_room_alias("#a b:localhost"));
+    EXPECT_FALSE(is_valid_room_alias(std::string_view("#a\0b:localhost", 14)));
+    EXPECT_FALSE(is_valid_room_alias("#abc:local host"));
+    EXPECT_TRUE(is_valid_room_alias("#" + std::string(243, 'a') + ":localhost"));
+    EXPECT_FALSE(is_valid_room_alias("#" + std::string(246, 'a') + ":localhost"));
+}

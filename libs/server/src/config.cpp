@@ -427,7 +427,8 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"syncs_per_user", &c.limits.syncs_per_user},
                   {"connections", &c.limits.connections},
                   {"connections_per_address", &c.limits.connections_per_address},
-                  {"pushers_per_user", &c.limits.pushers_per_user}},
+                  {"pushers_per_user", &c.limits.pushers_per_user},
+                  {"aliases_per_room", &c.limits.aliases_per_room}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 1'000'000));
                  });

@@ -24,6 +24,10 @@ std::string build_event_json(const Event& e, std::string_view content) {
     append_quoted(j, e.event_id);
     j += ",\"origin_server_ts\":";
     j += std::to_string(e.origin_server_ts);
+    if (!e.redacts.empty()) {
+        j += ",\"redacts\":";
+        append_quoted(j, e.redacts);
+    }
     j += ",\"room_id\":";
     append_quoted(j, e.room_id);
     j += ",\"sender\":";
@@ -52,6 +56,8 @@ void add_replaced_state(Event& e, const Event& prev) {
 EventPtr to_event(store::EventRecord&& r) {
     auto e = std::make_shared<Event>(Event{std::move(r)});
     json::object stored = json::parse(e->json).as_object();
+    if (const auto* r = stored.if_contains("redacts"); r && r->is_string())
+        e->redacts = r->get_string();
     std::string content = json::serialize(stored["content"]);
     e->json = build_event_json(*e, content);
     e->content_len = content.size();

@@ -21,6 +21,7 @@ using store::StreamId;
 // rendered.
 struct Event : store::EventRecord {
     std::size_t content_len = 0;  // json.substr(11, content_len) is the content
+    std::string redacts;          // an m.room.redaction's target, also a top-level key
 
     std::string_view content() const { return std::string_view(json).substr(11, content_len); }
 };

@@ -11,6 +11,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       accounts(core),
       to_device(core, accounts),
       rooms(core, accounts),
+      directory(core, rooms),
       account_data(core, rooms),
       profile(core, accounts, rooms),
       keys(core, accounts, rooms),
@@ -28,6 +29,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     accounts.load(snap);
     to_device.load(snap);
     rooms.load(snap);
+    directory.load(snap);
     account_data.load(snap);
     keys.load(snap);
     key_backup.load(snap);

@@ -7,6 +7,9 @@
 //   Accounts           -
 //   ToDevice        -> Accounts     which devices exist; told when one signs out
 //   Rooms           -> Accounts     who exists, who is a guest, profiles for member events
+//   Directory       -> Rooms        aliases name rooms (Rooms keeps them: it resolves them for
+//                                    joins and checks m.room.canonical_alias); the published
+//                                    list describes rooms from their state
 //   AccountData     -> Rooms        a room's account data needs the room
 //   Profile         -> Accounts, Rooms   a change is a member event in every joined room
 //   Keys            -> Accounts, Rooms   device lists follow who shares a room
@@ -34,6 +37,7 @@
 #include "account_data.hpp"
 #include "accounts.hpp"
 #include "core.hpp"
+#include "directory.hpp"
 #include "key_backup.hpp"
 #include "keys.hpp"
 #include "notifications.hpp"
@@ -61,6 +65,7 @@ class Homeserver {
     Accounts accounts;
     ToDevice to_device;
     Rooms rooms;
+    Directory directory;
     AccountData account_data;
     Profile profile;
     Keys keys;

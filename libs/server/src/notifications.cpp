@@ -67,6 +67,12 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
       template_(push::default_rules_template()) {
     rooms_.on_appended(
         [this](const Room& room, const EventPtr& ev, PendingWrite&) { appended_locked(room, ev); });
+    // GET /notifications serves an event as it is now.
+    rooms_.on_redacted([this](const Room&, const EventPtr& redacted) {
+        for (auto& [_, list] : recent_)
+            for (auto& r : list)
+                if (r.event->event_id == redacted->event_id) r.event = redacted;
+    });
     receipts_.on_read([this](const std::string& room_id, const std::string& user, StreamId upto) {
         read_locked(room_id, user, upto);
     });

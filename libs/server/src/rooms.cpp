@@ -5,11 +5,13 @@
 #include <algorithm>
 
 #include "auth_rules.hpp"
+#include "filter.hpp"
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
 #include "mxvoip/proto/json.hpp"
 #include "mxvoip/server/crypto.hpp"
+#include "redaction.hpp"
 
 namespace mxvoip::server {
 
@@ -63,13 +65,17 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             v = std::stoi(version);
         } catch (...) {
         }
-        if (std::to_string(v) != version || v < 4 || v > 11)
+        if (std::to_string(v) != version || v < 1 || v > 11)
             throw MatrixError(400, errcode::unsupported_room_version,
                               "Room version " + version + " is not supported");
     }
-    if (proto::opt_string(body, "room_alias_name"))
-        throw MatrixError(400, errcode::invalid_param,
-                          "Room aliases are not supported by this server");
+    std::string alias;
+    if (auto name = proto::opt_string(body, "room_alias_name")) {
+        alias = "#" + std::string(*name) + ":" + core_.config().server_name;
+        if (name->find(':') != std::string_view::npos || !proto::is_valid_room_alias(alias))
+            throw MatrixError(400, errcode::invalid_param,
+                              "room_alias_name is not the local part of a valid room alias");
+    }
     bool is_direct = proto::opt_bool(body, "is_direct").value_or(false);
     auto name = proto::opt_string(body, "name");
     auto topic = proto::opt_string(body, "topic");
@@ -123,6 +129,8 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             if (!accounts_.exists_locked(u) &&
                 proto::parse_user_id(u)->server_name == core_.config().server_name)
                 throw MatrixError(404, errcode::not_found, "Unknown user " + u);
+        if (!alias.empty() && aliases_.count(alias))
+            throw MatrixError(400, errcode::room_in_use, "Room alias " + alias + " is taken");
         do {
             room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
         } while (rooms_.count(room_id));
@@ -146,6 +154,11 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             if (!me.avatar_url.empty()) join["avatar_url"] = me.avatar_url;
             append_event_locked(room, s.user_id, {"m.room.member", s.user_id, std::move(join)}, w);
             append_event_locked(room, s.user_id, {"m.room.power_levels", "", std::move(power)}, w);
+            if (!alias.empty()) {
+                put_alias_locked({alias, room_id, s.user_id}, w);
+                append_event_locked(room, s.user_id,
+                                    {"m.room.canonical_alias", "", {{"alias", alias}}}, w);
+            }
             std::string join_rule = preset == "public_chat" ? "public" : "invite";
             append_event_locked(room, s.user_id,
                                 {"m.room.join_rules", "", {{"join_rule", join_rule}}}, w);
@@ -168,11 +181,16 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
                     content["displayname"] = invitee->displayname;
                 append_event_locked(room, s.user_id, {"m.room.member", u, std::move(content)}, w);
             }
+            for (const auto& f : created_) f(room, body, w);
         } catch (...) {
             // Nothing was submitted: forget the half-built room and the users' view of it.
             for (const auto& [user, m] : room.membership)
                 if (auto it = memberships_.find(user); it != memberships_.end())
                     it->second.erase(room_id);
+            if (!alias.empty() && aliases_.count(alias) && aliases_[alias].room_id == room_id) {
+                aliases_.erase(alias);
+                aliases_by_room_.erase(room_id);
+            }
             rooms_.erase(room_id);
             throw;
         }
@@ -243,9 +261,15 @@ asio::awaitable<Response> Rooms::invite(Request& req) {
 }
 
 asio::awaitable<Response> Rooms::join(Request& req) {
-    const std::string& id = req.params[0];
-    if (!id.empty() && id[0] == '#')
-        throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
+    std::string id = req.params[0];
+    if (!id.empty() && id[0] == '#') {
+        if (!proto::is_valid_room_alias(id))
+            throw MatrixError(400, errcode::invalid_param, id + " is not a room alias");
+        std::lock_guard lock(core_.mu);
+        const auto* a = alias_locked(id);
+        if (!a) throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
+        id = a->room_id;
+    }
     if (!proto::is_valid_room_id(id))
         throw MatrixError(400, errcode::invalid_param, id + " is not a room id");
     json::object extra;
@@ -278,6 +302,9 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     const std::string& type = req.params[1];
     const std::string& txn = req.params[2];
     if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
+    if (type == "m.room.redaction")
+        throw MatrixError(400, errcode::invalid_param,
+                          "Redactions are sent with PUT /rooms/{roomId}/redact/{eventId}/{txnId}");
     json::object content = req.json;
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
@@ -563,6 +590,11 @@ void Rooms::load(store::Snapshot& snap) {
         if (room.recent.size() >= Room::kTimelineWindow)
             room.evicted_upto = room.recent.front()->stream - 1;
     }
+    for (auto& a : snap.room_aliases) {
+        if (!rooms_.count(a.room_id)) continue;
+        aliases_by_room_[a.room_id].insert(a.alias);
+        aliases_.emplace(a.alias, std::move(a));
+    }
     // Oldest first, as they were sent (the store lists them newest first); only those of
     // devices still signed in.
     std::reverse(snap.txns.begin(), snap.txns.end());
@@ -635,6 +667,7 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
         const auto* account = accounts_.find_locked(sender);
         if (auto refusal = event_auth_refusal(room, sender, account && account->is_guest, ev))
             throw *refusal;
+        check_canonical_alias_locked(room, ev);
     }
 
     auto e = std::make_shared<Event>();
@@ -646,10 +679,13 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
     e->sender = sender;
     e->origin_server_ts = core_.now_ms();
     std::string content = json::serialize(ev.content);
-    e->json = build_event_json(*e, content);
     e->content_len = content.size();
     e->txn_device_key = txn_device_key;
     e->txn_id = txn_id;
+    if (e->type == "m.room.redaction")
+        if (const auto* r = ev.content.if_contains("redacts"); r && r->is_string())
+            e->redacts = r->get_string();
+    e->json = build_event_json(*e, content);
     if (e->json.size() > 65536)
         throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
     if (e->state_key)
@@ -667,6 +703,282 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
     w.max_stream = std::max(w.max_stream, ptr->stream);
     for (const auto& f : appended_) f(room, ptr, w);
     return ptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aliases
+
+const store::RoomAliasRecord* Rooms::alias_locked(const std::string& alias) const {
+    auto it = aliases_.find(alias);
+    return it == aliases_.end() ? nullptr : &it->second;
+}
+
+void Rooms::require_local_alias(const std::string& alias) const {
+    if (!proto::is_valid_room_alias(alias))
+        throw MatrixError(400, errcode::invalid_param, alias + " is not a room alias");
+    if (alias.substr(alias.find(':') + 1) != core_.config().server_name)
+        throw MatrixError(400, errcode::invalid_param,
+                          "Room alias " + alias + " is not on this server");
+}
+
+void Rooms::put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w) {
+    if (aliases_.count(alias.alias))
+        throw MatrixError(409, errcode::unknown, "Room alias " + alias.alias + " already exists");
+    auto& mine = aliases_by_room_[alias.room_id];
+    if (mine.size() >= core_.config().limits.aliases_per_room)
+        throw MatrixError(400, errcode::limit_exceeded,
+                          "The room has " + std::to_string(mine.size()) + " aliases already");
+    mine.insert(alias.alias);
+    w.mutations.push_back(store::PutRoomAlias{alias});
+    aliases_.emplace(alias.alias, std::move(alias));
+}
+
+void Rooms::delete_alias_locked(const std::string& alias, PendingWrite& w) {
+    auto it = aliases_.find(alias);
+    if (it == aliases_.end()) return;
+    if (auto room = aliases_by_room_.find(it->second.room_id); room != aliases_by_room_.end()) {
+        room->second.erase(alias);
+        if (room->second.empty()) aliases_by_room_.erase(room);
+    }
+    aliases_.erase(it);
+    w.mutations.push_back(store::DeleteRoomAlias{alias});
+}
+
+std::vector<std::string> Rooms::aliases_of_locked(const std::string& room_id) const {
+    auto it = aliases_by_room_.find(room_id);
+    if (it == aliases_by_room_.end()) return {};
+    return {it->second.begin(), it->second.end()};
+}
+
+void Rooms::check_canonical_alias_locked(const Room& room, const NewEvent& ev) const {
+    if (ev.type != "m.room.canonical_alias" || !ev.state_key || !ev.state_key->empty()) return;
+    auto check = [&](const json::value& v) {
+        if (!v.is_string() || !proto::is_valid_room_alias(v.get_string()))
+            throw MatrixError(400, errcode::invalid_param,
+                              "m.room.canonical_alias names something that is not a room alias");
+        const auto* a = alias_locked(std::string(v.get_string()));
+        if (!a || a->room_id != room.id)
+            throw MatrixError(
+                400, errcode::bad_alias,
+                "Room alias " + std::string(v.get_string()) + " does not point to this room");
+    };
+    if (const auto* alias = ev.content.if_contains("alias"); alias && !alias->is_null())
+        check(*alias);
+    if (const auto* alt = ev.content.if_contains("alt_aliases"); alt && !alt->is_null()) {
+        if (!alt->is_array())
+            throw MatrixError(400, errcode::invalid_param, "alt_aliases must be a list");
+        for (const auto& a : alt->get_array()) check(a);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redactions
+
+EventPtr Rooms::find_event_locked(const Room& room, const std::string& event_id) const {
+    for (const auto& e : room.recent)
+        if (e->event_id == event_id) return e;
+    for (const auto& [_, e] : room.state)
+        if (e->event_id == event_id) return e;
+    return nullptr;
+}
+
+void Rooms::apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
+                                   PendingWrite& w) {
+    const json::object original = json::parse(target.json).as_object();
+    const json::object kept =
+        redacted_content(target.type, original.at("content").as_object(), room.version);
+    auto e = std::make_shared<Event>(Event{static_cast<const store::EventRecord&>(target)});
+    if (std::stoi(room.version) >= 11) e->redacts = target.redacts;
+    const std::string content = json::serialize(kept);
+    e->json = build_event_json(*e, content);
+    e->content_len = content.size();
+    // Of "unsigned", a redacted event keeps only what it replaced and says what redacted it.
+    e->json.pop_back();
+    e->json += ",\"unsigned\":{";
+    if (const auto* u = original.if_contains("unsigned"); u && u->is_object())
+        if (const auto* replaces = u->get_object().if_contains("replaces_state")) {
+            e->json += "\"replaces_state\":";
+            e->json += json::serialize(*replaces);
+            e->json += ',';
+        }
+    e->json += "\"redacted_because\":";
+    e->json += redaction->json;
+    e->json += "}}";
+
+    EventPtr ptr = e;
+    for (auto& r : room.recent)
+        if (r->event_id == target.event_id) r = ptr;
+    if (target.state_key)
+        if (auto current = room.state_event(target.type, *target.state_key);
+            current && current->event_id == target.event_id)
+            apply_locked(room, ptr);  // the state derived from it follows (power levels...)
+    w.mutations.push_back(store::RedactEvent{target.stream, e->json});
+    for (const auto& f : redacted_) f(room, ptr);
+}
+
+asio::awaitable<Response> Rooms::redact(Request& req) {
+    const Session& s = *req.session;
+    const std::string& room_id = req.params[0];
+    const std::string& target_id = req.params[1];
+    const std::string& txn = req.params[2];
+    if (txn.empty()) throw MatrixError(400, errcode::invalid_param, "Empty transaction id");
+    json::object content;
+    if (const auto* reason = req.json.if_contains("reason")) {
+        if (!reason->is_string()) throw MatrixError(400, errcode::bad_json, "reason must be text");
+        content["reason"] = *reason;
+    }
+    const std::string device = s.device_key();
+    const std::string txn_key = room_id + '\n' + txn;
+    EventPtr target;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
+            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
+        Room& room = room_or_throw_locked(room_id);
+        if (room.membership_of(s.user_id) != "join")
+            throw MatrixError(403, errcode::forbidden, "You are not in this room");
+        target = find_event_locked(room, target_id);
+    }
+    if (!target) {
+        // An older event: read from the store, outside the lock.
+        std::optional<store::EventRecord> row;
+        if (auto stream = event_id_stream(target_id)) row = core_.store().event_at(*stream);
+        if (!row || row->event_id != target_id || row->room_id != room_id)
+            throw MatrixError(404, errcode::not_found, "Event not found in this room");
+        target = to_event(std::move(*row));
+    }
+    std::uint64_t ticket = 0;
+    std::string event_id;
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
+            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
+        Room& room = room_or_throw_locked(room_id);
+        if (target->type == "m.room.create")
+            throw MatrixError(403, errcode::forbidden, "The room's creation cannot be redacted");
+        if (target->sender != s.user_id && room.power.user_level(s.user_id) < room.power.redact)
+            throw MatrixError(403, errcode::forbidden,
+                              "Your power level is too low to redact other users' events");
+        content["redacts"] = target_id;
+        PendingWrite w;
+        auto ev = append_event_locked(room, s.user_id,
+                                      {"m.room.redaction", std::nullopt, std::move(content)}, w,
+                                      device, txn);
+        apply_redaction_locked(room, *target, ev, w);
+        event_id = ev->event_id;
+        txns_.remember(device, txn_key, event_id, ev->origin_server_ts);
+        ticket = core_.submit_locked(std::move(w));
+    }
+    co_await core_.durable(ticket);
+    spdlog::info("{} redacted {} in {}", s.user_id, target_id, room_id);
+    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context
+
+asio::awaitable<Response> Rooms::get_context(Request& req) {
+    const std::int64_t now = core_.now_ms();
+    const std::string& room_id = req.params[0];
+    const std::string& user = req.session->user_id;
+    int limit = 10;
+    if (const auto* l = req.query_param("limit")) {
+        try {
+            std::size_t used = 0;
+            limit = std::stoi(*l, &used);
+            if (used != l->size() || limit < 0) throw std::invalid_argument("limit");
+        } catch (...) {
+            throw MatrixError(400, errcode::invalid_param, "limit must be a number");
+        }
+        limit = std::min(limit, 100);
+    }
+    EventFilter filter;
+    if (const auto* f = req.query_param("filter"))
+        filter = EventFilter::parse(proto::parse_json_object(*f));
+    if (filter.limit) limit = std::min(limit, *filter.limit);
+    StreamId visible;
+    {
+        std::lock_guard lock(core_.mu);
+        require_reader_locked(room_or_throw_locked(room_id), user);
+        visible = core_.visible_locked();
+    }
+    std::optional<store::EventRecord> target;
+    if (auto stream = event_id_stream(req.params[1]); stream && *stream <= visible)
+        target = core_.store().event_at(*stream);
+    if (!target || target->event_id != req.params[1] || target->room_id != room_id)
+        throw MatrixError(404, errcode::not_found, "Event not found.");
+    // Half the limit before the event, the rest after, as Synapse does. Events the user may not
+    // see or the filter leaves out are skipped, and the page moves past them.
+    const int want_before = limit / 2;
+    const int want_after = limit - want_before;
+    auto before = core_.store().events_before(room_id, target->stream, want_before * 2 + 10);
+    auto after = core_.store().events_after(room_id, target->stream, want_after * 2 + 10);
+    std::erase_if(after, [&](const auto& r) { return r.stream > visible; });
+    std::vector<const store::EventRecord*> shown_before, shown_after;
+    StreamId start = target->stream - 1;
+    StreamId end = target->stream;
+    std::vector<store::EventRecord> state;
+    {
+        std::lock_guard lock(core_.mu);
+        const RoomHistory& history = room_or_throw_locked(room_id).history;
+        if (!history.may_see(user, target->stream, target->type, target->state_key))
+            throw MatrixError(404, errcode::not_found, "Event not found.");
+        auto shown = [&](const store::EventRecord& r) {
+            return history.may_see(user, r.stream, r.type, r.state_key) &&
+                   filter.allows(r.type, r.sender, r.room_id,
+                                 json::serialize(json::parse(r.json).at("content")));
+        };
+        for (const auto& r : before) {
+            if (static_cast<int>(shown_before.size()) == want_before) break;
+            start = r.stream - 1;
+            if (shown(r)) shown_before.push_back(&r);
+        }
+        for (const auto& r : after) {
+            if (static_cast<int>(shown_after.size()) == want_after) break;
+            end = r.stream;
+            if (shown(r)) shown_after.push_back(&r);
+        }
+    }
+    // The state at the last event returned; with lazy_load_members only the members who sent
+    // the events returned.
+    state = core_.store().state_at(room_id, end);
+    if (filter.lazy_load_members) {
+        std::set<std::string> senders{target->sender};
+        for (const auto* r : shown_before) senders.insert(r->sender);
+        for (const auto* r : shown_after) senders.insert(r->sender);
+        std::erase_if(state, [&](const auto& r) {
+            return r.type == "m.room.member" && r.state_key && !senders.count(*r.state_key);
+        });
+    }
+    std::string out = "{\"event\":";
+    render_record(out, *target, now);
+    auto list = [&](const char* name, const std::vector<const store::EventRecord*>& rows) {
+        out += ",\"";
+        out += name;
+        out += "\":[";
+        Comma comma;
+        for (const auto* r : rows) {
+            comma(out);
+            render_record(out, *r, now);
+        }
+        out += ']';
+    };
+    list("events_before", shown_before);
+    list("events_after", shown_after);
+    out += ",\"start\":\"" + make_token(start) + "\",\"end\":\"" + make_token(end) + "\"";
+    out += ",\"state\":[";
+    Comma comma;
+    {
+        std::lock_guard lock(core_.mu);
+        const RoomHistory& history = room_or_throw_locked(room_id).history;
+        for (const auto& r : state) {
+            if (!history.may_see(user, r.stream, r.type, r.state_key)) continue;
+            comma(out);
+            render_record(out, r, now);
+        }
+    }
+    out += "]}";
+    co_return Response{200, std::move(out), {}};
 }
 
 }  // namespace mxvoip::server

@@ -2,14 +2,16 @@
 
 // Rooms and their events: creation, membership, messages and state, the auth rules that admit
 // them (auth_rules.hpp) and the history visibility rules that govern who reads them
-// (visibility.hpp). Owns every room's current state and recent events, each local user's
-// memberships, and the transaction ids of sent events.
+// (visibility.hpp), and redactions (redaction.hpp). Owns every room's current state and recent
+// events, each local user's memberships, the transaction ids of sent events, and the local
+// room aliases.
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -47,6 +49,8 @@ class Rooms {
     asio::awaitable<Response> get_members(Request&);
     asio::awaitable<Response> get_messages(Request&);
     asio::awaitable<Response> get_event(Request&);
+    asio::awaitable<Response> get_context(Request&);
+    asio::awaitable<Response> redact(Request&);
 
     const Room* find_locked(const std::string& room_id) const;
     template <typename F>
@@ -66,9 +70,33 @@ class Rooms {
     // write it is part of.
     using Appended = std::function<void(const Room&, const EventPtr&, PendingWrite&)>;
     void on_appended(Appended f) { appended_.push_back(std::move(f)); }
+    // Called under the lock when createRoom has built a room, with its request body.
+    using Created =
+        std::function<void(const Room&, const boost::json::object& body, PendingWrite&)>;
+    void on_created(Created f) { created_.push_back(std::move(f)); }
+    // Called under the lock with the redacted form of an event, for whoever holds the event.
+    using Redacted = std::function<void(const Room&, const EventPtr& redacted)>;
+    void on_redacted(Redacted f) { redacted_.push_back(std::move(f)); }
+
+    // Local room aliases: the room an alias names, or nullptr.
+    const store::RoomAliasRecord* alias_locked(const std::string& alias) const;
+    // A new alias: 409 M_UNKNOWN when it is taken, 400 M_LIMIT_EXCEEDED past
+    // limits.aliases_per_room.
+    void put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w);
+    void delete_alias_locked(const std::string& alias, PendingWrite& w);
+    std::vector<std::string> aliases_of_locked(const std::string& room_id) const;
+    // 400 M_INVALID_PARAM for what is not an alias of this server.
+    void require_local_alias(const std::string& alias) const;
 
   private:
     void apply_locked(Room& room, const EventPtr& ev);
+    // The room's event in memory (its state or recent window), or nullptr.
+    EventPtr find_event_locked(const Room& room, const std::string& event_id) const;
+    // Replaces `target` everywhere it is held and stored by its redacted form.
+    void apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
+                                PendingWrite& w);
+    // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
+    void check_canonical_alias_locked(const Room& room, const NewEvent& ev) const;
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
     // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
     void require_reader_locked(const Room& room, const std::string& user) const;
@@ -87,6 +115,10 @@ class Rooms {
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
     TxnIds txns_;  // event ids by device, room id + '\n' + txn id
     std::vector<Appended> appended_;
+    std::vector<Created> created_;
+    std::vector<Redacted> redacted_;
+    std::unordered_map<std::string, store::RoomAliasRecord> aliases_;         // by alias
+    std::unordered_map<std::string, std::set<std::string>> aliases_by_room_;  // by room id
 };
 
 }  // namespace mxvoip::server

@@ -115,6 +115,21 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::get, cs, "/rooms/*/members", true, on(rooms, &R::get_members));
     add(verb::get, cs, "/rooms/*/messages", true, on(rooms, &R::get_messages));
     add(verb::get, cs, "/rooms/*/event/*", true, on(rooms, &R::get_event));
+    add(verb::get, cs, "/rooms/*/context/*", true, on(rooms, &R::get_context));
+    add(verb::put, cs, "/rooms/*/redact/*/*", true, on(rooms, &R::redact), write_optional_body);
+
+    auto& directory = hs.directory;
+    add(verb::put, cs, "/directory/room/*", true, on(directory, &Directory::put_alias), write);
+    add(verb::get, cs, "/directory/room/*", false, on(directory, &Directory::get_alias));
+    add(verb::delete_, cs, "/directory/room/*", true, on(directory, &Directory::delete_alias),
+        {RateClass::message});
+    add(verb::get, cs, "/rooms/*/aliases", true, on(directory, &Directory::room_aliases));
+    add(verb::get, cs, "/directory/list/room/*", false, on(directory, &Directory::get_visibility));
+    add(verb::put, cs, "/directory/list/room/*", true, on(directory, &Directory::put_visibility),
+        write);
+    add(verb::get, cs, "/publicRooms", false, on(directory, &Directory::public_rooms));
+    add(verb::post, cs, "/publicRooms", true, on(directory, &Directory::public_rooms),
+        {RateClass::none, Body::object});
 
     add(verb::get, cs, "/sync", true, on(hs.sync, &Sync::sync));
     add(verb::post, cs, "/rooms/*/receipt/*/*", true, on(hs.receipts, &Receipts::post_receipt),

@@ -170,6 +170,12 @@ CREATE TABLE IF NOT EXISTS presence (
     status_msg TEXT NOT NULL,
     last_active_ts INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS published_rooms (room_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1), max_stream INTEGER NOT NULL);
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
@@ -418,6 +424,14 @@ class SqliteStore final : public Store {
             while (s.next())
                 snap.presence.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+        }
+        {
+            Stmt s(db, "SELECT alias, room_id, creator FROM room_aliases ORDER BY alias");
+            while (s.next()) snap.room_aliases.push_back({s.text(0), s.text(1), s.text(2)});
+        }
+        {
+            Stmt s(db, "SELECT room_id FROM published_rooms ORDER BY room_id");
+            while (s.next()) snap.published_rooms.push_back(s.text(0));
         }
         {
             Stmt s(db,
@@ -700,6 +714,28 @@ class SqliteStore final : public Store {
             .bind(p.last_active_ts)
             .run();
         max_stream = std::max(max_stream, p.stream);
+    }
+    static void write(Db& db, const RedactEvent& m, StreamId&) {
+        Stmt(db, "UPDATE events SET json = ? WHERE stream_id = ?")
+            .bind(m.json)
+            .bind(m.stream)
+            .run();
+    }
+    static void write(Db& db, const PutRoomAlias& m, StreamId&) {
+        Stmt(db, "INSERT OR REPLACE INTO room_aliases VALUES (?, ?, ?)")
+            .bind(m.alias.alias)
+            .bind(m.alias.room_id)
+            .bind(m.alias.creator)
+            .run();
+    }
+    static void write(Db& db, const DeleteRoomAlias& m, StreamId&) {
+        Stmt(db, "DELETE FROM room_aliases WHERE alias = ?").bind(m.alias).run();
+    }
+    static void write(Db& db, const PutRoomVisibility& m, StreamId&) {
+        if (m.published)
+            Stmt(db, "INSERT OR IGNORE INTO published_rooms VALUES (?)").bind(m.room_id).run();
+        else
+            Stmt(db, "DELETE FROM published_rooms WHERE room_id = ?").bind(m.room_id).run();
     }
     static void write(Db& db, const PutPusher& m, StreamId&) {
         const auto& p = m.pusher;

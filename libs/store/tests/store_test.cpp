@@ -165,6 +165,42 @@ TYPED_TEST(StoreTest, PresenceKeepsTheNewestPerUser) {
     EXPECT_EQ(s.max_stream, 5);
 }
 
+TYPED_TEST(StoreTest, RedactionReplacesTheStoredJson) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")},
+                                    PutEvent{event(2, "!r:x")}};
+        store->apply(batch);
+        std::vector<Mutation> redact{RedactEvent{1, "{\"content\":{},\"redacted\":true}"}};
+        store->apply(redact);
+    }
+    auto store = this->backend.open();
+    EXPECT_EQ(store->event_at(1)->json, "{\"content\":{},\"redacted\":true}");
+    EXPECT_EQ(store->event_at(2)->json, event(2, "!r:x").json);
+}
+
+TYPED_TEST(StoreTest, AliasesAndPublishedRoomsSurviveAndDelete) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{
+            PutRoomAlias{{"#a:x", "!r:x", "@u:x"}}, PutRoomAlias{{"#b:x", "!r:x", "@v:x"}},
+            PutRoomAlias{{"#c:x", "!s:x", "@u:x"}}, PutRoomVisibility{"!r:x", true},
+            PutRoomVisibility{"!s:x", true}};
+        store->apply(batch);
+        std::vector<Mutation> changes{DeleteRoomAlias{"#b:x"}, PutRoomVisibility{"!s:x", false},
+                                      PutRoomVisibility{"!r:x", true}};
+        store->apply(changes);
+    }
+    auto store = this->backend.open();
+    Snapshot s = store->load(10, 0);
+    ASSERT_EQ(s.room_aliases.size(), 2u);
+    EXPECT_EQ(s.room_aliases[0].alias, "#a:x");
+    EXPECT_EQ(s.room_aliases[0].room_id, "!r:x");
+    EXPECT_EQ(s.room_aliases[0].creator, "@u:x");
+    EXPECT_EQ(s.room_aliases[1].alias, "#c:x");
+    EXPECT_EQ(s.published_rooms, std::vector<std::string>{"!r:x"});
+}
+
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};

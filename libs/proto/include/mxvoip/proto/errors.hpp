@@ -28,6 +28,7 @@ inline constexpr const char* guest_access_forbidden = "M_GUEST_ACCESS_FORBIDDEN"
 inline constexpr const char* unsupported_room_version = "M_UNSUPPORTED_ROOM_VERSION";
 inline constexpr const char* invalid_room_state = "M_INVALID_ROOM_STATE";
 inline constexpr const char* room_in_use = "M_ROOM_IN_USE";
+inline constexpr const char* bad_alias = "M_BAD_ALIAS";
 inline constexpr const char* user_deactivated = "M_USER_DEACTIVATED";
 }  // namespace errcode
 

@@ -23,6 +23,10 @@ bool is_valid_new_localpart(std::string_view localpart);
 // "!opaque:server".
 bool is_valid_room_id(std::string_view id);
 
+// "#localpart:server", at most 255 bytes; the localpart is any non-empty text without ':',
+// NUL or white space (Synapse refuses white space too), the server name printable.
+bool is_valid_room_alias(std::string_view alias);
+
 // call_id / party_id: 1-255 chars of [0-9A-Za-z-._~].
 bool is_valid_opaque_id(std::string_view id);
 

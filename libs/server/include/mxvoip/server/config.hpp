@@ -59,6 +59,7 @@ struct Limits {
     std::size_t connections = 10000;  // open connections in all
     std::size_t connections_per_address = 200;
     std::size_t pushers_per_user = 20;
+    std::size_t aliases_per_room = 100;  // local aliases pointing at one room
 };
 
 // Push notifications to push gateways (`push:`).

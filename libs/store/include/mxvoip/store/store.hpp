@@ -66,6 +66,13 @@ struct RoomRecord {
     std::string room_version;
 };
 
+// A local room alias ("#name:server") and who made it.
+struct RoomAliasRecord {
+    std::string alias;
+    std::string room_id;
+    std::string creator;
+};
+
 struct AccountDataRecord {
     StreamId stream = 0;
     std::string user_id;
@@ -295,6 +302,22 @@ struct DeletePusher {
     std::string app_id;
     std::string pushkey;
 };
+// Replaces a stored event's JSON with its redacted form.
+struct RedactEvent {
+    StreamId stream = 0;
+    std::string json;
+};
+struct PutRoomAlias {
+    RoomAliasRecord alias;
+};
+struct DeleteRoomAlias {
+    std::string alias;
+};
+// Publishes a room in the server's room directory, or takes it out.
+struct PutRoomVisibility {
+    std::string room_id;
+    bool published = false;
+};
 // Records a stream position taken by something that is not stored (a typing notification), so
 // no position a client has seen is handed out again after a restart.
 struct AdvanceStream {
@@ -307,7 +330,8 @@ using Mutation =
                  PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
                  PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream,
-                 PutPusher, DeletePusher, PutPresence>;
+                 PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
+                 PutRoomVisibility>;
 
 // Everything the server keeps in memory, read once at start-up.
 struct Snapshot {
@@ -333,6 +357,8 @@ struct Snapshot {
     std::vector<ReceiptRecord> receipts;       // in stream order
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
+    std::vector<RoomAliasRecord> room_aliases;
+    std::vector<std::string> published_rooms;
     StreamId max_stream = 0;
 };
 
