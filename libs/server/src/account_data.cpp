@@ -1,5 +1,7 @@
 #include "account_data.hpp"
 
+#include "filter.hpp"
+
 #include <algorithm>
 
 #include "mxvoip/proto/errors.hpp"
@@ -40,6 +42,7 @@ const std::string* AccountData::filter_locked(const std::string& user_id, std::s
 asio::awaitable<Response> AccountData::post_filter(Request& req) {
     require_own_path(req, 0);
     const auto& body = req.json;
+    SyncFilter::parse(body);  // a filter /sync would refuse is refused now, not stored
     std::string text = json::serialize(body);
     std::int64_t id;
     {

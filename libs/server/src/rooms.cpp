@@ -455,6 +455,10 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
     }
     std::optional<StreamId> to;
     if (const auto* t = req.query_param("to")) to = parse_token(*t);
+    EventFilter filter;
+    if (const auto* f = req.query_param("filter"))
+        filter = EventFilter::parse(proto::parse_json_object(*f));
+    if (filter.limit) limit = std::clamp(*filter.limit, 1, limit);
     StreamId from;
     StreamId visible;
     {
@@ -478,21 +482,40 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
     std::string out = "{\"chunk\":[";
     StreamId end = from;
     {
-        // What the user may not see is left out; the page still moves past it.
+        // What the user may not see or the filter leaves out is skipped; the page still moves
+        // past it.
         std::lock_guard lock(core_.mu);
-        const RoomHistory& history = room_or_throw_locked(room_id).history;
-        bool first = true;
+        const Room& room = room_or_throw_locked(room_id);
+        std::set<std::string> senders;
+        Comma comma;
         for (const auto& r : rows) {
             end = dir == "b" ? r.stream - 1 : r.stream;
-            if (!history.may_see(req.session->user_id, r.stream, r.type, r.state_key)) continue;
-            if (!first) out += ',';
-            first = false;
+            if (!room.history.may_see(req.session->user_id, r.stream, r.type, r.state_key))
+                continue;
+            if (!filter.allows(r.type, r.sender, r.room_id,
+                               filter.contains_url
+                                   ? json::serialize(json::parse(r.json).at("content"))
+                                   : std::string("{}")))
+                continue;
+            comma(out);
             render_record(out, r, now);
+            senders.insert(r.sender);
+        }
+        out += "],\"start\":\"" + make_token(from) + "\"";
+        if (!rows.empty() && static_cast<int>(rows.size()) == limit)
+            out += ",\"end\":\"" + make_token(end) + "\"";
+        // Lazy-loaded members: the member events of the chunk's senders, as they are now.
+        if (filter.lazy_load_members) {
+            out += ",\"state\":[";
+            Comma state_comma;
+            for (const auto& sender : senders)
+                if (auto ev = room.state_event("m.room.member", sender)) {
+                    state_comma(out);
+                    render_event(out, *ev, {}, now);
+                }
+            out += ']';
         }
     }
-    out += "],\"start\":\"" + make_token(from) + "\"";
-    if (!rows.empty() && static_cast<int>(rows.size()) == limit)
-        out += ",\"end\":\"" + make_token(end) + "\"";
     out += '}';
     co_return Response{200, std::move(out), {}};
 }

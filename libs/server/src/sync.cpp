@@ -49,33 +49,28 @@ Sync::Filter Sync::resolve_filter_locked(const Session& s, const Request& req) c
         if (!text) throw MatrixError(404, errcode::not_found, "No such filter");
         filter = json::parse(*text).as_object();
     }
-    // Honoured: room.timeline.limit and room.include_leave. Accepted and not needed here:
-    // lazy_load_members (every member is sent), presence and event type filters.
-    if (const auto* room = proto::opt_object(filter, "room")) {
-        if (auto leave = proto::opt_bool(*room, "include_leave")) f.include_leave = *leave;
-        if (const auto* timeline = proto::opt_object(*room, "timeline")) {
-            if (auto limit = proto::opt_int(*timeline, "limit"))
-                f.timeline_limit = static_cast<int>(std::clamp<std::int64_t>(*limit, 1, 1000));
-        }
-    }
+    f.spec = SyncFilter::parse(filter);
+    if (f.spec.timeline.limit) f.timeline_limit = *f.spec.timeline.limit;
     return f;
 }
 
 void Sync::render_timeline_locked(std::string& out, const Room& room, const Session& s,
                                   StreamId since, StreamId upto, const Filter& f, bool& limited,
-                                  StreamId& first_stream) {
+                                  StreamId& first_stream, std::set<std::string>& senders) {
     const std::string device_key = s.device_key();
     const std::int64_t now = core_.now_ms();
     auto may_see = [&](StreamId stream, const std::string& type,
                        const std::optional<std::string>& state_key) {
         return room.history.may_see(s.user_id, stream, type, state_key);
     };
+    const EventFilter& wanted = f.spec.timeline;
     std::vector<EventPtr> events;
     for (auto it = room.recent.rbegin(); it != room.recent.rend(); ++it) {
         const auto& ev = *it;
         if (ev->stream > upto) continue;
         if (ev->stream <= since) break;
         if (!may_see(ev->stream, ev->type, ev->state_key)) continue;
+        if (!wanted.allows(ev->type, ev->sender, room.id, ev->content())) continue;
         events.push_back(ev);
         if (static_cast<int>(events.size()) > f.timeline_limit) break;
     }
@@ -89,7 +84,10 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
         int want = f.timeline_limit - static_cast<int>(events.size());
         older = core_.store().events_before(room.id, before, want + 1);
         std::erase_if(older, [&](const auto& r) {
-            return r.stream <= since || !may_see(r.stream, r.type, r.state_key);
+            if (r.stream <= since || !may_see(r.stream, r.type, r.state_key)) return true;
+            if (!wanted.contains_url) return !wanted.allows(r.type, r.sender, room.id, "{}");
+            return !wanted.allows(r.type, r.sender, room.id,
+                                  json::serialize(json::parse(r.json).at("content")));
         });
         if (static_cast<int>(older.size()) > want) {
             limited = true;
@@ -105,25 +103,34 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
     for (const auto& r : older) {
         comma(out);
         render_record(out, r, now);
+        senders.insert(r.sender);
     }
     for (const auto& ev : events) {
         comma(out);
         render_event(out, *ev, device_key, now);
+        senders.insert(ev->sender);
     }
     out += "],\"limited\":";
     out += limited ? "true" : "false";
     out += ",\"prev_batch\":\"" + make_token(first_stream - 1) + "\"}";
 }
 
-// Current state entries with stream in (after, before): the state at the start of the
-// timeline as far as the timeline does not itself carry it.
 void Sync::render_state(std::string& out, const Room& room, StreamId after, StreamId before,
-                        const std::string& device_key) const {
+                        const Session& s, const Filter& f,
+                        const std::set<std::string>& senders) const {
     out += "\"state\":{\"events\":[";
     const std::int64_t now = core_.now_ms();
+    const std::string device_key = s.device_key();
+    const EventFilter& wanted = f.spec.state;
     Comma comma;
-    for (const auto& [_, ev] : room.state) {
-        if (ev->stream <= after || ev->stream >= before) continue;
+    for (const auto& [key, ev] : room.state) {
+        if (ev->stream >= before) continue;
+        if (wanted.lazy_load_members && key.first == "m.room.member") {
+            if (key.second != s.user_id && !senders.count(key.second)) continue;
+        } else if (ev->stream <= after) {
+            continue;
+        }
+        if (!wanted.allows(ev->type, ev->sender, room.id, ev->content())) continue;
         comma(out);
         render_event(out, *ev, device_key, now);
     }
@@ -171,6 +178,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     Comma join_comma, invite_comma, leave_comma;
     for (const auto& [room_id, m] : rooms_.memberships_locked(s.user_id)) {
         if (m.stream > upto) continue;  // its membership change is still being committed
+        if (!f.spec.room_rooms.allows_room(room_id)) continue;
         const Room* found = rooms_.find_locked(room_id);
         if (!found) continue;
         const Room& room = *found;
@@ -182,9 +190,10 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             std::string entry;
             bool limited = false;
             StreamId first = 0;
+            std::set<std::string> senders;
             entry += '{';
             render_timeline_locked(entry, room, s, joined_since ? 0 : since, upto, f, limited,
-                                   first);
+                                   first, senders);
             bool timeline_empty = first > upto;
             std::string room_data;
             Comma ad_comma;
@@ -192,21 +201,24 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
                  it != account_data.end() && it->first.first == room_id; ++it) {
                 if (!fresh && it->second.stream <= since) continue;
                 if (it->second.stream > upto) continue;
+                if (!f.spec.room_account_data.allows_type(it->first.second)) continue;
                 ad_comma(room_data);
                 room_data += "{\"type\":" + quoted(it->first.second) +
                              ",\"content\":" + it->second.content + "}";
             }
             std::string ephemeral;
-            receipts_.render_locked(ephemeral, room_id, s.user_id, since, upto, fresh);
+            if (f.spec.ephemeral.allows_type("m.receipt"))
+                receipts_.render_locked(ephemeral, room_id, s.user_id, since, upto, fresh);
             std::string typing;
-            if (typing_.render_locked(typing, room, since, upto, fresh))
+            if (f.spec.ephemeral.allows_type("m.typing") &&
+                typing_.render_locked(typing, room, since, upto, fresh))
                 ephemeral += (ephemeral.empty() ? "" : ",") + typing;
             if (!fresh && timeline_empty && room_data.empty() && ephemeral.empty()) continue;
             entry += ',';
             if (fresh)
-                render_state(entry, room, 0, first, dkey);
-            else if (limited)
-                render_state(entry, room, since, first, dkey);
+                render_state(entry, room, 0, first, s, f, senders);
+            else if (limited || f.spec.state.lazy_load_members)
+                render_state(entry, room, limited ? since : first, first, s, f, senders);
             else
                 entry += "\"state\":{\"events\":[]}";
             std::size_t joined = 0, invited = 0;
@@ -274,14 +286,15 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             invite += "]}}";
         } else {
             // Left, kicked or banned: reported once, in the first sync after it happened.
-            if (initial ? !f.include_leave : m.stream <= since) continue;
+            if (initial ? !f.spec.include_leave : m.stream <= since) continue;
             leave_comma(leave);
             append_quoted(leave, room_id);
             leave += ":{";
             bool limited = false;
             StreamId first = 0;
-            render_timeline_locked(leave, room, s, initial ? 0 : since, m.stream, f, limited,
-                                   first);
+            std::set<std::string> senders;
+            render_timeline_locked(leave, room, s, initial ? 0 : since, m.stream, f, limited, first,
+                                   senders);
             leave += ",\"state\":{\"events\":[]},\"account_data\":{\"events\":[]}}";
         }
     }
@@ -291,6 +304,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     for (auto it = account_data.lower_bound({"", ""});
          it != account_data.end() && it->first.first.empty(); ++it) {
         if ((!initial && it->second.stream <= since) || it->second.stream > upto) continue;
+        if (!f.spec.account_data.allows_type(it->first.second)) continue;
         global_comma(global);
         global +=
             "{\"type\":" + quoted(it->first.second) + ",\"content\":" + it->second.content + "}";
@@ -320,7 +334,8 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     has_content = !join.empty() || !invite.empty() || !leave.empty() || !global.empty() ||
                   !to_device.empty() || devices_changed;
     std::string presence;
-    presence_.render_locked(presence, s.user_id, since, upto, initial);
+    if (f.spec.presence.allows_type("m.presence"))
+        presence_.render_locked(presence, s.user_id, since, upto, initial);
     has_content = has_content || !presence.empty();
 
     out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +

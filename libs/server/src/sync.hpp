@@ -5,10 +5,12 @@
 // when nothing did.
 #include <boost/asio/awaitable.hpp>
 
+#include <set>
 #include <string>
 
 #include "account_data.hpp"
 #include "core.hpp"
+#include "filter.hpp"
 #include "http_types.hpp"
 #include "keys.hpp"
 #include "notifications.hpp"
@@ -38,19 +40,25 @@ class Sync {
 
   private:
     struct Filter {
-        int timeline_limit = 10;
-        bool include_leave = false;
+        SyncFilter spec;
+        int timeline_limit = 10;  // 0 to 1000
     };
     Filter resolve_filter_locked(const Session& s, const Request& req) const;
     bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
                       bool full_state, std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since) const;
     // The room's events in (since, upto] that `s` may see, at most the filter's limit.
+    // Adds the senders of the events it renders to `senders`.
     void render_timeline_locked(std::string& out, const Room& room, const Session& s,
                                 StreamId since, StreamId upto, const Filter& f, bool& limited,
-                                StreamId& first_stream);
+                                StreamId& first_stream, std::set<std::string>& senders);
+    // Current state entries with stream in (after, before) that the state filter allows: the
+    // state at the start of the timeline as far as the timeline does not itself carry it.
+    // With lazy_load_members, of the member events only those of `senders` (whatever their
+    // stream: the client may never have been sent them) and of the user.
     void render_state(std::string& out, const Room& room, StreamId after, StreamId before,
-                      const std::string& device_key) const;
+                      const Session& s, const Filter& f,
+                      const std::set<std::string>& senders) const;
 
     Core& core_;
     Rooms& rooms_;
