@@ -5,27 +5,21 @@
 // the same after a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, makeDir, userHandle, api, CS } from '../lib/harness.mjs';
-import { rmSync } from 'node:fs';
+import { startServer, register, api, CS } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
 let carol;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
   carol = await register(server.url, 'carol');
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 const stateOf = async (user, roomId, type) => user.call('GET', `/rooms/${enc(roomId)}/state/${enc(type)}/`);
 
@@ -194,14 +188,13 @@ test('directory visibility and /publicRooms: published public rooms, largest fir
   assert.equal((await fresh.call('PUT', `/directory/list/room/${enc(hidden)}`, { body: { visibility: 'public' } })).status, 200);
 
   // The directory and the aliases survive a restart.
-  await server.stop();
-  server = await startServer({ dir });
+  server = await server.restart();
   assert.deepEqual((await vis(rooms[2])).body, { visibility: 'private' });
   assert.deepEqual((await vis(hidden)).body, { visibility: 'public' });
   const after = await api(server.url, 'GET', `${CS}/publicRooms`);
   assert.deepEqual(after.body.chunk.map((c) => c.room_id).sort(), [rooms[0], rooms[1], rooms[3], rooms[4], space, hidden].sort());
   const lobby = await api(server.url, 'GET', `${CS}/directory/room/${enc('#lobby:localhost')}`);
   assert.equal(lobby.status, 200);
-  const bobAgain = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
+  const bobAgain = bob.at(server.url);
   assert.equal((await bobAgain.call('POST', `/join/${enc('#lobby:localhost')}`, { body: {} })).status, 200);
 });

@@ -5,8 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign, randomBytes } from 'node:crypto';
-import { rmSync } from 'node:fs';
-import { startServer, register, api, makeDir, userHandle, CS } from '../lib/harness.mjs';
+import { startServer, register, api, userHandle, CS } from '../lib/harness.mjs';
 
 const b64 = (buf) => Buffer.from(buf).toString('base64').replace(/=+$/, '');
 
@@ -189,8 +188,7 @@ test('device lists: who shares a room learns of new and removed devices in /sync
 });
 
 test('keys, claims and device list positions survive a restart', async () => {
-  const dir = makeDir();
-  let server = await startServer({ dir });
+  let server = await startServer();
   try {
     const alice = await signIn(server, 'alice');
     const bob = await signIn(server, 'bob');
@@ -203,11 +201,9 @@ test('keys, claims and device list positions survive a restart', async () => {
     await upload(alice, { device_keys: keys, one_time_keys: otk, fallback_keys: fallback });
     const want = { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } };
     assert.deepEqual((await claim(bob, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K1': otk['signed_curve25519:K1'] });
-    await server.stop();
-
-    server = await startServer({ dir });
-    const bob2 = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
-    const alice2 = userHandle(server.url, { user_id: alice.userId, access_token: alice.token, device_id: alice.deviceId });
+    server = await server.restart();
+    const bob2 = bob.at(server.url);
+    const alice2 = alice.at(server.url);
     assert.deepEqual((await query(bob2, { [alice.userId]: [] })).body.device_keys[alice.userId][alice.deviceId], { ...keys, unsigned: { device_display_name: "alice's laptop" } });
     assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K2': otk['signed_curve25519:K2'] }, 'K1 was claimed before the restart');
     assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], fallback);
@@ -217,7 +213,6 @@ test('keys, claims and device list positions survive a restart', async () => {
     assert.deepEqual(aliceSync.device_unused_fallback_key_types, []);
   } finally {
     await server.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 });
 
@@ -299,8 +294,7 @@ test('cross-signing keys: the first upload is free, replacing them needs the pas
 });
 
 test('signatures: a device by its self-signing key, the master key by a device, another user by the user-signing key; failures per key', async () => {
-  const dir = makeDir();
-  let server = await startServer({ dir });
+  let server = await startServer();
   try {
     const alice = await signIn(server, 'alice');
     const bob = await signIn(server, 'bob');
@@ -352,15 +346,13 @@ test('signatures: a device by its self-signing key, the master key by a device, 
     assert.equal(mismatch.body.failures[alice.userId][alice.deviceId].errcode, 'M_INVALID_PARAM');
 
     // All of it after a restart.
-    await server.stop();
-    server = await startServer({ dir });
-    const bob2 = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
+    server = await server.restart();
+    const bob2 = bob.at(server.url);
     const after = await query(bob2, { [alice.userId]: [] });
     assert.deepEqual(after.body.self_signing_keys[alice.userId], acs.selfSigningKey);
     assert.equal(after.body.device_keys[alice.userId][alice.deviceId].signatures[alice.userId][acs.selfSigning.keyId], deviceSigned.signatures[alice.userId][acs.selfSigning.keyId]);
     assert.equal(after.body.master_keys[alice.userId].signatures[bob.userId][bcs.userSigning.keyId], verified.signatures[bob.userId][bcs.userSigning.keyId]);
   } finally {
     await server.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -3,11 +3,9 @@
 // presence.enabled: false.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
-import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
+import { startServer, register } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
@@ -15,18 +13,14 @@ let carol; // shares no room with alice
 let roomId;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
   carol = await register(server.url, 'carol');
   roomId = await alice.createRoom({ preset: 'private_chat', invite: [bob.userId] });
   assert.equal((await bob.join(roomId)).status, 200);
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 const status = (user, who = user.userId) => user.call('GET', `/presence/${enc(who)}/status`);
 const setStatus = (user, body, who = user.userId) => user.call('PUT', `/presence/${enc(who)}/status`, { body });
@@ -108,10 +102,8 @@ test('an initial sync has the presence of everyone sharing a room; a status surv
   assert.equal((await setStatus(bob, { presence: 'online', status_msg: 'on call duty' })).status, 200);
   const initial = await alice.sync({ set_presence: 'offline' });
   assert.equal(presenceOf(initial, bob.userId)[0].content.status_msg, 'on call duty');
-  const tokens = [alice, bob].map((u) => ({ user_id: u.userId, access_token: u.token, device_id: u.deviceId }));
-  await server.stop();
-  server = await startServer({ dir });
-  [alice, bob] = tokens.map((t) => userHandle(server.url, t));
+  server = await server.restart();
+  [alice, bob] = [alice, bob].map((u) => u.at(server.url));
   const res = await status(alice, bob.userId);
   assert.equal(res.body.status_msg, 'on call duty');
 });

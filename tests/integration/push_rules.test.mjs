@@ -3,28 +3,22 @@
 // that follow messages, mentions and read receipts, and both after a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
-import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
+import { startServer, register } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
 let roomId;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
   roomId = await alice.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [bob.userId] });
   assert.equal((await bob.join(roomId)).status, 200);
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 const rule = (user, kind, id, suffix = '') => `/pushrules/global/${kind}/${enc(id)}${suffix}`;
 const ids = (list) => list.map((r) => r.rule_id);
@@ -165,10 +159,8 @@ test('rules and counts after a restart', async () => {
   await say(bob, 'lunch?');
   const before = await counts(alice);
   assert.deepEqual(before, { highlight_count: 1, notification_count: 61 });
-  const tokens = [alice, bob].map((u) => ({ user_id: u.userId, access_token: u.token, device_id: u.deviceId }));
-  await server.stop();
-  server = await startServer({ dir });
-  [alice, bob] = tokens.map((t) => userHandle(server.url, t));
+  server = await server.restart();
+  [alice, bob] = [alice, bob].map((u) => u.at(server.url));
   assert.deepEqual(await counts(alice), before);
   const enabled = await alice.call('GET', rule(alice, 'underride', '.m.rule.room_one_to_one', '/enabled'));
   assert.deepEqual(enabled.body, { enabled: false });

@@ -3,11 +3,9 @@
 // room's ephemeral events: to whom, once, and after a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
-import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
+import { startServer, register } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
@@ -17,8 +15,7 @@ let first; // event ids bob sent
 let second;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
   carol = await register(server.url, 'carol');
@@ -27,10 +24,7 @@ before(async () => {
   first = (await bob.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'one' })).body.event_id;
   second = (await bob.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'two' })).body.event_id;
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 const receipt = (user, type, eventId, body = {}) =>
   user.call('POST', `/rooms/${enc(roomId)}/receipt/${enc(type)}/${enc(eventId)}`, { body });
@@ -196,10 +190,8 @@ test('typing errors', async () => {
 test('receipts survive a restart; typing does not', async () => {
   assert.equal((await typing(bob, { typing: true, timeout: 60000 })).status, 200);
   const beforeRestart = ephemeral(await alice.sync(), 'm.receipt')[0].content;
-  const tokens = [alice, bob].map((u) => ({ user_id: u.userId, access_token: u.token, device_id: u.deviceId }));
-  await server.stop();
-  server = await startServer({ dir });
-  [alice, bob] = tokens.map((t) => userHandle(server.url, t));
+  server = await server.restart();
+  [alice, bob] = [alice, bob].map((u) => u.at(server.url));
   const sync = await alice.sync();
   assert.deepEqual(ephemeral(sync, 'm.receipt')[0].content, beforeRestart);
   assert.deepEqual(ephemeral(sync, 'm.typing'), []);

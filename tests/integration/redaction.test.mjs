@@ -2,25 +2,19 @@
 // /rooms/{id}/context/{eventId} (event_context.yaml), and createRoom across room versions 1-11.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
-import { rmSync } from 'node:fs';
+import { startServer, register } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 const redact = (user, roomId, eventId, txn, body = {}) =>
   user.call('PUT', `/rooms/${enc(roomId)}/redact/${enc(eventId)}/${enc(txn)}`, { body });
@@ -132,13 +126,12 @@ test('an event older than the in-memory window is redacted in the store, and sta
   const res = await redact(alice, roomId, old, 'old1');
   assert.equal(res.status, 200, res.text);
   assert.deepEqual((await getEvent(bob, roomId, old)).body.content, {});
-  await server.stop();
-  server = await startServer({ dir });
-  const again = userHandle(server.url, { user_id: bob.userId, access_token: bob.token, device_id: bob.deviceId });
+  server = await server.restart();
+  const again = bob.at(server.url);
   const ev = await again.call('GET', `/rooms/${enc(roomId)}/event/${enc(old)}`);
   assert.deepEqual(ev.body.content, {});
   assert.equal(ev.body.unsigned.redacted_because.event_id, res.body.event_id);
-  alice = userHandle(server.url, { user_id: alice.userId, access_token: alice.token, device_id: alice.deviceId });
+  alice = alice.at(server.url);
   bob = again;
 });
 

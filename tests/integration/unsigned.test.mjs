@@ -5,11 +5,9 @@
 // invite), so without it a new DM is filed under "Rooms".
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
-import { rmSync } from 'node:fs';
+import { startServer, register } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-let dir;
 let server;
 let alice;
 let bob;
@@ -18,8 +16,7 @@ let inviteId;
 let joinId;
 
 before(async () => {
-  dir = makeDir();
-  server = await startServer({ dir });
+  server = await startServer();
   alice = await register(server.url, 'alice');
   bob = await register(server.url, 'bob');
   roomId = await alice.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [bob.userId] });
@@ -30,10 +27,7 @@ before(async () => {
   assert.equal(bobs.length, 2);
   [inviteId, joinId] = bobs.map((e) => e.event_id);
 });
-after(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(async () => server?.stop());
 
 function checkJoin(ev, where) {
   assert.equal(ev.event_id, joinId, where);
@@ -89,9 +83,7 @@ test('a state change sent with a transaction id has both its transaction_id and 
 });
 
 test('what a state event replaced survives a restart', async () => {
-  const tokens = [alice, bob].map((u) => ({ user_id: u.userId, access_token: u.token, device_id: u.deviceId }));
-  await server.stop();
-  server = await startServer({ dir });
-  [alice, bob] = tokens.map((t) => userHandle(server.url, t));
+  server = await server.restart();
+  [alice, bob] = [alice, bob].map((u) => u.at(server.url));
   await everyPath('restarted');
 });

@@ -3,8 +3,7 @@
 // the state, and guest access.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
-import { startServer, register, userHandle, api, makeDir, CS } from '../lib/harness.mjs';
+import { startServer, register, userHandle, api, CS } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
 
@@ -55,9 +54,8 @@ async function expectSeen(server, { b, roomId, ids }, expected) {
 }
 
 test('history visibility decides what a member who joined later, left and came back reads, also after a restart', async () => {
-  const dir = makeDir();
+  let server = await startServer();
   try {
-    let server = await startServer({ dir });
     const joined = await scenario(server, 'joined');
     const shared = await scenario(server, 'shared');
     const invited = await scenario(server, 'invited');
@@ -70,12 +68,10 @@ test('history visibility decides what a member who joined later, left and came b
       await expectSeen(server, invited, ['joined', 'back']);
     };
     await check();
-    await server.stop();
-    server = await startServer({ dir });
+    server = await server.restart();
     await check();
-    await server.stop();
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
   }
 });
 

@@ -65,9 +65,9 @@ process.on('exit', () => {
 });
 
 // Starts the server and resolves once it listens. `dir` may be reused to restart on the same
-// database; `wrap` is a command the server runs under (nsenter into a mount namespace, say).
-export async function startServer({ dir, config = {}, args = [], wrap = [] } = {}) {
-  const ownDir = !dir;
+// database (or use the server's restart()); `wrap` is a command the server runs under
+// (nsenter into a mount namespace, say).
+export async function startServer({ dir, config = {}, args = [], wrap = [], ownDir = !dir } = {}) {
   dir = dir ?? makeDir();
   const configPath = writeConfig(dir, config);
   const argv = [...wrap, SERVER_BIN, '--config', configPath, ...args];
@@ -113,6 +113,14 @@ export async function startServer({ dir, config = {}, args = [], wrap = [] } = {
       proc.kill('SIGKILL');
       return exited;
     },
+    // Stops the server (SIGTERM, as an operator would) and starts it again on the same
+    // database and configuration; resolves to the new server.
+    async restart() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await exited;
+      sanitizerCheck(log);
+      return startServer({ dir, config, args, wrap, ownDir });
+    },
   };
   return server;
 }
@@ -157,6 +165,10 @@ export function userHandle(base, { user_id, access_token, device_id }) {
     token: access_token,
     deviceId: device_id,
     call,
+    // The same user and device on another server base URL (a restarted server's, say).
+    at(otherBase) {
+      return userHandle(otherBase, { user_id, access_token, device_id });
+    },
     async createRoom(body) {
       const res = await call('POST', '/createRoom', { body });
       if (res.status !== 200) throw new Error(`createRoom: ${res.status} ${res.text}`);

@@ -21,6 +21,10 @@ namespace errcode = proto::errcode;
 
 namespace {
 
+Response event_id_response(const std::string& event_id) {
+    return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+}
+
 json::object default_power_levels(const std::string& creator) {
     return json::object{
         {"users", {{creator, 100}}},
@@ -312,10 +316,7 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     std::string event_id;
     {
         std::lock_guard lock(core_.mu);
-        // A retry answers the first attempt's event id (its response waits, as every response
-        // does, until that event is durable).
-        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
-            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
+        if (auto retry = retried_locked(device, txn_key)) co_return std::move(*retry);
         Room& room = room_or_throw_locked(room_id);
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
@@ -325,7 +326,7 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
         ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);
-    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+    co_return event_id_response(event_id);
 }
 
 asio::awaitable<Response> Rooms::put_state(Request& req) {
@@ -344,14 +345,14 @@ asio::awaitable<Response> Rooms::put_state(Request& req) {
         if (auto prev = room.state_event(type, state_key);
             prev && prev->sender == s.user_id && room.membership_of(s.user_id) == "join" &&
             json::parse(prev->content()) == json::value(content))
-            co_return Response{200, "{\"event_id\":" + quoted(prev->event_id) + "}", {}};
+            co_return event_id_response(prev->event_id);
         PendingWrite w;
         auto ev = append_event_locked(room, s.user_id, {type, state_key, std::move(content)}, w);
         event_id = ev->event_id;
         ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);
-    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+    co_return event_id_response(event_id);
 }
 
 asio::awaitable<Response> Rooms::get_state_event(Request& req) {
@@ -630,6 +631,15 @@ void Rooms::load(store::Snapshot& snap) {
     }
 }
 
+std::optional<Response> Rooms::retried_locked(const std::string& device,
+                                              const std::string& txn_key) {
+    // The first attempt's event id; its response waits, as every response does, until that
+    // event is durable.
+    if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
+        return event_id_response(*first);
+    return std::nullopt;
+}
+
 const Room* Rooms::find_locked(const std::string& room_id) const {
     auto it = rooms_.find(room_id);
     return it == rooms_.end() ? nullptr : &it->second;
@@ -855,8 +865,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
     EventPtr target;
     {
         std::lock_guard lock(core_.mu);
-        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
-            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
+        if (auto retry = retried_locked(device, txn_key)) co_return std::move(*retry);
         Room& room = room_or_throw_locked(room_id);
         if (room.membership_of(s.user_id) != "join")
             throw MatrixError(403, errcode::forbidden, "You are not in this room");
@@ -874,8 +883,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
     std::string event_id;
     {
         std::lock_guard lock(core_.mu);
-        if (const auto* first = txns_.find(device, txn_key, core_.now_ms()))
-            co_return Response{200, "{\"event_id\":" + quoted(*first) + "}", {}};
+        if (auto retry = retried_locked(device, txn_key)) co_return std::move(*retry);
         Room& room = room_or_throw_locked(room_id);
         if (target->type == "m.room.create")
             throw MatrixError(403, errcode::forbidden, "The room's creation cannot be redacted");
@@ -894,7 +902,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
     }
     co_await core_.durable(ticket);
     spdlog::info("{} redacted {} in {}", s.user_id, target_id, room_id);
-    co_return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
+    co_return event_id_response(event_id);
 }
 
 // ---------------------------------------------------------------------------------------------

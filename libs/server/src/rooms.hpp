@@ -95,6 +95,8 @@ class Rooms {
     // Replaces `target` everywhere it is held and stored by its redacted form.
     void apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
                                 PendingWrite& w);
+    // The answer to a retried transaction (PUT /send, /redact), or nothing for a new one.
+    std::optional<Response> retried_locked(const std::string& device, const std::string& txn_key);
     // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
     void check_canonical_alias_locked(const Room& room, const NewEvent& ev) const;
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
