@@ -101,6 +101,10 @@ test('ephemeral, account data and presence filters', async () => {
   assert.ok(s.presence.events.some((e) => e.sender === bob.userId));
   s = await syncWith({ presence: { types: [] } });
   assert.deepEqual(s.presence.events, []);
+  s = await syncWith({ presence: { not_senders: [bob.userId] } });
+  assert.ok(!s.presence.events.some((e) => e.sender === bob.userId));
+  s = await syncWith({ presence: { senders: [bob.userId] } });
+  assert.deepEqual(s.presence.events.map((e) => e.sender), [bob.userId]);
   s = await syncWith({ event_format: 'client' });
   assert.ok(s.rooms.join[roomId]);
 });

@@ -166,13 +166,14 @@ void Presence::append_event(std::string& out, const std::string& user, const Sta
 }
 
 bool Presence::render_locked(std::string& out, const std::string& user, StreamId since,
-                             StreamId upto, bool initial) const {
+                             StreamId upto, bool initial, const EventFilter* filter) const {
     if (!core_.config().presence_enabled) return false;
     std::unordered_set<std::string> seen;
     const std::int64_t now = core_.now_ms();
     bool any = false;
     auto consider = [&](const std::string& who) {
         if (!seen.insert(who).second) return;
+        if (filter && !filter->allows_sender(who)) return;
         auto it = users_.find(who);
         if (it == users_.end() || it->second.stream > upto || it->second.stream == 0) return;
         if (initial ? it->second.presence == "offline" && it->second.status_msg.empty()

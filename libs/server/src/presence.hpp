@@ -21,6 +21,7 @@
 
 #include "accounts.hpp"
 #include "core.hpp"
+#include "filter.hpp"
 #include "http_types.hpp"
 #include "rooms.hpp"
 
@@ -48,9 +49,10 @@ class Presence {
                              PendingWrite& w);
     void sync_ended_locked(const std::string& user);
     // Appends the m.presence events `user` is to see: of the users sharing a joined room with
-    // them and their own, changed in (since, upto], or all known when `initial`.
+    // them and their own, changed in (since, upto], or all known when `initial`; of the
+    // senders `filter` allows, when there is one.
     bool render_locked(std::string& out, const std::string& user, StreamId since, StreamId upto,
-                       bool initial) const;
+                       bool initial, const EventFilter* filter = nullptr) const;
 
   private:
     struct State {

@@ -335,7 +335,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
                   !to_device.empty() || devices_changed;
     std::string presence;
     if (f.spec.presence.allows_type("m.presence"))
-        presence_.render_locked(presence, s.user_id, since, upto, initial);
+        presence_.render_locked(presence, s.user_id, since, upto, initial, &f.spec.presence);
     has_content = has_content || !presence.empty();
 
     out.reserve(join.size() + invite.size() + leave.size() + global.size() + to_device.size() +
