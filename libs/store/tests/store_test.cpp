@@ -2,6 +2,10 @@
 #include "mxvoip/store/writer.hpp"
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <pwd.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -12,7 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// One fixture per backend; PostgreSQL joins this list when its backend lands.
+// One fixture per backend. Each gives every test a fresh, empty database, opens stores on it,
+// and runs SQL on it beside the store (to age or damage it).
 struct SqliteBackend {
     fs::path dir;
     SqliteBackend() {
@@ -22,6 +27,16 @@ struct SqliteBackend {
     }
     ~SqliteBackend() { fs::remove_all(dir); }
     std::unique_ptr<Store> open() { return open_sqlite({(dir / "db.sqlite").string(), "full"}); }
+    void sql(const std::string& statement) {
+        sqlite3* db = nullptr;
+        ASSERT_EQ(sqlite3_open((dir / "db.sqlite").c_str(), &db), SQLITE_OK);
+        char* err = nullptr;
+        int rc = sqlite3_exec(db, statement.c_str(), nullptr, nullptr, &err);
+        std::string msg = err ? err : "";
+        sqlite3_free(err);
+        sqlite3_close(db);
+        ASSERT_EQ(rc, SQLITE_OK) << msg;
+    }
     static std::atomic<int>& counter() {
         static std::atomic<int> n{0};
         return n;
@@ -56,7 +71,85 @@ class StoreTest : public ::testing::Test {
     Backend backend;
 };
 
-using Backends = ::testing::Types<SqliteBackend>;
+// A real PostgreSQL 15 cluster, started on first use in a temporary directory and stopped
+// when the tests end: no TCP, a unix socket in that directory, trust authentication for its
+// one user. As root, its programs run as the postgres user (PostgreSQL refuses root).
+class PgCluster {
+  public:
+    static PgCluster& get() {
+        static PgCluster cluster;
+        return cluster;
+    }
+    std::string dsn(const std::string& db) const {
+        return "host=" + dir_.string() + " port=5432 user=mxvoip dbname=" + db;
+    }
+    void admin(const std::string& statement) const {
+        PGconn* c = PQconnectdb(dsn("postgres").c_str());
+        PGresult* r = PQexec(c, statement.c_str());
+        std::string err = PQresultStatus(r) == PGRES_COMMAND_OK ? "" : PQresultErrorMessage(r);
+        PQclear(r);
+        PQfinish(c);
+        if (!err.empty()) throw std::runtime_error(statement + ": " + err);
+    }
+    ~PgCluster() {
+        run("pg_ctl -D " + (dir_ / "data").string() + " -m immediate -w stop > /dev/null");
+        fs::remove_all(dir_);
+    }
+
+  private:
+    PgCluster() {
+        if (!fs::exists(fs::path(kBin) / "initdb"))
+            throw std::runtime_error(std::string("PostgreSQL 15 is missing (no ") + kBin +
+                                     "/initdb): run scripts/setup");
+        dir_ = fs::temp_directory_path() / ("mxvoip-pg-" + std::to_string(::getpid()));
+        fs::create_directories(dir_);
+        if (::geteuid() == 0) {
+            const passwd* pw = ::getpwnam("postgres");
+            if (!pw) throw std::runtime_error("no postgres user: run scripts/setup");
+            if (::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0)
+                throw std::runtime_error("cannot chown " + dir_.string());
+            as_ = "runuser -u postgres -- ";
+        }
+        const std::string data = (dir_ / "data").string();
+        run("initdb -D " + data + " -U mxvoip --auth=trust -E UTF8 --no-sync > " +
+            (dir_ / "initdb.log").string() + " 2>&1");
+        run("pg_ctl -D " + data + " -l " + (dir_ / "server.log").string() +
+            " -w -o \"-c listen_addresses='' -k " + dir_.string() + "\" start > /dev/null");
+    }
+    void run(const std::string& command) const {
+        std::string line = as_ + kBin + "/" + command;
+        if (std::system(line.c_str()) != 0)
+            throw std::runtime_error("failed: " + line + " (see " + dir_.string() + ")");
+    }
+
+    static constexpr const char* kBin = "/usr/lib/postgresql/15/bin";
+    fs::path dir_;
+    std::string as_;
+};
+
+struct PostgresBackend {
+    std::string name;
+    PostgresBackend() : name("t" + std::to_string(SqliteBackend::counter()++)) {
+        PgCluster::get().admin("CREATE DATABASE " + name);
+    }
+    ~PostgresBackend() {
+        try {
+            PgCluster::get().admin("DROP DATABASE " + name + " WITH (FORCE)");
+        } catch (...) {
+        }
+    }
+    std::unique_ptr<Store> open() { return open_postgres({PgCluster::get().dsn(name)}); }
+    void sql(const std::string& statement) {
+        PGconn* c = PQconnectdb(PgCluster::get().dsn(name).c_str());
+        PGresult* r = PQexec(c, statement.c_str());
+        std::string err = PQresultStatus(r) == PGRES_COMMAND_OK ? "" : PQresultErrorMessage(r);
+        PQclear(r);
+        PQfinish(c);
+        ASSERT_EQ(err, "");
+    }
+};
+
+using Backends = ::testing::Types<SqliteBackend, PostgresBackend>;
 TYPED_TEST_SUITE(StoreTest, Backends);
 
 }  // namespace
@@ -199,6 +292,35 @@ TYPED_TEST(StoreTest, AliasesAndPublishedRoomsSurviveAndDelete) {
     EXPECT_EQ(s.room_aliases[0].creator, "@u:x");
     EXPECT_EQ(s.room_aliases[1].alias, "#c:x");
     EXPECT_EQ(s.published_rooms, std::vector<std::string>{"!r:x"});
+}
+
+TYPED_TEST(StoreTest, SchemaVersionIsRecordedAndANewerDatabaseIsRefused) {
+    this->backend.open();
+    // A database made by a newer mxvoip-server: this one must not touch it.
+    this->backend.sql("UPDATE schema_version SET version = 1000");
+    try {
+        this->backend.open();
+        FAIL() << "a database from a newer version was opened";
+    } catch (const StoreError& e) {
+        EXPECT_NE(std::string(e.what()).find("version 1000, newer than this mxvoip-server"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+TYPED_TEST(StoreTest, ADatabaseBeforeSchemaVersionsIsTakenAsVersionOne) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};
+        store->apply(batch);
+    }
+    this->backend.sql("DELETE FROM schema_version");
+    auto store = this->backend.open();
+    EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
+    // The version was recorded again: ageing it makes the database a newer one.
+    store.reset();
+    this->backend.sql("UPDATE schema_version SET version = 1000");
+    EXPECT_THROW(this->backend.open(), StoreError);
 }
 
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {

@@ -400,4 +400,11 @@ struct SqliteOptions {
 
 std::unique_ptr<Store> open_sqlite(const SqliteOptions& options);
 
+struct PostgresOptions {
+    // A libpq connection string: "host=/run/postgresql dbname=mxvoip", or a postgresql:// URI.
+    std::string dsn;
+};
+
+std::unique_ptr<Store> open_postgres(const PostgresOptions& options);
+
 }  // namespace mxvoip::store

@@ -1,0 +1,361 @@
+// The PostgreSQL backend of the store, through libpq. The queries and writes are the SQL
+// backends' shared ones (sql_store.hpp); this file has the connection, the statements and the
+// PostgreSQL schema. Until several processes can share a database (docs/architecture.md,
+// "Next"), one process owns it: a session advisory lock on the writer's connection, which
+// the server gives up only by disconnecting.
+#include <libpq-fe.h>
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxvoip/store/store.hpp"
+#include "sql_store.hpp"
+
+namespace mxvoip::store {
+namespace {
+
+// Version 1: the tables of the SQLite schema's version 1, in PostgreSQL's types.
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    is_guest BIGINT NOT NULL,
+    created_ts BIGINT NOT NULL,
+    displayname TEXT NOT NULL DEFAULT '',
+    avatar_url TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    device_display_name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS access_tokens_user ON access_tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT PRIMARY KEY,
+    room_version TEXT NOT NULL
+);
+-- Append-only in stream order. Deliberately no index on event_id or on transactions: every
+-- random-order index costs a dirty page per event at commit (see bench/RESULTS.md).
+CREATE TABLE IF NOT EXISTS events (
+    stream_id BIGINT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    origin_server_ts BIGINT NOT NULL,
+    json TEXT NOT NULL,
+    txn_device_key TEXT,
+    txn_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_room ON events (room_id, stream_id);
+-- The membership and visibility history read at start (in stream order: appended, cheap).
+CREATE INDEX IF NOT EXISTS events_history ON events (stream_id)
+    WHERE type IN ('m.room.member', 'm.room.history_visibility');
+CREATE TABLE IF NOT EXISTS current_state (
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    stream_id BIGINT NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+);
+CREATE TABLE IF NOT EXISTS account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    stream_id BIGINT NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+);
+CREATE TABLE IF NOT EXISTS to_device (
+    stream_id BIGINT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS to_device_target ON to_device (user_id, device_id, stream_id);
+CREATE TABLE IF NOT EXISTS filters (
+    user_id TEXT NOT NULL,
+    filter_id BIGINT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+-- seq is upload order: one-time keys are claimed oldest first.
+CREATE TABLE IF NOT EXISTS one_time_keys (
+    seq BIGSERIAL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    UNIQUE (user_id, device_id, algorithm, key_id)
+);
+CREATE TABLE IF NOT EXISTS fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    used BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm)
+);
+CREATE TABLE IF NOT EXISTS cross_signing_keys (
+    user_id TEXT NOT NULL,
+    usage TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, usage)
+);
+CREATE TABLE IF NOT EXISTS key_signatures (
+    target_user TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    signer_user TEXT NOT NULL,
+    signer_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (target_user, target_key, signer_user, signer_key)
+);
+CREATE TABLE IF NOT EXISTS backup_versions (
+    user_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    algorithm TEXT NOT NULL,
+    auth_data TEXT NOT NULL,
+    etag BIGINT NOT NULL,
+    deleted BIGINT NOT NULL,
+    PRIMARY KEY (user_id, version)
+);
+CREATE TABLE IF NOT EXISTS backup_keys (
+    user_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    is_verified BIGINT NOT NULL,
+    first_message_index BIGINT NOT NULL,
+    forwarded_count BIGINT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+);
+CREATE TABLE IF NOT EXISTS device_list_changes (
+    user_id TEXT PRIMARY KEY,
+    stream_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    receipt_type TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    stream_id BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+);
+CREATE TABLE IF NOT EXISTS pushers (
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    pushkey TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    created_ts BIGINT NOT NULL,
+    PRIMARY KEY (user_id, app_id, pushkey)
+);
+CREATE TABLE IF NOT EXISTS presence (
+    user_id TEXT PRIMARY KEY,
+    stream_id BIGINT NOT NULL,
+    presence TEXT NOT NULL,
+    status_msg TEXT NOT NULL,
+    last_active_ts BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_rooms (room_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS stream_position (id BIGINT PRIMARY KEY CHECK (id = 1), max_stream BIGINT NOT NULL);
+INSERT INTO stream_position VALUES (1, 0) ON CONFLICT DO NOTHING;
+)sql";
+
+// The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip").
+constexpr long long kOwnerLock = 0x6d78766f6970;
+
+class PgStmt;
+
+class PgDb {
+  public:
+    using Stmt = PgStmt;
+    static constexpr const char* kMigrations[] = {kSchemaV1};
+    static constexpr const char* kHistoryQuery =
+        "SELECT stream_id, room_id, type, state_key, CASE type WHEN 'm.room.member' THEN "
+        "(json::jsonb)->'content'->>'membership' ELSE "
+        "(json::jsonb)->'content'->>'history_visibility' END FROM events WHERE type IN "
+        "('m.room.member', 'm.room.history_visibility') AND state_key IS NOT NULL ORDER BY "
+        "stream_id";
+    static constexpr const char* kOneTimeKeysQuery =
+        "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY seq";
+
+    explicit PgDb(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {
+        if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
+            std::string msg = conn_ ? PQerrorMessage(conn_) : "out of memory";
+            PQfinish(conn_);
+            throw StoreError("cannot connect to PostgreSQL: " + trim(msg));
+        }
+        // Notices (a table that already exists, say) are not the server's log's business.
+        PQsetNoticeProcessor(
+            conn_, [](void*, const char*) {}, nullptr);
+        exec("SET client_min_messages = warning");
+    }
+    ~PgDb() { PQfinish(conn_); }
+    PgDb(const PgDb&) = delete;
+    PgDb& operator=(const PgDb&) = delete;
+
+    void begin() { exec("BEGIN"); }
+    void commit() { exec("COMMIT"); }
+    void rollback() noexcept { PQclear(PQexec(conn_, "ROLLBACK")); }
+
+    void exec(const char* sql) {
+        PGresult* r = PQexec(conn_, sql);
+        check(r, sql);
+        PQclear(r);
+    }
+
+    // The name of the prepared statement for `sql` ('?' placeholders numbered), preparing
+    // it on first use.
+    const std::string& prepared(const char* sql) {
+        auto [it, inserted] = names_.try_emplace(sql);
+        if (inserted) {
+            std::string name = "s" + std::to_string(names_.size());
+            std::string numbered = number_placeholders(sql);
+            PGresult* r = PQprepare(conn_, name.c_str(), numbered.c_str(), 0, nullptr);
+            try {
+                check(r, sql);
+            } catch (...) {
+                names_.erase(it);
+                throw;
+            }
+            PQclear(r);
+            it->second = std::move(name);
+        }
+        return it->second;
+    }
+
+    // Throws StoreError for a failed result (and frees it).
+    void check(PGresult* r, const char* sql) {
+        auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+        if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
+        std::string msg = r ? PQresultErrorMessage(r) : PQerrorMessage(conn_);
+        PQclear(r);
+        throw StoreError("PostgreSQL: " + trim(msg) + " (in: " + std::string(sql, 0, 80) + ")");
+    }
+
+    PGconn* handle() { return conn_; }
+
+  private:
+    static std::string trim(std::string s) {
+        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+        return s;
+    }
+    // '?' -> $1, $2, ... (the shared SQL has no '?' inside string literals).
+    static std::string number_placeholders(const char* sql) {
+        std::string out;
+        int n = 0;
+        for (const char* p = sql; *p; ++p) {
+            if (*p == '?')
+                out += "$" + std::to_string(++n);
+            else
+                out += *p;
+        }
+        return out;
+    }
+
+    PGconn* conn_;
+    std::unordered_map<const char*, std::string> names_;
+};
+
+// Parameters go as text; PostgreSQL infers their types from the statement.
+class PgStmt {
+  public:
+    PgStmt(PgDb& db, const char* sql) : db_(db), sql_(sql), name_(db.prepared(sql)) {}
+    ~PgStmt() { PQclear(result_); }
+    PgStmt(const PgStmt&) = delete;
+    PgStmt& operator=(const PgStmt&) = delete;
+
+    PgStmt& bind(const std::string& v) {
+        params_.emplace_back(v);
+        return *this;
+    }
+    PgStmt& bind(const std::optional<std::string>& v) {
+        params_.push_back(v);
+        return *this;
+    }
+    PgStmt& bind(std::int64_t v) { return bind(std::to_string(v)); }
+    PgStmt& bind(bool v) { return bind(static_cast<std::int64_t>(v)); }
+
+    void run() { execute(); }
+    bool next() {
+        if (!result_) execute();
+        return ++row_ < PQntuples(result_);
+    }
+    std::string text(int col) {
+        return std::string(PQgetvalue(result_, row_, col),
+                           static_cast<std::size_t>(PQgetlength(result_, row_, col)));
+    }
+    std::optional<std::string> opt_text(int col) {
+        if (PQgetisnull(result_, row_, col)) return std::nullopt;
+        return text(col);
+    }
+    std::int64_t integer(int col) {
+        return std::strtoll(PQgetvalue(result_, row_, col), nullptr, 10);
+    }
+
+  private:
+    void execute() {
+        std::vector<const char*> values;
+        values.reserve(params_.size());
+        for (const auto& p : params_) values.push_back(p ? p->c_str() : nullptr);
+        PGresult* r = PQexecPrepared(db_.handle(), name_.c_str(), static_cast<int>(values.size()),
+                                     values.data(), nullptr, nullptr, 0);
+        db_.check(r, sql_);
+        result_ = r;
+        row_ = -1;
+    }
+
+    PgDb& db_;
+    const char* sql_;
+    const std::string& name_;
+    std::vector<std::optional<std::string>> params_;
+    PGresult* result_ = nullptr;
+    int row_ = -1;
+};
+
+std::unique_ptr<PgDb> open_owner(const PostgresOptions& opts) {
+    auto db = std::make_unique<PgDb>(opts.dsn);
+    PgDb::Stmt lock(*db, "SELECT pg_try_advisory_lock(?)");
+    lock.bind(static_cast<std::int64_t>(kOwnerLock));
+    if (!lock.next() || lock.text(0) != "t")
+        throw StoreError(
+            "the PostgreSQL database is in use by another process (a running mxvoip-server?); "
+            "stop it first");
+    return db;
+}
+
+class PostgresStore final : public sql::SqlStore<PgDb> {
+  public:
+    explicit PostgresStore(const PostgresOptions& opts)
+        : SqlStore(open_owner(opts), [&] { return std::make_unique<PgDb>(opts.dsn); }) {}
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_postgres(const PostgresOptions& options) {
+    return std::make_unique<PostgresStore>(options);
+}
+
+}  // namespace mxvoip::store
