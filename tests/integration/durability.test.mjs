@@ -3,9 +3,8 @@
 // returns the same event id. Also graceful shutdown on SIGTERM.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync, readFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { startServer, register, userHandle, api, makeDir, CS } from '../lib/harness.mjs';
+import { rmSync } from 'node:fs';
+import { startServer, register, userHandle, api, makeDir, storedBytes, CS } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
 
@@ -124,12 +123,7 @@ test('secrets never reach the log or the database', async () => {
   const u = await register(server.url, 'secretive', { password: 'hunter2-password' });
   await api(server.url, 'GET', `${CS}/account/whoami`, { query: { access_token: u.token } });
   await api(server.url, 'POST', `${CS}/login`, { body: { type: 'm.login.password', user: 'secretive', password: 'wrong-password-xyz' } });
-  const dbDir = server.dir;
-  const stored = () => ['homeserver.db', 'homeserver.db-wal']
-    .filter((f) => existsSync(join(dbDir, f)))
-    .map((f) => readFileSync(join(dbDir, f)).toString('latin1'))
-    .join('');
-  const whileRunning = stored();
+  const whileRunning = storedBytes(server.dir);
   assert.ok(whileRunning.includes('@secretive:localhost'), 'the account is in the database');
   assert.ok(whileRunning.includes('$argon2id$'), 'passwords are stored as Argon2id hashes');
   assert.ok(!whileRunning.includes(u.token), 'access token stored in clear');

@@ -32,6 +32,10 @@ test('identifiers that are not UTF-8 are refused, and the server still restarts'
       ['PUT', `/user/${u}/account_data/%FF`], // account data type
       ['PUT', `/user/${u}/rooms/${r}/account_data/x%E2%82`], // room account data type
       ['GET', `/sync?since=%FF`], // a query value
+      // NUL is UTF-8, but no text column of PostgreSQL holds it.
+      ['PUT', `/user/${u}/account_data/org.example.a%00b`],
+      ['PUT', `/rooms/${r}/state/m.room.topic/a%00`],
+      ['GET', `/sync?filter=%00`],
     ];
     for (const [method, path] of attempts) {
       const body = method === 'PUT' ? { body: 'x', topic: 'x' } : undefined;

@@ -1,7 +1,7 @@
 // Test fixture: runs the real mxvoip-server binary on a free loopback port with a
 // temporary database, and a small HTTP helper to talk to it.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, chownSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -42,8 +42,73 @@ export function makeDir(prefix = 'mxvoip-test-') {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
+// MXVOIP_TEST_DATABASE=postgres runs the servers on PostgreSQL: one cluster per test process,
+// started on first use (initdb in a temporary directory, a private unix socket, no TCP; as the
+// postgres user when run as root) and stopped when the process ends; a database per test
+// directory, so a restart on the same directory finds its data.
+const PG_BIN = '/usr/lib/postgresql/15/bin';
+let pgCluster = null;
+function postgresCluster() {
+  if (pgCluster) return pgCluster;
+  if (!existsSync(`${PG_BIN}/initdb`)) throw new Error(`PostgreSQL 15 is missing (no ${PG_BIN}/initdb): run scripts/setup`);
+  const dir = makeDir('mxvoip-pg-');
+  const data = join(dir, 'data');
+  let prefix = [];
+  if (process.getuid() === 0) {
+    const id = (flag) => Number(execFileSync('id', [flag, 'postgres']).toString().trim());
+    chownSync(dir, id('-u'), id('-g'));
+    prefix = ['runuser', '-u', 'postgres', '--'];
+  }
+  const run = (program, args) => {
+    const argv = [...prefix, `${PG_BIN}/${program}`, ...args];
+    execFileSync(argv[0], argv.slice(1), { stdio: 'pipe' });
+  };
+  run('initdb', ['-D', data, '-U', 'mxvoip', '--auth=trust', '-E', 'UTF8', '--no-sync']);
+  run('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), '-w', '-o', `-c listen_addresses='' -k ${dir}`, 'start']);
+  process.on('exit', () => {
+    try {
+      run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    } catch {
+      // already gone
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+  let n = 0;
+  pgCluster = {
+    dir,
+    dsn: (db) => `host=${dir} port=5432 user=mxvoip dbname=${db}`,
+    createDatabase() {
+      const name = `t${process.pid}_${n++}`;
+      execFileSync(`${PG_BIN}/createdb`, ['-h', dir, '-U', 'mxvoip', name], { stdio: 'pipe' });
+      return name;
+    },
+  };
+  return pgCluster;
+}
+
+function defaultDatabase(dir) {
+  if (process.env.MXVOIP_TEST_DATABASE !== 'postgres') return { backend: 'sqlite', path: join(dir, 'homeserver.db') };
+  const cluster = postgresCluster();
+  const marker = join(dir, 'postgres-database');
+  if (!existsSync(marker)) writeFileSync(marker, cluster.createDatabase());
+  return { backend: 'postgres', dsn: cluster.dsn(readFileSync(marker, 'utf8')) };
+}
+
+// Everything the database of the server in `dir` holds, as text: SQLite's files (with the
+// write-ahead log) byte for byte, or a dump of the PostgreSQL database.
+export function storedBytes(dir) {
+  const marker = join(dir, 'postgres-database');
+  if (existsSync(marker)) {
+    return execFileSync(`${PG_BIN}/pg_dump`, ['-h', pgCluster.dir, '-U', 'mxvoip', readFileSync(marker, 'utf8')]).toString('latin1');
+  }
+  return ['homeserver.db', 'homeserver.db-wal']
+    .filter((f) => existsSync(join(dir, f)))
+    .map((f) => readFileSync(join(dir, f)).toString('latin1'))
+    .join('');
+}
+
 export function writeConfig(dir, overrides = {}) {
-  const config = { ...TEST_DEFAULTS, database: { backend: 'sqlite', path: join(dir, 'homeserver.db') }, ...overrides };
+  const config = { ...TEST_DEFAULTS, database: defaultDatabase(dir), ...overrides };
   const path = join(dir, 'homeserver.yaml');
   writeFileSync(path, yaml(config).trimStart() + '\n');
   return path;

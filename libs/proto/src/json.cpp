@@ -104,7 +104,12 @@ std::optional<std::string_view> opt_string(const json::object& obj, std::string_
     auto it = obj.find(key);
     if (it == obj.end() || it->value().is_null()) return std::nullopt;
     if (!it->value().is_string()) bad_type(key, "a string");
-    return std::string_view(it->value().get_string());
+    std::string_view s = it->value().get_string();
+    // A field read as text goes into text columns and logs, where a NUL cannot go (PostgreSQL
+    // refuses it; C strings end at it). Content kept as JSON keeps its "\u0000" escapes.
+    if (s.find('\0') != std::string_view::npos)
+        throw MatrixError(400, errcode::bad_json, "'" + std::string(key) + "' contains a NUL");
+    return s;
 }
 
 std::string_view req_string(const json::object& obj, std::string_view key) {

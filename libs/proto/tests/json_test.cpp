@@ -102,3 +102,9 @@ TEST(Json, CanonicalJsonMatchesTheSpecExamples) {
     EXPECT_EQ(canonical(R"({"a": "\u65E5"})"), "{\"a\":\"日\"}");
     EXPECT_EQ(canonical(R"({"a": null})"), R"({"a":null})");
 }
+
+TEST(Json, TextFieldsRefuseNul) {
+    auto obj = boost::json::parse(R"({"a":"x\u0000y","b":"fine"})").as_object();
+    EXPECT_THROW(mxvoip::proto::opt_string(obj, "a"), mxvoip::proto::MatrixError);
+    EXPECT_EQ(mxvoip::proto::opt_string(obj, "b"), "fine");
+}

@@ -235,10 +235,10 @@ Config read_config(const std::string& text, const std::string& source) {
                  auto full = k + "." + sub;
                  if (sub == "backend") {
                      c.database.backend = r.str(it.second, full);
-                     if (c.database.backend != "sqlite")
-                         r.fail(it.second, full,
-                                "'" + c.database.backend +
-                                    "' is not available in this build (sqlite)");
+                     if (c.database.backend != "sqlite" && c.database.backend != "postgres")
+                         r.fail(it.second, full, "must be sqlite or postgres");
+                 } else if (sub == "dsn") {
+                     c.database.dsn = r.str(it.second, full);
                  } else if (sub == "path") {
                      c.database.path = r.str(it.second, full);
                      if (c.database.path.empty()) r.fail(it.second, full, "must not be empty");
@@ -250,6 +250,8 @@ Config read_config(const std::string& text, const std::string& source) {
                      r.fail(it.first, full, "unknown key");
                  }
              }
+             if (c.database.backend == "postgres" && c.database.dsn.empty())
+                 r.fail(n, k, "backend postgres needs a dsn (a libpq connection string)");
          }},
         {"enable_registration",
          [&](const YAML::Node& n, const std::string& k) {

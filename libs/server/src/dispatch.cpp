@@ -80,15 +80,19 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
     for (auto seg : parsed->segments()) segments.push_back(seg);
     for (auto p : parsed->params()) req.query[p.key] = p.has_value ? p.value : std::string();
     // Identifiers, event types, state keys and transaction ids come from the path: text that
-    // is not UTF-8 would be stored and make every later response that carries it invalid JSON.
-    bool utf8 = std::all_of(segments.begin(), segments.end(), proto::is_valid_utf8) &&
-                std::all_of(req.query.begin(), req.query.end(), [](const auto& kv) {
-                    return proto::is_valid_utf8(kv.first) && proto::is_valid_utf8(kv.second);
-                });
+    // is not UTF-8 would be stored and make every later response that carries it invalid JSON,
+    // and a NUL is text no PostgreSQL column holds.
+    auto text = [](const std::string& s) {
+        return proto::is_valid_utf8(s) && s.find('\0') == std::string::npos;
+    };
+    bool utf8 = std::all_of(segments.begin(), segments.end(), text) &&
+                std::all_of(req.query.begin(), req.query.end(),
+                            [&](const auto& kv) { return text(kv.first) && text(kv.second); });
     if (!utf8)
         co_return Response{
             400,
-            error_body(proto::errcode::invalid_param, "The request path or query is not UTF-8", {}),
+            error_body(proto::errcode::invalid_param,
+                       "The request path or query is not UTF-8 text without NUL", {}),
             {}};
     if (req.method == http::verb::options) co_return Response{200, "{}", {}};
     Response response;

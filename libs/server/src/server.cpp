@@ -44,6 +44,16 @@ std::int64_t system_now_ms() {
         .count();
 }
 
+// The store the configuration names (its DSN, which may hold a password, is not logged).
+std::unique_ptr<store::Store> open_store(const DatabaseConfig& db) {
+    if (db.backend == "postgres") {
+        spdlog::info("database: PostgreSQL");
+        return store::open_postgres({db.dsn});
+    }
+    spdlog::info("database: SQLite {}", db.path);
+    return store::open_sqlite({db.path, db.synchronous});
+}
+
 void raise_open_files_limit() {
     rlimit lim{};
     if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
@@ -150,7 +160,7 @@ const std::vector<BoundAddress>& Server::addresses() const {
 void Server::start() {
     auto& I = *impl_;
     raise_open_files_limit();
-    I.store = store::open_sqlite({I.config.database.path, I.config.database.synchronous});
+    I.store = open_store(I.config.database);
     I.hs = std::make_unique<Homeserver>(I.config, *I.store, I.blocking, I.clock);
     I.hs->core.on_fatal([this](const std::string& why) {
         {
@@ -440,7 +450,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> conn) {
 }
 
 void add_user(const Config& config, const std::string& user_id, const std::string& password) {
-    auto store = store::open_sqlite({config.database.path, config.database.synchronous});
+    auto store = open_store(config.database);
     Accounts::add_user_offline(*store, config, user_id, password);
 }
 

@@ -103,6 +103,13 @@ trusted_proxies: ["10.0.0.0/8", "::1"]
               "as 10.0.0.0/8");
 }
 
+TEST(Config, PostgresTakesADsn) {
+    auto c = parse_config("database: {backend: postgres, dsn: \"host=/run/pg dbname=mx\"}\n",
+                          "test.yaml");
+    EXPECT_EQ(c.database.backend, "postgres");
+    EXPECT_EQ(c.database.dsn, "host=/run/pg dbname=mx");
+}
+
 TEST(Config, ErrorsNameKeyAndLine) {
     EXPECT_EQ(error_of("server_name: a\nbogus: 1\n"), "test.yaml:2: bogus: unknown key");
     EXPECT_EQ(error_of("worker_threads: -1\n"),
@@ -111,7 +118,9 @@ TEST(Config, ErrorsNameKeyAndLine) {
     EXPECT_EQ(error_of("listen: [\"nohost\"]\n"),
               "test.yaml:1: listen: must be host:port, got 'nohost'");
     EXPECT_EQ(error_of("database: {backend: postgres}\n"),
-              "test.yaml:1: database.backend: 'postgres' is not available in this build (sqlite)");
+              "test.yaml:1: database: backend postgres needs a dsn (a libpq connection string)");
+    EXPECT_EQ(error_of("database: {backend: mysql}\n"),
+              "test.yaml:1: database.backend: must be sqlite or postgres");
     EXPECT_EQ(error_of("rc_message: {per_second: 1, burst_count: 0}\n"),
               "test.yaml:1: rc_message.burst_count: must be at least 1.000000");
     EXPECT_EQ(error_of("public_baseurl: ftp://x\n"),

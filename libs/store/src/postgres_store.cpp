@@ -192,12 +192,6 @@ class PgDb {
   public:
     using Stmt = PgStmt;
     static constexpr const char* kMigrations[] = {kSchemaV1};
-    static constexpr const char* kHistoryQuery =
-        "SELECT stream_id, room_id, type, state_key, CASE type WHEN 'm.room.member' THEN "
-        "(json::jsonb)->'content'->>'membership' ELSE "
-        "(json::jsonb)->'content'->>'history_visibility' END FROM events WHERE type IN "
-        "('m.room.member', 'm.room.history_visibility') AND state_key IS NOT NULL ORDER BY "
-        "stream_id";
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY seq";
 

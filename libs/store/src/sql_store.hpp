@@ -2,9 +2,12 @@
 
 // The store's queries and writes, shared by its SQL backends (sqlite_store.cpp,
 // postgres_store.cpp). `Db` is a backend's connection: exec(), begin(), commit(), rollback(),
-// a Stmt that binds positionally ('?'), runs and steps through rows, and the few statements
-// whose SQL differs between the backends (kHistoryQuery, kOneTimeKeysQuery). Upserts are
-// written as INSERT ... ON CONFLICT, which both understand.
+// a Stmt that binds positionally ('?'), runs and steps through rows, and the one statement
+// whose SQL differs between the backends (kOneTimeKeysQuery). Upserts are written as
+// INSERT ... ON CONFLICT, which both understand. No SQL reads inside the stored JSON: a
+// "\u0000" in content is valid JSON that PostgreSQL's JSON functions refuse to unescape.
+#include <boost/json.hpp>
+
 #include <algorithm>
 #include <climits>
 #include <functional>
@@ -31,6 +34,17 @@ EventRecord read_event(Stmt& s) {
 // One process at a time owns a database: the server keeps its model in memory, so rows
 // written beside it (by a second server, or `mxvoip-server user add`) would be unknown to it
 // and could collide with what it writes next. The lock is an flock on "<path>.lock", held for
+
+// content[key] of an event's JSON when it is a string, else "".
+inline std::string content_string(const std::string& event_json, const char* key) {
+    boost::system::error_code ec;
+    auto v = boost::json::parse(event_json, ec);
+    if (ec || !v.is_object()) return {};
+    const auto* content = v.get_object().if_contains("content");
+    if (!content || !content->is_object()) return {};
+    const auto* value = content->get_object().if_contains(key);
+    return value && value->is_string() ? std::string(value->get_string()) : std::string();
+}
 
 template <typename Db>
 class SqlStore : public Store {
@@ -75,10 +89,16 @@ class SqlStore : public Store {
             while (s.next()) snap.state_events.push_back(read_event(s));
         }
         {
-            Stmt s(db, Db::kHistoryQuery);
-            while (s.next())
-                snap.history.push_back(
-                    {s.integer(0), s.text(1), s.text(2), s.text(3), s.opt_text(4).value_or("")});
+            Stmt s(db,
+                   "SELECT stream_id, room_id, type, state_key, json FROM events WHERE type IN "
+                   "('m.room.member', 'm.room.history_visibility') AND state_key IS NOT NULL "
+                   "ORDER BY stream_id");
+            while (s.next()) {
+                std::string type = s.text(2);
+                const char* key = type == "m.room.member" ? "membership" : "history_visibility";
+                snap.history.push_back({s.integer(0), s.text(1), std::move(type), s.text(3),
+                                        content_string(s.text(4), key)});
+            }
         }
         for (const auto& room : snap.rooms) {
             auto events = events_before_locked(room.room_id, INT64_MAX, recent_per_room);

@@ -188,12 +188,6 @@ class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
     static constexpr const char* kMigrations[] = {kSchemaV1};
-    // Membership and visibility changes, for the history visibility rules.
-    static constexpr const char* kHistoryQuery =
-        "SELECT stream_id, room_id, type, state_key, json_extract(json, CASE type WHEN "
-        "'m.room.member' THEN '$.content.membership' ELSE '$.content.history_visibility' END) "
-        "FROM events WHERE type IN ('m.room.member', 'm.room.history_visibility') AND "
-        "state_key IS NOT NULL ORDER BY stream_id";
     // Rowid order is upload order.
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY rowid";

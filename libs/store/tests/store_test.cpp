@@ -405,6 +405,26 @@ TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
     EXPECT_EQ(snap.history[3].stream, 5);
 }
 
+TYPED_TEST(StoreTest, JsonWithANulEscapeIsStoredAndReadBack) {
+    // "\u0000" is valid JSON the server accepts in content; PostgreSQL's text cannot hold a
+    // NUL, so nothing may unescape it on the way in or out.
+    const std::string json =
+        R"({"content":{"displayname":"a\u0000b","membership":"join"},"type":"m.room.member"})";
+    {
+        auto store = this->backend.open();
+        EventRecord e = event(1, "!r:x", "@a:x");
+        e.json = json;
+        std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutEvent{e}};
+        store->apply(batch);
+    }
+    auto store = this->backend.open();
+    auto snap = store->load(10, 0);
+    ASSERT_EQ(snap.history.size(), 1u);
+    EXPECT_EQ(snap.history[0].value, "join");
+    ASSERT_EQ(snap.state_events.size(), 1u);
+    EXPECT_EQ(snap.state_events[0].json, json);
+}
+
 TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
     auto store = this->backend.open();
     std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};

@@ -23,6 +23,7 @@ json::object parse_json_object(std::string_view text);
 
 // Field accessors for request bodies. A field of the wrong type is M_BAD_JSON naming the key;
 // a missing required field is M_MISSING_PARAM.
+// Text fields: a string, or 400 M_BAD_JSON (also for a string containing NUL).
 std::optional<std::string_view> opt_string(const json::object& obj, std::string_view key);
 std::string_view req_string(const json::object& obj, std::string_view key);
 std::optional<bool> opt_bool(const json::object& obj, std::string_view key);

@@ -27,9 +27,10 @@ struct ListenAddress {
 };
 
 struct DatabaseConfig {
-    std::string backend = "sqlite";
+    std::string backend = "sqlite";  // or "postgres"
     std::string path = "mxvoip.db";
     std::string synchronous = "full";  // "full" or "normal"; see store::SqliteOptions
+    std::string dsn;                   // postgres: a libpq connection string (may hold a password)
 };
 
 // TURN for /voip/turnServer. Either a shared secret (coturn `use-auth-secret`) or a static
