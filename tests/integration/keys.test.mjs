@@ -96,6 +96,9 @@ test('one-time keys are claimed once each, oldest first, then the fallback key; 
     assert.deepEqual(up.body, { one_time_key_counts: { signed_curve25519: 2 } });
     // The same key again (a retried upload) is fine; a different key under its id is not.
     assert.equal((await upload(alice, { one_time_keys: { 'signed_curve25519:AAAAAQ': otk['signed_curve25519:AAAAAQ'] } })).status, 200);
+    const nul = await upload(alice, { one_time_keys: { 'signed_curve25519:A\u0000B': alice.id.oneTimeKey() } });
+    assert.equal(nul.status, 400, 'a key id is a text column: no NUL');
+    assert.equal(nul.body.errcode, 'M_BAD_JSON');
     const clash = await upload(alice, { one_time_keys: { 'signed_curve25519:AAAAAQ': alice.id.oneTimeKey() } });
     assert.equal(clash.status, 400, clash.text);
     const tooMany = await upload(alice, { one_time_keys: { 'signed_curve25519:B1': alice.id.oneTimeKey(), 'signed_curve25519:B2': alice.id.oneTimeKey() } });

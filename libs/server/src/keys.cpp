@@ -18,10 +18,11 @@ namespace {
 
 constexpr const char* kInvalidSignature = "M_INVALID_SIGNATURE";
 
-// "<algorithm>:<key id>", both parts non-empty.
+// "<algorithm>:<key id>", both parts non-empty and without NUL (they are text columns).
 std::pair<std::string, std::string> split_key_name(std::string_view name) {
     auto colon = name.find(':');
-    if (colon == 0 || colon == std::string_view::npos || colon + 1 == name.size())
+    if (colon == 0 || colon == std::string_view::npos || colon + 1 == name.size() ||
+        name.find('\0') != std::string_view::npos)
         throw MatrixError(
             400, errcode::bad_json,
             "Key names must be <algorithm>:<key id>, not '" + std::string(name) + "'");
