@@ -139,7 +139,12 @@ test('matrix-js-sdk: register, direct room, join from invite, call events both w
     await send('alice', alice, 'm.call.hangup', { ...aliceParty, reason: 'user_hangup' });
 
     await waitFor(() => bobSeen.length === 4 && aliceSeen.length === 2, 'every call event to arrive');
-    await new Promise((r) => setTimeout(r, 300));  // a late duplicate would show up here
+    // A duplicate would come before anything sent later: one more event each way, seen by
+    // the other side, closes the window.
+    const { event_id: aliceLast } = await alice.sendTextMessage(roomId, 'done');
+    const { event_id: bobLast } = await bob.sendTextMessage(roomId, 'done');
+    await waitFor(() => bob.getRoom(roomId).findEventById(aliceLast), 'bob to see alice\'s last event');
+    await waitFor(() => alice.getRoom(roomId).findEventById(bobLast), 'alice to see bob\'s last event');
     assert.deepEqual(bobSeen.map(({ id, type }) => ({ id, type })), sent.alice);
     assert.deepEqual(aliceSeen.map(({ id, type }) => ({ id, type })), sent.bob);
     assert.equal(bobSeen[0].content.invitee, bob.getUserId());
