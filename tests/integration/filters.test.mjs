@@ -52,6 +52,22 @@ test('timeline: types with wildcards, not_types, senders, not_senders and contai
   assert.equal(s.rooms.join[roomId].timeline.limited, true);
 });
 
+test('a timeline filter never hides a state change: what it leaves out comes in the state', async () => {
+  const filter = JSON.stringify({ room: { timeline: { types: ['m.room.message'] } } });
+  const start = await bob.sync({ filter });
+  const set = await alice.call('PUT', `/rooms/${enc(roomId)}/state/m.room.topic/`, { body: { topic: 'filtered out' } });
+  assert.equal(set.status, 200, set.text);
+  const next = await bob.sync({ since: start.next_batch, filter });
+  const room = next.rooms.join[roomId];
+  assert.ok(room, 'the room has news although its timeline is empty');
+  assert.deepEqual(room.timeline.events, []);
+  assert.deepEqual(room.state.events.map((e) => [e.type, e.content.topic]), [['m.room.topic', 'filtered out']]);
+  // Unfiltered, the change is in the timeline and not repeated in the state.
+  const plain = await bob.sync({ since: start.next_batch });
+  assert.ok(plain.rooms.join[roomId].timeline.events.some((e) => e.type === 'm.room.topic'));
+  assert.ok(!plain.rooms.join[roomId].state.events.some((e) => e.type === 'm.room.topic'));
+});
+
 test('timeline limit 0: no events, limited, and the state is still there', async () => {
   const s = await syncWith({ room: { timeline: { limit: 0 } } });
   const room = s.rooms.join[roomId];

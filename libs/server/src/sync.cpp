@@ -56,7 +56,7 @@ Sync::Filter Sync::resolve_filter_locked(const Session& s, const Request& req) c
 
 void Sync::render_timeline_locked(std::string& out, const Room& room, const Session& s,
                                   StreamId since, StreamId upto, const Filter& f, bool& limited,
-                                  StreamId& first_stream, std::set<std::string>& senders) {
+                                  StreamId& first_stream, Shown& shown) {
     const std::string device_key = s.device_key();
     const std::int64_t now = core_.now_ms();
     auto may_see = [&](StreamId stream, const std::string& type,
@@ -103,30 +103,31 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
     for (const auto& r : older) {
         comma(out);
         render_record(out, r, now);
-        senders.insert(r.sender);
+        shown.senders.insert(r.sender);
+        shown.streams.insert(r.stream);
     }
     for (const auto& ev : events) {
         comma(out);
         render_event(out, *ev, device_key, now);
-        senders.insert(ev->sender);
+        shown.senders.insert(ev->sender);
+        shown.streams.insert(ev->stream);
     }
     out += "],\"limited\":";
     out += limited ? "true" : "false";
     out += ",\"prev_batch\":\"" + make_token(first_stream - 1) + "\"}";
 }
 
-void Sync::render_state(std::string& out, const Room& room, StreamId after, StreamId before,
-                        const Session& s, const Filter& f,
-                        const std::set<std::string>& senders) const {
+void Sync::render_state(std::string& out, const Room& room, StreamId after, StreamId upto,
+                        const Session& s, const Filter& f, const Shown& shown) const {
     out += "\"state\":{\"events\":[";
     const std::int64_t now = core_.now_ms();
     const std::string device_key = s.device_key();
     const EventFilter& wanted = f.spec.state;
     Comma comma;
     for (const auto& [key, ev] : room.state) {
-        if (ev->stream >= before) continue;
+        if (ev->stream > upto || shown.streams.count(ev->stream)) continue;
         if (wanted.lazy_load_members && key.first == "m.room.member") {
-            if (key.second != s.user_id && !senders.count(key.second)) continue;
+            if (key.second != s.user_id && !shown.senders.count(key.second)) continue;
         } else if (ev->stream <= after) {
             continue;
         }
@@ -135,6 +136,15 @@ void Sync::render_state(std::string& out, const Room& room, StreamId after, Stre
         render_event(out, *ev, device_key, now);
     }
     out += "]}";
+}
+
+bool Sync::state_left_out_locked(const Room& room, StreamId since, StreamId upto, const Filter& f,
+                                 const Shown& shown) const {
+    for (const auto& [_, ev] : room.state)
+        if (ev->stream > since && ev->stream <= upto && !shown.streams.count(ev->stream) &&
+            f.spec.state.allows(ev->type, ev->sender, room.id, ev->content()))
+            return true;
+    return false;
 }
 
 bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
@@ -190,10 +200,10 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             std::string entry;
             bool limited = false;
             StreamId first = 0;
-            std::set<std::string> senders;
+            Shown shown;
             entry += '{';
             render_timeline_locked(entry, room, s, joined_since ? 0 : since, upto, f, limited,
-                                   first, senders);
+                                   first, shown);
             bool timeline_empty = first > upto;
             std::string room_data;
             Comma ad_comma;
@@ -213,12 +223,14 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             if (f.spec.ephemeral.allows_type("m.typing") &&
                 typing_.render_locked(typing, room, since, upto, fresh))
                 ephemeral += (ephemeral.empty() ? "" : ",") + typing;
-            if (!fresh && timeline_empty && room_data.empty() && ephemeral.empty()) continue;
+            const bool state_news = !fresh && state_left_out_locked(room, since, upto, f, shown);
+            if (!fresh && timeline_empty && room_data.empty() && ephemeral.empty() && !state_news)
+                continue;
             entry += ',';
             if (fresh)
-                render_state(entry, room, 0, first, s, f, senders);
-            else if (limited || f.spec.state.lazy_load_members)
-                render_state(entry, room, limited ? since : first, first, s, f, senders);
+                render_state(entry, room, 0, upto, s, f, shown);
+            else if (limited || state_news || f.spec.state.lazy_load_members)
+                render_state(entry, room, since, upto, s, f, shown);
             else
                 entry += "\"state\":{\"events\":[]}";
             std::size_t joined = 0, invited = 0;
@@ -292,9 +304,9 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             leave += ":{";
             bool limited = false;
             StreamId first = 0;
-            std::set<std::string> senders;
+            Shown shown;
             render_timeline_locked(leave, room, s, initial ? 0 : since, m.stream, f, limited, first,
-                                   senders);
+                                   shown);
             leave += ",\"state\":{\"events\":[]},\"account_data\":{\"events\":[]}}";
         }
     }

@@ -47,18 +47,26 @@ class Sync {
     bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
                       bool full_state, std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since) const;
-    // The room's events in (since, upto] that `s` may see, at most the filter's limit.
-    // Adds the senders of the events it renders to `senders`.
+    // What a rendered timeline carried.
+    struct Shown {
+        std::set<std::string> senders;
+        std::set<StreamId> streams;
+    };
+    // The room's events in (since, upto] that `s` may see and the filter allows, at most its
+    // limit.
     void render_timeline_locked(std::string& out, const Room& room, const Session& s,
                                 StreamId since, StreamId upto, const Filter& f, bool& limited,
-                                StreamId& first_stream, std::set<std::string>& senders);
-    // Current state entries with stream in (after, before) that the state filter allows: the
-    // state at the start of the timeline as far as the timeline does not itself carry it.
-    // With lazy_load_members, of the member events only those of `senders` (whatever their
-    // stream: the client may never have been sent them) and of the user.
-    void render_state(std::string& out, const Room& room, StreamId after, StreamId before,
-                      const Session& s, const Filter& f,
-                      const std::set<std::string>& senders) const;
+                                StreamId& first_stream, Shown& shown);
+    // Current state entries with stream in (after, upto] that the state filter allows and the
+    // timeline does not carry: the state at the start of the timeline, and what the
+    // timeline's filter left out (so a filtered timeline never hides a state change). With
+    // lazy_load_members, of the member events only those of the timeline's senders (whatever
+    // their stream: the client may never have been sent them) and of the user.
+    void render_state(std::string& out, const Room& room, StreamId after, StreamId upto,
+                      const Session& s, const Filter& f, const Shown& shown) const;
+    // Whether a current state event in (since, upto] is missing from the timeline.
+    bool state_left_out_locked(const Room& room, StreamId since, StreamId upto, const Filter& f,
+                               const Shown& shown) const;
 
     Core& core_;
     Rooms& rooms_;
