@@ -16,6 +16,11 @@
 // message, a to-device message to the other device, the room left, both devices logged out).
 // Every `--sample` seconds a line gives the server's RSS and open descriptors and the
 // requests and 5xx answers so far; any 5xx makes the exit status 1.
+//
+// fill: a database of a given size, made through the API as clients make it: `--users`
+// accounts, `--rooms` private rooms (room i made by user i mod users, who invites the next
+// user, who joins), then text messages from each room's maker, round-robin over the rooms,
+// until the stream position reaches `--events`; `--concurrency` requests at a time.
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -29,6 +34,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <set>
@@ -57,6 +63,10 @@ struct Options {
     int churn = 0;        // soak: account-life workers
     int life_gap_ms = 0;  // soak: pause between one worker's account lives
     double sample_s = 60;
+    int users = 1000;       // fill
+    int rooms = 10000;      // fill
+    long events = 1000000;  // fill: the stream position to reach
+    int concurrency = 64;   // fill
 };
 
 // Every request any connection made, and the answers of 500 and above (one thread).
@@ -620,6 +630,114 @@ int run_soak(const Options& o) {
     if (!run_main(ioc, main(), failure)) return 1;
     return counts.server_errors || stats.errors ? 1 : 0;
 }
+struct Fill {
+    std::vector<std::string> user_ids, tokens;
+    std::vector<std::string> rooms;  // room i was made by user i % users
+};
+
+using Work = std::function<asio::awaitable<void>(Conn&, long)>;
+
+// One connection of in_parallel(): takes the next index until all are taken.
+asio::awaitable<void> parallel_worker(const Options& o, long total, long& next,
+                                      const std::exception_ptr& failure, const Work& work) {
+    Conn c(co_await asio::this_coro::executor);
+    co_await c.connect(o);
+    for (long i; !failure && (i = next++) < total;) co_await work(c, i);
+}
+
+// Runs `work(conn, i)` for i in [0, total) over `concurrency` connections; rethrows the first
+// failure once every connection has finished.
+asio::awaitable<void> in_parallel(const Options& o, long total, const Work& work) {
+    auto ex = co_await asio::this_coro::executor;
+    long next = 0;
+    int running = o.concurrency;
+    std::exception_ptr failure;
+    asio::steady_timer all(ex, Clock::time_point::max());
+    for (int w = 0; w < o.concurrency; ++w)
+        asio::co_spawn(ex, parallel_worker(o, total, next, failure, work),
+                       [&](std::exception_ptr e) {
+                           if (e && !failure) failure = e;
+                           if (--running == 0) all.cancel();
+                       });
+    boost::system::error_code ec;
+    co_await all.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (failure) std::rethrow_exception(failure);
+}
+
+int run_fill(const Options& o) {
+    asio::io_context ioc(1);
+    std::exception_ptr failure;
+    Fill f;
+    f.user_ids.resize(static_cast<std::size_t>(o.users));
+    f.tokens.resize(static_cast<std::size_t>(o.users));
+    f.rooms.resize(static_cast<std::size_t>(o.rooms));
+    const std::string cs = "/_matrix/client/v3";
+    auto main = [&]() -> asio::awaitable<void> {
+        auto t0 = Clock::now();
+        auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+        // The work of each phase is a named local: GCC 12 mishandles temporaries inside
+        // co_await expressions.
+        Work sign_up = [&](Conn& c, long i) -> asio::awaitable<void> {
+            std::string target = cs + "/register", none;
+            json::object reg{{"username", o.prefix + "fill" + std::to_string(i)},
+                             {"password", "bench-password"},
+                             {"auth", {{"type", "m.login.dummy"}}}};
+            auto v = co_await must(c, http::verb::post, target, reg, none);
+            f.user_ids[static_cast<std::size_t>(i)] = json::value_to<std::string>(v["user_id"]);
+            f.tokens[static_cast<std::size_t>(i)] = json::value_to<std::string>(v["access_token"]);
+        };
+        co_await in_parallel(o, o.users, sign_up);
+        std::cerr << "fill: " << o.users << " users in " << elapsed() << " s\n";
+        Work make_room = [&](Conn& c, long i) -> asio::awaitable<void> {
+            auto maker = static_cast<std::size_t>(i % o.users);
+            auto guest = static_cast<std::size_t>((i + 1) % o.users);
+            std::string target = cs + "/createRoom";
+            json::object create{{"preset", "private_chat"},
+                                {"name", "room " + std::to_string(i)},
+                                {"invite", json::array{json::string(f.user_ids[guest])}}};
+            auto v = co_await must(c, http::verb::post, target, create, f.tokens[maker]);
+            std::string room = json::value_to<std::string>(v["room_id"]);
+            std::string join = cs + "/join/" + enc(room);
+            json::object empty;
+            co_await must(c, http::verb::post, join, empty, f.tokens[guest]);
+            f.rooms[static_cast<std::size_t>(i)] = std::move(room);
+        };
+        co_await in_parallel(o, o.rooms, make_room);
+        std::cerr << "fill: " << o.rooms << " rooms in " << elapsed() << " s\n";
+        // The stream position so far: every event, and the little else that took one.
+        long position = 0;
+        {
+            Conn c(co_await asio::this_coro::executor);
+            co_await c.connect(o);
+            std::string target = cs + "/sync?timeout=0", none;
+            auto [status, text] = co_await c.request(http::verb::get, target, none, f.tokens[0]);
+            if (status != 200) throw std::runtime_error("sync: " + text);
+            position = std::stol(string_after(text, "\"next_batch\":\"s"));
+        }
+        long messages = std::max(0L, o.events - position);
+        long reported = 0;
+        Work send_message = [&](Conn& c, long i) -> asio::awaitable<void> {
+            auto room = static_cast<std::size_t>(i % o.rooms);
+            std::string target =
+                cs + "/rooms/" + enc(f.rooms[room]) + "/send/m.room.message/f" + std::to_string(i);
+            json::object text{{"msgtype", "m.text"},
+                              {"body", "message " + std::to_string(i) +
+                                           " of the fill, about as long as a short chat line"}};
+            co_await must(c, http::verb::put, target, text,
+                          f.tokens[room % static_cast<std::size_t>(o.users)]);
+            if (i - reported >= std::max(1L, messages / 10)) {
+                reported = i;
+                std::cerr << "fill: " << i << " of " << messages << " messages, " << elapsed()
+                          << " s\n";
+            }
+        };
+        co_await in_parallel(o, messages, send_message);
+        std::printf("users=%d rooms=%d messages=%ld stream_position=%ld seconds=%.0f\n", o.users,
+                    o.rooms, messages, position + messages, elapsed());
+        std::fflush(stdout);
+    };
+    return run_main(ioc, main(), failure) ? 0 : 1;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -642,6 +760,16 @@ int main(int argc, char** argv) {
     soak->add_option("--life-gap-ms", o.life_gap_ms, "Pause between one worker's account lives")
         ->default_val(2000);
     soak->add_option("--sample", o.sample_s, "Seconds between samples")->default_val(60);
+    auto* fill = app.add_subcommand("fill", "a database of a given size, made through the API");
+    fill->add_option("--users", o.users, "Accounts")->default_val(1000)->check(CLI::PositiveNumber);
+    fill->add_option("--rooms", o.rooms, "Rooms, each with two members")
+        ->default_val(10000)
+        ->check(CLI::PositiveNumber);
+    fill->add_option("--events", o.events, "The stream position to fill up to with messages")
+        ->default_val(1000000);
+    fill->add_option("--concurrency", o.concurrency, "Requests at a time")
+        ->default_val(64)
+        ->check(CLI::PositiveNumber);
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
     auto rest = url.substr(url.find("://") + 3);
@@ -652,5 +780,6 @@ int main(int argc, char** argv) {
     if (o.prefix.empty()) o.prefix = "b" + std::to_string(::getpid()) + "_";
     raise_fd_limit();
     if (soak->parsed()) return run_soak(o);
+    if (fill->parsed()) return run_fill(o);
     return calls->parsed() ? run_calls(o) : run_idle(o);
 }
