@@ -87,7 +87,7 @@ void open_unsigned(std::string& out, const std::string& json) {
 
 }  // namespace
 
-void render_event(std::string& out, const Event& ev, const std::string& device_key,
+void render_event(std::string& out, const store::EventRecord& ev, const std::string& device_key,
                   std::int64_t now_ms) {
     open_unsigned(out, ev.json);
     out += "\"age\":";
@@ -96,13 +96,6 @@ void render_event(std::string& out, const Event& ev, const std::string& device_k
         out += ",\"transaction_id\":";
         append_quoted(out, ev.txn_id);
     }
-    out += "}}";
-}
-
-void render_record(std::string& out, const store::EventRecord& r, std::int64_t now_ms) {
-    open_unsigned(out, r.json);
-    out += "\"age\":";
-    out += std::to_string(std::max<std::int64_t>(0, now_ms - r.origin_server_ts));
     out += "}}";
 }
 

@@ -34,12 +34,10 @@ void add_replaced_state(Event& e, const Event& prev);
 // An event read from the store, as held in memory.
 EventPtr to_event(store::EventRecord&& r);
 
-// Appends the event with its "unsigned" part: its age at `now_ms`, and its transaction id when
-// `device_key` is the device that sent it.
-void render_event(std::string& out, const Event& ev, const std::string& device_key,
+// Appends the event, held in memory or read from the store, with its "unsigned" part: its age
+// at `now_ms`, and its transaction id when `device_key` is the device that sent it.
+void render_event(std::string& out, const store::EventRecord& ev, const std::string& device_key,
                   std::int64_t now_ms);
-// An event read from the store, rendered as stored plus its age.
-void render_record(std::string& out, const store::EventRecord& r, std::int64_t now_ms);
 
 // Event ids look like room-v4 ids ("$" + 43 url-safe base64 characters) and are opaque to
 // clients; the first 8 of their 32 bytes are the event's stream position, the rest random.

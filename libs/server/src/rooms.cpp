@@ -395,7 +395,7 @@ asio::awaitable<Response> Rooms::get_state(Request& req) {
     if (horizon)
         for (const auto& r : core_.store().state_at(room_id, *horizon)) {
             if (out.size() > 1) out += ',';
-            render_record(out, r, now);
+            render_event(out, r, {}, now);
         }
     out += ']';
     co_return Response{200, std::move(out), {}};
@@ -434,7 +434,7 @@ asio::awaitable<Response> Rooms::get_members(Request& req) {
             if (!wanted(m ? *m : "leave")) continue;
             if (!first) out += ',';
             first = false;
-            render_record(out, r, now);
+            render_event(out, r, {}, now);
         }
     out += "]}";
     co_return Response{200, std::move(out), {}};
@@ -499,7 +499,7 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
                                    : std::string("{}")))
                 continue;
             comma(out);
-            render_record(out, r, now);
+            render_event(out, r, {}, now);
             senders.insert(r.sender);
         }
         out += "],\"start\":\"" + make_token(from) + "\"";
@@ -539,7 +539,7 @@ asio::awaitable<Response> Rooms::get_event(Request& req) {
     }
     if (!visible) throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out;
-    render_record(out, *row, core_.now_ms());
+    render_event(out, *row, {}, core_.now_ms());
     co_return Response{200, std::move(out), {}};
 }
 
@@ -589,31 +589,21 @@ void Rooms::load(store::Snapshot& snap) {
         else if (h.state_key.empty())
             it->second.history.record_visibility(h.stream, std::move(h.value));
     }
-    std::unordered_map<std::string, EventPtr> by_id;
     for (auto& r : snap.state_events) {
         auto ev = to_event(std::move(r));
         auto it = rooms_.find(ev->room_id);
         if (it == rooms_.end()) continue;
         apply_locked(it->second, ev);
-        by_id[ev->event_id] = ev;
-    }
-    for (auto& r : snap.recent_events) {
-        auto it = rooms_.find(r.room_id);
-        if (it == rooms_.end()) continue;
-        auto known = by_id.find(r.event_id);
-        EventPtr ev = known != by_id.end() ? known->second : to_event(std::move(r));
-        it->second.recent.push_back(ev);
     }
     // A membership dates from the event that changed it, as while running (the current state
     // holds the newest member event, which may only have changed a display name).
     for (auto& [user, mine] : memberships_)
         for (auto& [room_id, m] : mine)
             if (auto since = rooms_.at(room_id).history.membership_since(user)) m.stream = since;
-    for (auto& [_, room] : rooms_) {
-        // The store returned at most kTimelineWindow per room; anything older is "evicted".
-        if (room.recent.size() >= Room::kTimelineWindow)
-            room.evicted_upto = room.recent.front()->stream - 1;
-    }
+    // No timeline is read at start (it would cost time and memory in proportion to the rooms
+    // and their traffic): every window starts empty, with everything up to the start's stream
+    // position in the store, where the timeline readers find it, and fills as events come.
+    for (auto& [_, room] : rooms_) room.evicted_upto = snap.max_stream;
     for (auto& a : snap.room_aliases) {
         if (!rooms_.count(a.room_id)) continue;
         aliases_by_room_[a.room_id].insert(a.alias);
@@ -982,7 +972,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         });
     }
     std::string out = "{\"event\":";
-    render_record(out, *target, now);
+    render_event(out, *target, {}, now);
     auto list = [&](const char* name, const std::vector<const store::EventRecord*>& rows) {
         out += ",\"";
         out += name;
@@ -990,7 +980,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         Comma comma;
         for (const auto* r : rows) {
             comma(out);
-            render_record(out, *r, now);
+            render_event(out, *r, {}, now);
         }
         out += ']';
     };
@@ -1005,7 +995,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         for (const auto& r : state) {
             if (!history.may_see(user, r.stream, r.type, r.state_key)) continue;
             comma(out);
-            render_record(out, r, now);
+            render_event(out, r, {}, now);
         }
     }
     out += "]}";

@@ -102,7 +102,7 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
     Comma comma;
     for (const auto& r : older) {
         comma(out);
-        render_record(out, r, now);
+        render_event(out, r, device_key, now);
         shown.senders.insert(r.sender);
         shown.streams.insert(r.stream);
     }
@@ -161,7 +161,7 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
             if ((*it)->txn_device_key != dkey) return false;
             any = true;
         }
-        if (!room.recent.empty() && room.evicted_upto > since) return false;
+        if (room.evicted_upto > since) return false;  // older events, in the store only
         std::string ephemeral;
         if (receipts_.render_locked(ephemeral, room_id, s.user_id, since, visible, false) ||
             typing_.render_locked(ephemeral, room, since, visible, false))

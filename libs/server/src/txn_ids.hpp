@@ -14,9 +14,14 @@ namespace mxvoip::server {
 // the device's `per_device` newest ids, and while the device exists: a retry only ever comes
 // from the same device, soon, and a device that signed out sends nothing more. So what this
 // holds is bounded by the devices signed in, not by the traffic of the last day.
+//
+// Across a restart the ids of the events at the newest kRestartPositions stream positions are
+// honoured: a request that a restart cut off is retried within seconds or minutes, and
+// reading a whole day of events back would make start-up grow with the traffic.
 class TxnIds {
   public:
     static constexpr std::int64_t kLifetimeMs = 24 * 3600 * 1000;
+    static constexpr std::int64_t kRestartPositions = 100'000;
 
     explicit TxnIds(std::size_t per_device) : per_device_(per_device) {}
 

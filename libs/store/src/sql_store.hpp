@@ -59,10 +59,14 @@ class SqlStore : public Store {
         reader_ = open_reader();
     }
 
-    Snapshot load(int recent_per_room, std::int64_t txn_since_ts) override {
+    Snapshot load(const TxnWindow& txns) override {
         std::lock_guard lock(read_mu_);
         Db& db = *reader_;
         Snapshot snap;
+        {
+            Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
+            if (s.next()) snap.max_stream = s.integer(0);
+        }
         {
             Stmt s(db,
                    "SELECT user_id, password_hash, is_guest, created_ts, displayname, avatar_url "
@@ -100,23 +104,15 @@ class SqlStore : public Store {
                                         content_string(s.text(4), key)});
             }
         }
-        for (const auto& room : snap.rooms) {
-            auto events = events_before_locked(room.room_id, INT64_MAX, recent_per_room);
-            for (auto it = events.rbegin(); it != events.rend(); ++it)
-                snap.recent_events.push_back(std::move(*it));
-        }
-        std::sort(snap.recent_events.begin(), snap.recent_events.end(),
-                  [](const EventRecord& a, const EventRecord& b) { return a.stream < b.stream; });
-        {
-            // Newest first, stopping at the cut-off: stream order is time order.
+        if (txns.positions > 0) {
+            // A range of the primary key, newest first: no more rows than the window holds.
             Stmt s(db,
-                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts, CASE WHEN "
-                   "txn_id IS NULL THEN 0 ELSE 1 END FROM events ORDER BY stream_id DESC");
-            while (s.next()) {
-                if (s.integer(4) < txn_since_ts) break;
-                if (s.integer(5))
-                    snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
-            }
+                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts FROM events "
+                   "WHERE stream_id > ? AND txn_id IS NOT NULL AND origin_server_ts >= ? ORDER "
+                   "BY stream_id DESC");
+            s.bind(snap.max_stream - txns.positions).bind(txns.since_ts);
+            while (s.next())
+                snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
         }
         {
             Stmt s(db,
@@ -218,10 +214,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.key_signatures.push_back(
                     {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)});
-        }
-        {
-            Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
-            if (s.next()) snap.max_stream = s.integer(0);
         }
         return snap;
     }

@@ -333,15 +333,22 @@ using Mutation =
                  PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
                  PutRoomVisibility>;
 
-// Everything the server keeps in memory, read once at start-up.
+// Which events' client transactions load() reads: those of the newest `positions` stream
+// positions (none when 0) that are not older than `since_ts`. Bounded by positions, so reading
+// them costs the same however much the database holds.
+struct TxnWindow {
+    std::int64_t since_ts = 0;
+    StreamId positions = 0;
+};
+
+// What the server keeps in memory, read once at start-up. No room's timeline: those are read
+// from the store when a client asks for them.
 struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
     std::vector<EventRecord> state_events;  // current state, in stream order
-    std::vector<EventRecord>
-        recent_events;            // the newest `recent_per_room` of each room, in stream order
-    std::vector<TxnRecord> txns;  // transactions newer than `txn_since_ts`, newest first
+    std::vector<TxnRecord> txns;            // the transactions of the TxnWindow, newest first
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
@@ -368,7 +375,7 @@ class Store {
   public:
     virtual ~Store() = default;
 
-    virtual Snapshot load(int recent_per_room, std::int64_t txn_since_ts) = 0;
+    virtual Snapshot load(const TxnWindow& txns) = 0;
 
     // Applies the batch in one transaction and makes it durable before returning.
     virtual void apply(std::span<const Mutation> batch) = 0;
