@@ -87,3 +87,20 @@ test('what a state event replaced survives a restart', async () => {
   [alice, bob] = [alice, bob].map((u) => u.at(server.url));
   await everyPath('restarted');
 });
+
+test('transaction_id for the sending device on every path, for an event read from the store after a restart', async () => {
+  // Sent before the restart above, so now read from the store, not the recent window.
+  const seen = async (user) => {
+    const sync = await user.sync({ filter: JSON.stringify({ room: { timeline: { limit: 20 } } }) });
+    const fromSync = sync.rooms.join[roomId].timeline.events.find((e) => e.content.body === 'hi');
+    assert.ok(fromSync, `${user.userId}'s /sync has the message`);
+    const id = fromSync.event_id;
+    const messages = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '20' } });
+    const event = await user.call('GET', `/rooms/${enc(roomId)}/event/${enc(id)}`);
+    const context = await user.call('GET', `/rooms/${enc(roomId)}/context/${enc(id)}`);
+    for (const res of [messages, event, context]) assert.equal(res.status, 200, res.text);
+    return [fromSync, messages.body.chunk.find((e) => e.event_id === id), event.body, context.body.event].map((e) => e.unsigned.transaction_id);
+  };
+  assert.deepEqual(await seen(alice), ['txn-u1', 'txn-u1', 'txn-u1', 'txn-u1']);
+  assert.deepEqual(await seen(bob), [undefined, undefined, undefined, undefined]);
+});

@@ -441,6 +441,7 @@ asio::awaitable<Response> Rooms::get_members(Request& req) {
 }
 
 asio::awaitable<Response> Rooms::get_messages(Request& req) {
+    const std::string device_key = req.session->device_key();  // its own events show their txn id
     const std::int64_t now = core_.now_ms();
     const std::string& room_id = req.params[0];
     std::string dir = req.query_param("dir") ? *req.query_param("dir") : "b";
@@ -499,7 +500,7 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
                                    : std::string("{}")))
                 continue;
             comma(out);
-            render_event(out, r, {}, now);
+            render_event(out, r, device_key, now);
             senders.insert(r.sender);
         }
         out += "],\"start\":\"" + make_token(from) + "\"";
@@ -512,7 +513,7 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
             for (const auto& sender : senders)
                 if (auto ev = room.state_event("m.room.member", sender)) {
                     state_comma(out);
-                    render_event(out, *ev, {}, now);
+                    render_event(out, *ev, device_key, now);
                 }
             out += ']';
         }
@@ -539,7 +540,7 @@ asio::awaitable<Response> Rooms::get_event(Request& req) {
     }
     if (!visible) throw MatrixError(404, errcode::not_found, "Event not found.");
     std::string out;
-    render_event(out, *row, {}, core_.now_ms());
+    render_event(out, *row, req.session->device_key(), core_.now_ms());
     co_return Response{200, std::move(out), {}};
 }
 
@@ -899,6 +900,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
 // Context
 
 asio::awaitable<Response> Rooms::get_context(Request& req) {
+    const std::string device_key = req.session->device_key();  // its own events show their txn id
     const std::int64_t now = core_.now_ms();
     const std::string& room_id = req.params[0];
     const std::string& user = req.session->user_id;
@@ -972,7 +974,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         });
     }
     std::string out = "{\"event\":";
-    render_event(out, *target, {}, now);
+    render_event(out, *target, device_key, now);
     auto list = [&](const char* name, const std::vector<const store::EventRecord*>& rows) {
         out += ",\"";
         out += name;
@@ -980,7 +982,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         Comma comma;
         for (const auto* r : rows) {
             comma(out);
-            render_event(out, *r, {}, now);
+            render_event(out, *r, device_key, now);
         }
         out += ']';
     };
@@ -995,7 +997,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         for (const auto& r : state) {
             if (!history.may_see(user, r.stream, r.type, r.state_key)) continue;
             comma(out);
-            render_event(out, r, {}, now);
+            render_event(out, r, device_key, now);
         }
     }
     out += "]}";
