@@ -77,6 +77,13 @@ function postgresCluster() {
   pgCluster = {
     dir,
     dsn: (db) => `host=${dir} port=5432 user=mxvoip dbname=${db}`,
+    // As an operator's restart does it: connections are ended, new ones refused until start().
+    stop() {
+      run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
+    },
+    start() {
+      run('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), '-w', '-o', `-c listen_addresses='' -k ${dir}`, 'start']);
+    },
     createDatabase() {
       const name = `t${process.pid}_${n++}`;
       execFileSync(`${PG_BIN}/createdb`, ['-h', dir, '-U', 'mxvoip', name], { stdio: 'pipe' });
@@ -84,6 +91,12 @@ function postgresCluster() {
     },
   };
   return pgCluster;
+}
+
+// The test process's PostgreSQL cluster (started on first use), for tests that need one
+// whatever MXVOIP_TEST_DATABASE says: { dir, dsn(db), createDatabase(), stop(), start() }.
+export function postgres() {
+  return postgresCluster();
 }
 
 function defaultDatabase(dir) {

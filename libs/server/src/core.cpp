@@ -15,12 +15,31 @@ namespace errcode = proto::errcode;
 Core::Core(const Config& config, store::Store& store, asio::thread_pool& blocking, Clock clock)
     : config_(config),
       store_(store),
-      writer_(store),
+      writer_(store,
+              [this](bool available, const std::string& why) { on_store_health(available, why); }),
       blocking_(blocking),
       clock_(std::move(clock)) {}
 
 Core::~Core() {
     writer_.stop();
+}
+
+MatrixError Core::unavailable() {
+    return MatrixError(503, errcode::unknown,
+                       "The server's database is unavailable; try again shortly", 1000);
+}
+
+void Core::on_store_health(bool available, const std::string& why) {
+    if (!available) {
+        unavailable_since_ = clock_();
+        spdlog::error(
+            "the database is unavailable ({}); writes wait for it and new requests get 503 "
+            "until it is back",
+            why);
+    } else {
+        spdlog::info("the database is back after {} ms; the writes that waited are committed",
+                     clock_() - unavailable_since_);
+    }
 }
 
 void Core::start_at(StreamId max_stream) {

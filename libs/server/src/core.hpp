@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "events.hpp"
+#include "mxvoip/proto/errors.hpp"
 #include "mxvoip/server/config.hpp"
 #include "mxvoip/store/store.hpp"
 #include "mxvoip/store/writer.hpp"
@@ -86,6 +87,12 @@ class Core {
     asio::awaitable<void> commit(PendingWrite&& write);
     // The newest write not yet durable, if any.
     std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
+    // False while the database is unavailable: from a write that failed for want of it until
+    // that write commits (the writer keeps trying). Requests that need the database are
+    // refused with unavailable() meanwhile; what was submitted before waits.
+    bool store_available() const { return writer_.available(); }
+    // 503 M_UNKNOWN with Retry-After: the database cannot be reached.
+    static proto::MatrixError unavailable();
     void stop_writer() { writer_.stop(); }
     // Called once, with the reason, when a commit fails: the model can no longer be trusted.
     void on_fatal(std::function<void(const std::string&)> f) { on_fatal_ = std::move(f); }
@@ -105,6 +112,7 @@ class Core {
 
   private:
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
+    void on_store_health(bool available, const std::string& why);
 
     const Config& config_;
     store::Store& store_;
@@ -113,6 +121,7 @@ class Core {
     Clock clock_;
     std::function<void(const std::string&)> on_fatal_;
     std::once_flag fatal_once_;
+    std::int64_t unavailable_since_ = 0;  // writer thread only
 
     StreamId next_stream_ = 1;
     StreamId visible_ = 0;

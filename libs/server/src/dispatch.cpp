@@ -96,6 +96,7 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
             {}};
     if (req.method == http::verb::options) co_return Response{200, "{}", {}};
     Response response;
+    bool settle = false;  // whether the response waits for the writes before it
     try {
         const Route* route = nullptr;
         bool path_known = false;
@@ -105,6 +106,10 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
                 throw MatrixError(405, proto::errcode::unrecognized, "Method not allowed");
             throw MatrixError(404, proto::errcode::unrecognized, "Unrecognized request");
         }
+        // While the database is unavailable, what needs it is refused at once rather than
+        // left waiting for the writes before it.
+        if (route->database && !hs_.core.store_available()) throw Core::unavailable();
+        settle = route->database;
         if (route->auth) {
             auto auth = raw[http::field::authorization];
             if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "Bearer "))
@@ -129,6 +134,12 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
             rc_registration_.record(req.remote, hs_.core.now_ms());
     } catch (const MatrixError& e) {
         response = error_response(e);
+    } catch (const store::StoreUnavailable& e) {
+        // A read the store could not serve (the database restarting, say): it passes.
+        spdlog::warn("503 for {} {}: {}", raw.method_string(), target.substr(0, target.find('?')),
+                     e.what());
+        response = error_response(Core::unavailable());
+        settle = false;
     } catch (const std::exception& e) {
         std::string_view path = target.substr(0, target.find('?'));
         spdlog::error("500 for {} {}: {}", raw.method_string(), path, e.what());
@@ -138,7 +149,7 @@ asio::awaitable<Response> Dispatcher::operator()(http::request<http::string_body
     // Whatever the response says (an event, a state, even a refusal) may rest on writes
     // other requests made a moment ago: it leaves once they are durable, so no client learns
     // of something a failed commit then loses.
-    if (auto seq = hs_.core.unsettled()) {
+    if (auto seq = settle ? hs_.core.unsettled() : std::nullopt) {
         try {
             co_await hs_.core.durable(*seq);
         } catch (const MatrixError& e) {

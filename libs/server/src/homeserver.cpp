@@ -7,7 +7,7 @@ namespace mxvoip::server {
 Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_pool& blocking,
                        Core::Clock clock)
     : core(config, store, blocking, std::move(clock)),
-      info(config),
+      info(core),
       accounts(core),
       to_device(core, accounts),
       rooms(core, accounts),

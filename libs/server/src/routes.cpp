@@ -52,12 +52,13 @@ std::vector<Route> make_routes(Homeserver& hs) {
     struct Options {
         RateClass rate = RateClass::none;
         Body body = Body::none;
+        bool database = true;
     };
     auto add = [&](verb m, const std::vector<std::string_view>& prefixes, std::string_view path,
                    bool auth, const Handler& h, Options o = {}) {
         for (auto prefix : prefixes)
-            routes.push_back(
-                Route{m, split(std::string(prefix) + std::string(path)), auth, h, o.rate, o.body});
+            routes.push_back(Route{m, split(std::string(prefix) + std::string(path)), auth, h,
+                                   o.rate, o.body, o.database});
     };
     // A module's member function as a handler: the call returns the coroutine's awaitable.
     auto on = [](auto& module, auto member) -> Handler {
@@ -69,8 +70,12 @@ std::vector<Route> make_routes(Homeserver& hs) {
     const std::vector<std::string_view> cs{"/_matrix/client/r0", "/_matrix/client/v3"};
 
     auto& info = hs.info;
-    add(verb::get, {"/_matrix/client"}, "/versions", false, on(info, &ServerInfo::versions));
-    add(verb::get, {"/.well-known/matrix"}, "/client", false, on(info, &ServerInfo::well_known));
+    constexpr Options no_database{.database = false};
+    add(verb::get, {"/_matrix/client"}, "/versions", false, on(info, &ServerInfo::versions),
+        no_database);
+    add(verb::get, {"/.well-known/matrix"}, "/client", false, on(info, &ServerInfo::well_known),
+        no_database);
+    add(verb::get, {""}, "/health", false, on(info, &ServerInfo::health), no_database);
     add(verb::get, cs, "/capabilities", true, on(info, &ServerInfo::capabilities));
     add(verb::get, cs, "/thirdparty/protocols", true, on(info, &ServerInfo::thirdparty_protocols));
     for (const char* path :

@@ -37,6 +37,10 @@ struct Route {
     Handler handler;
     RateClass rate = RateClass::none;
     Body body = Body::none;
+    // Whether the route is refused (503) while the database is unavailable, and its response
+    // waits for the writes before it to be durable. Only what no database state shapes
+    // answers without.
+    bool database = true;
 };
 
 class Router {

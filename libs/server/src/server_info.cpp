@@ -19,6 +19,11 @@ asio::awaitable<Response> ServerInfo::versions(Request&) {
     co_return Response{200, body, {}};
 }
 
+asio::awaitable<Response> ServerInfo::health(Request&) {
+    if (!core_.store_available()) throw Core::unavailable();
+    co_return Response{200, "{}", {}};
+}
+
 asio::awaitable<Response> ServerInfo::well_known(Request&) {
     co_return json_response(json::object{{"m.homeserver", {{"base_url", config_.public_baseurl}}}});
 }

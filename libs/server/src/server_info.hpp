@@ -11,9 +11,11 @@ namespace mxvoip::server {
 
 class ServerInfo {
   public:
-    explicit ServerInfo(const Config& config) : config_(config) {}
+    explicit ServerInfo(const Core& core) : core_(core), config_(core.config()) {}
 
     asio::awaitable<Response> versions(Request&);
+    // For load balancers: 200 while the database takes writes, 503 while it does not.
+    asio::awaitable<Response> health(Request&);
     asio::awaitable<Response> well_known(Request&);
     asio::awaitable<Response> capabilities(Request&);
 
@@ -25,6 +27,7 @@ class ServerInfo {
     asio::awaitable<Response> thirdparty_user(Request&);      // by user id
 
   private:
+    const Core& core_;
     const Config& config_;
 };
 

@@ -5,9 +5,12 @@
 // the server gives up only by disconnecting.
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -199,7 +202,7 @@ class PgDb {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
             std::string msg = conn_ ? PQerrorMessage(conn_) : "out of memory";
             PQfinish(conn_);
-            throw StoreError("cannot connect to PostgreSQL: " + trim(msg));
+            throw StoreUnavailable("cannot connect to PostgreSQL: " + trim(msg));
         }
         // Notices (a table that already exists, say) are not the server's log's business.
         PQsetNoticeProcessor(
@@ -240,21 +243,43 @@ class PgDb {
         return it->second;
     }
 
-    // Throws StoreError for a failed result (and frees it).
+    // Throws for a failed result (and frees it): StoreUnavailable when the connection is
+    // gone or the database says the condition passes, StoreError otherwise.
     void check(PGresult* r, const char* sql) {
         auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
         std::string msg = r ? PQresultErrorMessage(r) : PQerrorMessage(conn_);
+        const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+        bool passes = broken() || !state || transient(state);
         PQclear(r);
-        throw StoreError("PostgreSQL: " + trim(msg) + " (in: " + std::string(sql, 0, 80) + ")");
+        msg = "PostgreSQL: " + trim(msg) + " (in: " + std::string(sql, 0, 80) + ")";
+        if (passes) throw StoreUnavailable(msg);
+        throw StoreError(msg);
     }
 
+    bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
     PGconn* handle() { return conn_; }
 
   private:
-    static std::string trim(std::string s) {
-        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-        return s;
+    // SQLSTATE classes of conditions that pass: 08 connection exception, 40 transaction
+    // rollback (serialization failure, deadlock), 53 insufficient resources (disk full, too
+    // many connections), 57 operator intervention (shutdown, starting up), 58 system error.
+    static bool transient(const char* state) {
+        std::string_view cls(state, std::min<std::size_t>(2, std::strlen(state)));
+        return cls == "08" || cls == "40" || cls == "53" || cls == "57" || cls == "58";
+    }
+    // libpq's messages span lines ("...\n\tThis probably means..."): one line for the log.
+    static std::string trim(const std::string& s) {
+        std::string out;
+        for (char c : s) {
+            bool space = c == '\n' || c == '\t' || c == ' ';
+            if (!space)
+                out += c;
+            else if (!out.empty() && out.back() != ' ')
+                out += ' ';
+        }
+        if (!out.empty() && out.back() == ' ') out.pop_back();
+        return out;
     }
     // '?' -> $1, $2, ... (the shared SQL has no '?' inside string literals).
     static std::string number_placeholders(const char* sql) {
@@ -333,8 +358,10 @@ std::unique_ptr<PgDb> open_owner(const PostgresOptions& opts) {
     auto db = std::make_unique<PgDb>(opts.dsn);
     PgDb::Stmt lock(*db, "SELECT pg_try_advisory_lock(?)");
     lock.bind(static_cast<std::int64_t>(kOwnerLock));
+    // Unavailable rather than wrong: on a reconnect the holder may be this process's own
+    // previous session, still ending on the server.
     if (!lock.next() || lock.text(0) != "t")
-        throw StoreError(
+        throw StoreUnavailable(
             "the PostgreSQL database is in use by another process (a running mxvoip-server?); "
             "stop it first");
     return db;
@@ -343,7 +370,8 @@ std::unique_ptr<PgDb> open_owner(const PostgresOptions& opts) {
 class PostgresStore final : public sql::SqlStore<PgDb> {
   public:
     explicit PostgresStore(const PostgresOptions& opts)
-        : SqlStore(open_owner(opts), [&] { return std::make_unique<PgDb>(opts.dsn); }) {}
+        : SqlStore([opts] { return open_owner(opts); },
+                   [opts] { return std::make_unique<PgDb>(opts.dsn); }) {}
 };
 
 }  // namespace

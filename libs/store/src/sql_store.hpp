@@ -4,7 +4,9 @@
 // postgres_store.cpp). `Db` is a backend's connection: exec(), begin(), commit(), rollback(),
 // a Stmt that binds positionally ('?'), runs and steps through rows, and the one statement
 // whose SQL differs between the backends (kOneTimeKeysQuery). Upserts are written as
-// INSERT ... ON CONFLICT, which both understand. No SQL reads inside the stored JSON: a
+// INSERT ... ON CONFLICT, which both understand; every insert is one, so that applying a
+// batch again after an unknown outcome changes nothing (Store::apply). No SQL reads inside the
+// stored JSON: a
 // "\u0000" in content is valid JSON that PostgreSQL's JSON functions refuse to unescape.
 #include <boost/json.hpp>
 
@@ -53,15 +55,43 @@ class SqlStore : public Store {
   public:
     // Brings the writer's database to the newest schema, then opens the reader (which may
     // need the tables to exist).
-    SqlStore(std::unique_ptr<Db> writer, const std::function<std::unique_ptr<Db>()>& open_reader)
-        : writer_(std::move(writer)) {
+    // The openers are kept to replace a connection found broken.
+    SqlStore(std::function<std::unique_ptr<Db>()> open_writer,
+             std::function<std::unique_ptr<Db>()> open_reader)
+        : open_writer_(std::move(open_writer)), open_reader_(std::move(open_reader)) {
+        writer_ = open_writer_();
         migrate(*writer_);
-        reader_ = open_reader();
+        reader_ = open_reader_();
     }
 
     Snapshot load(const TxnWindow& txns) override {
-        std::lock_guard lock(read_mu_);
-        Db& db = *reader_;
+        return read([&](Db& db) { return load_from(db, txns); });
+    }
+
+    void apply(std::span<const Mutation> batch) override {
+        if (!writer_ || writer_->broken()) writer_ = open_writer_();
+        Db& db = *writer_;
+        try {
+            db.begin();
+            StreamId max_stream = 0;
+            for (const auto& m : batch)
+                std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
+            if (max_stream > 0) {
+                Stmt s(db,
+                       "UPDATE stream_position SET max_stream = CASE WHEN max_stream < ? THEN ? "
+                       "ELSE max_stream END WHERE id = 1");
+                s.bind(max_stream).bind(max_stream).run();
+            }
+            db.commit();
+        } catch (...) {
+            db.rollback();
+            if (db.broken()) writer_.reset();  // reconnected on the next apply
+            throw;
+        }
+    }
+
+  private:
+    static Snapshot load_from(Db& db, const TxnWindow& txns) {
         Snapshot snap;
         {
             Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
@@ -218,96 +248,99 @@ class SqlStore : public Store {
         return snap;
     }
 
-    void apply(std::span<const Mutation> batch) override {
-        Db& db = *writer_;
-        db.begin();
-        try {
-            StreamId max_stream = 0;
-            for (const auto& m : batch)
-                std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
-            if (max_stream > 0) {
-                Stmt s(db,
-                       "UPDATE stream_position SET max_stream = CASE WHEN max_stream < ? THEN ? "
-                       "ELSE max_stream END WHERE id = 1");
-                s.bind(max_stream).bind(max_stream).run();
-            }
-            db.commit();
-        } catch (...) {
-            db.rollback();
-            throw;
-        }
-    }
-
+  public:
     std::vector<EventRecord> events_before(const std::string& room_id, StreamId before,
                                            int limit) override {
-        std::lock_guard lock(read_mu_);
-        return events_before_locked(room_id, before, limit);
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT " EVENT_COLUMNS
+                       " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC "
+                       "LIMIT ?");
+            s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
+            std::vector<EventRecord> out;
+            while (s.next()) out.push_back(read_event(s));
+            return out;
+        });
     }
 
     std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
                                           int limit) override {
-        std::lock_guard lock(read_mu_);
-        Stmt s(*reader_,
-               "SELECT " EVENT_COLUMNS
-               " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC LIMIT ?");
-        s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
-        std::vector<EventRecord> out;
-        while (s.next()) out.push_back(read_event(s));
-        return out;
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT " EVENT_COLUMNS
+                       " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC "
+                       "LIMIT ?");
+            s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
+            std::vector<EventRecord> out;
+            while (s.next()) out.push_back(read_event(s));
+            return out;
+        });
     }
 
     std::optional<EventRecord> event_at(StreamId stream) override {
-        std::lock_guard lock(read_mu_);
-        Stmt s(*reader_, "SELECT " EVENT_COLUMNS " FROM events WHERE stream_id = ?");
-        s.bind(stream);
-        if (!s.next()) return std::nullopt;
-        return read_event(s);
+        return read([&](Db& db) -> std::optional<EventRecord> {
+            Stmt s(db, "SELECT " EVENT_COLUMNS " FROM events WHERE stream_id = ?");
+            s.bind(stream);
+            if (!s.next()) return std::nullopt;
+            return read_event(s);
+        });
     }
 
     std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) override {
-        std::lock_guard lock(read_mu_);
-        Stmt s(*reader_,
-               "SELECT " EVENT_COLUMNS
-               " FROM events WHERE stream_id IN (SELECT MAX(stream_id) FROM events WHERE room_id "
-               "= ? AND stream_id <= ? AND state_key IS NOT NULL GROUP BY type, state_key) ORDER "
-               "BY stream_id");
-        s.bind(room_id).bind(at);
-        std::vector<EventRecord> out;
-        while (s.next()) out.push_back(read_event(s));
-        return out;
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT " EVENT_COLUMNS
+                       " FROM events WHERE stream_id IN (SELECT MAX(stream_id) FROM events WHERE "
+                       "room_id = ? AND stream_id <= ? AND state_key IS NOT NULL GROUP BY type, "
+                       "state_key) ORDER BY stream_id");
+            s.bind(room_id).bind(at);
+            std::vector<EventRecord> out;
+            while (s.next()) out.push_back(read_event(s));
+            return out;
+        });
     }
 
     std::vector<BackupKeyRecord> backup_keys(const std::string& user_id, std::int64_t version,
                                              const std::string& room_id,
                                              const std::string& session_id) override {
-        std::lock_guard lock(read_mu_);
-        Stmt s(*reader_,
-               "SELECT room_id, session_id, is_verified, first_message_index, forwarded_count, "
-               "json FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR room_id = "
-               "?) AND (? = '' OR session_id = ?) ORDER BY room_id, session_id");
-        s.bind(user_id).bind(version).bind(room_id).bind(room_id).bind(session_id).bind(session_id);
-        std::vector<BackupKeyRecord> out;
-        while (s.next())
-            out.push_back({user_id, version, s.text(0), s.text(1), s.integer(2) != 0, s.integer(3),
-                           s.integer(4), s.text(5)});
-        return out;
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT room_id, session_id, is_verified, first_message_index, "
+                   "forwarded_count, json FROM backup_keys WHERE user_id = ? AND version = ? AND "
+                   "(? = '' OR room_id = ?) AND (? = '' OR session_id = ?) ORDER BY room_id, "
+                   "session_id");
+            s.bind(user_id)
+                .bind(version)
+                .bind(room_id)
+                .bind(room_id)
+                .bind(session_id)
+                .bind(session_id);
+            std::vector<BackupKeyRecord> out;
+            while (s.next())
+                out.push_back({user_id, version, s.text(0), s.text(1), s.integer(2) != 0,
+                               s.integer(3), s.integer(4), s.text(5)});
+            return out;
+        });
     }
 
   private:
-    std::vector<EventRecord> events_before_locked(const std::string& room_id, StreamId before,
-                                                  int limit) {
-        Stmt s(*reader_,
-               "SELECT " EVENT_COLUMNS
-               " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC LIMIT ?");
-        s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
-        std::vector<EventRecord> out;
-        while (s.next()) out.push_back(read_event(s));
-        return out;
+    // Runs `f` on the reader under its lock. A connection that went stale while idle (the
+    // database restarted since its last use) is found broken by its first query: `f` runs
+    // once more on a new one.
+    template <typename F>
+    auto read(F&& f) {
+        std::lock_guard lock(read_mu_);
+        try {
+            if (!reader_ || reader_->broken()) reader_ = open_reader_();
+            return f(*reader_);
+        } catch (const StoreUnavailable&) {
+            if (!reader_ || !reader_->broken()) throw;
+            reader_.reset();
+        }
+        reader_ = open_reader_();
+        return f(*reader_);
     }
 
     static void write(Db& db, const PutUser& m, StreamId&) {
         const auto& u = m.user;
-        Stmt(db, "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)")
+        Stmt(db, "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(u.user_id)
             .bind(u.password_hash)
             .bind(u.is_guest)
@@ -325,7 +358,7 @@ class SqlStore : public Store {
     }
     static void write(Db& db, const PutToken& m, StreamId&) {
         const auto& t = m.token;
-        Stmt(db, "INSERT INTO access_tokens VALUES (?, ?, ?, ?)")
+        Stmt(db, "INSERT INTO access_tokens VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(t.token_hash)
             .bind(t.user_id)
             .bind(t.device_id)
@@ -350,7 +383,7 @@ class SqlStore : public Store {
             .run();
     }
     static void write(Db& db, const PutRoom& m, StreamId&) {
-        Stmt(db, "INSERT INTO rooms VALUES (?, ?)")
+        Stmt(db, "INSERT INTO rooms VALUES (?, ?) ON CONFLICT DO NOTHING")
             .bind(m.room.room_id)
             .bind(m.room.room_version)
             .run();
@@ -359,7 +392,7 @@ class SqlStore : public Store {
         const auto& e = m.event;
         std::optional<std::string> txn_key, txn_id;
         if (!e.txn_id.empty()) txn_key = e.txn_device_key, txn_id = e.txn_id;
-        Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        Stmt(db, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(e.stream)
             .bind(e.event_id)
             .bind(e.room_id)
@@ -478,7 +511,7 @@ class SqlStore : public Store {
     }
     static void write(Db& db, const PutToDevice& m, StreamId& max_stream) {
         const auto& t = m.message;
-        Stmt(db, "INSERT INTO to_device VALUES (?, ?, ?, ?)")
+        Stmt(db, "INSERT INTO to_device VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(t.stream)
             .bind(t.user_id)
             .bind(t.device_id)
@@ -494,7 +527,7 @@ class SqlStore : public Store {
             .run();
     }
     static void write(Db& db, const PutFilter& m, StreamId&) {
-        Stmt(db, "INSERT INTO filters VALUES (?, ?, ?)")
+        Stmt(db, "INSERT INTO filters VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(m.filter.user_id)
             .bind(m.filter.filter_id)
             .bind(m.filter.json)
@@ -635,7 +668,7 @@ class SqlStore : public Store {
     }
 
   protected:
-    Db& writer_db() { return *writer_; }
+    Db* writer_db() { return writer_.get(); }
     void close_reader() {
         std::lock_guard lock(read_mu_);
         reader_.reset();
@@ -671,6 +704,8 @@ class SqlStore : public Store {
         }
     }
 
+    std::function<std::unique_ptr<Db>()> open_writer_;
+    std::function<std::unique_ptr<Db>()> open_reader_;
     std::unique_ptr<Db> writer_;
     std::mutex read_mu_;
     std::unique_ptr<Db> reader_;

@@ -215,12 +215,14 @@ class Db {
 
     void exec(const char* sql) {
         char* err = nullptr;
-        if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+        if (int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err); rc != SQLITE_OK) {
             std::string msg = err ? err : "unknown error";
             sqlite3_free(err);
-            throw StoreError(std::string("SQLite: ") + msg);
+            raise(rc, "SQLite: " + msg);
         }
     }
+    // A file's connection never breaks: what fails, fails in the database's file.
+    bool broken() const { return false; }
 
     // Cached prepared statement, reset and with bindings cleared.
     sqlite3_stmt* prepare(const char* sql) {
@@ -236,7 +238,25 @@ class Db {
     }
 
     [[noreturn]] void fail(const char* what) {
-        throw StoreError(std::string("SQLite ") + what + ": " + sqlite3_errmsg(db_));
+        raise(sqlite3_extended_errcode(db_),
+              std::string("SQLite ") + what + ": " + sqlite3_errmsg(db_));
+    }
+
+    // The disk full, an I/O error, memory short, the file locked: conditions that pass, so
+    // StoreUnavailable; anything else is the statement's own fault.
+    [[noreturn]] static void raise(int rc, const std::string& msg) {
+        switch (rc & 0xff) {
+            case SQLITE_BUSY:
+            case SQLITE_LOCKED:
+            case SQLITE_NOMEM:
+            case SQLITE_IOERR:
+            case SQLITE_FULL:
+            case SQLITE_CANTOPEN:
+            case SQLITE_PROTOCOL:
+                throw StoreUnavailable(msg);
+            default:
+                throw StoreError(msg);
+        }
     }
 
     sqlite3* handle() { return db_; }
@@ -326,13 +346,14 @@ class ProcessLock {
 class SqliteStore final : private ProcessLock, public sql::SqlStore<Db> {
   public:
     explicit SqliteStore(const SqliteOptions& opts)
-        : ProcessLock(opts.path), SqlStore(open_writer(opts), [&] { return open_reader(opts); }) {}
+        : ProcessLock(opts.path),
+          SqlStore([opts] { return open_writer(opts); }, [opts] { return open_reader(opts); }) {}
 
     ~SqliteStore() override {
         // Fold the WAL back into the main file so a clean shutdown leaves one file behind.
         try {
             close_reader();
-            writer_db().exec("PRAGMA wal_checkpoint(TRUNCATE)");
+            if (auto* db = writer_db()) db->exec("PRAGMA wal_checkpoint(TRUNCATE)");
         } catch (...) {
         }
     }

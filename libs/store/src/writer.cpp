@@ -1,12 +1,18 @@
 #include "mxvoip/store/writer.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 namespace mxvoip::store {
 
 namespace {
 constexpr std::size_t kMaxBatch = 4096;
-}
+constexpr std::chrono::milliseconds kFirstRetry{50};
+constexpr std::chrono::milliseconds kMaxRetry{2000};
+}  // namespace
 
-GroupCommitWriter::GroupCommitWriter(Store& store) : store_(store), thread_([this] { run(); }) {}
+GroupCommitWriter::GroupCommitWriter(Store& store, Health on_health)
+    : store_(store), on_health_(std::move(on_health)), thread_([this] { run(); }) {}
 
 GroupCommitWriter::~GroupCommitWriter() {
     stop();
@@ -103,11 +109,7 @@ void GroupCommitWriter::run() {
             flat.clear();
             for (auto& p : batch)
                 for (auto& m : p.mutations) flat.push_back(std::move(m));
-            try {
-                store_.apply(flat);
-            } catch (...) {
-                error = std::current_exception();
-            }
+            error = commit(flat);
         }
         for (auto& p : batch) p.done(error);
         batch.clear();
@@ -138,6 +140,32 @@ void GroupCommitWriter::run() {
         left.swap(waiting_);
     }
     for (auto& [_, d] : left) d(error);
+}
+
+std::exception_ptr GroupCommitWriter::commit(const std::vector<Mutation>& batch) {
+    auto delay = kFirstRetry;
+    for (;;) {
+        try {
+            store_.apply(batch);
+            if (!available()) set_available(true, {});
+            return nullptr;
+        } catch (const StoreUnavailable& e) {
+            if (available()) set_available(false, e.what());
+            std::unique_lock lock(mu_);
+            if (stopping_) return std::current_exception();
+            // stop() cuts the wait short; the attempt after it is the last.
+            cv_.wait_for(lock, delay, [&] { return stopping_; });
+            stats_.retries++;
+        } catch (...) {
+            return std::current_exception();
+        }
+        delay = std::min(delay * 2, kMaxRetry);
+    }
+}
+
+void GroupCommitWriter::set_available(bool available, const std::string& why) {
+    unavailable_.store(!available, std::memory_order_relaxed);
+    if (on_health_) on_health_(available, why);
 }
 
 }  // namespace mxvoip::store

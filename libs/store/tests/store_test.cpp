@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <future>
 
@@ -36,6 +37,12 @@ struct SqliteBackend {
         sqlite3_free(err);
         sqlite3_close(db);
         ASSERT_EQ(rc, SQLITE_OK) << msg;
+    }
+    // From now on the database itself refuses an event at `stream`: a write that fails for
+    // what it is, not for want of the database.
+    void refuse_event(StreamId stream) {
+        sql("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.stream_id = " +
+            std::to_string(stream) + " BEGIN SELECT RAISE(ABORT, 'refused'); END");
     }
     static std::atomic<int>& counter() {
         static std::atomic<int> n{0};
@@ -86,7 +93,9 @@ class PgCluster {
     void admin(const std::string& statement) const {
         PGconn* c = PQconnectdb(dsn("postgres").c_str());
         PGresult* r = PQexec(c, statement.c_str());
-        std::string err = PQresultStatus(r) == PGRES_COMMAND_OK ? "" : PQresultErrorMessage(r);
+        auto status = PQresultStatus(r);
+        std::string err =
+            status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK ? "" : PQresultErrorMessage(r);
         PQclear(r);
         PQfinish(c);
         if (!err.empty()) throw std::runtime_error(statement + ": " + err);
@@ -146,6 +155,18 @@ struct PostgresBackend {
         PQclear(r);
         PQfinish(c);
         ASSERT_EQ(err, "");
+    }
+    void refuse_event(StreamId stream) {
+        sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused'; END $$");
+        sql("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.stream_id = " +
+            std::to_string(stream) + ") EXECUTE FUNCTION refuse()");
+    }
+    // Ends every session on this database but the caller's, as a restart of PostgreSQL does.
+    void drop_connections() {
+        PgCluster::get().admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + name +
+            "' AND pid <> pg_backend_pid()");
     }
 };
 
@@ -327,11 +348,52 @@ TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};
     store->apply(ok);
-    // The second event reuses stream 1: the whole batch must roll back.
-    std::vector<Mutation> bad{PutEvent{event(2, "!r:x")}, PutEvent{event(1, "!r:x")}};
-    EXPECT_THROW(store->apply(bad), StoreError);
+    this->backend.refuse_event(3);
+    // The second event is refused: the whole batch must roll back, and the error says it
+    // would fail again.
+    std::vector<Mutation> bad{PutEvent{event(2, "!r:x")}, PutEvent{event(3, "!r:x")}};
+    try {
+        store->apply(bad);
+        FAIL() << "a refused batch was applied";
+    } catch (const StoreUnavailable& e) {
+        FAIL() << "a refused batch was taken for an unavailable database: " << e.what();
+    } catch (const StoreError&) {
+    }
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
     EXPECT_EQ(store->load({0, 100}).max_stream, 1);
+}
+
+TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
+    auto store = this->backend.open();
+    std::vector<Mutation> batch{
+        PutUser{{"@a:x", "hash", false, 5, "A", ""}},
+        PutToken{{"deadbeef", "@a:x", "DEV", "phone"}},
+        PutToken{{"cafe", "@a:x", "OLD", ""}},
+        DeleteTokens{"@a:x", "OLD"},
+        PutRoom{{"!r:x", "10"}},
+        PutEvent{event(1, "!r:x", "@a:x")},
+        PutEvent{txn_event(2, "!r:x", "@a:x|DEV", "t1")},
+        PutAccountData{{3, "@a:x", "", "m.direct", "{}"}},
+        PutToDevice{{4, "@a:x", "DEV", "{\"type\":\"x\"}"}},
+        PutToDevice{{5, "@a:x", "DEV", "{\"type\":\"y\"}"}},
+        DeleteToDevice{"@a:x", "DEV", 4},
+        PutFilter{{"@a:x", 0, "{}"}},
+    };
+    store->apply(batch);
+    // As after a COMMIT whose outcome the connection lost: the writer applies it again.
+    ASSERT_NO_THROW(store->apply(batch));
+    Snapshot s = store->load({0, 100});
+    ASSERT_EQ(s.users.size(), 1u);
+    ASSERT_EQ(s.tokens.size(), 1u);
+    EXPECT_EQ(s.tokens[0].device_id, "DEV");
+    EXPECT_EQ(s.rooms.size(), 1u);
+    EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
+    EXPECT_EQ(s.txns.size(), 1u);
+    EXPECT_EQ(s.account_data.size(), 1u);
+    ASSERT_EQ(s.to_device.size(), 1u);
+    EXPECT_EQ(s.to_device[0].stream, 5);
+    EXPECT_EQ(s.filters.size(), 1u);
+    EXPECT_EQ(s.max_stream, 5);
 }
 
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
@@ -457,8 +519,9 @@ TYPED_TEST(StoreTest, WriterFailureIsFinalAndNothingAfterItIsApplied) {
     auto s1 = writer.submit({PutEvent{event(1, "!r:x")}},
                             [&](std::exception_ptr e) { first.set_value(e); });
     EXPECT_FALSE(first.get_future().get());
-    // A submission that cannot commit (an event for stream 1 again violates the primary key).
-    auto s2 = writer.submit({PutEvent{event(1, "!r:x")}},
+    // A submission that cannot commit: the database refuses it.
+    this->backend.refuse_event(2);
+    auto s2 = writer.submit({PutEvent{event(2, "!r:x")}},
                             [&](std::exception_ptr e) { bad.set_value(e); });
     EXPECT_TRUE(bad.get_future().get());
     // A valid one after it may rest on what the failed one would have written: refused.
@@ -519,14 +582,144 @@ TYPED_TEST(StoreTest, ADatabaseHasOneOwningProcessAtATime) {
 
 TYPED_TEST(StoreTest, WriterReportsFailureToEverySubmitter) {
     auto store = this->backend.open();
+    this->backend.refuse_event(2);
     GroupCommitWriter writer(*store);
     std::promise<std::exception_ptr> result;
-    // An event for stream 1 twice in one submission violates the primary key.
-    writer.submit({PutEvent{event(1, "!r:x")}, PutEvent{event(1, "!r:x")}},
+    writer.submit({PutEvent{event(1, "!r:x")}, PutEvent{event(2, "!r:x")}},
                   [&](std::exception_ptr e) { result.set_value(e); });
     EXPECT_TRUE(result.get_future().get());
     writer.stop();
     std::promise<std::exception_ptr> late;
     writer.submit({}, [&](std::exception_ptr e) { late.set_value(e); });
     EXPECT_TRUE(late.get_future().get());
+}
+
+namespace {
+
+// A store whose database is unavailable for the next `outages` applications, then back.
+class FlakyStore final : public Store {
+  public:
+    explicit FlakyStore(Store& inner, int outages) : inner_(inner), outages_(outages) {}
+    Snapshot load(const TxnWindow& t) override { return inner_.load(t); }
+    void apply(std::span<const Mutation> batch) override {
+        if (outages_ < 0 || outages_-- > 0) throw StoreUnavailable("the database is restarting");
+        inner_.apply(batch);
+    }
+    std::vector<EventRecord> events_before(const std::string& r, StreamId b, int l) override {
+        return inner_.events_before(r, b, l);
+    }
+    std::vector<EventRecord> events_after(const std::string& r, StreamId a, int l) override {
+        return inner_.events_after(r, a, l);
+    }
+    std::optional<EventRecord> event_at(StreamId s) override { return inner_.event_at(s); }
+    std::vector<EventRecord> state_at(const std::string& r, StreamId a) override {
+        return inner_.state_at(r, a);
+    }
+    std::vector<BackupKeyRecord> backup_keys(const std::string& u, std::int64_t v,
+                                             const std::string& r, const std::string& s) override {
+        return inner_.backup_keys(u, v, r, s);
+    }
+
+  private:
+    Store& inner_;
+    std::atomic<int> outages_;  // < 0: for ever
+};
+
+// What the writer reported about the database's health, in order.
+struct HealthLog {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::pair<bool, std::string>> seen;
+    GroupCommitWriter::Health observer() {
+        return [this](bool ok, const std::string& why) {
+            {
+                std::lock_guard lock(mu);
+                seen.emplace_back(ok, why);
+            }
+            cv.notify_all();
+        };
+    }
+    void wait_for(std::size_t reports) {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return seen.size() >= reports; });
+    }
+};
+
+}  // namespace
+
+TYPED_TEST(StoreTest, WriterKeepsABatchThroughAnOutageAndCommitsItOnceBack) {
+    auto real = this->backend.open();
+    std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}};
+    real->apply(room);
+    FlakyStore store(*real, 3);
+    HealthLog health;
+    GroupCommitWriter writer(store, health.observer());
+    std::promise<std::exception_ptr> first, second;
+    auto s1 = writer.submit({PutEvent{event(1, "!r:x")}},
+                            [&](std::exception_ptr e) { first.set_value(e); });
+    auto s2 = writer.submit({PutEvent{event(2, "!r:x")}},
+                            [&](std::exception_ptr e) { second.set_value(e); });
+    EXPECT_FALSE(first.get_future().get());
+    EXPECT_FALSE(second.get_future().get());
+    EXPECT_EQ(writer.durable(), s2);
+    EXPECT_LT(s1, s2);
+    EXPECT_TRUE(writer.available());
+    EXPECT_EQ(writer.stats().retries, 3u);
+    writer.stop();
+    {
+        std::lock_guard lock(health.mu);
+        ASSERT_EQ(health.seen.size(), 2u);
+        EXPECT_FALSE(health.seen[0].first);
+        EXPECT_EQ(health.seen[0].second, "the database is restarting");
+        EXPECT_TRUE(health.seen[1].first);
+    }
+    auto events = real->events_after("!r:x", 0, 10);
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_EQ(events[0].stream, 1);
+    EXPECT_EQ(events[1].stream, 2);
+}
+
+TYPED_TEST(StoreTest, WriterStoppedInAnOutageFailsWhatIsLeftInsteadOfWaiting) {
+    auto real = this->backend.open();
+    FlakyStore store(*real, -1);
+    HealthLog health;
+    GroupCommitWriter writer(store, health.observer());
+    std::promise<std::exception_ptr> result;
+    auto seq = writer.submit({PutRoom{{"!r:x", "10"}}},
+                             [&](std::exception_ptr e) { result.set_value(e); });
+    // Once the outage is seen, stop: the submission fails instead of waiting for ever.
+    health.wait_for(1);
+    EXPECT_FALSE(writer.available());
+    std::promise<std::exception_ptr> waited;
+    writer.when_durable(seq, [&](std::exception_ptr e) { waited.set_value(e); });
+    writer.stop();
+    auto e = result.get_future().get();
+    ASSERT_TRUE(e);
+    EXPECT_THROW(std::rethrow_exception(e), StoreUnavailable);
+    EXPECT_TRUE(waited.get_future().get());
+    EXPECT_TRUE(real->load({}).rooms.empty());
+}
+
+// A restart of PostgreSQL ends every session: the store replaces its connections, a read
+// on a stale one is made again on a new one, and the writer's batch commits once the
+// writer's connection is replaced.
+TEST(PostgresStore, ConnectionsEndedByTheServerAreReplaced) {
+    PostgresBackend backend;
+    auto store = backend.open();
+    std::vector<Mutation> room{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};
+    store->apply(room);
+    backend.drop_connections();
+    EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
+
+    HealthLog health;
+    GroupCommitWriter writer(*store, health.observer());
+    std::promise<std::exception_ptr> done;
+    writer.submit({PutEvent{event(2, "!r:x")}}, [&](std::exception_ptr e) { done.set_value(e); });
+    EXPECT_FALSE(done.get_future().get());
+    writer.stop();
+    EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
+    std::lock_guard lock(health.mu);
+    ASSERT_EQ(health.seen.size(), 2u);  // the stale connection's failure, then back
+    EXPECT_FALSE(health.seen[0].first);
+    EXPECT_TRUE(health.seen[1].first);
 }

@@ -19,6 +19,13 @@ struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The database cannot be reached or cannot take the write right now (connection lost, the
+// database restarting, disk full, I/O error): the same work may succeed later. Every other
+// StoreError is a fault of the work itself and will fail again.
+struct StoreUnavailable : StoreError {
+    using StoreError::StoreError;
+};
+
 struct UserRecord {
     std::string user_id;
     std::string password_hash;  // libsodium crypto_pwhash_str output; empty for guests
@@ -370,14 +377,19 @@ struct Snapshot {
 };
 
 // All persistence goes through this interface. apply() is only ever called from one thread
-// (the group-commit writer); the read methods are safe from any thread.
+// (the group-commit writer); the read methods are safe from any thread. A connection found
+// broken (the database restarted) is replaced on the next use; a read on one that went
+// stale while idle is tried once more on a new one.
 class Store {
   public:
     virtual ~Store() = default;
 
     virtual Snapshot load(const TxnWindow& txns) = 0;
 
-    // Applies the batch in one transaction and makes it durable before returning.
+    // Applies the batch in one transaction and makes it durable before returning. Applying
+    // a batch that already committed changes nothing: after a StoreUnavailable the outcome
+    // may be unknown (the connection dropped during COMMIT), and the writer applies the
+    // batch again once the database is back.
     virtual void apply(std::span<const Mutation> batch) = 0;
 
     // Room events with stream < `before`, newest first.

@@ -2,6 +2,7 @@
 
 #include "mxvoip/store/store.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -9,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,14 +20,23 @@ namespace mxvoip::store {
 // transaction, so concurrent requests share one fsync. Completions run on the writer thread,
 // in submission order, after the transaction is durable (or failed: then each gets the error).
 //
-// A failure is final: the submissions after a failed transaction may depend on what it would
-// have written, so they fail with the same error instead of being applied, and so does every
-// later one. The owner is expected to stop.
+// While the database is unavailable (StoreUnavailable: connection lost, database restarting,
+// disk full) the batch is kept and applied again with back-off until it commits: nothing
+// submitted is dropped, and what waits for it waits. Store::apply makes a second application
+// of a batch that did commit (the outcome was unknown) a no-op. When stopping, one more
+// attempt is made, and if it fails too the batch fails.
+//
+// Any other failure is final: the submissions after a failed transaction may depend on what
+// it would have written, so they fail with the same error instead of being applied, and so
+// does every later one. The owner is expected to stop.
 class GroupCommitWriter {
   public:
     using Done = std::function<void(std::exception_ptr)>;
+    // Told on the writer's thread when the database becomes unavailable (with why) and when a
+    // batch commits again after that (`why` empty).
+    using Health = std::function<void(bool available, const std::string& why)>;
 
-    explicit GroupCommitWriter(Store& store);
+    explicit GroupCommitWriter(Store& store, Health on_health = {});
     ~GroupCommitWriter();
     GroupCommitWriter(const GroupCommitWriter&) = delete;
     GroupCommitWriter& operator=(const GroupCommitWriter&) = delete;
@@ -39,6 +50,8 @@ class GroupCommitWriter {
     std::uint64_t durable() const;
     // The latest submission when it is not durable yet (one look, under one lock).
     std::optional<std::uint64_t> pending() const;
+    // False from a batch's failure for want of the database until a batch commits again.
+    bool available() const { return !unavailable_.load(std::memory_order_relaxed); }
 
     // Calls `done` once every submission up to `seq` is durable (at once if that is already
     // so), or with the error that stopped the writer. Runs on the caller's or the writer's
@@ -51,6 +64,7 @@ class GroupCommitWriter {
     struct Stats {
         std::uint64_t transactions = 0;
         std::uint64_t submissions = 0;
+        std::uint64_t retries = 0;  // attempts made again after StoreUnavailable
     };
     Stats stats() const;
 
@@ -61,8 +75,13 @@ class GroupCommitWriter {
         Done done;
     };
     void run();
+    // Applies `batch`, again with back-off while the database is unavailable; the final error.
+    std::exception_ptr commit(const std::vector<Mutation>& batch);
+    void set_available(bool available, const std::string& why);
 
     Store& store_;
+    Health on_health_;
+    std::atomic<bool> unavailable_{false};
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::vector<Pending> queue_;

@@ -1,0 +1,116 @@
+// PostgreSQL stopped and started again under load: the server stays up, what needs the
+// database gets 503 M_UNKNOWN with Retry-After while it is gone (and /health says so), the
+// writes that were in flight wait and then commit, and once it is back every client carries
+// on. Afterwards every acknowledged message is in the room exactly once, and a retry with the
+// same transaction id was answered with the same event.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, register, api, postgres } from '../lib/harness.mjs';
+
+const enc = encodeURIComponent;
+
+async function allEvents(user, roomId) {
+  const out = [];
+  let from = 's0';
+  for (;;) {
+    const res = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'f', limit: '500', from } });
+    assert.equal(res.status, 200, res.text);
+    out.push(...res.body.chunk);
+    if (!res.body.end) return out;
+    from = res.body.end;
+  }
+}
+
+// A promise with its resolve function, for "wait until this happens".
+function signal() {
+  let resolve;
+  const promise = new Promise((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recover', async () => {
+  const pg = postgres();
+  const db = pg.createDatabase();
+  const server = await startServer({ config: { database: { backend: 'postgres', dsn: pg.dsn(db) } } });
+  let pgStopped = false;
+  try {
+    const clients = [];
+    for (let i = 0; i < 3; i++) clients.push(await register(server.url, `writer${i}`));
+    const roomId = await clients[0].createRoom({ preset: 'public_chat' });
+    for (const c of clients.slice(1)) assert.equal((await c.join(roomId)).status, 200);
+
+    const acked = new Map(); // body -> event_id
+    const unavailable = []; // the 503 responses seen
+    let phase = 'before';
+    const counts = { before: 0, after: 0 };
+    const enoughBefore = signal();
+    const firstOutage = signal();
+    const enoughAfter = signal();
+    let stop = false;
+
+    // Each writer sends numbered messages, one at a time, and retries a message with the same
+    // transaction id until it is acknowledged, after the Retry-After a 503 asks for.
+    const writers = clients.map(async (c, ci) => {
+      for (let n = 0; !stop; n++) {
+        const body = `w${ci}-${n}`;
+        for (;;) {
+          const res = await c.send(roomId, 'm.room.message', { msgtype: 'm.text', body }, `txn-${body}`);
+          if (res.status === 200) {
+            const earlier = acked.get(body);
+            if (earlier) assert.equal(res.body.event_id, earlier, 'a retry got a different event id');
+            acked.set(body, res.body.event_id);
+            break;
+          }
+          assert.equal(res.status, 503, `${res.status} ${res.text}`);
+          assert.equal(res.body.errcode, 'M_UNKNOWN');
+          assert.ok(Number(res.headers.get('retry-after')) >= 1, 'a 503 without Retry-After');
+          unavailable.push(res);
+          firstOutage.resolve();
+          await new Promise((r) => setTimeout(r, res.body.retry_after_ms));
+        }
+        counts[phase]++;
+        if (phase === 'before' && counts.before >= 30) enoughBefore.resolve();
+        if (phase === 'after' && counts.after >= 30) enoughAfter.resolve();
+      }
+    });
+
+    await enoughBefore.promise;
+    pg.stop();
+    pgStopped = true;
+    await firstOutage.promise;
+    // Down: the process is still there, and the load balancer's check and a read say 503.
+    assert.equal(server.proc.exitCode, null, 'the server exited while the database was down');
+    const health = await api(server.url, 'GET', '/health');
+    assert.equal(health.status, 503, health.text);
+    const read = await clients[0].call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '5' } });
+    assert.equal(read.status, 503, read.text);
+    assert.equal((await api(server.url, 'GET', '/_matrix/client/versions')).status, 200);
+
+    phase = 'after';
+    pg.start();
+    pgStopped = false;
+    await enoughAfter.promise;
+    stop = true;
+    await Promise.all(writers);
+
+    assert.equal(server.proc.exitCode, null);
+    assert.equal((await api(server.url, 'GET', '/health')).status, 200);
+    assert.ok(unavailable.length > 0);
+    // Every acknowledged message exactly once, under the event id it was acknowledged with.
+    const seen = new Map();
+    for (const ev of await allEvents(clients[1], roomId)) {
+      if (ev.type !== 'm.room.message') continue;
+      assert.ok(!seen.has(ev.content.body), `${ev.content.body} is in the room twice`);
+      seen.set(ev.content.body, ev.event_id);
+    }
+    for (const [body, eventId] of acked) assert.equal(seen.get(body), eventId, `${body} is missing or changed`);
+    assert.equal(seen.size, acked.size, 'the room has messages no one was told were stored');
+    assert.match(server.log, /the database is unavailable/);
+    assert.match(server.log, /the database is back after \d+ ms/);
+    const { code } = await server.stop();
+    assert.equal(code, 0);
+  } finally {
+    if (pgStopped) pg.start();
+    await server.stop();
+  }
+});
