@@ -5,21 +5,9 @@
 // same transaction id was answered with the same event.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, api, postgres } from '../lib/harness.mjs';
+import { startServer, register, api, postgres, roomEvents } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
-
-async function allEvents(user, roomId) {
-  const out = [];
-  let from = 's0';
-  for (;;) {
-    const res = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'f', limit: '500', from } });
-    assert.equal(res.status, 200, res.text);
-    out.push(...res.body.chunk);
-    if (!res.body.end) return out;
-    from = res.body.end;
-  }
-}
 
 // A promise with its resolve function, for "wait until this happens".
 function signal() {
@@ -98,7 +86,7 @@ test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recov
     assert.ok(unavailable.length > 0);
     // Every acknowledged message exactly once, under the event id it was acknowledged with.
     const seen = new Map();
-    for (const ev of await allEvents(clients[1], roomId)) {
+    for (const ev of await roomEvents(clients[1], roomId)) {
       if (ev.type !== 'm.room.message') continue;
       assert.ok(!seen.has(ev.content.body), `${ev.content.body} is in the room twice`);
       seen.set(ev.content.body, ev.event_id);

@@ -4,22 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { startServer, register, userHandle, api, makeDir, storedBytes, CS } from '../lib/harness.mjs';
-
-const enc = encodeURIComponent;
-
-async function allEvents(user, roomId) {
-  const out = [];
-  let from;
-  for (;;) {
-    const query = { dir: 'f', limit: '500', from: from ?? 's0' };
-    const res = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query });
-    assert.equal(res.status, 200, res.text);
-    out.push(...res.body.chunk);
-    if (!res.body.end) return out;
-    from = res.body.end;
-  }
-}
+import { startServer, register, userHandle, api, makeDir, storedBytes, CS, roomEvents } from '../lib/harness.mjs';
 
 test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async () => {
   const dir = makeDir();
@@ -59,7 +44,7 @@ test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async
 
     server = await startServer({ dir });
     const reader = userHandle(server.url, { user_id: owner.userId, access_token: owner.token, device_id: owner.deviceId });
-    const events = await allEvents(reader, roomId);
+    const events = await roomEvents(reader, roomId);
     const counts = new Map();
     for (const e of events) counts.set(e.event_id, (counts.get(e.event_id) ?? 0) + 1);
     for (const [txn, id] of acked) assert.equal(counts.get(id), 1, `acknowledged ${txn} (${id}) appears ${counts.get(id) ?? 0} times`);
@@ -83,7 +68,7 @@ test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async
       }
     }
     assert.ok(retried > 0, 'at least one acknowledged transaction was retried');
-    const after = await allEvents(reader, roomId);
+    const after = await roomEvents(reader, roomId);
     const retryEvents = after.filter((e) => e.content.call_id === 'retry');
     assert.ok(retryEvents.length <= 8 - retried, 'acknowledged retries created no new events');
     await server.stop();

@@ -5,21 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, register, userHandle, makeDir, SERVER_BIN, CS, api } from '../lib/harness.mjs';
-
-const enc = encodeURIComponent;
-
-async function allEvents(user, roomId) {
-  const out = [];
-  let from = 's0';
-  for (;;) {
-    const res = await user.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'f', limit: '500', from } });
-    assert.equal(res.status, 200, res.text);
-    out.push(...res.body.chunk);
-    if (!res.body.end) return out;
-    from = res.body.end;
-  }
-}
+import { startServer, register, userHandle, makeDir, SERVER_BIN, CS, api, roomEvents } from '../lib/harness.mjs';
 
 // A small tmpfs in a mount namespace of its own, held open by a process the servers join
 // with nsenter. As root the namespace is made directly; otherwise in a user namespace.
@@ -140,7 +126,7 @@ test('a full disk: the server stays up, answers 503 while full, loses nothing, a
     // Every event acknowledged or served is stored exactly once, also after a restart.
     for (let round = 0; round < 2; round++) {
       const reader = userHandle(server.url, { user_id: writers[0].userId, access_token: writers[0].token, device_id: writers[0].deviceId });
-      const events = await allEvents(reader, roomId);
+      const events = await roomEvents(reader, roomId);
       const stored = new Set(events.map((e) => e.event_id));
       assert.equal(stored.size, events.length, 'an event is stored twice');
       for (const id of acknowledged.values()) assert.ok(stored.has(id), `acknowledged ${id} is missing`);

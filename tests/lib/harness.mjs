@@ -268,5 +268,18 @@ export function userHandle(base, { user_id, access_token, device_id }) {
   };
 }
 
+// Every event of the room the user can see, oldest first, through /messages pages.
+export async function roomEvents(user, roomId) {
+  const out = [];
+  let from = 's0';
+  for (;;) {
+    const res = await user.call('GET', `/rooms/${encodeURIComponent(roomId)}/messages`, { query: { dir: 'f', limit: '500', from } });
+    if (res.status !== 200) throw new Error(`/messages: ${res.status} ${res.text}`);
+    out.push(...res.body.chunk);
+    if (!res.body.end) return out;
+    from = res.body.end;
+  }
+}
+
 export { CS };
 

@@ -79,8 +79,9 @@ asio::awaitable<void> Core::durable(std::uint64_t seq) {
             // What could not be stored is never confirmed: the client may retry once the
             // server is back.
             if (e)
-                e = std::make_exception_ptr(MatrixError(
-                    503, errcode::unknown, "The server could not store this request; try again"));
+                e = std::make_exception_ptr(
+                    MatrixError(503, errcode::unknown,
+                                "The server could not store this request; try again", 1000));
             asio::post(ex, [shared, e]() mutable { (*shared)(e); });
         });
     };

@@ -252,26 +252,22 @@ class SqlStore : public Store {
     std::vector<EventRecord> events_before(const std::string& room_id, StreamId before,
                                            int limit) override {
         return read([&](Db& db) {
-            Stmt s(db, "SELECT " EVENT_COLUMNS
-                       " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC "
-                       "LIMIT ?");
-            s.bind(room_id).bind(before).bind(static_cast<std::int64_t>(limit));
-            std::vector<EventRecord> out;
-            while (s.next()) out.push_back(read_event(s));
-            return out;
+            return page(db,
+                        "SELECT " EVENT_COLUMNS
+                        " FROM events WHERE room_id = ? AND stream_id < ? ORDER BY stream_id DESC "
+                        "LIMIT ?",
+                        room_id, before, limit);
         });
     }
 
     std::vector<EventRecord> events_after(const std::string& room_id, StreamId after,
                                           int limit) override {
         return read([&](Db& db) {
-            Stmt s(db, "SELECT " EVENT_COLUMNS
-                       " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC "
-                       "LIMIT ?");
-            s.bind(room_id).bind(after).bind(static_cast<std::int64_t>(limit));
-            std::vector<EventRecord> out;
-            while (s.next()) out.push_back(read_event(s));
-            return out;
+            return page(db,
+                        "SELECT " EVENT_COLUMNS
+                        " FROM events WHERE room_id = ? AND stream_id > ? ORDER BY stream_id ASC "
+                        "LIMIT ?",
+                        room_id, after, limit);
         });
     }
 
@@ -321,6 +317,16 @@ class SqlStore : public Store {
     }
 
   private:
+    // A page of a room's events: `sql` binds the room, a position and the limit.
+    static std::vector<EventRecord> page(Db& db, const char* sql, const std::string& room_id,
+                                         StreamId from, int limit) {
+        Stmt s(db, sql);
+        s.bind(room_id).bind(from).bind(static_cast<std::int64_t>(limit));
+        std::vector<EventRecord> out;
+        while (s.next()) out.push_back(read_event(s));
+        return out;
+    }
+
     // Runs `f` on the reader under its lock. A connection that went stale while idle (the
     // database restarted since its last use) is found broken by its first query: `f` runs
     // once more on a new one.
