@@ -263,10 +263,12 @@ class PgDb {
   private:
     // SQLSTATE classes of conditions that pass: 08 connection exception, 40 transaction
     // rollback (serialization failure, deadlock), 53 insufficient resources (disk full, too
-    // many connections), 57 operator intervention (shutdown, starting up), 58 system error.
+    // many connections), 57 operator intervention (shutdown, starting up), 58 system error;
+    // and 55P03, a lock not available within lock_timeout.
     static bool transient(const char* state) {
         std::string_view cls(state, std::min<std::size_t>(2, std::strlen(state)));
-        return cls == "08" || cls == "40" || cls == "53" || cls == "57" || cls == "58";
+        return cls == "08" || cls == "40" || cls == "53" || cls == "57" || cls == "58" ||
+               std::string_view(state) == "55P03";
     }
     // libpq's messages span lines ("...\n\tThis probably means..."): one line for the log.
     static std::string trim(const std::string& s) {
@@ -356,14 +358,22 @@ class PgStmt {
 
 std::unique_ptr<PgDb> open_owner(const PostgresOptions& opts) {
     auto db = std::make_unique<PgDb>(opts.dsn);
-    PgDb::Stmt lock(*db, "SELECT pg_try_advisory_lock(?)");
-    lock.bind(static_cast<std::int64_t>(kOwnerLock));
-    // Unavailable rather than wrong: on a reconnect the holder may be this process's own
-    // previous session, still ending on the server.
-    if (!lock.next() || lock.text(0) != "t")
+    // The holder may be a session that is ending: this process's own before a reconnect, or
+    // the previous process's just after a restart (a closed connection's session ends on the
+    // server a moment later). So wait for the lock, for a while.
+    db->exec("SET lock_timeout = '3s'");
+    try {
+        PgDb::Stmt lock(*db, "SELECT pg_advisory_lock(?)");
+        lock.bind(static_cast<std::int64_t>(kOwnerLock));
+        lock.run();
+    } catch (const StoreUnavailable&) {
+        if (db->broken()) throw;
+        // Unavailable rather than wrong: the other process may yet stop.
         throw StoreUnavailable(
             "the PostgreSQL database is in use by another process (a running mxvoip-server?); "
             "stop it first");
+    }
+    db->exec("SET lock_timeout = 0");
     return db;
 }
 
