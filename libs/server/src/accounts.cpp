@@ -352,7 +352,7 @@ void Accounts::add_user_offline(store::Store& store, const Config& config,
     if (!proto::is_valid_new_localpart(parsed->localpart))
         throw std::runtime_error("the localpart may only contain a-z, 0-9 and ._=-/+");
     if (password.empty()) throw std::runtime_error("the password is empty");
-    auto snap = store.load(store::TxnWindow{});
+    auto snap = store.load();
     for (const auto& u : snap.users)
         if (u.user_id == user_id) throw std::runtime_error(user_id + " already exists");
     std::string hash = hash_password(password, parse_hash_cost(config.password_hash_cost));

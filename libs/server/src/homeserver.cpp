@@ -23,8 +23,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       pushers(core, accounts, notifications),
       sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications, presence),
       voip(core) {
-    auto snap = store.load(
-        store::TxnWindow{core.now_ms() - TxnIds::kLifetimeMs, TxnIds::kRestartPositions});
+    auto snap = store.load();
     // Accounts first: the others keep only what belongs to an existing user or device.
     accounts.load(snap);
     to_device.load(snap);

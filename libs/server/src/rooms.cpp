@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "auth_rules.hpp"
 #include "filter.hpp"
@@ -312,6 +313,7 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     json::object content = req.json;
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
+    recall_txns(s);
     std::uint64_t ticket = 0;
     std::string event_id;
     {
@@ -567,10 +569,14 @@ bool has_float(const json::value& v) {
 
 Rooms::Rooms(Core& core, Accounts& accounts)
     : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
-    // A device that signed out sends nothing more: its transaction ids go with it.
+    // A device that signed out sends nothing more: its transaction ids go with it, also
+    // from the store, where a device signing in again with the same id would recall them.
     accounts_.on_device_removed(
-        [this](const std::string& user, const std::string& device, PendingWrite&) {
-            txns_.forget_device(Session{user, device}.device_key());
+        [this](const std::string& user, const std::string& device, PendingWrite& w) {
+            std::string key = Session{user, device}.device_key();
+            txns_.forget_device(key);
+            w.mutations.push_back(
+                store::ForgetTxns{std::move(key), core_.now_ms() - TxnIds::kLifetimeMs});
         });
 }
 
@@ -610,16 +616,25 @@ void Rooms::load(store::Snapshot& snap) {
         aliases_by_room_[a.room_id].insert(a.alias);
         aliases_.emplace(a.alias, std::move(a));
     }
-    // Oldest first, as they were sent (the store lists them newest first); only those of
-    // devices still signed in.
-    std::reverse(snap.txns.begin(), snap.txns.end());
-    for (auto& t : snap.txns) {
-        auto bar = t.device_key.find('|');
-        if (bar == std::string::npos ||
-            !accounts_.has_device_locked(t.device_key.substr(0, bar), t.device_key.substr(bar + 1)))
-            continue;
-        txns_.remember(t.device_key, t.room_id + '\n' + t.txn_id, std::move(t.event_id), t.ts);
+}
+
+void Rooms::recall_txns(const Session& s) {
+    const std::string device = s.device_key();
+    {
+        std::lock_guard lock(core_.mu);
+        if (txns_.recalled(device)) return;
     }
+    const auto limit = static_cast<int>(
+        std::min<std::size_t>(txns_.per_device(), std::numeric_limits<int>::max()));
+    auto rows = core_.store().device_txns(device, core_.now_ms() - TxnIds::kLifetimeMs, limit);
+    std::vector<TxnIds::Stored> stored;
+    stored.reserve(rows.size());
+    for (auto& r : rows)
+        stored.push_back({r.room_id + '\n' + r.txn_id, std::move(r.event_id), r.ts});
+    std::lock_guard lock(core_.mu);
+    // A device that signed out meanwhile sends nothing more: nothing to keep for it.
+    if (accounts_.has_device_locked(s.user_id, s.device_id))
+        txns_.recall(device, std::move(stored));
 }
 
 std::optional<Response> Rooms::retried_locked(const std::string& device,
@@ -853,6 +868,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
     }
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
+    recall_txns(s);
     EventPtr target;
     {
         std::lock_guard lock(core_.mu);

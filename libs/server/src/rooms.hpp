@@ -95,6 +95,10 @@ class Rooms {
     // Replaces `target` everywhere it is held and stored by its redacted form.
     void apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
                                 PendingWrite& w);
+    // Before the device's first request with a transaction id since start: the ids of what
+    // it sent before are read back from the store (without the lock), so that a retry of a
+    // request a restart cut off gets the first answer.
+    void recall_txns(const Session& s);
     // The answer to a retried transaction (PUT /send, /redact), or nothing for a new one.
     std::optional<Response> retried_locked(const std::string& device, const std::string& txn_key);
     // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.

@@ -6,6 +6,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace mxvoip::server {
 
@@ -15,15 +16,39 @@ namespace mxvoip::server {
 // from the same device, soon, and a device that signed out sends nothing more. So what this
 // holds is bounded by the devices signed in, not by the traffic of the last day.
 //
-// Across a restart the ids of the events at the newest kRestartPositions stream positions are
-// honoured: a request that a restart cut off is retried within seconds or minutes, and
-// reading a whole day of events back would make start-up grow with the traffic.
+// Across a restart, ids that were stored (those of room events) are read back per device, on
+// its first request with one (recall): start-up reads none, and what is held is bounded by the
+// devices that sent something since, not by the database.
 class TxnIds {
   public:
     static constexpr std::int64_t kLifetimeMs = 24 * 3600 * 1000;
-    static constexpr std::int64_t kRestartPositions = 100'000;
 
     explicit TxnIds(std::size_t per_device) : per_device_(per_device) {}
+    std::size_t per_device() const { return per_device_; }
+
+    // Whether the device's stored ids were recalled since start.
+    bool recalled(const std::string& device) const {
+        auto d = devices_.find(device);
+        return d != devices_.end() && d->second.recalled;
+    }
+    struct Stored {
+        std::string txn;
+        std::string value;
+        std::int64_t ts = 0;
+    };
+    // The device's stored ids, newest first: older than any remembered since, they go in
+    // front, as far as the device's limit leaves room. Only the first recall counts.
+    void recall(const std::string& device, std::vector<Stored> newest_first) {
+        auto& d = devices_[device];
+        if (d.recalled) return;
+        d.recalled = true;
+        for (auto& r : newest_first) {
+            if (d.order.size() >= per_device_) break;
+            auto [it, fresh] =
+                d.by_txn.try_emplace(std::move(r.txn), Entry{std::move(r.value), r.ts});
+            if (fresh) d.order.push_front(&it->first);
+        }
+    }
 
     // What was remembered for the device's `txn`, or nullptr.
     const std::string* find(const std::string& device, const std::string& txn,
@@ -62,7 +87,9 @@ class TxnIds {
     };
     struct Device {
         std::unordered_map<std::string, Entry> by_txn;
-        std::deque<const std::string*> order;  // keys of by_txn (stable in node containers)
+        std::deque<const std::string*> order;  // keys of by_txn, oldest first (stable in
+                                               // node containers)
+        bool recalled = false;
     };
     std::size_t per_device_;
     std::unordered_map<std::string, Device> devices_;

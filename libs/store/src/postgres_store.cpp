@@ -186,6 +186,13 @@ CREATE TABLE IF NOT EXISTS stream_position (id BIGINT PRIMARY KEY CHECK (id = 1)
 INSERT INTO stream_position VALUES (1, 0) ON CONFLICT DO NOTHING;
 )sql";
 
+// Version 2: a device's recent transaction ids are read back on its first PUT after a start,
+// instead of a window of them at start-up.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE INDEX IF NOT EXISTS events_txn ON events (txn_device_key, stream_id)
+    WHERE txn_id IS NOT NULL;
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip").
 constexpr long long kOwnerLock = 0x6d78766f6970;
 
@@ -194,7 +201,7 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2};
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY seq";
 

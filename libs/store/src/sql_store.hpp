@@ -64,8 +64,8 @@ class SqlStore : public Store {
         reader_ = open_reader_();
     }
 
-    Snapshot load(const TxnWindow& txns) override {
-        return read([&](Db& db) { return load_from(db, txns); });
+    Snapshot load() override {
+        return read([&](Db& db) { return load_from(db); });
     }
 
     void apply(std::span<const Mutation> batch) override {
@@ -91,7 +91,7 @@ class SqlStore : public Store {
     }
 
   private:
-    static Snapshot load_from(Db& db, const TxnWindow& txns) {
+    static Snapshot load_from(Db& db) {
         Snapshot snap;
         {
             Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
@@ -133,16 +133,6 @@ class SqlStore : public Store {
                 snap.history.push_back({s.integer(0), s.text(1), std::move(type), s.text(3),
                                         content_string(s.text(4), key)});
             }
-        }
-        if (txns.positions > 0) {
-            // A range of the primary key, newest first: no more rows than the window holds.
-            Stmt s(db,
-                   "SELECT txn_device_key, room_id, txn_id, event_id, origin_server_ts FROM events "
-                   "WHERE stream_id > ? AND txn_id IS NOT NULL AND origin_server_ts >= ? ORDER "
-                   "BY stream_id DESC");
-            s.bind(snap.max_stream - txns.positions).bind(txns.since_ts);
-            while (s.next())
-                snap.txns.push_back({s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
         }
         {
             Stmt s(db,
@@ -289,6 +279,22 @@ class SqlStore : public Store {
             s.bind(room_id).bind(at);
             std::vector<EventRecord> out;
             while (s.next()) out.push_back(read_event(s));
+            return out;
+        });
+    }
+
+    std::vector<TxnRecord> device_txns(const std::string& device_key, std::int64_t since_ts,
+                                       int limit) override {
+        return read([&](Db& db) {
+            // The events_txn index, newest first: no more rows than `limit`.
+            Stmt s(db,
+                   "SELECT room_id, txn_id, event_id, origin_server_ts FROM events WHERE "
+                   "txn_device_key = ? AND txn_id IS NOT NULL AND origin_server_ts >= ? ORDER BY "
+                   "stream_id DESC LIMIT ?");
+            s.bind(device_key).bind(since_ts).bind(std::int64_t{limit});
+            std::vector<TxnRecord> out;
+            while (s.next())
+                out.push_back({device_key, s.text(0), s.text(1), s.text(2), s.integer(3)});
             return out;
         });
     }
@@ -468,6 +474,14 @@ class SqlStore : public Store {
         Stmt(db, "UPDATE events SET json = ? WHERE stream_id = ?")
             .bind(m.json)
             .bind(m.stream)
+            .run();
+    }
+    static void write(Db& db, const ForgetTxns& m, StreamId&) {
+        Stmt(db,
+             "UPDATE events SET txn_device_key = NULL, txn_id = NULL WHERE txn_device_key = ? AND "
+             "txn_id IS NOT NULL AND origin_server_ts >= ?")
+            .bind(m.device_key)
+            .bind(m.since_ts)
             .run();
     }
     static void write(Db& db, const PutRoomAlias& m, StreamId&) {

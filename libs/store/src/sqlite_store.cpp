@@ -182,12 +182,19 @@ CREATE TABLE IF NOT EXISTS stream_position (id INTEGER PRIMARY KEY CHECK (id = 1
 INSERT OR IGNORE INTO stream_position VALUES (1, 0);
 )sql";
 
+// Version 2: a device's recent transaction ids are read back on its first PUT after a start,
+// instead of a window of them at start-up.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE INDEX IF NOT EXISTS events_txn ON events (txn_device_key, stream_id)
+    WHERE txn_id IS NOT NULL;
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2};
     // Rowid order is upload order.
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY rowid";

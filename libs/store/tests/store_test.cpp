@@ -191,22 +191,19 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
         store->apply(batch);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.users.size(), 1u);
     EXPECT_EQ(s.users[0].displayname, "A");
     ASSERT_EQ(s.tokens.size(), 1u);
     EXPECT_EQ(s.tokens[0].device_id, "DEV");
     ASSERT_EQ(s.state_events.size(), 1u);
     EXPECT_EQ(s.state_events[0].state_key, "@a:x");
-    ASSERT_EQ(s.txns.size(), 1u);
-    EXPECT_EQ(s.txns[0].event_id, "$e2");
-    EXPECT_EQ(s.txns[0].device_key, "@a:x|DEV");
-    EXPECT_EQ(s.txns[0].txn_id, "t1");
-    // Transactions older than the cut-off, or outside the newest positions, are not returned.
-    EXPECT_TRUE(store->load({1003, 100}).txns.empty());
-    EXPECT_TRUE(store->load({0, 2}).txns.empty());  // positions 3 and 4 only
-    EXPECT_EQ(store->load({0, 3}).txns.size(), 1u);
-    EXPECT_TRUE(store->load({}).txns.empty());
+    auto txns = store->device_txns("@a:x|DEV", 0, 10);
+    ASSERT_EQ(txns.size(), 1u);
+    EXPECT_EQ(txns[0].event_id, "$e2");
+    EXPECT_EQ(txns[0].device_key, "@a:x|DEV");
+    EXPECT_EQ(txns[0].room_id, "!r:x");
+    EXPECT_EQ(txns[0].txn_id, "t1");
     EXPECT_EQ(s.account_data.size(), 1u);
     EXPECT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(s.filters.size(), 1u);
@@ -227,7 +224,7 @@ TYPED_TEST(StoreTest, AReceiptReplacesTheSameTypeAndThreadAndAdvancesTheStream) 
         store->apply(second);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.receipts.size(), 3u);
     // In stream order; the unthreaded m.read was replaced.
     EXPECT_EQ(s.receipts[0].thread_id, "main");
@@ -255,7 +252,7 @@ TYPED_TEST(StoreTest, PushersArePutReplacedAndDeletedForOneUserOrAll) {
         store->apply(deletes);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.pushers.size(), 1u);
     EXPECT_EQ(s.pushers[0].user_id, "@b:x");
     EXPECT_EQ(s.pushers[0].pushkey, "key2");
@@ -270,7 +267,7 @@ TYPED_TEST(StoreTest, PresenceKeepsTheNewestPerUser) {
         store->apply(batch);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.presence.size(), 2u);
     EXPECT_EQ(s.presence[0].user_id, "@b:x");
     EXPECT_EQ(s.presence[1].presence, "offline");
@@ -306,7 +303,7 @@ TYPED_TEST(StoreTest, AliasesAndPublishedRoomsSurviveAndDelete) {
         store->apply(changes);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.room_aliases.size(), 2u);
     EXPECT_EQ(s.room_aliases[0].alias, "#a:x");
     EXPECT_EQ(s.room_aliases[0].room_id, "!r:x");
@@ -344,6 +341,62 @@ TYPED_TEST(StoreTest, ADatabaseBeforeSchemaVersionsIsTakenAsVersionOne) {
     EXPECT_THROW(this->backend.open(), StoreError);
 }
 
+TYPED_TEST(StoreTest, AVersionOneDatabaseIsMigrated) {
+    {
+        auto store = this->backend.open();
+        std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}},
+                                    PutEvent{txn_event(1, "!r:x", "@a:x|DEV", "t1")}};
+        store->apply(batch);
+    }
+    // As the first mxvoip-server with schema versions left it.
+    this->backend.sql("DROP INDEX events_txn");
+    this->backend.sql("UPDATE schema_version SET version = 1");
+    auto store = this->backend.open();
+    EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
+    store.reset();
+    this->backend.sql("DROP INDEX events_txn");  // fails unless version 2 made it again
+}
+
+// A device's transactions are found by the device alone: newest first, none older than the
+// cut-off, no more than the limit, none of another device or of an event without one.
+TYPED_TEST(StoreTest, ADevicesTransactionsAreReadNewestFirst) {
+    auto store = this->backend.open();
+    std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutRoom{{"!s:x", "10"}}};
+    for (StreamId i = 1; i <= 6; ++i) {
+        // At 1000 + i, as event() makes them.
+        batch.push_back(
+            PutEvent{txn_event(i, i % 2 ? "!r:x" : "!s:x", "@a:x|DEV", "t" + std::to_string(i))});
+    }
+    batch.push_back(PutEvent{txn_event(7, "!r:x", "@a:x|OTHER", "t7")});
+    batch.push_back(PutEvent{event(8, "!r:x")});
+    store->apply(batch);
+    auto txns = store->device_txns("@a:x|DEV", 1003, 10);
+    ASSERT_EQ(txns.size(), 4u);
+    EXPECT_EQ(txns[0].txn_id, "t6");
+    EXPECT_EQ(txns[0].room_id, "!s:x");
+    EXPECT_EQ(txns[0].event_id, "$e6");
+    EXPECT_EQ(txns[0].ts, 1006);
+    EXPECT_EQ(txns[3].txn_id, "t3");
+    EXPECT_EQ(txns[3].room_id, "!r:x");
+    auto two = store->device_txns("@a:x|DEV", 0, 2);
+    ASSERT_EQ(two.size(), 2u);
+    EXPECT_EQ(two[1].txn_id, "t5");
+    EXPECT_TRUE(store->device_txns("@b:x|DEV", 0, 10).empty());
+
+    // Signed out: from the cut-off on, the device's events carry no transaction any more.
+    std::vector<Mutation> forget{ForgetTxns{"@a:x|DEV", 1005}};
+    store->apply(forget);
+    store->apply(forget);  // again, as after a lost COMMIT
+    auto left = store->device_txns("@a:x|DEV", 0, 10);
+    ASSERT_EQ(left.size(), 4u);
+    EXPECT_EQ(left[0].txn_id, "t4");
+    auto e6 = store->event_at(6);
+    ASSERT_TRUE(e6);
+    EXPECT_EQ(e6->txn_device_key, "");
+    EXPECT_EQ(e6->txn_id, "");
+    EXPECT_EQ(store->device_txns("@a:x|OTHER", 0, 10).size(), 1u);
+}
+
 TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     auto store = this->backend.open();
     std::vector<Mutation> ok{PutRoom{{"!r:x", "10"}}, PutEvent{event(1, "!r:x")}};
@@ -360,7 +413,7 @@ TYPED_TEST(StoreTest, FailedBatchLeavesNothingBehind) {
     } catch (const StoreError&) {
     }
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 1u);
-    EXPECT_EQ(store->load({0, 100}).max_stream, 1);
+    EXPECT_EQ(store->load().max_stream, 1);
 }
 
 TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
@@ -382,13 +435,13 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     store->apply(batch);
     // As after a COMMIT whose outcome the connection lost: the writer applies it again.
     ASSERT_NO_THROW(store->apply(batch));
-    Snapshot s = store->load({0, 100});
+    Snapshot s = store->load();
     ASSERT_EQ(s.users.size(), 1u);
     ASSERT_EQ(s.tokens.size(), 1u);
     EXPECT_EQ(s.tokens[0].device_id, "DEV");
     EXPECT_EQ(s.rooms.size(), 1u);
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
-    EXPECT_EQ(s.txns.size(), 1u);
+    EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
     EXPECT_EQ(s.account_data.size(), 1u);
     ASSERT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(s.to_device[0].stream, 5);
@@ -419,7 +472,7 @@ TYPED_TEST(StoreTest, DeliveredToDeviceMessagesAreDeleted) {
     store->apply(batch);
     std::vector<Mutation> ack{DeleteToDevice{"@a:x", "D", 3}};
     store->apply(ack);
-    auto snap = store->load({0, 100});
+    auto snap = store->load();
     ASSERT_EQ(snap.to_device.size(), 2u);
     EXPECT_EQ(snap.to_device[0].stream, 4);
 }
@@ -453,7 +506,7 @@ TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
 
     store.reset();
     store = this->backend.open();
-    auto snap = store->load({0, 100});
+    auto snap = store->load();
     ASSERT_EQ(snap.history.size(), 5u);
     EXPECT_EQ(snap.history[2].type, "m.room.history_visibility");
     EXPECT_EQ(snap.history[2].value, "joined");
@@ -475,7 +528,7 @@ TYPED_TEST(StoreTest, JsonWithANulEscapeIsStoredAndReadBack) {
         store->apply(batch);
     }
     auto store = this->backend.open();
-    auto snap = store->load({0, 100});
+    auto snap = store->load();
     ASSERT_EQ(snap.history.size(), 1u);
     EXPECT_EQ(snap.history[0].value, "join");
     ASSERT_EQ(snap.state_events.size(), 1u);
@@ -603,7 +656,7 @@ class FlakyStore final : public Store {
     // The first `outages` applications fail (every one with kForever), the rest go through.
     explicit FlakyStore(Store& inner, int outages)
         : inner_(inner), forever_(outages == kForever), outages_(outages) {}
-    Snapshot load(const TxnWindow& t) override { return inner_.load(t); }
+    Snapshot load() override { return inner_.load(); }
     void apply(std::span<const Mutation> batch) override {
         if (forever_ || outages_.fetch_sub(1) > 0)
             throw StoreUnavailable("the database is restarting");
@@ -618,6 +671,9 @@ class FlakyStore final : public Store {
     std::optional<EventRecord> event_at(StreamId s) override { return inner_.event_at(s); }
     std::vector<EventRecord> state_at(const std::string& r, StreamId a) override {
         return inner_.state_at(r, a);
+    }
+    std::vector<TxnRecord> device_txns(const std::string& d, std::int64_t t, int l) override {
+        return inner_.device_txns(d, t, l);
     }
     std::vector<BackupKeyRecord> backup_keys(const std::string& u, std::int64_t v,
                                              const std::string& r, const std::string& s) override {
@@ -707,7 +763,7 @@ TYPED_TEST(StoreTest, WriterStoppedInAnOutageFailsWhatIsLeftInsteadOfWaiting) {
     ASSERT_TRUE(e);
     EXPECT_THROW(std::rethrow_exception(e), StoreUnavailable);
     EXPECT_TRUE(waited.get_future().get());
-    EXPECT_TRUE(real->load({}).rooms.empty());
+    EXPECT_TRUE(real->load().rooms.empty());
 }
 
 // A restart of PostgreSQL ends every session: the store replaces its connections, a read

@@ -59,7 +59,7 @@ struct EventRecord {
     std::string txn_id;
 };
 
-// A client transaction remembered across restarts (read from the events that carry one).
+// A client transaction of a room event, read back for idempotent retries after a restart.
 struct TxnRecord {
     std::string device_key;  // user_id + '|' + device_id
     std::string room_id;
@@ -309,6 +309,13 @@ struct DeletePusher {
     std::string app_id;
     std::string pushkey;
 };
+// A device signed out: its events from `since_ts` on (the newest a retry could name) no
+// longer carry its client transactions, so a device signing in again with the same id finds
+// none of them.
+struct ForgetTxns {
+    std::string device_key;  // as in EventRecord
+    std::int64_t since_ts = 0;
+};
 // Replaces a stored event's JSON with its redacted form.
 struct RedactEvent {
     StreamId stream = 0;
@@ -338,24 +345,15 @@ using Mutation =
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
                  PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream,
                  PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
-                 PutRoomVisibility>;
+                 PutRoomVisibility, ForgetTxns>;
 
-// Which events' client transactions load() reads: those of the newest `positions` stream
-// positions (none when 0) that are not older than `since_ts`. Bounded by positions, so reading
-// them costs the same however much the database holds.
-struct TxnWindow {
-    std::int64_t since_ts = 0;
-    StreamId positions = 0;
-};
-
-// What the server keeps in memory, read once at start-up. No room's timeline: those are read
-// from the store when a client asks for them.
+// What the server keeps in memory, read once at start-up. No room's timeline and no client
+// transaction: those are read from the store when they are needed.
 struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
     std::vector<EventRecord> state_events;  // current state, in stream order
-    std::vector<TxnRecord> txns;            // the transactions of the TxnWindow, newest first
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
     std::vector<FilterRecord> filters;
@@ -384,7 +382,7 @@ class Store {
   public:
     virtual ~Store() = default;
 
-    virtual Snapshot load(const TxnWindow& txns) = 0;
+    virtual Snapshot load() = 0;
 
     // Applies the batch in one transaction and makes it durable before returning. Applying
     // a batch that already committed changes nothing: after a StoreUnavailable the outcome
@@ -403,6 +401,10 @@ class Store {
     virtual std::optional<EventRecord> event_at(StreamId stream) = 0;
     // The room's state as it was after the event at `at`, in stream order.
     virtual std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) = 0;
+    // The client transactions of the device's room events (`device_key` as in EventRecord)
+    // not older than `since_ts`, newest first, at most `limit`.
+    virtual std::vector<TxnRecord> device_txns(const std::string& device_key, std::int64_t since_ts,
+                                               int limit) = 0;
     // The keys of a backup version, of one room, or one session (empty: no restriction).
     virtual std::vector<BackupKeyRecord> backup_keys(const std::string& user_id,
                                                      std::int64_t version,
