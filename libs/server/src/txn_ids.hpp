@@ -87,8 +87,8 @@ class TxnIds {
     };
     struct Device {
         std::unordered_map<std::string, Entry> by_txn;
-        std::deque<const std::string*> order;  // keys of by_txn, oldest first (stable in
-                                               // node containers)
+        // The keys of by_txn, oldest first (stable: it is a node container).
+        std::deque<const std::string*> order;
         bool recalled = false;
     };
     std::size_t per_device_;
