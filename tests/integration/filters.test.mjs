@@ -155,3 +155,48 @@ test('malformed filters: M_BAD_JSON when posted and inline; a stored filter work
   const s = await alice.sync({ filter: posted.body.filter_id });
   assert.deepEqual(Object.keys(s.rooms.join), [otherRoom]);
 });
+
+test('stored filters: one id per distinct filter, even posted at once; read back past the cache and after a restart', async () => {
+  // One cached filter: every other one is read from the database.
+  let own = await startServer({ config: { caches: { filters: 1 } } });
+  try {
+    const dave = await register(own.url, 'dave');
+    const room = await dave.createRoom({ name: 'mine' });
+    const other = await dave.createRoom({ name: 'other' });
+    const post = (body, user = dave) => user.call('POST', `/user/${enc(user.userId)}/filter`, { body });
+    const only = (id) => ({ room: { rooms: [id] } });
+    // The same filter posted many times at once is decided in the database: one id.
+    const same = await Promise.all(Array.from({ length: 8 }, () => post(only(room))));
+    assert.ok(same.every((r) => r.status === 200), same.map((r) => r.text).join());
+    assert.deepEqual(new Set(same.map((r) => r.body.filter_id)), new Set([same[0].body.filter_id]));
+    const second = await post(only(other));
+    assert.equal(second.status, 200);
+    assert.notEqual(second.body.filter_id, same[0].body.filter_id);
+    // Another user's ids are their own.
+    const erin = await register(own.url, 'erin');
+    const erins = await post(only(room), erin);
+    assert.equal(erins.status, 200);
+    const check = async (server, user) => {
+      const u = user.at(server.url);
+      const first = await u.call('GET', `/user/${enc(u.userId)}/filter/${same[0].body.filter_id}`);
+      assert.equal(first.status, 200, first.text);
+      assert.deepEqual(first.body, only(room));
+      assert.deepEqual(Object.keys((await u.sync({ filter: second.body.filter_id })).rooms.join), [other]);
+      assert.deepEqual(Object.keys((await u.sync({ filter: same[0].body.filter_id })).rooms.join), [room]);
+      const missing = await u.call('GET', `/user/${enc(u.userId)}/filter/99`);
+      assert.equal(missing.status, 404);
+      assert.equal(missing.body.errcode, 'M_NOT_FOUND');
+      const missingSync = await u.call('GET', '/sync', { query: { filter: '99', set_presence: 'offline' } });
+      assert.equal(missingSync.status, 404);
+      // Erin cannot read dave's filter by its id.
+      const foreign = await u.call('GET', `/user/${enc(erin.userId)}/filter/${second.body.filter_id}`);
+      assert.equal(foreign.status, 403);
+    };
+    await check(own, dave);
+    own = await own.restart();
+    await check(own, dave);
+    assert.equal((await post(only(other), dave.at(own.url))).body.filter_id, second.body.filter_id, 'the same filter after a restart');
+  } finally {
+    await own.stop();
+  }
+});

@@ -3,6 +3,7 @@
 #include "filter.hpp"
 
 #include <algorithm>
+#include <memory>
 
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
@@ -13,18 +14,19 @@ namespace json = boost::json;
 using proto::MatrixError;
 namespace errcode = proto::errcode;
 
-AccountData::AccountData(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {}
+namespace {
+std::string filter_key(const std::string& user_id, std::int64_t id) {
+    return std::to_string(id) + ' ' + user_id;
+}
+}  // namespace
+
+AccountData::AccountData(Core& core, Rooms& rooms)
+    : core_(core), rooms_(rooms), filters_(core.config().caches.filters) {}
 
 void AccountData::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
     for (auto& a : snap.account_data)
         entries_[a.user_id][{a.room_id, a.type}] = AccountDataEntry{a.stream, std::move(a.content)};
-    for (auto& f : snap.filters) {
-        auto& filters = filters_[f.user_id];
-        if (filters.size() <= static_cast<std::size_t>(f.filter_id))
-            filters.resize(f.filter_id + 1);
-        filters[f.filter_id] = std::move(f.json);
-    }
 }
 
 const AccountDataEntries& AccountData::entries_locked(const std::string& user_id) const {
@@ -33,52 +35,65 @@ const AccountDataEntries& AccountData::entries_locked(const std::string& user_id
     return it == entries_.end() ? kNone : it->second;
 }
 
-const std::string* AccountData::filter_locked(const std::string& user_id, std::size_t id) const {
-    auto it = filters_.find(user_id);
-    if (it == filters_.end() || id >= it->second.size() || it->second[id].empty()) return nullptr;
-    return &it->second[id];
+std::optional<std::string> AccountData::filter(const std::string& user_id, std::int64_t id) {
+    std::string key = filter_key(user_id, id);
+    {
+        std::lock_guard lock(core_.mu);
+        if (const auto* cached = filters_.get(key)) return *cached;
+    }
+    auto stored = core_.store().filter(user_id, id);
+    if (stored) {
+        std::lock_guard lock(core_.mu);
+        filters_.put(key, *stored);
+    }
+    return stored;
 }
 
 asio::awaitable<Response> AccountData::post_filter(Request& req) {
     require_own_path(req, 0);
-    const auto& body = req.json;
-    SyncFilter::parse(body);  // a filter /sync would refuse is refused now, not stored
-    std::string text = json::serialize(body);
-    std::int64_t id;
-    {
-        std::lock_guard lock(core_.mu);
-        auto& filters = filters_[req.session->user_id];
-        // Identical filters share an id: clients post the same one at every start.
-        auto found = std::find(filters.begin(), filters.end(), text);
-        if (found != filters.end())
-            co_return json_response(
-                json::object{{"filter_id", std::to_string(found - filters.begin())}});
-        if (filters.size() >= core_.config().limits.filters_per_user)
+    SyncFilter::parse(req.json);  // a filter /sync would refuse is refused now, not stored
+    // Decided in the transaction: identical filters share an id (clients post the same one at
+    // every start), and a new one takes the next id unless the user has as many as are kept.
+    struct Decided {
+        std::string user, text;
+        std::size_t most = 0;
+        std::int64_t id = -1;
+    };
+    auto d = std::make_shared<Decided>(Decided{req.session->user_id, json::serialize(req.json),
+                                               core_.config().limits.filters_per_user});
+    std::function<void(store::Txn&)> decide = [d](store::Txn& txn) {
+        if (auto found = txn.filter_id(d->user, d->text)) {
+            d->id = *found;
+            return;
+        }
+        std::int64_t next = txn.next_filter_id(d->user);
+        if (static_cast<std::size_t>(next) >= d->most)
             throw MatrixError(403, errcode::forbidden,
-                              "This user has " + std::to_string(filters.size()) +
+                              "This user has " + std::to_string(next) +
                                   " filters, the most the server keeps (limits.filters_per_user)");
-        id = static_cast<std::int64_t>(filters.size());
-        filters.push_back(text);
-    }
-    {
-        auto write = PendingWrite::of(store::PutFilter{{req.session->user_id, id, text}});
-        co_await core_.commit(std::move(write));
-    }
-    co_return json_response(json::object{{"filter_id", std::to_string(id)}});
+        txn.write(store::PutFilter{{d->user, next, d->text}});
+        d->id = next;
+    };
+    std::function<void()> applied = [this, d] {
+        filters_.put(filter_key(d->user, d->id), d->text);
+    };
+    co_await core_.transact(std::move(decide), std::move(applied));
+    co_return json_response(json::object{{"filter_id", std::to_string(d->id)}});
 }
 
 asio::awaitable<Response> AccountData::get_filter(Request& req) {
     require_own_path(req, 0);
-    std::lock_guard lock(core_.mu);
-    std::size_t id = 0;
+    std::int64_t id = 0;
     try {
-        id = std::stoul(req.params[1]);
+        std::size_t used = 0;
+        id = std::stoll(req.params[1], &used);
+        if (used != req.params[1].size() || id < 0) throw std::invalid_argument("filter id");
     } catch (...) {
         throw MatrixError(404, errcode::not_found, "No such filter");
     }
-    const std::string* filter = filter_locked(req.session->user_id, id);
-    if (!filter) throw MatrixError(404, errcode::not_found, "No such filter");
-    co_return Response{200, *filter, {}};
+    auto text = filter(req.session->user_id, id);
+    if (!text) throw MatrixError(404, errcode::not_found, "No such filter");
+    co_return Response{200, std::move(*text), {}};
 }
 
 asio::awaitable<Response> AccountData::get_account_data(Request& req) {

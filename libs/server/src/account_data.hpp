@@ -1,9 +1,11 @@
 #pragma once
 
 // What a user stores about themselves: account data (global and per room) and sync filters.
+// Filters are written commit-then-apply (Core::transact) and cached (caches.filters).
 #include <boost/asio/awaitable.hpp>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -11,6 +13,7 @@
 
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "rooms.hpp"
 
 namespace mxvoip::server {
@@ -38,14 +41,17 @@ class AccountData {
     // limits.account_data_per_user.
     void put_locked(const std::string& user, const std::string& room, const std::string& type,
                     std::string content, PendingWrite& w);
-    // The filter's JSON, or nullptr when the user has no such filter.
-    const std::string* filter_locked(const std::string& user_id, std::size_t id) const;
+    // The filter's JSON, or nothing when the user has no such filter. Takes the lock; reads
+    // the store when the filter is not cached.
+    std::optional<std::string> filter(const std::string& user_id, std::int64_t id);
 
   private:
     Core& core_;
     Rooms& rooms_;
-    std::unordered_map<std::string, AccountDataEntries> entries_;        // by user
-    std::unordered_map<std::string, std::vector<std::string>> filters_;  // by user, by id
+    std::unordered_map<std::string, AccountDataEntries> entries_;  // by user
+    // Filters are written once and never change, so a cached one is never stale: the cache
+    // is fed by commits and by reads of the store, and forgets what was not used lately.
+    LruCache<std::string, std::string> filters_;  // by filter_key(user, id)
 };
 
 }  // namespace mxvoip::server

@@ -415,6 +415,14 @@ Config read_config(const std::string& text, const std::string& source) {
                                           return d.seconds;
                                       });
          }},
+        {"caches",
+         [&](const YAML::Node& n, const std::string& k) {
+             r.settings<std::size_t>(
+                 n, k, "caches", {{"filters", &c.caches.filters}},
+                 [&](const YAML::Node& v, const std::string& full) {
+                     return static_cast<std::size_t>(r.integer(v, full, 1, 100'000'000));
+                 });
+         }},
         {"limits",
          [&](const YAML::Node& n, const std::string& k) {
              r.settings<std::size_t>(

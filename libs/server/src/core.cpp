@@ -48,24 +48,77 @@ void Core::start_at(StreamId max_stream) {
     visible_ = max_stream;
 }
 
+namespace {
+std::string what(std::exception_ptr e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        return ex.what();
+    } catch (...) {
+    }
+    return "unknown error";
+}
+
+// What a request is told of a write that was not stored.
+std::exception_ptr not_stored() {
+    return std::make_exception_ptr(MatrixError(
+        503, errcode::unknown, "The server could not store this request; try again", 1000));
+}
+}  // namespace
+
+void Core::failed(std::exception_ptr e) {
+    // Only the first failure is the cause; the writer fails everything after it.
+    std::call_once(fatal_once_, [&] {
+        std::string why = what(e);
+        spdlog::critical("database write failed: {}; the server stops", why);
+        if (on_fatal_) on_fatal_(why);
+    });
+}
+
 std::uint64_t Core::submit_locked(PendingWrite write) {
     return writer_.submit(
         std::move(write.mutations),
         [this, max_stream = write.max_stream, wake = std::move(write.wake)](std::exception_ptr e) {
             if (!e) return publish(max_stream, wake);
-            std::string why = "unknown error";
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                why = ex.what();
-            } catch (...) {
-            }
-            // Only the first failure is the cause; the writer fails everything after it.
-            std::call_once(fatal_once_, [&] {
-                spdlog::critical("database write failed: {}; the server stops", why);
-                if (on_fatal_) on_fatal_(why);
-            });
+            failed(e);
         });
+}
+
+asio::awaitable<void> Core::transact(std::function<void(store::Txn&)> decide,
+                                     std::function<void()> applied) {
+    auto init = [this](auto handler, std::function<void(store::Txn&)> decide,
+                       std::function<void()> applied) {
+        // As in durable(): a graceful shutdown waits for the outcome and the response.
+        auto ex = asio::prefer(asio::get_associated_executor(handler),
+                               asio::execution::outstanding_work.tracked);
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        writer_.submit(store::Write{{}, std::move(decide)},
+                       [this, shared, ex, applied = std::move(applied)](
+                           std::exception_ptr failure, std::exception_ptr refusal) {
+                           std::exception_ptr result;
+                           if (failure) {
+                               failed(failure);
+                               result = not_stored();
+                           } else if (refusal) {
+                               result = refusal;
+                               try {
+                                   std::rethrow_exception(refusal);
+                               } catch (const MatrixError&) {
+                               } catch (...) {
+                                   // Not a decision but a fault of the statement: the transaction
+                                   // went on without this write.
+                                   spdlog::error("a write was not stored: {}", what(refusal));
+                                   result = not_stored();
+                               }
+                           } else if (applied) {
+                               std::lock_guard lock(mu);
+                               applied();
+                           }
+                           asio::post(ex, [shared, result]() mutable { (*shared)(result); });
+                       });
+    };
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+        init, asio::use_awaitable, std::move(decide), std::move(applied));
 }
 
 asio::awaitable<void> Core::durable(std::uint64_t seq) {
@@ -78,10 +131,7 @@ asio::awaitable<void> Core::durable(std::uint64_t seq) {
         writer_.when_durable(seq, [shared, ex](std::exception_ptr e) {
             // What could not be stored is never confirmed: the client may retry once the
             // server is back.
-            if (e)
-                e = std::make_exception_ptr(
-                    MatrixError(503, errcode::unknown,
-                                "The server could not store this request; try again", 1000));
+            if (e) e = not_stored();
             asio::post(ex, [shared, e]() mutable { (*shared)(e); });
         });
     };

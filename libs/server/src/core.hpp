@@ -85,6 +85,15 @@ class Core {
     asio::awaitable<void> durable(std::uint64_t seq);
     // Takes the lock to submit, then waits as durable() does.
     asio::awaitable<void> commit(PendingWrite&& write);
+    // A write decided inside the database transaction (commit, then apply): `decide` runs on
+    // the writer's thread, in a savepoint of its own, reading and writing through the
+    // transaction; it throws a MatrixError to refuse, and then nothing it wrote stays. It may
+    // run more than once (a transaction made again after an outage), so it sets what it
+    // reports, never adds to it. Once the transaction committed, `applied` runs under `mu`:
+    // caches learn only of what committed. Completes after that, or throws the refusal, or
+    // 503 M_UNKNOWN when the write could not be stored. Not a coroutine (see durable()).
+    asio::awaitable<void> transact(std::function<void(store::Txn&)> decide,
+                                   std::function<void()> applied);
     // The newest write not yet durable, if any.
     std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
     // False while the database is unavailable: from a write that failed for want of it until
@@ -112,6 +121,8 @@ class Core {
 
   private:
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
+    // A write failed for good: the first such failure stops the server.
+    void failed(std::exception_ptr e);
     void on_store_health(bool available, const std::string& why);
 
     const Config& config_;

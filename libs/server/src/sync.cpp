@@ -6,6 +6,7 @@
 #include "sync.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -28,7 +29,7 @@ constexpr auto kEchoCoalesce = std::chrono::milliseconds(100);
 
 }  // namespace
 
-Sync::Filter Sync::resolve_filter_locked(const Session& s, const Request& req) const {
+Sync::Filter Sync::resolve_filter(const Session& s, const Request& req) const {
     Filter f;
     const std::string* param = req.query_param("filter");
     if (!param || param->empty()) return f;
@@ -45,7 +46,9 @@ Sync::Filter Sync::resolve_filter_locked(const Session& s, const Request& req) c
             throw MatrixError(400, errcode::invalid_param,
                               "filter must be a filter id or a JSON object");
         }
-        const std::string* text = account_data_.filter_locked(s.user_id, id);
+        auto text = id <= static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max())
+                        ? account_data_.filter(s.user_id, static_cast<std::int64_t>(id))
+                        : std::nullopt;
         if (!text) throw MatrixError(404, errcode::not_found, "No such filter");
         filter = json::parse(*text).as_object();
     }
@@ -407,6 +410,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
             presence.sync_ended_locked(user);
         }
     };
+    filter = resolve_filter(s, req);
     {
         std::lock_guard lock(core_.mu);
         PendingWrite w;
@@ -416,7 +420,6 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     Syncing syncing{core_, presence_, s.user_id};
     {
         std::lock_guard lock(core_.mu);
-        filter = resolve_filter_locked(s, req);
         since = std::min(since, core_.visible_locked());
         // Using a since token acknowledges the to-device messages it covered.
         to_device_.acknowledge_locked(s, since);

@@ -43,7 +43,7 @@ class Sync {
         SyncFilter spec;
         int timeline_limit = 10;  // 0 to 1000
     };
-    Filter resolve_filter_locked(const Session& s, const Request& req) const;
+    Filter resolve_filter(const Session& s, const Request& req) const;
     bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
                       bool full_state, std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since) const;

@@ -152,6 +152,14 @@ TEST(Config, Limits) {
     EXPECT_NE(error_of("limits: 5\n").find("limits: must be a map"), std::string::npos);
 }
 
+TEST(Config, Caches) {
+    EXPECT_EQ(parse_config("", "test.yaml").caches.filters, 10000u);
+    EXPECT_EQ(parse_config("caches:\n  filters: 50\n", "test.yaml").caches.filters, 50u);
+    EXPECT_NE(error_of("caches:\n  filters: 0\n").find("caches.filters"), std::string::npos);
+    EXPECT_NE(error_of("caches:\n  rooms: 5\n").find("caches.rooms: unknown key"),
+              std::string::npos);
+}
+
 TEST(Config, Push) {
     Config defaults = parse_config("", "test.yaml");
     EXPECT_FALSE(defaults.push.allow_private_addresses);

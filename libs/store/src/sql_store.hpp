@@ -69,18 +69,87 @@ class SqlStore : public Store {
     }
 
     void apply(std::span<const Mutation> batch) override {
+        in_transaction([&](Txn& txn) {
+            for (const auto& m : batch) txn.write(m);
+        });
+    }
+
+    std::vector<std::exception_ptr> transact(std::span<const Write> batch) override {
+        std::vector<std::exception_ptr> refused(batch.size());
+        in_transaction([&](DbTxn& txn) {
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                const Write& w = batch[i];
+                refused[i] = nullptr;
+                if (!w.decide) {
+                    for (const auto& m : w.mutations) txn.write(m);
+                    continue;
+                }
+                txn.db.exec("SAVEPOINT decision");
+                const StreamId max_before = txn.max_stream;
+                try {
+                    for (const auto& m : w.mutations) txn.write(m);
+                    w.decide(txn);
+                } catch (const StoreUnavailable&) {
+                    throw;  // the whole transaction is made again
+                } catch (...) {
+                    refused[i] = std::current_exception();
+                    txn.db.exec("ROLLBACK TO SAVEPOINT decision");
+                    txn.max_stream = max_before;
+                }
+                txn.db.exec("RELEASE SAVEPOINT decision");
+            }
+        });
+        return refused;
+    }
+
+    std::optional<std::string> filter(const std::string& user_id, std::int64_t filter_id) override {
+        return read([&](Db& db) -> std::optional<std::string> {
+            Stmt s(db, "SELECT json FROM filters WHERE user_id = ? AND filter_id = ?");
+            s.bind(user_id).bind(filter_id);
+            if (!s.next()) return std::nullopt;
+            return s.text(0);
+        });
+    }
+
+  private:
+    // The writer's transaction as decisions see it.
+    struct DbTxn final : Txn {
+        Db& db;
+        StreamId max_stream = 0;  // the newest position written, for stream_position
+        explicit DbTxn(Db& d) : db(d) {}
+
+        void write(const Mutation& m) override {
+            std::visit([&](const auto& v) { SqlStore::write(db, v, max_stream); }, m);
+        }
+        std::optional<std::int64_t> filter_id(const std::string& user_id,
+                                              const std::string& json) override {
+            Stmt s(db, "SELECT filter_id FROM filters WHERE user_id = ? AND json = ?");
+            s.bind(user_id).bind(json);
+            if (!s.next()) return std::nullopt;
+            return s.integer(0);
+        }
+        std::int64_t next_filter_id(const std::string& user_id) override {
+            Stmt s(db, "SELECT COALESCE(MAX(filter_id) + 1, 0) FROM filters WHERE user_id = ?");
+            s.bind(user_id);
+            return s.next() ? s.integer(0) : 0;
+        }
+    };
+
+    // Runs `body` in one transaction on the writer and commits it durably; a connection found
+    // broken is replaced on the next call.
+    template <typename F>
+    void in_transaction(F&& body) {
         if (!writer_ || writer_->broken()) writer_ = open_writer_();
         Db& db = *writer_;
         try {
             db.begin();
-            StreamId max_stream = 0;
-            for (const auto& m : batch)
-                std::visit([&](const auto& v) { write(db, v, max_stream); }, m);
-            if (max_stream > 0) {
+            DbTxn txn(db);
+            body(txn);
+            if (txn.max_stream > 0) {
                 Stmt s(db,
                        "UPDATE stream_position SET max_stream = CASE WHEN max_stream < ? THEN ? "
                        "ELSE max_stream END WHERE id = 1");
-                s.bind(max_stream).bind(max_stream).run();
+                s.bind(txn.max_stream).bind(txn.max_stream).run();
             }
             db.commit();
         } catch (...) {
@@ -90,7 +159,6 @@ class SqlStore : public Store {
         }
     }
 
-  private:
     static Snapshot load_from(Db& db) {
         Snapshot snap;
         {
@@ -180,10 +248,6 @@ class SqlStore : public Store {
                 "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
             while (s.next())
                 snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
-        }
-        {
-            Stmt s(db, "SELECT user_id, filter_id, json FROM filters");
-            while (s.next()) snap.filters.push_back({s.text(0), s.integer(1), s.text(2)});
         }
         {
             Stmt s(db, "SELECT user_id, device_id, json FROM device_keys");

@@ -19,20 +19,27 @@ GroupCommitWriter::~GroupCommitWriter() {
 }
 
 std::uint64_t GroupCommitWriter::submit(std::vector<Mutation> mutations, Done done) {
-    std::exception_ptr refused;
+    return submit(Write{std::move(mutations), {}},
+                  [done = std::move(done)](std::exception_ptr failure, std::exception_ptr) {
+                      done(failure);
+                  });
+}
+
+std::uint64_t GroupCommitWriter::submit(Write write, Decided done) {
+    std::exception_ptr failed;
     std::uint64_t seq = 0;
     {
         std::lock_guard lock(mu_);
         seq = ++submitted_;
         if (failure_)
-            refused = failure_;
+            failed = failure_;
         else if (stopping_)
-            refused = std::make_exception_ptr(StoreError("the store is shutting down"));
+            failed = std::make_exception_ptr(StoreError("the store is shutting down"));
         else
-            queue_.push_back({seq, std::move(mutations), std::move(done)});
+            queue_.push_back({seq, std::move(write), std::move(done)});
     }
-    if (refused)
-        done(refused);
+    if (failed)
+        done(failed, nullptr);
     else
         cv_.notify_one();
     return seq;
@@ -83,7 +90,8 @@ GroupCommitWriter::Stats GroupCommitWriter::stats() const {
 
 void GroupCommitWriter::run() {
     std::vector<Pending> batch;
-    std::vector<Mutation> flat;
+    std::vector<Write> writes;
+    std::vector<std::exception_ptr> refused;
     std::vector<Done> ready;
     for (;;) {
         std::uint64_t last = 0;  // the sequence number of the batch's last submission
@@ -105,13 +113,14 @@ void GroupCommitWriter::run() {
             stats_.submissions += batch.size();
         }
         std::exception_ptr error = failed_before;
+        refused.assign(batch.size(), nullptr);
         if (!error) {
-            flat.clear();
-            for (auto& p : batch)
-                for (auto& m : p.mutations) flat.push_back(std::move(m));
-            error = commit(flat);
+            writes.clear();
+            for (auto& p : batch) writes.push_back(std::move(p.write));
+            error = commit(writes, refused);
         }
-        for (auto& p : batch) p.done(error);
+        for (std::size_t i = 0; i < batch.size(); ++i)
+            batch[i].done(error, error ? nullptr : refused[i]);
         batch.clear();
         {
             std::lock_guard lock(mu_);
@@ -142,11 +151,12 @@ void GroupCommitWriter::run() {
     for (auto& [_, d] : left) d(error);
 }
 
-std::exception_ptr GroupCommitWriter::commit(const std::vector<Mutation>& batch) {
+std::exception_ptr GroupCommitWriter::commit(std::span<const Write> batch,
+                                             std::vector<std::exception_ptr>& refused) {
     auto delay = kFirstRetry;
     for (;;) {
         try {
-            store_.apply(batch);
+            refused = store_.transact(batch);
             if (!available()) set_available(true, {});
             return nullptr;
         } catch (const StoreUnavailable& e) {

@@ -206,7 +206,8 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(txns[0].txn_id, "t1");
     EXPECT_EQ(s.account_data.size(), 1u);
     EXPECT_EQ(s.to_device.size(), 1u);
-    EXPECT_EQ(s.filters.size(), 1u);
+    EXPECT_EQ(store->filter("@a:x", 0), "{}");
+    EXPECT_FALSE(store->filter("@a:x", 1));
     EXPECT_EQ(s.max_stream, 4);
 }
 
@@ -445,8 +446,68 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     EXPECT_EQ(s.account_data.size(), 1u);
     ASSERT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(s.to_device[0].stream, 5);
-    EXPECT_EQ(s.filters.size(), 1u);
+    EXPECT_EQ(store->filter("@a:x", 0), "{}");
+    EXPECT_FALSE(store->filter("@a:x", 1));
     EXPECT_EQ(s.max_stream, 5);
+}
+
+namespace {
+// A filter decision as the server makes one: the same JSON gets its id, a new one the next id
+// unless the user already has `most`.
+Write put_filter(const std::string& user, const std::string& json, std::int64_t& id,
+                 std::int64_t most = 100) {
+    return Write{{}, [=, &id](Txn& txn) {
+                     if (auto found = txn.filter_id(user, json)) {
+                         id = *found;
+                         return;
+                     }
+                     id = txn.next_filter_id(user);
+                     if (id >= most) throw std::runtime_error("too many filters");
+                     txn.write(PutFilter{{user, id, json}});
+                 }};
+}
+}  // namespace
+
+TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWrite) {
+    auto store = this->backend.open();
+    std::int64_t a = -1, b = -1, c = -1, d = -1;
+    std::vector<Write> batch{
+        Write{{PutRoom{{"!r:x", "10"}}}, {}}, put_filter("@a:x", "{\"n\":1}", a),
+        put_filter("@a:x", "{\"n\":2}", b),
+        put_filter("@a:x", "{\"n\":1}", c),  // the same JSON: the first write's id
+        // Refused after it wrote both its mutation and a filter: neither stays.
+        Write{{PutAccountData{{7, "@a:x", "", "m.direct", "{}"}}},
+              [](Txn& txn) {
+                  txn.write(PutFilter{{"@a:x", 9, "{}"}});
+                  throw std::invalid_argument("refused");
+              }},
+        put_filter("@a:x", "{\"n\":3}", d, 2),  // past the most: refused
+    };
+    auto refused = store->transact(batch);
+    ASSERT_EQ(refused.size(), batch.size());
+    EXPECT_FALSE(refused[0] || refused[1] || refused[2] || refused[3]);
+    ASSERT_TRUE(refused[4]);
+    EXPECT_THROW(std::rethrow_exception(refused[4]), std::invalid_argument);
+    ASSERT_TRUE(refused[5]);
+    EXPECT_THROW(std::rethrow_exception(refused[5]), std::runtime_error);
+    EXPECT_EQ(a, 0);
+    EXPECT_EQ(b, 1);
+    EXPECT_EQ(c, 0);
+    EXPECT_EQ(store->filter("@a:x", 0), "{\"n\":1}");
+    EXPECT_EQ(store->filter("@a:x", 1), "{\"n\":2}");
+    EXPECT_FALSE(store->filter("@a:x", 2));
+    EXPECT_FALSE(store->filter("@a:x", 9));
+    Snapshot s = store->load();
+    EXPECT_EQ(s.rooms.size(), 1u);
+    EXPECT_TRUE(s.account_data.empty());
+    EXPECT_EQ(s.max_stream, 0);
+    // Made again (as after an unknown outcome), the decisions find what committed.
+    a = b = -1;
+    refused = store->transact(std::span(batch).subspan(1, 2));
+    EXPECT_FALSE(refused[0] || refused[1]);
+    EXPECT_EQ(a, 0);
+    EXPECT_EQ(b, 1);
+    EXPECT_FALSE(store->filter("@a:x", 2));
 }
 
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
@@ -662,6 +723,14 @@ class FlakyStore final : public Store {
             throw StoreUnavailable("the database is restarting");
         inner_.apply(batch);
     }
+    std::vector<std::exception_ptr> transact(std::span<const Write> batch) override {
+        if (forever_ || outages_.fetch_sub(1) > 0)
+            throw StoreUnavailable("the database is restarting");
+        return inner_.transact(batch);
+    }
+    std::optional<std::string> filter(const std::string& u, std::int64_t id) override {
+        return inner_.filter(u, id);
+    }
     std::vector<EventRecord> events_before(const std::string& r, StreamId b, int l) override {
         return inner_.events_before(r, b, l);
     }
@@ -707,6 +776,47 @@ struct HealthLog {
 };
 
 }  // namespace
+
+TYPED_TEST(StoreTest, WriterReportsARefusalToItsWriteAloneAndDecidesAgainAfterAnOutage) {
+    auto store = this->backend.open();
+    GroupCommitWriter writer(*store);
+    std::promise<std::pair<std::exception_ptr, std::exception_ptr>> refused_done, kept_done;
+    std::promise<std::exception_ptr> plain_done;
+    std::atomic<int> runs{0};
+    std::int64_t id = -1;
+    // The first run loses the database in the middle of the decision: the transaction is made
+    // again, and the decision with it.
+    Write kept{{}, [&](Txn& txn) {
+                   if (runs.fetch_add(1) == 0) throw StoreUnavailable("connection lost");
+                   id = txn.next_filter_id("@a:x");
+                   txn.write(PutFilter{{"@a:x", id, "{}"}});
+               }};
+    Write refused{{PutRoom{{"!refused:x", "10"}}},
+                  [](Txn&) { throw std::invalid_argument("not allowed"); }};
+    writer.submit(std::move(refused), [&](std::exception_ptr f, std::exception_ptr r) {
+        refused_done.set_value({f, r});
+    });
+    writer.submit({PutRoom{{"!r:x", "10"}}},
+                  [&](std::exception_ptr e) { plain_done.set_value(e); });
+    writer.submit(std::move(kept), [&](std::exception_ptr f, std::exception_ptr r) {
+        kept_done.set_value({f, r});
+    });
+    auto [f1, r1] = refused_done.get_future().get();
+    EXPECT_FALSE(f1);
+    ASSERT_TRUE(r1);
+    EXPECT_THROW(std::rethrow_exception(r1), std::invalid_argument);
+    EXPECT_FALSE(plain_done.get_future().get());
+    auto [f2, r2] = kept_done.get_future().get();
+    EXPECT_FALSE(f2);
+    EXPECT_FALSE(r2);
+    EXPECT_GE(runs.load(), 2);
+    EXPECT_EQ(id, 0);
+    EXPECT_EQ(store->filter("@a:x", 0), "{}");
+    Snapshot s = store->load();
+    ASSERT_EQ(s.rooms.size(), 1u);
+    EXPECT_EQ(s.rooms[0].room_id, "!r:x");
+    EXPECT_GE(writer.stats().retries, 1u);
+}
 
 TYPED_TEST(StoreTest, WriterKeepsABatchThroughAnOutageAndCommitsItOnceBack) {
     auto real = this->backend.open();

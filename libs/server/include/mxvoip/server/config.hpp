@@ -63,6 +63,12 @@ struct Limits {
     std::size_t aliases_per_room = 100;  // local aliases pointing at one room
 };
 
+// How much of the database each process keeps in memory (`caches:`), in entries; the least
+// recently used goes first. What is not held is read from the database when it is needed.
+struct Caches {
+    std::size_t filters = 10000;  // sync filters (each user's, by id)
+};
+
 // Push notifications to push gateways (`push:`).
 struct PushSettings {
     // Gateways whose addresses are loopback, private, link-local or unique-local are refused
@@ -97,6 +103,7 @@ struct Config {
     // those who share a room with the searcher or sit in a public room (Synapse's key).
     bool user_directory_search_all_users = false;
     PushSettings push;
+    Caches caches;
     // presence.enabled: false turns presence off (as in Synapse): nothing is tracked or sent,
     // PUT is accepted and ignored, and everyone reads as offline.
     bool presence_enabled = true;

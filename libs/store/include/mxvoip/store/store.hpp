@@ -1,6 +1,8 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -347,6 +349,31 @@ using Mutation =
                  PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
                  PutRoomVisibility, ForgetTxns>;
 
+// A write transaction as a decision made inside it sees it (Store::transact): keyed reads of
+// what is committed plus what the transaction wrote so far, and writes. Only the writer's
+// thread holds one, for the duration of one transaction.
+class Txn {
+  public:
+    virtual ~Txn() = default;
+    virtual void write(const Mutation& m) = 0;
+    // The id of the user's filter whose JSON is exactly `json`, if there is one.
+    virtual std::optional<std::int64_t> filter_id(const std::string& user_id,
+                                                  const std::string& json) = 0;
+    // One more than the user's highest filter id (0 when they have none): the next id.
+    virtual std::int64_t next_filter_id(const std::string& user_id) = 0;
+};
+
+// One request's part of a transaction: its mutations, as they are, and then, when `decide`
+// is set, a decision made against the database inside the transaction, in a savepoint of its
+// own. `decide` reads and writes through the Txn and throws to refuse: then nothing of this
+// write stays (neither its mutations nor what it wrote) and its neighbours in the transaction
+// are unaffected. A decision may run more than once (the database was unavailable and the
+// transaction is made again): it must set what it reports, never add to it.
+struct Write {
+    std::vector<Mutation> mutations;
+    std::function<void(Txn&)> decide;
+};
+
 // What the server keeps in memory, read once at start-up. No room's timeline and no client
 // transaction: those are read from the store when they are needed.
 struct Snapshot {
@@ -356,7 +383,6 @@ struct Snapshot {
     std::vector<EventRecord> state_events;  // current state, in stream order
     std::vector<AccountDataRecord> account_data;
     std::vector<ToDeviceRecord> to_device;
-    std::vector<FilterRecord> filters;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     std::vector<DeviceKeysRecord> device_keys;
     std::vector<OneTimeKeyRecord> one_time_keys;  // in the order they were put
@@ -389,6 +415,10 @@ class Store {
     // may be unknown (the connection dropped during COMMIT), and the writer applies the
     // batch again once the database is back.
     virtual void apply(std::span<const Mutation> batch) = 0;
+    // Applies the writes in one transaction, as apply() does, and returns per write what its
+    // decision threw (null: it was written). Made again after a StoreUnavailable, the
+    // decisions run again, against what is committed by then.
+    virtual std::vector<std::exception_ptr> transact(std::span<const Write> batch) = 0;
 
     // Room events with stream < `before`, newest first.
     virtual std::vector<EventRecord> events_before(const std::string& room_id, StreamId before,
@@ -405,6 +435,9 @@ class Store {
     // not older than `since_ts`, newest first, at most `limit`.
     virtual std::vector<TxnRecord> device_txns(const std::string& device_key, std::int64_t since_ts,
                                                int limit) = 0;
+    // The user's filter of that id (its JSON text), if there is one.
+    virtual std::optional<std::string> filter(const std::string& user_id,
+                                              std::int64_t filter_id) = 0;
     // The keys of a backup version, of one room, or one session (empty: no restriction).
     virtual std::vector<BackupKeyRecord> backup_keys(const std::string& user_id,
                                                      std::int64_t version,

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +33,9 @@ namespace mxvoip::store {
 class GroupCommitWriter {
   public:
     using Done = std::function<void(std::exception_ptr)>;
+    // A Write's completion: `failure` as for Done; `refusal` what its decision threw (the
+    // transaction committed without it).
+    using Decided = std::function<void(std::exception_ptr failure, std::exception_ptr refusal)>;
     // Told on the writer's thread when the database becomes unavailable (with why) and when a
     // batch commits again after that (`why` empty).
     using Health = std::function<void(bool available, const std::string& why)>;
@@ -44,6 +48,9 @@ class GroupCommitWriter {
     // Queues `mutations` and returns their sequence number (1, 2, ...): every submission with a
     // smaller number commits in the same or an earlier transaction.
     std::uint64_t submit(std::vector<Mutation> mutations, Done done);
+    // Queues a write with a decision (Store::transact); the same order and sequence numbers.
+    // After an outage the decision runs again in the transaction that commits.
+    std::uint64_t submit(Write write, Decided done);
 
     // The sequence number of the latest submission, and of the latest durable one.
     std::uint64_t submitted() const;
@@ -71,12 +78,14 @@ class GroupCommitWriter {
   private:
     struct Pending {
         std::uint64_t seq = 0;
-        std::vector<Mutation> mutations;
-        Done done;
+        Write write;
+        Decided done;
     };
     void run();
     // Applies `batch`, again with back-off while the database is unavailable; the final error.
-    std::exception_ptr commit(const std::vector<Mutation>& batch);
+    // `refused` receives what each write's decision threw.
+    std::exception_ptr commit(std::span<const Write> batch,
+                              std::vector<std::exception_ptr>& refused);
     void set_available(bool available, const std::string& why);
 
     Store& store_;
