@@ -147,6 +147,18 @@ test('GET /notifications: newest first, read flags, highlights only, paging', as
   assert.equal(bad.status, 400);
 });
 
+test('changes made at once all count: each reads the rules the one before it left', async () => {
+  const made = Array.from({ length: 12 }, (_, i) => `at-once-${i}`);
+  const puts = await Promise.all(made.map((id) => bob.call('PUT', rule(bob, 'content', id), { body: { pattern: id, actions: ['notify'] } })));
+  assert.ok(puts.every((r) => r.status === 200), puts.map((r) => r.text).join());
+  const content = (await bob.call('GET', '/pushrules/')).body.global.content;
+  for (const id of made) assert.ok(ids(content).includes(id), id);
+  const deletes = await Promise.all(made.map((id) => bob.call('DELETE', rule(bob, 'content', id))));
+  assert.ok(deletes.every((r) => r.status === 200), deletes.map((r) => r.text).join());
+  const after = (await bob.call('GET', '/pushrules/')).body.global.content;
+  assert.deepEqual(ids(after).filter((id) => id.startsWith('at-once-')), []);
+});
+
 test('rules and counts after a restart', async () => {
   // Counts are counted again after a restart, under the rules in force then: put the rules back,
   // read everything, and have two new messages to count.

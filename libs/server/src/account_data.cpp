@@ -61,7 +61,8 @@ asio::awaitable<Response> AccountData::post_filter(Request& req) {
     };
     auto d = std::make_shared<Decided>(Decided{req.session->user_id, json::serialize(req.json),
                                                core_.config().limits.filters_per_user});
-    std::function<void(store::Txn&)> decide = [d](store::Txn& txn) {
+    Decision decision;
+    decision.decide = [d](store::Txn& txn, StreamId) {
         if (auto found = txn.filter_id(d->user, d->text)) {
             d->id = *found;
             return;
@@ -74,10 +75,11 @@ asio::awaitable<Response> AccountData::post_filter(Request& req) {
         txn.write(store::PutFilter{{d->user, next, d->text}});
         d->id = next;
     };
-    std::function<void()> applied = [this, d] {
+    decision.applied = [this, d](StreamId) {
         filters_.put(filter_key(d->user, d->id), d->text);
+        return std::vector<std::string>{};
     };
-    co_await core_.transact(std::move(decide), std::move(applied));
+    co_await core_.transact(std::move(decision));
     co_return json_response(json::object{{"filter_id", std::to_string(d->id)}});
 }
 
@@ -118,34 +120,46 @@ asio::awaitable<Response> AccountData::put_account_data(Request& req) {
     std::string text = json::serialize(body);
     if (text.size() > 65536)
         throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
-    const std::string& user = req.session->user_id;
-    std::uint64_t ticket = 0;
-    {
+    if (!room.empty()) {
         std::lock_guard lock(core_.mu);
-        if (!room.empty() && !rooms_.find_locked(room))
+        if (!rooms_.find_locked(room))
             throw MatrixError(404, errcode::not_found, "Unknown room " + room);
-        PendingWrite w;
-        put_locked(user, room, type, std::move(text), w);
-        ticket = core_.submit_locked(std::move(w));
     }
-    co_await core_.durable(ticket);
+    Put entry{req.session->user_id, room, type, std::move(text)};
+    co_await put(std::move(entry));
     co_return Response{};
 }
 
-void AccountData::put_locked(const std::string& user, const std::string& room,
-                             const std::string& type, std::string content, PendingWrite& w) {
-    auto& account_data = entries_[user];
-    if (!account_data.count({room, type}) &&
-        account_data.size() >= core_.config().limits.account_data_per_user)
-        throw MatrixError(403, errcode::forbidden,
-                          "This user has " + std::to_string(account_data.size()) +
-                              " account data entries, the most the server keeps "
-                              "(limits.account_data_per_user)");
-    StreamId stream = core_.allocate_stream_locked();
-    account_data[{room, type}] = AccountDataEntry{stream, content};
-    w.mutations.push_back(store::PutAccountData{{stream, user, room, type, std::move(content)}});
-    w.max_stream = std::max(w.max_stream, stream);
-    w.wake.push_back(user);
+asio::awaitable<void> AccountData::put(Put&& entry) {
+    auto e = std::make_shared<Put>(std::move(entry));
+    Decision decision;
+    decision.streams = 1;
+    decision.decide = [this, e](store::Txn& txn, StreamId stream) { decide_put(txn, *e, stream); };
+    decision.applied = [this, e](StreamId stream) {
+        applied_locked(*e, stream);
+        return std::vector<std::string>{e->user};
+    };
+    return core_.transact(std::move(decision));
+}
+
+void AccountData::decide_put(store::Txn& txn, const Put& e, StreamId stream) const {
+    const std::size_t most = core_.config().limits.account_data_per_user;
+    if (!txn.account_data(e.user, e.room, e.type)) {
+        auto held = static_cast<std::size_t>(txn.account_data_count(e.user));
+        if (held >= most)
+            throw MatrixError(403, errcode::forbidden,
+                              "This user has " + std::to_string(held) +
+                                  " account data entries, the most the server keeps "
+                                  "(limits.account_data_per_user)");
+    }
+    txn.write(store::PutAccountData{{stream, e.user, e.room, e.type, e.content}});
+}
+
+void AccountData::applied_locked(const Put& e, StreamId stream) {
+    auto& held = entries_[e.user][{e.room, e.type}];
+    // Writes commit and apply in submission order, which is stream order; the guard only
+    // keeps a newer entry should that ever not hold.
+    if (stream > held.stream) held = AccountDataEntry{stream, e.content};
 }
 
 }  // namespace mxvoip::server

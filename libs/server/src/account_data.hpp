@@ -1,7 +1,7 @@
 #pragma once
 
 // What a user stores about themselves: account data (global and per room) and sync filters.
-// Filters are written commit-then-apply (Core::transact) and cached (caches.filters).
+// Both are written commit-then-apply (Core::transact); filters are cached (caches.filters).
 #include <boost/asio/awaitable.hpp>
 
 #include <map>
@@ -37,10 +37,18 @@ class AccountData {
     asio::awaitable<Response> get_filter(Request&);
 
     const AccountDataEntries& entries_locked(const std::string& user_id) const;
-    // Sets one entry (`room` empty: global) as part of `w`; 403 past
-    // limits.account_data_per_user.
-    void put_locked(const std::string& user, const std::string& room, const std::string& type,
-                    std::string content, PendingWrite& w);
+
+    // One entry of a user's account data (`room` empty: global) as a write sets it.
+    struct Put {
+        std::string user, room, type, content;
+    };
+    // Sets the entry: decided in the transaction (403 past limits.account_data_per_user),
+    // then cached, and the user's /syncs woken. Throws as Core::transact does.
+    asio::awaitable<void> put(Put&& entry);
+    // The same, as part of another module's Decision: the decision inside its `decide` (it
+    // takes the position `stream`), and once committed, under the lock, the cache.
+    void decide_put(store::Txn& txn, const Put& entry, StreamId stream) const;
+    void applied_locked(const Put& entry, StreamId stream);
     // The filter's JSON, or nothing when the user has no such filter. Takes the lock; reads
     // the store when the filter is not cached.
     std::optional<std::string> filter(const std::string& user_id, std::int64_t id);

@@ -84,16 +84,21 @@ std::uint64_t Core::submit_locked(PendingWrite write) {
         });
 }
 
-asio::awaitable<void> Core::transact(std::function<void(store::Txn&)> decide,
-                                     std::function<void()> applied) {
-    auto init = [this](auto handler, std::function<void(store::Txn&)> decide,
-                       std::function<void()> applied) {
+asio::awaitable<void> Core::transact(Decision&& decision) {
+    auto init = [this](auto handler, Decision d) {
         // As in durable(): a graceful shutdown waits for the outcome and the response.
         auto ex = asio::prefer(asio::get_associated_executor(handler),
                                asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        writer_.submit(store::Write{{}, std::move(decide)},
-                       [this, shared, ex, applied = std::move(applied)](
+        std::lock_guard lock(mu);
+        // Positions and submission under one lock, as submit_locked's callers do.
+        const StreamId first = next_stream_;
+        next_stream_ += static_cast<StreamId>(d.streams);
+        const StreamId last = d.streams ? next_stream_ - 1 : 0;
+        store::Write write{
+            {}, [decide = std::move(d.decide), first](store::Txn& txn) { decide(txn, first); }};
+        writer_.submit(std::move(write),
+                       [this, shared, ex, first, last, applied = std::move(d.applied)](
                            std::exception_ptr failure, std::exception_ptr refusal) {
                            std::exception_ptr result;
                            if (failure) {
@@ -105,20 +110,22 @@ asio::awaitable<void> Core::transact(std::function<void(store::Txn&)> decide,
                                    std::rethrow_exception(refusal);
                                } catch (const MatrixError&) {
                                } catch (...) {
-                                   // Not a decision but a fault of the statement: the transaction
+                                   // Not a decision but a fault of a statement: the transaction
                                    // went on without this write.
                                    spdlog::error("a write was not stored: {}", what(refusal));
                                    result = not_stored();
                                }
-                           } else if (applied) {
+                               publish(last, {});  // its positions stay unused
+                           } else {
                                std::lock_guard lock(mu);
-                               applied();
+                               auto wake = applied ? applied(first) : std::vector<std::string>{};
+                               publish_locked(last, wake);
                            }
                            asio::post(ex, [shared, result]() mutable { (*shared)(result); });
                        });
     };
     return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-        init, asio::use_awaitable, std::move(decide), std::move(applied));
+        init, asio::use_awaitable, std::move(decision));
 }
 
 asio::awaitable<void> Core::durable(std::uint64_t seq) {
@@ -150,6 +157,10 @@ asio::awaitable<void> Core::commit(PendingWrite&& write) {
 
 void Core::publish(StreamId max_stream, const std::vector<std::string>& wake) {
     std::lock_guard lock(mu);
+    publish_locked(max_stream, wake);
+}
+
+void Core::publish_locked(StreamId max_stream, const std::vector<std::string>& wake) {
     if (max_stream > visible_) {
         visible_ = max_stream;
         for (const auto& f : visible_listeners_) f(visible_);

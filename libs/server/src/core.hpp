@@ -44,6 +44,22 @@ struct PendingWrite {
     }
 };
 
+// A write decided inside its database transaction (Core::transact: commit, then apply).
+struct Decision {
+    // Stream positions the write takes (`first` is handed to `decide`). They are taken when
+    // the write is submitted, in submission order like every other write's, so the visible
+    // position never passes a write still in flight; a refused write leaves them unused.
+    std::size_t streams = 0;
+    // Runs on the writer's thread, in a savepoint of its own, reading and writing through the
+    // transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It may run
+    // more than once (a transaction made again after an outage), so it sets what it reports,
+    // never adds to it.
+    std::function<void(store::Txn&, StreamId first)> decide;
+    // Under `mu`, once the transaction committed: feeds the caches (they learn only of what
+    // committed) and returns whose parked /syncs to wake. Given the first position.
+    std::function<std::vector<std::string>(StreamId first)> applied;
+};
+
 // A /sync parked until something relevant is committed or its timeout passes.
 struct Waiter {
     explicit Waiter(asio::any_io_executor ex) : timer(ex) {}
@@ -85,15 +101,10 @@ class Core {
     asio::awaitable<void> durable(std::uint64_t seq);
     // Takes the lock to submit, then waits as durable() does.
     asio::awaitable<void> commit(PendingWrite&& write);
-    // A write decided inside the database transaction (commit, then apply): `decide` runs on
-    // the writer's thread, in a savepoint of its own, reading and writing through the
-    // transaction; it throws a MatrixError to refuse, and then nothing it wrote stays. It may
-    // run more than once (a transaction made again after an outage), so it sets what it
-    // reports, never adds to it. Once the transaction committed, `applied` runs under `mu`:
-    // caches learn only of what committed. Completes after that, or throws the refusal, or
-    // 503 M_UNKNOWN when the write could not be stored. Not a coroutine (see durable()).
-    asio::awaitable<void> transact(std::function<void(store::Txn&)> decide,
-                                   std::function<void()> applied);
+    // Submits a write decided inside its transaction. Completes once it committed and was
+    // applied, or throws the decision's refusal, or 503 M_UNKNOWN when the write could not be
+    // stored. Takes the lock to submit. Not a coroutine (see durable()).
+    asio::awaitable<void> transact(Decision&& decision);
     // The newest write not yet durable, if any.
     std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
     // False while the database is unavailable: from a write that failed for want of it until
@@ -121,6 +132,7 @@ class Core {
 
   private:
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
+    void publish_locked(StreamId max_stream, const std::vector<std::string>& wake);
     // A write failed for good: the first such failure stops the server.
     void failed(std::exception_ptr e);
     void on_store_health(bool available, const std::string& why);

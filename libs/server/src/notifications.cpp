@@ -326,21 +326,39 @@ Response Notifications::rule_attribute(const Request& req, const char* attribute
 
 asio::awaitable<void> Notifications::change(const std::string& user,
                                             const std::function<void(json::object&)>& edit) {
-    PendingWrite w;
-    {
-        // Read, changed and replaced under one lock: two changes at once both count.
-        std::lock_guard lock(core_.mu);
-        json::object rules = user_rules_locked(user);
+    // Read, changed and replaced in one transaction: two changes at once both count.
+    struct Changed {
+        AccountData::Put entry;
+        json::object rules;
+    };
+    auto c = std::make_shared<Changed>();
+    c->entry = {user, "", "m.push_rules", {}};
+    Decision decision;
+    decision.streams = 1;
+    decision.decide = [this, c, &edit](store::Txn& txn, StreamId stream) {
+        const std::string& user = c->entry.user;
+        json::object rules = push::default_rules(user);
+        if (auto stored = txn.account_data(user, "", "m.push_rules")) {
+            json::error_code ec;
+            auto v = json::parse(stored->content, ec);
+            if (!ec && v.is_object()) rules = with_current_defaults(user, v.get_object());
+        }
         edit(rules);
         std::string text = json::serialize(rules);
         if (text.size() > kMaxRuleSetBytes)
             throw MatrixError(413, errcode::too_large,
                               "The push rules would be larger than " +
                                   std::to_string(kMaxRuleSetBytes) + " bytes");
-        account_data_.put_locked(user, "", "m.push_rules", std::move(text), w);
-        changed_[user] = std::move(rules);
-    }
-    co_await core_.commit(std::move(w));
+        c->entry.content = std::move(text);
+        c->rules = std::move(rules);
+        account_data_.decide_put(txn, c->entry, stream);
+    };
+    decision.applied = [this, c](StreamId stream) {
+        account_data_.applied_locked(c->entry, stream);
+        changed_[c->entry.user] = c->rules;
+        return std::vector<std::string>{c->entry.user};
+    };
+    co_await core_.transact(std::move(decision));
 }
 
 namespace {

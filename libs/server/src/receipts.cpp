@@ -149,15 +149,16 @@ asio::awaitable<Response> Receipts::post_receipt(Request& req) {
         thread = t->get_string();
     }
     Target target = co_await check_target(room_id, user, event_id, thread);
+    if (type == "m.fully_read") {
+        AccountData::Put marker{user, room_id, type,
+                                json::serialize(json::object{{"event_id", event_id}})};
+        co_await account_data_.put(std::move(marker));
+        co_return Response{};
+    }
     PendingWrite w;
     {
         std::lock_guard lock(core_.mu);
-        if (type == "m.fully_read") {
-            json::object marker{{"event_id", event_id}};
-            account_data_.put_locked(user, room_id, "m.fully_read", json::serialize(marker), w);
-        } else {
-            put_locked(room_id, user, type, thread, target, w);
-        }
+        put_locked(room_id, user, type, thread, target, w);
     }
     if (!w.mutations.empty()) co_await core_.commit(std::move(w));
     co_return Response{};
@@ -177,18 +178,22 @@ asio::awaitable<Response> Receipts::read_markers(Request& req) {
         Target target = co_await check_target(room_id, user, event_id, {});
         marks.emplace_back(field, std::move(target));
     }
+    // The read marker is account data, decided in its own transaction; the receipts are
+    // written together. Each is durable before the response.
+    std::optional<AccountData::Put> fully_read;
     PendingWrite w;
     {
         std::lock_guard lock(core_.mu);
         for (const auto& [field, target] : marks) {
-            if (field == "m.fully_read") {
-                json::object marker{{"event_id", target.event_id}};
-                account_data_.put_locked(user, room_id, field, json::serialize(marker), w);
-            } else {
+            if (field == "m.fully_read")
+                fully_read =
+                    AccountData::Put{user, room_id, field,
+                                     json::serialize(json::object{{"event_id", target.event_id}})};
+            else
                 put_locked(room_id, user, field, {}, target, w);
-            }
         }
     }
+    if (fully_read) co_await account_data_.put(std::move(*fully_read));
     if (!w.mutations.empty()) co_await core_.commit(std::move(w));
     co_return Response{};
 }

@@ -133,6 +133,21 @@ class SqlStore : public Store {
             s.bind(user_id);
             return s.next() ? s.integer(0) : 0;
         }
+        std::optional<AccountDataRecord> account_data(const std::string& user_id,
+                                                      const std::string& room_id,
+                                                      const std::string& type) override {
+            Stmt s(db,
+                   "SELECT stream_id, content FROM account_data WHERE user_id = ? AND room_id = ? "
+                   "AND type = ?");
+            s.bind(user_id).bind(room_id).bind(type);
+            if (!s.next()) return std::nullopt;
+            return AccountDataRecord{s.integer(0), user_id, room_id, type, s.text(1)};
+        }
+        std::int64_t account_data_count(const std::string& user_id) override {
+            Stmt s(db, "SELECT COUNT(*) FROM account_data WHERE user_id = ?");
+            s.bind(user_id);
+            return s.next() ? s.integer(0) : 0;
+        }
     };
 
     // Runs `body` in one transaction on the writer and commits it durably; a connection found

@@ -510,6 +510,32 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 2));
 }
 
+TYPED_TEST(StoreTest, DecisionsReadAccountDataByKeyAndCount) {
+    auto store = this->backend.open();
+    store->apply(std::vector<Mutation>{PutAccountData{{1, "@a:x", "", "m.direct", "{}"}},
+                                       PutAccountData{{2, "@a:x", "!r:x", "m.tag", "{\"t\":1}"}},
+                                       PutAccountData{{3, "@b:x", "", "m.direct", "{}"}}});
+    std::optional<AccountDataRecord> tag, none;
+    std::int64_t count = -1, after_write = -1;
+    std::vector<Write> batch{Write{{}, [&](Txn& txn) {
+                                       tag = txn.account_data("@a:x", "!r:x", "m.tag");
+                                       none = txn.account_data("@a:x", "",
+                                                               "m.tag");  // global, not the room's
+                                       count = txn.account_data_count("@a:x");
+                                       txn.write(PutAccountData{{4, "@a:x", "", "m.tag", "{}"}});
+                                       after_write = txn.account_data_count("@a:x");
+                                   }}};
+    auto refused = store->transact(batch);
+    EXPECT_FALSE(refused[0]);
+    ASSERT_TRUE(tag);
+    EXPECT_EQ(tag->stream, 2);
+    EXPECT_EQ(tag->content, "{\"t\":1}");
+    EXPECT_FALSE(none);
+    EXPECT_EQ(count, 2);
+    EXPECT_EQ(after_write, 3);
+    EXPECT_EQ(store->load().max_stream, 4);
+}
+
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
     auto store = this->backend.open();
     std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutRoom{{"!s:x", "10"}}};

@@ -361,6 +361,12 @@ class Txn {
                                                   const std::string& json) = 0;
     // One more than the user's highest filter id (0 when they have none): the next id.
     virtual std::int64_t next_filter_id(const std::string& user_id) = 0;
+    // The user's account data of that type (room_id empty: global), if there is any.
+    virtual std::optional<AccountDataRecord> account_data(const std::string& user_id,
+                                                          const std::string& room_id,
+                                                          const std::string& type) = 0;
+    // How many account data entries the user has, global and per room together.
+    virtual std::int64_t account_data_count(const std::string& user_id) = 0;
 };
 
 // One request's part of a transaction: its mutations, as they are, and then, when `decide`
