@@ -303,6 +303,12 @@ test('each limit a client can reach is a clear Matrix error', async () => {
     assert.equal(first.to_device.events.length, 3);
     await bob.sync({ since: first.next_batch, timeout: '0' }); // acknowledges them
     assert.equal((await ping('e')).status, 200);
+    // Sent at once, the limit still holds: it is decided where the messages are written.
+    const burst = await Promise.all(['f', 'g', 'h', 'i', 'j'].map(ping));
+    assert.deepEqual(burst.map((r) => r.status).sort(), [200, 200, 429, 429, 429], burst.map((r) => r.text).join());
+    const drained = await bob.sync({ since: first.next_batch, timeout: '0' });
+    assert.equal(drained.to_device.events.length, 3, JSON.stringify(drained.to_device));
+    await bob.sync({ since: drained.next_batch, timeout: '0' });
 
     // Filters and account data.
     const filter = (n) => alice.call('POST', `/user/${encodeURIComponent(alice.userId)}/filter`, { body: { room: { timeline: { limit: n } } } });

@@ -80,22 +80,18 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     if (!messages) throw MatrixError(400, errcode::missing_param, "Missing 'messages'");
     if (!proto::is_valid_event_type(type))
         throw MatrixError(400, errcode::bad_json, "Invalid event type");
-    const std::size_t per_device = core_.config().limits.to_device_per_device;
-    PendingWrite w;
-    std::uint64_t ticket = 0;
+    struct Delivery {
+        std::string user_id;
+        std::string device;
+        std::string message;
+        bool written = false;  // set by the decision
+    };
+    auto deliveries = std::make_shared<std::vector<Delivery>>();
+    const std::string sender = s.device_key();
+    const std::int64_t now = core_.now_ms();
     {
         std::lock_guard lock(core_.mu);
-        const std::string device = s.device_key();
-        const std::int64_t now = core_.now_ms();
-        if (txns_.find(device, txn, now)) co_return Response{};
-        // Every message is checked before any is queued: a request is refused whole.
-        struct Delivery {
-            std::string user_id;
-            std::string device;
-            std::string message;
-        };
-        std::vector<Delivery> deliveries;
-        std::map<DeviceKey, std::size_t> adding;
+        if (txns_.find(sender, txn, now)) co_return Response{};
         for (const auto& [user_key, devices] : *messages) {
             std::string user(user_key);
             if (!devices.is_object())
@@ -117,30 +113,56 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
                     targets = existing;
                 else if (std::binary_search(existing.begin(), existing.end(), device_key_sv))
                     targets.emplace_back(device_key_sv);
-                for (auto& device : targets) {
-                    auto queue = queues_.find({user, device});
-                    std::size_t waiting = queue == queues_.end() ? 0 : queue->second.size();
-                    if (waiting + ++adding[{user, device}] > per_device)
-                        throw MatrixError(
-                            429, errcode::limit_exceeded,
-                            "Device " + device + " of " + user + " has " + std::to_string(waiting) +
-                                " messages it has not fetched (limits.to_device_per_device)",
-                            10000);
-                    deliveries.push_back({user, std::move(device), message});
-                }
+                for (auto& device : targets)
+                    deliveries->push_back({user, std::move(device), message});
             }
         }
-        for (auto& d : deliveries) {
-            StreamId stream = core_.allocate_stream_locked();
-            queues_[{d.user_id, d.device}].push_back({stream, d.message});
-            w.mutations.push_back(store::PutToDevice{{stream, d.user_id, d.device, d.message}});
-            w.max_stream = stream;
-            w.wake.push_back(d.user_id);
+        if (deliveries->empty()) {
+            txns_.remember(sender, txn, {}, now);
+            co_return Response{};
         }
-        txns_.remember(device, txn, {}, now);
-        ticket = core_.submit_locked(std::move(w));
     }
-    co_await core_.durable(ticket);
+    // Decided in the transaction: every message is checked against what waits for its device
+    // before any is written, so a request is refused whole.
+    const std::size_t per_device = core_.config().limits.to_device_per_device;
+    Decision decision;
+    decision.streams = deliveries->size();
+    decision.decide = [deliveries, per_device](store::Txn& txn, StreamId first) {
+        std::map<DeviceKey, std::size_t> waiting;
+        for (auto& d : *deliveries) {
+            // A device that signed out since it was looked up gets nothing.
+            d.written = txn.device_exists(d.user_id, d.device);
+            if (!d.written) continue;
+            auto [it, fresh] = waiting.try_emplace({d.user_id, d.device}, 0);
+            if (fresh)
+                it->second = static_cast<std::size_t>(txn.to_device_count(d.user_id, d.device));
+            if (++it->second > per_device)
+                throw MatrixError(429, errcode::limit_exceeded,
+                                  "Device " + d.device + " of " + d.user_id + " has " +
+                                      std::to_string(it->second - 1) +
+                                      " messages it has not fetched (limits.to_device_per_device)",
+                                  10000);
+        }
+        StreamId stream = first;
+        for (const auto& d : *deliveries) {
+            if (d.written) txn.write(store::PutToDevice{{stream, d.user_id, d.device, d.message}});
+            ++stream;
+        }
+    };
+    decision.applied = [this, deliveries, sender, txn, now](StreamId first) {
+        std::vector<std::string> wake;
+        StreamId stream = first;
+        for (auto& d : *deliveries) {
+            if (d.written && accounts_.has_device_locked(d.user_id, d.device)) {
+                queues_[{d.user_id, d.device}].push_back({stream, std::move(d.message)});
+                wake.push_back(d.user_id);
+            }
+            ++stream;
+        }
+        txns_.remember(sender, txn, {}, now);
+        return wake;
+    };
+    co_await core_.transact(std::move(decision));
     co_return Response{};
 }
 

@@ -148,6 +148,17 @@ class SqlStore : public Store {
             s.bind(user_id);
             return s.next() ? s.integer(0) : 0;
         }
+        bool device_exists(const std::string& user_id, const std::string& device_id) override {
+            Stmt s(db, "SELECT 1 FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1");
+            s.bind(user_id).bind(device_id);
+            return s.next();
+        }
+        std::int64_t to_device_count(const std::string& user_id,
+                                     const std::string& device_id) override {
+            Stmt s(db, "SELECT COUNT(*) FROM to_device WHERE user_id = ? AND device_id = ?");
+            s.bind(user_id).bind(device_id);
+            return s.next() ? s.integer(0) : 0;
+        }
     };
 
     // Runs `body` in one transaction on the writer and commits it durably; a connection found

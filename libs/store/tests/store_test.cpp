@@ -510,30 +510,43 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 2));
 }
 
-TYPED_TEST(StoreTest, DecisionsReadAccountDataByKeyAndCount) {
+TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     auto store = this->backend.open();
-    store->apply(std::vector<Mutation>{PutAccountData{{1, "@a:x", "", "m.direct", "{}"}},
-                                       PutAccountData{{2, "@a:x", "!r:x", "m.tag", "{\"t\":1}"}},
-                                       PutAccountData{{3, "@b:x", "", "m.direct", "{}"}}});
-    std::optional<AccountDataRecord> tag, none;
-    std::int64_t count = -1, after_write = -1;
-    std::vector<Write> batch{Write{{}, [&](Txn& txn) {
-                                       tag = txn.account_data("@a:x", "!r:x", "m.tag");
-                                       none = txn.account_data("@a:x", "",
-                                                               "m.tag");  // global, not the room's
-                                       count = txn.account_data_count("@a:x");
-                                       txn.write(PutAccountData{{4, "@a:x", "", "m.tag", "{}"}});
-                                       after_write = txn.account_data_count("@a:x");
-                                   }}};
+    store->apply(std::vector<Mutation>{
+        PutAccountData{{1, "@a:x", "", "m.direct", "{}"}},
+        PutAccountData{{2, "@a:x", "!r:x", "m.tag", "{\"t\":1}"}},
+        PutAccountData{{3, "@b:x", "", "m.direct", "{}"}},
+        PutToken{{"h1", "@a:x", "PHONE", ""}},
+        PutToDevice{{5, "@a:x", "PHONE", "{}"}},
+        PutToDevice{{6, "@a:x", "PHONE", "{}"}},
+        PutToDevice{{7, "@a:x", "LAPTOP", "{}"}},
+    });
+    std::optional<AccountDataRecord> tag, global_tag;
+    std::int64_t count = -1, after_write = -1, waiting = -1;
+    bool phone = false, laptop = true;
+    auto decide = [&](Txn& txn) {
+        tag = txn.account_data("@a:x", "!r:x", "m.tag");
+        global_tag = txn.account_data("@a:x", "", "m.tag");  // not the room's
+        count = txn.account_data_count("@a:x");
+        txn.write(PutAccountData{{8, "@a:x", "", "m.tag", "{}"}});
+        after_write = txn.account_data_count("@a:x");
+        phone = txn.device_exists("@a:x", "PHONE");
+        laptop = txn.device_exists("@a:x", "LAPTOP");
+        waiting = txn.to_device_count("@a:x", "PHONE");
+    };
+    std::vector<Write> batch{Write{{}, decide}};
     auto refused = store->transact(batch);
     EXPECT_FALSE(refused[0]);
     ASSERT_TRUE(tag);
     EXPECT_EQ(tag->stream, 2);
     EXPECT_EQ(tag->content, "{\"t\":1}");
-    EXPECT_FALSE(none);
+    EXPECT_FALSE(global_tag);
     EXPECT_EQ(count, 2);
     EXPECT_EQ(after_write, 3);
-    EXPECT_EQ(store->load().max_stream, 4);
+    EXPECT_TRUE(phone);
+    EXPECT_FALSE(laptop);  // it has messages waiting, but no token
+    EXPECT_EQ(waiting, 2);
+    EXPECT_EQ(store->load().max_stream, 8);
 }
 
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
