@@ -175,3 +175,44 @@ test('bad since token and bad timeout are M_INVALID_PARAM', async () => {
   assert.equal((await u.call('GET', '/sync', { query: { since: 'x1' } })).body.errcode, 'M_INVALID_PARAM');
   assert.equal((await u.call('GET', '/sync', { query: { timeout: 'soon' } })).body.errcode, 'M_INVALID_PARAM');
 });
+
+test('account data past the cache: read from the database, and a parked /sync still wakes on it', async () => {
+  // One user's account data held at a time: every other user's is read back when needed.
+  let own = await startServer({ config: { caches: { account_data: 1 } } });
+  try {
+    const users = [];
+    for (const name of ['ann', 'ben', 'cat']) users.push(await register(own.url, name));
+    const put = (u, type, body) => u.call('PUT', `/user/${enc(u.userId)}/account_data/${type}`, { body });
+    for (const [i, u] of users.entries()) {
+      assert.equal((await put(u, 'org.example.own', { i })).status, 200);
+      assert.equal((await put(u, 'org.example.more', { i, more: true })).status, 200);
+    }
+    const own_data = (sync) => Object.fromEntries(sync.account_data.events.filter((e) => e.type.startsWith('org.example.')).map((e) => [e.type, e.content]));
+    const starts = [];
+    for (const [i, u] of users.entries()) {
+      const s = await u.sync();
+      assert.deepEqual(own_data(s), { 'org.example.own': { i }, 'org.example.more': { i, more: true } });
+      starts.push(s.next_batch);
+    }
+    // Ann waits; the others' account data is read meanwhile (pushing hers out if it could).
+    const waiting = users[0].sync({ since: starts[0], timeout: '30000' });
+    for (const u of users.slice(1)) assert.equal((await u.call('GET', `/user/${enc(u.userId)}/account_data/org.example.own`)).status, 200);
+    assert.equal((await put(users[0], 'org.example.own', { i: 0, changed: true })).status, 200);
+    const woken = await waiting;
+    assert.deepEqual(own_data(woken), { 'org.example.own': { i: 0, changed: true } });
+    // Read back after the change, and after a restart.
+    for (const restart of [false, true]) {
+      if (restart) own = await own.restart();
+      for (const [i, u0] of users.entries()) {
+        const u = u0.at(own.url);
+        const got = await u.call('GET', `/user/${enc(u.userId)}/account_data/org.example.own`);
+        assert.equal(got.status, 200);
+        assert.deepEqual(got.body, i === 0 ? { i, changed: true } : { i });
+        const s = await u.sync();
+        assert.equal(own_data(s)['org.example.more'].i, i);
+      }
+    }
+  } finally {
+    await own.stop();
+  }
+});

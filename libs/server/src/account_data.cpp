@@ -21,18 +21,42 @@ std::string filter_key(const std::string& user_id, std::int64_t id) {
 }  // namespace
 
 AccountData::AccountData(Core& core, Rooms& rooms)
-    : core_(core), rooms_(rooms), filters_(core.config().caches.filters) {}
+    : core_(core),
+      rooms_(rooms),
+      // Held by a request: not forgotten, so what commits meanwhile reaches it.
+      entries_(core.config().caches.account_data, [](const Held& h) { return h.use_count() > 1; }),
+      filters_(core.config().caches.filters) {}
 
-void AccountData::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    for (auto& a : snap.account_data)
-        entries_[a.user_id][{a.room_id, a.type}] = AccountDataEntry{a.stream, std::move(a.content)};
-}
-
-const AccountDataEntries& AccountData::entries_locked(const std::string& user_id) const {
-    static const AccountDataEntries kNone;
-    auto it = entries_.find(user_id);
-    return it == entries_.end() ? kNone : it->second;
+std::shared_ptr<const AccountDataEntries> AccountData::entries(const std::string& user_id) {
+    for (;;) {
+        std::uint64_t writes = 0;
+        {
+            std::lock_guard lock(core_.mu);
+            if (auto* held = entries_.get(user_id)) return *held;
+            auto& loading = loading_[user_id];
+            ++loading.readers;
+            writes = loading.writes;
+        }
+        std::vector<store::AccountDataRecord> rows;
+        std::exception_ptr failed;
+        try {
+            rows = core_.store().account_data(user_id);
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        std::lock_guard lock(core_.mu);
+        auto loading = loading_.find(user_id);
+        const bool overtaken = loading->second.writes != writes;
+        if (--loading->second.readers == 0) loading_.erase(loading);
+        if (failed) std::rethrow_exception(failed);
+        if (auto* held = entries_.get(user_id)) return *held;  // another reader was first
+        if (overtaken) continue;
+        auto read = std::make_shared<AccountDataEntries>();
+        for (auto& r : rows)
+            (*read)[{std::move(r.room_id), std::move(r.type)}] =
+                AccountDataEntry{r.stream, std::move(r.content)};
+        return entries_.put(user_id, std::move(read));
+    }
 }
 
 std::optional<std::string> AccountData::filter(const std::string& user_id, std::int64_t id) {
@@ -102,10 +126,10 @@ asio::awaitable<Response> AccountData::get_account_data(Request& req) {
     require_own_path(req, 0);
     std::string room = req.params.size() == 3 ? req.params[1] : std::string();
     const std::string& type = req.params.back();
+    auto data = entries(req.session->user_id);
     std::lock_guard lock(core_.mu);
-    const auto& data = entries_locked(req.session->user_id);
-    auto it = data.find({room, type});
-    if (it == data.end()) throw MatrixError(404, errcode::not_found, "Account data not found");
+    auto it = data->find({room, type});
+    if (it == data->end()) throw MatrixError(404, errcode::not_found, "Account data not found");
     co_return Response{200, it->second.content, {}};
 }
 
@@ -156,7 +180,14 @@ void AccountData::decide_put(store::Txn& txn, const Put& e, StreamId stream) con
 }
 
 void AccountData::applied_locked(const Put& e, StreamId stream) {
-    auto& held = entries_[e.user][{e.room, e.type}];
+    auto* cached = entries_.get(e.user);
+    if (!cached) {
+        // Not held: the store has it. A read of it under way is made again.
+        if (auto loading = loading_.find(e.user); loading != loading_.end())
+            ++loading->second.writes;
+        return;
+    }
+    auto& held = (**cached)[{e.room, e.type}];
     // Writes commit and apply in submission order, which is stream order; the guard only
     // keeps a newer entry should that ever not hold.
     if (stream > held.stream) held = AccountDataEntry{stream, e.content};

@@ -1,10 +1,13 @@
 #pragma once
 
 // What a user stores about themselves: account data (global and per room) and sync filters.
-// Both are written commit-then-apply (Core::transact); filters are cached (caches.filters).
+// Both are written commit-then-apply (Core::transact) and cached per user (caches.account_data,
+// caches.filters): nothing of them is read at start, and what is not held is read from the
+// store when it is needed.
 #include <boost/asio/awaitable.hpp>
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -29,14 +32,15 @@ class AccountData {
   public:
     AccountData(Core& core, Rooms& rooms);
 
-    void load(store::Snapshot& snap);
-
     asio::awaitable<Response> get_account_data(Request&);
     asio::awaitable<Response> put_account_data(Request&);
     asio::awaitable<Response> post_filter(Request&);
     asio::awaitable<Response> get_filter(Request&);
 
-    const AccountDataEntries& entries_locked(const std::string& user_id) const;
+    // The user's account data, read from the store when it is not cached. Takes the lock (call
+    // it without). While the caller holds the result it stays cached, so the writes that
+    // commit meanwhile reach it: take it again before each time the lock is taken to read it.
+    std::shared_ptr<const AccountDataEntries> entries(const std::string& user_id);
 
     // One entry of a user's account data (`room` empty: global) as a write sets it.
     struct Put {
@@ -56,7 +60,15 @@ class AccountData {
   private:
     Core& core_;
     Rooms& rooms_;
-    std::unordered_map<std::string, AccountDataEntries> entries_;  // by user
+    using Held = std::shared_ptr<AccountDataEntries>;
+    LruCache<std::string, Held> entries_;  // by user
+    // Users whose account data is being read from the store, and how many writes applied to
+    // them meanwhile: a read that a write overtook is made again.
+    struct Loading {
+        int readers = 0;
+        std::uint64_t writes = 0;
+    };
+    std::unordered_map<std::string, Loading> loading_;
     // Filters are written once and never change, so a cached one is never stale: the cache
     // is fed by commits and by reads of the store, and forgets what was not used lately.
     LruCache<std::string, std::string> filters_;  // by filter_key(user, id)

@@ -29,7 +29,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     to_device.load(snap);
     rooms.load(snap);
     directory.load(snap);
-    account_data.load(snap);
     keys.load(snap);
     key_backup.load(snap);
     receipts.load(snap);

@@ -4,6 +4,8 @@
 // keeps of its tables in memory, so memory does not grow with the database. Not
 // synchronised: its owner guards it (the model's lock).
 #include <cstddef>
+#include <functional>
+#include <iterator>
 #include <list>
 #include <unordered_map>
 #include <utility>
@@ -13,7 +15,11 @@ namespace mxvoip::server {
 template <typename Key, typename Value, typename Hash = std::hash<Key>>
 class LruCache {
   public:
-    explicit LruCache(std::size_t capacity) : capacity_(capacity == 0 ? 1 : capacity) {}
+    // An entry for which `keep` says so is passed over when one must go (it is in use): the
+    // cache may then hold more than its capacity until it is no longer kept.
+    using Keep = std::function<bool(const Value&)>;
+    explicit LruCache(std::size_t capacity, Keep keep = {})
+        : capacity_(capacity == 0 ? 1 : capacity), keep_(std::move(keep)) {}
 
     // The entry, now the most recently used; nullptr when it is not held.
     Value* get(const Key& key) {
@@ -29,9 +35,13 @@ class LruCache {
         if (auto* held = get(key)) return *held = std::move(value);
         entries_.emplace_front(key, std::move(value));
         index_.emplace(key, entries_.begin());
-        if (entries_.size() > capacity_) {
-            index_.erase(entries_.back().first);
-            entries_.pop_back();
+        // The least recently used that is not kept goes (never the one just put).
+        for (auto it = std::prev(entries_.end());
+             entries_.size() > capacity_ && it != entries_.begin();) {
+            auto victim = it--;
+            if (keep_ && keep_(victim->second)) continue;
+            index_.erase(victim->first);
+            entries_.erase(victim);
         }
         return entries_.front().second;
     }
@@ -49,6 +59,7 @@ class LruCache {
   private:
     using Entries = std::list<std::pair<Key, Value>>;  // most recently used first
     std::size_t capacity_;
+    Keep keep_;
     Entries entries_;
     std::unordered_map<Key, typename Entries::iterator, Hash> index_;
 };

@@ -80,13 +80,9 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
 
 void Notifications::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
-    for (const auto& a : snap.account_data) {
-        if (!a.room_id.empty() || a.type != "m.push_rules") continue;
-        const auto& entries = account_data_.entries_locked(a.user_id);
-        auto it = entries.find({"", "m.push_rules"});
-        if (it == entries.end()) continue;
+    for (const auto& a : snap.push_rules) {
         json::error_code ec;
-        auto stored = json::parse(it->second.content, ec);
+        auto stored = json::parse(a.content, ec);
         if (ec || !stored.is_object()) {
             spdlog::warn(
                 "the stored push rules of {} are not a JSON object; the predefined "

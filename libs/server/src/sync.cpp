@@ -150,7 +150,8 @@ bool Sync::state_left_out_locked(const Room& room, StreamId since, StreamId upto
     return false;
 }
 
-bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
+bool Sync::only_own_echo_locked(const Session& s, StreamId since,
+                                const AccountDataEntries& account_data) const {
     const std::string dkey = s.device_key();
     const StreamId visible = core_.visible_locked();
     bool any = false;
@@ -170,7 +171,7 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
             typing_.render_locked(ephemeral, room, since, visible, false))
             return false;
     }
-    for (const auto& [_, data] : account_data_.entries_locked(s.user_id))
+    for (const auto& [_, data] : account_data)
         if (data.stream > since && data.stream <= visible) return false;
     if (to_device_.has_new_locked(s, since, visible)) return false;
     if (std::string scratch; presence_.render_locked(scratch, s.user_id, since, visible, false))
@@ -181,10 +182,9 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since) const {
 }
 
 bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
-                        bool full_state, std::string& out) {
+                        bool full_state, const AccountDataEntries& account_data, std::string& out) {
     const StreamId upto = core_.visible_locked();
     const std::string dkey = s.device_key();
-    const AccountDataEntries& account_data = account_data_.entries_locked(s.user_id);
     bool has_content = false;
 
     std::string join, invite, leave;
@@ -418,12 +418,14 @@ asio::awaitable<Response> Sync::sync(Request& req) {
         if (!w.mutations.empty()) core_.submit_locked(std::move(w));
     }
     Syncing syncing{core_, presence_, s.user_id};
+    // Held while the /sync runs, so it stays cached and what commits meanwhile reaches it.
+    auto account_data = account_data_.entries(s.user_id);
     {
         std::lock_guard lock(core_.mu);
         since = std::min(since, core_.visible_locked());
         // Using a since token acknowledges the to-device messages it covered.
         to_device_.acknowledge_locked(s, since);
-        bool has = build_locked(s, since, initial, filter, full_state, out);
+        bool has = build_locked(s, since, initial, filter, full_state, *account_data, out);
         if (has || initial || full_state || timeout == 0 || core_.shutting_down_locked())
             co_return Response{200, std::move(out), {}};
         waiter = core_.park_locked(s.user_id, executor);
@@ -443,13 +445,13 @@ asio::awaitable<Response> Sync::sync(Request& req) {
         auto now = std::chrono::steady_clock::now();
         if (ec == asio::error::operation_aborted && !core_.shutting_down_locked() &&
             now < deadline && (!coalesce_until || now < *coalesce_until) &&
-            only_own_echo_locked(s, since)) {
+            only_own_echo_locked(s, since, *account_data)) {
             if (!coalesce_until) coalesce_until = now + kEchoCoalesce;
             core_.repark_locked(s.user_id, waiter);
             continue;
         }
         out.clear();
-        build_locked(s, since, initial, filter, full_state, out);
+        build_locked(s, since, initial, filter, full_state, *account_data, out);
         break;
     }
     co_return Response{200, std::move(out), {}};

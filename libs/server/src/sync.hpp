@@ -45,8 +45,9 @@ class Sync {
     };
     Filter resolve_filter(const Session& s, const Request& req) const;
     bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
-                      bool full_state, std::string& out);
-    bool only_own_echo_locked(const Session& s, StreamId since) const;
+                      bool full_state, const AccountDataEntries& account_data, std::string& out);
+    bool only_own_echo_locked(const Session& s, StreamId since,
+                              const AccountDataEntries& account_data) const;
     // What a rendered timeline carried.
     struct Shown {
         std::set<std::string> senders;

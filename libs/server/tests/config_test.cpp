@@ -154,6 +154,8 @@ TEST(Config, Limits) {
 
 TEST(Config, Caches) {
     EXPECT_EQ(parse_config("", "test.yaml").caches.filters, 10000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.account_data, 10000u);
+    EXPECT_EQ(parse_config("caches:\n  account_data: 3\n", "test.yaml").caches.account_data, 3u);
     EXPECT_EQ(parse_config("caches:\n  filters: 50\n", "test.yaml").caches.filters, 50u);
     EXPECT_NE(error_of("caches:\n  filters: 0\n").find("caches.filters"), std::string::npos);
     EXPECT_NE(error_of("caches:\n  rooms: 5\n").find("caches.rooms: unknown key"),

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 
 using mxvoip::server::LruCache;
@@ -42,4 +43,29 @@ TEST(LruCache, ACapacityOfZeroHoldsOne) {
     EXPECT_EQ(cache.size(), 1u);
     EXPECT_EQ(cache.get(1), nullptr);
     ASSERT_NE(cache.get(2), nullptr);
+}
+
+TEST(LruCache, AnEntryInUseIsPassedOverUntilItIsNoLongerKept) {
+    auto in_use = [](const std::shared_ptr<int>& p) { return p.use_count() > 1; };
+    LruCache<std::string, std::shared_ptr<int>> cache(2, in_use);
+    auto held = cache.put("a", std::make_shared<int>(1));  // a request holds "a"
+    cache.put("b", std::make_shared<int>(2));
+    cache.put("c", std::make_shared<int>(3));  // "a" is the oldest, but kept: "b" goes
+    EXPECT_NE(cache.get("a"), nullptr);
+    EXPECT_EQ(cache.get("b"), nullptr);
+    cache.get("c");
+    cache.put("d", std::make_shared<int>(4));  // "a" (held) and "c" are older: "a" stays
+    EXPECT_EQ(cache.size(), 2u);
+    EXPECT_NE(cache.get("a"), nullptr);
+    EXPECT_EQ(cache.get("c"), nullptr);
+    auto held_too = *cache.get("d");
+    cache.put("e", std::make_shared<int>(5));  // both older ones held: over capacity
+    EXPECT_EQ(cache.size(), 3u);
+    held.reset();
+    held_too.reset();
+    cache.put("f", std::make_shared<int>(6));  // no longer held: now they go
+    EXPECT_EQ(cache.size(), 2u);
+    EXPECT_EQ(cache.get("a"), nullptr);
+    EXPECT_EQ(cache.get("d"), nullptr);
+    EXPECT_NE(cache.get("e"), nullptr);
 }

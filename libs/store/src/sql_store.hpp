@@ -102,6 +102,18 @@ class SqlStore : public Store {
         return refused;
     }
 
+    std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT stream_id, room_id, type, content FROM account_data WHERE user_id = ?");
+            s.bind(user_id);
+            std::vector<AccountDataRecord> out;
+            while (s.next())
+                out.push_back({s.integer(0), user_id, s.text(1), s.text(2), s.text(3)});
+            return out;
+        });
+    }
+
     std::optional<std::string> filter(const std::string& user_id, std::int64_t filter_id) override {
         return read([&](Db& db) -> std::optional<std::string> {
             Stmt s(db, "SELECT json FROM filters WHERE user_id = ? AND filter_id = ?");
@@ -230,10 +242,10 @@ class SqlStore : public Store {
         }
         {
             Stmt s(db,
-                   "SELECT stream_id, user_id, room_id, type, content FROM account_data ORDER BY "
-                   "stream_id");
+                   "SELECT stream_id, user_id, room_id, type, content FROM account_data WHERE "
+                   "room_id = '' AND type = 'm.push_rules'");
             while (s.next())
-                snap.account_data.push_back(
+                snap.push_rules.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
         }
         {

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -204,7 +205,8 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(txns[0].device_key, "@a:x|DEV");
     EXPECT_EQ(txns[0].room_id, "!r:x");
     EXPECT_EQ(txns[0].txn_id, "t1");
-    EXPECT_EQ(s.account_data.size(), 1u);
+    EXPECT_EQ(store->account_data("@a:x").size(), 1u);
+    EXPECT_TRUE(s.push_rules.empty());
     EXPECT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
     EXPECT_FALSE(store->filter("@a:x", 1));
@@ -443,7 +445,8 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     EXPECT_EQ(s.rooms.size(), 1u);
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
-    EXPECT_EQ(s.account_data.size(), 1u);
+    EXPECT_EQ(store->account_data("@a:x").size(), 1u);
+    EXPECT_TRUE(s.push_rules.empty());
     ASSERT_EQ(s.to_device.size(), 1u);
     EXPECT_EQ(s.to_device[0].stream, 5);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
@@ -499,7 +502,7 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 9));
     Snapshot s = store->load();
     EXPECT_EQ(s.rooms.size(), 1u);
-    EXPECT_TRUE(s.account_data.empty());
+    EXPECT_TRUE(store->account_data("@a:x").empty());
     EXPECT_EQ(s.max_stream, 0);
     // Made again (as after an unknown outcome), the decisions find what committed.
     a = b = -1;
@@ -513,6 +516,7 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
 TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     auto store = this->backend.open();
     store->apply(std::vector<Mutation>{
+        PutAccountData{{0, "@b:x", "", "m.push_rules", "{\"global\":{}}"}},
         PutAccountData{{1, "@a:x", "", "m.direct", "{}"}},
         PutAccountData{{2, "@a:x", "!r:x", "m.tag", "{\"t\":1}"}},
         PutAccountData{{3, "@b:x", "", "m.direct", "{}"}},
@@ -546,7 +550,16 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     EXPECT_TRUE(phone);
     EXPECT_FALSE(laptop);  // it has messages waiting, but no token
     EXPECT_EQ(waiting, 2);
-    EXPECT_EQ(store->load().max_stream, 8);
+    Snapshot snap = store->load();
+    EXPECT_EQ(snap.max_stream, 8);
+    ASSERT_EQ(snap.push_rules.size(), 1u);  // account data at start: push rules alone
+    EXPECT_EQ(snap.push_rules[0].user_id, "@b:x");
+    auto all = store->account_data("@a:x");
+    ASSERT_EQ(all.size(), 3u);
+    std::sort(all.begin(), all.end(), [](auto& x, auto& y) { return x.stream < y.stream; });
+    EXPECT_EQ(all[1].room_id, "!r:x");
+    EXPECT_EQ(all[1].content, "{\"t\":1}");
+    EXPECT_EQ(all[2].type, "m.tag");
 }
 
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
@@ -766,6 +779,9 @@ class FlakyStore final : public Store {
         if (forever_ || outages_.fetch_sub(1) > 0)
             throw StoreUnavailable("the database is restarting");
         return inner_.transact(batch);
+    }
+    std::vector<AccountDataRecord> account_data(const std::string& u) override {
+        return inner_.account_data(u);
     }
     std::optional<std::string> filter(const std::string& u, std::int64_t id) override {
         return inner_.filter(u, id);

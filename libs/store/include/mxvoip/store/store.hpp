@@ -385,14 +385,15 @@ struct Write {
     std::function<void(Txn&)> decide;
 };
 
-// What the server keeps in memory, read once at start-up. No room's timeline and no client
-// transaction: those are read from the store when they are needed.
+// What the server keeps in memory, read once at start-up. No room's timeline, no client
+// transaction, no filter and no account data but push rules: those are read from the store
+// when they are needed.
 struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
-    std::vector<EventRecord> state_events;  // current state, in stream order
-    std::vector<AccountDataRecord> account_data;
+    std::vector<EventRecord> state_events;      // current state, in stream order
+    std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
     std::vector<ToDeviceRecord> to_device;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     std::vector<DeviceKeysRecord> device_keys;
@@ -446,6 +447,8 @@ class Store {
     // not older than `since_ts`, newest first, at most `limit`.
     virtual std::vector<TxnRecord> device_txns(const std::string& device_key, std::int64_t since_ts,
                                                int limit) = 0;
+    // The user's account data, global and per room.
+    virtual std::vector<AccountDataRecord> account_data(const std::string& user_id) = 0;
     // The user's filter of that id (its JSON text), if there is one.
     virtual std::optional<std::string> filter(const std::string& user_id,
                                               std::int64_t filter_id) = 0;
