@@ -148,6 +148,44 @@ test('send is idempotent per device, room and txnId; another room makes a new ev
   assert.equal(history.body.chunk.filter((e) => e.type === 'm.room.message').length, 1);
 });
 
+test('a send retried while its first attempt is still being written gets the same event', async () => {
+  const alice = await fresh('alice');
+  const roomId = await alice.createRoom({});
+  // All at once: the first to arrive is written, the others wait for its outcome.
+  const sends = await Promise.all(
+    Array.from({ length: 8 }, () => alice.send(roomId, 'm.room.message', { body: 'once', msgtype: 'm.text' }, 'same')),
+  );
+  for (const res of sends) assert.equal(res.status, 200, res.text);
+  assert.equal(new Set(sends.map((r) => r.body.event_id)).size, 1);
+  const redactions = await Promise.all(
+    Array.from({ length: 4 }, () =>
+      alice.call('PUT', `/rooms/${enc(roomId)}/redact/${enc(sends[0].body.event_id)}/r1`, { body: {} }),
+    ),
+  );
+  for (const res of redactions) assert.equal(res.status, 200, res.text);
+  assert.equal(new Set(redactions.map((r) => r.body.event_id)).size, 1);
+  const history = await alice.call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '50' } });
+  assert.equal(history.body.chunk.filter((e) => e.type === 'm.room.message').length, 1);
+  assert.equal(history.body.chunk.filter((e) => e.type === 'm.room.redaction').length, 1);
+});
+
+test('createRoom refused by one of its own events makes no room and keeps no alias', async () => {
+  const alice = await fresh('alice');
+  const alias = `refused${n++}`;
+  const before = await alice.call('GET', '/joined_rooms');
+  const refused = await alice.call('POST', '/createRoom', {
+    body: { room_alias_name: alias, initial_state: [{ type: 'm.room.topic', content: { topic: 'x', n: 1.5 } }] },
+  });
+  assert.equal(refused.status, 400, refused.text);
+  assert.equal(refused.body.errcode, 'M_BAD_JSON');
+  const after = await alice.call('GET', '/joined_rooms');
+  assert.deepEqual(after.body.joined_rooms, before.body.joined_rooms);
+  const lookup = await alice.call('GET', `/directory/room/${enc(`#${alias}:localhost`)}`);
+  assert.equal(lookup.status, 404, lookup.text);
+  const made = await alice.call('POST', '/createRoom', { body: { room_alias_name: alias } });
+  assert.equal(made.status, 200, made.text);
+});
+
 test('state: put, get one, get all, members with filters', async () => {
   const alice = await fresh('alice');
   const bob = await fresh('bob');

@@ -125,7 +125,7 @@ std::optional<MatrixError> refuse(unsigned status, const char* code, std::string
     return MatrixError(status, code, message);
 }
 
-std::optional<MatrixError> member_refusal(const Room& room, const std::string& sender,
+std::optional<MatrixError> member_refusal(const RoomState& room, const std::string& sender,
                                           bool sender_is_guest, const NewEvent& ev) {
     if (!ev.state_key)
         return refuse(400, errcode::bad_json,
@@ -187,7 +187,7 @@ std::optional<MatrixError> member_refusal(const Room& room, const std::string& s
 
 }  // namespace
 
-std::optional<MatrixError> event_auth_refusal(const Room& room, const std::string& sender,
+std::optional<MatrixError> event_auth_refusal(const RoomState& room, const std::string& sender,
                                               bool sender_is_guest, const NewEvent& ev) {
     if (ev.type == "m.room.create")
         return refuse(403, errcode::forbidden, "m.room.create can only be sent by createRoom");

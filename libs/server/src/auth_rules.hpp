@@ -17,7 +17,8 @@ namespace mxvoip::server {
 // m.room.member, the sender's membership, the event's required power level, state keys that
 // name a user, and m.room.power_levels below). m.room.create is never admitted: only
 // createRoom makes it. Returns the error to answer with, or nothing when the event is allowed.
-std::optional<proto::MatrixError> event_auth_refusal(const Room& room, const std::string& sender,
+std::optional<proto::MatrixError> event_auth_refusal(const RoomState& room,
+                                                     const std::string& sender,
                                                      bool sender_is_guest, const NewEvent& ev);
 
 // The spec's auth rule for m.room.power_levels (rules 10.a to 10.h of room versions 10 and

@@ -95,11 +95,12 @@ asio::awaitable<void> Core::transact(Decision&& decision) {
         const StreamId first = next_stream_;
         next_stream_ += static_cast<StreamId>(d.streams);
         const StreamId last = d.streams ? next_stream_ - 1 : 0;
-        store::Write write{
-            {}, [decide = std::move(d.decide), first](store::Txn& txn) { decide(txn, first); }};
+        store::Write write{std::move(d.mutations), [decide = std::move(d.decide), first](
+                                                       store::Txn& txn) { decide(txn, first); }};
         writer_.submit(std::move(write),
-                       [this, shared, ex, first, last, applied = std::move(d.applied)](
-                           std::exception_ptr failure, std::exception_ptr refusal) {
+                       [this, shared, ex, first, last, applied = std::move(d.applied),
+                        settled = std::move(d.settled)](std::exception_ptr failure,
+                                                        std::exception_ptr refusal) {
                            std::exception_ptr result;
                            if (failure) {
                                failed(failure);
@@ -120,6 +121,10 @@ asio::awaitable<void> Core::transact(Decision&& decision) {
                                std::lock_guard lock(mu);
                                auto wake = applied ? applied(first) : std::vector<std::string>{};
                                publish_locked(last, wake);
+                           }
+                           if (settled) {
+                               std::lock_guard lock(mu);
+                               settled();
                            }
                            asio::post(ex, [shared, result]() mutable { (*shared)(result); });
                        });

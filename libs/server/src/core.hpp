@@ -46,6 +46,8 @@ struct PendingWrite {
 
 // A write decided inside its database transaction (Core::transact: commit, then apply).
 struct Decision {
+    // Written first, in the decision's savepoint: refused with it.
+    std::vector<store::Mutation> mutations;
     // Stream positions the write takes (`first` is handed to `decide`). They are taken when
     // the write is submitted, in submission order like every other write's, so the visible
     // position never passes a write still in flight; a refused write leaves them unused.
@@ -58,6 +60,9 @@ struct Decision {
     // Under `mu`, once the transaction committed: feeds the caches (they learn only of what
     // committed) and returns whose parked /syncs to wake. Given the first position.
     std::function<std::vector<std::string>(StreamId first)> applied;
+    // Under `mu`, once the write's outcome is known, whatever it is (after `applied`), and
+    // before anything waiting for a later write is completed.
+    std::function<void()> settled;
 };
 
 // A /sync parked until something relevant is committed or its timeout passes.
@@ -105,6 +110,9 @@ class Core {
     // applied, or throws the decision's refusal, or 503 M_UNKNOWN when the write could not be
     // stored. Takes the lock to submit. Not a coroutine (see durable()).
     asio::awaitable<void> transact(Decision&& decision);
+    // The sequence number of the latest write submitted: durable() of it completes once every
+    // write submitted so far settled.
+    std::uint64_t submitted() const { return writer_.submitted(); }
     // The newest write not yet durable, if any.
     std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
     // False while the database is unavailable: from a write that failed for want of it until

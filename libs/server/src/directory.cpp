@@ -72,7 +72,7 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
     const std::string& alias = req.params[0];
     const std::string& user = req.session->user_id;
     rooms_.require_local_alias(alias);
-    std::uint64_t ticket = 0;
+    RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
         const auto* a = rooms_.alias_locked(alias);
@@ -102,15 +102,16 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
                 changed = changed || list.size() != before;
             }
             if (changed && room->power.user_level(user) >=
-                               room->power.event_level("m.room.canonical_alias", true)) {
-                Room& writable = rooms_.room_or_throw_locked(room_id);
-                rooms_.append_event_locked(writable, user,
-                                           {"m.room.canonical_alias", "", std::move(content)}, w);
-            }
+                               room->power.event_level("m.room.canonical_alias", true))
+                write.events.push_back(Append{
+                    room_id, user, NewEvent{"m.room.canonical_alias", "", std::move(content)}});
         }
-        ticket = core_.submit_locked(std::move(w));
+        write.mutations = std::move(w.mutations);
     }
-    co_await core_.durable(ticket);
+    // The alias goes whatever becomes of the event (left out should the user's power have
+    // changed meanwhile).
+    write.each_on_its_own = true;
+    co_await rooms_.append(write);
     spdlog::info("{} deleted alias {}", user, alias);
     co_return json_response(json::object{});
 }

@@ -51,25 +51,27 @@ asio::awaitable<Response> Profile::put_profile_field(Request& req) {
     if (value.size() > 256)
         throw MatrixError(400, errcode::bad_json, field + " is longer than 256 bytes");
     const std::string& user_id = req.session->user_id;
-    PendingWrite w;
-    std::uint64_t ticket = 0;
+    // The profile and a fresh membership event in every joined room, in one transaction; a
+    // room that no longer takes the event (the user was kicked meanwhile) is left out.
+    RoomWrite write;
+    write.each_on_its_own = true;
     {
         std::lock_guard lock(core_.mu);
         store::UserRecord profile = *accounts_.find_locked(user_id);
         (field == "displayname" ? profile.displayname : profile.avatar_url) = value;
+        PendingWrite w;
         accounts_.set_profile_locked(user_id, profile.displayname, profile.avatar_url, w);
-        // Every joined room learns the new profile through a fresh membership event.
+        write.mutations = std::move(w.mutations);
         for (const auto& [room_id, m] : rooms_.memberships_locked(user_id)) {
             if (m.membership != "join") continue;
             json::object content{{"membership", "join"}};
             if (!profile.displayname.empty()) content["displayname"] = profile.displayname;
             if (!profile.avatar_url.empty()) content["avatar_url"] = profile.avatar_url;
-            rooms_.append_event_locked(rooms_.room_or_throw_locked(room_id), user_id,
-                                       NewEvent{"m.room.member", user_id, std::move(content)}, w);
+            write.events.push_back(
+                Append{room_id, user_id, NewEvent{"m.room.member", user_id, std::move(content)}});
         }
-        ticket = core_.submit_locked(std::move(w));
     }
-    co_await core_.durable(ticket);
+    co_await rooms_.append(write);
     co_return Response{};
 }
 

@@ -61,23 +61,23 @@ PowerLevels PowerLevels::parse(const json::object& c) {
     return p;
 }
 
-const std::string& Room::membership_of(const std::string& user) const {
+const std::string& RoomState::membership_of(const std::string& user) const {
     auto it = membership.find(user);
     return it == membership.end() ? kNoMembership : it->second;
 }
 
-EventPtr Room::state_event(const std::string& type, const std::string& key) const {
+EventPtr RoomState::state_event(const std::string& type, const std::string& key) const {
     auto it = state.find({type, key});
     return it == state.end() ? nullptr : it->second;
 }
 
-bool Room::integer_levels_only() const {
+bool RoomState::integer_levels_only() const {
     int v = 0;
     std::from_chars(version.data(), version.data() + version.size(), v);
     return v >= 10;
 }
 
-void Room::apply_state(const EventPtr& ev) {
+void RoomState::apply_state(const EventPtr& ev) {
     if (!ev->state_key) return;
     state[{ev->type, *ev->state_key}] = ev;
     const bool derived = ev->type == "m.room.member" || ev->type == "m.room.power_levels" ||
@@ -89,22 +89,30 @@ void Room::apply_state(const EventPtr& ev) {
     if (auto v = json::parse(ev->content()); v.is_object()) content = std::move(v.get_object());
     const std::string& key = *ev->state_key;
     if (ev->type == "m.room.member") {
-        std::string m = string_or(content, "membership", "leave");
-        history.record_membership(key, ev->stream, m);
-        membership[key] = std::move(m);
+        membership[key] = string_or(content, "membership", "leave");
     } else if (ev->type == "m.room.power_levels") {
         power = PowerLevels::parse(content);
         has_power_levels = true;
     } else if (ev->type == "m.room.join_rules") {
         join_rule = string_or(content, "join_rule", "invite");
-    } else if (ev->type == "m.room.history_visibility" && key.empty()) {
-        history.record_visibility(ev->stream, string_or(content, "history_visibility", ""));
     } else if (ev->type == "m.room.guest_access" && key.empty()) {
         guest_access = string_or(content, "guest_access", "forbidden");
     } else if (ev->type == "m.room.create") {
         creator = ev->sender;
         // Before power levels exist, the creator has 100 (auth rules, "no power levels").
         if (!has_power_levels) power.users[ev->sender] = 100;
+    }
+}
+
+void Room::apply_state(const EventPtr& ev) {
+    RoomState::apply_state(ev);
+    if (!ev->state_key) return;
+    if (ev->type == "m.room.member") {
+        history.record_membership(*ev->state_key, ev->stream, membership_of(*ev->state_key));
+    } else if (ev->type == "m.room.history_visibility" && ev->state_key->empty()) {
+        json::object content;
+        if (auto v = json::parse(ev->content()); v.is_object()) content = std::move(v.get_object());
+        history.record_visibility(ev->stream, string_or(content, "history_visibility", ""));
     }
 }
 

@@ -41,10 +41,10 @@ struct NewEvent {
     boost::json::object content;
 };
 
-struct Room {
-    // The newest events of a room kept in memory for /sync; older ones come from the store.
-    static constexpr std::size_t kTimelineWindow = 50;
-
+// What the auth rules read of a room: its current state and what is derived from it. A
+// write decided in its transaction works on a copy of this (Rooms), so it is cheap to copy
+// compared with the room's history.
+struct RoomState {
     std::string id;
     std::string version;
     std::map<std::pair<std::string, std::string>, EventPtr> state;
@@ -54,9 +54,6 @@ struct Room {
     std::string creator;
     std::string join_rule = "invite";
     std::string guest_access = "forbidden";
-    RoomHistory history;          // what the history visibility rules read
-    std::deque<EventPtr> recent;  // newest events, stream order
-    StreamId evicted_upto = 0;    // newest stream of this room that is no longer in `recent`
 
     const std::string& membership_of(const std::string& user) const;
     EventPtr state_event(const std::string& type, const std::string& key) const;
@@ -64,6 +61,20 @@ struct Room {
     bool integer_levels_only() const;
 
     // A state event becomes current state, and what is derived from it follows.
+    void apply_state(const EventPtr& ev);
+};
+
+// A room as the server holds it for readers: its state, the history visibility rules' record
+// and the newest events.
+struct Room : RoomState {
+    // The newest events of a room kept in memory for /sync; older ones come from the store.
+    static constexpr std::size_t kTimelineWindow = 50;
+
+    RoomHistory history;          // what the history visibility rules read
+    std::deque<EventPtr> recent;  // newest events, stream order
+    StreamId evicted_upto = 0;    // newest stream of this room that is no longer in `recent`
+
+    // As RoomState::apply_state, and the history visibility record follows.
     void apply_state(const EventPtr& ev);
     // Any event joins the recent window (the oldest leaves it).
     void add_to_timeline(const EventPtr& ev);

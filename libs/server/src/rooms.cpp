@@ -127,7 +127,7 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
         throw MatrixError(400, errcode::bad_json, "creation_content may not set 'creator'");
 
     std::string room_id;
-    std::uint64_t ticket = 0;
+    RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
         for (const auto& u : invites)
@@ -139,69 +139,73 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
         do {
             room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
         } while (rooms_.count(room_id));
-        Room& room = rooms_[room_id];
-        room.id = room_id;
-        room.version = version;
-        PendingWrite w;
-        w.mutations.push_back(store::PutRoom{{room_id, version}});
+        write.create = store::RoomRecord{room_id, version};
+        auto add = [&](std::string type, std::optional<std::string> state_key,
+                       json::object content) {
+            write.events.push_back(
+                Append{room_id, s.user_id,
+                       NewEvent{std::move(type), std::move(state_key), std::move(content)}});
+        };
         const store::UserRecord& me = *accounts_.find_locked(s.user_id);
-        try {
-            json::object create;
-            if (const auto* creation = proto::opt_object(body, "creation_content"))
-                for (const auto& kv : *creation) create[kv.key()] = kv.value();
-            // The room version is the one chosen above, whatever creation_content says.
-            create["room_version"] = version;
-            if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
-            append_event_locked(room, s.user_id, {"m.room.create", "", std::move(create)}, w, {},
-                                {}, true);
-            json::object join{{"membership", "join"}};
-            if (!me.displayname.empty()) join["displayname"] = me.displayname;
-            if (!me.avatar_url.empty()) join["avatar_url"] = me.avatar_url;
-            append_event_locked(room, s.user_id, {"m.room.member", s.user_id, std::move(join)}, w);
-            append_event_locked(room, s.user_id, {"m.room.power_levels", "", std::move(power)}, w);
-            if (!alias.empty()) {
-                put_alias_locked({alias, room_id, s.user_id}, w);
-                append_event_locked(room, s.user_id,
-                                    {"m.room.canonical_alias", "", {{"alias", alias}}}, w);
-            }
-            std::string join_rule = preset == "public_chat" ? "public" : "invite";
-            append_event_locked(room, s.user_id,
-                                {"m.room.join_rules", "", {{"join_rule", join_rule}}}, w);
-            append_event_locked(
-                room, s.user_id,
-                {"m.room.history_visibility", "", {{"history_visibility", "shared"}}}, w);
-            if (preset != "public_chat")
-                append_event_locked(room, s.user_id,
-                                    {"m.room.guest_access", "", {{"guest_access", "can_join"}}}, w);
-            for (auto& ev : initial_state) append_event_locked(room, s.user_id, std::move(ev), w);
-            if (name)
-                append_event_locked(room, s.user_id, {"m.room.name", "", {{"name", *name}}}, w);
-            if (topic)
-                append_event_locked(room, s.user_id, {"m.room.topic", "", {{"topic", *topic}}}, w);
-            for (const auto& u : invites) {
-                json::object content{{"membership", "invite"}};
-                if (is_direct) content["is_direct"] = true;
-                if (const auto* invitee = accounts_.find_locked(u);
-                    invitee && !invitee->displayname.empty())
-                    content["displayname"] = invitee->displayname;
-                append_event_locked(room, s.user_id, {"m.room.member", u, std::move(content)}, w);
-            }
-            for (const auto& f : created_) f(room, body, w);
-        } catch (...) {
-            // Nothing was submitted: forget the half-built room and the users' view of it.
-            for (const auto& [user, m] : room.membership)
-                if (auto it = memberships_.find(user); it != memberships_.end())
-                    it->second.erase(room_id);
-            if (!alias.empty() && aliases_.count(alias) && aliases_[alias].room_id == room_id) {
-                aliases_.erase(alias);
-                aliases_by_room_.erase(room_id);
-            }
-            rooms_.erase(room_id);
-            throw;
+        json::object create;
+        if (const auto* creation = proto::opt_object(body, "creation_content"))
+            for (const auto& kv : *creation) create[kv.key()] = kv.value();
+        // The room version is the one chosen above, whatever creation_content says.
+        create["room_version"] = version;
+        if (std::stoi(version) < 11) create["creator"] = s.user_id;  // v11 dropped it
+        add("m.room.create", "", std::move(create));
+        json::object join{{"membership", "join"}};
+        if (!me.displayname.empty()) join["displayname"] = me.displayname;
+        if (!me.avatar_url.empty()) join["avatar_url"] = me.avatar_url;
+        add("m.room.member", s.user_id, std::move(join));
+        add("m.room.power_levels", "", std::move(power));
+        if (!alias.empty()) {
+            // The alias is taken now (a second createRoom with it is refused at once), and
+            // given back should the room not be made.
+            PendingWrite w;
+            put_alias_locked({alias, room_id, s.user_id}, w);
+            write.mutations = std::move(w.mutations);
+            add("m.room.canonical_alias", "", {{"alias", alias}});
         }
-        ticket = core_.submit_locked(std::move(w));
+        std::string join_rule = preset == "public_chat" ? "public" : "invite";
+        add("m.room.join_rules", "", {{"join_rule", join_rule}});
+        add("m.room.history_visibility", "", {{"history_visibility", "shared"}});
+        if (preset != "public_chat") add("m.room.guest_access", "", {{"guest_access", "can_join"}});
+        for (auto& ev : initial_state)
+            add(std::move(ev.type), std::move(ev.state_key), std::move(ev.content));
+        if (name) add("m.room.name", "", {{"name", *name}});
+        if (topic) add("m.room.topic", "", {{"topic", *topic}});
+        for (const auto& u : invites) {
+            json::object content{{"membership", "invite"}};
+            if (is_direct) content["is_direct"] = true;
+            if (const auto* invitee = accounts_.find_locked(u);
+                invitee && !invitee->displayname.empty())
+                content["displayname"] = invitee->displayname;
+            add("m.room.member", u, std::move(content));
+        }
     }
-    co_await core_.durable(ticket);
+    std::exception_ptr refused;
+    try {
+        co_await append(write);
+    } catch (...) {
+        refused = std::current_exception();
+    }
+    {
+        std::lock_guard lock(core_.mu);
+        if (refused) {
+            if (!alias.empty())
+                if (auto it = aliases_.find(alias);
+                    it != aliases_.end() && it->second.room_id == room_id) {
+                    aliases_.erase(it);
+                    aliases_by_room_.erase(room_id);
+                }
+        } else {
+            PendingWrite theirs;
+            for (const auto& f : created_) f(rooms_.at(room_id), body, theirs);
+            if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
+        }
+    }
+    if (refused) std::rethrow_exception(refused);
     spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset,
                  is_direct ? ", direct" : "");
     co_return json_response(json::object{{"room_id", room_id}});
@@ -212,7 +216,7 @@ asio::awaitable<Response> Rooms::membership_change(Request& req, const std::stri
                                                    const std::string& membership,
                                                    json::object& extra) {
     const Session& s = *req.session;
-    std::uint64_t ticket = 0;
+    RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -244,11 +248,10 @@ asio::awaitable<Response> Rooms::membership_change(Request& req, const std::stri
             if (auto prev = room.state_event("m.room.member", target);
                 prev && json::parse(prev->content()) == json::value(content))
                 co_return json_response(json::object{{"room_id", room_id}});
-        PendingWrite w;
-        append_event_locked(room, s.user_id, {"m.room.member", target, std::move(content)}, w);
-        ticket = core_.submit_locked(std::move(w));
+        write.events.push_back(
+            Append{room_id, s.user_id, NewEvent{"m.room.member", target, std::move(content)}});
     }
-    co_await core_.durable(ticket);
+    co_await append(write);
     spdlog::info("{}: {} {} in {}", s.user_id, target, membership, room_id);
     if (membership == "join") co_return json_response(json::object{{"room_id", room_id}});
     co_return Response{};
@@ -314,21 +317,17 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
     recall_txns(s);
-    std::uint64_t ticket = 0;
-    std::string event_id;
     {
         std::lock_guard lock(core_.mu);
-        if (auto retry = retried_locked(device, txn_key)) co_return std::move(*retry);
-        Room& room = room_or_throw_locked(room_id);
-        PendingWrite w;
-        auto ev = append_event_locked(room, s.user_id, {type, std::nullopt, std::move(content)}, w,
-                                      device, txn);
-        event_id = ev->event_id;
-        txns_.remember(device, txn_key, event_id, ev->origin_server_ts);
-        ticket = core_.submit_locked(std::move(w));
+        room_or_throw_locked(room_id);
     }
-    co_await core_.durable(ticket);
-    co_return event_id_response(event_id);
+    if (auto retry = co_await claim_txn(device, txn_key)) co_return std::move(*retry);
+    RoomWrite write;
+    write.events.push_back(
+        Append{room_id, s.user_id, NewEvent{type, std::nullopt, std::move(content)}, device, txn});
+    write.claimed_txn = device + '\n' + txn_key;
+    auto events = co_await append(write);
+    co_return event_id_response(events.at(0)->event_id);
 }
 
 asio::awaitable<Response> Rooms::put_state(Request& req) {
@@ -337,8 +336,7 @@ asio::awaitable<Response> Rooms::put_state(Request& req) {
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     json::object content = req.json;
-    std::uint64_t ticket = 0;
-    std::string event_id;
+    RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -348,13 +346,11 @@ asio::awaitable<Response> Rooms::put_state(Request& req) {
             prev && prev->sender == s.user_id && room.membership_of(s.user_id) == "join" &&
             json::parse(prev->content()) == json::value(content))
             co_return event_id_response(prev->event_id);
-        PendingWrite w;
-        auto ev = append_event_locked(room, s.user_id, {type, state_key, std::move(content)}, w);
-        event_id = ev->event_id;
-        ticket = core_.submit_locked(std::move(w));
+        write.events.push_back(
+            Append{room_id, s.user_id, NewEvent{type, state_key, std::move(content)}});
     }
-    co_await core_.durable(ticket);
-    co_return event_id_response(event_id);
+    auto events = co_await append(write);
+    co_return event_id_response(events.at(0)->event_id);
 }
 
 asio::awaitable<Response> Rooms::get_state_event(Request& req) {
@@ -646,6 +642,23 @@ std::optional<Response> Rooms::retried_locked(const std::string& device,
     return std::nullopt;
 }
 
+asio::awaitable<std::optional<Response>> Rooms::claim_txn(const std::string& device,
+                                                          const std::string& txn_key) {
+    const std::string key = device + '\n' + txn_key;
+    for (;;) {
+        std::uint64_t first_attempt = 0;
+        {
+            std::lock_guard lock(core_.mu);
+            if (auto retry = retried_locked(device, txn_key)) co_return retry;
+            if (txns_in_flight_.insert(key).second) co_return std::nullopt;
+            first_attempt = core_.submitted();
+        }
+        // The first attempt is being written: its outcome is known once what was submitted
+        // so far settled (remembered when it was stored, released either way).
+        co_await core_.durable(first_attempt);
+    }
+}
+
 const Room* Rooms::find_locked(const std::string& room_id) const {
     auto it = rooms_.find(room_id);
     return it == rooms_.end() ? nullptr : &it->second;
@@ -692,9 +705,9 @@ void Rooms::apply_locked(Room& room, const EventPtr& ev) {
         it->second = RoomMembership{membership, ev->stream};
 }
 
-EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEvent ev,
-                                    PendingWrite& w, const std::string& txn_device_key,
-                                    const std::string& txn_id, bool creating) {
+EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, StreamId stream,
+                                   bool creating) const {
+    const NewEvent& ev = a.ev;
     if (!proto::is_valid_event_type(ev.type))
         throw MatrixError(400, errcode::bad_json, "Invalid event type");
     if (ev.state_key && ev.state_key->size() > 255)
@@ -703,24 +716,23 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
         throw MatrixError(400, errcode::bad_json,
                           "Event content must not contain floating-point numbers");
     if (!creating) {
-        const auto* account = accounts_.find_locked(sender);
-        if (auto refusal = event_auth_refusal(room, sender, account && account->is_guest, ev))
+        const auto* account = accounts_.find_locked(a.sender);
+        if (auto refusal = event_auth_refusal(room, a.sender, account && account->is_guest, ev))
             throw *refusal;
         check_canonical_alias_locked(room, ev);
     }
-
     auto e = std::make_shared<Event>();
-    e->stream = core_.next_stream_locked();
-    e->event_id = new_event_id(e->stream);
+    e->stream = stream;
+    e->event_id = new_event_id(stream);
     e->room_id = room.id;
-    e->type = std::move(ev.type);
-    e->state_key = std::move(ev.state_key);
-    e->sender = sender;
+    e->type = ev.type;
+    e->state_key = ev.state_key;
+    e->sender = a.sender;
     e->origin_server_ts = core_.now_ms();
     std::string content = json::serialize(ev.content);
     e->content_len = content.size();
-    e->txn_device_key = txn_device_key;
-    e->txn_id = txn_id;
+    e->txn_device_key = a.txn_device_key;
+    e->txn_id = a.txn_id;
     if (e->type == "m.room.redaction")
         if (const auto* r = ev.content.if_contains("redacts"); r && r->is_string())
             e->redacts = r->get_string();
@@ -729,19 +741,141 @@ EventPtr Rooms::append_event_locked(Room& room, const std::string& sender, NewEv
         throw MatrixError(413, errcode::too_large, "Event is larger than 65536 bytes");
     if (e->state_key)
         if (auto prev = room.state_event(e->type, *e->state_key)) add_replaced_state(*e, *prev);
-    core_.allocate_stream_locked();
+    return e;
+}
 
-    EventPtr ptr = e;
-    apply_locked(room, ptr);
-    room.add_to_timeline(ptr);
-    // Whose /sync learns of it: the room's members and invitees, and the member event's target.
-    for (const auto& [user, m] : room.membership)
-        if (m == "join" || m == "invite") w.wake.push_back(user);
-    if (ptr->type == "m.room.member" && ptr->state_key) w.wake.push_back(*ptr->state_key);
-    w.mutations.push_back(store::PutEvent{*ptr});
-    w.max_stream = std::max(w.max_stream, ptr->stream);
-    for (const auto& f : appended_) f(room, ptr, w);
-    return ptr;
+// What a RoomWrite's decision made, for its applied step and its request.
+struct Rooms::Decided {
+    std::vector<EventPtr> events;  // in stream order
+    EventPtr redacted;             // RoomWrite::redacts as the redaction left it
+};
+
+const RoomState* Rooms::decided_state_locked(const std::string& room_id) const {
+    if (auto it = staged_.find(room_id); it != staged_.end()) return it->second.get();
+    if (auto it = rooms_.find(room_id); it != rooms_.end()) return &it->second;
+    return nullptr;
+}
+
+void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Decided& out) {
+    // What decisions before this one in the transaction made of the rooms holds only for
+    // that transaction: made again (after an outage), they are made again.
+    if (txn.serial() != staged_txn_) {
+        staged_.clear();
+        staged_txn_ = txn.serial();
+    }
+    out = Decided{};
+    // The rooms this write changes the state of: copies, staged once it is written.
+    std::unordered_map<std::string, std::shared_ptr<RoomState>> changed;
+    {
+        std::lock_guard lock(core_.mu);
+        auto current = [&](const std::string& room_id) -> const RoomState* {
+            if (auto it = changed.find(room_id); it != changed.end()) return it->second.get();
+            return decided_state_locked(room_id);
+        };
+        auto writable = [&](const std::string& room_id) -> RoomState& {
+            auto& slot = changed[room_id];
+            if (!slot) slot = std::make_shared<RoomState>(*decided_state_locked(room_id));
+            return *slot;
+        };
+        if (write.create) {
+            if (current(write.create->room_id))
+                throw MatrixError(400, errcode::room_in_use, "The room exists already");
+            auto room = std::make_shared<RoomState>();
+            room->id = write.create->room_id;
+            room->version = write.create->room_version;
+            changed.emplace(room->id, std::move(room));
+        }
+        for (std::size_t i = 0; i < write.events.size(); ++i) {
+            const Append& a = write.events[i];
+            const RoomState* room = current(a.room_id);
+            try {
+                if (!room) throw MatrixError(404, errcode::not_found, "Unknown room " + a.room_id);
+                if (write.redacts) {
+                    const Event& target = *write.redacts;
+                    if (target.type == "m.room.create")
+                        throw MatrixError(403, errcode::forbidden,
+                                          "The room's creation cannot be redacted");
+                    if (target.sender != a.sender &&
+                        room->power.user_level(a.sender) < room->power.redact)
+                        throw MatrixError(
+                            403, errcode::forbidden,
+                            "Your power level is too low to redact other users' events");
+                }
+                EventPtr ev = build_event_locked(*room, a, first + static_cast<StreamId>(i),
+                                                 write.create && i == 0);
+                if (ev->state_key) writable(a.room_id).apply_state(ev);
+                out.events.push_back(std::move(ev));
+            } catch (const MatrixError&) {
+                if (!write.each_on_its_own) throw;
+            }
+        }
+        if (write.redacts && !out.events.empty()) {
+            const RoomState* room = current(write.redacts->room_id);
+            out.redacted = redacted_form(room->version, *write.redacts, out.events.front());
+            const Event& target = *write.redacts;
+            // The state derived from it follows (power levels...).
+            if (target.state_key)
+                if (auto now = room->state_event(target.type, *target.state_key);
+                    now && now->event_id == target.event_id)
+                    writable(target.room_id).apply_state(out.redacted);
+        }
+    }
+    if (write.create) txn.write(store::PutRoom{*write.create});
+    for (const auto& ev : out.events) txn.write(store::PutEvent{*ev});
+    if (out.redacted) txn.write(store::RedactEvent{out.redacted->stream, out.redacted->json});
+    for (auto& [room_id, room] : changed) staged_[room_id] = std::move(room);
+}
+
+std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Decided& out) {
+    std::vector<std::string> wake;
+    PendingWrite theirs;  // what the listeners store in turn
+    if (write.create) {
+        Room& room = rooms_[write.create->room_id];
+        room.id = write.create->room_id;
+        room.version = write.create->room_version;
+    }
+    for (const auto& ev : out.events) {
+        Room& room = rooms_.at(ev->room_id);
+        apply_locked(room, ev);
+        room.add_to_timeline(ev);
+        // Whose /sync learns of it: the room's members and invitees, and the member event's
+        // target.
+        for (const auto& [user, m] : room.membership)
+            if (m == "join" || m == "invite") wake.push_back(user);
+        if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
+        if (!ev->txn_id.empty())
+            txns_.remember(ev->txn_device_key, ev->room_id + '\n' + ev->txn_id, ev->event_id,
+                           ev->origin_server_ts);
+        for (const auto& f : appended_) f(room, ev, theirs);
+    }
+    if (const auto& redacted = out.redacted) {
+        Room& room = rooms_.at(redacted->room_id);
+        for (auto& r : room.recent)
+            if (r->event_id == redacted->event_id) r = redacted;
+        if (redacted->state_key)
+            if (auto now = room.state_event(redacted->type, *redacted->state_key);
+                now && now->event_id == redacted->event_id)
+                apply_locked(room, redacted);
+        for (const auto& f : redacted_) f(room, redacted);
+    }
+    if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
+    return wake;
+}
+
+asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
+    auto decided = std::make_shared<Decided>();
+    auto shared = std::make_shared<RoomWrite>(std::move(write));
+    Decision d;
+    d.streams = shared->events.size();
+    d.mutations = std::move(shared->mutations);
+    d.decide = [this, shared, decided](store::Txn& txn, StreamId first) {
+        decide(*shared, txn, first, *decided);
+    };
+    d.applied = [this, shared, decided](StreamId) { return applied_locked(*shared, *decided); };
+    if (!shared->claimed_txn.empty())
+        d.settled = [this, key = shared->claimed_txn] { txns_in_flight_.erase(key); };
+    co_await core_.transact(std::move(d));
+    co_return decided->events;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -789,7 +923,7 @@ std::vector<std::string> Rooms::aliases_of_locked(const std::string& room_id) co
     return {it->second.begin(), it->second.end()};
 }
 
-void Rooms::check_canonical_alias_locked(const Room& room, const NewEvent& ev) const {
+void Rooms::check_canonical_alias_locked(const RoomState& room, const NewEvent& ev) const {
     if (ev.type != "m.room.canonical_alias" || !ev.state_key || !ev.state_key->empty()) return;
     auto check = [&](const json::value& v) {
         if (!v.is_string() || !proto::is_valid_room_alias(v.get_string()))
@@ -821,13 +955,13 @@ EventPtr Rooms::find_event_locked(const Room& room, const std::string& event_id)
     return nullptr;
 }
 
-void Rooms::apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
-                                   PendingWrite& w) {
+EventPtr Rooms::redacted_form(const std::string& version, const Event& target,
+                              const EventPtr& redaction) {
     const json::object original = json::parse(target.json).as_object();
     const json::object kept =
-        redacted_content(target.type, original.at("content").as_object(), room.version);
+        redacted_content(target.type, original.at("content").as_object(), version);
     auto e = std::make_shared<Event>(Event{static_cast<const store::EventRecord&>(target)});
-    if (std::stoi(room.version) >= 11) e->redacts = target.redacts;
+    if (std::stoi(version) >= 11) e->redacts = target.redacts;
     const std::string content = json::serialize(kept);
     e->json = build_event_json(*e, content);
     e->content_len = content.size();
@@ -843,16 +977,7 @@ void Rooms::apply_redaction_locked(Room& room, const Event& target, const EventP
     e->json += "\"redacted_because\":";
     e->json += redaction->json;
     e->json += "}}";
-
-    EventPtr ptr = e;
-    for (auto& r : room.recent)
-        if (r->event_id == target.event_id) r = ptr;
-    if (target.state_key)
-        if (auto current = room.state_event(target.type, *target.state_key);
-            current && current->event_id == target.event_id)
-            apply_locked(room, ptr);  // the state derived from it follows (power levels...)
-    w.mutations.push_back(store::RedactEvent{target.stream, e->json});
-    for (const auto& f : redacted_) f(room, ptr);
+    return e;
 }
 
 asio::awaitable<Response> Rooms::redact(Request& req) {
@@ -886,30 +1011,19 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
             throw MatrixError(404, errcode::not_found, "Event not found in this room");
         target = to_event(std::move(*row));
     }
-    std::uint64_t ticket = 0;
-    std::string event_id;
-    {
-        std::lock_guard lock(core_.mu);
-        if (auto retry = retried_locked(device, txn_key)) co_return std::move(*retry);
-        Room& room = room_or_throw_locked(room_id);
-        if (target->type == "m.room.create")
-            throw MatrixError(403, errcode::forbidden, "The room's creation cannot be redacted");
-        if (target->sender != s.user_id && room.power.user_level(s.user_id) < room.power.redact)
-            throw MatrixError(403, errcode::forbidden,
-                              "Your power level is too low to redact other users' events");
-        content["redacts"] = target_id;
-        PendingWrite w;
-        auto ev = append_event_locked(room, s.user_id,
-                                      {"m.room.redaction", std::nullopt, std::move(content)}, w,
-                                      device, txn);
-        apply_redaction_locked(room, *target, ev, w);
-        event_id = ev->event_id;
-        txns_.remember(device, txn_key, event_id, ev->origin_server_ts);
-        ticket = core_.submit_locked(std::move(w));
-    }
-    co_await core_.durable(ticket);
+    // Whether the sender may redact it is decided with the redaction, against the room's
+    // power levels then.
+    if (auto retry = co_await claim_txn(device, txn_key)) co_return std::move(*retry);
+    content["redacts"] = target_id;
+    RoomWrite write;
+    write.events.push_back(Append{room_id, s.user_id,
+                                  NewEvent{"m.room.redaction", std::nullopt, std::move(content)},
+                                  device, txn});
+    write.redacts = target;
+    write.claimed_txn = device + '\n' + txn_key;
+    auto events = co_await append(write);
     spdlog::info("{} redacted {} in {}", s.user_id, target_id, room_id);
-    co_return event_id_response(event_id);
+    co_return event_id_response(events.at(0)->event_id);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -30,6 +31,33 @@ struct RoomMembership {
     StreamId stream = 0;
 };
 using Memberships = std::unordered_map<std::string, RoomMembership>;  // by room id
+
+// One event a request asks to append to a room.
+struct Append {
+    std::string room_id;
+    std::string sender;
+    NewEvent ev;
+    // The device (Session::device_key) and client transaction id that sent it, if any.
+    std::string txn_device_key;
+    std::string txn_id;
+};
+
+// Room events written together, decided in their transaction (Rooms::append).
+struct RoomWrite {
+    std::vector<Append> events;
+    // Each event is decided on its own: one the rules refuse is left out (a new display name
+    // in every joined room) instead of refusing the whole write.
+    bool each_on_its_own = false;
+    // createRoom: the room that the first event, its m.room.create, makes.
+    std::optional<store::RoomRecord> create;
+    // A redaction: the event that the write's one event redacts.
+    EventPtr redacts;
+    // Written with the events, and refused with them.
+    std::vector<store::Mutation> mutations;
+    // The client transaction this write answers, claimed (Rooms::claim_txn) until the write
+    // settled: device + '\n' + room id + '\n' + transaction id.
+    std::string claimed_txn;
+};
 
 class Rooms {
   public:
@@ -59,18 +87,18 @@ class Rooms {
     }
     // The user's rooms (an empty map for a user with none).
     const Memberships& memberships_locked(const std::string& user_id) const;
-    // Checks the auth rules, assigns the next stream position, applies the event to the model
-    // and adds its mutation to `w`. `creating` is createRoom's m.room.create, the one event no
-    // auth rule admits.
-    EventPtr append_event_locked(Room& room, const std::string& sender, NewEvent ev,
-                                 PendingWrite& w, const std::string& txn_device_key = {},
-                                 const std::string& txn_id = {}, bool creating = false);
+    // Appends events: decided in their transaction (Core::transact) against the rooms as
+    // committed and as the writes before them in the same transaction left them (the auth
+    // rules, the replaced state), stored, and only then applied to the rooms held here.
+    // Returns the events appended, in order; throws the refusal (nothing is appended) or 503.
+    // A coroutine taking its argument by reference: the caller's object must outlive it.
+    asio::awaitable<std::vector<EventPtr>> append(RoomWrite& write);
     Room& room_or_throw_locked(const std::string& room_id);
-    // Called under the lock for every event appended, after the room applied it, with the
-    // write it is part of.
+    // Called under the lock for every event appended, once it committed and the room applied
+    // it, with a write for what the listener stores in turn.
     using Appended = std::function<void(const Room&, const EventPtr&, PendingWrite&)>;
     void on_appended(Appended f) { appended_.push_back(std::move(f)); }
-    // Called under the lock when createRoom has built a room, with its request body.
+    // Called under the lock when createRoom's room was made, with its request body.
     using Created =
         std::function<void(const Room&, const boost::json::object& body, PendingWrite&)>;
     void on_created(Created f) { created_.push_back(std::move(f)); }
@@ -89,20 +117,37 @@ class Rooms {
     void require_local_alias(const std::string& alias) const;
 
   private:
+    struct Decided;
+    // A RoomWrite's decision, run on the writer's thread in the transaction.
+    void decide(const RoomWrite& write, store::Txn& txn, StreamId first, Decided& out);
+    // Once the transaction committed: the rooms held here follow. Under the lock.
+    std::vector<std::string> applied_locked(const RoomWrite& write, const Decided& out);
+    // A new event of `room` at `stream`, checked against the auth rules (`creating`:
+    // createRoom's m.room.create, the one event no auth rule admits).
+    EventPtr build_event_locked(const RoomState& room, const Append& a, StreamId stream,
+                                bool creating) const;
+    // The room as the decisions of the current transaction see it: what the writes decided
+    // before in it left, else as committed. Writer's thread, under the lock.
+    const RoomState* decided_state_locked(const std::string& room_id) const;
     void apply_locked(Room& room, const EventPtr& ev);
     // The room's event in memory (its state or recent window), or nullptr.
     EventPtr find_event_locked(const Room& room, const std::string& event_id) const;
-    // Replaces `target` everywhere it is held and stored by its redacted form.
-    void apply_redaction_locked(Room& room, const Event& target, const EventPtr& redaction,
-                                PendingWrite& w);
+    // `target` as `redaction` leaves it, in a room of that version.
+    static EventPtr redacted_form(const std::string& version, const Event& target,
+                                  const EventPtr& redaction);
     // Before the device's first request with a transaction id since start: the ids of what
     // it sent before are read back from the store (without the lock), so that a retry of a
     // request a restart cut off gets the first answer.
     void recall_txns(const Session& s);
     // The answer to a retried transaction (PUT /send, /redact), or nothing for a new one.
     std::optional<Response> retried_locked(const std::string& device, const std::string& txn_key);
+    // The answer to a retried transaction, or nothing when this request is the first with
+    // it: then the id is in flight until its write settled, and a retry meanwhile waits for
+    // that. Ends with release_txn.
+    asio::awaitable<std::optional<Response>> claim_txn(const std::string& device,
+                                                       const std::string& txn_key);
     // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
-    void check_canonical_alias_locked(const Room& room, const NewEvent& ev) const;
+    void check_canonical_alias_locked(const RoomState& room, const NewEvent& ev) const;
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
     // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
     void require_reader_locked(const Room& room, const std::string& user) const;
@@ -119,7 +164,12 @@ class Rooms {
     Accounts& accounts_;
     std::unordered_map<std::string, Room> rooms_;
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
-    TxnIds txns_;  // event ids by device, room id + '\n' + txn id
+    TxnIds txns_;                           // event ids by device, room id + '\n' + txn id
+    std::set<std::string> txns_in_flight_;  // device + '\n' + room id + '\n' + txn id
+    // What the decisions of the writer's current transaction made of the rooms they changed
+    // (writer's thread only; dropped when a new transaction begins).
+    std::unordered_map<std::string, std::shared_ptr<RoomState>> staged_;
+    std::uint64_t staged_txn_ = 0;
     std::vector<Appended> appended_;
     std::vector<Created> created_;
     std::vector<Redacted> redacted_;

@@ -11,6 +11,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <functional>
 #include <memory>
@@ -128,7 +129,14 @@ class SqlStore : public Store {
     struct DbTxn final : Txn {
         Db& db;
         StreamId max_stream = 0;  // the newest position written, for stream_position
-        explicit DbTxn(Db& d) : db(d) {}
+        const std::uint64_t number;
+        explicit DbTxn(Db& d) : db(d), number(next_serial()) {}
+
+        static std::uint64_t next_serial() {
+            static std::atomic<std::uint64_t> last{0};
+            return ++last;
+        }
+        std::uint64_t serial() const override { return number; }
 
         void write(const Mutation& m) override {
             std::visit([&](const auto& v) { SqlStore::write(db, v, max_stream); }, m);

@@ -355,6 +355,10 @@ using Mutation =
 class Txn {
   public:
     virtual ~Txn() = default;
+    // Tells this transaction apart from every other one of the process, and from an earlier
+    // attempt at the same writes: what a decision keeps beside the transaction (what earlier
+    // decisions in it decided) is valid only while it is the same.
+    virtual std::uint64_t serial() const = 0;
     virtual void write(const Mutation& m) = 0;
     // The id of the user's filter whose JSON is exactly `json`, if there is one.
     virtual std::optional<std::int64_t> filter_id(const std::string& user_id,
