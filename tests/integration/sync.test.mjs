@@ -159,6 +159,16 @@ test('sendToDevice reaches the named device once, and * reaches all devices', as
   assert.equal(bad.body.errcode, 'M_MISSING_PARAM');
 });
 
+test('sendToDevice retried while its first attempt is being written is delivered once', async () => {
+  const { alice, bob } = await dm();
+  const base = await bob.sync();
+  const body = { messages: { [bob.userId]: { [bob.deviceId]: { once: true } } } };
+  const puts = await Promise.all(Array.from({ length: 8 }, () => alice.call('PUT', '/sendToDevice/m.call.test/same', { body })));
+  for (const put of puts) assert.equal(put.status, 200, put.text);
+  const got = await bob.sync({ since: base.next_batch });
+  assert.deepEqual(got.to_device.events, [{ content: { once: true }, sender: alice.userId, type: 'm.call.test' }]);
+});
+
 test('push rules: the default rule set with the user substituted', async () => {
   const u = await fresh('pusher');
   const res = await u.call('GET', '/pushrules/');

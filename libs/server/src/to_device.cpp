@@ -89,38 +89,52 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     auto deliveries = std::make_shared<std::vector<Delivery>>();
     const std::string sender = s.device_key();
     const std::int64_t now = core_.now_ms();
-    {
-        std::lock_guard lock(core_.mu);
-        if (txns_.find(sender, txn, now)) co_return Response{};
-        for (const auto& [user_key, devices] : *messages) {
-            std::string user(user_key);
-            if (!devices.is_object())
-                throw MatrixError(400, errcode::bad_json,
-                                  "messages." + user + " must be an object");
-            if (!accounts_.exists_locked(user)) continue;  // unknown or remote: nothing to do here
-            // Only to devices that exist (are signed in): a message for any other id would
-            // wait for ever.
-            const std::vector<std::string> existing = accounts_.devices_locked(user);
-            for (const auto& [device_key_sv, content] : devices.get_object()) {
-                if (!content.is_object())
-                    throw MatrixError(400, errcode::bad_json,
-                                      "each to-device message must be an object");
-                std::string message = "{\"content\":" + json::serialize(content) +
-                                      ",\"sender\":" + quoted(s.user_id) +
-                                      ",\"type\":" + quoted(type) + "}";
-                std::vector<std::string> targets;
-                if (device_key_sv == "*")
-                    targets = existing;
-                else if (std::binary_search(existing.begin(), existing.end(), device_key_sv))
-                    targets.emplace_back(device_key_sv);
-                for (auto& device : targets)
-                    deliveries->push_back({user, std::move(device), message});
+    const std::string claim = sender + '\n' + txn;
+    for (;;) {
+        std::uint64_t first_attempt = 0;
+        {
+            std::lock_guard lock(core_.mu);
+            if (txns_.find(sender, txn, now)) co_return Response{};
+            // A retry while the first attempt is being written waits for its outcome.
+            if (in_flight_.count(claim)) {
+                first_attempt = core_.submitted();
+            } else {
+                for (const auto& [user_key, devices] : *messages) {
+                    std::string user(user_key);
+                    if (!devices.is_object())
+                        throw MatrixError(400, errcode::bad_json,
+                                          "messages." + user + " must be an object");
+                    if (!accounts_.exists_locked(user))
+                        continue;  // unknown or remote: nothing to do here
+                    // Only to devices that exist (are signed in): a message for any other id would
+                    // wait for ever.
+                    const std::vector<std::string> existing = accounts_.devices_locked(user);
+                    for (const auto& [device_key_sv, content] : devices.get_object()) {
+                        if (!content.is_object())
+                            throw MatrixError(400, errcode::bad_json,
+                                              "each to-device message must be an object");
+                        std::string message = "{\"content\":" + json::serialize(content) +
+                                              ",\"sender\":" + quoted(s.user_id) +
+                                              ",\"type\":" + quoted(type) + "}";
+                        std::vector<std::string> targets;
+                        if (device_key_sv == "*")
+                            targets = existing;
+                        else if (std::binary_search(existing.begin(), existing.end(),
+                                                    device_key_sv))
+                            targets.emplace_back(device_key_sv);
+                        for (auto& device : targets)
+                            deliveries->push_back({user, std::move(device), message});
+                    }
+                }
+                if (deliveries->empty()) {
+                    txns_.remember(sender, txn, {}, now);
+                    co_return Response{};
+                }
+                in_flight_.insert(claim);  // until the write settled
             }
         }
-        if (deliveries->empty()) {
-            txns_.remember(sender, txn, {}, now);
-            co_return Response{};
-        }
+        if (!first_attempt) break;
+        co_await core_.durable(first_attempt);
     }
     // Decided in the transaction: every message is checked against what waits for its device
     // before any is written, so a request is refused whole.
@@ -162,6 +176,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
         txns_.remember(sender, txn, {}, now);
         return wake;
     };
+    decision.settled = [this, claim] { in_flight_.erase(claim); };
     co_await core_.transact(std::move(decision));
     co_return Response{};
 }

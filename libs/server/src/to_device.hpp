@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -49,6 +50,7 @@ class ToDevice {
     Accounts& accounts_;
     std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
     TxnIds txns_;  // by sending device
+    std::set<std::string> in_flight_;  // sending device + '\n' + txn id, until written
 };
 
 }  // namespace mxvoip::server
