@@ -114,6 +114,37 @@ test('invite, join, leave, joined_rooms and the auth rules around them', async (
   assert.equal(noUser.body.errcode, 'M_MISSING_PARAM');
 });
 
+test('kick, ban and unban: who may, and whom', async () => {
+  const alice = await fresh('alice');
+  const bob = await fresh('bob');
+  const carol = await fresh('carol');
+  const roomId = await alice.createRoom({ preset: 'public_chat' });
+  assert.equal((await bob.join(roomId)).status, 200);
+  const path = (what) => `/rooms/${enc(roomId)}/${what}`;
+  const membership = async (u) => (await alice.call('GET', path(`state/m.room.member/${enc(u.userId)}`))).body.membership;
+  const kickCarol = await alice.call('POST', path('kick'), { body: { user_id: carol.userId } });
+  assert.equal(kickCarol.status, 403, kickCarol.text);
+  assert.match(kickCarol.body.error, /not in the room/);
+  const byBob = await bob.call('POST', path('kick'), { body: { user_id: alice.userId } });
+  assert.equal(byBob.status, 403, byBob.text);
+  const noUser = await alice.call('POST', path('ban'), { body: {} });
+  assert.equal(noUser.status, 400);
+  assert.equal(noUser.body.errcode, 'M_MISSING_PARAM');
+  const notBanned = await alice.call('POST', path('unban'), { body: { user_id: bob.userId } });
+  assert.equal(notBanned.status, 403, notBanned.text);
+  assert.equal(await membership(bob), 'join');
+  assert.equal((await alice.call('POST', path('kick'), { body: { user_id: bob.userId, reason: 'out' } })).status, 200);
+  assert.equal(await membership(bob), 'leave');
+  assert.equal((await bob.join(roomId)).status, 200);
+  assert.equal((await alice.call('POST', path('ban'), { body: { user_id: bob.userId } })).status, 200);
+  assert.equal(await membership(bob), 'ban');
+  assert.equal((await bob.join(roomId)).status, 403);
+  assert.equal((await alice.call('POST', path('kick'), { body: { user_id: bob.userId } })).status, 403);
+  assert.equal((await alice.call('POST', path('unban'), { body: { user_id: bob.userId } })).status, 200);
+  assert.equal(await membership(bob), 'leave');
+  assert.equal((await bob.join(roomId)).status, 200);
+});
+
 test('power levels decide who may send which event type', async () => {
   const alice = await fresh('alice');
   const bob = await fresh('bob');

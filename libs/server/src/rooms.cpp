@@ -26,6 +26,10 @@ Response event_id_response(const std::string& event_id) {
     return Response{200, "{\"event_id\":" + quoted(event_id) + "}", {}};
 }
 
+// A membership change with no rule about its target's membership (Append::target_must_be),
+// named: a coroutine's arguments are no temporaries (GCC 12).
+const std::string kNoRule;
+
 json::object default_power_levels(const std::string& creator) {
     return json::object{
         {"users", {{creator, 100}}},
@@ -214,12 +218,14 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
 asio::awaitable<Response> Rooms::membership_change(Request& req, const std::string& room_id,
                                                    const std::string& target,
                                                    const std::string& membership,
-                                                   json::object& extra) {
+                                                   json::object& extra,
+                                                   const std::string& target_must_be) {
     const Session& s = *req.session;
     RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
+        check_target(room, target, target_must_be);
         // Joining again, or inviting someone already invited, changes nothing: answer as Synapse
         // does.
         if (room.membership_of(target) == membership && membership != "join") co_return Response{};
@@ -248,8 +254,12 @@ asio::awaitable<Response> Rooms::membership_change(Request& req, const std::stri
             if (auto prev = room.state_event("m.room.member", target);
                 prev && json::parse(prev->content()) == json::value(content))
                 co_return json_response(json::object{{"room_id", room_id}});
-        write.events.push_back(
-            Append{room_id, s.user_id, NewEvent{"m.room.member", target, std::move(content)}});
+        write.events.push_back(Append{room_id,
+                                      s.user_id,
+                                      NewEvent{"m.room.member", target, std::move(content)},
+                                      {},
+                                      {},
+                                      target_must_be});
     }
     co_await append(write);
     spdlog::info("{}: {} {} in {}", s.user_id, target, membership, room_id);
@@ -265,7 +275,7 @@ asio::awaitable<Response> Rooms::invite(Request& req) {
     json::object extra;
     if (auto reason = proto::opt_string(body, "reason")) extra["reason"] = *reason;
     const std::string membership = "invite";
-    co_return co_await membership_change(req, req.params[0], target, membership, extra);
+    co_return co_await membership_change(req, req.params[0], target, membership, extra, kNoRule);
 }
 
 asio::awaitable<Response> Rooms::join(Request& req) {
@@ -283,7 +293,7 @@ asio::awaitable<Response> Rooms::join(Request& req) {
     json::object extra;
     if (auto reason = proto::opt_string(req.json, "reason")) extra["reason"] = *reason;
     const std::string membership = "join";
-    co_return co_await membership_change(req, id, req.session->user_id, membership, extra);
+    co_return co_await membership_change(req, id, req.session->user_id, membership, extra, kNoRule);
 }
 
 asio::awaitable<Response> Rooms::leave(Request& req) {
@@ -291,7 +301,33 @@ asio::awaitable<Response> Rooms::leave(Request& req) {
     if (auto reason = proto::opt_string(req.json, "reason")) extra["reason"] = *reason;
     const std::string membership = "leave";
     co_return co_await membership_change(req, req.params[0], req.session->user_id, membership,
-                                         extra);
+                                         extra, kNoRule);
+}
+
+asio::awaitable<Response> Rooms::moderate(Request& req, const std::string& membership,
+                                          const std::string& target_must_be) {
+    std::string target(proto::req_string(req.json, "user_id"));
+    if (!proto::parse_user_id(target))
+        throw MatrixError(400, errcode::invalid_param, "user_id is not a user id");
+    json::object extra;
+    if (auto reason = proto::opt_string(req.json, "reason")) extra["reason"] = *reason;
+    co_return co_await membership_change(req, req.params[0], target, membership, extra,
+                                         target_must_be);
+}
+
+asio::awaitable<Response> Rooms::kick(Request& req) {
+    const std::string membership = "leave", must_be = "member";
+    co_return co_await moderate(req, membership, must_be);
+}
+
+asio::awaitable<Response> Rooms::ban(Request& req) {
+    const std::string membership = "ban", must_be;
+    co_return co_await moderate(req, membership, must_be);
+}
+
+asio::awaitable<Response> Rooms::unban(Request& req) {
+    const std::string membership = "leave", must_be = "banned";
+    co_return co_await moderate(req, membership, must_be);
 }
 
 asio::awaitable<Response> Rooms::joined_rooms(Request& req) {
@@ -744,6 +780,15 @@ EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, Strea
     return e;
 }
 
+void Rooms::check_target(const RoomState& room, const std::string& target,
+                         const std::string& must_be) {
+    const std::string& m = room.membership_of(target);
+    if (must_be == "member" && m != "join" && m != "invite")
+        throw MatrixError(403, errcode::forbidden, target + " is not in the room");
+    if (must_be == "banned" && m != "ban")
+        throw MatrixError(403, errcode::forbidden, target + " is not banned from the room");
+}
+
 // What a RoomWrite's decision made, for its applied step and its request.
 struct Rooms::Decided {
     std::vector<EventPtr> events;  // in stream order
@@ -801,6 +846,7 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                             403, errcode::forbidden,
                             "Your power level is too low to redact other users' events");
                 }
+                if (a.ev.state_key) check_target(*room, *a.ev.state_key, a.target_must_be);
                 EventPtr ev = build_event_locked(*room, a, first + static_cast<StreamId>(i),
                                                  write.create && i == 0);
                 if (ev->state_key) writable(a.room_id).apply_state(ev);

@@ -40,6 +40,9 @@ struct Append {
     // The device (Session::device_key) and client transaction id that sent it, if any.
     std::string txn_device_key;
     std::string txn_id;
+    // A membership change of someone else that only applies to a member of the room (a
+    // kick: joined or invited) or only to someone banned (an unban); empty: no such rule.
+    std::string target_must_be;
 };
 
 // Room events written together, decided in their transaction (Rooms::append).
@@ -69,6 +72,9 @@ class Rooms {
     asio::awaitable<Response> invite(Request&);
     asio::awaitable<Response> join(Request&);
     asio::awaitable<Response> leave(Request&);
+    asio::awaitable<Response> kick(Request&);
+    asio::awaitable<Response> ban(Request&);
+    asio::awaitable<Response> unban(Request&);
     asio::awaitable<Response> joined_rooms(Request&);
     asio::awaitable<Response> send_event(Request&);
     asio::awaitable<Response> put_state(Request&);
@@ -129,6 +135,10 @@ class Rooms {
     // The room as the decisions of the current transaction see it: what the writes decided
     // before in it left, else as committed. Writer's thread, under the lock.
     const RoomState* decided_state_locked(const std::string& room_id) const;
+    // 403 when a kick's target is not in the room or an unban's is not banned
+    // (Append::target_must_be).
+    static void check_target(const RoomState& room, const std::string& target,
+                             const std::string& must_be);
     void apply_locked(Room& room, const EventPtr& ev);
     // The room's event in memory (its state or recent window), or nullptr.
     EventPtr find_event_locked(const Room& room, const std::string& event_id) const;
@@ -158,7 +168,11 @@ class Rooms {
     asio::awaitable<Response> membership_change(Request& req, const std::string& room_id,
                                                 const std::string& target,
                                                 const std::string& membership,
-                                                boost::json::object& extra);
+                                                boost::json::object& extra,
+                                                const std::string& target_must_be);
+    // /kick, /ban and /unban: {user_id, reason}.
+    asio::awaitable<Response> moderate(Request& req, const std::string& membership,
+                                       const std::string& target_must_be);
 
     Core& core_;
     Accounts& accounts_;

@@ -110,6 +110,9 @@ std::vector<Route> make_routes(Homeserver& hs) {
     add(verb::post, cs, "/join/*", true, on(rooms, &R::join), write_optional_body);
     add(verb::post, cs, "/rooms/*/join", true, on(rooms, &R::join), write_optional_body);
     add(verb::post, cs, "/rooms/*/leave", true, on(rooms, &R::leave), write_optional_body);
+    add(verb::post, cs, "/rooms/*/kick", true, on(rooms, &R::kick), write);
+    add(verb::post, cs, "/rooms/*/ban", true, on(rooms, &R::ban), write);
+    add(verb::post, cs, "/rooms/*/unban", true, on(rooms, &R::unban), write);
     add(verb::get, cs, "/joined_rooms", true, on(rooms, &R::joined_rooms));
     add(verb::put, cs, "/rooms/*/send/*/*", true, on(rooms, &R::send_event), write);
     add(verb::put, cs, "/rooms/*/state/*", true, on(rooms, &R::put_state), write);
