@@ -49,7 +49,7 @@ class ToDevice {
     Core& core_;
     Accounts& accounts_;
     std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
-    TxnIds txns_;  // by sending device
+    TxnIds txns_;                      // by sending device
     std::set<std::string> in_flight_;  // sending device + '\n' + txn id, until written
 };
 
