@@ -8,23 +8,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, register, roomEvents } from '../lib/harness.mjs';
+import { seeded } from '../lib/random.mjs';
 
 const SEED = Number(process.env.MXVOIP_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const WAVES = 30;
 const PER_WAVE = 8;
 const enc = encodeURIComponent;
-
-// mulberry32: a small seeded generator, so a seed replays the same requests.
-function generator(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 let server;
 before(async () => {
@@ -79,7 +68,7 @@ function replay(events) {
 }
 
 test(`random membership, power and messages at once: one consistent stream (MXVOIP_SEED=${SEED})`, async () => {
-  const random = generator(SEED);
+  const random = seeded(SEED);
   const pick = (list) => list[Math.floor(random() * list.length)];
   try {
     const alice = await register(server.url, `creator${SEED}`);

@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { startServer, register, makeDir, CS } from '../lib/harness.mjs';
+import { seeded } from '../lib/random.mjs';
 
 // encodeURIComponent, except that a lone surrogate becomes the three bytes a careless client
 // would send for it (not UTF-8: the server must refuse them).
@@ -19,17 +20,6 @@ function enc(text) {
     else out += encodeURIComponent(ch);
   }
   return out;
-}
-
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 // Every request goes through here: the body is decoded as strict UTF-8 and parsed as JSON.
@@ -87,7 +77,7 @@ function normalise(sync) {
 
 test('whatever the server accepted survives a restart, exactly, as valid JSON', async () => {
   const seed = Number(process.env.MXVOIP_PROPERTY_SEED ?? Math.floor(Math.random() * 2 ** 31));
-  const random = prng(seed);
+  const random = seeded(seed);
   const g = generator(random);
   const dir = makeDir();
   try {
