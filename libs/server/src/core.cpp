@@ -95,8 +95,9 @@ asio::awaitable<void> Core::transact(Decision&& decision) {
         const StreamId first = next_stream_;
         next_stream_ += static_cast<StreamId>(d.streams);
         const StreamId last = d.streams ? next_stream_ - 1 : 0;
-        store::Write write{std::move(d.mutations), [decide = std::move(d.decide), first](
-                                                       store::Txn& txn) { decide(txn, first); }};
+        store::Write write{
+            std::move(d.mutations),
+            [decide = std::move(d.decide), first](store::Txn& txn) { decide(txn, first); }, last};
         writer_.submit(std::move(write),
                        [this, shared, ex, first, last, applied = std::move(d.applied),
                         settled = std::move(d.settled)](std::exception_ptr failure,

@@ -98,6 +98,7 @@ class SqlStore : public Store {
                     txn.max_stream = max_before;
                 }
                 txn.db.exec("RELEASE SAVEPOINT decision");
+                txn.max_stream = std::max(txn.max_stream, w.last_stream);
             }
         });
         return refused;

@@ -513,6 +513,21 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 2));
 }
 
+TYPED_TEST(StoreTest, TheStreamPositionsOfARefusedDecisionAreNeverHandedOutAgain) {
+    auto store = this->backend.open();
+    std::vector<Write> batch{
+        Write{{}, [](Txn& txn) { txn.write(PutRoom{{"!r:x", "10"}}); }, 4},
+        Write{{}, [](Txn&) { throw std::invalid_argument("refused"); }, 7},
+    };
+    auto refused = store->transact(batch);
+    EXPECT_FALSE(refused[0]);
+    ASSERT_TRUE(refused[1]);
+    // A client's token may name position 7: after a restart the next position is above it.
+    store.reset();
+    store = this->backend.open();
+    EXPECT_EQ(store->load().max_stream, 7);
+}
+
 TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     auto store = this->backend.open();
     store->apply(std::vector<Mutation>{

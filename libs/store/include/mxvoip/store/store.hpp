@@ -387,6 +387,10 @@ class Txn {
 struct Write {
     std::vector<Mutation> mutations;
     std::function<void(Txn&)> decide;
+    // The newest stream position the write took (0: none). The stored stream position
+    // reaches it whether the decision wrote or refused: a position once handed out (a client's
+    // token may name it) is never handed out again after a restart.
+    StreamId last_stream = 0;
 };
 
 // What the server keeps in memory, read once at start-up. No room's timeline, no client
