@@ -516,7 +516,11 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
 TYPED_TEST(StoreTest, TheStreamPositionsOfARefusedDecisionAreNeverHandedOutAgain) {
     auto store = this->backend.open();
     std::vector<Write> batch{
-        Write{{}, [](Txn& txn) { txn.write(PutRoom{{"!r:x", "10"}}); }, 4},
+        Write{{},
+              [](Txn& txn) {
+                  txn.write(PutRoom{{"!r:x", "10"}});
+              },
+              4},
         Write{{}, [](Txn&) { throw std::invalid_argument("refused"); }, 7},
     };
     auto refused = store->transact(batch);
