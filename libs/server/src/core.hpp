@@ -50,7 +50,8 @@ struct Decision {
     std::vector<store::Mutation> mutations;
     // Stream positions the write takes (`first` is handed to `decide`). They are taken when
     // the write is submitted, in submission order like every other write's, so the visible
-    // position never passes a write still in flight; a refused write leaves them unused.
+    // position never passes a write still in flight; a refused write leaves them unused (and
+    // the stored stream position passes them, so none is handed out again after a restart).
     std::size_t streams = 0;
     // Runs on the writer's thread, in a savepoint of its own, reading and writing through the
     // transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It may run
