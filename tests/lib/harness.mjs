@@ -180,6 +180,22 @@ export async function startServer({ dir, config = {}, args = [], wrap = [], ownD
     get log() {
       return log;
     },
+    // Resolves once the server's log matches `pattern` (at once if it already does).
+    logged(pattern) {
+      return new Promise((resolve) => {
+        const check = () => {
+          if (!pattern.test(log)) return false;
+          proc.stderr.off('data', check);
+          proc.stdout.off('data', check);
+          resolve();
+          return true;
+        };
+        if (check()) return;
+        // After the listeners above that append to the log.
+        proc.stderr.on('data', check);
+        proc.stdout.on('data', check);
+      });
+    },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const result = await exited;
