@@ -84,6 +84,10 @@ test(`random membership, power and messages at once: one consistent stream (MXVO
     const synced = new Map(rooms.map((r) => [r, []]));
     let since = (await alice.sync({ filter })).next_batch;
     const markers = new Set();
+    let onMarkers;
+    const markersSeen = new Promise((resolve) => (onMarkers = resolve));
+    let last = null;  // the final messages' ids, once sent
+    const seenLast = () => last && last.every((id) => markers.has(id)) && onMarkers();
     let stopSync = false;
     let failed = false;
     const collector = (async () => {
@@ -97,6 +101,7 @@ test(`random membership, power and messages at once: one consistent stream (MXVO
             if (ev.content?.marker) markers.add(ev.event_id);
           }
         }
+        seenLast();
       }
     })();
 
@@ -135,9 +140,11 @@ test(`random membership, power and messages at once: one consistent stream (MXVO
     }
 
     // A last message in each room: once the collector has seen both, it has seen everything.
-    const last = [];
-    for (const roomId of rooms) last.push((await alice.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'end', marker: true })).body.event_id);
-    while (!last.every((id) => markers.has(id))) await new Promise((r) => setImmediate(r));
+    const sent = [];
+    for (const roomId of rooms) sent.push((await alice.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'end', marker: true })).body.event_id);
+    last = sent;
+    seenLast();
+    await markersSeen;
     stopSync = true;
     await collector;
 

@@ -361,7 +361,6 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     RoomWrite write;
     write.events.push_back(
         Append{room_id, s.user_id, NewEvent{type, std::nullopt, std::move(content)}, device, txn});
-    write.claimed_txn = device + '\n' + txn_key;
     auto events = co_await append(write);
     co_return event_id_response(events.at(0)->event_id);
 }
@@ -680,13 +679,15 @@ std::optional<Response> Rooms::retried_locked(const std::string& device,
 
 asio::awaitable<std::optional<Response>> Rooms::claim_txn(const std::string& device,
                                                           const std::string& txn_key) {
-    const std::string key = device + '\n' + txn_key;
     for (;;) {
         std::uint64_t first_attempt = 0;
         {
             std::lock_guard lock(core_.mu);
             if (auto retry = retried_locked(device, txn_key)) co_return retry;
-            if (txns_in_flight_.insert(key).second) co_return std::nullopt;
+            if (!txns_.in_flight(device, txn_key)) {
+                txns_.claim(device, txn_key);
+                co_return std::nullopt;
+            }
             first_attempt = core_.submitted();
         }
         // The first attempt is being written: its outcome is known once what was submitted
@@ -918,8 +919,11 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
         decide(*shared, txn, first, *decided);
     };
     d.applied = [this, shared, decided](StreamId) { return applied_locked(*shared, *decided); };
-    if (!shared->claimed_txn.empty())
-        d.settled = [this, key = shared->claimed_txn] { txns_in_flight_.erase(key); };
+    // The client transactions its events carry were claimed (claim_txn).
+    d.settled = [this, shared] {
+        for (const auto& a : shared->events)
+            if (!a.txn_id.empty()) txns_.settled(a.txn_device_key, a.room_id + '\n' + a.txn_id);
+    };
     co_await core_.transact(std::move(d));
     co_return decided->events;
 }
@@ -1066,7 +1070,6 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
                                   NewEvent{"m.room.redaction", std::nullopt, std::move(content)},
                                   device, txn});
     write.redacts = target;
-    write.claimed_txn = device + '\n' + txn_key;
     auto events = co_await append(write);
     spdlog::info("{} redacted {} in {}", s.user_id, target_id, room_id);
     co_return event_id_response(events.at(0)->event_id);

@@ -57,9 +57,6 @@ struct RoomWrite {
     EventPtr redacts;
     // Written with the events, and refused with them.
     std::vector<store::Mutation> mutations;
-    // The client transaction this write answers, claimed (Rooms::claim_txn) until the write
-    // settled: device + '\n' + room id + '\n' + transaction id.
-    std::string claimed_txn;
 };
 
 class Rooms {
@@ -152,8 +149,8 @@ class Rooms {
     // The answer to a retried transaction (PUT /send, /redact), or nothing for a new one.
     std::optional<Response> retried_locked(const std::string& device, const std::string& txn_key);
     // The answer to a retried transaction, or nothing when this request is the first with
-    // it: then the id is in flight until its write settled, and a retry meanwhile waits for
-    // that. Ends with release_txn.
+    // it: then the id is claimed (TxnIds::claim) until the write that carries it (its events'
+    // txn_id) settled, and a retry meanwhile waits for that.
     asio::awaitable<std::optional<Response>> claim_txn(const std::string& device,
                                                        const std::string& txn_key);
     // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
@@ -178,8 +175,7 @@ class Rooms {
     Accounts& accounts_;
     std::unordered_map<std::string, Room> rooms_;
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
-    TxnIds txns_;                           // event ids by device, room id + '\n' + txn id
-    std::set<std::string> txns_in_flight_;  // device + '\n' + room id + '\n' + txn id
+    TxnIds txns_;  // event ids by device, room id + '\n' + txn id
     // What the decisions of the writer's current transaction made of the rooms they changed
     // (writer's thread only; dropped when a new transaction begins).
     std::unordered_map<std::string, std::shared_ptr<RoomState>> staged_;

@@ -89,14 +89,13 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     auto deliveries = std::make_shared<std::vector<Delivery>>();
     const std::string sender = s.device_key();
     const std::int64_t now = core_.now_ms();
-    const std::string claim = sender + '\n' + txn;
     for (;;) {
         std::uint64_t first_attempt = 0;
         {
             std::lock_guard lock(core_.mu);
             if (txns_.find(sender, txn, now)) co_return Response{};
             // A retry while the first attempt is being written waits for its outcome.
-            if (in_flight_.count(claim)) {
+            if (txns_.in_flight(sender, txn)) {
                 first_attempt = core_.submitted();
             } else {
                 for (const auto& [user_key, devices] : *messages) {
@@ -130,7 +129,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
                     txns_.remember(sender, txn, {}, now);
                     co_return Response{};
                 }
-                in_flight_.insert(claim);  // until the write settled
+                txns_.claim(sender, txn);
             }
         }
         if (!first_attempt) break;
@@ -176,7 +175,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
         txns_.remember(sender, txn, {}, now);
         return wake;
     };
-    decision.settled = [this, claim] { in_flight_.erase(claim); };
+    decision.settled = [this, sender, txn] { txns_.settled(sender, txn); };
     co_await core_.transact(std::move(decision));
     co_return Response{};
 }

@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <deque>
-#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -49,8 +48,7 @@ class ToDevice {
     Core& core_;
     Accounts& accounts_;
     std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
-    TxnIds txns_;                      // by sending device
-    std::set<std::string> in_flight_;  // sending device + '\n' + txn id, until written
+    TxnIds txns_;  // by sending device
 };
 
 }  // namespace mxvoip::server

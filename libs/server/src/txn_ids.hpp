@@ -5,6 +5,7 @@
 #include <deque>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,19 @@ class TxnIds {
 
     void forget_device(const std::string& device) { devices_.erase(device); }
 
+    // A transaction id whose first attempt is being written: claimed until that write settled
+    // (stored or refused), so that a retry meanwhile waits for its outcome instead of acting
+    // twice.
+    bool in_flight(const std::string& device, const std::string& txn) const {
+        return in_flight_.count(device + '\n' + txn) != 0;
+    }
+    void claim(const std::string& device, const std::string& txn) {
+        in_flight_.insert(device + '\n' + txn);
+    }
+    void settled(const std::string& device, const std::string& txn) {
+        in_flight_.erase(device + '\n' + txn);
+    }
+
     std::size_t size() const {
         std::size_t n = 0;
         for (const auto& [_, d] : devices_) n += d.by_txn.size();
@@ -93,6 +107,7 @@ class TxnIds {
     };
     std::size_t per_device_;
     std::unordered_map<std::string, Device> devices_;
+    std::unordered_set<std::string> in_flight_;  // device + '\n' + txn
 };
 
 }  // namespace mxvoip::server
