@@ -285,3 +285,49 @@ test('event content: M_NOT_JSON, M_BAD_JSON, M_TOO_LARGE', async () => {
   const justUnder = await alice.call('PUT', path + 'h', { body: { body: 'x'.repeat(60000) } });
   assert.equal(justUnder.status, 200);
 });
+
+test('rooms past caches.rooms are let go and read again from the database when used', { timeout: 60000 }, async () => {
+  const small = await startServer({ config: { caches: { rooms: 2 }, log_level: 'debug' } });
+  try {
+    const alice = await register(small.url, 'alice');
+    const bob = await register(small.url, 'bob');
+    const rooms = [];
+    for (let i = 0; i < 4; i++) {
+      const roomId = await alice.createRoom({ name: `room ${i}`, preset: 'public_chat' });
+      assert.equal((await bob.join(roomId)).status, 200);
+      assert.equal((await alice.send(roomId, 'm.room.message', { msgtype: 'm.text', body: `hello ${i}` })).status, 200);
+      rooms.push(roomId);
+    }
+    await small.logged(/rooms let go \(2 held\)/);
+    // The first room was let go: using it reads it again, with its state, members and history.
+    const first = rooms[0];
+    const name = await alice.call('GET', `/rooms/${enc(first)}/state/m.room.name/`);
+    assert.equal(name.status, 200, name.text);
+    assert.equal(name.body.name, 'room 0');
+    await small.logged(new RegExp(`room ${first.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} read from the database`));
+    const members = await alice.call('GET', `/rooms/${enc(first)}/members`, { query: { membership: 'join' } });
+    assert.deepEqual(members.body.chunk.map((e) => e.state_key).sort(), [alice.userId, bob.userId].sort());
+    // The rules still hold there: bob has no power to rename it; alice has.
+    const refused = await bob.call('PUT', `/rooms/${enc(first)}/state/m.room.name/`, { body: { name: 'mine' } });
+    assert.equal(refused.status, 403);
+    assert.equal((await bob.send(first, 'm.room.message', { msgtype: 'm.text', body: 'back' })).status, 200);
+    // Every room, held or not, is in a first /sync with its name and its newest messages.
+    const sync = await bob.sync();
+    for (const [i, roomId] of rooms.entries()) {
+      const joined = sync.rooms.join[roomId];
+      assert.ok(joined, `room ${i} in the sync`);
+      const names = joined.state.events.concat(joined.timeline.events).filter((e) => e.type === 'm.room.name');
+      assert.equal(names.at(-1).content.name, `room ${i}`);
+      const bodies = joined.timeline.events.filter((e) => e.type === 'm.room.message').map((e) => e.content.body);
+      assert.deepEqual(bodies, i === 0 ? ['hello 0', 'back'] : [`hello ${i}`]);
+    }
+    // An incremental /sync sees a new message in a room read again, once.
+    const next = bob.call('GET', '/sync', { query: { since: sync.next_batch, timeout: '10000', set_presence: 'offline' } });
+    assert.equal((await alice.send(rooms[1], 'm.room.message', { msgtype: 'm.text', body: 'later' })).status, 200);
+    const later = (await next).body;
+    assert.deepEqual(Object.keys(later.rooms.join), [rooms[1]]);
+    assert.deepEqual(later.rooms.join[rooms[1]].timeline.events.map((e) => e.content.body), ['later']);
+  } finally {
+    await small.stop();
+  }
+});

@@ -121,7 +121,10 @@ export function storedBytes(dir) {
 }
 
 export function writeConfig(dir, overrides = {}) {
-  const config = { ...TEST_DEFAULTS, database: defaultDatabase(dir), ...overrides };
+  // MXVOIP_TEST_ROOM_CACHE=<n> holds no more than n rooms in memory (ctest's small_cache.*:
+  // every room read again from the database whenever another was used in between).
+  const caches = process.env.MXVOIP_TEST_ROOM_CACHE ? { caches: { rooms: Number(process.env.MXVOIP_TEST_ROOM_CACHE) } } : {};
+  const config = { ...TEST_DEFAULTS, ...caches, database: defaultDatabase(dir), ...overrides };
   const path = join(dir, 'homeserver.yaml');
   writeFileSync(path, yaml(config).trimStart() + '\n');
   return path;

@@ -146,7 +146,7 @@ asio::awaitable<Response> AccountData::put_account_data(Request& req) {
         throw MatrixError(413, errcode::too_large, "Account data is larger than 65536 bytes");
     if (!room.empty()) {
         std::lock_guard lock(core_.mu);
-        if (!rooms_.find_locked(room))
+        if (!rooms_.exists_locked(room))
             throw MatrixError(404, errcode::not_found, "Unknown room " + room);
     }
     Put entry{req.session->user_id, room, type, std::move(text)};

@@ -419,7 +419,9 @@ Config read_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              r.settings<std::size_t>(
                  n, k, "caches",
-                 {{"account_data", &c.caches.account_data}, {"filters", &c.caches.filters}},
+                 {{"account_data", &c.caches.account_data},
+                  {"filters", &c.caches.filters},
+                  {"rooms", &c.caches.rooms}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 100'000'000));
                  });

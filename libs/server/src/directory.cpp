@@ -27,7 +27,7 @@ Directory::Directory(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {
 void Directory::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
     for (auto& id : snap.published_rooms)
-        if (rooms_.find_locked(id)) published_.insert(std::move(id));
+        if (rooms_.exists_locked(id)) published_.insert(std::move(id));
 }
 
 bool Directory::may_edit_locked(const Room& room, const std::string& user) const {

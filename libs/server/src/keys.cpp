@@ -142,7 +142,7 @@ std::set<std::string> Keys::audience_locked(const std::string& user) const {
     std::set<std::string> out{user};
     for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
         if (m.membership != "join") continue;
-        if (const Room* room = rooms_.find_locked(room_id))
+        if (const Room* room = rooms_.find_or_skip_locked(room_id))
             for (const auto& [member, mm] : room->membership)
                 if (mm == "join") out.insert(member);
     }

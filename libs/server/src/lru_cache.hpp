@@ -32,19 +32,23 @@ class LruCache {
     // Holds `value` under `key` (replacing what was there) as the most recently used; the least
     // recently used entry goes when the cache would hold more than its capacity.
     Value& put(const Key& key, Value value) {
+        Value& held = hold(key, std::move(value));
+        shrink(entries_.begin());  // never the one just put
+        return held;
+    }
+
+    // As put(), but nothing goes: for a cache whose users may still hold references to its
+    // entries, which then calls trim() when none does.
+    Value& hold(const Key& key, Value value) {
         if (auto* held = get(key)) return *held = std::move(value);
         entries_.emplace_front(key, std::move(value));
         index_.emplace(key, entries_.begin());
-        // The least recently used that is not kept goes (never the one just put).
-        for (auto it = std::prev(entries_.end());
-             entries_.size() > capacity_ && it != entries_.begin();) {
-            auto victim = it--;
-            if (keep_ && keep_(victim->second)) continue;
-            index_.erase(victim->first);
-            entries_.erase(victim);
-        }
         return entries_.front().second;
     }
+
+    // The least recently used entries that are not kept go until the cache holds no more than
+    // its capacity. Returns how many went.
+    std::size_t trim() { return shrink(entries_.end()); }
 
     void erase(const Key& key) {
         if (auto it = index_.find(key); it != index_.end()) {
@@ -57,6 +61,23 @@ class LruCache {
     std::size_t capacity() const { return capacity_; }
 
   private:
+    // Drops the least recently used entries not kept, stopping at `spared`, down to capacity.
+    std::size_t shrink(typename std::list<std::pair<Key, Value>>::iterator spared) {
+        std::size_t dropped = 0;
+        for (auto it = entries_.end(); entries_.size() > capacity_ && it != entries_.begin();) {
+            auto victim = std::prev(it);
+            if (victim == spared) break;
+            if (keep_ && keep_(victim->second)) {
+                it = victim;
+                continue;
+            }
+            index_.erase(victim->first);
+            entries_.erase(victim);
+            ++dropped;
+        }
+        return dropped;
+    }
+
     using Entries = std::list<std::pair<Key, Value>>;  // most recently used first
     std::size_t capacity_;
     Keep keep_;

@@ -253,7 +253,7 @@ std::size_t Notifications::unread_total_locked(const std::string& user) {
     std::size_t total = 0;
     for (const auto& [room_id, m] : rooms_.memberships_locked(user))
         if (m.membership == "join")
-            if (const Room* room = rooms_.find_locked(room_id))
+            if (const Room* room = rooms_.find_or_skip_locked(room_id))
                 total += unread_locked(*room, user).events.size();
     return total;
 }

@@ -104,7 +104,7 @@ void Presence::change_locked(const std::string& user, State& st, const std::stri
     w.wake.push_back(user);
     for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
         if (m.membership != "join") continue;
-        if (const Room* room = rooms_.find_locked(room_id))
+        if (const Room* room = rooms_.find_or_skip_locked(room_id))
             for (const auto& [member, mm] : room->membership)
                 if (mm == "join" && member != user) w.wake.push_back(member);
     }

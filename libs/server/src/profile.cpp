@@ -110,10 +110,7 @@ asio::awaitable<Response> Profile::search_user_directory(Request& req) {
     for (const auto& [room_id, m] : rooms_.memberships_locked(me))
         if (m.membership == "join")
             if (const Room* room = rooms_.find_locked(room_id)) add_joined(*room);
-    rooms_.for_each_room_locked([&](const Room& room) {
-        if (room.join_rule == "public" || room.history.current_visibility() == "world_readable")
-            add_joined(room);
-    });
+    rooms_.for_each_open_room_locked(add_joined);
     if (core_.config().user_directory_search_all_users)
         accounts_.for_each_user_locked([&](const store::UserRecord& u) {
             if (!u.is_guest) visible.insert(u.user_id);

@@ -37,7 +37,7 @@ Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
 void Receipts::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
     for (auto& r : snap.receipts) {
-        if (!rooms_.find_locked(r.room_id)) continue;
+        if (!rooms_.exists_locked(r.room_id)) continue;
         auto& room = rooms_receipts_[r.room_id];
         Key key{r.user_id, r.receipt_type, r.thread_id};
         auto event_stream = event_id_stream(r.event_id).value_or(0);
@@ -126,7 +126,7 @@ void Receipts::put_locked(const std::string& room_id, const std::string& user,
         w.wake.push_back(user);
         return;
     }
-    if (const Room* joined = rooms_.find_locked(room_id))
+    if (const Room* joined = rooms_.find_or_skip_locked(room_id))
         for (const auto& [member, m] : joined->membership)
             if (m == "join") w.wake.push_back(member);
 }

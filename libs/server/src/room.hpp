@@ -73,6 +73,12 @@ struct Room : RoomState {
     RoomHistory history;          // what the history visibility rules read
     std::deque<EventPtr> recent;  // newest events, stream order
     StreamId evicted_upto = 0;    // newest stream of this room that is no longer in `recent`
+    // Read from the store when it was first needed, with every event up to here: one of them
+    // applied again (committed before the room was read, applied after) changes nothing.
+    StreamId loaded_upto = 0;
+    // Writes submitted and not yet settled: while there are any, the room stays in memory
+    // (their decisions and their applied step find it there).
+    int writes_in_flight = 0;
 
     // As RoomState::apply_state, and the history visibility record follows.
     void apply_state(const EventPtr& ev);

@@ -1,6 +1,7 @@
 #include "rooms.hpp"
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -142,7 +143,7 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             throw MatrixError(400, errcode::room_in_use, "Room alias " + alias + " is taken");
         do {
             room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
-        } while (rooms_.count(room_id));
+        } while (known_.count(room_id));
         write.create = store::RoomRecord{room_id, version};
         auto add = [&](std::string type, std::optional<std::string> state_key,
                        json::object content) {
@@ -203,9 +204,9 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
                     aliases_.erase(it);
                     aliases_by_room_.erase(room_id);
                 }
-        } else {
+        } else if (const Room* room = find_or_skip_locked(room_id)) {
             PendingWrite theirs;
-            for (const auto& f : created_) f(rooms_.at(room_id), body, theirs);
+            for (const auto& f : created_) f(*room, body, theirs);
             if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
         }
     }
@@ -599,7 +600,10 @@ bool has_float(const json::value& v) {
 }  // namespace
 
 Rooms::Rooms(Core& core, Accounts& accounts)
-    : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
+    : core_(core),
+      accounts_(accounts),
+      rooms_(core.config().caches.rooms, [](const Room& r) { return r.writes_in_flight > 0; }),
+      txns_(core.config().limits.txn_ids_per_device) {
     // A device that signed out sends nothing more: its transaction ids go with it, also
     // from the store, where a device signing in again with the same id would recall them.
     accounts_.on_device_removed(
@@ -611,39 +615,39 @@ Rooms::Rooms(Core& core, Accounts& accounts)
         });
 }
 
+namespace {
+// A member event's membership, as the room's state reads it.
+std::string membership_value(std::string value) {
+    return value.empty() ? "leave" : value;
+}
+}  // namespace
+
 void Rooms::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
-    for (auto& r : snap.rooms) {
-        Room& room = rooms_[r.room_id];
-        room.id = r.room_id;
-        room.version = r.room_version;
-    }
-    // The history first: the current state replays its last entries, which are then ignored.
+    // No room is read at start (its state, history and timeline are read when it is first
+    // needed): only what tells the rooms there are, who may join or read them, and each local
+    // user's memberships.
+    for (auto& r : snap.rooms) known_[r.room_id].version = std::move(r.room_version);
+    for (const auto& j : snap.join_rules)
+        if (auto it = known_.find(j.room_id); it != known_.end())
+            it->second.public_join = j.value == "public";
     for (auto& h : snap.history) {
-        auto it = rooms_.find(h.room_id);
-        if (it == rooms_.end()) continue;
-        if (h.type == "m.room.member")
-            it->second.history.record_membership(h.state_key, h.stream, std::move(h.value));
-        else if (h.state_key.empty())
-            it->second.history.record_visibility(h.stream, std::move(h.value));
+        auto it = known_.find(h.room_id);
+        if (it == known_.end()) continue;
+        if (h.type != "m.room.member") {
+            if (h.state_key.empty()) it->second.world_readable = h.value == "world_readable";
+            continue;
+        }
+        if (!accounts_.exists_locked(h.state_key)) continue;  // remote users have none here
+        // A membership dates from the event that changed it, as while running (a new display
+        // name is not a new join).
+        std::string membership = membership_value(std::move(h.value));
+        auto [m, fresh] = memberships_[h.state_key].try_emplace(h.room_id);
+        if (fresh || m->second.membership != membership)
+            m->second = RoomMembership{std::move(membership), h.stream};
     }
-    for (auto& r : snap.state_events) {
-        auto ev = to_event(std::move(r));
-        auto it = rooms_.find(ev->room_id);
-        if (it == rooms_.end()) continue;
-        apply_locked(it->second, ev);
-    }
-    // A membership dates from the event that changed it, as while running (the current state
-    // holds the newest member event, which may only have changed a display name).
-    for (auto& [user, mine] : memberships_)
-        for (auto& [room_id, m] : mine)
-            if (auto since = rooms_.at(room_id).history.membership_since(user)) m.stream = since;
-    // No timeline is read at start (it would cost time and memory in proportion to the rooms
-    // and their traffic): every window starts empty, with everything up to the start's stream
-    // position in the store, where the timeline readers find it, and fills as events come.
-    for (auto& [_, room] : rooms_) room.evicted_upto = snap.max_stream;
     for (auto& a : snap.room_aliases) {
-        if (!rooms_.count(a.room_id)) continue;
+        if (!known_.count(a.room_id)) continue;
         aliases_by_room_[a.room_id].insert(a.alias);
         aliases_.emplace(a.alias, std::move(a));
     }
@@ -696,9 +700,68 @@ asio::awaitable<std::optional<Response>> Rooms::claim_txn(const std::string& dev
     }
 }
 
+void Rooms::start(asio::any_io_executor ex) {
+    std::lock_guard lock(core_.mu);
+    trims_ = std::move(ex);
+    trim_later_locked();
+}
+
+Room* Rooms::get_locked(const std::string& room_id) const {
+    if (Room* held = rooms_.get(room_id)) return held;
+    if (!known_.count(room_id)) return nullptr;
+    // Read under the lock: the room cannot change meanwhile, and what commits meanwhile (its
+    // applied step waits for the lock) is in what is read, up to `upto`, and not applied
+    // twice (Room::loaded_upto).
+    auto loaded = core_.store().room(room_id);
+    if (!loaded) {
+        spdlog::error("room {} is known but not in the database", room_id);
+        return nullptr;
+    }
+    Room room;
+    room.id = room_id;
+    room.version = std::move(loaded->room.room_version);
+    for (auto& h : loaded->history) {
+        if (h.type == "m.room.member")
+            room.history.record_membership(h.state_key, h.stream,
+                                           membership_value(std::move(h.value)));
+        else if (h.state_key.empty())
+            room.history.record_visibility(h.stream, std::move(h.value));
+    }
+    // The history first: the current state replays its last entries, which are then ignored.
+    for (auto& r : loaded->state) room.apply_state(to_event(std::move(r)));
+    // Its timeline starts empty, everything up to here in the store, where the timeline
+    // readers find it, and fills as events come.
+    room.evicted_upto = loaded->upto;
+    room.loaded_upto = loaded->upto;
+    note_known_locked(room);
+    Room& held = rooms_.hold(room_id, std::move(room));
+    spdlog::debug("room {} read from the database ({} held)", room_id, rooms_.size());
+    trim_later_locked();
+    return &held;
+}
+
 const Room* Rooms::find_locked(const std::string& room_id) const {
-    auto it = rooms_.find(room_id);
-    return it == rooms_.end() ? nullptr : &it->second;
+    return get_locked(room_id);
+}
+
+const Room* Rooms::find_or_skip_locked(const std::string& room_id) const noexcept {
+    try {
+        return get_locked(room_id);
+    } catch (const std::exception& e) {
+        spdlog::warn("room {} could not be read ({}); passed over", room_id, e.what());
+        return nullptr;
+    }
+}
+
+void Rooms::trim_later_locked() const {
+    if (trim_pending_ || !trims_ || rooms_.size() <= rooms_.capacity()) return;
+    trim_pending_ = true;
+    asio::post(*trims_, [this] {
+        std::lock_guard lock(core_.mu);
+        trim_pending_ = false;
+        if (auto dropped = rooms_.trim())
+            spdlog::debug("{} rooms let go ({} held)", dropped, rooms_.size());
+    });
 }
 
 const Memberships& Rooms::memberships_locked(const std::string& user_id) const {
@@ -708,9 +771,9 @@ const Memberships& Rooms::memberships_locked(const std::string& user_id) const {
 }
 
 Room& Rooms::room_or_throw_locked(const std::string& room_id) {
-    auto it = rooms_.find(room_id);
-    if (it == rooms_.end()) throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
-    return it->second;
+    Room* room = get_locked(room_id);
+    if (!room) throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
+    return *room;
 }
 
 void Rooms::require_reader_locked(const Room& room, const std::string& user) const {
@@ -729,17 +792,36 @@ std::optional<StreamId> Rooms::state_horizon_locked(const Room& room,
     throw MatrixError(403, errcode::forbidden, "You are not in this room");
 }
 
-void Rooms::apply_locked(Room& room, const EventPtr& ev) {
+void Rooms::apply_state_locked(Room& room, const EventPtr& ev) {
     room.apply_state(ev);
+    if (ev->state_key) note_known_locked(room);
+}
+
+void Rooms::note_known_locked(const Room& room) const {
+    Known& known = known_.at(room.id);
+    known.public_join = room.join_rule == "public";
+    known.world_readable = room.history.current_visibility() == "world_readable";
+}
+
+void Rooms::apply_locked(Room& room, const EventPtr& ev) {
+    // A room read from the store after the event committed has it already.
+    if (ev->stream > room.loaded_upto) {
+        apply_state_locked(room, ev);
+        room.add_to_timeline(ev);
+    }
     if (ev->type != "m.room.member" || !ev->state_key) return;
     const std::string& user = *ev->state_key;
     if (!accounts_.exists_locked(user)) return;  // remote users have no memberships here
     // A user's membership of a room dates from the event that changed it: a new displayname
     // (join to join) is a state change for the sync, not a new join.
-    const std::string& membership = room.membership_of(user);
+    std::string membership;
+    if (auto v = json::parse(ev->content()); v.is_object())
+        if (const auto* m = v.get_object().if_contains("membership"); m && m->is_string())
+            membership = m->get_string();
+    membership = membership_value(std::move(membership));
     auto [it, fresh] = memberships_[user].try_emplace(room.id);
     if (fresh || it->second.membership != membership)
-        it->second = RoomMembership{membership, ev->stream};
+        it->second = RoomMembership{std::move(membership), ev->stream};
 }
 
 EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, StreamId stream,
@@ -798,8 +880,7 @@ struct Rooms::Decided {
 
 const RoomState* Rooms::decided_state_locked(const std::string& room_id) const {
     if (auto it = staged_.find(room_id); it != staged_.end()) return it->second.get();
-    if (auto it = rooms_.find(room_id); it != rooms_.end()) return &it->second;
-    return nullptr;
+    return get_locked(room_id);
 }
 
 void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Decided& out) {
@@ -877,14 +958,17 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
     std::vector<std::string> wake;
     PendingWrite theirs;  // what the listeners store in turn
     if (write.create) {
-        Room& room = rooms_[write.create->room_id];
+        known_[write.create->room_id].version = write.create->room_version;
+        Room room;
         room.id = write.create->room_id;
         room.version = write.create->room_version;
+        rooms_.hold(write.create->room_id, std::move(room));
+        trim_later_locked();
     }
     for (const auto& ev : out.events) {
-        Room& room = rooms_.at(ev->room_id);
+        // Held since the write was submitted (Room::writes_in_flight), or made just now.
+        Room& room = *get_locked(ev->room_id);
         apply_locked(room, ev);
-        room.add_to_timeline(ev);
         // Whose /sync learns of it: the room's members and invitees, and the member event's
         // target.
         for (const auto& [user, m] : room.membership)
@@ -896,13 +980,14 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
         for (const auto& f : appended_) f(room, ev, theirs);
     }
     if (const auto& redacted = out.redacted) {
-        Room& room = rooms_.at(redacted->room_id);
+        Room& room = *get_locked(redacted->room_id);
         for (auto& r : room.recent)
             if (r->event_id == redacted->event_id) r = redacted;
+        // What is derived from it follows; a member event keeps its membership.
         if (redacted->state_key)
             if (auto now = room.state_event(redacted->type, *redacted->state_key);
                 now && now->event_id == redacted->event_id)
-                apply_locked(room, redacted);
+                apply_state_locked(room, redacted);
         for (const auto& f : redacted_) f(room, redacted);
     }
     if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
@@ -912,6 +997,23 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
 asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     auto decided = std::make_shared<Decided>();
     auto shared = std::make_shared<RoomWrite>(std::move(write));
+    // The rooms it writes to stay in memory until it settled: its decision and its applied
+    // step find them there (a room that does not exist is the decision's to refuse).
+    auto held = std::make_shared<std::set<std::string>>();
+    {
+        std::lock_guard lock(core_.mu);
+        try {
+            for (const auto& a : shared->events)
+                if (!shared->create || a.room_id != shared->create->room_id)
+                    if (Room* room = get_locked(a.room_id); room && held->insert(a.room_id).second)
+                        ++room->writes_in_flight;
+        } catch (...) {
+            // A room could not be read: nothing is written, and none stays held for it.
+            for (const auto& room_id : *held)
+                if (Room* room = rooms_.get(room_id)) --room->writes_in_flight;
+            throw;
+        }
+    }
     Decision d;
     d.streams = shared->events.size();
     d.mutations = std::move(shared->mutations);
@@ -920,9 +1022,12 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     };
     d.applied = [this, shared, decided](StreamId) { return applied_locked(*shared, *decided); };
     // The client transactions its events carry were claimed (claim_txn).
-    d.settled = [this, shared] {
+    d.settled = [this, shared, held] {
         for (const auto& a : shared->events)
             if (!a.txn_id.empty()) txns_.settled(a.txn_device_key, a.room_id + '\n' + a.txn_id);
+        for (const auto& room_id : *held)
+            if (Room* room = rooms_.get(room_id)) --room->writes_in_flight;
+        trim_later_locked();
     };
     co_await core_.transact(std::move(d));
     co_return decided->events;

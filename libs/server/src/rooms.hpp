@@ -2,9 +2,10 @@
 
 // Rooms and their events: creation, membership, messages and state, the auth rules that admit
 // them (auth_rules.hpp) and the history visibility rules that govern who reads them
-// (visibility.hpp), and redactions (redaction.hpp). Owns every room's current state and recent
-// events, each local user's memberships, the transaction ids of sent events, and the local
-// room aliases.
+// (visibility.hpp), and redactions (redaction.hpp). Owns the rooms (a bounded cache of their
+// current state, history and recent events, read from the store when first needed), each
+// local user's memberships, the transaction ids of sent events, and the local room aliases.
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include "accounts.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "room.hpp"
 #include "txn_ids.hpp"
 
@@ -64,6 +66,8 @@ class Rooms {
     Rooms(Core& core, Accounts& accounts);
 
     void load(store::Snapshot& snap);
+    // Rooms held past `caches.rooms` are let go on this executor, where no caller holds one.
+    void start(asio::any_io_executor ex);
 
     asio::awaitable<Response> create_room(Request&);
     asio::awaitable<Response> invite(Request&);
@@ -83,10 +87,22 @@ class Rooms {
     asio::awaitable<Response> get_context(Request&);
     asio::awaitable<Response> redact(Request&);
 
+    // The room, read from the store if it is not held (throws StoreUnavailable when the
+    // database cannot be reached); nullptr when there is no such room. What it returns stays
+    // valid while the caller holds the lock.
     const Room* find_locked(const std::string& room_id) const;
+    // As find_locked, for what cannot answer 503 (timers, what runs after a commit): nullptr
+    // also when the room is not held and the database cannot be reached (logged).
+    const Room* find_or_skip_locked(const std::string& room_id) const noexcept;
+    // Whether the room exists, without reading it.
+    bool exists_locked(const std::string& room_id) const { return known_.count(room_id) != 0; }
+    // Calls f(room) for each room anyone may join or read (join rule public, or history
+    // world readable), reading those not held.
     template <typename F>
-    void for_each_room_locked(F&& f) const {
-        for (const auto& [id, room] : rooms_) f(room);
+    void for_each_open_room_locked(F&& f) const {
+        for (const auto& [id, known] : known_)
+            if (known.open())
+                if (const Room* room = find_locked(id)) f(*room);
     }
     // The user's rooms (an empty map for a user with none).
     const Memberships& memberships_locked(const std::string& user_id) const;
@@ -136,7 +152,26 @@ class Rooms {
     // (Append::target_must_be).
     static void check_target(const RoomState& room, const std::string& target,
                              const std::string& must_be);
+    // What is known of every room without reading it: its version, and what tells whether
+    // anyone may join or read it.
+    struct Known {
+        std::string version;
+        bool public_join = false;
+        bool world_readable = false;
+        bool open() const { return public_join || world_readable; }
+    };
+    // The room held, or read from the store and held (StoreUnavailable when it cannot be);
+    // nullptr when there is no such room.
+    Room* get_locked(const std::string& room_id) const;
+    // Lets rooms go past the cache's capacity, later, on the executor (never under a caller
+    // that holds a room).
+    void trim_later_locked() const;
+    // A committed event joins its room (unless the room was read after it committed: then
+    // it is there already) and, a member event, its target's memberships.
     void apply_locked(Room& room, const EventPtr& ev);
+    // A state event becomes the room's current state; what is known of the room follows.
+    void apply_state_locked(Room& room, const EventPtr& ev);
+    void note_known_locked(const Room& room) const;
     // The room's event in memory (its state or recent window), or nullptr.
     EventPtr find_event_locked(const Room& room, const std::string& event_id) const;
     // `target` as `redaction` leaves it, in a room of that version.
@@ -173,7 +208,13 @@ class Rooms {
 
     Core& core_;
     Accounts& accounts_;
-    std::unordered_map<std::string, Room> rooms_;
+    mutable std::unordered_map<std::string, Known> known_;  // every room, by id
+    // The rooms held, least recently used first to go, never one with a write in flight. An
+    // entry's address never changes while it is held; one goes only in trim_later_locked's
+    // handler, so a Room* taken under the lock stays good until the lock is released.
+    mutable LruCache<std::string, Room> rooms_;
+    mutable bool trim_pending_ = false;
+    std::optional<asio::any_io_executor> trims_;
     std::unordered_map<std::string, Memberships> memberships_;  // by local user id
     TxnIds txns_;  // event ids by device, room id + '\n' + txn id
     // What the decisions of the writer's current transaction made of the rooms they changed

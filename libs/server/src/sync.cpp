@@ -82,8 +82,10 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
     std::reverse(events.begin(), events.end());
     std::vector<store::EventRecord> older;
     if (!limited && since < room.evicted_upto) {
-        // The in-memory window does not reach back to `since`: the rest comes from the store.
-        StreamId before = events.empty() ? room.evicted_upto + 1 : events.front()->stream;
+        // The in-memory window does not reach back to `since`: the rest comes from the store
+        // (which may hold events committed but not yet visible: a room read meanwhile).
+        StreamId before =
+            events.empty() ? std::min(room.evicted_upto, upto) + 1 : events.front()->stream;
         int want = f.timeline_limit - static_cast<int>(events.size());
         older = core_.store().events_before(room.id, before, want + 1);
         std::erase_if(older, [&](const auto& r) {

@@ -93,7 +93,7 @@ void Typing::expire() {
     // has not seen it yet still has to report.
     for (auto& [room_id, state] : rooms_typing_) {
         if (!std::erase_if(state.until, [&](const auto& kv) { return kv.second <= now; })) continue;
-        if (const Room* room = rooms_.find_locked(room_id)) {
+        if (const Room* room = rooms_.find_or_skip_locked(room_id)) {
             PendingWrite w;
             changed_locked(*room, state, w);
             core_.submit_locked(std::move(w));

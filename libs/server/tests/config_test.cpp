@@ -158,7 +158,10 @@ TEST(Config, Caches) {
     EXPECT_EQ(parse_config("caches:\n  account_data: 3\n", "test.yaml").caches.account_data, 3u);
     EXPECT_EQ(parse_config("caches:\n  filters: 50\n", "test.yaml").caches.filters, 50u);
     EXPECT_NE(error_of("caches:\n  filters: 0\n").find("caches.filters"), std::string::npos);
-    EXPECT_NE(error_of("caches:\n  rooms: 5\n").find("caches.rooms: unknown key"),
+    EXPECT_EQ(parse_config("", "test.yaml").caches.rooms, 2000u);
+    EXPECT_EQ(parse_config("caches:\n  rooms: 5\n", "test.yaml").caches.rooms, 5u);
+    EXPECT_NE(error_of("caches:\n  rooms: 0\n").find("caches.rooms"), std::string::npos);
+    EXPECT_NE(error_of("caches:\n  tokens: 5\n").find("caches.tokens: unknown key"),
               std::string::npos);
 }
 

@@ -69,3 +69,23 @@ TEST(LruCache, AnEntryInUseIsPassedOverUntilItIsNoLongerKept) {
     EXPECT_EQ(cache.get("d"), nullptr);
     EXPECT_NE(cache.get("e"), nullptr);
 }
+
+TEST(LruCache, HoldLetsNothingGoUntilTrimAndTrimPassesOverWhatIsKept) {
+    LruCache<std::string, int> cache(2, [](const int& v) { return v < 0; });  // negative: kept
+    int* first = &cache.hold("a", 1);
+    cache.hold("b", -2);
+    cache.hold("c", 3);
+    cache.hold("d", 4);
+    // Over capacity, and what was held is where it was: a reference taken before stays good.
+    EXPECT_EQ(cache.size(), 4u);
+    EXPECT_EQ(cache.get("a"), first);
+    cache.get("a");
+    cache.get("c");               // newest to oldest: c, a, d, b (kept)
+    EXPECT_EQ(cache.trim(), 2u);  // "b" is kept: "d" and "a" go, down to two entries
+    EXPECT_EQ(cache.size(), 2u);
+    EXPECT_NE(cache.get("b"), nullptr);
+    EXPECT_NE(cache.get("c"), nullptr);
+    EXPECT_EQ(cache.get("a"), nullptr);
+    EXPECT_EQ(cache.get("d"), nullptr);
+    EXPECT_EQ(cache.trim(), 0u);
+}

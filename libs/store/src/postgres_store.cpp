@@ -193,6 +193,13 @@ CREATE INDEX IF NOT EXISTS events_txn ON events (txn_device_key, stream_id)
     WHERE txn_id IS NOT NULL;
 )sql";
 
+// Version 3: rooms are read into memory when first used, not all at start: a room's
+// membership and visibility events are found without reading its messages.
+constexpr const char* kSchemaV3 = R"sql(
+CREATE INDEX IF NOT EXISTS events_room_history ON events (room_id, stream_id)
+    WHERE type IN ('m.room.member', 'm.room.history_visibility');
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip").
 constexpr long long kOwnerLock = 0x6d78766f6970;
 
@@ -201,7 +208,7 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY seq";
 
@@ -220,6 +227,8 @@ class PgDb {
     PgDb(const PgDb&) = delete;
     PgDb& operator=(const PgDb&) = delete;
 
+    // A transaction in which every read sees the database as of one moment.
+    static constexpr const char* kBeginRead = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
     void begin() { exec("BEGIN"); }
     void commit() { exec("COMMIT"); }
     void rollback() noexcept { PQclear(PQexec(conn_, "ROLLBACK")); }

@@ -231,11 +231,12 @@ class SqlStore : public Store {
         }
         {
             Stmt s(db,
-                   "SELECT e.stream_id, e.event_id, e.room_id, e.type, e.state_key, e.sender, "
-                   "e.origin_server_ts, e.json, e.txn_device_key, e.txn_id FROM current_state c "
-                   "JOIN events e "
-                   "ON e.stream_id = c.stream_id ORDER BY e.stream_id");
-            while (s.next()) snap.state_events.push_back(read_event(s));
+                   "SELECT e.stream_id, e.room_id, e.json FROM current_state c JOIN events e ON "
+                   "e.stream_id = c.stream_id WHERE c.type = 'm.room.join_rules' AND "
+                   "c.state_key = '' ORDER BY e.stream_id");
+            while (s.next())
+                snap.join_rules.push_back({s.integer(0), s.text(1), "m.room.join_rules", "",
+                                           content_string(s.text(2), "join_rule")});
         }
         {
             Stmt s(db,
@@ -381,6 +382,46 @@ class SqlStore : public Store {
         });
     }
 
+    std::optional<RoomLoad> room(const std::string& room_id) override {
+        return read_at_one_moment([&](Db& db) -> std::optional<RoomLoad> {
+            RoomLoad out;
+            {
+                Stmt s(db, "SELECT room_version FROM rooms WHERE room_id = ?");
+                s.bind(room_id);
+                if (!s.next()) return std::nullopt;
+                out.room = {room_id, s.text(0)};
+            }
+            {
+                Stmt s(db, "SELECT MAX(stream_id) FROM events WHERE room_id = ?");
+                s.bind(room_id);
+                if (s.next()) out.upto = s.integer(0);
+            }
+            {
+                Stmt s(db, "SELECT " EVENT_COLUMNS
+                           " FROM events WHERE stream_id IN (SELECT stream_id FROM current_state "
+                           "WHERE room_id = ?) ORDER BY stream_id");
+                s.bind(room_id);
+                while (s.next()) out.state.push_back(read_event(s));
+            }
+            {
+                // The events_room_history index: the room's membership and visibility events
+                // only, however many messages it has.
+                Stmt s(db,
+                       "SELECT stream_id, type, state_key, json FROM events WHERE room_id = ? AND "
+                       "type IN ('m.room.member', 'm.room.history_visibility') AND state_key IS "
+                       "NOT NULL ORDER BY stream_id");
+                s.bind(room_id);
+                while (s.next()) {
+                    std::string type = s.text(1);
+                    const char* key = type == "m.room.member" ? "membership" : "history_visibility";
+                    out.history.push_back({s.integer(0), room_id, std::move(type), s.text(2),
+                                           content_string(s.text(3), key)});
+                }
+            }
+            return out;
+        });
+    }
+
     std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) override {
         return read([&](Db& db) {
             Stmt s(db, "SELECT " EVENT_COLUMNS
@@ -459,6 +500,23 @@ class SqlStore : public Store {
         }
         reader_ = open_reader_();
         return f(*reader_);
+    }
+
+    // As read(), with every query of `f` seeing the database as of one moment (a read
+    // transaction: Db::kBeginRead).
+    template <typename F>
+    auto read_at_one_moment(F&& f) {
+        return read([&](Db& db) {
+            db.exec(Db::kBeginRead);
+            try {
+                auto out = f(db);
+                db.commit();
+                return out;
+            } catch (...) {
+                db.rollback();
+                throw;
+            }
+        });
     }
 
     static void write(Db& db, const PutUser& m, StreamId&) {

@@ -189,12 +189,19 @@ CREATE INDEX IF NOT EXISTS events_txn ON events (txn_device_key, stream_id)
     WHERE txn_id IS NOT NULL;
 )sql";
 
+// Version 3: rooms are read into memory when first used, not all at start: a room's
+// membership and visibility events are found without reading its messages.
+constexpr const char* kSchemaV3 = R"sql(
+CREATE INDEX IF NOT EXISTS events_room_history ON events (room_id, stream_id)
+    WHERE type IN ('m.room.member', 'm.room.history_visibility');
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
     // Rowid order is upload order.
     static constexpr const char* kOneTimeKeysQuery =
         "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY rowid";
@@ -216,6 +223,8 @@ class Db {
     Db(const Db&) = delete;
     Db& operator=(const Db&) = delete;
 
+    // A transaction in which every read sees the database as of one moment.
+    static constexpr const char* kBeginRead = "BEGIN";
     void begin() { exec("BEGIN IMMEDIATE"); }
     void commit() { exec("COMMIT"); }
     void rollback() noexcept { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }

@@ -197,8 +197,11 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(s.users[0].displayname, "A");
     ASSERT_EQ(s.tokens.size(), 1u);
     EXPECT_EQ(s.tokens[0].device_id, "DEV");
-    ASSERT_EQ(s.state_events.size(), 1u);
-    EXPECT_EQ(s.state_events[0].state_key, "@a:x");
+    auto room = store->room("!r:x");
+    ASSERT_TRUE(room);
+    EXPECT_EQ(room->room.room_version, "10");
+    ASSERT_EQ(room->state.size(), 1u);
+    EXPECT_EQ(room->state[0].state_key, "@a:x");
     auto txns = store->device_txns("@a:x|DEV", 0, 10);
     ASSERT_EQ(txns.size(), 1u);
     EXPECT_EQ(txns[0].event_id, "$e2");
@@ -353,11 +356,13 @@ TYPED_TEST(StoreTest, AVersionOneDatabaseIsMigrated) {
     }
     // As the first mxvoip-server with schema versions left it.
     this->backend.sql("DROP INDEX events_txn");
+    this->backend.sql("DROP INDEX events_room_history");
     this->backend.sql("UPDATE schema_version SET version = 1");
     auto store = this->backend.open();
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
     store.reset();
-    this->backend.sql("DROP INDEX events_txn");  // fails unless version 2 made it again
+    this->backend.sql("DROP INDEX events_txn");           // fails unless version 2 made it again
+    this->backend.sql("DROP INDEX events_room_history");  // and version 3 this one
 }
 
 // A device's transactions are found by the device alone: newest first, none older than the
@@ -647,6 +652,61 @@ TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
     EXPECT_EQ(snap.history[3].stream, 5);
 }
 
+// A room read into memory: its current state, its membership and visibility history and the
+// newest of its events, none of another room's; nothing for a room that does not exist.
+TYPED_TEST(StoreTest, ARoomIsReadWithItsStateHistoryAndNewestPosition) {
+    auto store = this->backend.open();
+    auto state = [](StreamId stream, const std::string& room, const std::string& type,
+                    const std::string& key, const std::string& content) {
+        EventRecord e = event(stream, room, key);
+        e.type = type;
+        e.json = R"({"content":)" + content + R"(,"type":")" + type + R"("})";
+        return e;
+    };
+    std::vector<Mutation> batch{
+        PutRoom{{"!r:x", "9"}},
+        PutRoom{{"!o:x", "10"}},
+        PutEvent{state(1, "!r:x", "m.room.member", "@a:x", R"({"membership":"join"})")},
+        PutEvent{state(2, "!r:x", "m.room.join_rules", "", R"({"join_rule":"invite"})")},
+        PutEvent{state(3, "!o:x", "m.room.member", "@b:x", R"({"membership":"join"})")},
+        PutEvent{state(4, "!r:x", "m.room.history_visibility", "",
+                       R"({"history_visibility":"world_readable"})")},
+        PutEvent{state(5, "!r:x", "m.room.join_rules", "", R"({"join_rule":"public"})")},
+        PutEvent{state(6, "!r:x", "m.room.member", "@a:x",
+                       R"({"membership":"join","displayname":"A"})")},
+        PutEvent{event(7, "!r:x")},
+        PutEvent{event(8, "!o:x")},
+    };
+    store->apply(batch);
+    auto room = store->room("!r:x");
+    ASSERT_TRUE(room);
+    EXPECT_EQ(room->room.room_id, "!r:x");
+    EXPECT_EQ(room->room.room_version, "9");
+    EXPECT_EQ(room->upto, 7);
+    std::vector<StreamId> state_streams;
+    for (const auto& e : room->state) state_streams.push_back(e.stream);
+    EXPECT_EQ(state_streams, (std::vector<StreamId>{4, 5, 6}));
+    ASSERT_EQ(room->history.size(), 3u);
+    EXPECT_EQ(room->history[0].stream, 1);
+    EXPECT_EQ(room->history[1].type, "m.room.history_visibility");
+    EXPECT_EQ(room->history[1].value, "world_readable");
+    EXPECT_EQ(room->history[2].stream, 6);
+    EXPECT_EQ(room->history[2].value, "join");
+    EXPECT_FALSE(store->room("!none:x"));
+    // An empty room (made, no event yet) is there, with nothing in it.
+    std::vector<Mutation> empty{PutRoom{{"!e:x", "10"}}};
+    store->apply(empty);
+    auto e = store->room("!e:x");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->upto, 0);
+    EXPECT_TRUE(e->state.empty());
+    // Start-up reads each room's join rule, not its state.
+    auto snap = store->load();
+    ASSERT_EQ(snap.join_rules.size(), 1u);
+    EXPECT_EQ(snap.join_rules[0].room_id, "!r:x");
+    EXPECT_EQ(snap.join_rules[0].value, "public");
+}
+
 TYPED_TEST(StoreTest, JsonWithANulEscapeIsStoredAndReadBack) {
     // "\u0000" is valid JSON the server accepts in content; PostgreSQL's text cannot hold a
     // NUL, so nothing may unescape it on the way in or out.
@@ -663,8 +723,12 @@ TYPED_TEST(StoreTest, JsonWithANulEscapeIsStoredAndReadBack) {
     auto snap = store->load();
     ASSERT_EQ(snap.history.size(), 1u);
     EXPECT_EQ(snap.history[0].value, "join");
-    ASSERT_EQ(snap.state_events.size(), 1u);
-    EXPECT_EQ(snap.state_events[0].json, json);
+    auto room = store->room("!r:x");
+    ASSERT_TRUE(room);
+    ASSERT_EQ(room->state.size(), 1u);
+    EXPECT_EQ(room->state[0].json, json);
+    ASSERT_EQ(room->history.size(), 1u);
+    EXPECT_EQ(room->history[0].value, "join");
 }
 
 TYPED_TEST(StoreTest, WriterGroupsConcurrentSubmissionsAndCompletesInOrder) {
@@ -812,6 +876,7 @@ class FlakyStore final : public Store {
         return inner_.events_after(r, a, l);
     }
     std::optional<EventRecord> event_at(StreamId s) override { return inner_.event_at(s); }
+    std::optional<RoomLoad> room(const std::string& r) override { return inner_.room(r); }
     std::vector<EventRecord> state_at(const std::string& r, StreamId a) override {
         return inner_.state_at(r, a);
     }

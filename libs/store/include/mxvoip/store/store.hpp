@@ -106,6 +106,14 @@ struct HistoryRecord {
     std::string value;      // content.membership or content.history_visibility
 };
 
+// What a room is made of when it is read into memory (Store::room), all as of one moment.
+struct RoomLoad {
+    RoomRecord room;
+    std::vector<EventRecord> state;      // its current state, in stream order
+    std::vector<HistoryRecord> history;  // its membership and visibility changes, stream order
+    StreamId upto = 0;                   // its newest event then: all the above include
+};
+
 struct FilterRecord {
     std::string user_id;
     std::int64_t filter_id = 0;
@@ -393,14 +401,15 @@ struct Write {
     StreamId last_stream = 0;
 };
 
-// What the server keeps in memory, read once at start-up. No room's timeline, no client
-// transaction, no filter and no account data but push rules: those are read from the store
-// when they are needed.
+// What the server keeps in memory, read once at start-up. No room's state or timeline, no
+// client transaction, no filter and no account data but push rules: those are read from the
+// store when they are needed.
 struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
-    std::vector<EventRecord> state_events;      // current state, in stream order
+    // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
+    std::vector<HistoryRecord> join_rules;
     std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
     std::vector<ToDeviceRecord> to_device;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
@@ -449,6 +458,9 @@ class Store {
     // The event at a stream position. Event ids carry their stream position (see the
     // server's event id format), so no index on event ids is needed.
     virtual std::optional<EventRecord> event_at(StreamId stream) = 0;
+    // The room as it is now: its version, current state and membership and visibility
+    // history, read at one moment; nothing when there is no such room.
+    virtual std::optional<RoomLoad> room(const std::string& room_id) = 0;
     // The room's state as it was after the event at `at`, in stream order.
     virtual std::vector<EventRecord> state_at(const std::string& room_id, StreamId at) = 0;
     // The client transactions of the device's room events (`device_key` as in EventRecord)
