@@ -738,6 +738,38 @@ int run_fill(const Options& o) {
     };
     return run_main(ioc, main(), failure) ? 0 : 1;
 }
+// Every account `fill` made (same --prefix) signs in and makes a first /sync with one event
+// per room: every room of the database is used once, in the order of the accounts.
+int run_touch(const Options& o) {
+    asio::io_context ioc(1);
+    std::exception_ptr failure;
+    const std::string cs = "/_matrix/client/v3";
+    long rooms_seen = 0;
+    auto main = [&]() -> asio::awaitable<void> {
+        auto t0 = Clock::now();
+        Work touch = [&](Conn& c, long i) -> asio::awaitable<void> {
+            std::string login_t = cs + "/login", none;
+            json::object login{
+                {"type", "m.login.password"},
+                {"identifier",
+                 {{"type", "m.id.user"}, {"user", o.prefix + "fill" + std::to_string(i)}}},
+                {"password", "bench-password"}};
+            auto v = co_await must(c, http::verb::post, login_t, login, none);
+            std::string token = json::value_to<std::string>(v["access_token"]);
+            std::string sync_t =
+                cs + "/sync?timeout=0&filter=" + enc(R"({"room":{"timeline":{"limit":1}}})");
+            auto [status, text] = co_await c.request(http::verb::get, sync_t, none, token);
+            if (status != 200) throw std::runtime_error("sync: " + text);
+            auto sync = json::parse(text).as_object();
+            rooms_seen += static_cast<long>(sync["rooms"].as_object()["join"].as_object().size());
+        };
+        co_await in_parallel(o, o.users, touch);
+        std::printf("users=%d rooms_seen=%ld seconds=%.1f\n", o.users, rooms_seen,
+                    std::chrono::duration<double>(Clock::now() - t0).count());
+        std::fflush(stdout);
+    };
+    return run_main(ioc, main(), failure) ? 0 : 1;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -770,6 +802,10 @@ int main(int argc, char** argv) {
     fill->add_option("--concurrency", o.concurrency, "Requests at a time")
         ->default_val(64)
         ->check(CLI::PositiveNumber);
+    auto* touch = app.add_subcommand("touch", "every account of `fill` signs in and syncs once");
+    touch->add_option("--users", o.users, "Accounts")->check(CLI::PositiveNumber);
+    touch->add_option("--concurrency", o.concurrency, "Requests at a time")
+        ->check(CLI::PositiveNumber);
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
     auto rest = url.substr(url.find("://") + 3);
@@ -781,5 +817,6 @@ int main(int argc, char** argv) {
     raise_fd_limit();
     if (soak->parsed()) return run_soak(o);
     if (fill->parsed()) return run_fill(o);
+    if (touch->parsed()) return run_touch(o);
     return calls->parsed() ? run_calls(o) : run_idle(o);
 }

@@ -168,6 +168,9 @@ Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, St
     // Membership changes in the user's rooms since `since`: whoever now shares a room and did
     // not before has devices to learn; whoever shares none any more is gone.
     for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+        // A room the user was no longer in at `since`: what happened there since changes
+        // nobody's sharing a room with them.
+        if (m.membership != "join" && m.membership != "invite" && m.stream <= since) continue;
         const Room* room = rooms_.find_locked(room_id);
         if (!room) continue;
         const bool joined_since = m.membership == "join" && m.stream > since && m.stream <= upto;

@@ -184,14 +184,21 @@ Notifications::Unread& Notifications::unread_locked(const Room& room, const std:
     if (room.evicted_upto > read) {
         // Older than the room's window (after a restart): from the store, newest first, as far
         // back as kScanLimit events.
+        // Also asked after a commit (a new event counts for every member), where there is no
+        // request to answer 503: without the database, what is in memory is counted (logged).
         std::vector<store::EventRecord> older;
         StreamId before = room.evicted_upto + 1;
-        while (older.size() < kScanLimit) {
-            auto page = core_.store().events_before(room.id, before, 500);
-            for (auto& r : page)
-                if (r.stream > read) older.push_back(std::move(r));
-            if (page.size() < 500 || page.back().stream <= read) break;
-            before = page.back().stream;
+        try {
+            while (older.size() < kScanLimit) {
+                auto page = core_.store().events_before(room.id, before, 500);
+                for (auto& r : page)
+                    if (r.stream > read) older.push_back(std::move(r));
+                if (page.size() < 500 || page.back().stream <= read) break;
+                before = page.back().stream;
+            }
+        } catch (const store::StoreError& e) {
+            spdlog::warn("unread count of {} in {}: older events not read ({})", user, room.id,
+                         e.what());
         }
         for (auto it = older.rbegin(); it != older.rend(); ++it)
             count(it->stream, it->sender, it->json);

@@ -222,6 +222,7 @@ asio::awaitable<Response> Rooms::membership_change(Request& req, const std::stri
                                                    json::object& extra,
                                                    const std::string& target_must_be) {
     const Session& s = *req.session;
+    preload({room_id});
     RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
@@ -354,6 +355,7 @@ asio::awaitable<Response> Rooms::send_event(Request& req) {
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
     recall_txns(s);
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         room_or_throw_locked(room_id);
@@ -372,6 +374,7 @@ asio::awaitable<Response> Rooms::put_state(Request& req) {
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     json::object content = req.json;
+    preload({room_id});
     RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
@@ -394,6 +397,7 @@ asio::awaitable<Response> Rooms::get_state_event(Request& req) {
     const std::string& type = req.params[1];
     std::string state_key = req.params.size() > 2 ? req.params[2] : std::string();
     std::optional<StreamId> horizon;
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -416,6 +420,7 @@ asio::awaitable<Response> Rooms::get_state(Request& req) {
     const std::string& room_id = req.params[0];
     std::string out = "[";
     std::optional<StreamId> horizon;
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -446,6 +451,7 @@ asio::awaitable<Response> Rooms::get_members(Request& req) {
     std::string out = "{\"chunk\":[";
     bool first = true;
     std::optional<StreamId> horizon;
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -497,6 +503,7 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
     if (filter.limit) limit = std::clamp(*filter.limit, 1, limit);
     StreamId from;
     StreamId visible;
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -558,6 +565,7 @@ asio::awaitable<Response> Rooms::get_messages(Request& req) {
 
 asio::awaitable<Response> Rooms::get_event(Request& req) {
     const std::string& room_id = req.params[0];
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         Room& room = room_or_throw_locked(room_id);
@@ -717,10 +725,14 @@ Room* Rooms::get_locked(const std::string& room_id) const {
         spdlog::error("room {} is known but not in the database", room_id);
         return nullptr;
     }
+    return &hold_locked(std::move(*loaded));
+}
+
+Room& Rooms::hold_locked(store::RoomLoad&& loaded) const {
     Room room;
-    room.id = room_id;
-    room.version = std::move(loaded->room.room_version);
-    for (auto& h : loaded->history) {
+    room.id = loaded.room.room_id;
+    room.version = std::move(loaded.room.room_version);
+    for (auto& h : loaded.history) {
         if (h.type == "m.room.member")
             room.history.record_membership(h.state_key, h.stream,
                                            membership_value(std::move(h.value)));
@@ -728,16 +740,39 @@ Room* Rooms::get_locked(const std::string& room_id) const {
             room.history.record_visibility(h.stream, std::move(h.value));
     }
     // The history first: the current state replays its last entries, which are then ignored.
-    for (auto& r : loaded->state) room.apply_state(to_event(std::move(r)));
+    for (auto& r : loaded.state) room.apply_state(to_event(std::move(r)));
     // Its timeline starts empty, everything up to here in the store, where the timeline
     // readers find it, and fills as events come.
-    room.evicted_upto = loaded->upto;
-    room.loaded_upto = loaded->upto;
+    room.evicted_upto = loaded.upto;
+    room.loaded_upto = loaded.upto;
     note_known_locked(room);
-    Room& held = rooms_.hold(room_id, std::move(room));
-    spdlog::debug("room {} read from the database ({} held)", room_id, rooms_.size());
+    const std::string id = room.id;
+    Room& held = rooms_.hold(id, std::move(room));
+    spdlog::debug("room {} read from the database ({} held)", id, rooms_.size());
     trim_later_locked();
-    return &held;
+    return held;
+}
+
+void Rooms::preload(const std::vector<std::string>& room_ids) const {
+    std::vector<std::string> missing;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& id : room_ids)
+            if (!rooms_.get(id) && known_.count(id)) missing.push_back(id);
+    }
+    for (const auto& id : missing) {
+        // Read without the lock, so a room read does not hold up every other request.
+        auto loaded = core_.store().room(id);
+        if (!loaded) continue;
+        std::lock_guard lock(core_.mu);
+        if (rooms_.get(id)) continue;  // read meanwhile (by a write that holds it, say)
+        // An event applied since the read began is not in it (and was applied to no room
+        // held here): then the room is read again, under the lock, when it is used.
+        if (auto known = known_.find(id);
+            known == known_.end() || known->second.last_event > loaded->upto)
+            continue;
+        hold_locked(std::move(*loaded));
+    }
 }
 
 const Room* Rooms::find_locked(const std::string& room_id) const {
@@ -804,6 +839,8 @@ void Rooms::note_known_locked(const Room& room) const {
 }
 
 void Rooms::apply_locked(Room& room, const EventPtr& ev) {
+    Known& known = known_.at(room.id);
+    known.last_event = std::max(known.last_event, ev->stream);
     // A room read from the store after the event committed has it already.
     if (ev->stream > room.loaded_upto) {
         apply_state_locked(room, ev);
@@ -1001,6 +1038,13 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     // step find them there (a room that does not exist is the decision's to refuse).
     auto held = std::make_shared<std::set<std::string>>();
     {
+        std::vector<std::string> room_ids;
+        for (const auto& a : shared->events)
+            if (!shared->create || a.room_id != shared->create->room_id)
+                room_ids.push_back(a.room_id);
+        preload(room_ids);
+    }
+    {
         std::lock_guard lock(core_.mu);
         try {
             for (const auto& a : shared->events)
@@ -1149,6 +1193,7 @@ asio::awaitable<Response> Rooms::redact(Request& req) {
     const std::string device = s.device_key();
     const std::string txn_key = room_id + '\n' + txn;
     recall_txns(s);
+    preload({room_id});
     EventPtr target;
     {
         std::lock_guard lock(core_.mu);
@@ -1204,6 +1249,7 @@ asio::awaitable<Response> Rooms::get_context(Request& req) {
         filter = EventFilter::parse(proto::parse_json_object(*f));
     if (filter.limit) limit = std::min(limit, *filter.limit);
     StreamId visible;
+    preload({room_id});
     {
         std::lock_guard lock(core_.mu);
         require_reader_locked(room_or_throw_locked(room_id), user);

@@ -91,6 +91,9 @@ class Rooms {
     // database cannot be reached); nullptr when there is no such room. What it returns stays
     // valid while the caller holds the lock.
     const Room* find_locked(const std::string& room_id) const;
+    // Reads the rooms not held from the store without the lock (StoreUnavailable when the
+    // database cannot be reached), so that the find_locked that follows finds them held.
+    void preload(const std::vector<std::string>& room_ids) const;
     // As find_locked, for what cannot answer 503 (timers, what runs after a commit): nullptr
     // also when the room is not held and the database cannot be reached (logged).
     const Room* find_or_skip_locked(const std::string& room_id) const noexcept;
@@ -158,11 +161,14 @@ class Rooms {
         std::string version;
         bool public_join = false;
         bool world_readable = false;
+        StreamId last_event = 0;  // the newest event applied since start (0: none)
         bool open() const { return public_join || world_readable; }
     };
     // The room held, or read from the store and held (StoreUnavailable when it cannot be);
     // nullptr when there is no such room.
     Room* get_locked(const std::string& room_id) const;
+    // Holds a room read from the store.
+    Room& hold_locked(store::RoomLoad&& loaded) const;
     // Lets rooms go past the cache's capacity, later, on the executor (never under a caller
     // that holds a room).
     void trim_later_locked() const;

@@ -183,6 +183,17 @@ bool Sync::only_own_echo_locked(const Session& s, StreamId since,
     return any;
 }
 
+namespace {
+// Whether a room of the user's is in a /sync: a joined room always; an invite, and a room
+// left, kicked or banned from, once, in the first sync after it happened (left rooms in an
+// initial sync only when the filter asks for them).
+bool shown_in_sync(const RoomMembership& m, StreamId since, bool initial, bool include_leave) {
+    if (m.membership == "join") return true;
+    if (m.membership == "invite") return initial || m.stream > since;
+    return initial ? include_leave : m.stream > since;
+}
+}  // namespace
+
 bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
                         bool full_state, const AccountDataEntries& account_data, std::string& out) {
     const StreamId upto = core_.visible_locked();
@@ -194,6 +205,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     for (const auto& [room_id, m] : rooms_.memberships_locked(s.user_id)) {
         if (m.stream > upto) continue;  // its membership change is still being committed
         if (!f.spec.room_rooms.allows_room(room_id)) continue;
+        if (!shown_in_sync(m, since, initial, f.spec.include_leave)) continue;
         const Room* found = rooms_.find_locked(room_id);
         if (!found) continue;
         const Room& room = *found;
@@ -269,7 +281,6 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             join += ':';
             join += entry;
         } else if (m.membership == "invite") {
-            if (!initial && m.stream <= since) continue;
             invite_comma(invite);
             append_quoted(invite, room_id);
             invite += ":{\"invite_state\":{\"events\":[";
@@ -302,8 +313,6 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
             }
             invite += "]}}";
         } else {
-            // Left, kicked or banned: reported once, in the first sync after it happened.
-            if (initial ? !f.spec.include_leave : m.stream <= since) continue;
             leave_comma(leave);
             append_quoted(leave, room_id);
             leave += ":{";
@@ -422,6 +431,17 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     Syncing syncing{core_, presence_, s.user_id};
     // Held while the /sync runs, so it stays cached and what commits meanwhile reaches it.
     auto account_data = account_data_.entries(s.user_id);
+    {
+        // The rooms it shows that are not held in memory are read now, without the lock.
+        std::vector<std::string> room_ids;
+        {
+            std::lock_guard lock(core_.mu);
+            for (const auto& [room_id, m] : rooms_.memberships_locked(s.user_id))
+                if (shown_in_sync(m, since, initial, filter.spec.include_leave))
+                    room_ids.push_back(room_id);
+        }
+        rooms_.preload(room_ids);
+    }
     {
         std::lock_guard lock(core_.mu);
         since = std::min(since, core_.visible_locked());
