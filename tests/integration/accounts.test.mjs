@@ -65,6 +65,32 @@ test('register: taken, invalid and inhibit_login', async () => {
   assert.equal(missingPw.body.errcode, 'M_MISSING_PARAM');
 });
 
+test('register: many at once for one name make one account; nameless ones all get their own', async () => {
+  const attempt = (password) => api(server.url, 'POST', `${CS}/register`, {
+    body: { username: 'contested', password, auth: { type: 'm.login.dummy' } },
+  });
+  const results = await Promise.all(Array.from({ length: 8 }, (_, i) => attempt(`pw${i}`)));
+  const won = results.filter((r) => r.status === 200);
+  assert.equal(won.length, 1, results.map((r) => `${r.status} ${r.text}`).join('\n'));
+  for (const r of results.filter((r) => r.status !== 200)) {
+    assert.equal(r.status, 400);
+    assert.equal(r.body.errcode, 'M_USER_IN_USE');
+  }
+  // The one account is the winner's: its token works and its password signs in.
+  const who = await api(server.url, 'GET', `${CS}/account/whoami`, { token: won[0].body.access_token });
+  assert.equal(who.body.user_id, '@contested:localhost');
+  const winner = results.indexOf(won[0]);
+  const login = (password) => api(server.url, 'POST', `${CS}/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'contested' }, password },
+  });
+  assert.equal((await login(`pw${winner}`)).status, 200);
+  assert.equal((await login(`pw${(winner + 1) % 8}`)).status, 403);
+
+  const guests = await Promise.all(Array.from({ length: 8 }, () => api(server.url, 'POST', `${CS}/register`, { query: { kind: 'guest' }, body: {} })));
+  assert.deepEqual(guests.map((g) => g.status), Array(8).fill(200));
+  assert.equal(new Set(guests.map((g) => g.body.user_id)).size, 8);
+});
+
 test('register/available', async () => {
   await register(server.url, 'avail1');
   const taken = await api(server.url, 'GET', `${CS}/register/available`, { query: { username: 'avail1' } });

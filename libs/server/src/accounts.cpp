@@ -129,31 +129,67 @@ asio::awaitable<Response> Accounts::login_flows(Request&) {
         json::object{{"flows", json::array{json::object{{"type", "m.login.password"}}}}});
 }
 
-asio::awaitable<Response> Accounts::issue_login(const std::string& user_id,
-                                                const std::optional<std::string>& device_id,
-                                                const std::string& display_name, bool is_guest) {
-    std::string device = device_id && !device_id->empty() ? *device_id : random_letters(10);
-    std::string token = new_access_token();
-    std::string hash = sha256_hex(token);
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
+asio::awaitable<void> Accounts::sign_in(std::shared_ptr<const SignIn> in) {
+    Decision d;
+    d.decide = [in](store::Txn& txn, StreamId) {
+        if (in->account) {
+            // Decided here, against every account committed: two requests for one name,
+            // wherever they run, make one account.
+            if (txn.user_exists(in->user_id))
+                throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+            txn.write(store::PutUser{*in->account});
+        }
+        if (in->token_hash.empty()) return;
         // A client that logs in again with the same device id replaces that device's old
         // token; the device itself (its keys, its queued messages) stays.
-        auto& d = users_.at(user_id).devices[device];
-        for (const auto& old : d.tokens) tokens_.erase(old);
-        d.tokens.assign(1, hash);
-        if (!display_name.empty()) d.display_name = display_name;
-        tokens_[hash] = Session{user_id, device, is_guest};
-        w.mutations.push_back(store::DeleteTokens{user_id, device});
-        w.mutations.push_back(store::PutToken{{hash, user_id, device, d.display_name}});
-    }
-    co_await core_.commit(std::move(w));
-    spdlog::info("login: {} on device {}", user_id, device);
-    co_return json_response(json::object{{"user_id", user_id},
-                                         {"access_token", token},
-                                         {"device_id", device},
-                                         {"home_server", core_.config().server_name}});
+        txn.write(store::DeleteTokens{in->user_id, in->device});
+        txn.write(store::PutToken{{in->token_hash, in->user_id, in->device, in->display_name}});
+    };
+    d.applied = [this, in](StreamId) {
+        Account& account = users_[in->user_id];
+        if (in->account) account.record = *in->account;
+        if (!in->token_hash.empty()) {
+            Device& device = account.devices[in->device];
+            for (const auto& old : device.tokens) tokens_.erase(old);
+            device.tokens.assign(1, in->token_hash);
+            device.display_name = in->display_name;
+            tokens_[in->token_hash] = Session{in->user_id, in->device, account.record.is_guest};
+        }
+        return std::vector<std::string>{};
+    };
+    return core_.transact(std::move(d));
+}
+
+asio::awaitable<Response> Accounts::issue_login(const std::string& user_id,
+                                                const std::optional<std::string>& device_id,
+                                                const std::string& display_name) {
+    std::shared_ptr<const SignIn> in =
+        std::make_shared<SignIn>(new_login(user_id, device_id, display_name));
+    co_await sign_in(in);
+    spdlog::info("login: {} on device {}", user_id, in->device);
+    co_return login_response(*in);
+}
+
+Accounts::SignIn Accounts::new_login(const std::string& user_id,
+                                     const std::optional<std::string>& device_id,
+                                     const std::string& display_name) {
+    SignIn in;
+    in.user_id = user_id;
+    in.device = device_id && !device_id->empty() ? *device_id : random_letters(10);
+    in.token = new_access_token();
+    in.token_hash = sha256_hex(in.token);
+    in.display_name = display_name;
+    // A device signing in again keeps its name unless it gives a new one.
+    std::lock_guard lock(core_.mu);
+    if (in.display_name.empty()) in.display_name = device_display_name_locked(user_id, in.device);
+    return in;
+}
+
+Response Accounts::login_response(const SignIn& in) const {
+    return json_response(json::object{{"user_id", in.user_id},
+                                      {"access_token", in.token},
+                                      {"device_id", in.device},
+                                      {"home_server", core_.config().server_name}});
 }
 
 asio::awaitable<Response> Accounts::login(Request& req) {
@@ -199,7 +235,7 @@ asio::awaitable<Response> Accounts::login(Request& req) {
     std::optional<std::string> device =
         device_id ? std::optional<std::string>(*device_id) : std::nullopt;
     std::string display_name = display ? std::string(*display) : std::string();
-    co_return co_await issue_login(user_id, device, display_name, false);
+    co_return co_await issue_login(user_id, device, display_name);
 }
 
 asio::awaitable<Response> Accounts::logout(Request& req) {
@@ -314,34 +350,46 @@ asio::awaitable<Response> Accounts::register_account(Request& req) {
         hash = co_await run_blocking<std::string>(core_.blocking(), std::move(job));
     }
 
-    std::string user_id;
-    store::UserRecord record;
-    {
-        std::lock_guard lock(core_.mu);
-        if (localpart.empty()) {
-            // Generated ids are numeric, as Synapse does for guests and nameless accounts.
-            do {
-                localpart = std::to_string(++next_guest_ + users_.size());
-            } while (exists_locked("@" + localpart + ":" + config.server_name));
-        }
-        user_id = "@" + localpart + ":" + config.server_name;
-        if (exists_locked(user_id))
-            throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
-        record = store::UserRecord{user_id, hash, guest, core_.now_ms(), localpart, ""};
-        users_[user_id].record = record;
-    }
-    {
-        auto write = PendingWrite::of(store::PutUser{std::move(record)});
-        co_await core_.commit(std::move(write));
-    }
-    spdlog::info("registered {}{}", user_id, guest ? " (guest)" : "");
-    if (inhibit_login)
-        co_return json_response(
-            json::object{{"user_id", user_id}, {"home_server", config.server_name}});
     std::optional<std::string> device =
         device_id ? std::optional<std::string>(*device_id) : std::nullopt;
     std::string display_name = display ? std::string(*display) : std::string();
-    co_return co_await issue_login(user_id, device, display_name, guest);
+    // Generated ids are numeric, as Synapse does for guests and nameless accounts; one taken
+    // meanwhile (by a name chosen the same moment) is tried again with the next.
+    const bool generated = localpart.empty();
+    for (int attempt = 0;; ++attempt) {
+        std::string user_id;
+        {
+            std::lock_guard lock(core_.mu);
+            if (generated) {
+                do {
+                    localpart = std::to_string(++next_guest_ + users_.size());
+                } while (exists_locked("@" + localpart + ":" + config.server_name));
+            }
+            user_id = "@" + localpart + ":" + config.server_name;
+            if (exists_locked(user_id))
+                throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+        }
+        // The account and, unless inhibit_login, its first device: one transaction.
+        auto in = std::make_shared<SignIn>(
+            inhibit_login ? SignIn{} : new_login(user_id, device, display_name));
+        in->user_id = user_id;
+        in->account = store::UserRecord{user_id, hash, guest, core_.now_ms(), localpart, ""};
+        bool taken = false;
+        try {
+            std::shared_ptr<const SignIn> writing = in;  // named: no temporary in co_await
+            co_await sign_in(writing);
+        } catch (const MatrixError& e) {
+            if (!generated || attempt >= 10 || e.errcode != errcode::user_in_use) throw;
+            taken = true;
+        }
+        if (taken) continue;
+        spdlog::info("registered {}{}", user_id, guest ? " (guest)" : "");
+        if (inhibit_login)
+            co_return json_response(
+                json::object{{"user_id", user_id}, {"home_server", config.server_name}});
+        spdlog::info("login: {} on device {}", user_id, in->device);
+        co_return login_response(*in);
+    }
 }
 
 void Accounts::add_user_offline(store::Store& store, const Config& config,

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -80,9 +81,26 @@ class Accounts {
         std::map<std::string, Device> devices;  // by device id
     };
 
+    // An account made (register) and/or a device signed in, decided in one transaction and
+    // applied once it committed.
+    struct SignIn {
+        std::optional<store::UserRecord> account;  // register: the account to make
+        std::string user_id;
+        std::string device;
+        std::string token;       // empty: no login (register with inhibit_login)
+        std::string token_hash;  // SHA-256 of the token
+        std::string display_name;
+    };
+    // A new token for the device (a new device when none is named).
+    SignIn new_login(const std::string& user_id, const std::optional<std::string>& device_id,
+                     const std::string& display_name);
+    // Writes it: 400 M_USER_IN_USE when the account to make exists. Not a coroutine (GCC 12:
+    // see Core::durable).
+    asio::awaitable<void> sign_in(std::shared_ptr<const SignIn> in);
     asio::awaitable<Response> issue_login(const std::string& user_id,
                                           const std::optional<std::string>& device_id,
-                                          const std::string& display_name, bool is_guest);
+                                          const std::string& display_name);
+    Response login_response(const SignIn& in) const;
     void remove_device_locked(Account& account, const std::string& device, PendingWrite& w);
     // Whether `password` is the account's, at the same cost whether or not the account exists
     // (the time must not tell); a failure counts against rc_login.failed_attempts, and once

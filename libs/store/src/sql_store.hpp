@@ -169,6 +169,11 @@ class SqlStore : public Store {
             s.bind(user_id);
             return s.next() ? s.integer(0) : 0;
         }
+        bool user_exists(const std::string& user_id) override {
+            Stmt s(db, "SELECT 1 FROM users WHERE user_id = ?");
+            s.bind(user_id);
+            return s.next();
+        }
         bool device_exists(const std::string& user_id, const std::string& device_id) override {
             Stmt s(db, "SELECT 1 FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1");
             s.bind(user_id).bind(device_id);

@@ -544,6 +544,7 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
         PutAccountData{{1, "@a:x", "", "m.direct", "{}"}},
         PutAccountData{{2, "@a:x", "!r:x", "m.tag", "{\"t\":1}"}},
         PutAccountData{{3, "@b:x", "", "m.direct", "{}"}},
+        PutUser{{"@a:x", "hash", false, 1, "a", ""}},
         PutToken{{"h1", "@a:x", "PHONE", ""}},
         PutToDevice{{5, "@a:x", "PHONE", "{}"}},
         PutToDevice{{6, "@a:x", "PHONE", "{}"}},
@@ -551,8 +552,12 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     });
     std::optional<AccountDataRecord> tag, global_tag;
     std::int64_t count = -1, after_write = -1, waiting = -1;
-    bool phone = false, laptop = true;
+    bool phone = false, laptop = true, a = false, b = true, c = false;
     auto decide = [&](Txn& txn) {
+        a = txn.user_exists("@a:x");
+        b = txn.user_exists("@b:x");  // account data, but no account
+        txn.write(PutUser{{"@c:x", "hash", false, 2, "c", ""}});
+        c = txn.user_exists("@c:x");
         tag = txn.account_data("@a:x", "!r:x", "m.tag");
         global_tag = txn.account_data("@a:x", "", "m.tag");  // not the room's
         count = txn.account_data_count("@a:x");
@@ -571,6 +576,9 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     EXPECT_FALSE(global_tag);
     EXPECT_EQ(count, 2);
     EXPECT_EQ(after_write, 3);
+    EXPECT_TRUE(a);
+    EXPECT_FALSE(b);
+    EXPECT_TRUE(c);
     EXPECT_TRUE(phone);
     EXPECT_FALSE(laptop);  // it has messages waiting, but no token
     EXPECT_EQ(waiting, 2);

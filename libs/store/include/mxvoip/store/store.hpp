@@ -379,6 +379,8 @@ class Txn {
                                                           const std::string& type) = 0;
     // How many account data entries the user has, global and per room together.
     virtual std::int64_t account_data_count(const std::string& user_id) = 0;
+    // Whether there is an account with this id.
+    virtual bool user_exists(const std::string& user_id) = 0;
     // Whether the device is signed in (has an access token).
     virtual bool device_exists(const std::string& user_id, const std::string& device_id) = 0;
     // How many to-device messages wait for the device.
