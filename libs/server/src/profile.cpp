@@ -101,6 +101,9 @@ asio::awaitable<Response> Profile::search_user_directory(Request& req) {
     limit = std::min(limit, kMaxSearchResults);
 
     const std::string& me = req.session->user_id;
+    // The rooms searched (the user's, and every room anyone may join or read) are read, if
+    // they are not held, before the lock is taken.
+    rooms_.preload(rooms_.searched_rooms(me));
     std::lock_guard lock(core_.mu);
     std::set<std::string> visible;
     auto add_joined = [&](const Room& room) {

@@ -775,6 +775,16 @@ void Rooms::preload(const std::vector<std::string>& room_ids) const {
     }
 }
 
+std::vector<std::string> Rooms::searched_rooms(const std::string& user_id) const {
+    std::lock_guard lock(core_.mu);
+    std::vector<std::string> out;
+    for (const auto& [room_id, m] : memberships_locked(user_id))
+        if (m.membership == "join") out.push_back(room_id);
+    for (const auto& [room_id, known] : known_)
+        if (known.open()) out.push_back(room_id);
+    return out;
+}
+
 const Room* Rooms::find_locked(const std::string& room_id) const {
     return get_locked(room_id);
 }

@@ -99,6 +99,9 @@ class Rooms {
     const Room* find_or_skip_locked(const std::string& room_id) const noexcept;
     // Whether the room exists, without reading it.
     bool exists_locked(const std::string& room_id) const { return known_.count(room_id) != 0; }
+    // The ids of the user's joined rooms and of every room anyone may join or read: the rooms
+    // whose members the user directory searches. Takes the lock.
+    std::vector<std::string> searched_rooms(const std::string& user_id) const;
     // Calls f(room) for each room anyone may join or read (join rule public, or history
     // world readable), reading those not held.
     template <typename F>
