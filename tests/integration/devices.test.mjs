@@ -89,3 +89,38 @@ test('deleting devices asks for the password (user-interactive auth) and signs t
     await server.stop();
   }
 });
+
+test('a device signed out takes its messages, pushers and transactions with it, for good', async () => {
+  const dir = makeDir();
+  try {
+    let server = await startServer({ dir, config: { push: { allow_private_addresses: true } } });
+    let phone = await registerWithDevice(server, 'erin', 'PHONE', 'Phone');
+    const frank = await registerWithDevice(server, 'frank', 'FDEV', 'F');
+    const room = await phone.createRoom({});
+    const sent = await phone.send(room, 'm.room.message', { msgtype: 'm.text', body: 'once' }, 'txn-1');
+    assert.equal(sent.status, 200);
+    const toDevice = await frank.call('PUT', '/sendToDevice/m.test/t1', { body: { messages: { [phone.userId]: { PHONE: { n: 1 } } } } });
+    assert.equal(toDevice.status, 200);
+    const pusher = {
+      kind: 'http', app_id: 'org.example.phone', pushkey: 'erin-phone', app_display_name: 'Phone',
+      device_display_name: 'Phone', lang: 'en', data: { url: 'http://127.0.0.1:9/_matrix/push/v1/notify' },
+    };
+    assert.equal((await phone.call('POST', '/pushers/set', { body: pusher })).status, 200);
+    assert.equal((await phone.call('POST', '/logout', { body: {} })).status, 200);
+
+    await server.stop();
+    server = await startServer({ dir, config: { push: { allow_private_addresses: true } } });
+    // The same device id signs in again: a new device as far as anything kept goes.
+    phone = await login(server, 'erin', 'PHONE', 'Phone again');
+    const sync = await phone.sync();
+    assert.deepEqual(sync.to_device?.events ?? [], []);
+    assert.deepEqual((await phone.call('GET', '/pushers')).body.pushers, []);
+    const again = await phone.send(room, 'm.room.message', { msgtype: 'm.text', body: 'twice' }, 'txn-1');
+    assert.equal(again.status, 200);
+    assert.notEqual(again.body.event_id, sent.body.event_id, 'the signed-out device\'s transaction is not recalled');
+    assert.deepEqual((await phone.call('GET', '/devices')).body.devices.map((d) => [d.device_id, d.display_name]), [['PHONE', 'Phone again']]);
+    await server.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

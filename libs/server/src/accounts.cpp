@@ -83,13 +83,62 @@ void Accounts::set_profile_locked(const std::string& user_id, std::string displa
     w.mutations.push_back(store::PutProfile{user_id, record.displayname, record.avatar_url});
 }
 
-void Accounts::remove_device_locked(Account& account, const std::string& device, PendingWrite& w) {
-    auto it = account.devices.find(device);
-    if (it == account.devices.end()) return;
-    for (const auto& hash : it->second.tokens) tokens_.erase(hash);
-    account.devices.erase(it);
-    w.mutations.push_back(store::DeleteTokens{account.record.user_id, device});
-    for (const auto& f : device_removed_) f(account.record.user_id, device, w);
+asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
+                                         std::vector<std::string> devices) {
+    struct Part {
+        std::string device;
+        DeviceRemoval removal;          // a module's part; none: the account's own (its tokens)
+        StreamId position_offset = -1;  // from the write's first position; -1: takes none
+        bool tokens() const { return !removal.write && !removal.applied; }
+    };
+    auto parts = std::make_shared<std::vector<Part>>();
+    std::size_t positions = 0;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& device : devices) {
+            if (!has_device_locked(user_id, device)) continue;  // signed out already
+            parts->push_back({device, {}, -1});  // the account's own part: its tokens
+            for (const auto& f : device_removed_) {
+                Part part{device, f(user_id, device), -1};
+                if (part.removal.takes_position)
+                    part.position_offset = static_cast<StreamId>(positions++);
+                parts->push_back(std::move(part));
+            }
+        }
+    }
+    if (parts->empty()) co_return;
+    Decision d;
+    d.streams = positions;
+    d.decide = [user_id, parts](store::Txn& txn, StreamId first) {
+        for (const auto& p : *parts) {
+            const StreamId position = p.position_offset < 0 ? 0 : first + p.position_offset;
+            if (p.tokens())
+                txn.write(store::DeleteTokens{user_id, p.device});
+            else if (p.removal.write)
+                p.removal.write(position, txn);
+        }
+    };
+    d.applied = [this, user_id, parts](StreamId first) {
+        std::vector<std::string> wake;
+        auto account = users_.find(user_id);
+        for (const auto& p : *parts) {
+            const StreamId position = p.position_offset < 0 ? 0 : first + p.position_offset;
+            if (!p.tokens()) {
+                if (p.removal.applied) {
+                    auto more = p.removal.applied(position);
+                    wake.insert(wake.end(), more.begin(), more.end());
+                }
+                continue;
+            }
+            if (account == users_.end()) continue;
+            auto it = account->second.devices.find(p.device);
+            if (it == account->second.devices.end()) continue;
+            for (const auto& hash : it->second.tokens) tokens_.erase(hash);
+            account->second.devices.erase(it);
+        }
+        return wake;
+    };
+    co_await core_.transact(std::move(d));
 }
 
 asio::awaitable<bool> Accounts::check_password(const std::string& user_id,
@@ -240,27 +289,20 @@ asio::awaitable<Response> Accounts::login(Request& req) {
 
 asio::awaitable<Response> Accounts::logout(Request& req) {
     const Session& s = *req.session;
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        remove_device_locked(users_.at(s.user_id), s.device_id, w);
-    }
-    co_await core_.commit(std::move(w));
+    std::vector<std::string> devices{s.device_id};
+    co_await sign_out(s.user_id, std::move(devices));
     spdlog::info("logout: {} device {}", s.user_id, s.device_id);
     co_return Response{};
 }
 
 asio::awaitable<Response> Accounts::logout_all(Request& req) {
     const Session& s = *req.session;
-    PendingWrite w;
+    std::vector<std::string> devices;
     {
         std::lock_guard lock(core_.mu);
-        auto& account = users_.at(s.user_id);
-        std::vector<std::string> devices;
-        for (const auto& [device, _] : account.devices) devices.push_back(device);
-        for (const auto& device : devices) remove_device_locked(account, device, w);
+        devices = devices_locked(s.user_id);
     }
-    co_await core_.commit(std::move(w));
+    co_await sign_out(s.user_id, std::move(devices));
     spdlog::info("logout: {} on all devices", s.user_id);
     co_return Response{};
 }
@@ -517,15 +559,10 @@ asio::awaitable<Response> Accounts::delete_devices(Request& req) {
 asio::awaitable<Response> Accounts::remove_devices(Request& req, std::vector<std::string> devices) {
     if (auto challenge = co_await password_auth(req)) co_return std::move(*challenge);
     const Session& s = *req.session;
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        auto& account = users_.at(s.user_id);
-        // Devices that do not exist (any more) are already what the client asks for.
-        for (const auto& device : devices) remove_device_locked(account, device, w);
-    }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
-    spdlog::info("{} deleted {} device(s)", s.user_id, devices.size());
+    // Devices that do not exist (any more) are already what the client asks for.
+    const std::size_t asked = devices.size();
+    co_await sign_out(s.user_id, std::move(devices));
+    spdlog::info("{} deleted {} device(s)", s.user_id, asked);
     co_return Response{};
 }
 

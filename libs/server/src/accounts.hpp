@@ -38,10 +38,19 @@ class Accounts {
                                            const std::string& device) const;
     void set_profile_locked(const std::string& user_id, std::string displayname,
                             std::string avatar_url, PendingWrite& w);
-    // Called, under the lock, for each device that signs out, with the write that removes it:
-    // what other modules keep for the device goes in the same commit.
+    // One module's part in signing a device out, written in the same transaction: what it
+    // deletes for the device (`write`, given the stream position it took, if it asked for
+    // one), and, once that committed, what it lets go of in memory (`applied`, under the lock;
+    // returns whose parked /syncs to wake).
+    struct DeviceRemoval {
+        bool takes_position = false;
+        std::function<void(StreamId position, store::Txn& txn)> write;
+        std::function<std::vector<std::string>(StreamId position)> applied;
+    };
+    // Asked, under the lock, for each device about to sign out (reading only: nothing changes
+    // before the removal committed).
     using DeviceRemoved =
-        std::function<void(const std::string& user, const std::string& device, PendingWrite& w)>;
+        std::function<DeviceRemoval(const std::string& user, const std::string& device)>;
     void on_device_removed(DeviceRemoved f) { device_removed_.push_back(std::move(f)); }
     std::size_t size_locked() const { return users_.size(); }
     template <typename F>
@@ -101,7 +110,9 @@ class Accounts {
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name);
     Response login_response(const SignIn& in) const;
-    void remove_device_locked(Account& account, const std::string& device, PendingWrite& w);
+    // Signs the user's devices out (those still signed in), in one transaction with what
+    // every module deletes for them; applied once it committed.
+    asio::awaitable<void> sign_out(const std::string& user_id, std::vector<std::string> devices);
     // Whether `password` is the account's, at the same cost whether or not the account exists
     // (the time must not tell); a failure counts against rc_login.failed_attempts, and once
     // that limit is reached the answer is 429.

@@ -81,16 +81,27 @@ std::string failures_json(const std::set<std::string>& servers) {
 
 Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
     : core_(core), accounts_(accounts), rooms_(rooms) {
-    accounts_.on_device_removed(
-        [this](const std::string& user, const std::string& device, PendingWrite& w) {
-            auto it = devices_.find(device_key(user, device));
-            if (it == devices_.end()) return;
-            const bool had_keys = !it->second.keys.empty();
-            devices_.erase(it);
+    accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
+        Accounts::DeviceRemoval r;
+        auto it = devices_.find(device_key(user, device));
+        // A device with keys going is a change of the user's device list, at a position.
+        r.takes_position = it != devices_.end() && !it->second.keys.empty();
+        r.write = [user, device](StreamId position, store::Txn& txn) {
+            txn.write(store::DeleteDeviceKeys{user, device});
+            if (position) txn.write(store::PutDeviceListChange{{user, position}});
+        };
+        r.applied = [this, user, device](StreamId position) {
+            devices_.erase(device_key(user, device));
             signatures_.erase({user, device});
-            w.mutations.push_back(store::DeleteDeviceKeys{user, device});
-            if (had_keys) record_change_locked(user, w);
-        });
+            std::vector<std::string> wake;
+            if (position) {
+                changed_[user] = position;
+                for (const auto& u : audience_locked(user)) wake.push_back(u);
+            }
+            return wake;
+        };
+        return r;
+    });
 }
 
 void Keys::load(store::Snapshot& snap) {

@@ -80,14 +80,37 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
                const push::Outcome& outcome) { notify_locked(user, room, ev, outcome); });
     core_.on_visible([this](StreamId visible) { visible_locked(visible); });
     // A pusher belongs to the device that set it.
-    accounts_.on_device_removed(
-        [this](const std::string& user, const std::string& device, PendingWrite& w) {
-            std::vector<Key> gone;
+    // The pushers a device set go with it (those it sets before its removal commits too).
+    accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
+        Accounts::DeviceRemoval r;
+        auto gone = [this, user, device] {
+            std::vector<Key> out;
             for (auto it = pushers_.lower_bound({user, "", ""});
                  it != pushers_.end() && std::get<0>(it->first) == user; ++it)
-                if (it->second.device_id == device) gone.push_back(it->first);
-            for (const auto& key : gone) remove_locked(key, w);
-        });
+                if (it->second.device_id == device) out.push_back(it->first);
+            return out;
+        };
+        auto planned = gone();
+        r.write = [planned](StreamId, store::Txn& txn) {
+            for (const auto& key : planned)
+                txn.write(
+                    store::DeletePusher{std::get<0>(key), std::get<1>(key), std::get<2>(key)});
+        };
+        r.applied = [this, gone, planned](StreamId) {
+            PendingWrite w;
+            for (const auto& key : gone()) remove_locked(key, w);
+            // Those deleted in the removal's transaction are gone from the store already; one
+            // the device set since the removal was decided is deleted now.
+            std::erase_if(w.mutations, [&](const store::Mutation& m) {
+                const auto& d = std::get<store::DeletePusher>(m);
+                return std::find(planned.begin(), planned.end(),
+                                 Key{d.user_id, d.app_id, d.pushkey}) != planned.end();
+            });
+            if (!w.mutations.empty()) core_.submit_locked(std::move(w));
+            return std::vector<std::string>{};
+        };
+        return r;
+    });
 }
 
 Pushers::~Pushers() = default;

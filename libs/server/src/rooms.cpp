@@ -614,13 +614,18 @@ Rooms::Rooms(Core& core, Accounts& accounts)
       txns_(core.config().limits.txn_ids_per_device) {
     // A device that signed out sends nothing more: its transaction ids go with it, also
     // from the store, where a device signing in again with the same id would recall them.
-    accounts_.on_device_removed(
-        [this](const std::string& user, const std::string& device, PendingWrite& w) {
-            std::string key = Session{user, device}.device_key();
+    accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
+        const std::string key = Session{user, device}.device_key();
+        Accounts::DeviceRemoval r;
+        r.write = [key, since = core_.now_ms() - TxnIds::kLifetimeMs](StreamId, store::Txn& txn) {
+            txn.write(store::ForgetTxns{key, since});
+        };
+        r.applied = [this, key](StreamId) {
             txns_.forget_device(key);
-            w.mutations.push_back(
-                store::ForgetTxns{std::move(key), core_.now_ms() - TxnIds::kLifetimeMs});
-        });
+            return std::vector<std::string>{};
+        };
+        return r;
+    });
 }
 
 namespace {

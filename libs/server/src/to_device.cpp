@@ -22,12 +22,18 @@ constexpr StreamId kEveryStream = std::numeric_limits<StreamId>::max();
 ToDevice::ToDevice(Core& core, Accounts& accounts)
     : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
     // The device is gone: what waited for it never will be fetched, and it sends no retries.
-    accounts_.on_device_removed(
-        [this](const std::string& user, const std::string& device, PendingWrite& w) {
+    accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
+        Accounts::DeviceRemoval r;
+        r.write = [user, device](StreamId, store::Txn& txn) {
+            txn.write(store::DeleteToDevice{user, device, kEveryStream});
+        };
+        r.applied = [this, user, device](StreamId) {
             queues_.erase({user, device});
-            w.mutations.push_back(store::DeleteToDevice{user, device, kEveryStream});
             txns_.forget_device(Session{user, device}.device_key());
-        });
+            return std::vector<std::string>{};
+        };
+        return r;
+    });
 }
 
 void ToDevice::load(store::Snapshot& snap) {
