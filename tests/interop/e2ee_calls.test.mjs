@@ -204,6 +204,8 @@ test('mxvoip and js (Rust crypto) in an encrypted DM: calls both ways with video
     assert.equal(res.code, 0, caller.describe());
     assert.equal(caller.summary().call_id, incoming.callId);
     assert.ok(caller.summary().streams.some((x) => x.kind === 'video' && x.frames > 0), caller.describe());
+    // mxvoip exits once its hangup is sent; js reads it with its next /sync.
+    await alice.waitFor((e) => e.kind === 'decrypted' && e.type === 'm.call.hangup' && e.callId === incoming.callId, 20000, 'the hangup from mxvoip');
     saw = decrypted(alice, await alice.log(), incoming.callId, bobId);
     for (const type of ['m.call.invite', 'm.call.select_answer', 'm.call.negotiate', 'm.call.hangup']) {
       assert.ok(types(saw).has(type), `js decrypted no ${type} from mxvoip: ${[...types(saw)]}\n${await alice.describe()}`);
