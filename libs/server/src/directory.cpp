@@ -239,6 +239,13 @@ asio::awaitable<Response> Directory::public_rooms(Request& req) {
     limit = limit == 0 ? 1000 : std::min<std::int64_t>(limit, 1000);
     std::size_t offset = *parse_since(since);
 
+    // The published rooms not held in memory are read before the lock is taken.
+    std::vector<std::string> published;
+    {
+        std::lock_guard lock(core_.mu);
+        published.assign(published_.begin(), published_.end());
+    }
+    rooms_.preload(published);
     std::vector<Entry> entries;
     {
         std::lock_guard lock(core_.mu);
