@@ -359,3 +359,27 @@ test('signatures: a device by its self-signing key, the master key by a device, 
     await server.stop();
   }
 });
+
+test('a device signing out is a device list change, keys or not', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const room = await alice.createRoom({ preset: 'public_chat' });
+    assert.equal((await bob.join(room)).status, 200);
+    // A second device of alice's that never uploads keys.
+    const login = await api(server.url, 'POST', `${CS}/login`, {
+      body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'alice' }, password: 'secret-alice', device_id: 'SPARE' },
+    });
+    assert.equal(login.status, 200, login.text);
+    const spare = userHandle(server.url, login.body);
+    const before = await bob.sync();
+    assert.equal((await spare.call('POST', '/logout', { body: {} })).status, 200);
+    const after = await bob.sync({ since: before.next_batch, timeout: '0' });
+    assert.deepEqual(after.device_lists?.changed, [alice.userId]);
+    const quiet = await bob.sync({ since: after.next_batch, timeout: '0' });
+    assert.deepEqual(quiet.device_lists?.changed ?? [], []);
+  } finally {
+    await server.stop();
+  }
+});

@@ -83,9 +83,10 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
     : core_(core), accounts_(accounts), rooms_(rooms) {
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
-        auto it = devices_.find(device_key(user, device));
-        // A device with keys going is a change of the user's device list, at a position.
-        r.takes_position = it != devices_.end() && !it->second.keys.empty();
+        // A device going is a change of the user's device list, at a position (as in Synapse:
+        // whether it had keys is not known before the removal commits, as it may upload them
+        // meanwhile).
+        r.takes_position = true;
         r.write = [user, device](StreamId position, store::Txn& txn) {
             txn.write(store::DeleteDeviceKeys{user, device});
             if (position) txn.write(store::PutDeviceListChange{{user, position}});
