@@ -1051,25 +1051,27 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     auto shared = std::make_shared<RoomWrite>(std::move(write));
     // The rooms it writes to stay in memory until it settled: its decision and its applied
     // step find them there (a room that does not exist is the decision's to refuse).
-    auto held = std::make_shared<std::set<std::string>>();
-    {
-        std::vector<std::string> room_ids;
-        for (const auto& a : shared->events)
-            if (!shared->create || a.room_id != shared->create->room_id)
-                room_ids.push_back(a.room_id);
-        preload(room_ids);
-    }
+    std::vector<std::string> room_ids;
+    for (const auto& a : shared->events)
+        if ((!shared->create || a.room_id != shared->create->room_id) &&
+            std::find(room_ids.begin(), room_ids.end(), a.room_id) == room_ids.end())
+            room_ids.push_back(a.room_id);
+    preload(room_ids);
+    auto held = std::make_shared<std::vector<std::string>>();
+    auto release = [this, held] {  // under the lock
+        for (const auto& room_id : *held)
+            if (Room* room = rooms_.get(room_id)) --room->writes_in_flight;
+    };
     {
         std::lock_guard lock(core_.mu);
         try {
-            for (const auto& a : shared->events)
-                if (!shared->create || a.room_id != shared->create->room_id)
-                    if (Room* room = get_locked(a.room_id); room && held->insert(a.room_id).second)
-                        ++room->writes_in_flight;
+            for (const auto& room_id : room_ids)
+                if (Room* room = get_locked(room_id)) {
+                    ++room->writes_in_flight;
+                    held->push_back(room_id);
+                }
         } catch (...) {
-            // A room could not be read: nothing is written, and none stays held for it.
-            for (const auto& room_id : *held)
-                if (Room* room = rooms_.get(room_id)) --room->writes_in_flight;
+            release();  // a room could not be read: nothing is written, none stays held
             throw;
         }
     }
@@ -1081,11 +1083,10 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     };
     d.applied = [this, shared, decided](StreamId) { return applied_locked(*shared, *decided); };
     // The client transactions its events carry were claimed (claim_txn).
-    d.settled = [this, shared, held] {
+    d.settled = [this, shared, release] {
         for (const auto& a : shared->events)
             if (!a.txn_id.empty()) txns_.settled(a.txn_device_key, a.room_id + '\n' + a.txn_id);
-        for (const auto& room_id : *held)
-            if (Room* room = rooms_.get(room_id)) --room->writes_in_flight;
+        release();
         trim_later_locked();
     };
     co_await core_.transact(std::move(d));
