@@ -383,3 +383,85 @@ test('a device signing out is a device list change, keys or not', async () => {
     await server.stop();
   }
 });
+
+test('claims at once hand each one-time key out once, then the fallback key', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const claimers = await Promise.all(['bob', 'carol', 'dave'].map((n) => signIn(server, n)));
+    const otk = {};
+    for (let i = 0; i < 5; i++) otk[`signed_curve25519:K${i}`] = alice.id.oneTimeKey();
+    const fallback = { 'signed_curve25519:FB': alice.id.oneTimeKey(true) };
+    assert.equal((await upload(alice, { device_keys: alice.id.deviceKeys(), one_time_keys: otk, fallback_keys: fallback })).status, 200);
+    const want = { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } };
+    const results = await Promise.all(Array.from({ length: 9 }, (_, i) => claim(claimers[i % 3], want)));
+    const got = results.map((r) => {
+      assert.equal(r.status, 200, r.text);
+      return Object.keys(r.body.one_time_keys[alice.userId][alice.deviceId])[0];
+    });
+    const keys = got.filter((k) => k !== 'signed_curve25519:FB');
+    assert.deepEqual([...keys].sort(), Object.keys(otk).sort(), `each one-time key once: ${got}`);
+    assert.equal(got.length - keys.length, 4, 'then the fallback key');
+    const sync = await alice.sync();
+    assert.deepEqual(sync.device_one_time_keys_count, { signed_curve25519: 0 });
+    assert.deepEqual(sync.device_unused_fallback_key_types, []);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('keys not held in memory are read back whole: a query of more users than are held, counts in /sync', async () => {
+  const server = await startServer({ config: { caches: { keys: 1 } } });
+  try {
+    const alice = await signIn(server, 'alice');
+    const bob = await signIn(server, 'bob');
+    const aliceDevice = alice.id.deviceKeys();
+    const bobDevice = bob.id.deviceKeys();
+    const acs = crossSigning(alice.userId);
+    await signingUpload(alice, { master_key: acs.masterKey, self_signing_key: acs.selfSigningKey });
+    const otk = { 'signed_curve25519:A1': alice.id.oneTimeKey(), 'signed_curve25519:A2': alice.id.oneTimeKey() };
+    assert.equal((await upload(alice, { device_keys: aliceDevice, one_time_keys: otk })).status, 200);
+    assert.equal((await upload(bob, { device_keys: bobDevice })).status, 200);  // alice's let go
+    const signed = acs.selfSigning.signObject(aliceDevice);
+    assert.deepEqual((await signaturesUpload(alice, { [alice.userId]: { [alice.deviceId]: signed } })).body.failures, {});
+    // bob claims while only bob's keys are held: alice's count is read from the store.
+    assert.deepEqual(Object.keys((await claim(bob, { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } })).body.one_time_keys[alice.userId][alice.deviceId]), ['signed_curve25519:A1']);
+    await upload(bob, { one_time_keys: { 'signed_curve25519:B1': bob.id.oneTimeKey() } });
+    assert.deepEqual((await alice.sync()).device_one_time_keys_count, { signed_curve25519: 1 });
+    assert.deepEqual((await bob.sync()).device_one_time_keys_count, { signed_curve25519: 1 });
+    // Both users in one query, with one held at a time.
+    const both = await query(bob, { [alice.userId]: [], [bob.userId]: [] });
+    assert.equal(both.status, 200, both.text);
+    const seen = both.body.device_keys[alice.userId][alice.deviceId];
+    assert.equal(seen.signatures[alice.userId][acs.selfSigning.keyId], signed.signatures[alice.userId][acs.selfSigning.keyId]);
+    assert.equal(seen.keys[`ed25519:${alice.deviceId}`], aliceDevice.keys[`ed25519:${alice.deviceId}`]);
+    assert.deepEqual(both.body.device_keys[bob.userId][bob.deviceId].keys, bobDevice.keys);
+    assert.deepEqual(both.body.master_keys[alice.userId], acs.masterKey);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('two devices uploading different first cross-signing keys at once: one set wins, none replaced without the password', async () => {
+  const server = await startServer();
+  try {
+    const alice = await signIn(server, 'alice');
+    const res = await api(server.url, 'POST', `${CS}/login`, {
+      body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'alice' }, password: 'secret-alice', device_id: 'SECOND' },
+    });
+    assert.equal(res.status, 200, res.text);
+    const second = userHandle(server.url, res.body);
+    const sets = [crossSigning(alice.userId), crossSigning(alice.userId)];
+    const [a, b] = await Promise.all([alice, second].map((u, i) => signingUpload(u, { master_key: sets[i].masterKey, self_signing_key: sets[i].selfSigningKey })));
+    const statuses = [a.status, b.status];
+    assert.equal(statuses.filter((s) => s === 200).length, 1, `exactly one wins: ${a.text} ${b.text}`);
+    const loser = statuses[0] === 200 ? b : a;
+    assert.ok(loser.status === 401 || loser.status === 409, loser.text);
+    const winner = sets[statuses.indexOf(200)];
+    const seen = await query(alice, { [alice.userId]: [] });
+    assert.deepEqual(seen.body.master_keys[alice.userId], winner.masterKey);
+    assert.deepEqual(seen.body.self_signing_keys[alice.userId], winner.selfSigningKey);
+  } finally {
+    await server.stop();
+  }
+});

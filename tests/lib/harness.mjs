@@ -121,9 +121,11 @@ export function storedBytes(dir) {
 }
 
 export function writeConfig(dir, overrides = {}) {
-  // MXVOIP_TEST_ROOM_CACHE=<n> holds no more than n rooms in memory (ctest's small_cache.*:
-  // every room read again from the database whenever another was used in between).
-  const caches = process.env.MXVOIP_TEST_ROOM_CACHE ? { caches: { rooms: Number(process.env.MXVOIP_TEST_ROOM_CACHE) } } : {};
+  // MXVOIP_TEST_SMALL_CACHE=<n> holds no more than n rooms, and n users' keys, in memory
+  // (ctest's small_cache.*: every room and every user's keys read again from the database
+  // whenever another was used in between).
+  const small = Number(process.env.MXVOIP_TEST_SMALL_CACHE);
+  const caches = small ? { caches: { rooms: small, keys: small } } : {};
   const config = { ...TEST_DEFAULTS, ...caches, database: defaultDatabase(dir), ...overrides };
   const path = join(dir, 'homeserver.yaml');
   writeFileSync(path, yaml(config).trimStart() + '\n');

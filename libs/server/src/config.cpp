@@ -421,6 +421,7 @@ Config read_config(const std::string& text, const std::string& source) {
                  n, k, "caches",
                  {{"account_data", &c.caches.account_data},
                   {"filters", &c.caches.filters},
+                  {"keys", &c.caches.keys},
                   {"rooms", &c.caches.rooms}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 100'000'000));

@@ -77,10 +77,69 @@ std::string failures_json(const std::set<std::string>& servers) {
     return out;
 }
 
+// The object's JSON with the signatures `reader` may see added to it: those of the key's owner
+// and the reader's own.
+std::string with_signatures(const std::string& stored, const Keys::Signatures* added,
+                            const std::string& owner, const std::string& reader) {
+    if (!added) return stored;
+    json::object obj = json::parse(stored).as_object();
+    if (!obj["signatures"].is_object()) obj["signatures"] = json::object{};
+    auto& signatures = obj["signatures"].as_object();
+    for (const auto& [signer, signature] : *added) {
+        if (signer.first != owner && signer.first != reader) continue;
+        if (!signatures[signer.first].is_object()) signatures[signer.first] = json::object{};
+        signatures[signer.first].as_object()[signer.second] = signature;
+    }
+    return json::serialize(obj);
+}
+
+const Keys::Signatures* signatures_of(const Keys::UserKeys& keys, const std::string& key) {
+    auto it = keys.signatures.find(key);
+    return it == keys.signatures.end() ? nullptr : &it->second;
+}
+
+const std::string* cross_signing_key(const Keys::UserKeys& keys, const std::string& usage) {
+    auto it = keys.cross_signing.find(usage);
+    return it == keys.cross_signing.end() ? nullptr : &it->second;
+}
+
+// {"signed_curve25519":n,...}: signed_curve25519 is always there, as clients read a missing
+// count as "unknown".
+std::string counts_json(const std::map<std::string, std::int64_t>* one_time) {
+    std::map<std::string, std::int64_t> counts{{"signed_curve25519", 0}};
+    if (one_time)
+        for (const auto& [algorithm, n] : *one_time) counts[algorithm] = n;
+    std::string out = "{";
+    Comma comma;
+    for (const auto& [algorithm, n] : counts) {
+        comma(out);
+        append_quoted(out, algorithm);
+        out += ':' + std::to_string(n);
+    }
+    return out + '}';
+}
+
+std::map<std::string, std::int64_t> counts_map(const std::vector<store::OneTimeKeyCount>& counts) {
+    std::map<std::string, std::int64_t> out;
+    for (const auto& c : counts) out[c.algorithm] = c.count;
+    return out;
+}
+
+// The device is signed in, in the transaction: keys are never written for one that signed out
+// while its request was on its way.
+void require_device(store::Txn& txn, const std::string& user, const std::string& device) {
+    if (!txn.device_exists(user, device))
+        throw MatrixError(401, errcode::unknown_token, "This device has signed out");
+}
+
 }  // namespace
 
 Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
-    : core_(core), accounts_(accounts), rooms_(rooms) {
+    : core_(core),
+      accounts_(accounts),
+      rooms_(rooms),
+      // Held by a request: not forgotten, so what commits meanwhile reaches it.
+      users_(core.config().caches.keys, [](const Held& h) { return h.use_count() > 1; }) {
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
         // A device going is a change of the user's device list, at a position (as in Synapse:
@@ -92,14 +151,12 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
             if (position) txn.write(store::PutDeviceListChange{{user, position}});
         };
         r.applied = [this, user, device](StreamId position) {
-            devices_.erase(device_key(user, device));
-            signatures_.erase({user, device});
-            std::vector<std::string> wake;
-            if (position) {
-                changed_[user] = position;
-                for (const auto& u : audience_locked(user)) wake.push_back(u);
+            if (UserKeys* keys = written_locked(user)) {
+                keys->devices.erase(device);
+                keys->signatures.erase(device);
             }
-            return wake;
+            return position ? device_list_changed_locked(user, position)
+                            : std::vector<std::string>{};
         };
         return r;
     });
@@ -107,47 +164,87 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
 
 void Keys::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
-    // Only the keys of devices still signed in: the others can never be used again.
-    auto device = [&](const std::string& user, const std::string& id) -> Device* {
-        if (!accounts_.has_device_locked(user, id)) return nullptr;
-        return &devices_[device_key(user, id)];
-    };
-    for (auto& k : snap.device_keys)
-        if (Device* d = device(k.user_id, k.device_id)) d->keys = std::move(k.json);
-    for (auto& k : snap.one_time_keys)
-        if (Device* d = device(k.user_id, k.device_id))
-            d->one_time[k.algorithm].emplace_back(std::move(k.key_id), std::move(k.json));
-    for (auto& k : snap.fallback_keys)
-        if (Device* d = device(k.user_id, k.device_id))
-            d->fallback[k.algorithm] = Fallback{std::move(k.key_id), std::move(k.json), k.used};
     for (auto& c : snap.device_list_changes) changed_[c.user_id] = c.stream;
-    for (auto& k : snap.cross_signing_keys) cross_signing_[k.user_id][k.usage] = std::move(k.json);
-    for (auto& g : snap.key_signatures)
-        signatures_[{g.target_user, g.target_key}][{g.signer_user, g.signer_key}] =
-            std::move(g.signature);
 }
 
-const std::string* Keys::signing_key_locked(const std::string& user,
-                                            const std::string& usage) const {
-    auto u = cross_signing_.find(user);
-    if (u == cross_signing_.end()) return nullptr;
-    auto k = u->second.find(usage);
-    return k == u->second.end() ? nullptr : &k->second;
+std::shared_ptr<const Keys::UserKeys> Keys::keys_of(const std::string& user) {
+    return keys_of(std::set<std::string>{user}).at(user);
 }
 
-std::string Keys::with_signatures_locked(const std::string& stored, const std::string& owner,
-                                         const std::string& key, const std::string& reader) const {
-    auto it = signatures_.find({owner, key});
-    if (it == signatures_.end()) return stored;
-    json::object obj = json::parse(stored).as_object();
-    if (!obj["signatures"].is_object()) obj["signatures"] = json::object{};
-    auto& signatures = obj["signatures"].as_object();
-    for (const auto& [signer, signature] : it->second) {
-        if (signer.first != owner && signer.first != reader) continue;
-        if (!signatures[signer.first].is_object()) signatures[signer.first] = json::object{};
-        signatures[signer.first].as_object()[signer.second] = signature;
+std::map<std::string, std::shared_ptr<const Keys::UserKeys>> Keys::keys_of(
+    std::set<std::string> users) {
+    std::map<std::string, std::shared_ptr<const UserKeys>> out;
+    for (;;) {
+        std::vector<std::string> missing;
+        std::vector<std::uint64_t> writes;
+        {
+            std::lock_guard lock(core_.mu);
+            for (const auto& user : users) {
+                if (out.count(user)) continue;
+                if (auto* held = users_.get(user)) {
+                    out.emplace(user, *held);
+                    continue;
+                }
+                auto& loading = loading_[user];
+                ++loading.readers;
+                missing.push_back(user);
+                writes.push_back(loading.writes);
+            }
+        }
+        if (missing.empty()) return out;
+        std::vector<store::UserKeys> read;
+        std::exception_ptr failed;
+        try {
+            read = core_.store().user_keys(missing);
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        bool again = false;
+        std::lock_guard lock(core_.mu);
+        for (std::size_t i = 0; i < missing.size(); ++i) {
+            const std::string& user = missing[i];
+            auto loading = loading_.find(user);
+            const bool overtaken = loading->second.writes != writes[i];
+            if (--loading->second.readers == 0) loading_.erase(loading);
+            if (failed) continue;
+            if (auto* held = users_.get(user)) {  // another reader was first
+                out.emplace(user, *held);
+                continue;
+            }
+            if (overtaken) {
+                again = true;
+                continue;
+            }
+            auto keys = std::make_shared<UserKeys>();
+            for (auto& d : read[i].devices) keys->devices[d.device_id].keys = std::move(d.json);
+            for (auto& f : read[i].fallback)
+                keys->devices[f.device_id].fallback[f.algorithm] =
+                    Fallback{std::move(f.key_id), std::move(f.json), f.used};
+            for (const auto& c : read[i].one_time_counts)
+                keys->devices[c.device_id].one_time[c.algorithm] = c.count;
+            for (auto& c : read[i].cross_signing) keys->cross_signing[c.usage] = std::move(c.json);
+            for (auto& g : read[i].signatures)
+                keys->signatures[g.target_key][{g.signer_user, g.signer_key}] =
+                    std::move(g.signature);
+            out.emplace(user, users_.put(user, std::move(keys)));
+        }
+        if (failed) std::rethrow_exception(failed);
+        if (!again) return out;
     }
-    return json::serialize(obj);
+}
+
+Keys::UserKeys* Keys::written_locked(const std::string& user) {
+    if (auto* held = users_.get(user)) return held->get();
+    if (auto loading = loading_.find(user); loading != loading_.end()) ++loading->second.writes;
+    return nullptr;
+}
+
+std::vector<std::string> Keys::device_list_changed_locked(const std::string& user,
+                                                          StreamId position) {
+    auto& latest = changed_[user];
+    latest = std::max(latest, position);
+    std::set<std::string> audience = audience_locked(user);
+    return {audience.begin(), audience.end()};
 }
 
 std::set<std::string> Keys::audience_locked(const std::string& user) const {
@@ -159,14 +256,6 @@ std::set<std::string> Keys::audience_locked(const std::string& user) const {
                 if (mm == "join") out.insert(member);
     }
     return out;
-}
-
-void Keys::record_change_locked(const std::string& user, PendingWrite& w) {
-    StreamId stream = core_.allocate_stream_locked();
-    changed_[user] = stream;
-    w.mutations.push_back(store::PutDeviceListChange{{user, stream}});
-    w.max_stream = std::max(w.max_stream, stream);
-    for (const auto& u : audience_locked(user)) w.wake.push_back(u);
 }
 
 Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, StreamId since,
@@ -208,25 +297,11 @@ Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, St
     return d;
 }
 
-std::string Keys::counts_json_locked(const Device* d) const {
-    // signed_curve25519 is always there: clients read a missing count as "unknown".
-    std::map<std::string, std::size_t> counts{{"signed_curve25519", 0}};
-    if (d)
-        for (const auto& [algorithm, keys] : d->one_time) counts[algorithm] = keys.size();
-    std::string out = "{";
-    Comma comma;
-    for (const auto& [algorithm, n] : counts) {
-        comma(out);
-        append_quoted(out, algorithm);
-        out += ':' + std::to_string(n);
-    }
-    return out + '}';
-}
-
-void Keys::render_key_counts_locked(std::string& out, const Session& s) const {
-    auto it = devices_.find(device_key(s.user_id, s.device_id));
-    const Device* d = it == devices_.end() ? nullptr : &it->second;
-    out += ",\"device_one_time_keys_count\":" + counts_json_locked(d);
+void Keys::render_key_counts_locked(std::string& out, const Session& s,
+                                    const UserKeys& keys) const {
+    auto it = keys.devices.find(s.device_id);
+    const DeviceKeys* d = it == keys.devices.end() ? nullptr : &it->second;
+    out += ",\"device_one_time_keys_count\":" + counts_json(d ? &d->one_time : nullptr);
     out += ",\"device_unused_fallback_key_types\":[";
     Comma comma;
     if (d)
@@ -289,61 +364,109 @@ asio::awaitable<Response> Keys::upload(Request& req) {
                 {s.user_id, s.device_id, algorithm, key_id, json::serialize(key), false});
         }
 
-    PendingWrite w;
-    std::string counts;
-    {
+    if (!device_keys && one_time.empty() && fallback.empty()) {
+        // Nothing to store: the counts are what the client asks for.
+        auto keys = keys_of(s.user_id);
         std::lock_guard lock(core_.mu);
-        Device& d = devices_[device_key(s.user_id, s.device_id)];
+        auto d = keys->devices.find(s.device_id);
+        co_return Response{
+            200,
+            "{\"one_time_key_counts\":" +
+                counts_json(d == keys->devices.end() ? nullptr : &d->second.one_time) + "}",
+            {}};
+    }
+    struct Upload {
+        std::string user, device;
+        std::optional<std::string> device_keys;
+        std::vector<store::OneTimeKeyRecord> one_time;
+        std::vector<store::FallbackKeyRecord> fallback;
+        std::size_t limit = 0;
+        // Decided:
+        bool keys_changed = false;
+        std::map<std::string, std::int64_t> counts;  // unclaimed, once written
+    };
+    auto up = std::make_shared<Upload>(Upload{s.user_id, s.device_id, std::move(device_keys),
+                                              std::move(one_time), std::move(fallback), limit});
+    Decision d;
+    d.streams = up->device_keys ? 1 : 0;  // a device-list change, if the keys are new
+    d.decide = [up](store::Txn& txn, StreamId position) {
+        require_device(txn, up->user, up->device);
         // A key id already uploaded must come again unchanged (a retried upload); a different
         // key under it is an error, as the client has lost track of its keys.
-        std::map<std::string, std::size_t> adding;
+        auto counts = counts_map(txn.one_time_key_counts(up->user, up->device));
         std::vector<store::OneTimeKeyRecord> fresh;
-        for (auto& k : one_time) {
-            const auto& existing = d.one_time[k.algorithm];
-            auto same = std::find_if(existing.begin(), existing.end(),
-                                     [&](const auto& e) { return e.first == k.key_id; });
-            if (same != existing.end()) {
-                if (same->second != k.json)
+        for (const auto& k : up->one_time) {
+            auto existing = txn.one_time_key(up->user, up->device, k.algorithm, k.key_id);
+            if (existing) {
+                if (*existing != k.json)
                     throw MatrixError(400, errcode::invalid_param,
                                       "One-time key " + k.algorithm + ":" + k.key_id +
                                           " already exists with different content");
                 continue;
             }
-            if (existing.size() + ++adding[k.algorithm] > limit)
+            if (static_cast<std::size_t>(++counts[k.algorithm]) > up->limit)
                 throw MatrixError(400, errcode::limit_exceeded,
-                                  "This device would hold more than " + std::to_string(limit) +
+                                  "This device would hold more than " + std::to_string(up->limit) +
                                       " unclaimed " + k.algorithm +
                                       " keys (limits.one_time_keys_per_device)");
-            fresh.push_back(std::move(k));
+            fresh.push_back(k);
         }
-        if (device_keys && *device_keys != d.keys) {
-            // Signatures of the old keys say nothing about the new ones.
-            if (signatures_.erase({s.user_id, s.device_id}))
-                w.mutations.push_back(store::DeleteKeySignatures{s.user_id, s.device_id});
-            d.keys = *device_keys;
-            w.mutations.push_back(store::PutDeviceKeys{{s.user_id, s.device_id, *device_keys}});
-            record_change_locked(s.user_id, w);
+        bool keys_changed = false;
+        if (up->device_keys) {
+            auto stored = txn.device_keys(up->user, up->device);
+            if (!stored || *stored != *up->device_keys) {
+                keys_changed = true;
+                // Signatures of the old keys say nothing about the new ones.
+                txn.write(store::DeleteKeySignatures{up->user, up->device});
+                txn.write(store::PutDeviceKeys{{up->user, up->device, *up->device_keys}});
+                txn.write(store::PutDeviceListChange{{up->user, position}});
+            }
         }
-        for (const auto& k : fresh) d.one_time[k.algorithm].emplace_back(k.key_id, k.json);
-        if (!fresh.empty()) w.mutations.push_back(store::PutOneTimeKeys{std::move(fresh)});
-        for (auto& f : fallback) {
-            d.fallback[f.algorithm] = Fallback{f.key_id, f.json, false};
-            w.mutations.push_back(store::PutFallbackKey{std::move(f)});
+        if (!fresh.empty()) txn.write(store::PutOneTimeKeys{std::move(fresh)});
+        for (const auto& f : up->fallback) txn.write(store::PutFallbackKey{f});
+        up->keys_changed = keys_changed;
+        up->counts = counts_map(txn.one_time_key_counts(up->user, up->device));
+    };
+    d.applied = [this, up](StreamId position) {
+        if (UserKeys* keys = written_locked(up->user)) {
+            DeviceKeys& device = keys->devices[up->device];
+            if (up->keys_changed) {
+                device.keys = *up->device_keys;
+                keys->signatures.erase(up->device);
+            }
+            device.one_time = up->counts;
+            for (const auto& f : up->fallback)
+                device.fallback[f.algorithm] = Fallback{f.key_id, f.json, false};
         }
-        counts = counts_json_locked(&d);
-    }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
-    co_return Response{200, "{\"one_time_key_counts\":" + counts + "}", {}};
+        return up->keys_changed ? device_list_changed_locked(up->user, position)
+                                : std::vector<std::string>{};
+    };
+    co_await core_.transact(std::move(d));
+    co_return Response{200, "{\"one_time_key_counts\":" + counts_json(&up->counts) + "}", {}};
 }
 
 asio::awaitable<Response> Keys::query(Request& req) {
     const auto* wanted = proto::opt_object(req.json, "device_keys");
     if (!wanted) throw MatrixError(400, errcode::missing_param, "Missing 'device_keys'");
     const std::string& server_name = core_.config().server_name;
-    std::string out = "{\"device_keys\":{";
-    std::string failures;
-    Comma user_comma;
     std::set<std::string> unreachable;
+    std::set<std::string> local;
+    for (const auto& [user_sv, devices] : *wanted) {
+        std::string user(user_sv);
+        if (!devices.is_array())
+            throw MatrixError(400, errcode::bad_json,
+                              "device_keys." + user + " must be a list of device ids");
+        auto parsed = proto::parse_user_id(user);
+        if (!parsed) continue;
+        if (parsed->server_name != server_name)
+            // This server does not federate: say which servers it could not ask.
+            unreachable.insert(std::string(parsed->server_name));
+        else
+            local.insert(std::move(user));
+    }
+    const auto held = keys_of(local);
+    std::string out = "{\"device_keys\":{";
+    Comma user_comma;
     std::string master, self_signing, user_signing;
     Comma master_comma, self_comma, user_signing_comma;
     const std::string& reader = req.session->user_id;
@@ -351,26 +474,19 @@ asio::awaitable<Response> Keys::query(Request& req) {
         std::lock_guard lock(core_.mu);
         for (const auto& [user_sv, devices] : *wanted) {
             std::string user(user_sv);
-            if (!devices.is_array())
-                throw MatrixError(400, errcode::bad_json,
-                                  "device_keys." + user + " must be a list of device ids");
-            auto parsed = proto::parse_user_id(user);
-            if (!parsed) continue;
-            if (parsed->server_name != server_name) {
-                // This server does not federate: say which servers it could not ask.
-                unreachable.insert(std::string(parsed->server_name));
-                continue;
-            }
+            if (!local.count(user)) continue;
+            const UserKeys& keys = *held.at(user);
             // Cross-signing keys: everyone's master and self-signing keys, the reader's own
             // user-signing key.
             auto add_signing_key = [&](std::string& to, Comma& comma, const char* usage) {
-                const std::string* key = signing_key_locked(user, usage);
+                const std::string* key = cross_signing_key(keys, usage);
                 if (!key) return;
                 comma(to);
                 append_quoted(to, user);
                 to += ':';
                 if (std::string_view(usage) == "master")
-                    to += with_signatures_locked(*key, user, public_key_of(*key), reader);
+                    to += with_signatures(*key, signatures_of(keys, public_key_of(*key)), user,
+                                          reader);
                 else
                     to += *key;
             };
@@ -386,16 +502,16 @@ asio::awaitable<Response> Keys::query(Request& req) {
             Comma device_comma;
             for (const auto& device : accounts_.devices_locked(user)) {
                 if (!only.empty() && !only.count(device)) continue;
-                auto it = devices_.find(device_key(user, device));
-                if (it == devices_.end() || it->second.keys.empty()) continue;
+                auto it = keys.devices.find(device);
+                if (it == keys.devices.end() || it->second.keys.empty()) continue;
                 device_comma(out);
                 append_quoted(out, device);
                 out += ':';
                 // The keys as uploaded and signed since, with the device's display name in
                 // "unsigned".
-                const std::string keys =
-                    with_signatures_locked(it->second.keys, user, device, req.session->user_id);
-                out.append(keys, 0, keys.size() - 1);
+                const std::string signed_keys =
+                    with_signatures(it->second.keys, signatures_of(keys, device), user, reader);
+                out.append(signed_keys, 0, signed_keys.size() - 1);
                 out += ",\"unsigned\":{";
                 const std::string name = accounts_.device_display_name_locked(user, device);
                 if (!name.empty()) out += "\"device_display_name\":" + quoted(name);
@@ -404,8 +520,7 @@ asio::awaitable<Response> Keys::query(Request& req) {
             out += '}';
         }
     }
-    failures = failures_json(unreachable);
-    out += "},\"failures\":{" + failures + "},\"master_keys\":{" + master +
+    out += "},\"failures\":{" + failures_json(unreachable) + "},\"master_keys\":{" + master +
            "},\"self_signing_keys\":{" + self_signing + "},\"user_signing_keys\":{" + user_signing +
            "}}";
     co_return Response{200, std::move(out), {}};
@@ -415,67 +530,89 @@ asio::awaitable<Response> Keys::claim(Request& req) {
     const auto* wanted = proto::opt_object(req.json, "one_time_keys");
     if (!wanted) throw MatrixError(400, errcode::missing_param, "Missing 'one_time_keys'");
     const std::string& server_name = core_.config().server_name;
-    std::string out = "{\"one_time_keys\":{";
-    std::string failures;
-    Comma user_comma;
     std::set<std::string> unreachable;
-    PendingWrite w;
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        for (const auto& [user_sv, devices] : *wanted) {
-            std::string user(user_sv);
-            if (!devices.is_object())
-                throw MatrixError(400, errcode::bad_json,
-                                  "one_time_keys." + user + " must map device ids to algorithms");
-            auto parsed = proto::parse_user_id(user);
-            if (!parsed) continue;
-            if (parsed->server_name != server_name) {
-                unreachable.insert(std::string(parsed->server_name));
-                continue;
-            }
-            std::string entry;
-            Comma device_comma;
-            for (const auto& [device_sv, algorithm_v] : devices.get_object()) {
-                if (!algorithm_v.is_string())
-                    throw MatrixError(400, errcode::bad_json, "An algorithm is a string");
-                std::string device(device_sv), algorithm(algorithm_v.get_string());
-                if (!accounts_.has_device_locked(user, device)) continue;
-                auto it = devices_.find(device_key(user, device));
-                if (it == devices_.end()) continue;
-                Device& d = it->second;
-                std::string key_id, key_json;
+    // One key of one device, as asked for and then as claimed.
+    struct Claim {
+        std::string user, device, algorithm;
+        std::optional<store::OneTimeKeyRecord> key;  // a one-time key, or the fallback key
+        std::map<std::string, std::int64_t> left;    // the device's unclaimed keys after
+        bool fallback_now_used = false;
+    };
+    auto claims = std::make_shared<std::vector<Claim>>();
+    std::vector<std::string> users;  // in the order asked, each once per mention
+    for (const auto& [user_sv, devices] : *wanted) {
+        std::string user(user_sv);
+        if (!devices.is_object())
+            throw MatrixError(400, errcode::bad_json,
+                              "one_time_keys." + user + " must map device ids to algorithms");
+        auto parsed = proto::parse_user_id(user);
+        if (!parsed) continue;
+        if (parsed->server_name != server_name) {
+            unreachable.insert(std::string(parsed->server_name));
+            continue;
+        }
+        for (const auto& [device, algorithm] : devices.get_object()) {
+            if (!algorithm.is_string())
+                throw MatrixError(400, errcode::bad_json, "An algorithm is a string");
+            claims->push_back({user, std::string(device), std::string(algorithm.get_string())});
+        }
+        users.push_back(std::move(user));
+    }
+    if (!claims->empty()) {
+        Decision d;
+        d.decide = [claims](store::Txn& txn, StreamId) {
+            for (auto& c : *claims) {
+                c.key.reset();
+                c.fallback_now_used = false;
+                if (!txn.device_exists(c.user, c.device)) continue;
                 // Each one-time key is handed out once, oldest first; then the fallback key,
                 // as often as needed until the device replaces it.
-                if (auto q = d.one_time.find(algorithm);
-                    q != d.one_time.end() && !q->second.empty()) {
-                    std::tie(key_id, key_json) = std::move(q->second.front());
-                    q->second.pop_front();
-                    w.mutations.push_back(store::DeleteOneTimeKey{user, device, algorithm, key_id});
-                } else if (auto f = d.fallback.find(algorithm); f != d.fallback.end()) {
-                    key_id = f->second.key_id;
-                    key_json = f->second.json;
-                    if (!f->second.used) {
-                        f->second.used = true;
-                        w.mutations.push_back(store::PutFallbackKey{
-                            {user, device, algorithm, key_id, key_json, true}});
+                c.key = txn.take_one_time_key(c.user, c.device, c.algorithm);
+                if (!c.key) {
+                    auto f = txn.fallback_key(c.user, c.device, c.algorithm);
+                    if (!f) continue;
+                    c.key =
+                        store::OneTimeKeyRecord{c.user, c.device, c.algorithm, f->key_id, f->json};
+                    if (!f->used) {
+                        f->used = true;
+                        txn.write(store::PutFallbackKey{*f});
+                        c.fallback_now_used = true;
                     }
-                } else {
-                    continue;
                 }
-                device_comma(entry);
-                append_quoted(entry, device);
-                entry += ":{" + quoted(algorithm + ":" + key_id) + ":" + key_json + "}";
+                c.left = counts_map(txn.one_time_key_counts(c.user, c.device));
             }
-            user_comma(out);
-            append_quoted(out, user);
-            out += ":{" + entry + "}";
-        }
-        if (!w.mutations.empty()) ticket = core_.submit_locked(std::move(w));
+        };
+        d.applied = [this, claims](StreamId) {
+            for (const auto& c : *claims) {
+                if (!c.key) continue;
+                UserKeys* keys = written_locked(c.user);
+                if (!keys) continue;
+                DeviceKeys& device = keys->devices[c.device];
+                device.one_time = c.left;
+                if (c.fallback_now_used) device.fallback[c.algorithm].used = true;
+            }
+            return std::vector<std::string>{};
+        };
+        co_await core_.transact(std::move(d));
     }
-    if (ticket) co_await core_.durable(ticket);
-    failures = failures_json(unreachable);
-    out += "},\"failures\":{" + failures + "}}";
+    std::string out = "{\"one_time_keys\":{";
+    Comma user_comma;
+    auto claim = claims->begin();
+    for (const auto& user : users) {
+        user_comma(out);
+        append_quoted(out, user);
+        out += ":{";
+        Comma device_comma;
+        for (; claim != claims->end() && claim->user == user; ++claim) {
+            if (!claim->key) continue;
+            device_comma(out);
+            append_quoted(out, claim->device);
+            out += ":{" + quoted(claim->algorithm + ":" + claim->key->key_id) + ":" +
+                   claim->key->json + "}";
+        }
+        out += '}';
+    }
+    out += "},\"failures\":{" + failures_json(unreachable) + "}}";
     co_return Response{200, std::move(out), {}};
 }
 
@@ -532,12 +669,15 @@ asio::awaitable<Response> Keys::upload_signing_keys(Request& req) {
     // Without anything new (a retried upload), or for the first master key, no password.
     bool replaces = false;
     std::string master_public;
+    std::string checked_master;  // the master key held when the upload was checked
     {
+        auto keys = keys_of(me);
         std::lock_guard lock(core_.mu);
-        if (const std::string* master = signing_key_locked(me, "master")) {
+        if (const std::string* master = cross_signing_key(*keys, "master")) {
+            checked_master = *master;
             master_public = public_key_of(*master);
             for (const auto& u : uploads) {
-                const std::string* existing = signing_key_locked(me, u.usage);
+                const std::string* existing = cross_signing_key(*keys, u.usage);
                 if (!existing || json::parse(*existing) != json::value(*u.key)) replaces = true;
             }
         }
@@ -555,41 +695,91 @@ asio::awaitable<Response> Keys::upload_signing_keys(Request& req) {
     if (replaces)
         if (auto challenge = co_await accounts_.password_auth(req)) co_return std::move(*challenge);
 
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        auto& mine = cross_signing_[me];
-        for (const auto& u : uploads) {
-            std::string text = json::serialize(*u.key);
-            mine[u.usage] = text;
-            w.mutations.push_back(store::PutCrossSigningKey{{me, u.usage, std::move(text)}});
-        }
-        record_change_locked(me, w);
+    struct Put {
+        std::string user;
+        std::vector<std::pair<std::string, std::string>> keys;  // (usage, key as uploaded)
+        std::string checked_master;
+        bool stands_alone = false;  // the password was given, and the master key comes with it
+    };
+    auto put = std::make_shared<Put>(Put{me, {}, std::move(checked_master), false});
+    for (const auto& u : uploads) {
+        put->keys.emplace_back(u.usage, json::serialize(*u.key));
+        if (std::string_view(u.usage) == "master") put->stands_alone = replaces;
     }
-    co_await core_.commit(std::move(w));
+    Decision d;
+    d.streams = 1;
+    d.decide = [put](store::Txn& txn, StreamId position) {
+        // Checked against the master key held when the request came: had it changed since
+        // (another upload came first), the keys were checked against the wrong one, and the
+        // password not asked for when it was needed.
+        if (txn.cross_signing_key(put->user, "master").value_or("") != put->checked_master &&
+            !put->stands_alone)
+            throw MatrixError(409, errcode::unknown,
+                              "The cross-signing keys changed meanwhile: upload them again");
+        for (const auto& [usage, text] : put->keys)
+            txn.write(store::PutCrossSigningKey{{put->user, usage, text}});
+        txn.write(store::PutDeviceListChange{{put->user, position}});
+    };
+    d.applied = [this, put](StreamId position) {
+        if (UserKeys* keys = written_locked(put->user))
+            for (const auto& [usage, text] : put->keys) keys->cross_signing[usage] = text;
+        return device_list_changed_locked(put->user, position);
+    };
+    co_await core_.transact(std::move(d));
     spdlog::info("{} uploaded cross-signing keys", me);
     co_return Response{};
 }
 
 asio::awaitable<Response> Keys::upload_signatures(Request& req) {
     const std::string& me = req.session->user_id;
-    json::object failures;
+    // A key whose JSON a signature was checked against: a device's keys, or a cross-signing
+    // key. The transaction that stores the signature finds it unchanged, or refuses it.
+    struct Checked {
+        std::string user;
+        std::string device;  // a device's keys; empty: the cross-signing key of `usage`
+        std::string usage;
+        std::string json;
+        bool unchanged(store::Txn& txn) const {
+            auto now =
+                device.empty() ? txn.cross_signing_key(user, usage) : txn.device_keys(user, device);
+            return now && *now == json;
+        }
+    };
+    struct Signature {
+        store::KeySignatureRecord record;
+        Checked target, signer;
+    };
+    struct Failure {
+        std::string user, key, errcode, error;
+    };
+    struct Upload {
+        std::string user;
+        std::vector<Signature> signatures;
+        std::vector<Failure> failures;  // found before the transaction
+        std::vector<bool> written;      // decided, by signature
+    };
+    auto up = std::make_shared<Upload>();
+    up->user = me;
     auto fail = [&](const std::string& user, const std::string& key, const char* code,
                     const std::string& error) {
-        if (!failures[user].is_object()) failures[user] = json::object{};
-        failures[user].as_object()[key] = json::object{{"errcode", code}, {"error", error}};
+        up->failures.push_back({user, key, code, error});
     };
-    PendingWrite w;
-    std::uint64_t ticket = 0;
+    std::set<std::string> owners{me};
+    for (const auto& [user_sv, keys] : req.json) {
+        if (!keys.is_object())
+            throw MatrixError(400, errcode::bad_json,
+                              std::string(user_sv) + " must map key ids to keys");
+        owners.insert(std::string(user_sv));
+    }
+    const auto held = keys_of(owners);
     {
         std::lock_guard lock(core_.mu);
-        const std::string* self_signing = signing_key_locked(me, "self_signing");
-        const std::string* user_signing = signing_key_locked(me, "user_signing");
-        bool changed = false;
+        const UserKeys& mine_held = *held.at(me);
+        const std::string* self_signing = cross_signing_key(mine_held, "self_signing");
+        const std::string* user_signing = cross_signing_key(mine_held, "user_signing");
         for (const auto& [user_sv, keys] : req.json) {
             const std::string user(user_sv);
-            if (!keys.is_object())
-                throw MatrixError(400, errcode::bad_json, user + " must map key ids to keys");
+            const UserKeys& theirs = *held.at(user);
             for (const auto& [key_sv, signed_value] : keys.get_object()) {
                 const std::string key_id(key_sv);
                 if (!signed_value.is_object()) {
@@ -600,71 +790,112 @@ asio::awaitable<Response> Keys::upload_signatures(Request& req) {
                 const auto* by = proto::opt_object(object, "signatures");
                 const json::object* mine = by ? proto::opt_object(*by, me) : nullptr;
                 // What is signed must be the key the server holds, signatures aside.
-                const std::string* stored = nullptr;
+                std::optional<Checked> target, signer;
                 std::string signer_public;  // the key that must have made the signature
                 std::string signer_key_id;
                 if (user == me) {
-                    if (auto d = devices_.find(device_key(me, key_id));
-                        d != devices_.end() && !d->second.keys.empty()) {
+                    const std::string* master = cross_signing_key(mine_held, "master");
+                    if (auto d = mine_held.devices.find(key_id);
+                        d != mine_held.devices.end() && !d->second.keys.empty()) {
                         // One of my devices, signed by my self-signing key.
-                        stored = &d->second.keys;
-                        if (self_signing) signer_public = public_key_of(*self_signing);
+                        target = Checked{me, key_id, "", d->second.keys};
+                        if (self_signing) {
+                            signer = Checked{me, "", "self_signing", *self_signing};
+                            signer_public = public_key_of(*self_signing);
+                        }
                         signer_key_id = "ed25519:" + signer_public;
-                    } else if (const std::string* master = signing_key_locked(me, "master");
-                               master && public_key_of(*master) == key_id) {
+                    } else if (master && public_key_of(*master) == key_id) {
                         // My master key, signed by one of my devices.
-                        stored = master;
+                        target = Checked{me, "", "master", *master};
                         if (mine)
                             for (const auto& [name, _] : *mine) {
                                 std::string_view n = name;
                                 if (!n.starts_with("ed25519:")) continue;
-                                auto d = devices_.find(device_key(me, std::string(n.substr(8))));
-                                if (d == devices_.end() || d->second.keys.empty()) continue;
+                                auto d = mine_held.devices.find(std::string(n.substr(8)));
+                                if (d == mine_held.devices.end() || d->second.keys.empty())
+                                    continue;
                                 auto dk = json::parse(d->second.keys).as_object();
                                 const auto* idk = proto::opt_object(dk, "keys");
                                 auto pk = idk ? proto::opt_string(*idk, name) : std::nullopt;
                                 if (pk) {
+                                    signer = Checked{me, d->first, "", d->second.keys};
                                     signer_public = *pk;
                                     signer_key_id = std::string(name);
                                     break;
                                 }
                             }
                     }
-                } else if (const std::string* master = signing_key_locked(user, "master");
+                } else if (const std::string* master = cross_signing_key(theirs, "master");
                            master && public_key_of(*master) == key_id) {
                     // Someone else's master key, signed by my user-signing key.
-                    stored = master;
-                    if (user_signing) signer_public = public_key_of(*user_signing);
+                    target = Checked{user, "", "master", *master};
+                    if (user_signing) {
+                        signer = Checked{me, "", "user_signing", *user_signing};
+                        signer_public = public_key_of(*user_signing);
+                    }
                     signer_key_id = "ed25519:" + signer_public;
                 }
-                if (!stored) {
+                if (!target) {
                     fail(user, key_id, errcode::not_found, "No such key to sign");
                     continue;
                 }
-                if (signed_part(json::parse(*stored).as_object()) != signed_part(object)) {
+                if (signed_part(json::parse(target->json).as_object()) != signed_part(object)) {
                     fail(user, key_id, errcode::invalid_param,
                          "The key does not match the one held");
                     continue;
                 }
-                if (signer_public.empty() || !signed_by(object, me, signer_key_id, signer_public)) {
+                if (!signer || signer_public.empty() ||
+                    !signed_by(object, me, signer_key_id, signer_public)) {
                     fail(user, key_id, kInvalidSignature,
                          "Not signed by a key of yours that may sign it");
                     continue;
                 }
-                const std::string signature(mine->at(signer_key_id).as_string());
-                signatures_[{user, key_id}][{me, signer_key_id}] = signature;
-                w.mutations.push_back(
-                    store::PutKeySignature{{user, key_id, me, signer_key_id, signature}});
-                changed = true;
+                up->signatures.push_back({{user, key_id, me, signer_key_id,
+                                           std::string(mine->at(signer_key_id).as_string())},
+                                          std::move(*target),
+                                          std::move(*signer)});
             }
         }
-        // Those who see my keys fetch them again: the new signatures come with them.
-        if (changed) {
-            record_change_locked(me, w);
-            ticket = core_.submit_locked(std::move(w));
-        }
     }
-    if (ticket) co_await core_.durable(ticket);
+    if (!up->signatures.empty()) {
+        Decision d;
+        d.streams = 1;
+        d.decide = [up](store::Txn& txn, StreamId position) {
+            std::vector<bool> written;
+            for (const auto& sig : up->signatures) {
+                written.push_back(sig.target.unchanged(txn) && sig.signer.unchanged(txn));
+                if (written.back()) txn.write(store::PutKeySignature{sig.record});
+            }
+            // Those who see my keys fetch them again: the new signatures come with them.
+            if (std::find(written.begin(), written.end(), true) != written.end())
+                txn.write(store::PutDeviceListChange{{up->user, position}});
+            up->written = std::move(written);
+        };
+        d.applied = [this, up](StreamId position) {
+            bool any = false;
+            for (std::size_t i = 0; i < up->signatures.size(); ++i) {
+                if (!up->written[i]) continue;
+                any = true;
+                const auto& r = up->signatures[i].record;
+                if (UserKeys* keys = written_locked(r.target_user))
+                    keys->signatures[r.target_key][{r.signer_user, r.signer_key}] = r.signature;
+            }
+            return any ? device_list_changed_locked(up->user, position)
+                       : std::vector<std::string>{};
+        };
+        co_await core_.transact(std::move(d));
+    }
+    json::object failures;
+    auto add = [&](const std::string& user, const std::string& key, const std::string& code,
+                   const std::string& error) {
+        if (!failures[user].is_object()) failures[user] = json::object{};
+        failures[user].as_object()[key] = json::object{{"errcode", code}, {"error", error}};
+    };
+    for (const auto& f : up->failures) add(f.user, f.key, f.errcode, f.error);
+    for (std::size_t i = 0; i < up->written.size(); ++i)
+        if (!up->written[i])
+            add(up->signatures[i].record.target_user, up->signatures[i].record.target_key,
+                errcode::invalid_param, "The key or the key that signed it changed meanwhile");
     co_return json_response(json::object{{"failures", failures}});
 }
 

@@ -1,12 +1,15 @@
 #pragma once
 
 // End-to-end encryption keys: each device's identity keys, one-time keys and fallback keys
-// (upload, query, claim), and the device lists that tell users whose devices changed. The
-// server holds public keys only and never sees what they encrypt.
+// (upload, query, claim), cross-signing keys and signatures, and the device lists that tell
+// users whose devices changed. The server holds public keys only and never sees what they
+// encrypt. Every write is decided in its transaction and cached once it committed; a user's
+// keys are read from the store when first needed and held per user (caches.keys), the
+// one-time keys themselves not at all: a claim takes them in its transaction.
 #include <boost/asio/awaitable.hpp>
 
-#include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -15,6 +18,7 @@
 #include "accounts.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "rooms.hpp"
 
 namespace mxvoip::server {
@@ -34,6 +38,29 @@ class Keys {
     asio::awaitable<Response> upload_signing_keys(Request&);
     asio::awaitable<Response> upload_signatures(Request&);
 
+    struct Fallback {
+        std::string key_id;
+        std::string json;
+        bool used = false;
+    };
+    struct DeviceKeys {
+        std::string keys;  // the device keys as uploaded; empty before the first upload
+        std::map<std::string, std::int64_t> one_time;  // unclaimed one-time keys, by algorithm
+        std::map<std::string, Fallback> fallback;      // by algorithm
+    };
+    // Signatures added later to one key, by (signer user, signer key id).
+    using Signatures = std::map<std::pair<std::string, std::string>, std::string>;
+    // A user's keys as held in memory.
+    struct UserKeys {
+        std::map<std::string, DeviceKeys> devices;         // by device id
+        std::map<std::string, std::string> cross_signing;  // by usage, as uploaded
+        std::map<std::string, Signatures> signatures;  // by key: a device id or master public key
+    };
+    // The user's keys, read from the store when they are not held. Takes the lock (call it
+    // without). While the caller holds the result it stays held, so the writes that commit
+    // meanwhile reach it.
+    std::shared_ptr<const UserKeys> keys_of(const std::string& user);
+
     // The users whose device lists `user` should refresh, and those it no longer shares a room
     // with, for changes in (since, upto].
     struct DeviceListDelta {
@@ -42,49 +69,35 @@ class Keys {
     };
     DeviceListDelta device_list_delta_locked(const std::string& user, StreamId since,
                                              StreamId upto) const;
-    // ,"device_one_time_keys_count":{...},"device_unused_fallback_key_types":[...]
-    void render_key_counts_locked(std::string& out, const Session& s) const;
+    // ,"device_one_time_keys_count":{...},"device_unused_fallback_key_types":[...] of the
+    // session's device, from its user's keys (keys_of).
+    void render_key_counts_locked(std::string& out, const Session& s, const UserKeys& keys) const;
 
   private:
-    struct Fallback {
-        std::string key_id;
-        std::string json;
-        bool used = false;
-    };
-    struct Device {
-        std::string keys;  // the device keys as uploaded; empty before the first upload
-        // By algorithm, oldest upload first: (key id, key JSON).
-        std::map<std::string, std::deque<std::pair<std::string, std::string>>> one_time;
-        std::map<std::string, Fallback> fallback;  // by algorithm
-    };
-    static std::string device_key(const std::string& user, const std::string& device) {
-        return user + '|' + device;
-    }
+    using Held = std::shared_ptr<UserKeys>;
+    // keys_of() for several users at once: those not held are read in one go.
+    std::map<std::string, std::shared_ptr<const UserKeys>> keys_of(std::set<std::string> users);
+    // The user's keys if they are held, for a write that committed to change them; when they
+    // are not, a read of them under way is made again (it may have missed the write).
+    UserKeys* written_locked(const std::string& user);
     // The users who share a joined room with `user`, and `user`.
     std::set<std::string> audience_locked(const std::string& user) const;
-    // A device's keys arrived or went away: a new position in the user's device list, and the
-    // syncs of everyone who shares a room with the user wake for it.
-    void record_change_locked(const std::string& user, PendingWrite& w);
-    std::string counts_json_locked(const Device* d) const;
-    // The stored key (device keys or cross-signing key) with the added signatures `reader`
-    // may see: those of the key's owner and the reader's own.
-    std::string with_signatures_locked(const std::string& stored, const std::string& owner,
-                                       const std::string& key, const std::string& reader) const;
-    // (public key, its JSON) of the user's cross-signing key of `usage`, if any.
-    const std::string* signing_key_locked(const std::string& user, const std::string& usage) const;
+    // The user's device list changed at `position` (committed): everyone who shares a room
+    // with them is to be woken.
+    std::vector<std::string> device_list_changed_locked(const std::string& user, StreamId position);
 
     Core& core_;
     Accounts& accounts_;
     Rooms& rooms_;
-    std::unordered_map<std::string, Device> devices_;    // by user + '|' + device
+    LruCache<std::string, Held> users_;  // by user
+    // Users whose keys are being read from the store, and how many writes applied to them
+    // meanwhile: a read that a write overtook is made again.
+    struct Loading {
+        int readers = 0;
+        std::uint64_t writes = 0;
+    };
+    std::unordered_map<std::string, Loading> loading_;
     std::unordered_map<std::string, StreamId> changed_;  // by user: the latest change
-    // By user, by usage (master, self_signing, user_signing): the key as uploaded.
-    std::unordered_map<std::string, std::map<std::string, std::string>> cross_signing_;
-    // Signatures added later, by (owner, device id or master public key), by (signer user,
-    // signer key id).
-    std::map<std::pair<std::string, std::string>,
-             std::map<std::pair<std::string, std::string>, std::string>>
-        signatures_;
 };
 
 }  // namespace mxvoip::server

@@ -195,7 +195,8 @@ bool shown_in_sync(const RoomMembership& m, StreamId since, bool initial, bool i
 }  // namespace
 
 bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
-                        bool full_state, const AccountDataEntries& account_data, std::string& out) {
+                        bool full_state, const AccountDataEntries& account_data,
+                        const Keys::UserKeys& keys, std::string& out) {
     const StreamId upto = core_.visible_locked();
     const std::string dkey = s.device_key();
     bool has_content = false;
@@ -373,7 +374,7 @@ bool Sync::build_locked(const Session& s, StreamId since, bool initial, const Fi
     out += ",\"to_device\":{\"events\":[" + to_device + "]}";
     out += ",\"presence\":{\"events\":[" + presence + "]}";
     out += device_lists;
-    keys_.render_key_counts_locked(out, s);
+    keys_.render_key_counts_locked(out, s, keys);
     out += '}';
     return has_content;
 }
@@ -431,6 +432,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     Syncing syncing{core_, presence_, s.user_id};
     // Held while the /sync runs, so it stays cached and what commits meanwhile reaches it.
     auto account_data = account_data_.entries(s.user_id);
+    auto keys = keys_.keys_of(s.user_id);  // the same: the device's key counts
     {
         // The rooms it shows that are not held in memory are read now, without the lock.
         std::vector<std::string> room_ids;
@@ -447,7 +449,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
         since = std::min(since, core_.visible_locked());
         // Using a since token acknowledges the to-device messages it covered.
         to_device_.acknowledge_locked(s, since);
-        bool has = build_locked(s, since, initial, filter, full_state, *account_data, out);
+        bool has = build_locked(s, since, initial, filter, full_state, *account_data, *keys, out);
         if (has || initial || full_state || timeout == 0 || core_.shutting_down_locked())
             co_return Response{200, std::move(out), {}};
         waiter = core_.park_locked(s.user_id, executor);
@@ -473,7 +475,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
             continue;
         }
         out.clear();
-        build_locked(s, since, initial, filter, full_state, *account_data, out);
+        build_locked(s, since, initial, filter, full_state, *account_data, *keys, out);
         break;
     }
     co_return Response{200, std::move(out), {}};

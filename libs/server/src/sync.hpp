@@ -45,7 +45,8 @@ class Sync {
     };
     Filter resolve_filter(const Session& s, const Request& req) const;
     bool build_locked(const Session& s, StreamId since, bool initial, const Filter& f,
-                      bool full_state, const AccountDataEntries& account_data, std::string& out);
+                      bool full_state, const AccountDataEntries& account_data,
+                      const Keys::UserKeys& keys, std::string& out);
     bool only_own_echo_locked(const Session& s, StreamId since,
                               const AccountDataEntries& account_data) const;
     // What a rendered timeline carried.

@@ -161,6 +161,9 @@ TEST(Config, Caches) {
     EXPECT_EQ(parse_config("", "test.yaml").caches.rooms, 2000u);
     EXPECT_EQ(parse_config("caches:\n  rooms: 5\n", "test.yaml").caches.rooms, 5u);
     EXPECT_NE(error_of("caches:\n  rooms: 0\n").find("caches.rooms"), std::string::npos);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.keys, 10000u);
+    EXPECT_EQ(parse_config("caches:\n  keys: 7\n", "test.yaml").caches.keys, 7u);
+    EXPECT_NE(error_of("caches:\n  keys: 0\n").find("caches.keys"), std::string::npos);
     EXPECT_NE(error_of("caches:\n  tokens: 5\n").find("caches.tokens: unknown key"),
               std::string::npos);
 }

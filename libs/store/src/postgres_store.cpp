@@ -209,8 +209,12 @@ class PgDb {
   public:
     using Stmt = PgStmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
-    static constexpr const char* kOneTimeKeysQuery =
-        "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY seq";
+    // The oldest key that no other transaction is taking: two claims at once, from any
+    // process, get two keys.
+    static constexpr const char* kTakeOneTimeKey =
+        "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys WHERE user_id = ? "
+        "AND device_id = ? AND algorithm = ? ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING key_id, json";
 
     explicit PgDb(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {

@@ -3,7 +3,7 @@
 // The store's queries and writes, shared by its SQL backends (sqlite_store.cpp,
 // postgres_store.cpp). `Db` is a backend's connection: exec(), begin(), commit(), rollback(),
 // a Stmt that binds positionally ('?'), runs and steps through rows, and the one statement
-// whose SQL differs between the backends (kOneTimeKeysQuery). Upserts are written as
+// whose SQL differs between the backends (kTakeOneTimeKey). Upserts are written as
 // INSERT ... ON CONFLICT, which both understand; every insert is one, so that applying a
 // batch again after an unknown outcome changes nothing (Store::apply). No SQL reads inside the
 // stored JSON: a
@@ -116,6 +116,53 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<UserKeys> user_keys(const std::vector<std::string>& user_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<UserKeys> out;
+            out.reserve(user_ids.size());
+            for (const auto& user : user_ids) {
+                UserKeys& k = out.emplace_back();
+                k.user_id = user;
+                {
+                    Stmt s(db, "SELECT device_id, json FROM device_keys WHERE user_id = ?");
+                    s.bind(user);
+                    while (s.next()) k.devices.push_back({user, s.text(0), s.text(1)});
+                }
+                {
+                    Stmt s(db,
+                           "SELECT device_id, algorithm, key_id, json, used FROM fallback_keys "
+                           "WHERE user_id = ?");
+                    s.bind(user);
+                    while (s.next())
+                        k.fallback.push_back(
+                            {user, s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4) != 0});
+                }
+                {
+                    Stmt s(db,
+                           "SELECT device_id, algorithm, COUNT(*) FROM one_time_keys WHERE "
+                           "user_id = ? GROUP BY device_id, algorithm");
+                    s.bind(user);
+                    while (s.next())
+                        k.one_time_counts.push_back({s.text(0), s.text(1), s.integer(2)});
+                }
+                {
+                    Stmt s(db, "SELECT usage, json FROM cross_signing_keys WHERE user_id = ?");
+                    s.bind(user);
+                    while (s.next()) k.cross_signing.push_back({user, s.text(0), s.text(1)});
+                }
+                {
+                    Stmt s(db,
+                           "SELECT target_key, signer_user, signer_key, signature FROM "
+                           "key_signatures WHERE target_user = ?");
+                    s.bind(user);
+                    while (s.next())
+                        k.signatures.push_back({user, s.text(0), s.text(1), s.text(2), s.text(3)});
+                }
+            }
+            return out;
+        });
+    }
+
     std::optional<std::string> filter(const std::string& user_id, std::int64_t filter_id) override {
         return read([&](Db& db) -> std::optional<std::string> {
             Stmt s(db, "SELECT json FROM filters WHERE user_id = ? AND filter_id = ?");
@@ -184,6 +231,60 @@ class SqlStore : public Store {
             Stmt s(db, "SELECT COUNT(*) FROM to_device WHERE user_id = ? AND device_id = ?");
             s.bind(user_id).bind(device_id);
             return s.next() ? s.integer(0) : 0;
+        }
+        std::optional<std::string> device_keys(const std::string& user_id,
+                                               const std::string& device_id) override {
+            Stmt s(db, "SELECT json FROM device_keys WHERE user_id = ? AND device_id = ?");
+            s.bind(user_id).bind(device_id);
+            if (!s.next()) return std::nullopt;
+            return s.text(0);
+        }
+        std::optional<std::string> one_time_key(const std::string& user_id,
+                                                const std::string& device_id,
+                                                const std::string& algorithm,
+                                                const std::string& key_id) override {
+            Stmt s(db,
+                   "SELECT json FROM one_time_keys WHERE user_id = ? AND device_id = ? AND "
+                   "algorithm = ? AND key_id = ?");
+            s.bind(user_id).bind(device_id).bind(algorithm).bind(key_id);
+            if (!s.next()) return std::nullopt;
+            return s.text(0);
+        }
+        std::vector<OneTimeKeyCount> one_time_key_counts(const std::string& user_id,
+                                                         const std::string& device_id) override {
+            Stmt s(db,
+                   "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = ? AND "
+                   "device_id = ? GROUP BY algorithm");
+            s.bind(user_id).bind(device_id);
+            std::vector<OneTimeKeyCount> out;
+            while (s.next()) out.push_back({device_id, s.text(0), s.integer(1)});
+            return out;
+        }
+        std::optional<OneTimeKeyRecord> take_one_time_key(const std::string& user_id,
+                                                          const std::string& device_id,
+                                                          const std::string& algorithm) override {
+            Stmt s(db, Db::kTakeOneTimeKey);
+            s.bind(user_id).bind(device_id).bind(algorithm);
+            if (!s.next()) return std::nullopt;
+            return OneTimeKeyRecord{user_id, device_id, algorithm, s.text(0), s.text(1)};
+        }
+        std::optional<FallbackKeyRecord> fallback_key(const std::string& user_id,
+                                                      const std::string& device_id,
+                                                      const std::string& algorithm) override {
+            Stmt s(db,
+                   "SELECT key_id, json, used FROM fallback_keys WHERE user_id = ? AND "
+                   "device_id = ? AND algorithm = ?");
+            s.bind(user_id).bind(device_id).bind(algorithm);
+            if (!s.next()) return std::nullopt;
+            return FallbackKeyRecord{user_id,   device_id, algorithm,
+                                     s.text(0), s.text(1), s.integer(2) != 0};
+        }
+        std::optional<std::string> cross_signing_key(const std::string& user_id,
+                                                     const std::string& usage) override {
+            Stmt s(db, "SELECT json FROM cross_signing_keys WHERE user_id = ? AND usage = ?");
+            s.bind(user_id).bind(usage);
+            if (!s.next()) return std::nullopt;
+            return s.text(0);
         }
     };
 
@@ -303,23 +404,6 @@ class SqlStore : public Store {
                 snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
         }
         {
-            Stmt s(db, "SELECT user_id, device_id, json FROM device_keys");
-            while (s.next()) snap.device_keys.push_back({s.text(0), s.text(1), s.text(2)});
-        }
-        {
-            Stmt s(db, Db::kOneTimeKeysQuery);
-            while (s.next())
-                snap.one_time_keys.push_back(
-                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT user_id, device_id, algorithm, key_id, json, used FROM fallback_keys");
-            while (s.next())
-                snap.fallback_keys.push_back(
-                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5) != 0});
-        }
-        {
             Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");
             while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
         }
@@ -339,18 +423,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.backup_keys.push_back({s.text(0), s.integer(1), s.text(2), s.text(3),
                                             s.integer(4) != 0, s.integer(5), s.integer(6), ""});
-        }
-        {
-            Stmt s(db, "SELECT user_id, usage, json FROM cross_signing_keys");
-            while (s.next()) snap.cross_signing_keys.push_back({s.text(0), s.text(1), s.text(2)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT target_user, target_key, signer_user, signer_key, signature FROM "
-                   "key_signatures");
-            while (s.next())
-                snap.key_signatures.push_back(
-                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)});
         }
         return snap;
     }

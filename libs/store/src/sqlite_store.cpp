@@ -202,9 +202,10 @@ class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
-    // Rowid order is upload order.
-    static constexpr const char* kOneTimeKeysQuery =
-        "SELECT user_id, device_id, algorithm, key_id, json FROM one_time_keys ORDER BY rowid";
+    // Rowid order is upload order: the oldest key goes first. One writer at a time.
+    static constexpr const char* kTakeOneTimeKey =
+        "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys WHERE user_id = "
+        "? AND device_id = ? AND algorithm = ? ORDER BY rowid LIMIT 1) RETURNING key_id, json";
 
     explicit Db(const std::string& path, bool create) {
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);

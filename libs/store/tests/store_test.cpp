@@ -594,6 +594,77 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     EXPECT_EQ(all[2].type, "m.tag");
 }
 
+TYPED_TEST(StoreTest, KeysAreReadPerUserAndOneTimeKeysTakenOldestFirstOnce) {
+    auto store = this->backend.open();
+    store->apply(std::vector<Mutation>{
+        PutToken{{"h1", "@a:x", "PHONE", ""}},
+        PutDeviceKeys{{"@a:x", "PHONE", "{\"k\":1}"}},
+        PutDeviceKeys{{"@b:x", "TV", "{\"k\":2}"}},
+        PutOneTimeKeys{{{"@a:x", "PHONE", "signed_curve25519", "z", "\"first\""},
+                        {"@a:x", "PHONE", "signed_curve25519", "a", "\"second\""},
+                        {"@a:x", "PHONE", "other", "o", "\"other\""}}},
+        PutFallbackKey{{"@a:x", "PHONE", "signed_curve25519", "f", "\"fb\"", false}},
+        PutCrossSigningKey{{"@a:x", "master", "{\"m\":1}"}},
+        PutKeySignature{{"@a:x", "PHONE", "@a:x", "ed25519:S", "sig"}},
+        PutKeySignature{{"@b:x", "TV", "@a:x", "ed25519:U", "other"}},
+    });
+    auto keys = store->user_keys({"@a:x", "@nobody:x"});
+    ASSERT_EQ(keys.size(), 2u);
+    EXPECT_EQ(keys[0].user_id, "@a:x");
+    ASSERT_EQ(keys[0].devices.size(), 1u);
+    EXPECT_EQ(keys[0].devices[0].json, "{\"k\":1}");
+    ASSERT_EQ(keys[0].fallback.size(), 1u);
+    EXPECT_EQ(keys[0].fallback[0].key_id, "f");
+    EXPECT_FALSE(keys[0].fallback[0].used);
+    std::map<std::string, std::int64_t> counts;
+    for (const auto& c : keys[0].one_time_counts) counts[c.device_id + "/" + c.algorithm] = c.count;
+    EXPECT_EQ(counts, (std::map<std::string, std::int64_t>{{"PHONE/other", 1},
+                                                           {"PHONE/signed_curve25519", 2}}));
+    ASSERT_EQ(keys[0].cross_signing.size(), 1u);
+    EXPECT_EQ(keys[0].cross_signing[0].usage, "master");
+    ASSERT_EQ(keys[0].signatures.size(), 1u);  // only those on @a's keys
+    EXPECT_EQ(keys[0].signatures[0].signature, "sig");
+    EXPECT_EQ(keys[1].user_id, "@nobody:x");
+    EXPECT_TRUE(keys[1].devices.empty() && keys[1].one_time_counts.empty());
+
+    std::vector<std::optional<OneTimeKeyRecord>> taken;
+    std::optional<std::string> existing, missing, device, cross;
+    std::optional<FallbackKeyRecord> fallback;
+    std::vector<OneTimeKeyCount> left;
+    auto decide = [&](Txn& txn) {
+        existing = txn.one_time_key("@a:x", "PHONE", "signed_curve25519", "a");
+        missing = txn.one_time_key("@a:x", "PHONE", "other", "a");
+        device = txn.device_keys("@b:x", "TV");
+        cross = txn.cross_signing_key("@a:x", "master");
+        fallback = txn.fallback_key("@a:x", "PHONE", "signed_curve25519");
+        taken.clear();
+        for (int i = 0; i < 3; ++i)
+            taken.push_back(txn.take_one_time_key("@a:x", "PHONE", "signed_curve25519"));
+        left = txn.one_time_key_counts("@a:x", "PHONE");
+    };
+    std::vector<Write> batch{Write{{}, decide}};
+    EXPECT_FALSE(store->transact(batch)[0]);
+    EXPECT_EQ(existing, "\"second\"");
+    EXPECT_FALSE(missing);
+    EXPECT_EQ(device, "{\"k\":2}");
+    EXPECT_EQ(cross, "{\"m\":1}");
+    ASSERT_TRUE(fallback);
+    EXPECT_EQ(fallback->json, "\"fb\"");
+    // Upload order, not key-id order; each once; then none.
+    ASSERT_EQ(taken.size(), 3u);
+    ASSERT_TRUE(taken[0] && taken[1]);
+    EXPECT_EQ(taken[0]->key_id, "z");
+    EXPECT_EQ(taken[0]->json, "\"first\"");
+    EXPECT_EQ(taken[1]->key_id, "a");
+    EXPECT_FALSE(taken[2]);
+    ASSERT_EQ(left.size(), 1u);
+    EXPECT_EQ(left[0].algorithm, "other");
+    // Taken for good: committed.
+    auto after = store->user_keys({"@a:x"});
+    ASSERT_EQ(after[0].one_time_counts.size(), 1u);
+    EXPECT_EQ(after[0].one_time_counts[0].algorithm, "other");
+}
+
 TYPED_TEST(StoreTest, PagesEventsBothWays) {
     auto store = this->backend.open();
     std::vector<Mutation> batch{PutRoom{{"!r:x", "10"}}, PutRoom{{"!s:x", "10"}}};
@@ -870,6 +941,9 @@ class FlakyStore final : public Store {
         if (forever_ || outages_.fetch_sub(1) > 0)
             throw StoreUnavailable("the database is restarting");
         return inner_.transact(batch);
+    }
+    std::vector<UserKeys> user_keys(const std::vector<std::string>& users) override {
+        return inner_.user_keys(users);
     }
     std::vector<AccountDataRecord> account_data(const std::string& u) override {
         return inner_.account_data(u);

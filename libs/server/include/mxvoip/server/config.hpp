@@ -68,6 +68,7 @@ struct Limits {
 struct Caches {
     std::size_t account_data = 10000;  // users whose account data is held
     std::size_t filters = 10000;       // sync filters (each user's, by id)
+    std::size_t keys = 10000;          // users whose end-to-end keys are held
     std::size_t rooms = 2000;          // rooms: their state and membership history
 };
 

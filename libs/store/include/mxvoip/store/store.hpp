@@ -155,6 +155,23 @@ struct KeySignatureRecord {
     std::string signer_key;  // "ed25519:<key or device id>"
     std::string signature;
 };
+// How many one-time keys of an algorithm a device has that nobody claimed yet.
+struct OneTimeKeyCount {
+    std::string device_id;
+    std::string algorithm;
+    std::int64_t count = 0;
+};
+// A user's end-to-end keys (Store::user_keys), as of one moment: what /keys/query and a
+// device's /sync need. The one-time keys themselves are not read, only how many there are:
+// a claim takes them in its transaction (Txn::take_one_time_key).
+struct UserKeys {
+    std::string user_id;
+    std::vector<DeviceKeysRecord> devices;
+    std::vector<FallbackKeyRecord> fallback;
+    std::vector<OneTimeKeyCount> one_time_counts;
+    std::vector<CrossSigningKeyRecord> cross_signing;
+    std::vector<KeySignatureRecord> signatures;  // added to the user's keys
+};
 // A user's newest receipt of one type in one room and thread (thread_id empty: unthreaded).
 struct ReceiptRecord {
     StreamId stream = 0;
@@ -386,6 +403,29 @@ class Txn {
     // How many to-device messages wait for the device.
     virtual std::int64_t to_device_count(const std::string& user_id,
                                          const std::string& device_id) = 0;
+    // The device's keys as uploaded, if it uploaded any.
+    virtual std::optional<std::string> device_keys(const std::string& user_id,
+                                                   const std::string& device_id) = 0;
+    // The JSON of the device's one-time key of that name, if it is still unclaimed.
+    virtual std::optional<std::string> one_time_key(const std::string& user_id,
+                                                    const std::string& device_id,
+                                                    const std::string& algorithm,
+                                                    const std::string& key_id) = 0;
+    // How many unclaimed one-time keys the device has, by algorithm.
+    virtual std::vector<OneTimeKeyCount> one_time_key_counts(const std::string& user_id,
+                                                             const std::string& device_id) = 0;
+    // Claims the device's oldest one-time key of the algorithm: deletes it and returns it.
+    // Two transactions never take the same key (on PostgreSQL, one passes over a key another
+    // has taken and not yet committed).
+    virtual std::optional<OneTimeKeyRecord> take_one_time_key(const std::string& user_id,
+                                                              const std::string& device_id,
+                                                              const std::string& algorithm) = 0;
+    virtual std::optional<FallbackKeyRecord> fallback_key(const std::string& user_id,
+                                                          const std::string& device_id,
+                                                          const std::string& algorithm) = 0;
+    // The user's cross-signing key of that usage (master, self_signing, user_signing).
+    virtual std::optional<std::string> cross_signing_key(const std::string& user_id,
+                                                         const std::string& usage) = 0;
 };
 
 // One request's part of a transaction: its mutations, as they are, and then, when `decide`
@@ -404,8 +444,8 @@ struct Write {
 };
 
 // What the server keeps in memory, read once at start-up. No room's state or timeline, no
-// client transaction, no filter and no account data but push rules: those are read from the
-// store when they are needed.
+// client transaction, no filter, no account data but push rules and no end-to-end key but
+// who changed their device list when: those are read from the store when they are needed.
 struct Snapshot {
     std::vector<UserRecord> users;
     std::vector<TokenRecord> tokens;
@@ -415,12 +455,7 @@ struct Snapshot {
     std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
     std::vector<ToDeviceRecord> to_device;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
-    std::vector<DeviceKeysRecord> device_keys;
-    std::vector<OneTimeKeyRecord> one_time_keys;  // in the order they were put
-    std::vector<FallbackKeyRecord> fallback_keys;
     std::vector<DeviceListChangeRecord> device_list_changes;
-    std::vector<CrossSigningKeyRecord> cross_signing_keys;
-    std::vector<KeySignatureRecord> key_signatures;
     std::vector<BackupVersionRecord> backup_versions;
     std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
     std::vector<ReceiptRecord> receipts;       // in stream order
@@ -471,6 +506,9 @@ class Store {
                                                int limit) = 0;
     // The user's account data, global and per room.
     virtual std::vector<AccountDataRecord> account_data(const std::string& user_id) = 0;
+    // The end-to-end keys of each user (in the order asked; a user without keys has an
+    // entry with none), read at one moment.
+    virtual std::vector<UserKeys> user_keys(const std::vector<std::string>& user_ids) = 0;
     // The user's filter of that id (its JSON text), if there is one.
     virtual std::optional<std::string> filter(const std::string& user_id,
                                               std::int64_t filter_id) = 0;
