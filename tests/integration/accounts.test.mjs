@@ -213,3 +213,52 @@ test('profile: displayname defaults to the localpart and can be changed', async 
   assert.equal(forbidden.status, 403);
   assert.equal((await api(server.url, 'GET', `${CS}/profile/${encodeURIComponent('@nobody:localhost')}`)).status, 404);
 });
+
+test('accounts and tokens not held in memory are read when used; a token signed out is refused at once', async () => {
+  let small = await startServer({ config: { caches: { accounts: 1, tokens: 1 } } });
+  try {
+    const alice = await register(small.url, 'alice', { password: 'pw', deviceId: 'ONE' });
+    const bob = await register(small.url, 'bob');
+    const login = async (deviceId) =>
+      (await api(small.url, 'POST', `${CS}/login`, {
+        body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'alice' }, password: 'pw', device_id: deviceId, initial_device_display_name: `alice ${deviceId}` },
+      })).body.access_token;
+    const two = await login('TWO');
+    const whoami = async (token) => api(small.url, 'GET', `${CS}/account/whoami`, { token });
+    // One token and one account held at a time: each of these reads the other's again.
+    for (let i = 0; i < 2; i++) {
+      assert.deepEqual((await whoami(alice.token)).body, { user_id: '@alice:localhost', device_id: 'ONE', is_guest: false });
+      assert.equal((await whoami(bob.token)).body.user_id, '@bob:localhost');
+      assert.equal((await whoami(two)).body.device_id, 'TWO');
+    }
+    const devices = await alice.call('GET', '/devices');
+    assert.deepEqual(devices.body.devices.map((d) => d.device_id).sort(), ['ONE', 'TWO']);
+    assert.equal(devices.body.devices.find((d) => d.device_id === 'TWO').display_name, 'alice TWO');
+
+    // Signed out: refused at once, and still after the cache was used for others.
+    assert.equal((await api(small.url, 'POST', `${CS}/logout`, { token: two, body: {} })).status, 200);
+    assert.equal((await whoami(two)).body.errcode, 'M_UNKNOWN_TOKEN');
+    await whoami(bob.token);
+    assert.equal((await whoami(two)).status, 401);
+    assert.deepEqual((await alice.call('GET', '/devices')).body.devices.map((d) => d.device_id), ['ONE']);
+
+    // A profile changed while the account is not held; both fields changed at once both stay.
+    const enc = encodeURIComponent('@bob:localhost');
+    const [name, avatar] = await Promise.all([
+      bob.call('PUT', `/profile/${enc}/displayname`, { body: { displayname: 'Bobby' } }),
+      bob.call('PUT', `/profile/${enc}/avatar_url`, { body: { avatar_url: 'mxc://localhost/bob' } }),
+    ]);
+    assert.equal(name.status, 200, name.text);
+    assert.equal(avatar.status, 200, avatar.text);
+    await whoami(alice.token);
+    assert.deepEqual((await api(small.url, 'GET', `${CS}/profile/${enc}`)).body, { displayname: 'Bobby', avatar_url: 'mxc://localhost/bob' });
+
+    // Nothing of it is read at start: after a restart every token is read when first used.
+    small = await small.restart();
+    assert.equal((await api(small.url, 'GET', `${CS}/account/whoami`, { token: alice.token })).body.device_id, 'ONE');
+    assert.equal((await api(small.url, 'GET', `${CS}/account/whoami`, { token: two })).status, 401);
+    assert.deepEqual((await api(small.url, 'GET', `${CS}/profile/${enc}`)).body, { displayname: 'Bobby', avatar_url: 'mxc://localhost/bob' });
+  } finally {
+    await small.stop();
+  }
+});

@@ -23,64 +23,171 @@ Accounts::Accounts(Core& core)
     : core_(core),
       hash_cost_(parse_hash_cost(core.config().password_hash_cost)),
       rc_login_account_(core.config().rc_login_account),
-      rc_login_failed_(core.config().rc_login_failed) {}
+      rc_login_failed_(core.config().rc_login_failed),
+      users_(core.config().caches.accounts),
+      tokens_(core.config().caches.tokens) {}
 
-void Accounts::load(store::Snapshot& snap) {
+void Accounts::start(asio::any_io_executor ex) {
     std::lock_guard lock(core_.mu);
-    for (auto& u : snap.users) {
-        std::string id = u.user_id;
-        users_[id].record = std::move(u);
-    }
-    for (auto& t : snap.tokens) {
-        auto u = users_.find(t.user_id);
-        if (u == users_.end()) continue;
-        tokens_[t.token_hash] = Session{t.user_id, t.device_id, u->second.record.is_guest};
-        auto& device = u->second.devices[t.device_id];
-        device.tokens.push_back(t.token_hash);
-        if (!t.device_display_name.empty()) device.display_name = t.device_display_name;
+    trims_ = std::move(ex);
+    trim_later_locked();
+}
+
+void Accounts::trim_later_locked() const {
+    if (trim_pending_ || !trims_ || users_.size() <= users_.capacity()) return;
+    trim_pending_ = true;
+    asio::post(*trims_, [this] {
+        std::lock_guard lock(core_.mu);
+        trim_pending_ = false;
+        users_.trim();
+    });
+}
+
+Accounts::Held Accounts::make_account(store::AccountLoad&& loaded) {
+    auto account = std::make_shared<Account>();
+    account->record = std::move(*loaded.user);
+    for (auto& d : loaded.devices) account->devices[d.device_id] = std::move(d.display_name);
+    return account;
+}
+
+bool Accounts::is_local(std::string_view user_id) const {
+    const std::string& server = core_.config().server_name;
+    return user_id.size() > server.size() + 1 && user_id.ends_with(server) &&
+           user_id[user_id.size() - server.size() - 1] == ':' &&
+           user_id.find(':') == user_id.size() - server.size() - 1;
+}
+
+std::optional<Session> Accounts::authenticate(const std::string& token) {
+    // Keyed by the token's SHA-256: a lookup reveals nothing about stored tokens.
+    const std::string hash = sha256_hex(token);
+    for (;;) {
+        std::uint64_t revocations = 0;
+        std::optional<Session> held;
+        {
+            std::lock_guard lock(core_.mu);
+            if (const Session* s = tokens_.get(hash)) {
+                if (users_.get(s->user_id)) return *s;
+                held = *s;
+            }
+            revocations = revocations_;
+        }
+        if (held) {
+            // The handler will want the account: read now, without the lock.
+            preload({held->user_id});
+            return held;
+        }
+        // Read without the lock: a request with a token not held does not hold up the others.
+        auto read = core_.store().session(hash);
+        if (!read) return std::nullopt;
+        Session s{read->user_id, read->device_id, read->is_guest};
+        preload({s.user_id});
+        std::lock_guard lock(core_.mu);
+        // A sign-out applied meanwhile may have been of this token: read it again.
+        if (revocations_ != revocations) continue;
+        tokens_.put(hash, s);
+        return s;
     }
 }
 
-std::optional<Session> Accounts::authenticate(const std::string& token) const {
-    // The map is keyed by the token's SHA-256: a lookup reveals nothing about stored tokens.
-    std::string hash = sha256_hex(token);
+void Accounts::preload(const std::vector<std::string>& user_ids) {
+    std::vector<std::string> missing;
+    std::vector<std::uint64_t> writes;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& user : user_ids) {
+            if (users_.get(user) || !is_local(user)) continue;
+            auto& loading = loading_[user];
+            ++loading.readers;
+            missing.push_back(user);
+            writes.push_back(loading.writes);
+        }
+    }
+    if (missing.empty()) return;
+    std::vector<store::AccountLoad> read;
+    std::exception_ptr failed;
+    try {
+        read = core_.store().accounts(missing);
+    } catch (...) {
+        failed = std::current_exception();
+    }
     std::lock_guard lock(core_.mu);
-    auto it = tokens_.find(hash);
-    if (it == tokens_.end()) return std::nullopt;
-    return it->second;
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+        auto loading = loading_.find(missing[i]);
+        const bool overtaken = loading->second.writes != writes[i];
+        if (--loading->second.readers == 0) loading_.erase(loading);
+        // One a write overtook is left to be read under the lock when it is used.
+        if (failed || overtaken || !read[i].user || users_.get(missing[i])) continue;
+        users_.hold(missing[i], make_account(std::move(read[i])));
+    }
+    trim_later_locked();
+    if (failed) std::rethrow_exception(failed);
+}
+
+bool Accounts::exists(const std::string& user_id) {
+    preload({user_id});
+    std::lock_guard lock(core_.mu);
+    return exists_locked(user_id);
+}
+
+Accounts::Account* Accounts::account_locked(const std::string& user_id) const {
+    if (Held* held = users_.get(user_id)) return held->get();
+    if (!is_local(user_id)) return nullptr;
+    // Read under the lock: what commits meanwhile waits to be applied, and applying what the
+    // read already has changes nothing (every applied step sets, none adds).
+    auto read = core_.store().accounts({user_id});
+    if (!read[0].user) return nullptr;
+    Account* account = users_.hold(user_id, make_account(std::move(read[0]))).get();
+    trim_later_locked();
+    return account;
+}
+
+Accounts::Account* Accounts::written_locked(const std::string& user_id) {
+    if (Held* held = users_.get(user_id)) return held->get();
+    if (auto loading = loading_.find(user_id); loading != loading_.end()) ++loading->second.writes;
+    return nullptr;
+}
+
+void Accounts::revoked_locked(const std::vector<std::string>& token_hashes) {
+    for (const auto& hash : token_hashes) tokens_.erase(hash);
+    ++revocations_;
 }
 
 const store::UserRecord* Accounts::find_locked(const std::string& user_id) const {
-    auto it = users_.find(user_id);
-    return it == users_.end() ? nullptr : &it->second.record;
+    const Account* account = account_locked(user_id);
+    return account ? &account->record : nullptr;
 }
 
 std::vector<std::string> Accounts::devices_locked(const std::string& user_id) const {
     std::vector<std::string> out;
-    if (auto it = users_.find(user_id); it != users_.end())
-        for (const auto& [device, _] : it->second.devices) out.push_back(device);
+    if (const Account* account = account_locked(user_id))
+        for (const auto& [device, _] : account->devices) out.push_back(device);
     return out;
 }
 
 bool Accounts::has_device_locked(const std::string& user_id, const std::string& device) const {
-    auto it = users_.find(user_id);
-    return it != users_.end() && it->second.devices.count(device);
+    const Account* account = account_locked(user_id);
+    return account && account->devices.count(device);
 }
 
 std::string Accounts::device_display_name_locked(const std::string& user_id,
                                                  const std::string& device) const {
-    auto it = users_.find(user_id);
-    if (it == users_.end()) return {};
-    auto d = it->second.devices.find(device);
-    return d == it->second.devices.end() ? std::string() : d->second.display_name;
+    const Account* account = account_locked(user_id);
+    if (!account) return {};
+    auto d = account->devices.find(device);
+    return d == account->devices.end() ? std::string() : d->second;
 }
 
-void Accounts::set_profile_locked(const std::string& user_id, std::string displayname,
-                                  std::string avatar_url, PendingWrite& w) {
-    auto& record = users_.at(user_id).record;
-    record.displayname = std::move(displayname);
-    record.avatar_url = std::move(avatar_url);
-    w.mutations.push_back(store::PutProfile{user_id, record.displayname, record.avatar_url});
+store::PutProfile Accounts::profile_write(const std::string& user_id,
+                                          std::optional<std::string> displayname,
+                                          std::optional<std::string> avatar_url) {
+    return store::PutProfile{user_id, std::move(displayname), std::move(avatar_url)};
+}
+
+void Accounts::profile_applied_locked(const store::PutProfile& change) {
+    Account* account = written_locked(change.user_id);
+    if (!account) return;
+    if (change.displayname) account->record.displayname = *change.displayname;
+    if (change.avatar_url) account->record.avatar_url = *change.avatar_url;
 }
 
 asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
@@ -93,6 +200,7 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
     };
     auto parts = std::make_shared<std::vector<Part>>();
     std::size_t positions = 0;
+    preload({user_id});
     {
         std::lock_guard lock(core_.mu);
         for (const auto& device : devices) {
@@ -109,18 +217,25 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
     if (parts->empty()) co_return;
     Decision d;
     d.streams = positions;
-    d.decide = [user_id, parts](store::Txn& txn, StreamId first) {
+    // Decided: the hashes of the tokens signed out.
+    auto revoked = std::make_shared<std::vector<std::string>>();
+    d.decide = [user_id, parts, revoked](store::Txn& txn, StreamId first) {
+        revoked->clear();
         for (const auto& p : *parts) {
             const StreamId position = p.position_offset < 0 ? 0 : first + p.position_offset;
-            if (p.tokens())
+            if (p.tokens()) {
+                for (auto& hash : txn.token_hashes(user_id, p.device))
+                    revoked->push_back(std::move(hash));
                 txn.write(store::DeleteTokens{user_id, p.device});
-            else if (p.removal.write)
+            } else if (p.removal.write) {
                 p.removal.write(position, txn);
+            }
         }
     };
-    d.applied = [this, user_id, parts](StreamId first) {
+    d.applied = [this, user_id, parts, revoked](StreamId first) {
         std::vector<std::string> wake;
-        auto account = users_.find(user_id);
+        revoked_locked(*revoked);
+        Account* account = written_locked(user_id);
         for (const auto& p : *parts) {
             const StreamId position = p.position_offset < 0 ? 0 : first + p.position_offset;
             if (!p.tokens()) {
@@ -130,11 +245,7 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
                 }
                 continue;
             }
-            if (account == users_.end()) continue;
-            auto it = account->second.devices.find(p.device);
-            if (it == account->second.devices.end()) continue;
-            for (const auto& hash : it->second.tokens) tokens_.erase(hash);
-            account->second.devices.erase(it);
+            if (account) account->devices.erase(p.device);
         }
         return wake;
     };
@@ -147,6 +258,7 @@ asio::awaitable<bool> Accounts::check_password(const std::string& user_id,
         throw MatrixError(429, errcode::limit_exceeded, "Too many failed logins for this account",
                           *wait);
     std::string stored;
+    preload({user_id});
     {
         std::lock_guard lock(core_.mu);
         if (const auto* u = find_locked(user_id)) stored = u->password_hash;
@@ -178,9 +290,10 @@ asio::awaitable<Response> Accounts::login_flows(Request&) {
         json::object{{"flows", json::array{json::object{{"type", "m.login.password"}}}}});
 }
 
-asio::awaitable<void> Accounts::sign_in(std::shared_ptr<const SignIn> in) {
+asio::awaitable<void> Accounts::sign_in(std::shared_ptr<SignIn> in) {
     Decision d;
     d.decide = [in](store::Txn& txn, StreamId) {
+        in->replaced.clear();
         if (in->account) {
             // Decided here, against every account committed: two requests for one name,
             // wherever they run, make one account.
@@ -191,18 +304,23 @@ asio::awaitable<void> Accounts::sign_in(std::shared_ptr<const SignIn> in) {
         if (in->token_hash.empty()) return;
         // A client that logs in again with the same device id replaces that device's old
         // token; the device itself (its keys, its queued messages) stays.
+        in->replaced = txn.token_hashes(in->user_id, in->device);
         txn.write(store::DeleteTokens{in->user_id, in->device});
         txn.write(store::PutToken{{in->token_hash, in->user_id, in->device, in->display_name}});
     };
     d.applied = [this, in](StreamId) {
-        Account& account = users_[in->user_id];
-        if (in->account) account.record = *in->account;
+        Account* account = written_locked(in->user_id);
+        if (in->account && !account) {
+            account = users_.hold(in->user_id, make_account({*in->account, {}})).get();
+            trim_later_locked();
+        }
         if (!in->token_hash.empty()) {
-            Device& device = account.devices[in->device];
-            for (const auto& old : device.tokens) tokens_.erase(old);
-            device.tokens.assign(1, in->token_hash);
-            device.display_name = in->display_name;
-            tokens_[in->token_hash] = Session{in->user_id, in->device, account.record.is_guest};
+            if (!in->replaced.empty()) revoked_locked(in->replaced);
+            if (account) {
+                account->devices[in->device] = in->display_name;
+                tokens_.put(in->token_hash,
+                            Session{in->user_id, in->device, account->record.is_guest});
+            }
         }
         return std::vector<std::string>{};
     };
@@ -212,7 +330,7 @@ asio::awaitable<void> Accounts::sign_in(std::shared_ptr<const SignIn> in) {
 asio::awaitable<Response> Accounts::issue_login(const std::string& user_id,
                                                 const std::optional<std::string>& device_id,
                                                 const std::string& display_name) {
-    std::shared_ptr<const SignIn> in =
+    std::shared_ptr<SignIn> in =
         std::make_shared<SignIn>(new_login(user_id, device_id, display_name));
     co_await sign_in(in);
     spdlog::info("login: {} on device {}", user_id, in->device);
@@ -229,6 +347,7 @@ Accounts::SignIn Accounts::new_login(const std::string& user_id,
     in.token_hash = sha256_hex(in.token);
     in.display_name = display_name;
     // A device signing in again keeps its name unless it gives a new one.
+    preload({user_id});
     std::lock_guard lock(core_.mu);
     if (in.display_name.empty()) in.display_name = device_display_name_locked(user_id, in.device);
     return in;
@@ -298,6 +417,7 @@ asio::awaitable<Response> Accounts::logout(Request& req) {
 asio::awaitable<Response> Accounts::logout_all(Request& req) {
     const Session& s = *req.session;
     std::vector<std::string> devices;
+    preload({s.user_id});
     {
         std::lock_guard lock(core_.mu);
         devices = devices_locked(s.user_id);
@@ -321,9 +441,7 @@ asio::awaitable<Response> Accounts::register_available(Request& req) {
         throw MatrixError(400, errcode::invalid_username,
                           "User ID can only contain a-z, 0-9, and ._=-/+");
     std::string user_id = "@" + *name + ":" + core_.config().server_name;
-    std::lock_guard lock(core_.mu);
-    if (exists_locked(user_id))
-        throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
+    if (exists(user_id)) throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
     co_return json_response(json::object{{"available", true}});
 }
 
@@ -353,8 +471,7 @@ asio::awaitable<Response> Accounts::register_account(Request& req) {
             if (("@" + localpart + ":" + config.server_name).size() > 255)
                 throw MatrixError(400, errcode::invalid_username,
                                   "User ID may not be longer than 255 characters");
-            std::lock_guard lock(core_.mu);
-            if (exists_locked("@" + localpart + ":" + config.server_name))
+            if (exists("@" + localpart + ":" + config.server_name))
                 throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
         }
         const auto* auth = proto::opt_object(body, "auth");
@@ -395,22 +512,14 @@ asio::awaitable<Response> Accounts::register_account(Request& req) {
     std::optional<std::string> device =
         device_id ? std::optional<std::string>(*device_id) : std::nullopt;
     std::string display_name = display ? std::string(*display) : std::string();
-    // Generated ids are numeric, as Synapse does for guests and nameless accounts; one taken
-    // meanwhile (by a name chosen the same moment) is tried again with the next.
+    // Generated ids are numeric, as Synapse makes them for guests and nameless accounts:
+    // random, so that no process need know how many there are; one taken (by a name chosen
+    // the same moment, or another generated one) is tried again with another.
     const bool generated = localpart.empty();
     for (int attempt = 0;; ++attempt) {
-        std::string user_id;
-        {
-            std::lock_guard lock(core_.mu);
-            if (generated) {
-                do {
-                    localpart = std::to_string(++next_guest_ + users_.size());
-                } while (exists_locked("@" + localpart + ":" + config.server_name));
-            }
-            user_id = "@" + localpart + ":" + config.server_name;
-            if (exists_locked(user_id))
-                throw MatrixError(400, errcode::user_in_use, "User ID already taken.");
-        }
+        if (generated) localpart = random_digits(10);
+        const std::string user_id = "@" + localpart + ":" + config.server_name;
+        if (generated && exists(user_id)) continue;
         // The account and, unless inhibit_login, its first device: one transaction.
         auto in = std::make_shared<SignIn>(
             inhibit_login ? SignIn{} : new_login(user_id, device, display_name));
@@ -418,8 +527,7 @@ asio::awaitable<Response> Accounts::register_account(Request& req) {
         in->account = store::UserRecord{user_id, hash, guest, core_.now_ms(), localpart, ""};
         bool taken = false;
         try {
-            std::shared_ptr<const SignIn> writing = in;  // named: no temporary in co_await
-            co_await sign_in(writing);
+            co_await sign_in(in);
         } catch (const MatrixError& e) {
             if (!generated || attempt >= 10 || e.errcode != errcode::user_in_use) throw;
             taken = true;
@@ -442,9 +550,7 @@ void Accounts::add_user_offline(store::Store& store, const Config& config,
     if (!proto::is_valid_new_localpart(parsed->localpart))
         throw std::runtime_error("the localpart may only contain a-z, 0-9 and ._=-/+");
     if (password.empty()) throw std::runtime_error("the password is empty");
-    auto snap = store.load();
-    for (const auto& u : snap.users)
-        if (u.user_id == user_id) throw std::runtime_error(user_id + " already exists");
+    if (store.accounts({user_id})[0].user) throw std::runtime_error(user_id + " already exists");
     std::string hash = hash_password(password, parse_hash_cost(config.password_hash_cost));
     std::vector<store::Mutation> m{
         store::PutUser{{user_id, hash, false, 0, std::string(parsed->localpart), ""}}};
@@ -499,20 +605,24 @@ asio::awaitable<std::optional<Response>> Accounts::password_auth(const Request& 
 
 asio::awaitable<Response> Accounts::get_devices(Request& req) {
     json::array devices;
+    preload({req.session->user_id});
     {
         std::lock_guard lock(core_.mu);
-        for (const auto& [id, d] : users_.at(req.session->user_id).devices)
-            devices.push_back(device_json(id, d.display_name));
+        if (const Account* account = account_locked(req.session->user_id))
+            for (const auto& [id, name] : account->devices)
+                devices.push_back(device_json(id, name));
     }
     co_return json_response(json::object{{"devices", devices}});
 }
 
 asio::awaitable<Response> Accounts::get_device(Request& req) {
+    preload({req.session->user_id});
     std::lock_guard lock(core_.mu);
-    const auto& devices = users_.at(req.session->user_id).devices;
-    auto it = devices.find(req.params[0]);
-    if (it == devices.end()) throw MatrixError(404, errcode::not_found, "No such device");
-    co_return json_response(device_json(it->first, it->second.display_name));
+    const Account* account = account_locked(req.session->user_id);
+    auto it = account ? account->devices.find(req.params[0]) : decltype(account->devices.end()){};
+    if (!account || it == account->devices.end())
+        throw MatrixError(404, errcode::not_found, "No such device");
+    co_return json_response(device_json(it->first, it->second));
 }
 
 asio::awaitable<Response> Accounts::put_device(Request& req) {
@@ -520,26 +630,32 @@ asio::awaitable<Response> Accounts::put_device(Request& req) {
     auto name = proto::opt_string(req.json, "display_name");
     if (name && name->size() > 256)
         throw MatrixError(400, errcode::bad_json, "display_name is longer than 256 bytes");
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        auto& devices = users_.at(s.user_id).devices;
-        auto it = devices.find(req.params[0]);
-        if (it == devices.end()) throw MatrixError(404, errcode::not_found, "No such device");
-        if (!name) co_return Response{};
-        it->second.display_name = *name;
-        ticket = core_.submit_locked(
-            PendingWrite::of(store::PutDeviceName{s.user_id, it->first, std::string(*name)}));
-    }
-    co_await core_.durable(ticket);
+    auto change = std::make_shared<store::PutDeviceName>(
+        store::PutDeviceName{s.user_id, req.params[0], std::string(name.value_or(""))});
+    Decision d;
+    d.decide = [change, named = name.has_value()](store::Txn& txn, StreamId) {
+        if (!txn.device_exists(change->user_id, change->device_id))
+            throw MatrixError(404, errcode::not_found, "No such device");
+        if (named) txn.write(*change);
+    };
+    d.applied = [this, change, named = name.has_value()](StreamId) {
+        if (named)
+            if (Account* account = written_locked(change->user_id))
+                if (auto it = account->devices.find(change->device_id);
+                    it != account->devices.end())
+                    it->second = change->display_name;
+        return std::vector<std::string>{};
+    };
+    co_await core_.transact(std::move(d));
     co_return Response{};
 }
 
 asio::awaitable<Response> Accounts::delete_device(Request& req) {
     std::vector<std::string> devices{req.params[0]};
+    preload({req.session->user_id});
     {
         std::lock_guard lock(core_.mu);
-        if (!users_.at(req.session->user_id).devices.count(devices[0]))
+        if (!has_device_locked(req.session->user_id, devices[0]))
             throw MatrixError(404, errcode::not_found, "No such device");
     }
     co_return co_await remove_devices(req, std::move(devices));

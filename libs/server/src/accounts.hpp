@@ -2,6 +2,10 @@
 
 // Accounts and devices: registration, login and logout, access tokens (kept hashed), and the
 // user records (password hash, guest flag, profile). A device exists while it has a token.
+// Nothing is read at start: an account (with its devices) and a token are read from the store
+// when first needed and held in bounded caches (caches.accounts, caches.tokens); every write
+// is decided in its transaction and reaches the caches once it committed.
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <functional>
@@ -10,11 +14,13 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "mxvoip/server/crypto.hpp"
 #include "mxvoip/server/rate_limiter.hpp"
 
@@ -23,12 +29,26 @@ namespace mxvoip::server {
 class Accounts {
   public:
     explicit Accounts(Core& core);
+    // Accounts held past `caches.accounts` are let go on this executor, where no caller holds
+    // one.
+    void start(asio::any_io_executor ex);
 
-    void load(store::Snapshot& snap);
+    // The session a token belongs to (looked up by its SHA-256), read from the store when it
+    // is not held; its account is read too, if it is not held. Takes the lock (call it
+    // without); throws StoreUnavailable when the database cannot be reached.
+    std::optional<Session> authenticate(const std::string& token);
 
-    // The session a token belongs to (looked up by its SHA-256).
-    std::optional<Session> authenticate(const std::string& token) const;
+    // Reads the accounts not held, without the lock, so that the *_locked functions below find
+    // them. Takes the lock (call it without).
+    void preload(const std::vector<std::string>& user_ids);
+    // Whether the account exists. Takes the lock (call it without).
+    bool exists(const std::string& user_id);
+    // Whether the user id is of this server (whether or not there is such an account).
+    bool is_local(std::string_view user_id) const;
 
+    // The account, read from the store under the lock when it is not held (throws
+    // StoreUnavailable when the database cannot be reached); nullptr when there is none. What
+    // it returns stays valid until the lock is released.
     const store::UserRecord* find_locked(const std::string& user_id) const;
     bool exists_locked(const std::string& user_id) const { return find_locked(user_id); }
     // The user's signed-in devices, sorted.
@@ -36,8 +56,12 @@ class Accounts {
     bool has_device_locked(const std::string& user_id, const std::string& device) const;
     std::string device_display_name_locked(const std::string& user_id,
                                            const std::string& device) const;
-    void set_profile_locked(const std::string& user_id, std::string displayname,
-                            std::string avatar_url, PendingWrite& w);
+    // A profile change, as part of another write: what it writes (the fields given), and,
+    // once it committed, the account as cached.
+    static store::PutProfile profile_write(const std::string& user_id,
+                                           std::optional<std::string> displayname,
+                                           std::optional<std::string> avatar_url);
+    void profile_applied_locked(const store::PutProfile& change);
     // One module's part in signing a device out, written in the same transaction: what it
     // deletes for the device (`write`, given the stream position it took, if it asked for
     // one), and, once that committed, what it lets go of in memory (`applied`, under the lock;
@@ -52,11 +76,6 @@ class Accounts {
     using DeviceRemoved =
         std::function<DeviceRemoval(const std::string& user, const std::string& device)>;
     void on_device_removed(DeviceRemoved f) { device_removed_.push_back(std::move(f)); }
-    std::size_t size_locked() const { return users_.size(); }
-    template <typename F>
-    void for_each_user_locked(F&& f) const {
-        for (const auto& [id, account] : users_) f(account.record);
-    }
 
     asio::awaitable<Response> login_flows(Request&);
     asio::awaitable<Response> login(Request&);
@@ -81,14 +100,19 @@ class Accounts {
                                  const std::string& user_id, const std::string& password);
 
   private:
-    struct Device {
-        std::vector<std::string> tokens;  // hashes
-        std::string display_name;
-    };
     struct Account {
         store::UserRecord record;
-        std::map<std::string, Device> devices;  // by device id
+        std::map<std::string, std::string> devices;  // signed in: device id -> display name
     };
+    using Held = std::shared_ptr<Account>;
+    static Held make_account(store::AccountLoad&& loaded);
+    Account* account_locked(const std::string& user_id) const;
+    // The account if it is held, for a write that committed to change it; when it is not, a
+    // read of it under way is made again (it may have missed the write).
+    Account* written_locked(const std::string& user_id);
+    // Tokens signed out: forgotten, and a read of a token under way is made again.
+    void revoked_locked(const std::vector<std::string>& token_hashes);
+    void trim_later_locked() const;
 
     // An account made (register) and/or a device signed in, decided in one transaction and
     // applied once it committed.
@@ -99,13 +123,15 @@ class Accounts {
         std::string token;       // empty: no login (register with inhibit_login)
         std::string token_hash;  // SHA-256 of the token
         std::string display_name;
+        // Decided: the device's tokens this one replaces.
+        std::vector<std::string> replaced;
     };
     // A new token for the device (a new device when none is named).
     SignIn new_login(const std::string& user_id, const std::optional<std::string>& device_id,
                      const std::string& display_name);
     // Writes it: 400 M_USER_IN_USE when the account to make exists. Not a coroutine (GCC 12:
     // see Core::durable).
-    asio::awaitable<void> sign_in(std::shared_ptr<const SignIn> in);
+    asio::awaitable<void> sign_in(std::shared_ptr<SignIn> in);
     asio::awaitable<Response> issue_login(const std::string& user_id,
                                           const std::optional<std::string>& device_id,
                                           const std::string& display_name);
@@ -130,9 +156,20 @@ class Accounts {
     std::string unknown_user_hash_;
     std::vector<DeviceRemoved> device_removed_;
 
-    std::unordered_map<std::string, Account> users_;
-    std::unordered_map<std::string, Session> tokens_;  // sha256 hex -> session
-    std::uint64_t next_guest_ = 0;
+    // Accounts are held (LruCache::hold) when read under the lock, and trimmed in a handler
+    // posted to `trims_`: a caller may hold an Account* until it releases the lock.
+    mutable LruCache<std::string, Held> users_;
+    // Users whose accounts are being read without the lock, and how many writes applied to
+    // them meanwhile: a read that a write overtook is dropped.
+    struct Loading {
+        int readers = 0;
+        std::uint64_t writes = 0;
+    };
+    mutable std::unordered_map<std::string, Loading> loading_;
+    mutable std::optional<asio::any_io_executor> trims_;
+    mutable bool trim_pending_ = false;
+    LruCache<std::string, Session> tokens_;  // sha256 hex -> session
+    std::uint64_t revocations_ = 0;          // sign-outs applied
 };
 
 }  // namespace mxvoip::server

@@ -419,10 +419,12 @@ Config read_config(const std::string& text, const std::string& source) {
          [&](const YAML::Node& n, const std::string& k) {
              r.settings<std::size_t>(
                  n, k, "caches",
-                 {{"account_data", &c.caches.account_data},
+                 {{"accounts", &c.caches.accounts},
+                  {"account_data", &c.caches.account_data},
                   {"filters", &c.caches.filters},
                   {"keys", &c.caches.keys},
-                  {"rooms", &c.caches.rooms}},
+                  {"rooms", &c.caches.rooms},
+                  {"tokens", &c.caches.tokens}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 100'000'000));
                  });

@@ -33,6 +33,17 @@ std::string random_letters(std::size_t n) {
     return out;
 }
 
+std::string random_digits(std::size_t n) {
+    std::string out;
+    out.reserve(n);
+    // Rejection sampling keeps the distribution uniform over 10 digits.
+    while (out.size() < n)
+        for (unsigned char c : random_bytes(n))
+            if (c < 250 && out.size() < n && !(out.empty() && c % 10 == 0))
+                out += char('0' + c % 10);
+    return out;
+}
+
 std::string new_access_token() {
     return "mxv_" + proto::base64url_encode(random_bytes(32));
 }

@@ -24,8 +24,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications, presence),
       voip(core) {
     auto snap = store.load();
-    // Accounts first: the others keep only what belongs to an existing user or device.
-    accounts.load(snap);
     to_device.load(snap);
     rooms.load(snap);
     directory.load(snap);
@@ -37,8 +35,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     presence.load(snap);
     core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
-    spdlog::info("loaded {} users, {} rooms, stream position {}", accounts.size_locked(),
-                 snap.rooms.size(), core.visible_locked());
+    spdlog::info("{} rooms, stream position {}", snap.rooms.size(), core.visible_locked());
 }
 
 }  // namespace mxvoip::server

@@ -465,6 +465,7 @@ asio::awaitable<Response> Keys::query(Request& req) {
             local.insert(std::move(user));
     }
     const auto held = keys_of(local);
+    accounts_.preload({local.begin(), local.end()});  // which devices each has, and their names
     std::string out = "{\"device_keys\":{";
     Comma user_comma;
     std::string master, self_signing, user_signing;

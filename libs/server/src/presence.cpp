@@ -37,7 +37,6 @@ void Presence::load(store::Snapshot& snap) {
     if (!core_.config().presence_enabled) return;
     const std::int64_t now = core_.now_ms();
     for (auto& p : snap.presence) {
-        if (!accounts_.exists_locked(p.user_id)) continue;
         State& st = users_[p.user_id];
         st.presence = p.presence;
         st.chosen = p.presence == "unavailable" ? "unavailable" : "online";
@@ -223,6 +222,7 @@ asio::awaitable<Response> Presence::get_status(Request& req) {
     const std::string& target = req.params[0];
     const std::string& me = req.session->user_id;
     std::string out;
+    accounts_.preload({target});
     {
         std::lock_guard lock(core_.mu);
         if (!accounts_.exists_locked(target))

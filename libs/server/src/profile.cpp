@@ -4,6 +4,7 @@
 #include "mxvoip/proto/json.hpp"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <tuple>
 
@@ -23,6 +24,7 @@ void check_profile_field(const std::string& field) {
 }  // namespace
 
 asio::awaitable<Response> Profile::get_profile(Request& req) {
+    accounts_.preload({req.params[0]});
     std::lock_guard lock(core_.mu);
     const auto* user = accounts_.find_locked(req.params[0]);
     if (!user) throw MatrixError(404, errcode::not_found, "Profile was not found");
@@ -35,6 +37,7 @@ asio::awaitable<Response> Profile::get_profile(Request& req) {
 asio::awaitable<Response> Profile::get_profile_field(Request& req) {
     const std::string& field = req.params[1];
     check_profile_field(field);
+    accounts_.preload({req.params[0]});
     std::lock_guard lock(core_.mu);
     const auto* user = accounts_.find_locked(req.params[0]);
     if (!user) throw MatrixError(404, errcode::not_found, "Profile was not found");
@@ -55,13 +58,19 @@ asio::awaitable<Response> Profile::put_profile_field(Request& req) {
     // room that no longer takes the event (the user was kicked meanwhile) is left out.
     RoomWrite write;
     write.each_on_its_own = true;
+    // Only the field changed is written: two changes at once of the two fields both stay.
+    auto change = std::make_shared<store::PutProfile>(Accounts::profile_write(
+        user_id, field == "displayname" ? std::optional(value) : std::nullopt,
+        field == "avatar_url" ? std::optional(value) : std::nullopt));
+    write.mutations.push_back(*change);
+    write.applied = [this, change] { accounts_.profile_applied_locked(*change); };
+    accounts_.preload({user_id});
     {
         std::lock_guard lock(core_.mu);
-        store::UserRecord profile = *accounts_.find_locked(user_id);
+        const store::UserRecord* account = accounts_.find_locked(user_id);
+        if (!account) throw MatrixError(404, errcode::not_found, "Profile was not found");
+        store::UserRecord profile = *account;
         (field == "displayname" ? profile.displayname : profile.avatar_url) = value;
-        PendingWrite w;
-        accounts_.set_profile_locked(user_id, profile.displayname, profile.avatar_url, w);
-        write.mutations = std::move(w.mutations);
         for (const auto& [room_id, m] : rooms_.memberships_locked(user_id)) {
             if (m.membership != "join") continue;
             json::object content{{"membership", "join"}};
@@ -104,27 +113,39 @@ asio::awaitable<Response> Profile::search_user_directory(Request& req) {
     // The rooms searched (the user's, and every room anyone may join or read) are read, if
     // they are not held, before the lock is taken.
     rooms_.preload(rooms_.searched_rooms(me));
-    std::lock_guard lock(core_.mu);
     std::set<std::string> visible;
-    auto add_joined = [&](const Room& room) {
-        for (const auto& [user, membership] : room.membership)
-            if (membership == "join") visible.insert(user);
-    };
-    for (const auto& [room_id, m] : rooms_.memberships_locked(me))
-        if (m.membership == "join")
-            if (const Room* room = rooms_.find_locked(room_id)) add_joined(*room);
-    rooms_.for_each_open_room_locked(add_joined);
+    {
+        std::lock_guard lock(core_.mu);
+        auto add_joined = [&](const Room& room) {
+            for (const auto& [user, membership] : room.membership)
+                if (membership == "join") visible.insert(user);
+        };
+        for (const auto& [room_id, m] : rooms_.memberships_locked(me))
+            if (m.membership == "join")
+                if (const Room* room = rooms_.find_locked(room_id)) add_joined(*room);
+        rooms_.for_each_open_room_locked(add_joined);
+    }
+    // Their profiles, and with user_directory_search_all_users the accounts that match
+    // (searched in the database, at most a page of candidates per result asked for).
+    std::map<std::string, store::UserRecord> matching;
     if (core_.config().user_directory_search_all_users)
-        accounts_.for_each_user_locked([&](const store::UserRecord& u) {
-            if (!u.is_guest) visible.insert(u.user_id);
-        });
+        for (auto& u : core_.store().find_users(term, static_cast<int>(limit) * 20))
+            matching.emplace(u.user_id, std::move(u));
+    for (const auto& [user, _] : matching) visible.insert(user);
+    std::vector<std::string> local;
+    for (const auto& user : visible)
+        if (!matching.count(user)) local.push_back(user);
+    accounts_.preload(local);
+    std::lock_guard lock(core_.mu);
 
     // Ranked: a name or user id that starts with the term before one that only contains it,
     // then users with a profile, then by user id.
     using Hit = std::tuple<int, int, std::string, const store::UserRecord*>;
     std::vector<Hit> hits;
     for (const auto& user : visible) {
-        const store::UserRecord* rec = accounts_.find_locked(user);
+        auto found = matching.find(user);
+        const store::UserRecord* rec =
+            found != matching.end() ? &found->second : accounts_.find_locked(user);
         std::string localpart = ascii_lower(user.substr(1, user.find(':') - 1));
         std::string id = ascii_lower(user);
         std::string name = rec ? ascii_lower(rec->displayname) : std::string();

@@ -117,8 +117,8 @@ Pushers::~Pushers() = default;
 
 void Pushers::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
+    // A device that signed out took its pushers with it (in the same transaction).
     for (auto& p : snap.pushers) {
-        if (!accounts_.has_device_locked(p.user_id, p.device_id)) continue;
         json::error_code ec;
         auto shown = json::parse(p.json, ec);
         if (ec || !shown.is_object()) continue;

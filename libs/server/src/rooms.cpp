@@ -134,6 +134,11 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
     std::string room_id;
     RoomWrite write;
     {
+        std::vector<std::string> accounts = invites;
+        accounts.push_back(s.user_id);
+        accounts_.preload(accounts);
+    }
+    {
         std::lock_guard lock(core_.mu);
         for (const auto& u : invites)
             if (!accounts_.exists_locked(u) &&
@@ -223,6 +228,7 @@ asio::awaitable<Response> Rooms::membership_change(Request& req, const std::stri
                                                    const std::string& target_must_be) {
     const Session& s = *req.session;
     preload({room_id});
+    accounts_.preload({target});
     RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
@@ -651,7 +657,7 @@ void Rooms::load(store::Snapshot& snap) {
             if (h.state_key.empty()) it->second.world_readable = h.value == "world_readable";
             continue;
         }
-        if (!accounts_.exists_locked(h.state_key)) continue;  // remote users have none here
+        if (!accounts_.is_local(h.state_key)) continue;  // remote users have none here
         // A membership dates from the event that changed it, as while running (a new display
         // name is not a new join).
         std::string membership = membership_value(std::move(h.value));
@@ -863,7 +869,7 @@ void Rooms::apply_locked(Room& room, const EventPtr& ev) {
     }
     if (ev->type != "m.room.member" || !ev->state_key) return;
     const std::string& user = *ev->state_key;
-    if (!accounts_.exists_locked(user)) return;  // remote users have no memberships here
+    if (!accounts_.is_local(user)) return;  // remote users have no memberships here
     // A user's membership of a room dates from the event that changed it: a new displayname
     // (join to join) is a state change for the sync, not a new join.
     std::string membership;
@@ -1057,6 +1063,12 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
             std::find(room_ids.begin(), room_ids.end(), a.room_id) == room_ids.end())
             room_ids.push_back(a.room_id);
     preload(room_ids);
+    // The senders' accounts too: the decision asks whether a sender is a guest.
+    std::vector<std::string> senders;
+    for (const auto& a : shared->events)
+        if (std::find(senders.begin(), senders.end(), a.sender) == senders.end())
+            senders.push_back(a.sender);
+    accounts_.preload(senders);
     auto held = std::make_shared<std::vector<std::string>>();
     auto release = [this, held] {  // under the lock
         for (const auto& room_id : *held)
@@ -1081,7 +1093,10 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     d.decide = [this, shared, decided](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
     };
-    d.applied = [this, shared, decided](StreamId) { return applied_locked(*shared, *decided); };
+    d.applied = [this, shared, decided](StreamId) {
+        if (shared->applied) shared->applied();
+        return applied_locked(*shared, *decided);
+    };
     // The client transactions its events carry were claimed (claim_txn).
     d.settled = [this, shared, release] {
         for (const auto& a : shared->events)

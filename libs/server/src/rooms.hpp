@@ -59,6 +59,9 @@ struct RoomWrite {
     EventPtr redacts;
     // Written with the events, and refused with them.
     std::vector<store::Mutation> mutations;
+    // Under the lock, once the write committed, before its events reach the rooms: what the
+    // mutations change in another module's cache.
+    std::function<void()> applied;
 };
 
 class Rooms {

@@ -169,6 +169,7 @@ void Server::start() {
         }
         stop();
     });
+    I.hs->accounts.start(I.ioc.get_executor());
     I.hs->rooms.start(I.ioc.get_executor());
     I.hs->typing.start(I.ioc.get_executor());
     I.hs->pushers.start(I.ioc.get_executor());

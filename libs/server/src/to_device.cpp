@@ -38,10 +38,9 @@ ToDevice::ToDevice(Core& core, Accounts& accounts)
 
 void ToDevice::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
-    // Messages for a device that is no longer signed in would never be fetched.
+    // A device that signed out took its messages with it (in the same transaction).
     for (auto& m : snap.to_device)
-        if (accounts_.has_device_locked(m.user_id, m.device_id))
-            queues_[{m.user_id, m.device_id}].push_back({m.stream, std::move(m.message)});
+        queues_[{m.user_id, m.device_id}].push_back({m.stream, std::move(m.message)});
 }
 
 const std::deque<ToDevice::Message>* ToDevice::queue_locked(const Session& s) const {
@@ -95,6 +94,12 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     auto deliveries = std::make_shared<std::vector<Delivery>>();
     const std::string sender = s.device_key();
     const std::int64_t now = core_.now_ms();
+    {
+        // The recipients' accounts (which devices they have) are read before the lock.
+        std::vector<std::string> recipients;
+        for (const auto& [user, _] : *messages) recipients.emplace_back(user);
+        accounts_.preload(recipients);
+    }
     for (;;) {
         std::uint64_t first_attempt = 0;
         {
@@ -172,7 +177,9 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
         std::vector<std::string> wake;
         StreamId stream = first;
         for (auto& d : *deliveries) {
-            if (d.written && accounts_.has_device_locked(d.user_id, d.device)) {
+            // Written: the device was signed in when it committed (a sign-out committed
+            // since is applied after this, and takes the queue).
+            if (d.written) {
                 queues_[{d.user_id, d.device}].push_back({stream, std::move(d.message)});
                 wake.push_back(d.user_id);
             }

@@ -164,7 +164,11 @@ TEST(Config, Caches) {
     EXPECT_EQ(parse_config("", "test.yaml").caches.keys, 10000u);
     EXPECT_EQ(parse_config("caches:\n  keys: 7\n", "test.yaml").caches.keys, 7u);
     EXPECT_NE(error_of("caches:\n  keys: 0\n").find("caches.keys"), std::string::npos);
-    EXPECT_NE(error_of("caches:\n  tokens: 5\n").find("caches.tokens: unknown key"),
+    EXPECT_EQ(parse_config("", "test.yaml").caches.accounts, 10000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.tokens, 10000u);
+    EXPECT_EQ(parse_config("caches: {accounts: 4, tokens: 6}\n", "test.yaml").caches.tokens, 6u);
+    EXPECT_NE(error_of("caches:\n  accounts: 0\n").find("caches.accounts"), std::string::npos);
+    EXPECT_NE(error_of("caches:\n  users: 5\n").find("caches.users: unknown key"),
               std::string::npos);
 }
 

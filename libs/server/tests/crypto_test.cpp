@@ -43,6 +43,15 @@ TEST(Crypto, TokensAreRandomAndUrlSafe) {
     auto letters = random_letters(1000);
     EXPECT_EQ(letters.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
               std::string::npos);
+    std::set<char> digits_seen;
+    for (int i = 0; i < 200; ++i) {
+        auto digits = random_digits(10);
+        ASSERT_EQ(digits.size(), 10u);
+        EXPECT_EQ(digits.find_first_not_of("0123456789"), std::string::npos);
+        EXPECT_NE(digits[0], '0');
+        digits_seen.insert(digits.begin(), digits.end());
+    }
+    EXPECT_EQ(digits_seen.size(), 10u);
 }
 
 TEST(Crypto, SecureEquals) {

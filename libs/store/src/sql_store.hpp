@@ -116,6 +116,62 @@ class SqlStore : public Store {
         });
     }
 
+    std::optional<SessionRecord> session(const std::string& token_hash) override {
+        return read([&](Db& db) -> std::optional<SessionRecord> {
+            Stmt s(db,
+                   "SELECT t.user_id, t.device_id, u.is_guest FROM access_tokens t JOIN users u "
+                   "ON u.user_id = t.user_id WHERE t.token_hash = ?");
+            s.bind(token_hash);
+            if (!s.next()) return std::nullopt;
+            return SessionRecord{s.text(0), s.text(1), s.integer(2) != 0};
+        });
+    }
+
+    std::vector<AccountLoad> accounts(const std::vector<std::string>& user_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<AccountLoad> out;
+            out.reserve(user_ids.size());
+            for (const auto& user : user_ids) {
+                AccountLoad& a = out.emplace_back();
+                {
+                    Stmt s(db,
+                           "SELECT password_hash, is_guest, created_ts, displayname, avatar_url "
+                           "FROM users WHERE user_id = ?");
+                    s.bind(user);
+                    if (!s.next()) continue;
+                    a.user = UserRecord{user,         s.text(0), s.integer(1) != 0,
+                                        s.integer(2), s.text(3), s.text(4)};
+                }
+                Stmt s(db,
+                       "SELECT device_id, MAX(device_display_name) FROM access_tokens WHERE "
+                       "user_id = ? GROUP BY device_id ORDER BY device_id");
+                s.bind(user);
+                while (s.next()) a.devices.push_back({s.text(0), s.text(1)});
+            }
+            return out;
+        });
+    }
+
+    std::vector<UserRecord> find_users(const std::string& term, int limit) override {
+        // LIKE's own characters in the term match themselves.
+        std::string pattern = "%";
+        for (char c : term) {
+            if (c == '%' || c == '_' || c == '\\') pattern += '\\';
+            pattern += c;
+        }
+        pattern += '%';
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT user_id, displayname, avatar_url FROM users WHERE is_guest = 0 AND "
+                   "(LOWER(user_id) LIKE ? ESCAPE '\\' OR LOWER(displayname) LIKE ? ESCAPE "
+                   "'\\') ORDER BY user_id LIMIT ?");
+            s.bind(pattern).bind(pattern).bind(std::int64_t{limit});
+            std::vector<UserRecord> out;
+            while (s.next()) out.push_back({s.text(0), "", false, 0, s.text(1), s.text(2)});
+            return out;
+        });
+    }
+
     std::vector<UserKeys> user_keys(const std::vector<std::string>& user_ids) override {
         return read_at_one_moment([&](Db& db) {
             std::vector<UserKeys> out;
@@ -226,6 +282,16 @@ class SqlStore : public Store {
             s.bind(user_id).bind(device_id);
             return s.next();
         }
+        std::vector<std::string> token_hashes(const std::string& user_id,
+                                              const std::string& device_id) override {
+            Stmt s(db,
+                   "SELECT token_hash FROM access_tokens WHERE user_id = ? AND (? = '' OR "
+                   "device_id = ?)");
+            s.bind(user_id).bind(device_id).bind(device_id);
+            std::vector<std::string> out;
+            while (s.next()) out.push_back(s.text(0));
+            return out;
+        }
         std::int64_t to_device_count(const std::string& user_id,
                                      const std::string& device_id) override {
             Stmt s(db, "SELECT COUNT(*) FROM to_device WHERE user_id = ? AND device_id = ?");
@@ -317,19 +383,6 @@ class SqlStore : public Store {
         {
             Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
             if (s.next()) snap.max_stream = s.integer(0);
-        }
-        {
-            Stmt s(db,
-                   "SELECT user_id, password_hash, is_guest, created_ts, displayname, avatar_url "
-                   "FROM users");
-            while (s.next())
-                snap.users.push_back(
-                    {s.text(0), s.text(1), s.integer(2) != 0, s.integer(3), s.text(4), s.text(5)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT token_hash, user_id, device_id, device_display_name FROM access_tokens");
-            while (s.next()) snap.tokens.push_back({s.text(0), s.text(1), s.text(2), s.text(3)});
         }
         {
             Stmt s(db, "SELECT room_id, room_version FROM rooms");
@@ -608,11 +661,16 @@ class SqlStore : public Store {
             .run();
     }
     static void write(Db& db, const PutProfile& m, StreamId&) {
-        Stmt(db, "UPDATE users SET displayname = ?, avatar_url = ? WHERE user_id = ?")
-            .bind(m.displayname)
-            .bind(m.avatar_url)
-            .bind(m.user_id)
-            .run();
+        if (m.displayname)
+            Stmt(db, "UPDATE users SET displayname = ? WHERE user_id = ?")
+                .bind(*m.displayname)
+                .bind(m.user_id)
+                .run();
+        if (m.avatar_url)
+            Stmt(db, "UPDATE users SET avatar_url = ? WHERE user_id = ?")
+                .bind(*m.avatar_url)
+                .bind(m.user_id)
+                .run();
     }
     static void write(Db& db, const PutToken& m, StreamId&) {
         const auto& t = m.token;

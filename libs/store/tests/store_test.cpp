@@ -193,10 +193,20 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     }
     auto store = this->backend.open();
     Snapshot s = store->load();
-    ASSERT_EQ(s.users.size(), 1u);
-    EXPECT_EQ(s.users[0].displayname, "A");
-    ASSERT_EQ(s.tokens.size(), 1u);
-    EXPECT_EQ(s.tokens[0].device_id, "DEV");
+    auto accounts = store->accounts({"@a:x", "@b:x"});
+    ASSERT_EQ(accounts.size(), 2u);
+    ASSERT_TRUE(accounts[0].user);
+    EXPECT_EQ(accounts[0].user->displayname, "A");
+    ASSERT_EQ(accounts[0].devices.size(), 1u);
+    EXPECT_EQ(accounts[0].devices[0].device_id, "DEV");
+    EXPECT_EQ(accounts[0].devices[0].display_name, "phone");
+    EXPECT_FALSE(accounts[1].user);
+    auto session = store->session("deadbeef");
+    ASSERT_TRUE(session);
+    EXPECT_EQ(session->user_id, "@a:x");
+    EXPECT_EQ(session->device_id, "DEV");
+    EXPECT_FALSE(session->is_guest);
+    EXPECT_FALSE(store->session("cafe"));
     auto room = store->room("!r:x");
     ASSERT_TRUE(room);
     EXPECT_EQ(room->room.room_version, "10");
@@ -444,9 +454,11 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     // As after a COMMIT whose outcome the connection lost: the writer applies it again.
     ASSERT_NO_THROW(store->apply(batch));
     Snapshot s = store->load();
-    ASSERT_EQ(s.users.size(), 1u);
-    ASSERT_EQ(s.tokens.size(), 1u);
-    EXPECT_EQ(s.tokens[0].device_id, "DEV");
+    auto accounts = store->accounts({"@a:x"});
+    ASSERT_TRUE(accounts[0].user);
+    ASSERT_EQ(accounts[0].devices.size(), 1u);
+    EXPECT_EQ(accounts[0].devices[0].device_id, "DEV");
+    EXPECT_FALSE(store->session("cafe"));
     EXPECT_EQ(s.rooms.size(), 1u);
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
@@ -944,6 +956,15 @@ class FlakyStore final : public Store {
     }
     std::vector<UserKeys> user_keys(const std::vector<std::string>& users) override {
         return inner_.user_keys(users);
+    }
+    std::optional<SessionRecord> session(const std::string& hash) override {
+        return inner_.session(hash);
+    }
+    std::vector<AccountLoad> accounts(const std::vector<std::string>& users) override {
+        return inner_.accounts(users);
+    }
+    std::vector<UserRecord> find_users(const std::string& term, int limit) override {
+        return inner_.find_users(term, limit);
     }
     std::vector<AccountDataRecord> account_data(const std::string& u) override {
         return inner_.account_data(u);

@@ -66,6 +66,8 @@ struct Limits {
 // How much of the database each process keeps in memory (`caches:`), in entries; the least
 // recently used goes first. What is not held is read from the database when it is needed.
 struct Caches {
+    std::size_t accounts = 10000;      // users whose account and devices are held
+    std::size_t tokens = 10000;        // access tokens (by their hash) known to be signed in
     std::size_t account_data = 10000;  // users whose account data is held
     std::size_t filters = 10000;       // sync filters (each user's, by id)
     std::size_t keys = 10000;          // users whose end-to-end keys are held

@@ -10,6 +10,8 @@ namespace mxvoip::server {
 std::string random_bytes(std::size_t n);
 // Random string over [A-Za-z] (room id localparts, device ids).
 std::string random_letters(std::size_t n);
+// Random decimal digits, the first not 0 (generated user id localparts).
+std::string random_digits(std::size_t n);
 // 256-bit random access token, url-safe text.
 std::string new_access_token();
 // Lower-case hex SHA-256: how access tokens are stored and looked up.

@@ -44,6 +44,25 @@ struct TokenRecord {
     std::string device_display_name;
 };
 
+// Who an access token signs in (Store::session).
+struct SessionRecord {
+    std::string user_id;
+    std::string device_id;
+    bool is_guest = false;
+};
+
+// A signed-in device of an account (one with an access token).
+struct DeviceRecord {
+    std::string device_id;
+    std::string display_name;
+};
+
+// An account and its signed-in devices (Store::accounts), as of one moment.
+struct AccountLoad {
+    std::optional<UserRecord> user;  // none: no such account
+    std::vector<DeviceRecord> devices;
+};
+
 // A room event as it is served: `json` is the client-format event; its `unsigned` holds only
 // what never changes (what a state event replaced), the rest is added per response.
 struct EventRecord {
@@ -230,10 +249,11 @@ struct DeviceListChangeRecord {
 struct PutUser {
     UserRecord user;
 };
+// Sets the profile fields given; the others stay as they are.
 struct PutProfile {
     std::string user_id;
-    std::string displayname;
-    std::string avatar_url;
+    std::optional<std::string> displayname;
+    std::optional<std::string> avatar_url;
 };
 struct PutToken {
     TokenRecord token;
@@ -400,6 +420,9 @@ class Txn {
     virtual bool user_exists(const std::string& user_id) = 0;
     // Whether the device is signed in (has an access token).
     virtual bool device_exists(const std::string& user_id, const std::string& device_id) = 0;
+    // The hashes of the device's access tokens (device empty: of all the user's devices).
+    virtual std::vector<std::string> token_hashes(const std::string& user_id,
+                                                  const std::string& device_id) = 0;
     // How many to-device messages wait for the device.
     virtual std::int64_t to_device_count(const std::string& user_id,
                                          const std::string& device_id) = 0;
@@ -443,12 +466,11 @@ struct Write {
     StreamId last_stream = 0;
 };
 
-// What the server keeps in memory, read once at start-up. No room's state or timeline, no
-// client transaction, no filter, no account data but push rules and no end-to-end key but
-// who changed their device list when: those are read from the store when they are needed.
+// What the server keeps in memory, read once at start-up. No account or access token, no
+// room's state or timeline, no client transaction, no filter, no account data but push rules
+// and no end-to-end key but who changed their device list when: those are read from the
+// store when they are needed.
 struct Snapshot {
-    std::vector<UserRecord> users;
-    std::vector<TokenRecord> tokens;
     std::vector<RoomRecord> rooms;
     // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
     std::vector<HistoryRecord> join_rules;
@@ -506,6 +528,13 @@ class Store {
                                                int limit) = 0;
     // The user's account data, global and per room.
     virtual std::vector<AccountDataRecord> account_data(const std::string& user_id) = 0;
+    // The session of the access token whose SHA-256 (hex) this is, if it is signed in.
+    virtual std::optional<SessionRecord> session(const std::string& token_hash) = 0;
+    // Each account (in the order asked) with its signed-in devices, read at one moment.
+    virtual std::vector<AccountLoad> accounts(const std::vector<std::string>& user_ids) = 0;
+    // Accounts that are not guests whose user id or display name contains `term` (ASCII
+    // letters compared without case), by user id, at most `limit`.
+    virtual std::vector<UserRecord> find_users(const std::string& term, int limit) = 0;
     // The end-to-end keys of each user (in the order asked; a user without keys has an
     // entry with none), read at one moment.
     virtual std::vector<UserKeys> user_keys(const std::vector<std::string>& user_ids) = 0;
