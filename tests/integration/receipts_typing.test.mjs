@@ -77,6 +77,33 @@ test('a receipt never moves back to an earlier event', async () => {
   assert.equal(all[first]?.['m.read']?.[bob.userId], undefined);
 });
 
+test('receipts sent at once end on the latest event, whatever order they commit in', async () => {
+  const room = await alice.createRoom({ preset: 'private_chat' });
+  const ids = [];
+  for (let i = 0; i < 6; i++) ids.push((await alice.send(room, 'm.room.message', { msgtype: 'm.text', body: `r${i}` })).body.event_id);
+  const order = [3, 0, 5, 1, 4, 2];
+  const results = await Promise.all(order.map((i) => alice.call('POST', `/rooms/${enc(room)}/receipt/m.read/${enc(ids[i])}`, { body: {} })));
+  for (const r of results) assert.equal(r.status, 200, r.text);
+  const all = (await alice.sync()).rooms.join[room].ephemeral.events.find((e) => e.type === 'm.receipt').content;
+  const mine = Object.keys(all).filter((id) => all[id]['m.read']?.[alice.userId]);
+  assert.deepEqual(mine, [ids[5]]);
+});
+
+test('threaded receipts are kept for at most 100 threads per user and room, also when sent at once', async () => {
+  const room = await alice.createRoom({ preset: 'private_chat' });
+  const roots = [];
+  for (let i = 0; i < 101; i++) roots.push((await alice.send(room, 'm.room.message', { msgtype: 'm.text', body: `root ${i}` })).body.event_id);
+  // Each root is in its own thread: 101 receipts at once, each for a thread of its own.
+  const results = await Promise.all(
+    roots.map((root) => alice.call('POST', `/rooms/${enc(room)}/receipt/m.read/${enc(root)}`, { body: { thread_id: root } })),
+  );
+  const ok = results.filter((r) => r.status === 200).length;
+  const refused = results.filter((r) => r.status === 403);
+  assert.equal(ok, 100, results.filter((r) => r.status !== 200).map((r) => r.text).join(' '));
+  assert.equal(refused.length, 1);
+  assert.match(refused[0].body.error, /threads/);
+});
+
 test('a private receipt is seen by its owner only', async () => {
   const start = (await alice.sync()).next_batch;
   assert.equal((await receipt(bob, 'm.read.private', second)).status, 200);

@@ -92,43 +92,74 @@ asio::awaitable<Receipts::Target> Receipts::check_target(const std::string& room
     co_return Target{event_id, *stream};
 }
 
-void Receipts::put_locked(const std::string& room_id, const std::string& user,
-                          const std::string& type, const std::string& thread, const Target& target,
-                          PendingWrite& w) {
-    auto& room = rooms_receipts_[room_id];
-    Key key{user, type, thread};
+asio::awaitable<void> Receipts::put(std::vector<Put> receipts) {
+    struct Decided {
+        std::vector<Put> receipts;
+        std::vector<bool> written;
+        std::int64_t ts = 0;
+    };
+    auto d = std::make_shared<Decided>();
+    d->receipts = std::move(receipts);
+    d->ts = core_.now_ms();
+    Decision decision;
+    decision.streams = d->receipts.size();
+    decision.decide = [d](store::Txn& txn, StreamId first) {
+        std::vector<bool> written;
+        for (std::size_t i = 0; i < d->receipts.size(); ++i) {
+            const Put& p = d->receipts[i];
+            auto existing = txn.receipt(p.room_id, p.user, p.type, p.thread);
+            if (existing &&
+                event_id_stream(existing->event_id).value_or(0) >= p.target.event_stream) {
+                written.push_back(false);  // it already points at this event or a later one
+                continue;
+            }
+            if (!existing && !p.thread.empty()) {
+                auto threads = txn.receipt_threads(p.room_id, p.user, p.type);
+                if (threads >= static_cast<std::int64_t>(kThreadsPerUser))
+                    throw MatrixError(403, errcode::forbidden,
+                                      "You have receipts in " + std::to_string(threads) +
+                                          " threads of this room, the most the server keeps");
+            }
+            const StreamId stream = first + static_cast<StreamId>(i);
+            txn.write(store::PutReceipt{
+                {stream, p.room_id, p.user, p.type, p.thread, p.target.event_id, d->ts}});
+            written.push_back(true);
+        }
+        d->written = std::move(written);
+    };
+    decision.applied = [this, d](StreamId first) {
+        std::vector<std::string> wake;
+        for (std::size_t i = 0; i < d->receipts.size(); ++i)
+            if (d->written[i])
+                applied_locked(d->receipts[i], first + static_cast<StreamId>(i), d->ts, wake);
+        return wake;
+    };
+    return core_.transact(std::move(decision));
+}
+
+void Receipts::applied_locked(const Put& p, StreamId stream, std::int64_t ts,
+                              std::vector<std::string>& wake) {
+    auto& room = rooms_receipts_[p.room_id];
+    Key key{p.user, p.type, p.thread};
     auto it = room.by_key.find(key);
-    if (it != room.by_key.end() && it->second.event_stream >= target.event_stream) return;
-    if (it == room.by_key.end() && !thread.empty()) {
-        std::size_t threads = 0;
-        for (auto t = room.by_key.lower_bound({user, type, ""});
-             t != room.by_key.end() && std::get<0>(t->first) == user &&
-             std::get<1>(t->first) == type;
-             ++t)
-            threads += !std::get<2>(t->first).empty();
-        if (threads >= kThreadsPerUser)
-            throw MatrixError(403, errcode::forbidden,
-                              "You have receipts in " + std::to_string(threads) +
-                                  " threads of this room, the most the server keeps");
+    // Committed in stream order: a receipt held is older, unless read with a later one.
+    if (it != room.by_key.end()) {
+        if (it->second.stream >= stream) return;
+        room.by_stream.erase(it->second.stream);
     }
-    StreamId stream = core_.allocate_stream_locked();
-    Receipt r{target.event_id, target.event_stream, core_.now_ms(), stream};
-    if (it != room.by_key.end()) room.by_stream.erase(it->second.stream);
     room.by_stream[stream] = key;
-    room.by_key[key] = r;
-    w.mutations.push_back(
-        store::PutReceipt{{stream, room_id, user, type, thread, target.event_id, r.ts}});
-    if (thread.empty() || thread == "main")
-        for (const auto& f : read_listeners_) f(room_id, user, read_upto_locked(room_id, user));
-    w.max_stream = std::max(w.max_stream, stream);
+    room.by_key[key] = Receipt{p.target.event_id, p.target.event_stream, ts, stream};
+    if (p.thread.empty() || p.thread == "main")
+        for (const auto& f : read_listeners_)
+            f(p.room_id, p.user, read_upto_locked(p.room_id, p.user));
     // A private receipt is for its owner's devices only.
-    if (type == "m.read.private") {
-        w.wake.push_back(user);
+    if (p.type == "m.read.private") {
+        wake.push_back(p.user);
         return;
     }
-    if (const Room* joined = rooms_.find_or_skip_locked(room_id))
+    if (const Room* joined = rooms_.find_or_skip_locked(p.room_id))
         for (const auto& [member, m] : joined->membership)
-            if (m == "join") w.wake.push_back(member);
+            if (m == "join") wake.push_back(member);
 }
 
 asio::awaitable<Response> Receipts::post_receipt(Request& req) {
@@ -155,12 +186,8 @@ asio::awaitable<Response> Receipts::post_receipt(Request& req) {
         co_await account_data_.put(std::move(marker));
         co_return Response{};
     }
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        put_locked(room_id, user, type, thread, target, w);
-    }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    std::vector<Put> receipts{Put{room_id, user, type, thread, std::move(target)}};
+    co_await put(std::move(receipts));
     co_return Response{};
 }
 
@@ -181,20 +208,16 @@ asio::awaitable<Response> Receipts::read_markers(Request& req) {
     // The read marker is account data, decided in its own transaction; the receipts are
     // written together. Each is durable before the response.
     std::optional<AccountData::Put> fully_read;
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        for (const auto& [field, target] : marks) {
-            if (field == "m.fully_read")
-                fully_read =
-                    AccountData::Put{user, room_id, field,
-                                     json::serialize(json::object{{"event_id", target.event_id}})};
-            else
-                put_locked(room_id, user, field, {}, target, w);
-        }
+    std::vector<Put> receipts;
+    for (const auto& [field, target] : marks) {
+        if (field == "m.fully_read")
+            fully_read = AccountData::Put{
+                user, room_id, field, json::serialize(json::object{{"event_id", target.event_id}})};
+        else
+            receipts.push_back(Put{room_id, user, field, {}, target});
     }
     if (fully_read) co_await account_data_.put(std::move(*fully_read));
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    if (!receipts.empty()) co_await put(std::move(receipts));
     co_return Response{};
 }
 

@@ -67,10 +67,18 @@ class Receipts {
     // belongs to `thread` (empty: unthreaded, "main": the main timeline); 4xx otherwise.
     asio::awaitable<Target> check_target(const std::string& room_id, const std::string& user,
                                          const std::string& event_id, const std::string& thread);
-    // Records a receipt as part of `w`, unless the user's receipt of that type and thread
-    // already points at a later event.
-    void put_locked(const std::string& room_id, const std::string& user, const std::string& type,
-                    const std::string& thread, const Target& target, PendingWrite& w);
+    // One receipt to record.
+    struct Put {
+        std::string room_id, user, type, thread;
+        Target target;
+    };
+    // Records the receipts in one transaction, each unless the user's receipt of that type
+    // and thread already points at a later event (decided there, as is the limit of threads:
+    // 403 past kThreadsPerUser); cached once committed. Not a coroutine (see Core::durable).
+    asio::awaitable<void> put(std::vector<Put> receipts);
+    // Once committed: the receipt in the room's, the listeners told; whose /syncs to wake.
+    void applied_locked(const Put& p, StreamId stream, std::int64_t ts,
+                        std::vector<std::string>& wake);
 
     Core& core_;
     Rooms& rooms_;

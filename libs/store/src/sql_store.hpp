@@ -345,6 +345,25 @@ class SqlStore : public Store {
             return FallbackKeyRecord{user_id,   device_id, algorithm,
                                      s.text(0), s.text(1), s.integer(2) != 0};
         }
+        std::optional<ReceiptRecord> receipt(const std::string& room_id, const std::string& user_id,
+                                             const std::string& receipt_type,
+                                             const std::string& thread_id) override {
+            Stmt s(db,
+                   "SELECT stream_id, event_id, ts FROM receipts WHERE room_id = ? AND user_id = ? "
+                   "AND receipt_type = ? AND thread_id = ?");
+            s.bind(room_id).bind(user_id).bind(receipt_type).bind(thread_id);
+            if (!s.next()) return std::nullopt;
+            return ReceiptRecord{s.integer(0), room_id,   user_id,     receipt_type,
+                                 thread_id,    s.text(1), s.integer(2)};
+        }
+        std::int64_t receipt_threads(const std::string& room_id, const std::string& user_id,
+                                     const std::string& receipt_type) override {
+            Stmt s(db,
+                   "SELECT COUNT(*) FROM receipts WHERE room_id = ? AND user_id = ? AND "
+                   "receipt_type = ? AND thread_id <> ''");
+            s.bind(room_id).bind(user_id).bind(receipt_type);
+            return s.next() ? s.integer(0) : 0;
+        }
         std::optional<std::string> cross_signing_key(const std::string& user_id,
                                                      const std::string& usage) override {
             Stmt s(db, "SELECT json FROM cross_signing_keys WHERE user_id = ? AND usage = ?");

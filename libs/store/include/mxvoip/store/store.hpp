@@ -449,6 +449,14 @@ class Txn {
     // The user's cross-signing key of that usage (master, self_signing, user_signing).
     virtual std::optional<std::string> cross_signing_key(const std::string& user_id,
                                                          const std::string& usage) = 0;
+    // The user's receipt of that type and thread (empty: unthreaded) in the room, if any.
+    virtual std::optional<ReceiptRecord> receipt(const std::string& room_id,
+                                                 const std::string& user_id,
+                                                 const std::string& receipt_type,
+                                                 const std::string& thread_id) = 0;
+    // How many threads the user has a receipt of that type in, in the room.
+    virtual std::int64_t receipt_threads(const std::string& room_id, const std::string& user_id,
+                                         const std::string& receipt_type) = 0;
 };
 
 // One request's part of a transaction: its mutations, as they are, and then, when `decide`
