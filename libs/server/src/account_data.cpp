@@ -29,13 +29,11 @@ AccountData::AccountData(Core& core, Rooms& rooms)
 
 std::shared_ptr<const AccountDataEntries> AccountData::entries(const std::string& user_id) {
     for (;;) {
-        std::uint64_t writes = 0;
+        ReadsInFlight<std::string>::Ticket ticket = 0;
         {
             std::lock_guard lock(core_.mu);
             if (auto* held = entries_.get(user_id)) return *held;
-            auto& loading = loading_[user_id];
-            ++loading.readers;
-            writes = loading.writes;
+            ticket = loading_.started(user_id);
         }
         std::vector<store::AccountDataRecord> rows;
         std::exception_ptr failed;
@@ -45,9 +43,7 @@ std::shared_ptr<const AccountDataEntries> AccountData::entries(const std::string
             failed = std::current_exception();
         }
         std::lock_guard lock(core_.mu);
-        auto loading = loading_.find(user_id);
-        const bool overtaken = loading->second.writes != writes;
-        if (--loading->second.readers == 0) loading_.erase(loading);
+        const bool overtaken = loading_.overtaken(user_id, ticket);
         if (failed) std::rethrow_exception(failed);
         if (auto* held = entries_.get(user_id)) return *held;  // another reader was first
         if (overtaken) continue;
@@ -183,8 +179,7 @@ void AccountData::applied_locked(const Put& e, StreamId stream) {
     auto* cached = entries_.get(e.user);
     if (!cached) {
         // Not held: the store has it. A read of it under way is made again.
-        if (auto loading = loading_.find(e.user); loading != loading_.end())
-            ++loading->second.writes;
+        loading_.written(e.user);
         return;
     }
     auto& held = (**cached)[{e.room, e.type}];

@@ -17,6 +17,7 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "lru_cache.hpp"
+#include "reads_in_flight.hpp"
 #include "rooms.hpp"
 
 namespace mxvoip::server {
@@ -62,13 +63,9 @@ class AccountData {
     Rooms& rooms_;
     using Held = std::shared_ptr<AccountDataEntries>;
     LruCache<std::string, Held> entries_;  // by user
-    // Users whose account data is being read from the store, and how many writes applied to
-    // them meanwhile: a read that a write overtook is made again.
-    struct Loading {
-        int readers = 0;
-        std::uint64_t writes = 0;
-    };
-    std::unordered_map<std::string, Loading> loading_;
+    // Users whose account data is being read from the store: a read that a write overtook is
+    // made again.
+    ReadsInFlight<std::string> loading_;
     // Filters are written once and never change, so a cached one is never stale: the cache
     // is fed by commits and by reads of the store, and forgets what was not used lately.
     LruCache<std::string, std::string> filters_;  // by filter_key(user, id)

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "blocking.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -91,15 +92,14 @@ std::optional<Session> Accounts::authenticate(const std::string& token) {
 
 void Accounts::preload(const std::vector<std::string>& user_ids) {
     std::vector<std::string> missing;
-    std::vector<std::uint64_t> writes;
+    std::vector<ReadsInFlight<std::string>::Ticket> tickets;
     {
         std::lock_guard lock(core_.mu);
+        std::unordered_set<std::string_view> asked;
         for (const auto& user : user_ids) {
-            if (users_.get(user) || !is_local(user)) continue;
-            auto& loading = loading_[user];
-            ++loading.readers;
+            if (!asked.insert(user).second || users_.get(user) || !is_local(user)) continue;
             missing.push_back(user);
-            writes.push_back(loading.writes);
+            tickets.push_back(loading_.started(user));
         }
     }
     if (missing.empty()) return;
@@ -112,9 +112,7 @@ void Accounts::preload(const std::vector<std::string>& user_ids) {
     }
     std::lock_guard lock(core_.mu);
     for (std::size_t i = 0; i < missing.size(); ++i) {
-        auto loading = loading_.find(missing[i]);
-        const bool overtaken = loading->second.writes != writes[i];
-        if (--loading->second.readers == 0) loading_.erase(loading);
+        const bool overtaken = loading_.overtaken(missing[i], tickets[i]);
         // One a write overtook is left to be read under the lock when it is used.
         if (failed || overtaken || !read[i].user || users_.get(missing[i])) continue;
         users_.hold(missing[i], make_account(std::move(read[i])));
@@ -143,7 +141,7 @@ Accounts::Account* Accounts::account_locked(const std::string& user_id) const {
 
 Accounts::Account* Accounts::written_locked(const std::string& user_id) {
     if (Held* held = users_.get(user_id)) return held->get();
-    if (auto loading = loading_.find(user_id); loading != loading_.end()) ++loading->second.writes;
+    loading_.written(user_id);
     return nullptr;
 }
 

@@ -23,6 +23,7 @@
 #include "lru_cache.hpp"
 #include "mxvoip/server/crypto.hpp"
 #include "mxvoip/server/rate_limiter.hpp"
+#include "reads_in_flight.hpp"
 
 namespace mxvoip::server {
 
@@ -159,13 +160,9 @@ class Accounts {
     // Accounts are held (LruCache::hold) when read under the lock, and trimmed in a handler
     // posted to `trims_`: a caller may hold an Account* until it releases the lock.
     mutable LruCache<std::string, Held> users_;
-    // Users whose accounts are being read without the lock, and how many writes applied to
-    // them meanwhile: a read that a write overtook is dropped.
-    struct Loading {
-        int readers = 0;
-        std::uint64_t writes = 0;
-    };
-    mutable std::unordered_map<std::string, Loading> loading_;
+    // Users whose accounts are being read without the lock: a read that a write overtook is
+    // dropped.
+    ReadsInFlight<std::string> loading_;
     mutable std::optional<asio::any_io_executor> trims_;
     mutable bool trim_pending_ = false;
     LruCache<std::string, Session> tokens_;  // sha256 hex -> session

@@ -176,7 +176,7 @@ std::map<std::string, std::shared_ptr<const Keys::UserKeys>> Keys::keys_of(
     std::map<std::string, std::shared_ptr<const UserKeys>> out;
     for (;;) {
         std::vector<std::string> missing;
-        std::vector<std::uint64_t> writes;
+        std::vector<ReadsInFlight<std::string>::Ticket> tickets;
         {
             std::lock_guard lock(core_.mu);
             for (const auto& user : users) {
@@ -185,10 +185,8 @@ std::map<std::string, std::shared_ptr<const Keys::UserKeys>> Keys::keys_of(
                     out.emplace(user, *held);
                     continue;
                 }
-                auto& loading = loading_[user];
-                ++loading.readers;
                 missing.push_back(user);
-                writes.push_back(loading.writes);
+                tickets.push_back(loading_.started(user));
             }
         }
         if (missing.empty()) return out;
@@ -203,9 +201,7 @@ std::map<std::string, std::shared_ptr<const Keys::UserKeys>> Keys::keys_of(
         std::lock_guard lock(core_.mu);
         for (std::size_t i = 0; i < missing.size(); ++i) {
             const std::string& user = missing[i];
-            auto loading = loading_.find(user);
-            const bool overtaken = loading->second.writes != writes[i];
-            if (--loading->second.readers == 0) loading_.erase(loading);
+            const bool overtaken = loading_.overtaken(user, tickets[i]);
             if (failed) continue;
             if (auto* held = users_.get(user)) {  // another reader was first
                 out.emplace(user, *held);
@@ -235,7 +231,7 @@ std::map<std::string, std::shared_ptr<const Keys::UserKeys>> Keys::keys_of(
 
 Keys::UserKeys* Keys::written_locked(const std::string& user) {
     if (auto* held = users_.get(user)) return held->get();
-    if (auto loading = loading_.find(user); loading != loading_.end()) ++loading->second.writes;
+    loading_.written(user);
     return nullptr;
 }
 

@@ -19,6 +19,7 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "lru_cache.hpp"
+#include "reads_in_flight.hpp"
 #include "rooms.hpp"
 
 namespace mxvoip::server {
@@ -90,13 +91,9 @@ class Keys {
     Accounts& accounts_;
     Rooms& rooms_;
     LruCache<std::string, Held> users_;  // by user
-    // Users whose keys are being read from the store, and how many writes applied to them
-    // meanwhile: a read that a write overtook is made again.
-    struct Loading {
-        int readers = 0;
-        std::uint64_t writes = 0;
-    };
-    std::unordered_map<std::string, Loading> loading_;
+    // Users whose keys are being read from the store: a read that a write overtook is made
+    // again.
+    ReadsInFlight<std::string> loading_;
     std::unordered_map<std::string, StreamId> changed_;  // by user: the latest change
 };
 

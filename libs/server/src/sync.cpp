@@ -26,6 +26,9 @@ constexpr std::int64_t kMaxSyncTimeoutMs = 5 * 60 * 1000;
 // its PUT responses; answering each echo at once costs a response and a new request per event,
 // which under call load is two of the five HTTP exchanges an event causes.
 constexpr auto kEchoCoalesce = std::chrono::milliseconds(100);
+// How far back a /sync reads a room's events from the store for a timeline filter that lets
+// few of them through.
+constexpr int kFilteredReadBack = 1000;
 
 }  // namespace
 
@@ -86,14 +89,40 @@ void Sync::render_timeline_locked(std::string& out, const Room& room, const Sess
         // (which may hold events committed but not yet visible: a room read meanwhile).
         StreamId before =
             events.empty() ? std::min(room.evicted_upto, upto) + 1 : events.front()->stream;
-        int want = f.timeline_limit - static_cast<int>(events.size());
-        older = core_.store().events_before(room.id, before, want + 1);
-        std::erase_if(older, [&](const auto& r) {
-            if (r.stream <= since || !may_see(r.stream, r.type, r.state_key)) return true;
-            if (!wanted.contains_url) return !wanted.allows(r.type, r.sender, room.id, "{}");
-            return !wanted.allows(r.type, r.sender, room.id,
-                                  json::serialize(json::parse(r.json).at("content")));
-        });
+        const int want = f.timeline_limit - static_cast<int>(events.size());
+        // Read back page by page until the filter let `want` (and one more, to tell whether the
+        // timeline is limited) through, `since` is reached or the room begins; a filter that
+        // lets little through reads at most kFilteredReadBack events, and the timeline is then
+        // limited (the client pages back with /messages).
+        const int page = std::max(want + 1, 50);
+        int read = 0;
+        for (bool done = false; !done;) {
+            auto rows = core_.store().events_before(room.id, before, page);
+            done = static_cast<int>(rows.size()) < page;
+            for (auto& r : rows) {
+                if (r.stream <= since) {
+                    done = true;
+                    break;
+                }
+                before = r.stream;
+                ++read;
+                if (!may_see(r.stream, r.type, r.state_key)) continue;
+                if (!wanted.allows(r.type, r.sender, room.id,
+                                   wanted.contains_url
+                                       ? json::serialize(json::parse(r.json).at("content"))
+                                       : std::string("{}")))
+                    continue;
+                older.push_back(std::move(r));
+                if (static_cast<int>(older.size()) > want) {
+                    done = true;
+                    break;
+                }
+            }
+            if (!done && read >= kFilteredReadBack) {
+                limited = true;
+                done = true;
+            }
+        }
         if (static_cast<int>(older.size()) > want) {
             limited = true;
             older.resize(want);
