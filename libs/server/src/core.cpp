@@ -84,6 +84,60 @@ std::uint64_t Core::submit_locked(PendingWrite write) {
         });
 }
 
+void Core::submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done) {
+    // Positions and submission under one lock, as submit_locked's callers do.
+    const StreamId first = next_stream_;
+    next_stream_ += static_cast<StreamId>(d.streams);
+    const StreamId last = d.streams ? next_stream_ - 1 : 0;
+    store::Write write{std::move(d.mutations),
+                       [decide = std::move(d.decide), first](store::Txn& txn) {
+                           if (decide) decide(txn, first);
+                       },
+                       last};
+    writer_.submit(
+        std::move(write),
+        [this, done = std::move(done), first, last, applied = std::move(d.applied),
+         settled = std::move(d.settled)](std::exception_ptr failure, std::exception_ptr refusal) {
+            std::exception_ptr result;
+            if (failure) {
+                failed(failure);
+                result = not_stored();
+            } else if (refusal) {
+                result = refusal;
+                try {
+                    std::rethrow_exception(refusal);
+                } catch (const MatrixError&) {
+                } catch (...) {
+                    // Not a decision but a fault of a statement: the transaction went on without
+                    // this write.
+                    spdlog::error("a write was not stored: {}", what(refusal));
+                    result = not_stored();
+                }
+                publish(last, {});  // its positions stay unused
+            } else {
+                std::lock_guard lock(mu);
+                auto wake = applied ? applied(first) : std::vector<std::string>{};
+                publish_locked(last, wake);
+            }
+            if (settled) {
+                std::lock_guard lock(mu);
+                settled();
+            }
+            done(result);
+        });
+}
+
+void Core::transact_locked(Decision&& decision) {
+    submit_decision_locked(std::move(decision), [](std::exception_ptr result) {
+        if (!result) return;
+        try {
+            std::rethrow_exception(result);
+        } catch (const std::exception& e) {
+            spdlog::warn("a write the server made by itself was not stored: {}", e.what());
+        }
+    });
+}
+
 asio::awaitable<void> Core::transact(Decision&& decision) {
     auto init = [this](auto handler, Decision d) {
         // As in durable(): a graceful shutdown waits for the outcome and the response.
@@ -91,44 +145,9 @@ asio::awaitable<void> Core::transact(Decision&& decision) {
                                asio::execution::outstanding_work.tracked);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
         std::lock_guard lock(mu);
-        // Positions and submission under one lock, as submit_locked's callers do.
-        const StreamId first = next_stream_;
-        next_stream_ += static_cast<StreamId>(d.streams);
-        const StreamId last = d.streams ? next_stream_ - 1 : 0;
-        store::Write write{
-            std::move(d.mutations),
-            [decide = std::move(d.decide), first](store::Txn& txn) { decide(txn, first); }, last};
-        writer_.submit(std::move(write),
-                       [this, shared, ex, first, last, applied = std::move(d.applied),
-                        settled = std::move(d.settled)](std::exception_ptr failure,
-                                                        std::exception_ptr refusal) {
-                           std::exception_ptr result;
-                           if (failure) {
-                               failed(failure);
-                               result = not_stored();
-                           } else if (refusal) {
-                               result = refusal;
-                               try {
-                                   std::rethrow_exception(refusal);
-                               } catch (const MatrixError&) {
-                               } catch (...) {
-                                   // Not a decision but a fault of a statement: the transaction
-                                   // went on without this write.
-                                   spdlog::error("a write was not stored: {}", what(refusal));
-                                   result = not_stored();
-                               }
-                               publish(last, {});  // its positions stay unused
-                           } else {
-                               std::lock_guard lock(mu);
-                               auto wake = applied ? applied(first) : std::vector<std::string>{};
-                               publish_locked(last, wake);
-                           }
-                           if (settled) {
-                               std::lock_guard lock(mu);
-                               settled();
-                           }
-                           asio::post(ex, [shared, result]() mutable { (*shared)(result); });
-                       });
+        submit_decision_locked(std::move(d), [shared, ex](std::exception_ptr result) {
+            asio::post(ex, [shared, result]() mutable { (*shared)(result); });
+        });
     };
     return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
         init, asio::use_awaitable, std::move(decision));

@@ -53,10 +53,10 @@ struct Decision {
     // position never passes a write still in flight; a refused write leaves them unused (and
     // the stored stream position passes them, so none is handed out again after a restart).
     std::size_t streams = 0;
-    // Runs on the writer's thread, in a savepoint of its own, reading and writing through the
-    // transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It may run
-    // more than once (a transaction made again after an outage), so it sets what it reports,
-    // never adds to it.
+    // Runs on the writer's thread (if set), in a savepoint of its own, reading and writing
+    // through the transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It
+    // may run more than once (a transaction made again after an outage), so it sets what it
+    // reports, never adds to it.
     std::function<void(store::Txn&, StreamId first)> decide;
     // Under `mu`, once the transaction committed: feeds the caches (they learn only of what
     // committed) and returns whose parked /syncs to wake. Given the first position.
@@ -111,6 +111,9 @@ class Core {
     // applied, or throws the decision's refusal, or 503 M_UNKNOWN when the write could not be
     // stored. Takes the lock to submit. Not a coroutine (see durable()).
     asio::awaitable<void> transact(Decision&& decision);
+    // The same for a write nobody waits for (a timer's, or one made after another committed):
+    // submitted under the caller's lock; a refusal or failure is logged.
+    void transact_locked(Decision&& decision);
     // The sequence number of the latest write submitted: durable() of it completes once every
     // write submitted so far settled.
     std::uint64_t submitted() const { return writer_.submitted(); }
@@ -140,6 +143,9 @@ class Core {
     void wake_all();
 
   private:
+    // Takes the decision's positions and submits it; `done` gets its outcome (null: applied)
+    // on the writer's thread, after `applied` and `settled`.
+    void submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done);
     void publish(StreamId max_stream, const std::vector<std::string>& wake);
     void publish_locked(StreamId max_stream, const std::vector<std::string>& wake);
     // A write failed for good: the first such failure stops the server.

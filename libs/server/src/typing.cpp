@@ -40,7 +40,7 @@ asio::awaitable<Response> Typing::put_typing(Request& req) {
     if (typing)
         if (auto t = proto::opt_int(req.json, "timeout"))
             timeout = std::clamp<std::int64_t>(*t, 0, kMaxTimeoutMs);
-    PendingWrite w;
+    bool changed = false;
     {
         std::lock_guard lock(core_.mu);
         const Room& room = rooms_.room_or_throw_locked(room_id);
@@ -48,25 +48,31 @@ asio::awaitable<Response> Typing::put_typing(Request& req) {
             throw MatrixError(403, errcode::forbidden, "You are not joined to this room");
         auto& state = rooms_typing_[room_id];
         if (typing) {
-            bool was = state.until.count(user) > 0;
-            state.until[user] = core_.now_ms() + timeout;
             // Renewing a typing notification changes nothing anyone sees.
-            if (!was) changed_locked(room, state, w);
+            changed = state.until.count(user) == 0;
+            state.until[user] = core_.now_ms() + timeout;
             arm_locked();
-        } else if (state.until.erase(user)) {
-            changed_locked(room, state, w);
+        } else {
+            changed = state.until.erase(user) > 0;
         }
     }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    if (changed) co_await core_.transact(this->changed(room_id));
     co_return Response{};
 }
 
-void Typing::changed_locked(const Room& room, RoomTyping& typing, PendingWrite& w) {
-    typing.stream = core_.allocate_stream_locked();
-    w.mutations.push_back(store::AdvanceStream{typing.stream});
-    w.max_stream = std::max(w.max_stream, typing.stream);
-    for (const auto& [member, m] : room.membership)
-        if (m == "join") w.wake.push_back(member);
+Decision Typing::changed(const std::string& room_id) {
+    Decision d;
+    d.streams = 1;  // the position alone: the stored stream position reaches it
+    d.applied = [this, room_id](StreamId position) {
+        std::vector<std::string> wake;
+        auto& state = rooms_typing_[room_id];
+        state.stream = std::max(state.stream, position);
+        if (const Room* room = rooms_.find_or_skip_locked(room_id))
+            for (const auto& [member, m] : room->membership)
+                if (m == "join") wake.push_back(member);
+        return wake;
+    };
+    return d;
 }
 
 void Typing::arm_locked() {
@@ -93,11 +99,7 @@ void Typing::expire() {
     // has not seen it yet still has to report.
     for (auto& [room_id, state] : rooms_typing_) {
         if (!std::erase_if(state.until, [&](const auto& kv) { return kv.second <= now; })) continue;
-        if (const Room* room = rooms_.find_or_skip_locked(room_id)) {
-            PendingWrite w;
-            changed_locked(*room, state, w);
-            core_.submit_locked(std::move(w));
-        }
+        core_.transact_locked(changed(room_id));
     }
     arm_locked();
 }

@@ -44,7 +44,10 @@ class Typing {
         StreamId stream = 0;                        // the last change
     };
     // Takes the change's stream position and queues its wake-ups in `w`.
-    void changed_locked(const Room& room, RoomTyping& typing, PendingWrite& w);
+    // Who types in the room changed: a stream position, taken by a write of its own (nothing
+    // else of typing is stored), and once it committed the change is the room's newest and
+    // its members' /syncs wake.
+    Decision changed(const std::string& room_id);
     void arm_locked();
     void expire();
 

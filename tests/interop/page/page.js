@@ -150,13 +150,20 @@ window.mx = {
     let relay = false;
     const byId = new Map();
     stats.forEach((s) => byId.set(s.id, s));
+    // The pair the transport selected (the spec's selectedCandidatePairId); Chromium may show
+    // the pair in use without its `nominated` flag for a while, so that counts only without one.
+    const selected = new Set();
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) selected.add(s.selectedCandidatePairId);
+    });
     stats.forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === 'audio') {
         audioSamples += s.totalSamplesReceived ?? 0;
         audioPackets += s.packetsReceived ?? 0;
       }
       if (s.type === 'inbound-rtp' && s.kind === 'video') videoFrames += s.framesDecoded ?? 0;
-      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+      const inUse = selected.size ? selected.has(s.id) : s.nominated && s.state === 'succeeded';
+      if (s.type === 'candidate-pair' && inUse) {
         relay = relay || byId.get(s.localCandidateId)?.candidateType === 'relay';
       }
     });
