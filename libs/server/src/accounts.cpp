@@ -175,12 +175,6 @@ std::string Accounts::device_display_name_locked(const std::string& user_id,
     return d == account->devices.end() ? std::string() : d->second;
 }
 
-store::PutProfile Accounts::profile_write(const std::string& user_id,
-                                          std::optional<std::string> displayname,
-                                          std::optional<std::string> avatar_url) {
-    return store::PutProfile{user_id, std::move(displayname), std::move(avatar_url)};
-}
-
 void Accounts::profile_applied_locked(const store::PutProfile& change) {
     Account* account = written_locked(change.user_id);
     if (!account) return;

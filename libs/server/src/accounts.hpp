@@ -57,11 +57,7 @@ class Accounts {
     bool has_device_locked(const std::string& user_id, const std::string& device) const;
     std::string device_display_name_locked(const std::string& user_id,
                                            const std::string& device) const;
-    // A profile change, as part of another write: what it writes (the fields given), and,
-    // once it committed, the account as cached.
-    static store::PutProfile profile_write(const std::string& user_id,
-                                           std::optional<std::string> displayname,
-                                           std::optional<std::string> avatar_url);
+    // A profile change (the fields given), part of another write, once it committed.
     void profile_applied_locked(const store::PutProfile& change);
     // One module's part in signing a device out, written in the same transaction: what it
     // deletes for the device (`write`, given the stream position it took, if it asked for

@@ -59,9 +59,9 @@ asio::awaitable<Response> Profile::put_profile_field(Request& req) {
     RoomWrite write;
     write.each_on_its_own = true;
     // Only the field changed is written: two changes at once of the two fields both stay.
-    auto change = std::make_shared<store::PutProfile>(Accounts::profile_write(
-        user_id, field == "displayname" ? std::optional(value) : std::nullopt,
-        field == "avatar_url" ? std::optional(value) : std::nullopt));
+    auto change = std::make_shared<store::PutProfile>(
+        store::PutProfile{user_id, field == "displayname" ? std::optional(value) : std::nullopt,
+                          field == "avatar_url" ? std::optional(value) : std::nullopt});
     write.mutations.push_back(*change);
     write.applied = [this, change] { accounts_.profile_applied_locked(*change); };
     accounts_.preload({user_id});
