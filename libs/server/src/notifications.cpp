@@ -65,8 +65,7 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
       account_data_(account_data),
       receipts_(receipts),
       template_(push::default_rules_template()) {
-    rooms_.on_appended(
-        [this](const Room& room, const EventPtr& ev, PendingWrite&) { appended_locked(room, ev); });
+    rooms_.on_appended([this](const Room& room, const EventPtr& ev) { appended_locked(room, ev); });
     // GET /notifications serves an event as it is now.
     rooms_.on_redacted([this](const Room&, const EventPtr& redacted) {
         for (auto& [_, list] : recent_)

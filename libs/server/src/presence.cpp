@@ -28,8 +28,7 @@ bool is_presence(std::string_view p) {
 
 Presence::Presence(Core& core, Accounts& accounts, Rooms& rooms)
     : core_(core), accounts_(accounts), rooms_(rooms) {
-    rooms_.on_appended(
-        [this](const Room&, const EventPtr& ev, PendingWrite& w) { appended_locked(ev, w); });
+    rooms_.on_appended([this](const Room&, const EventPtr& ev) { appended_locked(ev); });
 }
 
 void Presence::load(store::Snapshot& snap) {
@@ -38,14 +37,14 @@ void Presence::load(store::Snapshot& snap) {
     const std::int64_t now = core_.now_ms();
     for (auto& p : snap.presence) {
         State& st = users_[p.user_id];
-        st.presence = p.presence;
+        st.presence = st.wanted = p.presence;
         st.chosen = p.presence == "unavailable" ? "unavailable" : "online";
-        st.status_msg = std::move(p.status_msg);
+        st.status_msg = st.wanted_status = std::move(p.status_msg);
         st.last_active = p.last_active_ts;
         st.stream = p.stream;
         // Nobody syncs across a restart: who was present goes offline unless they come back.
         st.last_sync = now;
-        if (st.presence != "offline") present_.insert(p.user_id);
+        if (st.wanted != "offline") present_.insert(p.user_id);
     }
 }
 
@@ -80,62 +79,88 @@ void Presence::tick() {
         const State& st = users_[user];
         if (st.syncing == 0 && now - st.last_sync > kSyncGoneMs)
             changes.emplace_back(user, "offline");
-        else if (st.presence == "online" && st.last_active && now - st.last_active > kIdleMs)
+        else if (st.wanted == "online" && st.last_active && now - st.last_active > kIdleMs)
             changes.emplace_back(user, "unavailable");
     }
-    for (const auto& [user, presence] : changes) {
-        PendingWrite w;
-        change_locked(user, users_[user], presence, w);
-        core_.submit_locked(std::move(w));
-    }
+    for (const auto& [user, presence] : changes)
+        if (auto d = change_locked(user, users_[user], presence))
+            core_.transact_locked(std::move(*d));
     arm_locked();
 }
 
-void Presence::change_locked(const std::string& user, State& st, const std::string& presence,
-                             PendingWrite& w, bool force) {
-    if (!force && st.presence == presence) return;
-    st.presence = presence;
-    st.stream = core_.allocate_stream_locked();
-    w.mutations.push_back(
-        store::PutPresence{{st.stream, user, presence, st.status_msg, st.last_active}});
-    w.max_stream = std::max(w.max_stream, st.stream);
-    // Whoever shares a joined room with the user sees it, and the user's own devices.
-    w.wake.push_back(user);
-    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
-        if (m.membership != "join") continue;
-        if (const Room* room = rooms_.find_or_skip_locked(room_id))
-            for (const auto& [member, mm] : room->membership)
-                if (mm == "join" && member != user) w.wake.push_back(member);
-    }
+std::optional<Decision> Presence::change_locked(const std::string& user, State& st,
+                                                const std::string& presence,
+                                                std::optional<std::string> status, bool force) {
+    if (!force && st.wanted == presence && (!status || *status == st.wanted_status))
+        return std::nullopt;
+    st.wanted = presence;
+    if (status) st.wanted_status = std::move(*status);
+    st.in_flight++;
+    // The timer looks at whoever the last change leaves present.
     if (presence == "offline") {
         present_.erase(user);
     } else {
         present_.insert(user);
         arm_locked();
     }
+    Decision d;
+    d.streams = 1;
+    d.decide = [record =
+                    store::PresenceRecord{0, user, presence, st.wanted_status, st.last_active}](
+                   store::Txn& txn, StreamId position) {
+        store::PutPresence put{record};
+        put.presence.stream = position;
+        txn.write(put);
+    };
+    d.applied = [this, user, presence, status = st.wanted_status](StreamId position) {
+        State& st = users_[user];
+        if (position > st.stream) {
+            st.presence = presence;
+            st.status_msg = status;
+            st.stream = position;
+        }
+        // Whoever shares a joined room with the user sees it, and the user's own devices.
+        std::vector<std::string> wake{user};
+        for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+            if (m.membership != "join") continue;
+            if (const Room* room = rooms_.find_or_skip_locked(room_id))
+                for (const auto& [member, mm] : room->membership)
+                    if (mm == "join" && member != user) wake.push_back(member);
+        }
+        return wake;
+    };
+    d.settled = [this, user] {
+        State& st = users_[user];
+        if (--st.in_flight > 0) return;
+        // Nothing in flight: what is seen is what is wanted (a change not stored is undone).
+        st.wanted = st.presence;
+        st.wanted_status = st.status_msg;
+        if (st.wanted == "offline") present_.erase(user);
+    };
+    return d;
 }
 
-void Presence::appended_locked(const EventPtr& ev, PendingWrite& w) {
+void Presence::appended_locked(const EventPtr& ev) {
     if (!core_.config().presence_enabled) return;
     auto it = users_.find(ev->sender);
     if (it == users_.end()) return;
     State& st = it->second;
     st.last_active = core_.now_ms();
     // An idle user who acts is back; one who chose to be unavailable stays so.
-    if (st.presence == "unavailable" && st.chosen != "unavailable")
-        change_locked(ev->sender, st, "online", w);
+    if (st.wanted == "unavailable" && st.chosen != "unavailable")
+        if (auto d = change_locked(ev->sender, st, "online")) core_.transact_locked(std::move(*d));
 }
 
-void Presence::sync_started_locked(const std::string& user, const std::string& set_presence,
-                                   PendingWrite& w) {
+void Presence::sync_started_locked(const std::string& user, const std::string& set_presence) {
     if (!core_.config().presence_enabled) return;
     State& st = users_[user];
     st.syncing++;
     st.last_sync = core_.now_ms();
-    if (set_presence == "offline" || st.presence != "offline") return;
+    if (set_presence == "offline" || st.wanted != "offline") return;
     st.last_active = core_.now_ms();
     bool away = set_presence == "unavailable" || st.chosen == "unavailable";
-    change_locked(user, st, away ? "unavailable" : "online", w);
+    if (auto d = change_locked(user, st, away ? "unavailable" : "online"))
+        core_.transact_locked(std::move(*d));
 }
 
 void Presence::sync_ended_locked(const std::string& user) {
@@ -203,18 +228,17 @@ asio::awaitable<Response> Presence::put_status(Request& req) {
     if (status.size() > kMaxStatusBytes)
         throw MatrixError(400, errcode::invalid_param, "status_msg is longer than 1024 bytes");
     if (!core_.config().presence_enabled) co_return Response{};
-    PendingWrite w;
+    Decision d;
     {
         std::lock_guard lock(core_.mu);
         State& st = users_[user];
         st.chosen = presence;
-        st.status_msg = std::move(status);
         if (presence == "online") st.last_active = core_.now_ms();
         // A user who sets presence without syncing counts as present until the sync timeout.
         st.last_sync = std::max(st.last_sync, core_.now_ms());
-        change_locked(user, st, presence, w, true);
+        d = *change_locked(user, st, presence, std::move(status), true);
     }
-    co_await core_.commit(std::move(w));
+    co_await core_.transact(std::move(d));
     co_return Response{};
 }
 

@@ -6,9 +6,10 @@
 //
 // What a user chose (PUT, or /sync's set_presence) meets what they do: a user whose /syncs
 // stopped more than kSyncGoneMs ago is offline, one who sent nothing for kIdleMs is
-// unavailable, and sending an event makes an idle user online again. A change takes a stream
-// position and is stored with the status message (PutPresence); one timer, running while
-// anyone is not offline, applies the timeouts.
+// unavailable, and sending an event makes an idle user online again. A change is a decision
+// (Core::transact): it takes a stream position and is stored with the status message
+// (PutPresence), and others see it once it committed; one timer, running while anyone is not
+// offline, applies the timeouts.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -44,9 +45,8 @@ class Presence {
     asio::awaitable<Response> get_status(Request&);
 
     // A /sync of `user` begins, asking to be `set_presence` (online, unavailable or offline:
-    // the last leaves presence as it is); its change, if any, goes into `w`.
-    void sync_started_locked(const std::string& user, const std::string& set_presence,
-                             PendingWrite& w);
+    // the last leaves presence as it is); its change, if any, is submitted.
+    void sync_started_locked(const std::string& user, const std::string& set_presence);
     void sync_ended_locked(const std::string& user);
     // Appends the m.presence events `user` is to see: of the users sharing a joined room with
     // them and their own, changed in (since, upto], or all known when `initial`; of the
@@ -56,19 +56,28 @@ class Presence {
 
   private:
     struct State {
-        std::string presence = "offline";  // what others see
-        std::string chosen = "online";     // what the user asked for last
+        // What others see: the last change committed.
+        std::string presence = "offline";
         std::string status_msg;
-        std::int64_t last_active = 0;  // unix ms of their last action; 0: none known
-        std::int64_t last_sync = 0;    // when their last /sync began or ended
-        int syncing = 0;               // /syncs running now
-        StreamId stream = 0;           // the last change
+        StreamId stream = 0;
+        // What the last change submitted makes it (the same as the above when none is in
+        // flight): what the next change is compared with.
+        std::string wanted = "offline";
+        std::string wanted_status;
+        int in_flight = 0;
+        std::string chosen = "online";  // what the user asked for last
+        std::int64_t last_active = 0;   // unix ms of their last action; 0: none known
+        std::int64_t last_sync = 0;     // when their last /sync began or ended
+        int syncing = 0;                // /syncs running now
     };
 
-    // Makes `presence` what others see (and stores it), when it differs or `force`.
-    void change_locked(const std::string& user, State& st, const std::string& presence,
-                       PendingWrite& w, bool force = false);
-    void appended_locked(const EventPtr& ev, PendingWrite& w);
+    // Makes `presence` (and `status`, when given) what others see, when it differs from what
+    // the last change made it or `force`: returns the decision that stores it, or nothing.
+    std::optional<Decision> change_locked(const std::string& user, State& st,
+                                          const std::string& presence,
+                                          std::optional<std::string> status = std::nullopt,
+                                          bool force = false);
+    void appended_locked(const EventPtr& ev);
     void arm_locked();
     void tick();
     void append_event(std::string& out, const std::string& user, const State& st,

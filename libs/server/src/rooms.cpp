@@ -1014,7 +1014,6 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
 
 std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Decided& out) {
     std::vector<std::string> wake;
-    PendingWrite theirs;  // what the listeners store in turn
     if (write.create) {
         known_[write.create->room_id].version = write.create->room_version;
         Room room;
@@ -1035,7 +1034,7 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
         if (!ev->txn_id.empty())
             txns_.remember(ev->txn_device_key, ev->room_id + '\n' + ev->txn_id, ev->event_id,
                            ev->origin_server_ts);
-        for (const auto& f : appended_) f(room, ev, theirs);
+        for (const auto& f : appended_) f(room, ev);
     }
     if (const auto& redacted = out.redacted) {
         Room& room = *get_locked(redacted->room_id);
@@ -1048,7 +1047,6 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
                 apply_state_locked(room, redacted);
         for (const auto& f : redacted_) f(room, redacted);
     }
-    if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
     return wake;
 }
 

@@ -123,8 +123,8 @@ class Rooms {
     asio::awaitable<std::vector<EventPtr>> append(RoomWrite& write);
     Room& room_or_throw_locked(const std::string& room_id);
     // Called under the lock for every event appended, once it committed and the room applied
-    // it, with a write for what the listener stores in turn.
-    using Appended = std::function<void(const Room&, const EventPtr&, PendingWrite&)>;
+    // it (what a listener stores in turn is a write of its own: Core::transact_locked).
+    using Appended = std::function<void(const Room&, const EventPtr&)>;
     void on_appended(Appended f) { appended_.push_back(std::move(f)); }
     // Called under the lock when createRoom's room was made, with its request body.
     using Created =

@@ -454,9 +454,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     filter = resolve_filter(s, req);
     {
         std::lock_guard lock(core_.mu);
-        PendingWrite w;
-        presence_.sync_started_locked(s.user_id, set_presence, w);
-        if (!w.mutations.empty()) core_.submit_locked(std::move(w));
+        presence_.sync_started_locked(s.user_id, set_presence);
     }
     Syncing syncing{core_, presence_, s.user_id};
     // Held while the /sync runs, so it stays cached and what commits meanwhile reaches it.
