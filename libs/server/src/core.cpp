@@ -44,7 +44,6 @@ void Core::on_store_health(bool available, const std::string& why) {
 
 void Core::start_at(StreamId max_stream) {
     std::lock_guard lock(mu);
-    next_stream_ = max_stream + 1;
     visible_ = max_stream;
 }
 
@@ -76,28 +75,28 @@ void Core::failed(std::exception_ptr e) {
 }
 
 std::uint64_t Core::submit_locked(PendingWrite write) {
-    return writer_.submit(
-        std::move(write.mutations),
-        [this, max_stream = write.max_stream, wake = std::move(write.wake)](std::exception_ptr e) {
-            if (!e) return publish(max_stream, wake);
-            failed(e);
-        });
+    return writer_.submit(std::move(write.mutations), [this](std::exception_ptr e) {
+        if (e) failed(e);
+    });
 }
 
 void Core::submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done) {
-    // Positions and submission under one lock, as submit_locked's callers do.
-    const StreamId first = next_stream_;
-    next_stream_ += static_cast<StreamId>(d.streams);
-    const StreamId last = d.streams ? next_stream_ - 1 : 0;
+    // The positions the transaction that committed gave it (each attempt takes its own);
+    // written and read on the writer's thread.
+    auto taken = std::make_shared<StreamId>(0);
+    const auto streams = static_cast<StreamId>(d.streams);
     store::Write write{std::move(d.mutations),
-                       [decide = std::move(d.decide), first](store::Txn& txn) {
+                       [decide = std::move(d.decide), taken](store::Txn& txn, StreamId first) {
+                           *taken = first;
                            if (decide) decide(txn, first);
                        },
-                       last};
+                       d.streams};
     writer_.submit(
         std::move(write),
-        [this, done = std::move(done), first, last, applied = std::move(d.applied),
+        [this, done = std::move(done), taken, streams, applied = std::move(d.applied),
          settled = std::move(d.settled)](std::exception_ptr failure, std::exception_ptr refusal) {
+            const StreamId first = *taken;
+            const StreamId last = streams ? first + streams - 1 : 0;
             std::exception_ptr result;
             if (failure) {
                 failed(failure);
@@ -180,14 +179,14 @@ asio::awaitable<void> Core::commit(PendingWrite&& write) {
     return durable(seq);
 }
 
-void Core::publish(StreamId max_stream, const std::vector<std::string>& wake) {
+void Core::publish(StreamId upto, const std::vector<std::string>& wake) {
     std::lock_guard lock(mu);
-    publish_locked(max_stream, wake);
+    publish_locked(upto, wake);
 }
 
-void Core::publish_locked(StreamId max_stream, const std::vector<std::string>& wake) {
-    if (max_stream > visible_) {
-        visible_ = max_stream;
+void Core::publish_locked(StreamId upto, const std::vector<std::string>& wake) {
+    if (upto > visible_) {
+        visible_ = upto;
         for (const auto& f : visible_listeners_) f(visible_);
     }
     for (const auto& user : wake) {

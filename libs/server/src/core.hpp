@@ -27,19 +27,14 @@ namespace mxvoip::server {
 
 namespace asio = boost::asio;
 
-// What one request writes: the mutations of one group-commit submission, the newest stream
-// position they make visible, and whose parked /syncs to wake once they are durable.
+// What one request writes without a decision: the mutations of one group-commit submission
+// (they take no stream position, and no /sync learns of them).
 struct PendingWrite {
     std::vector<store::Mutation> mutations;
-    StreamId max_stream = 0;
-    std::vector<std::string> wake;
 
-    static PendingWrite of(store::Mutation m, StreamId stream = 0,
-                           std::vector<std::string> wake = {}) {
+    static PendingWrite of(store::Mutation m) {
         PendingWrite w;
         w.mutations.push_back(std::move(m));
-        w.max_stream = stream;
-        w.wake = std::move(wake);
         return w;
     }
 };
@@ -48,10 +43,10 @@ struct PendingWrite {
 struct Decision {
     // Written first, in the decision's savepoint: refused with it.
     std::vector<store::Mutation> mutations;
-    // Stream positions the write takes (`first` is handed to `decide`). They are taken when
-    // the write is submitted, in submission order like every other write's, so the visible
-    // position never passes a write still in flight; a refused write leaves them unused (and
-    // the stored stream position passes them, so none is handed out again after a restart).
+    // Stream positions the write takes (`first` is handed to `decide` and `applied`): taken in
+    // its transaction (store::Write::streams), consecutive, and ascending in the order the
+    // writes were submitted, so the visible position, the last committed one, never passes a
+    // write still in flight. A refused write leaves them unused, and none is handed out again.
     std::size_t streams = 0;
     // Runs on the writer's thread (if set), in a savepoint of its own, reading and writing
     // through the transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It
@@ -91,11 +86,8 @@ class Core {
 
     mutable std::mutex mu;
 
-    // The next stream position; every event, account-data change and to-device message takes
-    // one.
-    StreamId allocate_stream_locked() { return next_stream_++; }
-    StreamId next_stream_locked() const { return next_stream_; }
-    // Everything up to here is committed and may be served.
+    // Everything up to here is committed and may be served. Positions are taken by the
+    // writes themselves, in their transactions (Decision::streams).
     StreamId visible_locked() const { return visible_; }
     void start_at(StreamId max_stream);
 
@@ -146,8 +138,8 @@ class Core {
     // Takes the decision's positions and submits it; `done` gets its outcome (null: applied)
     // on the writer's thread, after `applied` and `settled`.
     void submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done);
-    void publish(StreamId max_stream, const std::vector<std::string>& wake);
-    void publish_locked(StreamId max_stream, const std::vector<std::string>& wake);
+    void publish(StreamId upto, const std::vector<std::string>& wake);
+    void publish_locked(StreamId upto, const std::vector<std::string>& wake);
     // A write failed for good: the first such failure stops the server.
     void failed(std::exception_ptr e);
     void on_store_health(bool available, const std::string& why);
@@ -161,7 +153,6 @@ class Core {
     std::once_flag fatal_once_;
     std::int64_t unavailable_since_ = 0;  // writer thread only
 
-    StreamId next_stream_ = 1;
     StreamId visible_ = 0;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
     std::vector<std::function<void(StreamId)>> visible_listeners_;

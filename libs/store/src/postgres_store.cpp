@@ -200,6 +200,43 @@ CREATE INDEX IF NOT EXISTS events_room_history ON events (room_id, stream_id)
     WHERE type IN ('m.room.member', 'm.room.history_visibility');
 )sql";
 
+// Version 4: stream positions come from a sequence, taken by take_streams() under an advisory
+// lock held only while they are taken (consecutive positions per call, without making one
+// transaction wait for another's commit, as a row updated by each would), instead of one
+// row every transaction updated. The lock's key is "mxstream".
+constexpr const char* kSchemaV4 = R"sql(
+CREATE SEQUENCE IF NOT EXISTS stream_seq;
+DO $$
+BEGIN
+    IF to_regclass('stream_position') IS NOT NULL THEN
+        PERFORM setval('stream_seq', max_stream) FROM stream_position WHERE max_stream > 0;
+        DROP TABLE stream_position;
+    END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION take_streams(at_least BIGINT, n BIGINT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    top BIGINT;
+BEGIN
+    PERFORM pg_advisory_lock(7888181691312071021);
+    BEGIN
+        SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO top
+            FROM stream_seq;
+        top := GREATEST(top, at_least) + n;
+        IF top > 0 THEN
+            PERFORM setval('stream_seq', top);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_advisory_unlock(7888181691312071021);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock(7888181691312071021);
+    RETURN top;
+END
+$$;
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip").
 constexpr long long kOwnerLock = 0x6d78766f6970;
 
@@ -208,13 +245,19 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4};
     // The oldest key that no other transaction is taking: two claims at once, from any
     // process, get two keys.
     static constexpr const char* kTakeOneTimeKey =
         "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys WHERE user_id = ? "
         "AND device_id = ? AND algorithm = ? ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
         "RETURNING key_id, json";
+    // Takes positions (at least ?, then ? more); returns the last. Positions are not
+    // transactional: a transaction rolled back leaves its positions unused.
+    static constexpr const char* kTakeStreams = "SELECT take_streams(?, ?)";
+    // The newest position taken.
+    static constexpr const char* kMaxStream =
+        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM stream_seq";
 
     explicit PgDb(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {

@@ -2,11 +2,11 @@
 
 // The store's queries and writes, shared by its SQL backends (sqlite_store.cpp,
 // postgres_store.cpp). `Db` is a backend's connection: exec(), begin(), commit(), rollback(),
-// a Stmt that binds positionally ('?'), runs and steps through rows, and the one statement
-// whose SQL differs between the backends (kTakeOneTimeKey). Upserts are written as
-// INSERT ... ON CONFLICT, which both understand; every insert is one, so that applying a
-// batch again after an unknown outcome changes nothing (Store::apply). No SQL reads inside the
-// stored JSON: a
+// a Stmt that binds positionally ('?'), runs and steps through rows, and the statements whose
+// SQL differs between the backends (kTakeOneTimeKey, kTakeStreams, kMaxStream). Upserts are written
+// as INSERT ... ON CONFLICT, which both understand; every insert is one, so that applying a batch
+// again after an unknown outcome changes nothing (Store::apply). No SQL reads inside the stored
+// JSON: a
 // "\u0000" in content is valid JSON that PostgreSQL's JSON functions refuse to unescape.
 #include <boost/json.hpp>
 
@@ -78,8 +78,15 @@ class SqlStore : public Store {
     std::vector<std::exception_ptr> transact(std::span<const Write> batch) override {
         std::vector<std::exception_ptr> refused(batch.size());
         in_transaction([&](DbTxn& txn) {
+            // The batch's positions, taken at once: each write's are consecutive, and they
+            // ascend in the order of the writes.
+            std::size_t streams = 0;
+            for (const auto& w : batch) streams += w.streams;
+            StreamId next = streams ? txn.take_streams(streams) : 0;
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 const Write& w = batch[i];
+                const StreamId first = w.streams ? next : 0;
+                next += static_cast<StreamId>(w.streams);
                 refused[i] = nullptr;
                 if (!w.decide) {
                     for (const auto& m : w.mutations) txn.write(m);
@@ -89,7 +96,7 @@ class SqlStore : public Store {
                 const StreamId max_before = txn.max_stream;
                 try {
                     for (const auto& m : w.mutations) txn.write(m);
-                    w.decide(txn);
+                    w.decide(txn, first);
                 } catch (const StoreUnavailable&) {
                     throw;  // the whole transaction is made again
                 } catch (...) {
@@ -98,7 +105,6 @@ class SqlStore : public Store {
                     txn.max_stream = max_before;
                 }
                 txn.db.exec("RELEASE SAVEPOINT decision");
-                txn.max_stream = std::max(txn.max_stream, w.last_stream);
             }
         });
         return refused;
@@ -232,7 +238,8 @@ class SqlStore : public Store {
     // The writer's transaction as decisions see it.
     struct DbTxn final : Txn {
         Db& db;
-        StreamId max_stream = 0;  // the newest position written, for stream_position
+        StreamId max_stream = 0;  // the newest position written
+        StreamId taken = 0;       // the newest position taken (take_streams)
         const std::uint64_t number;
         explicit DbTxn(Db& d) : db(d), number(next_serial()) {}
 
@@ -241,6 +248,16 @@ class SqlStore : public Store {
             return ++last;
         }
         std::uint64_t serial() const override { return number; }
+
+        // Takes `n` consecutive positions above every one taken or written so far (at least
+        // `at_least`) and returns the first.
+        StreamId take_streams(std::size_t n, StreamId at_least = 0) {
+            Stmt s(db, Db::kTakeStreams);
+            s.bind(at_least).bind(static_cast<std::int64_t>(n));
+            if (!s.next()) throw StoreError("no stream position could be taken");
+            taken = s.integer(0);
+            return taken - static_cast<StreamId>(n) + 1;
+        }
 
         void write(const Mutation& m) override {
             std::visit([&](const auto& v) { SqlStore::write(db, v, max_stream); }, m);
@@ -383,12 +400,9 @@ class SqlStore : public Store {
             db.begin();
             DbTxn txn(db);
             body(txn);
-            if (txn.max_stream > 0) {
-                Stmt s(db,
-                       "UPDATE stream_position SET max_stream = CASE WHEN max_stream < ? THEN ? "
-                       "ELSE max_stream END WHERE id = 1");
-                s.bind(txn.max_stream).bind(txn.max_stream).run();
-            }
+            // Positions written that were not taken here (AdvanceStream, a record's own)
+            // are never taken again either.
+            if (txn.max_stream > txn.taken) txn.take_streams(0, txn.max_stream);
             db.commit();
         } catch (...) {
             db.rollback();
@@ -400,7 +414,7 @@ class SqlStore : public Store {
     static Snapshot load_from(Db& db) {
         Snapshot snap;
         {
-            Stmt s(db, "SELECT max_stream FROM stream_position WHERE id = 1");
+            Stmt s(db, Db::kMaxStream);
             if (s.next()) snap.max_stream = s.integer(0);
         }
         {

@@ -206,6 +206,12 @@ class Db {
     static constexpr const char* kTakeOneTimeKey =
         "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys WHERE user_id = "
         "? AND device_id = ? AND algorithm = ? ORDER BY rowid LIMIT 1) RETURNING key_id, json";
+    // Takes positions (at least ?, then ? more) in the writer's transaction; returns the last.
+    static constexpr const char* kTakeStreams =
+        "UPDATE stream_position SET max_stream = MAX(max_stream, ?) + ? WHERE id = 1 "
+        "RETURNING max_stream";
+    // The newest position taken.
+    static constexpr const char* kMaxStream = "SELECT max_stream FROM stream_position WHERE id = 1";
 
     explicit Db(const std::string& path, bool create) {
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);

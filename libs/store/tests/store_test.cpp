@@ -476,7 +476,7 @@ namespace {
 // unless the user already has `most`.
 Write put_filter(const std::string& user, const std::string& json, std::int64_t& id,
                  std::int64_t most = 100) {
-    return Write{{}, [=, &id](Txn& txn) {
+    return Write{{}, [=, &id](Txn& txn, StreamId) {
                      if (auto found = txn.filter_id(user, json)) {
                          id = *found;
                          return;
@@ -497,7 +497,7 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
         put_filter("@a:x", "{\"n\":1}", c),  // the same JSON: the first write's id
         // Refused after it wrote both its mutation and a filter: neither stays.
         Write{{PutAccountData{{7, "@a:x", "", "m.direct", "{}"}}},
-              [](Txn& txn) {
+              [](Txn& txn, StreamId) {
                   txn.write(PutFilter{{"@a:x", 9, "{}"}});
                   throw std::invalid_argument("refused");
               }},
@@ -530,23 +530,45 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 2));
 }
 
-TYPED_TEST(StoreTest, TheStreamPositionsOfARefusedDecisionAreNeverHandedOutAgain) {
+TYPED_TEST(StoreTest, WritesTakeConsecutivePositionsInTheirOrderAndNoneTwice) {
     auto store = this->backend.open();
+    // Positions written by hand (a record's own) are passed by the ones taken after them.
+    store->apply(std::vector<Mutation>{PutEvent{event(3, "!r:x")}});
+    std::vector<StreamId> first(4, -1);
+    auto take = [&](std::size_t i, bool refuse = false) {
+        return [&, i, refuse](Txn& txn, StreamId f) {
+            first[i] = f;
+            if (refuse) throw std::invalid_argument("refused");
+            txn.write(PutRoom{{"!r" + std::to_string(i) + ":x", "10"}});
+        };
+    };
     std::vector<Write> batch{
-        Write{{},
-              [](Txn& txn) {
-                  txn.write(PutRoom{{"!r:x", "10"}});
-              },
-              4},
-        Write{{}, [](Txn&) { throw std::invalid_argument("refused"); }, 7},
+        Write{{}, take(0), 2},
+        Write{{}, take(1), 0},  // takes none: given 0
+        Write{{}, take(2, true), 3},
+        Write{{}, take(3), 1},
     };
     auto refused = store->transact(batch);
-    EXPECT_FALSE(refused[0]);
-    ASSERT_TRUE(refused[1]);
-    // A client's token may name position 7: after a restart the next position is above it.
+    EXPECT_FALSE(refused[0] || refused[1] || refused[3]);
+    ASSERT_TRUE(refused[2]);
+    EXPECT_EQ(first, (std::vector<StreamId>{4, 0, 6, 9}));
+    // A client's token may name a refused write's position 8 (the visible position passes it):
+    // after a restart the next position is above every one taken.
     store.reset();
     store = this->backend.open();
-    EXPECT_EQ(store->load().max_stream, 7);
+    EXPECT_EQ(store->load().max_stream, 9);
+    StreamId next = -1;
+    std::vector<Write> again{Write{{}, [&](Txn&, StreamId f) { next = f; }, 1}};
+    EXPECT_FALSE(store->transact(again)[0]);
+    EXPECT_EQ(next, 10);
+    // A transaction that does not commit leaves its positions unused too; they may be taken
+    // again or not, but never twice by writes that committed.
+    std::vector<Write> lost{
+        Write{{}, [&](Txn&, StreamId) { throw StoreUnavailable("connection lost"); }, 5}};
+    EXPECT_THROW(store->transact(lost), StoreUnavailable);
+    EXPECT_FALSE(store->transact(again)[0]);
+    EXPECT_GT(next, 10);
+    EXPECT_EQ(store->load().max_stream, next);
 }
 
 TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
@@ -565,7 +587,7 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     std::optional<AccountDataRecord> tag, global_tag;
     std::int64_t count = -1, after_write = -1, waiting = -1;
     bool phone = false, laptop = true, a = false, b = true, c = false;
-    auto decide = [&](Txn& txn) {
+    auto decide = [&](Txn& txn, StreamId) {
         a = txn.user_exists("@a:x");
         b = txn.user_exists("@b:x");  // account data, but no account
         txn.write(PutUser{{"@c:x", "hash", false, 2, "c", ""}});
@@ -643,7 +665,7 @@ TYPED_TEST(StoreTest, KeysAreReadPerUserAndOneTimeKeysTakenOldestFirstOnce) {
     std::optional<std::string> existing, missing, device, cross;
     std::optional<FallbackKeyRecord> fallback;
     std::vector<OneTimeKeyCount> left;
-    auto decide = [&](Txn& txn) {
+    auto decide = [&](Txn& txn, StreamId) {
         existing = txn.one_time_key("@a:x", "PHONE", "signed_curve25519", "a");
         missing = txn.one_time_key("@a:x", "PHONE", "other", "a");
         device = txn.device_keys("@b:x", "TV");
@@ -1028,13 +1050,13 @@ TYPED_TEST(StoreTest, WriterReportsARefusalToItsWriteAloneAndDecidesAgainAfterAn
     std::int64_t id = -1;
     // The first run loses the database in the middle of the decision: the transaction is made
     // again, and the decision with it.
-    Write kept{{}, [&](Txn& txn) {
+    Write kept{{}, [&](Txn& txn, StreamId) {
                    if (runs.fetch_add(1) == 0) throw StoreUnavailable("connection lost");
                    id = txn.next_filter_id("@a:x");
                    txn.write(PutFilter{{"@a:x", id, "{}"}});
                }};
     Write refused{{PutRoom{{"!refused:x", "10"}}},
-                  [](Txn&) { throw std::invalid_argument("not allowed"); }};
+                  [](Txn&, StreamId) { throw std::invalid_argument("not allowed"); }};
     writer.submit(std::move(refused), [&](std::exception_ptr f, std::exception_ptr r) {
         refused_done.set_value({f, r});
     });
@@ -1140,4 +1162,25 @@ TEST(PostgresStore, ConnectionsEndedByTheServerAreReplaced) {
     ASSERT_EQ(health.seen.size(), 2u);  // the stale connection's failure, then back
     EXPECT_FALSE(health.seen[0].first);
     EXPECT_TRUE(health.seen[1].first);
+}
+
+// Version 4 moved the stream position from a row into a sequence: the positions handed out
+// before it are never handed out after it.
+TEST(PostgresStore, TheStreamPositionOfAVersionThreeDatabaseIsKept) {
+    PostgresBackend backend;
+    backend.open().reset();
+    backend.sql(
+        "CREATE TABLE stream_position (id BIGINT PRIMARY KEY CHECK (id = 1), "
+        "max_stream BIGINT NOT NULL)");
+    backend.sql("INSERT INTO stream_position VALUES (1, 42)");
+    backend.sql("DROP SEQUENCE stream_seq CASCADE");
+    backend.sql("UPDATE schema_version SET version = 3");
+    auto store = backend.open();
+    EXPECT_EQ(store->load().max_stream, 42);
+    StreamId first = -1;
+    std::vector<Write> one{Write{{}, [&](Txn&, StreamId f) { first = f; }, 1}};
+    EXPECT_FALSE(store->transact(one)[0]);
+    EXPECT_EQ(first, 43);
+    store.reset();
+    backend.sql("CREATE TABLE stream_position (id BIGINT)");  // fails unless version 4 dropped it
 }

@@ -379,8 +379,8 @@ struct PutRoomVisibility {
     std::string room_id;
     bool published = false;
 };
-// Records a stream position taken by something that is not stored (a typing notification), so
-// no position a client has seen is handed out again after a restart.
+// Records that positions up to `stream` were handed out without being taken by a Write
+// (written by hand), so that none is taken again.
 struct AdvanceStream {
     StreamId stream = 0;
 };
@@ -464,14 +464,18 @@ class Txn {
 // own. `decide` reads and writes through the Txn and throws to refuse: then nothing of this
 // write stays (neither its mutations nor what it wrote) and its neighbours in the transaction
 // are unaffected. A decision may run more than once (the database was unavailable and the
-// transaction is made again): it must set what it reports, never add to it.
+// transaction is made again, with new positions): it must set what it reports, never add to
+// it.
 struct Write {
     std::vector<Mutation> mutations;
-    std::function<void(Txn&)> decide;
-    // The newest stream position the write took (0: none). The stored stream position
-    // reaches it whether the decision wrote or refused: a position once handed out (a client's
-    // token may name it) is never handed out again after a restart.
-    StreamId last_stream = 0;
+    // Given the first of the write's `streams` positions (0 when it takes none).
+    std::function<void(Txn&, StreamId first)> decide;
+    // How many stream positions the write takes: consecutive ones, taken in its transaction
+    // (the transaction's writes in their order), so one writer's positions ascend in the order
+    // its transactions commit. On PostgreSQL every process takes them from one sequence. A
+    // refused write leaves its positions unused, and they are never handed out again (a
+    // client's token may name one).
+    std::size_t streams = 0;
 };
 
 // What the server keeps in memory, read once at start-up. No account or access token, no
