@@ -1,11 +1,16 @@
 // The PostgreSQL backend of the store, through libpq. The queries and writes are the SQL
 // backends' shared ones (sql_store.hpp); this file has the connection, the statements and the
-// PostgreSQL schema. Until several processes can share a database (docs/architecture.md,
-// "Next"), one process owns it: a session advisory lock on the writer's connection, which
-// the server gives up only by disconnecting.
+// PostgreSQL schema. One process owns a database (a session advisory lock on the writer's
+// connection, which it gives up only by disconnecting), or several share it (`shared`: each
+// holds that lock shared, and one of its own, its instance's; docs/architecture.md, "Stream
+// positions without gaps").
 #include <libpq-fe.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -237,15 +242,54 @@ END
 $$;
 )sql";
 
-// The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip").
+// Version 5: several processes on one database. Each registers as an instance (a row, and an
+// advisory lock of the class kInstanceLocks with its id as the key, held by its writer's
+// connection while it lives) and publishes its frontier there: while it has a transaction
+// that takes positions in flight, the newest position taken before it took any (every one it
+// takes is above), else NULL. safe_position() reads what was taken, then the frontiers of the
+// live instances; a dead instance's transactions died with its connection, and so did its
+// lock. The table is unlogged: after a crash of PostgreSQL no instance is live.
+constexpr const char* kSchemaV5 = R"sql(
+CREATE SEQUENCE IF NOT EXISTS instance_ids AS INTEGER;
+CREATE UNLOGGED TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, frontier BIGINT);
+CREATE OR REPLACE FUNCTION instance_live(instance INTEGER) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28024
+                   AND objid = instance::oid AND objsubid = 2 AND granted)
+$$;
+CREATE OR REPLACE FUNCTION safe_position() RETURNS BIGINT
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    taken BIGINT;
+    lowest BIGINT;
+BEGIN
+    -- Two statements, two snapshots, in this order: a position taken after the first is
+    -- above `taken`; one taken before it is committed, or in flight under a frontier that
+    -- the second sees.
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO taken
+        FROM stream_seq;
+    SELECT MIN(frontier) INTO lowest FROM instances
+        WHERE frontier IS NOT NULL AND instance_live(id);
+    RETURN LEAST(taken, lowest);
+END
+$$;
+)sql";
+
+// The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
+// held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
+// The class of the instances' advisory locks ("mx"), in instance_live() too.
+constexpr std::int64_t kInstanceLocks = 28024;
+// What a process NOTIFYs after a commit that took positions.
+constexpr const char* kChannel = "mxvoip_changes";
 
 class PgStmt;
 
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
+                                                  kSchemaV5};
     // The oldest key that no other transaction is taking: two claims at once, from any
     // process, get two keys.
     static constexpr const char* kTakeOneTimeKey =
@@ -419,32 +463,177 @@ class PgStmt {
     int row_ = -1;
 };
 
-std::unique_ptr<PgDb> open_owner(const PostgresOptions& opts) {
+// The writer's connection, with the owner's lock (exclusive, or shared with the other
+// processes of a shared database) and, once the instance is registered (`instance` > 0), the
+// instance's lock, its frontier cleared: nothing of a connection lost is in flight.
+std::unique_ptr<PgDb> open_writer(const PostgresOptions& opts, int instance) {
     auto db = std::make_unique<PgDb>(opts.dsn);
     // The holder may be a session that is ending: this process's own before a reconnect, or
     // the previous process's just after a restart (a closed connection's session ends on the
     // server a moment later). So wait for the lock, for a while.
     db->exec("SET lock_timeout = '3s'");
     try {
-        PgDb::Stmt lock(*db, "SELECT pg_advisory_lock(?)");
+        PgDb::Stmt lock(
+            *db, opts.shared ? "SELECT pg_advisory_lock_shared(?)" : "SELECT pg_advisory_lock(?)");
         lock.bind(static_cast<std::int64_t>(kOwnerLock));
         lock.run();
     } catch (const StoreUnavailable&) {
         if (db->broken()) throw;
         // Unavailable rather than wrong: the other process may yet stop.
         throw StoreUnavailable(
-            "the PostgreSQL database is in use by another process (a running mxvoip-server?); "
-            "stop it first");
+            opts.shared ? "the PostgreSQL database is owned by one process that does not share "
+                          "it (a running mxvoip-server without database.shared?); stop it first"
+                        : "the PostgreSQL database is in use by another process (a running "
+                          "mxvoip-server?); stop it first");
+    }
+    if (instance > 0) {
+        PgDb::Stmt(*db, "SELECT pg_advisory_lock(?, ?)")
+            .bind(kInstanceLocks)
+            .bind(std::int64_t{instance})
+            .run();
+        PgDb::Stmt(*db, "UPDATE instances SET frontier = NULL WHERE id = ?")
+            .bind(std::int64_t{instance})
+            .run();
     }
     db->exec("SET lock_timeout = 0");
     return db;
 }
 
+// LISTENs on its own connection; waits in poll() on it and on an eventfd that stop() writes.
+class PgListener final : public ChangeListener {
+  public:
+    explicit PgListener(std::string dsn)
+        : dsn_(std::move(dsn)), stop_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+        if (stop_fd_ < 0) throw StoreError("eventfd failed");
+        connect();
+    }
+    ~PgListener() override { close(stop_fd_); }
+
+    Woken wait(std::chrono::milliseconds timeout) override {
+        if (stopped_.load()) return Woken::stopped;
+        if (!db_ || db_->broken()) {
+            db_.reset();
+            try {
+                connect();
+                return Woken::reconnected;
+            } catch (const StoreUnavailable&) {
+                return pause(timeout);
+            }
+        }
+        if (drain()) return Woken::notified;
+        pollfd fds[2] = {{PQsocket(db_->handle()), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+        int n = ::poll(fds, 2, static_cast<int>(timeout.count()));
+        if (stopped_.load()) return Woken::stopped;
+        if (n <= 0) return Woken::timeout;
+        if (!PQconsumeInput(db_->handle()) || db_->broken()) {
+            db_.reset();  // reconnected by the next wait
+            return Woken::timeout;
+        }
+        return drain() ? Woken::notified : Woken::timeout;
+    }
+
+    void stop() override {
+        stopped_.store(true);
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(stop_fd_, &one, sizeof one);
+    }
+
+    StreamId safe_position() override {
+        if (!db_ || db_->broken()) throw StoreUnavailable("the listener's connection is lost");
+        PgDb::Stmt s(*db_, "SELECT safe_position()");
+        if (!s.next()) throw StoreError("safe_position() returned nothing");
+        return s.integer(0);
+    }
+
+  private:
+    void connect() {
+        db_ = std::make_unique<PgDb>(dsn_);
+        db_->exec((std::string("LISTEN ") + kChannel).c_str());
+    }
+    // Takes the notifications received; whether there were any.
+    bool drain() {
+        bool any = false;
+        while (PGnotify* n = PQnotifies(db_->handle())) {
+            any = true;
+            PQfreemem(n);
+        }
+        return any;
+    }
+    // Waits for stop() alone (the database cannot be reached).
+    Woken pause(std::chrono::milliseconds timeout) {
+        pollfd fd{stop_fd_, POLLIN, 0};
+        ::poll(&fd, 1, static_cast<int>(timeout.count()));
+        return stopped_.load() ? Woken::stopped : Woken::timeout;
+    }
+
+    std::string dsn_;
+    int stop_fd_;
+    std::atomic<bool> stopped_{false};
+    std::unique_ptr<PgDb> db_;
+};
+
 class PostgresStore final : public sql::SqlStore<PgDb> {
   public:
     explicit PostgresStore(const PostgresOptions& opts)
-        : SqlStore([opts] { return open_owner(opts); },
-                   [opts] { return std::make_unique<PgDb>(opts.dsn); }) {}
+        : PostgresStore(opts, std::make_shared<int>(0)) {}
+
+    std::unique_ptr<ChangeListener> listen() override {
+        if (!opts_.shared) return nullptr;
+        return std::make_unique<PgListener>(opts_.dsn);
+    }
+
+  protected:
+    void positions_begin(PgDb& db) override {
+        if (!*instance_) return;
+        // Committed before the first position is taken: every reader sees it in time.
+        PgDb::Stmt(db,
+                   "UPDATE instances SET frontier = (SELECT CASE WHEN is_called THEN last_value "
+                   "ELSE last_value - 1 END FROM stream_seq) WHERE id = ?")
+            .bind(std::int64_t{*instance_})
+            .run();
+    }
+    void positions_end(PgDb& db) noexcept override {
+        if (!*instance_) return;
+        // One implicit transaction: the frontier goes, then everyone hears of the commit.
+        try {
+            db.exec(end_sql_.c_str());
+        } catch (...) {
+            // The connection is lost: its replacement clears the frontier (open_writer).
+        }
+    }
+
+  private:
+    // `instance` is shared with the writer's opener, which the base class calls before this
+    // class's members exist.
+    PostgresStore(const PostgresOptions& opts, std::shared_ptr<int> instance)
+        : SqlStore([opts, instance] { return open_writer(opts, *instance); },
+                   [opts] { return std::make_unique<PgDb>(opts.dsn); }),
+          opts_(opts),
+          instance_(std::move(instance)) {
+        if (opts_.shared) register_instance();
+    }
+
+    // Takes the next instance id and its lock on the writer's connection; drops the rows of
+    // instances that are gone.
+    void register_instance() {
+        PgDb& db = writer();
+        PgDb::Stmt next(db, "SELECT nextval('instance_ids')");
+        if (!next.next()) throw StoreError("no instance id");
+        const int id = static_cast<int>(next.integer(0));
+        PgDb::Stmt(db, "SELECT pg_advisory_lock(?, ?)")
+            .bind(kInstanceLocks)
+            .bind(std::int64_t{id})
+            .run();
+        db.exec("DELETE FROM instances WHERE NOT instance_live(id)");
+        PgDb::Stmt(db, "INSERT INTO instances VALUES (?, NULL)").bind(std::int64_t{id}).run();
+        end_sql_ = "UPDATE instances SET frontier = NULL WHERE id = " + std::to_string(id) +
+                   "; NOTIFY " + kChannel;
+        *instance_ = id;
+    }
+
+    PostgresOptions opts_;
+    std::shared_ptr<int> instance_;  // 0 until registered
+    std::string end_sql_;
 };
 
 }  // namespace

@@ -70,18 +70,18 @@ class SqlStore : public Store {
     }
 
     void apply(std::span<const Mutation> batch) override {
-        in_transaction([&](Txn& txn) {
+        in_transaction(false, [&](Txn& txn) {
             for (const auto& m : batch) txn.write(m);
         });
     }
 
     std::vector<std::exception_ptr> transact(std::span<const Write> batch) override {
         std::vector<std::exception_ptr> refused(batch.size());
-        in_transaction([&](DbTxn& txn) {
+        std::size_t streams = 0;
+        for (const auto& w : batch) streams += w.streams;
+        in_transaction(streams > 0, [&](DbTxn& txn) {
             // The batch's positions, taken at once: each write's are consecutive, and they
             // ascend in the order of the writes.
-            std::size_t streams = 0;
-            for (const auto& w : batch) streams += w.streams;
             StreamId next = streams ? txn.take_streams(streams) : 0;
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 const Write& w = batch[i];
@@ -233,6 +233,15 @@ class SqlStore : public Store {
             return s.text(0);
         });
     }
+
+  protected:
+    // Told on the writer's connection before a transaction that takes stream positions
+    // begins, and after it ended, whether it committed or not (several processes on one
+    // database: the frontier, docs/architecture.md).
+    virtual void positions_begin(Db&) {}
+    virtual void positions_end(Db&) noexcept {}
+
+    Db& writer() { return *writer_; }
 
   private:
     // The writer's transaction as decisions see it.
@@ -391,11 +400,12 @@ class SqlStore : public Store {
     };
 
     // Runs `body` in one transaction on the writer and commits it durably; a connection found
-    // broken is replaced on the next call.
+    // broken is replaced on the next call. `positions`: the transaction takes stream positions.
     template <typename F>
-    void in_transaction(F&& body) {
+    void in_transaction(bool positions, F&& body) {
         if (!writer_ || writer_->broken()) writer_ = open_writer_();
         Db& db = *writer_;
+        if (positions) positions_begin(db);
         try {
             db.begin();
             DbTxn txn(db);
@@ -406,9 +416,11 @@ class SqlStore : public Store {
             db.commit();
         } catch (...) {
             db.rollback();
+            if (positions) positions_end(db);
             if (db.broken()) writer_.reset();  // reconnected on the next apply
             throw;
         }
+        if (positions) positions_end(db);
     }
 
     static Snapshot load_from(Db& db) {

@@ -1184,3 +1184,84 @@ TEST(PostgresStore, TheStreamPositionOfAVersionThreeDatabaseIsKept) {
     store.reset();
     backend.sql("CREATE TABLE stream_position (id BIGINT)");  // fails unless version 4 dropped it
 }
+
+namespace {
+// A raw connection to the test's database, for what a process would hold.
+struct RawConnection {
+    PGconn* c;
+    explicit RawConnection(const std::string& dsn) : c(PQconnectdb(dsn.c_str())) {}
+    ~RawConnection() { PQfinish(c); }
+    void sql(const std::string& statement) {
+        PGresult* r = PQexec(c, statement.c_str());
+        auto status = PQresultStatus(r);
+        std::string err = status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK
+                              ? ""
+                              : PQresultErrorMessage(r);
+        PQclear(r);
+        ASSERT_EQ(err, "");
+    }
+};
+}  // namespace
+
+// Several processes on one database: a reader never passes a position another process has in
+// flight, and hears of every commit.
+TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    auto a = open_postgres({dsn, true});
+    auto b = open_postgres({dsn, true});
+    auto listener = a->listen();
+    ASSERT_TRUE(listener);
+    EXPECT_EQ(listener->safe_position(), 0);
+
+    // A takes position 1 and holds it in flight until released.
+    std::promise<void> release;
+    std::promise<StreamId> taken;
+    std::thread in_flight([&] {
+        auto released = release.get_future();
+        std::vector<Write> w{Write{{},
+                                   [&](Txn& txn, StreamId first) {
+                                       txn.write(PutRoom{{"!a:x", "10"}});
+                                       taken.set_value(first);
+                                       released.wait();
+                                   },
+                                   1}};
+        a->transact(w);
+    });
+    const StreamId first = taken.get_future().get();
+    EXPECT_EQ(first, 1);
+    // B takes and commits position 2 meanwhile: what B wrote is not safe to read yet.
+    StreamId second = 0;
+    std::vector<Write> w{Write{{}, [&](Txn&, StreamId f) { second = f; }, 1}};
+    EXPECT_FALSE(b->transact(w)[0]);
+    EXPECT_EQ(second, 2);
+    using Woken = ChangeListener::Woken;
+    EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::notified);
+    EXPECT_EQ(listener->safe_position(), 0);
+    release.set_value();
+    in_flight.join();
+    EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::notified);
+    EXPECT_EQ(listener->safe_position(), 2);
+
+    // A process that dies with a position in flight holds nobody back: its transaction died
+    // with its connection, and so did its instance's lock.
+    {
+        RawConnection dead(dsn);
+        dead.sql("SELECT pg_advisory_lock(28024, 999)");
+        dead.sql("INSERT INTO instances VALUES (999, 1)");
+        EXPECT_EQ(listener->safe_position(), 1);
+    }
+    // Its session ends on the server a moment after the connection closes.
+    while (listener->safe_position() != 2) listener->wait(std::chrono::milliseconds(10));
+
+    // A process that does not share the database cannot open it while others share it.
+    try {
+        open_postgres({dsn});
+        FAIL() << "an owner opened a shared database";
+    } catch (const StoreUnavailable& e) {
+        EXPECT_NE(std::string(e.what()).find("in use by another process"), std::string::npos)
+            << e.what();
+    }
+    listener->stop();
+    EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::stopped);
+}

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -500,6 +501,26 @@ struct Snapshot {
     StreamId max_stream = 0;
 };
 
+// How a process learns of the commits of every process that shares its database
+// (Store::listen). One thread uses it; stop() may be called from any.
+class ChangeListener {
+  public:
+    enum class Woken {
+        notified,     // some process committed a write that took stream positions
+        timeout,      // nothing within the timeout (or the database cannot be reached)
+        reconnected,  // the connection was lost and is back: notifications may have been missed
+        stopped,      // stop() was called
+    };
+    virtual ~ChangeListener() = default;
+    virtual Woken wait(std::chrono::milliseconds timeout) = 0;
+    virtual void stop() = 0;
+    // The safe position: every position up to it is committed or will never be, whichever
+    // process took it (the minimum of the live processes' frontiers, or the newest position
+    // taken when none has one in flight). StoreUnavailable when the database cannot be
+    // reached.
+    virtual StreamId safe_position() = 0;
+};
+
 // All persistence goes through this interface. apply() is only ever called from one thread
 // (the group-commit writer); the read methods are safe from any thread. A connection found
 // broken (the database restarted) is replaced on the next use; a read on one that went
@@ -558,6 +579,10 @@ class Store {
                                                      std::int64_t version,
                                                      const std::string& room_id,
                                                      const std::string& session_id) = 0;
+
+    // A database several processes share: a listener for the commits of all of them (a new
+    // connection). nullptr for a database one process owns: its own commits are all there is.
+    virtual std::unique_ptr<ChangeListener> listen() { return nullptr; }
 };
 
 struct SqliteOptions {
@@ -572,6 +597,9 @@ std::unique_ptr<Store> open_sqlite(const SqliteOptions& options);
 struct PostgresOptions {
     // A libpq connection string: "host=/run/postgresql dbname=mxvoip", or a postgresql:// URI.
     std::string dsn;
+    // Several processes share the database (each opens it with `shared`); else one process
+    // owns it and a second is refused.
+    bool shared = false;
 };
 
 std::unique_ptr<Store> open_postgres(const PostgresOptions& options);
