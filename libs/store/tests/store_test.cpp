@@ -1194,9 +1194,8 @@ struct RawConnection {
     void sql(const std::string& statement) {
         PGresult* r = PQexec(c, statement.c_str());
         auto status = PQresultStatus(r);
-        std::string err = status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK
-                              ? ""
-                              : PQresultErrorMessage(r);
+        std::string err =
+            status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK ? "" : PQresultErrorMessage(r);
         PQclear(r);
         ASSERT_EQ(err, "");
     }
