@@ -252,6 +252,15 @@ $$;
 constexpr const char* kSchemaV5 = R"sql(
 CREATE SEQUENCE IF NOT EXISTS instance_ids AS INTEGER;
 CREATE UNLOGGED TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, frontier BIGINT);
+-- What the other processes must learn of each write (store::ChangeRecord), read in stream
+-- order up to the safe position.
+CREATE TABLE IF NOT EXISTS changes (
+    stream_id BIGINT NOT NULL,
+    instance INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind, key)
+);
 CREATE OR REPLACE FUNCTION instance_live(instance INTEGER) RETURNS BOOLEAN
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28024
@@ -592,9 +601,26 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
             .bind(std::int64_t{*instance_})
             .run();
     }
-    void positions_end(PgDb& db) noexcept override {
+    void positions_end(PgDb& db, bool committed) noexcept override {
         if (!*instance_) return;
-        // One implicit transaction: the frontier goes, then everyone hears of the commit.
+        // What committed stays in flight until this process applied it (settled()).
+        if (committed)
+            ending_ = true;
+        else
+            end(db);
+    }
+    int instance() const override { return *instance_; }
+
+  public:
+    void settled() override {
+        if (!ending_) return;
+        ending_ = false;
+        end(writer());
+    }
+
+  private:
+    // One implicit transaction: the frontier goes, then everyone hears of the commit.
+    void end(PgDb& db) noexcept {
         try {
             db.exec(end_sql_.c_str());
         } catch (...) {
@@ -633,6 +659,7 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
 
     PostgresOptions opts_;
     std::shared_ptr<int> instance_;  // 0 until registered
+    bool ending_ = false;            // a commit with positions waits for settled()
     std::string end_sql_;
 };
 

@@ -110,6 +110,31 @@ class SqlStore : public Store {
         return refused;
     }
 
+    std::vector<ChangeRecord> changes(StreamId after, StreamId upto) override {
+        const int me = instance();
+        if (!me) return {};
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT stream_id, kind, key FROM changes WHERE stream_id > ? AND stream_id "
+                   "<= ? AND instance <> ? ORDER BY stream_id, kind, key");
+            s.bind(after).bind(upto).bind(std::int64_t{me});
+            std::vector<ChangeRecord> out;
+            while (s.next()) out.push_back({s.integer(0), s.text(1), s.text(2)});
+            return out;
+        });
+    }
+
+    std::vector<EventRecord> events_between(StreamId after, StreamId upto) override {
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT " EVENT_COLUMNS
+                       " FROM events WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id");
+            s.bind(after).bind(upto);
+            std::vector<EventRecord> out;
+            while (s.next()) out.push_back(read_event(s));
+            return out;
+        });
+    }
+
     std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
         return read([&](Db& db) {
             Stmt s(db,
@@ -236,10 +261,13 @@ class SqlStore : public Store {
 
   protected:
     // Told on the writer's connection before a transaction that takes stream positions
-    // begins, and after it ended, whether it committed or not (several processes on one
-    // database: the frontier, docs/architecture.md).
+    // begins, and after it ended, committed or not (several processes on one database: the
+    // frontier, docs/architecture.md).
     virtual void positions_begin(Db&) {}
-    virtual void positions_end(Db&) noexcept {}
+    virtual void positions_end(Db&, bool /*committed*/) noexcept {}
+    // The id of this process among those sharing the database; 0: it is not shared. Every
+    // write's change (ChangeRecord) is recorded, as this instance's, when it is not 0.
+    virtual int instance() const { return 0; }
 
     Db& writer() { return *writer_; }
 
@@ -247,10 +275,11 @@ class SqlStore : public Store {
     // The writer's transaction as decisions see it.
     struct DbTxn final : Txn {
         Db& db;
+        const int instance;       // SqlStore::instance()
         StreamId max_stream = 0;  // the newest position written
         StreamId taken = 0;       // the newest position taken (take_streams)
         const std::uint64_t number;
-        explicit DbTxn(Db& d) : db(d), number(next_serial()) {}
+        DbTxn(Db& d, int i) : db(d), instance(i), number(next_serial()) {}
 
         static std::uint64_t next_serial() {
             static std::atomic<std::uint64_t> last{0};
@@ -270,6 +299,14 @@ class SqlStore : public Store {
 
         void write(const Mutation& m) override {
             std::visit([&](const auto& v) { SqlStore::write(db, v, max_stream); }, m);
+            if (!instance) return;
+            if (auto change = change_of(m))
+                Stmt(db, "INSERT INTO changes VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                    .bind(change->stream)
+                    .bind(std::int64_t{instance})
+                    .bind(change->kind)
+                    .bind(change->key)
+                    .run();
         }
         std::optional<std::int64_t> filter_id(const std::string& user_id,
                                               const std::string& json) override {
@@ -408,7 +445,7 @@ class SqlStore : public Store {
         if (positions) positions_begin(db);
         try {
             db.begin();
-            DbTxn txn(db);
+            DbTxn txn(db, instance());
             body(txn);
             // Positions written that were not taken here (AdvanceStream, a record's own)
             // are never taken again either.
@@ -416,11 +453,11 @@ class SqlStore : public Store {
             db.commit();
         } catch (...) {
             db.rollback();
-            if (positions) positions_end(db);
+            if (positions) positions_end(db, false);
             if (db.broken()) writer_.reset();  // reconnected on the next apply
             throw;
         }
-        if (positions) positions_end(db);
+        if (positions) positions_end(db, true);
     }
 
     static Snapshot load_from(Db& db) {
@@ -875,6 +912,26 @@ class SqlStore : public Store {
             .bind(m.pushkey)
             .run();
     }
+    // What other processes must learn of a mutation (ChangeRecord), if anything.
+    static std::optional<ChangeRecord> change_of(const Mutation& m) {
+        if (const auto* v = std::get_if<PutChange>(&m)) return v->change;
+        if (const auto* v = std::get_if<PutEvent>(&m))
+            return ChangeRecord{v->event.stream, "event", v->event.room_id};
+        if (const auto* v = std::get_if<PutAccountData>(&m))
+            return ChangeRecord{v->data.stream, "account_data", v->data.user_id};
+        if (const auto* v = std::get_if<PutToDevice>(&m))
+            return ChangeRecord{v->message.stream, "to_device",
+                                v->message.user_id + '|' + v->message.device_id};
+        if (const auto* v = std::get_if<PutReceipt>(&m))
+            return ChangeRecord{v->receipt.stream, "receipt", v->receipt.room_id};
+        if (const auto* v = std::get_if<PutPresence>(&m))
+            return ChangeRecord{v->presence.stream, "presence", v->presence.user_id};
+        if (const auto* v = std::get_if<PutDeviceListChange>(&m))
+            return ChangeRecord{v->change.stream, "device_list", v->change.user_id};
+        return std::nullopt;
+    }
+    // Written only to a shared database (DbTxn::write), as a changes row.
+    static void write(Db&, const PutChange&, StreamId&) {}
     static void write(Db&, const AdvanceStream& m, StreamId& max_stream) {
         max_stream = std::max(max_stream, m.stream);
     }

@@ -122,6 +122,7 @@ void GroupCommitWriter::run() {
         for (std::size_t i = 0; i < batch.size(); ++i)
             batch[i].done(error, error ? nullptr : refused[i]);
         batch.clear();
+        if (!error) store_.settled();
         {
             std::lock_guard lock(mu_);
             if (error) {

@@ -1012,6 +1012,12 @@ class FlakyStore final : public Store {
                                              const std::string& r, const std::string& s) override {
         return inner_.backup_keys(u, v, r, s);
     }
+    std::vector<ChangeRecord> changes(StreamId a, StreamId u) override {
+        return inner_.changes(a, u);
+    }
+    std::vector<EventRecord> events_between(StreamId a, StreamId u) override {
+        return inner_.events_between(a, u);
+    }
 
   private:
     Store& inner_;
@@ -1221,18 +1227,30 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
         std::vector<Write> w{Write{{},
                                    [&](Txn& txn, StreamId first) {
                                        txn.write(PutRoom{{"!a:x", "10"}});
+                                       txn.write(PutEvent{event(first, "!a:x")});
                                        taken.set_value(first);
                                        released.wait();
                                    },
                                    1}};
         a->transact(w);
+        // As the writer does once the completions ran: until then it is in flight still.
+        a->settled();
     });
     const StreamId first = taken.get_future().get();
     EXPECT_EQ(first, 1);
     // B takes and commits position 2 meanwhile: what B wrote is not safe to read yet.
     StreamId second = 0;
-    std::vector<Write> w{Write{{}, [&](Txn&, StreamId f) { second = f; }, 1}};
+    std::vector<Write> w{Write{{},
+                               [&](Txn& txn, StreamId f) {
+                                   second = f;
+                                   txn.write(PutRoom{{"!b:x", "10"}});
+                                   txn.write(PutEvent{event(f, "!b:x")});
+                                   txn.write(PutChange{{f, "typing", "!b:x"}});
+                               },
+                               1}};
     EXPECT_FALSE(b->transact(w)[0]);
+    EXPECT_EQ(listener->safe_position(), 0);  // B's commit is B's to apply first
+    b->settled();
     EXPECT_EQ(second, 2);
     using Woken = ChangeListener::Woken;
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::notified);
@@ -1241,6 +1259,21 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
     in_flight.join();
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::notified);
     EXPECT_EQ(listener->safe_position(), 2);
+    // Each process reads what the others changed.
+    auto theirs = a->changes(0, 2);
+    ASSERT_EQ(theirs.size(), 2u);
+    EXPECT_EQ(theirs[0].stream, 2);
+    EXPECT_EQ(theirs[0].kind, "event");
+    EXPECT_EQ(theirs[0].key, "!b:x");
+    EXPECT_EQ(theirs[1].kind, "typing");
+    auto ours = b->changes(0, 2);
+    ASSERT_EQ(ours.size(), 1u);
+    EXPECT_EQ(ours[0].stream, 1);
+    EXPECT_EQ(ours[0].key, "!a:x");
+    EXPECT_EQ(b->changes(1, 2).size(), 0u);
+    auto events = a->events_between(0, 2);
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_EQ(events[1].room_id, "!b:x");
 
     // A process that dies with a position in flight holds nobody back: its transaction died
     // with its connection, and so did its instance's lock.

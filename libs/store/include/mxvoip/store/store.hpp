@@ -380,6 +380,19 @@ struct PutRoomVisibility {
     std::string room_id;
     bool published = false;
 };
+// What another process sharing the database must learn of a write (Store::changes): at the
+// write's stream position, what kind of thing changed and whose. Rows are written only when
+// the database is shared, by the store for every mutation that carries a position ("event":
+// room id; "account_data", "presence", "device_list": user id; "to_device": user id '|'
+// device id; "receipt": room id) and as a PutChange for what changes without one.
+struct ChangeRecord {
+    StreamId stream = 0;
+    std::string kind;
+    std::string key;
+};
+struct PutChange {
+    ChangeRecord change;
+};
 // Records that positions up to `stream` were handed out without being taken by a Write
 // (written by hand), so that none is taken again.
 struct AdvanceStream {
@@ -393,7 +406,7 @@ using Mutation =
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
                  PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream,
                  PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
-                 PutRoomVisibility, ForgetTxns>;
+                 PutRoomVisibility, ForgetTxns, PutChange>;
 
 // A write transaction as a decision made inside it sees it (Store::transact): keyed reads of
 // what is committed plus what the transaction wrote so far, and writes. Only the writer's
@@ -583,6 +596,15 @@ class Store {
     // A database several processes share: a listener for the commits of all of them (a new
     // connection). nullptr for a database one process owns: its own commits are all there is.
     virtual std::unique_ptr<ChangeListener> listen() { return nullptr; }
+    // The changes other processes wrote at positions in (after, upto], in stream order (none
+    // when the database is not shared).
+    virtual std::vector<ChangeRecord> changes(StreamId after, StreamId upto) = 0;
+    // Room events at positions in (after, upto], in stream order.
+    virtual std::vector<EventRecord> events_between(StreamId after, StreamId upto) = 0;
+    // Called on the writer's thread once the completions of a committed transaction ran: until
+    // then, its positions are in flight for every reader of a shared database (so that no
+    // process, this one included, reads past what this process has not yet applied).
+    virtual void settled() {}
 };
 
 struct SqliteOptions {

@@ -19,7 +19,8 @@ namespace mxvoip::store {
 
 // Group commit: one thread drains every submission waiting at that moment into a single
 // transaction, so concurrent requests share one fsync. Completions run on the writer thread,
-// in submission order, after the transaction is durable (or failed: then each gets the error).
+// in submission order, after the transaction is durable (or failed: then each gets the error),
+// and then the store is told (Store::settled).
 //
 // While the database is unavailable (StoreUnavailable: connection lost, database restarting,
 // disk full) the batch is kept and applied again with back-off until it commits: nothing
