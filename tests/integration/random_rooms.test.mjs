@@ -4,22 +4,29 @@
 // stream (no gap, no duplicate), every acknowledged event is in it, every event in it was
 // allowed by the auth rules under the state before it, and the room's current state equals a
 // replay of the stream. A failing seed prints the command that replays it
-// (MXVOIP_SEED=<seed>).
+// (MXVOIP_SEED=<seed>). With MXVOIP_TEST_PROCESSES=<n> (ctest's scale.random_rooms), n
+// processes share one PostgreSQL database and each user goes through one of them.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, roomEvents } from '../lib/harness.mjs';
+import { startServer, register, roomEvents, postgres } from '../lib/harness.mjs';
 import { seeded } from '../lib/random.mjs';
 
 const SEED = Number(process.env.MXVOIP_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const PROCESSES = Number(process.env.MXVOIP_TEST_PROCESSES ?? 1);
 const WAVES = 30;
 const PER_WAVE = 8;
 const enc = encodeURIComponent;
 
-let server;
+const servers = [];
 before(async () => {
-  server = await startServer();
+  if (PROCESSES === 1) return servers.push(await startServer());
+  const pg = postgres();
+  const database = { backend: 'postgres', dsn: pg.dsn(pg.createDatabase()), shared: true };
+  for (let i = 0; i < PROCESSES; i++) servers.push(await startServer({ config: { database } }));
 });
-after(async () => server.stop());
+after(async () => {
+  for (const s of servers) await s.stop();
+});
 
 // The auth rules for what this test sends, as the spec states them for a room whose
 // creator has 100, everyone else the users_default of 0, kick/ban 50 and power levels 100.
@@ -71,9 +78,9 @@ test(`random membership, power and messages at once: one consistent stream (MXVO
   const random = seeded(SEED);
   const pick = (list) => list[Math.floor(random() * list.length)];
   try {
-    const alice = await register(server.url, `creator${SEED}`);
+    const alice = await register(servers[0].url, `creator${SEED}`);
     const others = [];
-    for (let i = 0; i < 5; i++) others.push(await register(server.url, `member${SEED}x${i}`));
+    for (let i = 0; i < 5; i++) others.push(await register(servers[(i + 1) % servers.length].url, `member${SEED}x${i}`));
     const everyone = [alice, ...others];
     const rooms = [];
     for (let i = 0; i < 2; i++) rooms.push(await alice.createRoom({ preset: 'public_chat' }));
@@ -173,7 +180,8 @@ test(`random membership, power and messages at once: one consistent stream (MXVO
       }
     }
   } catch (e) {
-    console.error(`replay with: MXVOIP_SEED=${SEED} ctest --test-dir build -R random_rooms --output-on-failure`);
+    const processes = PROCESSES === 1 ? '' : `MXVOIP_TEST_PROCESSES=${PROCESSES} `;
+    console.error(`replay with: MXVOIP_SEED=${SEED} ${processes}ctest --test-dir build -R random_rooms --output-on-failure`);
     throw e;
   }
 });

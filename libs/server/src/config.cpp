@@ -239,6 +239,8 @@ Config read_config(const std::string& text, const std::string& source) {
                          r.fail(it.second, full, "must be sqlite or postgres");
                  } else if (sub == "dsn") {
                      c.database.dsn = r.str(it.second, full);
+                 } else if (sub == "shared") {
+                     c.database.shared = r.boolean(it.second, full);
                  } else if (sub == "path") {
                      c.database.path = r.str(it.second, full);
                      if (c.database.path.empty()) r.fail(it.second, full, "must not be empty");
@@ -252,6 +254,8 @@ Config read_config(const std::string& text, const std::string& source) {
              }
              if (c.database.backend == "postgres" && c.database.dsn.empty())
                  r.fail(n, k, "backend postgres needs a dsn (a libpq connection string)");
+             if (c.database.shared && c.database.backend != "postgres")
+                 r.fail(n, k, "shared needs backend postgres (SQLite serves one process)");
          }},
         {"enable_registration",
          [&](const YAML::Node& n, const std::string& k) {

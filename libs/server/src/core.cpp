@@ -1,6 +1,8 @@
 #include "core.hpp"
 
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,6 +23,7 @@ Core::Core(const Config& config, store::Store& store, asio::thread_pool& blockin
       clock_(std::move(clock)) {}
 
 Core::~Core() {
+    stop_feed();
     writer_.stop();
 }
 
@@ -90,7 +93,7 @@ void Core::submit_decision_locked(Decision d, std::function<void(std::exception_
                            *taken = first;
                            if (decide) decide(txn, first);
                        },
-                       d.streams};
+                       d.streams, std::move(d.rooms)};
     writer_.submit(
         std::move(write),
         [this, done = std::move(done), taken, streams, applied = std::move(d.applied),
@@ -185,10 +188,92 @@ void Core::publish(StreamId upto, const std::vector<std::string>& wake) {
 }
 
 void Core::publish_locked(StreamId upto, const std::vector<std::string>& wake) {
-    if (upto > visible_) {
-        visible_ = upto;
-        for (const auto& f : visible_listeners_) f(visible_);
+    if (upto <= visible_) return wake_locked(wake);
+    if (shared()) {
+        // The feed moves the visible position, once no process has anything below it in
+        // flight.
+        auto& later = pending_wakes_[upto];
+        later.insert(later.end(), wake.begin(), wake.end());
+        return;
     }
+    advance_locked(upto);
+    wake_locked(wake);
+}
+
+void Core::advance_locked(StreamId upto) {
+    if (upto <= visible_) return;
+    visible_ = upto;
+    for (const auto& f : visible_listeners_) f(visible_);
+    while (!pending_wakes_.empty() && pending_wakes_.begin()->first <= visible_) {
+        wake_locked(pending_wakes_.begin()->second);
+        pending_wakes_.erase(pending_wakes_.begin());
+    }
+}
+
+void Core::share(std::unique_ptr<store::ChangeListener> listener) {
+    StreamId safe = listener->safe_position();
+    listener_ = std::move(listener);
+    std::lock_guard lock(mu);
+    visible_ = safe;
+}
+
+void Core::start_feed() {
+    if (listener_ && !feed_.joinable()) feed_ = std::thread([this] { feed(); });
+}
+
+void Core::stop_feed() {
+    if (!listener_) return;
+    listener_->stop();
+    if (feed_.joinable()) feed_.join();
+}
+
+void Core::feed() {
+    using Woken = store::ChangeListener::Woken;
+    StreamId fed = 0;
+    {
+        std::lock_guard lock(mu);
+        fed = visible_;
+    }
+    // Woken by every commit; the timeout also catches a process that died with positions in
+    // flight (no one tells of that) and a notification lost with the connection.
+    while (listener_->wait(std::chrono::seconds(1)) != Woken::stopped) {
+        std::vector<store::ChangeRecord> changes;
+        std::vector<store::EventRecord> events;
+        StreamId safe = 0;
+        try {
+            safe = listener_->safe_position();
+            if (safe <= fed) continue;
+            changes = store_.changes(fed, safe);
+            bool any_event = std::any_of(changes.begin(), changes.end(),
+                                         [](const auto& c) { return c.kind == "event"; });
+            if (any_event) events = store_.events_between(fed, safe);
+        } catch (const std::exception& e) {
+            // Unavailable: the next round tries again from where this one started.
+            spdlog::warn("the change feed could not be read: {}", e.what());
+            continue;
+        }
+        std::unordered_map<StreamId, const store::EventRecord*> by_stream;
+        for (const auto& e : events) by_stream.emplace(e.stream, &e);
+        std::lock_guard lock(mu);
+        std::vector<std::string> wake;
+        for (const auto& c : changes) {
+            auto it = change_handlers_.find(c.kind);
+            if (it == change_handlers_.end()) continue;
+            const store::EventRecord* event = nullptr;
+            if (c.kind == "event") {
+                auto e = by_stream.find(c.stream);
+                if (e == by_stream.end()) continue;  // not an event after all
+                event = e->second;
+            }
+            for (const auto& h : it->second) h(c, event, wake);
+        }
+        advance_locked(safe);
+        wake_locked(wake);
+        fed = safe;
+    }
+}
+
+void Core::wake_locked(const std::vector<std::string>& wake) {
     for (const auto& user : wake) {
         auto it = waiters_.find(user);
         if (it == waiters_.end()) continue;

@@ -10,10 +10,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -48,6 +50,8 @@ struct Decision {
     // writes were submitted, so the visible position, the last committed one, never passes a
     // write still in flight. A refused write leaves them unused, and none is handed out again.
     std::size_t streams = 0;
+    // The rooms it appends to (store::Write::rooms).
+    std::vector<std::string> rooms;
     // Runs on the writer's thread (if set), in a savepoint of its own, reading and writing
     // through the transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It
     // may run more than once (a transaction made again after an outage), so it sets what it
@@ -90,6 +94,27 @@ class Core {
     // writes themselves, in their transactions (Decision::streams).
     StreamId visible_locked() const { return visible_; }
     void start_at(StreamId max_stream);
+
+    // A database shared with other processes (Store::listen): the visible position is the
+    // safe position (store::ChangeListener), and what the others commit reaches the caches
+    // through the change feed, read by one thread (start_feed) in stream order up to it, each
+    // change given to the handlers of its kind under the lock before the position moves past
+    // it. What this process commits is applied by its own decisions, as with one process, but
+    // becomes visible (and wakes its /syncs) only once the safe position passes it.
+    bool shared() const { return listener_ != nullptr; }
+    // Called under the lock with each change of that kind another process made (`event`: the
+    // room event, for "event" changes); adds whose parked /syncs to wake.
+    using ChangeHandler =
+        std::function<void(const store::ChangeRecord&, const store::EventRecord* event,
+                           std::vector<std::string>& wake)>;
+    void on_change(const std::string& kind, ChangeHandler f) {
+        change_handlers_[kind].push_back(std::move(f));
+    }
+    // Shares the database through `listener`; the start position is its safe position, read
+    // before the modules load, so that what commits after they read is fed to them.
+    void share(std::unique_ptr<store::ChangeListener> listener);
+    void start_feed();
+    void stop_feed();
 
     // Queues the write for the group commit; returns its sequence number for durable().
     std::uint64_t submit_locked(PendingWrite write);
@@ -140,6 +165,10 @@ class Core {
     void submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done);
     void publish(StreamId upto, const std::vector<std::string>& wake);
     void publish_locked(StreamId upto, const std::vector<std::string>& wake);
+    void wake_locked(const std::vector<std::string>& users);
+    // Moves the visible position to `upto` and wakes what waited for it.
+    void advance_locked(StreamId upto);
+    void feed();
     // A write failed for good: the first such failure stops the server.
     void failed(std::exception_ptr e);
     void on_store_health(bool available, const std::string& why);
@@ -154,6 +183,11 @@ class Core {
     std::int64_t unavailable_since_ = 0;  // writer thread only
 
     StreamId visible_ = 0;
+    std::unique_ptr<store::ChangeListener> listener_;
+    std::thread feed_;
+    std::unordered_map<std::string, std::vector<ChangeHandler>> change_handlers_;
+    // Shared: whose /syncs to wake once the visible position reaches a position.
+    std::map<StreamId, std::vector<std::string>> pending_wakes_;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
     std::vector<std::function<void(StreamId)>> visible_listeners_;
     bool shutting_down_ = false;

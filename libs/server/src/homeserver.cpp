@@ -23,6 +23,9 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
       pushers(core, accounts, notifications),
       sync(core, rooms, account_data, to_device, keys, receipts, typing, notifications, presence),
       voip(core) {
+    // Shared: the position to feed from is read before the modules read the database, so
+    // what commits meanwhile is fed to them (each applies a change it already has once).
+    if (auto listener = store.listen()) core.share(std::move(listener));
     auto snap = store.load();
     to_device.load(snap);
     rooms.load(snap);
@@ -33,7 +36,7 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     notifications.load(snap);
     pushers.load(snap);
     presence.load(snap);
-    core.start_at(snap.max_stream);
+    if (!core.shared()) core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
     spdlog::info("{} rooms, stream position {}", snap.rooms.size(), core.visible_locked());
 }

@@ -79,6 +79,11 @@ struct Room : RoomState {
     // Writes submitted and not yet settled: while there are any, the room stays in memory
     // (their decisions and their applied step find it there).
     int writes_in_flight = 0;
+    // The room's newest event held: read with it, or applied since.
+    StreamId last_event = 0;
+    // A decision found an event of another process that this room does not hold yet (a
+    // shared database): it is read again before it is used or applied to.
+    bool stale = false;
 
     // As RoomState::apply_state, and the history visibility record follows.
     void apply_state(const EventPtr& ev);

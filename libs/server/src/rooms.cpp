@@ -618,6 +618,8 @@ Rooms::Rooms(Core& core, Accounts& accounts)
       accounts_(accounts),
       rooms_(core.config().caches.rooms, [](const Room& r) { return r.writes_in_flight > 0; }),
       txns_(core.config().limits.txn_ids_per_device) {
+    core_.on_change("event", [this](const store::ChangeRecord&, const store::EventRecord* event,
+                                    std::vector<std::string>& wake) { fed_locked(*event, wake); });
     // A device that signed out sends nothing more: its transaction ids go with it, also
     // from the store, where a device signing in again with the same id would recall them.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
@@ -726,20 +728,46 @@ void Rooms::start(asio::any_io_executor ex) {
 }
 
 Room* Rooms::get_locked(const std::string& room_id) const {
-    if (Room* held = rooms_.get(room_id)) return held;
-    if (!known_.count(room_id)) return nullptr;
+    if (Room* held = rooms_.get(room_id)) {
+        if (held->stale && held->writes_in_flight == 0) refresh_locked(*held);
+        return held;
+    }
+    // Another process may have made it since this one last heard.
+    if (!known_.count(room_id) && !core_.shared()) return nullptr;
     // Read under the lock: the room cannot change meanwhile, and what commits meanwhile (its
     // applied step waits for the lock) is in what is read, up to `upto`, and not applied
     // twice (Room::loaded_upto).
     auto loaded = core_.store().room(room_id);
     if (!loaded) {
-        spdlog::error("room {} is known but not in the database", room_id);
+        if (known_.count(room_id))
+            spdlog::error("room {} is known but not in the database", room_id);
         return nullptr;
     }
     return &hold_locked(std::move(*loaded));
 }
 
+void Rooms::refresh_locked(Room& room) const {
+    auto loaded = core_.store().room(room.id);
+    if (!loaded) return;
+    Room fresh = build_room(std::move(*loaded));
+    fresh.writes_in_flight = room.writes_in_flight;
+    room = std::move(fresh);
+    note_known_locked(room);
+    spdlog::debug("room {} read again: another process appended to it", room.id);
+}
+
 Room& Rooms::hold_locked(store::RoomLoad&& loaded) const {
+    known_[loaded.room.room_id].version = loaded.room.room_version;
+    Room room = build_room(std::move(loaded));
+    note_known_locked(room);
+    const std::string id = room.id;
+    Room& held = rooms_.hold(id, std::move(room));
+    spdlog::debug("room {} read from the database ({} held)", id, rooms_.size());
+    trim_later_locked();
+    return held;
+}
+
+Room Rooms::build_room(store::RoomLoad&& loaded) {
     Room room;
     room.id = loaded.room.room_id;
     room.version = std::move(loaded.room.room_version);
@@ -756,12 +784,8 @@ Room& Rooms::hold_locked(store::RoomLoad&& loaded) const {
     // readers find it, and fills as events come.
     room.evicted_upto = loaded.upto;
     room.loaded_upto = loaded.upto;
-    note_known_locked(room);
-    const std::string id = room.id;
-    Room& held = rooms_.hold(id, std::move(room));
-    spdlog::debug("room {} read from the database ({} held)", id, rooms_.size());
-    trim_later_locked();
-    return held;
+    room.last_event = loaded.upto;
+    return room;
 }
 
 void Rooms::preload(const std::vector<std::string>& room_ids) const {
@@ -769,7 +793,7 @@ void Rooms::preload(const std::vector<std::string>& room_ids) const {
     {
         std::lock_guard lock(core_.mu);
         for (const auto& id : room_ids)
-            if (!rooms_.get(id) && known_.count(id)) missing.push_back(id);
+            if (!rooms_.get(id) && (known_.count(id) || core_.shared())) missing.push_back(id);
     }
     for (const auto& id : missing) {
         // Read without the lock, so a room read does not hold up every other request.
@@ -780,7 +804,7 @@ void Rooms::preload(const std::vector<std::string>& room_ids) const {
         // An event applied since the read began is not in it (and was applied to no room
         // held here): then the room is read again, under the lock, when it is used.
         if (auto known = known_.find(id);
-            known == known_.end() || known->second.last_event > loaded->upto)
+            known != known_.end() && known->second.last_event > loaded->upto)
             continue;
         hold_locked(std::move(*loaded));
     }
@@ -862,11 +886,18 @@ void Rooms::note_known_locked(const Room& room) const {
 void Rooms::apply_locked(Room& room, const EventPtr& ev) {
     Known& known = known_.at(room.id);
     known.last_event = std::max(known.last_event, ev->stream);
+    // Read again, it has the event (committed before).
+    if (room.stale) refresh_locked(room);
+    room.last_event = std::max(room.last_event, ev->stream);
     // A room read from the store after the event committed has it already.
     if (ev->stream > room.loaded_upto) {
         apply_state_locked(room, ev);
         room.add_to_timeline(ev);
     }
+    membership_changed_locked(ev);
+}
+
+void Rooms::membership_changed_locked(const EventPtr& ev) {
     if (ev->type != "m.room.member" || !ev->state_key) return;
     const std::string& user = *ev->state_key;
     if (!accounts_.is_local(user)) return;  // remote users have no memberships here
@@ -877,7 +908,8 @@ void Rooms::apply_locked(Room& room, const EventPtr& ev) {
         if (const auto* m = v.get_object().if_contains("membership"); m && m->is_string())
             membership = m->get_string();
     membership = membership_value(std::move(membership));
-    auto [it, fresh] = memberships_[user].try_emplace(room.id);
+    auto [it, fresh] = memberships_[user].try_emplace(ev->room_id);
+    if (!fresh && ev->stream <= it->second.stream) return;  // known already (fed twice)
     if (fresh || it->second.membership != membership)
         it->second = RoomMembership{std::move(membership), ev->stream};
 }
@@ -936,9 +968,20 @@ struct Rooms::Decided {
     EventPtr redacted;             // RoomWrite::redacts as the redaction left it
 };
 
-const RoomState* Rooms::decided_state_locked(const std::string& room_id) const {
+const RoomState* Rooms::decided_state_locked(const std::string& room_id, store::Txn& txn) {
     if (auto it = staged_.find(room_id); it != staged_.end()) return it->second.get();
-    return get_locked(room_id);
+    Room* room = get_locked(room_id);
+    // Once per room and transaction, before any write of it appends to the room (whose row
+    // it holds locked: nothing else is appended meanwhile).
+    if (!room || !core_.shared() || !checked_.insert(room_id).second) return room;
+    if (txn.room_last_event(room_id) == room->last_event) return room;
+    auto loaded = core_.store().room(room_id);
+    if (!loaded) return room;
+    room->stale = true;
+    auto fresh = std::make_shared<RoomState>(build_room(std::move(*loaded)));
+    const RoomState* out = fresh.get();
+    staged_[room_id] = std::move(fresh);
+    return out;
 }
 
 void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Decided& out) {
@@ -946,6 +989,7 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
     // that transaction: made again (after an outage), they are made again.
     if (txn.serial() != staged_txn_) {
         staged_.clear();
+        checked_.clear();
         staged_txn_ = txn.serial();
     }
     out = Decided{};
@@ -955,11 +999,11 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
         std::lock_guard lock(core_.mu);
         auto current = [&](const std::string& room_id) -> const RoomState* {
             if (auto it = changed.find(room_id); it != changed.end()) return it->second.get();
-            return decided_state_locked(room_id);
+            return decided_state_locked(room_id, txn);
         };
         auto writable = [&](const std::string& room_id) -> RoomState& {
             auto& slot = changed[room_id];
-            if (!slot) slot = std::make_shared<RoomState>(*decided_state_locked(room_id));
+            if (!slot) slot = std::make_shared<RoomState>(*decided_state_locked(room_id, txn));
             return *slot;
         };
         if (write.create) {
@@ -1025,29 +1069,65 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
     for (const auto& ev : out.events) {
         // Held since the write was submitted (Room::writes_in_flight), or made just now.
         Room& room = *get_locked(ev->room_id);
-        apply_locked(room, ev);
-        // Whose /sync learns of it: the room's members and invitees, and the member event's
-        // target.
-        for (const auto& [user, m] : room.membership)
-            if (m == "join" || m == "invite") wake.push_back(user);
-        if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
+        appended_locked(room, ev, wake);
         if (!ev->txn_id.empty())
             txns_.remember(ev->txn_device_key, ev->room_id + '\n' + ev->txn_id, ev->event_id,
                            ev->origin_server_ts);
-        for (const auto& f : appended_) f(room, ev);
     }
-    if (const auto& redacted = out.redacted) {
-        Room& room = *get_locked(redacted->room_id);
-        for (auto& r : room.recent)
-            if (r->event_id == redacted->event_id) r = redacted;
-        // What is derived from it follows; a member event keeps its membership.
-        if (redacted->state_key)
-            if (auto now = room.state_event(redacted->type, *redacted->state_key);
-                now && now->event_id == redacted->event_id)
-                apply_state_locked(room, redacted);
-        for (const auto& f : redacted_) f(room, redacted);
-    }
+    if (const auto& redacted = out.redacted)
+        redacted_locked(*get_locked(redacted->room_id), redacted);
     return wake;
+}
+
+void Rooms::appended_locked(Room& room, const EventPtr& ev, std::vector<std::string>& wake) {
+    apply_locked(room, ev);
+    // Whose /sync learns of it: the room's members and invitees, and the member event's
+    // target.
+    for (const auto& [user, m] : room.membership)
+        if (m == "join" || m == "invite") wake.push_back(user);
+    if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
+    for (const auto& f : appended_) f(room, ev);
+}
+
+void Rooms::redacted_locked(Room& room, const EventPtr& redacted) {
+    for (auto& r : room.recent)
+        if (r->event_id == redacted->event_id) r = redacted;
+    // What is derived from it follows; a member event keeps its membership.
+    if (redacted->state_key)
+        if (auto now = room.state_event(redacted->type, *redacted->state_key);
+            now && now->event_id == redacted->event_id)
+            apply_state_locked(room, redacted);
+    for (const auto& f : redacted_) f(room, redacted);
+}
+
+void Rooms::fed_locked(store::EventRecord record, std::vector<std::string>& wake) {
+    EventPtr ev = to_event(std::move(record));
+    if (auto [it, fresh] = known_.try_emplace(ev->room_id); fresh) {
+        // A room another process made: its m.room.create comes first.
+        std::string version = "1";
+        if (auto v = json::parse(ev->content()); v.is_object())
+            if (const auto* r = v.get_object().if_contains("room_version"); r && r->is_string())
+                version = r->get_string();
+        it->second.version = std::move(version);
+    }
+    Room* room = nullptr;
+    try {
+        // Read if it is not held (then with this event already): the listeners learn of it
+        // as of one committed here, and /syncs parked on its members wake.
+        room = get_locked(ev->room_id);
+    } catch (const std::exception& e) {
+        spdlog::warn("room {} could not be read for an event of another process: {}", ev->room_id,
+                     e.what());
+    }
+    if (!room) {
+        membership_changed_locked(ev);
+        if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
+        return;
+    }
+    appended_locked(*room, ev, wake);
+    if (ev->type != "m.room.redaction" || ev->redacts.empty()) return;
+    if (EventPtr target = find_event_locked(*room, ev->redacts))
+        redacted_locked(*room, redacted_form(room->version, *target, ev));
 }
 
 asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
@@ -1087,6 +1167,7 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     }
     Decision d;
     d.streams = shared->events.size();
+    d.rooms = room_ids;
     d.mutations = std::move(shared->mutations);
     d.decide = [this, shared, decided](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);

@@ -155,8 +155,10 @@ class Rooms {
     EventPtr build_event_locked(const RoomState& room, const Append& a, StreamId stream,
                                 bool creating) const;
     // The room as the decisions of the current transaction see it: what the writes decided
-    // before in it left, else as committed. Writer's thread, under the lock.
-    const RoomState* decided_state_locked(const std::string& room_id) const;
+    // before in it left, else as committed: as held, or, on a shared database when another
+    // process appended to it what is not held yet, as read from the database (and the room
+    // held is read again before it is used). Writer's thread, under the lock.
+    const RoomState* decided_state_locked(const std::string& room_id, store::Txn& txn);
     // 403 when a kick's target is not in the room or an unban's is not banned
     // (Append::target_must_be).
     static void check_target(const RoomState& room, const std::string& target,
@@ -175,12 +177,24 @@ class Rooms {
     Room* get_locked(const std::string& room_id) const;
     // Holds a room read from the store.
     Room& hold_locked(store::RoomLoad&& loaded) const;
+    static Room build_room(store::RoomLoad&& loaded);
+    // Reads a stale room again, in place (Room::stale).
+    void refresh_locked(Room& room) const;
     // Lets rooms go past the cache's capacity, later, on the executor (never under a caller
     // that holds a room).
     void trim_later_locked() const;
     // A committed event joins its room (unless the room was read after it committed: then
     // it is there already) and, a member event, its target's memberships.
     void apply_locked(Room& room, const EventPtr& ev);
+    // A member event's target's memberships follow it, unless they know a later one.
+    void membership_changed_locked(const EventPtr& ev);
+    // A committed event of this process or another: applied, the listeners told; adds whose
+    // /syncs learn of it.
+    void appended_locked(Room& room, const EventPtr& ev, std::vector<std::string>& wake);
+    // The redacted form of an event replaces it wherever the room holds it.
+    void redacted_locked(Room& room, const EventPtr& redacted);
+    // An event another process committed (Core::on_change).
+    void fed_locked(store::EventRecord record, std::vector<std::string>& wake);
     // A state event becomes the room's current state; what is known of the room follows.
     void apply_state_locked(Room& room, const EventPtr& ev);
     void note_known_locked(const Room& room) const;
@@ -233,6 +247,8 @@ class Rooms {
     // (writer's thread only; dropped when a new transaction begins).
     std::unordered_map<std::string, std::shared_ptr<RoomState>> staged_;
     std::uint64_t staged_txn_ = 0;
+    // The rooms whose newest event the current transaction compared with the one held.
+    std::set<std::string> checked_;
     std::vector<Appended> appended_;
     std::vector<Created> created_;
     std::vector<Redacted> redacted_;

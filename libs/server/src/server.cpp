@@ -47,8 +47,8 @@ std::int64_t system_now_ms() {
 // The store the configuration names (its DSN, which may hold a password, is not logged).
 std::unique_ptr<store::Store> open_store(const DatabaseConfig& db) {
     if (db.backend == "postgres") {
-        spdlog::info("database: PostgreSQL");
-        return store::open_postgres({db.dsn});
+        spdlog::info("database: PostgreSQL{}", db.shared ? ", shared with other processes" : "");
+        return store::open_postgres({db.dsn, db.shared});
     }
     spdlog::info("database: SQLite {}", db.path);
     return store::open_sqlite({db.path, db.synchronous});
@@ -174,6 +174,7 @@ void Server::start() {
     I.hs->typing.start(I.ioc.get_executor());
     I.hs->pushers.start(I.ioc.get_executor());
     I.hs->presence.start(I.ioc.get_executor());
+    I.hs->core.start_feed();
     I.dispatch = std::make_unique<Dispatcher>(*I.hs);
     I.proxies.emplace(I.config.trusted_proxies);
     for (const auto& addr : I.config.listen) {
@@ -248,6 +249,7 @@ void Server::Impl::begin_shutdown() {
     hs->typing.stop();
     hs->pushers.stop();
     hs->presence.stop();
+    hs->core.stop_feed();
     hs->core.wake_all();
     std::lock_guard lock(conns_mu);
     for (auto& c : conns) {

@@ -108,6 +108,10 @@ TEST(Config, PostgresTakesADsn) {
                           "test.yaml");
     EXPECT_EQ(c.database.backend, "postgres");
     EXPECT_EQ(c.database.dsn, "host=/run/pg dbname=mx");
+    EXPECT_FALSE(c.database.shared);
+    auto shared = parse_config("database: {backend: postgres, dsn: \"dbname=mx\", shared: true}\n",
+                               "test.yaml");
+    EXPECT_TRUE(shared.database.shared);
 }
 
 TEST(Config, ErrorsNameKeyAndLine) {
@@ -119,6 +123,8 @@ TEST(Config, ErrorsNameKeyAndLine) {
               "test.yaml:1: listen: must be host:port, got 'nohost'");
     EXPECT_EQ(error_of("database: {backend: postgres}\n"),
               "test.yaml:1: database: backend postgres needs a dsn (a libpq connection string)");
+    EXPECT_EQ(error_of("database: {shared: true}\n"),
+              "test.yaml:1: database: shared needs backend postgres (SQLite serves one process)");
     EXPECT_EQ(error_of("database: {backend: mysql}\n"),
               "test.yaml:1: database.backend: must be sqlite or postgres");
     EXPECT_EQ(error_of("rc_message: {per_second: 1, burst_count: 0}\n"),

@@ -80,8 +80,20 @@ class SqlStore : public Store {
         std::size_t streams = 0;
         for (const auto& w : batch) streams += w.streams;
         in_transaction(streams > 0, [&](DbTxn& txn) {
-            // The batch's positions, taken at once: each write's are consecutive, and they
-            // ascend in the order of the writes.
+            // The rooms first, in one order (no two transactions wait for each other), then
+            // the batch's positions, at once: each write's are consecutive, and they ascend in
+            // the order of the writes.
+            if (txn.instance) {
+                std::vector<std::string> rooms;
+                for (const auto& w : batch)
+                    rooms.insert(rooms.end(), w.rooms.begin(), w.rooms.end());
+                std::sort(rooms.begin(), rooms.end());
+                rooms.erase(std::unique(rooms.begin(), rooms.end()), rooms.end());
+                for (const auto& room : rooms)
+                    Stmt(txn.db, "SELECT 1 FROM rooms WHERE room_id = ? FOR UPDATE")
+                        .bind(room)
+                        .run();
+            }
             StreamId next = streams ? txn.take_streams(streams) : 0;
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 const Write& w = batch[i];
@@ -287,6 +299,13 @@ class SqlStore : public Store {
         }
         std::uint64_t serial() const override { return number; }
 
+        StreamId room_last_event(const std::string& room_id) override {
+            Stmt s(db, "SELECT MAX(stream_id) FROM events WHERE room_id = ?");
+            s.bind(room_id);
+            if (!s.next()) return 0;
+            auto v = s.opt_text(0);
+            return v ? std::stoll(*v) : 0;
+        }
         // Takes `n` consecutive positions above every one taken or written so far (at least
         // `at_least`) and returns the first.
         StreamId take_streams(std::size_t n, StreamId at_least = 0) {

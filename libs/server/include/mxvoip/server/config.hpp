@@ -31,6 +31,8 @@ struct DatabaseConfig {
     std::string path = "mxvoip.db";
     std::string synchronous = "full";  // "full" or "normal"; see store::SqliteOptions
     std::string dsn;                   // postgres: a libpq connection string (may hold a password)
+    // postgres: several mxvoip-server processes share the database (each configured so).
+    bool shared = false;
 };
 
 // TURN for /voip/turnServer. Either a shared secret (coturn `use-auth-secret`) or a static

@@ -471,6 +471,8 @@ class Txn {
     // How many threads the user has a receipt of that type in, in the room.
     virtual std::int64_t receipt_threads(const std::string& room_id, const std::string& user_id,
                                          const std::string& receipt_type) = 0;
+    // The stream position of the room's newest event (0: none).
+    virtual StreamId room_last_event(const std::string& room_id) = 0;
 };
 
 // One request's part of a transaction: its mutations, as they are, and then, when `decide`
@@ -490,6 +492,11 @@ struct Write {
     // refused write leaves its positions unused, and they are never handed out again (a
     // client's token may name one).
     std::size_t streams = 0;
+    // The rooms the write appends to: their rows are locked (on a shared database) before
+    // the transaction takes its positions, so one room's events commit in the order of their
+    // positions, whichever process writes them, and a decision about a room sees all that
+    // was committed to it.
+    std::vector<std::string> rooms;
 };
 
 // What the server keeps in memory, read once at start-up. No account or access token, no
