@@ -4,19 +4,9 @@
 // Node's Ed25519, as a client's crypto would.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { startServer, register, api, userHandle, CS } from '../lib/harness.mjs';
-
-const b64 = (buf) => Buffer.from(buf).toString('base64').replace(/=+$/, '');
-
-// The spec's canonical JSON: keys sorted, no whitespace.
-function canonical(v) {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v !== null && typeof v === 'object') {
-    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
+import { b64, keyPair } from '../lib/e2e_keys.mjs';
 
 // A device's Ed25519 identity: signs objects as the spec's "Signing JSON" says.
 function identity(userId, deviceId) {
@@ -218,20 +208,6 @@ test('keys, claims and device list positions survive a restart', async () => {
     await server.stop();
   }
 });
-
-// An Ed25519 key pair that signs as `userId` with key id "ed25519:<name>" (the public key
-// itself when no name is given, as cross-signing keys are named).
-function keyPair(userId, name) {
-  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
-  const pub = b64(publicKey.export({ format: 'der', type: 'spki' }).subarray(-32));
-  const keyId = `ed25519:${name ?? pub}`;
-  const signObject = (obj) => {
-    const { signatures, unsigned, ...rest } = obj;
-    const sig = b64(sign(null, Buffer.from(canonical(rest)), privateKey));
-    return { ...obj, signatures: { ...(signatures ?? {}), [userId]: { ...(signatures?.[userId] ?? {}), [keyId]: sig } } };
-  };
-  return { pub, keyId, signObject };
-}
 
 function crossSigning(userId) {
   const master = keyPair(userId);

@@ -5,6 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, register, postgres, roomEvents } from '../lib/harness.mjs';
+import { keyPair } from '../lib/e2e_keys.mjs';
 
 const PROCESSES = 3;
 
@@ -95,4 +96,66 @@ test('every member reads every event once, in one order, from every process', as
     const ids = (await roomEvents(members[0].at(s.url), roomId)).map((e) => e.event_id).filter((id) => sent.includes(id));
     assert.deepEqual(ids, streams[0]);
   }
+});
+
+// Reads `user`'s /syncs on their process until `done(body)` says so; returns that body.
+async function syncUntil(user, since, done) {
+  for (;;) {
+    const body = await user.sync({ since, timeout: '30000' });
+    if (done(body)) return body;
+    since = body.next_batch;
+  }
+}
+
+test('a token signed out on one process is refused on every other', async () => {
+  const dave = await register(servers[0].url, 'dave');
+  const witness = await register(servers[1].url, 'witness');
+  const roomId = await dave.createRoom({ preset: 'public_chat' });
+  assert.equal((await witness.join(roomId)).status, 200);
+  // The token is used, and so held, on every process.
+  for (const s of servers) assert.equal((await dave.at(s.url).call('GET', '/account/whoami')).status, 200);
+  const other = await register(servers[0].url, 'dave-writer');
+  assert.equal((await other.join(roomId)).status, 200);
+  const since = (await witness.at(servers[2].url).sync()).next_batch;
+  assert.equal((await dave.call('POST', '/logout', { body: {} })).status, 200);
+  // Something committed after the sign-out: once a process shows it, it has read the
+  // sign-out too (the change feed is read in order).
+  const marker = await other.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'after' });
+  assert.equal(marker.status, 200, marker.text);
+  for (const s of servers) {
+    await syncUntil(witness.at(s.url), since, (b) => (b.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === marker.body.event_id));
+    const res = await dave.at(s.url).call('GET', '/account/whoami');
+    assert.equal(res.status, 401, `${s.url}: ${res.status} ${res.text}`);
+    assert.equal(res.body.errcode, 'M_UNKNOWN_TOKEN');
+  }
+});
+
+test('account data and device lists written on one process reach the others', async () => {
+  const erin = await register(servers[0].url, 'erin');
+  const frank = await register(servers[1].url, 'frank');
+  const roomId = await erin.createRoom({ preset: 'public_chat' });
+  assert.equal((await frank.join(roomId)).status, 200);
+  const path = `/user/${encodeURIComponent(erin.userId)}/account_data/org.example.colour`;
+  const at1 = erin.at(servers[1].url);
+  assert.equal((await erin.call('PUT', path, { body: { colour: 'red' } })).status, 200);
+  // Read (and so held) on the second process, then changed through the first.
+  const since = (await at1.sync()).next_batch;
+  assert.deepEqual((await at1.call('GET', path)).body, { colour: 'red' });
+  assert.equal((await erin.call('PUT', path, { body: { colour: 'blue' } })).status, 200);
+  await syncUntil(at1, since, (b) => (b.account_data?.events ?? []).some((e) => e.type === 'org.example.colour'));
+  assert.deepEqual((await at1.call('GET', path)).body, { colour: 'blue' });
+
+  // Erin's new device keys: Frank, syncing on another process, learns her device list changed.
+  const frankSince = (await frank.sync()).next_batch;
+  const { pub, keyId, signObject } = keyPair(erin.userId, erin.deviceId);
+  const keys = signObject({
+    user_id: erin.userId,
+    device_id: erin.deviceId,
+    algorithms: ['m.olm.v1.curve25519-aes-sha2'],
+    keys: { [`curve25519:${erin.deviceId}`]: pub, [keyId]: pub },
+  });
+  const upload = await erin.call('POST', '/keys/upload', { body: { device_keys: keys } });
+  assert.equal(upload.status, 200, upload.text);
+  const body = await syncUntil(frank, frankSince, (b) => (b.device_lists?.changed ?? []).includes(erin.userId));
+  assert.ok(body.device_lists.changed.includes(erin.userId));
 });

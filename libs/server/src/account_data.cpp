@@ -1,10 +1,11 @@
 #include "account_data.hpp"
 
-#include "filter.hpp"
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <memory>
 
+#include "filter.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/json.hpp"
 
@@ -25,7 +26,27 @@ AccountData::AccountData(Core& core, Rooms& rooms)
       rooms_(rooms),
       // Held by a request: not forgotten, so what commits meanwhile reaches it.
       entries_(core.config().caches.account_data, [](const Held& h) { return h.use_count() > 1; }),
-      filters_(core.config().caches.filters) {}
+      filters_(core.config().caches.filters) {
+    // Another process wrote the user's account data: what is held is read again, in place (a
+    // request holding it sees the change, as it would one made here); the user's /syncs wake.
+    core_.on_change("account_data", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                           std::vector<std::string>& wake) {
+        wake.push_back(c.key);
+        loading_.written(c.key);
+        auto* held = entries_.get(c.key);
+        if (!held) return;
+        try {
+            AccountDataEntries read;
+            for (auto& r : core_.store().account_data(c.key))
+                read[{std::move(r.room_id), std::move(r.type)}] =
+                    AccountDataEntry{r.stream, std::move(r.content)};
+            **held = std::move(read);
+        } catch (const std::exception& e) {
+            spdlog::warn("the account data of {} could not be read again: {}", c.key, e.what());
+            if (held->use_count() == 1) entries_.erase(c.key);
+        }
+    });
+}
 
 std::shared_ptr<const AccountDataEntries> AccountData::entries(const std::string& user_id) {
     for (;;) {

@@ -26,7 +26,19 @@ Accounts::Accounts(Core& core)
       rc_login_account_(core.config().rc_login_account),
       rc_login_failed_(core.config().rc_login_failed),
       users_(core.config().caches.accounts),
-      tokens_(core.config().caches.tokens) {}
+      tokens_(core.config().caches.tokens) {
+    // Another process changed the account (signed a device in or out, renamed one): what is
+    // held of it goes, and is read again when it is used; a token signed out there is refused
+    // here from now on.
+    core_.on_change("account", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                      std::vector<std::string>&) {
+        const std::string& user = c.key;
+        users_.erase(user);
+        loading_.written(user);
+        tokens_.erase_if([&](const std::string&, const Session& s) { return s.user_id == user; });
+        ++revocations_;
+    });
+}
 
 void Accounts::start(asio::any_io_executor ex) {
     std::lock_guard lock(core_.mu);
@@ -197,7 +209,8 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
         std::lock_guard lock(core_.mu);
         for (const auto& device : devices) {
             if (!has_device_locked(user_id, device)) continue;  // signed out already
-            parts->push_back({device, {}, -1});  // the account's own part: its tokens
+            // The account's own part: its tokens, and the change other processes read.
+            parts->push_back({device, {}, static_cast<StreamId>(positions++)});
             for (const auto& f : device_removed_) {
                 Part part{device, f(user_id, device), -1};
                 if (part.removal.takes_position)
@@ -219,6 +232,7 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
                 for (auto& hash : txn.token_hashes(user_id, p.device))
                     revoked->push_back(std::move(hash));
                 txn.write(store::DeleteTokens{user_id, p.device});
+                txn.write(store::PutChange{{position, "account", user_id}});
             } else if (p.removal.write) {
                 p.removal.write(position, txn);
             }
@@ -284,8 +298,10 @@ asio::awaitable<Response> Accounts::login_flows(Request&) {
 
 asio::awaitable<void> Accounts::sign_in(std::shared_ptr<SignIn> in) {
     Decision d;
-    d.decide = [in](store::Txn& txn, StreamId) {
+    d.streams = 1;  // the change other processes read
+    d.decide = [in](store::Txn& txn, StreamId position) {
         in->replaced.clear();
+        txn.write(store::PutChange{{position, "account", in->user_id}});
         if (in->account) {
             // Decided here, against every account committed: two requests for one name,
             // wherever they run, make one account.
@@ -625,10 +641,13 @@ asio::awaitable<Response> Accounts::put_device(Request& req) {
     auto change = std::make_shared<store::PutDeviceName>(
         store::PutDeviceName{s.user_id, req.params[0], std::string(name.value_or(""))});
     Decision d;
-    d.decide = [change, named = name.has_value()](store::Txn& txn, StreamId) {
+    d.streams = 1;  // the change other processes read
+    d.decide = [change, named = name.has_value()](store::Txn& txn, StreamId position) {
         if (!txn.device_exists(change->user_id, change->device_id))
             throw MatrixError(404, errcode::not_found, "No such device");
-        if (named) txn.write(*change);
+        if (!named) return;
+        txn.write(*change);
+        txn.write(store::PutChange{{position, "account", change->user_id}});
     };
     d.applied = [this, change, named = name.has_value()](StreamId) {
         if (named)

@@ -140,6 +140,15 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
       rooms_(rooms),
       // Held by a request: not forgotten, so what commits meanwhile reaches it.
       users_(core.config().caches.keys, [](const Held& h) { return h.use_count() > 1; }) {
+    // Another process changed the user's device list: the keys held of them go (read again
+    // when asked for), and whoever shares a room with them learns of it.
+    core_.on_change("device_list", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                          std::vector<std::string>& wake) {
+        users_.erase(c.key);
+        loading_.written(c.key);
+        auto audience = device_list_changed_locked(c.key, c.stream);
+        wake.insert(wake.end(), audience.begin(), audience.end());
+    });
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
         // A device going is a change of the user's device list, at a position (as in Synapse:

@@ -56,6 +56,18 @@ class LruCache {
             index_.erase(it);
         }
     }
+    // Every entry `pred(key, value)` is true of goes (a walk over all: for what is rare).
+    template <typename Pred>
+    void erase_if(Pred pred) {
+        for (auto it = entries_.begin(); it != entries_.end();) {
+            if (pred(it->first, it->second)) {
+                index_.erase(it->first);
+                it = entries_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
 
     std::size_t size() const { return entries_.size(); }
     std::size_t capacity() const { return capacity_; }

@@ -75,10 +75,29 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
     receipts_.on_read([this](const std::string& room_id, const std::string& user, StreamId upto) {
         read_locked(room_id, user, upto);
     });
+    // Another process wrote the user's account data: their rules are read again, if they were
+    // what changed.
+    core_.on_change("account_data", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                           std::vector<std::string>&) {
+        store::Snapshot one;
+        try {
+            for (auto& r : core_.store().account_data(c.key))
+                if (r.room_id.empty() && r.type == "m.push_rules")
+                    one.push_rules.push_back(std::move(r));
+        } catch (const std::exception& e) {
+            spdlog::warn("the push rules of {} could not be read again: {}", c.key, e.what());
+            return;
+        }
+        load_locked(one);
+    });
 }
 
 void Notifications::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
+    load_locked(snap);
+}
+
+void Notifications::load_locked(store::Snapshot& snap) {
     for (const auto& a : snap.push_rules) {
         json::error_code ec;
         auto stored = json::parse(a.content, ec);

@@ -64,6 +64,8 @@ class Notifications {
     void on_notify(Listener f) { listeners_.push_back(std::move(f)); }
 
   private:
+    // The push rules of `snap` (users who changed theirs) replace those held.
+    void load_locked(store::Snapshot& snap);
     struct Unread {
         std::deque<std::pair<StreamId, bool>> events;  // notifying, after the read position
     };
