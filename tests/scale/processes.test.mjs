@@ -159,3 +159,36 @@ test('account data and device lists written on one process reach the others', as
   const body = await syncUntil(frank, frankSince, (b) => (b.device_lists?.changed ?? []).includes(erin.userId));
   assert.ok(body.device_lists.changed.includes(erin.userId));
 });
+
+test('to-device messages, receipts and presence made on one process reach the others', async () => {
+  const gina = await register(servers[0].url, 'gina');
+  const hal = await register(servers[1].url, 'hal');
+  const roomId = await gina.createRoom({ preset: 'public_chat' });
+  assert.equal((await hal.join(roomId)).status, 200);
+  let since = (await hal.sync()).next_batch;
+
+  const sent = await gina.call('PUT', '/sendToDevice/org.example.ping/t1', {
+    body: { messages: { [hal.userId]: { [hal.deviceId]: { n: 1 } } } },
+  });
+  assert.equal(sent.status, 200, sent.text);
+  let body = await syncUntil(hal, since, (b) => (b.to_device?.events ?? []).length > 0);
+  assert.deepEqual(body.to_device.events.map((e) => [e.sender, e.type, e.content.n]), [[gina.userId, 'org.example.ping', 1]]);
+  // Fetched on the second process: the third, asked from there on, has nothing more.
+  since = body.next_batch;
+  const fromThird = await hal.at(servers[2].url).sync({ since, timeout: '0' });
+  assert.deepEqual(fromThird.to_device?.events ?? [], []);
+
+  const message = await gina.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'read me' });
+  const receipt = await gina.call('POST', `/rooms/${encodeURIComponent(roomId)}/receipt/m.read/${encodeURIComponent(message.body.event_id)}`, { body: {} });
+  assert.equal(receipt.status, 200, receipt.text);
+  const receiptOf = (b) => (b.rooms?.join?.[roomId]?.ephemeral?.events ?? []).find((e) => e.type === 'm.receipt');
+  body = await syncUntil(hal, since, receiptOf);
+  assert.ok(receiptOf(body).content[message.body.event_id]['m.read'][gina.userId], JSON.stringify(receiptOf(body)));
+
+  since = body.next_batch;
+  const status = await gina.call('PUT', `/presence/${encodeURIComponent(gina.userId)}/status`, { body: { presence: 'online', status_msg: 'here' } });
+  assert.equal(status.status, 200, status.text);
+  const presenceOf = (b) => (b.presence?.events ?? []).find((e) => e.sender === gina.userId);
+  body = await syncUntil(hal, since, presenceOf);
+  assert.equal(presenceOf(body).content.status_msg, 'here');
+});

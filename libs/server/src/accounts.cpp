@@ -209,8 +209,10 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
         std::lock_guard lock(core_.mu);
         for (const auto& device : devices) {
             if (!has_device_locked(user_id, device)) continue;  // signed out already
-            // The account's own part: its tokens, and the change other processes read.
-            parts->push_back({device, {}, static_cast<StreamId>(positions++)});
+            // The account's own part: its tokens, and the change other processes sharing the
+            // database read (a position only then: one process's sign-ins take none).
+            parts->push_back(
+                {device, {}, core_.shared() ? static_cast<StreamId>(positions++) : -1});
             for (const auto& f : device_removed_) {
                 Part part{device, f(user_id, device), -1};
                 if (part.removal.takes_position)
@@ -232,7 +234,7 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
                 for (auto& hash : txn.token_hashes(user_id, p.device))
                     revoked->push_back(std::move(hash));
                 txn.write(store::DeleteTokens{user_id, p.device});
-                txn.write(store::PutChange{{position, "account", user_id}});
+                if (position) txn.write(store::PutChange{{position, "account", user_id}});
             } else if (p.removal.write) {
                 p.removal.write(position, txn);
             }
@@ -298,10 +300,10 @@ asio::awaitable<Response> Accounts::login_flows(Request&) {
 
 asio::awaitable<void> Accounts::sign_in(std::shared_ptr<SignIn> in) {
     Decision d;
-    d.streams = 1;  // the change other processes read
+    d.streams = core_.shared() ? 1 : 0;  // the change other processes read
     d.decide = [in](store::Txn& txn, StreamId position) {
         in->replaced.clear();
-        txn.write(store::PutChange{{position, "account", in->user_id}});
+        if (position) txn.write(store::PutChange{{position, "account", in->user_id}});
         if (in->account) {
             // Decided here, against every account committed: two requests for one name,
             // wherever they run, make one account.
@@ -641,13 +643,13 @@ asio::awaitable<Response> Accounts::put_device(Request& req) {
     auto change = std::make_shared<store::PutDeviceName>(
         store::PutDeviceName{s.user_id, req.params[0], std::string(name.value_or(""))});
     Decision d;
-    d.streams = 1;  // the change other processes read
+    d.streams = core_.shared() ? 1 : 0;  // the change other processes read
     d.decide = [change, named = name.has_value()](store::Txn& txn, StreamId position) {
         if (!txn.device_exists(change->user_id, change->device_id))
             throw MatrixError(404, errcode::not_found, "No such device");
         if (!named) return;
         txn.write(*change);
-        txn.write(store::PutChange{{position, "account", change->user_id}});
+        if (position) txn.write(store::PutChange{{position, "account", change->user_id}});
     };
     d.applied = [this, change, named = name.has_value()](StreamId) {
         if (named)

@@ -29,6 +29,43 @@ bool is_presence(std::string_view p) {
 Presence::Presence(Core& core, Accounts& accounts, Rooms& rooms)
     : core_(core), accounts_(accounts), rooms_(rooms) {
     rooms_.on_appended([this](const Room&, const EventPtr& ev) { appended_locked(ev); });
+    // A change another process made: what others see follows (its timeouts are that
+    // process's to apply, where the user syncs).
+    core_.on_change("presence", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                       std::vector<std::string>& wake) {
+        if (!core_.config().presence_enabled) return;
+        std::optional<store::PresenceRecord> p;
+        try {
+            p = core_.store().presence_of(c.key);
+        } catch (const std::exception& e) {
+            spdlog::warn("the presence of {} could not be read: {}", c.key, e.what());
+        }
+        if (!p) return;
+        State& st = users_[c.key];
+        if (p->stream <= st.stream) return;
+        st.presence = p->presence;
+        st.status_msg = p->status_msg;
+        st.stream = p->stream;
+        st.last_active = std::max(st.last_active, p->last_active_ts);
+        if (st.in_flight == 0) {
+            st.wanted = st.presence;
+            st.wanted_status = st.status_msg;
+        }
+        auto audience = audience_locked(c.key);
+        wake.insert(wake.end(), audience.begin(), audience.end());
+    });
+}
+
+std::vector<std::string> Presence::audience_locked(const std::string& user) const {
+    // Whoever shares a joined room with the user sees it, and the user's own devices.
+    std::vector<std::string> out{user};
+    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+        if (m.membership != "join") continue;
+        if (const Room* room = rooms_.find_or_skip_locked(room_id))
+            for (const auto& [member, mm] : room->membership)
+                if (mm == "join" && member != user) out.push_back(member);
+    }
+    return out;
 }
 
 void Presence::load(store::Snapshot& snap) {
@@ -119,15 +156,7 @@ std::optional<Decision> Presence::change_locked(const std::string& user, State& 
             st.status_msg = status;
             st.stream = position;
         }
-        // Whoever shares a joined room with the user sees it, and the user's own devices.
-        std::vector<std::string> wake{user};
-        for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
-            if (m.membership != "join") continue;
-            if (const Room* room = rooms_.find_or_skip_locked(room_id))
-                for (const auto& [member, mm] : room->membership)
-                    if (mm == "join" && member != user) wake.push_back(member);
-        }
-        return wake;
+        return audience_locked(user);
     };
     d.settled = [this, user] {
         State& st = users_[user];

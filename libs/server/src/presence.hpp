@@ -78,6 +78,8 @@ class Presence {
                                           std::optional<std::string> status = std::nullopt,
                                           bool force = false);
     void appended_locked(const EventPtr& ev);
+    // Who sees the user's presence: the user and whoever shares a joined room with them.
+    std::vector<std::string> audience_locked(const std::string& user) const;
     void arm_locked();
     void tick();
     void append_event(std::string& out, const std::string& user, const State& st,

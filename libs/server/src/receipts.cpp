@@ -1,5 +1,7 @@
 #include "receipts.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "json_out.hpp"
@@ -32,7 +34,22 @@ std::string thread_of(std::string_view content) {
 }  // namespace
 
 Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
-    : core_(core), rooms_(rooms), account_data_(account_data) {}
+    : core_(core), rooms_(rooms), account_data_(account_data) {
+    // A receipt another process recorded: as one recorded here, once it committed.
+    core_.on_change("receipt", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                      std::vector<std::string>& wake) {
+        std::optional<store::ReceiptRecord> r;
+        try {
+            r = core_.store().receipt_at(c.key, c.stream);
+        } catch (const std::exception& e) {
+            spdlog::warn("a receipt of another process could not be read: {}", e.what());
+        }
+        if (!r) return;  // replaced since
+        Put p{r->room_id, r->user_id, r->receipt_type, r->thread_id,
+              Target{r->event_id, event_id_stream(r->event_id).value_or(0)}};
+        applied_locked(p, r->stream, r->ts, wake);
+    });
+}
 
 void Receipts::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);

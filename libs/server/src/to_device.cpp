@@ -1,5 +1,10 @@
 #include "to_device.hpp"
 
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+#include <iterator>
+
 #include <algorithm>
 #include <limits>
 #include <map>
@@ -34,6 +39,32 @@ ToDevice::ToDevice(Core& core, Accounts& accounts)
         };
         return r;
     });
+    // What another process queued for a device, in stream order, and what the device fetched
+    // there (the key: user '|' device, and then '|' the position fetched up to).
+    core_.on_change("to_device", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                        std::vector<std::string>& wake) {
+        std::optional<store::ToDeviceRecord> m;
+        try {
+            m = core_.store().to_device_at(c.stream);
+        } catch (const std::exception& e) {
+            spdlog::warn("a to-device message of another process could not be read: {}", e.what());
+        }
+        if (!m) return;  // fetched already, or the device signed out
+        auto& q = queues_[{m->user_id, m->device_id}];
+        auto at = q.end();
+        while (at != q.begin() && std::prev(at)->stream > m->stream) --at;
+        if (at != q.begin() && std::prev(at)->stream == m->stream) return;  // held already
+        q.insert(at, {m->stream, std::move(m->message)});
+        wake.push_back(m->user_id);
+    });
+    core_.on_change("to_device_ack", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                            std::vector<std::string>&) {
+        auto first = c.key.find('|');
+        auto last = c.key.rfind('|');
+        if (first == std::string::npos || last == first) return;
+        Session s{c.key.substr(0, first), c.key.substr(first + 1, last - first - 1)};
+        trim_locked(s, std::strtoll(c.key.c_str() + last + 1, nullptr, 10));
+    });
 }
 
 void ToDevice::load(store::Snapshot& snap) {
@@ -48,14 +79,31 @@ const std::deque<ToDevice::Message>* ToDevice::queue_locked(const Session& s) co
     return it == queues_.end() ? nullptr : &it->second;
 }
 
-void ToDevice::acknowledge_locked(const Session& s, StreamId since) {
+bool ToDevice::trim_locked(const Session& s, StreamId since) {
     auto it = queues_.find({s.user_id, s.device_id});
-    if (it == queues_.end() || since <= 0) return;
+    if (it == queues_.end() || since <= 0) return false;
     auto& q = it->second;
-    if (q.empty() || q.front().stream > since) return;
+    if (q.empty() || q.front().stream > since) return false;
     while (!q.empty() && q.front().stream <= since) q.pop_front();
     if (q.empty()) queues_.erase(it);
-    core_.submit_locked(PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
+    return true;
+}
+
+void ToDevice::acknowledge_locked(const Session& s, StreamId since) {
+    if (!trim_locked(s, since)) return;
+    if (!core_.shared()) {
+        core_.submit_locked(PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
+        return;
+    }
+    // Deleted, and the other processes sharing the database let them go too.
+    Decision d;
+    d.streams = 1;
+    d.decide = [user = s.user_id, device = s.device_id, since](store::Txn& txn, StreamId position) {
+        txn.write(store::DeleteToDevice{user, device, since});
+        txn.write(store::PutChange{
+            {position, "to_device_ack", user + '|' + device + '|' + std::to_string(since)}});
+    };
+    core_.transact_locked(std::move(d));
 }
 
 void ToDevice::render_locked(std::string& out, const Session& s, StreamId since,

@@ -44,6 +44,8 @@ class ToDevice {
         }
     };
     const std::deque<Message>* queue_locked(const Session& s) const;
+    // Lets the device's messages up to `since` go; whether there were any.
+    bool trim_locked(const Session& s, StreamId since);
 
     Core& core_;
     Accounts& accounts_;

@@ -147,6 +147,38 @@ class SqlStore : public Store {
         });
     }
 
+    std::optional<ToDeviceRecord> to_device_at(StreamId stream) override {
+        return read([&](Db& db) -> std::optional<ToDeviceRecord> {
+            Stmt s(db, "SELECT user_id, device_id, message FROM to_device WHERE stream_id = ?");
+            s.bind(stream);
+            if (!s.next()) return std::nullopt;
+            return ToDeviceRecord{stream, s.text(0), s.text(1), s.text(2)};
+        });
+    }
+
+    std::optional<ReceiptRecord> receipt_at(const std::string& room_id, StreamId stream) override {
+        return read([&](Db& db) -> std::optional<ReceiptRecord> {
+            Stmt s(db,
+                   "SELECT user_id, receipt_type, thread_id, event_id, ts FROM receipts WHERE "
+                   "room_id = ? AND stream_id = ?");
+            s.bind(room_id).bind(stream);
+            if (!s.next()) return std::nullopt;
+            return ReceiptRecord{stream,    room_id,   s.text(0),   s.text(1),
+                                 s.text(2), s.text(3), s.integer(4)};
+        });
+    }
+
+    std::optional<PresenceRecord> presence_of(const std::string& user_id) override {
+        return read([&](Db& db) -> std::optional<PresenceRecord> {
+            Stmt s(db,
+                   "SELECT stream_id, presence, status_msg, last_active_ts FROM presence WHERE "
+                   "user_id = ?");
+            s.bind(user_id);
+            if (!s.next()) return std::nullopt;
+            return PresenceRecord{s.integer(0), user_id, s.text(1), s.text(2), s.integer(3)};
+        });
+    }
+
     std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
         return read([&](Db& db) {
             Stmt s(db,

@@ -1018,6 +1018,15 @@ class FlakyStore final : public Store {
     std::vector<EventRecord> events_between(StreamId a, StreamId u) override {
         return inner_.events_between(a, u);
     }
+    std::optional<ToDeviceRecord> to_device_at(StreamId s) override {
+        return inner_.to_device_at(s);
+    }
+    std::optional<ReceiptRecord> receipt_at(const std::string& r, StreamId s) override {
+        return inner_.receipt_at(r, s);
+    }
+    std::optional<PresenceRecord> presence_of(const std::string& u) override {
+        return inner_.presence_of(u);
+    }
 
   private:
     Store& inner_;

@@ -384,7 +384,9 @@ struct PutRoomVisibility {
 // write's stream position, what kind of thing changed and whose. Rows are written only when
 // the database is shared, by the store for every mutation that carries a position ("event":
 // room id; "account_data", "presence", "device_list": user id; "to_device": user id '|'
-// device id; "receipt": room id) and as a PutChange for what changes without one.
+// device id; "receipt": room id) and as a PutChange for what changes without one ("account":
+// user id, a device signed in, out or renamed; "to_device_ack": user id '|' device id '|'
+// the position up to which the device fetched its messages).
 struct ChangeRecord {
     StreamId stream = 0;
     std::string kind;
@@ -608,6 +610,11 @@ class Store {
     virtual std::vector<ChangeRecord> changes(StreamId after, StreamId upto) = 0;
     // Room events at positions in (after, upto], in stream order.
     virtual std::vector<EventRecord> events_between(StreamId after, StreamId upto) = 0;
+    // What a change names, by its position (none when it is gone since: delivered, replaced).
+    virtual std::optional<ToDeviceRecord> to_device_at(StreamId stream) = 0;
+    virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
+                                                    StreamId stream) = 0;
+    virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
     // process, this one included, reads past what this process has not yet applied).
