@@ -191,4 +191,15 @@ test('to-device messages, receipts and presence made on one process reach the ot
   const presenceOf = (b) => (b.presence?.events ?? []).find((e) => e.sender === gina.userId);
   body = await syncUntil(hal, since, presenceOf);
   assert.equal(presenceOf(body).content.status_msg, 'here');
+
+  // Typing: who types through the first process, and then nobody.
+  since = body.next_batch;
+  const typingPath = `/rooms/${encodeURIComponent(roomId)}/typing/${encodeURIComponent(gina.userId)}`;
+  const typingOf = (b) => (b.rooms?.join?.[roomId]?.ephemeral?.events ?? []).find((e) => e.type === 'm.typing');
+  assert.equal((await gina.call('PUT', typingPath, { body: { typing: true, timeout: 30000 } })).status, 200);
+  body = await syncUntil(hal, since, typingOf);
+  assert.deepEqual(typingOf(body).content.user_ids, [gina.userId]);
+  assert.equal((await gina.call('PUT', typingPath, { body: { typing: false } })).status, 200);
+  body = await syncUntil(hal, body.next_batch, typingOf);
+  assert.deepEqual(typingOf(body).content.user_ids, []);
 });

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <set>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -15,7 +16,10 @@ namespace json = boost::json;
 using proto::MatrixError;
 namespace errcode = proto::errcode;
 
-Typing::Typing(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {}
+Typing::Typing(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {
+    core_.on_change("typing", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                     std::vector<std::string>& wake) { fed_locked(c, wake); });
+}
 
 void Typing::start(asio::any_io_executor ex) {
     std::lock_guard lock(core_.mu);
@@ -40,7 +44,7 @@ asio::awaitable<Response> Typing::put_typing(Request& req) {
     if (typing)
         if (auto t = proto::opt_int(req.json, "timeout"))
             timeout = std::clamp<std::int64_t>(*t, 0, kMaxTimeoutMs);
-    bool changed = false;
+    std::optional<Decision> change;
     {
         std::lock_guard lock(core_.mu);
         const Room& room = rooms_.room_or_throw_locked(room_id);
@@ -49,20 +53,28 @@ asio::awaitable<Response> Typing::put_typing(Request& req) {
         auto& state = rooms_typing_[room_id];
         if (typing) {
             // Renewing a typing notification changes nothing anyone sees.
-            changed = state.until.count(user) == 0;
+            const bool fresh = state.until.count(user) == 0;
             state.until[user] = core_.now_ms() + timeout;
             arm_locked();
-        } else {
-            changed = state.until.erase(user) > 0;
+            if (fresh) change = changed(room_id);
+        } else if (state.until.erase(user) > 0) {
+            change = changed(room_id);
         }
     }
-    if (changed) co_await core_.transact(this->changed(room_id));
+    if (change) co_await core_.transact(std::move(*change));
     co_return Response{};
 }
 
 Decision Typing::changed(const std::string& room_id) {
     Decision d;
-    d.streams = 1;  // the position alone: the stored stream position reaches it
+    d.streams = 1;  // the position, and for other processes sharing the database who types
+    if (core_.shared()) {
+        std::string key = room_id;
+        for (const auto& [user, _] : rooms_typing_[room_id].until) key += '\n' + user;
+        d.decide = [key](store::Txn& txn, StreamId position) {
+            txn.write(store::PutChange{{position, "typing", key}});
+        };
+    }
     d.applied = [this, room_id](StreamId position) {
         std::vector<std::string> wake;
         auto& state = rooms_typing_[room_id];
@@ -109,16 +121,41 @@ bool Typing::render_locked(std::string& out, const Room& room, StreamId since, S
     auto it = rooms_typing_.find(room.id);
     if (it == rooms_typing_.end() || it->second.stream > upto) return false;
     const RoomTyping& state = it->second;
-    if (fresh ? state.until.empty() : state.stream <= since) return false;
+    std::set<std::string> typing;
+    for (const auto& [user, _] : state.until) typing.insert(user);
+    for (const auto& [_, users] : state.elsewhere) typing.insert(users.begin(), users.end());
+    if (fresh ? typing.empty() : state.stream <= since) return false;
     out += "{\"type\":\"m.typing\",\"content\":{\"user_ids\":[";
     Comma comma;
-    for (const auto& [user, _] : state.until) {
+    for (const auto& user : typing) {
         if (room.membership_of(user) != "join") continue;
         comma(out);
         append_quoted(out, user);
     }
     out += "]}}";
     return true;
+}
+
+void Typing::fed_locked(const store::ChangeRecord& c, std::vector<std::string>& wake) {
+    std::vector<std::string> users;
+    std::size_t start = 0;
+    for (;;) {
+        auto end = c.key.find('\n', start);
+        users.push_back(c.key.substr(start, end == std::string::npos ? end : end - start));
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    const std::string room_id = std::move(users.front());
+    users.erase(users.begin());
+    auto& state = rooms_typing_[room_id];
+    if (users.empty())
+        state.elsewhere.erase(c.instance);
+    else
+        state.elsewhere[c.instance] = std::move(users);
+    state.stream = std::max(state.stream, c.stream);
+    if (const Room* room = rooms_.find_or_skip_locked(room_id))
+        for (const auto& [member, m] : room->membership)
+            if (m == "join") wake.push_back(member);
 }
 
 }  // namespace mxvoip::server

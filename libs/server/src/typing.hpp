@@ -42,12 +42,15 @@ class Typing {
     struct RoomTyping {
         std::map<std::string, std::int64_t> until;  // user -> unix ms the typing ends
         StreamId stream = 0;                        // the last change
+        // Who types through each other process sharing the database (its timer ends them).
+        std::map<int, std::vector<std::string>> elsewhere;
     };
-    // Takes the change's stream position and queues its wake-ups in `w`.
     // Who types in the room changed: a stream position, taken by a write of its own (nothing
     // else of typing is stored), and once it committed the change is the room's newest and
     // its members' /syncs wake.
     Decision changed(const std::string& room_id);
+    // Another process's change (Core::on_change).
+    void fed_locked(const store::ChangeRecord& c, std::vector<std::string>& wake);
     void arm_locked();
     void expire();
 

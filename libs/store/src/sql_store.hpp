@@ -127,11 +127,12 @@ class SqlStore : public Store {
         if (!me) return {};
         return read([&](Db& db) {
             Stmt s(db,
-                   "SELECT stream_id, kind, key FROM changes WHERE stream_id > ? AND stream_id "
-                   "<= ? AND instance <> ? ORDER BY stream_id, kind, key");
+                   "SELECT stream_id, kind, key, instance FROM changes WHERE stream_id > ? AND "
+                   "stream_id <= ? AND instance <> ? ORDER BY stream_id, kind, key");
             s.bind(after).bind(upto).bind(std::int64_t{me});
             std::vector<ChangeRecord> out;
-            while (s.next()) out.push_back({s.integer(0), s.text(1), s.text(2)});
+            while (s.next())
+                out.push_back({s.integer(0), s.text(1), s.text(2), static_cast<int>(s.integer(3))});
             return out;
         });
     }

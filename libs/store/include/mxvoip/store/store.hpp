@@ -386,11 +386,13 @@ struct PutRoomVisibility {
 // room id; "account_data", "presence", "device_list": user id; "to_device": user id '|'
 // device id; "receipt": room id) and as a PutChange for what changes without one ("account":
 // user id, a device signed in, out or renamed; "to_device_ack": user id '|' device id '|'
-// the position up to which the device fetched its messages).
+// the position up to which the device fetched its messages; "typing": room id, then '\n' and
+// each user the writing process has typing there).
 struct ChangeRecord {
     StreamId stream = 0;
     std::string kind;
     std::string key;
+    int instance = 0;  // the process that wrote it (Store::changes fills it in)
 };
 struct PutChange {
     ChangeRecord change;
