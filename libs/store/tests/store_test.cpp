@@ -1306,3 +1306,39 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
     listener->stop();
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::stopped);
 }
+
+// What another process reads of a change: the record at its position, by key.
+TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
+    auto store = this->backend.open();
+    store->apply(std::vector<Mutation>{
+        PutRoom{{"!r:x", "10"}},
+        PutToDevice{{5, "@a:x", "PHONE", "{\"n\":1}"}},
+        PutReceipt{{6, "!r:x", "@a:x", "m.read", "", "$e1", 100}},
+        PutPresence{{7, "@a:x", "online", "here", 99}},
+        PutEvent{event(8, "!r:x")},
+    });
+    auto message = store->to_device_at(5);
+    ASSERT_TRUE(message);
+    EXPECT_EQ(message->user_id, "@a:x");
+    EXPECT_EQ(message->device_id, "PHONE");
+    EXPECT_EQ(message->message, "{\"n\":1}");
+    EXPECT_FALSE(store->to_device_at(6));
+    auto receipt = store->receipt_at("!r:x", 6);
+    ASSERT_TRUE(receipt);
+    EXPECT_EQ(receipt->user_id, "@a:x");
+    EXPECT_EQ(receipt->event_id, "$e1");
+    EXPECT_EQ(receipt->ts, 100);
+    EXPECT_FALSE(store->receipt_at("!other:x", 6));
+    auto presence = store->presence_of("@a:x");
+    ASSERT_TRUE(presence);
+    EXPECT_EQ(presence->stream, 7);
+    EXPECT_EQ(presence->status_msg, "here");
+    EXPECT_FALSE(store->presence_of("@b:x"));
+    auto events = store->events_between(5, 8);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].stream, 8);
+    EXPECT_TRUE(store->events_between(8, 100).empty());
+    // A database one process owns has no change feed.
+    EXPECT_FALSE(store->listen());
+    EXPECT_TRUE(store->changes(0, 100).empty());
+}
