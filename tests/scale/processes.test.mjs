@@ -145,6 +145,15 @@ test('account data and device lists written on one process reach the others', as
   await syncUntil(at1, since, (b) => (b.account_data?.events ?? []).some((e) => e.type === 'org.example.colour'));
   assert.deepEqual((await at1.call('GET', path)).body, { colour: 'blue' });
 
+  // A new display name, through the first process: the second, which holds Erin's account,
+  // answers with it once it shows the member event the change made.
+  const nameAt1 = async () => (await frank.call('GET', `/profile/${encodeURIComponent(erin.userId)}/displayname`)).body.displayname;
+  assert.equal(await nameAt1(), 'erin');
+  const nameSince = (await frank.sync()).next_batch;
+  assert.equal((await erin.call('PUT', `/profile/${encodeURIComponent(erin.userId)}/displayname`, { body: { displayname: 'Erin E' } })).status, 200);
+  await syncUntil(frank, nameSince, (b) => (b.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.type === 'm.room.member' && e.content.displayname === 'Erin E'));
+  assert.equal(await nameAt1(), 'Erin E');
+
   // Erin's new device keys: Frank, syncing on another process, learns her device list changed.
   const frankSince = (await frank.sync()).next_batch;
   const { pub, keyId, signObject } = keyPair(erin.userId, erin.deviceId);

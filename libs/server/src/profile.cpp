@@ -63,6 +63,7 @@ asio::awaitable<Response> Profile::put_profile_field(Request& req) {
         store::PutProfile{user_id, field == "displayname" ? std::optional(value) : std::nullopt,
                           field == "avatar_url" ? std::optional(value) : std::nullopt});
     write.mutations.push_back(*change);
+    write.changes.push_back({0, "account", user_id});  // the account the others hold
     write.applied = [this, change] { accounts_.profile_applied_locked(*change); };
     accounts_.preload({user_id});
     {

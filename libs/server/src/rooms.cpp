@@ -1166,11 +1166,18 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
         }
     }
     Decision d;
-    d.streams = shared->events.size();
+    const std::size_t changes = core_.shared() ? shared->changes.size() : 0;
+    d.streams = shared->events.size() + changes;
     d.rooms = room_ids;
     d.mutations = std::move(shared->mutations);
-    d.decide = [this, shared, decided](store::Txn& txn, StreamId first) {
+    d.decide = [this, shared, decided, changes](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
+        auto position = first + static_cast<StreamId>(shared->events.size());
+        for (std::size_t i = 0; i < changes; ++i, ++position) {
+            store::ChangeRecord c = shared->changes[i];
+            c.stream = position;
+            txn.write(store::PutChange{std::move(c)});
+        }
     };
     d.applied = [this, shared, decided](StreamId) {
         if (shared->applied) shared->applied();

@@ -59,6 +59,9 @@ struct RoomWrite {
     EventPtr redacts;
     // Written with the events, and refused with them.
     std::vector<store::Mutation> mutations;
+    // What the other processes sharing the database must learn of the mutations (kind and
+    // key; each takes a position after the events'). Nothing when the database is not shared.
+    std::vector<store::ChangeRecord> changes;
     // Under the lock, once the write committed, before its events reach the rooms: what the
     // mutations change in another module's cache.
     std::function<void()> applied;
