@@ -212,3 +212,33 @@ test('to-device messages, receipts and presence made on one process reach the ot
   body = await syncUntil(hal, body.next_batch, typingOf);
   assert.deepEqual(typingOf(body).content.user_ids, []);
 });
+
+test('a process that was stopped while the others wrote catches up, in order, when it resumes', async () => {
+  const ida = await register(servers[0].url, 'ida');
+  const jon = await register(servers[1].url, 'jon');
+  const roomId = await ida.createRoom({ preset: 'public_chat' });
+  assert.equal((await jon.join(roomId)).status, 200);
+  const filter = JSON.stringify({ room: { timeline: { limit: 5000 } } });
+  let since = (await jon.sync({ filter })).next_batch;
+  // More positions than the feed reads in one round go by while the second process sleeps.
+  servers[1].proc.kill('SIGSTOP');
+  const sent = [];
+  try {
+    for (let n = 0; n < 1100; n++) {
+      const res = await ida.send(roomId, 'm.room.message', { msgtype: 'm.text', body: `b${n}` });
+      assert.equal(res.status, 200, res.text);
+      sent.push(res.body.event_id);
+    }
+  } finally {
+    servers[1].proc.kill('SIGCONT');
+  }
+  const seen = [];
+  while (seen.length < sent.length) {
+    const body = await jon.sync({ filter, since, timeout: '30000' });
+    const room = body.rooms?.join?.[roomId];
+    assert.ok(!room?.timeline?.limited, 'the timeline was limited');
+    seen.push(...(room?.timeline?.events ?? []).map((e) => e.event_id).filter((id) => sent.includes(id)));
+    since = body.next_batch;
+  }
+  assert.deepEqual(seen, sent);
+});

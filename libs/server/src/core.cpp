@@ -236,13 +236,23 @@ void Core::feed() {
     }
     // Woken by every commit; the timeout also catches a process that died with positions in
     // flight (no one tells of that) and a notification lost with the connection.
-    while (listener_->wait(std::chrono::seconds(1)) != Woken::stopped) {
+    // At most kFeedChunk positions a round: a process that fell far behind catches up in
+    // bounded reads, one after the other without waiting.
+    constexpr StreamId kFeedChunk = 1000;
+    bool behind = false;
+    using std::chrono::milliseconds;
+    while (listener_->wait(behind ? milliseconds(0) : milliseconds(1000)) != Woken::stopped) {
         std::vector<store::ChangeRecord> changes;
         std::vector<store::EventRecord> events;
         StreamId safe = 0;
+        behind = false;
         try {
             safe = listener_->safe_position();
             if (safe <= fed) continue;
+            if (safe - fed > kFeedChunk) {
+                safe = fed + kFeedChunk;
+                behind = true;
+            }
             changes = store_.changes(fed, safe);
             bool any_event = std::any_of(changes.begin(), changes.end(),
                                          [](const auto& c) { return c.kind == "event"; });
@@ -250,6 +260,7 @@ void Core::feed() {
         } catch (const std::exception& e) {
             // Unavailable: the next round tries again from where this one started.
             spdlog::warn("the change feed could not be read: {}", e.what());
+            behind = false;
             continue;
         }
         std::unordered_map<StreamId, const store::EventRecord*> by_stream;
