@@ -591,6 +591,12 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
         return std::make_unique<PgListener>(opts_.dsn);
     }
 
+    void settled() override {
+        if (!ending_) return;
+        ending_ = false;
+        end(writer());
+    }
+
   protected:
     void positions_begin(PgDb& db) override {
         if (!*instance_) return;
@@ -611,13 +617,6 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
     }
     int instance() const override { return *instance_; }
 
-  public:
-    void settled() override {
-        if (!ending_) return;
-        ending_ = false;
-        end(writer());
-    }
-
   private:
     // One implicit transaction: the frontier goes, then everyone hears of the commit.
     void end(PgDb& db) noexcept {
@@ -628,7 +627,6 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
         }
     }
 
-  private:
     // `instance` is shared with the writer's opener, which the base class calls before this
     // class's members exist.
     PostgresStore(const PostgresOptions& opts, std::shared_ptr<int> instance)

@@ -333,11 +333,9 @@ class SqlStore : public Store {
         std::uint64_t serial() const override { return number; }
 
         StreamId room_last_event(const std::string& room_id) override {
-            Stmt s(db, "SELECT MAX(stream_id) FROM events WHERE room_id = ?");
+            Stmt s(db, "SELECT COALESCE(MAX(stream_id), 0) FROM events WHERE room_id = ?");
             s.bind(room_id);
-            if (!s.next()) return 0;
-            auto v = s.opt_text(0);
-            return v ? std::stoll(*v) : 0;
+            return s.next() ? s.integer(0) : 0;
         }
         // Takes `n` consecutive positions above every one taken or written so far (at least
         // `at_least`) and returns the first.
