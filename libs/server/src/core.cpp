@@ -192,6 +192,7 @@ void Core::publish_locked(StreamId upto, const std::vector<std::string>& wake) {
     if (shared()) {
         // The feed moves the visible position, once no process has anything below it in
         // flight.
+        if (wake.empty()) return;
         auto& later = pending_wakes_[upto];
         later.insert(later.end(), wake.begin(), wake.end());
         return;
