@@ -242,3 +242,27 @@ test('a process that was stopped while the others wrote catches up, in order, wh
   }
   assert.deepEqual(seen, sent);
 });
+
+test('a message retried on other processes is sent once, and every attempt answers its event id', async () => {
+  const kim = await register(servers[0].url, 'kim');
+  const roomId = await kim.createRoom({ preset: 'public_chat' });
+  const content = { msgtype: 'm.text', body: 'once' };
+  // One after another: the retry reaches a process that never saw the first attempt.
+  const first = await kim.send(roomId, 'm.room.message', content, 'retried-1');
+  assert.equal(first.status, 200, first.text);
+  const again = await kim.at(servers[1].url).send(roomId, 'm.room.message', content, 'retried-1');
+  assert.equal(again.status, 200, again.text);
+  assert.equal(again.body.event_id, first.body.event_id);
+  // All at once, on every process.
+  const racing = await Promise.all(servers.map((s) => kim.at(s.url).send(roomId, 'm.room.message', content, 'retried-2')));
+  for (const res of racing) assert.equal(res.status, 200, res.text);
+  assert.equal(new Set(racing.map((r) => r.body.event_id)).size, 1, JSON.stringify(racing.map((r) => r.body)));
+  // The room holds one event of each transaction, on every process.
+  for (const s of servers) {
+    const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === racing[0].body.event_id);
+    const initial = await kim.at(s.url).sync();
+    if (!has(initial)) await syncUntil(kim.at(s.url), initial.next_batch, has);
+    const bodies = (await roomEvents(kim.at(s.url), roomId)).filter((e) => e.type === 'm.room.message').map((e) => e.event_id);
+    assert.deepEqual(bodies, [first.body.event_id, racing[0].body.event_id]);
+  }
+});

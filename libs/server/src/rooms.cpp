@@ -966,6 +966,8 @@ void Rooms::check_target(const RoomState& room, const std::string& target,
 struct Rooms::Decided {
     std::vector<EventPtr> events;  // in stream order
     EventPtr redacted;             // RoomWrite::redacts as the redaction left it
+    // Appends whose client transaction another process wrote already: the event it made.
+    std::vector<EventPtr> retried;
 };
 
 const RoomState* Rooms::decided_state_locked(const std::string& room_id, store::Txn& txn) {
@@ -1016,6 +1018,14 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
         }
         for (std::size_t i = 0; i < write.events.size(); ++i) {
             const Append& a = write.events[i];
+            // A retry that reached another process first: the room's row is locked, so the
+            // first attempt, if there was one, has committed, and this answers with it.
+            if (core_.shared() && !a.txn_id.empty())
+                if (auto first_attempt = txn.txn_event(a.txn_device_key, a.room_id, a.txn_id,
+                                                       core_.now_ms() - TxnIds::kLifetimeMs)) {
+                    out.retried.push_back(to_event(std::move(*first_attempt)));
+                    continue;
+                }
             const RoomState* room = current(a.room_id);
             try {
                 if (!room) throw MatrixError(404, errcode::not_found, "Unknown room " + a.room_id);
@@ -1076,6 +1086,9 @@ std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Dec
     }
     if (const auto& redacted = out.redacted)
         redacted_locked(*get_locked(redacted->room_id), redacted);
+    for (const auto& ev : out.retried)
+        txns_.remember(ev->txn_device_key, ev->room_id + '\n' + ev->txn_id, ev->event_id,
+                       ev->origin_server_ts);
     return wake;
 }
 
@@ -1191,7 +1204,9 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
         trim_later_locked();
     };
     co_await core_.transact(std::move(d));
-    co_return decided->events;
+    std::vector<EventPtr> events = std::move(decided->events);
+    events.insert(events.end(), decided->retried.begin(), decided->retried.end());
+    co_return events;
 }
 
 // ---------------------------------------------------------------------------------------------

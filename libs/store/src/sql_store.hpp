@@ -337,6 +337,17 @@ class SqlStore : public Store {
             s.bind(room_id);
             return s.next() ? s.integer(0) : 0;
         }
+        std::optional<EventRecord> txn_event(const std::string& device_key,
+                                             const std::string& room_id, const std::string& txn_id,
+                                             std::int64_t since_ts) override {
+            // The events_txn index: the device's client transactions only.
+            Stmt s(db, "SELECT " EVENT_COLUMNS
+                       " FROM events WHERE txn_device_key = ? AND txn_id = ? AND room_id = ? AND "
+                       "origin_server_ts >= ? LIMIT 1");
+            s.bind(device_key).bind(txn_id).bind(room_id).bind(since_ts);
+            if (!s.next()) return std::nullopt;
+            return read_event(s);
+        }
         // Takes `n` consecutive positions above every one taken or written so far (at least
         // `at_least`) and returns the first.
         StreamId take_streams(std::size_t n, StreamId at_least = 0) {

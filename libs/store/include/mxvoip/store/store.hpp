@@ -477,6 +477,12 @@ class Txn {
                                          const std::string& receipt_type) = 0;
     // The stream position of the room's newest event (0: none).
     virtual StreamId room_last_event(const std::string& room_id) = 0;
+    // The room event the device's client transaction made, if it made one since `since_ts`
+    // and the device has not signed out since (ForgetTxns).
+    virtual std::optional<EventRecord> txn_event(const std::string& device_key,
+                                                 const std::string& room_id,
+                                                 const std::string& txn_id,
+                                                 std::int64_t since_ts) = 0;
 };
 
 // One request's part of a transaction: its mutations, as they are, and then, when `decide`
