@@ -4,6 +4,7 @@
 // reads from.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { startServer, register, postgres, roomEvents } from '../lib/harness.mjs';
 import { keyPair } from '../lib/e2e_keys.mjs';
 
@@ -13,8 +14,10 @@ const PROCESSES = 3;
 async function startShared(n = PROCESSES) {
   const pg = postgres();
   const database = { backend: 'postgres', dsn: pg.dsn(pg.createDatabase()), shared: true };
+  // Push gateways here are on loopback.
+  const push = { allow_private_addresses: true };
   const servers = [];
-  for (let i = 0; i < n; i++) servers.push(await startServer({ config: { database } }));
+  for (let i = 0; i < n; i++) servers.push(await startServer({ config: { database, push } }));
   return servers;
 }
 
@@ -264,5 +267,75 @@ test('a message retried on other processes is sent once, and every attempt answe
     if (!has(initial)) await syncUntil(kim.at(s.url), initial.next_batch, has);
     const bodies = (await roomEvents(kim.at(s.url), roomId)).filter((e) => e.type === 'm.room.message').map((e) => e.event_id);
     assert.deepEqual(bodies, [first.body.event_id, racing[0].body.event_id]);
+  }
+});
+
+// A push gateway on loopback: every notification it is sent, and a wait for the ones to come.
+async function gateway() {
+  const g = { pushes: [], waiters: [] };
+  g.server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      g.pushes.push(JSON.parse(body).notification);
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end('{"rejected":[]}');
+      g.waiters = g.waiters.filter((w) => !(g.pushes.some((p) => p.event_id === w.eventId) && (w.resolve(), true)));
+    });
+  });
+  g.pushed = (eventId) =>
+    g.pushes.some((p) => p.event_id === eventId) ? Promise.resolve() : new Promise((resolve) => g.waiters.push({ eventId, resolve }));
+  await new Promise((resolve) => g.server.listen(0, '127.0.0.1', resolve));
+  g.url = `http://127.0.0.1:${g.server.address().port}/_matrix/push/v1/notify`;
+  return g;
+}
+
+test('a push leaves once, from the process that committed its event, for a pusher set on another', async () => {
+  const gw = await gateway();
+  try {
+    const nina = await register(servers[0].url, 'nina');
+    const omar = await register(servers[1].url, 'omar');
+    const roomId = await nina.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [omar.userId] });
+    assert.equal((await omar.join(roomId)).status, 200);
+    // Omar's phone sets its pusher through the third process, then says so in the room: once a
+    // process shows that message, it has read the pusher too.
+    const phone = omar.at(servers[2].url);
+    const set = await phone.call('POST', '/pushers/set', {
+      body: { kind: 'http', app_id: 'org.example.phone', pushkey: 'omar-phone', app_display_name: 'Phone', device_display_name: 'Phone', lang: 'en', data: { url: gw.url } },
+    });
+    assert.equal(set.status, 200, set.text);
+    const said = await phone.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'pusher set' });
+    assert.equal(said.status, 200, said.text);
+    for (const s of servers) {
+      const reader = nina.at(s.url);
+      const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === said.body.event_id);
+      const initial = await reader.sync();
+      if (!has(initial)) await syncUntil(reader, initial.next_batch, has);
+      const shown = await omar.at(s.url).call('GET', '/pushers');
+      assert.deepEqual(shown.body.pushers.map((p) => p.pushkey), ['omar-phone'], `process ${s.url}`);
+    }
+    // Nina writes through each process; each message is pushed.
+    const sent = [];
+    for (const s of servers) {
+      const res = await nina.at(s.url).send(roomId, 'm.room.message', { msgtype: 'm.text', body: `via ${s.url}` });
+      assert.equal(res.status, 200, res.text);
+      sent.push(res.body.event_id);
+    }
+    for (const id of sent) await gw.pushed(id);
+    // A process that pushed what another committed would have queued it before its own later
+    // events: two rounds of one more message through each, and their pushes waited for, leave
+    // no such push still to come.
+    for (let round = 0; round < 2; round++)
+      for (const s of servers) {
+        const res = await nina.at(s.url).send(roomId, 'm.room.message', { msgtype: 'm.text', body: `marker ${round}` });
+        assert.equal(res.status, 200, res.text);
+        sent.push(res.body.event_id);
+        await gw.pushed(res.body.event_id);
+      }
+    for (const id of sent) assert.equal(gw.pushes.filter((p) => p.event_id === id).length, 1, `pushes of ${id}: ${JSON.stringify(gw.pushes)}`);
+    // Omar's own message is pushed to nobody.
+    assert.ok(!gw.pushes.some((p) => p.event_id === said.body.event_id));
+  } finally {
+    gw.server.close();
   }
 });

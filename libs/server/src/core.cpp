@@ -277,6 +277,11 @@ void Core::feed() {
                 if (e == by_stream.end()) continue;  // not an event after all
                 event = e->second;
             }
+            feeding_ = true;
+            struct Fed {
+                bool& feeding;
+                ~Fed() { feeding = false; }
+            } fed_guard{feeding_};
             for (const auto& h : it->second) h(c, event, wake);
         }
         advance_locked(safe);

@@ -110,6 +110,10 @@ class Core {
     void on_change(const std::string& kind, ChangeHandler f) {
         change_handlers_[kind].push_back(std::move(f));
     }
+    // Whether the caches are being fed what another process made (under the lock): work that
+    // is done once for the whole deployment, such as sending a push, is left to the process
+    // that committed the change.
+    bool feeding_locked() const { return feeding_; }
     // Shares the database through `listener`; the start position is its safe position, read
     // before the modules load, so that what commits after they read is fed to them.
     void share(std::unique_ptr<store::ChangeListener> listener);
@@ -179,6 +183,7 @@ class Core {
     asio::thread_pool& blocking_;
     Clock clock_;
     std::function<void(const std::string&)> on_fatal_;
+    bool feeding_ = false;  // under mu: change handlers are running
     std::once_flag fatal_once_;
     std::int64_t unavailable_since_ = 0;  // writer thread only
 

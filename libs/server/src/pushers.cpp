@@ -73,12 +73,32 @@ std::string str_or_empty(const json::object& o, std::string_view key) {
 
 }  // namespace
 
+std::optional<Pushers::Pusher> Pushers::from_record(const store::PusherRecord& p) {
+    json::error_code ec;
+    auto shown = json::parse(p.json, ec);
+    if (ec || !shown.is_object()) return std::nullopt;
+    Pusher pusher;
+    pusher.device_id = p.device_id;
+    pusher.shown = shown.get_object();
+    const auto* data = pusher.shown.if_contains("data");
+    if (!data || !data->is_object()) return std::nullopt;
+    pusher.url = str_or_empty(data->get_object(), "url");
+    pusher.event_id_only = str_or_empty(data->get_object(), "format") == "event_id_only";
+    pusher.created_ts = p.created_ts;
+    return pusher;
+}
+
 Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
     : core_(core), accounts_(accounts), notifications_(notifications) {
     notifications_.on_notify(
         [this](const std::string& user, const Room& room, const EventPtr& ev,
                const push::Outcome& outcome) { notify_locked(user, room, ev, outcome); });
     core_.on_visible([this](StreamId visible) { visible_locked(visible); });
+    // Another process set or removed a pusher of the user, or signed a device of theirs out
+    // (its pushers went with it): the user's pushers are read again.
+    for (const char* kind : {"pusher", "account"})
+        core_.on_change(kind, [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                     std::vector<std::string>&) { reload_locked(c.key); });
     // A pusher belongs to the device that set it.
     // The pushers a device set go with it (those it sets before its removal commits too).
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
@@ -106,7 +126,7 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
                 return std::find(planned.begin(), planned.end(),
                                  Key{d.user_id, d.app_id, d.pushkey}) != planned.end();
             });
-            if (!w.mutations.empty()) core_.submit_locked(std::move(w));
+            if (!w.mutations.empty()) core_.transact_locked(written(std::move(w)));
             return std::vector<std::string>{};
         };
         return r;
@@ -118,19 +138,50 @@ Pushers::~Pushers() = default;
 void Pushers::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
     // A device that signed out took its pushers with it (in the same transaction).
-    for (auto& p : snap.pushers) {
-        json::error_code ec;
-        auto shown = json::parse(p.json, ec);
-        if (ec || !shown.is_object()) continue;
-        Pusher pusher;
-        pusher.device_id = p.device_id;
-        pusher.shown = shown.get_object();
-        const auto& data = pusher.shown["data"].as_object();
-        pusher.url = str_or_empty(data, "url");
-        pusher.event_id_only = str_or_empty(data, "format") == "event_id_only";
-        pusher.created_ts = p.created_ts;
-        pushers_[{p.user_id, p.app_id, p.pushkey}] = std::move(pusher);
+    for (auto& p : snap.pushers)
+        if (auto pusher = from_record(p))
+            pushers_[{p.user_id, p.app_id, p.pushkey}] = std::move(*pusher);
+}
+
+void Pushers::reload_locked(const std::string& user) {
+    std::vector<store::PusherRecord> rows;
+    try {
+        rows = core_.store().pushers_of(user);
+    } catch (const std::exception& e) {
+        spdlog::warn("push: the pushers of {} could not be read again: {}", user, e.what());
+        return;
     }
+    std::map<Key, Pusher> now;
+    for (const auto& p : rows)
+        if (auto pusher = from_record(p)) now[{user, p.app_id, p.pushkey}] = std::move(*pusher);
+    for (auto it = pushers_.lower_bound({user, "", ""});
+         it != pushers_.end() && std::get<0>(it->first) == user;) {
+        if (!now.count(it->first)) drop_queue_locked(it->first);
+        it = pushers_.erase(it);
+    }
+    pushers_.merge(now);
+}
+
+Decision Pushers::written(PendingWrite w) const {
+    // The users whose pushers it changes: each a change other processes read.
+    std::vector<std::string> users;
+    auto add = [&](const std::string& user) {
+        if (!user.empty() && std::find(users.begin(), users.end(), user) == users.end())
+            users.push_back(user);
+    };
+    for (const auto& m : w.mutations) {
+        if (const auto* put = std::get_if<store::PutPusher>(&m)) add(put->pusher.user_id);
+        if (const auto* del = std::get_if<store::DeletePusher>(&m)) add(del->user_id);
+    }
+    Decision d;
+    d.mutations = std::move(w.mutations);
+    if (!core_.shared()) return d;
+    d.streams = users.size();
+    d.decide = [users](store::Txn& txn, StreamId first) {
+        for (std::size_t i = 0; i < users.size(); ++i)
+            txn.write(store::PutChange{{first + static_cast<StreamId>(i), "pusher", users[i]}});
+    };
+    return d;
 }
 
 void Pushers::start(asio::any_io_executor ex) {
@@ -264,7 +315,7 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
         spdlog::info("push: {} set a pusher for app {} on device {}", user, app_id,
                      req.session->device_id);
     }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
+    if (!w.mutations.empty()) co_await core_.transact(written(std::move(w)));
     co_return Response{};
 }
 
@@ -272,6 +323,10 @@ void Pushers::remove_locked(const Key& key, PendingWrite& w) {
     pushers_.erase(key);
     w.mutations.push_back(
         store::DeletePusher{std::get<0>(key), std::get<1>(key), std::get<2>(key)});
+    drop_queue_locked(key);
+}
+
+void Pushers::drop_queue_locked(const Key& key) {
     // A delivery loop that owns the queue removes it when it sees the pusher gone.
     if (auto q = queues_.find(key); q != queues_.end()) {
         if (q->second.running)
@@ -286,6 +341,9 @@ void Pushers::remove_locked(const Key& key, PendingWrite& w) {
 
 void Pushers::notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
                             const push::Outcome& outcome) {
+    // The process that committed the event sends its pushes: each once, whichever process
+    // the user or the pusher's device is on.
+    if (core_.feeding_locked()) return;
     auto first = pushers_.lower_bound({user, "", ""});
     if (first == pushers_.end() || std::get<0>(first->first) != user) return;
     json::object n{{"event_id", ev->event_id}, {"room_id", ev->room_id}};
@@ -386,7 +444,7 @@ asio::awaitable<void> Pushers::deliver(Key key) {
                 if (pushers_.count(key)) {
                     PendingWrite w;
                     remove_locked(key, w);
-                    core_.submit_locked(std::move(w));
+                    core_.transact_locked(written(std::move(w)));
                 }
                 continue;
             }

@@ -10,6 +10,10 @@
 // exponential back-off (push.retry_initial_ms doubling to push.retry_max_ms); a queue holds at
 // most push.queue_per_pusher, dropping the oldest; a gateway that answers `rejected` for the
 // pushkey removes the pusher. Queues are in memory: what waits at shutdown is not sent.
+//
+// On a shared database every process holds every pusher (a change names the user whose
+// pushers another process changed), and the process that committed an event sends its
+// notifications: each push leaves once, not once per process.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -76,6 +80,12 @@ class Pushers {
                        const push::Outcome& outcome);
     void visible_locked(StreamId visible);
     void remove_locked(const Key& key, PendingWrite& w);
+    void drop_queue_locked(const Key& key);
+    // Reads the user's pushers again (another process changed them).
+    void reload_locked(const std::string& user);
+    // The write of pusher mutations, with the change rows other processes read.
+    Decision written(PendingWrite w) const;
+    static std::optional<Pusher> from_record(const store::PusherRecord& p);
     asio::awaitable<void> deliver(Key key);
     asio::awaitable<Outcome> post(const std::string& url, const std::string& body,
                                   const std::string& pushkey, Queue& queue);

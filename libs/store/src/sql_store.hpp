@@ -180,6 +180,19 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<PusherRecord> pushers_of(const std::string& user_id) override {
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT app_id, pushkey, device_id, json, created_ts FROM pushers WHERE "
+                   "user_id = ? ORDER BY created_ts");
+            s.bind(user_id);
+            std::vector<PusherRecord> out;
+            while (s.next())
+                out.push_back({user_id, s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+            return out;
+        });
+    }
+
     std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
         return read([&](Db& db) {
             Stmt s(db,

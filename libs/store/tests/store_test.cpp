@@ -1027,6 +1027,9 @@ class FlakyStore final : public Store {
     std::optional<PresenceRecord> presence_of(const std::string& u) override {
         return inner_.presence_of(u);
     }
+    std::vector<PusherRecord> pushers_of(const std::string& u) override {
+        return inner_.pushers_of(u);
+    }
 
   private:
     Store& inner_;
@@ -1322,6 +1325,9 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
         PutReceipt{{6, "!r:x", "@a:x", "m.read", "", "$e1", 100}},
         PutPresence{{7, "@a:x", "online", "here", 99}},
         PutEvent{event(8, "!r:x")},
+        PutPusher{{"@a:x", "app", "key2", "PHONE", "{}", 20}},
+        PutPusher{{"@a:x", "app", "key1", "PHONE", "{}", 10}},
+        PutPusher{{"@b:x", "app", "key3", "TABLET", "{}", 5}},
     });
     auto message = store->to_device_at(5);
     ASSERT_TRUE(message);
@@ -1340,6 +1346,12 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     EXPECT_EQ(presence->stream, 7);
     EXPECT_EQ(presence->status_msg, "here");
     EXPECT_FALSE(store->presence_of("@b:x"));
+    auto pushers = store->pushers_of("@a:x");
+    ASSERT_EQ(pushers.size(), 2u);
+    EXPECT_EQ(pushers[0].pushkey, "key1");  // oldest first
+    EXPECT_EQ(pushers[1].pushkey, "key2");
+    EXPECT_EQ(pushers[1].device_id, "PHONE");
+    EXPECT_TRUE(store->pushers_of("@c:x").empty());
     auto events = store->events_between(5, 8);
     ASSERT_EQ(events.size(), 1u);
     EXPECT_EQ(events[0].stream, 8);

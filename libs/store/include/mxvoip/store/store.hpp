@@ -623,6 +623,8 @@ class Store {
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
+    // The user's pushers, oldest first.
+    virtual std::vector<PusherRecord> pushers_of(const std::string& user_id) = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
     // process, this one included, reads past what this process has not yet applied).
