@@ -11,13 +11,13 @@ import { keyPair } from '../lib/e2e_keys.mjs';
 const PROCESSES = 3;
 
 // N processes sharing one new database.
-async function startShared(n = PROCESSES) {
+async function startShared(n = PROCESSES, config = {}) {
   const pg = postgres();
   const database = { backend: 'postgres', dsn: pg.dsn(pg.createDatabase()), shared: true };
   // Push gateways here are on loopback.
   const push = { allow_private_addresses: true };
   const servers = [];
-  for (let i = 0; i < n; i++) servers.push(await startServer({ config: { database, push } }));
+  for (let i = 0; i < n; i++) servers.push(await startServer({ config: { database, push, ...config } }));
   return servers;
 }
 
@@ -337,5 +337,25 @@ test('a push leaves once, from the process that committed its event, for a pushe
     assert.ok(!gw.pushes.some((p) => p.event_id === said.body.event_id));
   } finally {
     gw.server.close();
+  }
+});
+
+test('a rate limit holds across the processes: each takes its share of the burst', async () => {
+  // 6 messages at once, then one every 1000 s: 2 through each of 3 processes.
+  const limited = await startShared(PROCESSES, { rc_message: { per_second: 0.001, burst_count: 6 } });
+  try {
+    // Each process counts the others within seconds of their start.
+    await Promise.all(limited.map((s) => s.logged(/3 processes share the database/)));
+    const pia = await register(limited[0].url, 'pia');
+    const roomId = await pia.createRoom({ preset: 'private_chat' });
+    const answers = [];
+    for (const s of limited)
+      for (let n = 0; n < 3; n++) answers.push(await pia.at(s.url).send(roomId, 'm.room.message', { msgtype: 'm.text', body: `${n}` }));
+    const statuses = answers.map((r) => r.status);
+    // The room's creation was the first action on the first process.
+    assert.deepEqual(statuses, [200, 429, 429, 200, 200, 429, 200, 200, 429]);
+    assert.equal(answers[2].body.errcode, 'M_LIMIT_EXCEEDED');
+  } finally {
+    for (const s of limited) await s.stop();
   }
 });

@@ -23,8 +23,8 @@ constexpr std::size_t kMaxPasswordBytes = 512;
 Accounts::Accounts(Core& core)
     : core_(core),
       hash_cost_(parse_hash_cost(core.config().password_hash_cost)),
-      rc_login_account_(core.config().rc_login_account),
-      rc_login_failed_(core.config().rc_login_failed),
+      rc_login_account_(core.config().rc_login_account, &core.processes()),
+      rc_login_failed_(core.config().rc_login_failed, &core.processes()),
       users_(core.config().caches.accounts),
       tokens_(core.config().caches.tokens) {
     // Another process changed the account (signed a device in or out, renamed one): what is

@@ -242,12 +242,23 @@ void Core::feed() {
     constexpr StreamId kFeedChunk = 1000;
     bool behind = false;
     using std::chrono::milliseconds;
+    constexpr auto kCountEvery = std::chrono::seconds(5);
+    std::chrono::steady_clock::time_point counted{};
     while (listener_->wait(behind ? milliseconds(0) : milliseconds(1000)) != Woken::stopped) {
         std::vector<store::ChangeRecord> changes;
         std::vector<store::EventRecord> events;
         StreamId safe = 0;
         behind = false;
         try {
+            if (auto now = std::chrono::steady_clock::now(); now - counted >= kCountEvery) {
+                const int live = std::max(1, listener_->live_instances());
+                if (live != processes_.exchange(live))
+                    spdlog::info(
+                        "{} processes share the database; each holds 1/{} of the rate "
+                        "limits",
+                        live, live);
+                counted = now;
+            }
             safe = listener_->safe_position();
             if (safe <= fed) continue;
             if (safe - fed > kFeedChunk) {

@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -114,6 +115,9 @@ class Core {
     // is done once for the whole deployment, such as sending a push, is left to the process
     // that committed the change.
     bool feeding_locked() const { return feeding_; }
+    // How many processes share the database (1 when it is not shared), counted by the feed
+    // every few seconds: the rate limiters divide their limits by it.
+    const std::atomic<int>& processes() const { return processes_; }
     // Shares the database through `listener`; the start position is its safe position, read
     // before the modules load, so that what commits after they read is fed to them.
     void share(std::unique_ptr<store::ChangeListener> listener);
@@ -184,6 +188,7 @@ class Core {
     Clock clock_;
     std::function<void(const std::string&)> on_fatal_;
     bool feeding_ = false;  // under mu: change handlers are running
+    std::atomic<int> processes_{1};
     std::once_flag fatal_once_;
     std::int64_t unavailable_since_ = 0;  // writer thread only
 

@@ -39,10 +39,10 @@ std::string error_body(const std::string& code, const std::string& message,
 Dispatcher::Dispatcher(Homeserver& hs)
     : hs_(hs),
       router_(make_routes(hs)),
-      rc_message_(hs.core.config().rc_message),
-      rc_login_(hs.core.config().rc_login),
-      rc_registration_(hs.core.config().rc_registration),
-      rc_turn_(hs.core.config().rc_turn) {}
+      rc_message_(hs.core.config().rc_message, &hs.core.processes()),
+      rc_login_(hs.core.config().rc_login, &hs.core.processes()),
+      rc_registration_(hs.core.config().rc_registration, &hs.core.processes()),
+      rc_turn_(hs.core.config().rc_turn, &hs.core.processes()) {}
 
 void Dispatcher::rate_limit(RateClass rate, const Request& req) {
     const std::int64_t now = hs_.core.now_ms();

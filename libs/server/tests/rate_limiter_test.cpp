@@ -41,3 +41,20 @@ TEST(RateLimiter, CheckTakesNothingAndRecordCountsPastTheLimit) {
     EXPECT_FALSE(rl.check("a", 2000));
     EXPECT_FALSE(rl.check("b", 0));
 }
+
+TEST(RateLimiter, ProcessesSharingADatabaseEachHoldTheirShareOfTheLimit) {
+    std::atomic<int> processes{3};
+    RateLimiter rl({3.0, 6.0}, &processes);  // 6 at once, then 3 a second, among 3 processes
+    EXPECT_FALSE(rl.take("u", 0));
+    EXPECT_FALSE(rl.take("u", 0));
+    EXPECT_EQ(rl.take("u", 0), 1000) << "this process's share: 2 at once, one a second";
+    // Never less than one action of burst, however many processes there are.
+    processes = 100;
+    EXPECT_FALSE(rl.take("v", 0));
+    EXPECT_EQ(rl.take("v", 0), 33334);  // 0.03 a second: one in 33.3 s
+    // One process again: the whole limit.
+    processes = 1;
+    EXPECT_FALSE(rl.take("w", 0));
+    for (int i = 0; i < 5; ++i) EXPECT_FALSE(rl.take("w", 0)) << i;
+    EXPECT_EQ(rl.take("w", 0), 334);
+}

@@ -554,6 +554,13 @@ class PgListener final : public ChangeListener {
         return s.integer(0);
     }
 
+    int live_instances() override {
+        if (!db_ || db_->broken()) throw StoreUnavailable("the listener's connection is lost");
+        PgDb::Stmt s(*db_, "SELECT COUNT(*) FROM instances WHERE instance_live(id)");
+        if (!s.next()) throw StoreError("the live instances could not be counted");
+        return static_cast<int>(s.integer(0));
+    }
+
   private:
     void connect() {
         db_ = std::make_unique<PgDb>(dsn_);

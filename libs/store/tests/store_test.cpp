@@ -1294,6 +1294,7 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
         dead.sql("SELECT pg_advisory_lock(28024, 999)");
         dead.sql("INSERT INTO instances VALUES (999, 1)");
         EXPECT_EQ(listener->safe_position(), 1);
+        EXPECT_EQ(listener->live_instances(), 3);  // a, b and the one about to die
     }
     // Its session ends on the server a moment after the connection closes: the lock, taken
     // (and given back) by another session, is free once it has.
@@ -1303,6 +1304,7 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
         after.sql("SELECT pg_advisory_unlock(28024, 999)");
     }
     EXPECT_EQ(listener->safe_position(), 2);
+    EXPECT_EQ(listener->live_instances(), 2);
 
     // A process that does not share the database cannot open it while others share it.
     try {

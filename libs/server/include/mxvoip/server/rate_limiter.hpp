@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -12,9 +13,14 @@ namespace mxvoip::server {
 
 // Token buckets keyed by user or address, Synapse's semantics: `burst_count` actions at
 // once, refilled at `per_second`. Time is passed in so tests control it.
+//
+// Several processes sharing a database each hold their own buckets, with the limit divided
+// by `*processes` (how many are live, never below 1 action of burst): behind a balancer that
+// spreads each client's requests over the processes, they hold the configured limit together.
 class RateLimiter {
   public:
-    explicit RateLimiter(RateLimit limit) : limit_(limit) {}
+    explicit RateLimiter(RateLimit limit, const std::atomic<int>* processes = nullptr)
+        : limit_(limit), processes_(processes) {}
 
     // Takes one action for `key` at `now_ms`. Returns nullopt when allowed, otherwise how
     // many milliseconds until the next action would be.
@@ -37,7 +43,11 @@ class RateLimiter {
     std::optional<std::int64_t> wait_for(const Bucket& b) const;
     void prune(std::int64_t now_ms);
 
+    // The limit this process holds: the configured one, divided among the live processes.
+    RateLimit share() const;
+
     RateLimit limit_;
+    const std::atomic<int>* processes_;
     std::mutex mu_;
     std::unordered_map<std::string, Bucket> buckets_;
 };

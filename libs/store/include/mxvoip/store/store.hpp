@@ -549,6 +549,9 @@ class ChangeListener {
     // taken when none has one in flight). StoreUnavailable when the database cannot be
     // reached.
     virtual StreamId safe_position() = 0;
+    // How many processes share the database now (this one included). StoreUnavailable when
+    // the database cannot be reached.
+    virtual int live_instances() = 0;
 };
 
 // All persistence goes through this interface. apply() is only ever called from one thread
