@@ -299,6 +299,11 @@ class PgDb {
     using Stmt = PgStmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
                                                   kSchemaV5};
+    // First in the migration's transaction: processes that start together on a shared
+    // database migrate it one after the other (the later ones find it done), instead of
+    // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").
+    static constexpr const char* kMigrationLock =
+        "SELECT pg_advisory_xact_lock(7888181691312071022)";
     // The oldest key that no other transaction is taking: two claims at once, from any
     // process, get two keys.
     static constexpr const char* kTakeOneTimeKey =

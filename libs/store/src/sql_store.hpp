@@ -1180,6 +1180,7 @@ class SqlStore : public Store {
     static void migrate(Db& db) {
         db.begin();
         try {
+            if (Db::kMigrationLock) Stmt(db, Db::kMigrationLock).run();
             db.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
             std::int64_t version = 0;
             bool recorded = false;

@@ -202,6 +202,8 @@ class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
+    // One process owns the file (its lock is taken first): nothing to wait for.
+    static constexpr const char* kMigrationLock = nullptr;
     // Rowid order is upload order: the oldest key goes first. One writer at a time.
     static constexpr const char* kTakeOneTimeKey =
         "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys WHERE user_id = "

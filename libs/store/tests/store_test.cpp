@@ -1203,6 +1203,30 @@ TEST(PostgresStore, TheStreamPositionOfAVersionThreeDatabaseIsKept) {
     backend.sql("CREATE TABLE stream_position (id BIGINT)");  // fails unless version 4 dropped it
 }
 
+// Processes started together on a new shared database: one makes the tables, the others
+// find them made.
+TEST(PostgresStore, ProcessesStartedTogetherOnANewDatabaseAllOpenIt) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    constexpr int kProcesses = 4;
+    std::vector<std::unique_ptr<Store>> stores(kProcesses);
+    std::vector<std::string> errors(kProcesses);
+    std::vector<std::thread> starting;
+    for (int i = 0; i < kProcesses; ++i)
+        starting.emplace_back([&, i] {
+            try {
+                stores[i] = open_postgres({dsn, true});
+            } catch (const std::exception& e) {
+                errors[i] = e.what();
+            }
+        });
+    for (auto& t : starting) t.join();
+    for (int i = 0; i < kProcesses; ++i) {
+        EXPECT_EQ(errors[i], "") << "process " << i;
+        EXPECT_TRUE(stores[i]) << "process " << i;
+    }
+}
+
 namespace {
 // A raw connection to the test's database, for what a process would hold.
 struct RawConnection {
