@@ -32,7 +32,7 @@ afterEach(async () => {
 
 async function js(name) {
   const session = await rig.login(name);
-  const client = await browser.client(`${name} (js)`, session, { baseUrl: rig.server.url, forceTURN: true });
+  const client = await browser.client(`${name} (js)`, session, { baseUrl: rig.urlOf(), forceTURN: true });
   open.push(client);
   return client;
 }

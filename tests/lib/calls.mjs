@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, register } from './harness.mjs';
+import { startServer, register, postgres } from './harness.mjs';
 import { startCoturn } from './coturn.mjs';
 
 export const CLI_BIN = process.env.MXVOIP_CLI;
@@ -16,18 +16,30 @@ if (!CLI_BIN || !existsSync(CLI_BIN)) {
 // coturn + mxvoip-server configured for it. TURN over TCP as well as UDP: libnice (inside
 // webrtcbin) cannot reach a loopback TURN server over UDP on these machines.
 // `serverConfig` adds to (or overrides) the homeserver's configuration.
+//
+// With MXVOIP_TEST_PROCESSES=<n> (ctest's scale.interop.calls), n mxvoip-server processes
+// share one PostgreSQL database, and each client the rig starts (client(), or urlOf() for a
+// js client) is given the next process in turn: the two ends of a call sync from, and send
+// through, different processes.
 export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {} } = {}) {
   const secret = randomBytes(24).toString('hex');
   const coturn = await startCoturn({ secret });
-  const server = await startServer({
-    config: {
-      turn_uris: [`turn:127.0.0.1:${coturn.port}?transport=udp`, `turn:127.0.0.1:${coturn.port}?transport=tcp`],
-      turn_shared_secret: secret,
-      turn_user_lifetime: '1h',
-      rc_turn: { per_second: 1000, burst_count: 1000 },
-      ...serverConfig,
-    },
-  });
+  const processes = Number(process.env.MXVOIP_TEST_PROCESSES ?? 1);
+  const shared = processes > 1 ? { database: { backend: 'postgres', dsn: postgres().dsn(postgres().createDatabase()), shared: true } } : {};
+  const servers = [];
+  for (let i = 0; i < processes; i++)
+    servers.push(await startServer({
+      config: {
+        turn_uris: [`turn:127.0.0.1:${coturn.port}?transport=udp`, `turn:127.0.0.1:${coturn.port}?transport=tcp`],
+        turn_shared_secret: secret,
+        turn_user_lifetime: '1h',
+        rc_turn: { per_second: 1000, burst_count: 1000 },
+        ...shared,
+        ...serverConfig,
+      },
+    }));
+  const server = servers[0];
+  let turn = 0;
   const accounts = {};
   for (const name of users) {
     const password = `pw-${name}-${randomBytes(4).toString('hex')}`;
@@ -39,7 +51,12 @@ export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {}
   return {
     coturn,
     server,
+    servers,
     accounts,
+    // The address the next client uses: the next process in turn (the only one, usually).
+    urlOf() {
+      return servers[turn++ % servers.length].url;
+    },
     // A direct chat between two users, both joined, in both users' m.direct; with
     // `encrypted`, m.room.encryption (Megolm) in its initial state, as Element makes them.
     async directRoom(a, b, { encrypted = false } = {}) {
@@ -75,7 +92,7 @@ export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {}
     // Starts `mxvoip --json ... <args>` as `name` (a fresh login: a new device each time).
     client(name, args) {
       const { user_id, password } = accounts[name];
-      return this.cli(name, ['--homeserver', server.url, '--user', user_id, '--state-dir', stateDir, '--json', '-v', ...args], { MXVOIP_PASSWORD: password });
+      return this.cli(name, ['--homeserver', this.urlOf(), '--user', user_id, '--state-dir', stateDir, '--json', '-v', ...args], { MXVOIP_PASSWORD: password });
     },
     // Starts `mxvoip` with exactly `argv`, `env` added to the environment.
     cli(name, argv, env = {}) {
@@ -134,7 +151,7 @@ export async function startCallRig({ users = ['alice', 'bob'], serverConfig = {}
     },
     async stop() {
       for (const proc of running) proc.kill('SIGKILL');
-      await server.stop();
+      for (const s of servers) await s.stop();
       await coturn.stop();
       rmSync(stateDir, { recursive: true, force: true });
     },
