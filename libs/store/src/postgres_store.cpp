@@ -505,7 +505,12 @@ std::unique_ptr<PgDb> open_writer(const PostgresOptions& opts, int instance) {
             .bind(kInstanceLocks)
             .bind(std::int64_t{instance})
             .run();
-        PgDb::Stmt(*db, "UPDATE instances SET frontier = NULL WHERE id = ?")
+        // Its row is there again, without a frontier: after a crash of PostgreSQL the unlogged
+        // table is empty, and a process that started meanwhile dropped the rows of instances
+        // that were not live (this one's, while its connection was gone).
+        PgDb::Stmt(*db,
+                   "INSERT INTO instances VALUES (?, NULL) ON CONFLICT (id) DO UPDATE SET "
+                   "frontier = NULL")
             .bind(std::int64_t{instance})
             .run();
     }

@@ -1203,6 +1203,31 @@ TEST(PostgresStore, TheStreamPositionOfAVersionThreeDatabaseIsKept) {
     backend.sql("CREATE TABLE stream_position (id BIGINT)");  // fails unless version 4 dropped it
 }
 
+// A process whose connection was lost while its row went (PostgreSQL crashed: the unlogged
+// table is empty) registers again when it reconnects: live, and its frontier published.
+TEST(PostgresStore, AnInstanceReconnectingAfterACrashIsLiveAgain) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    auto store = open_postgres({dsn, true});
+    auto listener = store->listen();
+    ASSERT_TRUE(listener);
+    EXPECT_EQ(listener->live_instances(), 1);
+    backend.sql("TRUNCATE instances");
+    backend.drop_connections();
+    std::vector<Write> w{Write{{}, [](Txn&, StreamId) {}, 1}};
+    for (int attempt = 0; attempt < 2; ++attempt) {  // the first finds its connection gone
+        try {
+            EXPECT_FALSE(store->transact(w)[0]);
+            break;
+        } catch (const StoreUnavailable&) {
+        }
+    }
+    store->settled();
+    listener = store->listen();
+    EXPECT_EQ(listener->live_instances(), 1);
+    EXPECT_EQ(listener->safe_position(), 1);
+}
+
 // Processes started together on a new shared database: one makes the tables, the others
 // find them made.
 TEST(PostgresStore, ProcessesStartedTogetherOnANewDatabaseAllOpenIt) {
