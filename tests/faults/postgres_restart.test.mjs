@@ -3,11 +3,20 @@
 // writes that were in flight wait and then commit, and once it is back every client carries
 // on. Afterwards every acknowledged message is in the room exactly once, and a retry with the
 // same transaction id was answered with the same event.
+//
+// With MXVOIP_TEST_PROCESSES=<n> (ctest's scale.faults.postgres_restart), n processes share the
+// database, each writer sends through its own, and PostgreSQL crashes instead (an immediate
+// stop: recovery from the log, the processes' unlogged registrations gone): every process
+// learns of the outage from its change feed within a second and refuses new requests with 503
+// (the writes in flight wait: their commits cannot be read back until the database returns),
+// every process stays up, and each member's /sync on each process reads the same stream
+// afterwards.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, register, api, postgres, roomEvents } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
+const PROCESSES = Number(process.env.MXVOIP_TEST_PROCESSES ?? 1);
 
 // A promise with its resolve function, for "wait until this happens".
 function signal() {
@@ -19,11 +28,14 @@ function signal() {
 test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recover', async () => {
   const pg = postgres();
   const db = pg.createDatabase();
-  const server = await startServer({ config: { database: { backend: 'postgres', dsn: pg.dsn(db) } } });
+  const database = { backend: 'postgres', dsn: pg.dsn(db), shared: PROCESSES > 1 };
+  const servers = [];
+  for (let i = 0; i < PROCESSES; i++) servers.push(await startServer({ config: { database } }));
+  const server = servers[0];
   let pgStopped = false;
   try {
     const clients = [];
-    for (let i = 0; i < 3; i++) clients.push(await register(server.url, `writer${i}`));
+    for (let i = 0; i < 3; i++) clients.push(await register(servers[i % PROCESSES].url, `writer${i}`));
     const roomId = await clients[0].createRoom({ preset: 'public_chat' });
     for (const c of clients.slice(1)) assert.equal((await c.join(roomId)).status, 200);
 
@@ -63,16 +75,22 @@ test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recov
     });
 
     await enoughBefore.promise;
-    pg.stop();
+    pg.stop(PROCESSES > 1 ? 'immediate' : 'fast');
     pgStopped = true;
-    await firstOutage.promise;
-    // Down: the process is still there, and the load balancer's check and a read say 503.
-    assert.equal(server.proc.exitCode, null, 'the server exited while the database was down');
-    const health = await api(server.url, 'GET', '/health');
-    assert.equal(health.status, 503, health.text);
+    if (PROCESSES > 1) await Promise.all(servers.map((s) => s.logged(/the change feed cannot read the database/)));
+    else await firstOutage.promise;
+    // Down: the processes are still there, and the load balancer's check and a read say 503.
+    for (const s of servers) {
+      assert.equal(s.proc.exitCode, null, 'a server exited while the database was down');
+      const health = await api(s.url, 'GET', '/health');
+      assert.equal(health.status, 503, health.text);
+      assert.equal((await api(s.url, 'GET', '/_matrix/client/versions')).status, 200);
+    }
     const read = await clients[0].call('GET', `/rooms/${enc(roomId)}/messages`, { query: { dir: 'b', limit: '5' } });
     assert.equal(read.status, 503, read.text);
-    assert.equal((await api(server.url, 'GET', '/_matrix/client/versions')).status, 200);
+    const refused = await clients[0].send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'refused' }, 'txn-refused');
+    assert.equal(refused.status, 503, refused.text);
+    assert.ok(Number(refused.headers.get('retry-after')) >= 1, 'a 503 without Retry-After');
 
     phase = 'after';
     pg.start();
@@ -81,9 +99,11 @@ test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recov
     stop = true;
     await Promise.all(writers);
 
-    assert.equal(server.proc.exitCode, null);
-    assert.equal((await api(server.url, 'GET', '/health')).status, 200);
-    assert.ok(unavailable.length > 0);
+    for (const s of servers) {
+      assert.equal(s.proc.exitCode, null);
+      assert.equal((await api(s.url, 'GET', '/health')).status, 200);
+    }
+    if (PROCESSES === 1) assert.ok(unavailable.length > 0);
     // Every acknowledged message exactly once, under the event id it was acknowledged with.
     const seen = new Map();
     for (const ev of await roomEvents(clients[1], roomId)) {
@@ -93,12 +113,38 @@ test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recov
     }
     for (const [body, eventId] of acked) assert.equal(seen.get(body), eventId, `${body} is missing or changed`);
     assert.equal(seen.size, acked.size, 'the room has messages no one was told were stored');
-    assert.match(server.log, /the database is unavailable/);
-    assert.match(server.log, /the database is back after \d+ ms/);
-    const { code } = await server.stop();
-    assert.equal(code, 0);
+    if (PROCESSES > 1) {
+      // Every member's incremental /syncs on every process read that stream, in one order.
+      const filter = JSON.stringify({ room: { timeline: { limit: 1000 } } });
+      const streams = [];
+      for (const c of clients)
+        for (const s of servers) {
+          const user = c.at(s.url);
+          let body = await user.sync({ filter });
+          const ids = [];
+          for (;;) {
+            const room = body.rooms?.join?.[roomId];
+            ids.push(...(room?.timeline?.events ?? []).filter((e) => e.type === 'm.room.message').map((e) => e.event_id));
+            if (!room) break;
+            body = await user.sync({ filter, since: body.next_batch, timeout: '0' });
+          }
+          streams.push(ids);
+        }
+      for (const ids of streams) assert.deepEqual(ids, streams[0]);
+      assert.equal(streams[0].length, acked.size);
+    }
+    for (const s of servers) {
+      if (PROCESSES === 1) {
+        assert.match(s.log, /the database is unavailable/);
+        assert.match(s.log, /the database is back after \d+ ms/);
+      } else {
+        assert.match(s.log, /the change feed reads the database again/);
+      }
+      const { code } = await s.stop();
+      assert.equal(code, 0);
+    }
   } finally {
     if (pgStopped) pg.start();
-    await server.stop();
+    for (const s of servers) await s.stop();
   }
 });

@@ -78,8 +78,10 @@ function postgresCluster() {
     dir,
     dsn: (db) => `host=${dir} port=5432 user=mxvoip dbname=${db}`,
     // As an operator's restart does it: connections are ended, new ones refused until start().
-    stop() {
-      run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
+    // mode 'immediate' is a crash instead: no checkpoint, recovery from the WAL at start, and
+    // unlogged tables emptied.
+    stop(mode = 'fast') {
+      run('pg_ctl', ['-D', data, '-m', mode, '-w', 'stop']);
     },
     start() {
       run('pg_ctl', ['-D', data, '-l', join(dir, 'server.log'), '-w', '-o', `-c listen_addresses='' -k ${dir}`, 'start']);

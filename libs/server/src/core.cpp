@@ -260,6 +260,8 @@ void Core::feed() {
                 counted = now;
             }
             safe = listener_->safe_position();
+            if (feed_down_.exchange(false))
+                spdlog::info("the change feed reads the database again");
             if (safe <= fed) continue;
             if (safe - fed > kFeedChunk) {
                 safe = fed + kFeedChunk;
@@ -271,7 +273,11 @@ void Core::feed() {
             if (any_event) events = store_.events_between(fed, safe);
         } catch (const std::exception& e) {
             // Unavailable: the next round tries again from where this one started.
-            spdlog::warn("the change feed could not be read: {}", e.what());
+            if (!feed_down_.exchange(true))
+                spdlog::error(
+                    "the change feed cannot read the database ({}); new requests get 503 until "
+                    "it can",
+                    e.what());
             behind = false;
             continue;
         }

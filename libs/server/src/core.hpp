@@ -145,9 +145,13 @@ class Core {
     // The newest write not yet durable, if any.
     std::optional<std::uint64_t> unsettled() const { return writer_.pending(); }
     // False while the database is unavailable: from a write that failed for want of it until
-    // that write commits (the writer keeps trying). Requests that need the database are
-    // refused with unavailable() meanwhile; what was submitted before waits.
-    bool store_available() const { return writer_.available(); }
+    // that write commits (the writer keeps trying), and on a shared database while the change
+    // feed cannot read it (an idle process learns of an outage within a second, and its
+    // /health says so). Requests that need the database are refused with unavailable()
+    // meanwhile; what was submitted before waits.
+    bool store_available() const {
+        return writer_.available() && !feed_down_.load(std::memory_order_relaxed);
+    }
     // 503 M_UNKNOWN with Retry-After: the database cannot be reached.
     static proto::MatrixError unavailable();
     void stop_writer() { writer_.stop(); }
@@ -189,6 +193,7 @@ class Core {
     std::function<void(const std::string&)> on_fatal_;
     bool feeding_ = false;  // under mu: change handlers are running
     std::atomic<int> processes_{1};
+    std::atomic<bool> feed_down_{false};  // the feed's last read failed
     std::once_flag fatal_once_;
     std::int64_t unavailable_since_ = 0;  // writer thread only
 
