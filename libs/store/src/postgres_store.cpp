@@ -284,6 +284,13 @@ END
 $$;
 )sql";
 
+// Version 6: a client transaction retried on another process is looked up by its id
+// (Txn::txn_event), not by scanning the device's events.
+constexpr const char* kSchemaV6 = R"sql(
+CREATE INDEX IF NOT EXISTS events_txn_id ON events (txn_device_key, txn_id)
+    WHERE txn_id IS NOT NULL;
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
 // held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
@@ -297,8 +304,8 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
+                                                  kSchemaV4, kSchemaV5, kSchemaV6};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").

@@ -353,7 +353,7 @@ class SqlStore : public Store {
         std::optional<EventRecord> txn_event(const std::string& device_key,
                                              const std::string& room_id, const std::string& txn_id,
                                              std::int64_t since_ts) override {
-            // The events_txn index: the device's client transactions only.
+            // Only a shared (PostgreSQL) database asks: its events_txn_id index (v6).
             Stmt s(db, "SELECT " EVENT_COLUMNS
                        " FROM events WHERE txn_device_key = ? AND txn_id = ? AND room_id = ? AND "
                        "origin_server_ts >= ? LIMIT 1");
