@@ -39,7 +39,9 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -54,6 +56,9 @@ namespace {
 struct Options {
     std::string host = "127.0.0.1";
     std::string port = "8008";
+    // calls: where the callees connect (--callee-url; by default where everyone does).
+    std::string callee_host;
+    std::string callee_port;
     int pairs = 1;
     int connections = 0;
     double seconds = 10;
@@ -81,9 +86,10 @@ class Conn {
   public:
     explicit Conn(asio::any_io_executor ex) : stream_(ex) {}
 
-    asio::awaitable<void> connect(const Options& o) {
+    asio::awaitable<void> connect(const Options& o) { co_await connect(o.host, o.port); }
+    asio::awaitable<void> connect(const std::string& host, const std::string& port) {
         tcp::resolver resolver(stream_.get_executor());
-        auto results = co_await resolver.async_resolve(o.host, o.port, asio::use_awaitable);
+        auto results = co_await resolver.async_resolve(host, port, asio::use_awaitable);
         co_await stream_.async_connect(results, asio::use_awaitable);
         stream_.socket().set_option(tcp::no_delay(true));
     }
@@ -172,12 +178,13 @@ std::string enc(const std::string& s) {
     return out;
 }
 
-asio::awaitable<void> register_user(User& u, const Options& o, const std::string& name) {
+asio::awaitable<void> register_user(User& u, const std::string& host, const std::string& port,
+                                    const std::string& name) {
     auto ex = co_await asio::this_coro::executor;
     u.send_conn = std::make_unique<Conn>(ex);
     u.sync_conn = std::make_unique<Conn>(ex);
-    co_await u.send_conn->connect(o);
-    co_await u.sync_conn->connect(o);
+    co_await u.send_conn->connect(host, port);
+    co_await u.sync_conn->connect(host, port);
     std::string body = json::serialize(json::object{
         {"username", name}, {"password", "bench-password"}, {"auth", {{"type", "m.login.dummy"}}}});
     std::string target = "/_matrix/client/v3/register";
@@ -202,8 +209,8 @@ asio::awaitable<void> setup_pair(Pair& p, const Options& o, int index) {
     auto ex = co_await asio::this_coro::executor;
     std::string caller_name = o.prefix + "caller" + std::to_string(index);
     std::string callee_name = o.prefix + "callee" + std::to_string(index);
-    co_await register_user(p.caller, o, caller_name);
-    co_await register_user(p.callee, o, callee_name);
+    co_await register_user(p.caller, o.host, o.port, caller_name);
+    co_await register_user(p.callee, o.callee_host, o.callee_port, callee_name);
     std::string body =
         json::serialize(json::object{{"preset", "trusted_private_chat"},
                                      {"is_direct", true},
@@ -483,7 +490,8 @@ int run_idle(const Options& o) {
         int nusers = std::max(1, std::min(100, o.connections));
         for (int i = 0; i < nusers; ++i) {
             users.push_back(std::make_unique<User>());
-            co_await register_user(*users.back(), o, o.prefix + "idle" + std::to_string(i));
+            co_await register_user(*users.back(), o.host, o.port,
+                                   o.prefix + "idle" + std::to_string(i));
             co_await initial_sync(*users.back());
         }
         auto before = server_rss_kib(o.server_pid).first;
@@ -777,11 +785,15 @@ int main(int argc, char** argv) {
     Options o;
     std::string url = "http://127.0.0.1:8008";
     app.add_option("--url", url, "Homeserver base URL (http only)");
+    std::string callee_url;
     app.add_option("--seconds", o.seconds, "Measured duration");
     app.add_option("--server-pid", o.server_pid, "Server process id, for its RSS");
     app.add_option("--prefix", o.prefix, "Prefix for the user names (to reuse a server)");
     auto* calls = app.add_subcommand("calls", "N concurrent 1:1 calls, repeated");
     calls->add_option("--pairs", o.pairs, "Concurrent caller/callee pairs");
+    calls->add_option("--callee-url", callee_url,
+                      "Where the callees connect (another process of a shared database, say); "
+                      "default: --url");
     auto* idle = app.add_subcommand("idle", "M idle long-polling /sync connections");
     idle->add_option("--connections", o.connections, "Connections to hold")->required();
     auto* soak = app.add_subcommand("soak", "calls with pauses, plus accounts living and going");
@@ -808,11 +820,15 @@ int main(int argc, char** argv) {
         ->check(CLI::PositiveNumber);
     app.require_subcommand(1);
     CLI11_PARSE(app, argc, argv);
-    auto rest = url.substr(url.find("://") + 3);
-    auto colon = rest.rfind(':');
-    o.host = rest.substr(0, colon);
-    o.port = colon == std::string::npos ? "80" : rest.substr(colon + 1);
-    while (!o.port.empty() && o.port.back() == '/') o.port.pop_back();
+    auto host_port = [](const std::string& u) {
+        auto rest = u.substr(u.find("://") + 3);
+        while (!rest.empty() && rest.back() == '/') rest.pop_back();
+        auto colon = rest.rfind(':');
+        return std::pair{rest.substr(0, colon),
+                         colon == std::string::npos ? std::string("80") : rest.substr(colon + 1)};
+    };
+    std::tie(o.host, o.port) = host_port(url);
+    std::tie(o.callee_host, o.callee_port) = host_port(callee_url.empty() ? url : callee_url);
     if (o.prefix.empty()) o.prefix = "b" + std::to_string(::getpid()) + "_";
     raise_fd_limit();
     if (soak->parsed()) return run_soak(o);
