@@ -359,3 +359,59 @@ test('a rate limit holds across the processes: each takes its share of the burst
     for (const s of limited) await s.stop();
   }
 });
+
+test('aliases and the room directory made on one process reach the others; one alias made twice at once goes to one room', async () => {
+  const quinn = await register(servers[0].url, 'quinn');
+  const domain = quinn.userId.split(':')[1];
+  const enc = encodeURIComponent;
+  const alias = `#shared-a:${domain}`;
+  const roomId = await quinn.createRoom({ preset: 'public_chat', room_alias_name: 'shared-a', visibility: 'public' });
+  // Once a process shows a message written after them, it has read the alias and the
+  // directory entry too.
+  const seenEverywhere = async (eventId) => {
+    for (const s of servers) {
+      const reader = quinn.at(s.url);
+      const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === eventId);
+      const initial = await reader.sync();
+      if (!has(initial)) await syncUntil(reader, initial.next_batch, has);
+    }
+  };
+  let marker = await quinn.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'made' });
+  await seenEverywhere(marker.body.event_id);
+  for (const s of servers) {
+    const got = await quinn.at(s.url).call('GET', `/directory/room/${enc(alias)}`);
+    assert.equal(got.status, 200, `${s.url}: ${got.text}`);
+    assert.equal(got.body.room_id, roomId);
+    const listed = await quinn.at(s.url).call('GET', '/publicRooms');
+    assert.ok(listed.body.chunk.some((r) => r.room_id === roomId), `${s.url}: ${listed.text}`);
+  }
+  // Deleted through another process, and taken out of the directory through a third.
+  assert.equal((await quinn.at(servers[1].url).call('DELETE', `/directory/room/${enc(alias)}`)).status, 200);
+  assert.equal((await quinn.at(servers[2].url).call('PUT', `/directory/list/room/${enc(roomId)}`, { body: { visibility: 'private' } })).status, 200);
+  marker = await quinn.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'deleted' });
+  await seenEverywhere(marker.body.event_id);
+  for (const s of servers) {
+    assert.equal((await quinn.at(s.url).call('GET', `/directory/room/${enc(alias)}`)).status, 404, s.url);
+    const listed = await quinn.at(s.url).call('GET', '/publicRooms');
+    assert.ok(!listed.body.chunk.some((r) => r.room_id === roomId), `${s.url}: ${listed.text}`);
+  }
+  // One alias for two rooms, through two processes at once: one gets it, the other is told
+  // no, and every process agrees on which.
+  const other = await quinn.createRoom({ preset: 'public_chat' });
+  const race = `#race:${domain}`;
+  const [a, b] = await Promise.all([
+    quinn.at(servers[0].url).call('PUT', `/directory/room/${enc(race)}`, { body: { room_id: roomId } }),
+    quinn.at(servers[1].url).call('PUT', `/directory/room/${enc(race)}`, { body: { room_id: other } }),
+  ]);
+  assert.deepEqual([a.status, b.status].sort(), [200, 409], `${a.text} ${b.text}`);
+  const winner = a.status === 200 ? roomId : other;
+  marker = await quinn.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'raced' });
+  await seenEverywhere(marker.body.event_id);
+  for (const s of servers) assert.equal((await quinn.at(s.url).call('GET', `/directory/room/${enc(race)}`)).body.room_id, winner, s.url);
+  // The same room_alias_name in two createRooms at once: one room gets it.
+  const made = await Promise.all(
+    [servers[1], servers[2]].map((s) => quinn.at(s.url).call('POST', '/createRoom', { body: { preset: 'public_chat', room_alias_name: 'race-create' } })),
+  );
+  assert.deepEqual(made.map((r) => r.status).sort(), [200, 400], made.map((r) => r.text).join(' '));
+  assert.equal(made.find((r) => r.status === 400).body.errcode, 'M_ROOM_IN_USE');
+});

@@ -77,10 +77,47 @@ void Core::failed(std::exception_ptr e) {
     });
 }
 
+std::vector<store::ChangeRecord> Core::changes_of(const std::vector<store::Mutation>& mutations) {
+    std::vector<store::ChangeRecord> out;
+    auto add = [&](const char* kind, const std::string& key) {
+        if (key.empty()) return;
+        for (const auto& c : out)
+            if (c.kind == kind && c.key == key) return;
+        out.push_back({0, kind, key});
+    };
+    for (const auto& m : mutations) {
+        if (const auto* a = std::get_if<store::PutRoomAlias>(&m)) add("alias", a->alias.alias);
+        if (const auto* a = std::get_if<store::DeleteRoomAlias>(&m)) add("alias", a->alias);
+        if (const auto* v = std::get_if<store::PutRoomVisibility>(&m)) add("published", v->room_id);
+        if (const auto* p = std::get_if<store::PutPusher>(&m)) add("pusher", p->pusher.user_id);
+        if (const auto* p = std::get_if<store::DeletePusher>(&m)) add("pusher", p->user_id);
+    }
+    return out;
+}
+
 std::uint64_t Core::submit_locked(PendingWrite write) {
-    return writer_.submit(std::move(write.mutations), [this](std::exception_ptr e) {
-        if (e) failed(e);
-    });
+    auto changes = shared() ? changes_of(write.mutations) : std::vector<store::ChangeRecord>{};
+    if (changes.empty())
+        return writer_.submit(std::move(write.mutations), [this](std::exception_ptr e) {
+            if (e) failed(e);
+        });
+    const std::size_t n = changes.size();
+    store::Write w{std::move(write.mutations),
+                   [changes = std::move(changes)](store::Txn& txn, StreamId first) {
+                       for (std::size_t i = 0; i < changes.size(); ++i) {
+                           store::ChangeRecord c = changes[i];
+                           c.stream = first + static_cast<StreamId>(i);
+                           txn.write(store::PutChange{std::move(c)});
+                       }
+                   },
+                   n,
+                   {}};
+    return writer_.submit(std::move(w),
+                          [this](std::exception_ptr failure, std::exception_ptr refusal) {
+                              if (failure) failed(failure);
+                              if (refusal)
+                                  spdlog::error("a write was not stored: {}", what(refusal));
+                          });
 }
 
 void Core::submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done) {

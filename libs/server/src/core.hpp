@@ -125,7 +125,14 @@ class Core {
     void stop_feed();
 
     // Queues the write for the group commit; returns its sequence number for durable().
+    // On a shared database, a write whose mutations change what other processes hold (an
+    // alias, the room directory, a pusher) also writes the change rows that tell them
+    // (changes_of), at positions of its own.
     std::uint64_t submit_locked(PendingWrite write);
+    // The change rows (positions left 0) that name what `mutations` change in the caches of
+    // other processes, for the mutations that carry no stream position of their own.
+    static std::vector<store::ChangeRecord> changes_of(
+        const std::vector<store::Mutation>& mutations);
     // Completes once write `seq` and all before it are durable; throws 503 M_UNKNOWN when
     // they never will be. Returns an awaitable without being a coroutine itself (GCC 12
     // coroutine bugs): a co_await expression holds no non-trivial temporaries.

@@ -16,6 +16,18 @@ using proto::MatrixError;
 namespace errcode = proto::errcode;
 
 Directory::Directory(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {
+    // Another process published the room or took it out.
+    core_.on_change("published", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                        std::vector<std::string>&) {
+        try {
+            if (core_.store().room_published(c.key))
+                published_.insert(c.key);
+            else
+                published_.erase(c.key);
+        } catch (const std::exception& e) {
+            spdlog::warn("the directory entry of {} could not be read again: {}", c.key, e.what());
+        }
+    });
     // createRoom with "visibility": "public" publishes the room.
     rooms_.on_created([this](const Room& room, const json::object& body, PendingWrite& w) {
         if (proto::opt_string(body, "visibility").value_or("private") != "public") return;
@@ -52,6 +64,14 @@ asio::awaitable<Response> Directory::put_alias(Request& req) {
         ticket = core_.submit_locked(std::move(w));
     }
     co_await core_.durable(ticket);
+    // On a shared database another process may have made it first: the write left theirs as
+    // it was, and this one is refused after all.
+    if (core_.shared())
+        if (auto row = core_.store().room_alias(alias); row && row->room_id != room_id) {
+            std::lock_guard lock(core_.mu);
+            rooms_.alias_fed_locked(alias);
+            throw MatrixError(409, errcode::unknown, "Room alias " + alias + " already exists");
+        }
     spdlog::info("{} made alias {} for {}", req.session->user_id, alias, room_id);
     co_return json_response(json::object{});
 }

@@ -126,7 +126,7 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
                 return std::find(planned.begin(), planned.end(),
                                  Key{d.user_id, d.app_id, d.pushkey}) != planned.end();
             });
-            if (!w.mutations.empty()) core_.transact_locked(written(std::move(w)));
+            if (!w.mutations.empty()) core_.submit_locked(std::move(w));
             return std::vector<std::string>{};
         };
         return r;
@@ -160,28 +160,6 @@ void Pushers::reload_locked(const std::string& user) {
         it = pushers_.erase(it);
     }
     pushers_.merge(now);
-}
-
-Decision Pushers::written(PendingWrite w) const {
-    // The users whose pushers it changes: each a change other processes read.
-    std::vector<std::string> users;
-    auto add = [&](const std::string& user) {
-        if (!user.empty() && std::find(users.begin(), users.end(), user) == users.end())
-            users.push_back(user);
-    };
-    for (const auto& m : w.mutations) {
-        if (const auto* put = std::get_if<store::PutPusher>(&m)) add(put->pusher.user_id);
-        if (const auto* del = std::get_if<store::DeletePusher>(&m)) add(del->user_id);
-    }
-    Decision d;
-    d.mutations = std::move(w.mutations);
-    if (!core_.shared()) return d;
-    d.streams = users.size();
-    d.decide = [users](store::Txn& txn, StreamId first) {
-        for (std::size_t i = 0; i < users.size(); ++i)
-            txn.write(store::PutChange{{first + static_cast<StreamId>(i), "pusher", users[i]}});
-    };
-    return d;
 }
 
 void Pushers::start(asio::any_io_executor ex) {
@@ -315,7 +293,7 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
         spdlog::info("push: {} set a pusher for app {} on device {}", user, app_id,
                      req.session->device_id);
     }
-    if (!w.mutations.empty()) co_await core_.transact(written(std::move(w)));
+    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
     co_return Response{};
 }
 
@@ -444,7 +422,7 @@ asio::awaitable<void> Pushers::deliver(Key key) {
                 if (pushers_.count(key)) {
                     PendingWrite w;
                     remove_locked(key, w);
-                    core_.transact_locked(written(std::move(w)));
+                    core_.submit_locked(std::move(w));
                 }
                 continue;
             }

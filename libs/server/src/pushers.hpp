@@ -83,8 +83,6 @@ class Pushers {
     void drop_queue_locked(const Key& key);
     // Reads the user's pushers again (another process changed them).
     void reload_locked(const std::string& user);
-    // The write of pusher mutations, with the change rows other processes read.
-    Decision written(PendingWrite w) const;
     static std::optional<Pusher> from_record(const store::PusherRecord& p);
     asio::awaitable<void> deliver(Key key);
     asio::awaitable<Outcome> post(const std::string& url, const std::string& body,

@@ -620,6 +620,8 @@ Rooms::Rooms(Core& core, Accounts& accounts)
       txns_(core.config().limits.txn_ids_per_device) {
     core_.on_change("event", [this](const store::ChangeRecord&, const store::EventRecord* event,
                                     std::vector<std::string>& wake) { fed_locked(*event, wake); });
+    core_.on_change("alias", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                    std::vector<std::string>&) { alias_fed_locked(c.key); });
     // A device that signed out sends nothing more: its transaction ids go with it, also
     // from the store, where a device signing in again with the same id would recall them.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
@@ -1060,6 +1062,15 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                     writable(target.room_id).apply_state(out.redacted);
         }
     }
+    // The aliases the write makes (a new room's) were written first, unless another process
+    // made them meanwhile: then it keeps them, and this write is refused.
+    if (core_.shared())
+        for (const auto& m : write.mutations)
+            if (const auto* a = std::get_if<store::PutRoomAlias>(&m))
+                if (auto row = txn.room_alias(a->alias.alias);
+                    !row || row->room_id != a->alias.room_id)
+                    throw MatrixError(400, errcode::room_in_use,
+                                      "Room alias " + a->alias.alias + " is taken");
     if (write.create) txn.write(store::PutRoom{*write.create});
     for (const auto& ev : out.events) txn.write(store::PutEvent{*ev});
     if (out.redacted) txn.write(store::RedactEvent{out.redacted->stream, out.redacted->json});
@@ -1178,11 +1189,13 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
             throw;
         }
     }
+    if (core_.shared())
+        for (auto& c : Core::changes_of(shared->mutations)) shared->changes.push_back(std::move(c));
     Decision d;
     const std::size_t changes = core_.shared() ? shared->changes.size() : 0;
     d.streams = shared->events.size() + changes;
     d.rooms = room_ids;
-    d.mutations = std::move(shared->mutations);
+    d.mutations = shared->mutations;  // the decision reads the aliases among them
     d.decide = [this, shared, decided, changes](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
         auto position = first + static_cast<StreamId>(shared->events.size());
@@ -1235,6 +1248,26 @@ void Rooms::put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w) {
     mine.insert(alias.alias);
     w.mutations.push_back(store::PutRoomAlias{alias});
     aliases_.emplace(alias.alias, std::move(alias));
+}
+
+void Rooms::alias_fed_locked(const std::string& alias) {
+    std::optional<store::RoomAliasRecord> now;
+    try {
+        now = core_.store().room_alias(alias);
+    } catch (const std::exception& e) {
+        spdlog::warn("alias {} could not be read again: {}", alias, e.what());
+        return;
+    }
+    if (auto it = aliases_.find(alias); it != aliases_.end()) {
+        if (auto room = aliases_by_room_.find(it->second.room_id); room != aliases_by_room_.end()) {
+            room->second.erase(alias);
+            if (room->second.empty()) aliases_by_room_.erase(room);
+        }
+        aliases_.erase(it);
+    }
+    if (!now) return;
+    aliases_by_room_[now->room_id].insert(alias);
+    aliases_.emplace(alias, std::move(*now));
 }
 
 void Rooms::delete_alias_locked(const std::string& alias, PendingWrite& w) {

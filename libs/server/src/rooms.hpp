@@ -144,6 +144,8 @@ class Rooms {
     void put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w);
     void delete_alias_locked(const std::string& alias, PendingWrite& w);
     std::vector<std::string> aliases_of_locked(const std::string& room_id) const;
+    // Reads the alias again (another process made or deleted it).
+    void alias_fed_locked(const std::string& alias);
     // 400 M_INVALID_PARAM for what is not an alias of this server.
     void require_local_alias(const std::string& alias) const;
 

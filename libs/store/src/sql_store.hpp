@@ -180,6 +180,23 @@ class SqlStore : public Store {
         });
     }
 
+    std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
+        return read([&](Db& db) -> std::optional<RoomAliasRecord> {
+            Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
+            s.bind(alias);
+            if (!s.next()) return std::nullopt;
+            return RoomAliasRecord{alias, s.text(0), s.text(1)};
+        });
+    }
+
+    bool room_published(const std::string& room_id) override {
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT 1 FROM published_rooms WHERE room_id = ?");
+            s.bind(room_id);
+            return s.next();
+        });
+    }
+
     std::vector<PusherRecord> pushers_of(const std::string& user_id) override {
         return read([&](Db& db) {
             Stmt s(db,
@@ -349,6 +366,12 @@ class SqlStore : public Store {
             Stmt s(db, "SELECT COALESCE(MAX(stream_id), 0) FROM events WHERE room_id = ?");
             s.bind(room_id);
             return s.next() ? s.integer(0) : 0;
+        }
+        std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
+            Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
+            s.bind(alias);
+            if (!s.next()) return std::nullopt;
+            return RoomAliasRecord{alias, s.text(0), s.text(1)};
         }
         std::optional<EventRecord> txn_event(const std::string& device_key,
                                              const std::string& room_id, const std::string& txn_id,
@@ -945,9 +968,7 @@ class SqlStore : public Store {
             .run();
     }
     static void write(Db& db, const PutRoomAlias& m, StreamId&) {
-        Stmt(db,
-             "INSERT INTO room_aliases VALUES (?, ?, ?) ON CONFLICT (alias) DO UPDATE SET room_id "
-             "= excluded.room_id, creator = excluded.creator")
+        Stmt(db, "INSERT INTO room_aliases VALUES (?, ?, ?) ON CONFLICT (alias) DO NOTHING")
             .bind(m.alias.alias)
             .bind(m.alias.room_id)
             .bind(m.alias.creator)

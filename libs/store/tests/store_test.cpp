@@ -1030,6 +1030,10 @@ class FlakyStore final : public Store {
     std::vector<PusherRecord> pushers_of(const std::string& u) override {
         return inner_.pushers_of(u);
     }
+    std::optional<RoomAliasRecord> room_alias(const std::string& a) override {
+        return inner_.room_alias(a);
+    }
+    bool room_published(const std::string& r) override { return inner_.room_published(r); }
 
   private:
     Store& inner_;
@@ -1379,6 +1383,9 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
         PutPusher{{"@a:x", "app", "key2", "PHONE", "{}", 20}},
         PutPusher{{"@a:x", "app", "key1", "PHONE", "{}", 10}},
         PutPusher{{"@b:x", "app", "key3", "TABLET", "{}", 5}},
+        PutRoomAlias{{"#a:x", "!r:x", "@a:x"}},
+        PutRoomAlias{{"#a:x", "!other:x", "@b:x"}},  // made already: left as it is
+        PutRoomVisibility{"!r:x", true},
     });
     auto message = store->to_device_at(5);
     ASSERT_TRUE(message);
@@ -1403,6 +1410,13 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     EXPECT_EQ(pushers[1].pushkey, "key2");
     EXPECT_EQ(pushers[1].device_id, "PHONE");
     EXPECT_TRUE(store->pushers_of("@c:x").empty());
+    auto alias = store->room_alias("#a:x");
+    ASSERT_TRUE(alias);
+    EXPECT_EQ(alias->room_id, "!r:x");
+    EXPECT_EQ(alias->creator, "@a:x");
+    EXPECT_FALSE(store->room_alias("#b:x"));
+    EXPECT_TRUE(store->room_published("!r:x"));
+    EXPECT_FALSE(store->room_published("!other:x"));
     auto events = store->events_between(5, 8);
     ASSERT_EQ(events.size(), 1u);
     EXPECT_EQ(events[0].stream, 8);

@@ -369,6 +369,8 @@ struct RedactEvent {
     StreamId stream = 0;
     std::string json;
 };
+// Makes an alias that does not exist; one that does (another process's, made meanwhile) is
+// left as it is.
 struct PutRoomAlias {
     RoomAliasRecord alias;
 };
@@ -477,6 +479,8 @@ class Txn {
                                          const std::string& receipt_type) = 0;
     // The stream position of the room's newest event (0: none).
     virtual StreamId room_last_event(const std::string& room_id) = 0;
+    // A local room alias, if it exists.
+    virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
     // The room event the device's client transaction made, if it made one since `since_ts`
     // and the device has not signed out since (ForgetTxns).
     virtual std::optional<EventRecord> txn_event(const std::string& device_key,
@@ -628,6 +632,9 @@ class Store {
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
     // The user's pushers, oldest first.
     virtual std::vector<PusherRecord> pushers_of(const std::string& user_id) = 0;
+    // A local room alias, if it exists; whether a room is in the room directory.
+    virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
+    virtual bool room_published(const std::string& room_id) = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
     // process, this one included, reads past what this process has not yet applied).
