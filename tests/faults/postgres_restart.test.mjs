@@ -13,17 +13,10 @@
 // afterwards.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, api, postgres, roomEvents } from '../lib/harness.mjs';
+import { startServer, register, api, postgres, roomEvents, signal, syncedMessages } from '../lib/harness.mjs';
 
 const enc = encodeURIComponent;
 const PROCESSES = Number(process.env.MXVOIP_TEST_PROCESSES ?? 1);
-
-// A promise with its resolve function, for "wait until this happens".
-function signal() {
-  let resolve;
-  const promise = new Promise((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recover', async () => {
   const pg = postgres();
@@ -115,21 +108,8 @@ test('a restart of PostgreSQL under load: 503 meanwhile, nothing lost, all recov
     assert.equal(seen.size, acked.size, 'the room has messages no one was told were stored');
     if (PROCESSES > 1) {
       // Every member's incremental /syncs on every process read that stream, in one order.
-      const filter = JSON.stringify({ room: { timeline: { limit: 1000 } } });
       const streams = [];
-      for (const c of clients)
-        for (const s of servers) {
-          const user = c.at(s.url);
-          let body = await user.sync({ filter });
-          const ids = [];
-          for (;;) {
-            const room = body.rooms?.join?.[roomId];
-            ids.push(...(room?.timeline?.events ?? []).filter((e) => e.type === 'm.room.message').map((e) => e.event_id));
-            if (!room) break;
-            body = await user.sync({ filter, since: body.next_batch, timeout: '0' });
-          }
-          streams.push(ids);
-        }
+      for (const c of clients) for (const s of servers) streams.push(await syncedMessages(c.at(s.url), roomId));
       for (const ids of streams) assert.deepEqual(ids, streams[0]);
       assert.equal(streams[0].length, acked.size);
     }

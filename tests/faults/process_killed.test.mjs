@@ -5,14 +5,8 @@
 // stored, and every member's /sync on both survivors reads the same stream.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, postgres, roomEvents, userHandle } from '../lib/harness.mjs';
+import { startServer, register, postgres, roomEvents, signal, syncedMessages } from '../lib/harness.mjs';
 import { startHaproxy } from '../lib/haproxy.mjs';
-
-function signal() {
-  let resolve;
-  const promise = new Promise((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 test('a process killed under load: the others carry on, every acknowledged message once', async () => {
   const pg = postgres();
@@ -87,21 +81,8 @@ test('a process killed under load: the others carry on, every acknowledged messa
     }
     // Each member's incremental /syncs from the start, on each survivor, read that stream in
     // one order.
-    const filter = JSON.stringify({ room: { timeline: { limit: 1000 } } });
     const streams = [];
-    for (const c of clients)
-      for (const s of [servers[0], servers[2]]) {
-        const user = userHandle(s.url, { user_id: c.userId, access_token: c.token, device_id: c.deviceId });
-        let body = await user.sync({ filter });
-        const ids = [];
-        for (;;) {
-          const room = body.rooms?.join?.[roomId];
-          ids.push(...(room?.timeline?.events ?? []).filter((e) => e.type === 'm.room.message').map((e) => e.event_id));
-          if (!room) break;
-          body = await user.sync({ filter, since: body.next_batch, timeout: '0' });
-        }
-        streams.push(ids);
-      }
+    for (const c of clients) for (const s of [servers[0], servers[2]]) streams.push(await syncedMessages(c.at(s.url), roomId));
     for (const s of streams) assert.deepEqual(s, streams[0]);
     assert.equal(streams[0].length, acked.size);
   } finally {

@@ -306,3 +306,24 @@ export async function roomEvents(user, roomId) {
 
 export { CS };
 
+
+// A promise with its resolve function, for "wait until this happens".
+export function signal() {
+  let resolve;
+  const promise = new Promise((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+// The ids of the room's messages as the user's /syncs read them: the first, then incremental
+// ones until the room has nothing more (timelines up to 1000 events a response).
+export async function syncedMessages(user, roomId) {
+  const filter = JSON.stringify({ room: { timeline: { limit: 1000 } } });
+  let body = await user.sync({ filter });
+  const ids = [];
+  for (;;) {
+    const room = body.rooms?.join?.[roomId];
+    ids.push(...(room?.timeline?.events ?? []).filter((e) => e.type === 'm.room.message').map((e) => e.event_id));
+    if (!room) return ids;
+    body = await user.sync({ filter, since: body.next_batch, timeout: '0' });
+  }
+}
