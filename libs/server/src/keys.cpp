@@ -149,6 +149,13 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
         auto audience = device_list_changed_locked(c.key, c.stream);
         wake.insert(wake.end(), audience.begin(), audience.end());
     });
+    // Another process took or stored one-time keys of the user's devices: the counts held go
+    // (read again when a /sync reports them).
+    core_.on_change("one_time_keys", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                            std::vector<std::string>&) {
+        users_.erase(c.key);
+        loading_.written(c.key);
+    });
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
         // A device going is a change of the user's device list, at a position (as in Synapse:
@@ -393,8 +400,12 @@ asio::awaitable<Response> Keys::upload(Request& req) {
     auto up = std::make_shared<Upload>(Upload{s.user_id, s.device_id, std::move(device_keys),
                                               std::move(one_time), std::move(fallback), limit});
     Decision d;
-    d.streams = up->device_keys ? 1 : 0;  // a device-list change, if the keys are new
-    d.decide = [up](store::Txn& txn, StreamId position) {
+    // A device-list change, if the keys are new; on a shared database a change of the
+    // one-time and fallback keys too, after it.
+    const bool counts_change = core_.shared() && (!up->one_time.empty() || !up->fallback.empty());
+    d.streams = (up->device_keys ? 1 : 0) + (counts_change ? 1 : 0);
+    d.decide = [up, counts_change](store::Txn& txn, StreamId first) {
+        const StreamId position = first;
         require_device(txn, up->user, up->device);
         // A key id already uploaded must come again unchanged (a retried upload); a different
         // key under it is an error, as the client has lost track of its keys.
@@ -431,6 +442,9 @@ asio::awaitable<Response> Keys::upload(Request& req) {
         for (const auto& f : up->fallback) txn.write(store::PutFallbackKey{f});
         up->keys_changed = keys_changed;
         up->counts = counts_map(txn.one_time_key_counts(up->user, up->device));
+        if (counts_change)
+            txn.write(
+                store::PutChange{{first + (up->device_keys ? 1 : 0), "one_time_keys", up->user}});
     };
     d.applied = [this, up](StreamId position) {
         if (UserKeys* keys = written_locked(up->user)) {
@@ -566,7 +580,15 @@ asio::awaitable<Response> Keys::claim(Request& req) {
     }
     if (!claims->empty()) {
         Decision d;
-        d.decide = [claims](store::Txn& txn, StreamId) {
+        // On a shared database, a change for each user whose keys were taken: the counts
+        // other processes hold of them go.
+        std::vector<std::string> owners;
+        if (core_.shared())
+            for (const auto& c : *claims)
+                if (std::find(owners.begin(), owners.end(), c.user) == owners.end())
+                    owners.push_back(c.user);
+        d.streams = owners.size();
+        d.decide = [claims, owners](store::Txn& txn, StreamId first) {
             for (auto& c : *claims) {
                 c.key.reset();
                 c.fallback_now_used = false;
@@ -587,6 +609,9 @@ asio::awaitable<Response> Keys::claim(Request& req) {
                 }
                 c.left = counts_map(txn.one_time_key_counts(c.user, c.device));
             }
+            for (std::size_t i = 0; i < owners.size(); ++i)
+                txn.write(store::PutChange{
+                    {first + static_cast<StreamId>(i), "one_time_keys", owners[i]}});
         };
         d.applied = [this, claims](StreamId) {
             for (const auto& c : *claims) {
