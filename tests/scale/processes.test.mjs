@@ -415,3 +415,31 @@ test('aliases and the room directory made on one process reach the others; one a
   assert.deepEqual(made.map((r) => r.status).sort(), [200, 400], made.map((r) => r.text).join(' '));
   assert.equal(made.find((r) => r.status === 400).body.errcode, 'M_ROOM_IN_USE');
 });
+
+test('one-time keys claimed through one process are counted so by the others', async () => {
+  const iris = await register(servers[0].url, 'iris');
+  const jack = await register(servers[1].url, 'jack');
+  const roomId = await iris.createRoom({ preset: 'public_chat' });
+  assert.equal((await jack.join(roomId)).status, 200);
+  const { pub, signObject } = keyPair(iris.userId, iris.deviceId);
+  const oneTime = {};
+  for (let i = 0; i < 3; i++) oneTime[`signed_curve25519:K${i}`] = signObject({ key: pub });
+  const up = await iris.call('POST', '/keys/upload', { body: { one_time_keys: oneTime } });
+  assert.equal(up.status, 200, up.text);
+  // Her counts, read (and so held) by the second process.
+  const atSecond = iris.at(servers[1].url);
+  const first = await atSecond.sync();
+  assert.equal(first.device_one_time_keys_count?.signed_curve25519, 3, JSON.stringify(first.device_one_time_keys_count));
+  // Jack takes one through the third process, then writes in the room: once the second
+  // process shows that message, it has read the claim too.
+  const claim = await jack.at(servers[2].url).call('POST', '/keys/claim', {
+    body: { one_time_keys: { [iris.userId]: { [iris.deviceId]: 'signed_curve25519' } } },
+  });
+  assert.equal(claim.status, 200, claim.text);
+  assert.equal(Object.keys(claim.body.one_time_keys[iris.userId][iris.deviceId]).length, 1);
+  const said = await jack.at(servers[2].url).send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'claimed' });
+  const after = await syncUntil(atSecond, first.next_batch, (b) =>
+    (b.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === said.body.event_id));
+  const counts = after.device_one_time_keys_count ?? (await atSecond.sync({ since: after.next_batch, timeout: '0' })).device_one_time_keys_count;
+  assert.equal(counts?.signed_curve25519, 2, JSON.stringify(counts));
+});
