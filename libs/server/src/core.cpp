@@ -6,6 +6,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <utility>
 
 #include "mxvoip/proto/errors.hpp"
 
@@ -158,9 +159,13 @@ void Core::submit_decision_locked(Decision d, std::function<void(std::exception_
                 auto wake = applied ? applied(first) : std::vector<std::string>{};
                 publish_locked(last, wake);
             }
-            if (settled) {
+            {
                 std::lock_guard lock(mu);
-                settled();
+                if (settled) settled();
+                if (shared() && !result && last > visible_) {
+                    pending_done_.emplace(last, [done, result] { done(result); });
+                    return;
+                }
             }
             done(result);
         });
@@ -246,6 +251,11 @@ void Core::advance_locked(StreamId upto) {
         wake_locked(pending_wakes_.begin()->second);
         pending_wakes_.erase(pending_wakes_.begin());
     }
+    while (!pending_done_.empty() && pending_done_.begin()->first <= visible_) {
+        auto done = std::move(pending_done_.begin()->second);
+        pending_done_.erase(pending_done_.begin());
+        done();
+    }
 }
 
 void Core::share(std::unique_ptr<store::ChangeListener> listener) {
@@ -263,6 +273,9 @@ void Core::stop_feed() {
     if (!listener_) return;
     listener_->stop();
     if (feed_.joinable()) feed_.join();
+    // Stored, if not yet visible: told so, rather than never.
+    std::lock_guard lock(mu);
+    for (auto& [_, done] : std::exchange(pending_done_, {})) done();
 }
 
 void Core::feed() {

@@ -210,6 +210,10 @@ class Core {
     std::unordered_map<std::string, std::vector<ChangeHandler>> change_handlers_;
     // Shared: whose /syncs to wake once the visible position reaches a position.
     std::map<StreamId, std::vector<std::string>> pending_wakes_;
+    // Shared database: the outcomes of this process's decisions, told once the visible
+    // position passes their positions, so that what a client was told is stored, it can read
+    // here at once (a receipt for the message it just sent).
+    std::multimap<StreamId, std::function<void()>> pending_done_;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
     std::vector<std::function<void(StreamId)>> visible_listeners_;
     bool shutting_down_ = false;

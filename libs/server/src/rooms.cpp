@@ -997,6 +997,16 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
         staged_txn_ = txn.serial();
     }
     out = Decided{};
+    // The aliases the write makes (a new room's) were written first, unless another process
+    // made them meanwhile: then it keeps them, and this write is refused (before its events are
+    // checked against the aliases this process holds, which may already have it as theirs).
+    if (core_.shared())
+        for (const auto& m : write.mutations)
+            if (const auto* a = std::get_if<store::PutRoomAlias>(&m))
+                if (auto row = txn.room_alias(a->alias.alias);
+                    !row || row->room_id != a->alias.room_id)
+                    throw MatrixError(400, errcode::room_in_use,
+                                      "Room alias " + a->alias.alias + " is taken");
     // The rooms this write changes the state of: copies, staged once it is written.
     std::unordered_map<std::string, std::shared_ptr<RoomState>> changed;
     {
@@ -1062,15 +1072,6 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                     writable(target.room_id).apply_state(out.redacted);
         }
     }
-    // The aliases the write makes (a new room's) were written first, unless another process
-    // made them meanwhile: then it keeps them, and this write is refused.
-    if (core_.shared())
-        for (const auto& m : write.mutations)
-            if (const auto* a = std::get_if<store::PutRoomAlias>(&m))
-                if (auto row = txn.room_alias(a->alias.alias);
-                    !row || row->room_id != a->alias.room_id)
-                    throw MatrixError(400, errcode::room_in_use,
-                                      "Room alias " + a->alias.alias + " is taken");
     if (write.create) txn.write(store::PutRoom{*write.create});
     for (const auto& ev : out.events) txn.write(store::PutEvent{*ev});
     if (out.redacted) txn.write(store::RedactEvent{out.redacted->stream, out.redacted->json});
