@@ -2,17 +2,22 @@
 // --scale and a production layout put it: one address on a free loopback port, requests
 // spread round-robin, each process's /health checked (every 200 ms here, out at the first
 // failure), a connection refused by a dead process sent to another.
+//
+// Its listening socket is made here and handed to it (`bind fd@3`): the port is known and
+// taken before it starts, and a connection made before it is ready waits in the backlog, so
+// nothing waits for it to listen.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './coturn.mjs';
 
 export async function startHaproxy(servers) {
   if (spawnSync('sh', ['-c', 'command -v haproxy']).status !== 0) throw new Error('haproxy is not installed: run scripts/setup');
   const dir = mkdtempSync(join(tmpdir(), 'mxvoip-haproxy-'));
-  const port = await freePort();
+  const socket = createServer();
+  await new Promise((resolve) => socket.listen(0, '127.0.0.1', resolve));
+  const { port } = socket.address();
   const backends = servers.map((s, i) => `    server p${i} ${new URL(s.url).host} check`).join('\n');
   writeFileSync(join(dir, 'haproxy.cfg'), `global
     maxconn 2000
@@ -26,7 +31,7 @@ defaults
     retries 2
     option redispatch
 frontend matrix
-    bind 127.0.0.1:${port}
+    bind fd@3
     default_backend mxvoip
 backend mxvoip
     balance roundrobin
@@ -35,22 +40,17 @@ backend mxvoip
     default-server inter 200ms fall 1 rise 1
 ${backends}
 `);
-  const proc = spawn('haproxy', ['-f', join(dir, 'haproxy.cfg'), '-db'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('haproxy', ['-f', join(dir, 'haproxy.cfg'), '-db'], { stdio: ['ignore', 'pipe', 'pipe', socket._handle.fd] });
+  // HAProxy holds the socket now; this process lets go of its copy without accepting on it.
+  await new Promise((resolve) => socket.close(resolve));
   let log = '';
   proc.stdout.on('data', (c) => (log += c));
   proc.stderr.on('data', (c) => (log += c));
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-  // Ready once it accepts a connection on its port.
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    const open = await new Promise((resolve) => {
-      const s = connect(port, '127.0.0.1', () => (s.end(), resolve(true)));
-      s.on('error', () => resolve(false));
-    });
-    if (open) break;
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`haproxy did not start:\n${log}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  // A configuration it refuses ends it at once.
+  proc.on('exit', (code) => {
+    if (code) console.error(`haproxy exited with ${code}:\n${log}`);
+  });
   return {
     url: `http://127.0.0.1:${port}`,
     get log() {
