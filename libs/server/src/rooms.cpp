@@ -1196,7 +1196,8 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     const std::size_t changes = core_.shared() ? shared->changes.size() : 0;
     d.streams = shared->events.size() + changes;
     d.rooms = room_ids;
-    d.mutations = shared->mutations;  // the decision reads the aliases among them
+    // On a shared database the decision reads the aliases among them.
+    d.mutations = core_.shared() ? shared->mutations : std::move(shared->mutations);
     d.decide = [this, shared, decided, changes](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
         auto position = first + static_cast<StreamId>(shared->events.size());

@@ -181,12 +181,7 @@ class SqlStore : public Store {
     }
 
     std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
-        return read([&](Db& db) -> std::optional<RoomAliasRecord> {
-            Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
-            s.bind(alias);
-            if (!s.next()) return std::nullopt;
-            return RoomAliasRecord{alias, s.text(0), s.text(1)};
-        });
+        return read([&](Db& db) { return alias_row(db, alias); });
     }
 
     bool room_published(const std::string& room_id) override {
@@ -368,10 +363,7 @@ class SqlStore : public Store {
             return s.next() ? s.integer(0) : 0;
         }
         std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
-            Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
-            s.bind(alias);
-            if (!s.next()) return std::nullopt;
-            return RoomAliasRecord{alias, s.text(0), s.text(1)};
+            return alias_row(db, alias);
         }
         std::optional<EventRecord> txn_event(const std::string& device_key,
                                              const std::string& room_id, const std::string& txn_id,
@@ -1196,6 +1188,13 @@ class SqlStore : public Store {
     }
 
   private:
+    static std::optional<RoomAliasRecord> alias_row(Db& db, const std::string& alias) {
+        Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
+        s.bind(alias);
+        if (!s.next()) return std::nullopt;
+        return RoomAliasRecord{alias, s.text(0), s.text(1)};
+    }
+
     // schema_version holds the version the tables are at; Db::kMigrations[i] takes them from
     // version i to i + 1 (the first creates them). All in one transaction.
     static void migrate(Db& db) {
