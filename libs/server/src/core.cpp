@@ -96,6 +96,15 @@ std::vector<store::ChangeRecord> Core::changes_of(const std::vector<store::Mutat
     return out;
 }
 
+void Core::put_changes(store::Txn& txn, const std::vector<store::ChangeRecord>& changes,
+                       StreamId first) {
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+        store::ChangeRecord c = changes[i];
+        c.stream = first + static_cast<StreamId>(i);
+        txn.write(store::PutChange{std::move(c)});
+    }
+}
+
 std::uint64_t Core::submit_locked(PendingWrite write) {
     auto changes = shared() ? changes_of(write.mutations) : std::vector<store::ChangeRecord>{};
     if (changes.empty())
@@ -105,11 +114,7 @@ std::uint64_t Core::submit_locked(PendingWrite write) {
     const std::size_t n = changes.size();
     store::Write w{std::move(write.mutations),
                    [changes = std::move(changes)](store::Txn& txn, StreamId first) {
-                       for (std::size_t i = 0; i < changes.size(); ++i) {
-                           store::ChangeRecord c = changes[i];
-                           c.stream = first + static_cast<StreamId>(i);
-                           txn.write(store::PutChange{std::move(c)});
-                       }
+                       put_changes(txn, changes, first);
                    },
                    n,
                    {}};

@@ -133,6 +133,9 @@ class Core {
     // other processes, for the mutations that carry no stream position of their own.
     static std::vector<store::ChangeRecord> changes_of(
         const std::vector<store::Mutation>& mutations);
+    // Writes `changes` in the transaction, at consecutive positions from `first`.
+    static void put_changes(store::Txn& txn, const std::vector<store::ChangeRecord>& changes,
+                            StreamId first);
     // Completes once write `seq` and all before it are durable; throws 503 M_UNKNOWN when
     // they never will be. Returns an awaitable without being a coroutine itself (GCC 12
     // coroutine bugs): a co_await expression holds no non-trivial temporaries.

@@ -1200,12 +1200,9 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     d.mutations = core_.shared() ? shared->mutations : std::move(shared->mutations);
     d.decide = [this, shared, decided, changes](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
-        auto position = first + static_cast<StreamId>(shared->events.size());
-        for (std::size_t i = 0; i < changes; ++i, ++position) {
-            store::ChangeRecord c = shared->changes[i];
-            c.stream = position;
-            txn.write(store::PutChange{std::move(c)});
-        }
+        if (changes)
+            Core::put_changes(txn, shared->changes,
+                              first + static_cast<StreamId>(shared->events.size()));
     };
     d.applied = [this, shared, decided](StreamId) {
         if (shared->applied) shared->applied();
