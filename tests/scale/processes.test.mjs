@@ -443,3 +443,46 @@ test('one-time keys claimed through one process are counted so by the others', a
   const counts = after.device_one_time_keys_count ?? (await atSecond.sync({ since: after.next_batch, timeout: '0' })).device_one_time_keys_count;
   assert.equal(counts?.signed_curve25519, 2, JSON.stringify(counts));
 });
+
+test('a key backup made on one process is the backup on every other; two made at once get two numbers', async () => {
+  const rosa = await register(servers[0].url, 'rosa');
+  const ALGORITHM = 'm.megolm_backup.v1.curve25519-aes-sha2';
+  const session = (fmi, tag) => ({
+    first_message_index: fmi,
+    forwarded_count: 0,
+    is_verified: false,
+    session_data: { ephemeral: `e-${tag}`, ciphertext: `c-${tag}`, mac: `m-${tag}` },
+  });
+  const made = await rosa.call('POST', '/room_keys/version', { body: { algorithm: ALGORITHM, auth_data: { public_key: 'k1' } } });
+  assert.equal(made.status, 200, made.text);
+  // Keys go in through the second process, into the version the first made.
+  const put = await rosa.at(servers[1].url).call('PUT', '/room_keys/keys/!r:localhost/s1', { query: { version: made.body.version }, body: session(4, 'a') });
+  assert.equal(put.status, 200, put.text);
+  assert.equal(put.body.count, 1);
+  // The third reads them, and keeps the better key whichever process wrote the worse one.
+  const better = await rosa.at(servers[2].url).call('PUT', '/room_keys/keys/!r:localhost/s1', { query: { version: made.body.version }, body: session(1, 'b') });
+  assert.equal(better.status, 200, better.text);
+  const worse = await rosa.at(servers[0].url).call('PUT', '/room_keys/keys/!r:localhost/s1', { query: { version: made.body.version }, body: session(3, 'c') });
+  assert.deepEqual(worse.body, better.body, 'a worse key changes neither count nor etag');
+  const read = await rosa.at(servers[1].url).call('GET', '/room_keys/keys/!r:localhost/s1', { query: { version: made.body.version } });
+  assert.equal(read.body.session_data.ciphertext, 'c-b');
+
+  // Two new versions at once, through different processes: two numbers, and the later one is current.
+  const both = await Promise.all(
+    [servers[1], servers[2]].map((s, i) =>
+      rosa.at(s.url).call('POST', '/room_keys/version', { body: { algorithm: ALGORITHM, auth_data: { public_key: `n${i}` } } })),
+  );
+  for (const r of both) assert.equal(r.status, 200, r.text);
+  const numbers = both.map((r) => Number(r.body.version)).sort((a, b) => a - b);
+  assert.notEqual(numbers[0], numbers[1], JSON.stringify(numbers));
+  assert.ok(numbers[0] > Number(made.body.version), JSON.stringify(numbers));
+  for (const s of servers) {
+    const current = await rosa.at(s.url).call('GET', '/room_keys/version');
+    assert.equal(current.body.version, String(numbers[1]), `current version on ${s.url}`);
+  }
+  // The first version no longer takes keys, on any process.
+  const stale = await rosa.at(servers[2].url).call('PUT', '/room_keys/keys/!r:localhost/s2', { query: { version: made.body.version }, body: session(0, 'd') });
+  assert.equal(stale.status, 403, stale.text);
+  assert.equal(stale.body.errcode, 'M_WRONG_ROOM_KEYS_VERSION');
+  assert.equal(stale.body.current_version, String(numbers[1]));
+});

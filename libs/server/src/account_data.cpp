@@ -103,6 +103,7 @@ asio::awaitable<Response> AccountData::post_filter(Request& req) {
     auto d = std::make_shared<Decided>(Decided{req.session->user_id, json::serialize(req.json),
                                                core_.config().limits.filters_per_user});
     Decision decision;
+    decision.users = {d->user};  // two processes never give two filters one id
     decision.decide = [d](store::Txn& txn, StreamId) {
         if (auto found = txn.filter_id(d->user, d->text)) {
             d->id = *found;

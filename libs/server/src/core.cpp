@@ -136,7 +136,7 @@ void Core::submit_decision_locked(Decision d, std::function<void(std::exception_
                            *taken = first;
                            if (decide) decide(txn, first);
                        },
-                       d.streams, std::move(d.rooms)};
+                       d.streams, std::move(d.rooms), std::move(d.users)};
     writer_.submit(
         std::move(write),
         [this, done = std::move(done), taken, streams, applied = std::move(d.applied),

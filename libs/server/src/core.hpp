@@ -53,6 +53,8 @@ struct Decision {
     std::size_t streams = 0;
     // The rooms it appends to (store::Write::rooms).
     std::vector<std::string> rooms;
+    // The users whose data beyond rooms it decides on (store::Write::users).
+    std::vector<std::string> users;
     // Runs on the writer's thread (if set), in a savepoint of its own, reading and writing
     // through the transaction; throws a MatrixError to refuse, and then nothing it wrote stays. It
     // may run more than once (a transaction made again after an outage), so it sets what it

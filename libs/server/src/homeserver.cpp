@@ -31,7 +31,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     rooms.load(snap);
     directory.load(snap);
     keys.load(snap);
-    key_backup.load(snap);
     receipts.load(snap);
     notifications.load(snap);
     pushers.load(snap);

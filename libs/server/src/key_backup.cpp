@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include <tuple>
+#include <charconv>
+#include <memory>
+#include <vector>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -18,10 +20,26 @@ namespace {
 
 constexpr std::size_t kMaxAuthData = 65536;
 
+// The version number a request names (?version= or the path): 404 when it is not one, as
+// for a version that does not exist.
+std::int64_t number_of(const std::string& text) {
+    std::int64_t n = 0;
+    const char* end = text.data() + text.size();
+    auto [at, ec] = std::from_chars(text.data(), end, n);
+    if (ec != std::errc() || at != end || n <= 0)
+        throw MatrixError(404, errcode::not_found, "Unknown backup version '" + text + "'");
+    return n;
+}
+
+MatrixError unknown_version(std::int64_t number) {
+    return MatrixError(404, errcode::not_found,
+                       "Unknown backup version '" + std::to_string(number) + "'");
+}
+
 // What a /room_keys/keys request is about: ?version= (required), and the path captures
 // after /room_keys/keys, the room and the session, either possibly absent.
 struct Target {
-    std::string version;
+    std::int64_t version = 0;
     std::string room;
     std::string session;
 };
@@ -29,20 +47,14 @@ struct Target {
 Target target_of(const Request& req) {
     const std::string* version = req.query_param("version");
     if (!version) throw MatrixError(400, errcode::missing_param, "Missing 'version'");
-    return {*version, req.params.size() > 0 ? req.params[0] : std::string(),
+    return {number_of(*version), req.params.size() > 0 ? req.params[0] : std::string(),
             req.params.size() > 1 ? req.params[1] : std::string()};
 }
 
-struct Upload {
-    std::string room;
-    std::string session;
-    bool is_verified = false;
-    std::int64_t first_message_index = 0;
-    std::int64_t forwarded_count = 0;
-    std::string json;
-};
-
-Upload parse_key(const std::string& room, const std::string& session, const json::value& v) {
+// One uploaded key, checked. Whether it replaces the key the backup has for its session is
+// the store's to decide (Txn::put_backup_key: the spec's rule).
+store::BackupKeyRecord parse_key(const std::string& user, const std::string& room,
+                                 const std::string& session, const json::value& v) {
     if (!v.is_object())
         throw MatrixError(400, errcode::bad_json, "Key backup data must be an object");
     const auto& o = v.get_object();
@@ -55,220 +67,175 @@ Upload parse_key(const std::string& room, const std::string& session, const json
                           "is_verified and session_data");
     if (room.empty() || session.empty())
         throw MatrixError(400, errcode::invalid_param, "Room and session ids must not be empty");
-    return Upload{room, session, *verified, *fmi, *fc, json::serialize(o)};
+    return {user, 0, room, session, *verified, *fmi, *fc, json::serialize(o)};
 }
 
-// The spec's rule for a key the backup already has: a verified key beats an unverified one,
-// then the lower first message index, then the lower forwarded count.
-bool better(const Upload& n, bool verified, std::int64_t fmi, std::int64_t fc) {
-    if (n.is_verified != verified) return n.is_verified;
-    if (n.first_message_index != fmi) return n.first_message_index < fmi;
-    return n.forwarded_count < fc;
+// A change to a version's keys, decided in its transaction: what it answers.
+struct KeysChange {
+    std::string user;
+    std::int64_t number = 0;
+    std::int64_t current = 0;  // the current version (uploads: when it is not `number`)
+    std::int64_t count = 0;
+    std::int64_t etag = 0;
+};
+
+// Decides a change to the keys of c.number: runs `change()` (which returns whether it changed
+// any) unless the version is gone, gives the version a new etag when it did, and records
+// the counts to answer. Uploads go only to the current version: a client on an old one
+// must learn of the new (M_WRONG_ROOM_KEYS_VERSION); then nothing is changed.
+template <typename Change>
+void decide_keys(store::Txn& txn, KeysChange& c, bool current_only, Change&& change) {
+    auto v = txn.backup_version(c.user, c.number);
+    if (!v) throw unknown_version(c.number);
+    if (current_only) {
+        c.current = txn.backup_version(c.user, 0)->version.version;
+        if (c.current != c.number) return;
+    }
+    c.count = v->count;
+    if (change()) {
+        ++v->version.etag;
+        txn.write(store::PutBackupVersion{v->version});
+        c.count = txn.backup_version(c.user, c.number)->count;
+    }
+    c.etag = v->version.etag;
+}
+
+Response counts(const KeysChange& c) {
+    return Response{
+        200,
+        "{\"count\":" + std::to_string(c.count) + ",\"etag\":\"" + std::to_string(c.etag) + "\"}",
+        {}};
 }
 
 }  // namespace
 
-void KeyBackup::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    for (auto& v : snap.backup_versions)
-        users_[v.user_id][v.version] =
-            Version{std::move(v.algorithm), std::move(v.auth_data), v.etag, v.deleted, {}};
-    for (auto& k : snap.backup_keys) {
-        auto u = users_.find(k.user_id);
-        if (u == users_.end()) continue;
-        auto v = u->second.find(k.version);
-        if (v == u->second.end() || v->second.deleted) continue;
-        v->second.keys[{k.room_id, k.session_id}] =
-            Meta{k.is_verified, k.first_message_index, k.forwarded_count};
-    }
-}
-
-std::int64_t KeyBackup::latest_locked(const std::string& user) const {
-    auto u = users_.find(user);
-    if (u == users_.end()) return 0;
-    for (auto it = u->second.rbegin(); it != u->second.rend(); ++it)
-        if (!it->second.deleted) return it->first;
-    return 0;
-}
-
-KeyBackup::Version& KeyBackup::version_locked(const std::string& user, const std::string& text,
-                                              std::int64_t& number) {
-    number = 0;
-    try {
-        std::size_t used = 0;
-        number = std::stoll(text, &used);
-        if (used != text.size()) number = 0;
-    } catch (...) {
-    }
-    auto u = users_.find(user);
-    if (number > 0 && u != users_.end())
-        if (auto v = u->second.find(number); v != u->second.end() && !v->second.deleted)
-            return v->second;
-    throw MatrixError(404, errcode::not_found, "Unknown backup version '" + text + "'");
-}
-
-store::BackupVersionRecord KeyBackup::record(const std::string& user, std::int64_t number,
-                                             const Version& v) const {
-    return {user, number, v.algorithm, v.auth_data, v.etag, v.deleted};
-}
-
-std::string KeyBackup::counts(const Version& v) {
-    return "{\"count\":" + std::to_string(v.keys.size()) + ",\"etag\":\"" + std::to_string(v.etag) +
-           "\"}";
-}
-
 asio::awaitable<Response> KeyBackup::create_version(Request& req) {
-    const std::string& user = req.session->user_id;
-    std::string algorithm(proto::req_string(req.json, "algorithm"));
+    auto v = std::make_shared<store::BackupVersionRecord>();
+    v->user_id = req.session->user_id;
+    v->algorithm = proto::req_string(req.json, "algorithm");
     const auto* auth_data = proto::opt_object(req.json, "auth_data");
     if (!auth_data) throw MatrixError(400, errcode::missing_param, "Missing 'auth_data'");
-    std::string auth_text = json::serialize(*auth_data);
-    if (auth_text.size() > kMaxAuthData)
+    v->auth_data = json::serialize(*auth_data);
+    if (v->auth_data.size() > kMaxAuthData)
         throw MatrixError(413, errcode::too_large, "auth_data is larger than 65536 bytes");
-    std::int64_t number = 0;
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        auto& versions = users_[user];
+    Decision d;
+    d.users = {v->user_id};
+    d.decide = [v](store::Txn& txn, StreamId) {
         // Numbers are never reused, so a client holding an old version learns it is gone.
-        number = versions.empty() ? 1 : versions.rbegin()->first + 1;
-        Version& v = versions[number];
-        v.algorithm = std::move(algorithm);
-        v.auth_data = std::move(auth_text);
-        ticket =
-            core_.submit_locked(PendingWrite::of(store::PutBackupVersion{record(user, number, v)}));
-    }
-    co_await core_.durable(ticket);
-    spdlog::info("{} created key backup version {}", user, number);
-    co_return json_response(json::object{{"version", std::to_string(number)}});
+        v->version = txn.backup_version_max(v->user_id) + 1;
+        txn.write(store::PutBackupVersion{*v});
+    };
+    co_await core_.transact(std::move(d));
+    spdlog::info("{} created key backup version {}", v->user_id, v->version);
+    co_return json_response(json::object{{"version", std::to_string(v->version)}});
 }
 
 asio::awaitable<Response> KeyBackup::get_version(Request& req) {
-    const std::string& user = req.session->user_id;
-    std::lock_guard lock(core_.mu);
-    std::int64_t number = 0;
-    std::string text;
-    if (req.params.empty()) {
-        number = latest_locked(user);
+    const std::int64_t number = req.params.empty() ? 0 : number_of(req.params[0]);
+    auto state = core_.store().backup_version(req.session->user_id, number);
+    if (!state) {
         if (!number) throw MatrixError(404, errcode::not_found, "No current backup version");
-        text = std::to_string(number);
-    } else {
-        text = req.params[0];
+        throw unknown_version(number);
     }
-    const Version& v = version_locked(user, text, number);
+    const auto& v = state->version;
     std::string out = "{\"algorithm\":" + quoted(v.algorithm) + ",\"auth_data\":" + v.auth_data +
-                      ",\"count\":" + std::to_string(v.keys.size()) + ",\"etag\":\"" +
-                      std::to_string(v.etag) + "\",\"version\":\"" + std::to_string(number) + "\"}";
+                      ",\"count\":" + std::to_string(state->count) + ",\"etag\":\"" +
+                      std::to_string(v.etag) + "\",\"version\":\"" + std::to_string(v.version) +
+                      "\"}";
     co_return Response{200, std::move(out), {}};
 }
 
 asio::awaitable<Response> KeyBackup::put_version(Request& req) {
-    const std::string& user = req.session->user_id;
-    const std::string& path_version = req.params[0];
-    std::string algorithm(proto::req_string(req.json, "algorithm"));
+    auto v = std::make_shared<store::BackupVersionRecord>();
+    v->user_id = req.session->user_id;
+    v->version = number_of(req.params[0]);
+    v->algorithm = proto::req_string(req.json, "algorithm");
     const auto* auth_data = proto::opt_object(req.json, "auth_data");
     if (!auth_data) throw MatrixError(400, errcode::missing_param, "Missing 'auth_data'");
     if (auto body_version = proto::opt_string(req.json, "version");
-        body_version && *body_version != path_version)
+        body_version && *body_version != req.params[0])
         throw MatrixError(400, errcode::invalid_param,
                           "The version in the body is not the one in the path");
-    std::string auth_text = json::serialize(*auth_data);
-    if (auth_text.size() > kMaxAuthData)
+    v->auth_data = json::serialize(*auth_data);
+    if (v->auth_data.size() > kMaxAuthData)
         throw MatrixError(413, errcode::too_large, "auth_data is larger than 65536 bytes");
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        std::int64_t number = 0;
-        Version& v = version_locked(user, path_version, number);
-        if (algorithm != v.algorithm)
+    Decision d;
+    d.users = {v->user_id};
+    d.decide = [v](store::Txn& txn, StreamId) {
+        auto now = txn.backup_version(v->user_id, v->version);
+        if (!now) throw unknown_version(v->version);
+        if (v->algorithm != now->version.algorithm)
             throw MatrixError(400, errcode::invalid_param,
                               "The algorithm of a backup version cannot change");
-        v.auth_data = std::move(auth_text);
-        ticket =
-            core_.submit_locked(PendingWrite::of(store::PutBackupVersion{record(user, number, v)}));
-    }
-    co_await core_.durable(ticket);
+        now->version.auth_data = v->auth_data;
+        txn.write(store::PutBackupVersion{now->version});
+    };
+    co_await core_.transact(std::move(d));
     co_return Response{};
 }
 
 asio::awaitable<Response> KeyBackup::delete_version(Request& req) {
-    const std::string& user = req.session->user_id;
-    PendingWrite w;
-    {
-        std::lock_guard lock(core_.mu);
-        std::int64_t number = 0;
-        Version& v = version_locked(user, req.params[0], number);
-        v.deleted = true;
-        v.keys.clear();
-        w.mutations.push_back(store::PutBackupVersion{record(user, number, v)});
-        w.mutations.push_back(store::DeleteBackupKeys{user, number, "", ""});
-    }
-    co_await core_.commit(std::move(w));
-    spdlog::info("{} deleted key backup version {}", user, req.params[0]);
+    auto v = std::make_shared<store::BackupVersionRecord>();
+    v->user_id = req.session->user_id;
+    v->version = number_of(req.params[0]);
+    Decision d;
+    d.users = {v->user_id};
+    d.decide = [v](store::Txn& txn, StreamId) {
+        auto now = txn.backup_version(v->user_id, v->version);
+        if (!now) throw unknown_version(v->version);
+        now->version.deleted = true;  // kept, so that its number is never made again
+        txn.write(store::PutBackupVersion{now->version});
+        txn.delete_backup_keys(v->user_id, v->version, "", "");
+    };
+    co_await core_.transact(std::move(d));
+    spdlog::info("{} deleted key backup version {}", v->user_id, v->version);
     co_return Response{};
 }
 
 asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
     const std::string& user = req.session->user_id;
     const Target t = target_of(req);
-    const std::string& room = t.room;
-    const std::string& session = t.session;
     // Everything is checked before anything is kept: a request is taken whole.
-    std::vector<Upload> uploads;
-    if (!session.empty()) {
-        uploads.push_back(parse_key(room, session, req.json));
+    auto uploads = std::make_shared<std::vector<store::BackupKeyRecord>>();
+    auto sessions_of = [&](const std::string& room, const json::object& o) {
+        const auto* sessions = proto::opt_object(o, "sessions");
+        if (!sessions) throw MatrixError(400, errcode::missing_param, "Missing 'sessions'");
+        for (const auto& [id, data] : *sessions)
+            uploads->push_back(parse_key(user, room, std::string(id), data));
+    };
+    if (!t.session.empty()) {
+        uploads->push_back(parse_key(user, t.room, t.session, req.json));
+    } else if (!t.room.empty()) {
+        sessions_of(t.room, req.json);
     } else {
-        auto sessions_of = [&](const std::string& room_id, const json::object& o) {
-            const auto* sessions = proto::opt_object(o, "sessions");
-            if (!sessions) throw MatrixError(400, errcode::missing_param, "Missing 'sessions'");
-            for (const auto& [id, data] : *sessions)
-                uploads.push_back(parse_key(room_id, std::string(id), data));
-        };
-        if (!room.empty()) {
-            sessions_of(room, req.json);
-        } else {
-            const auto* rooms = proto::opt_object(req.json, "rooms");
-            if (!rooms) throw MatrixError(400, errcode::missing_param, "Missing 'rooms'");
-            for (const auto& [id, r] : *rooms) {
-                if (!r.is_object())
-                    throw MatrixError(400, errcode::bad_json, "A room is an object");
-                sessions_of(std::string(id), r.get_object());
+        const auto* rooms = proto::opt_object(req.json, "rooms");
+        if (!rooms) throw MatrixError(400, errcode::missing_param, "Missing 'rooms'");
+        for (const auto& [id, r] : *rooms) {
+            if (!r.is_object()) throw MatrixError(400, errcode::bad_json, "A room is an object");
+            sessions_of(std::string(id), r.get_object());
+        }
+    }
+    auto c = std::make_shared<KeysChange>(KeysChange{user, t.version});
+    Decision d;
+    d.users = {user};
+    d.decide = [c, uploads](store::Txn& txn, StreamId) {
+        decide_keys(txn, *c, true, [&] {
+            bool stored = false;
+            for (auto& k : *uploads) {
+                k.version = c->number;
+                stored |= txn.put_backup_key(k);
             }
-        }
+            return stored;
+        });
+    };
+    co_await core_.transact(std::move(d));
+    if (c->current != c->number) {
+        json::object body{{"errcode", "M_WRONG_ROOM_KEYS_VERSION"},
+                          {"error", "That is not the current backup version"},
+                          {"current_version", std::to_string(c->current)}};
+        co_return json_response(body, 403);
     }
-    std::string out;
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        std::int64_t number = 0;
-        Version& v = version_locked(user, t.version, number);
-        if (std::int64_t latest = latest_locked(user); latest != number) {
-            // Only the current backup takes keys: a client on an old one must find the new.
-            json::object body{{"errcode", "M_WRONG_ROOM_KEYS_VERSION"},
-                              {"error", "That is not the current backup version"},
-                              {"current_version", std::to_string(latest)}};
-            co_return json_response(body, 403);
-        }
-        PendingWrite w;
-        for (auto& u : uploads) {
-            auto [it, fresh] = v.keys.try_emplace({u.room, u.session});
-            Meta& m = it->second;
-            if (!fresh && !better(u, m.is_verified, m.first_message_index, m.forwarded_count))
-                continue;
-            m = Meta{u.is_verified, u.first_message_index, u.forwarded_count};
-            w.mutations.push_back(
-                store::PutBackupKey{{user, number, u.room, u.session, u.is_verified,
-                                     u.first_message_index, u.forwarded_count, std::move(u.json)}});
-        }
-        if (!w.mutations.empty()) {
-            ++v.etag;
-            w.mutations.push_back(store::PutBackupVersion{record(user, number, v)});
-            ticket = core_.submit_locked(std::move(w));
-        }
-        out = counts(v);
-    }
-    if (ticket) co_await core_.durable(ticket);
-    co_return Response{200, std::move(out), {}};
+    co_return counts(*c);
 }
 
 asio::awaitable<Response> KeyBackup::get_keys(Request& req) {
@@ -276,12 +243,8 @@ asio::awaitable<Response> KeyBackup::get_keys(Request& req) {
     const Target t = target_of(req);
     const std::string& room = t.room;
     const std::string& session = t.session;
-    std::int64_t number = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        version_locked(user, t.version, number);
-    }
-    auto keys = core_.store().backup_keys(user, number, room, session);
+    if (!core_.store().backup_version(user, t.version)) throw unknown_version(t.version);
+    auto keys = core_.store().backup_keys(user, t.version, room, session);
     if (!session.empty()) {
         if (keys.empty()) throw MatrixError(404, errcode::not_found, "No key for that session");
         co_return Response{200, std::move(keys.front().json), {}};
@@ -315,30 +278,17 @@ asio::awaitable<Response> KeyBackup::get_keys(Request& req) {
 asio::awaitable<Response> KeyBackup::delete_keys(Request& req) {
     const std::string& user = req.session->user_id;
     const Target t = target_of(req);
-    const std::string& room = t.room;
-    const std::string& session = t.session;
-    std::string out;
-    std::uint64_t ticket = 0;
-    {
-        std::lock_guard lock(core_.mu);
-        std::int64_t number = 0;
-        Version& v = version_locked(user, t.version, number);
-        const std::size_t before = v.keys.size();
-        std::erase_if(v.keys, [&](const auto& kv) {
-            return (room.empty() || kv.first.first == room) &&
-                   (session.empty() || kv.first.second == session);
+    auto c = std::make_shared<KeysChange>(KeysChange{user, t.version});
+    auto what = std::make_shared<Target>(t);
+    Decision d;
+    d.users = {user};
+    d.decide = [c, what](store::Txn& txn, StreamId) {
+        decide_keys(txn, *c, false, [&] {
+            return txn.delete_backup_keys(c->user, c->number, what->room, what->session) > 0;
         });
-        if (v.keys.size() != before) {
-            ++v.etag;
-            PendingWrite w;
-            w.mutations.push_back(store::DeleteBackupKeys{user, number, room, session});
-            w.mutations.push_back(store::PutBackupVersion{record(user, number, v)});
-            ticket = core_.submit_locked(std::move(w));
-        }
-        out = counts(v);
-    }
-    if (ticket) co_await core_.durable(ticket);
-    co_return Response{200, std::move(out), {}};
+    };
+    co_await core_.transact(std::move(d));
+    co_return counts(*c);
 }
 
 }  // namespace mxvoip::server

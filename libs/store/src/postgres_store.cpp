@@ -311,6 +311,10 @@ class PgDb {
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").
     static constexpr const char* kMigrationLock =
         "SELECT pg_advisory_xact_lock(7888181691312071022)";
+    // Serialises decisions about one user's data (Write::users) across processes, until the
+    // transaction ends; class "mu", keyed by a hash of the user id (a collision only makes two
+    // users' decisions wait for each other).
+    static constexpr const char* kUserLock = "SELECT pg_advisory_xact_lock(28021, hashtext(?))";
     // The oldest key that no other transaction is taking: two claims at once, from any
     // process, get two keys.
     static constexpr const char* kTakeOneTimeKey =

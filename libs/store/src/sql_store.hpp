@@ -93,6 +93,13 @@ class SqlStore : public Store {
                     Stmt(txn.db, "SELECT 1 FROM rooms WHERE room_id = ? FOR UPDATE")
                         .bind(room)
                         .run();
+                std::vector<std::string> users;
+                for (const auto& w : batch)
+                    users.insert(users.end(), w.users.begin(), w.users.end());
+                std::sort(users.begin(), users.end());
+                users.erase(std::unique(users.begin(), users.end()), users.end());
+                if (Db::kUserLock)
+                    for (const auto& user : users) Stmt(txn.db, Db::kUserLock).bind(user).run();
             }
             StreamId next = streams ? txn.take_streams(streams) : 0;
             for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -365,6 +372,53 @@ class SqlStore : public Store {
         std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
             return alias_row(db, alias);
         }
+        std::optional<BackupVersionState> backup_version(const std::string& user_id,
+                                                         std::int64_t version) override {
+            return backup_version_row(db, user_id, version);
+        }
+        std::int64_t backup_version_max(const std::string& user_id) override {
+            Stmt s(db, "SELECT COALESCE(MAX(version), 0) FROM backup_versions WHERE user_id = ?");
+            s.bind(user_id);
+            return s.next() ? s.integer(0) : 0;
+        }
+        bool put_backup_key(const BackupKeyRecord& k) override {
+            // Replaces the key the version has for the session only when the new one is
+            // better: a row comes back when it was stored.
+            Stmt s(db,
+                   "INSERT INTO backup_keys AS k VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                   "(user_id, version, room_id, session_id) DO UPDATE SET is_verified = "
+                   "excluded.is_verified, first_message_index = excluded.first_message_index, "
+                   "forwarded_count = excluded.forwarded_count, json = excluded.json WHERE "
+                   "excluded.is_verified > k.is_verified OR (excluded.is_verified = "
+                   "k.is_verified AND (excluded.first_message_index < k.first_message_index OR "
+                   "(excluded.first_message_index = k.first_message_index AND "
+                   "excluded.forwarded_count < k.forwarded_count))) RETURNING 1");
+            s.bind(k.user_id)
+                .bind(k.version)
+                .bind(k.room_id)
+                .bind(k.session_id)
+                .bind(k.is_verified)
+                .bind(k.first_message_index)
+                .bind(k.forwarded_count)
+                .bind(k.json);
+            return s.next();
+        }
+        std::int64_t delete_backup_keys(const std::string& user_id, std::int64_t version,
+                                        const std::string& room_id,
+                                        const std::string& session_id) override {
+            Stmt s(db,
+                   "DELETE FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR "
+                   "room_id = ?) AND (? = '' OR session_id = ?) RETURNING 1");
+            s.bind(user_id)
+                .bind(version)
+                .bind(room_id)
+                .bind(room_id)
+                .bind(session_id)
+                .bind(session_id);
+            std::int64_t n = 0;
+            while (s.next()) ++n;
+            return n;
+        }
         std::optional<EventRecord> txn_event(const std::string& device_key,
                                              const std::string& room_id, const std::string& txn_id,
                                              std::int64_t since_ts) override {
@@ -631,23 +685,6 @@ class SqlStore : public Store {
             Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");
             while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
         }
-        {
-            Stmt s(db,
-                   "SELECT user_id, version, algorithm, auth_data, etag, deleted FROM "
-                   "backup_versions");
-            while (s.next())
-                snap.backup_versions.push_back({s.text(0), s.integer(1), s.text(2), s.text(3),
-                                                s.integer(4), s.integer(5) != 0});
-        }
-        {
-            // Live versions only: a deleted version's keys are deleted with it.
-            Stmt s(db,
-                   "SELECT user_id, version, room_id, session_id, is_verified, "
-                   "first_message_index, forwarded_count FROM backup_keys");
-            while (s.next())
-                snap.backup_keys.push_back({s.text(0), s.integer(1), s.text(2), s.text(3),
-                                            s.integer(4) != 0, s.integer(5), s.integer(6), ""});
-        }
         return snap;
     }
 
@@ -750,6 +787,11 @@ class SqlStore : public Store {
                 out.push_back({device_key, s.text(0), s.text(1), s.text(2), s.integer(3)});
             return out;
         });
+    }
+
+    std::optional<BackupVersionState> backup_version(const std::string& user_id,
+                                                     std::int64_t version) override {
+        return read([&](Db& db) { return backup_version_row(db, user_id, version); });
     }
 
     std::vector<BackupKeyRecord> backup_keys(const std::string& user_id, std::int64_t version,
@@ -1141,35 +1183,6 @@ class SqlStore : public Store {
             .bind(v.deleted)
             .run();
     }
-    static void write(Db& db, const PutBackupKey& m, StreamId&) {
-        const auto& k = m.key;
-        Stmt(db,
-             "INSERT INTO backup_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, "
-             "version, room_id, session_id) DO UPDATE SET is_verified = excluded.is_verified, "
-             "first_message_index = excluded.first_message_index, forwarded_count = "
-             "excluded.forwarded_count, json = excluded.json")
-            .bind(k.user_id)
-            .bind(k.version)
-            .bind(k.room_id)
-            .bind(k.session_id)
-            .bind(k.is_verified)
-            .bind(k.first_message_index)
-            .bind(k.forwarded_count)
-            .bind(k.json)
-            .run();
-    }
-    static void write(Db& db, const DeleteBackupKeys& m, StreamId&) {
-        Stmt(db,
-             "DELETE FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR room_id = "
-             "?) AND (? = '' OR session_id = ?)")
-            .bind(m.user_id)
-            .bind(m.version)
-            .bind(m.room_id)
-            .bind(m.room_id)
-            .bind(m.session_id)
-            .bind(m.session_id)
-            .run();
-    }
     static void write(Db& db, const PutDeviceListChange& m, StreamId& max_stream) {
         Stmt(db,
              "INSERT INTO device_list_changes VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET "
@@ -1193,6 +1206,19 @@ class SqlStore : public Store {
         s.bind(alias);
         if (!s.next()) return std::nullopt;
         return RoomAliasRecord{alias, s.text(0), s.text(1)};
+    }
+    static std::optional<BackupVersionState> backup_version_row(Db& db, const std::string& user_id,
+                                                                std::int64_t version) {
+        Stmt s(db,
+               "SELECT version, algorithm, auth_data, etag FROM backup_versions WHERE user_id = ? "
+               "AND (? = 0 OR version = ?) AND deleted = 0 ORDER BY version DESC LIMIT 1");
+        s.bind(user_id).bind(version).bind(version);
+        if (!s.next()) return std::nullopt;
+        BackupVersionState out{{user_id, s.integer(0), s.text(1), s.text(2), s.integer(3), false}};
+        Stmt count(db, "SELECT COUNT(*) FROM backup_keys WHERE user_id = ? AND version = ?");
+        count.bind(user_id).bind(out.version.version);
+        out.count = count.next() ? count.integer(0) : 0;
+        return out;
     }
 
     // schema_version holds the version the tables are at; Db::kMigrations[i] takes them from

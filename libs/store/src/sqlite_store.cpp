@@ -204,6 +204,8 @@ class Db {
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
+    // One process writes a SQLite database: its writes are already one after the other.
+    static constexpr const char* kUserLock = nullptr;
     // Rowid order is upload order: the oldest key goes first. One writer at a time.
     static constexpr const char* kTakeOneTimeKey =
         "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys WHERE user_id = "

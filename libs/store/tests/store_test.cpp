@@ -628,6 +628,73 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     EXPECT_EQ(all[2].type, "m.tag");
 }
 
+// Key backups are decided in transactions: version numbers are never made twice, a deleted
+// version is gone to readers and takes its keys with it, and an upload replaces a session's
+// key only when it is better by the spec's rule.
+TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
+    auto store = this->backend.open();
+    auto decide = [&](std::function<void(Txn&)> f) {
+        std::vector<Write> batch{Write{{}, [&](Txn& txn, StreamId) { f(txn); }}};
+        ASSERT_FALSE(store->transact(batch)[0]);
+    };
+    auto key = [](std::int64_t version, const char* session, bool verified, std::int64_t fmi,
+                  std::int64_t fc, const char* json) {
+        return BackupKeyRecord{"@a:x", version, "!r:x", session, verified, fmi, fc, json};
+    };
+    std::vector<bool> stored;
+    std::int64_t deleted = -1, max_before = -1, max_after = -1;
+    decide([&](Txn& txn) {
+        max_before = txn.backup_version_max("@a:x");
+        txn.write(PutBackupVersion{{"@a:x", 1, "alg", "{}", 0, false}});
+        txn.write(PutBackupVersion{{"@a:x", 2, "alg", "{\"n\":2}", 0, false}});
+        txn.write(PutBackupVersion{{"@b:x", 7, "alg", "{}", 0, false}});
+        for (const auto& k : {key(2, "s1", false, 5, 1, "{\"v\":1}"),
+                              key(2, "s1", false, 5, 1, "{\"v\":2}"),  // as good: kept
+                              key(2, "s1", false, 4, 9, "{\"v\":3}"),  // lower index
+                              key(2, "s1", false, 4, 3, "{\"v\":4}"),  // then fewer forwards
+                              key(2, "s1", false, 1, 0, "{\"v\":8}")})
+            stored.push_back(txn.put_backup_key(k));
+        stored.push_back(txn.put_backup_key(key(2, "s2", true, 9, 9, "{\"v\":5}")));
+        // A verified key is not replaced by an unverified one, however good.
+        stored.push_back(txn.put_backup_key(key(2, "s2", false, 0, 0, "{\"v\":6}")));
+        stored.push_back(txn.put_backup_key(key(1, "s1", false, 0, 0, "{\"v\":7}")));
+        max_after = txn.backup_version_max("@a:x");
+    });
+    EXPECT_EQ(max_before, 0);
+    EXPECT_EQ(max_after, 2);
+    EXPECT_EQ(stored, (std::vector<bool>{true, false, true, true, true, true, false, true}));
+    auto current = store->backup_version("@a:x", 0);
+    ASSERT_TRUE(current);
+    EXPECT_EQ(current->version.version, 2);
+    EXPECT_EQ(current->version.auth_data, "{\"n\":2}");
+    EXPECT_EQ(current->count, 2);
+    auto keys = store->backup_keys("@a:x", 2, "", "");
+    ASSERT_EQ(keys.size(), 2u);
+    EXPECT_EQ(keys[0].json, "{\"v\":8}");
+    EXPECT_EQ(keys[0].first_message_index, 1);
+    EXPECT_EQ(keys[1].json, "{\"v\":5}");  // verified beats unverified
+    EXPECT_FALSE(store->backup_version("@a:x", 3));
+
+    decide([&](Txn& txn) {
+        txn.write(PutBackupVersion{{"@a:x", 2, "alg", "{}", 1, true}});
+        deleted = txn.delete_backup_keys("@a:x", 2, "", "");
+        max_after = txn.backup_version_max("@a:x");
+    });
+    EXPECT_EQ(deleted, 2);
+    EXPECT_EQ(max_after, 2);  // a deleted version's number is not made again
+    EXPECT_FALSE(store->backup_version("@a:x", 2));
+    current = store->backup_version("@a:x", 0);
+    ASSERT_TRUE(current);
+    EXPECT_EQ(current->version.version, 1);
+    EXPECT_EQ(current->count, 1);
+    decide([&](Txn& txn) { deleted = txn.delete_backup_keys("@a:x", 1, "!other:x", ""); });
+    EXPECT_EQ(deleted, 0);
+    decide([&](Txn& txn) { deleted = txn.delete_backup_keys("@a:x", 1, "!r:x", "s1"); });
+    EXPECT_EQ(deleted, 1);
+    EXPECT_EQ(store->backup_version("@a:x", 1)->count, 0);
+    EXPECT_EQ(store->backup_version("@b:x", 0)->version.version, 7);
+}
+
 TYPED_TEST(StoreTest, KeysAreReadPerUserAndOneTimeKeysTakenOldestFirstOnce) {
     auto store = this->backend.open();
     store->apply(std::vector<Mutation>{
@@ -1008,6 +1075,10 @@ class FlakyStore final : public Store {
     std::vector<TxnRecord> device_txns(const std::string& d, std::int64_t t, int l) override {
         return inner_.device_txns(d, t, l);
     }
+    std::optional<BackupVersionState> backup_version(const std::string& u,
+                                                     std::int64_t v) override {
+        return inner_.backup_version(u, v);
+    }
     std::vector<BackupKeyRecord> backup_keys(const std::string& u, std::int64_t v,
                                              const std::string& r, const std::string& s) override {
         return inner_.backup_keys(u, v, r, s);
@@ -1369,6 +1440,59 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
     }
     listener->stop();
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::stopped);
+}
+
+// Two processes deciding about one user's data (Write::users) decide one after the other:
+// the second reads what the first wrote. Without the lock both would read no backup version
+// and both would make version 1.
+TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    auto a = open_postgres({dsn, true});
+    auto b = open_postgres({dsn, true});
+    auto make_version = [](std::int64_t& made, std::function<void()> then) {
+        Write w{{}, [&made, then](Txn& txn, StreamId) {
+                    made = txn.backup_version_max("@u:x") + 1;
+                    txn.write(PutBackupVersion{{"@u:x", made, "alg", "{}", 0, false}});
+                    then();
+                }};
+        w.users = {"@u:x"};
+        return std::vector<Write>{std::move(w)};
+    };
+    std::promise<void> release, decided;
+    std::int64_t first = 0, second = 0;
+    std::thread holding([&] {
+        auto w = make_version(first, [&] {
+            decided.set_value();
+            release.get_future().wait();
+        });
+        EXPECT_FALSE(a->transact(w)[0]);
+    });
+    decided.get_future().wait();
+    std::thread waiting([&] {
+        auto w = make_version(second, [] {});
+        EXPECT_FALSE(b->transact(w)[0]);
+    });
+    // Released once B waits for a lock (the user's; without it, for A's row of version 1):
+    // PostgreSQL tells of a lock wait only when asked.
+    RawConnection watch(dsn);
+    bool blocked = false;
+    for (auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+         !blocked && std::chrono::steady_clock::now() < give_up;) {
+        PGresult* r = PQexec(watch.c,
+                             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) "
+                             "WHERE NOT l.granted AND s.datname = current_database()");
+        blocked = PQresultStatus(r) == PGRES_TUPLES_OK && std::string(PQgetvalue(r, 0, 0)) != "0";
+        PQclear(r);
+        if (!blocked) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    release.set_value();
+    holding.join();
+    waiting.join();
+    ASSERT_TRUE(blocked) << "B never waited for a lock";
+    EXPECT_EQ(first, 1);
+    EXPECT_EQ(second, 2);
+    EXPECT_EQ(a->backup_version("@u:x", 0)->version.version, 2);
 }
 
 // What another process reads of a change: the record at its position, by key.

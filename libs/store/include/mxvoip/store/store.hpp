@@ -228,6 +228,11 @@ struct BackupVersionRecord {
     std::int64_t etag = 0;  // changes whenever the backup's keys change
     bool deleted = false;
 };
+// A backup version as a client reads it: the version and how many keys it holds.
+struct BackupVersionState {
+    BackupVersionRecord version;
+    std::int64_t count = 0;
+};
 // One backed-up room key: what decides whether a new upload replaces it, and the data.
 struct BackupKeyRecord {
     std::string user_id;
@@ -327,16 +332,6 @@ struct DeleteKeySignatures {
 struct PutBackupVersion {
     BackupVersionRecord version;
 };
-struct PutBackupKey {
-    BackupKeyRecord key;
-};
-// Deletes a version's keys: all of them, a room's (session_id empty) or one session's.
-struct DeleteBackupKeys {
-    std::string user_id;
-    std::int64_t version = 0;
-    std::string room_id;  // empty: every room
-    std::string session_id;
-};
 struct PutDeviceListChange {
     DeviceListChangeRecord change;
 };
@@ -410,9 +405,9 @@ using Mutation =
                  PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
                  PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
-                 PutBackupVersion, PutBackupKey, DeleteBackupKeys, PutReceipt, AdvanceStream,
-                 PutPusher, DeletePusher, PutPresence, RedactEvent, PutRoomAlias, DeleteRoomAlias,
-                 PutRoomVisibility, ForgetTxns, PutChange>;
+                 PutBackupVersion, PutReceipt, AdvanceStream, PutPusher, DeletePusher, PutPresence,
+                 RedactEvent, PutRoomAlias, DeleteRoomAlias, PutRoomVisibility, ForgetTxns,
+                 PutChange>;
 
 // A write transaction as a decision made inside it sees it (Store::transact): keyed reads of
 // what is committed plus what the transaction wrote so far, and writes. Only the writer's
@@ -481,6 +476,21 @@ class Txn {
     virtual StreamId room_last_event(const std::string& room_id) = 0;
     // A local room alias, if it exists.
     virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
+    // The user's backup version of that number (0: the current one, the newest not deleted),
+    // unless there is none or it was deleted.
+    virtual std::optional<BackupVersionState> backup_version(const std::string& user_id,
+                                                             std::int64_t version) = 0;
+    // The highest number any backup version of the user ever had, deleted or not (0: none).
+    virtual std::int64_t backup_version_max(const std::string& user_id) = 0;
+    // Stores the key unless the version has one for its session that is at least as good
+    // (the spec's rule: a verified key beats an unverified one, then the lower first message
+    // index, then the lower forwarded count); returns whether it was stored.
+    virtual bool put_backup_key(const BackupKeyRecord& key) = 0;
+    // Deletes a version's keys: all of them, a room's (session_id empty) or one session's;
+    // returns how many.
+    virtual std::int64_t delete_backup_keys(const std::string& user_id, std::int64_t version,
+                                            const std::string& room_id,
+                                            const std::string& session_id) = 0;
     // The room event the device's client transaction made, if it made one since `since_ts`
     // and the device has not signed out since (ForgetTxns).
     virtual std::optional<EventRecord> txn_event(const std::string& device_key,
@@ -511,12 +521,16 @@ struct Write {
     // positions, whichever process writes them, and a decision about a room sees all that
     // was committed to it.
     std::vector<std::string> rooms;
+    // The users whose data beyond rooms its decision reads and then changes (their key
+    // backups): on a shared database each is locked after the rooms, in one order, so that
+    // two processes decide about one user's data one after the other.
+    std::vector<std::string> users;
 };
 
 // What the server keeps in memory, read once at start-up. No account or access token, no
 // room's state or timeline, no client transaction, no filter, no account data but push rules
-// and no end-to-end key but who changed their device list when: those are read from the
-// store when they are needed.
+// no end-to-end key but who changed their device list when, and no key backup: those are
+// read from the store when they are needed.
 struct Snapshot {
     std::vector<RoomRecord> rooms;
     // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
@@ -525,9 +539,7 @@ struct Snapshot {
     std::vector<ToDeviceRecord> to_device;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     std::vector<DeviceListChangeRecord> device_list_changes;
-    std::vector<BackupVersionRecord> backup_versions;
-    std::vector<BackupKeyRecord> backup_keys;  // without `json`: read on demand
-    std::vector<ReceiptRecord> receipts;       // in stream order
+    std::vector<ReceiptRecord> receipts;  // in stream order
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
     std::vector<RoomAliasRecord> room_aliases;
@@ -611,6 +623,9 @@ class Store {
     // The user's filter of that id (its JSON text), if there is one.
     virtual std::optional<std::string> filter(const std::string& user_id,
                                               std::int64_t filter_id) = 0;
+    // The user's backup version, as Txn::backup_version reads it.
+    virtual std::optional<BackupVersionState> backup_version(const std::string& user_id,
+                                                             std::int64_t version) = 0;
     // The keys of a backup version, of one room, or one session (empty: no restriction).
     virtual std::vector<BackupKeyRecord> backup_keys(const std::string& user_id,
                                                      std::int64_t version,
