@@ -46,7 +46,7 @@ export function makeDir(prefix = 'mxvoip-test-') {
 // started on first use (initdb in a temporary directory, a private unix socket, no TCP; as the
 // postgres user when run as root) and stopped when the process ends; a database per test
 // directory, so a restart on the same directory finds its data.
-const PG_BIN = '/usr/lib/postgresql/15/bin';
+export const PG_BIN = '/usr/lib/postgresql/15/bin';
 let pgCluster = null;
 function postgresCluster() {
   if (pgCluster) return pgCluster;

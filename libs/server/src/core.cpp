@@ -167,7 +167,7 @@ void Core::submit_decision_locked(Decision d, std::function<void(std::exception_
             {
                 std::lock_guard lock(mu);
                 if (settled) settled();
-                if (shared() && !result && last > visible_) {
+                if (shared() && !result && last > visible_ && !feed_stopped_) {
                     pending_done_.emplace(last, [done, result] { done(result); });
                     return;
                 }
@@ -278,8 +278,11 @@ void Core::stop_feed() {
     if (!listener_) return;
     listener_->stop();
     if (feed_.joinable()) feed_.join();
-    // Stored, if not yet visible: told so, rather than never.
+    // Stored, if not yet visible: told so, rather than never; and so are the writes that
+    // commit from now on (a request in flight when the shutdown began must end, or the
+    // process never exits).
     std::lock_guard lock(mu);
+    feed_stopped_ = true;
     for (auto& [_, done] : std::exchange(pending_done_, {})) done();
 }
 

@@ -219,6 +219,7 @@ class Core {
     // position passes their positions, so that what a client was told is stored, it can read
     // here at once (a receipt for the message it just sent).
     std::multimap<StreamId, std::function<void()>> pending_done_;
+    bool feed_stopped_ = false;  // nothing will pass them now: told at once
     std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
     std::vector<std::function<void(StreamId)>> visible_listeners_;
     bool shutting_down_ = false;

@@ -252,6 +252,7 @@ void Server::Impl::begin_shutdown() {
     hs->core.stop_feed();
     hs->core.wake_all();
     std::lock_guard lock(conns_mu);
+    spdlog::info("shutting down: {} connections to finish", conns.size());
     for (auto& c : conns) {
         asio::post(c->stream.get_executor(), [c] {
             c->closing = true;
