@@ -291,6 +291,26 @@ CREATE INDEX IF NOT EXISTS events_txn_id ON events (txn_device_key, txn_id)
     WHERE txn_id IS NOT NULL;
 )sql";
 
+// Version 7: a room's row carries its newest event, kept by a trigger, so that a shared
+// database's room lock (SELECT ... FOR UPDATE, which returns the row as the lock found it)
+// reads it in the same statement: whether this process's copy of the room is current.
+constexpr const char* kSchemaV7 = R"sql(
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS last_event BIGINT NOT NULL DEFAULT 0;
+UPDATE rooms r SET last_event = e.top
+    FROM (SELECT room_id, MAX(stream_id) AS top FROM events GROUP BY room_id) e
+    WHERE e.room_id = r.room_id;
+CREATE OR REPLACE FUNCTION note_room_last_event() RETURNS TRIGGER
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE rooms SET last_event = NEW.stream_id
+        WHERE room_id = NEW.room_id AND last_event < NEW.stream_id;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER events_room_last_event AFTER INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION note_room_last_event();
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
 // held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
@@ -304,8 +324,8 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
-                                                  kSchemaV4, kSchemaV5, kSchemaV6};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
+                                                  kSchemaV5, kSchemaV6, kSchemaV7};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").
@@ -345,14 +365,93 @@ class PgDb {
 
     // A transaction in which every read sees the database as of one moment.
     static constexpr const char* kBeginRead = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
-    void begin() { exec("BEGIN"); }
+    void begin() { defer("BEGIN"); }
     void commit() { exec("COMMIT"); }
-    void rollback() noexcept { PQclear(PQexec(conn_, "ROLLBACK")); }
+    void rollback() noexcept {
+        deferred_.clear();  // a BEGIN never sent: the ROLLBACK only warns
+        PQclear(PQexec(conn_, "ROLLBACK"));
+    }
 
+    // Any number of statements, with no parameters; one is sent with what was deferred.
     void exec(const char* sql) {
-        PGresult* r = PQexec(conn_, sql);
-        check(r, sql);
+        PGresult* r = nullptr;
+        if (!deferred_.empty() && !std::strchr(sql, ';')) {
+            r = run(sql, [&] {
+                return PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+            });
+        } else {
+            flush();
+            r = PQexec(conn_, sql);
+            check(r, sql);
+        }
         PQclear(r);
+    }
+
+    // A statement whose answer nothing waits for (BEGIN, a savepoint, an advisory lock): sent
+    // with the next one that is answered, in one pipeline, one round trip instead of two.
+    // Its failure is that statement's.
+    void defer(const char* sql, std::optional<std::string> param = std::nullopt) {
+        deferred_.push_back({sql, param ? &prepared(sql) : nullptr, std::move(param)});
+    }
+
+    // Runs the statement that `send` sends (in pipeline mode), after what was deferred, in
+    // one round trip; returns its result, checked.
+    template <typename Send>
+    PGresult* run(const char* sql, Send&& send) {
+        if (deferred_.empty()) {
+            if (!send()) check(nullptr, sql);
+            PGresult* r = PQgetResult(conn_);
+            while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+            check(r, sql);
+            return r;
+        }
+        auto deferred = std::move(deferred_);
+        deferred_.clear();
+        bool sent = PQenterPipelineMode(conn_) == 1;
+        for (const auto& d : deferred) {
+            const char* value = d.param ? d.param->c_str() : nullptr;
+            sent = sent && (d.name ? PQsendQueryPrepared(conn_, d.name->c_str(), 1, &value, nullptr,
+                                                         nullptr, 0)
+                                   : PQsendQueryParams(conn_, d.sql, 0, nullptr, nullptr, nullptr,
+                                                       nullptr, 0)) == 1;
+        }
+        sent = sent && send() == 1 && PQpipelineSync(conn_) == 1;
+        // One result for each statement (each followed by a null), then the sync's. The
+        // first failure is the one to tell: those after it were not run.
+        std::vector<PGresult*> results;
+        const char* failed_sql = nullptr;
+        PGresult* failed = nullptr;
+        for (std::size_t i = 0; sent && i <= deferred.size(); ++i) {
+            PGresult* r = PQgetResult(conn_);
+            if (!r) {
+                sent = false;
+                break;
+            }
+            while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+            auto status = PQresultStatus(r);
+            if (!failed && status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+                failed = r;
+                failed_sql = i < deferred.size() ? deferred[i].sql : sql;
+                continue;
+            }
+            results.push_back(r);
+        }
+        if (sent) {
+            PGresult* sync = PQgetResult(conn_);
+            sent = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+            PQclear(sync);
+        }
+        if (PQexitPipelineMode(conn_) != 1) sent = false;
+        if (!sent) lost_ = true;  // the protocol is somewhere unknown: used no more
+        PGresult* answer = nullptr;
+        if (!failed && sent) {
+            answer = results.back();
+            results.pop_back();
+        }
+        for (PGresult* r : results) PQclear(r);
+        if (failed) check(failed, failed_sql);
+        if (!sent) check(nullptr, sql);
+        return answer;
     }
 
     // The name of the prepared statement for `sql` ('?' placeholders numbered), preparing
@@ -389,7 +488,27 @@ class PgDb {
         throw StoreError(msg);
     }
 
-    bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
+    bool broken() const { return lost_ || PQstatus(conn_) != CONNECTION_OK; }
+
+  private:
+    // Sends what was deferred, on its own (before a statement that cannot be pipelined).
+    void flush() {
+        if (deferred_.empty()) return;
+        PGresult* r = run("SELECT 1", [&] {
+            return PQsendQueryParams(conn_, "SELECT 1", 0, nullptr, nullptr, nullptr, nullptr, 0);
+        });
+        PQclear(r);
+    }
+
+    struct Deferred {
+        const char* sql;
+        const std::string* name;  // prepared (with a parameter), else null
+        std::optional<std::string> param;
+    };
+    std::vector<Deferred> deferred_;
+    bool lost_ = false;
+
+  public:
     PGconn* handle() { return conn_; }
 
   private:
@@ -473,10 +592,10 @@ class PgStmt {
         std::vector<const char*> values;
         values.reserve(params_.size());
         for (const auto& p : params_) values.push_back(p ? p->c_str() : nullptr);
-        PGresult* r = PQexecPrepared(db_.handle(), name_.c_str(), static_cast<int>(values.size()),
-                                     values.data(), nullptr, nullptr, 0);
-        db_.check(r, sql_);
-        result_ = r;
+        result_ = db_.run(sql_, [&] {
+            return PQsendQueryPrepared(db_.handle(), name_.c_str(), static_cast<int>(values.size()),
+                                       values.data(), nullptr, nullptr, 0);
+        });
         row_ = -1;
     }
 
@@ -619,8 +738,8 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
         return std::make_unique<PgListener>(opts_.dsn);
     }
 
-    void settled() override {
-        if (!ending_) return;
+    void settled(bool more) override {
+        if (!ending_ || more) return;  // with more, the next transaction's beginning ends it
         ending_ = false;
         end(writer());
     }
@@ -628,12 +747,16 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
   protected:
     void positions_begin(PgDb& db) override {
         if (!*instance_) return;
-        // Committed before the first position is taken: every reader sees it in time.
-        PgDb::Stmt(db,
-                   "UPDATE instances SET frontier = (SELECT CASE WHEN is_called THEN last_value "
-                   "ELSE last_value - 1 END FROM stream_seq) WHERE id = ?")
-            .bind(std::int64_t{*instance_})
-            .run();
+        // Committed before the first position is taken: every reader sees it in time. When
+        // the transaction before ended just now, its frontier moves up to this one's, and
+        // everyone hears of its commit, in the same implicit transaction.
+        db.exec(ending_ ? move_sql_.c_str() : begin_sql_.c_str());
+        ending_ = false;
+    }
+    void no_positions_begin(PgDb& db) override {
+        if (!ending_) return;
+        ending_ = false;
+        end(db);
     }
     void positions_end(PgDb& db, bool committed) noexcept override {
         if (!*instance_) return;
@@ -678,15 +801,22 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
             .run();
         db.exec("DELETE FROM instances WHERE NOT instance_live(id)");
         PgDb::Stmt(db, "INSERT INTO instances VALUES (?, NULL)").bind(std::int64_t{id}).run();
-        end_sql_ = "UPDATE instances SET frontier = NULL WHERE id = " + std::to_string(id) +
-                   "; NOTIFY " + kChannel;
+        const std::string where = " WHERE id = " + std::to_string(id);
+        const std::string taken =
+            "UPDATE instances SET frontier = (SELECT CASE WHEN is_called THEN last_value ELSE "
+            "last_value - 1 END FROM stream_seq)" +
+            where;
+        begin_sql_ = taken;
+        move_sql_ = taken + "; NOTIFY " + kChannel;
+        end_sql_ = "UPDATE instances SET frontier = NULL" + where + "; NOTIFY " + kChannel;
         *instance_ = id;
     }
 
     PostgresOptions opts_;
     std::shared_ptr<int> instance_;  // 0 until registered
     bool ending_ = false;            // a commit with positions waits for settled()
-    std::string end_sql_;
+    // The frontier published (begin), moved up after a commit (move) and cleared (end).
+    std::string begin_sql_, move_sql_, end_sql_;
 };
 
 }  // namespace

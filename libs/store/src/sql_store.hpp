@@ -18,6 +18,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "mxvoip/store/store.hpp"
@@ -89,19 +90,28 @@ class SqlStore : public Store {
                     rooms.insert(rooms.end(), w.rooms.begin(), w.rooms.end());
                 std::sort(rooms.begin(), rooms.end());
                 rooms.erase(std::unique(rooms.begin(), rooms.end()), rooms.end());
-                for (const auto& room : rooms)
-                    Stmt(txn.db, "SELECT 1 FROM rooms WHERE room_id = ? FOR UPDATE")
-                        .bind(room)
-                        .run();
+                for (const auto& room : rooms) {
+                    // The row as it is once locked: its newest event is the room's (a
+                    // trigger keeps it, PostgreSQL's schema v7). A room made in this
+                    // transaction has no row yet, nor any event.
+                    Stmt s(txn.db, "SELECT last_event FROM rooms WHERE room_id = ? FOR UPDATE");
+                    s.bind(room);
+                    txn.locked_rooms.emplace(room, s.next() ? s.integer(0) : 0);
+                }
                 std::vector<std::string> users;
                 for (const auto& w : batch)
                     users.insert(users.end(), w.users.begin(), w.users.end());
                 std::sort(users.begin(), users.end());
                 users.erase(std::unique(users.begin(), users.end()), users.end());
                 if (Db::kUserLock)
-                    for (const auto& user : users) Stmt(txn.db, Db::kUserLock).bind(user).run();
+                    for (const auto& user : users) txn.db.defer(Db::kUserLock, user);
             }
             StreamId next = streams ? txn.take_streams(streams) : 0;
+            // Each decision has a savepoint, released as the next one is made or by the
+            // COMMIT (sent with the statement after them: Db::defer); a write without a
+            // decision after it lands in that savepoint, never rolled back once its decision
+            // ran.
+            bool savepoint = false;
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 const Write& w = batch[i];
                 const StreamId first = w.streams ? next : 0;
@@ -111,7 +121,9 @@ class SqlStore : public Store {
                     for (const auto& m : w.mutations) txn.write(m);
                     continue;
                 }
-                txn.db.exec("SAVEPOINT decision");
+                if (savepoint) txn.db.defer("RELEASE SAVEPOINT decision");
+                txn.db.defer("SAVEPOINT decision");
+                savepoint = true;
                 const StreamId max_before = txn.max_stream;
                 try {
                     for (const auto& m : w.mutations) txn.write(m);
@@ -123,7 +135,6 @@ class SqlStore : public Store {
                     txn.db.exec("ROLLBACK TO SAVEPOINT decision");
                     txn.max_stream = max_before;
                 }
-                txn.db.exec("RELEASE SAVEPOINT decision");
             }
         });
         return refused;
@@ -341,6 +352,8 @@ class SqlStore : public Store {
     // begins, and after it ended, committed or not (several processes on one database: the
     // frontier, docs/architecture.md).
     virtual void positions_begin(Db&) {}
+    // Told on the writer's connection before a transaction that takes none.
+    virtual void no_positions_begin(Db&) {}
     virtual void positions_end(Db&, bool /*committed*/) noexcept {}
     // The id of this process among those sharing the database; 0: it is not shared. Every
     // write's change (ChangeRecord) is recorded, as this instance's, when it is not 0.
@@ -355,6 +368,9 @@ class SqlStore : public Store {
         const int instance;       // SqlStore::instance()
         StreamId max_stream = 0;  // the newest position written
         StreamId taken = 0;       // the newest position taken (take_streams)
+        // The rooms whose rows the transaction locked (Write::rooms), each with its newest
+        // event as the lock found it.
+        std::unordered_map<std::string, StreamId> locked_rooms;
         const std::uint64_t number;
         DbTxn(Db& d, int i) : db(d), instance(i), number(next_serial()) {}
 
@@ -365,9 +381,12 @@ class SqlStore : public Store {
         std::uint64_t serial() const override { return number; }
 
         StreamId room_last_event(const std::string& room_id) override {
-            Stmt s(db, "SELECT COALESCE(MAX(stream_id), 0) FROM events WHERE room_id = ?");
-            s.bind(room_id);
-            return s.next() ? s.integer(0) : 0;
+            // Only what the room's lock read is true until the transaction ends.
+            auto it = locked_rooms.find(room_id);
+            if (it == locked_rooms.end())
+                throw StoreError("the newest event of " + room_id +
+                                 " was asked for outside the room's lock");
+            return it->second;
         }
         std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
             return alias_row(db, alias);
@@ -585,7 +604,10 @@ class SqlStore : public Store {
     void in_transaction(bool positions, F&& body) {
         if (!writer_ || writer_->broken()) writer_ = open_writer_();
         Db& db = *writer_;
-        if (positions) positions_begin(db);
+        if (positions)
+            positions_begin(db);
+        else
+            no_positions_begin(db);
         try {
             db.begin();
             DbTxn txn(db, instance());

@@ -237,6 +237,8 @@ class Db {
     // A transaction in which every read sees the database as of one moment.
     static constexpr const char* kBeginRead = "BEGIN";
     void begin() { exec("BEGIN IMMEDIATE"); }
+    // Nothing to save on a file: run now.
+    void defer(const char* sql, std::optional<std::string> param = std::nullopt);
     void commit() { exec("COMMIT"); }
     void rollback() noexcept { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }
 
@@ -341,6 +343,11 @@ class Stmt {
     sqlite3_stmt* st_;
     int n_ = 0;
 };
+
+void Db::defer(const char* sql, std::optional<std::string> param) {
+    if (!param) return exec(sql);
+    Stmt(*this, sql).bind(*param).run();
+}
 
 // the store's lifetime and released by the kernel when the process ends, however it ends.
 class ProcessLock {

@@ -122,7 +122,14 @@ void GroupCommitWriter::run() {
         for (std::size_t i = 0; i < batch.size(); ++i)
             batch[i].done(error, error ? nullptr : refused[i]);
         batch.clear();
-        if (!error) store_.settled();
+        if (!error) {
+            bool more = false;
+            {
+                std::lock_guard lock(mu_);
+                more = !queue_.empty();  // only this thread takes from it: it is next
+            }
+            store_.settled(more);
+        }
         {
             std::lock_guard lock(mu_);
             if (error) {

@@ -1297,7 +1297,7 @@ TEST(PostgresStore, AnInstanceReconnectingAfterACrashIsLiveAgain) {
         } catch (const StoreUnavailable&) {
         }
     }
-    store->settled();
+    store->settled(false);
     listener = store->listen();
     EXPECT_EQ(listener->live_instances(), 1);
     EXPECT_EQ(listener->safe_position(), 1);
@@ -1370,7 +1370,7 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
                                    1}};
         a->transact(w);
         // As the writer does once the completions ran: until then it is in flight still.
-        a->settled();
+        a->settled(false);
     });
     const StreamId first = taken.get_future().get();
     EXPECT_EQ(first, 1);
@@ -1386,7 +1386,7 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
                                1}};
     EXPECT_FALSE(b->transact(w)[0]);
     EXPECT_EQ(listener->safe_position(), 0);  // B's commit is B's to apply first
-    b->settled();
+    b->settled(false);
     EXPECT_EQ(second, 2);
     using Woken = ChangeListener::Woken;
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::notified);
@@ -1445,6 +1445,28 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
 // Two processes deciding about one user's data (Write::users) decide one after the other:
 // the second reads what the first wrote. Without the lock both would read no backup version
 // and both would make version 1.
+namespace {
+
+// Whether a connection to the database comes to wait for a lock (within a minute): PostgreSQL
+// tells of a lock wait only when asked.
+bool lock_waited_for(const std::string& dsn) {
+    RawConnection watch(dsn);
+    for (auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+         std::chrono::steady_clock::now() < give_up;) {
+        PGresult* r = PQexec(watch.c,
+                             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) "
+                             "WHERE NOT l.granted AND s.datname = current_database()");
+        const bool waiting =
+            PQresultStatus(r) == PGRES_TUPLES_OK && std::string(PQgetvalue(r, 0, 0)) != "0";
+        PQclear(r);
+        if (waiting) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+}
+
+}  // namespace
+
 TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses) {
     PostgresBackend backend;
     const std::string dsn = PgCluster::get().dsn(backend.name);
@@ -1473,19 +1495,8 @@ TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses)
         auto w = make_version(second, [] {});
         EXPECT_FALSE(b->transact(w)[0]);
     });
-    // Released once B waits for a lock (the user's; without it, for A's row of version 1):
-    // PostgreSQL tells of a lock wait only when asked.
-    RawConnection watch(dsn);
-    bool blocked = false;
-    for (auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-         !blocked && std::chrono::steady_clock::now() < give_up;) {
-        PGresult* r = PQexec(watch.c,
-                             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) "
-                             "WHERE NOT l.granted AND s.datname = current_database()");
-        blocked = PQresultStatus(r) == PGRES_TUPLES_OK && std::string(PQgetvalue(r, 0, 0)) != "0";
-        PQclear(r);
-        if (!blocked) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
+    // Released once B waits for a lock (the user's; without it, for A's row of version 1).
+    const bool blocked = lock_waited_for(dsn);
     release.set_value();
     holding.join();
     waiting.join();
@@ -1493,6 +1504,54 @@ TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses)
     EXPECT_EQ(first, 1);
     EXPECT_EQ(second, 2);
     EXPECT_EQ(a->backup_version("@u:x", 0)->version.version, 2);
+}
+
+// A process that locks a room another is appending to waits, then reads the room's newest
+// event as the other left it: its copy of the room is stale.
+TEST(PostgresStore, TheRoomLockReadsTheNewestEventAnotherProcessCommitted) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    auto a = open_postgres({dsn, true});
+    auto b = open_postgres({dsn, true});
+    a->apply(std::vector<Mutation>{PutRoom{{"!r:x", "10"}}});
+    auto append = [](StreamId& at, std::function<void()> then) {
+        Write w{{}, [&at, then](Txn& txn, StreamId first) {
+                    at = first;
+                    txn.write(PutEvent{event(first, "!r:x")});
+                    then();
+                }};
+        w.rooms = {"!r:x"};
+        w.streams = 1;
+        return std::vector<Write>{std::move(w)};
+    };
+    StreamId earlier = 0, later = 0, read = -1;
+    ASSERT_FALSE(a->transact(append(earlier, [] {}))[0]);
+    std::promise<void> release, appended;
+    std::thread holding([&] {
+        auto w = append(later, [&] {
+            appended.set_value();
+            release.get_future().wait();
+        });
+        EXPECT_FALSE(a->transact(w)[0]);
+    });
+    appended.get_future().wait();
+    std::thread reading([&] {
+        Write w{{}, [&read](Txn& txn, StreamId) { read = txn.room_last_event("!r:x"); }};
+        w.rooms = {"!r:x"};
+        EXPECT_FALSE(b->transact(std::vector<Write>{std::move(w)})[0]);
+    });
+    const bool blocked = lock_waited_for(dsn);
+    release.set_value();
+    holding.join();
+    reading.join();
+    ASSERT_TRUE(blocked) << "B never waited for the room's lock";
+    EXPECT_GT(later, earlier);
+    EXPECT_EQ(read, later);
+    // Asked outside the room's lock, the answer could be stale by the time it is used.
+    Write unlocked{{}, [](Txn& txn, StreamId) { txn.room_last_event("!r:x"); }};
+    auto refused = b->transact(std::vector<Write>{std::move(unlocked)});
+    ASSERT_TRUE(refused[0]);
+    EXPECT_THROW(std::rethrow_exception(refused[0]), StoreError);
 }
 
 // What another process reads of a change: the record at its position, by key.

@@ -472,7 +472,8 @@ class Txn {
     // How many threads the user has a receipt of that type in, in the room.
     virtual std::int64_t receipt_threads(const std::string& room_id, const std::string& user_id,
                                          const std::string& receipt_type) = 0;
-    // The stream position of the room's newest event (0: none).
+    // The stream position of the room's newest event (0: none) as the room's lock found it: a
+    // shared database, a room of Write::rooms (else StoreError).
     virtual StreamId room_last_event(const std::string& room_id) = 0;
     // A local room alias, if it exists.
     virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
@@ -652,8 +653,10 @@ class Store {
     virtual bool room_published(const std::string& room_id) = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
-    // process, this one included, reads past what this process has not yet applied).
-    virtual void settled() {}
+    // process, this one included, reads past what this process has not yet applied). `more`:
+    // another batch is queued and begins next, so what ends this one may go with what begins
+    // that (one round trip for the two).
+    virtual void settled(bool /*more*/) {}
 };
 
 struct SqliteOptions {
