@@ -29,6 +29,16 @@ namespace mxvoip::store::sql {
     "stream_id, event_id, room_id, type, state_key, sender, origin_server_ts, json, " \
     "txn_device_key, txn_id"
 
+// A version's backup keys: all, a room's, or one session's (bind_backup_keys_of).
+#define BACKUP_KEYS_OF \
+    "user_id = ? AND version = ? AND (? = '' OR room_id = ?) AND (? = '' OR session_id = ?)"
+
+template <typename Stmt>
+void bind_backup_keys_of(Stmt& s, const std::string& user_id, std::int64_t version,
+                         const std::string& room_id, const std::string& session_id) {
+    s.bind(user_id).bind(version).bind(room_id).bind(room_id).bind(session_id).bind(session_id);
+}
+
 template <typename Stmt>
 EventRecord read_event(Stmt& s) {
     return EventRecord{s.integer(0), s.text(1),    s.text(2), s.text(3), s.opt_text(4),
@@ -425,15 +435,8 @@ class SqlStore : public Store {
         std::int64_t delete_backup_keys(const std::string& user_id, std::int64_t version,
                                         const std::string& room_id,
                                         const std::string& session_id) override {
-            Stmt s(db,
-                   "DELETE FROM backup_keys WHERE user_id = ? AND version = ? AND (? = '' OR "
-                   "room_id = ?) AND (? = '' OR session_id = ?) RETURNING 1");
-            s.bind(user_id)
-                .bind(version)
-                .bind(room_id)
-                .bind(room_id)
-                .bind(session_id)
-                .bind(session_id);
+            Stmt s(db, "DELETE FROM backup_keys WHERE " BACKUP_KEYS_OF " RETURNING 1");
+            bind_backup_keys_of(s, user_id, version, room_id, session_id);
             std::int64_t n = 0;
             while (s.next()) ++n;
             return n;
@@ -822,15 +825,9 @@ class SqlStore : public Store {
         return read([&](Db& db) {
             Stmt s(db,
                    "SELECT room_id, session_id, is_verified, first_message_index, "
-                   "forwarded_count, json FROM backup_keys WHERE user_id = ? AND version = ? AND "
-                   "(? = '' OR room_id = ?) AND (? = '' OR session_id = ?) ORDER BY room_id, "
-                   "session_id");
-            s.bind(user_id)
-                .bind(version)
-                .bind(room_id)
-                .bind(room_id)
-                .bind(session_id)
-                .bind(session_id);
+                   "forwarded_count, json FROM backup_keys WHERE " BACKUP_KEYS_OF
+                   " ORDER BY room_id, session_id");
+            bind_backup_keys_of(s, user_id, version, room_id, session_id);
             std::vector<BackupKeyRecord> out;
             while (s.next())
                 out.push_back({user_id, version, s.text(0), s.text(1), s.integer(2) != 0,
