@@ -1506,6 +1506,41 @@ TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses)
     EXPECT_EQ(a->backup_version("@u:x", 0)->version.version, 2);
 }
 
+// A statement the database refuses, sent in one pipeline with the savepoint before it: only
+// its write is refused, as a fault (StoreError), and the writes around it commit.
+TEST(PostgresStore, AStatementRefusedInAPipelineRefusesOnlyItsWrite) {
+    PostgresBackend backend;
+    auto store = backend.open();
+    std::int64_t before = -1, after = -1;
+    std::vector<Write> batch{
+        put_filter("@a:x", "{\"n\":1}", before),
+        Write{{},
+              [](Txn& txn, StreamId) {
+                  txn.write(PutFilter{{"@a:x", 5, "{}"}});
+                  txn.write(PutFilter{{"@a:x", 6, "\xff"}});  // not UTF-8: refused
+              }},
+        put_filter("@a:x", "{\"n\":2}", after),
+    };
+    auto refused = store->transact(batch);
+    ASSERT_EQ(refused.size(), 3u);
+    EXPECT_FALSE(refused[0] || refused[2]);
+    ASSERT_TRUE(refused[1]);
+    try {
+        std::rethrow_exception(refused[1]);
+    } catch (const StoreUnavailable& e) {
+        ADD_FAILURE() << "taken for an outage: " << e.what();
+    } catch (const StoreError& e) {
+        EXPECT_NE(std::string(e.what()).find("UTF8"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(store->filter("@a:x", before), "{\"n\":1}");
+    EXPECT_EQ(store->filter("@a:x", after), "{\"n\":2}");
+    EXPECT_FALSE(store->filter("@a:x", 5));
+    // The connection goes on: the next transaction commits.
+    std::int64_t next = -1;
+    EXPECT_FALSE(store->transact(std::vector<Write>{put_filter("@a:x", "{\"n\":3}", next)})[0]);
+    EXPECT_EQ(store->filter("@a:x", next), "{\"n\":3}");
+}
+
 // A process that locks a room another is appending to waits, then reads the room's newest
 // event as the other left it: its copy of the room is stale.
 TEST(PostgresStore, TheRoomLockReadsTheNewestEventAnotherProcessCommitted) {
