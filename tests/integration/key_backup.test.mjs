@@ -132,6 +132,40 @@ test('backup keys at three levels, with etag and count; the better key of a sess
   }
 });
 
+test('a user keeps a bounded number of backup versions and keys: past either, 403, and nothing of the request is kept', async () => {
+  const server = await startServer({ config: { limits: { backup_versions_per_user: 2, backup_keys_per_version: 3 } } });
+  try {
+    const alice = await register(server.url, 'alice');
+    const create = () => alice.call('POST', '/room_keys/version', { body: { algorithm: ALGORITHM, auth_data: {} } });
+    assert.equal((await create()).body.version, '1');
+    assert.equal((await create()).body.version, '2');
+    const third = await create();
+    assert.equal(third.status, 403, third.text);
+    assert.equal(third.body.errcode, 'M_FORBIDDEN');
+    // Deleted versions do not count, and their numbers are still not made again.
+    assert.equal((await alice.call('DELETE', '/room_keys/version/1')).status, 200);
+    assert.equal((await create()).body.version, '3');
+    assert.equal((await alice.call('DELETE', '/room_keys/version/3')).status, 200);
+    assert.equal((await alice.call('DELETE', '/room_keys/version/2')).status, 200);
+    assert.equal((await create()).body.version, '4');
+
+    const put = (body) => alice.call('PUT', '/room_keys/keys/!a:localhost', { query: { version: '4' }, body: { sessions: body } });
+    assert.deepEqual((await put({ s1: key(5, 0, false), s2: key(5, 0, false) })).body, { count: 2, etag: '1' });
+    const over = await put({ s3: key(0, 0, false), s4: key(0, 0, false) });
+    assert.equal(over.status, 403, over.text);
+    assert.equal(over.body.errcode, 'M_FORBIDDEN');
+    const version = await alice.call('GET', '/room_keys/version/4');
+    assert.equal(version.body.count, 2, 'an upload past the limit keeps none of its keys');
+    assert.equal(version.body.etag, '1');
+    assert.deepEqual((await put({ s3: key(0, 0, false) })).body, { count: 3, etag: '2' });
+    // Full, a version still takes better keys for the sessions it has.
+    assert.deepEqual((await put({ s1: key(0, 0, true, 'better') })).body, { count: 3, etag: '3' });
+    assert.equal((await put({ s5: key(0, 0, false) })).status, 403);
+  } finally {
+    await server.stop();
+  }
+});
+
 test('secret storage lives in account data: m.secret_storage.* and the encrypted secrets round-trip', async () => {
   const server = await startServer();
   try {

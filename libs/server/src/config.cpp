@@ -448,6 +448,8 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"connections", &c.limits.connections},
                   {"connections_per_address", &c.limits.connections_per_address},
                   {"pushers_per_user", &c.limits.pushers_per_user},
+                  {"backup_versions_per_user", &c.limits.backup_versions_per_user},
+                  {"backup_keys_per_version", &c.limits.backup_keys_per_version},
                   {"aliases_per_room", &c.limits.aliases_per_room}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 1'000'000));

@@ -75,6 +75,7 @@ struct KeysChange {
     std::string user;
     std::int64_t number = 0;
     std::int64_t current = 0;  // the current version (uploads: when it is not `number`)
+    std::int64_t before = 0;   // the count before the change
     std::int64_t count = 0;
     std::int64_t etag = 0;
 };
@@ -91,7 +92,7 @@ void decide_keys(store::Txn& txn, KeysChange& c, bool current_only, Change&& cha
         c.current = txn.backup_version(c.user, 0)->version.version;
         if (c.current != c.number) return;
     }
-    c.count = v->count;
+    c.before = c.count = v->count;
     if (change()) {
         ++v->version.etag;
         txn.write(store::PutBackupVersion{v->version});
@@ -120,10 +121,19 @@ asio::awaitable<Response> KeyBackup::create_version(Request& req) {
         throw MatrixError(413, errcode::too_large, "auth_data is larger than 65536 bytes");
     Decision d;
     d.users = {v->user_id};
-    d.decide = [v](store::Txn& txn, StreamId) {
-        // Numbers are never reused, so a client holding an old version learns it is gone.
-        v->version = txn.backup_version_max(v->user_id) + 1;
+    d.decide = [v, most = core_.config().limits.backup_versions_per_user](store::Txn& txn,
+                                                                          StreamId) {
+        const auto versions = txn.backup_versions(v->user_id);
+        if (versions.live >= static_cast<std::int64_t>(most))
+            throw MatrixError(403, errcode::forbidden,
+                              "You have " + std::to_string(versions.live) +
+                                  " key backup versions, the most the server keeps "
+                                  "(limits.backup_versions_per_user): delete one first");
+        // Numbers are never reused, so a client holding an old version learns it is gone; the
+        // deleted versions below the new one need not be kept for that.
+        v->version = versions.max + 1;
         txn.write(store::PutBackupVersion{*v});
+        txn.forget_deleted_backup_versions(v->user_id, v->version);
     };
     co_await core_.transact(std::move(d));
     spdlog::info("{} created key backup version {}", v->user_id, v->version);
@@ -218,7 +228,8 @@ asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
     auto c = std::make_shared<KeysChange>(KeysChange{user, t.version});
     Decision d;
     d.users = {user};
-    d.decide = [c, uploads](store::Txn& txn, StreamId) {
+    d.decide = [c, uploads, most = core_.config().limits.backup_keys_per_version](store::Txn& txn,
+                                                                                  StreamId) {
         decide_keys(txn, *c, true, [&] {
             bool stored = false;
             for (auto& k : *uploads) {
@@ -227,6 +238,12 @@ asio::awaitable<Response> KeyBackup::put_keys(Request& req) {
             }
             return stored;
         });
+        // Refused whole: none of its keys stays. Replacing keys is always allowed.
+        if (c->count > static_cast<std::int64_t>(most) && c->count > c->before)
+            throw MatrixError(403, errcode::forbidden,
+                              "The backup would hold " + std::to_string(c->count) +
+                                  " keys, more than the server keeps in one version "
+                                  "(limits.backup_keys_per_version)");
     };
     co_await core_.transact(std::move(d));
     if (c->current != c->number) {

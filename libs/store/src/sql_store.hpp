@@ -405,10 +405,21 @@ class SqlStore : public Store {
                                                          std::int64_t version) override {
             return backup_version_row(db, user_id, version);
         }
-        std::int64_t backup_version_max(const std::string& user_id) override {
-            Stmt s(db, "SELECT COALESCE(MAX(version), 0) FROM backup_versions WHERE user_id = ?");
+        BackupVersionCounts backup_versions(const std::string& user_id) override {
+            Stmt s(db,
+                   "SELECT COALESCE(MAX(version), 0), COUNT(*) - COALESCE(SUM(deleted), 0) FROM "
+                   "backup_versions WHERE user_id = ?");
             s.bind(user_id);
-            return s.next() ? s.integer(0) : 0;
+            if (!s.next()) return {};
+            return {s.integer(0), s.integer(1)};
+        }
+        void forget_deleted_backup_versions(const std::string& user_id,
+                                            std::int64_t below) override {
+            Stmt(db,
+                 "DELETE FROM backup_versions WHERE user_id = ? AND deleted <> 0 AND version < ?")
+                .bind(user_id)
+                .bind(below)
+                .run();
         }
         bool put_backup_key(const BackupKeyRecord& k) override {
             // Replaces the key the version has for the session only when the new one is

@@ -642,9 +642,9 @@ TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
         return BackupKeyRecord{"@a:x", version, "!r:x", session, verified, fmi, fc, json};
     };
     std::vector<bool> stored;
-    std::int64_t deleted = -1, max_before = -1, max_after = -1;
+    std::int64_t deleted = -1, max_before = -1, max_after = -1, live = -1;
     decide([&](Txn& txn) {
-        max_before = txn.backup_version_max("@a:x");
+        max_before = txn.backup_versions("@a:x").max;
         txn.write(PutBackupVersion{{"@a:x", 1, "alg", "{}", 0, false}});
         txn.write(PutBackupVersion{{"@a:x", 2, "alg", "{\"n\":2}", 0, false}});
         txn.write(PutBackupVersion{{"@b:x", 7, "alg", "{}", 0, false}});
@@ -658,10 +658,12 @@ TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
         // A verified key is not replaced by an unverified one, however good.
         stored.push_back(txn.put_backup_key(key(2, "s2", false, 0, 0, "{\"v\":6}")));
         stored.push_back(txn.put_backup_key(key(1, "s1", false, 0, 0, "{\"v\":7}")));
-        max_after = txn.backup_version_max("@a:x");
+        max_after = txn.backup_versions("@a:x").max;
+        live = txn.backup_versions("@a:x").live;
     });
     EXPECT_EQ(max_before, 0);
     EXPECT_EQ(max_after, 2);
+    EXPECT_EQ(live, 2);
     EXPECT_EQ(stored, (std::vector<bool>{true, false, true, true, true, true, false, true}));
     auto current = store->backup_version("@a:x", 0);
     ASSERT_TRUE(current);
@@ -678,10 +680,12 @@ TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
     decide([&](Txn& txn) {
         txn.write(PutBackupVersion{{"@a:x", 2, "alg", "{}", 1, true}});
         deleted = txn.delete_backup_keys("@a:x", 2, "", "");
-        max_after = txn.backup_version_max("@a:x");
+        max_after = txn.backup_versions("@a:x").max;
+        live = txn.backup_versions("@a:x").live;
     });
     EXPECT_EQ(deleted, 2);
     EXPECT_EQ(max_after, 2);  // a deleted version's number is not made again
+    EXPECT_EQ(live, 1);
     EXPECT_FALSE(store->backup_version("@a:x", 2));
     current = store->backup_version("@a:x", 0);
     ASSERT_TRUE(current);
@@ -693,6 +697,24 @@ TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
     EXPECT_EQ(deleted, 1);
     EXPECT_EQ(store->backup_version("@a:x", 1)->count, 0);
     EXPECT_EQ(store->backup_version("@b:x", 0)->version.version, 7);
+
+    // Deleted versions below a number are forgotten; the highest stays, deleted, so that its
+    // number is not made again, and the live ones stay.
+    decide([&](Txn& txn) {
+        txn.write(PutBackupVersion{{"@a:x", 3, "alg", "{}", 0, true}});
+        txn.forget_deleted_backup_versions("@a:x", 3);
+        max_after = txn.backup_versions("@a:x").max;
+        live = txn.backup_versions("@a:x").live;
+    });
+    EXPECT_EQ(max_after, 3);
+    EXPECT_EQ(live, 1);
+    EXPECT_TRUE(store->backup_version("@a:x", 1));
+    // Below 4, 3 goes too: what is left is the live version alone.
+    decide([&](Txn& txn) {
+        txn.forget_deleted_backup_versions("@a:x", 4);
+        max_after = txn.backup_versions("@a:x").max;
+    });
+    EXPECT_EQ(max_after, 1);
 }
 
 TYPED_TEST(StoreTest, KeysAreReadPerUserAndOneTimeKeysTakenOldestFirstOnce) {
@@ -1474,7 +1496,7 @@ TEST(PostgresStore, DecisionsAboutOneUserAreMadeOneAfterTheOtherAcrossProcesses)
     auto b = open_postgres({dsn, true});
     auto make_version = [](std::int64_t& made, std::function<void()> then) {
         Write w{{}, [&made, then](Txn& txn, StreamId) {
-                    made = txn.backup_version_max("@u:x") + 1;
+                    made = txn.backup_versions("@u:x").max + 1;
                     txn.write(PutBackupVersion{{"@u:x", made, "alg", "{}", 0, false}});
                     then();
                 }};

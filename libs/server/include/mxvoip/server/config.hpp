@@ -62,7 +62,9 @@ struct Limits {
     std::size_t connections = 10000;  // open connections in all
     std::size_t connections_per_address = 200;
     std::size_t pushers_per_user = 20;
-    std::size_t aliases_per_room = 100;  // local aliases pointing at one room
+    std::size_t aliases_per_room = 100;             // local aliases pointing at one room
+    std::size_t backup_versions_per_user = 100;     // key backup versions not deleted
+    std::size_t backup_keys_per_version = 1000000;  // room keys in one backup version
 };
 
 // How much of the database each process keeps in memory (`caches:`), in entries; the least

@@ -229,6 +229,11 @@ struct BackupVersionRecord {
     bool deleted = false;
 };
 // A backup version as a client reads it: the version and how many keys it holds.
+struct BackupVersionCounts {
+    std::int64_t max = 0;
+    std::int64_t live = 0;
+};
+
 struct BackupVersionState {
     BackupVersionRecord version;
     std::int64_t count = 0;
@@ -481,8 +486,12 @@ class Txn {
     // unless there is none or it was deleted.
     virtual std::optional<BackupVersionState> backup_version(const std::string& user_id,
                                                              std::int64_t version) = 0;
-    // The highest number any backup version of the user ever had, deleted or not (0: none).
-    virtual std::int64_t backup_version_max(const std::string& user_id) = 0;
+    // The user's backup versions: the highest number any ever had, deleted or not (0: none),
+    // and how many are not deleted.
+    virtual BackupVersionCounts backup_versions(const std::string& user_id) = 0;
+    // Forgets the user's deleted versions numbered below `below` (their keys went with them):
+    // the highest number stays, so none is made twice, and deleted versions do not pile up.
+    virtual void forget_deleted_backup_versions(const std::string& user_id, std::int64_t below) = 0;
     // Stores the key unless the version has one for its session that is at least as good
     // (the spec's rule: a verified key beats an unverified one, then the lower first message
     // index, then the lower forwarded count); returns whether it was stored.
