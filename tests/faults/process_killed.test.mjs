@@ -2,15 +2,18 @@
 // load, behind HAProxy: the clients carry on through the other two, retrying what failed with
 // its transaction id; afterwards every acknowledged message is in the room exactly once,
 // under the event id it was acknowledged with, nothing is there that no one was told was
-// stored, and every member's /sync on both survivors reads the same stream.
+// stored, every member's /sync on both survivors reads the same stream, and the change feed
+// is pruned past the dead process.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, register, postgres, roomEvents, signal, syncedMessages } from '../lib/harness.mjs';
+import { startServer, register, postgres, psql, changesPrunedUpTo, roomEvents, signal, syncedMessages } from '../lib/harness.mjs';
 import { startHaproxy } from '../lib/haproxy.mjs';
 
 test('a process killed under load: the others carry on, every acknowledged message once', async () => {
   const pg = postgres();
-  const database = { backend: 'postgres', dsn: pg.dsn(pg.createDatabase()), shared: true };
+  const db = pg.createDatabase();
+  // A process gone is let go by the pruning of the change feed after 5 s.
+  const database = { backend: 'postgres', dsn: pg.dsn(db), shared: true, feed_grace: '5s' };
   const servers = [];
   for (let i = 0; i < 3; i++) servers.push(await startServer({ config: { database } }));
   const lb = await startHaproxy(servers);
@@ -85,6 +88,8 @@ test('a process killed under load: the others carry on, every acknowledged messa
     for (const c of clients) for (const s of [servers[0], servers[2]]) streams.push(await syncedMessages(c.at(s.url), roomId));
     for (const s of streams) assert.deepEqual(s, streams[0]);
     assert.equal(streams[0].length, acked.size);
+    // The dead process holds back the pruning of the change feed no longer than the grace.
+    await changesPrunedUpTo(db, Number(psql(db, `SELECT last_event FROM rooms WHERE room_id = '${roomId}'`)));
   } finally {
     await lb.stop();
     for (const s of servers) await s.stop();

@@ -3,9 +3,9 @@
 // feed stopped used to wait for the feed for ever, and so did the process.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { startServer, register, postgres, userHandle, PG_BIN } from '../lib/harness.mjs';
+import { startServer, register, postgres, psql, userHandle, PG_BIN } from '../lib/harness.mjs';
 
 const PSQL = `${PG_BIN}/psql`;
 
@@ -33,8 +33,7 @@ test('a write in flight when a shared process stops is answered, stored, and the
   // PostgreSQL tells of a lock wait only when asked.
   let waiting = false;
   for (let i = 0; i < 600 && !waiting; i++) {
-    const out = execFileSync(PSQL, ['-h', pg.dir, '-U', 'mxvoip', '-d', db, '-X', '-At', '-c', 'SELECT count(*) FROM pg_locks WHERE NOT granted'], { encoding: 'utf8' });
-    waiting = out.trim() !== '0';
+    waiting = psql(db, 'SELECT count(*) FROM pg_locks WHERE NOT granted') !== '0';
     if (!waiting) await new Promise((r) => setImmediate(r));
   }
   assert.ok(waiting, 'the message never waited for the room');

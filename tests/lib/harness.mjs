@@ -101,6 +101,22 @@ export function postgres() {
   return postgresCluster();
 }
 
+// One value read from a database of the test process's cluster, as an operator would with psql.
+export function psql(db, query) {
+  return execFileSync(`${PG_BIN}/psql`, ['-h', postgresCluster().dir, '-U', 'mxvoip', '-d', db, '-X', '-At', '-c', query], { encoding: 'utf8' }).trim();
+}
+
+// Resolves once a shared database's change feed is pruned up to `position` (every process
+// not gone fed it), or throws after a minute, far past the seconds it takes (each process
+// tells what it fed every 5 s, and a process gone is let go after database.feed_grace).
+export async function changesPrunedUpTo(db, position) {
+  const deadline = Date.now() + 60000;
+  while (Number(psql(db, 'SELECT upto FROM changes_pruned')) < position) {
+    if (Date.now() > deadline) throw new Error(`the change feed was not pruned up to ${position}; instances: ${psql(db, 'SELECT id, fed, seen FROM instances')}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
 function defaultDatabase(dir) {
   if (process.env.MXVOIP_TEST_DATABASE !== 'postgres') return { backend: 'sqlite', path: join(dir, 'homeserver.db') };
   const cluster = postgresCluster();

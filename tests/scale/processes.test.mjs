@@ -5,19 +5,24 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { startServer, register, postgres, roomEvents } from '../lib/harness.mjs';
+import { startServer, register, postgres, roomEvents, psql as sql, changesPrunedUpTo as prunedUpTo } from '../lib/harness.mjs';
 import { keyPair } from '../lib/e2e_keys.mjs';
 
 const PROCESSES = 3;
+// A process out of touch with the database for longer is no longer waited for by the pruning
+// of the change feed: short here, so that the feed is pruned while the tests run.
+const FEED_GRACE_S = 2;
 
-// N processes sharing one new database.
+// N processes sharing one new database (its name: `servers.db`).
 async function startShared(n = PROCESSES, config = {}) {
   const pg = postgres();
-  const database = { backend: 'postgres', dsn: pg.dsn(pg.createDatabase()), shared: true };
+  const db = pg.createDatabase();
+  const database = { backend: 'postgres', dsn: pg.dsn(db), shared: true, feed_grace: `${FEED_GRACE_S}s` };
   // Push gateways here are on loopback.
   const push = { allow_private_addresses: true };
   const servers = [];
   for (let i = 0; i < n; i++) servers.push(await startServer({ config: { database, push, ...config } }));
+  servers.db = db;
   return servers;
 }
 
@@ -485,4 +490,48 @@ test('a key backup made on one process is the backup on every other; two made at
   assert.equal(stale.status, 403, stale.text);
   assert.equal(stale.body.errcode, 'M_WRONG_ROOM_KEYS_VERSION');
   assert.equal(stale.body.current_version, String(numbers[1]));
+});
+
+test('the change feed is pruned once every process has fed it, and only then', async () => {
+  const lee = await register(servers[0].url, 'lee');
+  const roomId = await lee.createRoom({ preset: 'public_chat' });
+  const sent = await lee.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'fed everywhere' });
+  assert.equal(sent.status, 200, sent.text);
+  const top = Number(sql(servers.db, 'SELECT MAX(stream_id) FROM changes'));
+  assert.ok(top > 0, 'nothing was written to the change feed');
+  await prunedUpTo(servers.db, top);
+  assert.equal(sql(servers.db, `SELECT COUNT(*) FROM changes WHERE stream_id <= ${top}`), '0');
+  // Every process fed it: what it holds is what the others wrote.
+  for (const s of servers) {
+    const read = await lee.at(s.url).call('GET', `/rooms/${encodeURIComponent(roomId)}/event/${encodeURIComponent(sent.body.event_id)}`);
+    assert.equal(read.status, 200, read.text);
+  }
+});
+
+test('a process cut off from the database for longer than feed_grace exits when it comes back, and says why', async () => {
+  const pair = await startShared(2);
+  const [stays, cut] = pair;
+  try {
+    const max = await register(stays.url, 'max');
+    const roomId = await max.createRoom({ preset: 'public_chat' });
+    // The second process sleeps, and its sessions (its instance's locks) are ended: it is out of
+    // touch, and after the grace the first prunes what it never fed.
+    cut.proc.kill('SIGSTOP');
+    const id = sql(pair.db, 'SELECT MAX(id) FROM instances');
+    sql(pair.db, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid IN (28024, 28025) AND objid = ${id} AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`);
+    const sent = await max.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'not fed there' });
+    assert.equal(sent.status, 200, sent.text);
+    await prunedUpTo(pair.db, Number(sql(pair.db, `SELECT last_event FROM rooms WHERE room_id = '${roomId}'`)));
+    cut.proc.kill('SIGCONT');
+    const exit = await cut.exited;
+    assert.notEqual(exit.code, 0, cut.log);
+    assert.match(cut.log, /out of touch with the database for longer than database\.feed_grace/);
+    // The other carries on.
+    const again = await max.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'still here' });
+    assert.equal(again.status, 200, again.text);
+  } finally {
+    cut.proc.kill('SIGCONT');
+    await cut.stop();
+    await stays.stop();
+  }
 });

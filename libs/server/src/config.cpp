@@ -241,6 +241,12 @@ Config read_config(const std::string& text, const std::string& source) {
                      c.database.dsn = r.str(it.second, full);
                  } else if (sub == "shared") {
                      c.database.shared = r.boolean(it.second, full);
+                 } else if (sub == "feed_grace") {
+                     auto d = parse_duration(r.str(it.second, full));
+                     if (!d.error.empty()) r.fail(it.second, full, d.error);
+                     if (d.seconds < 1 || d.seconds > 86400)
+                         r.fail(it.second, full, "must be between 1s and 1d");
+                     c.database.feed_grace_s = d.seconds;
                  } else if (sub == "path") {
                      c.database.path = r.str(it.second, full);
                      if (c.database.path.empty()) r.fail(it.second, full, "must not be empty");

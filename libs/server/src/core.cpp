@@ -71,9 +71,12 @@ std::exception_ptr not_stored() {
 
 void Core::failed(std::exception_ptr e) {
     // Only the first failure is the cause; the writer fails everything after it.
+    fatal("a database write failed: " + what(e));
+}
+
+void Core::fatal(const std::string& why) {
     std::call_once(fatal_once_, [&] {
-        std::string why = what(e);
-        spdlog::critical("database write failed: {}; the server stops", why);
+        spdlog::critical("{}; the server stops", why);
         if (on_fatal_) on_fatal_(why);
     });
 }
@@ -265,6 +268,8 @@ void Core::advance_locked(StreamId upto) {
 
 void Core::share(std::unique_ptr<store::ChangeListener> listener) {
     StreamId safe = listener->safe_position();
+    // Nothing after it is pruned while this process lives.
+    listener->fed(safe);
     listener_ = std::move(listener);
     std::lock_guard lock(mu);
     visible_ = safe;
@@ -302,7 +307,18 @@ void Core::feed() {
     using std::chrono::milliseconds;
     constexpr auto kCountEvery = std::chrono::seconds(5);
     std::chrono::steady_clock::time_point counted{};
-    while (listener_->wait(behind ? milliseconds(0) : milliseconds(1000)) != Woken::stopped) {
+    for (;;) {
+        const Woken woken = listener_->wait(behind ? milliseconds(0) : milliseconds(1000));
+        if (woken == Woken::stopped) return;
+        if (woken == Woken::lost) {
+            // Changes it never applied are gone: what it holds may be stale for good. A
+            // supervisor starts it again, from what the database holds.
+            return fatal(
+                "this process was out of touch with the database for longer than "
+                "database.feed_grace (" +
+                std::to_string(config_.database.feed_grace_s) +
+                " s) while the others went on, and the changes it missed were pruned");
+        }
         std::vector<store::ChangeRecord> changes;
         std::vector<store::EventRecord> events;
         StreamId safe = 0;
@@ -315,6 +331,8 @@ void Core::feed() {
                         "{} processes share the database; each holds 1/{} of the rate "
                         "limits",
                         live, live);
+                // And what it fed, so that the changes every process fed are pruned.
+                listener_->fed(fed);
                 counted = now;
             }
             safe = listener_->safe_position();

@@ -167,7 +167,8 @@ class Core {
     // 503 M_UNKNOWN with Retry-After: the database cannot be reached.
     static proto::MatrixError unavailable();
     void stop_writer() { writer_.stop(); }
-    // Called once, with the reason, when a commit fails: the model can no longer be trusted.
+    // Called once, with the reason, when the model can no longer be trusted (a commit failed;
+    // changes this process never fed were pruned).
     void on_fatal(std::function<void(const std::string&)> f) { on_fatal_ = std::move(f); }
 
     // Parks a /sync of `user`; nullptr when the server is shutting down. 429 when the user
@@ -195,6 +196,8 @@ class Core {
     void feed();
     // A write failed for good: the first such failure stops the server.
     void failed(std::exception_ptr e);
+    // The model can no longer be trusted: the first call stops the server, with this reason.
+    void fatal(const std::string& why);
     void on_store_health(bool available, const std::string& why);
 
     const Config& config_;

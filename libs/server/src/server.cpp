@@ -48,7 +48,9 @@ std::int64_t system_now_ms() {
 std::unique_ptr<store::Store> open_store(const DatabaseConfig& db) {
     if (db.backend == "postgres") {
         spdlog::info("database: PostgreSQL{}", db.shared ? ", shared with other processes" : "");
-        return store::open_postgres({db.dsn, db.shared});
+        return store::open_postgres({.dsn = db.dsn,
+                                     .shared = db.shared,
+                                     .feed_grace = std::chrono::seconds(db.feed_grace_s)});
     }
     spdlog::info("database: SQLite {}", db.path);
     return store::open_sqlite({db.path, db.synchronous});
@@ -231,8 +233,7 @@ void Server::run(bool handle_signals) {
     spdlog::info("stopped; database closed");
     // Exit non-zero, so a supervisor (systemd's Restart=on-failure) starts the server again
     // from what the database holds.
-    if (!I.failure.empty())
-        throw std::runtime_error("stopped after a database write failed: " + I.failure);
+    if (!I.failure.empty()) throw std::runtime_error("stopped: " + I.failure);
 }
 
 void Server::stop() {

@@ -112,6 +112,16 @@ TEST(Config, PostgresTakesADsn) {
     auto shared = parse_config("database: {backend: postgres, dsn: \"dbname=mx\", shared: true}\n",
                                "test.yaml");
     EXPECT_TRUE(shared.database.shared);
+    EXPECT_EQ(shared.database.feed_grace_s, 300);
+    auto grace = parse_config(
+        "database: {backend: postgres, dsn: \"dbname=mx\", shared: true, feed_grace: 2m}\n",
+        "test.yaml");
+    EXPECT_EQ(grace.database.feed_grace_s, 120);
+    EXPECT_EQ(error_of("database: {backend: postgres, dsn: x, feed_grace: 2d}\n"),
+              "test.yaml:1: database.feed_grace: must be between 1s and 1d");
+    EXPECT_EQ(error_of("database: {backend: postgres, dsn: x, feed_grace: 30}\n")
+                  .rfind("test.yaml:1: database.feed_grace: needs a unit", 0),
+              0u);
 }
 
 TEST(Config, ErrorsNameKeyAndLine) {

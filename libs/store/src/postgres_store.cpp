@@ -311,11 +311,72 @@ CREATE OR REPLACE TRIGGER events_room_last_event AFTER INSERT ON events
     FOR EACH ROW EXECUTE FUNCTION note_room_last_event();
 )sql";
 
+// Version 8: the change feed is pruned. Each instance's listener holds an advisory lock of its
+// own (class kReaderLocks: instance_reading()) and publishes in its row the position it has
+// fed (every change up to it applied: `fed`) and when it last did (`seen`, the database's
+// clock). prune_changes() deletes the changes that every instance not gone has fed, and
+// records the highest it deleted in `changes_pruned`. An instance is gone when neither of its
+// locks is held and it was not seen for the grace: dead, stopped, or cut off for so long that
+// it learns, when it returns, that it missed changes (`changes_pruned` is past its `fed`).
+constexpr const char* kSchemaV8 = R"sql(
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS fed BIGINT;
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS seen TIMESTAMPTZ NOT NULL DEFAULT now();
+CREATE TABLE IF NOT EXISTS changes_pruned (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    upto BIGINT NOT NULL
+);
+INSERT INTO changes_pruned VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+-- pg_locks lists the advisory locks of every database of the cluster: those of another
+-- mxvoip database's instances are not this one's (instance_live() as version 5 made it
+-- counted them).
+CREATE OR REPLACE FUNCTION instance_live(instance INTEGER) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28024
+                   AND objid = instance::oid AND objsubid = 2 AND granted
+                   AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
+$$;
+CREATE OR REPLACE FUNCTION instance_reading(instance INTEGER) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28025
+                   AND objid = instance::oid AND objsubid = 2 AND granted
+                   AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
+$$;
+-- Returns the position up to which changes are now deleted; NULL when nothing could be (an
+-- instance that has not told what it fed yet holds everything back).
+CREATE OR REPLACE FUNCTION prune_changes(grace INTERVAL) RETURNS BIGINT
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    counted BIGINT;
+    known BIGINT;
+    lowest BIGINT;
+BEGIN
+    -- One at a time, and never while a listener puts its row back (PgListener::connect).
+    PERFORM pg_advisory_xact_lock(7888181691312071023);
+    DELETE FROM instances WHERE NOT instance_live(id) AND NOT instance_reading(id)
+        AND seen < now() - grace;
+    SELECT COUNT(*), COUNT(fed), MIN(fed) INTO counted, known, lowest FROM instances;
+    IF counted = 0 OR known < counted THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM changes WHERE stream_id <= lowest;
+    UPDATE changes_pruned SET upto = GREATEST(upto, lowest);
+    RETURN lowest;
+END
+$$;
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
 // held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
 // The class of the instances' advisory locks ("mx"), in instance_live() too.
 constexpr std::int64_t kInstanceLocks = 28024;
+// The class of the instances' listeners' advisory locks, in instance_reading() too.
+constexpr std::int64_t kReaderLocks = 28025;
+// Taken by prune_changes() too: a listener puts its row back and reads how far changes were
+// pruned with no prune in between.
+constexpr const char* kPruneLock = "SELECT pg_advisory_xact_lock(7888181691312071023)";
 // What a process NOTIFYs after a commit that took positions.
 constexpr const char* kChannel = "mxvoip_changes";
 
@@ -325,7 +386,7 @@ class PgDb {
   public:
     using Stmt = PgStmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5, kSchemaV6, kSchemaV7};
+                                                  kSchemaV5, kSchemaV6, kSchemaV7, kSchemaV8};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").
@@ -649,23 +710,38 @@ std::unique_ptr<PgDb> open_writer(const PostgresOptions& opts, int instance) {
 }
 
 // LISTENs on its own connection; waits in poll() on it and on an eventfd that stop() writes.
+// The connection holds the instance's reader lock and keeps its row's `fed` and `seen`.
 class PgListener final : public ChangeListener {
   public:
-    explicit PgListener(std::string dsn)
-        : dsn_(std::move(dsn)), stop_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    PgListener(std::string dsn, int instance, std::chrono::seconds grace)
+        : dsn_(std::move(dsn)),
+          instance_(instance),
+          grace_(grace),
+          stop_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
         if (stop_fd_ < 0) throw StoreError("eventfd failed");
         connect();
     }
-    ~PgListener() override { close(stop_fd_); }
+    ~PgListener() override {
+        // Stopped, not cut off: gone as soon as the writer's lock is free too, so its changes
+        // are pruned without waiting for the grace.
+        try {
+            if (db_ && !db_->broken())
+                PgDb::Stmt(*db_, "UPDATE instances SET seen = '-infinity' WHERE id = ?")
+                    .bind(std::int64_t{instance_})
+                    .run();
+        } catch (const std::exception&) {
+        }
+        close(stop_fd_);
+    }
 
     Woken wait(std::chrono::milliseconds timeout) override {
         if (stopped_.load()) return Woken::stopped;
         if (!db_ || db_->broken()) {
             db_.reset();
             try {
-                connect();
-                return Woken::reconnected;
-            } catch (const StoreUnavailable&) {
+                return connect() ? Woken::reconnected : Woken::lost;
+            } catch (const StoreError&) {
+                db_.reset();
                 return pause(timeout);
             }
         }
@@ -688,23 +764,61 @@ class PgListener final : public ChangeListener {
     }
 
     StreamId safe_position() override {
-        if (!db_ || db_->broken()) throw StoreUnavailable("the listener's connection is lost");
-        PgDb::Stmt s(*db_, "SELECT safe_position()");
+        PgDb::Stmt s(connected(), "SELECT safe_position()");
         if (!s.next()) throw StoreError("safe_position() returned nothing");
         return s.integer(0);
     }
 
     int live_instances() override {
-        if (!db_ || db_->broken()) throw StoreUnavailable("the listener's connection is lost");
-        PgDb::Stmt s(*db_, "SELECT COUNT(*) FROM instances WHERE instance_live(id)");
+        PgDb::Stmt s(connected(), "SELECT COUNT(*) FROM instances WHERE instance_live(id)");
         if (!s.next()) throw StoreError("the live instances could not be counted");
         return static_cast<int>(s.integer(0));
     }
 
+    void fed(StreamId upto) override {
+        PgDb& db = connected();
+        PgDb::Stmt(db, "UPDATE instances SET fed = ?, seen = now() WHERE id = ?")
+            .bind(std::int64_t{upto})
+            .bind(std::int64_t{instance_})
+            .run();
+        fed_ = upto;
+        if (std::chrono::steady_clock::now() - connected_at_ < grace_) return;
+        PgDb::Stmt(db, "SELECT prune_changes(?)")
+            .bind(std::to_string(grace_.count()) + " seconds")
+            .run();
+    }
+
   private:
-    void connect() {
+    PgDb& connected() {
+        if (!db_ || db_->broken()) throw StoreUnavailable("the listener's connection is lost");
+        return *db_;
+    }
+    // Connects, takes the reader lock and puts the instance's row back (after a crash of
+    // PostgreSQL, or after another process found it gone); false when changes after what this
+    // process fed were pruned meanwhile.
+    bool connect() {
         db_ = std::make_unique<PgDb>(dsn_);
-        db_->exec((std::string("LISTEN ") + kChannel).c_str());
+        PgDb& db = *db_;
+        db.exec((std::string("LISTEN ") + kChannel).c_str());
+        // Not waited for: the session of a connection lost without a word may hold it a while
+        // longer, and then this instance counts as reading through it.
+        PgDb::Stmt(db, "SELECT pg_try_advisory_lock(?, ?)")
+            .bind(kReaderLocks)
+            .bind(std::int64_t{instance_})
+            .run();
+        db.begin();
+        db.defer(kPruneLock);
+        PgDb::Stmt(db,
+                   "INSERT INTO instances (id, fed, seen) VALUES (?, ?, now()) ON CONFLICT (id) "
+                   "DO UPDATE SET fed = COALESCE(EXCLUDED.fed, instances.fed), seen = now()")
+            .bind(std::int64_t{instance_})
+            .bind(fed_ ? std::optional<std::string>(std::to_string(*fed_)) : std::nullopt)
+            .run();
+        PgDb::Stmt pruned(db, "SELECT upto FROM changes_pruned");
+        const StreamId upto = pruned.next() ? pruned.integer(0) : 0;
+        db.commit();
+        connected_at_ = std::chrono::steady_clock::now();
+        return !fed_ || upto <= *fed_;
     }
     // Takes the notifications received; whether there were any.
     bool drain() {
@@ -723,9 +837,13 @@ class PgListener final : public ChangeListener {
     }
 
     std::string dsn_;
+    const int instance_;
+    const std::chrono::seconds grace_;
     int stop_fd_;
     std::atomic<bool> stopped_{false};
     std::unique_ptr<PgDb> db_;
+    std::optional<StreamId> fed_;  // the last position told (fed())
+    std::chrono::steady_clock::time_point connected_at_;
 };
 
 class PostgresStore final : public sql::SqlStore<PgDb> {
@@ -735,7 +853,7 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
 
     std::unique_ptr<ChangeListener> listen() override {
         if (!opts_.shared) return nullptr;
-        return std::make_unique<PgListener>(opts_.dsn);
+        return std::make_unique<PgListener>(opts_.dsn, *instance_, opts_.feed_grace);
     }
 
     void settled(bool more) override {
@@ -788,8 +906,9 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
         if (opts_.shared) register_instance();
     }
 
-    // Takes the next instance id and its lock on the writer's connection; drops the rows of
-    // instances that are gone.
+    // Takes the next instance id and its lock on the writer's connection. Its row holds back
+    // the pruning of changes (its `fed` unknown) until its listener tells where it starts; the
+    // rows of instances that are gone are dropped by prune_changes().
     void register_instance() {
         PgDb& db = writer();
         PgDb::Stmt next(db, "SELECT nextval('instance_ids')");
@@ -799,7 +918,6 @@ class PostgresStore final : public sql::SqlStore<PgDb> {
             .bind(kInstanceLocks)
             .bind(std::int64_t{id})
             .run();
-        db.exec("DELETE FROM instances WHERE NOT instance_live(id)");
         PgDb::Stmt(db, "INSERT INTO instances VALUES (?, NULL)").bind(std::int64_t{id}).run();
         const std::string where = " WHERE id = " + std::to_string(id);
         const std::string taken =

@@ -1363,6 +1363,14 @@ struct RawConnection {
         PQclear(r);
         ASSERT_EQ(err, "");
     }
+    // The first column of the first row ("" when there is none).
+    std::string value(const std::string& query) {
+        PGresult* r = PQexec(c, query.c_str());
+        std::string v =
+            PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+        PQclear(r);
+        return v;
+    }
 };
 }  // namespace
 
@@ -1462,6 +1470,162 @@ TEST(PostgresStore, TheSafePositionNeverPassesAPositionInFlightInAnyProcess) {
     }
     listener->stop();
     EXPECT_EQ(listener->wait(std::chrono::seconds(10)), Woken::stopped);
+}
+
+// The changes every process has fed are deleted, and no others: not those a process has yet
+// to feed, nor any while a process has not told where it starts. A process out of touch for
+// longer than the grace is no longer waited for, and learns when it comes back that it lost
+// changes.
+TEST(PostgresStore, ChangesAreKeptUntilEveryProcessFedThem) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    const PostgresOptions opts{.dsn = dsn, .shared = true, .feed_grace = std::chrono::seconds(0)};
+    auto a = open_postgres(opts);
+    auto b = open_postgres(opts);
+    auto la = a->listen();
+    auto lb = b->listen();
+    la->fed(0);
+    lb->fed(0);
+    // B writes a change at each of positions 1 to 3.
+    auto write_changes = [](Store& store, std::size_t n) {
+        std::vector<Write> w{Write{{},
+                                   [n](Txn& txn, StreamId first) {
+                                       for (std::size_t i = 0; i < n; ++i) {
+                                           auto at = first + static_cast<StreamId>(i);
+                                           txn.write(PutChange{{at, "typing", "!r:x"}});
+                                       }
+                                   },
+                                   n}};
+        EXPECT_FALSE(store.transact(w)[0]);
+        store.settled(false);
+    };
+    write_changes(*b, 3);
+    EXPECT_EQ(a->changes(0, 3).size(), 3u);
+    la->fed(3);  // B has fed none of them
+    EXPECT_EQ(a->changes(0, 3).size(), 3u);
+    lb->fed(2);
+    auto left = a->changes(0, 3);
+    ASSERT_EQ(left.size(), 1u);
+    EXPECT_EQ(left[0].stream, 3);
+
+    // A process that registered and has not yet told where it starts holds everything back;
+    // once it is gone (it never listened), it holds back nothing.
+    RawConnection raw(dsn);
+    {
+        auto c = open_postgres(opts);
+        lb->fed(3);
+        EXPECT_EQ(a->changes(0, 3).size(), 1u);
+    }
+    // Its session ends on the server a moment after its connection closed: waited for by
+    // taking its lock.
+    const std::string c_id = raw.value("SELECT id FROM instances WHERE fed IS NULL");
+    ASSERT_NE(c_id, "");
+    raw.sql("SELECT pg_advisory_lock(28024, " + c_id + ")");
+    raw.sql("SELECT pg_advisory_unlock(28024, " + c_id + ")");
+    lb->fed(3);
+    EXPECT_EQ(a->changes(0, 3).size(), 0u);
+    EXPECT_EQ(raw.value("SELECT COUNT(*) FROM instances"), "2");
+    EXPECT_EQ(raw.value("SELECT upto FROM changes_pruned"), "3");
+
+    // B is cut off from the database (both its connections, so both its locks) for longer
+    // than the grace, while A writes and feeds on: A no longer waits for it.
+    const std::string b_id = raw.value("SELECT MAX(id) FROM instances");
+    auto cut_off = [&](const std::string& id, std::initializer_list<const char*> classes) {
+        for (std::string cls : classes)
+            raw.sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = " +
+                cls + " AND objid = " + id + " AND objsubid = 2 AND granted");
+        // Waited for as above: each lock taken once the session that held it ended.
+        for (std::string cls : classes) {
+            raw.sql("SELECT pg_advisory_lock(" + cls + ", " + id + ")");
+            raw.sql("SELECT pg_advisory_unlock(" + cls + ", " + id + ")");
+        }
+    };
+    cut_off(b_id, {"28024", "28025"});
+    write_changes(*a, 2);
+    la->fed(5);
+    EXPECT_EQ(a->changes(0, 5).size(), 0u);
+    EXPECT_EQ(raw.value("SELECT COUNT(*) FROM instances WHERE id = " + b_id), "0");
+    // Back, B finds changes it never fed gone.
+    using Woken = ChangeListener::Woken;
+    // Each wait either finds the connection gone, or connects again and tells how that went
+    // (a notification that came before may be read first).
+    auto reconnect = [](ChangeListener& listener) {
+        Woken woken = Woken::timeout;
+        for (int i = 0; i < 5 && woken != Woken::lost && woken != Woken::reconnected; ++i)
+            woken = listener.wait(std::chrono::seconds(10));
+        return woken;
+    };
+    EXPECT_EQ(reconnect(*lb), Woken::lost);
+    EXPECT_EQ(raw.value("SELECT fed FROM instances WHERE id = " + b_id), "3");  // its row back
+
+    // A process whose listener reconnects having missed nothing carries on.
+    const std::string a_id = raw.value("SELECT MIN(id) FROM instances");
+    cut_off(a_id, {"28025"});
+    EXPECT_EQ(reconnect(*la), Woken::reconnected);
+}
+
+// A process stopped is let go by the pruning at once; one whose connections are gone without
+// a word (cut off: it may come back) only after the grace.
+TEST(PostgresStore, AProcessStoppedIsLetGoAtOnceOneCutOffAfterTheGrace) {
+    PostgresBackend backend;
+    const std::string dsn = PgCluster::get().dsn(backend.name);
+    RawConnection raw(dsn);
+    auto open_and_feed = [&] {
+        auto store = open_postgres({.dsn = dsn, .shared = true});
+        auto listener = store->listen();
+        listener->fed(0);
+        return std::pair{std::move(store), std::move(listener)};
+    };
+    // Each is waited for by taking its instance's locks once its sessions ended.
+    auto wait_gone = [&](const std::string& id) {
+        raw.sql("SELECT pg_advisory_lock(28024, " + id + "), pg_advisory_lock(28025, " + id + ")");
+        raw.sql("SELECT pg_advisory_unlock_all()");
+    };
+    auto [stopped, stopped_listener] = open_and_feed();
+    auto [cut, cut_listener] = open_and_feed();
+    stopped_listener.reset();
+    stopped.reset();
+    wait_gone("1");
+    raw.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND "
+        "classid IN (28024, 28025) AND objid = 2 AND objsubid = 2 AND database = (SELECT "
+        "oid FROM pg_database WHERE datname = current_database())");
+    wait_gone("2");
+    EXPECT_EQ(raw.value("SELECT prune_changes('1 hour')"), "0");  // the cut one's fed
+    EXPECT_EQ(raw.value("SELECT string_agg(id::text, ',') FROM instances"), "2");
+    raw.sql("UPDATE instances SET seen = now() - interval '2 hours'");
+    EXPECT_EQ(raw.value("SELECT prune_changes('1 hour')"), "");  // none left to feed
+    EXPECT_EQ(raw.value("SELECT COUNT(*) FROM instances"), "0");
+}
+
+// pg_locks lists the locks of every database of the cluster: an instance of another mxvoip
+// database, with the same id as a dead one of this, does not make it live, hold back the safe
+// position or keep its changes.
+TEST(PostgresStore, TheInstancesOfAnotherDatabaseOnTheClusterAreNotThisOnes) {
+    PostgresBackend mine;
+    PostgresBackend other;
+    const std::string dsn = PgCluster::get().dsn(mine.name);
+    auto store = open_postgres({.dsn = dsn, .shared = true, .feed_grace = std::chrono::seconds(0)});
+    auto listener = store->listen();
+    listener->fed(0);
+    RawConnection there(PgCluster::get().dsn(other.name));
+    there.sql("SELECT pg_advisory_lock(28024, 999), pg_advisory_lock(28025, 999)");
+    RawConnection here(dsn);
+    here.sql("INSERT INTO instances (id, frontier, fed) VALUES (999, 0, 0)");
+    std::vector<Write> w{Write{{},
+                               [](Txn& txn, StreamId f) {
+                                   txn.write(PutChange{{f, "typing", "!r:x"}});
+                               },
+                               1}};
+    EXPECT_FALSE(store->transact(w)[0]);
+    store->settled(false);
+    EXPECT_EQ(listener->live_instances(), 1);
+    EXPECT_EQ(listener->safe_position(), 1);
+    listener->fed(1);
+    EXPECT_EQ(here.value("SELECT upto FROM changes_pruned"), "1");
+    EXPECT_EQ(here.value("SELECT COUNT(*) FROM instances WHERE id = 999"), "0");
 }
 
 // Two processes deciding about one user's data (Write::users) decide one after the other:

@@ -33,6 +33,9 @@ struct DatabaseConfig {
     std::string dsn;                   // postgres: a libpq connection string (may hold a password)
     // postgres: several mxvoip-server processes share the database (each configured so).
     bool shared = false;
+    // shared: how long the others keep the change feed for a process out of touch with the
+    // database (store::PostgresOptions::feed_grace).
+    std::int64_t feed_grace_s = 300;
 };
 
 // TURN for /voip/turnServer. Either a shared secret (coturn `use-auth-secret`) or a static

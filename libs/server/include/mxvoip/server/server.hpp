@@ -31,7 +31,8 @@ class Server {
 
     // Serves until stop() (or SIGINT/SIGTERM when handle_signals), then drains: stops
     // accepting, finishes in-flight requests, answers parked /syncs, closes the store.
-    // Throws, once all that is done, when the server stopped because a database write failed.
+    // Throws, once all that is done, when the server stopped because its model could no longer
+    // be trusted (a database write failed; changes it never fed were pruned).
     void run(bool handle_signals);
     // Thread-safe; returns at once.
     void stop();

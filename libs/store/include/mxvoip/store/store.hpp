@@ -566,6 +566,10 @@ class ChangeListener {
         timeout,      // nothing within the timeout (or the database cannot be reached)
         reconnected,  // the connection was lost and is back: notifications may have been missed
         stopped,      // stop() was called
+        // The connection is back, but changes this process had not fed were pruned meanwhile:
+        // it was out of touch for longer than the grace (PostgresOptions::feed_grace), and
+        // what it holds may be stale. Told once; the process should start again.
+        lost,
     };
     virtual ~ChangeListener() = default;
     virtual Woken wait(std::chrono::milliseconds timeout) = 0;
@@ -578,6 +582,12 @@ class ChangeListener {
     // How many processes share the database now (this one included). StoreUnavailable when
     // the database cannot be reached.
     virtual int live_instances() = 0;
+    // Tells the other processes that this one applied every change up to `upto` (its start
+    // position, then every few seconds), and deletes the changes that every process not gone
+    // has fed: once this listener has been connected for the grace, so that after an outage
+    // every process had the time to come back first. StoreUnavailable when the database
+    // cannot be reached.
+    virtual void fed(StreamId upto) = 0;
 };
 
 // All persistence goes through this interface. apply() is only ever called from one thread
@@ -683,6 +693,10 @@ struct PostgresOptions {
     // Several processes share the database (each opens it with `shared`); else one process
     // owns it and a second is refused.
     bool shared = false;
+    // Shared: how long the change feed is kept for a process that is out of touch (dead,
+    // stopped, or cut off from the database) before the others prune it regardless. One that
+    // comes back later finds it lost changes (ChangeListener::Woken::lost).
+    std::chrono::seconds feed_grace{300};
 };
 
 std::unique_ptr<Store> open_postgres(const PostgresOptions& options);
