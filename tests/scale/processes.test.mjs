@@ -5,7 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { startServer, register, postgres, roomEvents, psql as sql, changesPrunedUpTo as prunedUpTo } from '../lib/harness.mjs';
+import { startServer, register, userHandle, postgres, roomEvents, psql as sql, changesPrunedUpTo as prunedUpTo } from '../lib/harness.mjs';
 import { keyPair } from '../lib/e2e_keys.mjs';
 
 const PROCESSES = 3;
@@ -219,6 +219,32 @@ test('to-device messages, receipts and presence made on one process reach the ot
   assert.equal((await gina.call('PUT', typingPath, { body: { typing: false } })).status, 200);
   body = await syncUntil(hal, body.next_batch, typingOf);
   assert.deepEqual(typingOf(body).content.user_ids, []);
+});
+
+test('a device signed out on another process takes its queued to-device messages there too, even if it signs in again', async () => {
+  const ora = await register(servers[0].url, 'ora', { deviceId: 'ORAPHONE' });
+  const pia = await register(servers[0].url, 'pia');
+  const roomId = await pia.createRoom({ preset: 'public_chat' });
+  const witness = await register(servers[0].url, 'ora-witness');
+  assert.equal((await witness.join(roomId)).status, 200);
+  // Queued for the device on the first process, which holds the queue.
+  const sent = await pia.call('PUT', '/sendToDevice/org.example.ping/before', {
+    body: { messages: { [ora.userId]: { ORAPHONE: { n: 'before' } } } },
+  });
+  assert.equal(sent.status, 200, sent.text);
+  const since = (await witness.sync()).next_batch;
+  // Signed out, and in again with the same device id, through the second process.
+  assert.equal((await ora.at(servers[1].url).call('POST', '/logout', { body: {} })).status, 200);
+  const login = await ora.at(servers[1].url).call('POST', '/login', {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: 'ora' }, password: 'secret-ora', device_id: 'ORAPHONE' },
+  });
+  assert.equal(login.status, 200, login.text);
+  // Once the first process shows what was committed after, it has fed the sign-out.
+  const marker = await pia.at(servers[1].url).send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'after' });
+  assert.equal(marker.status, 200, marker.text);
+  await syncUntil(witness, since, (b) => (b.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === marker.body.event_id));
+  const fresh = await userHandle(servers[0].url, login.body).sync({ timeout: '0' });
+  assert.deepEqual(fresh.to_device?.events ?? [], [], 'the new sign-in got what the old one had queued');
 });
 
 test('a process that was stopped while the others wrote catches up, in order, when it resumes', async () => {

@@ -57,6 +57,33 @@ ToDevice::ToDevice(Core& core, Accounts& accounts)
         q.insert(at, {m->stream, std::move(m->message)});
         wake.push_back(m->user_id);
     });
+    // An account another process changed: a device of it may have signed out there (and in
+    // again, with the same id). A sign-out deletes its device's queue in its transaction, so
+    // each queue of the user held here keeps, of what was queued up to the change, only what
+    // the database still holds; what is queued after it comes through the feed later, or was
+    // this process's own.
+    core_.on_change("account", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                      std::vector<std::string>&) {
+        const std::string& user = c.key;
+        for (auto it = queues_.lower_bound({user, ""});
+             it != queues_.end() && it->first.first == user;) {
+            auto& q = it->second;
+            std::vector<StreamId> kept;
+            try {
+                kept = core_.store().to_device_queued(user, it->first.second, c.stream);
+            } catch (const std::exception& e) {
+                spdlog::warn("the to-device queue of a device of {} could not be read: {}", user,
+                             e.what());
+                ++it;
+                continue;
+            }
+            std::erase_if(q, [&](const Message& m) {
+                return m.stream <= c.stream &&
+                       !std::binary_search(kept.begin(), kept.end(), m.stream);
+            });
+            it = q.empty() ? queues_.erase(it) : std::next(it);
+        }
+    });
     core_.on_change("to_device_ack", [this](const store::ChangeRecord& c, const store::EventRecord*,
                                             std::vector<std::string>&) {
         auto first = c.key.find('|');

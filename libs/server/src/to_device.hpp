@@ -6,8 +6,8 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <string>
-#include <unordered_map>
 #include <utility>
 
 #include "accounts.hpp"
@@ -38,18 +38,14 @@ class ToDevice {
         std::string message;
     };
     using DeviceKey = std::pair<std::string, std::string>;  // (user, device)
-    struct DeviceKeyHash {
-        std::size_t operator()(const DeviceKey& k) const {
-            return std::hash<std::string>()(k.first) * 31 + std::hash<std::string>()(k.second);
-        }
-    };
     const std::deque<Message>* queue_locked(const Session& s) const;
     // Lets the device's messages up to `since` go; whether there were any.
     bool trim_locked(const Session& s, StreamId since);
 
     Core& core_;
     Accounts& accounts_;
-    std::unordered_map<DeviceKey, std::deque<Message>, DeviceKeyHash> queues_;
+    // Ordered: a user's queues are side by side (an account change another process made).
+    std::map<DeviceKey, std::deque<Message>> queues_;
     TxnIds txns_;  // by sending device
 };
 

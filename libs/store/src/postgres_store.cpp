@@ -329,20 +329,17 @@ INSERT INTO changes_pruned VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 -- pg_locks lists the advisory locks of every database of the cluster: those of another
 -- mxvoip database's instances are not this one's (instance_live() as version 5 made it
 -- counted them).
+CREATE OR REPLACE FUNCTION instance_lock_held(class INTEGER, instance INTEGER)
+RETURNS BOOLEAN LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = class::oid
+                   AND objid = instance::oid AND objsubid = 2 AND granted
+                   AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
+$$;
 CREATE OR REPLACE FUNCTION instance_live(instance INTEGER) RETURNS BOOLEAN
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28024
-                   AND objid = instance::oid AND objsubid = 2 AND granted
-                   AND database = (SELECT oid FROM pg_database
-                                   WHERE datname = current_database()))
-$$;
+LANGUAGE sql STABLE AS $$ SELECT instance_lock_held(28024, instance) $$;
 CREATE OR REPLACE FUNCTION instance_reading(instance INTEGER) RETURNS BOOLEAN
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 28025
-                   AND objid = instance::oid AND objsubid = 2 AND granted
-                   AND database = (SELECT oid FROM pg_database
-                                   WHERE datname = current_database()))
-$$;
+LANGUAGE sql STABLE AS $$ SELECT instance_lock_held(28025, instance) $$;
 -- Returns the position up to which changes are now deleted; NULL when nothing could be (an
 -- instance that has not told what it fed yet holds everything back).
 CREATE OR REPLACE FUNCTION prune_changes(grace INTERVAL) RETURNS BIGINT

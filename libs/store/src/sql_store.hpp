@@ -185,6 +185,19 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<StreamId> to_device_queued(const std::string& user_id, const std::string& device_id,
+                                           StreamId upto) override {
+        return read([&](Db& db) {
+            Stmt s(db,
+                   "SELECT stream_id FROM to_device WHERE user_id = ? AND device_id = ? AND "
+                   "stream_id <= ? ORDER BY stream_id");
+            s.bind(user_id).bind(device_id).bind(upto);
+            std::vector<StreamId> out;
+            while (s.next()) out.push_back(s.integer(0));
+            return out;
+        });
+    }
+
     std::optional<ReceiptRecord> receipt_at(const std::string& room_id, StreamId stream) override {
         return read([&](Db& db) -> std::optional<ReceiptRecord> {
             Stmt s(db,

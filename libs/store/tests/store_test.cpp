@@ -814,6 +814,13 @@ TYPED_TEST(StoreTest, DeliveredToDeviceMessagesAreDeleted) {
     auto snap = store->load();
     ASSERT_EQ(snap.to_device.size(), 2u);
     EXPECT_EQ(snap.to_device[0].stream, 4);
+    // A device's queue by position, up to a position; another device's is its own.
+    std::vector<Mutation> other{PutToDevice{{6, "@a:x", "E", "{}"}}};
+    store->apply(other);
+    EXPECT_EQ(store->to_device_queued("@a:x", "D", 6), (std::vector<StreamId>{4, 5}));
+    EXPECT_EQ(store->to_device_queued("@a:x", "D", 4), (std::vector<StreamId>{4}));
+    EXPECT_EQ(store->to_device_queued("@a:x", "E", 6), (std::vector<StreamId>{6}));
+    EXPECT_EQ(store->to_device_queued("@b:x", "D", 6), (std::vector<StreamId>{}));
 }
 
 TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
@@ -1113,6 +1120,10 @@ class FlakyStore final : public Store {
     }
     std::optional<ToDeviceRecord> to_device_at(StreamId s) override {
         return inner_.to_device_at(s);
+    }
+    std::vector<StreamId> to_device_queued(const std::string& u, const std::string& d,
+                                           StreamId upto) override {
+        return inner_.to_device_queued(u, d, upto);
     }
     std::optional<ReceiptRecord> receipt_at(const std::string& r, StreamId s) override {
         return inner_.receipt_at(r, s);

@@ -662,6 +662,9 @@ class Store {
     virtual std::vector<EventRecord> events_between(StreamId after, StreamId upto) = 0;
     // What a change names, by its position (none when it is gone since: delivered, replaced).
     virtual std::optional<ToDeviceRecord> to_device_at(StreamId stream) = 0;
+    // The positions of the messages queued for a device, up to `upto`, oldest first.
+    virtual std::vector<StreamId> to_device_queued(const std::string& user_id,
+                                                   const std::string& device_id, StreamId upto) = 0;
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
