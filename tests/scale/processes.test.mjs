@@ -115,6 +115,15 @@ async function syncUntil(user, since, done) {
   }
 }
 
+// Returns once the process at `url` shows `user` the event in the room: the process has then
+// read every change committed before it too.
+async function seenOn(user, url, roomId, eventId) {
+  const reader = user.at(url);
+  const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === eventId);
+  const initial = await reader.sync();
+  if (!has(initial)) await syncUntil(reader, initial.next_batch, has);
+}
+
 test('a token signed out on one process is refused on every other', async () => {
   const dave = await register(servers[0].url, 'dave');
   const witness = await register(servers[1].url, 'witness');
@@ -293,9 +302,7 @@ test('a message retried on other processes is sent once, and every attempt answe
   assert.equal(new Set(racing.map((r) => r.body.event_id)).size, 1, JSON.stringify(racing.map((r) => r.body)));
   // The room holds one event of each transaction, on every process.
   for (const s of servers) {
-    const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === racing[0].body.event_id);
-    const initial = await kim.at(s.url).sync();
-    if (!has(initial)) await syncUntil(kim.at(s.url), initial.next_batch, has);
+    await seenOn(kim, s.url, roomId, racing[0].body.event_id);
     const bodies = (await roomEvents(kim.at(s.url), roomId)).filter((e) => e.type === 'm.room.message').map((e) => e.event_id);
     assert.deepEqual(bodies, [first.body.event_id, racing[0].body.event_id]);
   }
@@ -338,10 +345,7 @@ test('a push leaves once, from the process that committed its event, for a pushe
     const said = await phone.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'pusher set' });
     assert.equal(said.status, 200, said.text);
     for (const s of servers) {
-      const reader = nina.at(s.url);
-      const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === said.body.event_id);
-      const initial = await reader.sync();
-      if (!has(initial)) await syncUntil(reader, initial.next_batch, has);
+      await seenOn(nina, s.url, roomId, said.body.event_id);
       const shown = await omar.at(s.url).call('GET', '/pushers');
       assert.deepEqual(shown.body.pushers.map((p) => p.pushkey), ['omar-phone'], `process ${s.url}`);
     }
@@ -369,6 +373,38 @@ test('a push leaves once, from the process that committed its event, for a pushe
   } finally {
     gw.server.close();
   }
+});
+
+test('a pushkey another user takes through another process leaves the first on every process; the pusher limit holds across processes', async () => {
+  const rita = await register(servers[0].url, 'rita');
+  const sam = await register(servers[1].url, 'sam');
+  const pusher = (pushkey) => ({
+    body: { kind: 'http', app_id: 'org.example.app', pushkey, app_display_name: 'App', device_display_name: 'Phone', lang: 'en', data: { url: 'https://push.example.org/_matrix/push/v1/notify' } },
+  });
+  let res = await rita.call('POST', '/pushers/set', pusher('shared-phone'));
+  assert.equal(res.status, 200, res.text);
+  // The phone signs in to Sam's account: without append, the pushkey moves to him.
+  res = await sam.call('POST', '/pushers/set', pusher('shared-phone'));
+  assert.equal(res.status, 200, res.text);
+  // Once a process shows a message written after both, it has read them.
+  const roomId = await rita.createRoom({ preset: 'private_chat' });
+  const marker = await rita.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'pushers set' });
+  assert.equal(marker.status, 200, marker.text);
+  for (const s of servers) {
+    await seenOn(rita, s.url, roomId, marker.body.event_id);
+    assert.deepEqual((await rita.at(s.url).call('GET', '/pushers')).body.pushers, [], s.url);
+    assert.deepEqual((await sam.at(s.url).call('GET', '/pushers')).body.pushers.map((p) => p.pushkey), ['shared-phone'], s.url);
+  }
+  // limits.pushers_per_user (20): with 19 set, two more at once through two processes, and
+  // only one is kept.
+  for (let i = 0; i < 19; i++) {
+    res = await rita.call('POST', '/pushers/set', pusher(`rita-${i}`));
+    assert.equal(res.status, 200, res.text);
+  }
+  const both = await Promise.all([servers[1], servers[2]].map((s, i) => rita.at(s.url).call('POST', '/pushers/set', pusher(`rita-late-${i}`))));
+  assert.deepEqual(both.map((r) => r.status).sort(), [200, 403], both.map((r) => r.text).join(' '));
+  assert.equal(both.find((r) => r.status === 403).body.errcode, 'M_FORBIDDEN');
+  assert.equal((await rita.call('GET', '/pushers')).body.pushers.length, 20);
 });
 
 test('a rate limit holds across the processes: each takes its share of the burst', async () => {
@@ -400,12 +436,7 @@ test('aliases and the room directory made on one process reach the others; one a
   // Once a process shows a message written after them, it has read the alias and the
   // directory entry too.
   const seenEverywhere = async (eventId) => {
-    for (const s of servers) {
-      const reader = quinn.at(s.url);
-      const has = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === eventId);
-      const initial = await reader.sync();
-      if (!has(initial)) await syncUntil(reader, initial.next_batch, has);
-    }
+    for (const s of servers) await seenOn(quinn, s.url, roomId, eventId);
   };
   let marker = await quinn.send(roomId, 'm.room.message', { msgtype: 'm.text', body: 'made' });
   await seenEverywhere(marker.body.event_id);

@@ -224,6 +224,9 @@ asio::awaitable<void> Accounts::sign_out(const std::string& user_id,
     if (parts->empty()) co_return;
     Decision d;
     d.streams = positions;
+    // What is decided about a device's data under the user's lock (a pusher) finds it
+    // signed in or signed out, never half-way.
+    d.users = {user_id};
     // Decided: the hashes of the tokens signed out.
     auto revoked = std::make_shared<std::vector<std::string>>();
     d.decide = [user_id, parts, revoked](store::Txn& txn, StreamId first) {

@@ -108,25 +108,16 @@ void Core::put_changes(store::Txn& txn, const std::vector<store::ChangeRecord>& 
     }
 }
 
-std::uint64_t Core::submit_locked(PendingWrite write) {
-    auto changes = shared() ? changes_of(write.mutations) : std::vector<store::ChangeRecord>{};
-    if (changes.empty())
-        return writer_.submit(std::move(write.mutations), [this](std::exception_ptr e) {
-            if (e) failed(e);
-        });
-    const std::size_t n = changes.size();
-    store::Write w{std::move(write.mutations),
-                   [changes = std::move(changes)](store::Txn& txn, StreamId first) {
-                       put_changes(txn, changes, first);
-                   },
-                   n,
-                   {}};
-    return writer_.submit(std::move(w),
-                          [this](std::exception_ptr failure, std::exception_ptr refusal) {
-                              if (failure) failed(failure);
-                              if (refusal)
-                                  spdlog::error("a write was not stored: {}", what(refusal));
-                          });
+Decision Core::decision_of(std::vector<store::Mutation> mutations) const {
+    Decision d;
+    auto changes = shared() ? changes_of(mutations) : std::vector<store::ChangeRecord>{};
+    d.mutations = std::move(mutations);
+    d.streams = changes.size();
+    if (!changes.empty())
+        d.decide = [changes = std::move(changes)](store::Txn& txn, StreamId first) {
+            put_changes(txn, changes, first);
+        };
+    return d;
 }
 
 void Core::submit_decision_locked(Decision d, std::function<void(std::exception_ptr)> done) {
@@ -221,15 +212,6 @@ asio::awaitable<void> Core::durable(std::uint64_t seq) {
     };
     return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
         init, asio::use_awaitable, seq);
-}
-
-asio::awaitable<void> Core::commit(PendingWrite&& write) {
-    std::uint64_t seq = 0;
-    {
-        std::lock_guard lock(mu);
-        seq = submit_locked(std::move(write));
-    }
-    return durable(seq);
 }
 
 void Core::publish(StreamId upto, const std::vector<std::string>& wake) {

@@ -30,18 +30,6 @@ namespace mxvoip::server {
 
 namespace asio = boost::asio;
 
-// What one request writes without a decision: the mutations of one group-commit submission
-// (they take no stream position, and no /sync learns of them).
-struct PendingWrite {
-    std::vector<store::Mutation> mutations;
-
-    static PendingWrite of(store::Mutation m) {
-        PendingWrite w;
-        w.mutations.push_back(std::move(m));
-        return w;
-    }
-};
-
 // A write decided inside its database transaction (Core::transact: commit, then apply).
 struct Decision {
     // Written first, in the decision's savepoint: refused with it.
@@ -51,7 +39,7 @@ struct Decision {
     // writes were submitted, so the visible position, the last committed one, never passes a
     // write still in flight. A refused write leaves them unused, and none is handed out again.
     std::size_t streams = 0;
-    // The rooms it appends to (store::Write::rooms).
+    // The rooms it appends to or decides about (store::Write::rooms).
     std::vector<std::string> rooms;
     // The users whose data beyond rooms it decides on (store::Write::users).
     std::vector<std::string> users;
@@ -126,11 +114,10 @@ class Core {
     void start_feed();
     void stop_feed();
 
-    // Queues the write for the group commit; returns its sequence number for durable().
-    // On a shared database, a write whose mutations change what other processes hold (an
-    // alias, the room directory, a pusher) also writes the change rows that tell them
-    // (changes_of), at positions of its own.
-    std::uint64_t submit_locked(PendingWrite write);
+    // A decision that writes `mutations` as they are and, on a shared database, the change
+    // rows that tell the other processes of them (changes_of), at positions of its own. The
+    // caller adds what it locks, checks and applies.
+    Decision decision_of(std::vector<store::Mutation> mutations) const;
     // The change rows (positions left 0) that name what `mutations` change in the caches of
     // other processes, for the mutations that carry no stream position of their own.
     static std::vector<store::ChangeRecord> changes_of(
@@ -142,8 +129,6 @@ class Core {
     // they never will be. Returns an awaitable without being a coroutine itself (GCC 12
     // coroutine bugs): a co_await expression holds no non-trivial temporaries.
     asio::awaitable<void> durable(std::uint64_t seq);
-    // Takes the lock to submit, then waits as durable() does.
-    asio::awaitable<void> commit(PendingWrite&& write);
     // Submits a write decided inside its transaction. Completes once it committed and was
     // applied, or throws the decision's refusal, or 503 M_UNKNOWN when the write could not be
     // stored. Takes the lock to submit. Not a coroutine (see durable()).

@@ -28,12 +28,16 @@ Directory::Directory(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {
             spdlog::warn("the directory entry of {} could not be read again: {}", c.key, e.what());
         }
     });
-    // createRoom with "visibility": "public" publishes the room.
-    rooms_.on_created([this](const Room& room, const json::object& body, PendingWrite& w) {
-        if (proto::opt_string(body, "visibility").value_or("private") != "public") return;
-        published_.insert(room.id);
-        w.mutations.push_back(store::PutRoomVisibility{room.id, true});
-    });
+    // createRoom with "visibility": "public" publishes the room, in the room's write.
+    rooms_.on_creating(
+        [this](const std::string& room_id, const json::object& body, RoomWrite& write) {
+            if (proto::opt_string(body, "visibility").value_or("private") != "public") return;
+            write.mutations.push_back(store::PutRoomVisibility{room_id, true});
+            write.applied = [this, room_id, before = std::move(write.applied)] {
+                if (before) before();
+                published_.insert(room_id);
+            };
+        });
 }
 
 void Directory::load(store::Snapshot& snap) {
@@ -51,7 +55,6 @@ asio::awaitable<Response> Directory::put_alias(Request& req) {
     const std::string& alias = req.params[0];
     rooms_.require_local_alias(alias);
     std::string room_id(proto::req_string(req.json, "room_id"));
-    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(core_.mu);
         const Room* room = rooms_.find_locked(room_id);
@@ -59,19 +62,37 @@ asio::awaitable<Response> Directory::put_alias(Request& req) {
         if (room->membership_of(req.session->user_id) != "join")
             throw MatrixError(403, errcode::forbidden,
                               "You must be in the room to make an alias for it");
-        PendingWrite w;
-        rooms_.put_alias_locked({alias, room_id, req.session->user_id}, w);
-        ticket = core_.submit_locked(std::move(w));
-    }
-    co_await core_.durable(ticket);
-    // On a shared database another process may have made it first: the write left theirs as
-    // it was, and this one is refused after all.
-    if (core_.shared())
-        if (auto row = core_.store().room_alias(alias); row && row->room_id != room_id) {
-            std::lock_guard lock(core_.mu);
-            rooms_.alias_fed_locked(alias);
+        if (rooms_.alias_locked(alias))
             throw MatrixError(409, errcode::unknown, "Room alias " + alias + " already exists");
-        }
+    }
+    // Decided under the room's row lock: its count of aliases holds until the commit.
+    store::RoomAliasRecord record{alias, room_id, req.session->user_id};
+    Decision d;
+    d.rooms = {room_id};
+    d.streams = core_.shared() ? 1 : 0;
+    d.decide = [record, limit = core_.config().limits.aliases_per_room](store::Txn& txn,
+                                                                        StreamId position) {
+        auto taken = [&] {
+            return MatrixError(409, errcode::unknown,
+                               "Room alias " + record.alias + " already exists");
+        };
+        if (txn.room_alias(record.alias)) throw taken();
+        if (auto n = txn.room_alias_count(record.room_id); n >= static_cast<std::int64_t>(limit))
+            throw MatrixError(400, errcode::limit_exceeded,
+                              "The room has " + std::to_string(n) + " aliases already");
+        txn.write(store::PutRoomAlias{record});
+        // Another process that made it at the same time, for any room, keeps it: the write
+        // above waited for its commit and left its alias as it was.
+        if (auto row = txn.room_alias(record.alias);
+            !row || row->room_id != record.room_id || row->creator != record.creator)
+            throw taken();
+        if (position) txn.write(store::PutChange{{position, "alias", record.alias}});
+    };
+    d.applied = [this, record](StreamId) {
+        rooms_.alias_applied_locked(record.alias, record);
+        return std::vector<std::string>{};
+    };
+    co_await core_.transact(std::move(d));
     spdlog::info("{} made alias {} for {}", req.session->user_id, alias, room_id);
     co_return json_response(json::object{});
 }
@@ -103,8 +124,6 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
         if (a->creator != user && !may_edit)
             throw MatrixError(403, errcode::forbidden,
                               "Only the alias's creator or a room moderator may delete it");
-        PendingWrite w;
-        rooms_.delete_alias_locked(alias, w);
         // The room's canonical alias no longer names it, when the user may change that (the
         // alias goes either way, as the spec recommends).
         if (auto canonical = room ? room->state_event("m.room.canonical_alias", "") : nullptr) {
@@ -126,7 +145,8 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
                 write.events.push_back(Append{
                     room_id, user, NewEvent{"m.room.canonical_alias", "", std::move(content)}});
         }
-        write.mutations = std::move(w.mutations);
+        write.mutations.push_back(store::DeleteRoomAlias{alias});
+        write.applied = [this, alias] { rooms_.alias_applied_locked(alias, std::nullopt); };
     }
     // The alias goes whatever becomes of the event (left out should the user's power have
     // changed meanwhile).
@@ -163,7 +183,6 @@ asio::awaitable<Response> Directory::put_visibility(Request& req) {
     std::string visibility(proto::opt_string(req.json, "visibility").value_or("public"));
     if (visibility != "public" && visibility != "private")
         throw MatrixError(400, errcode::invalid_param, "visibility must be public or private");
-    std::uint64_t ticket = 0;
     {
         std::lock_guard lock(core_.mu);
         const Room* room = rooms_.find_locked(room_id);
@@ -171,16 +190,17 @@ asio::awaitable<Response> Directory::put_visibility(Request& req) {
         if (!may_edit_locked(*room, req.session->user_id))
             throw MatrixError(403, errcode::forbidden,
                               "Your power level is too low to change the room's visibility");
-        const bool publish = visibility == "public";
+    }
+    const bool publish = visibility == "public";
+    Decision d = core_.decision_of({store::PutRoomVisibility{room_id, publish}});
+    d.applied = [this, room_id, publish](StreamId) {
         if (publish)
             published_.insert(room_id);
         else
             published_.erase(room_id);
-        PendingWrite w;
-        w.mutations.push_back(store::PutRoomVisibility{room_id, publish});
-        ticket = core_.submit_locked(std::move(w));
-    }
-    co_await core_.durable(ticket);
+        return std::vector<std::string>{};
+    };
+    co_await core_.transact(std::move(d));
     spdlog::info("{} made {} {} in the directory", req.session->user_id, room_id, visibility);
     co_return json_response(json::object{});
 }

@@ -66,6 +66,12 @@ asio::awaitable<beast::error_code> exchange(Stream& stream, http::request<http::
     co_return rerr;
 }
 
+// The key of a "pushkey" change: another process gave an app's pushkey to one user, and
+// whoever else had it lost it.
+std::string pushkey_change(const store::PusherRecord& p) {
+    return json::serialize(json::array{json::string(p.app_id), json::string(p.pushkey)});
+}
+
 std::string str_or_empty(const json::object& o, std::string_view key) {
     const auto* v = o.if_contains(key);
     return v && v->is_string() ? std::string(v->get_string()) : std::string();
@@ -99,34 +105,37 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
     for (const char* kind : {"pusher", "account"})
         core_.on_change(kind, [this](const store::ChangeRecord& c, const store::EventRecord*,
                                      std::vector<std::string>&) { reload_locked(c.key); });
-    // A pusher belongs to the device that set it.
-    // The pushers a device set go with it (those it sets before its removal commits too).
+    // Another process gave a pushkey to one user: whoever else held it here is read again.
+    core_.on_change("pushkey", [this](const store::ChangeRecord& c, const store::EventRecord*,
+                                      std::vector<std::string>&) {
+        json::error_code ec;
+        auto v = json::parse(c.key, ec);
+        if (ec || !v.is_array() || v.get_array().size() != 2 || !v.get_array()[0].is_string() ||
+            !v.get_array()[1].is_string())
+            return;
+        const auto& app_id = v.get_array()[0].get_string();
+        const auto& pushkey = v.get_array()[1].get_string();
+        std::vector<std::string> users;
+        for (const auto& [k, _] : pushers_)
+            if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey)
+                users.push_back(std::get<0>(k));
+        for (const auto& user : users) reload_locked(user);
+    });
+    // The pushers a device set go with it, in its sign-out's transaction: that holds the
+    // user's lock, as a pusher's decision does, which sets none for a device signed out.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
-        auto gone = [this, user, device] {
-            std::vector<Key> out;
+        r.write = [user, device](StreamId, store::Txn& txn) {
+            for (const auto& p : txn.pushers(user))
+                if (p.device_id == device)
+                    txn.write(store::DeletePusher{user, p.app_id, p.pushkey});
+        };
+        r.applied = [this, user, device](StreamId) {
+            std::vector<Key> gone;
             for (auto it = pushers_.lower_bound({user, "", ""});
                  it != pushers_.end() && std::get<0>(it->first) == user; ++it)
-                if (it->second.device_id == device) out.push_back(it->first);
-            return out;
-        };
-        auto planned = gone();
-        r.write = [planned](StreamId, store::Txn& txn) {
-            for (const auto& key : planned)
-                txn.write(
-                    store::DeletePusher{std::get<0>(key), std::get<1>(key), std::get<2>(key)});
-        };
-        r.applied = [this, gone, planned](StreamId) {
-            PendingWrite w;
-            for (const auto& key : gone()) remove_locked(key, w);
-            // Those deleted in the removal's transaction are gone from the store already; one
-            // the device set since the removal was decided is deleted now.
-            std::erase_if(w.mutations, [&](const store::Mutation& m) {
-                const auto& d = std::get<store::DeletePusher>(m);
-                return std::find(planned.begin(), planned.end(),
-                                 Key{d.user_id, d.app_id, d.pushkey}) != planned.end();
-            });
-            if (!w.mutations.empty()) core_.submit_locked(std::move(w));
+                if (it->second.device_id == device) gone.push_back(it->first);
+            for (const auto& key : gone) removed_locked(key);
             return std::vector<std::string>{};
         };
         return r;
@@ -217,11 +226,21 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
         throw MatrixError(400, errcode::invalid_param, "app_id must be 1 to 64 characters");
     const auto* kind = body.if_contains("kind");
     if (!kind) throw MatrixError(400, errcode::missing_param, "Missing parameters: kind");
-    PendingWrite w;
+    const Key key{user, app_id, pushkey};
+    const bool shared = core_.shared();
+    Decision d;
+    d.users = {user};
     if (kind->is_null()) {
-        std::lock_guard lock(core_.mu);
-        Key key{user, app_id, pushkey};
-        if (pushers_.count(key)) remove_locked(key, w);
+        d.streams = shared ? 1 : 0;
+        d.decide = [key](store::Txn& txn, StreamId position) {
+            const auto& [user, app_id, pushkey] = key;
+            txn.write(store::DeletePusher{user, app_id, pushkey});
+            if (position) txn.write(store::PutChange{{position, "pusher", user}});
+        };
+        d.applied = [this, key](StreamId) {
+            removed_locked(key);
+            return std::vector<std::string>{};
+        };
     } else {
         if (!kind->is_string())
             throw MatrixError(400, errcode::bad_json, "kind must be a string or null");
@@ -260,47 +279,64 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
                            {"lang", proto::req_string(body, "lang")},
                            {"data", *data}};
         if (auto tag = proto::opt_string(body, "profile_tag")) shown["profile_tag"] = *tag;
-        bool append = proto::opt_bool(body, "append").value_or(false);
-        std::lock_guard lock(core_.mu);
-        Key key{user, app_id, pushkey};
-        std::size_t mine = 0;
-        for (auto it = pushers_.lower_bound({user, "", ""});
-             it != pushers_.end() && std::get<0>(it->first) == user; ++it)
-            ++mine;
-        const std::size_t limit = core_.config().limits.pushers_per_user;
-        if (!pushers_.count(key) && mine >= limit)
-            throw MatrixError(403, errcode::forbidden,
-                              "You have " + std::to_string(mine) +
-                                  " pushers, the most the server keeps (limits.pushers_per_user)");
         // Without append, the pushkey moves to this user: the same app and pushkey of anyone
         // else is removed (a phone signed in to another account).
-        if (!append) {
-            std::vector<Key> others;
-            for (const auto& [k, _] : pushers_)
-                if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey && std::get<0>(k) != user)
-                    others.push_back(k);
-            for (const auto& k : others) remove_locked(k, w);
-        }
+        const bool append = proto::opt_bool(body, "append").value_or(false);
         Pusher pusher;
         pusher.device_id = req.session->device_id;
         pusher.shown = shown;
         pusher.url = url;
         pusher.event_id_only = format == "event_id_only";
         pusher.created_ts = core_.now_ms();
-        w.mutations.push_back(store::PutPusher{
-            {user, app_id, pushkey, pusher.device_id, json::serialize(shown), pusher.created_ts}});
-        pushers_[key] = std::move(pusher);
+        store::PusherRecord record{
+            user, app_id, pushkey, pusher.device_id, json::serialize(shown), pusher.created_ts};
+        // Positions for the changes the other processes read: the user's pushers, and
+        // (without append) whoever else had the pushkey.
+        d.streams = shared ? (append ? 1 : 2) : 0;
+        d.decide = [record, append, limit = core_.config().limits.pushers_per_user](
+                       store::Txn& txn, StreamId first) {
+            // Under the user's lock: the device is signed in and the count holds until the
+            // commit.
+            if (!txn.device_exists(record.user_id, record.device_id))
+                throw MatrixError(401, errcode::unknown_token, "This device has signed out");
+            auto mine = txn.pushers(record.user_id);
+            const bool known = std::any_of(mine.begin(), mine.end(), [&](const auto& p) {
+                return p.app_id == record.app_id && p.pushkey == record.pushkey;
+            });
+            if (!known && mine.size() >= limit)
+                throw MatrixError(403, errcode::forbidden,
+                                  "You have " + std::to_string(mine.size()) +
+                                      " pushers, the most the server keeps "
+                                      "(limits.pushers_per_user)");
+            if (!append) txn.write(store::DeletePusher{"", record.app_id, record.pushkey});
+            txn.write(store::PutPusher{record});
+            if (!first) return;
+            txn.write(store::PutChange{{first, "pusher", record.user_id}});
+            if (!append)
+                txn.write(store::PutChange{{first + 1, "pushkey", pushkey_change(record)}});
+        };
+        d.applied = [this, key, append, pusher = std::move(pusher)](StreamId) {
+            if (!append) {
+                std::vector<Key> others;
+                for (const auto& [k, _] : pushers_)
+                    if (std::get<1>(k) == std::get<1>(key) && std::get<2>(k) == std::get<2>(key) &&
+                        std::get<0>(k) != std::get<0>(key))
+                        others.push_back(k);
+                for (const auto& k : others) removed_locked(k);
+            }
+            pushers_[key] = pusher;
+            return std::vector<std::string>{};
+        };
+    }
+    co_await core_.transact(std::move(d));
+    if (!kind->is_null())
         spdlog::info("push: {} set a pusher for app {} on device {}", user, app_id,
                      req.session->device_id);
-    }
-    if (!w.mutations.empty()) co_await core_.commit(std::move(w));
     co_return Response{};
 }
 
-void Pushers::remove_locked(const Key& key, PendingWrite& w) {
+void Pushers::removed_locked(const Key& key) {
     pushers_.erase(key);
-    w.mutations.push_back(
-        store::DeletePusher{std::get<0>(key), std::get<1>(key), std::get<2>(key)});
     drop_queue_locked(key);
 }
 
@@ -419,10 +455,16 @@ asio::awaitable<void> Pushers::deliver(Key key) {
                     "push: the gateway rejected the pushkey of a pusher of {} (app {}); "
                     "the pusher is removed",
                     user, std::get<1>(key));
+                // Nothing more is sent to it meanwhile; the pusher goes once that committed.
+                drop_queue_locked(key);
                 if (pushers_.count(key)) {
-                    PendingWrite w;
-                    remove_locked(key, w);
-                    core_.submit_locked(std::move(w));
+                    Decision d = core_.decision_of({store::DeletePusher{
+                        std::get<0>(key), std::get<1>(key), std::get<2>(key)}});
+                    d.applied = [this, key](StreamId) {
+                        removed_locked(key);
+                        return std::vector<std::string>{};
+                    };
+                    core_.transact_locked(std::move(d));
                 }
                 continue;
             }

@@ -79,7 +79,8 @@ class Pushers {
     void notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
                        const push::Outcome& outcome);
     void visible_locked(StreamId visible);
-    void remove_locked(const Key& key, PendingWrite& w);
+    // A pusher removed by a committed write: its queue goes with it.
+    void removed_locked(const Key& key);
     void drop_queue_locked(const Key& key);
     // Reads the user's pushers again (another process changed them).
     void reload_locked(const std::string& user);

@@ -170,11 +170,11 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
         add("m.room.member", s.user_id, std::move(join));
         add("m.room.power_levels", "", std::move(power));
         if (!alias.empty()) {
-            // The alias is taken now (a second createRoom with it is refused at once), and
-            // given back should the room not be made.
-            PendingWrite w;
-            put_alias_locked({alias, room_id, s.user_id}, w);
-            write.mutations = std::move(w.mutations);
+            // Written with the room, and checked in its decision (Rooms::decide): of two
+            // createRooms with one alias, the second is refused.
+            store::RoomAliasRecord record{alias, room_id, s.user_id};
+            write.mutations.push_back(store::PutRoomAlias{record});
+            write.applied = [this, record] { alias_applied_locked(record.alias, record); };
             add("m.room.canonical_alias", "", {{"alias", alias}});
         }
         std::string join_rule = preset == "public_chat" ? "public" : "invite";
@@ -193,29 +193,9 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
                 content["displayname"] = invitee->displayname;
             add("m.room.member", u, std::move(content));
         }
+        for (const auto& f : creating_) f(room_id, body, write);
     }
-    std::exception_ptr refused;
-    try {
-        co_await append(write);
-    } catch (...) {
-        refused = std::current_exception();
-    }
-    {
-        std::lock_guard lock(core_.mu);
-        if (refused) {
-            if (!alias.empty())
-                if (auto it = aliases_.find(alias);
-                    it != aliases_.end() && it->second.room_id == room_id) {
-                    aliases_.erase(it);
-                    aliases_by_room_.erase(room_id);
-                }
-        } else if (const Room* room = find_or_skip_locked(room_id)) {
-            PendingWrite theirs;
-            for (const auto& f : created_) f(*room, body, theirs);
-            if (!theirs.mutations.empty()) core_.submit_locked(std::move(theirs));
-        }
-    }
-    if (refused) std::rethrow_exception(refused);
+    co_await append(write);
     spdlog::info("{} created room {} ({}{})", s.user_id, room_id, preset,
                  is_direct ? ", direct" : "");
     co_return json_response(json::object{{"room_id", room_id}});
@@ -917,7 +897,7 @@ void Rooms::membership_changed_locked(const EventPtr& ev) {
 }
 
 EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, StreamId stream,
-                                   bool creating) const {
+                                   bool creating, store::Txn& txn) const {
     const NewEvent& ev = a.ev;
     if (!proto::is_valid_event_type(ev.type))
         throw MatrixError(400, errcode::bad_json, "Invalid event type");
@@ -930,7 +910,7 @@ EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, Strea
         const auto* account = accounts_.find_locked(a.sender);
         if (auto refusal = event_auth_refusal(room, a.sender, account && account->is_guest, ev))
             throw *refusal;
-        check_canonical_alias_locked(room, ev);
+        check_canonical_alias_locked(room, ev, txn);
     }
     auto e = std::make_shared<Event>();
     e->stream = stream;
@@ -997,16 +977,14 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
         staged_txn_ = txn.serial();
     }
     out = Decided{};
-    // The aliases the write makes (a new room's) were written first, unless another process
-    // made them meanwhile: then it keeps them, and this write is refused (before its events are
-    // checked against the aliases this process holds, which may already have it as theirs).
-    if (core_.shared())
-        for (const auto& m : write.mutations)
-            if (const auto* a = std::get_if<store::PutRoomAlias>(&m))
-                if (auto row = txn.room_alias(a->alias.alias);
-                    !row || row->room_id != a->alias.room_id)
-                    throw MatrixError(400, errcode::room_in_use,
-                                      "Room alias " + a->alias.alias + " is taken");
+    // The aliases the write makes (a new room's) were written first, unless another write
+    // made them before (on a shared database, another process's that committed meanwhile):
+    // then it keeps them, and this write is refused.
+    for (const auto& m : write.mutations)
+        if (const auto* a = std::get_if<store::PutRoomAlias>(&m))
+            if (auto row = txn.room_alias(a->alias.alias); !row || row->room_id != a->alias.room_id)
+                throw MatrixError(400, errcode::room_in_use,
+                                  "Room alias " + a->alias.alias + " is taken");
     // The rooms this write changes the state of: copies, staged once it is written.
     std::unordered_map<std::string, std::shared_ptr<RoomState>> changed;
     {
@@ -1054,7 +1032,7 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                 }
                 if (a.ev.state_key) check_target(*room, *a.ev.state_key, a.target_must_be);
                 EventPtr ev = build_event_locked(*room, a, first + static_cast<StreamId>(i),
-                                                 write.create && i == 0);
+                                                 write.create && i == 0, txn);
                 if (ev->state_key) writable(a.room_id).apply_state(ev);
                 out.events.push_back(std::move(ev));
             } catch (const MatrixError&) {
@@ -1196,8 +1174,8 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
     const std::size_t changes = core_.shared() ? shared->changes.size() : 0;
     d.streams = shared->events.size() + changes;
     d.rooms = room_ids;
-    // On a shared database the decision reads the aliases among them.
-    d.mutations = core_.shared() ? shared->mutations : std::move(shared->mutations);
+    // The decision reads the aliases among them.
+    d.mutations = shared->mutations;
     d.decide = [this, shared, decided, changes](store::Txn& txn, StreamId first) {
         decide(*shared, txn, first, *decided);
         if (changes)
@@ -1237,26 +1215,16 @@ void Rooms::require_local_alias(const std::string& alias) const {
                           "Room alias " + alias + " is not on this server");
 }
 
-void Rooms::put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w) {
-    if (aliases_.count(alias.alias))
-        throw MatrixError(409, errcode::unknown, "Room alias " + alias.alias + " already exists");
-    auto& mine = aliases_by_room_[alias.room_id];
-    if (mine.size() >= core_.config().limits.aliases_per_room)
-        throw MatrixError(400, errcode::limit_exceeded,
-                          "The room has " + std::to_string(mine.size()) + " aliases already");
-    mine.insert(alias.alias);
-    w.mutations.push_back(store::PutRoomAlias{alias});
-    aliases_.emplace(alias.alias, std::move(alias));
-}
-
 void Rooms::alias_fed_locked(const std::string& alias) {
-    std::optional<store::RoomAliasRecord> now;
     try {
-        now = core_.store().room_alias(alias);
+        alias_applied_locked(alias, core_.store().room_alias(alias));
     } catch (const std::exception& e) {
         spdlog::warn("alias {} could not be read again: {}", alias, e.what());
-        return;
     }
+}
+
+void Rooms::alias_applied_locked(const std::string& alias,
+                                 std::optional<store::RoomAliasRecord> now) {
     if (auto it = aliases_.find(alias); it != aliases_.end()) {
         if (auto room = aliases_by_room_.find(it->second.room_id); room != aliases_by_room_.end()) {
             room->second.erase(alias);
@@ -1269,31 +1237,24 @@ void Rooms::alias_fed_locked(const std::string& alias) {
     aliases_.emplace(alias, std::move(*now));
 }
 
-void Rooms::delete_alias_locked(const std::string& alias, PendingWrite& w) {
-    auto it = aliases_.find(alias);
-    if (it == aliases_.end()) return;
-    if (auto room = aliases_by_room_.find(it->second.room_id); room != aliases_by_room_.end()) {
-        room->second.erase(alias);
-        if (room->second.empty()) aliases_by_room_.erase(room);
-    }
-    aliases_.erase(it);
-    w.mutations.push_back(store::DeleteRoomAlias{alias});
-}
-
 std::vector<std::string> Rooms::aliases_of_locked(const std::string& room_id) const {
     auto it = aliases_by_room_.find(room_id);
     if (it == aliases_by_room_.end()) return {};
     return {it->second.begin(), it->second.end()};
 }
 
-void Rooms::check_canonical_alias_locked(const RoomState& room, const NewEvent& ev) const {
+void Rooms::check_canonical_alias_locked(const RoomState& room, const NewEvent& ev,
+                                         store::Txn& txn) const {
     if (ev.type != "m.room.canonical_alias" || !ev.state_key || !ev.state_key->empty()) return;
     auto check = [&](const json::value& v) {
         if (!v.is_string() || !proto::is_valid_room_alias(v.get_string()))
             throw MatrixError(400, errcode::invalid_param,
                               "m.room.canonical_alias names something that is not a room alias");
-        const auto* a = alias_locked(std::string(v.get_string()));
-        if (!a || a->room_id != room.id)
+        const std::string alias(v.get_string());
+        if (const auto* held = alias_locked(alias); held && held->room_id == room.id) return;
+        // What is held answers most; one not held costs a read, and the first found nowhere
+        // refuses the event.
+        if (auto a = txn.room_alias(alias); !a || a->room_id != room.id)
             throw MatrixError(
                 400, errcode::bad_alias,
                 "Room alias " + std::string(v.get_string()) + " does not point to this room");

@@ -129,21 +129,21 @@ class Rooms {
     // it (what a listener stores in turn is a write of its own: Core::transact_locked).
     using Appended = std::function<void(const Room&, const EventPtr&)>;
     void on_appended(Appended f) { appended_.push_back(std::move(f)); }
-    // Called under the lock when createRoom's room was made, with its request body.
-    using Created =
-        std::function<void(const Room&, const boost::json::object& body, PendingWrite&)>;
-    void on_created(Created f) { created_.push_back(std::move(f)); }
+    // Called under the lock as createRoom's write is made, with the new room's id and the
+    // request body: what a module adds to `write` (its mutations, its `applied` chained to the
+    // one there) is written with the room, or not at all.
+    using Creating = std::function<void(const std::string& room_id, const boost::json::object& body,
+                                        RoomWrite& write)>;
+    void on_creating(Creating f) { creating_.push_back(std::move(f)); }
     // Called under the lock with the redacted form of an event, for whoever holds the event.
     using Redacted = std::function<void(const Room&, const EventPtr& redacted)>;
     void on_redacted(Redacted f) { redacted_.push_back(std::move(f)); }
 
     // Local room aliases: the room an alias names, or nullptr.
     const store::RoomAliasRecord* alias_locked(const std::string& alias) const;
-    // A new alias: 409 M_UNKNOWN when it is taken, 400 M_LIMIT_EXCEEDED past
-    // limits.aliases_per_room.
-    void put_alias_locked(store::RoomAliasRecord alias, PendingWrite& w);
-    void delete_alias_locked(const std::string& alias, PendingWrite& w);
     std::vector<std::string> aliases_of_locked(const std::string& room_id) const;
+    // What a committed write made of the alias: it names `now`'s room, or nothing.
+    void alias_applied_locked(const std::string& alias, std::optional<store::RoomAliasRecord> now);
     // Reads the alias again (another process made or deleted it).
     void alias_fed_locked(const std::string& alias);
     // 400 M_INVALID_PARAM for what is not an alias of this server.
@@ -158,7 +158,7 @@ class Rooms {
     // A new event of `room` at `stream`, checked against the auth rules (`creating`:
     // createRoom's m.room.create, the one event no auth rule admits).
     EventPtr build_event_locked(const RoomState& room, const Append& a, StreamId stream,
-                                bool creating) const;
+                                bool creating, store::Txn& txn) const;
     // The room as the decisions of the current transaction see it: what the writes decided
     // before in it left, else as committed: as held, or, on a shared database when another
     // process appended to it what is not held yet, as read from the database (and the room
@@ -220,7 +220,10 @@ class Rooms {
     asio::awaitable<std::optional<Response>> claim_txn(const std::string& device,
                                                        const std::string& txn_key);
     // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
-    void check_canonical_alias_locked(const RoomState& room, const NewEvent& ev) const;
+    // One not held is looked for in the transaction (a new room's alias written in it, or
+    // another process's not fed yet).
+    void check_canonical_alias_locked(const RoomState& room, const NewEvent& ev,
+                                      store::Txn& txn) const;
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
     // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
     void require_reader_locked(const Room& room, const std::string& user) const;
@@ -255,7 +258,7 @@ class Rooms {
     // The rooms whose newest event the current transaction compared with the one held.
     std::set<std::string> checked_;
     std::vector<Appended> appended_;
-    std::vector<Created> created_;
+    std::vector<Creating> creating_;
     std::vector<Redacted> redacted_;
     std::unordered_map<std::string, store::RoomAliasRecord> aliases_;         // by alias
     std::unordered_map<std::string, std::set<std::string>> aliases_by_room_;  // by room id

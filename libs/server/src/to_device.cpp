@@ -118,18 +118,16 @@ bool ToDevice::trim_locked(const Session& s, StreamId since) {
 
 void ToDevice::acknowledge_locked(const Session& s, StreamId since) {
     if (!trim_locked(s, since)) return;
-    if (!core_.shared()) {
-        core_.submit_locked(PendingWrite::of(store::DeleteToDevice{s.user_id, s.device_id, since}));
-        return;
-    }
-    // Deleted, and the other processes sharing the database let them go too.
     Decision d;
-    d.streams = 1;
-    d.decide = [user = s.user_id, device = s.device_id, since](store::Txn& txn, StreamId position) {
-        txn.write(store::DeleteToDevice{user, device, since});
-        txn.write(store::PutChange{
-            {position, "to_device_ack", user + '|' + device + '|' + std::to_string(since)}});
-    };
+    d.mutations.push_back(store::DeleteToDevice{s.user_id, s.device_id, since});
+    if (core_.shared()) {
+        // The other processes sharing the database let them go too.
+        d.streams = 1;
+        d.decide = [key = s.user_id + '|' + s.device_id + '|' + std::to_string(since)](
+                       store::Txn& txn, StreamId position) {
+            txn.write(store::PutChange{{position, "to_device_ack", key}});
+        };
+    }
     core_.transact_locked(std::move(d));
 }
 

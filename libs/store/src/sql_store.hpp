@@ -234,16 +234,7 @@ class SqlStore : public Store {
     }
 
     std::vector<PusherRecord> pushers_of(const std::string& user_id) override {
-        return read([&](Db& db) {
-            Stmt s(db,
-                   "SELECT app_id, pushkey, device_id, json, created_ts FROM pushers WHERE "
-                   "user_id = ? ORDER BY created_ts");
-            s.bind(user_id);
-            std::vector<PusherRecord> out;
-            while (s.next())
-                out.push_back({user_id, s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
-            return out;
-        });
+        return read([&](Db& db) { return pusher_rows(db, user_id); });
     }
 
     std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
@@ -413,6 +404,14 @@ class SqlStore : public Store {
         }
         std::optional<RoomAliasRecord> room_alias(const std::string& alias) override {
             return alias_row(db, alias);
+        }
+        std::int64_t room_alias_count(const std::string& room_id) override {
+            Stmt s(db, "SELECT COUNT(*) FROM room_aliases WHERE room_id = ?");
+            s.bind(room_id);
+            return s.next() ? s.integer(0) : 0;
+        }
+        std::vector<PusherRecord> pushers(const std::string& user_id) override {
+            return pusher_rows(db, user_id);
         }
         std::optional<BackupVersionState> backup_version(const std::string& user_id,
                                                          std::int64_t version) override {
@@ -1244,6 +1243,16 @@ class SqlStore : public Store {
     }
 
   private:
+    static std::vector<PusherRecord> pusher_rows(Db& db, const std::string& user_id) {
+        Stmt s(db,
+               "SELECT app_id, pushkey, device_id, json, created_ts FROM pushers WHERE user_id = ? "
+               "ORDER BY created_ts");
+        s.bind(user_id);
+        std::vector<PusherRecord> out;
+        while (s.next())
+            out.push_back({user_id, s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
+        return out;
+    }
     static std::optional<RoomAliasRecord> alias_row(Db& db, const std::string& alias) {
         Stmt s(db, "SELECT room_id, creator FROM room_aliases WHERE alias = ?");
         s.bind(alias);

@@ -1786,6 +1786,46 @@ TEST(PostgresStore, TheRoomLockReadsTheNewestEventAnotherProcessCommitted) {
     EXPECT_THROW(std::rethrow_exception(refused[0]), StoreError);
 }
 
+// A pusher or an alias is decided in its transaction: it reads what it counts there,
+// including what the same transaction wrote before.
+TYPED_TEST(StoreTest, PushersAndAliasesAreReadInTheTransaction) {
+    auto store = this->backend.open();
+    store->apply(std::vector<Mutation>{
+        PutRoom{{"!r:x", "10"}},
+        PutPusher{{"@a:x", "app", "key2", "PHONE", "{}", 20}},
+        PutPusher{{"@a:x", "app", "key1", "PHONE", "{}", 10}},
+        PutPusher{{"@b:x", "app", "key1", "TABLET", "{}", 5}},
+        PutRoomAlias{{"#a:x", "!r:x", "@a:x"}},
+        PutRoomAlias{{"#b:x", "!other:x", "@a:x"}},
+    });
+    std::vector<PusherRecord> before, after;
+    std::int64_t aliases_before = -1, aliases_after = -1, elsewhere = -1;
+    std::vector<Write> batch{
+        Write{{}, [&](Txn& txn, StreamId) {
+                  before = txn.pushers("@a:x");
+                  txn.write(DeletePusher{"", "app", "key1"});  // every user's
+                  txn.write(PutPusher{{"@a:x", "app", "key3", "LAPTOP", "{}", 30}});
+                  after = txn.pushers("@a:x");
+                  aliases_before = txn.room_alias_count("!r:x");
+                  txn.write(PutRoomAlias{{"#c:x", "!r:x", "@b:x"}});
+                  aliases_after = txn.room_alias_count("!r:x");
+                  elsewhere = txn.room_alias_count("!none:x");
+              }}};
+    ASSERT_FALSE(store->transact(batch)[0]);
+    ASSERT_EQ(before.size(), 2u);
+    EXPECT_EQ(before[0].pushkey, "key1");  // oldest first
+    EXPECT_EQ(before[0].device_id, "PHONE");
+    EXPECT_EQ(before[1].pushkey, "key2");
+    ASSERT_EQ(after.size(), 2u);
+    EXPECT_EQ(after[0].pushkey, "key2");
+    EXPECT_EQ(after[1].pushkey, "key3");
+    EXPECT_EQ(after[1].device_id, "LAPTOP");
+    EXPECT_TRUE(store->pushers_of("@b:x").empty());
+    EXPECT_EQ(aliases_before, 1);
+    EXPECT_EQ(aliases_after, 2);
+    EXPECT_EQ(elsewhere, 0);
+}
+
 // What another process reads of a change: the record at its position, by key.
 TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     auto store = this->backend.open();

@@ -482,6 +482,10 @@ class Txn {
     virtual StreamId room_last_event(const std::string& room_id) = 0;
     // A local room alias, if it exists.
     virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
+    // How many local aliases name the room.
+    virtual std::int64_t room_alias_count(const std::string& room_id) = 0;
+    // The user's pushers, oldest first.
+    virtual std::vector<PusherRecord> pushers(const std::string& user_id) = 0;
     // The user's backup version of that number (0: the current one, the newest not deleted),
     // unless there is none or it was deleted.
     virtual std::optional<BackupVersionState> backup_version(const std::string& user_id,
@@ -526,14 +530,14 @@ struct Write {
     // refused write leaves its positions unused, and they are never handed out again (a
     // client's token may name one).
     std::size_t streams = 0;
-    // The rooms the write appends to: their rows are locked (on a shared database) before
-    // the transaction takes its positions, so one room's events commit in the order of their
-    // positions, whichever process writes them, and a decision about a room sees all that
-    // was committed to it.
+    // The rooms the write appends to, or decides about (an alias): their rows are locked (on
+    // a shared database) before the transaction takes its positions, so one room's events
+    // commit in the order of their positions, whichever process writes them, and a decision
+    // about a room sees all that was committed to it.
     std::vector<std::string> rooms;
     // The users whose data beyond rooms its decision reads and then changes (their key
-    // backups): on a shared database each is locked after the rooms, in one order, so that
-    // two processes decide about one user's data one after the other.
+    // backups, pushers, devices): on a shared database each is locked after the rooms, in one
+    // order, so that two processes decide about one user's data one after the other.
     std::vector<std::string> users;
 };
 
