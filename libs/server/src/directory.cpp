@@ -62,16 +62,13 @@ asio::awaitable<Response> Directory::put_alias(Request& req) {
         if (room->membership_of(req.session->user_id) != "join")
             throw MatrixError(403, errcode::forbidden,
                               "You must be in the room to make an alias for it");
-        if (rooms_.alias_locked(alias))
-            throw MatrixError(409, errcode::unknown, "Room alias " + alias + " already exists");
     }
-    // Decided under the room's row lock: its count of aliases holds until the commit.
+    // Decided under the room's row lock: its count of aliases holds until the commit. No
+    // process holds aliases: each use reads them.
     store::RoomAliasRecord record{alias, room_id, req.session->user_id};
     Decision d;
     d.rooms = {room_id};
-    d.streams = core_.shared() ? 1 : 0;
-    d.decide = [record, limit = core_.config().limits.aliases_per_room](store::Txn& txn,
-                                                                        StreamId position) {
+    d.decide = [record, limit = core_.config().limits.aliases_per_room](store::Txn& txn, StreamId) {
         auto taken = [&] {
             return MatrixError(409, errcode::unknown,
                                "Room alias " + record.alias + " already exists");
@@ -86,11 +83,6 @@ asio::awaitable<Response> Directory::put_alias(Request& req) {
         if (auto row = txn.room_alias(record.alias);
             !row || row->room_id != record.room_id || row->creator != record.creator)
             throw taken();
-        if (position) txn.write(store::PutChange{{position, "alias", record.alias}});
-    };
-    d.applied = [this, record](StreamId) {
-        rooms_.alias_applied_locked(record.alias, record);
-        return std::vector<std::string>{};
     };
     co_await core_.transact(std::move(d));
     spdlog::info("{} made alias {} for {}", req.session->user_id, alias, room_id);
@@ -101,8 +93,7 @@ asio::awaitable<Response> Directory::get_alias(Request& req) {
     const std::string& alias = req.params[0];
     if (!proto::is_valid_room_alias(alias))
         throw MatrixError(400, errcode::invalid_param, alias + " is not a room alias");
-    std::lock_guard lock(core_.mu);
-    const auto* a = rooms_.alias_locked(alias);
+    auto a = core_.store().room_alias(alias);
     if (!a) throw MatrixError(404, errcode::not_found, "Room alias " + alias + " not found");
     co_return json_response(
         json::object{{"room_id", a->room_id},
@@ -113,12 +104,13 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
     const std::string& alias = req.params[0];
     const std::string& user = req.session->user_id;
     rooms_.require_local_alias(alias);
+    auto a = core_.store().room_alias(alias);
+    if (!a) throw MatrixError(404, errcode::not_found, "Room alias " + alias + " not found");
+    const std::string room_id = a->room_id;
+    rooms_.preload({room_id});
     RoomWrite write;
     {
         std::lock_guard lock(core_.mu);
-        const auto* a = rooms_.alias_locked(alias);
-        if (!a) throw MatrixError(404, errcode::not_found, "Room alias " + alias + " not found");
-        const std::string room_id = a->room_id;
         const Room* room = rooms_.find_locked(room_id);
         const bool may_edit = room && may_edit_locked(*room, user);
         if (a->creator != user && !may_edit)
@@ -146,7 +138,6 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
                     room_id, user, NewEvent{"m.room.canonical_alias", "", std::move(content)}});
         }
         write.mutations.push_back(store::DeleteRoomAlias{alias});
-        write.applied = [this, alias] { rooms_.alias_applied_locked(alias, std::nullopt); };
     }
     // The alias goes whatever becomes of the event (left out should the user's power have
     // changed meanwhile).
@@ -158,14 +149,17 @@ asio::awaitable<Response> Directory::delete_alias(Request& req) {
 
 asio::awaitable<Response> Directory::room_aliases(Request& req) {
     const std::string& room_id = req.params[0];
-    std::lock_guard lock(core_.mu);
-    const Room* room = rooms_.find_locked(room_id);
-    if (!room) throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
-    if (room->membership_of(req.session->user_id) != "join" &&
-        room->history.current_visibility() != "world_readable")
-        throw MatrixError(403, errcode::forbidden, "You are not in this room");
+    rooms_.preload({room_id});
+    {
+        std::lock_guard lock(core_.mu);
+        const Room* room = rooms_.find_locked(room_id);
+        if (!room) throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
+        if (room->membership_of(req.session->user_id) != "join" &&
+            room->history.current_visibility() != "world_readable")
+            throw MatrixError(403, errcode::forbidden, "You are not in this room");
+    }
     json::array aliases;
-    for (auto& a : rooms_.aliases_of_locked(room_id)) aliases.emplace_back(json::string(a));
+    for (auto& a : core_.store().room_aliases_of(room_id)) aliases.emplace_back(json::string(a));
     co_return json_response(json::object{{"aliases", std::move(aliases)}});
 }
 

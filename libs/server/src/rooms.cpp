@@ -85,6 +85,9 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
         if (name->find(':') != std::string_view::npos || !proto::is_valid_room_alias(alias))
             throw MatrixError(400, errcode::invalid_param,
                               "room_alias_name is not the local part of a valid room alias");
+        // Refused at once when it is taken already; the room's decision checks it again.
+        if (core_.store().room_alias(alias))
+            throw MatrixError(400, errcode::room_in_use, "Room alias " + alias + " is taken");
     }
     bool is_direct = proto::opt_bool(body, "is_direct").value_or(false);
     auto name = proto::opt_string(body, "name");
@@ -144,8 +147,6 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             if (!accounts_.exists_locked(u) &&
                 proto::parse_user_id(u)->server_name == core_.config().server_name)
                 throw MatrixError(404, errcode::not_found, "Unknown user " + u);
-        if (!alias.empty() && aliases_.count(alias))
-            throw MatrixError(400, errcode::room_in_use, "Room alias " + alias + " is taken");
         do {
             room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
         } while (known_.count(room_id));
@@ -174,7 +175,6 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             // createRooms with one alias, the second is refused.
             store::RoomAliasRecord record{alias, room_id, s.user_id};
             write.mutations.push_back(store::PutRoomAlias{record});
-            write.applied = [this, record] { alias_applied_locked(record.alias, record); };
             add("m.room.canonical_alias", "", {{"alias", alias}});
         }
         std::string join_rule = preset == "public_chat" ? "public" : "invite";
@@ -271,8 +271,7 @@ asio::awaitable<Response> Rooms::join(Request& req) {
     if (!id.empty() && id[0] == '#') {
         if (!proto::is_valid_room_alias(id))
             throw MatrixError(400, errcode::invalid_param, id + " is not a room alias");
-        std::lock_guard lock(core_.mu);
-        const auto* a = alias_locked(id);
+        auto a = core_.store().room_alias(id);
         if (!a) throw MatrixError(404, errcode::not_found, "Room alias " + id + " not found");
         id = a->room_id;
     }
@@ -600,8 +599,6 @@ Rooms::Rooms(Core& core, Accounts& accounts)
       txns_(core.config().limits.txn_ids_per_device) {
     core_.on_change("event", [this](const store::ChangeRecord&, const store::EventRecord* event,
                                     std::vector<std::string>& wake) { fed_locked(*event, wake); });
-    core_.on_change("alias", [this](const store::ChangeRecord& c, const store::EventRecord*,
-                                    std::vector<std::string>&) { alias_fed_locked(c.key); });
     // A device that signed out sends nothing more: its transaction ids go with it, also
     // from the store, where a device signing in again with the same id would recall them.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
@@ -648,11 +645,6 @@ void Rooms::load(store::Snapshot& snap) {
         auto [m, fresh] = memberships_[h.state_key].try_emplace(h.room_id);
         if (fresh || m->second.membership != membership)
             m->second = RoomMembership{std::move(membership), h.stream};
-    }
-    for (auto& a : snap.room_aliases) {
-        if (!known_.count(a.room_id)) continue;
-        aliases_by_room_[a.room_id].insert(a.alias);
-        aliases_.emplace(a.alias, std::move(a));
     }
 }
 
@@ -910,7 +902,7 @@ EventPtr Rooms::build_event_locked(const RoomState& room, const Append& a, Strea
         const auto* account = accounts_.find_locked(a.sender);
         if (auto refusal = event_auth_refusal(room, a.sender, account && account->is_guest, ev))
             throw *refusal;
-        check_canonical_alias_locked(room, ev, txn);
+        check_canonical_alias(room, ev, txn);
     }
     auto e = std::make_shared<Event>();
     e->stream = stream;
@@ -1202,11 +1194,6 @@ asio::awaitable<std::vector<EventPtr>> Rooms::append(RoomWrite& write) {
 // ---------------------------------------------------------------------------------------------
 // Aliases
 
-const store::RoomAliasRecord* Rooms::alias_locked(const std::string& alias) const {
-    auto it = aliases_.find(alias);
-    return it == aliases_.end() ? nullptr : &it->second;
-}
-
 void Rooms::require_local_alias(const std::string& alias) const {
     if (!proto::is_valid_room_alias(alias))
         throw MatrixError(400, errcode::invalid_param, alias + " is not a room alias");
@@ -1215,49 +1202,20 @@ void Rooms::require_local_alias(const std::string& alias) const {
                           "Room alias " + alias + " is not on this server");
 }
 
-void Rooms::alias_fed_locked(const std::string& alias) {
-    try {
-        alias_applied_locked(alias, core_.store().room_alias(alias));
-    } catch (const std::exception& e) {
-        spdlog::warn("alias {} could not be read again: {}", alias, e.what());
-    }
-}
-
-void Rooms::alias_applied_locked(const std::string& alias,
-                                 std::optional<store::RoomAliasRecord> now) {
-    if (auto it = aliases_.find(alias); it != aliases_.end()) {
-        if (auto room = aliases_by_room_.find(it->second.room_id); room != aliases_by_room_.end()) {
-            room->second.erase(alias);
-            if (room->second.empty()) aliases_by_room_.erase(room);
-        }
-        aliases_.erase(it);
-    }
-    if (!now) return;
-    aliases_by_room_[now->room_id].insert(alias);
-    aliases_.emplace(alias, std::move(*now));
-}
-
-std::vector<std::string> Rooms::aliases_of_locked(const std::string& room_id) const {
-    auto it = aliases_by_room_.find(room_id);
-    if (it == aliases_by_room_.end()) return {};
-    return {it->second.begin(), it->second.end()};
-}
-
-void Rooms::check_canonical_alias_locked(const RoomState& room, const NewEvent& ev,
-                                         store::Txn& txn) const {
+void Rooms::check_canonical_alias(const RoomState& room, const NewEvent& ev, store::Txn& txn) {
     if (ev.type != "m.room.canonical_alias" || !ev.state_key || !ev.state_key->empty()) return;
+    // Each alias named is read once, however often it is named; the first that does not
+    // point here refuses the event, so at most limits.aliases_per_room are read.
+    std::set<std::string, std::less<>> checked;
     auto check = [&](const json::value& v) {
         if (!v.is_string() || !proto::is_valid_room_alias(v.get_string()))
             throw MatrixError(400, errcode::invalid_param,
                               "m.room.canonical_alias names something that is not a room alias");
         const std::string alias(v.get_string());
-        if (const auto* held = alias_locked(alias); held && held->room_id == room.id) return;
-        // What is held answers most; one not held costs a read, and the first found nowhere
-        // refuses the event.
+        if (!checked.insert(alias).second) return;
         if (auto a = txn.room_alias(alias); !a || a->room_id != room.id)
-            throw MatrixError(
-                400, errcode::bad_alias,
-                "Room alias " + std::string(v.get_string()) + " does not point to this room");
+            throw MatrixError(400, errcode::bad_alias,
+                              "Room alias " + alias + " does not point to this room");
     };
     if (const auto* alias = ev.content.if_contains("alias"); alias && !alias->is_null())
         check(*alias);

@@ -4,7 +4,8 @@
 // them (auth_rules.hpp) and the history visibility rules that govern who reads them
 // (visibility.hpp), and redactions (redaction.hpp). Owns the rooms (a bounded cache of their
 // current state, history and recent events, read from the store when first needed), each
-// local user's memberships, the transaction ids of sent events, and the local room aliases.
+// local user's memberships and the transaction ids of sent events. The local room aliases
+// are not held: each use reads them from the store (Directory writes them).
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
@@ -139,13 +140,6 @@ class Rooms {
     using Redacted = std::function<void(const Room&, const EventPtr& redacted)>;
     void on_redacted(Redacted f) { redacted_.push_back(std::move(f)); }
 
-    // Local room aliases: the room an alias names, or nullptr.
-    const store::RoomAliasRecord* alias_locked(const std::string& alias) const;
-    std::vector<std::string> aliases_of_locked(const std::string& room_id) const;
-    // What a committed write made of the alias: it names `now`'s room, or nothing.
-    void alias_applied_locked(const std::string& alias, std::optional<store::RoomAliasRecord> now);
-    // Reads the alias again (another process made or deleted it).
-    void alias_fed_locked(const std::string& alias);
     // 400 M_INVALID_PARAM for what is not an alias of this server.
     void require_local_alias(const std::string& alias) const;
 
@@ -219,11 +213,9 @@ class Rooms {
     // txn_id) settled, and a retry meanwhile waits for that.
     asio::awaitable<std::optional<Response>> claim_txn(const std::string& device,
                                                        const std::string& txn_key);
-    // An m.room.canonical_alias may name only aliases that point at the room: M_BAD_ALIAS.
-    // One not held is looked for in the transaction (a new room's alias written in it, or
-    // another process's not fed yet).
-    void check_canonical_alias_locked(const RoomState& room, const NewEvent& ev,
-                                      store::Txn& txn) const;
+    // An m.room.canonical_alias may name only aliases that point at the room, as the
+    // transaction finds them (a new room's alias is written in it): M_BAD_ALIAS.
+    static void check_canonical_alias(const RoomState& room, const NewEvent& ev, store::Txn& txn);
     // Who reads a room's events (each then checked with RoomHistory::may_see): anyone who
     // ever had a membership in it, and everyone when it is world readable; 403 otherwise.
     void require_reader_locked(const Room& room, const std::string& user) const;
@@ -260,8 +252,6 @@ class Rooms {
     std::vector<Appended> appended_;
     std::vector<Creating> creating_;
     std::vector<Redacted> redacted_;
-    std::unordered_map<std::string, store::RoomAliasRecord> aliases_;         // by alias
-    std::unordered_map<std::string, std::set<std::string>> aliases_by_room_;  // by room id
 };
 
 }  // namespace mxvoip::server

@@ -225,6 +225,16 @@ class SqlStore : public Store {
         return read([&](Db& db) { return alias_row(db, alias); });
     }
 
+    std::vector<std::string> room_aliases_of(const std::string& room_id) override {
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias");
+            s.bind(room_id);
+            std::vector<std::string> out;
+            while (s.next()) out.push_back(s.text(0));
+            return out;
+        });
+    }
+
     bool room_published(const std::string& room_id) override {
         return read([&](Db& db) {
             Stmt s(db, "SELECT 1 FROM published_rooms WHERE room_id = ?");
@@ -697,10 +707,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.presence.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
-        }
-        {
-            Stmt s(db, "SELECT alias, room_id, creator FROM room_aliases ORDER BY alias");
-            while (s.next()) snap.room_aliases.push_back({s.text(0), s.text(1), s.text(2)});
         }
         {
             Stmt s(db, "SELECT room_id FROM published_rooms ORDER BY room_id");
