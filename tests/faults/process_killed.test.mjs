@@ -68,6 +68,17 @@ test('a process killed under load: the others carry on, every acknowledged messa
     await Promise.all(writers);
     assert.equal(servers[0].proc.exitCode, null);
     assert.equal(servers[2].proc.exitCode, null);
+    // A message acknowledged by one survivor reaches the other through its change feed: each
+    // is read once it shows a marker written after the last acknowledgement (it has then read
+    // every message committed before it).
+    const marker = await clients[0].at(servers[0].url).send(roomId, 'org.example.marker', {}, 'marker');
+    assert.equal(marker.status, 200, marker.text);
+    for (const s of [servers[0], servers[2]]) {
+      const reader = clients[0].at(s.url);
+      const shown = (body) => (body.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.event_id === marker.body.event_id);
+      let body = await reader.sync();
+      while (!shown(body)) body = await reader.sync({ since: body.next_batch, timeout: '30000' });
+    }
 
     // Every acknowledged message exactly once, under the event id it was acknowledged with,
     // as each survivor serves the room.

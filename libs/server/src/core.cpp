@@ -90,7 +90,6 @@ std::vector<store::ChangeRecord> Core::changes_of(const std::vector<store::Mutat
         out.push_back({0, kind, key});
     };
     for (const auto& m : mutations) {
-        if (const auto* v = std::get_if<store::PutRoomVisibility>(&m)) add("published", v->room_id);
         if (const auto* p = std::get_if<store::PutPusher>(&m)) add("pusher", p->pusher.user_id);
         if (const auto* p = std::get_if<store::DeletePusher>(&m)) add("pusher", p->user_id);
     }

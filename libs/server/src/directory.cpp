@@ -16,34 +16,11 @@ using proto::MatrixError;
 namespace errcode = proto::errcode;
 
 Directory::Directory(Core& core, Rooms& rooms) : core_(core), rooms_(rooms) {
-    // Another process published the room or took it out.
-    core_.on_change("published", [this](const store::ChangeRecord& c, const store::EventRecord*,
-                                        std::vector<std::string>&) {
-        try {
-            if (core_.store().room_published(c.key))
-                published_.insert(c.key);
-            else
-                published_.erase(c.key);
-        } catch (const std::exception& e) {
-            spdlog::warn("the directory entry of {} could not be read again: {}", c.key, e.what());
-        }
-    });
     // createRoom with "visibility": "public" publishes the room, in the room's write.
-    rooms_.on_creating(
-        [this](const std::string& room_id, const json::object& body, RoomWrite& write) {
-            if (proto::opt_string(body, "visibility").value_or("private") != "public") return;
+    rooms_.on_creating([](const std::string& room_id, const json::object& body, RoomWrite& write) {
+        if (proto::opt_string(body, "visibility").value_or("private") == "public")
             write.mutations.push_back(store::PutRoomVisibility{room_id, true});
-            write.applied = [this, room_id, before = std::move(write.applied)] {
-                if (before) before();
-                published_.insert(room_id);
-            };
-        });
-}
-
-void Directory::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    for (auto& id : snap.published_rooms)
-        if (rooms_.exists_locked(id)) published_.insert(std::move(id));
+    });
 }
 
 bool Directory::may_edit_locked(const Room& room, const std::string& user) const {
@@ -165,11 +142,13 @@ asio::awaitable<Response> Directory::room_aliases(Request& req) {
 
 asio::awaitable<Response> Directory::get_visibility(Request& req) {
     const std::string& room_id = req.params[0];
-    std::lock_guard lock(core_.mu);
-    if (!rooms_.find_locked(room_id))
-        throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
+    {
+        std::lock_guard lock(core_.mu);
+        if (!rooms_.find_locked(room_id))
+            throw MatrixError(404, errcode::not_found, "Unknown room " + room_id);
+    }
     co_return json_response(
-        json::object{{"visibility", published_.count(room_id) ? "public" : "private"}});
+        json::object{{"visibility", core_.store().room_published(room_id) ? "public" : "private"}});
 }
 
 asio::awaitable<Response> Directory::put_visibility(Request& req) {
@@ -187,13 +166,6 @@ asio::awaitable<Response> Directory::put_visibility(Request& req) {
     }
     const bool publish = visibility == "public";
     Decision d = core_.decision_of({store::PutRoomVisibility{room_id, publish}});
-    d.applied = [this, room_id, publish](StreamId) {
-        if (publish)
-            published_.insert(room_id);
-        else
-            published_.erase(room_id);
-        return std::vector<std::string>{};
-    };
     co_await core_.transact(std::move(d));
     spdlog::info("{} made {} {} in the directory", req.session->user_id, room_id, visibility);
     co_return json_response(json::object{});
@@ -274,16 +246,12 @@ asio::awaitable<Response> Directory::public_rooms(Request& req) {
     std::size_t offset = *parse_since(since);
 
     // The published rooms not held in memory are read before the lock is taken.
-    std::vector<std::string> published;
-    {
-        std::lock_guard lock(core_.mu);
-        published.assign(published_.begin(), published_.end());
-    }
+    std::vector<std::string> published = core_.store().published_rooms();
     rooms_.preload(published);
     std::vector<Entry> entries;
     {
         std::lock_guard lock(core_.mu);
-        for (const auto& id : published_) {
+        for (const auto& id : published) {
             const Room* room = rooms_.find_locked(id);
             if (!room || other_network) continue;
             const bool world_readable = room->history.current_visibility() == "world_readable";

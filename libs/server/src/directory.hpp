@@ -1,12 +1,11 @@
 #pragma once
 
-// The room directory: room aliases (/directory/room/{alias}, /rooms/{id}/aliases — the aliases
-// themselves belong to Rooms, which also resolves them for joins and checks them in
-// m.room.canonical_alias) and the published room list (/directory/list/room/{id},
-// /publicRooms). Owns which rooms are published.
+// The room directory: room aliases (/directory/room/{alias}, /rooms/{id}/aliases; Rooms
+// also resolves them for joins and checks them in m.room.canonical_alias) and the published
+// room list (/directory/list/room/{id}, /publicRooms). Neither is held in memory: each use
+// reads the store, so other processes sharing the database need not be told of a change.
 #include <boost/asio/awaitable.hpp>
 
-#include <set>
 #include <string>
 
 #include "core.hpp"
@@ -18,8 +17,6 @@ namespace mxvoip::server {
 class Directory {
   public:
     Directory(Core& core, Rooms& rooms);
-
-    void load(store::Snapshot& snap);
 
     asio::awaitable<Response> put_alias(Request&);
     asio::awaitable<Response> get_alias(Request&);
@@ -36,7 +33,6 @@ class Directory {
 
     Core& core_;
     Rooms& rooms_;
-    std::set<std::string> published_;
 };
 
 }  // namespace mxvoip::server

@@ -29,7 +29,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     auto snap = store.load();
     to_device.load(snap);
     rooms.load(snap);
-    directory.load(snap);
     keys.load(snap);
     receipts.load(snap);
     notifications.load(snap);

@@ -235,6 +235,15 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<std::string> published_rooms() override {
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT room_id FROM published_rooms ORDER BY room_id");
+            std::vector<std::string> out;
+            while (s.next()) out.push_back(s.text(0));
+            return out;
+        });
+    }
+
     bool room_published(const std::string& room_id) override {
         return read([&](Db& db) {
             Stmt s(db, "SELECT 1 FROM published_rooms WHERE room_id = ?");
@@ -707,10 +716,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.presence.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
-        }
-        {
-            Stmt s(db, "SELECT room_id FROM published_rooms ORDER BY room_id");
-            while (s.next()) snap.published_rooms.push_back(s.text(0));
         }
         {
             Stmt s(db,

@@ -556,7 +556,6 @@ struct Snapshot {
     std::vector<ReceiptRecord> receipts;  // in stream order
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
-    std::vector<std::string> published_rooms;
     StreamId max_stream = 0;
 };
 
@@ -678,6 +677,8 @@ class Store {
     virtual bool room_published(const std::string& room_id) = 0;
     // The local aliases that name the room, in order.
     virtual std::vector<std::string> room_aliases_of(const std::string& room_id) = 0;
+    // The rooms in the room directory, in order.
+    virtual std::vector<std::string> published_rooms() = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
     // process, this one included, reads past what this process has not yet applied). `more`:
