@@ -404,6 +404,10 @@ asio::awaitable<Response> Keys::upload(Request& req) {
     // one-time and fallback keys too, after it.
     const bool counts_change = core_.shared() && (!up->one_time.empty() || !up->fallback.empty());
     d.streams = (up->device_keys ? 1 : 0) + (counts_change ? 1 : 0);
+    // Under the user's lock, which a sign-out holds too: the device found signed in stays so
+    // until this commits, and a sign-out on another process at the same moment deletes what
+    // this wrote instead of missing it.
+    d.users = {up->user};
     d.decide = [up, counts_change](store::Txn& txn, StreamId first) {
         const StreamId position = first;
         require_device(txn, up->user, up->device);
