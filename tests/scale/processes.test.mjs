@@ -230,6 +230,30 @@ test('to-device messages, receipts and presence made on one process reach the ot
   assert.deepEqual(typingOf(body).content.user_ids, []);
 });
 
+test('a to-device message retried through other processes, one after another and all at once, is delivered once', async () => {
+  const tess = await register(servers[0].url, 'tess');
+  const uma = await register(servers[1].url, 'uma');
+  const send = (s, txnId, n) =>
+    tess.at(s.url).call('PUT', `/sendToDevice/org.example.ping/${txnId}`, { body: { messages: { [uma.userId]: { [uma.deviceId]: { n } } } } });
+  let since = (await uma.sync()).next_batch;
+  for (const s of servers) {
+    const res = await send(s, 'one-by-one', 1);
+    assert.equal(res.status, 200, res.text);
+  }
+  const racing = await Promise.all(servers.map((s) => send(s, 'at-once', 2)));
+  for (const res of racing) assert.equal(res.status, 200, res.text);
+  // A new transaction last: once it arrives, everything committed before it has.
+  const last = await send(servers[2], 'last', 3);
+  assert.equal(last.status, 200, last.text);
+  const got = [];
+  while (!got.includes(3)) {
+    const body = await uma.sync({ since, timeout: '30000' });
+    got.push(...(body.to_device?.events ?? []).map((e) => e.content.n));
+    since = body.next_batch;
+  }
+  assert.deepEqual(got, [1, 2, 3]);
+});
+
 test('a device signed out on another process takes its queued to-device messages there too, even if it signs in again', async () => {
   const ora = await register(servers[0].url, 'ora', { deviceId: 'ORAPHONE' });
   const pia = await register(servers[0].url, 'pia');

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -224,7 +225,22 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
     const std::size_t per_device = core_.config().limits.to_device_per_device;
     Decision decision;
     decision.streams = deliveries->size();
-    decision.decide = [deliveries, per_device](store::Txn& txn, StreamId first) {
+    // On a shared database the transaction id is stored with the messages, and looked up
+    // under the sender's lock: a retry through another process, even at the same moment,
+    // finds the first attempt committed and delivers nothing again.
+    std::optional<store::PutToDeviceTxn> remembered;
+    if (core_.shared()) {
+        decision.users = {s.user_id};
+        remembered = store::PutToDeviceTxn{
+            sender, txn, now, now - TxnIds::kLifetimeMs,
+            static_cast<std::int64_t>(core_.config().limits.txn_ids_per_device)};
+    }
+    decision.decide = [deliveries, per_device, remembered](store::Txn& txn, StreamId first) {
+        if (remembered && txn.to_device_txn(remembered->device_key, remembered->txn_id,
+                                            remembered->forget_before)) {
+            for (auto& d : *deliveries) d.written = false;
+            return;
+        }
         std::map<DeviceKey, std::size_t> waiting;
         for (auto& d : *deliveries) {
             // A device that signed out since it was looked up gets nothing.
@@ -245,6 +261,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
             if (d.written) txn.write(store::PutToDevice{{stream, d.user_id, d.device, d.message}});
             ++stream;
         }
+        if (remembered) txn.write(*remembered);
     };
     decision.applied = [this, deliveries, sender, txn, now](StreamId first) {
         std::vector<std::string> wake;

@@ -364,6 +364,19 @@ END
 $$;
 )sql";
 
+// Version 9: the transaction ids of to-device messages, so that a retry through another
+// process sharing the database is not delivered again (a day, and limits.txn_ids_per_device
+// per device, at most).
+constexpr const char* kSchemaV9 = R"sql(
+CREATE TABLE IF NOT EXISTS to_device_txns (
+    device_key TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    PRIMARY KEY (device_key, txn_id)
+);
+CREATE INDEX IF NOT EXISTS to_device_txns_age ON to_device_txns (device_key, ts);
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
 // held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
@@ -382,8 +395,9 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5, kSchemaV6, kSchemaV7, kSchemaV8};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
+                                                  kSchemaV4, kSchemaV5, kSchemaV6,
+                                                  kSchemaV7, kSchemaV8, kSchemaV9};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").

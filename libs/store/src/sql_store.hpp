@@ -626,6 +626,13 @@ class SqlStore : public Store {
             return ReceiptRecord{s.integer(0), room_id,   user_id,     receipt_type,
                                  thread_id,    s.text(1), s.integer(2)};
         }
+        bool to_device_txn(const std::string& device_key, const std::string& txn_id,
+                           std::int64_t since_ts) override {
+            Stmt s(db,
+                   "SELECT 1 FROM to_device_txns WHERE device_key = ? AND txn_id = ? AND ts >= ?");
+            s.bind(device_key).bind(txn_id).bind(since_ts);
+            return s.next();
+        }
         std::int64_t receipt_threads(const std::string& room_id, const std::string& user_id,
                                      const std::string& receipt_type) override {
             Stmt s(db,
@@ -1052,6 +1059,24 @@ class SqlStore : public Store {
              "txn_id IS NOT NULL AND origin_server_ts >= ?")
             .bind(m.device_key)
             .bind(m.since_ts)
+            .run();
+        Stmt(db, "DELETE FROM to_device_txns WHERE device_key = ?").bind(m.device_key).run();
+    }
+    static void write(Db& db, const PutToDeviceTxn& m, StreamId&) {
+        Stmt(db, "INSERT INTO to_device_txns VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(m.device_key)
+            .bind(m.txn_id)
+            .bind(m.ts)
+            .run();
+        // The oldest go: those past their lifetime, and those older than the `keep`-th newest
+        // (found by the index, `keep` entries in).
+        Stmt(db,
+             "DELETE FROM to_device_txns WHERE device_key = ? AND (ts < ? OR ts < (SELECT ts "
+             "FROM to_device_txns WHERE device_key = ? ORDER BY ts DESC LIMIT 1 OFFSET ?))")
+            .bind(m.device_key)
+            .bind(m.forget_before)
+            .bind(m.device_key)
+            .bind(std::max<std::int64_t>(m.keep - 1, 0))
             .run();
     }
     static void write(Db& db, const PutRoomAlias& m, StreamId&) {

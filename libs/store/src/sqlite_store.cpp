@@ -196,12 +196,24 @@ CREATE INDEX IF NOT EXISTS events_room_history ON events (room_id, stream_id)
     WHERE type IN ('m.room.member', 'm.room.history_visibility');
 )sql";
 
+// Version 4: the transaction ids of to-device messages (written only by processes sharing a
+// PostgreSQL database; the table is here so that both backends have one schema).
+constexpr const char* kSchemaV4 = R"sql(
+CREATE TABLE IF NOT EXISTS to_device_txns (
+    device_key TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (device_key, txn_id)
+);
+CREATE INDEX IF NOT EXISTS to_device_txns_age ON to_device_txns (device_key, ts);
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
     // One process writes a SQLite database: its writes are already one after the other.

@@ -1834,6 +1834,47 @@ TYPED_TEST(StoreTest, PushersAndAliasesAreReadInTheTransaction) {
     EXPECT_EQ(elsewhere, 0);
 }
 
+// To-device transaction ids: found by device and id from a time on, forgotten past their
+// lifetime, past the newest `keep` of the device, and when the device signs out.
+TYPED_TEST(StoreTest, ToDeviceTransactionIdsAreRememberedAndForgotten) {
+    auto store = this->backend.open();
+    auto seen = [&](const std::string& device, const std::string& txn, std::int64_t since) {
+        bool out = false;
+        std::vector<Write> batch{
+            Write{{}, [&](Txn& txn_, StreamId) { out = txn_.to_device_txn(device, txn, since); }}};
+        EXPECT_FALSE(store->transact(batch)[0]);
+        return out;
+    };
+    store->apply(std::vector<Mutation>{
+        PutToDeviceTxn{"@a:x|PHONE", "t1", 100, 0, 3},
+        PutToDeviceTxn{"@a:x|PHONE", "t2", 200, 0, 3},
+        PutToDeviceTxn{"@a:x|PHONE", "t2", 250, 0, 3},  // a retry: the first is kept
+        PutToDeviceTxn{"@b:x|PHONE", "t1", 300, 0, 3},
+    });
+    EXPECT_TRUE(seen("@a:x|PHONE", "t1", 0));
+    EXPECT_TRUE(seen("@a:x|PHONE", "t2", 200));
+    EXPECT_FALSE(seen("@a:x|PHONE", "t2", 201));  // older than asked for
+    EXPECT_FALSE(seen("@a:x|LAPTOP", "t1", 0));
+    // Past the newest 3 of the device: t1 goes; past its lifetime: nothing else yet.
+    store->apply(std::vector<Mutation>{
+        PutToDeviceTxn{"@a:x|PHONE", "t3", 400, 0, 3},
+        PutToDeviceTxn{"@a:x|PHONE", "t4", 500, 150, 3},
+    });
+    EXPECT_FALSE(seen("@a:x|PHONE", "t1", 0));
+    EXPECT_TRUE(seen("@a:x|PHONE", "t2", 0));
+    EXPECT_TRUE(seen("@a:x|PHONE", "t4", 0));
+    // Past their lifetime.
+    store->apply(std::vector<Mutation>{PutToDeviceTxn{"@a:x|PHONE", "t5", 600, 450, 3}});
+    EXPECT_FALSE(seen("@a:x|PHONE", "t2", 0));
+    EXPECT_FALSE(seen("@a:x|PHONE", "t3", 0));
+    EXPECT_TRUE(seen("@a:x|PHONE", "t5", 0));
+    // Signed out: all of the device's go, no one else's.
+    store->apply(std::vector<Mutation>{ForgetTxns{"@a:x|PHONE", 0}});
+    EXPECT_FALSE(seen("@a:x|PHONE", "t4", 0));
+    EXPECT_FALSE(seen("@a:x|PHONE", "t5", 0));
+    EXPECT_TRUE(seen("@b:x|PHONE", "t1", 0));
+}
+
 // What another process reads of a change: the record at its position, by key.
 TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     auto store = this->backend.open();

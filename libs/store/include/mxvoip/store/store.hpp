@@ -291,6 +291,16 @@ struct PutAccountData {
 struct PutToDevice {
     ToDeviceRecord message;
 };
+// A to-device transaction id of a device (device_key as in EventRecord), remembered so that a
+// retry through another process is not delivered again; the device's from before
+// `forget_before`, and those older than its `keep`-th newest, are forgotten.
+struct PutToDeviceTxn {
+    std::string device_key;
+    std::string txn_id;
+    std::int64_t ts = 0;
+    std::int64_t forget_before = 0;
+    std::int64_t keep = 0;
+};
 // Removes a device's to-device messages up to and including `up_to`: they were delivered.
 struct DeleteToDevice {
     std::string user_id;
@@ -358,8 +368,8 @@ struct DeletePusher {
     std::string pushkey;
 };
 // A device signed out: its events from `since_ts` on (the newest a retry could name) no
-// longer carry its client transactions, so a device signing in again with the same id finds
-// none of them.
+// longer carry its client transactions, and its to-device transaction ids go, so a device
+// signing in again with the same id finds none of them.
 struct ForgetTxns {
     std::string device_key;  // as in EventRecord
     std::int64_t since_ts = 0;
@@ -407,8 +417,8 @@ struct AdvanceStream {
 
 using Mutation =
     std::variant<PutUser, PutProfile, PutToken, DeleteTokens, PutDeviceName, PutRoom, PutEvent,
-                 PutAccountData, PutToDevice, DeleteToDevice, PutFilter, PutDeviceKeys,
-                 PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
+                 PutAccountData, PutToDevice, PutToDeviceTxn, DeleteToDevice, PutFilter,
+                 PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
                  PutBackupVersion, PutReceipt, AdvanceStream, PutPusher, DeletePusher, PutPresence,
                  RedactEvent, PutRoomAlias, DeleteRoomAlias, PutRoomVisibility, ForgetTxns,
@@ -443,6 +453,10 @@ class Txn {
     // The hashes of the device's access tokens (device empty: of all the user's devices).
     virtual std::vector<std::string> token_hashes(const std::string& user_id,
                                                   const std::string& device_id) = 0;
+    // Whether the device sent a to-device message with this transaction id at `since_ts` or
+    // later.
+    virtual bool to_device_txn(const std::string& device_key, const std::string& txn_id,
+                               std::int64_t since_ts) = 0;
     // How many to-device messages wait for the device.
     virtual std::int64_t to_device_count(const std::string& user_id,
                                          const std::string& device_id) = 0;
