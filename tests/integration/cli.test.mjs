@@ -2,7 +2,7 @@
 // `user add` creates accounts when registration is closed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SERVER_BIN, startServer, api, makeDir, CS } from '../lib/harness.mjs';
@@ -83,8 +83,19 @@ test('user add creates an account that can log in while registration is closed',
 test('without --config the first log line says development defaults are in force', async () => {
   const dir = makeDir();
   try {
-    const res = spawnSync('timeout', ['-s', 'TERM', '1', SERVER_BIN], { cwd: dir, encoding: 'utf8' });
-    const first = res.stderr.split('\n')[0];
+    // The server runs until its first log line is out, then is stopped.
+    const proc = spawn(SERVER_BIN, [], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+    const exited = new Promise((resolve) => proc.on('exit', resolve));
+    let err = '';
+    const first = await new Promise((resolve) => {
+      proc.stderr.on('data', (chunk) => {
+        err += chunk;
+        if (err.includes('\n')) resolve(err.split('\n')[0]);
+      });
+      exited.then(() => resolve(err.split('\n')[0]));
+    });
+    proc.kill('SIGTERM');
+    await exited;
     assert.match(first, /development defaults/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
