@@ -5,8 +5,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { rmSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { startServer, register, makeDir, userHandle } from '../lib/harness.mjs';
+import { makeCertificates } from '../lib/tls.mjs';
 
 const enc = encodeURIComponent;
 const PUSH = { allow_private_addresses: true, retry_initial_ms: 100, retry_max_ms: 400, queue_per_pusher: 5 };
@@ -209,4 +212,34 @@ test('a pusher is kept across a restart, goes with its device, and moves with it
   assert.equal((await p.call('POST', '/pushers/set', { body: pusher(gw.url, { pushkey: 'phone4' }) })).status, 200);
   assert.equal((await p.call('POST', '/logout', { body: {} })).status, 200);
   assert.deepEqual((await b.call('GET', '/pushers')).body.pushers.map((x) => x.pushkey), ['phone3']);
+});
+
+test('an https gateway is reached over TLS with its certificate checked: one from an unknown authority gets nothing', async () => {
+  const certs = makeDir();
+  makeCertificates(certs);
+  let requests = 0;
+  let refusedHandshakes = 0;
+  const https = createHttpsServer({ key: readFileSync(join(certs, 'good.key')), cert: readFileSync(join(certs, 'good.pem')) }, (req, res) => {
+    requests++;
+    res.end('{}');
+  });
+  https.on('tlsClientError', () => refusedHandshakes++);
+  await new Promise((resolve) => https.listen(0, '127.0.0.1', resolve));
+  try {
+    const dave = await register(server.url, 'dave');
+    const room = await alice.createRoom({ preset: 'trusted_private_chat', is_direct: true, invite: [dave.userId] });
+    assert.equal((await dave.join(room)).status, 200);
+    const url = `https://localhost:${https.address().port}/_matrix/push/v1/notify`;
+    const set = await dave.call('POST', '/pushers/set', { body: { ...pusher(url), pushkey: 'dave-phone-key' } });
+    assert.equal(set.status, 200, set.text);
+    assert.equal((await alice.send(room, 'm.room.message', { msgtype: 'm.text', body: 'over TLS' })).status, 200);
+    // The test's authority is not among the system's: the handshake fails, and is retried.
+    await server.logged(new RegExp(`delivery to the gateway of a pusher of ${dave.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} failed \\([^)]*certificate verify failed`));
+    assert.ok(refusedHandshakes >= 1);
+    assert.equal(requests, 0);
+    assert.equal((await dave.call('POST', '/pushers/set', { body: { app_id: 'org.example.phone', pushkey: 'dave-phone-key', kind: null } })).status, 200);
+  } finally {
+    https.close();
+    rmSync(certs, { recursive: true, force: true });
+  }
 });

@@ -24,7 +24,7 @@ function run(cmd, args, cwd) {
 }
 
 // A CA and two certificates for `localhost` signed by it: one valid now, one that expired.
-function makeCertificates(dir) {
+export function makeCertificates(dir) {
   const ssl = (...args) => run('openssl', args, dir);
   ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=mxvoip test CA');
   writeFileSync(join(dir, 'index.txt'), '');

@@ -171,13 +171,19 @@ void Pushers::reload_locked(const std::string& user) {
     pushers_.merge(now);
 }
 
+ssl::context& Pushers::tls() {
+    if (!tls_) {
+        tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
+        SSL_CTX_set_min_proto_version(tls_->native_handle(), TLS1_2_VERSION);
+        tls_->set_verify_mode(ssl::verify_peer);
+        boost::system::error_code ec;
+        tls_->set_default_verify_paths(ec);
+        if (ec) spdlog::warn("push: cannot load the system's CA certificates: {}", ec.message());
+    }
+    return *tls_;
+}
+
 void Pushers::start(asio::any_io_executor ex) {
-    tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
-    SSL_CTX_set_min_proto_version(tls_->native_handle(), TLS1_2_VERSION);
-    tls_->set_verify_mode(ssl::verify_peer);
-    boost::system::error_code ec;
-    tls_->set_default_verify_paths(ec);
-    if (ec) spdlog::warn("push: cannot load the system's CA certificates: {}", ec.message());
     std::lock_guard lock(core_.mu);
     strand_.emplace(asio::make_strand(std::move(ex)));
     for (auto& [key, queue] : queues_)
@@ -544,7 +550,7 @@ asio::awaitable<Pushers::Outcome> Pushers::post(const std::string& url_text,
     http::response<http::string_body> res;
     beast::error_code err;
     if (https) {
-        beast::ssl_stream<beast::tcp_stream> secure(std::move(stream), *tls_);
+        beast::ssl_stream<beast::tcp_stream> secure(std::move(stream), tls());
         queue.cancel = [&secure] { beast::get_lowest_layer(secure).cancel(); };
         SSL* ssl = secure.native_handle();
         SSL_set_tlsext_host_name(ssl, host.c_str());

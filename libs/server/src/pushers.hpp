@@ -97,6 +97,10 @@ class Pushers {
     // Notifications whose event is not committed yet, in stream order.
     std::deque<std::tuple<StreamId, Key, std::string>> pending_;
     std::optional<asio::strand<asio::any_io_executor>> strand_;
+    // The TLS client context, made on the strand when the first https gateway is reached:
+    // the system's CA certificates are not read by a server that pushes nothing (read at
+    // start, they took most of it under ASan, seconds on a loaded machine).
+    asio::ssl::context& tls();
     std::unique_ptr<asio::ssl::context> tls_;
     bool stopped_ = false;
 };
