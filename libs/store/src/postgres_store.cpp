@@ -377,6 +377,13 @@ CREATE TABLE IF NOT EXISTS to_device_txns (
 CREATE INDEX IF NOT EXISTS to_device_txns_age ON to_device_txns (device_key, ts);
 )sql";
 
+// Version 10: a room's aliases (counted by an alias's decision, listed by /rooms/{id}/aliases)
+// and a pushkey's pushers (taken from every other user when one sets it) are found by index.
+constexpr const char* kSchemaV10 = R"sql(
+CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
+CREATE INDEX IF NOT EXISTS pushers_pushkey ON pushers (app_id, pushkey);
+)sql";
+
 // The advisory lock key that marks a database as owned by one mxvoip-server ("mxvoip"), or,
 // held shared, as shared by several.
 constexpr long long kOwnerLock = 0x6d78766f6970;
@@ -395,9 +402,9 @@ class PgStmt;
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
-                                                  kSchemaV4, kSchemaV5, kSchemaV6,
-                                                  kSchemaV7, kSchemaV8, kSchemaV9};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
+                                                  kSchemaV5, kSchemaV6, kSchemaV7, kSchemaV8,
+                                                  kSchemaV9, kSchemaV10};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").

@@ -208,12 +208,20 @@ CREATE TABLE IF NOT EXISTS to_device_txns (
 CREATE INDEX IF NOT EXISTS to_device_txns_age ON to_device_txns (device_key, ts);
 )sql";
 
+// Version 5: a room's aliases (counted by an alias's decision, listed by /rooms/{id}/aliases)
+// and a pushkey's pushers (taken from every other user when one sets it) are found by index.
+constexpr const char* kSchemaV5 = R"sql(
+CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
+CREATE INDEX IF NOT EXISTS pushers_pushkey ON pushers (app_id, pushkey);
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
+                                                  kSchemaV5};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
     // One process writes a SQLite database: its writes are already one after the other.
