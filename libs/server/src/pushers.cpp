@@ -113,13 +113,9 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
         if (ec || !v.is_array() || v.get_array().size() != 2 || !v.get_array()[0].is_string() ||
             !v.get_array()[1].is_string())
             return;
-        const auto& app_id = v.get_array()[0].get_string();
-        const auto& pushkey = v.get_array()[1].get_string();
-        std::vector<std::string> users;
-        for (const auto& [k, _] : pushers_)
-            if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey)
-                users.push_back(std::get<0>(k));
-        for (const auto& user : users) reload_locked(user);
+        for (const auto& k : holders_locked(std::string(v.get_array()[0].get_string()),
+                                            std::string(v.get_array()[1].get_string())))
+            reload_locked(std::get<0>(k));
     });
     // The pushers a device set go with it, in its sign-out's transaction: that holds the
     // user's lock, as a pusher's decision does, which sets none for a device signed out.
@@ -322,14 +318,9 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
                 txn.write(store::PutChange{{first + 1, "pushkey", pushkey_change(record)}});
         };
         d.applied = [this, key, append, pusher = std::move(pusher)](StreamId) {
-            if (!append) {
-                std::vector<Key> others;
-                for (const auto& [k, _] : pushers_)
-                    if (std::get<1>(k) == std::get<1>(key) && std::get<2>(k) == std::get<2>(key) &&
-                        std::get<0>(k) != std::get<0>(key))
-                        others.push_back(k);
-                for (const auto& k : others) removed_locked(k);
-            }
+            if (!append)
+                for (const auto& k : holders_locked(std::get<1>(key), std::get<2>(key)))
+                    if (k != key) removed_locked(k);
             pushers_[key] = pusher;
             return std::vector<std::string>{};
         };
@@ -339,6 +330,14 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
         spdlog::info("push: {} set a pusher for app {} on device {}", user, app_id,
                      req.session->device_id);
     co_return Response{};
+}
+
+std::vector<Pushers::Key> Pushers::holders_locked(const std::string& app_id,
+                                                  const std::string& pushkey) const {
+    std::vector<Key> out;
+    for (const auto& [k, _] : pushers_)
+        if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey) out.push_back(k);
+    return out;
 }
 
 void Pushers::removed_locked(const Key& key) {

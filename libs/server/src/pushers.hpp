@@ -79,6 +79,8 @@ class Pushers {
     void notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
                        const push::Outcome& outcome);
     void visible_locked(StreamId visible);
+    // The pushers held of that app and pushkey, whoever's.
+    std::vector<Key> holders_locked(const std::string& app_id, const std::string& pushkey) const;
     // A pusher removed by a committed write: its queue goes with it.
     void removed_locked(const Key& key);
     void drop_queue_locked(const Key& key);
