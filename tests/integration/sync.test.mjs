@@ -169,6 +169,44 @@ test('sendToDevice retried while its first attempt is being written is delivered
   assert.deepEqual(got.to_device.events, [{ content: { once: true }, sender: alice.userId, type: 'm.call.test' }]);
 });
 
+test('to-device queues past the cache: read from the database, a parked /sync still wakes, a restart keeps them', { timeout: 60000 }, async () => {
+  // One user's queues held at a time (more while /syncs hold them): the others are read back.
+  let own = await startServer({ config: { caches: { to_device: 1 }, log_level: 'debug' } });
+  try {
+    const [ann, ben, cat] = [await register(own.url, 'ann'), await register(own.url, 'ben'), await register(own.url, 'cat')];
+    const re = (text) => new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+    const since = {};
+    for (const u of [ann, ben, cat]) since[u.userId] = (await u.sync()).next_batch;
+    const send = async (txn, messages) => {
+      const put = await cat.call('PUT', `/sendToDevice/org.example.n/${txn}`, { body: { messages } });
+      assert.equal(put.status, 200, put.text);
+    };
+    const fetch = async (u, query = {}) => {
+      const got = await u.sync({ since: since[u.userId], ...query });
+      since[u.userId] = got.next_batch;
+      return got.to_device.events.map((e) => e.content.n);
+    };
+    await send('t1', { [ann.userId]: { [ann.deviceId]: { n: 1 } }, [ben.userId]: { '*': { n: 1 } } });
+    assert.deepEqual(await fetch(ann), [1]);
+    await own.logged(re(`the to-device queue of ${ann.userId} ${ann.deviceId} read from the database (1 waiting)`));
+    assert.deepEqual(await fetch(ben), [1]);
+    // Ann's /sync waits, holding her queue while ben's is read; a message for her wakes it.
+    const waiting = fetch(ann, { timeout: '30000' });
+    await own.logged(re(`/sync of ${ann.userId} waits up to 30000 ms for something after ${since[ann.userId]}`));
+    assert.deepEqual(await fetch(ben), []);
+    await send('t2', { [ann.userId]: { [ann.deviceId]: { n: 2 } } });
+    assert.deepEqual(await waiting, [2]);
+    assert.deepEqual(await fetch(ann), [], 'acknowledged, not shown again');
+    // What waits survives a restart, and what was acknowledged stays gone.
+    await send('t3', { [ann.userId]: { [ann.deviceId]: { n: 3 } }, [ben.userId]: { [ben.deviceId]: { n: 3 } } });
+    own = await own.restart();
+    assert.deepEqual(await fetch(ann.at(own.url)), [3]);
+    assert.deepEqual(await fetch(ben.at(own.url)), [3]);
+  } finally {
+    await own.stop();
+  }
+});
+
 test('push rules: the default rule set with the user substituted', async () => {
   const u = await fresh('pusher');
   const res = await u.call('GET', '/pushrules/');

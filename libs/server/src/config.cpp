@@ -434,6 +434,7 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"filters", &c.caches.filters},
                   {"keys", &c.caches.keys},
                   {"rooms", &c.caches.rooms},
+                  {"to_device", &c.caches.to_device},
                   {"tokens", &c.caches.tokens}},
                  [&](const YAML::Node& v, const std::string& full) {
                      return static_cast<std::size_t>(r.integer(v, full, 1, 100'000'000));

@@ -27,7 +27,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     // what commits meanwhile is fed to them (each applies a change it already has once).
     if (auto listener = store.listen()) core.share(std::move(listener));
     auto snap = store.load();
-    to_device.load(snap);
     rooms.load(snap);
     keys.load(snap);
     receipts.load(snap);

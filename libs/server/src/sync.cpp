@@ -460,6 +460,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     // Held while the /sync runs, so it stays cached and what commits meanwhile reaches it.
     auto account_data = account_data_.entries(s.user_id);
     auto keys = keys_.keys_of(s.user_id);  // the same: the device's key counts
+    auto to_device = to_device_.hold(s);   // the same: the device's to-device queue
     {
         // The rooms it shows that are not held in memory are read now, without the lock.
         std::vector<std::string> room_ids;

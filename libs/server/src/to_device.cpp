@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <utility>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -26,7 +27,11 @@ constexpr StreamId kEveryStream = std::numeric_limits<StreamId>::max();
 }  // namespace
 
 ToDevice::ToDevice(Core& core, Accounts& accounts)
-    : core_(core), accounts_(accounts), txns_(core.config().limits.txn_ids_per_device) {
+    : core_(core),
+      accounts_(accounts),
+      // Held by a /sync: not forgotten, so what commits meanwhile reaches it.
+      users_(core.config().caches.to_device, [](const Held& h) { return h.use_count() > 1; }),
+      txns_(core.config().limits.txn_ids_per_device) {
     // The device is gone: what waited for it never will be fetched, and it sends no retries.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
@@ -34,55 +39,58 @@ ToDevice::ToDevice(Core& core, Accounts& accounts)
             txn.write(store::DeleteToDevice{user, device, kEveryStream});
         };
         r.applied = [this, user, device](StreamId) {
-            queues_.erase({user, device});
+            written_locked(user, device);
+            if (auto* held = users_.get(user)) (*held)->devices.erase(device);
             txns_.forget_device(Session{user, device}.device_key());
             return std::vector<std::string>{};
         };
         return r;
     });
-    // What another process queued for a device, in stream order, and what the device fetched
-    // there (the key: user '|' device, and then '|' the position fetched up to).
+    // What another process queued for a device (the key: user '|' device). A queue not held
+    // here has no /sync here to wake, and is read whole when one comes.
     core_.on_change("to_device", [this](const store::ChangeRecord& c, const store::EventRecord*,
                                         std::vector<std::string>& wake) {
+        auto bar = c.key.find('|');
+        if (bar == std::string::npos) return;
+        std::string user = c.key.substr(0, bar);
+        Queue* q = written_locked(user, c.key.substr(bar + 1));
+        if (!q) return;
         std::optional<store::ToDeviceRecord> m;
         try {
             m = core_.store().to_device_at(c.stream);
         } catch (const std::exception& e) {
+            // Not lost: it is read with the queue once the user's /syncs let it go.
             spdlog::warn("a to-device message of another process could not be read: {}", e.what());
         }
-        if (!m) return;  // fetched already, or the device signed out
-        auto& q = queues_[{m->user_id, m->device_id}];
-        auto at = q.end();
-        while (at != q.begin() && std::prev(at)->stream > m->stream) --at;
-        if (at != q.begin() && std::prev(at)->stream == m->stream) return;  // held already
-        q.insert(at, {m->stream, std::move(m->message)});
-        wake.push_back(m->user_id);
+        if (m && insert(*q, m->stream, std::move(m->message))) wake.push_back(std::move(user));
     });
     // An account another process changed: a device of it may have signed out there (and in
-    // again, with the same id). A sign-out deletes its device's queue in its transaction, so
-    // each queue of the user held here keeps, of what was queued up to the change, only what
-    // the database still holds; what is queued after it comes through the feed later, or was
-    // this process's own.
+    // again, with the same id), which deleted its queue in the same transaction. What is held
+    // of the user's queues is read again (what the database holds is the queue: what a /sync
+    // here acknowledged and is not deleted yet is past its `since`, and never shown again).
     core_.on_change("account", [this](const store::ChangeRecord& c, const store::EventRecord*,
                                       std::vector<std::string>&) {
         const std::string& user = c.key;
-        for (auto it = queues_.lower_bound({user, ""});
-             it != queues_.end() && it->first.first == user;) {
-            auto& q = it->second;
-            std::vector<StreamId> kept;
+        loading_.written(user);
+        auto* held = users_.get(user);
+        if (!held) return;
+        if (held->use_count() == 1) {
+            users_.erase(user);  // no /sync holds it: read when one comes
+            return;
+        }
+        auto& devices = (*held)->devices;
+        for (auto it = devices.begin(); it != devices.end();) {
             try {
-                kept = core_.store().to_device_queued(user, it->first.second, c.stream);
+                Queue read;
+                for (auto& m : core_.store().to_device_of(user, it->first))
+                    read.push_back({m.stream, std::move(m.message)});
+                it->second = std::move(read);
+                ++it;
             } catch (const std::exception& e) {
                 spdlog::warn("the to-device queue of a device of {} could not be read: {}", user,
                              e.what());
-                ++it;
-                continue;
+                it = devices.erase(it);  // the /sync holding it shows nothing of it
             }
-            std::erase_if(q, [&](const Message& m) {
-                return m.stream <= c.stream &&
-                       !std::binary_search(kept.begin(), kept.end(), m.stream);
-            });
-            it = q.empty() ? queues_.erase(it) : std::next(it);
         }
     });
     core_.on_change("to_device_ack", [this](const store::ChangeRecord& c, const store::EventRecord*,
@@ -91,29 +99,67 @@ ToDevice::ToDevice(Core& core, Accounts& accounts)
         auto last = c.key.rfind('|');
         if (first == std::string::npos || last == first) return;
         Session s{c.key.substr(0, first), c.key.substr(first + 1, last - first - 1)};
+        loading_.written(s.user_id);
         trim_locked(s, std::strtoll(c.key.c_str() + last + 1, nullptr, 10));
     });
 }
 
-void ToDevice::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    // A device that signed out took its messages with it (in the same transaction).
-    for (auto& m : snap.to_device)
-        queues_[{m.user_id, m.device_id}].push_back({m.stream, std::move(m.message)});
+std::shared_ptr<const void> ToDevice::hold(const Session& s) {
+    for (;;) {
+        ReadsInFlight<std::string>::Ticket ticket = 0;
+        {
+            std::lock_guard lock(core_.mu);
+            if (auto* held = users_.get(s.user_id); held && (*held)->devices.contains(s.device_id))
+                return *held;
+            ticket = loading_.started(s.user_id);
+        }
+        std::vector<store::ToDeviceRecord> rows;
+        std::exception_ptr failed;
+        try {
+            rows = core_.store().to_device_of(s.user_id, s.device_id);
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        std::lock_guard lock(core_.mu);
+        const bool overtaken = loading_.overtaken(s.user_id, ticket);
+        if (failed) std::rethrow_exception(failed);
+        if (overtaken) continue;  // a write to the user's queues was applied meanwhile
+        Held* held = users_.get(s.user_id);
+        if (!held) held = &users_.put(s.user_id, std::make_shared<UserQueues>());
+        auto [it, fresh] = (*held)->devices.try_emplace(s.device_id);
+        if (fresh) {
+            spdlog::debug("the to-device queue of {} {} read from the database ({} waiting)",
+                          s.user_id, s.device_id, rows.size());
+            for (auto& m : rows) it->second.push_back({m.stream, std::move(m.message)});
+        }
+        return *held;
+    }
 }
 
-const std::deque<ToDevice::Message>* ToDevice::queue_locked(const Session& s) const {
-    auto it = queues_.find({s.user_id, s.device_id});
-    return it == queues_.end() ? nullptr : &it->second;
+ToDevice::Queue* ToDevice::queue_locked(const std::string& user, const std::string& device) const {
+    auto* held = users_.get(user);
+    if (!held) return nullptr;
+    auto it = (*held)->devices.find(device);
+    return it == (*held)->devices.end() ? nullptr : &it->second;
+}
+
+ToDevice::Queue* ToDevice::written_locked(const std::string& user, const std::string& device) {
+    loading_.written(user);
+    return queue_locked(user, device);
+}
+
+bool ToDevice::insert(Queue& q, StreamId stream, std::string message) {
+    auto at = q.end();
+    while (at != q.begin() && std::prev(at)->stream > stream) --at;
+    if (at != q.begin() && std::prev(at)->stream == stream) return false;  // held already
+    q.insert(at, {stream, std::move(message)});
+    return true;
 }
 
 bool ToDevice::trim_locked(const Session& s, StreamId since) {
-    auto it = queues_.find({s.user_id, s.device_id});
-    if (it == queues_.end() || since <= 0) return false;
-    auto& q = it->second;
-    if (q.empty() || q.front().stream > since) return false;
-    while (!q.empty() && q.front().stream <= since) q.pop_front();
-    if (q.empty()) queues_.erase(it);
+    Queue* q = queue_locked(s.user_id, s.device_id);
+    if (!q || since <= 0 || q->empty() || q->front().stream > since) return false;
+    while (!q->empty() && q->front().stream <= since) q->pop_front();
     return true;
 }
 
@@ -134,7 +180,7 @@ void ToDevice::acknowledge_locked(const Session& s, StreamId since) {
 
 void ToDevice::render_locked(std::string& out, const Session& s, StreamId since,
                              StreamId upto) const {
-    const auto* q = queue_locked(s);
+    const Queue* q = queue_locked(s.user_id, s.device_id);
     if (!q) return;
     bool first = true;
     for (const auto& msg : *q) {
@@ -146,7 +192,7 @@ void ToDevice::render_locked(std::string& out, const Session& s, StreamId since,
 }
 
 bool ToDevice::has_new_locked(const Session& s, StreamId since, StreamId upto) const {
-    const auto* q = queue_locked(s);
+    const Queue* q = queue_locked(s.user_id, s.device_id);
     return q && std::any_of(q->begin(), q->end(),
                             [&](const Message& m) { return m.stream > since && m.stream <= upto; });
 }
@@ -241,7 +287,7 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
             for (auto& d : *deliveries) d.written = false;
             return;
         }
-        std::map<DeviceKey, std::size_t> waiting;
+        std::map<std::pair<std::string, std::string>, std::size_t> waiting;  // by device
         for (auto& d : *deliveries) {
             // A device that signed out since it was looked up gets nothing.
             d.written = txn.device_exists(d.user_id, d.device);
@@ -268,11 +314,12 @@ asio::awaitable<Response> ToDevice::send_to_device(Request& req) {
         StreamId stream = first;
         for (auto& d : *deliveries) {
             // Written: the device was signed in when it committed (a sign-out committed
-            // since is applied after this, and takes the queue).
-            if (d.written) {
-                queues_[{d.user_id, d.device}].push_back({stream, std::move(d.message)});
-                wake.push_back(d.user_id);
-            }
+            // since is applied after this, and takes the queue). A queue not held has no
+            // /sync to wake, and is read whole when one comes.
+            if (d.written)
+                if (Queue* q = written_locked(d.user_id, d.device);
+                    q && insert(*q, stream, std::move(d.message)))
+                    wake.push_back(d.user_id);
             ++stream;
         }
         txns_.remember(sender, txn, {}, now);

@@ -185,15 +185,16 @@ class SqlStore : public Store {
         });
     }
 
-    std::vector<StreamId> to_device_queued(const std::string& user_id, const std::string& device_id,
-                                           StreamId upto) override {
+    std::vector<ToDeviceRecord> to_device_of(const std::string& user_id,
+                                             const std::string& device_id) override {
         return read([&](Db& db) {
+            // The to_device_target index: the device's messages only.
             Stmt s(db,
-                   "SELECT stream_id FROM to_device WHERE user_id = ? AND device_id = ? AND "
-                   "stream_id <= ? ORDER BY stream_id");
-            s.bind(user_id).bind(device_id).bind(upto);
-            std::vector<StreamId> out;
-            while (s.next()) out.push_back(s.integer(0));
+                   "SELECT stream_id, message FROM to_device WHERE user_id = ? AND device_id = ? "
+                   "ORDER BY stream_id");
+            s.bind(user_id).bind(device_id);
+            std::vector<ToDeviceRecord> out;
+            while (s.next()) out.push_back({s.integer(0), user_id, device_id, s.text(1)});
             return out;
         });
     }
@@ -739,13 +740,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.receipts.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4),
                                          s.text(5), s.integer(6)});
-        }
-        {
-            Stmt s(
-                db,
-                "SELECT stream_id, user_id, device_id, message FROM to_device ORDER BY stream_id");
-            while (s.next())
-                snap.to_device.push_back({s.integer(0), s.text(1), s.text(2), s.text(3)});
         }
         {
             Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");

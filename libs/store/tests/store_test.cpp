@@ -220,7 +220,7 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(txns[0].txn_id, "t1");
     EXPECT_EQ(store->account_data("@a:x").size(), 1u);
     EXPECT_TRUE(s.push_rules.empty());
-    EXPECT_EQ(s.to_device.size(), 1u);
+    EXPECT_EQ(store->to_device_of("@a:x", "DEV").size(), 1u);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
     EXPECT_FALSE(store->filter("@a:x", 1));
     EXPECT_EQ(s.max_stream, 4);
@@ -468,8 +468,9 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
     EXPECT_EQ(store->account_data("@a:x").size(), 1u);
     EXPECT_TRUE(s.push_rules.empty());
-    ASSERT_EQ(s.to_device.size(), 1u);
-    EXPECT_EQ(s.to_device[0].stream, 5);
+    auto queued = store->to_device_of("@a:x", "DEV");
+    ASSERT_EQ(queued.size(), 1u);
+    EXPECT_EQ(queued[0].stream, 5);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
     EXPECT_FALSE(store->filter("@a:x", 1));
     EXPECT_EQ(s.max_stream, 5);
@@ -815,16 +816,22 @@ TYPED_TEST(StoreTest, DeliveredToDeviceMessagesAreDeleted) {
     store->apply(batch);
     std::vector<Mutation> ack{DeleteToDevice{"@a:x", "D", 3}};
     store->apply(ack);
-    auto snap = store->load();
-    ASSERT_EQ(snap.to_device.size(), 2u);
-    EXPECT_EQ(snap.to_device[0].stream, 4);
-    // A device's queue by position, up to a position; another device's is its own.
-    std::vector<Mutation> other{PutToDevice{{6, "@a:x", "E", "{}"}}};
+    // A device's queue, oldest first; another device's is its own.
+    std::vector<Mutation> other{PutToDevice{{6, "@a:x", "E", "{\"e\":1}"}}};
     store->apply(other);
-    EXPECT_EQ(store->to_device_queued("@a:x", "D", 6), (std::vector<StreamId>{4, 5}));
-    EXPECT_EQ(store->to_device_queued("@a:x", "D", 4), (std::vector<StreamId>{4}));
-    EXPECT_EQ(store->to_device_queued("@a:x", "E", 6), (std::vector<StreamId>{6}));
-    EXPECT_EQ(store->to_device_queued("@b:x", "D", 6), (std::vector<StreamId>{}));
+    auto streams = [&](const std::string& user, const std::string& device) {
+        std::vector<StreamId> out;
+        for (const auto& m : store->to_device_of(user, device)) {
+            EXPECT_EQ(m.user_id, user);
+            EXPECT_EQ(m.device_id, device);
+            out.push_back(m.stream);
+        }
+        return out;
+    };
+    EXPECT_EQ(streams("@a:x", "D"), (std::vector<StreamId>{4, 5}));
+    EXPECT_EQ(streams("@a:x", "E"), (std::vector<StreamId>{6}));
+    EXPECT_EQ(streams("@b:x", "D"), (std::vector<StreamId>{}));
+    EXPECT_EQ(store->to_device_of("@a:x", "E")[0].message, "{\"e\":1}");
 }
 
 TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
@@ -1125,9 +1132,8 @@ class FlakyStore final : public Store {
     std::optional<ToDeviceRecord> to_device_at(StreamId s) override {
         return inner_.to_device_at(s);
     }
-    std::vector<StreamId> to_device_queued(const std::string& u, const std::string& d,
-                                           StreamId upto) override {
-        return inner_.to_device_queued(u, d, upto);
+    std::vector<ToDeviceRecord> to_device_of(const std::string& u, const std::string& d) override {
+        return inner_.to_device_of(u, d);
     }
     std::optional<ReceiptRecord> receipt_at(const std::string& r, StreamId s) override {
         return inner_.receipt_at(r, s);

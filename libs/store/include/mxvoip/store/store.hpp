@@ -564,7 +564,6 @@ struct Snapshot {
     // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
     std::vector<HistoryRecord> join_rules;
     std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
-    std::vector<ToDeviceRecord> to_device;
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     std::vector<DeviceListChangeRecord> device_list_changes;
     std::vector<ReceiptRecord> receipts;  // in stream order
@@ -678,9 +677,9 @@ class Store {
     virtual std::vector<EventRecord> events_between(StreamId after, StreamId upto) = 0;
     // What a change names, by its position (none when it is gone since: delivered, replaced).
     virtual std::optional<ToDeviceRecord> to_device_at(StreamId stream) = 0;
-    // The positions of the messages queued for a device, up to `upto`, oldest first.
-    virtual std::vector<StreamId> to_device_queued(const std::string& user_id,
-                                                   const std::string& device_id, StreamId upto) = 0;
+    // The messages queued for a device, oldest first.
+    virtual std::vector<ToDeviceRecord> to_device_of(const std::string& user_id,
+                                                     const std::string& device_id) = 0;
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
