@@ -223,3 +223,70 @@ test('receipts survive a restart; typing does not', async () => {
   assert.deepEqual(ephemeral(sync, 'm.receipt')[0].content, beforeRestart);
   assert.deepEqual(ephemeral(sync, 'm.typing'), []);
 });
+
+test('receipts past the cache: read from the database when used, a waiting /sync still wakes, and unread counts follow', { timeout: 60000 }, async () => {
+  // One room's receipts held at a time: every other room's are read back when used.
+  let own = await startServer({ config: { caches: { receipts: 1 }, log_level: 'debug' } });
+  try {
+    const [ann, ben] = [await register(own.url, 'ann'), await register(own.url, 'ben')];
+    const rooms = [];
+    const said = [];
+    for (const name of ['one', 'two']) {
+      const room = await ann.createRoom({ name, preset: 'private_chat', invite: [ben.userId] });
+      assert.equal((await ben.join(room)).status, 200);
+      said.push((await ben.send(room, 'm.room.message', { msgtype: 'm.text', body: name })).body.event_id);
+      rooms.push(room);
+    }
+    const read = (u, i, eventId) => u.call('POST', `/rooms/${enc(rooms[i])}/receipt/m.read/${enc(eventId)}`, { body: {} });
+    const receipts = (sync, i) => (sync.rooms.join[rooms[i]]?.ephemeral.events ?? []).filter((e) => e.type === 'm.receipt').map((e) => e.content);
+    for (const i of [0, 1]) assert.equal((await read(ann, i, said[i])).status, 200);
+    // Ben's first /sync has both rooms' receipts, one room's read from the database.
+    const first = await ben.sync();
+    for (const i of [0, 1]) assert.deepEqual(Object.keys(receipts(first, i)[0] ?? {}), [said[i]], `room ${i}`);
+    await own.logged(/the receipts of \S+ read from the database/);
+    // Ben waits; ann's receipt in either room wakes him, held or not.
+    const annFirst = await ann.sync();
+    assert.equal(annFirst.rooms.join[rooms[0]].unread_notifications.notification_count, 0);
+    let since = first.next_batch;
+    const lates = [];
+    for (const i of [0, 1]) {
+      const later = (await ann.send(rooms[i], 'm.room.message', { msgtype: 'm.text', body: 'later' })).body.event_id;
+      since = (await ben.sync({ since, timeout: '0' })).next_batch;
+      const waiting = ben.sync({ since, timeout: '30000' });
+      await own.logged(new RegExp(`/sync of ${ben.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} waits up to 30000 ms for something after ${since}`));
+      // Ann's first /sync reads both rooms' receipts meanwhile: the second room's stay held,
+      // the first's are let go.
+      await ann.sync();
+      assert.equal((await read(ben, i, later)).status, 200);
+      const woken = await waiting;
+      assert.deepEqual(Object.keys(receipts(woken, i)[0] ?? {}), [later]);
+      assert.ok(receipts(woken, i)[0][later]['m.read'][ben.userId]);
+      lates.push(later);
+      since = woken.next_batch;
+    }
+    // Ben's messages are unread by ann until her receipt, whichever room's receipts are held.
+    const unread = async () => {
+      const s = await ann.sync();
+      return rooms.map((r) => s.rooms.join[r].unread_notifications.notification_count);
+    };
+    assert.deepEqual(await unread(), [0, 0]);
+    for (const i of [0, 1]) assert.equal((await ben.send(rooms[i], 'm.room.message', { msgtype: 'm.text', body: 'news' })).status, 200);
+    const news = (await ben.send(rooms[0], 'm.room.message', { msgtype: 'm.text', body: 'more' })).body.event_id;
+    assert.deepEqual(await unread(), [2, 1]);
+    assert.equal((await read(ann, 0, news)).status, 200);
+    assert.deepEqual(await unread(), [0, 1]);
+    // After a restart nothing is held: each room's receipts are read when a /sync shows it.
+    own = await own.restart();
+    const after = await ben.at(own.url).sync();
+    const newest = [[news, lates[0]], [said[1], lates[1]]];
+    for (const i of [0, 1]) {
+      const [annRead, benRead] = newest[i];
+      const content = receipts(after, i)[0];
+      assert.deepEqual(Object.keys(content).sort(), [annRead, benRead].sort(), `room ${i}`);
+      assert.deepEqual(Object.keys(content[annRead]['m.read']), [ann.userId]);
+      assert.deepEqual(Object.keys(content[benRead]['m.read']), [ben.userId]);
+    }
+  } finally {
+    await own.stop();
+  }
+});

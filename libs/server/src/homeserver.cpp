@@ -29,7 +29,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     auto snap = store.load();
     rooms.load(snap);
     keys.load(snap);
-    receipts.load(snap);
     notifications.load(snap);
     pushers.load(snap);
     presence.load(snap);

@@ -34,7 +34,10 @@ std::string thread_of(std::string_view content) {
 }  // namespace
 
 Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
-    : core_(core), rooms_(rooms), account_data_(account_data) {
+    : core_(core),
+      rooms_(rooms),
+      account_data_(account_data),
+      rooms_receipts_(core.config().caches.receipts) {
     // A receipt another process recorded: as one recorded here, once it committed.
     core_.on_change("receipt", [this](const store::ChangeRecord& c, const store::EventRecord*,
                                       std::vector<std::string>& wake) {
@@ -43,6 +46,9 @@ Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
             r = core_.store().receipt_at(c.key, c.stream);
         } catch (const std::exception& e) {
             spdlog::warn("a receipt of another process could not be read: {}", e.what());
+            // Not lost: the room's receipts held are read again when next used.
+            loading_.written(c.key);
+            rooms_receipts_.erase(c.key);
         }
         if (!r) return;  // replaced since
         Put p{r->room_id, r->user_id, r->receipt_type, r->thread_id,
@@ -51,16 +57,55 @@ Receipts::Receipts(Core& core, Rooms& rooms, AccountData& account_data)
     });
 }
 
-void Receipts::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    for (auto& r : snap.receipts) {
-        if (!rooms_.exists_locked(r.room_id)) continue;
-        auto& room = rooms_receipts_[r.room_id];
-        Key key{r.user_id, r.receipt_type, r.thread_id};
+Receipts::RoomReceipts Receipts::from_records(std::vector<store::ReceiptRecord> rows) {
+    RoomReceipts room;
+    for (auto& r : rows) {
+        Key key{std::move(r.user_id), std::move(r.receipt_type), std::move(r.thread_id)};
         auto event_stream = event_id_stream(r.event_id).value_or(0);
         room.by_stream[r.stream] = key;
-        room.by_key[key] = Receipt{std::move(r.event_id), event_stream, r.ts, r.stream};
+        room.by_key[std::move(key)] = Receipt{std::move(r.event_id), event_stream, r.ts, r.stream};
     }
+    return room;
+}
+
+void Receipts::preload(const std::vector<std::string>& room_ids) {
+    std::vector<std::string> missing;
+    std::vector<ReadsInFlight<std::string>::Ticket> tickets;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& room_id : room_ids) {
+            if (rooms_receipts_.get(room_id) ||
+                std::find(missing.begin(), missing.end(), room_id) != missing.end())
+                continue;
+            missing.push_back(room_id);
+            tickets.push_back(loading_.started(room_id));
+        }
+    }
+    if (missing.empty()) return;
+    std::vector<std::vector<store::ReceiptRecord>> read;
+    std::exception_ptr failed;
+    try {
+        read = core_.store().receipts_of(missing);
+    } catch (...) {
+        failed = std::current_exception();
+    }
+    std::lock_guard lock(core_.mu);
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+        const bool overtaken = loading_.overtaken(missing[i], tickets[i]);
+        // One a receipt overtook is read under the lock when it is used.
+        if (failed || overtaken || rooms_receipts_.get(missing[i])) continue;
+        spdlog::debug("the receipts of {} read from the database ({})", missing[i], read[i].size());
+        rooms_receipts_.put(missing[i], from_records(std::move(read[i])));
+    }
+    if (failed) std::rethrow_exception(failed);
+}
+
+const Receipts::RoomReceipts& Receipts::room_locked(const std::string& room_id) const {
+    if (const RoomReceipts* held = rooms_receipts_.get(room_id)) return *held;
+    auto read = core_.store().receipts_of({room_id});
+    spdlog::debug("the receipts of {} read from the database under the lock ({})", room_id,
+                  read[0].size());
+    return rooms_receipts_.put(room_id, from_records(std::move(read[0])));
 }
 
 asio::awaitable<Receipts::Target> Receipts::check_target(const std::string& room_id,
@@ -156,19 +201,25 @@ asio::awaitable<void> Receipts::put(std::vector<Put> receipts) {
 
 void Receipts::applied_locked(const Put& p, StreamId stream, std::int64_t ts,
                               std::vector<std::string>& wake) {
-    auto& room = rooms_receipts_[p.room_id];
-    Key key{p.user, p.type, p.thread};
-    auto it = room.by_key.find(key);
-    // Committed in stream order: a receipt held is older, unless read with a later one.
-    if (it != room.by_key.end()) {
-        if (it->second.stream >= stream) return;
-        room.by_stream.erase(it->second.stream);
+    const bool main = p.thread.empty() || p.thread == "main";
+    StreamId read_upto = p.target.event_stream;  // at least: the listeners' positions only grow
+    if (RoomReceipts* room = rooms_receipts_.get(p.room_id)) {
+        Key key{p.user, p.type, p.thread};
+        auto it = room->by_key.find(key);
+        // Committed in stream order: a receipt held is older, unless read with a later one (or
+        // with this one: then it is told of all the same).
+        if (it != room->by_key.end()) {
+            if (it->second.stream > stream) return;
+            room->by_stream.erase(it->second.stream);
+        }
+        room->by_stream[stream] = key;
+        room->by_key[key] = Receipt{p.target.event_id, p.target.event_stream, ts, stream};
+        if (main) read_upto = read_upto_locked(p.room_id, p.user);
+    } else {
+        loading_.written(p.room_id);  // a read in flight may miss it: it is made again
     }
-    room.by_stream[stream] = key;
-    room.by_key[key] = Receipt{p.target.event_id, p.target.event_stream, ts, stream};
-    if (p.thread.empty() || p.thread == "main")
-        for (const auto& f : read_listeners_)
-            f(p.room_id, p.user, read_upto_locked(p.room_id, p.user));
+    if (main)
+        for (const auto& f : read_listeners_) f(p.room_id, p.user, read_upto);
     // A private receipt is for its owner's devices only.
     if (p.type == "m.read.private") {
         wake.push_back(p.user);
@@ -239,22 +290,26 @@ asio::awaitable<Response> Receipts::read_markers(Request& req) {
 }
 
 StreamId Receipts::read_upto_locked(const std::string& room_id, const std::string& user) const {
-    auto found = rooms_receipts_.find(room_id);
-    if (found == rooms_receipts_.end()) return 0;
+    const RoomReceipts* room = nullptr;
+    try {
+        room = &room_locked(room_id);
+    } catch (const std::exception& e) {
+        // Asked after a commit too, where there is no request to answer 503: counted as read
+        // up to the user's join (logged), until their next receipt.
+        spdlog::warn("the receipts of {} could not be read: {}", room_id, e.what());
+        return 0;
+    }
     StreamId upto = 0;
     for (const char* type : {"m.read", "m.read.private"})
         for (const char* thread : {"", "main"})
-            if (auto it = found->second.by_key.find({user, type, thread});
-                it != found->second.by_key.end())
+            if (auto it = room->by_key.find({user, type, thread}); it != room->by_key.end())
                 upto = std::max(upto, it->second.event_stream);
     return upto;
 }
 
 bool Receipts::render_locked(std::string& out, const std::string& room_id, const std::string& user,
                              StreamId since, StreamId upto, bool fresh) const {
-    auto found = rooms_receipts_.find(room_id);
-    if (found == rooms_receipts_.end()) return false;
-    const RoomReceipts& room = found->second;
+    const RoomReceipts& room = room_locked(room_id);
     // event id -> receipt type -> user -> {ts, thread_id}
     json::object content;
     auto begin = fresh ? room.by_stream.begin() : room.by_stream.upper_bound(since);

@@ -3,6 +3,9 @@
 // Read receipts (m.read, m.read.private, threaded or not) and read markers: what each member
 // has read of a room, served in /sync as the room's m.receipt ephemeral event. The fully-read
 // marker is the room's m.fully_read account data.
+//
+// The receipts live in the store; each room's are read whole when first needed and held in an
+// LruCache (caches.receipts rooms). Nothing of them is read at start.
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
@@ -10,12 +13,13 @@
 #include <map>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 #include <vector>
 
 #include "account_data.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
+#include "reads_in_flight.hpp"
 #include "rooms.hpp"
 
 namespace mxvoip::server {
@@ -27,7 +31,10 @@ class Receipts {
 
     Receipts(Core& core, Rooms& rooms, AccountData& account_data);
 
-    void load(store::Snapshot& snap);
+    // Reads the receipts of the rooms not held, without the lock (call it without), so that
+    // what follows under the lock finds them; a room that is let go again meanwhile is read
+    // under the lock when it is used. Throws as the store does.
+    void preload(const std::vector<std::string>& room_ids);
 
     asio::awaitable<Response> post_receipt(Request&);
     asio::awaitable<Response> read_markers(Request&);
@@ -41,7 +48,8 @@ class Receipts {
     void on_read(ReadListener f) { read_listeners_.push_back(std::move(f)); }
 
     // Appends the room's m.receipt event for `user` (receipts changed in (since, upto], or all
-    // up to `upto` when `fresh`); false when there is none.
+    // up to `upto` when `fresh`); false when there is none. Throws as the store does when the
+    // room's receipts are not held and cannot be read.
     bool render_locked(std::string& out, const std::string& room_id, const std::string& user,
                        StreamId since, StreamId upto, bool fresh) const;
 
@@ -76,14 +84,20 @@ class Receipts {
     // and thread already points at a later event (decided there, as is the limit of threads:
     // 403 past kThreadsPerUser); cached once committed. Not a coroutine (see Core::durable).
     asio::awaitable<void> put(std::vector<Put> receipts);
-    // Once committed: the receipt in the room's, the listeners told; whose /syncs to wake.
+    // Once committed: the receipt in the room's (when they are held), the listeners told; whose
+    // /syncs to wake.
     void applied_locked(const Put& p, StreamId stream, std::int64_t ts,
                         std::vector<std::string>& wake);
+    // The room's receipts, read under the lock when they are not held (what commits meanwhile
+    // waits to be applied, and applying a receipt read already changes nothing).
+    const RoomReceipts& room_locked(const std::string& room_id) const;
+    static RoomReceipts from_records(std::vector<store::ReceiptRecord> rows);
 
     Core& core_;
     Rooms& rooms_;
     AccountData& account_data_;
-    std::unordered_map<std::string, RoomReceipts> rooms_receipts_;  // by room id
+    mutable LruCache<std::string, RoomReceipts> rooms_receipts_;  // by room id
+    ReadsInFlight<std::string> loading_;                          // by room id
     std::vector<ReadListener> read_listeners_;
 };
 

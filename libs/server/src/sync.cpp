@@ -462,7 +462,8 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     auto keys = keys_.keys_of(s.user_id);  // the same: the device's key counts
     auto to_device = to_device_.hold(s);   // the same: the device's to-device queue
     {
-        // The rooms it shows that are not held in memory are read now, without the lock.
+        // The rooms it shows (and their receipts) that are not held in memory are read now,
+        // without the lock.
         std::vector<std::string> room_ids;
         {
             std::lock_guard lock(core_.mu);
@@ -471,6 +472,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
                     room_ids.push_back(room_id);
         }
         rooms_.preload(room_ids);
+        receipts_.preload(room_ids);
     }
     {
         std::lock_guard lock(core_.mu);

@@ -185,6 +185,9 @@ TEST(Config, Caches) {
     EXPECT_EQ(parse_config("caches: {accounts: 4, tokens: 6}\n", "test.yaml").caches.tokens, 6u);
     EXPECT_NE(error_of("caches:\n  accounts: 0\n").find("caches.accounts"), std::string::npos);
     EXPECT_EQ(parse_config("", "test.yaml").caches.to_device, 10000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.receipts, 2000u);
+    EXPECT_EQ(parse_config("caches:\n  receipts: 3\n", "test.yaml").caches.receipts, 3u);
+    EXPECT_NE(error_of("caches:\n  receipts: 0\n").find("caches.receipts"), std::string::npos);
     EXPECT_EQ(parse_config("caches:\n  to_device: 9\n", "test.yaml").caches.to_device, 9u);
     EXPECT_NE(error_of("caches:\n  to_device: 0\n").find("caches.to_device"), std::string::npos);
     EXPECT_NE(error_of("caches:\n  users: 5\n").find("caches.users: unknown key"),

@@ -199,6 +199,26 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<std::vector<ReceiptRecord>> receipts_of(
+        const std::vector<std::string>& room_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<std::vector<ReceiptRecord>> out;
+            out.reserve(room_ids.size());
+            for (const auto& room_id : room_ids) {
+                auto& room = out.emplace_back();
+                // The primary key's prefix: the room's receipts only.
+                Stmt s(db,
+                       "SELECT stream_id, user_id, receipt_type, thread_id, event_id, ts FROM "
+                       "receipts WHERE room_id = ? ORDER BY stream_id");
+                s.bind(room_id);
+                while (s.next())
+                    room.push_back({s.integer(0), room_id, s.text(1), s.text(2), s.text(3),
+                                    s.text(4), s.integer(5)});
+            }
+            return out;
+        });
+    }
+
     std::optional<ReceiptRecord> receipt_at(const std::string& room_id, StreamId stream) override {
         return read([&](Db& db) -> std::optional<ReceiptRecord> {
             Stmt s(db,
@@ -732,14 +752,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.pushers.push_back(
                     {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT stream_id, room_id, user_id, receipt_type, thread_id, event_id, ts FROM "
-                   "receipts ORDER BY stream_id");
-            while (s.next())
-                snap.receipts.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4),
-                                         s.text(5), s.integer(6)});
         }
         {
             Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");

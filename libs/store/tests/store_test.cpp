@@ -236,19 +236,31 @@ TYPED_TEST(StoreTest, AReceiptReplacesTheSameTypeAndThreadAndAdvancesTheStream) 
         };
         store->apply(first);
         std::vector<Mutation> second{PutReceipt{{8, "!r:x", "@a:x", "m.read", "", "$e2", 103}},
-                                     AdvanceStream{9}};
+                                     PutReceipt{{9, "!s:x", "@a:x", "m.read", "", "$e9", 104}},
+                                     AdvanceStream{10}};
         store->apply(second);
     }
     auto store = this->backend.open();
     Snapshot s = store->load();
-    ASSERT_EQ(s.receipts.size(), 3u);
-    // In stream order; the unthreaded m.read was replaced.
-    EXPECT_EQ(s.receipts[0].thread_id, "main");
-    EXPECT_EQ(s.receipts[1].receipt_type, "m.read.private");
-    EXPECT_EQ(s.receipts[2].event_id, "$e2");
-    EXPECT_EQ(s.receipts[2].ts, 103);
-    EXPECT_EQ(s.receipts[2].stream, 8);
-    EXPECT_EQ(s.max_stream, 9);
+    EXPECT_EQ(s.max_stream, 10);
+    // Per room, in the order asked, each in stream order; the unthreaded m.read was replaced.
+    auto read = store->receipts_of({"!s:x", "!none:x", "!r:x"});
+    ASSERT_EQ(read.size(), 3u);
+    ASSERT_EQ(read[0].size(), 1u);
+    EXPECT_EQ(read[0][0].room_id, "!s:x");
+    EXPECT_EQ(read[0][0].event_id, "$e9");
+    EXPECT_TRUE(read[1].empty());
+    const auto& r = read[2];
+    ASSERT_EQ(r.size(), 3u);
+    EXPECT_EQ(r[0].thread_id, "main");
+    EXPECT_EQ(r[1].receipt_type, "m.read.private");
+    EXPECT_EQ(r[2].room_id, "!r:x");
+    EXPECT_EQ(r[2].user_id, "@a:x");
+    EXPECT_EQ(r[2].receipt_type, "m.read");
+    EXPECT_EQ(r[2].thread_id, "");
+    EXPECT_EQ(r[2].event_id, "$e2");
+    EXPECT_EQ(r[2].ts, 103);
+    EXPECT_EQ(r[2].stream, 8);
 }
 
 TYPED_TEST(StoreTest, PushersArePutReplacedAndDeletedForOneUserOrAll) {
@@ -1134,6 +1146,10 @@ class FlakyStore final : public Store {
     }
     std::vector<ToDeviceRecord> to_device_of(const std::string& u, const std::string& d) override {
         return inner_.to_device_of(u, d);
+    }
+    std::vector<std::vector<ReceiptRecord>> receipts_of(
+        const std::vector<std::string>& rooms) override {
+        return inner_.receipts_of(rooms);
     }
     std::optional<ReceiptRecord> receipt_at(const std::string& r, StreamId s) override {
         return inner_.receipt_at(r, s);

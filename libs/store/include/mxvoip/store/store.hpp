@@ -566,7 +566,6 @@ struct Snapshot {
     std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
     std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
     std::vector<DeviceListChangeRecord> device_list_changes;
-    std::vector<ReceiptRecord> receipts;  // in stream order
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
     StreamId max_stream = 0;
@@ -680,6 +679,9 @@ class Store {
     // The messages queued for a device, oldest first.
     virtual std::vector<ToDeviceRecord> to_device_of(const std::string& user_id,
                                                      const std::string& device_id) = 0;
+    // Each room's receipts (in the order asked), in stream order.
+    virtual std::vector<std::vector<ReceiptRecord>> receipts_of(
+        const std::vector<std::string>& room_ids) = 0;
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
