@@ -286,6 +286,52 @@ test('event content: M_NOT_JSON, M_BAD_JSON, M_TOO_LARGE', async () => {
   assert.equal(justUnder.status, 200);
 });
 
+test('memberships past caches.memberships: each user\'s rooms are read from the database when used, and a waiting /sync sees its new invite', { timeout: 60000 }, async () => {
+  let small = await startServer({ config: { caches: { memberships: 1 }, log_level: 'debug' } });
+  try {
+    const [ann, ben, cat] = [await register(small.url, 'ann'), await register(small.url, 'ben'), await register(small.url, 'cat')];
+    const joined = async (u) => {
+      const res = await u.call('GET', '/joined_rooms');
+      assert.equal(res.status, 200, res.text);
+      return res.body.joined_rooms.sort();
+    };
+    const shared = await ann.createRoom({ preset: 'private_chat', invite: [ben.userId] });
+    assert.equal((await ben.join(shared)).status, 200);
+    const cats = await cat.createRoom({ preset: 'private_chat' });
+    assert.deepEqual(await joined(ann), [shared]);
+    assert.deepEqual(await joined(ben), [shared]);
+    assert.deepEqual(await joined(cat), [cats]);
+    await small.logged(/the memberships of \d+ users let go \(1 held\)/);
+    // Ben's /sync waits, holding his rooms while cat's are read; cat's invite wakes it.
+    const base = await ben.sync();
+    const waiting = ben.sync({ since: base.next_batch, timeout: '30000' });
+    const quoted = ben.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    await small.logged(new RegExp(`/sync of ${quoted} waits up to 30000 ms for something after ${base.next_batch}`));
+    assert.deepEqual(await joined(cat), [cats]);
+    assert.equal((await cat.call('POST', `/rooms/${enc(cats)}/invite`, { body: { user_id: ben.userId } })).status, 200);
+    const woken = await waiting;
+    assert.ok(woken.rooms.invite[cats], JSON.stringify(woken.rooms));
+    // Ann leaves while her rooms are not held: read again, they say so.
+    const annBase = await ann.sync();
+    assert.deepEqual(await joined(cat), [cats]);
+    assert.equal((await ann.call('POST', `/rooms/${enc(shared)}/leave`, { body: {} })).status, 200);
+    assert.deepEqual(await joined(cat), [cats]);
+    assert.deepEqual(await joined(ann), []);
+    const left = await ann.sync({ since: annBase.next_batch });
+    assert.ok(left.rooms.leave[shared], JSON.stringify(left.rooms));
+    // After a restart nobody's rooms are held: each is read when used.
+    small = await small.restart();
+    const benAgain = ben.at(small.url);
+    assert.deepEqual(await joined(benAgain), [shared]);
+    const fresh = await benAgain.sync();
+    assert.deepEqual(Object.keys(fresh.rooms.join), [shared]);
+    assert.deepEqual(Object.keys(fresh.rooms.invite), [cats]);
+    assert.deepEqual(await joined(ann.at(small.url)), []);
+  } finally {
+    await small.stop();
+  }
+});
+
 test('rooms past caches.rooms are let go and read again from the database when used', { timeout: 60000 }, async () => {
   const small = await startServer({ config: { caches: { rooms: 2 }, log_level: 'debug' } });
   try {

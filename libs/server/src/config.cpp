@@ -433,6 +433,7 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"account_data", &c.caches.account_data},
                   {"filters", &c.caches.filters},
                   {"keys", &c.caches.keys},
+                  {"memberships", &c.caches.memberships},
                   {"receipts", &c.caches.receipts},
                   {"rooms", &c.caches.rooms},
                   {"to_device", &c.caches.to_device},

@@ -261,7 +261,7 @@ std::vector<std::string> Keys::device_list_changed_locked(const std::string& use
 
 std::set<std::string> Keys::audience_locked(const std::string& user) const {
     std::set<std::string> out{user};
-    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+    for (const auto& [room_id, m] : rooms_.memberships_or_skip_locked(user)) {
         if (m.membership != "join") continue;
         if (const Room* room = rooms_.find_or_skip_locked(room_id))
             for (const auto& [member, mm] : room->membership)
@@ -273,6 +273,8 @@ std::set<std::string> Keys::audience_locked(const std::string& user) const {
 Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, StreamId since,
                                                      StreamId upto) const {
     DeviceListDelta d;
+    // Read first (a request answers 503 without them): then the audience finds them held.
+    const Memberships& mine = rooms_.memberships_locked(user);
     const std::set<std::string> shared = audience_locked(user);
     for (const auto& u : shared)
         if (auto it = changed_.find(u);
@@ -280,7 +282,7 @@ Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, St
             d.changed.insert(u);
     // Membership changes in the user's rooms since `since`: whoever now shares a room and did
     // not before has devices to learn; whoever shares none any more is gone.
-    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+    for (const auto& [room_id, m] : mine) {
         // A room the user was no longer in at `since`: what happened there since changes
         // nobody's sharing a room with them.
         if (m.membership != "join" && m.membership != "invite" && m.stream <= since) continue;

@@ -192,7 +192,7 @@ Notifications::Unread& Notifications::unread_locked(const Room& room, const std:
     // join when they sent no receipt since (what happened before it is not unread).
     Unread& unread = rooms[room.id];
     StreamId read = receipts_.read_upto_locked(room.id, user);
-    const auto& mine = rooms_.memberships_locked(user);
+    const auto& mine = rooms_.memberships_or_skip_locked(user);
     if (auto m = mine.find(room.id); m != mine.end()) read = std::max(read, m->second.stream);
     auto count = [&](StreamId stream, const std::string& sender, const std::string& text) {
         if (stream <= read || sender == user) return;
@@ -276,7 +276,7 @@ void Notifications::render_counts_locked(std::string& out, const Room& room,
 
 std::size_t Notifications::unread_total_locked(const std::string& user) {
     std::size_t total = 0;
-    for (const auto& [room_id, m] : rooms_.memberships_locked(user))
+    for (const auto& [room_id, m] : rooms_.memberships_or_skip_locked(user))
         if (m.membership == "join")
             if (const Room* room = rooms_.find_or_skip_locked(room_id))
                 total += unread_locked(*room, user).events.size();

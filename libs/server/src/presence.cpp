@@ -59,7 +59,7 @@ Presence::Presence(Core& core, Accounts& accounts, Rooms& rooms)
 std::vector<std::string> Presence::audience_locked(const std::string& user) const {
     // Whoever shares a joined room with the user sees it, and the user's own devices.
     std::vector<std::string> out{user};
-    for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
+    for (const auto& [room_id, m] : rooms_.memberships_or_skip_locked(user)) {
         if (m.membership != "join") continue;
         if (const Room* room = rooms_.find_or_skip_locked(room_id))
             for (const auto& [member, mm] : room->membership)

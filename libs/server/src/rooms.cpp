@@ -596,6 +596,9 @@ Rooms::Rooms(Core& core, Accounts& accounts)
     : core_(core),
       accounts_(accounts),
       rooms_(core.config().caches.rooms, [](const Room& r) { return r.writes_in_flight > 0; }),
+      // Held by a /sync: not let go, so what commits meanwhile reaches it.
+      memberships_(core.config().caches.memberships,
+                   [](const HeldMemberships& h) { return h.use_count() > 1; }),
       txns_(core.config().limits.txn_ids_per_device) {
     core_.on_change("event", [this](const store::ChangeRecord&, const store::EventRecord* event,
                                     std::vector<std::string>& wake) { fed_locked(*event, wake); });
@@ -625,26 +628,69 @@ std::string membership_value(std::string value) {
 void Rooms::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
     // No room is read at start (its state, history and timeline are read when it is first
-    // needed): only what tells the rooms there are, who may join or read them, and each local
-    // user's memberships.
+    // needed), nor anyone's memberships: only what tells the rooms there are and who may join
+    // or read them.
     for (auto& r : snap.rooms) known_[r.room_id].version = std::move(r.room_version);
     for (const auto& j : snap.join_rules)
         if (auto it = known_.find(j.room_id); it != known_.end())
             it->second.public_join = j.value == "public";
-    for (auto& h : snap.history) {
-        auto it = known_.find(h.room_id);
-        if (it == known_.end()) continue;
-        if (h.type != "m.room.member") {
-            if (h.state_key.empty()) it->second.world_readable = h.value == "world_readable";
-            continue;
-        }
-        if (!accounts_.is_local(h.state_key)) continue;  // remote users have none here
+    for (const auto& v : snap.visibility)
+        if (auto it = known_.find(v.room_id); it != known_.end())
+            it->second.world_readable = v.value == "world_readable";
+}
+
+Memberships Rooms::fold_memberships(std::vector<store::HistoryRecord> events) {
+    Memberships out;
+    for (auto& h : events) {
         // A membership dates from the event that changed it, as while running (a new display
         // name is not a new join).
         std::string membership = membership_value(std::move(h.value));
-        auto [m, fresh] = memberships_[h.state_key].try_emplace(h.room_id);
+        auto [m, fresh] = out.try_emplace(std::move(h.room_id));
         if (fresh || m->second.membership != membership)
             m->second = RoomMembership{std::move(membership), h.stream};
+    }
+    return out;
+}
+
+void Rooms::preload_memberships(const std::vector<std::string>& user_ids) const {
+    std::vector<std::string> missing;
+    std::vector<ReadsInFlight<std::string>::Ticket> tickets;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& user : user_ids) {
+            if (memberships_.get(user) || !accounts_.is_local(user) ||
+                std::find(missing.begin(), missing.end(), user) != missing.end())
+                continue;
+            missing.push_back(user);
+            tickets.push_back(memberships_loading_.started(user));
+        }
+    }
+    std::vector<Memberships> read;
+    std::exception_ptr failed;
+    try {
+        for (const auto& user : missing)
+            read.push_back(fold_memberships(core_.store().memberships_of(user)));
+    } catch (...) {
+        failed = std::current_exception();
+    }
+    std::lock_guard lock(core_.mu);
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+        const bool overtaken = memberships_loading_.overtaken(missing[i], tickets[i]);
+        // One a membership change overtook is read under the lock when it is used.
+        if (failed || overtaken || memberships_.get(missing[i])) continue;
+        memberships_.hold(missing[i], std::make_shared<Memberships>(std::move(read[i])));
+    }
+    trim_later_locked();
+    if (failed) std::rethrow_exception(failed);
+}
+
+std::shared_ptr<const void> Rooms::hold_memberships(const std::string& user_id) const {
+    for (;;) {
+        preload_memberships({user_id});
+        std::lock_guard lock(core_.mu);
+        if (auto* held = memberships_.get(user_id)) return *held;
+        if (!accounts_.is_local(user_id)) return nullptr;
+        // A change overtook the read: read again.
     }
 }
 
@@ -808,20 +854,45 @@ const Room* Rooms::find_or_skip_locked(const std::string& room_id) const noexcep
 }
 
 void Rooms::trim_later_locked() const {
-    if (trim_pending_ || !trims_ || rooms_.size() <= rooms_.capacity()) return;
+    if (trim_pending_ || !trims_ ||
+        (rooms_.size() <= rooms_.capacity() && memberships_.size() <= memberships_.capacity()))
+        return;
     trim_pending_ = true;
     asio::post(*trims_, [this] {
         std::lock_guard lock(core_.mu);
         trim_pending_ = false;
         if (auto dropped = rooms_.trim())
             spdlog::debug("{} rooms let go ({} held)", dropped, rooms_.size());
+        if (auto dropped = memberships_.trim())
+            spdlog::debug("the memberships of {} users let go ({} held)", dropped,
+                          memberships_.size());
     });
 }
 
+namespace {
+const Memberships kNoMemberships;
+}  // namespace
+
 const Memberships& Rooms::memberships_locked(const std::string& user_id) const {
-    static const Memberships kNone;
-    auto it = memberships_.find(user_id);
-    return it == memberships_.end() ? kNone : it->second;
+    if (auto* held = memberships_.get(user_id)) return **held;
+    if (!accounts_.is_local(user_id)) return kNoMemberships;  // remote users have none here
+    // Read under the lock: what commits meanwhile waits to be applied, and applying what the
+    // read already has changes nothing. Let go only in trim_later_locked's handler.
+    auto read = fold_memberships(core_.store().memberships_of(user_id));
+    const Memberships& held =
+        *memberships_.hold(user_id, std::make_shared<Memberships>(std::move(read)));
+    trim_later_locked();
+    return held;
+}
+
+const Memberships& Rooms::memberships_or_skip_locked(const std::string& user_id) const noexcept {
+    try {
+        return memberships_locked(user_id);
+    } catch (const std::exception& e) {
+        spdlog::warn("the memberships of {} could not be read ({}); passed over", user_id,
+                     e.what());
+        return kNoMemberships;
+    }
 }
 
 Room& Rooms::room_or_throw_locked(const std::string& room_id) {
@@ -875,6 +946,11 @@ void Rooms::membership_changed_locked(const EventPtr& ev) {
     if (ev->type != "m.room.member" || !ev->state_key) return;
     const std::string& user = *ev->state_key;
     if (!accounts_.is_local(user)) return;  // remote users have no memberships here
+    auto* held = memberships_.get(user);
+    if (!held) {
+        memberships_loading_.written(user);  // read whole, with it, when next needed
+        return;
+    }
     // A user's membership of a room dates from the event that changed it: a new displayname
     // (join to join) is a state change for the sync, not a new join.
     std::string membership;
@@ -882,7 +958,7 @@ void Rooms::membership_changed_locked(const EventPtr& ev) {
         if (const auto* m = v.get_object().if_contains("membership"); m && m->is_string())
             membership = m->get_string();
     membership = membership_value(std::move(membership));
-    auto [it, fresh] = memberships_[user].try_emplace(ev->room_id);
+    auto [it, fresh] = (*held)->try_emplace(ev->room_id);
     if (!fresh && ev->stream <= it->second.stream) return;  // known already (fed twice)
     if (fresh || it->second.membership != membership)
         it->second = RoomMembership{std::move(membership), ev->stream};

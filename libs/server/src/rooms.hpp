@@ -23,6 +23,7 @@
 #include "core.hpp"
 #include "http_types.hpp"
 #include "lru_cache.hpp"
+#include "reads_in_flight.hpp"
 #include "room.hpp"
 #include "txn_ids.hpp"
 
@@ -117,8 +118,20 @@ class Rooms {
             if (known.open())
                 if (const Room* room = find_locked(id)) f(*room);
     }
-    // The user's rooms (an empty map for a user with none).
+    // The user's rooms (an empty map for a user with none, and for a remote user), read from
+    // the store under the lock when they are not held: StoreUnavailable when the database
+    // cannot be reached. The reference stays good until the lock is released.
     const Memberships& memberships_locked(const std::string& user_id) const;
+    // As memberships_locked, for what cannot answer 503 (timers, what runs after a commit):
+    // none also when they are not held and the database cannot be reached (logged).
+    const Memberships& memberships_or_skip_locked(const std::string& user_id) const noexcept;
+    // Reads the users' memberships not held from the store without the lock (call it
+    // without; StoreUnavailable when the database cannot be reached), so that what follows
+    // under the lock finds them held.
+    void preload_memberships(const std::vector<std::string>& user_ids) const;
+    // As preload_memberships for one user, holding them until the result is let go: a /sync
+    // keeps its user's so, and what commits meanwhile reaches them.
+    std::shared_ptr<const void> hold_memberships(const std::string& user_id) const;
     // Appends events: decided in their transaction (Core::transact) against the rooms as
     // committed and as the writes before them in the same transaction left them (the auth
     // rules, the replaced state), stored, and only then applied to the rooms held here.
@@ -241,7 +254,12 @@ class Rooms {
     mutable LruCache<std::string, Room> rooms_;
     mutable bool trim_pending_ = false;
     std::optional<asio::any_io_executor> trims_;
-    std::unordered_map<std::string, Memberships> memberships_;  // by local user id
+    // Each local user's memberships that were read (caches.memberships), let go as rooms are:
+    // in trim_later_locked's handler, never one a /sync holds.
+    using HeldMemberships = std::shared_ptr<Memberships>;
+    mutable LruCache<std::string, HeldMemberships> memberships_;
+    mutable ReadsInFlight<std::string> memberships_loading_;  // by user id
+    static Memberships fold_memberships(std::vector<store::HistoryRecord> events);
     TxnIds txns_;  // event ids by device, room id + '\n' + txn id
     // What the decisions of the writer's current transaction made of the rooms they changed
     // (writer's thread only; dropped when a new transaction begins).

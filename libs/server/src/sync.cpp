@@ -461,6 +461,7 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     auto account_data = account_data_.entries(s.user_id);
     auto keys = keys_.keys_of(s.user_id);  // the same: the device's key counts
     auto to_device = to_device_.hold(s);   // the same: the device's to-device queue
+    auto memberships = rooms_.hold_memberships(s.user_id);  // and the user's rooms
     {
         // The rooms it shows (and their receipts) that are not held in memory are read now,
         // without the lock.

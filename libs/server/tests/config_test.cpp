@@ -186,6 +186,10 @@ TEST(Config, Caches) {
     EXPECT_NE(error_of("caches:\n  accounts: 0\n").find("caches.accounts"), std::string::npos);
     EXPECT_EQ(parse_config("", "test.yaml").caches.to_device, 10000u);
     EXPECT_EQ(parse_config("", "test.yaml").caches.receipts, 2000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.memberships, 10000u);
+    EXPECT_EQ(parse_config("caches:\n  memberships: 4\n", "test.yaml").caches.memberships, 4u);
+    EXPECT_NE(error_of("caches:\n  memberships: 0\n").find("caches.memberships"),
+              std::string::npos);
     EXPECT_EQ(parse_config("caches:\n  receipts: 3\n", "test.yaml").caches.receipts, 3u);
     EXPECT_NE(error_of("caches:\n  receipts: 0\n").find("caches.receipts"), std::string::npos);
     EXPECT_EQ(parse_config("caches:\n  to_device: 9\n", "test.yaml").caches.to_device, 9u);

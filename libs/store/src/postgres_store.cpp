@@ -397,14 +397,22 @@ constexpr const char* kPruneLock = "SELECT pg_advisory_xact_lock(788818169131207
 // What a process NOTIFYs after a commit that took positions.
 constexpr const char* kChannel = "mxvoip_changes";
 
+// Version 11: a user's memberships are read when first needed, not every room's membership
+// history at start: a user's member events are found by index, and the start-up index goes.
+constexpr const char* kSchemaV11 = R"sql(
+CREATE INDEX IF NOT EXISTS events_member_target ON events (state_key, stream_id)
+    WHERE type = 'm.room.member';
+DROP INDEX IF EXISTS events_history;
+)sql";
+
 class PgStmt;
 
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5, kSchemaV6, kSchemaV7, kSchemaV8,
-                                                  kSchemaV9, kSchemaV10};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2,  kSchemaV3, kSchemaV4,
+                                                  kSchemaV5, kSchemaV6,  kSchemaV7, kSchemaV8,
+                                                  kSchemaV9, kSchemaV10, kSchemaV11};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").

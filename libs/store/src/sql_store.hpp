@@ -300,6 +300,21 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<HistoryRecord> memberships_of(const std::string& user_id) override {
+        return read([&](Db& db) {
+            // The events_member_target index: the user's member events only.
+            Stmt s(db,
+                   "SELECT stream_id, room_id, json FROM events WHERE type = 'm.room.member' AND "
+                   "state_key = ? ORDER BY stream_id");
+            s.bind(user_id);
+            std::vector<HistoryRecord> out;
+            while (s.next())
+                out.push_back({s.integer(0), s.text(1), "m.room.member", user_id,
+                               content_string(s.text(2), "membership")});
+            return out;
+        });
+    }
+
     std::vector<AccountLoad> accounts(const std::vector<std::string>& user_ids) override {
         return read_at_one_moment([&](Db& db) {
             std::vector<AccountLoad> out;
@@ -719,15 +734,12 @@ class SqlStore : public Store {
         }
         {
             Stmt s(db,
-                   "SELECT stream_id, room_id, type, state_key, json FROM events WHERE type IN "
-                   "('m.room.member', 'm.room.history_visibility') AND state_key IS NOT NULL "
-                   "ORDER BY stream_id");
-            while (s.next()) {
-                std::string type = s.text(2);
-                const char* key = type == "m.room.member" ? "membership" : "history_visibility";
-                snap.history.push_back({s.integer(0), s.text(1), std::move(type), s.text(3),
-                                        content_string(s.text(4), key)});
-            }
+                   "SELECT e.stream_id, e.room_id, e.json FROM current_state c JOIN events e ON "
+                   "e.stream_id = c.stream_id WHERE c.type = 'm.room.history_visibility' AND "
+                   "c.state_key = '' ORDER BY e.stream_id");
+            while (s.next())
+                snap.visibility.push_back({s.integer(0), s.text(1), "m.room.history_visibility", "",
+                                           content_string(s.text(2), "history_visibility")});
         }
         {
             Stmt s(db,

@@ -215,13 +215,21 @@ CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
 CREATE INDEX IF NOT EXISTS pushers_pushkey ON pushers (app_id, pushkey);
 )sql";
 
+// Version 6: a user's memberships are read when first needed, not every room's membership
+// history at start: a user's member events are found by index, and the start-up index goes.
+constexpr const char* kSchemaV6 = R"sql(
+CREATE INDEX IF NOT EXISTS events_member_target ON events (state_key, stream_id)
+    WHERE type = 'm.room.member';
+DROP INDEX IF EXISTS events_history;
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
+                                                  kSchemaV4, kSchemaV5, kSchemaV6};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
     // One process writes a SQLite database: its writes are already one after the other.

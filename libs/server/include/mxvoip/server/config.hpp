@@ -79,6 +79,7 @@ struct Caches {
     std::size_t filters = 10000;       // sync filters (each user's, by id)
     std::size_t keys = 10000;          // users whose end-to-end keys are held
     std::size_t rooms = 2000;          // rooms: their state and membership history
+    std::size_t memberships = 10000;   // users whose rooms (their memberships) are held
     std::size_t receipts = 2000;       // rooms whose read receipts are held
     std::size_t to_device = 10000;     // users whose devices' queues of to-device messages are held
 };

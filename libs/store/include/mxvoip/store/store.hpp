@@ -564,7 +564,9 @@ struct Snapshot {
     // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
     std::vector<HistoryRecord> join_rules;
     std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
-    std::vector<HistoryRecord> history;  // every membership and visibility change, stream order
+    // Each room's history visibility (`value`: content.history_visibility of its current
+    // m.room.history_visibility).
+    std::vector<HistoryRecord> visibility;
     std::vector<DeviceListChangeRecord> device_list_changes;
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
@@ -646,6 +648,9 @@ class Store {
     virtual std::vector<AccountDataRecord> account_data(const std::string& user_id) = 0;
     // The session of the access token whose SHA-256 (hex) this is, if it is signed in.
     virtual std::optional<SessionRecord> session(const std::string& token_hash) = 0;
+    // The user's membership events (`value`: content.membership), in stream order: every
+    // change of their membership of every room, and of nobody else's.
+    virtual std::vector<HistoryRecord> memberships_of(const std::string& user_id) = 0;
     // Each account (in the order asked) with its signed-in devices, read at one moment.
     virtual std::vector<AccountLoad> accounts(const std::vector<std::string>& user_ids) = 0;
     // Accounts that are not guests whose user id or display name contains `term` (ASCII
