@@ -80,12 +80,12 @@ test('SIGKILL mid-stream loses no acknowledged event and duplicates none', async
 test('SIGTERM answers a parked /sync, finishes, and the database reopens cleanly', async () => {
   const dir = makeDir();
   try {
-    let server = await startServer({ dir });
+    let server = await startServer({ dir, config: { log_level: 'debug' } });
     const u = await register(server.url, 'sleeper');
     // set_presence=offline: the sync itself changes nothing (no presence), so it parks.
     const base = await u.sync({ set_presence: 'offline' });
     const parked = u.sync({ since: base.next_batch, timeout: '60000', set_presence: 'offline' });
-    await new Promise((r) => setTimeout(r, 200));
+    await server.logged(new RegExp(`/sync of @sleeper:localhost waits up to 60000 ms for something after ${base.next_batch}(?!\\d)`));
     const started = Date.now();
     const { code } = await server.stop();
     const res = await parked;

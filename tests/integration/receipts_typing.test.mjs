@@ -253,7 +253,7 @@ test('receipts past the cache: read from the database when used, a waiting /sync
       const later = (await ann.send(rooms[i], 'm.room.message', { msgtype: 'm.text', body: 'later' })).body.event_id;
       since = (await ben.sync({ since, timeout: '0' })).next_batch;
       const waiting = ben.sync({ since, timeout: '30000' });
-      await own.logged(new RegExp(`/sync of ${ben.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} waits up to 30000 ms for something after ${since}`));
+      await own.logged(new RegExp(`/sync of ${ben.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} waits up to 30000 ms for something after ${since}(?!\\d)`));
       // Ann's first /sync reads both rooms' receipts meanwhile: the second room's stay held,
       // the first's are let go.
       await ann.sync();

@@ -306,7 +306,7 @@ test('memberships past caches.memberships: each user\'s rooms are read from the 
     const base = await ben.sync();
     const waiting = ben.sync({ since: base.next_batch, timeout: '30000' });
     const quoted = ben.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    await small.logged(new RegExp(`/sync of ${quoted} waits up to 30000 ms for something after ${base.next_batch}`));
+    await small.logged(new RegExp(`/sync of ${quoted} waits up to 30000 ms for something after ${base.next_batch}(?!\\d)`));
     assert.deepEqual(await joined(cat), [cats]);
     assert.equal((await cat.call('POST', `/rooms/${enc(cats)}/invite`, { body: { user_id: ben.userId } })).status, 200);
     const woken = await waiting;

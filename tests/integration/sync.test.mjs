@@ -9,7 +9,8 @@ let n = 0;
 const fresh = (name) => register(server.url, `${name}${n++}`);
 const enc = encodeURIComponent;
 before(async () => {
-  server = await startServer();
+  // Debug: a test waits for the line that says a /sync is parked.
+  server = await startServer({ config: { log_level: 'debug' } });
 });
 after(async () => server.stop());
 
@@ -53,7 +54,7 @@ test('a parked /sync wakes on the event, in order, once; age and transaction_id'
   const baseAlice = await alice.sync();
   const parked = bob.sync({ since: base.next_batch, timeout: '20000' });
   const started = Date.now();
-  await new Promise((r) => setTimeout(r, 100));
+  await server.logged(new RegExp(`/sync of ${bob.userId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} waits up to 20000 ms for something after ${base.next_batch}(?!\\d)`));
   const sent = await alice.send(roomId, 'm.call.invite', { call_id: 'c1', party_id: 'p', version: '1', lifetime: 60000, offer: { type: 'offer', sdp: 'v=0' } }, 'tx-42');
   const woke = await parked;
   assert.ok(Date.now() - started < 5000, 'woke long before the timeout');
