@@ -194,14 +194,23 @@ test('keys, claims and device list positions survive a restart', async () => {
     await upload(alice, { device_keys: keys, one_time_keys: otk, fallback_keys: fallback });
     const want = { [alice.userId]: { [alice.deviceId]: 'signed_curve25519' } };
     assert.deepEqual((await claim(bob, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K1': otk['signed_curve25519:K1'] });
+    const seen = await bob.sync({ since: start.next_batch, timeout: '0' });
+    assert.ok(seen.device_lists.changed.includes(alice.userId));
     server = await server.restart();
     const bob2 = bob.at(server.url);
     const alice2 = alice.at(server.url);
     assert.deepEqual((await query(bob2, { [alice.userId]: [] })).body.device_keys[alice.userId][alice.deviceId], { ...keys, unsigned: { device_display_name: "alice's laptop" } });
     assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], { 'signed_curve25519:K2': otk['signed_curve25519:K2'] }, 'K1 was claimed before the restart');
     assert.deepEqual((await claim(bob2, want)).body.one_time_keys[alice.userId][alice.deviceId], fallback);
+    // Changes from before the start are read from the database: reported after a position
+    // before them, and not after one past them.
     const later = await bob2.sync({ since: start.next_batch, timeout: '0' });
     assert.ok(later.device_lists.changed.includes(alice.userId));
+    const quiet = await bob2.sync({ since: seen.next_batch, timeout: '0' });
+    assert.ok(!(quiet.device_lists?.changed ?? []).includes(alice.userId), JSON.stringify(quiet.device_lists));
+    const changes = async (from) => (await bob2.call('GET', '/keys/changes', { query: { from, to: later.next_batch } })).body.changed;
+    assert.ok((await changes(start.next_batch)).includes(alice.userId));
+    assert.ok(!(await changes(seen.next_batch)).includes(alice.userId));
     const aliceSync = await alice2.sync();
     assert.deepEqual(aliceSync.device_unused_fallback_key_types, []);
   } finally {

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
 #include "mxvoip/proto/ids.hpp"
@@ -178,9 +181,45 @@ Keys::Keys(Core& core, Accounts& accounts, Rooms& rooms)
     });
 }
 
-void Keys::load(store::Snapshot& snap) {
+void Keys::load(const store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
-    for (auto& c : snap.device_list_changes) changed_[c.user_id] = c.stream;
+    // What committed up to here is in the store; what commits after it is applied here.
+    horizon_ = snap.max_stream;
+}
+
+std::shared_ptr<const void> Keys::hold_older_changes(StreamId since) {
+    for (;;) {
+        StreamId horizon = 0;
+        {
+            std::lock_guard lock(core_.mu);
+            if (since >= horizon_) return nullptr;
+            if (auto it = older_.find(since); it != older_.end())
+                if (auto held = it->second.lock(); held && held->horizon == horizon_) return held;
+            horizon = horizon_;
+        }
+        auto read = std::make_shared<OlderChanges>();
+        read->since = since;
+        read->horizon = horizon;
+        for (auto& c : core_.store().device_lists_changed(since, horizon))
+            read->users.emplace(std::move(c.user_id), c.stream);
+        std::lock_guard lock(core_.mu);
+        if (horizon != horizon_) continue;  // changes were let go meanwhile: read again
+        std::erase_if(older_, [](const auto& o) { return o.second.expired(); });
+        older_[since] = read;
+        return read;
+    }
+}
+
+std::shared_ptr<const Keys::OlderChanges> Keys::older_changes_locked(StreamId since) const {
+    if (auto it = older_.find(since); it != older_.end())
+        if (auto held = it->second.lock(); held && held->horizon == horizon_) return held;
+    // Read under the lock: what commits meanwhile waits to be applied, and is held then.
+    auto read = std::make_shared<OlderChanges>();
+    read->since = since;
+    read->horizon = horizon_;
+    for (auto& c : core_.store().device_lists_changed(since, horizon_))
+        read->users.emplace(std::move(c.user_id), c.stream);
+    return read;
 }
 
 std::shared_ptr<const Keys::UserKeys> Keys::keys_of(const std::string& user) {
@@ -255,6 +294,17 @@ std::vector<std::string> Keys::device_list_changed_locked(const std::string& use
                                                           StreamId position) {
     auto& latest = changed_[user];
     latest = std::max(latest, position);
+    if (changed_.size() > kChangesHeld) {
+        // The older half goes: the store has each user's latest change, read for a /sync
+        // whose since is before the new horizon.
+        std::vector<StreamId> positions;
+        positions.reserve(changed_.size());
+        for (const auto& [_, p] : changed_) positions.push_back(p);
+        auto middle = positions.begin() + static_cast<std::ptrdiff_t>(positions.size() / 2);
+        std::nth_element(positions.begin(), middle, positions.end());
+        horizon_ = std::max(horizon_, *middle);
+        std::erase_if(changed_, [&](const auto& c) { return c.second <= horizon_; });
+    }
     std::set<std::string> audience = audience_locked(user);
     return {audience.begin(), audience.end()};
 }
@@ -275,11 +325,16 @@ Keys::DeviceListDelta Keys::device_list_delta_locked(const std::string& user, St
     DeviceListDelta d;
     // Read first (a request answers 503 without them): then the audience finds them held.
     const Memberships& mine = rooms_.memberships_locked(user);
+    const auto older = since < horizon_ ? older_changes_locked(since) : nullptr;
     const std::set<std::string> shared = audience_locked(user);
-    for (const auto& u : shared)
+    for (const auto& u : shared) {
         if (auto it = changed_.find(u);
             it != changed_.end() && it->second > since && it->second <= upto)
             d.changed.insert(u);
+        else if (older)
+            if (auto o = older->users.find(u); o != older->users.end() && o->second <= upto)
+                d.changed.insert(u);
+    }
     // Membership changes in the user's rooms since `since`: whoever now shares a room and did
     // not before has devices to learn; whoever shares none any more is gone.
     for (const auto& [room_id, m] : mine) {
@@ -659,6 +714,7 @@ asio::awaitable<Response> Keys::changes(Request& req) {
     if (!from) throw MatrixError(400, errcode::missing_param, "Missing 'from'");
     StreamId since = parse_token(*from);
     DeviceListDelta delta;
+    auto older = hold_older_changes(since);  // what the store has before this process's start
     {
         std::lock_guard lock(core_.mu);
         StreamId upto = core_.visible_locked();

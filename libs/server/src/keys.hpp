@@ -30,7 +30,8 @@ class Keys {
     // password when cross-signing keys are replaced.
     Keys(Core& core, Accounts& accounts, Rooms& rooms);
 
-    void load(store::Snapshot& snap);
+    // Changes up to the snapshot's position are read from the store when a /sync needs them.
+    void load(const store::Snapshot& snap);
 
     asio::awaitable<Response> upload(Request&);
     asio::awaitable<Response> query(Request&);
@@ -68,8 +69,18 @@ class Keys {
         std::set<std::string> changed;
         std::set<std::string> left;
     };
+    // The device-list changes this process does not hold (before its start, or let go) are
+    // read from the store: held by hold_older_changes, else under the lock (StoreUnavailable
+    // when the database cannot be reached).
     DeviceListDelta device_list_delta_locked(const std::string& user, StreamId since,
                                              StreamId upto) const;
+    // Reads, without the lock, the device-list changes after `since` that this process does
+    // not hold, and keeps them while the result is held (a /sync, while it runs): nothing to
+    // read when `since` is past them. Call it without the lock; throws as the store does.
+    std::shared_ptr<const void> hold_older_changes(StreamId since);
+    // Device-list changes held at most (user and position each); past it the older half is
+    // let go, to be read from the store when a /sync needs them.
+    static constexpr std::size_t kChangesHeld = 100000;
     // ,"device_one_time_keys_count":{...},"device_unused_fallback_key_types":[...] of the
     // session's device, from its user's keys (keys_of).
     void render_key_counts_locked(std::string& out, const Session& s, const UserKeys& keys) const;
@@ -94,7 +105,19 @@ class Keys {
     // Users whose keys are being read from the store: a read that a write overtook is made
     // again.
     ReadsInFlight<std::string> loading_;
-    std::unordered_map<std::string, StreamId> changed_;  // by user: the latest change
+    // Device-list changes after horizon_, by user: their latest. Those at or before it are read
+    // from the store (Store::device_lists_changed), which keeps each user's latest.
+    std::unordered_map<std::string, StreamId> changed_;
+    StreamId horizon_ = 0;
+    // What the store has of changes in (since, horizon]: each user's newest.
+    struct OlderChanges {
+        StreamId since = 0;
+        StreamId horizon = 0;
+        std::unordered_map<std::string, StreamId> users;
+    };
+    std::shared_ptr<const OlderChanges> older_changes_locked(StreamId since) const;
+    // Those held by /syncs, by since (the expired go when another is held).
+    std::map<StreamId, std::weak_ptr<const OlderChanges>> older_;
 };
 
 }  // namespace mxvoip::server

@@ -462,6 +462,8 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     auto keys = keys_.keys_of(s.user_id);  // the same: the device's key counts
     auto to_device = to_device_.hold(s);   // the same: the device's to-device queue
     auto memberships = rooms_.hold_memberships(s.user_id);  // and the user's rooms
+    // The device-list changes since `since` that are only in the store, read now.
+    auto older_changes = initial ? nullptr : keys_.hold_older_changes(since);
     {
         // The rooms it shows (and their receipts) that are not held in memory are read now,
         // without the lock.

@@ -300,6 +300,20 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<DeviceListChangeRecord> device_lists_changed(StreamId after,
+                                                             StreamId upto) override {
+        return read([&](Db& db) {
+            // The device_list_changes_stream index: the changes in the range only.
+            Stmt s(db,
+                   "SELECT user_id, stream_id FROM device_list_changes WHERE stream_id > ? AND "
+                   "stream_id <= ?");
+            s.bind(after).bind(upto);
+            std::vector<DeviceListChangeRecord> out;
+            while (s.next()) out.push_back({s.text(0), s.integer(1)});
+            return out;
+        });
+    }
+
     std::vector<HistoryRecord> memberships_of(const std::string& user_id) override {
         return read([&](Db& db) {
             // The events_member_target index: the user's member events only.
@@ -764,10 +778,6 @@ class SqlStore : public Store {
             while (s.next())
                 snap.pushers.push_back(
                     {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5)});
-        }
-        {
-            Stmt s(db, "SELECT user_id, stream_id FROM device_list_changes");
-            while (s.next()) snap.device_list_changes.push_back({s.text(0), s.integer(1)});
         }
         return snap;
     }

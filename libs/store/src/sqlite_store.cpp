@@ -215,11 +215,13 @@ CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
 CREATE INDEX IF NOT EXISTS pushers_pushkey ON pushers (app_id, pushkey);
 )sql";
 
-// Version 6: a user's memberships are read when first needed, not every room's membership
-// history at start: a user's member events are found by index, and the start-up index goes.
+// Version 6: a user's memberships and the device-list changes a /sync needs are read when
+// needed, not at start: a user's member events and the changes in a range of positions are
+// found by index, and the start-up index goes.
 constexpr const char* kSchemaV6 = R"sql(
 CREATE INDEX IF NOT EXISTS events_member_target ON events (state_key, stream_id)
     WHERE type = 'm.room.member';
+CREATE INDEX IF NOT EXISTS device_list_changes_stream ON device_list_changes (stream_id);
 DROP INDEX IF EXISTS events_history;
 )sql";
 

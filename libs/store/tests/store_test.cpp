@@ -734,6 +734,28 @@ TYPED_TEST(StoreTest, KeyBackupsAreDecidedInTheirTransactions) {
     EXPECT_EQ(max_after, 1);
 }
 
+// A user's device-list change replaces their last; the changes are read by position range.
+TYPED_TEST(StoreTest, DeviceListChangesAreReadByTheirNewestPosition) {
+    auto store = this->backend.open();
+    std::vector<Mutation> batch{PutDeviceListChange{{"@c:x", 3}}, PutDeviceListChange{{"@a:x", 5}},
+                                PutDeviceListChange{{"@b:x", 7}}};
+    store->apply(batch);
+    std::vector<Mutation> later{PutDeviceListChange{{"@a:x", 9}}};
+    store->apply(later);
+    auto changed = [&](StreamId after, StreamId upto) {
+        std::vector<std::pair<std::string, StreamId>> out;
+        for (const auto& c : store->device_lists_changed(after, upto))
+            out.emplace_back(c.user_id, c.stream);
+        std::sort(out.begin(), out.end());
+        return out;
+    };
+    using Changes = std::vector<std::pair<std::string, StreamId>>;
+    EXPECT_EQ(changed(4, 9), (Changes{{"@a:x", 9}, {"@b:x", 7}}));
+    EXPECT_EQ(changed(0, 5), (Changes{{"@c:x", 3}}));  // @a's change at 5 was replaced
+    EXPECT_EQ(changed(7, 8), Changes{});
+    EXPECT_EQ(changed(9, 100), Changes{});
+}
+
 TYPED_TEST(StoreTest, KeysAreReadPerUserAndOneTimeKeysTakenOldestFirstOnce) {
     auto store = this->backend.open();
     store->apply(std::vector<Mutation>{
@@ -1156,6 +1178,9 @@ class FlakyStore final : public Store {
     }
     std::vector<ToDeviceRecord> to_device_of(const std::string& u, const std::string& d) override {
         return inner_.to_device_of(u, d);
+    }
+    std::vector<DeviceListChangeRecord> device_lists_changed(StreamId a, StreamId u) override {
+        return inner_.device_lists_changed(a, u);
     }
     std::vector<HistoryRecord> memberships_of(const std::string& u) override {
         return inner_.memberships_of(u);

@@ -567,7 +567,6 @@ struct Snapshot {
     // Each room's history visibility (`value`: content.history_visibility of its current
     // m.room.history_visibility).
     std::vector<HistoryRecord> visibility;
-    std::vector<DeviceListChangeRecord> device_list_changes;
     std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
     StreamId max_stream = 0;
@@ -648,6 +647,9 @@ class Store {
     virtual std::vector<AccountDataRecord> account_data(const std::string& user_id) = 0;
     // The session of the access token whose SHA-256 (hex) this is, if it is signed in.
     virtual std::optional<SessionRecord> session(const std::string& token_hash) = 0;
+    // The users whose newest device-list change is at a position in (after, upto], with it.
+    virtual std::vector<DeviceListChangeRecord> device_lists_changed(StreamId after,
+                                                                     StreamId upto) = 0;
     // The user's membership events (`value`: content.membership), in stream order: every
     // change of their membership of every room, and of nobody else's.
     virtual std::vector<HistoryRecord> memberships_of(const std::string& user_id) = 0;
