@@ -197,11 +197,7 @@ std::shared_ptr<const void> Keys::hold_older_changes(StreamId since) {
                 if (auto held = it->second.lock(); held && held->horizon == horizon_) return held;
             horizon = horizon_;
         }
-        auto read = std::make_shared<OlderChanges>();
-        read->since = since;
-        read->horizon = horizon;
-        for (auto& c : core_.store().device_lists_changed(since, horizon))
-            read->users.emplace(std::move(c.user_id), c.stream);
+        auto read = read_older_changes(since, horizon);
         std::lock_guard lock(core_.mu);
         if (horizon != horizon_) continue;  // changes were let go meanwhile: read again
         std::erase_if(older_, [](const auto& o) { return o.second.expired(); });
@@ -214,10 +210,15 @@ std::shared_ptr<const Keys::OlderChanges> Keys::older_changes_locked(StreamId si
     if (auto it = older_.find(since); it != older_.end())
         if (auto held = it->second.lock(); held && held->horizon == horizon_) return held;
     // Read under the lock: what commits meanwhile waits to be applied, and is held then.
+    return read_older_changes(since, horizon_);
+}
+
+std::shared_ptr<Keys::OlderChanges> Keys::read_older_changes(StreamId since,
+                                                             StreamId horizon) const {
     auto read = std::make_shared<OlderChanges>();
     read->since = since;
-    read->horizon = horizon_;
-    for (auto& c : core_.store().device_lists_changed(since, horizon_))
+    read->horizon = horizon;
+    for (auto& c : core_.store().device_lists_changed(since, horizon))
         read->users.emplace(std::move(c.user_id), c.stream);
     return read;
 }

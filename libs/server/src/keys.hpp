@@ -116,6 +116,7 @@ class Keys {
         std::unordered_map<std::string, StreamId> users;
     };
     std::shared_ptr<const OlderChanges> older_changes_locked(StreamId since) const;
+    std::shared_ptr<OlderChanges> read_older_changes(StreamId since, StreamId horizon) const;
     // Those held by /syncs, by since (the expired go when another is held).
     std::map<StreamId, std::weak_ptr<const OlderChanges>> older_;
 };
