@@ -243,3 +243,67 @@ test('an https gateway is reached over TLS with its certificate checked: one fro
     rmSync(certs, { recursive: true, force: true });
   }
 });
+
+test('past caches.push_rules and caches.pushers: each member is pushed by their own rules and pushers, before and after a restart', async () => {
+  // One user's rules and one user's pushers held at a time; an event's audience is read from
+  // the database in one read each, and nothing of either at start.
+  const d = makeDir();
+  const config = { push: PUSH, caches: { push_rules: 1, pushers: 1 }, log_level: 'debug' };
+  let s = await startServer({ dir: d, config });
+  try {
+    const users = {};
+    for (const name of ['ann', 'ben', 'cat']) users[name] = await register(s.url, name);
+    const room = await users.ann.createRoom({ preset: 'public_chat' });
+    for (const name of ['ben', 'cat']) {
+      assert.equal((await users[name].join(room)).status, 200);
+      const body = pusher(gw.url, { pushkey: `${name}-key`, app_id: 'org.example.cache' });
+      assert.equal((await users[name].call('POST', '/pushers/set', { body })).status, 200);
+    }
+    // cat highlights on a keyword; ben keeps the predefined rules.
+    const keyword = { pattern: 'pineapple', actions: ['notify', { set_tweak: 'highlight' }] };
+    assert.equal((await users.cat.call('PUT', '/pushrules/global/content/pineapple', { body: keyword })).status, 200);
+    // Sends a message and returns {ben, cat}: the push each one's pusher got for it.
+    const pushes = async (body) => {
+      const from = gw.requests.length;
+      const sent = await users.ann.send(room, 'm.room.message', { msgtype: 'm.text', body });
+      assert.equal(sent.status, 200);
+      const of = (name) => gw.next((r) => r.body.notification.event_id === sent.body.event_id &&
+        r.body.notification.devices[0].pushkey === `${name}-key`, { from });
+      const [b, c] = await Promise.all([of('ben'), of('cat')]);
+      return { ben: b.body.notification, cat: c.body.notification };
+    };
+    let got = await pushes('a pineapple');
+    assert.deepEqual(got.ben.devices[0].tweaks, {});
+    assert.deepEqual(got.cat.devices[0].tweaks, { highlight: true });
+    assert.equal(got.ben.counts.unread, 1);
+    assert.equal(got.cat.counts.unread, 1);
+
+    const tokens = Object.values(users).map((u) => ({ user_id: u.userId, access_token: u.token, device_id: u.deviceId }));
+    await s.stop();
+    s = await startServer({ dir: d, config });
+    for (const t of tokens) users[t.user_id.slice(1, 4)] = userHandle(s.url, t);
+    got = await pushes('another pineapple');
+    // Both members' rules and pushers were read for the event, in one read each.
+    assert.match(s.log, /push rules of 2 users read from the database \(1 held\)/);
+    assert.match(s.log, /the pushers of 2 users read from the database \(1 held\)/);
+    assert.deepEqual(got.ben.devices[0].tweaks, {});
+    assert.deepEqual(got.cat.devices[0].tweaks, { highlight: true });
+    assert.equal(got.ben.counts.unread, 2);
+    assert.equal(got.cat.counts.unread, 2);
+
+    // A change reaches the rules held, and ben's pusher moves to a new pushkey.
+    assert.equal((await users.cat.call('PUT', '/pushrules/global/content/pineapple/enabled', { body: { enabled: false } })).status, 200);
+    assert.equal((await users.ben.call('POST', '/pushers/set', { body: { ...pusher(gw.url, { pushkey: 'ben-key', app_id: 'org.example.cache' }), kind: null } })).status, 200);
+    assert.equal((await users.ben.call('POST', '/pushers/set', { body: pusher(gw.url, { pushkey: 'ben-key2', app_id: 'org.example.cache' }) })).status, 200);
+    const from = gw.requests.length;
+    const sent = await users.ann.send(room, 'm.room.message', { msgtype: 'm.text', body: 'pineapple again' });
+    const toCat = await gw.next((r) => r.body.notification.event_id === sent.body.event_id && r.body.notification.devices[0].pushkey === 'cat-key', { from });
+    const toBen = await gw.next((r) => r.body.notification.event_id === sent.body.event_id && r.body.notification.devices[0].app_id === 'org.example.cache' && r.body.notification.devices[0].pushkey !== 'cat-key', { from });
+    assert.deepEqual(toCat.body.notification.devices[0].tweaks, {});
+    assert.equal(toBen.body.notification.devices[0].pushkey, 'ben-key2');
+    assert.deepEqual((await users.ben.call('GET', '/pushers')).body.pushers.map((p) => p.pushkey), ['ben-key2']);
+  } finally {
+    await s.stop();
+    rmSync(d, { recursive: true, force: true });
+  }
+});

@@ -140,11 +140,11 @@ export function storedBytes(dir) {
 
 export function writeConfig(dir, overrides = {}) {
   // MXVOIP_TEST_SMALL_CACHE=<n> holds no more than n of each in memory: rooms, users' keys,
-  // accounts, access tokens, users' memberships and to-device queues, and rooms' receipts
-  // (ctest's small_cache.*: each read again from the database whenever another was used in
-  // between).
+  // accounts, access tokens, users' memberships, to-device queues, push rules and pushers, and
+  // rooms' receipts (ctest's small_cache.*: each read again from the database whenever another
+  // was used in between).
   const small = Number(process.env.MXVOIP_TEST_SMALL_CACHE);
-  const caches = small ? { caches: { rooms: small, keys: small, accounts: small, tokens: small, to_device: small, receipts: small, memberships: small } } : {};
+  const caches = small ? { caches: { rooms: small, keys: small, accounts: small, tokens: small, to_device: small, receipts: small, memberships: small, push_rules: small, pushers: small } } : {};
   const config = { ...TEST_DEFAULTS, ...caches, database: defaultDatabase(dir), ...overrides };
   const path = join(dir, 'homeserver.yaml');
   writeFileSync(path, yaml(config).trimStart() + '\n');

@@ -434,6 +434,8 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"filters", &c.caches.filters},
                   {"keys", &c.caches.keys},
                   {"memberships", &c.caches.memberships},
+                  {"push_rules", &c.caches.push_rules},
+                  {"pushers", &c.caches.pushers},
                   {"receipts", &c.caches.receipts},
                   {"rooms", &c.caches.rooms},
                   {"to_device", &c.caches.to_device},

@@ -29,8 +29,6 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     auto snap = store.load();
     rooms.load(snap);
     keys.load(snap);
-    notifications.load(snap);
-    pushers.load(snap);
     presence.load(snap);
     if (!core.shared()) core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);

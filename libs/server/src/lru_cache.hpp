@@ -69,6 +69,13 @@ class LruCache {
         }
     }
 
+    // Calls f(key, value) for every entry, leaving the order as it is (a walk over all: for
+    // what is rare).
+    template <typename F>
+    void for_each(F f) {
+        for (auto& [key, value] : entries_) f(key, value);
+    }
+
     std::size_t size() const { return entries_.size(); }
     std::size_t capacity() const { return capacity_; }
 

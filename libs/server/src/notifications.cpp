@@ -64,7 +64,8 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
       rooms_(rooms),
       account_data_(account_data),
       receipts_(receipts),
-      template_(push::default_rules_template()) {
+      template_(std::make_shared<const json::object>(push::default_rules_template())),
+      rules_(core.config().caches.push_rules) {
     rooms_.on_appended([this](const Room& room, const EventPtr& ev) { appended_locked(room, ev); });
     // GET /notifications serves an event as it is now.
     rooms_.on_redacted([this](const Room&, const EventPtr& redacted) {
@@ -75,41 +76,56 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
     receipts_.on_read([this](const std::string& room_id, const std::string& user, StreamId upto) {
         read_locked(room_id, user, upto);
     });
-    // Another process wrote the user's account data: their rules are read again, if they were
-    // what changed.
+    // Another process wrote the user's account data: their rules are read again when next
+    // needed, in case they were what changed.
     core_.on_change("account_data", [this](const store::ChangeRecord& c, const store::EventRecord*,
-                                           std::vector<std::string>&) {
-        store::Snapshot one;
-        try {
-            for (auto& r : core_.store().account_data(c.key))
-                if (r.room_id.empty() && r.type == "m.push_rules")
-                    one.push_rules.push_back(std::move(r));
-        } catch (const std::exception& e) {
-            spdlog::warn("the push rules of {} could not be read again: {}", c.key, e.what());
-            return;
-        }
-        load_locked(one);
-    });
+                                           std::vector<std::string>&) { rules_.erase(c.key); });
 }
 
-void Notifications::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    load_locked(snap);
-}
-
-void Notifications::load_locked(store::Snapshot& snap) {
-    for (const auto& a : snap.push_rules) {
-        json::error_code ec;
-        auto stored = json::parse(a.content, ec);
-        if (ec || !stored.is_object()) {
-            spdlog::warn(
-                "the stored push rules of {} are not a JSON object; the predefined "
-                "rules apply",
-                a.user_id);
-            continue;
-        }
-        changed_[a.user_id] = with_current_defaults(a.user_id, stored.get_object());
+Notifications::Rules Notifications::parse_rules(const std::string& user,
+                                                const std::optional<std::string>& content) const {
+    if (!content) return template_;
+    json::error_code ec;
+    auto stored = json::parse(*content, ec);
+    if (ec || !stored.is_object()) {
+        spdlog::warn(
+            "the stored push rules of {} are not a JSON object; the predefined rules apply", user);
+        return template_;
     }
+    return std::make_shared<const json::object>(with_current_defaults(user, stored.get_object()));
+}
+
+Notifications::Rules Notifications::rules_locked(const std::string& user) const {
+    if (const Rules* held = rules_.get(user)) return *held;
+    // Read under the lock: a change of them applies under it too, so none overtakes the read.
+    return rules_.put(user, parse_rules(user, core_.store().push_rules_of({user}).front()));
+}
+
+std::vector<Notifications::Rules> Notifications::rules_or_skip_locked(
+    const std::vector<std::string>& users) const {
+    std::vector<Rules> out(users.size());
+    std::vector<std::string> missing;
+    std::vector<std::size_t> at;
+    for (std::size_t i = 0; i < users.size(); ++i) {
+        if (const Rules* held = rules_.get(users[i])) {
+            out[i] = *held;
+        } else {
+            missing.push_back(users[i]);
+            at.push_back(i);
+        }
+    }
+    if (missing.empty()) return out;
+    try {
+        auto read = core_.store().push_rules_of(missing);
+        for (std::size_t j = 0; j < missing.size(); ++j)
+            out[at[j]] = rules_.put(missing[j], parse_rules(missing[j], read[j]));
+        spdlog::debug("push rules of {} users read from the database ({} held)", missing.size(),
+                      rules_.size());
+    } catch (const std::exception& e) {
+        spdlog::warn("push rules of {} users not read ({}): they are not notified of this event",
+                     missing.size(), e.what());
+    }
+    return out;
 }
 
 json::object Notifications::with_current_defaults(const std::string& user,
@@ -139,18 +155,13 @@ json::object Notifications::with_current_defaults(const std::string& user,
 }
 
 json::object Notifications::user_rules_locked(const std::string& user) const {
-    auto it = changed_.find(user);
-    return it != changed_.end() ? it->second : push::default_rules(user);
-}
-
-const json::object& Notifications::rules_locked(const std::string& user) const {
-    auto it = changed_.find(user);
-    return it == changed_.end() ? template_ : it->second;
+    Rules rules = rules_locked(user);
+    return rules == template_ ? push::default_rules(user) : *rules;
 }
 
 push::Outcome Notifications::evaluate_locked(const Room& room, const json::object& event,
-                                             const std::string& sender,
-                                             const std::string& user) const {
+                                             const std::string& sender, const std::string& user,
+                                             const json::object& rules) const {
     push::Context ctx;
     ctx.user_id = user;
     for (const auto& [_, m] : room.membership) ctx.member_count += m == "join";
@@ -181,10 +192,11 @@ push::Outcome Notifications::evaluate_locked(const Room& room, const json::objec
         }
         return room.power.user_level(sender) >= needed;
     };
-    return push::evaluate(rules_locked(user), event, ctx);
+    return push::evaluate(rules, event, ctx);
 }
 
-Notifications::Unread& Notifications::unread_locked(const Room& room, const std::string& user) {
+Notifications::Unread& Notifications::unread_locked(const Room& room, const std::string& user,
+                                                    const Rules& rules) {
     auto& rooms = unread_[user];
     auto found = rooms.find(room.id);
     if (found != rooms.end()) return found->second;
@@ -196,7 +208,7 @@ Notifications::Unread& Notifications::unread_locked(const Room& room, const std:
     if (auto m = mine.find(room.id); m != mine.end()) read = std::max(read, m->second.stream);
     auto count = [&](StreamId stream, const std::string& sender, const std::string& text) {
         if (stream <= read || sender == user) return;
-        auto outcome = evaluate_locked(room, json::parse(text).as_object(), sender, user);
+        auto outcome = evaluate_locked(room, json::parse(text).as_object(), sender, user, *rules);
         if (outcome.notify) unread.events.emplace_back(stream, outcome.highlight);
     };
     if (room.evicted_upto > read) {
@@ -227,22 +239,32 @@ Notifications::Unread& Notifications::unread_locked(const Room& room, const std:
 }
 
 void Notifications::appended_locked(const Room& room, const EventPtr& ev) {
-    std::vector<const std::string*> who;
+    std::vector<std::string> who;
     for (const auto& [user, m] : room.membership)
-        if (m == "join" && user != ev->sender) who.push_back(&user);
+        if (m == "join" && user != ev->sender) who.push_back(user);
     // An invitee is not a member yet, but the invite is for them (.m.rule.invite_for_me).
     if (ev->type == "m.room.member" && ev->state_key && *ev->state_key != ev->sender &&
         room.membership_of(*ev->state_key) == "invite")
-        who.push_back(&*ev->state_key);
+        who.push_back(*ev->state_key);
     if (who.empty()) return;
     auto event = json::parse(ev->json).as_object();
-    for (const std::string* user : who) {
+    const auto rules = rules_or_skip_locked(who);
+    std::vector<std::string> notified;
+    std::vector<push::Outcome> outcomes;
+    for (std::size_t i = 0; i < who.size(); ++i) {
+        const std::string* user = &who[i];
         auto mine = unread_.find(*user);
         bool counted = mine != unread_.end() && mine->second.count(room.id);
-        auto outcome = evaluate_locked(room, event, ev->sender, *user);
+        if (!rules[i]) {
+            // Not evaluated (logged): the count is made again when next asked for.
+            if (counted) mine->second.erase(room.id);
+            continue;
+        }
+        auto outcome = evaluate_locked(room, event, ev->sender, *user, *rules[i]);
         if (!outcome.notify) continue;
         if (room.membership_of(*user) == "join") {
-            Unread& unread = unread_locked(room, *user);  // a new count already holds it
+            // A new count already holds it.
+            Unread& unread = unread_locked(room, *user, rules[i]);
             if (counted) {
                 unread.events.emplace_back(ev->stream, outcome.highlight);
                 if (unread.events.size() > kUnreadPerRoom) unread.events.pop_front();
@@ -251,8 +273,13 @@ void Notifications::appended_locked(const Room& room, const EventPtr& ev) {
         auto& recent = recent_[*user];
         recent.push_back(Recent{room.id, ev, outcome.actions, core_.now_ms()});
         if (recent.size() > kRecentPerUser) recent.pop_front();
-        for (const auto& f : listeners_) f(*user, room, ev, outcome);
+        notified.push_back(std::move(who[i]));
+        outcomes.push_back(std::move(outcome));
     }
+    if (notified.empty()) return;
+    for (const auto& f : audience_listeners_) f(notified);
+    for (std::size_t i = 0; i < notified.size(); ++i)
+        for (const auto& f : listeners_) f(notified[i], room, ev, outcomes[i]);
 }
 
 void Notifications::read_locked(const std::string& room_id, const std::string& user,
@@ -267,7 +294,7 @@ void Notifications::read_locked(const std::string& room_id, const std::string& u
 
 void Notifications::render_counts_locked(std::string& out, const Room& room,
                                          const std::string& user) {
-    const Unread& unread = unread_locked(room, user);
+    const Unread& unread = unread_locked(room, user, rules_locked(user));
     std::size_t highlights = 0;
     for (const auto& [_, h] : unread.events) highlights += h;
     out += "\"unread_notifications\":{\"highlight_count\":" + std::to_string(highlights) +
@@ -276,10 +303,19 @@ void Notifications::render_counts_locked(std::string& out, const Room& room,
 
 std::size_t Notifications::unread_total_locked(const std::string& user) {
     std::size_t total = 0;
-    for (const auto& [room_id, m] : rooms_.memberships_or_skip_locked(user))
-        if (m.membership == "join")
-            if (const Room* room = rooms_.find_or_skip_locked(room_id))
-                total += unread_locked(*room, user).events.size();
+    const Rules rules = rules_or_skip_locked({user}).front();
+    for (const auto& [room_id, m] : rooms_.memberships_or_skip_locked(user)) {
+        if (m.membership != "join") continue;
+        if (!rules) {
+            // Without the database, only the counts held.
+            if (auto mine = unread_.find(user); mine != unread_.end())
+                if (auto it = mine->second.find(room_id); it != mine->second.end())
+                    total += it->second.events.size();
+            continue;
+        }
+        if (const Room* room = rooms_.find_or_skip_locked(room_id))
+            total += unread_locked(*room, user, rules).events.size();
+    }
     return total;
 }
 
@@ -376,7 +412,7 @@ asio::awaitable<void> Notifications::change(const std::string& user,
     };
     decision.applied = [this, c](StreamId stream) {
         account_data_.applied_locked(c->entry, stream);
-        changed_[c->entry.user] = c->rules;
+        rules_.put(c->entry.user, std::make_shared<const json::object>(std::move(c->rules)));
         return std::vector<std::string>{c->entry.user};
     };
     co_await core_.transact(std::move(decision));

@@ -7,7 +7,9 @@
 // notifies someone.
 //
 // A user's changed rule set is kept as their m.push_rules account data (what clients read in
-// /sync); the predefined rules' conditions always come from this version of the server.
+// /sync); the predefined rules' conditions always come from this version of the server. Rule
+// sets are read from the store when first needed (those of an event's whole audience in one
+// read) and held per user (caches.push_rules), whether changed or not.
 // Counts are held in memory: after a restart each is counted again when first needed, from the
 // user's read position (at most kScanLimit events back), under the rules in force then.
 #include <boost/asio/awaitable.hpp>
@@ -16,6 +18,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -24,6 +28,7 @@
 #include "account_data.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "push_rules.hpp"
 #include "receipts.hpp"
 #include "rooms.hpp"
@@ -39,8 +44,6 @@ class Notifications {
     static constexpr std::size_t kMaxRuleSetBytes = 65536;
 
     Notifications(Core& core, Rooms& rooms, AccountData& account_data, Receipts& receipts);
-
-    void load(store::Snapshot& snap);
 
     asio::awaitable<Response> get_rules(Request&);
     asio::awaitable<Response> get_global_rules(Request&);
@@ -62,10 +65,15 @@ class Notifications {
     using Listener = std::function<void(const std::string& user, const Room& room,
                                         const EventPtr& ev, const push::Outcome& outcome)>;
     void on_notify(Listener f) { listeners_.push_back(std::move(f)); }
+    // Told, under the lock, of all the users an event notifies before on_notify's listeners
+    // are told of each: what they read per user can be read for all at once.
+    using AudienceListener = std::function<void(const std::vector<std::string>& users)>;
+    void on_audience(AudienceListener f) { audience_listeners_.push_back(std::move(f)); }
 
   private:
-    // The push rules of `snap` (users who changed theirs) replace those held.
-    void load_locked(store::Snapshot& snap);
+    // A user's rule set as evaluated: the predefined rules (template_, shared by every user
+    // who changed none) or the user's own.
+    using Rules = std::shared_ptr<const boost::json::object>;
     struct Unread {
         std::deque<std::pair<StreamId, bool>> events;  // notifying, after the read position
     };
@@ -76,15 +84,25 @@ class Notifications {
         std::int64_t ts = 0;
     };
 
-    const boost::json::object& rules_locked(const std::string& user) const;
+    // The user's rule set, read from the store when it is not held: StoreUnavailable when the
+    // database cannot be reached.
+    Rules rules_locked(const std::string& user) const;
+    // The rule sets of the users (in order), those not held read in one store read. For what
+    // cannot answer 503 (what runs after a commit): nullptr for each user not held when the
+    // database cannot be reached (logged).
+    std::vector<Rules> rules_or_skip_locked(const std::vector<std::string>& users) const;
+    // The rule set stored as `content` (none: the user changed nothing).
+    Rules parse_rules(const std::string& user, const std::optional<std::string>& content) const;
     // A copy of the user's rule set as GET /pushrules/ shows it.
     boost::json::object user_rules_locked(const std::string& user) const;
     // {attribute: value} of the rule the path names.
     Response rule_attribute(const Request& req, const char* attribute);
     push::Outcome evaluate_locked(const Room& room, const boost::json::object& event,
-                                  const std::string& sender, const std::string& user) const;
+                                  const std::string& sender, const std::string& user,
+                                  const boost::json::object& rules) const;
     void appended_locked(const Room& room, const EventPtr& ev);
-    Unread& unread_locked(const Room& room, const std::string& user);
+    // The user's count in the room, counted under `rules` when it is not held.
+    Unread& unread_locked(const Room& room, const std::string& user, const Rules& rules);
     void read_locked(const std::string& room_id, const std::string& user, StreamId upto);
     // Applies `edit` to the user's rule set and stores the result as their m.push_rules
     // account data.
@@ -99,11 +117,14 @@ class Notifications {
     Rooms& rooms_;
     AccountData& account_data_;
     Receipts& receipts_;
-    boost::json::object template_;  // the predefined rules, with @@USER@@ and @@LOCALPART@@
-    std::unordered_map<std::string, boost::json::object> changed_;  // users who changed rules
+    Rules template_;  // the predefined rules, with @@USER@@ and @@LOCALPART@@
+    // Each user's rule set that was read (caches.push_rules users), least recently used out:
+    // only ever read under the lock, so no read is overtaken by a change.
+    mutable LruCache<std::string, Rules> rules_;
     std::unordered_map<std::string, std::unordered_map<std::string, Unread>> unread_;
     std::unordered_map<std::string, std::deque<Recent>> recent_;  // by user, oldest first
     std::vector<Listener> listeners_;
+    std::vector<AudienceListener> audience_listeners_;
 };
 
 }  // namespace mxvoip::server

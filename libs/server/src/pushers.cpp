@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "json_out.hpp"
 #include "mxvoip/proto/errors.hpp"
@@ -95,13 +96,18 @@ std::optional<Pushers::Pusher> Pushers::from_record(const store::PusherRecord& p
 }
 
 Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
-    : core_(core), accounts_(accounts), notifications_(notifications) {
+    : core_(core),
+      accounts_(accounts),
+      notifications_(notifications),
+      pushers_(core.config().caches.pushers) {
+    notifications_.on_audience(
+        [this](const std::vector<std::string>& users) { preload_or_skip_locked(users); });
     notifications_.on_notify(
         [this](const std::string& user, const Room& room, const EventPtr& ev,
                const push::Outcome& outcome) { notify_locked(user, room, ev, outcome); });
     core_.on_visible([this](StreamId visible) { visible_locked(visible); });
     // Another process set or removed a pusher of the user, or signed a device of theirs out
-    // (its pushers went with it): the user's pushers are read again.
+    // (its pushers went with it).
     for (const char* kind : {"pusher", "account"})
         core_.on_change(kind, [this](const store::ChangeRecord& c, const store::EventRecord*,
                                      std::vector<std::string>&) { reload_locked(c.key); });
@@ -121,17 +127,17 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
     // user's lock, as a pusher's decision does, which sets none for a device signed out.
     accounts_.on_device_removed([this](const std::string& user, const std::string& device) {
         Accounts::DeviceRemoval r;
-        r.write = [user, device](StreamId, store::Txn& txn) {
+        auto gone = std::make_shared<std::vector<Key>>();  // what the transaction deleted
+        r.write = [user, device, gone](StreamId, store::Txn& txn) {
+            gone->clear();  // a transaction made again decides again
             for (const auto& p : txn.pushers(user))
-                if (p.device_id == device)
+                if (p.device_id == device) {
                     txn.write(store::DeletePusher{user, p.app_id, p.pushkey});
+                    gone->emplace_back(user, p.app_id, p.pushkey);
+                }
         };
-        r.applied = [this, user, device](StreamId) {
-            std::vector<Key> gone;
-            for (auto it = pushers_.lower_bound({user, "", ""});
-                 it != pushers_.end() && std::get<0>(it->first) == user; ++it)
-                if (it->second.device_id == device) gone.push_back(it->first);
-            for (const auto& key : gone) removed_locked(key);
+        r.applied = [this, gone](StreamId) {
+            for (const auto& key : *gone) removed_locked(key);
             return std::vector<std::string>{};
         };
         return r;
@@ -140,31 +146,59 @@ Pushers::Pushers(Core& core, Accounts& accounts, Notifications& notifications)
 
 Pushers::~Pushers() = default;
 
-void Pushers::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    // A device that signed out took its pushers with it (in the same transaction).
-    for (auto& p : snap.pushers)
-        if (auto pusher = from_record(p))
-            pushers_[{p.user_id, p.app_id, p.pushkey}] = std::move(*pusher);
+const Pushers::UserPushers& Pushers::pushers_locked(const std::string& user) {
+    if (const UserPushers* held = pushers_.get(user)) return *held;
+    // Read under the lock: a change of them applies under it too, so none overtakes the read.
+    auto rows = core_.store().pushers_of({user});
+    UserPushers read;
+    for (const auto& p : rows.front())
+        if (auto pusher = from_record(p)) read[{p.app_id, p.pushkey}] = std::move(*pusher);
+    return pushers_.put(user, std::move(read));
+}
+
+void Pushers::preload_or_skip_locked(const std::vector<std::string>& users) {
+    std::vector<std::string> missing;
+    for (const auto& user : users)
+        if (!pushers_.get(user)) missing.push_back(user);
+    if (missing.empty()) return;
+    std::vector<std::vector<store::PusherRecord>> rows;
+    try {
+        rows = core_.store().pushers_of(missing);
+    } catch (const std::exception& e) {
+        spdlog::warn("push: the pushers of {} users not read ({}): they are not pushed this event",
+                     missing.size(), e.what());
+        return;
+    }
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+        UserPushers read;
+        for (const auto& p : rows[i])
+            if (auto pusher = from_record(p)) read[{p.app_id, p.pushkey}] = std::move(*pusher);
+        // Held for the event's notifications, as the least recently used go (never this one).
+        pushers_.put(missing[i], std::move(read));
+    }
+    spdlog::debug("push: the pushers of {} users read from the database ({} held)", missing.size(),
+                  pushers_.size());
 }
 
 void Pushers::reload_locked(const std::string& user) {
-    std::vector<store::PusherRecord> rows;
+    pushers_.erase(user);
+    // What this process queues for the user is sent only to the pushers still stored.
+    std::vector<Key> mine;
+    for (auto it = queues_.lower_bound({user, "", ""});
+         it != queues_.end() && std::get<0>(it->first) == user; ++it)
+        mine.push_back(it->first);
+    for (const auto& p : pending_)
+        if (std::get<0>(p.key) == user) mine.push_back(p.key);
+    if (mine.empty()) return;
+    const UserPushers* now = nullptr;
     try {
-        rows = core_.store().pushers_of(user);
+        now = &pushers_locked(user);
     } catch (const std::exception& e) {
         spdlog::warn("push: the pushers of {} could not be read again: {}", user, e.what());
         return;
     }
-    std::map<Key, Pusher> now;
-    for (const auto& p : rows)
-        if (auto pusher = from_record(p)) now[{user, p.app_id, p.pushkey}] = std::move(*pusher);
-    for (auto it = pushers_.lower_bound({user, "", ""});
-         it != pushers_.end() && std::get<0>(it->first) == user;) {
-        if (!now.count(it->first)) drop_queue_locked(it->first);
-        it = pushers_.erase(it);
-    }
-    pushers_.merge(now);
+    for (const auto& key : mine)
+        if (!now->count({std::get<1>(key), std::get<2>(key)})) removed_locked(key);
 }
 
 ssl::context& Pushers::tls() {
@@ -210,9 +244,13 @@ asio::awaitable<Response> Pushers::get_pushers(Request& req) {
     json::array list;
     {
         std::lock_guard lock(core_.mu);
-        for (auto it = pushers_.lower_bound({user, "", ""});
-             it != pushers_.end() && std::get<0>(it->first) == user; ++it)
-            list.push_back(it->second.shown);
+        // Oldest first, as the store keeps them.
+        std::vector<const Pusher*> mine;
+        for (const auto& [_, p] : pushers_locked(user)) mine.push_back(&p);
+        std::stable_sort(mine.begin(), mine.end(), [](const Pusher* a, const Pusher* b) {
+            return a->created_ts < b->created_ts;
+        });
+        for (const Pusher* p : mine) list.push_back(p->shown);
     }
     co_return json_response(json::object{{"pushers", std::move(list)}});
 }
@@ -321,7 +359,12 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
             if (!append)
                 for (const auto& k : holders_locked(std::get<1>(key), std::get<2>(key)))
                     if (k != key) removed_locked(k);
-            pushers_[key] = pusher;
+            // Not held: read with it when next needed.
+            if (UserPushers* held = pushers_.get(std::get<0>(key)))
+                (*held)[{std::get<1>(key), std::get<2>(key)}] = pusher;
+            if (auto q = queues_.find(key); q != queues_.end()) q->second.url = pusher.url;
+            for (auto& p : pending_)
+                if (p.key == key) p.url = pusher.url;
             return std::vector<std::string>{};
         };
     }
@@ -333,19 +376,27 @@ asio::awaitable<Response> Pushers::set_pusher(Request& req) {
 }
 
 std::vector<Pushers::Key> Pushers::holders_locked(const std::string& app_id,
-                                                  const std::string& pushkey) const {
-    std::vector<Key> out;
-    for (const auto& [k, _] : pushers_)
-        if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey) out.push_back(k);
-    return out;
+                                                  const std::string& pushkey) {
+    std::set<Key> out;
+    const AppKey app_key{app_id, pushkey};
+    pushers_.for_each([&](const std::string& user, const UserPushers& mine) {
+        if (mine.count(app_key)) out.emplace(user, app_id, pushkey);
+    });
+    for (const auto& [k, _] : queues_)
+        if (std::get<1>(k) == app_id && std::get<2>(k) == pushkey) out.insert(k);
+    for (const auto& p : pending_)
+        if (std::get<1>(p.key) == app_id && std::get<2>(p.key) == pushkey) out.insert(p.key);
+    return {out.begin(), out.end()};
 }
 
 void Pushers::removed_locked(const Key& key) {
-    pushers_.erase(key);
+    if (UserPushers* held = pushers_.get(std::get<0>(key)))
+        held->erase({std::get<1>(key), std::get<2>(key)});
     drop_queue_locked(key);
 }
 
 void Pushers::drop_queue_locked(const Key& key) {
+    std::erase_if(pending_, [&](const Pending& p) { return p.key == key; });
     // A delivery loop that owns the queue removes it when it sees the pusher gone.
     if (auto q = queues_.find(key); q != queues_.end()) {
         if (q->second.running)
@@ -363,8 +414,19 @@ void Pushers::notify_locked(const std::string& user, const Room& room, const Eve
     // The process that committed the event sends its pushes: each once, whichever process
     // the user or the pusher's device is on.
     if (core_.feeding_locked()) return;
-    auto first = pushers_.lower_bound({user, "", ""});
-    if (first == pushers_.end() || std::get<0>(first->first) != user) return;
+    // Read with the event's audience (preload_or_skip_locked), unless that read failed (logged)
+    // or the cache is smaller than the audience: then read alone.
+    const UserPushers* mine = pushers_.get(user);
+    if (!mine) {
+        try {
+            mine = &pushers_locked(user);
+        } catch (const std::exception& e) {
+            spdlog::warn("push: the pushers of {} not read ({}): not pushed this event", user,
+                         e.what());
+            return;
+        }
+    }
+    if (mine->empty()) return;
     json::object n{{"event_id", ev->event_id}, {"room_id", ev->room_id}};
     bool high = outcome.highlight || outcome.sound || ev->type == "m.room.encrypted";
     n["prio"] = high ? "high" : "low";
@@ -390,28 +452,32 @@ void Pushers::notify_locked(const std::string& user, const Room& room, const Eve
     json::object tweaks;
     if (outcome.sound) tweaks["sound"] = *outcome.sound;
     if (outcome.highlight) tweaks["highlight"] = true;
-    for (auto it = first; it != pushers_.end() && std::get<0>(it->first) == user; ++it) {
-        const Pusher& p = it->second;
+    for (const auto& [app_key, p] : *mine) {
         json::object data = p.shown.at("data").as_object();
         data.erase("url");
-        json::object device{{"app_id", std::get<1>(it->first)},
-                            {"pushkey", std::get<2>(it->first)},
+        json::object device{{"app_id", app_key.first},
+                            {"pushkey", app_key.second},
                             {"pushkey_ts", p.created_ts / 1000},
                             {"data", std::move(data)},
                             {"tweaks", tweaks}};
         json::object notification = p.event_id_only ? n : full;
         notification["devices"] = json::array{std::move(device)};
-        pending_.emplace_back(ev->stream, it->first,
-                              json::serialize(json::object{{"notification", notification}}));
+        pending_.push_back({ev->stream,
+                            {user, app_key.first, app_key.second},
+                            p.url,
+                            json::serialize(json::object{{"notification", notification}})});
     }
 }
 
 void Pushers::visible_locked(StreamId visible) {
-    while (!pending_.empty() && std::get<0>(pending_.front()) <= visible) {
-        auto [_, key, body] = std::move(pending_.front());
+    // A pusher removed meanwhile took its notifications from pending_ (drop_queue_locked).
+    while (!pending_.empty() && pending_.front().stream <= visible) {
+        Pending p = std::move(pending_.front());
         pending_.pop_front();
-        if (!pushers_.count(key)) continue;
+        const Key& key = p.key;
+        std::string& body = p.body;
         Queue& queue = queues_[key];
+        queue.url = std::move(p.url);
         // Full: the oldest waiting goes, never the one being delivered.
         if (queue.bodies.size() >= core_.config().push.queue_per_pusher) {
             queue.bodies.erase(queue.bodies.begin() + (queue.running ? 1 : 0));
@@ -437,11 +503,11 @@ asio::awaitable<void> Pushers::deliver(Key key) {
         Queue* queue = nullptr;
         {
             std::lock_guard lock(core_.mu);
+            // A pusher removed takes its queue's bodies (drop_queue_locked).
             auto q = queues_.find(key);
-            auto p = pushers_.find(key);
             if (q == queues_.end()) co_return;
-            if (stopped_ || p == pushers_.end() || q->second.bodies.empty()) {
-                if (p == pushers_.end() || q->second.bodies.empty())
+            if (stopped_ || q->second.bodies.empty()) {
+                if (q->second.bodies.empty())
                     queues_.erase(q);
                 else
                     q->second.running = false;
@@ -449,7 +515,7 @@ asio::awaitable<void> Pushers::deliver(Key key) {
             }
             queue = &q->second;
             body = queue->bodies.front();
-            url = p->second.url;
+            url = queue->url;
         }
         Outcome out = co_await post(url, body, std::get<2>(key), *queue);
         bool wait = false;
@@ -462,7 +528,7 @@ asio::awaitable<void> Pushers::deliver(Key key) {
                     user, std::get<1>(key));
                 // Nothing more is sent to it meanwhile; the pusher goes once that committed.
                 drop_queue_locked(key);
-                if (pushers_.count(key)) {
+                {
                     Decision d = core_.decision_of({store::DeletePusher{
                         std::get<0>(key), std::get<1>(key), std::get<2>(key)}});
                     d.applied = [this, key](StreamId) {

@@ -11,9 +11,11 @@
 // most push.queue_per_pusher, dropping the oldest; a gateway that answers `rejected` for the
 // pushkey removes the pusher. Queues are in memory: what waits at shutdown is not sent.
 //
-// On a shared database every process holds every pusher (a change names the user whose
-// pushers another process changed), and the process that committed an event sends its
-// notifications: each push leaves once, not once per process.
+// A user's pushers are read from the store when an event first notifies them (those of an
+// event's whole audience in one read) or a request asks, and held per user (caches.pushers),
+// none included. On a shared database a change names the user whose pushers another process
+// changed, and the process that committed an event sends its notifications: each push leaves
+// once, not once per process.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -35,6 +37,7 @@
 #include "accounts.hpp"
 #include "core.hpp"
 #include "http_types.hpp"
+#include "lru_cache.hpp"
 #include "notifications.hpp"
 #include "rooms.hpp"
 
@@ -45,7 +48,6 @@ class Pushers {
     Pushers(Core& core, Accounts& accounts, Notifications& notifications);
     ~Pushers();
 
-    void load(store::Snapshot& snap);
     // Deliveries run on `ex`; until start() they only queue. stop() ends them for good.
     void start(asio::any_io_executor ex);
     void stop();
@@ -55,6 +57,7 @@ class Pushers {
 
   private:
     using Key = std::tuple<std::string, std::string, std::string>;  // user, app id, pushkey
+    using AppKey = std::pair<std::string, std::string>;             // app id, pushkey
     struct Pusher {
         std::string device_id;
         boost::json::object shown;  // as GET /pushers shows it
@@ -62,7 +65,15 @@ class Pushers {
         bool event_id_only = false;
         std::int64_t created_ts = 0;
     };
+    using UserPushers = std::map<AppKey, Pusher>;
+    struct Pending {
+        StreamId stream = 0;
+        Key key;
+        std::string url;
+        std::string body;
+    };
     struct Queue {
+        std::string url;                            // the pusher's gateway, as last set
         std::deque<std::string> bodies;             // notify request bodies, oldest first
         bool running = false;                       // a delivery loop owns it
         std::size_t dropped = 0;                    // since the last delivery
@@ -79,12 +90,20 @@ class Pushers {
     void notify_locked(const std::string& user, const Room& room, const EventPtr& ev,
                        const push::Outcome& outcome);
     void visible_locked(StreamId visible);
-    // The pushers held of that app and pushkey, whoever's.
-    std::vector<Key> holders_locked(const std::string& app_id, const std::string& pushkey) const;
-    // A pusher removed by a committed write: its queue goes with it.
+    // The user's pushers, read from the store when not held: StoreUnavailable when the
+    // database cannot be reached.
+    const UserPushers& pushers_locked(const std::string& user);
+    // Reads the pushers of those users not held in one store read, for what runs after a
+    // commit: a user whose read fails stays not held (logged).
+    void preload_or_skip_locked(const std::vector<std::string>& users);
+    // The pushers of that app and pushkey, whoever's, that this process holds, queues or is
+    // about to queue for.
+    std::vector<Key> holders_locked(const std::string& app_id, const std::string& pushkey);
+    // A pusher removed by a committed write: its queue and notifications go with it.
     void removed_locked(const Key& key);
     void drop_queue_locked(const Key& key);
-    // Reads the user's pushers again (another process changed them).
+    // Another process changed the user's pushers: those held are let go, and any this process
+    // queues for are checked against the store.
     void reload_locked(const std::string& user);
     static std::optional<Pusher> from_record(const store::PusherRecord& p);
     asio::awaitable<void> deliver(Key key);
@@ -94,10 +113,12 @@ class Pushers {
     Core& core_;
     Accounts& accounts_;
     Notifications& notifications_;
-    std::map<Key, Pusher> pushers_;
+    // Each user's pushers that were read (caches.pushers users), least recently used out; only
+    // ever read under the lock, so no read is overtaken by a change.
+    LruCache<std::string, UserPushers> pushers_;
     std::map<Key, Queue> queues_;
-    // Notifications whose event is not committed yet, in stream order.
-    std::deque<std::tuple<StreamId, Key, std::string>> pending_;
+    // Notifications whose event is not visible yet, in stream order.
+    std::deque<Pending> pending_;
     std::optional<asio::strand<asio::any_io_executor>> strand_;
     // The TLS client context, made on the strand when the first https gateway is reached:
     // the system's CA certificates are not read by a server that pushes nothing (read at

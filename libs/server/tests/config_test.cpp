@@ -194,6 +194,13 @@ TEST(Config, Caches) {
     EXPECT_NE(error_of("caches:\n  receipts: 0\n").find("caches.receipts"), std::string::npos);
     EXPECT_EQ(parse_config("caches:\n  to_device: 9\n", "test.yaml").caches.to_device, 9u);
     EXPECT_NE(error_of("caches:\n  to_device: 0\n").find("caches.to_device"), std::string::npos);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.push_rules, 10000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.pushers, 10000u);
+    auto push = parse_config("caches: {push_rules: 2, pushers: 3}\n", "test.yaml").caches;
+    EXPECT_EQ(push.push_rules, 2u);
+    EXPECT_EQ(push.pushers, 3u);
+    EXPECT_NE(error_of("caches:\n  push_rules: 0\n").find("caches.push_rules"), std::string::npos);
+    EXPECT_NE(error_of("caches:\n  pushers: 0\n").find("caches.pushers"), std::string::npos);
     EXPECT_NE(error_of("caches:\n  users: 5\n").find("caches.users: unknown key"),
               std::string::npos);
 }

@@ -273,8 +273,31 @@ class SqlStore : public Store {
         });
     }
 
-    std::vector<PusherRecord> pushers_of(const std::string& user_id) override {
-        return read([&](Db& db) { return pusher_rows(db, user_id); });
+    std::vector<std::vector<PusherRecord>> pushers_of(
+        const std::vector<std::string>& user_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<std::vector<PusherRecord>> out;
+            out.reserve(user_ids.size());
+            for (const auto& user_id : user_ids) out.push_back(pusher_rows(db, user_id));
+            return out;
+        });
+    }
+
+    std::vector<std::optional<std::string>> push_rules_of(
+        const std::vector<std::string>& user_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<std::optional<std::string>> out;
+            out.reserve(user_ids.size());
+            for (const auto& user_id : user_ids) {
+                // The primary key: one row at most.
+                Stmt s(db,
+                       "SELECT content FROM account_data WHERE user_id = ? AND room_id = '' AND "
+                       "type = 'm.push_rules'");
+                s.bind(user_id);
+                out.push_back(s.next() ? std::optional<std::string>(s.text(0)) : std::nullopt);
+            }
+            return out;
+        });
     }
 
     std::vector<AccountDataRecord> account_data(const std::string& user_id) override {
@@ -757,27 +780,11 @@ class SqlStore : public Store {
         }
         {
             Stmt s(db,
-                   "SELECT stream_id, user_id, room_id, type, content FROM account_data WHERE "
-                   "room_id = '' AND type = 'm.push_rules'");
-            while (s.next())
-                snap.push_rules.push_back(
-                    {s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4)});
-        }
-        {
-            Stmt s(db,
                    "SELECT stream_id, user_id, presence, status_msg, last_active_ts FROM presence "
                    "ORDER BY stream_id");
             while (s.next())
                 snap.presence.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT user_id, app_id, pushkey, device_id, json, created_ts FROM pushers "
-                   "ORDER BY created_ts");
-            while (s.next())
-                snap.pushers.push_back(
-                    {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4), s.integer(5)});
         }
         return snap;
     }

@@ -219,7 +219,8 @@ TYPED_TEST(StoreTest, AppliedBatchIsThereAfterReopen) {
     EXPECT_EQ(txns[0].room_id, "!r:x");
     EXPECT_EQ(txns[0].txn_id, "t1");
     EXPECT_EQ(store->account_data("@a:x").size(), 1u);
-    EXPECT_TRUE(s.push_rules.empty());
+    EXPECT_EQ(store->push_rules_of({"@a:x"}),
+              std::vector<std::optional<std::string>>{std::nullopt});
     EXPECT_EQ(store->to_device_of("@a:x", "DEV").size(), 1u);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
     EXPECT_FALSE(store->filter("@a:x", 1));
@@ -280,10 +281,13 @@ TYPED_TEST(StoreTest, PushersArePutReplacedAndDeletedForOneUserOrAll) {
         store->apply(deletes);
     }
     auto store = this->backend.open();
-    Snapshot s = store->load();
-    ASSERT_EQ(s.pushers.size(), 1u);
-    EXPECT_EQ(s.pushers[0].user_id, "@b:x");
-    EXPECT_EQ(s.pushers[0].pushkey, "key2");
+    auto pushers = store->pushers_of({"@a:x", "@b:x", "@c:x"});
+    ASSERT_EQ(pushers.size(), 3u);
+    EXPECT_TRUE(pushers[0].empty());
+    ASSERT_EQ(pushers[1].size(), 1u);
+    EXPECT_EQ(pushers[1][0].user_id, "@b:x");
+    EXPECT_EQ(pushers[1][0].pushkey, "key2");
+    EXPECT_TRUE(pushers[2].empty());
 }
 
 TYPED_TEST(StoreTest, PresenceKeepsTheNewestPerUser) {
@@ -479,7 +483,8 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
     EXPECT_EQ(store->account_data("@a:x").size(), 1u);
-    EXPECT_TRUE(s.push_rules.empty());
+    EXPECT_EQ(store->push_rules_of({"@a:x"}),
+              std::vector<std::optional<std::string>>{std::nullopt});
     auto queued = store->to_device_of("@a:x", "DEV");
     ASSERT_EQ(queued.size(), 1u);
     EXPECT_EQ(queued[0].stream, 5);
@@ -635,8 +640,12 @@ TYPED_TEST(StoreTest, DecisionsReadByKeyAndCount) {
     EXPECT_EQ(waiting, 2);
     Snapshot snap = store->load();
     EXPECT_EQ(snap.max_stream, 8);
-    ASSERT_EQ(snap.push_rules.size(), 1u);  // account data at start: push rules alone
-    EXPECT_EQ(snap.push_rules[0].user_id, "@b:x");
+    // Push rules by user: the m.push_rules global account data alone.
+    auto rules = store->push_rules_of({"@a:x", "@b:x", "@none:x"});
+    ASSERT_EQ(rules.size(), 3u);
+    EXPECT_FALSE(rules[0]);  // m.direct and a room's m.tag are not push rules
+    EXPECT_EQ(rules[1], "{\"global\":{}}");
+    EXPECT_FALSE(rules[2]);
     auto all = store->account_data("@a:x");
     ASSERT_EQ(all.size(), 3u);
     std::sort(all.begin(), all.end(), [](auto& x, auto& y) { return x.stream < y.stream; });
@@ -1195,8 +1204,12 @@ class FlakyStore final : public Store {
     std::optional<PresenceRecord> presence_of(const std::string& u) override {
         return inner_.presence_of(u);
     }
-    std::vector<PusherRecord> pushers_of(const std::string& u) override {
+    std::vector<std::vector<PusherRecord>> pushers_of(const std::vector<std::string>& u) override {
         return inner_.pushers_of(u);
+    }
+    std::vector<std::optional<std::string>> push_rules_of(
+        const std::vector<std::string>& u) override {
+        return inner_.push_rules_of(u);
     }
     std::optional<RoomAliasRecord> room_alias(const std::string& a) override {
         return inner_.room_alias(a);
@@ -1888,7 +1901,7 @@ TYPED_TEST(StoreTest, PushersAndAliasesAreReadInTheTransaction) {
     EXPECT_EQ(after[0].pushkey, "key2");
     EXPECT_EQ(after[1].pushkey, "key3");
     EXPECT_EQ(after[1].device_id, "LAPTOP");
-    EXPECT_TRUE(store->pushers_of("@b:x").empty());
+    EXPECT_TRUE(store->pushers_of({"@b:x"})[0].empty());
     EXPECT_EQ(aliases_before, 1);
     EXPECT_EQ(aliases_after, 2);
     EXPECT_EQ(elsewhere, 0);
@@ -1968,12 +1981,15 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     EXPECT_EQ(presence->stream, 7);
     EXPECT_EQ(presence->status_msg, "here");
     EXPECT_FALSE(store->presence_of("@b:x"));
-    auto pushers = store->pushers_of("@a:x");
-    ASSERT_EQ(pushers.size(), 2u);
-    EXPECT_EQ(pushers[0].pushkey, "key1");  // oldest first
-    EXPECT_EQ(pushers[1].pushkey, "key2");
-    EXPECT_EQ(pushers[1].device_id, "PHONE");
-    EXPECT_TRUE(store->pushers_of("@c:x").empty());
+    auto pushers = store->pushers_of({"@c:x", "@a:x", "@b:x"});  // in the order asked
+    ASSERT_EQ(pushers.size(), 3u);
+    EXPECT_TRUE(pushers[0].empty());
+    ASSERT_EQ(pushers[1].size(), 2u);
+    EXPECT_EQ(pushers[1][0].pushkey, "key1");  // oldest first
+    EXPECT_EQ(pushers[1][1].pushkey, "key2");
+    EXPECT_EQ(pushers[1][1].device_id, "PHONE");
+    ASSERT_EQ(pushers[2].size(), 1u);
+    EXPECT_EQ(pushers[2][0].device_id, "TABLET");
     auto alias = store->room_alias("#a:x");
     ASSERT_TRUE(alias);
     EXPECT_EQ(alias->room_id, "!r:x");

@@ -82,6 +82,8 @@ struct Caches {
     std::size_t memberships = 10000;   // users whose rooms (their memberships) are held
     std::size_t receipts = 2000;       // rooms whose read receipts are held
     std::size_t to_device = 10000;     // users whose devices' queues of to-device messages are held
+    std::size_t push_rules = 10000;    // users whose push rules are held
+    std::size_t pushers = 10000;       // users whose pushers are held
 };
 
 // Push notifications to push gateways (`push:`).

@@ -555,19 +555,17 @@ struct Write {
     std::vector<std::string> users;
 };
 
-// What the server keeps in memory, read once at start-up. No account or access token, no
-// room's state or timeline, no client transaction, no filter, no account data but push rules
-// no end-to-end key but who changed their device list when, and no key backup: those are
-// read from the store when they are needed.
+// What the server keeps in memory, read once at start-up: which rooms there are, and
+// presence. No account or access token, no room's state or timeline, no client transaction,
+// no filter, no account data, no push rule or pusher, no end-to-end key or device-list
+// change, and no key backup: those are read from the store when they are needed.
 struct Snapshot {
     std::vector<RoomRecord> rooms;
     // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
     std::vector<HistoryRecord> join_rules;
-    std::vector<AccountDataRecord> push_rules;  // the m.push_rules of users who changed them
     // Each room's history visibility (`value`: content.history_visibility of its current
     // m.room.history_visibility).
     std::vector<HistoryRecord> visibility;
-    std::vector<PusherRecord> pushers;
     std::vector<PresenceRecord> presence;
     StreamId max_stream = 0;
 };
@@ -692,8 +690,13 @@ class Store {
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
     virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
-    // The user's pushers, oldest first.
-    virtual std::vector<PusherRecord> pushers_of(const std::string& user_id) = 0;
+    // Each user's pushers (in the order asked), oldest first, read at one moment.
+    virtual std::vector<std::vector<PusherRecord>> pushers_of(
+        const std::vector<std::string>& user_ids) = 0;
+    // Each user's m.push_rules account data (in the order asked): its content, or none for a
+    // user who never changed their push rules. Read at one moment.
+    virtual std::vector<std::optional<std::string>> push_rules_of(
+        const std::vector<std::string>& user_ids) = 0;
     // A local room alias, if it exists; whether a room is in the room directory.
     virtual std::optional<RoomAliasRecord> room_alias(const std::string& alias) = 0;
     virtual bool room_published(const std::string& room_id) = 0;
