@@ -108,6 +108,37 @@ test('an initial sync has the presence of everyone sharing a room; a status surv
   assert.equal(res.body.status_msg, 'on call duty');
 });
 
+test('after a restart, the presence of users offline then is read when needed: status, initial and incremental /syncs', async () => {
+  // Only who is not offline is read at start; eve is offline with a status message.
+  const dan = await register(server.url, 'dan');
+  let eve = await register(server.url, 'eve');
+  const room = await dan.createRoom({ preset: 'private_chat', invite: [eve.userId] });
+  assert.equal((await eve.join(room)).status, 200);
+  const before = (await dan.sync({ set_presence: 'offline' })).next_batch;
+  assert.equal((await setStatus(eve, { presence: 'offline', status_msg: 'gone fishing' })).status, 200);
+  const got = await nextPresence(dan, before, eve.userId);
+  assert.equal(got.event.content.status_msg, 'gone fishing');
+  const after = got.since;
+  server = await server.restart();
+  const [d, e] = [dan, eve].map((u) => u.at(server.url));
+  eve = e;
+  const res = await status(d, eve.userId);
+  assert.deepEqual([res.body.presence, res.body.status_msg], ['offline', 'gone fishing']);
+  const initial = await d.sync({ set_presence: 'offline' });
+  assert.equal(presenceOf(initial, eve.userId)[0]?.content.status_msg, 'gone fishing');
+  // Since a position before her change: it is there; since one after it: it is not.
+  const older = await d.sync({ since: before, timeout: '0', set_presence: 'offline' });
+  assert.equal(presenceOf(older, eve.userId)[0]?.content.status_msg, 'gone fishing');
+  const newer = await d.sync({ since: after, timeout: '0', set_presence: 'offline' });
+  assert.deepEqual(presenceOf(newer, eve.userId), []);
+  // Her next /sync brings her online with her status message as it was.
+  await eve.sync({ set_presence: 'online' });
+  const now = await status(d, eve.userId);
+  assert.deepEqual([now.body.presence, now.body.status_msg], ['online', 'gone fishing']);
+  const seen = await nextPresence(d, newer.next_batch, eve.userId);
+  assert.equal(seen.event.content.presence, 'online');
+});
+
 test('presence.enabled: false turns it off', async () => {
   const off = await startServer({ config: { presence: { enabled: false } } });
   try {

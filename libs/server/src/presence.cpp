@@ -36,11 +36,12 @@ Presence::Presence(Core& core, Accounts& accounts, Rooms& rooms)
         if (!core_.config().presence_enabled) return;
         std::optional<store::PresenceRecord> p;
         try {
-            p = core_.store().presence_of(c.key);
+            p = core_.store().presence_of({c.key}).front();
         } catch (const std::exception& e) {
             spdlog::warn("the presence of {} could not be read: {}", c.key, e.what());
         }
         if (!p) return;
+        if (!users_.count(c.key)) trim_locked();
         State& st = users_[c.key];
         if (p->stream <= st.stream) return;
         st.presence = p->presence;
@@ -68,21 +69,61 @@ std::vector<std::string> Presence::audience_locked(const std::string& user) cons
     return out;
 }
 
+Presence::State Presence::from_record(const store::PresenceRecord& p) {
+    State st;
+    st.presence = st.wanted = p.presence;
+    st.chosen = p.presence == "unavailable" ? "unavailable" : "online";
+    st.status_msg = st.wanted_status = p.status_msg;
+    st.last_active = p.last_active_ts;
+    st.stream = p.stream;
+    return st;
+}
+
 void Presence::load(store::Snapshot& snap) {
     std::lock_guard lock(core_.mu);
+    // Every change after it is held (applied here, or fed from another process).
+    horizon_ = snap.max_stream;
     if (!core_.config().presence_enabled) return;
     const std::int64_t now = core_.now_ms();
-    for (auto& p : snap.presence) {
-        State& st = users_[p.user_id];
-        st.presence = st.wanted = p.presence;
-        st.chosen = p.presence == "unavailable" ? "unavailable" : "online";
-        st.status_msg = st.wanted_status = std::move(p.status_msg);
-        st.last_active = p.last_active_ts;
-        st.stream = p.stream;
+    // The users not offline: whoever else is offline, as of a change at or before the horizon.
+    for (const auto& p : snap.presence) {
+        State& st = users_[p.user_id] = from_record(p);
         // Nobody syncs across a restart: who was present goes offline unless they come back.
         st.last_sync = now;
         if (st.wanted != "offline") present_.insert(p.user_id);
     }
+}
+
+Presence::State& Presence::state_locked(const std::string& user) {
+    if (auto it = users_.find(user); it != users_.end()) return it->second;
+    // Read under the lock: a change of it applies under it too, so none overtakes the read.
+    auto p = core_.store().presence_of({user}).front();
+    trim_locked();
+    return users_[user] = p ? from_record(*p) : State{};
+}
+
+void Presence::trim_locked() {
+    if (users_.size() < kHeld) return;
+    // Those the timer, a change in flight or a running /sync needs stay.
+    std::vector<std::pair<StreamId, const std::string*>> idle;
+    for (const auto& [user, st] : users_)
+        if (st.in_flight == 0 && st.syncing == 0 && !present_.count(user))
+            idle.emplace_back(st.stream, &user);
+    if (idle.size() < 2) return;
+    auto middle = idle.begin() + static_cast<std::ptrdiff_t>(idle.size() / 2);
+    std::nth_element(idle.begin(), middle, idle.end());
+    StreamId newest = 0;
+    std::vector<std::string> gone;
+    for (auto it = idle.begin(); it != middle; ++it) {
+        newest = std::max(newest, it->first);
+        gone.push_back(*it->second);
+    }
+    for (const auto& user : gone) users_.erase(user);
+    horizon_ = std::max(horizon_, newest);
+    spdlog::info(
+        "presence: {} users let go of, {} held; changes at or before {} are read from "
+        "the database",
+        gone.size(), users_.size(), horizon_);
 }
 
 void Presence::start(asio::any_io_executor ex) {
@@ -182,7 +223,7 @@ void Presence::appended_locked(const EventPtr& ev) {
 
 void Presence::sync_started_locked(const std::string& user, const std::string& set_presence) {
     if (!core_.config().presence_enabled) return;
-    State& st = users_[user];
+    State& st = state_locked(user);
     st.syncing++;
     st.last_sync = core_.now_ms();
     if (set_presence == "offline" || st.wanted != "offline") return;
@@ -224,17 +265,24 @@ bool Presence::render_locked(std::string& out, const std::string& user, StreamId
     std::unordered_set<std::string> seen;
     const std::int64_t now = core_.now_ms();
     bool any = false;
-    auto consider = [&](const std::string& who) {
-        if (!seen.insert(who).second) return;
-        if (filter && !filter->allows_sender(who)) return;
-        auto it = users_.find(who);
-        if (it == users_.end() || it->second.stream > upto || it->second.stream == 0) return;
-        if (initial ? it->second.presence == "offline" && it->second.status_msg.empty()
-                    : it->second.stream <= since)
+    auto show = [&](const std::string& who, const State& st) {
+        if (st.stream > upto || st.stream == 0) return;
+        if (initial ? st.presence == "offline" && st.status_msg.empty() : st.stream <= since)
             return;
         if (any) out += ',';
         any = true;
-        append_event(out, who, it->second, now);
+        append_event(out, who, st, now);
+    };
+    // Whoever is not held changed at or before the horizon: read when that may be shown.
+    const bool older = initial || since < horizon_;
+    std::vector<std::string> missing;
+    auto consider = [&](const std::string& who) {
+        if (!seen.insert(who).second) return;
+        if (filter && !filter->allows_sender(who)) return;
+        if (auto it = users_.find(who); it != users_.end())
+            show(who, it->second);
+        else if (older)
+            missing.push_back(who);
     };
     consider(user);
     for (const auto& [room_id, m] : rooms_.memberships_locked(user)) {
@@ -242,6 +290,11 @@ bool Presence::render_locked(std::string& out, const std::string& user, StreamId
         if (const Room* room = rooms_.find_locked(room_id))
             for (const auto& [member, mm] : room->membership)
                 if (mm == "join") consider(member);
+    }
+    if (!missing.empty()) {
+        auto read = core_.store().presence_of(missing);
+        for (std::size_t i = 0; i < missing.size(); ++i)
+            if (read[i]) show(missing[i], from_record(*read[i]));
     }
     return any;
 }
@@ -260,7 +313,7 @@ asio::awaitable<Response> Presence::put_status(Request& req) {
     Decision d;
     {
         std::lock_guard lock(core_.mu);
-        State& st = users_[user];
+        State& st = state_locked(user);
         st.chosen = presence;
         if (presence == "online") st.last_active = core_.now_ms();
         // A user who sets presence without syncing counts as present until the sync timeout.
@@ -290,10 +343,19 @@ asio::awaitable<Response> Presence::get_status(Request& req) {
         if (!shares)
             throw MatrixError(403, errcode::forbidden,
                               "You are not allowed to see the presence of " + target);
-        auto it = users_.find(target);
-        if (!core_.config().presence_enabled || it == users_.end())
+        if (!core_.config().presence_enabled)
             co_return Response{200, "{\"presence\":\"offline\"}", {}};
-        append_event(out, target, it->second, core_.now_ms());
+        std::optional<State> read;
+        const State* st = nullptr;
+        if (auto it = users_.find(target); it != users_.end()) {
+            st = &it->second;
+        } else if (auto p = core_.store().presence_of({target}).front()) {
+            read = from_record(*p);
+            st = &*read;
+        } else {
+            co_return Response{200, "{\"presence\":\"offline\"}", {}};
+        }
+        append_event(out, target, *st, core_.now_ms());
     }
     // The event's content is the answer.
     auto doc = json::parse(out);

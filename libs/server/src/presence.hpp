@@ -10,6 +10,12 @@
 // (Core::transact): it takes a stream position and is stored with the status message
 // (PutPresence), and others see it once it committed; one timer, running while anyone is not
 // offline, applies the timeouts.
+//
+// Held: every user not offline (read at start: who was present when the server stopped) and
+// every user whose presence changed, or who synced or set it, since the start; past kHeld
+// users the older half of those not present goes, and the horizon moves up to them. Any other
+// user's presence changed at or before the horizon and is read from the store when needed:
+// for an initial /sync, an incremental one since before the horizon, or GET .../status.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -34,6 +40,7 @@ class Presence {
     static constexpr std::int64_t kIdleMs = 5 * 60'000;
     static constexpr std::int64_t kCurrentlyActiveMs = 60'000;
     static constexpr std::size_t kMaxStatusBytes = 1024;
+    static constexpr std::size_t kHeld = 100'000;  // users held, at most, before a trim
 
     Presence(Core& core, Accounts& accounts, Rooms& rooms);
 
@@ -50,7 +57,9 @@ class Presence {
     void sync_ended_locked(const std::string& user);
     // Appends the m.presence events `user` is to see: of the users sharing a joined room with
     // them and their own, changed in (since, upto], or all known when `initial`; of the
-    // senders `filter` allows, when there is one.
+    // senders `filter` allows, when there is one. Reads those not held from the store when
+    // `initial` or `since` is before the horizon: StoreUnavailable when the database cannot be
+    // reached.
     bool render_locked(std::string& out, const std::string& user, StreamId since, StreamId upto,
                        bool initial, const EventFilter* filter = nullptr) const;
 
@@ -78,6 +87,12 @@ class Presence {
                                           std::optional<std::string> status = std::nullopt,
                                           bool force = false);
     void appended_locked(const EventPtr& ev);
+    // The user's state, read from the store (and held) when it is not held: StoreUnavailable
+    // when the database cannot be reached.
+    State& state_locked(const std::string& user);
+    static State from_record(const store::PresenceRecord& p);
+    // Past kHeld users, the older half of those the timer and no change or /sync needs go.
+    void trim_locked();
     // Who sees the user's presence: the user and whoever shares a joined room with them.
     std::vector<std::string> audience_locked(const std::string& user) const;
     void arm_locked();
@@ -89,6 +104,9 @@ class Presence {
     Accounts& accounts_;
     Rooms& rooms_;
     std::unordered_map<std::string, State> users_;
+    // A user not held changed their presence at or before it (the start's position, then the
+    // newest a trim let go).
+    StreamId horizon_ = 0;
     std::unordered_set<std::string> present_;  // not offline: what the timer looks at
     std::optional<asio::steady_timer> timer_;
     bool armed_ = false;

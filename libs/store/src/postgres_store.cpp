@@ -407,14 +407,20 @@ CREATE INDEX IF NOT EXISTS device_list_changes_stream ON device_list_changes (st
 DROP INDEX IF EXISTS events_history;
 )sql";
 
+// Version 12: presence is read when needed, not at start: only the users not offline are read
+// then, by index.
+constexpr const char* kSchemaV12 = R"sql(
+CREATE INDEX IF NOT EXISTS presence_present ON presence (user_id) WHERE presence <> 'offline';
+)sql";
+
 class PgStmt;
 
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2,  kSchemaV3, kSchemaV4,
-                                                  kSchemaV5, kSchemaV6,  kSchemaV7, kSchemaV8,
-                                                  kSchemaV9, kSchemaV10, kSchemaV11};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2,  kSchemaV3,  kSchemaV4,
+                                                  kSchemaV5, kSchemaV6,  kSchemaV7,  kSchemaV8,
+                                                  kSchemaV9, kSchemaV10, kSchemaV11, kSchemaV12};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").

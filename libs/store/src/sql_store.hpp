@@ -231,14 +231,23 @@ class SqlStore : public Store {
         });
     }
 
-    std::optional<PresenceRecord> presence_of(const std::string& user_id) override {
-        return read([&](Db& db) -> std::optional<PresenceRecord> {
-            Stmt s(db,
-                   "SELECT stream_id, presence, status_msg, last_active_ts FROM presence WHERE "
-                   "user_id = ?");
-            s.bind(user_id);
-            if (!s.next()) return std::nullopt;
-            return PresenceRecord{s.integer(0), user_id, s.text(1), s.text(2), s.integer(3)};
+    std::vector<std::optional<PresenceRecord>> presence_of(
+        const std::vector<std::string>& user_ids) override {
+        return read_at_one_moment([&](Db& db) {
+            std::vector<std::optional<PresenceRecord>> out;
+            out.reserve(user_ids.size());
+            for (const auto& user_id : user_ids) {
+                Stmt s(db,
+                       "SELECT stream_id, presence, status_msg, last_active_ts FROM presence "
+                       "WHERE user_id = ?");
+                s.bind(user_id);
+                if (s.next())
+                    out.push_back(
+                        PresenceRecord{s.integer(0), user_id, s.text(1), s.text(2), s.integer(3)});
+                else
+                    out.push_back(std::nullopt);
+            }
+            return out;
         });
     }
 
@@ -779,9 +788,10 @@ class SqlStore : public Store {
                                            content_string(s.text(2), "history_visibility")});
         }
         {
+            // The presence_present index: the users not offline only.
             Stmt s(db,
                    "SELECT stream_id, user_id, presence, status_msg, last_active_ts FROM presence "
-                   "ORDER BY stream_id");
+                   "WHERE presence <> 'offline' ORDER BY stream_id");
             while (s.next())
                 snap.presence.push_back(
                     {s.integer(0), s.text(1), s.text(2), s.text(3), s.integer(4)});

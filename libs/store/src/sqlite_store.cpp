@@ -225,13 +225,19 @@ CREATE INDEX IF NOT EXISTS device_list_changes_stream ON device_list_changes (st
 DROP INDEX IF EXISTS events_history;
 )sql";
 
+// Version 7: presence is read when needed, not at start: only the users not offline are read
+// then, by index.
+constexpr const char* kSchemaV7 = R"sql(
+CREATE INDEX IF NOT EXISTS presence_present ON presence (user_id) WHERE presence <> 'offline';
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3,
-                                                  kSchemaV4, kSchemaV5, kSchemaV6};
+    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
+                                                  kSchemaV5, kSchemaV6, kSchemaV7};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
     // One process writes a SQLite database: its writes are already one after the other.

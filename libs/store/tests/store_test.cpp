@@ -300,12 +300,20 @@ TYPED_TEST(StoreTest, PresenceKeepsTheNewestPerUser) {
     }
     auto store = this->backend.open();
     Snapshot s = store->load();
-    ASSERT_EQ(s.presence.size(), 2u);
+    ASSERT_EQ(s.presence.size(), 1u);  // at start: the users not offline
     EXPECT_EQ(s.presence[0].user_id, "@b:x");
-    EXPECT_EQ(s.presence[1].presence, "offline");
-    EXPECT_EQ(s.presence[1].status_msg, "lunch");
-    EXPECT_EQ(s.presence[1].last_active_ts, 110);
+    EXPECT_EQ(s.presence[0].status_msg, "away");
     EXPECT_EQ(s.max_stream, 5);
+    auto read = store->presence_of({"@a:x", "@none:x", "@b:x"});  // in the order asked
+    ASSERT_EQ(read.size(), 3u);
+    ASSERT_TRUE(read[0]);
+    EXPECT_EQ(read[0]->presence, "offline");
+    EXPECT_EQ(read[0]->status_msg, "lunch");
+    EXPECT_EQ(read[0]->last_active_ts, 110);
+    EXPECT_EQ(read[0]->stream, 5);
+    EXPECT_FALSE(read[1]);
+    ASSERT_TRUE(read[2]);
+    EXPECT_EQ(read[2]->presence, "unavailable");
 }
 
 TYPED_TEST(StoreTest, RedactionReplacesTheStoredJson) {
@@ -1201,7 +1209,8 @@ class FlakyStore final : public Store {
     std::optional<ReceiptRecord> receipt_at(const std::string& r, StreamId s) override {
         return inner_.receipt_at(r, s);
     }
-    std::optional<PresenceRecord> presence_of(const std::string& u) override {
+    std::vector<std::optional<PresenceRecord>> presence_of(
+        const std::vector<std::string>& u) override {
         return inner_.presence_of(u);
     }
     std::vector<std::vector<PusherRecord>> pushers_of(const std::vector<std::string>& u) override {
@@ -1976,11 +1985,11 @@ TYPED_TEST(StoreTest, ChangedRecordsAreReadByTheirPosition) {
     EXPECT_EQ(receipt->event_id, "$e1");
     EXPECT_EQ(receipt->ts, 100);
     EXPECT_FALSE(store->receipt_at("!other:x", 6));
-    auto presence = store->presence_of("@a:x");
-    ASSERT_TRUE(presence);
-    EXPECT_EQ(presence->stream, 7);
-    EXPECT_EQ(presence->status_msg, "here");
-    EXPECT_FALSE(store->presence_of("@b:x"));
+    auto presence = store->presence_of({"@a:x", "@b:x"});
+    ASSERT_TRUE(presence[0]);
+    EXPECT_EQ(presence[0]->stream, 7);
+    EXPECT_EQ(presence[0]->status_msg, "here");
+    EXPECT_FALSE(presence[1]);
     auto pushers = store->pushers_of({"@c:x", "@a:x", "@b:x"});  // in the order asked
     ASSERT_EQ(pushers.size(), 3u);
     EXPECT_TRUE(pushers[0].empty());

@@ -555,8 +555,8 @@ struct Write {
     std::vector<std::string> users;
 };
 
-// What the server keeps in memory, read once at start-up: which rooms there are, and
-// presence. No account or access token, no room's state or timeline, no client transaction,
+// What the server keeps in memory, read once at start-up: which rooms there are, and who is
+// not offline. No account or access token, no room's state or timeline, no client transaction,
 // no filter, no account data, no push rule or pusher, no end-to-end key or device-list
 // change, and no key backup: those are read from the store when they are needed.
 struct Snapshot {
@@ -566,7 +566,7 @@ struct Snapshot {
     // Each room's history visibility (`value`: content.history_visibility of its current
     // m.room.history_visibility).
     std::vector<HistoryRecord> visibility;
-    std::vector<PresenceRecord> presence;
+    std::vector<PresenceRecord> presence;  // of the users not offline, in stream order
     StreamId max_stream = 0;
 };
 
@@ -689,7 +689,10 @@ class Store {
         const std::vector<std::string>& room_ids) = 0;
     virtual std::optional<ReceiptRecord> receipt_at(const std::string& room_id,
                                                     StreamId stream) = 0;
-    virtual std::optional<PresenceRecord> presence_of(const std::string& user_id) = 0;
+    // Each user's presence (in the order asked; none for a user who never had one), read at
+    // one moment.
+    virtual std::vector<std::optional<PresenceRecord>> presence_of(
+        const std::vector<std::string>& user_ids) = 0;
     // Each user's pushers (in the order asked), oldest first, read at one moment.
     virtual std::vector<std::vector<PusherRecord>> pushers_of(
         const std::vector<std::string>& user_ids) = 0;
