@@ -87,3 +87,30 @@ test('user_directory.search_all_users: every local user can be found', async () 
     await open.stop();
   }
 });
+
+test('a room is searched while anyone may join or read it, as its state changes, and after a restart', async () => {
+  const gus = await register(server.url, 'gus');
+  const room = await gus.createRoom({ preset: 'private_chat' });
+  const state = async (type, content) => {
+    const res = await gus.call('PUT', `/rooms/${encodeURIComponent(room)}/state/${type}/`, { body: content });
+    assert.equal(res.status, 200, res.text);
+  };
+  const found = async () => ids(await search('alice', { search_term: 'gus' }));
+  assert.deepEqual(await found(), []);
+  await state('m.room.history_visibility', { history_visibility: 'world_readable' });
+  assert.deepEqual(await found(), [gus.userId]);
+  // Open by its join rule alone, then by neither.
+  await state('m.room.join_rules', { join_rule: 'public' });
+  await state('m.room.history_visibility', { history_visibility: 'shared' });
+  assert.deepEqual(await found(), [gus.userId]);
+  await state('m.room.join_rules', { join_rule: 'invite' });
+  assert.deepEqual(await found(), []);
+  // What is stored says so after a restart: this room closed, carol's public one open.
+  server = await server.restart();
+  for (const name of Object.keys(u)) u[name] = u[name].at(server.url);
+  assert.deepEqual(await found(), []);
+  assert.deepEqual(ids(await search('alice', { search_term: 'carol' })), [u.carol.userId]);
+  const again = await gus.at(server.url).call('PUT', `/rooms/${encodeURIComponent(room)}/state/m.room.join_rules/`, { body: { join_rule: 'public' } });
+  assert.equal(again.status, 200, again.text);
+  assert.deepEqual(await found(), [gus.userId]);
+});

@@ -27,12 +27,12 @@ Homeserver::Homeserver(const Config& config, store::Store& store, asio::thread_p
     // what commits meanwhile is fed to them (each applies a change it already has once).
     if (auto listener = store.listen()) core.share(std::move(listener));
     auto snap = store.load();
-    rooms.load(snap);
     keys.load(snap);
     presence.load(snap);
     if (!core.shared()) core.start_at(snap.max_stream);
     std::lock_guard lock(core.mu);
-    spdlog::info("{} rooms, stream position {}", snap.rooms.size(), core.visible_locked());
+    spdlog::info("stream position {}, {} users present", core.visible_locked(),
+                 snap.presence.size());
 }
 
 }  // namespace mxvoip::server

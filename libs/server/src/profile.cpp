@@ -113,7 +113,14 @@ asio::awaitable<Response> Profile::search_user_directory(Request& req) {
     const std::string& me = req.session->user_id;
     // The rooms searched (the user's, and every room anyone may join or read) are read, if
     // they are not held, before the lock is taken.
-    rooms_.preload(rooms_.searched_rooms(me));
+    std::vector<std::string> searched = rooms_.open_rooms();
+    const std::size_t open = searched.size();
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& [room_id, m] : rooms_.memberships_locked(me))
+            if (m.membership == "join") searched.push_back(room_id);
+    }
+    rooms_.preload(searched);
     std::set<std::string> visible;
     {
         std::lock_guard lock(core_.mu);
@@ -124,7 +131,8 @@ asio::awaitable<Response> Profile::search_user_directory(Request& req) {
         for (const auto& [room_id, m] : rooms_.memberships_locked(me))
             if (m.membership == "join")
                 if (const Room* room = rooms_.find_locked(room_id)) add_joined(*room);
-        rooms_.for_each_open_room_locked(add_joined);
+        for (std::size_t i = 0; i < open; ++i)
+            if (const Room* room = rooms_.find_locked(searched[i])) add_joined(*room);
     }
     // Their profiles, and with user_directory_search_all_users the accounts that match
     // (searched in the database, at most a page of candidates per result asked for).

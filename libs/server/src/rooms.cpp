@@ -147,9 +147,8 @@ asio::awaitable<Response> Rooms::create_room(Request& req) {
             if (!accounts_.exists_locked(u) &&
                 proto::parse_user_id(u)->server_name == core_.config().server_name)
                 throw MatrixError(404, errcode::not_found, "Unknown user " + u);
-        do {
-            room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
-        } while (known_.count(room_id));
+        // 18 random letters (over 100 bits): the decision refuses a room that exists.
+        room_id = "!" + random_letters(18) + ":" + core_.config().server_name;
         write.create = store::RoomRecord{room_id, version};
         auto add = [&](std::string type, std::optional<std::string> state_key,
                        json::object content) {
@@ -576,6 +575,25 @@ asio::awaitable<Response> Rooms::get_event(Request& req) {
 
 namespace {
 
+// Whether anyone may join or read the room: its join rule public, or its history world
+// readable.
+bool is_open(const RoomState& room) {
+    if (room.join_rule == "public") return true;
+    auto v = room.state_event("m.room.history_visibility", "");
+    if (!v) return false;
+    json::error_code ec;
+    auto content = json::parse(v->content(), ec);
+    if (ec || !content.is_object()) return false;
+    const auto* h = content.get_object().if_contains("history_visibility");
+    return h && h->is_string() && h->get_string() == "world_readable";
+}
+
+// Whether the state event is one is_open reads.
+bool opens(const Event& ev) {
+    return ev.state_key && ev.state_key->empty() &&
+           (ev.type == "m.room.join_rules" || ev.type == "m.room.history_visibility");
+}
+
 bool has_float(const json::value& v) {
     switch (v.kind()) {
         case json::kind::double_:
@@ -624,20 +642,6 @@ std::string membership_value(std::string value) {
     return value.empty() ? "leave" : value;
 }
 }  // namespace
-
-void Rooms::load(store::Snapshot& snap) {
-    std::lock_guard lock(core_.mu);
-    // No room is read at start (its state, history and timeline are read when it is first
-    // needed), nor anyone's memberships: only what tells the rooms there are and who may join
-    // or read them.
-    for (auto& r : snap.rooms) known_[r.room_id].version = std::move(r.room_version);
-    for (const auto& j : snap.join_rules)
-        if (auto it = known_.find(j.room_id); it != known_.end())
-            it->second.public_join = j.value == "public";
-    for (const auto& v : snap.visibility)
-        if (auto it = known_.find(v.room_id); it != known_.end())
-            it->second.world_readable = v.value == "world_readable";
-}
 
 Memberships Rooms::fold_memberships(std::vector<store::HistoryRecord> events) {
     Memberships out;
@@ -752,17 +756,11 @@ Room* Rooms::get_locked(const std::string& room_id) const {
         if (held->stale && held->writes_in_flight == 0) refresh_locked(*held);
         return held;
     }
-    // Another process may have made it since this one last heard.
-    if (!known_.count(room_id) && !core_.shared()) return nullptr;
     // Read under the lock: the room cannot change meanwhile, and what commits meanwhile (its
     // applied step waits for the lock) is in what is read, up to `upto`, and not applied
     // twice (Room::loaded_upto).
     auto loaded = core_.store().room(room_id);
-    if (!loaded) {
-        if (known_.count(room_id))
-            spdlog::error("room {} is known but not in the database", room_id);
-        return nullptr;
-    }
+    if (!loaded) return nullptr;
     return &hold_locked(std::move(*loaded));
 }
 
@@ -772,14 +770,11 @@ void Rooms::refresh_locked(Room& room) const {
     Room fresh = build_room(std::move(*loaded));
     fresh.writes_in_flight = room.writes_in_flight;
     room = std::move(fresh);
-    note_known_locked(room);
     spdlog::debug("room {} read again: another process appended to it", room.id);
 }
 
 Room& Rooms::hold_locked(store::RoomLoad&& loaded) const {
-    known_[loaded.room.room_id].version = loaded.room.room_version;
     Room room = build_room(std::move(loaded));
-    note_known_locked(room);
     const std::string id = room.id;
     Room& held = rooms_.hold(id, std::move(room));
     spdlog::debug("room {} read from the database ({} held)", id, rooms_.size());
@@ -809,35 +804,30 @@ Room Rooms::build_room(store::RoomLoad&& loaded) {
 }
 
 void Rooms::preload(const std::vector<std::string>& room_ids) const {
-    std::vector<std::string> missing;
-    {
-        std::lock_guard lock(core_.mu);
-        for (const auto& id : room_ids)
-            if (!rooms_.get(id) && (known_.count(id) || core_.shared())) missing.push_back(id);
-    }
-    for (const auto& id : missing) {
+    for (const auto& id : room_ids) {
+        ReadsInFlight<std::string>::Ticket ticket;
+        {
+            std::lock_guard lock(core_.mu);
+            if (rooms_.get(id)) continue;
+            ticket = rooms_loading_.started(id);
+        }
         // Read without the lock, so a room read does not hold up every other request.
-        auto loaded = core_.store().room(id);
-        if (!loaded) continue;
+        std::optional<store::RoomLoad> loaded;
+        try {
+            loaded = core_.store().room(id);
+        } catch (...) {
+            std::lock_guard lock(core_.mu);
+            rooms_loading_.overtaken(id, ticket);
+            throw;
+        }
         std::lock_guard lock(core_.mu);
+        // An event applied since the read began may not be in it (applied to a room held
+        // then, let go since): then the room is read again, under the lock, when it is used.
+        const bool overtaken = rooms_loading_.overtaken(id, ticket);
+        if (!loaded || overtaken) continue;
         if (rooms_.get(id)) continue;  // read meanwhile (by a write that holds it, say)
-        // An event applied since the read began is not in it (and was applied to no room
-        // held here): then the room is read again, under the lock, when it is used.
-        if (auto known = known_.find(id);
-            known != known_.end() && known->second.last_event > loaded->upto)
-            continue;
         hold_locked(std::move(*loaded));
     }
-}
-
-std::vector<std::string> Rooms::searched_rooms(const std::string& user_id) const {
-    std::lock_guard lock(core_.mu);
-    std::vector<std::string> out;
-    for (const auto& [room_id, m] : memberships_locked(user_id))
-        if (m.membership == "join") out.push_back(room_id);
-    for (const auto& [room_id, known] : known_)
-        if (known.open()) out.push_back(room_id);
-    return out;
 }
 
 const Room* Rooms::find_locked(const std::string& room_id) const {
@@ -919,18 +909,10 @@ std::optional<StreamId> Rooms::state_horizon_locked(const Room& room,
 
 void Rooms::apply_state_locked(Room& room, const EventPtr& ev) {
     room.apply_state(ev);
-    if (ev->state_key) note_known_locked(room);
-}
-
-void Rooms::note_known_locked(const Room& room) const {
-    Known& known = known_.at(room.id);
-    known.public_join = room.join_rule == "public";
-    known.world_readable = room.history.current_visibility() == "world_readable";
 }
 
 void Rooms::apply_locked(Room& room, const EventPtr& ev) {
-    Known& known = known_.at(room.id);
-    known.last_event = std::max(known.last_event, ev->stream);
+    rooms_loading_.written(room.id);
     // Read again, it has the event (committed before).
     if (room.stale) refresh_locked(room);
     room.last_event = std::max(room.last_event, ev->stream);
@@ -1055,6 +1037,8 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                                   "Room alias " + a->alias.alias + " is taken");
     // The rooms this write changes the state of: copies, staged once it is written.
     std::unordered_map<std::string, std::shared_ptr<RoomState>> changed;
+    std::set<std::string> opening;  // of those, the rooms whose openness may change
+    std::vector<store::PutRoomOpen> opened;
     {
         std::lock_guard lock(core_.mu);
         auto current = [&](const std::string& room_id) -> const RoomState* {
@@ -1101,7 +1085,10 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
                 if (a.ev.state_key) check_target(*room, *a.ev.state_key, a.target_must_be);
                 EventPtr ev = build_event_locked(*room, a, first + static_cast<StreamId>(i),
                                                  write.create && i == 0, txn);
-                if (ev->state_key) writable(a.room_id).apply_state(ev);
+                if (ev->state_key) {
+                    writable(a.room_id).apply_state(ev);
+                    if (opens(*ev)) opening.insert(a.room_id);
+                }
                 out.events.push_back(std::move(ev));
             } catch (const MatrixError&) {
                 if (!write.each_on_its_own) throw;
@@ -1114,20 +1101,31 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
             // The state derived from it follows (power levels...).
             if (target.state_key)
                 if (auto now = room->state_event(target.type, *target.state_key);
-                    now && now->event_id == target.event_id)
+                    now && now->event_id == target.event_id) {
                     writable(target.room_id).apply_state(out.redacted);
+                    if (opens(target)) opening.insert(target.room_id);
+                }
+        }
+        // Whether anyone may join or read a room follows its join rule and history visibility
+        // (the user directory searches the members of those who may).
+        for (const auto& [room_id, state] : changed) {
+            if (!opening.count(room_id)) continue;
+            const bool made = write.create && room_id == write.create->room_id;
+            const RoomState* before = made ? nullptr : decided_state_locked(room_id, txn);
+            const bool was = before && is_open(*before);
+            if (is_open(*state) != was) opened.push_back(store::PutRoomOpen{room_id, !was});
         }
     }
     if (write.create) txn.write(store::PutRoom{*write.create});
     for (const auto& ev : out.events) txn.write(store::PutEvent{*ev});
     if (out.redacted) txn.write(store::RedactEvent{out.redacted->stream, out.redacted->json});
+    for (const auto& m : opened) txn.write(m);
     for (auto& [room_id, room] : changed) staged_[room_id] = std::move(room);
 }
 
 std::vector<std::string> Rooms::applied_locked(const RoomWrite& write, const Decided& out) {
     std::vector<std::string> wake;
     if (write.create) {
-        known_[write.create->room_id].version = write.create->room_version;
         Room room;
         room.id = write.create->room_id;
         room.version = write.create->room_version;
@@ -1173,14 +1171,6 @@ void Rooms::redacted_locked(Room& room, const EventPtr& redacted) {
 
 void Rooms::fed_locked(store::EventRecord record, std::vector<std::string>& wake) {
     EventPtr ev = to_event(std::move(record));
-    if (auto [it, fresh] = known_.try_emplace(ev->room_id); fresh) {
-        // A room another process made: its m.room.create comes first.
-        std::string version = "1";
-        if (auto v = json::parse(ev->content()); v.is_object())
-            if (const auto* r = v.get_object().if_contains("room_version"); r && r->is_string())
-                version = r->get_string();
-        it->second.version = std::move(version);
-    }
     Room* room = nullptr;
     try {
         // Read if it is not held (then with this event already): the listeners learn of it
@@ -1191,6 +1181,7 @@ void Rooms::fed_locked(store::EventRecord record, std::vector<std::string>& wake
                      e.what());
     }
     if (!room) {
+        rooms_loading_.written(ev->room_id);
         membership_changed_locked(ev);
         if (ev->type == "m.room.member" && ev->state_key) wake.push_back(*ev->state_key);
         return;

@@ -72,8 +72,6 @@ struct RoomWrite {
 class Rooms {
   public:
     Rooms(Core& core, Accounts& accounts);
-
-    void load(store::Snapshot& snap);
     // Rooms held past `caches.rooms` are let go on this executor, where no caller holds one.
     void start(asio::any_io_executor ex);
 
@@ -105,19 +103,12 @@ class Rooms {
     // As find_locked, for what cannot answer 503 (timers, what runs after a commit): nullptr
     // also when the room is not held and the database cannot be reached (logged).
     const Room* find_or_skip_locked(const std::string& room_id) const noexcept;
-    // Whether the room exists, without reading it.
-    bool exists_locked(const std::string& room_id) const { return known_.count(room_id) != 0; }
-    // The ids of the user's joined rooms and of every room anyone may join or read: the rooms
-    // whose members the user directory searches. Takes the lock.
-    std::vector<std::string> searched_rooms(const std::string& user_id) const;
-    // Calls f(room) for each room anyone may join or read (join rule public, or history
-    // world readable), reading those not held.
-    template <typename F>
-    void for_each_open_room_locked(F&& f) const {
-        for (const auto& [id, known] : known_)
-            if (known.open())
-                if (const Room* room = find_locked(id)) f(*room);
-    }
+    // Whether the room exists (read when it is not held: StoreUnavailable when it cannot be).
+    bool exists_locked(const std::string& room_id) const { return find_locked(room_id) != nullptr; }
+    // The rooms anyone may join or read (join rule public, or history world readable): those
+    // whose members the user directory searches. Read from the store: call it without the
+    // lock (StoreUnavailable when the database cannot be reached).
+    std::vector<std::string> open_rooms() const { return core_.store().open_rooms(); }
     // The user's rooms (an empty map for a user with none, and for a remote user), read from
     // the store under the lock when they are not held: StoreUnavailable when the database
     // cannot be reached. The reference stays good until the lock is released.
@@ -175,15 +166,6 @@ class Rooms {
     // (Append::target_must_be).
     static void check_target(const RoomState& room, const std::string& target,
                              const std::string& must_be);
-    // What is known of every room without reading it: its version, and what tells whether
-    // anyone may join or read it.
-    struct Known {
-        std::string version;
-        bool public_join = false;
-        bool world_readable = false;
-        StreamId last_event = 0;  // the newest event applied since start (0: none)
-        bool open() const { return public_join || world_readable; }
-    };
     // The room held, or read from the store and held (StoreUnavailable when it cannot be);
     // nullptr when there is no such room.
     Room* get_locked(const std::string& room_id) const;
@@ -207,9 +189,8 @@ class Rooms {
     void redacted_locked(Room& room, const EventPtr& redacted);
     // An event another process committed (Core::on_change).
     void fed_locked(store::EventRecord record, std::vector<std::string>& wake);
-    // A state event becomes the room's current state; what is known of the room follows.
+    // A state event becomes the room's current state.
     void apply_state_locked(Room& room, const EventPtr& ev);
-    void note_known_locked(const Room& room) const;
     // The room's event in memory (its state or recent window), or nullptr.
     EventPtr find_event_locked(const Room& room, const std::string& event_id) const;
     // `target` as `redaction` leaves it, in a room of that version.
@@ -247,7 +228,6 @@ class Rooms {
 
     Core& core_;
     Accounts& accounts_;
-    mutable std::unordered_map<std::string, Known> known_;  // every room, by id
     // The rooms held, least recently used first to go, never one with a write in flight. An
     // entry's address never changes while it is held; one goes only in trim_later_locked's
     // handler, so a Room* taken under the lock stays good until the lock is released.
@@ -259,6 +239,8 @@ class Rooms {
     using HeldMemberships = std::shared_ptr<Memberships>;
     mutable LruCache<std::string, HeldMemberships> memberships_;
     mutable ReadsInFlight<std::string> memberships_loading_;  // by user id
+    // The rooms read without the lock (preload), and the events applied to them meanwhile.
+    mutable ReadsInFlight<std::string> rooms_loading_;  // by room id
     static Memberships fold_memberships(std::vector<store::HistoryRecord> events);
     TxnIds txns_;  // event ids by device, room id + '\n' + txn id
     // What the decisions of the writer's current transaction made of the rooms they changed

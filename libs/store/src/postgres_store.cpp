@@ -413,19 +413,28 @@ constexpr const char* kSchemaV12 = R"sql(
 CREATE INDEX IF NOT EXISTS presence_present ON presence (user_id) WHERE presence <> 'offline';
 )sql";
 
+// Version 13: the rooms anyone may join or read (join rule public, or history world
+// readable), kept as their state changes instead of found at start from every room's current
+// state (which the migration reads to fill it: Db::kOpenRoomsVersion).
+constexpr const char* kSchemaV13 = R"sql(
+CREATE TABLE IF NOT EXISTS open_rooms (room_id TEXT PRIMARY KEY);
+)sql";
+
 class PgStmt;
 
 class PgDb {
   public:
     using Stmt = PgStmt;
-    static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2,  kSchemaV3,  kSchemaV4,
-                                                  kSchemaV5, kSchemaV6,  kSchemaV7,  kSchemaV8,
-                                                  kSchemaV9, kSchemaV10, kSchemaV11, kSchemaV12};
+    static constexpr const char* kMigrations[] = {
+        kSchemaV1, kSchemaV2, kSchemaV3,  kSchemaV4,  kSchemaV5,  kSchemaV6, kSchemaV7,
+        kSchemaV8, kSchemaV9, kSchemaV10, kSchemaV11, kSchemaV12, kSchemaV13};
     // First in the migration's transaction: processes that start together on a shared
     // database migrate it one after the other (the later ones find it done), instead of
     // colliding on CREATE ... IF NOT EXISTS. Held until that transaction ends ("mxschema").
     static constexpr const char* kMigrationLock =
         "SELECT pg_advisory_xact_lock(7888181691312071022)";
+    // The version whose migration made open_rooms, which the migration then fills.
+    static constexpr std::int64_t kOpenRoomsVersion = 13;
     // Serialises decisions about one user's data (Write::users) across processes, until the
     // transaction ends; class "mu", keyed by a hash of the user id (a collision only makes two
     // users' decisions wait for each other).

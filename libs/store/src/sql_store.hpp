@@ -274,6 +274,15 @@ class SqlStore : public Store {
         });
     }
 
+    std::vector<std::string> open_rooms() override {
+        return read([&](Db& db) {
+            Stmt s(db, "SELECT room_id FROM open_rooms ORDER BY room_id");
+            std::vector<std::string> out;
+            while (s.next()) out.push_back(s.text(0));
+            return out;
+        });
+    }
+
     bool room_published(const std::string& room_id) override {
         return read([&](Db& db) {
             Stmt s(db, "SELECT 1 FROM published_rooms WHERE room_id = ?");
@@ -766,28 +775,6 @@ class SqlStore : public Store {
             if (s.next()) snap.max_stream = s.integer(0);
         }
         {
-            Stmt s(db, "SELECT room_id, room_version FROM rooms");
-            while (s.next()) snap.rooms.push_back({s.text(0), s.text(1)});
-        }
-        {
-            Stmt s(db,
-                   "SELECT e.stream_id, e.room_id, e.json FROM current_state c JOIN events e ON "
-                   "e.stream_id = c.stream_id WHERE c.type = 'm.room.join_rules' AND "
-                   "c.state_key = '' ORDER BY e.stream_id");
-            while (s.next())
-                snap.join_rules.push_back({s.integer(0), s.text(1), "m.room.join_rules", "",
-                                           content_string(s.text(2), "join_rule")});
-        }
-        {
-            Stmt s(db,
-                   "SELECT e.stream_id, e.room_id, e.json FROM current_state c JOIN events e ON "
-                   "e.stream_id = c.stream_id WHERE c.type = 'm.room.history_visibility' AND "
-                   "c.state_key = '' ORDER BY e.stream_id");
-            while (s.next())
-                snap.visibility.push_back({s.integer(0), s.text(1), "m.room.history_visibility", "",
-                                           content_string(s.text(2), "history_visibility")});
-        }
-        {
             // The presence_present index: the users not offline only.
             Stmt s(db,
                    "SELECT stream_id, user_id, presence, status_msg, last_active_ts FROM presence "
@@ -1142,6 +1129,14 @@ class SqlStore : public Store {
         else
             Stmt(db, "DELETE FROM published_rooms WHERE room_id = ?").bind(m.room_id).run();
     }
+    static void write(Db& db, const PutRoomOpen& m, StreamId&) {
+        if (m.open)
+            Stmt(db, "INSERT INTO open_rooms VALUES (?) ON CONFLICT DO NOTHING")
+                .bind(m.room_id)
+                .run();
+        else
+            Stmt(db, "DELETE FROM open_rooms WHERE room_id = ?").bind(m.room_id).run();
+    }
     static void write(Db& db, const PutPusher& m, StreamId&) {
         const auto& p = m.pusher;
         Stmt(db,
@@ -1372,7 +1367,10 @@ class SqlStore : public Store {
                 throw StoreError("the database's schema is version " + std::to_string(version) +
                                  ", newer than this mxvoip-server knows (up to " +
                                  std::to_string(latest) + "): run a newer mxvoip-server");
-            for (auto v = version; v < latest; ++v) db.exec(Db::kMigrations[v]);
+            for (auto v = version; v < latest; ++v) {
+                db.exec(Db::kMigrations[v]);
+                if (v + 1 == Db::kOpenRoomsVersion) fill_open_rooms(db);
+            }
             if (!recorded)
                 Stmt(db, "INSERT INTO schema_version VALUES (?)").bind(latest).run();
             else if (version != latest)
@@ -1382,6 +1380,29 @@ class SqlStore : public Store {
             db.rollback();
             throw;
         }
+    }
+
+    // The rooms anyone may join or read, found in each room's current state when the table
+    // that keeps them is made: parsed here, since SQL's JSON functions refuse content that holds
+    // a \u0000 (PostgreSQL's) or JSON that is not valid.
+    static void fill_open_rooms(Db& db) {
+        std::vector<std::string> open;
+        {
+            Stmt s(db,
+                   "SELECT c.room_id, c.type, e.json FROM current_state c JOIN events e ON "
+                   "e.stream_id = c.stream_id WHERE c.state_key = '' AND c.type IN "
+                   "('m.room.join_rules', 'm.room.history_visibility')");
+            while (s.next()) {
+                const bool rule = s.text(1) == "m.room.join_rules";
+                if (content_string(s.text(2), rule ? "join_rule" : "history_visibility") ==
+                    (rule ? "public" : "world_readable"))
+                    open.push_back(s.text(0));
+            }
+        }
+        for (const auto& room_id : open)
+            Stmt(db, "INSERT INTO open_rooms VALUES (?) ON CONFLICT DO NOTHING")
+                .bind(room_id)
+                .run();
     }
 
     std::function<std::unique_ptr<Db>()> open_writer_;

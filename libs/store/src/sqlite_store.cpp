@@ -231,15 +231,24 @@ constexpr const char* kSchemaV7 = R"sql(
 CREATE INDEX IF NOT EXISTS presence_present ON presence (user_id) WHERE presence <> 'offline';
 )sql";
 
+// Version 8: the rooms anyone may join or read (join rule public, or history world readable),
+// kept as their state changes instead of found at start from every room's current state
+// (which the migration reads to fill it: Db::kOpenRoomsVersion).
+constexpr const char* kSchemaV8 = R"sql(
+CREATE TABLE IF NOT EXISTS open_rooms (room_id TEXT PRIMARY KEY) WITHOUT ROWID;
+)sql";
+
 class Stmt;
 
 class Db {
   public:
     using Stmt = mxvoip::store::Stmt;
     static constexpr const char* kMigrations[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4,
-                                                  kSchemaV5, kSchemaV6, kSchemaV7};
+                                                  kSchemaV5, kSchemaV6, kSchemaV7, kSchemaV8};
     // One process owns the file (its lock is taken first): nothing to wait for.
     static constexpr const char* kMigrationLock = nullptr;
+    // The version whose migration made open_rooms, which the migration then fills.
+    static constexpr std::int64_t kOpenRoomsVersion = 8;
     // One process writes a SQLite database: its writes are already one after the other.
     static constexpr const char* kUserLock = nullptr;
     // Rowid order is upload order: the oldest key goes first. One writer at a time.

@@ -487,7 +487,7 @@ TYPED_TEST(StoreTest, ApplyingABatchAgainChangesNothing) {
     ASSERT_EQ(accounts[0].devices.size(), 1u);
     EXPECT_EQ(accounts[0].devices[0].device_id, "DEV");
     EXPECT_FALSE(store->session("cafe"));
-    EXPECT_EQ(s.rooms.size(), 1u);
+    EXPECT_TRUE(store->room("!r:x"));
     EXPECT_EQ(store->events_after("!r:x", 0, 10).size(), 2u);
     EXPECT_EQ(store->device_txns("@a:x|DEV", 0, 10).size(), 1u);
     EXPECT_EQ(store->account_data("@a:x").size(), 1u);
@@ -548,7 +548,7 @@ TYPED_TEST(StoreTest, DecisionsSeeTheirTransactionAndARefusalUndoesOnlyItsOwnWri
     EXPECT_FALSE(store->filter("@a:x", 2));
     EXPECT_FALSE(store->filter("@a:x", 9));
     Snapshot s = store->load();
-    EXPECT_EQ(s.rooms.size(), 1u);
+    EXPECT_TRUE(store->room("!r:x"));
     EXPECT_TRUE(store->account_data("@a:x").empty());
     EXPECT_EQ(s.max_stream, 0);
     // Made again (as after an unknown outcome), the decisions find what committed.
@@ -914,12 +914,8 @@ TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
 
     store.reset();
     store = this->backend.open();
-    // Start-up reads each room's visibility; a user's memberships are read when needed, each
-    // of their member events in stream order, and nobody else's.
-    auto snap = store->load();
-    ASSERT_EQ(snap.visibility.size(), 1u);
-    EXPECT_EQ(snap.visibility[0].room_id, "!r:x");
-    EXPECT_EQ(snap.visibility[0].value, "joined");
+    // A user's memberships are read when needed, each of their member events in stream
+    // order, and nobody else's.
     auto b = store->memberships_of("@b:x");
     ASSERT_EQ(b.size(), 2u);
     EXPECT_EQ(b[0].stream, 2);
@@ -981,11 +977,54 @@ TYPED_TEST(StoreTest, ARoomIsReadWithItsStateHistoryAndNewestPosition) {
     ASSERT_TRUE(e);
     EXPECT_EQ(e->upto, 0);
     EXPECT_TRUE(e->state.empty());
-    // Start-up reads each room's join rule, not its state.
-    auto snap = store->load();
-    ASSERT_EQ(snap.join_rules.size(), 1u);
-    EXPECT_EQ(snap.join_rules[0].room_id, "!r:x");
-    EXPECT_EQ(snap.join_rules[0].value, "public");
+}
+
+TYPED_TEST(StoreTest, OpenRoomsAreWrittenAndTheMigrationFindsThemInTheCurrentState) {
+    auto store = this->backend.open();
+    auto state = [](StreamId stream, const std::string& room, const std::string& type,
+                    const std::string& content) {
+        EventRecord e = event(stream, room, "");
+        e.type = type;
+        e.json = R"({"content":)" + content + R"(,"type":")" + type + R"("})";
+        return e;
+    };
+    std::vector<Mutation> batch{
+        PutRoom{{"!p:x", "10"}},
+        PutRoom{{"!w:x", "10"}},
+        PutRoom{{"!c:x", "10"}},
+        PutRoom{{"!n:x", "10"}},
+        // Public, through its current join rule only.
+        PutEvent{state(1, "!p:x", "m.room.join_rules", R"({"join_rule":"invite"})")},
+        PutEvent{state(2, "!p:x", "m.room.join_rules", R"({"join_rule":"public"})")},
+        // World readable.
+        PutEvent{state(3, "!w:x", "m.room.history_visibility",
+                       R"({"history_visibility":"world_readable"})")},
+        // Closed again; and one whose values hold a NUL escape (compared, never unescaped).
+        PutEvent{state(4, "!c:x", "m.room.join_rules", R"({"join_rule":"public"})")},
+        PutEvent{state(5, "!c:x", "m.room.join_rules", R"({"join_rule":"invite"})")},
+        PutEvent{state(6, "!n:x", "m.room.join_rules", R"({"join_rule":"pub\u0000lic"})")},
+        PutEvent{
+            state(7, "!n:x", "m.room.history_visibility", R"({"history_visibility":"\u0000"})")},
+    };
+    store->apply(batch);
+    // Written by the decisions that change it.
+    EXPECT_TRUE(store->open_rooms().empty());
+    std::vector<Mutation> open{PutRoomOpen{"!w:x", true}, PutRoomOpen{"!c:x", true},
+                               PutRoomOpen{"!p:x", true}, PutRoomOpen{"!c:x", false},
+                               PutRoomOpen{"!w:x", true}};
+    store->apply(open);
+    EXPECT_EQ(store->open_rooms(), (std::vector<std::string>{"!p:x", "!w:x"}));
+    // The migration that made the table filled it from each room's current state, and doing
+    // it again changes nothing.
+    store.reset();
+    this->backend.sql("DELETE FROM open_rooms");
+    this->backend.sql("UPDATE schema_version SET version = version - 1");
+    store = this->backend.open();
+    EXPECT_EQ(store->open_rooms(), (std::vector<std::string>{"!p:x", "!w:x"}));
+    store.reset();
+    this->backend.sql("UPDATE schema_version SET version = version - 1");
+    store = this->backend.open();
+    EXPECT_EQ(store->open_rooms(), (std::vector<std::string>{"!p:x", "!w:x"}));
 }
 
 TYPED_TEST(StoreTest, JsonWithANulEscapeIsStoredAndReadBack) {
@@ -1228,6 +1267,7 @@ class FlakyStore final : public Store {
         return inner_.room_aliases_of(r);
     }
     std::vector<std::string> published_rooms() override { return inner_.published_rooms(); }
+    std::vector<std::string> open_rooms() override { return inner_.open_rooms(); }
 
   private:
     Store& inner_;
@@ -1292,9 +1332,9 @@ TYPED_TEST(StoreTest, WriterReportsARefusalToItsWriteAloneAndDecidesAgainAfterAn
     EXPECT_GE(runs.load(), 2);
     EXPECT_EQ(id, 0);
     EXPECT_EQ(store->filter("@a:x", 0), "{}");
-    Snapshot s = store->load();
-    ASSERT_EQ(s.rooms.size(), 1u);
-    EXPECT_EQ(s.rooms[0].room_id, "!r:x");
+    auto room = store->room("!r:x");
+    ASSERT_TRUE(room);
+    EXPECT_EQ(room->room.room_id, "!r:x");
     EXPECT_GE(writer.stats().retries, 1u);
 }
 
@@ -1353,7 +1393,7 @@ TYPED_TEST(StoreTest, WriterStoppedInAnOutageFailsWhatIsLeftInsteadOfWaiting) {
     ASSERT_TRUE(e);
     EXPECT_THROW(std::rethrow_exception(e), StoreUnavailable);
     EXPECT_TRUE(waited.get_future().get());
-    EXPECT_TRUE(real->load().rooms.empty());
+    EXPECT_FALSE(real->room("!r:x"));
 }
 
 // A restart of PostgreSQL ends every session: the store replaces its connections, a read

@@ -392,6 +392,13 @@ struct PutRoomVisibility {
     std::string room_id;
     bool published = false;
 };
+// Whether anyone may join or read the room (its join rule public, or its history world
+// readable): the rooms whose members the user directory searches. Written by the decision
+// that changes it.
+struct PutRoomOpen {
+    std::string room_id;
+    bool open = false;
+};
 // What another process sharing the database must learn of a write (Store::changes): at the
 // write's stream position, what kind of thing changed and whose. Rows are written only when
 // the database is shared, by the store for every mutation that carries a position ("event":
@@ -421,8 +428,8 @@ using Mutation =
                  PutDeviceKeys, PutOneTimeKeys, DeleteOneTimeKey, PutFallbackKey, DeleteDeviceKeys,
                  PutDeviceListChange, PutCrossSigningKey, PutKeySignature, DeleteKeySignatures,
                  PutBackupVersion, PutReceipt, AdvanceStream, PutPusher, DeletePusher, PutPresence,
-                 RedactEvent, PutRoomAlias, DeleteRoomAlias, PutRoomVisibility, ForgetTxns,
-                 PutChange>;
+                 RedactEvent, PutRoomAlias, DeleteRoomAlias, PutRoomVisibility, PutRoomOpen,
+                 ForgetTxns, PutChange>;
 
 // A write transaction as a decision made inside it sees it (Store::transact): keyed reads of
 // what is committed plus what the transaction wrote so far, and writes. Only the writer's
@@ -555,17 +562,11 @@ struct Write {
     std::vector<std::string> users;
 };
 
-// What the server keeps in memory, read once at start-up: which rooms there are, and who is
-// not offline. No account or access token, no room's state or timeline, no client transaction,
-// no filter, no account data, no push rule or pusher, no end-to-end key or device-list
-// change, and no key backup: those are read from the store when they are needed.
+// What the server reads at start-up: the stream position, and who is not offline. No room,
+// account or access token, no client transaction, no filter, no account data, no push rule or
+// pusher, no end-to-end key or device-list change, and no key backup: those are read from the
+// store when they are needed.
 struct Snapshot {
-    std::vector<RoomRecord> rooms;
-    // Each room's join rule (`value`: content.join_rule of its current m.room.join_rules).
-    std::vector<HistoryRecord> join_rules;
-    // Each room's history visibility (`value`: content.history_visibility of its current
-    // m.room.history_visibility).
-    std::vector<HistoryRecord> visibility;
     std::vector<PresenceRecord> presence;  // of the users not offline, in stream order
     StreamId max_stream = 0;
 };
@@ -707,6 +708,8 @@ class Store {
     virtual std::vector<std::string> room_aliases_of(const std::string& room_id) = 0;
     // The rooms in the room directory, in order.
     virtual std::vector<std::string> published_rooms() = 0;
+    // The rooms anyone may join or read (PutRoomOpen), in order.
+    virtual std::vector<std::string> open_rooms() = 0;
     // Called on the writer's thread once the completions of a committed transaction ran: until
     // then, its positions are in flight for every reader of a shared database (so that no
     // process, this one included, reads past what this process has not yet applied). `more`:
