@@ -197,8 +197,17 @@ void Pushers::reload_locked(const std::string& user) {
         spdlog::warn("push: the pushers of {} could not be read again: {}", user, e.what());
         return;
     }
-    for (const auto& key : mine)
-        if (!now->count({std::get<1>(key), std::get<2>(key)})) removed_locked(key);
+    for (const auto& key : mine) {
+        auto p = now->find({std::get<1>(key), std::get<2>(key)});
+        if (p == now->end()) {
+            removed_locked(key);
+            continue;
+        }
+        // Still there, perhaps at a new URL.
+        if (auto q = queues_.find(key); q != queues_.end()) q->second.url = p->second.url;
+        for (auto& pending : pending_)
+            if (pending.key == key) pending.url = p->second.url;
+    }
 }
 
 ssl::context& Pushers::tls() {
