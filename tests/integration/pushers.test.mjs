@@ -245,10 +245,11 @@ test('an https gateway is reached over TLS with its certificate checked: one fro
 });
 
 test('past caches.push_rules and caches.pushers: each member is pushed by their own rules and pushers, before and after a restart', async () => {
-  // One user's rules and one user's pushers held at a time; an event's audience is read from
-  // the database in one read each, and nothing of either at start.
+  // One user's rules, pushers and unread counts held at a time; an event's audience is read
+  // from the database in one read each, nothing of either at start, and counts let go are
+  // made again from the database.
   const d = makeDir();
-  const config = { push: PUSH, caches: { push_rules: 1, pushers: 1 }, log_level: 'debug' };
+  const config = { push: PUSH, caches: { push_rules: 1, pushers: 1, notifications: 1 }, log_level: 'debug' };
   let s = await startServer({ dir: d, config });
   try {
     const users = {};

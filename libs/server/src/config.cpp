@@ -434,6 +434,7 @@ Config read_config(const std::string& text, const std::string& source) {
                   {"filters", &c.caches.filters},
                   {"keys", &c.caches.keys},
                   {"memberships", &c.caches.memberships},
+                  {"notifications", &c.caches.notifications},
                   {"push_rules", &c.caches.push_rules},
                   {"pushers", &c.caches.pushers},
                   {"receipts", &c.caches.receipts},

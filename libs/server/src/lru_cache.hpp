@@ -29,6 +29,12 @@ class LruCache {
         return &it->second->second;
     }
 
+    // The entry, its place in the order left as it is; nullptr when it is not held.
+    Value* peek(const Key& key) {
+        auto it = index_.find(key);
+        return it == index_.end() ? nullptr : &it->second->second;
+    }
+
     // Holds `value` under `key` (replacing what was there) as the most recently used; the least
     // recently used entry goes when the cache would hold more than its capacity.
     Value& put(const Key& key, Value value) {

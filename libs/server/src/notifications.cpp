@@ -65,13 +65,16 @@ Notifications::Notifications(Core& core, Rooms& rooms, AccountData& account_data
       account_data_(account_data),
       receipts_(receipts),
       template_(std::make_shared<const json::object>(push::default_rules_template())),
-      rules_(core.config().caches.push_rules) {
+      rules_(core.config().caches.push_rules),
+      held_(core.config().caches.notifications) {
     rooms_.on_appended([this](const Room& room, const EventPtr& ev) { appended_locked(room, ev); });
     // GET /notifications serves an event as it is now.
-    rooms_.on_redacted([this](const Room&, const EventPtr& redacted) {
-        for (auto& [_, list] : recent_)
-            for (auto& r : list)
-                if (r.event->event_id == redacted->event_id) r.event = redacted;
+    // Only the room's members (and invitees) can have it.
+    rooms_.on_redacted([this](const Room& room, const EventPtr& redacted) {
+        for (const auto& [user, _] : room.membership)
+            if (Held* held = held_.peek(user))
+                for (auto& r : held->recent)
+                    if (r.event->event_id == redacted->event_id) r.event = redacted;
     });
     receipts_.on_read([this](const std::string& room_id, const std::string& user, StreamId upto) {
         read_locked(room_id, user, upto);
@@ -195,9 +198,14 @@ push::Outcome Notifications::evaluate_locked(const Room& room, const json::objec
     return push::evaluate(rules, event, ctx);
 }
 
+Notifications::Held& Notifications::held_locked(const std::string& user) {
+    if (Held* held = held_.get(user)) return *held;
+    return held_.put(user, Held{});  // the least recently used goes, never this one
+}
+
 Notifications::Unread& Notifications::unread_locked(const Room& room, const std::string& user,
                                                     const Rules& rules) {
-    auto& rooms = unread_[user];
+    auto& rooms = held_locked(user).unread;
     auto found = rooms.find(room.id);
     if (found != rooms.end()) return found->second;
     // Counted from what the room holds in memory, after the user's read position, or their
@@ -253,11 +261,11 @@ void Notifications::appended_locked(const Room& room, const EventPtr& ev) {
     std::vector<push::Outcome> outcomes;
     for (std::size_t i = 0; i < who.size(); ++i) {
         const std::string* user = &who[i];
-        auto mine = unread_.find(*user);
-        bool counted = mine != unread_.end() && mine->second.count(room.id);
+        Held* mine = held_.peek(*user);  // stays: only this user's entry is made below
+        bool counted = mine && mine->unread.count(room.id);
         if (!rules[i]) {
             // Not evaluated (logged): the count is made again when next asked for.
-            if (counted) mine->second.erase(room.id);
+            if (counted) mine->unread.erase(room.id);
             continue;
         }
         auto outcome = evaluate_locked(room, event, ev->sender, *user, *rules[i]);
@@ -270,7 +278,7 @@ void Notifications::appended_locked(const Room& room, const EventPtr& ev) {
                 if (unread.events.size() > kUnreadPerRoom) unread.events.pop_front();
             }
         }
-        auto& recent = recent_[*user];
+        auto& recent = held_locked(*user).recent;
         recent.push_back(Recent{room.id, ev, outcome.actions, core_.now_ms()});
         if (recent.size() > kRecentPerUser) recent.pop_front();
         notified.push_back(std::move(who[i]));
@@ -284,10 +292,10 @@ void Notifications::appended_locked(const Room& room, const EventPtr& ev) {
 
 void Notifications::read_locked(const std::string& room_id, const std::string& user,
                                 StreamId upto) {
-    auto rooms = unread_.find(user);
-    if (rooms == unread_.end()) return;
-    auto it = rooms->second.find(room_id);
-    if (it == rooms->second.end()) return;
+    Held* held = held_.peek(user);
+    if (!held) return;
+    auto it = held->unread.find(room_id);
+    if (it == held->unread.end()) return;
     auto& events = it->second.events;
     while (!events.empty() && events.front().first <= upto) events.pop_front();
 }
@@ -308,8 +316,8 @@ std::size_t Notifications::unread_total_locked(const std::string& user) {
         if (m.membership != "join") continue;
         if (!rules) {
             // Without the database, only the counts held.
-            if (auto mine = unread_.find(user); mine != unread_.end())
-                if (auto it = mine->second.find(room_id); it != mine->second.end())
+            if (Held* mine = held_.peek(user))
+                if (auto it = mine->unread.find(room_id); it != mine->unread.end())
                     total += it->second.events.size();
             continue;
         }
@@ -544,9 +552,8 @@ asio::awaitable<Response> Notifications::get_notifications(Request& req) {
     {
         std::lock_guard lock(core_.mu);
         const std::int64_t now = core_.now_ms();
-        auto it = recent_.find(user);
-        if (it != recent_.end())
-            for (auto r = it->second.rbegin(); r != it->second.rend(); ++r) {
+        if (const Held* held = held_.get(user))
+            for (auto r = held->recent.rbegin(); r != held->recent.rend(); ++r) {
                 if (r->event->stream >= from || r->event->stream > core_.visible_locked()) continue;
                 bool highlight = false;
                 for (const auto& a : r->actions)

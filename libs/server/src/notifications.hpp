@@ -11,7 +11,10 @@
 // sets are read from the store when first needed (those of an event's whole audience in one
 // read) and held per user (caches.push_rules), whether changed or not.
 // Counts are held in memory: after a restart each is counted again when first needed, from the
-// user's read position (at most kScanLimit events back), under the rules in force then.
+// user's read position (at most kScanLimit events back), under the rules in force then. They
+// are held per user with the user's recent notifications (caches.notifications users): a
+// user let go is counted again the same way, and their recent notifications go, as at a
+// restart.
 #include <boost/asio/awaitable.hpp>
 #include <boost/json.hpp>
 
@@ -83,6 +86,12 @@ class Notifications {
         boost::json::array actions;
         std::int64_t ts = 0;
     };
+    struct Held {
+        std::unordered_map<std::string, Unread> unread;  // by room id
+        std::deque<Recent> recent;                       // oldest first
+    };
+    // The user's counts and recent notifications, held from now on if they were not.
+    Held& held_locked(const std::string& user);
 
     // The user's rule set, read from the store when it is not held: StoreUnavailable when the
     // database cannot be reached.
@@ -121,8 +130,9 @@ class Notifications {
     // Each user's rule set that was read (caches.push_rules users), least recently used out:
     // only ever read under the lock, so no read is overtaken by a change.
     mutable LruCache<std::string, Rules> rules_;
-    std::unordered_map<std::string, std::unordered_map<std::string, Unread>> unread_;
-    std::unordered_map<std::string, std::deque<Recent>> recent_;  // by user, oldest first
+    // Each user's counts and recent notifications (caches.notifications users), least
+    // recently used out.
+    LruCache<std::string, Held> held_;
     std::vector<Listener> listeners_;
     std::vector<AudienceListener> audience_listeners_;
 };

@@ -196,6 +196,10 @@ TEST(Config, Caches) {
     EXPECT_NE(error_of("caches:\n  to_device: 0\n").find("caches.to_device"), std::string::npos);
     EXPECT_EQ(parse_config("", "test.yaml").caches.push_rules, 10000u);
     EXPECT_EQ(parse_config("", "test.yaml").caches.pushers, 10000u);
+    EXPECT_EQ(parse_config("", "test.yaml").caches.notifications, 10000u);
+    EXPECT_EQ(parse_config("caches:\n  notifications: 5\n", "test.yaml").caches.notifications, 5u);
+    EXPECT_NE(error_of("caches:\n  notifications: 0\n").find("caches.notifications"),
+              std::string::npos);
     auto push = parse_config("caches: {push_rules: 2, pushers: 3}\n", "test.yaml").caches;
     EXPECT_EQ(push.push_rules, 2u);
     EXPECT_EQ(push.pushers, 3u);

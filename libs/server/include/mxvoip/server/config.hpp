@@ -84,6 +84,8 @@ struct Caches {
     std::size_t to_device = 10000;     // users whose devices' queues of to-device messages are held
     std::size_t push_rules = 10000;    // users whose push rules are held
     std::size_t pushers = 10000;       // users whose pushers are held
+    std::size_t notifications =
+        10000;  // users whose unread counts and recent notifications are held
 };
 
 // Push notifications to push gateways (`push:`).
