@@ -65,6 +65,15 @@ EventRecord event(StreamId stream, const std::string& room,
                        {}};
 }
 
+// A state event of that type and key whose JSON has `content` (a JSON object's text).
+EventRecord state_event(StreamId stream, const std::string& room, const std::string& type,
+                        const std::string& key, const std::string& content) {
+    EventRecord e = event(stream, room, key);
+    e.type = type;
+    e.json = R"({"content":)" + content + R"(,"type":")" + type + R"("})";
+    return e;
+}
+
 EventRecord txn_event(StreamId stream, const std::string& room, const std::string& device_key,
                       const std::string& txn) {
     auto e = event(stream, room);
@@ -933,13 +942,7 @@ TYPED_TEST(StoreTest, StateAtAPositionAndTheMembershipHistory) {
 // newest of its events, none of another room's; nothing for a room that does not exist.
 TYPED_TEST(StoreTest, ARoomIsReadWithItsStateHistoryAndNewestPosition) {
     auto store = this->backend.open();
-    auto state = [](StreamId stream, const std::string& room, const std::string& type,
-                    const std::string& key, const std::string& content) {
-        EventRecord e = event(stream, room, key);
-        e.type = type;
-        e.json = R"({"content":)" + content + R"(,"type":")" + type + R"("})";
-        return e;
-    };
+    const auto state = state_event;
     std::vector<Mutation> batch{
         PutRoom{{"!r:x", "9"}},
         PutRoom{{"!o:x", "10"}},
@@ -983,10 +986,7 @@ TYPED_TEST(StoreTest, OpenRoomsAreWrittenAndTheMigrationFindsThemInTheCurrentSta
     auto store = this->backend.open();
     auto state = [](StreamId stream, const std::string& room, const std::string& type,
                     const std::string& content) {
-        EventRecord e = event(stream, room, "");
-        e.type = type;
-        e.json = R"({"content":)" + content + R"(,"type":")" + type + R"("})";
-        return e;
+        return state_event(stream, room, type, "", content);
     };
     std::vector<Mutation> batch{
         PutRoom{{"!p:x", "10"}},
