@@ -240,10 +240,14 @@ test('receipts past the cache: read from the database when used, a waiting /sync
     const read = (u, i, eventId) => u.call('POST', `/rooms/${enc(rooms[i])}/receipt/m.read/${enc(eventId)}`, { body: {} });
     const receipts = (sync, i) => (sync.rooms.join[rooms[i]]?.ephemeral.events ?? []).filter((e) => e.type === 'm.receipt').map((e) => e.content);
     for (const i of [0, 1]) assert.equal((await read(ann, i, said[i])).status, 200);
-    // Ben's first /sync has both rooms' receipts, one room's read from the database.
+    // Ben's first /sync has both rooms' receipts, read from the database before the lock:
+    // both are held for it, although the cache holds one, so none is read again under it.
+    const underLock = () => (own.log.match(/read from the database under the lock/g) ?? []).length;
+    const readUnderLock = underLock();
     const first = await ben.sync();
     for (const i of [0, 1]) assert.deepEqual(Object.keys(receipts(first, i)[0] ?? {}), [said[i]], `room ${i}`);
-    await own.logged(/the receipts of \S+ read from the database/);
+    await own.logged(/the receipts of \S+ read from the database \(/);
+    assert.equal(underLock(), readUnderLock, 'a room read for the /sync was read again under the lock');
     // Ben waits; ann's receipt in either room wakes him, held or not.
     const annFirst = await ann.sync();
     assert.equal(annFirst.rooms.join[rooms[0]].unread_notifications.notification_count, 0);

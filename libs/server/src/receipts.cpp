@@ -95,7 +95,8 @@ void Receipts::preload(const std::vector<std::string>& room_ids) {
         // One a receipt overtook is read under the lock when it is used.
         if (failed || overtaken || rooms_receipts_.get(missing[i])) continue;
         spdlog::debug("the receipts of {} read from the database ({})", missing[i], read[i].size());
-        rooms_receipts_.put(missing[i], from_records(std::move(read[i])));
+        // Held, not put: the rooms read for one /sync do not push each other out (trim_locked).
+        rooms_receipts_.hold(missing[i], from_records(std::move(read[i])));
     }
     if (failed) std::rethrow_exception(failed);
 }

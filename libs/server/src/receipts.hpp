@@ -32,9 +32,13 @@ class Receipts {
     Receipts(Core& core, Rooms& rooms, AccountData& account_data);
 
     // Reads the receipts of the rooms not held, without the lock (call it without), so that
-    // what follows under the lock finds them; a room that is let go again meanwhile is read
-    // under the lock when it is used. Throws as the store does.
+    // what follows under the lock finds them: they are all held, past caches.receipts if need
+    // be, until trim_locked(). A room that is let go meanwhile (by a read under the lock) is
+    // read again under the lock when it is used. Throws as the store does.
     void preload(const std::vector<std::string>& room_ids);
+    // Lets the least recently used rooms' receipts go, down to caches.receipts: once what a
+    // preload was for has been rendered.
+    void trim_locked() { rooms_receipts_.trim(); }
 
     asio::awaitable<Response> post_receipt(Request&);
     asio::awaitable<Response> read_markers(Request&);

@@ -479,6 +479,12 @@ asio::awaitable<Response> Sync::sync(Request& req) {
     }
     {
         std::lock_guard lock(core_.mu);
+        // The receipts preloaded for this response are let go past caches.receipts once it is
+        // built (or failed), still under the lock.
+        struct TrimReceipts {
+            Receipts& receipts;
+            ~TrimReceipts() { receipts.trim_locked(); }
+        } trim{receipts_};
         since = std::min(since, core_.visible_locked());
         // Using a since token acknowledges the to-device messages it covered.
         to_device_.acknowledge_locked(s, since);
