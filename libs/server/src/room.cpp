@@ -97,6 +97,8 @@ void RoomState::apply_state(const EventPtr& ev) {
         join_rule = string_or(content, "join_rule", "invite");
     } else if (ev->type == "m.room.guest_access" && key.empty()) {
         guest_access = string_or(content, "guest_access", "forbidden");
+    } else if (ev->type == "m.room.history_visibility" && key.empty()) {
+        history_visibility = string_or(content, "history_visibility", "");
     } else if (ev->type == "m.room.create") {
         creator = ev->sender;
         // Before power levels exist, the creator has 100 (auth rules, "no power levels").
@@ -110,9 +112,7 @@ void Room::apply_state(const EventPtr& ev) {
     if (ev->type == "m.room.member") {
         history.record_membership(*ev->state_key, ev->stream, membership_of(*ev->state_key));
     } else if (ev->type == "m.room.history_visibility" && ev->state_key->empty()) {
-        json::object content;
-        if (auto v = json::parse(ev->content()); v.is_object()) content = std::move(v.get_object());
-        history.record_visibility(ev->stream, string_or(content, "history_visibility", ""));
+        history.record_visibility(ev->stream, history_visibility);
     }
 }
 

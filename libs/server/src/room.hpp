@@ -54,6 +54,8 @@ struct RoomState {
     std::string creator;
     std::string join_rule = "invite";
     std::string guest_access = "forbidden";
+    // content.history_visibility of the current m.room.history_visibility ("" when none).
+    std::string history_visibility;
 
     const std::string& membership_of(const std::string& user) const;
     EventPtr state_event(const std::string& type, const std::string& key) const;
@@ -62,6 +64,9 @@ struct RoomState {
 
     // A state event becomes current state, and what is derived from it follows.
     void apply_state(const EventPtr& ev);
+    // Whether anyone may join or read the room: its join rule public, or its history world
+    // readable (the rooms whose members the user directory searches).
+    bool open() const { return join_rule == "public" || history_visibility == "world_readable"; }
 };
 
 // A room as the server holds it for readers: its state, the history visibility rules' record

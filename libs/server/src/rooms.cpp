@@ -4,6 +4,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <exception>
 #include <limits>
 
 #include "auth_rules.hpp"
@@ -575,20 +576,7 @@ asio::awaitable<Response> Rooms::get_event(Request& req) {
 
 namespace {
 
-// Whether anyone may join or read the room: its join rule public, or its history world
-// readable.
-bool is_open(const RoomState& room) {
-    if (room.join_rule == "public") return true;
-    auto v = room.state_event("m.room.history_visibility", "");
-    if (!v) return false;
-    json::error_code ec;
-    auto content = json::parse(v->content(), ec);
-    if (ec || !content.is_object()) return false;
-    const auto* h = content.get_object().if_contains("history_visibility");
-    return h && h->is_string() && h->get_string() == "world_readable";
-}
-
-// Whether the state event is one is_open reads.
+// Whether the state event is one RoomState::open() reads.
 bool opens(const Event& ev) {
     return ev.state_key && ev.state_key->empty() &&
            (ev.type == "m.room.join_rules" || ev.type == "m.room.history_visibility");
@@ -804,28 +792,36 @@ Room Rooms::build_room(store::RoomLoad&& loaded) {
 }
 
 void Rooms::preload(const std::vector<std::string>& room_ids) const {
-    for (const auto& id : room_ids) {
-        ReadsInFlight<std::string>::Ticket ticket;
-        {
-            std::lock_guard lock(core_.mu);
-            if (rooms_.get(id)) continue;
-            ticket = rooms_loading_.started(id);
-        }
+    std::vector<std::string> missing;
+    std::vector<ReadsInFlight<std::string>::Ticket> tickets;
+    {
+        std::lock_guard lock(core_.mu);
+        for (const auto& id : room_ids)
+            if (!rooms_.get(id) && std::find(missing.begin(), missing.end(), id) == missing.end()) {
+                missing.push_back(id);
+                tickets.push_back(rooms_loading_.started(id));
+            }
+    }
+    for (std::size_t i = 0; i < missing.size(); ++i) {
         // Read without the lock, so a room read does not hold up every other request.
         std::optional<store::RoomLoad> loaded;
+        std::exception_ptr failed;
         try {
-            loaded = core_.store().room(id);
+            loaded = core_.store().room(missing[i]);
         } catch (...) {
-            std::lock_guard lock(core_.mu);
-            rooms_loading_.overtaken(id, ticket);
-            throw;
+            failed = std::current_exception();
         }
         std::lock_guard lock(core_.mu);
+        if (failed) {
+            for (std::size_t j = i; j < missing.size(); ++j)
+                rooms_loading_.overtaken(missing[j], tickets[j]);
+            std::rethrow_exception(failed);
+        }
         // An event applied since the read began may not be in it (applied to a room held
         // then, let go since): then the room is read again, under the lock, when it is used.
-        const bool overtaken = rooms_loading_.overtaken(id, ticket);
+        const bool overtaken = rooms_loading_.overtaken(missing[i], tickets[i]);
         if (!loaded || overtaken) continue;
-        if (rooms_.get(id)) continue;  // read meanwhile (by a write that holds it, say)
+        if (rooms_.get(missing[i])) continue;  // read meanwhile (by a write that holds it, say)
         hold_locked(std::move(*loaded));
     }
 }
@@ -1112,8 +1108,8 @@ void Rooms::decide(const RoomWrite& write, store::Txn& txn, StreamId first, Deci
             if (!opening.count(room_id)) continue;
             const bool made = write.create && room_id == write.create->room_id;
             const RoomState* before = made ? nullptr : decided_state_locked(room_id, txn);
-            const bool was = before && is_open(*before);
-            if (is_open(*state) != was) opened.push_back(store::PutRoomOpen{room_id, !was});
+            const bool was = before && before->open();
+            if (state->open() != was) opened.push_back(store::PutRoomOpen{room_id, !was});
         }
     }
     if (write.create) txn.write(store::PutRoom{*write.create});
