@@ -345,16 +345,13 @@ asio::awaitable<Response> Presence::get_status(Request& req) {
                               "You are not allowed to see the presence of " + target);
         if (!core_.config().presence_enabled)
             co_return Response{200, "{\"presence\":\"offline\"}", {}};
-        std::optional<State> read;
-        const State* st = nullptr;
-        if (auto it = users_.find(target); it != users_.end()) {
+        // Not held: changed at or before the horizon, and read (never stored: offline).
+        State read;
+        const State* st = &read;
+        if (auto it = users_.find(target); it != users_.end())
             st = &it->second;
-        } else if (auto p = core_.store().presence_of({target}).front()) {
+        else if (auto p = core_.store().presence_of({target}).front())
             read = from_record(*p);
-            st = &*read;
-        } else {
-            co_return Response{200, "{\"presence\":\"offline\"}", {}};
-        }
         append_event(out, target, *st, core_.now_ms());
     }
     // The event's content is the answer.
